@@ -1,0 +1,9 @@
+//! Berth's vocabulary: the app spec and the records the platform keeps. Pure types, no I/O.
+
+pub mod duration;
+pub mod model;
+pub mod spec;
+
+pub use duration::Dur;
+pub use model::*;
+pub use spec::{AppSpec, SpecError, SpecErrors};

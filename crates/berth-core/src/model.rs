@@ -1,0 +1,309 @@
+//! The records Berth keeps: apps and their versions (desired), instances and nodes (actual), events.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::spec::{AppSpec, DriverKind};
+
+/// Milliseconds since the Unix epoch; the one clock unit in stored records.
+pub type Millis = i64;
+
+/// An app: its current spec, version, and desired instance count.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct App {
+    pub spec: AppSpec,
+    /// Bumped by every change of the spec and by a restart.
+    pub version: u64,
+    /// Desired instances; starts at `spec.instances`, moved by `scale`.
+    pub instances: u32,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+    /// Set by `destroy`: instances are stopped, then the app is removed.
+    #[serde(default)]
+    pub destroying: bool,
+    #[serde(default)]
+    pub backoff: Backoff,
+}
+
+impl App {
+    pub fn id(&self) -> String {
+        self.spec.id()
+    }
+}
+
+/// Marathon's launch backoff: each failure multiplies the delay before the next launch.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Backoff {
+    /// Consecutive failures since the app last ran healthy.
+    pub failures: u32,
+    /// No replacement is launched before this time.
+    pub not_before: Millis,
+}
+
+impl Backoff {
+    pub const BASE_MS: f64 = 1000.0;
+    pub const FACTOR: f64 = 1.15;
+    pub const MAX_MS: f64 = 300_000.0;
+
+    /// The delay after `failures` consecutive failures: 1 s x 1.15^(n-1), capped at 5 minutes.
+    pub fn delay_ms(failures: u32) -> i64 {
+        if failures == 0 {
+            return 0;
+        }
+        let exp = i32::try_from(failures - 1).unwrap_or(i32::MAX);
+        (Self::BASE_MS * Self::FACTOR.powi(exp)).min(Self::MAX_MS) as i64
+    }
+
+    pub fn after_failure(self, now: Millis) -> Backoff {
+        let failures = self.failures.saturating_add(1);
+        Backoff { failures, not_before: now + Self::delay_ms(failures) }
+    }
+}
+
+/// One stored version of an app's spec.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppVersion {
+    pub app: String,
+    pub version: u64,
+    pub spec: AppSpec,
+    pub created_at: Millis,
+    /// What changed from the previous version, for people.
+    pub change: String,
+}
+
+/// Lifecycle of one instance, as the issue names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum InstanceState {
+    /// Placed on a node, not yet started there.
+    Staging,
+    /// Process or container started; health not yet passed.
+    Starting,
+    /// Up, and healthy when a health check is set.
+    Running,
+    /// Exited on its own, was OOM-killed, failed health, or its node was lost.
+    Failed,
+    /// Stopped on purpose.
+    Stopped,
+}
+
+impl InstanceState {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, InstanceState::Failed | InstanceState::Stopped)
+    }
+
+    pub fn is_live(self) -> bool {
+        !self.is_terminal()
+    }
+
+    /// Legal moves; anything else is a stale or confused report and is ignored.
+    pub fn can_become(self, next: InstanceState) -> bool {
+        use InstanceState::*;
+        match (self, next) {
+            (a, b) if a == b => true,
+            (Staging, Starting | Running | Failed | Stopped) => true,
+            (Starting, Running | Failed | Stopped) => true,
+            (Running, Starting | Failed | Stopped) => true,
+            // A terminal instance never comes back; its replacement is a new instance.
+            (Failed | Stopped, _) => false,
+            _ => false,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Staging => "staging",
+            InstanceState::Starting => "starting",
+            InstanceState::Running => "running",
+            InstanceState::Failed => "failed",
+            InstanceState::Stopped => "stopped",
+        }
+    }
+}
+
+impl fmt::Display for InstanceState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the control plane wants of an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Desired {
+    Run,
+    Stop,
+}
+
+/// One running (or once running) copy of an app on a node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    /// `GROUP/NAME`.
+    pub app: String,
+    pub version: u64,
+    pub node: String,
+    pub driver: DriverKind,
+    pub state: InstanceState,
+    pub desired: Desired,
+    /// Host ports, one per spec port (or one for `PORT` when the spec lists none and the driver is exec).
+    pub host_ports: Vec<u16>,
+    /// Address of the node, where `host_ports` answer.
+    pub host: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Why the instance is failed or stopped, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Millis>,
+    /// The runtime's own handle (container id, pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+}
+
+impl Instance {
+    /// `host:port` where the first port answers.
+    pub fn address(&self) -> Option<String> {
+        self.host_ports.first().map(|p| format!("{}:{p}", self.host))
+    }
+
+    /// Ready for traffic: running and not known unhealthy.
+    pub fn is_ready(&self) -> bool {
+        self.state == InstanceState::Running && self.healthy != Some(false)
+    }
+}
+
+/// Resources a node offers to instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Resources {
+    pub cpu: f64,
+    /// MiB.
+    pub memory: u64,
+    /// Inclusive host-port range handed out to instances.
+    pub ports: (u16, u16),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeStatus {
+    Ready,
+    Down,
+}
+
+/// A machine in the pool, as its agent registered it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Node {
+    pub id: String,
+    pub hostname: String,
+    /// Where the node's instances answer.
+    pub address: String,
+    pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Drivers the node can run, best first.
+    pub drivers: Vec<DriverKind>,
+    pub status: NodeStatus,
+    pub registered_at: Millis,
+    pub last_heartbeat: Millis,
+}
+
+impl Node {
+    /// The driver this node uses for `spec`, or why it cannot run it.
+    pub fn driver_for(&self, spec: &AppSpec) -> Result<DriverKind, String> {
+        match spec.driver {
+            Some(kind) if self.drivers.contains(&kind) => Ok(kind),
+            Some(kind) => Err(format!("node has no {kind} driver")),
+            None => {
+                let runnable = |kind: &DriverKind| match kind {
+                    DriverKind::Docker => spec.image.is_some(),
+                    DriverKind::Exec => spec.command.is_some(),
+                };
+                self.drivers
+                    .iter()
+                    .copied()
+                    .find(runnable)
+                    .ok_or_else(|| "node has no driver that can run this app (docker needs an engine; exec needs a command)".into())
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Level {
+    Info,
+    Warn,
+    Error,
+}
+
+/// Something that happened, kept in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub seq: u64,
+    pub time: Millis,
+    pub level: Level,
+    /// Short machine name: `app.created`, `instance.failed`, `node.lost`, ...
+    pub kind: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub app: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    pub message: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_follows_marathon() {
+        assert_eq!(Backoff::delay_ms(0), 0);
+        assert_eq!(Backoff::delay_ms(1), 1000);
+        assert_eq!(Backoff::delay_ms(2), 1150);
+        assert_eq!(Backoff::delay_ms(3), 1322);
+        assert_eq!(Backoff::delay_ms(200), 300_000);
+        let b = Backoff::default().after_failure(10_000).after_failure(20_000);
+        assert_eq!(b, Backoff { failures: 2, not_before: 21_150 });
+    }
+
+    #[test]
+    fn terminal_states_are_final() {
+        use InstanceState::*;
+        assert!(Staging.can_become(Running));
+        assert!(Running.can_become(Failed));
+        assert!(!Failed.can_become(Running));
+        assert!(!Stopped.can_become(Starting));
+        assert!(!Running.can_become(Staging));
+    }
+
+    #[test]
+    fn node_picks_a_driver_that_can_run_the_app() {
+        let spec = AppSpec::from_yaml("group: g\nname: n\nimage: i\n", None).unwrap();
+        let mut node = Node {
+            id: "n1".into(),
+            hostname: "h".into(),
+            address: "127.0.0.1".into(),
+            resources: Resources { cpu: 1.0, memory: 1024, ports: (20000, 20100) },
+            labels: BTreeMap::new(),
+            drivers: vec![DriverKind::Exec],
+            status: NodeStatus::Ready,
+            registered_at: 0,
+            last_heartbeat: 0,
+        };
+        assert!(node.driver_for(&spec).is_err(), "image-only app needs docker");
+        node.drivers = vec![DriverKind::Docker, DriverKind::Exec];
+        assert_eq!(node.driver_for(&spec), Ok(DriverKind::Docker));
+    }
+}

@@ -1,0 +1,754 @@
+//! The app spec (`berth.yaml`): the seed's UPONE fields plus Berth's own, parsed and validated
+//! with errors that name the file, line, column, key, and the closest valid key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::{Deserialize, Serialize};
+
+use crate::duration::Dur;
+
+/// One app as its owner writes it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    pub group: String,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Cores; fractions allowed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<f64>,
+    /// MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    #[serde(default)]
+    pub network: NetworkMode,
+    #[serde(default)]
+    pub privileged: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<Command>,
+    /// Container ports, in order; the first one is the instance's address.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ports: Vec<u16>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "scalar_map")]
+    pub environment: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zones: Vec<String>,
+    /// `host[:container_port]` names by which the router serves the app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "constraint_list")]
+    pub constraints: Vec<Constraint>,
+    /// Which driver runs the instances; unset lets the node choose (docker when it has an engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub driver: Option<DriverKind>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+    #[serde(default)]
+    pub upgrade: UpgradeSpec,
+    /// Max processes inside one instance; guards the host's pid space.
+    #[serde(default = "default_pids")]
+    pub pids: u32,
+    /// Time between SIGTERM and SIGKILL when an instance is stopped.
+    #[serde(default = "default_stop_timeout")]
+    pub stop_timeout: Dur,
+}
+
+fn default_instances() -> u32 {
+    1
+}
+fn default_pids() -> u32 {
+    1024
+}
+fn default_stop_timeout() -> Dur {
+    Dur::secs(10)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    #[default]
+    Bridge,
+    Host,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    Docker,
+    Exec,
+}
+
+impl fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DriverKind::Docker => "docker",
+            DriverKind::Exec => "exec",
+        })
+    }
+}
+
+/// A string runs under `/bin/sh -c`; a list is exec'd as is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Command {
+    Shell(String),
+    Exec(Vec<String>),
+}
+
+impl Command {
+    /// The argv that runs this command.
+    pub fn argv(&self) -> Vec<String> {
+        match self {
+            Command::Shell(line) => vec!["/bin/sh".into(), "-c".into(), line.clone()],
+            Command::Exec(args) => args.clone(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthSpec {
+    /// HTTP path probed with GET; any 2xx or 3xx is healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<String>,
+    /// A TCP connect is enough.
+    #[serde(default)]
+    pub tcp: bool,
+    /// Which of the app's ports is probed (index into `ports`).
+    #[serde(default)]
+    pub port_index: usize,
+    // Marathon's defaults.
+    #[serde(default = "HealthSpec::default_interval")]
+    pub interval: Dur,
+    #[serde(default = "HealthSpec::default_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "HealthSpec::default_grace")]
+    pub grace: Dur,
+    #[serde(default = "HealthSpec::default_max_failures")]
+    pub max_failures: u32,
+}
+
+impl HealthSpec {
+    fn default_interval() -> Dur {
+        Dur::secs(60)
+    }
+    fn default_timeout() -> Dur {
+        Dur::secs(20)
+    }
+    fn default_grace() -> Dur {
+        Dur::secs(300)
+    }
+    fn default_max_failures() -> u32 {
+        3
+    }
+}
+
+/// Marathon's `upgradeStrategy`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeSpec {
+    /// Fraction of `instances` that must stay healthy during a deployment.
+    #[serde(default = "one")]
+    pub min_health_capacity: f64,
+    /// Fraction of `instances` that may run on top during a deployment.
+    #[serde(default = "one")]
+    pub max_over_capacity: f64,
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl Default for UpgradeSpec {
+    fn default() -> Self {
+        UpgradeSpec { min_health_capacity: 1.0, max_over_capacity: 1.0 }
+    }
+}
+
+/// Marathon's `field:OPERATOR[:value]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Constraint {
+    pub field: String,
+    pub op: ConstraintOp,
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum ConstraintOp {
+    Unique,
+    Cluster,
+    GroupBy,
+    Like,
+    Unlike,
+    MaxPer,
+}
+
+impl ConstraintOp {
+    const NAMES: [&'static str; 6] = ["UNIQUE", "CLUSTER", "GROUP_BY", "LIKE", "UNLIKE", "MAX_PER"];
+
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "UNIQUE" => ConstraintOp::Unique,
+            "CLUSTER" => ConstraintOp::Cluster,
+            "GROUP_BY" => ConstraintOp::GroupBy,
+            "LIKE" => ConstraintOp::Like,
+            "UNLIKE" => ConstraintOp::Unlike,
+            "MAX_PER" => ConstraintOp::MaxPer,
+            _ => return None,
+        })
+    }
+
+    fn name(self) -> &'static str {
+        Self::NAMES[self as usize]
+    }
+}
+
+impl Constraint {
+    /// Parses `hostname:UNIQUE`, `rack:CLUSTER:a`, `rack:GROUP_BY:3`, `hostname:LIKE:web.*`.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let mut parts = text.splitn(3, ':');
+        let field = parts.next().unwrap_or_default().trim();
+        let op_text = parts.next().map(str::trim).unwrap_or_default();
+        let value = parts.next().map(|v| v.trim().to_string());
+        if field.is_empty() {
+            return Err(format!("constraint `{text}` has no field (expected field:OPERATOR[:value])"));
+        }
+        let op = ConstraintOp::parse(op_text).ok_or_else(|| {
+            let hint = closest(op_text, &ConstraintOp::NAMES)
+                .map(|c| format!(" (did you mean `{c}`?)"))
+                .unwrap_or_default();
+            format!(
+                "constraint `{text}`: unknown operator `{op_text}`{hint}; expected one of {}",
+                ConstraintOp::NAMES.join(", ")
+            )
+        })?;
+        let needs_value = matches!(op, ConstraintOp::Cluster | ConstraintOp::Like | ConstraintOp::Unlike | ConstraintOp::MaxPer);
+        match (&value, needs_value) {
+            (None, true) => return Err(format!("constraint `{text}`: {} needs a value", op.name())),
+            (Some(_), false) if op == ConstraintOp::Unique => {
+                return Err(format!("constraint `{text}`: UNIQUE takes no value"));
+            }
+            _ => {}
+        }
+        if matches!(op, ConstraintOp::MaxPer | ConstraintOp::GroupBy) {
+            if let Some(v) = &value {
+                if v.parse::<u32>().map_or(true, |n| n == 0) {
+                    return Err(format!("constraint `{text}`: {} takes a positive number, not `{v}`", op.name()));
+                }
+            }
+        }
+        Ok(Constraint { field: field.to_string(), op, value })
+    }
+}
+
+impl fmt::Display for Constraint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.field, self.op.name())?;
+        if let Some(v) = &self.value {
+            write!(f, ":{v}")?;
+        }
+        Ok(())
+    }
+}
+
+impl Serialize for Constraint {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Constraint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Constraint::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+/// Accepts `constraints` as one string, a list of strings, or Marathon's list of lists.
+fn constraint_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Constraint>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Item {
+        Text(String),
+        Parts(Vec<String>),
+    }
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<Item>),
+    }
+    let items = match OneOrMany::deserialize(d)? {
+        OneOrMany::One(text) => vec![text],
+        OneOrMany::Many(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Item::Text(text) => text,
+                Item::Parts(parts) => parts.join(":"),
+            })
+            .collect(),
+    };
+    items.iter().map(|text| Constraint::parse(text).map_err(de::Error::custom)).collect()
+}
+
+/// Environment values may be written as numbers or booleans; they reach the process as text.
+fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    struct Scalar(String);
+    impl<'de> Deserialize<'de> for Scalar {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct ScalarVisitor;
+            impl Visitor<'_> for ScalarVisitor {
+                type Value = Scalar;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a string, number or boolean")
+                }
+                fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+                fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
+                    Ok(Scalar(v.to_string()))
+                }
+            }
+            d.deserialize_any(ScalarVisitor)
+        }
+    }
+    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
+    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+}
+
+/// One problem in a spec, located as precisely as the input allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SpecError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub line: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<u64>,
+    /// Dotted path of the key at fault (`health.interval`), empty for the whole document.
+    pub field: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub suggestion: Option<String>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut place = self.file.clone().unwrap_or_default();
+        if let Some(line) = self.line {
+            if !place.is_empty() {
+                place.push(':');
+            }
+            place.push_str(&line.to_string());
+            if let Some(col) = self.column {
+                place.push_str(&format!(":{col}"));
+            }
+        }
+        if !place.is_empty() {
+            write!(f, "{place}: ")?;
+        }
+        if !self.field.is_empty() {
+            write!(f, "`{}`: ", self.field)?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(s) = &self.suggestion {
+            write!(f, " (did you mean `{s}`?)")?;
+        }
+        Ok(())
+    }
+}
+
+/// Every problem found in one spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
+pub struct SpecErrors(pub Vec<SpecError>);
+
+impl fmt::Display for SpecErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Keys valid at the top level of a spec.
+pub const TOP_LEVEL_KEYS: [&str; 19] = [
+    "group", "name", "image", "instances", "cpu", "memory", "network", "privileged", "command", "ports",
+    "environment", "zones", "services", "constraints", "driver", "health", "upgrade", "pids", "stop_timeout",
+];
+
+impl AppSpec {
+    /// Parses and validates YAML text; `file` names the source in errors.
+    pub fn from_yaml(text: &str, file: Option<&str>) -> Result<AppSpec, SpecErrors> {
+        let spec: AppSpec = serde_saphyr::from_str(text).map_err(|e| SpecErrors(vec![yaml_error(&e, file)]))?;
+        spec.validate().map_err(|mut errors| {
+            let places = key_locations(text);
+            for e in &mut errors.0 {
+                e.file = file.map(str::to_string);
+                if let Some((line, col)) = locate(&places, &e.field) {
+                    e.line = Some(line);
+                    e.column = Some(col);
+                }
+            }
+            errors
+        })?;
+        Ok(spec)
+    }
+
+    /// `GROUP/NAME`: the app's identity.
+    pub fn id(&self) -> String {
+        format!("{}/{}", self.group, self.name)
+    }
+
+    /// Checks meaning after the shape is known: names, ranges, cross-field rules.
+    pub fn validate(&self) -> Result<(), SpecErrors> {
+        let mut errors = Vec::new();
+        let mut fail = |field: &str, message: String| {
+            errors.push(SpecError { file: None, line: None, column: None, field: field.into(), message, suggestion: None })
+        };
+        for (field, value) in [("group", &self.group), ("name", &self.name)] {
+            if let Err(why) = check_label(value) {
+                fail(field, why);
+            }
+        }
+        match (&self.image, self.driver, &self.command) {
+            (None, Some(DriverKind::Exec), Some(_)) => {}
+            (None, Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
+            (None, _, _) => fail("image", "required (or use `driver: exec` with a `command`)".into()),
+            (Some(image), _, _) if image.trim().is_empty() || image.contains(char::is_whitespace) => {
+                fail("image", format!("`{image}` is not an image reference"))
+            }
+            (Some(_), Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
+            _ => {}
+        }
+        if self.instances > 10_000 {
+            fail("instances", format!("{} is more than the 10000 allowed", self.instances));
+        }
+        if let Some(cpu) = self.cpu {
+            if !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0) {
+                fail("cpu", format!("{cpu} cores is out of range (0 < cpu <= 1024)"));
+            }
+        }
+        if let Some(mem) = self.memory {
+            // Docker refuses limits under 6 MiB.
+            if !(6..=4 * 1024 * 1024).contains(&mem) {
+                fail("memory", format!("{mem} MiB is out of range (6 to 4194304)"));
+            }
+        }
+        if let Some(Command::Exec(args)) = &self.command {
+            if args.is_empty() {
+                fail("command", "an empty list runs nothing".into());
+            }
+        }
+        if let Some(Command::Shell(line)) = &self.command {
+            if line.trim().is_empty() {
+                fail("command", "an empty command runs nothing".into());
+            }
+        }
+        let mut seen = Vec::new();
+        for port in &self.ports {
+            if *port == 0 {
+                fail("ports", "port 0 is not a port".into());
+            } else if seen.contains(port) {
+                fail("ports", format!("port {port} is listed twice"));
+            }
+            seen.push(*port);
+        }
+        if self.network == NetworkMode::None && !self.ports.is_empty() {
+            fail("ports", "`network: none` cannot publish ports".into());
+        }
+        for key in self.environment.keys() {
+            if key.is_empty() || key.contains('=') || key.contains('\0') {
+                fail("environment", format!("`{key}` is not a valid variable name"));
+            }
+        }
+        for zone in &self.zones {
+            if let Err(why) = check_label(zone.replace('_', "-").as_str()) {
+                fail("zones", format!("zone `{zone}`: {why}"));
+            }
+        }
+        for service in &self.services {
+            if let Err(why) = check_service(service, &self.ports) {
+                fail("services", why);
+            }
+        }
+        if let Some(health) = &self.health {
+            match (&health.http, health.tcp) {
+                (Some(_), true) => fail("health", "choose one of `http` and `tcp`".into()),
+                (None, false) => fail("health", "set `http: /path` or `tcp: true`".into()),
+                (Some(path), false) if !path.starts_with('/') => {
+                    fail("health.http", format!("`{path}` must start with /"))
+                }
+                _ => {}
+            }
+            if self.ports.is_empty() {
+                fail("health", "a health check needs at least one port in `ports`".into());
+            } else if health.port_index >= self.ports.len() {
+                fail("health.port_index", format!("{} but only {} port(s) listed", health.port_index, self.ports.len()));
+            }
+            if health.interval.0 == 0 {
+                fail("health.interval", "must be more than 0".into());
+            }
+            if health.timeout.0 == 0 {
+                fail("health.timeout", "must be more than 0".into());
+            }
+            if health.max_failures == 0 {
+                fail("health.max_failures", "must be at least 1".into());
+            }
+        }
+        for (field, value) in [
+            ("upgrade.min_health_capacity", self.upgrade.min_health_capacity),
+            ("upgrade.max_over_capacity", self.upgrade.max_over_capacity),
+        ] {
+            if !(0.0..=1.0).contains(&value) {
+                fail(field, format!("{value} is not a fraction between 0 and 1"));
+            }
+        }
+        if self.pids == 0 {
+            fail("pids", "must be at least 1".into());
+        }
+        if errors.is_empty() { Ok(()) } else { Err(SpecErrors(errors)) }
+    }
+
+    /// Things that are allowed but probably not meant, for the CLI to print.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for service in &self.services {
+            if let Some(port) = AppSpec::service_port(service, &self.ports) {
+                if !self.ports.contains(&port) && self.network == NetworkMode::Bridge {
+                    out.push(format!(
+                        "services: `{service}` names port {port}, which is not in `ports`: it is not published in bridge mode"
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The container port a service name routes to: its explicit port, else the first port.
+    pub fn service_port(service: &str, ports: &[u16]) -> Option<u16> {
+        match service.rsplit_once(':') {
+            Some((_, port)) => port.parse().ok(),
+            None => ports.first().copied(),
+        }
+    }
+}
+
+fn check_label(value: &str) -> Result<(), String> {
+    let ok_chars = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if value.is_empty() {
+        Err("must not be empty".into())
+    } else if value.len() > 63 {
+        Err(format!("`{value}` is longer than 63 characters"))
+    } else if !ok_chars || value.starts_with('-') || value.ends_with('-') {
+        Err(format!("`{value}` must be lowercase letters, digits and inner dashes"))
+    } else {
+        Ok(())
+    }
+}
+
+fn check_service(service: &str, ports: &[u16]) -> Result<(), String> {
+    let (host, port) = match service.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (service, None),
+    };
+    let host_ok = !host.is_empty()
+        && host.split('.').all(|label| {
+            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+        });
+    if !host_ok {
+        return Err(format!("`{service}` is not a host name"));
+    }
+    match port {
+        Some(port) => match port.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(()),
+            _ => Err(format!("`{service}`: `{port}` is not a port")),
+        },
+        None if ports.is_empty() => Err(format!("`{service}` needs a port in `ports` to route to")),
+        None => Ok(()),
+    }
+}
+
+fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
+    let location = e.location();
+    let (field, message, suggestion) = match e.without_snippet() {
+        serde_saphyr::Error::SerdeUnknownField { field, expected, .. } => {
+            let suggestion = closest(field, expected).map(str::to_string);
+            (field.clone(), "unknown key".to_string(), suggestion)
+        }
+        serde_saphyr::Error::SerdeMissingField { field, .. } => {
+            (field.to_string(), "required key is missing".to_string(), None)
+        }
+        serde_saphyr::Error::Message { msg, .. } => (String::new(), first_line(msg), None),
+        other => (String::new(), first_line(&other.to_string()), None),
+    };
+    SpecError {
+        file: file.map(str::to_string),
+        line: location.as_ref().map(|l| l.line()).filter(|l| *l > 0),
+        column: location.as_ref().map(|l| l.column()).filter(|c| *c > 0),
+        field,
+        message,
+        suggestion,
+    }
+}
+
+/// The library's message without the place, which we print ourselves in one format.
+fn first_line(message: &str) -> String {
+    let mut line = message.lines().next().unwrap_or(message).trim();
+    line = line.strip_prefix("error: ").unwrap_or(line);
+    if let Some(rest) = line.strip_prefix("line ") {
+        if let Some((_, after)) = rest.split_once(": ") {
+            line = after;
+        }
+    }
+    match line.find(" at line ") {
+        Some(i) => line[..i].to_string(),
+        None => line.to_string(),
+    }
+}
+
+/// The valid key nearest to what was written, if it is near enough to be a typo.
+pub fn closest<'a>(written: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    let written = written.to_lowercase();
+    candidates
+        .iter()
+        .map(|c| (edit_distance(&written, &c.to_lowercase()), *c))
+        .filter(|(d, c)| *d <= (c.len().max(written.len()) / 3).max(2))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, c)| c)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != *cb);
+            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// Where each key of the document sits, as `(dotted.path, line, column)`.
+fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
+    #[derive(Default)]
+    struct Tree(Vec<(String, u64, u64)>);
+    impl<'de> Deserialize<'de> for Tree {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct TreeVisitor;
+            impl<'de> Visitor<'de> for TreeVisitor {
+                type Value = Tree;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("any YAML")
+                }
+                fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Tree, A::Error> {
+                    let mut out = Vec::new();
+                    while let Some(key) = map.next_key::<serde_saphyr::Spanned<String>>()? {
+                        let at = key.referenced;
+                        out.push((key.value.clone(), at.line(), at.column()));
+                        let inner: Tree = map.next_value()?;
+                        out.extend(inner.0.into_iter().map(|(k, l, c)| (format!("{}.{k}", key.value), l, c)));
+                    }
+                    Ok(Tree(out))
+                }
+                fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Tree, A::Error> {
+                    while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+                    Ok(Tree::default())
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Tree, E> {
+                    Ok(Tree::default())
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Tree, E> {
+                    Ok(Tree::default())
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Tree, E> {
+                    Ok(Tree::default())
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Tree, E> {
+                    Ok(Tree::default())
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Tree, E> {
+                    Ok(Tree::default())
+                }
+                fn visit_unit<E>(self) -> Result<Tree, E> {
+                    Ok(Tree::default())
+                }
+                fn visit_none<E>(self) -> Result<Tree, E> {
+                    Ok(Tree::default())
+                }
+            }
+            d.deserialize_any(TreeVisitor)
+        }
+    }
+    serde_saphyr::from_str::<Tree>(text).map(|t| t.0).unwrap_or_default()
+}
+
+/// The location of `field`, or of its nearest written parent.
+fn locate(places: &[(String, u64, u64)], field: &str) -> Option<(u64, u64)> {
+    let mut path = field;
+    loop {
+        if let Some((_, l, c)) = places.iter().find(|(k, _, _)| k == path) {
+            return Some((*l, *c));
+        }
+        path = path.rsplit_once('.')?.0;
+    }
+}
+
+/// A commented starter spec, as `berth init` writes it.
+pub fn starter(group: &str, name: &str) -> String {
+    format!(
+        r#"# Berth app spec. `berth validate` checks it; `berth deploy` runs it.
+# required
+group: {group}          # business group the app belongs to
+name: {name}            # unique within the group: lowercase, digits, dashes
+image: nginx            # container image (or `driver: exec` with a `command`)
+# optional
+instances: 1            # how many copies to run
+cpu: 0.1                # cores, fractions allowed
+memory: 64              # MiB; the instance is OOM-killed above it
+network: bridge         # bridge | host | none
+# command: /bin/sh -c 'exec my-server'   # a string runs under /bin/sh -c; a list is exec'd as is
+ports:
+  - 80                  # container ports; the first is the instance's address
+environment:
+  APP_ENV: production
+# zones: [default]               # router zones that publish the app
+# services: [{name}.example.com] # host names the router serves it under
+# constraints: [hostname:UNIQUE] # at most one instance per node
+health:
+  http: /               # or `tcp: true`
+  interval: 10s
+  timeout: 2s
+  grace: 30s
+  max_failures: 3
+upgrade:
+  min_health_capacity: 1.0   # fraction that must stay healthy while upgrading
+  max_over_capacity: 1.0     # fraction that may run on top while upgrading
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,174 @@
+use super::*;
+
+const SEED_SAMPLE: &str = r#"# required
+group: guest
+name: name
+image: nginx
+# optional
+instances: 1
+cpu: 0.1
+memory: 64
+network: bridge
+privileged: false
+command: /bin/bash
+ports:
+    - 8080
+environment:
+   APP_NAME: nginx
+   APP_CONFIG: default
+   CONSUL_HTTP_ADDR: 127.0.0.1:8500
+   MY_ENV1: VAL1
+zones:
+    - slardar
+    - slardar_test
+services:
+    - s1.upyun.com:8080
+    - s2.upyun.com:8081
+constraints:
+    - hostname:UNIQUE
+"#;
+
+fn errors(text: &str) -> Vec<SpecError> {
+    AppSpec::from_yaml(text, Some("berth.yaml")).expect_err("spec should be rejected").0
+}
+
+#[test]
+fn seed_sample_validates_unchanged_with_a_warning_for_its_unpublished_port() {
+    let spec = AppSpec::from_yaml(SEED_SAMPLE, Some("berth.yaml")).expect("the seed's sample is valid");
+    let warnings = spec.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("8081"), "{}", warnings[0]);
+}
+
+#[test]
+fn seed_sample_fields_are_read() {
+    let text = SEED_SAMPLE.replace("    - 8080\n", "    - 8080\n    - 8081\n");
+    let spec = AppSpec::from_yaml(&text, None).expect("seed sample is valid");
+    assert_eq!(spec.id(), "guest/name");
+    assert_eq!(spec.image.as_deref(), Some("nginx"));
+    assert_eq!(spec.cpu, Some(0.1));
+    assert_eq!(spec.memory, Some(64));
+    assert_eq!(spec.network, NetworkMode::Bridge);
+    assert_eq!(spec.command, Some(Command::Shell("/bin/bash".into())));
+    assert_eq!(spec.ports, vec![8080, 8081]);
+    assert_eq!(spec.environment["CONSUL_HTTP_ADDR"], "127.0.0.1:8500");
+    assert_eq!(spec.zones, vec!["slardar", "slardar_test"]);
+    assert_eq!(spec.constraints, vec![Constraint { field: "hostname".into(), op: ConstraintOp::Unique, value: None }]);
+    assert_eq!(AppSpec::service_port("s2.upyun.com:8081", &spec.ports), Some(8081));
+}
+
+#[test]
+fn constraints_accept_a_single_string_and_marathon_lists() {
+    let one = "group: g\nname: n\nimage: i\nconstraints: hostname:UNIQUE\n";
+    assert_eq!(AppSpec::from_yaml(one, None).unwrap().constraints.len(), 1);
+    let lists = "group: g\nname: n\nimage: i\nconstraints:\n  - [rack, CLUSTER, a]\n  - hostname:MAX_PER:2\n  - zone:GROUP_BY\n  - hostname:LIKE:web.*\n  - hostname:UNLIKE:db.*\n";
+    let spec = AppSpec::from_yaml(lists, None).unwrap();
+    let ops: Vec<_> = spec.constraints.iter().map(|c| c.op).collect();
+    assert_eq!(
+        ops,
+        [ConstraintOp::Cluster, ConstraintOp::MaxPer, ConstraintOp::GroupBy, ConstraintOp::Like, ConstraintOp::Unlike]
+    );
+    assert_eq!(spec.constraints[0].value.as_deref(), Some("a"));
+}
+
+#[test]
+fn bad_constraint_operator_is_named_with_a_suggestion() {
+    let errs = errors("group: g\nname: n\nimage: i\nconstraints:\n  - hostname:UNIQE\n");
+    assert!(errs[0].to_string().contains("did you mean `UNIQUE`"), "{}", errs[0]);
+    assert_eq!(errs[0].line, Some(5), "{}", errs[0]);
+}
+
+#[test]
+fn misspelt_key_names_line_column_and_closest_key() {
+    let errs = errors("group: g\nname: n\nimage: i\ninstanses: 3\n");
+    let e = &errs[0];
+    assert_eq!(e.field, "instanses");
+    assert_eq!(e.suggestion.as_deref(), Some("instances"));
+    assert_eq!((e.line, e.column), (Some(4), Some(1)));
+    assert_eq!(e.to_string(), "berth.yaml:4:1: `instanses`: unknown key (did you mean `instances`?)");
+}
+
+#[test]
+fn misspelt_nested_key_is_caught() {
+    let errs = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  intervall: 1s\n");
+    assert_eq!(errs[0].suggestion.as_deref(), Some("interval"));
+    assert_eq!(errs[0].line, Some(7));
+}
+
+#[test]
+fn wrong_type_names_its_line() {
+    let errs = errors("group: g\nname: n\nimage: i\ninstances: many\n");
+    assert_eq!(errs[0].line, Some(4), "{}", errs[0]);
+    assert!(!errs[0].message.is_empty());
+}
+
+#[test]
+fn missing_required_key_is_named() {
+    let errs = errors("group: g\nimage: i\n");
+    assert_eq!(errs[0].field, "name");
+    assert!(errs[0].message.contains("missing"));
+}
+
+#[test]
+fn semantic_errors_are_located_at_their_key() {
+    let errs = errors("group: Guest\nname: n\nimage: i\ncpu: -1\nports: [80]\nhealth:\n  http: health\n");
+    let fields: Vec<_> = errs.iter().map(|e| (e.field.as_str(), e.line)).collect();
+    assert_eq!(fields, [("group", Some(1)), ("cpu", Some(4)), ("health.http", Some(7))]);
+}
+
+#[test]
+fn exec_driver_needs_a_command_and_no_image() {
+    assert!(AppSpec::from_yaml("group: g\nname: n\ndriver: exec\ncommand: [/bin/true]\n", None).is_ok());
+    let errs = errors("group: g\nname: n\ndriver: exec\n");
+    assert_eq!(errs[0].field, "command");
+    let errs = errors("group: g\nname: n\n");
+    assert_eq!(errs[0].field, "image");
+}
+
+#[test]
+fn durations_and_defaults() {
+    let spec = AppSpec::from_yaml(
+        "group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  tcp: true\n  interval: 500ms\nstop_timeout: 2s\n",
+        None,
+    )
+    .unwrap();
+    let health = spec.health.unwrap();
+    assert_eq!(health.interval, Dur(500));
+    assert_eq!(health.timeout, Dur::secs(20), "Marathon's default timeout");
+    assert_eq!(health.grace, Dur::secs(300), "Marathon's default grace");
+    assert_eq!(health.max_failures, 3);
+    assert_eq!(spec.stop_timeout, Dur::secs(2));
+    assert_eq!(spec.instances, 1);
+    assert_eq!(spec.upgrade, UpgradeSpec::default());
+    let errs = errors("group: g\nname: n\nimage: i\nstop_timeout: 3 weeks\n");
+    assert_eq!(errs[0].line, Some(4), "{}", errs[0]);
+}
+
+#[test]
+fn environment_numbers_become_text() {
+    let spec = AppSpec::from_yaml("group: g\nname: n\nimage: i\nenvironment:\n  PORT_HINT: 8080\n  DEBUG: true\n", None).unwrap();
+    assert_eq!(spec.environment["PORT_HINT"], "8080");
+    assert_eq!(spec.environment["DEBUG"], "true");
+}
+
+#[test]
+fn json_round_trip_keeps_the_spec() {
+    let text = SEED_SAMPLE.replace("    - 8080\n", "    - 8080\n    - 8081\n");
+    let spec = AppSpec::from_yaml(&text, None).unwrap();
+    let json = serde_json::to_string(&spec).unwrap();
+    let back: AppSpec = serde_json::from_str(&json).unwrap();
+    assert_eq!(spec, back);
+}
+
+#[test]
+fn starter_spec_validates() {
+    let spec = AppSpec::from_yaml(&starter("guest", "web"), Some("berth.yaml")).expect("starter is valid");
+    assert_eq!(spec.id(), "guest/web");
+}
+
+#[test]
+fn upgrade_fractions_are_bounded() {
+    let errs = errors("group: g\nname: n\nimage: i\nupgrade:\n  min_health_capacity: 1.5\n");
+    assert_eq!(errs[0].field, "upgrade.min_health_capacity");
+    assert_eq!(errs[0].line, Some(5));
+}
