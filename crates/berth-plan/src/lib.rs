@@ -1,1 +1,9 @@
-//! placeholder
+//! Pure planning: from a snapshot of desired and actual state and `now`, the actions that move
+//! actual toward desired, each with its reason. No I/O, no clock.
+
+pub mod place;
+pub mod reconcile;
+pub mod rolling;
+
+pub use place::{Placement, place};
+pub use reconcile::{Action, Pending, Plan, Settings, Snapshot, reconcile};

@@ -1,0 +1,220 @@
+//! Placement: which node runs a new instance. Feasibility filters record why each node was
+//! rejected; ranking spreads an app's instances and then the load.
+
+use std::collections::{BTreeSet, HashMap};
+
+use berth_core::spec::{ConstraintOp, DriverKind, NetworkMode};
+use berth_core::{AppSpec, Instance, Node, NodeStatus};
+
+/// A decided placement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Placement {
+    pub node: String,
+    pub host: String,
+    pub driver: DriverKind,
+    pub host_ports: Vec<u16>,
+}
+
+/// Usage of one node by live instances, tracked while a plan places several instances.
+#[derive(Debug, Clone, Default)]
+pub struct NodeUsage {
+    pub cpu: f64,
+    pub memory: u64,
+    pub ports: BTreeSet<u16>,
+    /// Live instances per app on this node.
+    pub per_app: HashMap<String, usize>,
+}
+
+impl NodeUsage {
+    pub fn add(&mut self, app: &str, spec: &AppSpec, host_ports: &[u16]) {
+        self.cpu += spec.cpu.unwrap_or(0.0);
+        self.memory += spec.memory.unwrap_or(0);
+        self.ports.extend(host_ports.iter().copied());
+        *self.per_app.entry(app.to_string()).or_default() += 1;
+    }
+}
+
+/// Usage of every node by the given live instances, with each instance's spec looked up by app.
+pub fn usage<'a>(
+    instances: impl Iterator<Item = &'a Instance>,
+    spec_of: impl Fn(&str) -> Option<&'a AppSpec>,
+) -> HashMap<String, NodeUsage> {
+    let mut out: HashMap<String, NodeUsage> = HashMap::new();
+    for inst in instances.filter(|i| i.state.is_live()) {
+        let entry = out.entry(inst.node.clone()).or_default();
+        match spec_of(&inst.app) {
+            Some(spec) => entry.add(&inst.app, spec, &inst.host_ports),
+            None => entry.ports.extend(inst.host_ports.iter().copied()),
+        }
+    }
+    out
+}
+
+/// How many host ports an instance of `spec` needs on a node with `driver`.
+pub fn ports_needed(spec: &AppSpec, driver: DriverKind) -> usize {
+    match (driver, spec.network) {
+        (_, NetworkMode::None) => 0,
+        // A plain process always gets at least `PORT`.
+        (DriverKind::Exec, _) => spec.ports.len().max(1),
+        (DriverKind::Docker, _) => spec.ports.len(),
+    }
+}
+
+/// Picks a node for one instance of `app`, or returns why no node fits, node by node.
+pub fn place(
+    app: &str,
+    spec: &AppSpec,
+    nodes: &[&Node],
+    usage: &HashMap<String, NodeUsage>,
+) -> Result<Placement, Vec<String>> {
+    let empty = NodeUsage::default();
+    let mut best: Option<(Placement, (usize, u64))> = None;
+    let mut reasons = Vec::new();
+    for node in nodes {
+        let used = usage.get(&node.id).unwrap_or(&empty);
+        match feasible(app, spec, node, used) {
+            Ok(placement) => {
+                // Spread the app first, then prefer the least loaded node (per mille of cpu + memory).
+                let same_app = used.per_app.get(app).copied().unwrap_or(0);
+                let load = load_per_mille(node, used);
+                if best.as_ref().is_none_or(|(_, score)| (same_app, load) < *score) {
+                    best = Some((placement, (same_app, load)));
+                }
+            }
+            Err(why) => reasons.push(format!("{}: {why}", node.hostname)),
+        }
+    }
+    match best {
+        Some((placement, _)) => Ok(placement),
+        None if nodes.is_empty() => Err(vec!["no ready node".into()]),
+        None => Err(reasons),
+    }
+}
+
+fn load_per_mille(node: &Node, used: &NodeUsage) -> u64 {
+    let cpu = if node.resources.cpu > 0.0 { used.cpu / node.resources.cpu } else { 0.0 };
+    let mem = if node.resources.memory > 0 { used.memory as f64 / node.resources.memory as f64 } else { 0.0 };
+    ((cpu + mem) * 500.0) as u64
+}
+
+fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<Placement, String> {
+    if node.status != NodeStatus::Ready {
+        return Err("node is down".into());
+    }
+    let driver = node.driver_for(spec)?;
+    let cpu = spec.cpu.unwrap_or(0.0);
+    if used.cpu + cpu > node.resources.cpu + 1e-9 {
+        return Err(format!("cpu: {:.2} free, {cpu} needed", (node.resources.cpu - used.cpu).max(0.0)));
+    }
+    let memory = spec.memory.unwrap_or(0);
+    if used.memory + memory > node.resources.memory {
+        return Err(format!(
+            "memory: {} MiB free, {memory} needed",
+            node.resources.memory.saturating_sub(used.memory)
+        ));
+    }
+    let on_node = used.per_app.get(app).copied().unwrap_or(0);
+    for c in &spec.constraints {
+        let value = match c.field.as_str() {
+            "hostname" => Some(node.hostname.as_str()),
+            field => node.labels.get(field).map(String::as_str),
+        };
+        match c.op {
+            ConstraintOp::Unique if c.field == "hostname" && on_node > 0 => {
+                return Err(format!("{c}: an instance already runs here"));
+            }
+            ConstraintOp::MaxPer if c.field == "hostname" => {
+                let max: usize = c.value.as_deref().and_then(|v| v.parse().ok()).unwrap_or(1);
+                if on_node >= max {
+                    return Err(format!("{c}: {on_node} instance(s) already here"));
+                }
+            }
+            ConstraintOp::Cluster if value != c.value.as_deref() => {
+                return Err(format!("{c}: node has {}", value.unwrap_or("no such field")));
+            }
+            // UNIQUE and MAX_PER on other fields, GROUP_BY, LIKE and UNLIKE are parsed but not yet enforced.
+            _ => {}
+        }
+    }
+    let wanted = ports_needed(spec, driver);
+    let (low, high) = node.resources.ports;
+    let host_ports: Vec<u16> = (low..=high).filter(|p| !used.ports.contains(p)).take(wanted).collect();
+    if host_ports.len() < wanted {
+        return Err(format!("ports: {} free in {low}-{high}, {wanted} needed", host_ports.len()));
+    }
+    Ok(Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_core::Resources;
+    use std::collections::BTreeMap;
+
+    fn node(id: &str, cpu: f64) -> Node {
+        Node {
+            id: id.into(),
+            hostname: format!("host-{id}"),
+            address: "127.0.0.1".into(),
+            resources: Resources { cpu, memory: 1024, ports: (30000, 30009) },
+            labels: BTreeMap::from([("rack".to_string(), format!("r-{id}"))]),
+            drivers: vec![DriverKind::Docker, DriverKind::Exec],
+            status: NodeStatus::Ready,
+            registered_at: 0,
+            last_heartbeat: 0,
+        }
+    }
+
+    fn spec(extra: &str) -> AppSpec {
+        AppSpec::from_yaml(&format!("group: g\nname: web\nimage: i\nports: [80, 81]\ncpu: 0.5\nmemory: 100\n{extra}"), None)
+            .unwrap()
+    }
+
+    #[test]
+    fn spreads_and_explains() {
+        let (a, b) = (node("a", 1.0), node("b", 1.0));
+        let nodes = [&a, &b];
+        let s = spec("");
+        let mut usage = HashMap::new();
+        let first = place("g/web", &s, &nodes, &usage).unwrap();
+        usage.entry(first.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &first.host_ports);
+        let second = place("g/web", &s, &nodes, &usage).unwrap();
+        assert_ne!(first.node, second.node, "spread across nodes");
+        assert_eq!(first.host_ports, vec![30000, 30001]);
+        usage.entry(second.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &second.host_ports);
+        let third = place("g/web", &s, &nodes, &usage).unwrap();
+        assert_eq!(third.host_ports, vec![30002, 30003], "ports in use are skipped");
+        usage.entry(third.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &third.host_ports);
+        usage.entry(if third.node == "a" { "b".into() } else { "a".into() }).or_insert_with(NodeUsage::default).add("g/web", &s, &[30004, 30005]);
+        let reasons = place("g/web", &s, &nodes, &usage).unwrap_err();
+        assert_eq!(reasons.len(), 2);
+        assert!(reasons[0].contains("cpu: 0.00 free, 0.5 needed"), "{reasons:?}");
+    }
+
+    #[test]
+    fn hostname_unique_allows_one_per_node() {
+        let a = node("a", 8.0);
+        let s = spec("constraints: hostname:UNIQUE\n");
+        let mut usage = HashMap::new();
+        let p = place("g/web", &s, &[&a], &usage).unwrap();
+        usage.entry(p.node).or_insert_with(NodeUsage::default).add("g/web", &s, &p.host_ports);
+        let why = place("g/web", &s, &[&a], &usage).unwrap_err();
+        assert!(why[0].contains("hostname:UNIQUE"), "{why:?}");
+        assert!(place("g/other", &s, &[&a], &usage).is_ok(), "other apps are not affected");
+    }
+
+    #[test]
+    fn cluster_and_ports_and_drivers() {
+        let (a, b) = (node("a", 8.0), node("b", 8.0));
+        let s = spec("constraints: rack:CLUSTER:r-b\n");
+        assert_eq!(place("g/web", &s, &[&a, &b], &HashMap::new()).unwrap().node, "b");
+        let mut exec_only = node("c", 8.0);
+        exec_only.drivers = vec![DriverKind::Exec];
+        let why = place("g/web", &spec(""), &[&exec_only], &HashMap::new()).unwrap_err();
+        assert!(why[0].contains("driver"), "{why:?}");
+        let mut full = NodeUsage::default();
+        full.ports.extend(30000..=30008);
+        let why = place("g/web", &spec(""), &[&a], &HashMap::from([("a".to_string(), full)])).unwrap_err();
+        assert!(why[0].contains("ports: 1 free"), "{why:?}");
+    }
+}

@@ -1,0 +1,246 @@
+//! Reconcile: compare desired apps with actual instances and nodes, and plan the moves.
+
+use std::collections::HashMap;
+
+use berth_core::{App, Desired, Instance, InstanceState, Millis, Node, NodeStatus};
+
+use crate::place::{self, Placement};
+use crate::rolling::{self, Counts};
+
+/// What the planner reads.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    pub apps: Vec<App>,
+    pub instances: Vec<Instance>,
+    pub nodes: Vec<Node>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Settings {
+    /// A node that has not heartbeat for this long is lost.
+    pub node_timeout_ms: i64,
+    /// Heartbeats are not expected before this (the server just started).
+    pub heartbeat_grace_until: Millis,
+    /// Terminal instances kept per app for status and history.
+    pub keep_terminal: usize,
+    /// An instance ready for this long resets its app's launch backoff.
+    pub backoff_reset_ms: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { node_timeout_ms: 15_000, heartbeat_grace_until: 0, keep_terminal: 10, backoff_reset_ms: 30_000 }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Create a new instance of `app` at `version` there.
+    Place { app: String, version: u64, placement: Placement },
+    /// Ask the node to stop a live instance.
+    Stop { instance: String, reason: String },
+    /// An instance that can no longer be reached (its node is lost) is failed.
+    Fail { instance: String, reason: String },
+    NodeDown { node: String },
+    /// Drop a terminal instance record nobody needs any more.
+    Forget { instance: String },
+    ResetBackoff { app: String },
+    /// A destroyed app whose instances are all gone.
+    RemoveApp { app: String },
+}
+
+/// An app that wants more instances than could be placed, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending {
+    pub app: String,
+    pub missing: usize,
+    pub reasons: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Plan {
+    pub actions: Vec<Action>,
+    pub pending: Vec<Pending>,
+    /// Reconcile again no later than this, even if nothing changes.
+    pub check_at: Option<Millis>,
+}
+
+impl Plan {
+    fn check_by(&mut self, at: Millis) {
+        self.check_at = Some(self.check_at.map_or(at, |c| c.min(at)));
+    }
+}
+
+/// Live instances that the platform still wants.
+fn wanted(i: &Instance) -> bool {
+    i.state.is_live() && i.desired == Desired::Run
+}
+
+pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
+    let mut plan = Plan::default();
+
+    // Nodes that stopped heartbeating are lost, and so is what ran on them.
+    let mut lost_nodes = Vec::new();
+    for node in &snapshot.nodes {
+        let last = node.last_heartbeat.max(settings.heartbeat_grace_until);
+        if node.status == NodeStatus::Ready {
+            if now - last >= settings.node_timeout_ms {
+                plan.actions.push(Action::NodeDown { node: node.id.clone() });
+                lost_nodes.push(node.id.as_str());
+            } else {
+                plan.check_by(last + settings.node_timeout_ms);
+            }
+        }
+    }
+    let mut failed_now = Vec::new();
+    for inst in &snapshot.instances {
+        if inst.state.is_live() && lost_nodes.contains(&inst.node.as_str()) {
+            plan.actions.push(Action::Fail { instance: inst.id.clone(), reason: format!("node {} lost", inst.node) });
+            failed_now.push(inst.id.as_str());
+        }
+    }
+    let alive = |i: &&Instance| !failed_now.contains(&i.id.as_str());
+
+    let specs: HashMap<String, &berth_core::AppSpec> = snapshot.apps.iter().map(|a| (a.id(), &a.spec)).collect();
+    let mut usage = place::usage(snapshot.instances.iter().filter(alive), |app| specs.get(app).copied());
+    let ready_nodes: Vec<&Node> =
+        snapshot.nodes.iter().filter(|n| n.status == NodeStatus::Ready && !lost_nodes.contains(&n.id.as_str())).collect();
+
+    let mut by_app: HashMap<&str, Vec<&Instance>> = HashMap::new();
+    for inst in snapshot.instances.iter().filter(alive) {
+        by_app.entry(inst.app.as_str()).or_default().push(inst);
+    }
+
+    for app in &snapshot.apps {
+        let id = app.id();
+        let instances = by_app.remove(id.as_str()).unwrap_or_default();
+        reconcile_app(app, &id, &instances, &ready_nodes, &mut usage, now, settings, &mut plan);
+    }
+    // Instances whose app is gone.
+    for (_, instances) in by_app {
+        for inst in instances {
+            if wanted(inst) {
+                plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: "app no longer exists".into() });
+            } else if inst.state.is_terminal() {
+                plan.actions.push(Action::Forget { instance: inst.id.clone() });
+            }
+        }
+    }
+    plan
+}
+
+#[allow(clippy::too_many_arguments)]
+fn reconcile_app(
+    app: &App,
+    id: &str,
+    instances: &[&Instance],
+    nodes: &[&Node],
+    usage: &mut HashMap<String, place::NodeUsage>,
+    now: Millis,
+    settings: Settings,
+    plan: &mut Plan,
+) {
+    let live: Vec<&Instance> = instances.iter().copied().filter(|i| wanted(i)).collect();
+
+    if app.destroying {
+        for inst in &live {
+            plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: "app destroyed".into() });
+        }
+        if instances.iter().all(|i| i.state.is_terminal()) {
+            plan.actions.extend(instances.iter().map(|i| Action::Forget { instance: i.id.clone() }));
+            plan.actions.push(Action::RemoveApp { app: id.to_string() });
+        }
+        return;
+    }
+
+    forget_old_terminal(instances, settings.keep_terminal, plan);
+
+    // A healthy stretch ends the launch backoff.
+    if app.backoff.failures > 0 {
+        let steady_since = live.iter().filter(|i| i.is_ready()).filter_map(|i| i.started_at).min();
+        match steady_since {
+            Some(t) if now - t >= settings.backoff_reset_ms => {
+                plan.actions.push(Action::ResetBackoff { app: id.to_string() })
+            }
+            Some(t) => plan.check_by(t + settings.backoff_reset_ms),
+            None => {}
+        }
+    }
+
+    let target = app.instances as usize;
+    let (new, old): (Vec<&Instance>, Vec<&Instance>) = live.iter().partition(|i| i.version == app.version);
+    let mut stops: Vec<(&Instance, &str)> = Vec::new();
+    let mut start = 0usize;
+
+    if old.is_empty() {
+        if new.len() > target {
+            // Scale down: drop the least useful first (not started, then not ready, then newest).
+            let mut extra = new.clone();
+            extra.sort_by_key(|i| (i.state == InstanceState::Running, i.is_ready(), std::cmp::Reverse(i.created_at)));
+            stops.extend(extra.into_iter().take(new.len() - target).map(|i| (i, "scaled down")));
+        } else {
+            start = target - new.len();
+        }
+    } else {
+        let old_ready = old.iter().filter(|i| i.is_ready()).count();
+        let counts = Counts {
+            target,
+            new_live: new.len(),
+            old_live: old.len(),
+            ready: old_ready + new.iter().filter(|i| i.is_ready()).count(),
+            old_ready,
+        };
+        let step = rolling::step(counts, app.spec.upgrade.min_health_capacity, app.spec.upgrade.max_over_capacity);
+        stops.extend(old.iter().filter(|i| !i.is_ready()).map(|i| (*i, "replaced by a new version")));
+        let mut ready_old: Vec<&Instance> = old.iter().copied().filter(|i| i.is_ready()).collect();
+        ready_old.sort_by_key(|i| i.version);
+        stops.extend(ready_old.into_iter().take(step.stop_ready_old).map(|i| (i, "replaced by a new version")));
+        start = step.start_new;
+        if new.len() > target {
+            stops.extend(new.iter().skip(target).map(|i| (*i, "scaled down")));
+        }
+    }
+
+    for (inst, reason) in stops {
+        plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: reason.to_string() });
+    }
+    if start == 0 {
+        return;
+    }
+    if app.backoff.failures > 0 && now < app.backoff.not_before {
+        plan.check_by(app.backoff.not_before);
+        plan.pending.push(Pending {
+            app: id.to_string(),
+            missing: start,
+            reasons: vec![format!(
+                "launch backoff after {} failure(s): next try in {} ms",
+                app.backoff.failures,
+                app.backoff.not_before - now
+            )],
+        });
+        return;
+    }
+    for placed in 0..start {
+        match place::place(id, &app.spec, nodes, usage) {
+            Ok(placement) => {
+                usage.entry(placement.node.clone()).or_default().add(id, &app.spec, &placement.host_ports);
+                plan.actions.push(Action::Place { app: id.to_string(), version: app.version, placement });
+            }
+            Err(reasons) => {
+                plan.pending.push(Pending { app: id.to_string(), missing: start - placed, reasons });
+                break;
+            }
+        }
+    }
+}
+
+fn forget_old_terminal(instances: &[&Instance], keep: usize, plan: &mut Plan) {
+    let mut terminal: Vec<&Instance> = instances.iter().copied().filter(|i| i.state.is_terminal()).collect();
+    if terminal.len() > keep {
+        terminal.sort_by_key(|i| std::cmp::Reverse(i.finished_at.unwrap_or(i.created_at)));
+        plan.actions.extend(terminal.into_iter().skip(keep).map(|i| Action::Forget { instance: i.id.clone() }));
+    }
+}
+
+#[cfg(test)]
+mod tests;
