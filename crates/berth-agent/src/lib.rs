@@ -1,1 +1,318 @@
-//! placeholder
+//! The node agent: joins the pool, heartbeats, follows its assignments through a blocking watch,
+//! and runs each instance through a driver.
+
+pub mod driver;
+mod health;
+mod report;
+mod runner;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use berth_api::{Assignment, Client, ClientError, InstanceReport, RegisterRequest};
+use berth_core::spec::DriverKind;
+use berth_core::{Desired, InstanceState, Resources};
+use tokio::sync::{mpsc, watch};
+
+pub use driver::docker::PullPolicy;
+use driver::{Driver, DockerDriver, ExecDriver, Handle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error("--driver docker, but no Docker engine answers: {0}")]
+    NoDocker(String),
+    #[error("data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
+
+/// Which drivers the node offers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DriverChoice {
+    /// Docker when an engine answers, and exec always.
+    Auto,
+    Docker,
+    Exec,
+}
+
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    pub server: String,
+    pub data_dir: PathBuf,
+    pub hostname: String,
+    /// Where this node's instances answer; published ports bind here.
+    pub address: String,
+    pub cpu: Option<f64>,
+    pub memory: Option<u64>,
+    pub ports: (u16, u16),
+    pub labels: BTreeMap<String, String>,
+    pub driver: DriverChoice,
+    pub pull: PullPolicy,
+    pub heartbeat: Duration,
+}
+
+/// A running agent.
+pub struct Agent {
+    pub node_id: String,
+    pub drivers: Vec<DriverKind>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
+    let path = data_dir.join("node-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let id = format!("node-{}", random_hex());
+    let tmp = data_dir.join("node-id.tmp");
+    std::fs::write(&tmp, &id).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| AgentError::DataDir(path, e))?;
+    Ok(id)
+}
+
+fn random_hex() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u32(std::process::id());
+    format!("{:08x}", h.finish() as u32)
+}
+
+fn total_memory_mib() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+            line.split_whitespace().nth(1)?.parse::<u64>().ok()
+        })
+        .map_or(1024, |kib| kib / 1024)
+}
+
+impl Agent {
+    pub async fn start(config: AgentConfig) -> Result<Agent, AgentError> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|e| AgentError::DataDir(dir.clone(), e))?;
+        let id = node_id(&dir)?;
+
+        let mut drivers = Vec::new();
+        if matches!(config.driver, DriverChoice::Auto | DriverChoice::Docker) {
+            match DockerDriver::connect(&id, &config.address, config.pull).await {
+                Ok(d) => drivers.push(Driver::Docker(d)),
+                Err(e) if config.driver == DriverChoice::Docker => return Err(AgentError::NoDocker(e.to_string())),
+                Err(e) => tracing::info!(error = %e, "no Docker engine; running with the exec driver only"),
+            }
+        }
+        if matches!(config.driver, DriverChoice::Auto | DriverChoice::Exec) {
+            drivers.push(Driver::Exec(ExecDriver::new(dir.clone())));
+        }
+        let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
+
+        let client = Client::new(&config.server)?;
+        let register = RegisterRequest {
+            id: id.clone(),
+            hostname: config.hostname.clone(),
+            address: config.address.clone(),
+            resources: Resources {
+                cpu: config.cpu.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as f64),
+                memory: config.memory.unwrap_or_else(total_memory_mib),
+                ports: config.ports,
+            },
+            labels: config.labels.clone(),
+            drivers: kinds.clone(),
+        };
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (node_tx, node_rx) = watch::channel(id.clone());
+        drop(node_tx);
+        let (reporter, report_task) = report::spawn(client.clone(), node_rx, shutdown_rx.clone());
+        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, shutdown_rx));
+        tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
+        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task] })
+    }
+
+    /// Stops the agent's loops. Instances keep running; a new agent adopts them.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}
+
+async fn register(client: &Client, req: &RegisterRequest, shutdown: &mut watch::Receiver<bool>) -> bool {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match client.register(req).await {
+            Ok(_) => return true,
+            Err(e) => tracing::warn!(error = %e, "registering with the server failed; retrying"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return false,
+        }
+        delay = (delay * 2).min(Duration::from_secs(3));
+    }
+}
+
+async fn run(
+    client: Client,
+    req: RegisterRequest,
+    drivers: Vec<Driver>,
+    reporter: report::Reporter,
+    heartbeat: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    if !register(&client, &req, &mut shutdown).await {
+        return;
+    }
+    let node = req.id.clone();
+    let mut survivors: HashMap<String, (Handle, Driver)> = HashMap::new();
+    for d in &drivers {
+        match d.survivors().await {
+            Ok(found) => survivors.extend(found.into_iter().map(|h| (h.instance.clone(), (h, d.clone())))),
+            Err(e) => tracing::warn!(driver = %d.kind(), error = %e, "listing surviving instances failed"),
+        }
+    }
+
+    // Assignments arrive through a blocking watch on the server.
+    let (assign_tx, mut assign_rx) = mpsc::channel::<Vec<Assignment>>(4);
+    let poll_client = client.clone();
+    let poll_node = node.clone();
+    let mut poll_shutdown = shutdown.clone();
+    let re_register = std::sync::Arc::new(tokio::sync::Notify::new());
+    let poll_register = re_register.clone();
+    tokio::spawn(async move {
+        let mut index = 0;
+        loop {
+            let result = tokio::select! {
+                r = poll_client.assignments(&poll_node, index, Duration::from_secs(30)) => r,
+                _ = poll_shutdown.changed() => return,
+            };
+            match result {
+                Ok(a) => {
+                    index = a.index;
+                    if assign_tx.send(a.assignments).await.is_err() {
+                        return;
+                    }
+                }
+                Err(e) => {
+                    if e.status() == Some(404) {
+                        poll_register.notify_one();
+                    }
+                    tracing::warn!(error = %e, "watching assignments failed; retrying");
+                    index = 0;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    });
+
+    let mut beat = tokio::time::interval(heartbeat);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
+    let mut running: HashMap<String, watch::Sender<bool>> = HashMap::new();
+    let mut finished: HashSet<String> = HashSet::new();
+    let mut first_sync = true;
+
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = beat.tick() => {
+                if let Err(e) = client.heartbeat(&node).await {
+                    if matches!(e.status(), Some(404 | 410)) {
+                        register(&client, &req, &mut shutdown).await;
+                    } else {
+                        tracing::warn!(error = %e, "heartbeat failed");
+                    }
+                }
+            }
+            _ = re_register.notified() => {
+                register(&client, &req, &mut shutdown).await;
+            }
+            Some(id) = done_rx.recv() => {
+                running.remove(&id);
+                finished.insert(id);
+            }
+            Some(assignments) = assign_rx.recv() => {
+                let listed: HashSet<String> = assignments.iter().map(|a| a.instance.id.clone()).collect();
+                for a in assignments {
+                    let id = a.instance.id.clone();
+                    if finished.contains(&id) {
+                        continue;
+                    }
+                    match a.instance.desired {
+                        Desired::Run if !running.contains_key(&id) => {
+                            let adopted = survivors.remove(&id);
+                            let driver = match adopted.as_ref().map(|(_, d)| d.clone()).or_else(|| drivers.iter().find(|d| d.kind() == a.instance.driver).cloned()) {
+                                Some(d) => d,
+                                None => {
+                                    reporter.send(failed(&id, format!("this node has no {} driver", a.instance.driver)));
+                                    finished.insert(id);
+                                    continue;
+                                }
+                            };
+                            let (stop_tx, stop_rx) = watch::channel(false);
+                            running.insert(id, stop_tx);
+                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone()));
+                        }
+                        Desired::Run => {}
+                        Desired::Stop => {
+                            if let Some(stop) = running.get(&id) {
+                                let _ = stop.send(true);
+                            } else if let Some((handle, driver)) = survivors.remove(&id) {
+                                let grace = a.spec.stop_timeout.as_duration();
+                                let reporter = reporter.clone();
+                                tokio::spawn(async move {
+                                    let _ = driver.stop(&handle, grace).await;
+                                    reporter.send(stopped(&handle.instance));
+                                });
+                                finished.insert(id);
+                            } else {
+                                reporter.send(stopped(&id));
+                                finished.insert(id);
+                            }
+                        }
+                    }
+                }
+                // The server no longer wants these here (failed, forgotten, or moved): stop them.
+                for (id, stop) in &running {
+                    if !listed.contains(id) {
+                        let _ = stop.send(true);
+                    }
+                }
+                if first_sync {
+                    first_sync = false;
+                    for (id, (handle, driver)) in survivors.drain() {
+                        tracing::info!(instance = %id, "stopping an orphan the server does not know");
+                        tokio::spawn(async move {
+                            let _ = driver.stop(&handle, Duration::from_secs(10)).await;
+                        });
+                    }
+                }
+                finished.retain(|id| listed.contains(id));
+            }
+        }
+    }
+}
+
+fn failed(id: &str, reason: String) -> InstanceReport {
+    InstanceReport {
+        id: id.into(),
+        state: InstanceState::Failed,
+        healthy: None,
+        exit_code: None,
+        oom_killed: false,
+        reason: Some(reason),
+        handle: None,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn stopped(id: &str) -> InstanceReport {
+    InstanceReport { state: InstanceState::Stopped, reason: None, ..failed(id, String::new()) }
+}

@@ -1,1 +1,351 @@
-//! placeholder
+//! The `/v1` HTTP contract between server, agents and the CLI: request and response bodies,
+//! the error body, and a typed client. Documented in `docs/openapi.yaml`.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_core::spec::DriverKind;
+use berth_core::{AppSpec, AppVersion, Event, Instance, InstanceState, Millis, Node, Resources, SpecError};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Header carrying the store revision a response reflects; pass it back as `?index=` to block
+/// until something newer exists.
+pub const INDEX_HEADER: &str = "x-berth-index";
+
+/// Every non-2xx response body.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub error: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub details: Vec<SpecError>,
+}
+
+/// An instance as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceView {
+    #[serde(flatten)]
+    pub instance: Instance,
+    /// `host:port` where the first port answers.
+    pub address: Option<String>,
+}
+
+impl From<Instance> for InstanceView {
+    fn from(instance: Instance) -> Self {
+        InstanceView { address: instance.address(), instance }
+    }
+}
+
+/// Instance counts by state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Counts {
+    pub staging: usize,
+    pub starting: usize,
+    pub running: usize,
+    pub failed: usize,
+    pub stopped: usize,
+    /// Live instances the platform is stopping.
+    pub stopping: usize,
+}
+
+impl Counts {
+    pub fn of<'a>(instances: impl Iterator<Item = &'a Instance>) -> Counts {
+        let mut c = Counts::default();
+        for i in instances {
+            if i.state.is_live() && i.desired == berth_core::Desired::Stop {
+                c.stopping += 1;
+                continue;
+            }
+            match i.state {
+                InstanceState::Staging => c.staging += 1,
+                InstanceState::Starting => c.starting += 1,
+                InstanceState::Running => c.running += 1,
+                InstanceState::Failed => c.failed += 1,
+                InstanceState::Stopped => c.stopped += 1,
+            }
+        }
+        c
+    }
+}
+
+/// An app with its live and recent instances.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AppStatus {
+    pub id: String,
+    pub name: String,
+    pub group: String,
+    pub version: u64,
+    /// Desired instances.
+    pub desired: u32,
+    pub image: Option<String>,
+    pub spec: AppSpec,
+    pub counts: Counts,
+    /// Current-version instances running and ready, and no old version left.
+    pub deployed: bool,
+    pub destroying: bool,
+    /// Why instances are missing, when they are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending: Option<String>,
+    pub instances: Vec<InstanceView>,
+    pub created_at: Millis,
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployRequest {
+    pub spec: AppSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeployResponse {
+    pub created: bool,
+    /// False when the spec equals the current one.
+    pub changed: bool,
+    pub version: u64,
+    pub app: AppStatus,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScaleRequest {
+    pub instances: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeRequest {
+    pub image: String,
+}
+
+/// What an agent says about itself when it joins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RegisterRequest {
+    pub id: String,
+    pub hostname: String,
+    pub address: String,
+    pub resources: Resources,
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    pub drivers: Vec<DriverKind>,
+}
+
+/// An instance a node must run (or stop), with the spec of its version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    pub instance: Instance,
+    pub spec: AppSpec,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Assignments {
+    pub index: u64,
+    pub assignments: Vec<Assignment>,
+}
+
+/// What an agent observed of one instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub id: String,
+    pub state: InstanceState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Millis>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReportRequest {
+    pub reports: Vec<InstanceReport>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeView {
+    #[serde(flatten)]
+    pub node: Node,
+    /// Resources promised to live instances.
+    pub allocated: AllocatedResources,
+    pub instances: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AllocatedResources {
+    pub cpu: f64,
+    pub memory: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{status}: {}", body.error)]
+    Api { status: u16, body: ErrorBody },
+    #[error("cannot reach the Berth server at {url}: {why}")]
+    Unreachable { url: String, why: String },
+    #[error("unexpected answer from {url}: {why}")]
+    Decode { url: String, why: String },
+}
+
+impl ClientError {
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A typed `/v1` client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// A response body with the store index it reflects.
+#[derive(Debug, Clone)]
+pub struct Indexed<T> {
+    pub index: u64,
+    pub value: T,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| ClientError::Unreachable { url: base.into(), why: e.to_string() })?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Indexed<T>, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
+        let status = resp.status();
+        let index = resp
+            .headers()
+            .get(INDEX_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
+        if !status.is_success() {
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                error: String::from_utf8_lossy(&bytes).trim().to_string(),
+                details: vec![],
+            });
+            return Err(ClientError::Api { status: status.as_u16(), body });
+        }
+        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), why: e.to_string() })?;
+        Ok(Indexed { index, value })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Indexed<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// A blocking read: returns once the store moves past `index` or `wait` passes.
+    async fn get_after<T: DeserializeOwned>(&self, path: &str, index: u64, wait: Duration) -> Result<Indexed<T>, ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{sep}index={index}&wait={}ms", self.base, wait.as_millis());
+        self.send(self.http.get(&url).timeout(wait + Duration::from_secs(10)), &url).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.post(&url).json(body), &url).await
+    }
+
+    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.put(&url).json(body), &url).await
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        Ok(self.get("/v1/health").await?.value)
+    }
+
+    pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
+        Ok(self.get("/v1/apps").await?.value)
+    }
+
+    pub async fn app(&self, id: &str) -> Result<Indexed<AppStatus>, ClientError> {
+        self.get(&format!("/v1/apps/{id}")).await
+    }
+
+    pub async fn app_after(&self, id: &str, index: u64, wait: Duration) -> Result<Indexed<AppStatus>, ClientError> {
+        self.get_after(&format!("/v1/apps/{id}"), index, wait).await
+    }
+
+    pub async fn deploy(&self, spec: &AppSpec) -> Result<DeployResponse, ClientError> {
+        Ok(self.put(&format!("/v1/apps/{}", spec.id()), &DeployRequest { spec: spec.clone() }).await?.value)
+    }
+
+    pub async fn scale(&self, id: &str, instances: u32) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/scale"), &ScaleRequest { instances }).await?.value)
+    }
+
+    pub async fn upgrade(&self, id: &str, image: &str) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/upgrade"), &UpgradeRequest { image: image.into() }).await?.value)
+    }
+
+    pub async fn restart(&self, id: &str) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/restart"), &serde_json::json!({})).await?.value)
+    }
+
+    pub async fn destroy(&self, id: &str) -> Result<AppStatus, ClientError> {
+        let url = format!("{}/v1/apps/{id}", self.base);
+        Ok(self.send(self.http.delete(&url), &url).await?.value)
+    }
+
+    pub async fn versions(&self, id: &str) -> Result<Vec<AppVersion>, ClientError> {
+        Ok(self.get(&format!("/v1/apps/{id}/versions")).await?.value)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        Ok(self.get("/v1/nodes").await?.value)
+    }
+
+    pub async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, ClientError> {
+        Ok(self.get(&format!("/v1/events?after={after}&limit={limit}")).await?.value)
+    }
+
+    pub async fn events_after(&self, after: u64, index: u64, wait: Duration) -> Result<Indexed<Vec<Event>>, ClientError> {
+        self.get_after(&format!("/v1/events?after={after}&limit=1000"), index, wait).await
+    }
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<Node, ClientError> {
+        Ok(self.post("/v1/nodes", req).await?.value)
+    }
+
+    pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/heartbeat"), &serde_json::json!({})).await?;
+        Ok(())
+    }
+
+    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
+        Ok(self.get_after(&format!("/v1/nodes/{node}/assignments"), index, wait).await?.value)
+    }
+
+    pub async fn report(&self, node: &str, reports: Vec<InstanceReport>) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/reports"), &ReportRequest { reports }).await?;
+        Ok(())
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -500,9 +500,11 @@ impl AppSpec {
                 }
                 _ => {}
             }
-            if self.ports.is_empty() {
+            // An exec instance always gets `PORT`, even with no `ports` listed.
+            let probe_ports = if self.driver == Some(DriverKind::Exec) { self.ports.len().max(1) } else { self.ports.len() };
+            if probe_ports == 0 {
                 fail("health", "a health check needs at least one port in `ports`".into());
-            } else if health.port_index >= self.ports.len() {
+            } else if health.port_index >= probe_ports {
                 fail("health.port_index", format!("{} but only {} port(s) listed", health.port_index, self.ports.len()));
             }
             if health.interval.0 == 0 {

@@ -1,1 +1,108 @@
-//! placeholder
+//! The control plane: the `/v1` API over the store, and the loop that reconciles desired
+//! state with what the agents report.
+
+mod api;
+mod apply;
+mod reconciler;
+mod views;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use berth_core::Millis;
+use berth_store::{RedbStore, State, Store, StoreError};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use reconciler::Tuning;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot create data directory {0}: {1}")]
+    DataDir(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub data_dir: PathBuf,
+    pub api_addr: String,
+    pub tuning: Tuning,
+}
+
+/// Shared by handlers and the reconcile loop.
+#[derive(Clone)]
+pub(crate) struct Shared {
+    pub state: State,
+    /// Last heartbeat per node, kept in memory: heartbeats are frequent and need not survive a restart.
+    pub heartbeats: Arc<Mutex<HashMap<String, Millis>>>,
+    /// Why an app's instances are missing, from the last reconcile.
+    pub pending: Arc<Mutex<HashMap<String, String>>>,
+    pub started_at: Millis,
+    pub tuning: Tuning,
+}
+
+impl Shared {
+    pub fn new(store: Arc<dyn Store>, tuning: Tuning) -> Result<Self, StoreError> {
+        Ok(Shared {
+            state: State::new(store)?,
+            heartbeats: Arc::default(),
+            pending: Arc::default(),
+            started_at: now_ms(),
+            tuning,
+        })
+    }
+}
+
+pub fn now_ms() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+/// A running control plane.
+pub struct Server {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Opens the store under `data_dir`, binds the API and starts the reconcile loop.
+    pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
+        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("state.redb"))?);
+        let listener =
+            TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
+        let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
+        let shared = Shared::new(store, config.tuning)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+
+        let app = api::router(shared.clone());
+        let mut http_shutdown = shutdown_rx.clone();
+        let http = tokio::spawn(async move {
+            let served = axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = http_shutdown.wait_for(|stop| *stop).await;
+                })
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "api server stopped");
+            }
+        });
+        let reconcile = tokio::spawn(reconciler::run(shared, shutdown_rx));
+        tracing::info!(%addr, "berth server listening");
+        Ok(Server { addr, shutdown, tasks: vec![http, reconcile] })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
+        }
+    }
+}

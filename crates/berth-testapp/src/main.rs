@@ -1,1 +1,158 @@
-fn main() {}
+//! A tiny HTTP server for Berth's tests, std only so it links statically into a FROM-scratch image.
+//!
+//! `/` answers `{"instance": ..., "version": ..., "app": ...}`, `/health` answers 200 (or 503 with
+//! `--fail-health`). Flags make it slow to start, crash, or eat memory.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Config {
+    port: u16,
+    version: String,
+    start_delay_ms: u64,
+    crash_after_ms: Option<u64>,
+    exit_code: i32,
+    fail_health: bool,
+    alloc_mb: usize,
+}
+
+fn usage(problem: &str) -> ! {
+    eprintln!(
+        "berth-testapp: {problem}\nusage: berth-testapp [--port N] [--version V] [--start-delay-ms N] \
+         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N]"
+    );
+    std::process::exit(2)
+}
+
+fn parse() -> Config {
+    let env_port = std::env::var("PORT").ok().and_then(|p| p.parse().ok());
+    let mut c = Config {
+        port: env_port.unwrap_or(8080),
+        version: std::env::var("APP_VERSION").unwrap_or_else(|_| "v1".into()),
+        start_delay_ms: 0,
+        crash_after_ms: None,
+        exit_code: 3,
+        fail_health: false,
+        alloc_mb: 0,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(flag) = args.next() {
+        let mut value = |name: &str| args.next().unwrap_or_else(|| usage(&format!("{name} needs a value")));
+        let number = |name: &str, text: String| text.parse::<u64>().unwrap_or_else(|_| usage(&format!("{name}: `{text}` is not a number")));
+        match flag.as_str() {
+            "--port" => c.port = number("--port", value("--port")) as u16,
+            "--version" => c.version = value("--version"),
+            "--start-delay-ms" => c.start_delay_ms = number("--start-delay-ms", value("--start-delay-ms")),
+            "--crash-after-ms" => c.crash_after_ms = Some(number("--crash-after-ms", value("--crash-after-ms"))),
+            "--exit-code" => c.exit_code = number("--exit-code", value("--exit-code")) as i32,
+            "--fail-health" => c.fail_health = true,
+            "--alloc-mb" => c.alloc_mb = number("--alloc-mb", value("--alloc-mb")) as usize,
+            other => usage(&format!("unknown flag {other}")),
+        }
+    }
+    c
+}
+
+fn main() {
+    let config = Arc::new(parse());
+    if config.alloc_mb > 0 {
+        // Touch every page so the memory is really used and the cgroup limit bites.
+        let mut hog: Vec<Vec<u8>> = Vec::new();
+        for _ in 0..config.alloc_mb {
+            hog.push(vec![1u8; 1024 * 1024]);
+        }
+        eprintln!("allocated {} MiB", hog.len());
+        std::mem::forget(hog);
+    }
+    if config.start_delay_ms > 0 {
+        std::thread::sleep(Duration::from_millis(config.start_delay_ms));
+    }
+    if let Some(ms) = config.crash_after_ms {
+        let code = config.exit_code;
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            eprintln!("crashing on purpose with code {code}");
+            std::process::exit(code);
+        });
+    }
+    let listener = TcpListener::bind(("0.0.0.0", config.port)).unwrap_or_else(|e| {
+        eprintln!("berth-testapp: cannot listen on port {}: {e}", config.port);
+        std::process::exit(1)
+    });
+    println!("berth-testapp {} listening on {}", config.version, config.port);
+    for stream in listener.incoming().flatten() {
+        let config = config.clone();
+        std::thread::spawn(move || serve(stream, &config));
+    }
+}
+
+/// Serves requests on one connection until the client closes it (HTTP/1.1 keep-alive).
+fn serve(stream: TcpStream, config: &Config) {
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(60)));
+    let Ok(mut writer) = stream.try_clone() else { return };
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line).unwrap_or(0) == 0 {
+            return;
+        }
+        let mut content_length = 0usize;
+        let mut close = false;
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = line.split_once(':') {
+                let value = value.trim();
+                match name.to_ascii_lowercase().as_str() {
+                    "content-length" => content_length = value.parse().unwrap_or(0),
+                    "connection" => close = value.eq_ignore_ascii_case("close"),
+                    _ => {}
+                }
+            }
+        }
+        if content_length > 0 {
+            let mut body = vec![0u8; content_length.min(1 << 20)];
+            if reader.read_exact(&mut body).is_err() {
+                return;
+            }
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        let (status, body) = respond(path, config);
+        let response = format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "Connection: close\r\n" } else { "" }
+        );
+        if writer.write_all(response.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+fn respond(path: &str, config: &Config) -> (&'static str, String) {
+    let path = path.split('?').next().unwrap_or(path);
+    match path {
+        "/health" if config.fail_health => ("503 Service Unavailable", "{\"healthy\":false}".into()),
+        "/health" => ("200 OK", "{\"healthy\":true}".into()),
+        "/" => {
+            let var = |k: &str| std::env::var(k).unwrap_or_default();
+            let body = format!(
+                "{{\"instance\":\"{}\",\"version\":\"{}\",\"app\":\"{}\",\"tz\":\"{}\"}}",
+                var("BERTH_INSTANCE_ID"),
+                config.version,
+                var("BERTH_APP"),
+                var("TZ")
+            );
+            ("200 OK", body)
+        }
+        _ => ("404 Not Found", "{\"error\":\"not found\"}".into()),
+    }
+}

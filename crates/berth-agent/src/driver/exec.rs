@@ -1,0 +1,163 @@
+//! The exec driver: a plain process in its own process group, output to files under the data
+//! directory, found again after a restart through a small state file.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_api::Assignment;
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use super::{DriverError, ExitInfo, Handle};
+
+/// Environment variables passed through from the agent to every process.
+const INHERITED: [&str; 6] = ["PATH", "HOME", "USER", "LANG", "TMPDIR", "TZ"];
+
+#[derive(Clone)]
+pub struct ExecDriver {
+    dir: PathBuf,
+    children: Arc<Mutex<BTreeMap<String, tokio::process::Child>>>,
+}
+
+/// What lets a later agent recognise its process: pid plus the kernel's start time for that pid.
+#[derive(Debug, Serialize, Deserialize)]
+struct ProcState {
+    pid: i32,
+    start_ticks: u64,
+}
+
+fn io(e: impl std::fmt::Display) -> DriverError {
+    DriverError::Io(e.to_string())
+}
+
+/// Field 22 of /proc/PID/stat: when the process started, in clock ticks since boot.
+fn start_ticks(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name may hold spaces and parentheses; fields resume after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); a zombie has exited already.
+    if fields.first() == Some(&"Z") {
+        return None;
+    }
+    fields.get(19)?.parse().ok()
+}
+
+impl ExecDriver {
+    pub fn new(data_dir: PathBuf) -> Self {
+        ExecDriver { dir: data_dir.join("exec"), children: Arc::default() }
+    }
+
+    fn instance_dir(&self, id: &str) -> PathBuf {
+        self.dir.join(id)
+    }
+
+    pub async fn start(&self, a: &Assignment, env: &BTreeMap<String, String>) -> Result<Handle, DriverError> {
+        let id = &a.instance.id;
+        let command = a.spec.command.as_ref().ok_or_else(|| DriverError::Start("the exec driver needs a command".into()))?;
+        let argv = command.argv();
+        let dir = self.instance_dir(id);
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        let open = |name: &str| {
+            std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).map_err(io)
+        };
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .env_clear()
+            .envs(INHERITED.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
+            .envs(env)
+            .current_dir(&dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(open("stdout.log")?)
+            .stderr(open("stderr.log")?)
+            // Its own group: stop signals reach every process it forked, and the agent's
+            // terminal signals do not.
+            .process_group(0)
+            .kill_on_drop(false);
+        let child = cmd.spawn().map_err(|e| DriverError::Start(format!("cannot run `{}`: {e}", argv[0])))?;
+        let pid = child.id().ok_or_else(|| DriverError::Start("process exited at once".into()))? as i32;
+        let state = ProcState { pid, start_ticks: start_ticks(pid).unwrap_or(0) };
+        std::fs::write(dir.join("proc.json"), serde_json::to_vec(&state).map_err(io)?).map_err(io)?;
+        self.children.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), child);
+        Ok(Handle { instance: id.clone(), id: pid.to_string() })
+    }
+
+    pub async fn wait(&self, handle: &Handle) -> ExitInfo {
+        let child = self.children.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.instance);
+        match child {
+            Some(mut child) => match child.wait().await {
+                Ok(status) => {
+                    use std::os::unix::process::ExitStatusExt;
+                    let signal = status.signal().map(|s| {
+                        Signal::try_from(s).map_or(format!("signal {s}"), |sig| format!("killed by {sig}"))
+                    });
+                    let code = status.code().map(i64::from).or(status.signal().map(|s| 128 + i64::from(s)));
+                    ExitInfo { exit_code: code, oom_killed: false, detail: signal }
+                }
+                Err(e) => ExitInfo { exit_code: None, oom_killed: false, detail: Some(format!("wait failed: {e}")) },
+            },
+            // Adopted after a restart: not our child, so poll until its pid is gone or reused.
+            None => {
+                let pid: i32 = handle.id.parse().unwrap_or(0);
+                let ticks = self.recorded(&handle.instance).map(|s| s.start_ticks);
+                loop {
+                    if pid <= 0 || start_ticks(pid) != ticks || ticks.is_none() {
+                        return ExitInfo { exit_code: None, oom_killed: false, detail: Some("exit code unknown: adopted after an agent restart".into()) };
+                    }
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                }
+            }
+        }
+    }
+
+    fn recorded(&self, id: &str) -> Option<ProcState> {
+        let bytes = std::fs::read(self.instance_dir(id).join("proc.json")).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    fn alive(&self, id: &str) -> Option<i32> {
+        let state = self.recorded(id)?;
+        (state.pid > 0 && start_ticks(state.pid) == Some(state.start_ticks)).then_some(state.pid)
+    }
+
+    pub async fn stop(&self, handle: &Handle, grace: Duration) -> Result<(), DriverError> {
+        if let Some(pid) = self.alive(&handle.instance) {
+            let group = Pid::from_raw(pid);
+            let _ = killpg(group, Signal::SIGTERM);
+            let deadline = tokio::time::Instant::now() + grace;
+            while self.alive(&handle.instance).is_some() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            if self.alive(&handle.instance).is_some() {
+                let _ = killpg(group, Signal::SIGKILL);
+            }
+        }
+        // Reap our own child so it does not linger as a zombie.
+        let child = self.children.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.instance);
+        if let Some(mut child) = child {
+            let _ = child.wait().await;
+        }
+        let _ = std::fs::remove_file(self.instance_dir(&handle.instance).join("proc.json"));
+        Ok(())
+    }
+
+    pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
+        let mut out = Vec::new();
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return Ok(out) };
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().to_string();
+            if let Some(pid) = self.alive(&id) {
+                out.push(Handle { instance: id, id: pid.to_string() });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Where an instance's output goes.
+    pub fn log_path(&self, id: &str, stream: &str) -> PathBuf {
+        self.instance_dir(id).join(format!("{stream}.log"))
+    }
+}

@@ -1,0 +1,144 @@
+//! Drivers run instances. Each has the same shape: start, adopt what survived a restart, wait
+//! for exit, stop (SIGTERM, grace, SIGKILL) and remove.
+
+pub mod docker;
+pub mod exec;
+
+use std::collections::BTreeMap;
+
+use berth_api::Assignment;
+use berth_core::spec::{DriverKind, NetworkMode};
+
+pub use docker::DockerDriver;
+pub use exec::ExecDriver;
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("{0}")]
+    Start(String),
+    #[error("docker engine: {0}")]
+    Docker(String),
+    #[error("{0}")]
+    Io(String),
+}
+
+/// How an instance ended.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExitInfo {
+    pub exit_code: Option<i64>,
+    pub oom_killed: bool,
+    /// Extra words from the runtime (a signal, an engine error).
+    pub detail: Option<String>,
+}
+
+impl ExitInfo {
+    pub fn describe(&self) -> String {
+        if self.oom_killed {
+            return "OOM-killed: over its memory limit".into();
+        }
+        let mut text = match self.exit_code {
+            // Shells and engines report death by signal N as 128 + N.
+            Some(code) if (129..=192).contains(&code) && self.detail.is_none() => {
+                format!("exited with code {code} (signal {})", code - 128)
+            }
+            Some(code) => format!("exited with code {code}"),
+            None => "exited".into(),
+        };
+        if let Some(d) = &self.detail {
+            text.push_str(&format!(" ({d})"));
+        }
+        text
+    }
+}
+
+/// The runtime's handle on a started instance: a container id or a process group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handle {
+    pub instance: String,
+    pub id: String,
+}
+
+/// One of the node's drivers.
+#[derive(Clone)]
+pub enum Driver {
+    Docker(DockerDriver),
+    Exec(ExecDriver),
+}
+
+impl Driver {
+    pub fn kind(&self) -> DriverKind {
+        match self {
+            Driver::Docker(_) => DriverKind::Docker,
+            Driver::Exec(_) => DriverKind::Exec,
+        }
+    }
+
+    pub async fn start(&self, a: &Assignment, env: &BTreeMap<String, String>) -> Result<Handle, DriverError> {
+        match self {
+            Driver::Docker(d) => d.start(a, env).await,
+            Driver::Exec(d) => d.start(a, env).await,
+        }
+    }
+
+    /// Waits until the instance exits.
+    pub async fn wait(&self, handle: &Handle) -> ExitInfo {
+        match self {
+            Driver::Docker(d) => d.wait(handle).await,
+            Driver::Exec(d) => d.wait(handle).await,
+        }
+    }
+
+    /// SIGTERM, up to `grace`, then SIGKILL; then the runtime's leftovers are removed.
+    pub async fn stop(&self, handle: &Handle, grace: std::time::Duration) -> Result<(), DriverError> {
+        match self {
+            Driver::Docker(d) => d.stop(handle, grace).await,
+            Driver::Exec(d) => d.stop(handle, grace).await,
+        }
+    }
+
+    /// Instances that outlived the agent, by instance id.
+    pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
+        match self {
+            Driver::Docker(d) => d.survivors().await,
+            Driver::Exec(d) => d.survivors().await,
+        }
+    }
+}
+
+/// The environment every instance gets: the spec's, Berth's identity, ports, and the host's TZ.
+pub fn instance_env(a: &Assignment, driver: DriverKind) -> BTreeMap<String, String> {
+    let spec = &a.spec;
+    let inst = &a.instance;
+    let mut env = spec.environment.clone();
+    env.insert("BERTH_APP".into(), spec.name.clone());
+    env.insert("BERTH_GROUP".into(), spec.group.clone());
+    env.insert("BERTH_INSTANCE_ID".into(), inst.id.clone());
+    env.insert("BERTH_VERSION".into(), inst.version.to_string());
+    env.insert("BERTH_HOST".into(), inst.host.clone());
+    // PORTn is the port the process must listen on: the container port behind a bridge,
+    // the host port everywhere else.
+    let bridged = driver == DriverKind::Docker && spec.network == NetworkMode::Bridge;
+    let listen: Vec<u16> = if bridged { spec.ports.clone() } else { inst.host_ports.clone() };
+    for (i, port) in listen.iter().enumerate() {
+        env.insert(format!("PORT{i}"), port.to_string());
+    }
+    if let Some(first) = listen.first() {
+        env.insert("PORT".into(), first.to_string());
+    }
+    for (i, port) in inst.host_ports.iter().enumerate() {
+        env.insert(format!("BERTH_HOST_PORT{i}"), port.to_string());
+    }
+    if !env.contains_key("TZ") {
+        if let Some(tz) = host_timezone() {
+            env.insert("TZ".into(), tz);
+        }
+    }
+    env
+}
+
+fn host_timezone() -> Option<String> {
+    std::env::var("TZ")
+        .ok()
+        .filter(|tz| !tz.is_empty())
+        .or_else(|| std::fs::read_to_string("/etc/timezone").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty()))
+}

@@ -1,0 +1,76 @@
+//! Reports flow to the server in batches; the latest word on each instance is kept until the
+//! server has acknowledged it, so nothing is lost while the server is away.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_api::{Client, InstanceReport};
+use tokio::sync::{mpsc, watch};
+
+#[derive(Clone)]
+pub struct Reporter {
+    tx: mpsc::UnboundedSender<InstanceReport>,
+}
+
+impl Reporter {
+    pub fn send(&self, report: InstanceReport) {
+        // The receiver lives as long as the agent; a send after shutdown has nobody to tell.
+        let _ = self.tx.send(report);
+    }
+}
+
+/// Folds a newer report into an older one, keeping facts the newer one does not repeat.
+fn merge(old: InstanceReport, new: InstanceReport) -> InstanceReport {
+    InstanceReport {
+        handle: new.handle.or(old.handle),
+        started_at: new.started_at.or(old.started_at),
+        exit_code: new.exit_code.or(old.exit_code),
+        reason: new.reason.or(old.reason),
+        oom_killed: new.oom_killed || old.oom_killed,
+        ..new
+    }
+}
+
+pub fn spawn(client: Client, node: watch::Receiver<String>, mut shutdown: watch::Receiver<bool>) -> (Reporter, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<InstanceReport>();
+    let task = tokio::spawn(async move {
+        let mut pending: BTreeMap<String, InstanceReport> = BTreeMap::new();
+        loop {
+            if pending.is_empty() {
+                tokio::select! {
+                    next = rx.recv() => match next {
+                        Some(r) => { pending.insert(r.id.clone(), r); }
+                        None => return,
+                    },
+                    _ = shutdown.changed() => return,
+                }
+            }
+            while let Ok(r) = rx.try_recv() {
+                let merged = match pending.remove(&r.id) {
+                    Some(old) => merge(old, r),
+                    None => r,
+                };
+                pending.insert(merged.id.clone(), merged);
+            }
+            let batch: Vec<InstanceReport> = pending.values().cloned().collect();
+            let node_id = node.borrow().clone();
+            match client.report(&node_id, batch.clone()).await {
+                Ok(()) => {
+                    for sent in batch {
+                        if pending.get(&sent.id) == Some(&sent) {
+                            pending.remove(&sent.id);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "reporting to the server failed; will retry");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = shutdown.changed() => return,
+                    }
+                }
+            }
+        }
+    });
+    (Reporter { tx }, task)
+}

@@ -1,0 +1,165 @@
+//! One supervisor per instance: start or adopt it, watch its health and its exit, stop it when
+//! asked, and say what happened.
+
+use std::time::{Duration, Instant};
+
+use berth_api::{Assignment, InstanceReport};
+use berth_core::InstanceState;
+use tokio::sync::{mpsc, watch};
+
+use crate::driver::{Driver, Handle, instance_env};
+use crate::health;
+use crate::report::Reporter;
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+fn report(id: &str, state: InstanceState) -> InstanceReport {
+    InstanceReport {
+        id: id.to_string(),
+        state,
+        healthy: None,
+        exit_code: None,
+        oom_killed: false,
+        reason: None,
+        handle: None,
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+/// Runs until the instance ends; sends its id on `done` when it has.
+pub async fn supervise(
+    a: Assignment,
+    driver: Driver,
+    adopted: Option<Handle>,
+    reports: Reporter,
+    mut stop: watch::Receiver<bool>,
+    done: mpsc::UnboundedSender<String>,
+) {
+    let id = a.instance.id.clone();
+    run(&a, &driver, adopted, &reports, &mut stop).await;
+    let _ = done.send(id);
+}
+
+async fn run(a: &Assignment, driver: &Driver, adopted: Option<Handle>, reports: &Reporter, stop: &mut watch::Receiver<bool>) {
+    let id = a.instance.id.as_str();
+    let grace = a.spec.stop_timeout.as_duration();
+    let was_adopted = adopted.is_some();
+    let handle = match adopted {
+        Some(h) => {
+            tracing::info!(instance = id, handle = %h.id, "adopted instance that outlived the agent");
+            h
+        }
+        None => {
+            let env = instance_env(a, driver.kind());
+            let started = tokio::select! {
+                started = driver.start(a, &env) => started,
+                _ = stop.changed() => {
+                    reports.send(InstanceReport { reason: Some("stopped before it started".into()), finished_at: Some(now_ms()), ..report(id, InstanceState::Stopped) });
+                    return;
+                }
+            };
+            match started {
+                Ok(h) => h,
+                Err(e) => {
+                    tracing::warn!(instance = id, error = %e, "start failed");
+                    reports.send(InstanceReport { reason: Some(e.to_string()), finished_at: Some(now_ms()), ..report(id, InstanceState::Failed) });
+                    return;
+                }
+            }
+        }
+    };
+    let started_at = if was_adopted { a.instance.started_at.unwrap_or_else(now_ms) } else { now_ms() };
+    let base = InstanceReport { handle: Some(handle.id.clone()), started_at: Some(started_at), ..report(id, InstanceState::Starting) };
+    match &a.spec.health {
+        None => reports.send(InstanceReport { state: InstanceState::Running, ..base.clone() }),
+        // An adopted instance keeps its state until its health says otherwise.
+        Some(_) if was_adopted && a.instance.state == InstanceState::Running => {}
+        Some(_) => reports.send(base.clone()),
+    }
+
+    let exited = driver.wait(&handle);
+    let unhealthy = watch_health(a, reports, &base, was_adopted);
+    tokio::pin!(exited, unhealthy);
+    tokio::select! {
+        exit = &mut exited => {
+            let reason = exit.describe();
+            tracing::info!(instance = id, %reason, "instance ended");
+            reports.send(InstanceReport {
+                exit_code: exit.exit_code,
+                oom_killed: exit.oom_killed,
+                reason: Some(reason),
+                finished_at: Some(now_ms()),
+                ..base.clone().with_state(InstanceState::Failed)
+            });
+            // Clear what the runtime keeps of it (a stopped container).
+            let _ = driver.stop(&handle, Duration::from_millis(1)).await;
+        }
+        why = &mut unhealthy => {
+            tracing::info!(instance = id, %why, "instance unhealthy; stopping it");
+            if let Err(e) = driver.stop(&handle, grace).await {
+                tracing::warn!(instance = id, error = %e, "stop failed");
+            }
+            reports.send(InstanceReport { healthy: Some(false), reason: Some(why), finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) });
+        }
+        _ = stop.changed() => {
+            if let Err(e) = driver.stop(&handle, grace).await {
+                tracing::warn!(instance = id, error = %e, "stop failed");
+            }
+            reports.send(InstanceReport { finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Stopped) });
+        }
+    }
+}
+
+trait WithState {
+    fn with_state(self, state: InstanceState) -> Self;
+}
+
+impl WithState for InstanceReport {
+    fn with_state(mut self, state: InstanceState) -> Self {
+        self.state = state;
+        self
+    }
+}
+
+/// Probes until the instance fails its check `max_failures` times in a row; never returns
+/// when there is no check. Failures inside the grace period do not count until the first pass.
+async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport, was_adopted: bool) -> String {
+    let Some(spec) = a.spec.health.clone() else { return std::future::pending().await };
+    let Some(port) = a.instance.host_ports.get(spec.port_index).copied() else {
+        return std::future::pending().await;
+    };
+    let host = a.instance.host.clone();
+    let begun = Instant::now();
+    let mut passed_once = was_adopted && a.instance.healthy == Some(true);
+    let mut healthy_said: Option<bool> = None;
+    let mut failures = 0u32;
+    loop {
+        match health::probe(&spec, &host, port).await {
+            Ok(()) => {
+                failures = 0;
+                passed_once = true;
+                if healthy_said != Some(true) {
+                    reports.send(InstanceReport { healthy: Some(true), ..base.clone().with_state(InstanceState::Running) });
+                    healthy_said = Some(true);
+                }
+            }
+            Err(why) => {
+                let in_grace = !passed_once && begun.elapsed() < spec.grace.as_duration();
+                if !in_grace {
+                    failures += 1;
+                    if failures >= spec.max_failures {
+                        return format!("health check failed {failures} time(s) in a row: {why}");
+                    }
+                    if healthy_said != Some(false) && passed_once {
+                        reports.send(InstanceReport { healthy: Some(false), ..base.clone().with_state(InstanceState::Running) });
+                        healthy_said = Some(false);
+                    }
+                }
+            }
+        }
+        tokio::time::sleep(health::interval(&spec)).await;
+    }
+}

@@ -1,0 +1,140 @@
+//! The reconcile loop: snapshot, plan, apply, then sleep until the store moves or the plan's
+//! next check is due.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use berth_core::Level;
+use berth_plan::{Settings, Snapshot, reconcile};
+use berth_store::StoreError;
+use berth_store::state::Subject;
+use tokio::sync::watch;
+
+use crate::{Shared, apply, now_ms};
+
+/// Timing knobs of the control plane.
+#[derive(Debug, Clone, Copy)]
+pub struct Tuning {
+    /// A node silent this long is lost.
+    pub node_timeout: Duration,
+    /// Longest sleep between reconciles when nothing happens.
+    pub idle_interval: Duration,
+    /// Events kept in the store.
+    pub keep_events: usize,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Tuning { node_timeout: Duration::from_secs(15), idle_interval: Duration::from_secs(5), keep_events: 10_000 }
+    }
+}
+
+/// The revision that last wrote each record in a snapshot, for compare-and-swap on apply.
+#[derive(Debug, Default)]
+pub(crate) struct Revisions {
+    pub apps: HashMap<String, u64>,
+    pub instances: HashMap<String, u64>,
+    pub nodes: HashMap<String, u64>,
+}
+
+pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreError> {
+    let state = &shared.state;
+    let apps = state.apps()?;
+    let instances = state.instances()?;
+    let mut nodes = state.nodes()?;
+    let beats = shared.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    for node in &mut nodes {
+        if let Some(beat) = beats.get(&node.value.id) {
+            node.value.last_heartbeat = node.value.last_heartbeat.max(*beat);
+        }
+    }
+    let revisions = Revisions {
+        apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
+        instances: instances.iter().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
+        nodes: nodes.iter().map(|n| (n.value.id.clone(), n.mod_revision)).collect(),
+    };
+    Ok((
+        Snapshot {
+            apps: apps.into_iter().map(|v| v.value).collect(),
+            instances: instances.into_iter().map(|v| v.value).collect(),
+            nodes: nodes.into_iter().map(|v| v.value).collect(),
+        },
+        revisions,
+    ))
+}
+
+pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
+    let mut changes = shared.state.store().watch();
+    let settings = |shared: &Shared| Settings {
+        node_timeout_ms: shared.tuning.node_timeout.as_millis() as i64,
+        heartbeat_grace_until: shared.started_at,
+        ..Settings::default()
+    };
+    let mut passes: u64 = 0;
+    loop {
+        changes.borrow_and_update();
+        let now = now_ms();
+        let next_check = match pass(&shared, now, settings(&shared)) {
+            Ok(check_at) => check_at,
+            Err(StoreError::Conflict(key)) => {
+                tracing::debug!(%key, "reconcile raced a write; planning again");
+                continue;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "reconcile failed");
+                Some(now + 1000)
+            }
+        };
+        passes += 1;
+        if passes % 500 == 0 {
+            if let Err(e) = shared.state.prune_events(shared.tuning.keep_events) {
+                tracing::warn!(error = %e, "pruning events failed");
+            }
+        }
+        let idle = shared.tuning.idle_interval.as_millis() as i64;
+        let wait_ms = next_check.map_or(idle, |at| (at - now_ms()).clamp(0, idle));
+        tokio::select! {
+            _ = changes.changed() => {
+                // Let a burst of writes land before planning again.
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            _ = tokio::time::sleep(Duration::from_millis(wait_ms as u64)) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// One reconcile: returns when to check again.
+fn pass(shared: &Shared, now: i64, settings: Settings) -> Result<Option<i64>, StoreError> {
+    let (snapshot, revisions) = snapshot(shared)?;
+    let plan = reconcile(&snapshot, now, settings);
+    if !plan.actions.is_empty() {
+        apply::apply(shared, &snapshot, &revisions, &plan.actions, now)?;
+    }
+    record_pending(shared, &plan.pending, now)?;
+    Ok(plan.check_at)
+}
+
+/// Keeps the "why pending" text per app and writes an event when it changes.
+fn record_pending(shared: &Shared, pending: &[berth_plan::Pending], now: i64) -> Result<(), StoreError> {
+    let mut known = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+    let mut current = std::collections::HashMap::new();
+    for p in pending {
+        let text = format!("{} instance(s) waiting: {}", p.missing, p.reasons.join("; "));
+        current.insert(p.app.clone(), text);
+    }
+    let mut txn = berth_store::Txn::default();
+    for (app, text) in &current {
+        // Backoff countdowns change every pass; only a new kind of reason is news.
+        let headline = |t: &str| t.split(':').take(2).collect::<String>();
+        if known.get(app).map(|old| headline(old)) != Some(headline(text)) {
+            txn = shared.state.with_event(txn, now, Level::Warn, "app.pending", Subject::app(app), text.clone());
+        }
+    }
+    *known = current;
+    drop(known);
+    if !txn.is_empty() {
+        shared.state.commit(txn)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,45 @@
+//! Builds the API's views of apps and nodes from stored records.
+
+use berth_api::{AllocatedResources, AppStatus, Counts, InstanceView, NodeView};
+use berth_core::{App, Desired, Instance, Node};
+
+pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<String>) -> AppStatus {
+    let id = app.id();
+    let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.app == id).collect();
+    // Live first (oldest first), then the recently ended (newest first).
+    mine.sort_by_key(|i| {
+        let live = i.state.is_live();
+        (!live, if live { i.created_at } else { -i.finished_at.unwrap_or(i.created_at) })
+    });
+    let current_ready =
+        mine.iter().filter(|i| i.version == app.version && i.desired == Desired::Run && i.is_ready()).count();
+    let others_live = mine.iter().any(|i| i.state.is_live() && (i.version != app.version || i.desired == Desired::Stop));
+    AppStatus {
+        name: app.spec.name.clone(),
+        group: app.spec.group.clone(),
+        version: app.version,
+        desired: app.instances,
+        image: app.spec.image.clone(),
+        spec: app.spec.clone(),
+        counts: Counts::of(mine.iter().copied()),
+        deployed: !app.destroying && current_ready == app.instances as usize && !others_live,
+        destroying: app.destroying,
+        pending,
+        instances: mine.into_iter().cloned().map(InstanceView::from).collect(),
+        created_at: app.created_at,
+        updated_at: app.updated_at,
+        id,
+    }
+}
+
+pub(crate) fn node_view(node: Node, instances: &[Instance], specs: &dyn Fn(&str) -> Option<(f64, u64)>) -> NodeView {
+    let live: Vec<&Instance> = instances.iter().filter(|i| i.node == node.id && i.state.is_live()).collect();
+    let mut allocated = AllocatedResources::default();
+    for inst in &live {
+        if let Some((cpu, memory)) = specs(&inst.app) {
+            allocated.cpu += cpu;
+            allocated.memory += memory;
+        }
+    }
+    NodeView { instances: live.len(), allocated, node }
+}

@@ -1,0 +1,192 @@
+//! `berth app ...`: one app's status and changes.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use berth_api::AppStatus;
+
+use super::deploy::{WaitArgs, apply_file, finish};
+use super::{Ctx, default_spec_path, resolve};
+use crate::output::{self, Format, ago, table};
+
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = false, subcommand_negates_reqs = false)]
+pub struct AppArgs {
+    /// The app (NAME, or GROUP/NAME), or `ls` to list every app.
+    name: String,
+    #[command(subcommand)]
+    action: Option<AppAction>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum AppAction {
+    /// Instances, their state and address (the default).
+    Status,
+    /// Re-apply the spec file.
+    Sync {
+        #[arg(short = 'f', long = "file")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Run N instances.
+    Scale {
+        instances: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Roll the app onto a new image.
+    Upgrade {
+        image: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Replace every instance with a fresh one.
+    Restart {
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Stop every instance and forget the app.
+    Destroy {
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Every version of the spec and what changed.
+    Versions,
+}
+
+pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    if args.name == "ls" && args.action.is_none() {
+        return list(ctx).await;
+    }
+    let id = resolve(&client, &args.name).await?;
+    match args.action.unwrap_or(AppAction::Status) {
+        AppAction::Status => {
+            let status = client.app(&id).await?.value;
+            match ctx.format {
+                Format::Json => println!("{}", output::json(&status)?),
+                Format::Table => println!("{}", status_table(&status)),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        AppAction::Sync { file, wait } => apply_file(&file.unwrap_or_else(default_spec_path), Some(&id), &wait, ctx).await,
+        AppAction::Scale { instances, wait } => {
+            let resp = client.scale(&id, instances).await?;
+            eprintln!("{id}: scaling to {instances}");
+            finish(&client, resp, &wait, ctx).await
+        }
+        AppAction::Upgrade { image, wait } => {
+            let resp = client.upgrade(&id, &image).await?;
+            eprintln!("{id}: upgrading to {image} as version {}", resp.version);
+            finish(&client, resp, &wait, ctx).await
+        }
+        AppAction::Restart { wait } => {
+            let resp = client.restart(&id).await?;
+            eprintln!("{id}: restarting every instance as version {}", resp.version);
+            finish(&client, resp, &wait, ctx).await
+        }
+        AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
+        AppAction::Versions => {
+            let versions = client.versions(&id).await?;
+            match ctx.format {
+                Format::Json => println!("{}", output::json(&versions)?),
+                Format::Table => {
+                    let rows = versions
+                        .iter()
+                        .map(|v| vec![v.version.to_string(), output::clock(v.created_at), v.change.clone()])
+                        .collect();
+                    println!("{}", table(&["VERSION", "WHEN", "CHANGE"], rows));
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+async fn destroy(client: &berth_api::Client, id: &str, wait: &WaitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let status = client.destroy(id).await?;
+    eprintln!("{id}: destroying {} live instance(s)", status.instances.iter().filter(|i| i.instance.state.is_live()).count());
+    if !wait.no_wait {
+        let started = Instant::now();
+        let mut index = 0;
+        loop {
+            match client.app_after(id, index, Duration::from_secs(1)).await {
+                Ok(answer) => index = answer.index,
+                Err(e) if e.status() == Some(404) => break,
+                Err(e) => return Err(e.into()),
+            }
+            if started.elapsed() > Duration::from_secs(wait.timeout) {
+                eprintln!("{id}: still stopping after {}s", wait.timeout);
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        eprintln!("{id}: destroyed in {:.1}s", started.elapsed().as_secs_f64());
+    }
+    if ctx.format == Format::Json {
+        println!("{}", output::json(&serde_json::json!({"id": id, "destroyed": !wait.no_wait}))?);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let apps = ctx.client()?.apps().await?;
+    match ctx.format {
+        Format::Json => println!("{}", output::json(&apps)?),
+        Format::Table => {
+            let rows = apps
+                .iter()
+                .map(|a| {
+                    vec![
+                        a.id.clone(),
+                        a.version.to_string(),
+                        a.image.clone().unwrap_or_else(|| "-".into()),
+                        format!("{}/{}", a.counts.running, a.desired),
+                        if a.destroying { "destroying".into() } else if a.deployed { "deployed".into() } else { "deploying".into() },
+                        ago(a.updated_at),
+                    ]
+                })
+                .collect();
+            println!("{}", table(&["APP", "VERSION", "IMAGE", "RUNNING", "STATE", "UPDATED"], rows));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn status_table(s: &AppStatus) -> String {
+    let mut out = format!(
+        "{} v{}  {}  {}/{} running{}\n",
+        s.id,
+        s.version,
+        s.image.as_deref().unwrap_or("(exec)"),
+        s.counts.running,
+        s.desired,
+        s.pending.as_ref().map(|p| format!("\npending: {p}")).unwrap_or_default()
+    );
+    let rows = s
+        .instances
+        .iter()
+        .map(|v| {
+            let i = &v.instance;
+            let mut state = i.state.to_string();
+            if i.state.is_live() && i.desired == berth_core::Desired::Stop {
+                state.push_str(" (stopping)");
+            }
+            if i.healthy == Some(false) {
+                state.push_str(" (unhealthy)");
+            }
+            vec![
+                i.id.clone(),
+                state,
+                format!("v{}", i.version),
+                i.node.clone(),
+                v.address.clone().unwrap_or_else(|| "-".into()),
+                ago(i.started_at.unwrap_or(i.created_at)),
+                if i.state.is_terminal() { i.reason.clone().unwrap_or_default() } else { String::new() },
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON"], rows));
+    out
+}

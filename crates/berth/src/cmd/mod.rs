@@ -1,0 +1,110 @@
+//! The command line: one file per group of subcommands.
+
+mod app;
+mod deploy;
+mod events;
+mod node;
+mod platform;
+mod spec;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::output::Format;
+
+#[derive(Debug, Parser)]
+#[command(name = "berth", version, about = "Berth: a private container cloud in one binary")]
+pub struct Cli {
+    /// The Berth server's API.
+    #[arg(long, global = true, env = "BERTH_SERVER", default_value = "http://127.0.0.1:7070")]
+    pub server: String,
+    /// Output: a table for people, json for scripts.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
+    pub output: Format,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the whole platform on this machine: server and a local agent.
+    Up(platform::UpArgs),
+    /// Run the control plane.
+    Server(platform::ServerArgs),
+    /// Run a node agent that joins a server.
+    Agent(platform::AgentArgs),
+    /// Write a commented starter spec.
+    Init(spec::InitArgs),
+    /// Check a spec and print every problem with its line and column.
+    Validate(spec::ValidateArgs),
+    /// Create or update the app in a spec, then follow it until every instance runs.
+    Deploy(deploy::DeployArgs),
+    /// Work with one app: `berth app ls`, `berth app NAME status|scale N|upgrade IMAGE|...`.
+    App(app::AppArgs),
+    /// The machines in the pool.
+    Node {
+        #[command(subcommand)]
+        action: node::NodeAction,
+    },
+    /// What happened, oldest first.
+    Events(events::EventsArgs),
+}
+
+/// Where the spec is read from when `-f` is not given.
+pub fn default_spec_path() -> PathBuf {
+    PathBuf::from("berth.yaml")
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let filter = match &cli.command {
+        Command::Up(_) | Command::Server(_) | Command::Agent(_) => "info",
+        _ => "warn",
+    };
+    let env_filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).init();
+
+    let ctx = Ctx { server: cli.server.clone(), format: cli.output };
+    match cli.command {
+        Command::Up(args) => platform::up(args).await,
+        Command::Server(args) => platform::server(args).await,
+        Command::Agent(args) => platform::agent(args, &ctx).await,
+        Command::Init(args) => spec::init(args),
+        Command::Validate(args) => spec::validate(args, &ctx),
+        Command::Deploy(args) => deploy::deploy(args, &ctx).await,
+        Command::App(args) => app::run(args, &ctx).await,
+        Command::Node { action } => node::run(action, &ctx).await,
+        Command::Events(args) => events::run(args, &ctx).await,
+    }
+}
+
+/// What every client command needs.
+pub struct Ctx {
+    pub server: String,
+    pub format: Format,
+}
+
+impl Ctx {
+    pub fn client(&self) -> anyhow::Result<berth_api::Client> {
+        Ok(berth_api::Client::new(&self.server)?)
+    }
+}
+
+/// `NAME` where it is unique, else `GROUP/NAME`.
+pub async fn resolve(client: &berth_api::Client, name: &str) -> anyhow::Result<String> {
+    if name.contains('/') {
+        return Ok(name.to_string());
+    }
+    let apps = client.apps().await?;
+    let matches: Vec<String> = apps.iter().filter(|a| a.name == name).map(|a| a.id.clone()).collect();
+    match matches.len() {
+        0 => {
+            let known: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
+            let hint = berth_core::spec::closest(name, &known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
+            anyhow::bail!("no app named `{name}`{hint}")
+        }
+        1 => Ok(matches.into_iter().next().unwrap_or_default()),
+        _ => anyhow::bail!("`{name}` is in several groups ({}); say GROUP/NAME", matches.join(", ")),
+    }
+}

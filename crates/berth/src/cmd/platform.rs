@@ -1,0 +1,214 @@
+//! `berth up`, `berth server`, `berth agent`: the long-running processes.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use berth_agent::{Agent, AgentConfig, DriverChoice, PullPolicy};
+use berth_core::Dur;
+use berth_server::{Server, ServerConfig, Tuning};
+
+use super::Ctx;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum DriverArg {
+    Auto,
+    Docker,
+    Exec,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum PullArg {
+    Missing,
+    Never,
+}
+
+fn default_data_dir() -> PathBuf {
+    match std::env::var_os("HOME") {
+        Some(home) => PathBuf::from(home).join(".local/share/berth"),
+        None => PathBuf::from(".berth"),
+    }
+}
+
+fn parse_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text.split_once('-').ok_or_else(|| format!("`{text}` is not a range like 20000-29999"))?;
+    let low: u16 = low.trim().parse().map_err(|_| format!("`{low}` is not a port"))?;
+    let high: u16 = high.trim().parse().map_err(|_| format!("`{high}` is not a port"))?;
+    if low == 0 || low > high {
+        return Err(format!("`{text}` is an empty range"));
+    }
+    Ok((low, high))
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (k, v) = text.split_once('=').ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    if k.is_empty() {
+        return Err(format!("`{text}` has an empty key"));
+    }
+    Ok((k.to_string(), v.to_string()))
+}
+
+fn parse_dur(text: &str) -> Result<Dur, String> {
+    Dur::parse(text)
+}
+
+#[derive(Debug, clap::Args)]
+pub struct NodeOptions {
+    /// Address this node's instances answer on; published ports bind to it.
+    #[arg(long, default_value = "127.0.0.1")]
+    address: String,
+    /// Which drivers to offer: docker when an engine answers (auto), or only one.
+    #[arg(long, value_enum, default_value_t = DriverArg::Auto)]
+    driver: DriverArg,
+    /// Host ports handed out to instances.
+    #[arg(long, value_parser = parse_range, default_value = "20000-29999")]
+    ports: (u16, u16),
+    /// Cores offered to instances (default: all).
+    #[arg(long)]
+    cpu: Option<f64>,
+    /// MiB offered to instances (default: all).
+    #[arg(long)]
+    memory: Option<u64>,
+    /// Pull images that are not on the node, or never pull.
+    #[arg(long, value_enum, default_value_t = PullArg::Missing)]
+    pull: PullArg,
+    /// A KEY=VALUE label for constraints; repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+    /// Name of this node (default: the machine's hostname).
+    #[arg(long)]
+    hostname: Option<String>,
+}
+
+impl NodeOptions {
+    fn config(&self, server: &str, data_dir: PathBuf) -> anyhow::Result<AgentConfig> {
+        if let Some(cpu) = self.cpu {
+            anyhow::ensure!(cpu.is_finite() && cpu > 0.0, "--cpu: {cpu} is not a positive number of cores");
+        }
+        anyhow::ensure!(
+            self.address.parse::<std::net::IpAddr>().is_ok(),
+            "--address: `{}` is not an IP address",
+            self.address
+        );
+        let hostname = self.hostname.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+        });
+        Ok(AgentConfig {
+            server: server.to_string(),
+            data_dir,
+            hostname,
+            address: self.address.clone(),
+            cpu: self.cpu,
+            memory: self.memory,
+            ports: self.ports,
+            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            driver: match self.driver {
+                DriverArg::Auto => DriverChoice::Auto,
+                DriverArg::Docker => DriverChoice::Docker,
+                DriverArg::Exec => DriverChoice::Exec,
+            },
+            pull: match self.pull {
+                PullArg::Missing => PullPolicy::Missing,
+                PullArg::Never => PullPolicy::Never,
+            },
+            heartbeat: Duration::from_secs(2),
+        })
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerOptions {
+    /// Where state is kept.
+    #[arg(long, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    /// Address of the /v1 API.
+    #[arg(long, default_value = "127.0.0.1:7070")]
+    api: String,
+    /// A node silent this long is lost and its instances move.
+    #[arg(long, value_parser = parse_dur, default_value = "15s")]
+    node_timeout: Dur,
+}
+
+impl ServerOptions {
+    fn config(&self) -> ServerConfig {
+        ServerConfig {
+            data_dir: self.data_dir.join("server"),
+            api_addr: self.api.clone(),
+            tuning: Tuning { node_timeout: self.node_timeout.as_duration(), ..Tuning::default() },
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    server: ServerOptions,
+    #[command(flatten)]
+    node: NodeOptions,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    server: ServerOptions,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct AgentArgs {
+    /// Where the agent keeps its node id and process state.
+    #[arg(long, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeOptions,
+}
+
+async fn until_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+}
+
+pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let server = Server::start(args.server.config()).await.context("starting the server")?;
+    let url = format!("http://{}", server.addr);
+    let agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"))?).await.context("starting the agent")?;
+    let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
+    eprintln!(
+        "Berth is up: API {url}, node {} (drivers: {}), data in {}",
+        agent.node_id,
+        drivers.join(", "),
+        args.server.data_dir.display()
+    );
+    until_signal().await;
+    eprintln!("stopping; instances keep running and are adopted on the next start");
+    agent.stop().await;
+    server.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+    let server = Server::start(args.server.config()).await.context("starting the server")?;
+    eprintln!("Berth server: API http://{}, data in {}", server.addr, args.server.data_dir.display());
+    until_signal().await;
+    server.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let agent = Agent::start(args.node.config(&ctx.server, args.data_dir.join("agent"))?).await.context("starting the agent")?;
+    eprintln!("Berth agent: node {} joined {}", agent.node_id, ctx.server);
+    until_signal().await;
+    agent.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
