@@ -16,7 +16,7 @@ use berth_core::{Desired, InstanceState, Resources};
 use tokio::sync::{mpsc, watch};
 
 pub use driver::docker::PullPolicy;
-use driver::{Driver, DockerDriver, ExecDriver, Handle};
+use driver::{DockerDriver, Driver, ExecDriver, Handle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -71,14 +71,20 @@ fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     }
     let id = format!("node-{}", random_hex());
     let tmp = data_dir.join("node-id.tmp");
-    std::fs::write(&tmp, &id).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| AgentError::DataDir(path, e))?;
+    std::fs::write(&tmp, &id)
+        .and_then(|()| std::fs::rename(&tmp, &path))
+        .map_err(|e| AgentError::DataDir(path, e))?;
     Ok(id)
 }
 
 fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.write_u32(std::process::id());
     format!("{:08x}", h.finish() as u32)
 }
@@ -103,8 +109,12 @@ impl Agent {
         if matches!(config.driver, DriverChoice::Auto | DriverChoice::Docker) {
             match DockerDriver::connect(&id, &config.address, config.pull).await {
                 Ok(d) => drivers.push(Driver::Docker(d)),
-                Err(e) if config.driver == DriverChoice::Docker => return Err(AgentError::NoDocker(e.to_string())),
-                Err(e) => tracing::info!(error = %e, "no Docker engine; running with the exec driver only"),
+                Err(e) if config.driver == DriverChoice::Docker => {
+                    return Err(AgentError::NoDocker(e.to_string()));
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "no Docker engine; running with the exec driver only")
+                }
             }
         }
         if matches!(config.driver, DriverChoice::Auto | DriverChoice::Exec) {
@@ -118,7 +128,9 @@ impl Agent {
             hostname: config.hostname.clone(),
             address: config.address.clone(),
             resources: Resources {
-                cpu: config.cpu.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as f64),
+                cpu: config.cpu.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+                }),
                 memory: config.memory.unwrap_or_else(total_memory_mib),
                 ports: config.ports,
             },
@@ -129,9 +141,21 @@ impl Agent {
         let (node_tx, node_rx) = watch::channel(id.clone());
         drop(node_tx);
         let (reporter, report_task) = report::spawn(client.clone(), node_rx, shutdown_rx.clone());
-        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, shutdown_rx));
+        let main = tokio::spawn(run(
+            client,
+            register,
+            drivers,
+            reporter,
+            config.heartbeat,
+            shutdown_rx,
+        ));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
-        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task] })
+        Ok(Agent {
+            node_id: id,
+            drivers: kinds,
+            shutdown,
+            tasks: vec![main, report_task],
+        })
     }
 
     /// Stops the agent's loops. Instances keep running; a new agent adopts them.
@@ -143,7 +167,11 @@ impl Agent {
     }
 }
 
-async fn register(client: &Client, req: &RegisterRequest, shutdown: &mut watch::Receiver<bool>) -> bool {
+async fn register(
+    client: &Client,
+    req: &RegisterRequest,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
         match client.register(req).await {
@@ -173,8 +201,14 @@ async fn run(
     let mut survivors: HashMap<String, (Handle, Driver)> = HashMap::new();
     for d in &drivers {
         match d.survivors().await {
-            Ok(found) => survivors.extend(found.into_iter().map(|h| (h.instance.clone(), (h, d.clone())))),
-            Err(e) => tracing::warn!(driver = %d.kind(), error = %e, "listing surviving instances failed"),
+            Ok(found) => survivors.extend(
+                found
+                    .into_iter()
+                    .map(|h| (h.instance.clone(), (h, d.clone()))),
+            ),
+            Err(e) => {
+                tracing::warn!(driver = %d.kind(), error = %e, "listing surviving instances failed")
+            }
         }
     }
 
@@ -314,5 +348,9 @@ fn failed(id: &str, reason: String) -> InstanceReport {
 }
 
 fn stopped(id: &str) -> InstanceReport {
-    InstanceReport { state: InstanceState::Stopped, reason: None, ..failed(id, String::new()) }
+    InstanceReport {
+        state: InstanceState::Stopped,
+        reason: None,
+        ..failed(id, String::new())
+    }
 }

@@ -31,7 +31,11 @@ fn merge(old: InstanceReport, new: InstanceReport) -> InstanceReport {
     }
 }
 
-pub fn spawn(client: Client, node: watch::Receiver<String>, mut shutdown: watch::Receiver<bool>) -> (Reporter, tokio::task::JoinHandle<()>) {
+pub fn spawn(
+    client: Client,
+    node: watch::Receiver<String>,
+    mut shutdown: watch::Receiver<bool>,
+) -> (Reporter, tokio::task::JoinHandle<()>) {
     let (tx, mut rx) = mpsc::unbounded_channel::<InstanceReport>();
     let task = tokio::spawn(async move {
         let mut pending: BTreeMap<String, InstanceReport> = BTreeMap::new();

@@ -12,7 +12,9 @@ use crate::health;
 use crate::report::Reporter;
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
 }
 
 fn report(id: &str, state: InstanceState) -> InstanceReport {
@@ -43,7 +45,13 @@ pub async fn supervise(
     let _ = done.send(id);
 }
 
-async fn run(a: &Assignment, driver: &Driver, adopted: Option<Handle>, reports: &Reporter, stop: &mut watch::Receiver<bool>) {
+async fn run(
+    a: &Assignment,
+    driver: &Driver,
+    adopted: Option<Handle>,
+    reports: &Reporter,
+    stop: &mut watch::Receiver<bool>,
+) {
     let id = a.instance.id.as_str();
     let grace = a.spec.stop_timeout.as_duration();
     let was_adopted = adopted.is_some();
@@ -65,16 +73,31 @@ async fn run(a: &Assignment, driver: &Driver, adopted: Option<Handle>, reports: 
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(instance = id, error = %e, "start failed");
-                    reports.send(InstanceReport { reason: Some(e.to_string()), finished_at: Some(now_ms()), ..report(id, InstanceState::Failed) });
+                    reports.send(InstanceReport {
+                        reason: Some(e.to_string()),
+                        finished_at: Some(now_ms()),
+                        ..report(id, InstanceState::Failed)
+                    });
                     return;
                 }
             }
         }
     };
-    let started_at = if was_adopted { a.instance.started_at.unwrap_or_else(now_ms) } else { now_ms() };
-    let base = InstanceReport { handle: Some(handle.id.clone()), started_at: Some(started_at), ..report(id, InstanceState::Starting) };
+    let started_at = if was_adopted {
+        a.instance.started_at.unwrap_or_else(now_ms)
+    } else {
+        now_ms()
+    };
+    let base = InstanceReport {
+        handle: Some(handle.id.clone()),
+        started_at: Some(started_at),
+        ..report(id, InstanceState::Starting)
+    };
     match &a.spec.health {
-        None => reports.send(InstanceReport { state: InstanceState::Running, ..base.clone() }),
+        None => reports.send(InstanceReport {
+            state: InstanceState::Running,
+            ..base.clone()
+        }),
         // An adopted instance keeps its state until its health says otherwise.
         Some(_) if was_adopted && a.instance.state == InstanceState::Running => {}
         Some(_) => reports.send(base.clone()),
@@ -126,8 +149,15 @@ impl WithState for InstanceReport {
 
 /// Probes until the instance fails its check `max_failures` times in a row; never returns
 /// when there is no check. Failures inside the grace period do not count until the first pass.
-async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport, was_adopted: bool) -> String {
-    let Some(spec) = a.spec.health.clone() else { return std::future::pending().await };
+async fn watch_health(
+    a: &Assignment,
+    reports: &Reporter,
+    base: &InstanceReport,
+    was_adopted: bool,
+) -> String {
+    let Some(spec) = a.spec.health.clone() else {
+        return std::future::pending().await;
+    };
     let Some(port) = a.instance.host_ports.get(spec.port_index).copied() else {
         return std::future::pending().await;
     };
@@ -142,7 +172,10 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                 failures = 0;
                 passed_once = true;
                 if healthy_said != Some(true) {
-                    reports.send(InstanceReport { healthy: Some(true), ..base.clone().with_state(InstanceState::Running) });
+                    reports.send(InstanceReport {
+                        healthy: Some(true),
+                        ..base.clone().with_state(InstanceState::Running)
+                    });
                     healthy_said = Some(true);
                 }
             }
@@ -154,7 +187,10 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                         return format!("health check failed {failures} time(s) in a row: {why}");
                     }
                     if healthy_said != Some(false) && passed_once {
-                        reports.send(InstanceReport { healthy: Some(false), ..base.clone().with_state(InstanceState::Running) });
+                        reports.send(InstanceReport {
+                            healthy: Some(false),
+                            ..base.clone().with_state(InstanceState::Running)
+                        });
                         healthy_said = Some(false);
                     }
                 }

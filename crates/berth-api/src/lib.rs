@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_core::spec::DriverKind;
-use berth_core::{AppSpec, AppVersion, Event, Instance, InstanceState, Millis, Node, Resources, SpecError};
+use berth_core::{
+    AppSpec, AppVersion, Event, Instance, InstanceState, Millis, Node, Resources, SpecError,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +34,10 @@ pub struct InstanceView {
 
 impl From<Instance> for InstanceView {
     fn from(instance: Instance) -> Self {
-        InstanceView { address: instance.address(), instance }
+        InstanceView {
+            address: instance.address(),
+            instance,
+        }
     }
 }
 
@@ -219,16 +224,29 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .build()
-            .map_err(|e| ClientError::Unreachable { url: base.into(), why: e.to_string() })?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), http })
+            .map_err(|e| ClientError::Unreachable {
+                url: base.into(),
+                why: e.to_string(),
+            })?;
+        Ok(Client {
+            base: base.trim_end_matches('/').to_string(),
+            http,
+        })
     }
 
     pub fn base(&self) -> &str {
         &self.base
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder, url: &str) -> Result<Indexed<T>, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Indexed<T>, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: url.into(),
+            why: root_cause(&e),
+        })?;
         let status = resp.status();
         let index = resp
             .headers()
@@ -236,15 +254,24 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
+        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
+            url: url.into(),
+            why: root_cause(&e),
+        })?;
         if !status.is_success() {
             let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
                 error: String::from_utf8_lossy(&bytes).trim().to_string(),
                 details: vec![],
             });
-            return Err(ClientError::Api { status: status.as_u16(), body });
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                body,
+            });
         }
-        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), why: e.to_string() })?;
+        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
+            url: url.into(),
+            why: e.to_string(),
+        })?;
         Ok(Indexed { index, value })
     }
 
@@ -254,18 +281,39 @@ impl Client {
     }
 
     /// A blocking read: returns once the store moves past `index` or `wait` passes.
-    async fn get_after<T: DeserializeOwned>(&self, path: &str, index: u64, wait: Duration) -> Result<Indexed<T>, ClientError> {
+    async fn get_after<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<T>, ClientError> {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let url = format!("{}{path}{sep}index={index}&wait={}ms", self.base, wait.as_millis());
-        self.send(self.http.get(&url).timeout(wait + Duration::from_secs(10)), &url).await
+        let url = format!(
+            "{}{path}{sep}index={index}&wait={}ms",
+            self.base,
+            wait.as_millis()
+        );
+        self.send(
+            self.http.get(&url).timeout(wait + Duration::from_secs(10)),
+            &url,
+        )
+        .await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
+    async fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Indexed<T>, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.post(&url).json(body), &url).await
     }
 
-    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
+    async fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<Indexed<T>, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.put(&url).json(body), &url).await
     }
@@ -282,24 +330,49 @@ impl Client {
         self.get(&format!("/v1/apps/{id}")).await
     }
 
-    pub async fn app_after(&self, id: &str, index: u64, wait: Duration) -> Result<Indexed<AppStatus>, ClientError> {
+    pub async fn app_after(
+        &self,
+        id: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<AppStatus>, ClientError> {
         self.get_after(&format!("/v1/apps/{id}"), index, wait).await
     }
 
     pub async fn deploy(&self, spec: &AppSpec) -> Result<DeployResponse, ClientError> {
-        Ok(self.put(&format!("/v1/apps/{}", spec.id()), &DeployRequest { spec: spec.clone() }).await?.value)
+        Ok(self
+            .put(
+                &format!("/v1/apps/{}", spec.id()),
+                &DeployRequest { spec: spec.clone() },
+            )
+            .await?
+            .value)
     }
 
     pub async fn scale(&self, id: &str, instances: u32) -> Result<DeployResponse, ClientError> {
-        Ok(self.post(&format!("/v1/apps/{id}/scale"), &ScaleRequest { instances }).await?.value)
+        Ok(self
+            .post(&format!("/v1/apps/{id}/scale"), &ScaleRequest { instances })
+            .await?
+            .value)
     }
 
     pub async fn upgrade(&self, id: &str, image: &str) -> Result<DeployResponse, ClientError> {
-        Ok(self.post(&format!("/v1/apps/{id}/upgrade"), &UpgradeRequest { image: image.into() }).await?.value)
+        Ok(self
+            .post(
+                &format!("/v1/apps/{id}/upgrade"),
+                &UpgradeRequest {
+                    image: image.into(),
+                },
+            )
+            .await?
+            .value)
     }
 
     pub async fn restart(&self, id: &str) -> Result<DeployResponse, ClientError> {
-        Ok(self.post(&format!("/v1/apps/{id}/restart"), &serde_json::json!({})).await?.value)
+        Ok(self
+            .post(&format!("/v1/apps/{id}/restart"), &serde_json::json!({}))
+            .await?
+            .value)
     }
 
     pub async fn destroy(&self, id: &str) -> Result<AppStatus, ClientError> {
@@ -316,11 +389,20 @@ impl Client {
     }
 
     pub async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, ClientError> {
-        Ok(self.get(&format!("/v1/events?after={after}&limit={limit}")).await?.value)
+        Ok(self
+            .get(&format!("/v1/events?after={after}&limit={limit}"))
+            .await?
+            .value)
     }
 
-    pub async fn events_after(&self, after: u64, index: u64, wait: Duration) -> Result<Indexed<Vec<Event>>, ClientError> {
-        self.get_after(&format!("/v1/events?after={after}&limit=1000"), index, wait).await
+    pub async fn events_after(
+        &self,
+        after: u64,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<Event>>, ClientError> {
+        self.get_after(&format!("/v1/events?after={after}&limit=1000"), index, wait)
+            .await
     }
 
     pub async fn register(&self, req: &RegisterRequest) -> Result<Node, ClientError> {
@@ -328,16 +410,36 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
-        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/heartbeat"), &serde_json::json!({})).await?;
+        self.post::<_, serde_json::Value>(
+            &format!("/v1/nodes/{node}/heartbeat"),
+            &serde_json::json!({}),
+        )
+        .await?;
         Ok(())
     }
 
-    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
-        Ok(self.get_after(&format!("/v1/nodes/{node}/assignments"), index, wait).await?.value)
+    pub async fn assignments(
+        &self,
+        node: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Assignments, ClientError> {
+        Ok(self
+            .get_after(&format!("/v1/nodes/{node}/assignments"), index, wait)
+            .await?
+            .value)
     }
 
-    pub async fn report(&self, node: &str, reports: Vec<InstanceReport>) -> Result<(), ClientError> {
-        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/reports"), &ReportRequest { reports }).await?;
+    pub async fn report(
+        &self,
+        node: &str,
+        reports: Vec<InstanceReport>,
+    ) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(
+            &format!("/v1/nodes/{node}/reports"),
+            &ReportRequest { reports },
+        )
+        .await?;
         Ok(())
     }
 }

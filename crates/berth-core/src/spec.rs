@@ -34,14 +34,22 @@ pub struct AppSpec {
     /// Container ports, in order; the first one is the instance's address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "scalar_map")]
+    #[serde(
+        default,
+        skip_serializing_if = "BTreeMap::is_empty",
+        deserialize_with = "scalar_map"
+    )]
     pub environment: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<String>,
     /// `host[:container_port]` names by which the router serves the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "constraint_list")]
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        deserialize_with = "constraint_list"
+    )]
     pub constraints: Vec<Constraint>,
     /// Which driver runs the instances; unset lets the node choose (docker when it has an engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -167,7 +175,10 @@ fn one() -> f64 {
 
 impl Default for UpgradeSpec {
     fn default() -> Self {
-        UpgradeSpec { min_health_capacity: 1.0, max_over_capacity: 1.0 }
+        UpgradeSpec {
+            min_health_capacity: 1.0,
+            max_over_capacity: 1.0,
+        }
     }
 }
 
@@ -218,7 +229,9 @@ impl Constraint {
         let op_text = parts.next().map(str::trim).unwrap_or_default();
         let value = parts.next().map(|v| v.trim().to_string());
         if field.is_empty() {
-            return Err(format!("constraint `{text}` has no field (expected field:OPERATOR[:value])"));
+            return Err(format!(
+                "constraint `{text}` has no field (expected field:OPERATOR[:value])"
+            ));
         }
         let op = ConstraintOp::parse(op_text).ok_or_else(|| {
             let hint = closest(op_text, &ConstraintOp::NAMES)
@@ -229,22 +242,36 @@ impl Constraint {
                 ConstraintOp::NAMES.join(", ")
             )
         })?;
-        let needs_value = matches!(op, ConstraintOp::Cluster | ConstraintOp::Like | ConstraintOp::Unlike | ConstraintOp::MaxPer);
+        let needs_value = matches!(
+            op,
+            ConstraintOp::Cluster
+                | ConstraintOp::Like
+                | ConstraintOp::Unlike
+                | ConstraintOp::MaxPer
+        );
         match (&value, needs_value) {
-            (None, true) => return Err(format!("constraint `{text}`: {} needs a value", op.name())),
+            (None, true) => {
+                return Err(format!("constraint `{text}`: {} needs a value", op.name()));
+            }
             (Some(_), false) if op == ConstraintOp::Unique => {
                 return Err(format!("constraint `{text}`: UNIQUE takes no value"));
             }
             _ => {}
         }
-        if matches!(op, ConstraintOp::MaxPer | ConstraintOp::GroupBy) {
-            if let Some(v) = &value {
-                if v.parse::<u32>().map_or(true, |n| n == 0) {
-                    return Err(format!("constraint `{text}`: {} takes a positive number, not `{v}`", op.name()));
-                }
-            }
+        if matches!(op, ConstraintOp::MaxPer | ConstraintOp::GroupBy)
+            && let Some(v) = &value
+            && v.parse::<u32>().map_or(true, |n| n == 0)
+        {
+            return Err(format!(
+                "constraint `{text}`: {} takes a positive number, not `{v}`",
+                op.name()
+            ));
         }
-        Ok(Constraint { field: field.to_string(), op, value })
+        Ok(Constraint {
+            field: field.to_string(),
+            op,
+            value,
+        })
     }
 }
 
@@ -295,7 +322,10 @@ fn constraint_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Constraint>, D
             })
             .collect(),
     };
-    items.iter().map(|text| Constraint::parse(text).map_err(de::Error::custom)).collect()
+    items
+        .iter()
+        .map(|text| Constraint::parse(text).map_err(de::Error::custom))
+        .collect()
 }
 
 /// Environment values may be written as numbers or booleans; they reach the process as text.
@@ -392,14 +422,32 @@ impl fmt::Display for SpecErrors {
 
 /// Keys valid at the top level of a spec.
 pub const TOP_LEVEL_KEYS: [&str; 19] = [
-    "group", "name", "image", "instances", "cpu", "memory", "network", "privileged", "command", "ports",
-    "environment", "zones", "services", "constraints", "driver", "health", "upgrade", "pids", "stop_timeout",
+    "group",
+    "name",
+    "image",
+    "instances",
+    "cpu",
+    "memory",
+    "network",
+    "privileged",
+    "command",
+    "ports",
+    "environment",
+    "zones",
+    "services",
+    "constraints",
+    "driver",
+    "health",
+    "upgrade",
+    "pids",
+    "stop_timeout",
 ];
 
 impl AppSpec {
     /// Parses and validates YAML text; `file` names the source in errors.
     pub fn from_yaml(text: &str, file: Option<&str>) -> Result<AppSpec, SpecErrors> {
-        let spec: AppSpec = serde_saphyr::from_str(text).map_err(|e| SpecErrors(vec![yaml_error(&e, file)]))?;
+        let spec: AppSpec =
+            serde_saphyr::from_str(text).map_err(|e| SpecErrors(vec![yaml_error(&e, file)]))?;
         spec.validate().map_err(|mut errors| {
             let places = key_locations(text);
             for e in &mut errors.0 {
@@ -423,7 +471,14 @@ impl AppSpec {
     pub fn validate(&self) -> Result<(), SpecErrors> {
         let mut errors = Vec::new();
         let mut fail = |field: &str, message: String| {
-            errors.push(SpecError { file: None, line: None, column: None, field: field.into(), message, suggestion: None })
+            errors.push(SpecError {
+                file: None,
+                line: None,
+                column: None,
+                field: field.into(),
+                message,
+                suggestion: None,
+            })
         };
         for (field, value) in [("group", &self.group), ("name", &self.name)] {
             if let Err(why) = check_label(value) {
@@ -432,37 +487,55 @@ impl AppSpec {
         }
         match (&self.image, self.driver, &self.command) {
             (None, Some(DriverKind::Exec), Some(_)) => {}
-            (None, Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
-            (None, _, _) => fail("image", "required (or use `driver: exec` with a `command`)".into()),
-            (Some(image), _, _) if image.trim().is_empty() || image.contains(char::is_whitespace) => {
+            (None, Some(DriverKind::Exec), None) => {
+                fail("command", "driver `exec` needs a command".into())
+            }
+            (None, _, _) => fail(
+                "image",
+                "required (or use `driver: exec` with a `command`)".into(),
+            ),
+            (Some(image), _, _)
+                if image.trim().is_empty() || image.contains(char::is_whitespace) =>
+            {
                 fail("image", format!("`{image}` is not an image reference"))
             }
-            (Some(_), Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
+            (Some(_), Some(DriverKind::Exec), None) => {
+                fail("command", "driver `exec` needs a command".into())
+            }
             _ => {}
         }
         if self.instances > 10_000 {
-            fail("instances", format!("{} is more than the 10000 allowed", self.instances));
+            fail(
+                "instances",
+                format!("{} is more than the 10000 allowed", self.instances),
+            );
         }
-        if let Some(cpu) = self.cpu {
-            if !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0) {
-                fail("cpu", format!("{cpu} cores is out of range (0 < cpu <= 1024)"));
-            }
+        if let Some(cpu) = self.cpu
+            && !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0)
+        {
+            fail(
+                "cpu",
+                format!("{cpu} cores is out of range (0 < cpu <= 1024)"),
+            );
         }
         if let Some(mem) = self.memory {
             // Docker refuses limits under 6 MiB.
             if !(6..=4 * 1024 * 1024).contains(&mem) {
-                fail("memory", format!("{mem} MiB is out of range (6 to 4194304)"));
+                fail(
+                    "memory",
+                    format!("{mem} MiB is out of range (6 to 4194304)"),
+                );
             }
         }
-        if let Some(Command::Exec(args)) = &self.command {
-            if args.is_empty() {
-                fail("command", "an empty list runs nothing".into());
-            }
+        if let Some(Command::Exec(args)) = &self.command
+            && args.is_empty()
+        {
+            fail("command", "an empty list runs nothing".into());
         }
-        if let Some(Command::Shell(line)) = &self.command {
-            if line.trim().is_empty() {
-                fail("command", "an empty command runs nothing".into());
-            }
+        if let Some(Command::Shell(line)) = &self.command
+            && line.trim().is_empty()
+        {
+            fail("command", "an empty command runs nothing".into());
         }
         let mut seen = Vec::new();
         for port in &self.ports {
@@ -478,7 +551,10 @@ impl AppSpec {
         }
         for key in self.environment.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                fail("environment", format!("`{key}` is not a valid variable name"));
+                fail(
+                    "environment",
+                    format!("`{key}` is not a valid variable name"),
+                );
             }
         }
         for zone in &self.zones {
@@ -501,11 +577,25 @@ impl AppSpec {
                 _ => {}
             }
             // An exec instance always gets `PORT`, even with no `ports` listed.
-            let probe_ports = if self.driver == Some(DriverKind::Exec) { self.ports.len().max(1) } else { self.ports.len() };
+            let probe_ports = if self.driver == Some(DriverKind::Exec) {
+                self.ports.len().max(1)
+            } else {
+                self.ports.len()
+            };
             if probe_ports == 0 {
-                fail("health", "a health check needs at least one port in `ports`".into());
+                fail(
+                    "health",
+                    "a health check needs at least one port in `ports`".into(),
+                );
             } else if health.port_index >= probe_ports {
-                fail("health.port_index", format!("{} but only {} port(s) listed", health.port_index, self.ports.len()));
+                fail(
+                    "health.port_index",
+                    format!(
+                        "{} but only {} port(s) listed",
+                        health.port_index,
+                        self.ports.len()
+                    ),
+                );
             }
             if health.interval.0 == 0 {
                 fail("health.interval", "must be more than 0".into());
@@ -518,7 +608,10 @@ impl AppSpec {
             }
         }
         for (field, value) in [
-            ("upgrade.min_health_capacity", self.upgrade.min_health_capacity),
+            (
+                "upgrade.min_health_capacity",
+                self.upgrade.min_health_capacity,
+            ),
             ("upgrade.max_over_capacity", self.upgrade.max_over_capacity),
         ] {
             if !(0.0..=1.0).contains(&value) {
@@ -528,19 +621,24 @@ impl AppSpec {
         if self.pids == 0 {
             fail("pids", "must be at least 1".into());
         }
-        if errors.is_empty() { Ok(()) } else { Err(SpecErrors(errors)) }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SpecErrors(errors))
+        }
     }
 
     /// Things that are allowed but probably not meant, for the CLI to print.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
         for service in &self.services {
-            if let Some(port) = AppSpec::service_port(service, &self.ports) {
-                if !self.ports.contains(&port) && self.network == NetworkMode::Bridge {
-                    out.push(format!(
+            if let Some(port) = AppSpec::service_port(service, &self.ports)
+                && !self.ports.contains(&port)
+                && self.network == NetworkMode::Bridge
+            {
+                out.push(format!(
                         "services: `{service}` names port {port}, which is not in `ports`: it is not published in bridge mode"
                     ));
-                }
             }
         }
         out
@@ -556,13 +654,17 @@ impl AppSpec {
 }
 
 fn check_label(value: &str) -> Result<(), String> {
-    let ok_chars = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if value.is_empty() {
         Err("must not be empty".into())
     } else if value.len() > 63 {
         Err(format!("`{value}` is longer than 63 characters"))
     } else if !ok_chars || value.starts_with('-') || value.ends_with('-') {
-        Err(format!("`{value}` must be lowercase letters, digits and inner dashes"))
+        Err(format!(
+            "`{value}` must be lowercase letters, digits and inner dashes"
+        ))
     } else {
         Ok(())
     }
@@ -575,7 +677,10 @@ fn check_service(service: &str, ports: &[u16]) -> Result<(), String> {
     };
     let host_ok = !host.is_empty()
         && host.split('.').all(|label| {
-            !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
         });
     if !host_ok {
         return Err(format!("`{service}` is not a host name"));
@@ -593,13 +698,17 @@ fn check_service(service: &str, ports: &[u16]) -> Result<(), String> {
 fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
     let location = e.location();
     let (field, message, suggestion) = match e.without_snippet() {
-        serde_saphyr::Error::SerdeUnknownField { field, expected, .. } => {
+        serde_saphyr::Error::SerdeUnknownField {
+            field, expected, ..
+        } => {
             let suggestion = closest(field, expected).map(str::to_string);
             (field.clone(), "unknown key".to_string(), suggestion)
         }
-        serde_saphyr::Error::SerdeMissingField { field, .. } => {
-            (field.to_string(), "required key is missing".to_string(), None)
-        }
+        serde_saphyr::Error::SerdeMissingField { field, .. } => (
+            field.to_string(),
+            "required key is missing".to_string(),
+            None,
+        ),
         serde_saphyr::Error::Message { msg, .. } => (String::new(), first_line(msg), None),
         other => (String::new(), first_line(&other.to_string()), None),
     };
@@ -617,10 +726,10 @@ fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
 fn first_line(message: &str) -> String {
     let mut line = message.lines().next().unwrap_or(message).trim();
     line = line.strip_prefix("error: ").unwrap_or(line);
-    if let Some(rest) = line.strip_prefix("line ") {
-        if let Some((_, after)) = rest.split_once(": ") {
-            line = after;
-        }
+    if let Some(rest) = line.strip_prefix("line ")
+        && let Some((_, after)) = rest.split_once(": ")
+    {
+        line = after;
     }
     match line.find(" at line ") {
         Some(i) => line[..i].to_string(),
@@ -671,7 +780,12 @@ fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
                         let at = key.referenced;
                         out.push((key.value.clone(), at.line(), at.column()));
                         let inner: Tree = map.next_value()?;
-                        out.extend(inner.0.into_iter().map(|(k, l, c)| (format!("{}.{k}", key.value), l, c)));
+                        out.extend(
+                            inner
+                                .0
+                                .into_iter()
+                                .map(|(k, l, c)| (format!("{}.{k}", key.value), l, c)),
+                        );
                     }
                     Ok(Tree(out))
                 }
@@ -704,7 +818,9 @@ fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
             d.deserialize_any(TreeVisitor)
         }
     }
-    serde_saphyr::from_str::<Tree>(text).map(|t| t.0).unwrap_or_default()
+    serde_saphyr::from_str::<Tree>(text)
+        .map(|t| t.0)
+        .unwrap_or_default()
 }
 
 /// The location of `field`, or of its nearest written parent.

@@ -37,8 +37,13 @@ pub fn step(c: Counts, min_health: f64, max_over: f64) -> Step {
     // Non-ready old instances leave first and cost no health; ready ones only above the floor.
     let stop_ready_old = c.ready.saturating_sub(min_healthy).min(c.old_ready);
     let live_after = live - (c.old_live - c.old_ready) - stop_ready_old;
-    let start_new = max_capacity.saturating_sub(live_after).min(c.target.saturating_sub(c.new_live));
-    Step { stop_ready_old, start_new }
+    let start_new = max_capacity
+        .saturating_sub(live_after)
+        .min(c.target.saturating_sub(c.new_live));
+    Step {
+        stop_ready_old,
+        start_new,
+    }
 }
 
 /// Floor of ready instances a deployment keeps, and the ceiling of live ones.

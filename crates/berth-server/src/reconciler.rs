@@ -25,7 +25,11 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { node_timeout: Duration::from_secs(15), idle_interval: Duration::from_secs(5), keep_events: 10_000 }
+        Tuning {
+            node_timeout: Duration::from_secs(15),
+            idle_interval: Duration::from_secs(5),
+            keep_events: 10_000,
+        }
     }
 }
 
@@ -42,16 +46,29 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
     let apps = state.apps()?;
     let instances = state.instances()?;
     let mut nodes = state.nodes()?;
-    let beats = shared.heartbeats.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let beats = shared
+        .heartbeats
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
     for node in &mut nodes {
         if let Some(beat) = beats.get(&node.value.id) {
             node.value.last_heartbeat = node.value.last_heartbeat.max(*beat);
         }
     }
     let revisions = Revisions {
-        apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
-        instances: instances.iter().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
-        nodes: nodes.iter().map(|n| (n.value.id.clone(), n.mod_revision)).collect(),
+        apps: apps
+            .iter()
+            .map(|a| (a.value.id(), a.mod_revision))
+            .collect(),
+        instances: instances
+            .iter()
+            .map(|i| (i.value.id.clone(), i.mod_revision))
+            .collect(),
+        nodes: nodes
+            .iter()
+            .map(|n| (n.value.id.clone(), n.mod_revision))
+            .collect(),
     };
     Ok((
         Snapshot {
@@ -86,10 +103,10 @@ pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
             }
         };
         passes += 1;
-        if passes % 500 == 0 {
-            if let Err(e) = shared.state.prune_events(shared.tuning.keep_events) {
-                tracing::warn!(error = %e, "pruning events failed");
-            }
+        if passes.is_multiple_of(500)
+            && let Err(e) = shared.state.prune_events(shared.tuning.keep_events)
+        {
+            tracing::warn!(error = %e, "pruning events failed");
         }
         let idle = shared.tuning.idle_interval.as_millis() as i64;
         let wait_ms = next_check.map_or(idle, |at| (at - now_ms()).clamp(0, idle));
@@ -116,11 +133,19 @@ fn pass(shared: &Shared, now: i64, settings: Settings) -> Result<Option<i64>, St
 }
 
 /// Keeps the "why pending" text per app and writes an event when it changes.
-fn record_pending(shared: &Shared, pending: &[berth_plan::Pending], now: i64) -> Result<(), StoreError> {
+fn record_pending(
+    shared: &Shared,
+    pending: &[berth_plan::Pending],
+    now: i64,
+) -> Result<(), StoreError> {
     let mut known = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
     let mut current = std::collections::HashMap::new();
     for p in pending {
-        let text = format!("{} instance(s) waiting: {}", p.missing, p.reasons.join("; "));
+        let text = format!(
+            "{} instance(s) waiting: {}",
+            p.missing,
+            p.reasons.join("; ")
+        );
         current.insert(p.app.clone(), text);
     }
     let mut txn = berth_store::Txn::default();
@@ -128,7 +153,14 @@ fn record_pending(shared: &Shared, pending: &[berth_plan::Pending], now: i64) ->
         // Backoff countdowns change every pass; only a new kind of reason is news.
         let headline = |t: &str| t.split(':').take(2).collect::<String>();
         if known.get(app).map(|old| headline(old)) != Some(headline(text)) {
-            txn = shared.state.with_event(txn, now, Level::Warn, "app.pending", Subject::app(app), text.clone());
+            txn = shared.state.with_event(
+                txn,
+                now,
+                Level::Warn,
+                "app.pending",
+                Subject::app(app),
+                text.clone(),
+            );
         }
     }
     *known = current;

@@ -11,7 +11,10 @@ use super::{Ctx, default_spec_path, resolve};
 use crate::output::{self, Format, ago, table};
 
 #[derive(Debug, clap::Args)]
-#[command(args_conflicts_with_subcommands = false, subcommand_negates_reqs = false)]
+#[command(
+    args_conflicts_with_subcommands = false,
+    subcommand_negates_reqs = false
+)]
 pub struct AppArgs {
     /// The app (NAME, or GROUP/NAME), or `ls` to list every app.
     name: String,
@@ -71,7 +74,15 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AppAction::Sync { file, wait } => apply_file(&file.unwrap_or_else(default_spec_path), Some(&id), &wait, ctx).await,
+        AppAction::Sync { file, wait } => {
+            apply_file(
+                &file.unwrap_or_else(default_spec_path),
+                Some(&id),
+                &wait,
+                ctx,
+            )
+            .await
+        }
         AppAction::Scale { instances, wait } => {
             let resp = client.scale(&id, instances).await?;
             eprintln!("{id}: scaling to {instances}");
@@ -84,7 +95,10 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
         AppAction::Restart { wait } => {
             let resp = client.restart(&id).await?;
-            eprintln!("{id}: restarting every instance as version {}", resp.version);
+            eprintln!(
+                "{id}: restarting every instance as version {}",
+                resp.version
+            );
             finish(&client, resp, &wait, ctx).await
         }
         AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
@@ -95,7 +109,13 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 Format::Table => {
                     let rows = versions
                         .iter()
-                        .map(|v| vec![v.version.to_string(), output::clock(v.created_at), v.change.clone()])
+                        .map(|v| {
+                            vec![
+                                v.version.to_string(),
+                                output::clock(v.created_at),
+                                v.change.clone(),
+                            ]
+                        })
                         .collect();
                     println!("{}", table(&["VERSION", "WHEN", "CHANGE"], rows));
                 }
@@ -105,9 +125,21 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn destroy(client: &berth_api::Client, id: &str, wait: &WaitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+async fn destroy(
+    client: &berth_api::Client,
+    id: &str,
+    wait: &WaitArgs,
+    ctx: &Ctx,
+) -> anyhow::Result<ExitCode> {
     let status = client.destroy(id).await?;
-    eprintln!("{id}: destroying {} live instance(s)", status.instances.iter().filter(|i| i.instance.state.is_live()).count());
+    eprintln!(
+        "{id}: destroying {} live instance(s)",
+        status
+            .instances
+            .iter()
+            .filter(|i| i.instance.state.is_live())
+            .count()
+    );
     if !wait.no_wait {
         let started = Instant::now();
         let mut index = 0;
@@ -125,7 +157,10 @@ async fn destroy(client: &berth_api::Client, id: &str, wait: &WaitArgs, ctx: &Ct
         eprintln!("{id}: destroyed in {:.1}s", started.elapsed().as_secs_f64());
     }
     if ctx.format == Format::Json {
-        println!("{}", output::json(&serde_json::json!({"id": id, "destroyed": !wait.no_wait}))?);
+        println!(
+            "{}",
+            output::json(&serde_json::json!({"id": id, "destroyed": !wait.no_wait}))?
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -143,12 +178,24 @@ async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                         a.version.to_string(),
                         a.image.clone().unwrap_or_else(|| "-".into()),
                         format!("{}/{}", a.counts.running, a.desired),
-                        if a.destroying { "destroying".into() } else if a.deployed { "deployed".into() } else { "deploying".into() },
+                        if a.destroying {
+                            "destroying".into()
+                        } else if a.deployed {
+                            "deployed".into()
+                        } else {
+                            "deploying".into()
+                        },
                         ago(a.updated_at),
                     ]
                 })
                 .collect();
-            println!("{}", table(&["APP", "VERSION", "IMAGE", "RUNNING", "STATE", "UPDATED"], rows));
+            println!(
+                "{}",
+                table(
+                    &["APP", "VERSION", "IMAGE", "RUNNING", "STATE", "UPDATED"],
+                    rows
+                )
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -162,7 +209,10 @@ pub fn status_table(s: &AppStatus) -> String {
         s.image.as_deref().unwrap_or("(exec)"),
         s.counts.running,
         s.desired,
-        s.pending.as_ref().map(|p| format!("\npending: {p}")).unwrap_or_default()
+        s.pending
+            .as_ref()
+            .map(|p| format!("\npending: {p}"))
+            .unwrap_or_default()
     );
     let rows = s
         .instances
@@ -183,10 +233,19 @@ pub fn status_table(s: &AppStatus) -> String {
                 i.node.clone(),
                 v.address.clone().unwrap_or_else(|| "-".into()),
                 ago(i.started_at.unwrap_or(i.created_at)),
-                if i.state.is_terminal() { i.reason.clone().unwrap_or_default() } else { String::new() },
+                if i.state.is_terminal() {
+                    i.reason.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                },
             ]
         })
         .collect();
-    out.push_str(&table(&["INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON"], rows));
+    out.push_str(&table(
+        &[
+            "INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON",
+        ],
+        rows,
+    ));
     out
 }

@@ -21,7 +21,8 @@ pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     let rows = nodes
                         .iter()
                         .map(|n| {
-                            let drivers: Vec<String> = n.node.drivers.iter().map(|d| d.to_string()).collect();
+                            let drivers: Vec<String> =
+                                n.node.drivers.iter().map(|d| d.to_string()).collect();
                             vec![
                                 n.node.id.clone(),
                                 n.node.hostname.clone(),
@@ -37,7 +38,20 @@ pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                         .collect();
                     println!(
                         "{}",
-                        table(&["NODE", "HOSTNAME", "ADDRESS", "STATUS", "DRIVERS", "CPU", "MEMORY", "INSTANCES", "HEARTBEAT"], rows)
+                        table(
+                            &[
+                                "NODE",
+                                "HOSTNAME",
+                                "ADDRESS",
+                                "STATUS",
+                                "DRIVERS",
+                                "CPU",
+                                "MEMORY",
+                                "INSTANCES",
+                                "HEARTBEAT"
+                            ],
+                            rows
+                        )
                     );
                 }
             }

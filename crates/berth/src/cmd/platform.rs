@@ -33,9 +33,17 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn parse_range(text: &str) -> Result<(u16, u16), String> {
-    let (low, high) = text.split_once('-').ok_or_else(|| format!("`{text}` is not a range like 20000-29999"))?;
-    let low: u16 = low.trim().parse().map_err(|_| format!("`{low}` is not a port"))?;
-    let high: u16 = high.trim().parse().map_err(|_| format!("`{high}` is not a port"))?;
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` is not a range like 20000-29999"))?;
+    let low: u16 = low
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{low}` is not a port"))?;
+    let high: u16 = high
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{high}` is not a port"))?;
     if low == 0 || low > high {
         return Err(format!("`{text}` is an empty range"));
     }
@@ -43,7 +51,9 @@ fn parse_range(text: &str) -> Result<(u16, u16), String> {
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
-    let (k, v) = text.split_once('=').ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    let (k, v) = text
+        .split_once('=')
+        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("`{text}` has an empty key"));
     }
@@ -85,7 +95,10 @@ pub struct NodeOptions {
 impl NodeOptions {
     fn config(&self, server: &str, data_dir: PathBuf) -> anyhow::Result<AgentConfig> {
         if let Some(cpu) = self.cpu {
-            anyhow::ensure!(cpu.is_finite() && cpu > 0.0, "--cpu: {cpu} is not a positive number of cores");
+            anyhow::ensure!(
+                cpu.is_finite() && cpu > 0.0,
+                "--cpu: {cpu} is not a positive number of cores"
+            );
         }
         anyhow::ensure!(
             self.address.parse::<std::net::IpAddr>().is_ok(),
@@ -93,7 +106,9 @@ impl NodeOptions {
             self.address
         );
         let hostname = self.hostname.clone().unwrap_or_else(|| {
-            std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "localhost".into())
+            std::fs::read_to_string("/etc/hostname")
+                .map(|h| h.trim().to_string())
+                .unwrap_or_else(|_| "localhost".into())
         });
         Ok(AgentConfig {
             server: server.to_string(),
@@ -136,7 +151,10 @@ impl ServerOptions {
         ServerConfig {
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
-            tuning: Tuning { node_timeout: self.node_timeout.as_duration(), ..Tuning::default() },
+            tuning: Tuning {
+                node_timeout: self.node_timeout.as_duration(),
+                ..Tuning::default()
+            },
         }
     }
 }
@@ -180,9 +198,13 @@ async fn until_signal() {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::start(args.server.config()).await.context("starting the server")?;
+    let server = Server::start(args.server.config())
+        .await
+        .context("starting the server")?;
     let url = format!("http://{}", server.addr);
-    let agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"))?).await.context("starting the agent")?;
+    let agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"))?)
+        .await
+        .context("starting the agent")?;
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
     eprintln!(
         "Berth is up: API {url}, node {} (drivers: {}), data in {}",
@@ -198,15 +220,23 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::start(args.server.config()).await.context("starting the server")?;
-    eprintln!("Berth server: API http://{}, data in {}", server.addr, args.server.data_dir.display());
+    let server = Server::start(args.server.config())
+        .await
+        .context("starting the server")?;
+    eprintln!(
+        "Berth server: API http://{}, data in {}",
+        server.addr,
+        args.server.data_dir.display()
+    );
     until_signal().await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let agent = Agent::start(args.node.config(&ctx.server, args.data_dir.join("agent"))?).await.context("starting the agent")?;
+    let agent = Agent::start(args.node.config(&ctx.server, args.data_dir.join("agent"))?)
+        .await
+        .context("starting the agent")?;
     eprintln!("Berth agent: node {} joined {}", agent.node_id, ctx.server);
     until_signal().await;
     agent.stop().await;

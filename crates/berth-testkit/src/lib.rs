@@ -1,0 +1,8 @@
+//! Test support: builds the static test app and its FROM-scratch images through the Docker
+//! Engine API, starts `berth up` as a real process on free loopback ports, and waits with deadlines.
+
+pub mod image;
+pub mod platform;
+
+pub use image::{TestImages, docker_or_skip, test_images};
+pub use platform::{Platform, wait_until};

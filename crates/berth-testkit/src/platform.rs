@@ -1,0 +1,293 @@
+//! `berth up` as a real process with its own data directory, API port and host-port range.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+/// Polls `check` every 100 ms until it returns `Some`, failing the test after `timeout`.
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// A block of 100 host ports below the kernel's ephemeral range, free right now.
+fn port_block() -> (u16, u16) {
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..50 {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let base = 20_000 + (h.finish() % 120) as u16 * 100;
+        let free = (base..base + 10).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+        if free {
+            return (base, base + 99);
+        }
+    }
+    panic!("no free block of host ports in 20000-31999");
+}
+
+pub struct Platform {
+    bin: PathBuf,
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    api_addr: String,
+    pub ports: (u16, u16),
+    driver: String,
+    child: Option<Child>,
+    pub node_id: String,
+    http: reqwest::Client,
+}
+
+impl Platform {
+    /// Starts `berth up` with `--driver driver` and waits until its node is ready.
+    pub async fn start(bin: &Path, driver: &str) -> Platform {
+        let port = free_port();
+        let mut p = Platform {
+            bin: bin.to_path_buf(),
+            dir: tempfile::tempdir().expect("tempdir"),
+            api: format!("http://127.0.0.1:{port}"),
+            api_addr: format!("127.0.0.1:{port}"),
+            ports: port_block(),
+            driver: driver.to_string(),
+            child: None,
+            node_id: String::new(),
+            http: reqwest::Client::new(),
+        };
+        p.spawn();
+        p.wait_ready().await;
+        p
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("berth-up.log"))
+            .expect("log file");
+        let child = Command::new(&self.bin)
+            .args(["up", "--data-dir"])
+            .arg(self.data_dir())
+            .args([
+                "--api",
+                &self.api_addr,
+                "--driver",
+                &self.driver,
+                "--pull",
+                "never",
+            ])
+            .args(["--ports", &format!("{}-{}", self.ports.0, self.ports.1)])
+            .env("BERTH_LOG", "info,berth_agent=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("spawn berth up");
+        self.child = Some(child);
+    }
+
+    /// The platform's own log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("berth-up.log")).unwrap_or_default()
+    }
+
+    async fn wait_ready(&mut self) {
+        let node = wait_until(
+            "berth up to answer with a ready node",
+            Duration::from_secs(20),
+            || async {
+                let nodes = self.get("/v1/nodes").await.ok()?;
+                let ready = nodes.as_array()?.iter().find(|n| n["status"] == "ready")?;
+                ready["id"].as_str().map(str::to_string)
+            },
+        )
+        .await;
+        self.node_id = node;
+    }
+
+    /// GET a `/v1` path and decode the JSON body; `Err` carries the status and body.
+    pub async fn get(&self, path: &str) -> Result<Value, String> {
+        let resp = self
+            .http
+            .get(format!("{}{path}", self.api))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let body: Value = resp.json().await.map_err(|e| e.to_string())?;
+        if status.is_success() {
+            Ok(body)
+        } else {
+            Err(format!("{status}: {body}"))
+        }
+    }
+
+    /// Sends a raw request; returns the status and the JSON body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: &str,
+    ) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .http
+            .request(method, format!("{}{path}", self.api))
+            .header("content-type", content_type)
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Runs the `berth` CLI against this platform.
+    pub async fn cli(&self, args: &[&str]) -> Output {
+        Command::new(&self.bin)
+            .args(args)
+            .env("BERTH_SERVER", &self.api)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .expect("run berth")
+    }
+
+    /// Runs the CLI, fails the test unless it exits 0, and returns stdout.
+    pub async fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args).await;
+        assert!(
+            out.status.success(),
+            "berth {args:?} failed ({}):\nstdout: {}\nstderr: {}\nplatform log tail:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 40)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `berth app NAME status -o json`.
+    pub async fn status(&self, app: &str) -> Value {
+        let out = self.cli_ok(&["app", app, "status", "-o", "json"]).await;
+        serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("status of {app} is not JSON ({e}): {out}"))
+    }
+
+    /// Writes a file into the platform's directory and returns its path.
+    pub fn write(&self, name: &str, text: &str) -> String {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text).expect("write file");
+        path.display().to_string()
+    }
+
+    /// SIGKILL: no chance to flush or say goodbye.
+    pub async fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.start_kill().expect("kill berth up");
+            let _ = child.wait().await;
+        }
+    }
+
+    /// Starts `berth up` again on the same data directory and ports.
+    pub async fn restart(&mut self) {
+        self.kill9().await;
+        self.spawn();
+        self.wait_ready().await;
+    }
+
+    /// Live (staging, starting, running) instances of `app`, by id.
+    pub async fn live(&self, app: &str) -> Vec<Value> {
+        let s = self.status(app).await;
+        s["instances"]
+            .as_array()
+            .map(|all| {
+                all.iter()
+                    .filter(|i| {
+                        matches!(
+                            i["state"].as_str(),
+                            Some("staging" | "starting" | "running")
+                        ) && i["desired"] == "run"
+                    })
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+impl Drop for Platform {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        // Instances outlive Berth by design; a test leaves none behind.
+        if !self.node_id.is_empty() {
+            let filter = format!("label=berth.node={}", self.node_id);
+            if let Ok(out) = std::process::Command::new("docker")
+                .args(["ps", "-aq", "--filter", &filter])
+                .output()
+            {
+                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .split_whitespace()
+                    .map(str::to_string)
+                    .collect();
+                if !ids.is_empty() {
+                    let _ = std::process::Command::new("docker")
+                        .args(["rm", "-f"])
+                        .args(&ids)
+                        .output();
+                }
+            }
+        }
+        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("agent/exec")) {
+            for entry in entries.flatten() {
+                let Ok(text) = std::fs::read_to_string(entry.path().join("proc.json")) else {
+                    continue;
+                };
+                let Ok(state) = serde_json::from_str::<Value>(&text) else {
+                    continue;
+                };
+                if let Some(pid) = state["pid"].as_i64().filter(|p| *p > 1) {
+                    let _ = std::process::Command::new("kill")
+                        .args(["-9", "--", &format!("-{pid}")])
+                        .output();
+                }
+            }
+        }
+    }
+}

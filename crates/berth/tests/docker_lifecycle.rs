@@ -1,0 +1,158 @@
+//! The core scenario on the real Docker engine: deploy 3, scale 5 and 1, upgrade, destroy.
+
+use std::time::Duration;
+
+use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn spec(image: &str, instances: u32) -> String {
+    format!(
+        "group: shop\nname: web\nimage: {image}\ninstances: {instances}\ncpu: 0.1\nmemory: 32\nports: [8080]\n\
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 5s\n"
+    )
+}
+
+async fn body(address: &str) -> Value {
+    let text = reqwest::get(format!("http://{address}/"))
+        .await
+        .expect("instance answers")
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{address} answered {text}: {e}"))
+}
+
+/// Every live instance answers at its address with its own id and the expected version.
+async fn check_instances(p: &Platform, want: usize, version: &str) -> Vec<String> {
+    let status = p.status("web").await;
+    assert_eq!(status["desired"], want as u64);
+    let live: Vec<&Value> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "running")
+        .collect();
+    assert_eq!(live.len(), want, "{status:#}");
+    let mut ids = Vec::new();
+    for inst in live {
+        let address = inst["address"].as_str().expect("address");
+        let answer = body(address).await;
+        assert_eq!(
+            answer["instance"], inst["id"],
+            "the instance at {address} is the one Berth says"
+        );
+        assert_eq!(answer["version"], version);
+        ids.push(inst["id"].as_str().unwrap().to_string());
+    }
+    ids
+}
+
+async fn containers(docker: &bollard::Docker, node: &str) -> Vec<String> {
+    use std::collections::HashMap;
+    let filters = HashMap::from([("label", vec![format!("berth.node={node}")])]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let list = docker
+        .list_containers(Some(options))
+        .await
+        .expect("list containers");
+    list.into_iter()
+        .filter_map(|c| c.names?.into_iter().next())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deploy_scale_upgrade_destroy_on_docker() {
+    let Some(docker) = docker_or_skip("deploy_scale_upgrade_destroy_on_docker").await else {
+        return;
+    };
+    let images = test_images(&docker).await;
+    let p = Platform::start(BERTH.as_ref(), "docker").await;
+    let file = p.write("berth.yaml", &spec(&images.v1, 3));
+
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
+    let first = check_instances(&p, 3, "v1").await;
+    assert_eq!(
+        containers(&docker, &p.node_id).await.len(),
+        3,
+        "one container per instance"
+    );
+
+    // Limits and identity reach the container.
+    let name = format!("berth-{}", first[0]);
+    let info = docker
+        .inspect_container(&name, None)
+        .await
+        .expect("inspect");
+    let host = info.host_config.expect("host config");
+    assert_eq!(host.memory, Some(32 * 1024 * 1024));
+    assert_eq!(host.nano_cpus, Some(100_000_000));
+    assert!(host.pids_limit.unwrap_or(0) > 0, "a pids limit is set");
+    let labels = info.config.and_then(|c| c.labels).expect("labels");
+    assert_eq!(labels["berth.app"], "web");
+    assert_eq!(labels["berth.group"], "shop");
+    assert_eq!(labels["berth.instance"], first[0]);
+
+    p.cli_ok(&["app", "web", "scale", "5", "--timeout", "60"])
+        .await;
+    let five = check_instances(&p, 5, "v1").await;
+    assert!(
+        first.iter().all(|id| five.contains(id)),
+        "scaling up keeps the running instances"
+    );
+
+    p.cli_ok(&["app", "shop/web", "scale", "1", "--timeout", "60"])
+        .await;
+    check_instances(&p, 1, "v1").await;
+    wait_until(
+        "scaled-down containers to be removed",
+        Duration::from_secs(30),
+        || async { (containers(&docker, &p.node_id).await.len() == 1).then_some(()) },
+    )
+    .await;
+
+    p.cli_ok(&["app", "web", "upgrade", &images.v2, "--timeout", "60"])
+        .await;
+    let upgraded = check_instances(&p, 1, "v2").await;
+    let status = p.status("web").await;
+    assert_eq!(status["version"], 2);
+    assert_eq!(
+        status["instances"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["id"] == upgraded[0].as_str())
+            .unwrap()["version"],
+        2
+    );
+    let versions: Value =
+        serde_json::from_str(&p.cli_ok(&["app", "web", "versions", "-o", "json"]).await).unwrap();
+    assert_eq!(versions.as_array().unwrap().len(), 2);
+    assert!(
+        versions[1]["change"].as_str().unwrap().contains("image"),
+        "{versions}"
+    );
+
+    p.cli_ok(&["app", "web", "destroy", "--timeout", "60"])
+        .await;
+    assert!(
+        containers(&docker, &p.node_id).await.is_empty(),
+        "destroy removes every container"
+    );
+    let apps: Value = serde_json::from_str(&p.cli_ok(&["app", "ls", "-o", "json"]).await).unwrap();
+    assert_eq!(apps, Value::Array(vec![]));
+    let events = p.cli_ok(&["events", "-n", "500"]).await;
+    for kind in [
+        "app.created",
+        "app.scaled",
+        "app.updated",
+        "instance.running",
+        "app.destroyed",
+    ] {
+        assert!(events.contains(kind), "events lack {kind}:\n{events}");
+    }
+}

@@ -1,0 +1,181 @@
+//! The exec driver: plain processes, replaced when killed, adopted after a SIGKILL of Berth.
+
+use std::time::Duration;
+
+use berth_testkit::{Platform, wait_until};
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn spec(marker: &str, instances: u32) -> String {
+    let bin = berth_testkit::image::testapp_binary();
+    format!(
+        "group: ops\nname: plain\ndriver: exec\ninstances: {instances}\ncommand: [{}, --version, {marker}]\n\
+         environment:\n  TZ: Asia/Shanghai\nhealth:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+        bin.display()
+    )
+}
+
+fn processes(marker: &str) -> usize {
+    let out = std::process::Command::new("pgrep")
+        .args(["-f", &format!("version {marker}$")])
+        .output()
+        .expect("pgrep");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+async fn answer(address: &str) -> Value {
+    let text = reqwest::get(format!("http://{address}/"))
+        .await
+        .expect("instance answers")
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).expect("json")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_instances_run_get_replaced_and_survive_a_restart() {
+    let marker = format!("exec-{}", std::process::id());
+    let mut p = Platform::start(BERTH.as_ref(), "exec").await;
+    let file = p.write("berth.yaml", &spec(&marker, 3));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    let live = p.live("plain").await;
+    assert_eq!(live.len(), 3);
+    for inst in &live {
+        let a = answer(inst["address"].as_str().unwrap()).await;
+        assert_eq!(a["instance"], inst["id"]);
+        assert_eq!(a["version"], marker.as_str());
+        assert_eq!(
+            a["tz"], "Asia/Shanghai",
+            "the spec's TZ wins over the host's"
+        );
+    }
+    assert_eq!(processes(&marker), 3);
+
+    p.cli_ok(&["app", "plain", "scale", "1", "--timeout", "30"])
+        .await;
+    wait_until(
+        "scaled-down processes to exit",
+        Duration::from_secs(15),
+        || async { (processes(&marker) == 1).then_some(()) },
+    )
+    .await;
+
+    // Kill the process behind the instance: a replacement takes its place.
+    let victim = p.live("plain").await[0].clone();
+    let pid = victim["handle"].as_str().expect("pid handle");
+    std::process::Command::new("kill")
+        .args(["-9", pid])
+        .status()
+        .expect("kill");
+    let replacement = wait_until(
+        "a replacement instance",
+        Duration::from_secs(20),
+        || async {
+            let live = p.live("plain").await;
+            live.iter()
+                .find(|i| i["id"] != victim["id"] && i["state"] == "running")
+                .cloned()
+        },
+    )
+    .await;
+    let status = p.status("plain").await;
+    let dead = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["id"] == victim["id"])
+        .unwrap()
+        .clone();
+    assert_eq!(dead["state"], "failed");
+    assert!(
+        dead["reason"].as_str().unwrap().contains("SIGKILL"),
+        "{dead}"
+    );
+
+    // SIGKILL Berth itself: the process lives on and is adopted, not duplicated.
+    p.restart().await;
+    let after = wait_until(
+        "the adopted instance to be reported",
+        Duration::from_secs(15),
+        || async {
+            let live = p.live("plain").await;
+            (live.len() == 1 && live[0]["state"] == "running").then_some(live)
+        },
+    )
+    .await;
+    assert_eq!(
+        after[0]["id"], replacement["id"],
+        "the same instance survives the restart"
+    );
+    assert_eq!(
+        answer(after[0]["address"].as_str().unwrap()).await["instance"],
+        replacement["id"]
+    );
+    // Give the reconciler a few passes to prove it does not start another copy.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(processes(&marker), 1, "no duplicate after the restart");
+
+    p.cli_ok(&["app", "plain", "destroy", "--timeout", "30"])
+        .await;
+    assert_eq!(processes(&marker), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unhealthy_instances_are_replaced() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let bin = berth_testkit::image::testapp_binary();
+    let file = p.write(
+        "sick.yaml",
+        &format!(
+            "group: ops\nname: sick\ndriver: exec\ncommand: [{}, --fail-health]\n\
+             health:\n  http: /health\n  interval: 100ms\n  timeout: 1s\n  grace: 300ms\n  max_failures: 2\n",
+            bin.display()
+        ),
+    );
+    let out = p.cli(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    assert!(
+        !out.status.success(),
+        "an app that never gets healthy does not deploy"
+    );
+    let status = wait_until(
+        "two failed health checks",
+        Duration::from_secs(20),
+        || async {
+            let s = p.status("sick").await;
+            let failed = s["instances"]
+                .as_array()?
+                .iter()
+                .filter(|i| i["state"] == "failed")
+                .count();
+            (failed >= 2).then_some(s)
+        },
+    )
+    .await;
+    let failed: Vec<&Value> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "failed")
+        .collect();
+    for f in &failed {
+        assert!(
+            f["reason"]
+                .as_str()
+                .unwrap()
+                .contains("health check failed 2 time(s)"),
+            "{f}"
+        );
+        assert!(f["reason"].as_str().unwrap().contains("503"), "{f}");
+    }
+    let events = p.cli_ok(&["events", "--app", "sick", "-o", "json"]).await;
+    let events: Value = serde_json::from_str(&events).unwrap();
+    let placed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["kind"] == "instance.placed")
+        .count();
+    assert!(placed >= 2, "failed instances are replaced: {events:#}");
+}
