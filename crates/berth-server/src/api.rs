@@ -266,7 +266,7 @@ fn same_ignoring_scale(a: &AppSpec, b: &AppSpec) -> bool {
 enum Change {
     /// A new spec version; `keep_scale` keeps the current instance count.
     Spec {
-        spec: AppSpec,
+        spec: Box<AppSpec>,
         keep_scale: bool,
         change: Option<String>,
     },
@@ -284,7 +284,7 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
         let (app, created, changed) = match (existing, &change) {
             (None, Change::Spec { spec, .. }) => {
                 let app = App {
-                    spec: spec.clone(),
+                    spec: (**spec).clone(),
                     version: 1,
                     instances: spec.instances,
                     created_at: now,
@@ -295,7 +295,7 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
                 let version = AppVersion {
                     app: id.into(),
                     version: 1,
-                    spec: spec.clone(),
+                    spec: (**spec).clone(),
                     created_at: now,
                     change: "created".into(),
                 };
@@ -320,7 +320,7 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
                 },
             ) => {
                 let mut app = current.value;
-                let mut spec = spec.clone();
+                let mut spec = (**spec).clone();
                 if *keep_scale {
                     spec.instances = app.instances;
                 }
@@ -451,7 +451,7 @@ async fn deploy(
         &shared,
         &id,
         Change::Spec {
-            spec,
+            spec: Box::new(spec),
             keep_scale: false,
             change: None,
         },
@@ -507,7 +507,7 @@ async fn upgrade(
         &shared,
         &id,
         Change::Spec {
-            spec,
+            spec: Box::new(spec),
             keep_scale: true,
             change: None,
         },
@@ -525,7 +525,7 @@ async fn restart(
         .app(&id)?
         .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let change = Change::Spec {
-        spec: current.value.spec,
+        spec: Box::new(current.value.spec),
         keep_scale: true,
         change: Some("restart".into()),
     };
