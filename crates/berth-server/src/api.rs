@@ -23,7 +23,7 @@ use berth_store::{StoreError, Txn};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Shared, now_ms, views};
+use crate::{Shared, lock, now_ms, views};
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
@@ -158,34 +158,15 @@ fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
         .state
         .app(id)?
         .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
-    let instances: Vec<Instance> = shared
-        .state
-        .instances()?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
-    let pending = shared
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(id)
-        .cloned();
+    let instances = shared.instances()?;
+    let pending = lock(&shared.pending).get(id).cloned();
     Ok(views::app_status(&app.value, &instances, pending))
 }
 
 async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
-    let instances: Vec<Instance> = shared
-        .state
-        .instances()?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
-    let pending = shared
-        .pending
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let instances = shared.instances()?;
+    let pending = lock(&shared.pending).clone();
     let apps: Vec<AppStatus> = shared
         .state
         .apps()?
@@ -585,12 +566,7 @@ async fn list_instances(AxState(shared): AxState<Shared>) -> ApiResult<Response>
 
 async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
-    let instances: Vec<Instance> = shared
-        .state
-        .instances()?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
+    let instances = shared.instances()?;
     let specs: HashMap<String, (f64, u64)> = shared
         .state
         .apps()?
@@ -605,21 +581,14 @@ async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
             )
         })
         .collect();
-    let beats = shared
-        .heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
     let nodes: Vec<_> = shared
         .state
         .nodes()?
         .into_iter()
         .map(|n| {
-            let mut node = n.value;
-            if let Some(b) = beats.get(&node.id) {
-                node.last_heartbeat = node.last_heartbeat.max(*b);
-            }
-            views::node_view(node, &instances, &|app| specs.get(app).copied())
+            views::node_view(shared.with_heartbeat(n.value), &instances, &|app| {
+                specs.get(app).copied()
+            })
         })
         .collect();
     Ok(indexed(index, &nodes))
@@ -677,11 +646,7 @@ async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Re
                 .with_event(txn, now, Level::Info, kind, Subject::node(&node.id), msg);
         match shared.state.commit(txn) {
             Ok(index) => {
-                shared
-                    .heartbeats
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(node.id.clone(), now);
+                lock(&shared.heartbeats).insert(node.id.clone(), now);
                 return Ok(indexed(index, &node));
             }
             Err(StoreError::Conflict(_)) => continue,
@@ -710,11 +675,7 @@ async fn heartbeat(
             format!("node {id} was marked lost; register again"),
         ));
     }
-    shared
-        .heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(id, now);
+    lock(&shared.heartbeats).insert(id, now);
     Ok(indexed(
         shared.state.store().revision(),
         &serde_json::json!({"ok": true}),
@@ -861,11 +822,7 @@ async fn reports(
             Err(e) => return Err(e.into()),
         }
     }
-    shared
-        .heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(node, now_ms());
+    lock(&shared.heartbeats).insert(node, now_ms());
     Ok(indexed(
         shared.state.store().revision(),
         &serde_json::json!({"ok": true}),

@@ -60,6 +60,31 @@ impl Shared {
     }
 }
 
+/// Locks a mutex whose data stays consistent even if a holder panicked (every write is one insert).
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    /// Every instance record, without revisions.
+    pub(crate) fn instances(&self) -> Result<Vec<berth_core::Instance>, StoreError> {
+        Ok(self
+            .state
+            .instances()?
+            .into_iter()
+            .map(|v| v.value)
+            .collect())
+    }
+
+    /// Heartbeats kept in memory, folded into node records.
+    pub(crate) fn with_heartbeat(&self, mut node: berth_core::Node) -> berth_core::Node {
+        if let Some(beat) = lock(&self.heartbeats).get(&node.id) {
+            node.last_heartbeat = node.last_heartbeat.max(*beat);
+        }
+        node
+    }
+}
+
 pub fn now_ms() -> Millis {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

@@ -10,7 +10,7 @@ use berth_store::StoreError;
 use berth_store::state::Subject;
 use tokio::sync::watch;
 
-use crate::{Shared, apply, now_ms};
+use crate::{Shared, apply, lock, now_ms};
 
 /// Timing knobs of the control plane.
 #[derive(Debug, Clone, Copy)]
@@ -45,17 +45,14 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
     let state = &shared.state;
     let apps = state.apps()?;
     let instances = state.instances()?;
-    let mut nodes = state.nodes()?;
-    let beats = shared
-        .heartbeats
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    for node in &mut nodes {
-        if let Some(beat) = beats.get(&node.value.id) {
-            node.value.last_heartbeat = node.value.last_heartbeat.max(*beat);
-        }
-    }
+    let nodes: Vec<_> = state
+        .nodes()?
+        .into_iter()
+        .map(|mut n| {
+            n.value = shared.with_heartbeat(n.value);
+            n
+        })
+        .collect();
     let revisions = Revisions {
         apps: apps
             .iter()
@@ -138,7 +135,7 @@ fn record_pending(
     pending: &[berth_plan::Pending],
     now: i64,
 ) -> Result<(), StoreError> {
-    let mut known = shared.pending.lock().unwrap_or_else(|p| p.into_inner());
+    let mut known = lock(&shared.pending);
     let mut current = std::collections::HashMap::new();
     for p in pending {
         let text = format!(

@@ -72,6 +72,22 @@ pub fn testapp_binary() -> PathBuf {
         .clone()
 }
 
+/// Instance ids of the containers (running or not) that Berth's node `node` has on the engine.
+pub async fn node_containers(docker: &Docker, node: &str) -> Vec<String> {
+    let filters = HashMap::from([("label", vec![format!("berth.node={node}")])]);
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
+        .all(true)
+        .filters(&filters)
+        .build();
+    let list = docker
+        .list_containers(Some(options))
+        .await
+        .expect("list containers");
+    list.into_iter()
+        .filter_map(|c| c.labels?.get("berth.instance").cloned())
+        .collect()
+}
+
 /// Image tags of the test app, one per baked-in version.
 #[derive(Debug, Clone)]
 pub struct TestImages {

@@ -4,5 +4,5 @@
 pub mod image;
 pub mod platform;
 
-pub use image::{TestImages, docker_or_skip, test_images};
+pub use image::{TestImages, docker_or_skip, node_containers, test_images};
 pub use platform::{Platform, wait_until};

@@ -64,13 +64,18 @@ pub struct Platform {
 impl Platform {
     /// Starts `berth up` with `--driver driver` and waits until its node is ready.
     pub async fn start(bin: &Path, driver: &str) -> Platform {
+        Self::start_with(bin, driver, port_block()).await
+    }
+
+    /// As `start`, with the host-port range given.
+    pub async fn start_with(bin: &Path, driver: &str, ports: (u16, u16)) -> Platform {
         let port = free_port();
         let mut p = Platform {
             bin: bin.to_path_buf(),
             dir: tempfile::tempdir().expect("tempdir"),
             api: format!("http://127.0.0.1:{port}"),
             api_addr: format!("127.0.0.1:{port}"),
-            ports: port_block(),
+            ports,
             driver: driver.to_string(),
             child: None,
             node_id: String::new(),
@@ -111,6 +116,11 @@ impl Platform {
             .spawn()
             .expect("spawn berth up");
         self.child = Some(child);
+    }
+
+    /// The `berth up` process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(Child::id)
     }
 
     /// The platform's own log, for failure messages.

@@ -1,27 +1,12 @@
 //! What goes wrong on the real Docker engine: killed containers, OOM, a server killed mid-deploy.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
 
-use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
+use berth_testkit::{Platform, docker_or_skip, node_containers, test_images, wait_until};
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-async fn container_instances(docker: &bollard::Docker, node: &str) -> Vec<String> {
-    let filters = HashMap::from([("label", vec![format!("berth.node={node}")])]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let list = docker
-        .list_containers(Some(options))
-        .await
-        .expect("list containers");
-    list.into_iter()
-        .filter_map(|c| c.labels?.get("berth.instance").cloned())
-        .collect()
-}
 
 fn instances(status: &Value) -> &Vec<Value> {
     status["instances"].as_array().expect("instances")
@@ -132,7 +117,7 @@ async fn server_killed_mid_deploy_resumes_without_duplicates() {
     wait_until(
         "containers to be created",
         Duration::from_secs(20),
-        || async { (!container_instances(&docker, &p.node_id).await.is_empty()).then_some(()) },
+        || async { (!node_containers(&docker, &p.node_id).await.is_empty()).then_some(()) },
     )
     .await;
     p.kill9().await;
@@ -162,7 +147,7 @@ async fn server_killed_mid_deploy_resumes_without_duplicates() {
         "no container beyond the live instances",
         Duration::from_secs(30),
         || async {
-            let c = container_instances(&docker, &p.node_id).await;
+            let c = node_containers(&docker, &p.node_id).await;
             (c.len() == 4).then_some(c)
         },
     )

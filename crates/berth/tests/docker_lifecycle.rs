@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
+use berth_testkit::{Platform, docker_or_skip, node_containers, test_images, wait_until};
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -49,22 +49,6 @@ async fn check_instances(p: &Platform, want: usize, version: &str) -> Vec<String
     ids
 }
 
-async fn containers(docker: &bollard::Docker, node: &str) -> Vec<String> {
-    use std::collections::HashMap;
-    let filters = HashMap::from([("label", vec![format!("berth.node={node}")])]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let list = docker
-        .list_containers(Some(options))
-        .await
-        .expect("list containers");
-    list.into_iter()
-        .filter_map(|c| c.names?.into_iter().next())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn deploy_scale_upgrade_destroy_on_docker() {
     let Some(docker) = docker_or_skip("deploy_scale_upgrade_destroy_on_docker").await else {
@@ -77,7 +61,7 @@ async fn deploy_scale_upgrade_destroy_on_docker() {
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
     let first = check_instances(&p, 3, "v1").await;
     assert_eq!(
-        containers(&docker, &p.node_id).await.len(),
+        node_containers(&docker, &p.node_id).await.len(),
         3,
         "one container per instance"
     );
@@ -111,7 +95,7 @@ async fn deploy_scale_upgrade_destroy_on_docker() {
     wait_until(
         "scaled-down containers to be removed",
         Duration::from_secs(30),
-        || async { (containers(&docker, &p.node_id).await.len() == 1).then_some(()) },
+        || async { (node_containers(&docker, &p.node_id).await.len() == 1).then_some(()) },
     )
     .await;
 
@@ -140,7 +124,7 @@ async fn deploy_scale_upgrade_destroy_on_docker() {
     p.cli_ok(&["app", "web", "destroy", "--timeout", "60"])
         .await;
     assert!(
-        containers(&docker, &p.node_id).await.is_empty(),
+        node_containers(&docker, &p.node_id).await.is_empty(),
         "destroy removes every container"
     );
     let apps: Value = serde_json::from_str(&p.cli_ok(&["app", "ls", "-o", "json"]).await).unwrap();

@@ -21,17 +21,25 @@ pub struct EventsArgs {
     tail: usize,
 }
 
-fn line(e: &Event) -> String {
-    let subject = e
-        .instance
+/// The most specific thing an event is about.
+fn subject(e: &Event) -> String {
+    e.instance
         .clone()
         .or_else(|| e.app.clone())
         .or_else(|| e.node.clone())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+fn level(e: &Event) -> String {
+    format!("{:?}", e.level).to_lowercase()
+}
+
+fn line(e: &Event) -> String {
+    let subject = subject(e);
     format!(
         "{}  {:<5} {:<18} {:<28} {}",
         output::clock(e.time),
-        format!("{:?}", e.level).to_lowercase(),
+        level(e),
         e.kind,
         subject,
         e.message
@@ -69,17 +77,11 @@ pub async fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             let rows = recent
                 .iter()
                 .map(|e| {
-                    let subject = e
-                        .instance
-                        .clone()
-                        .or_else(|| e.app.clone())
-                        .or_else(|| e.node.clone())
-                        .unwrap_or_default();
                     vec![
                         output::clock(e.time),
-                        format!("{:?}", e.level).to_lowercase(),
+                        level(e),
                         e.kind.clone(),
-                        subject,
+                        subject(e),
                         e.message.clone(),
                     ]
                 })
