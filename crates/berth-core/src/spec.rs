@@ -446,8 +446,14 @@ pub const TOP_LEVEL_KEYS: [&str; 19] = [
 impl AppSpec {
     /// Parses and validates YAML text; `file` names the source in errors.
     pub fn from_yaml(text: &str, file: Option<&str>) -> Result<AppSpec, SpecErrors> {
-        let spec: AppSpec =
-            serde_saphyr::from_str(text).map_err(|e| SpecErrors(vec![yaml_error(&e, file)]))?;
+        let spec: AppSpec = serde_saphyr::from_str(text).map_err(|e| {
+            let mut error = yaml_error(&e, file);
+            if error.field.is_empty() {
+                error.field =
+                    key_at(&key_locations(text), error.line, error.column).unwrap_or_default();
+            }
+            SpecErrors(vec![error])
+        })?;
         spec.validate().map_err(|mut errors| {
             let places = key_locations(text);
             for e in &mut errors.0 {
@@ -709,8 +715,14 @@ fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
             "required key is missing".to_string(),
             None,
         ),
-        serde_saphyr::Error::Message { msg, .. } => (String::new(), first_line(msg), None),
-        other => (String::new(), first_line(&other.to_string()), None),
+        serde_saphyr::Error::Message { msg, .. } => {
+            (String::new(), plain_words(&first_line(msg)), None)
+        }
+        other => (
+            String::new(),
+            plain_words(&first_line(&other.to_string())),
+            None,
+        ),
     };
     SpecError {
         file: file.map(str::to_string),
@@ -719,6 +731,18 @@ fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
         field,
         message,
         suggestion,
+    }
+}
+
+/// Rust type names mean nothing to the person writing YAML.
+fn plain_words(message: &str) -> String {
+    match message {
+        "invalid u8" | "invalid u16" | "invalid u32" | "invalid u64" | "invalid usize" => {
+            "expected a whole number, 0 or more".into()
+        }
+        "invalid i32" | "invalid i64" => "expected a whole number".into(),
+        "invalid f64" | "invalid f32" => "expected a number".into(),
+        other => other.to_string(),
     }
 }
 
@@ -821,6 +845,16 @@ fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
     serde_saphyr::from_str::<Tree>(text)
         .map(|t| t.0)
         .unwrap_or_default()
+}
+
+/// The deepest key written on `line` left of `column`: the key whose value is at fault.
+fn key_at(places: &[(String, u64, u64)], line: Option<u64>, column: Option<u64>) -> Option<String> {
+    let (line, column) = (line?, column.unwrap_or(u64::MAX));
+    places
+        .iter()
+        .filter(|(_, l, c)| *l == line && *c < column)
+        .max_by_key(|(_, _, c)| *c)
+        .map(|(key, _, _)| key.clone())
 }
 
 /// The location of `field`, or of its nearest written parent.

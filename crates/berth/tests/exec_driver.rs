@@ -179,3 +179,56 @@ async fn unhealthy_instances_are_replaced() {
         .count();
     assert!(placed >= 2, "failed instances are replaced: {events:#}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn crash_loop_backs_off_exponentially() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let bin = berth_testkit::image::testapp_binary();
+    let file = p.write(
+        "crashy.yaml",
+        &format!("group: ops\nname: crashy\ndriver: exec\ncommand: [{}, --crash-after-ms, \"50\", --exit-code, \"7\"]\n", bin.display()),
+    );
+    p.cli_ok(&["deploy", "-f", &file, "--no-wait"]).await;
+    let events = wait_until("four crashes", Duration::from_secs(30), || async {
+        let out = p
+            .cli_ok(&["events", "--app", "crashy", "-o", "json", "-n", "500"])
+            .await;
+        let events: Vec<Value> = serde_json::from_str(&out).ok()?;
+        let failed = events
+            .iter()
+            .filter(|e| e["kind"] == "instance.failed")
+            .count();
+        (failed >= 4).then_some(events)
+    })
+    .await;
+    let times = |kind: &str| -> Vec<i64> {
+        events
+            .iter()
+            .filter(|e| e["kind"] == kind)
+            .map(|e| e["time"].as_i64().unwrap())
+            .collect()
+    };
+    let (failed, placed) = (times("instance.failed"), times("instance.placed"));
+    assert!(
+        events.iter().any(|e| e["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("exited with code 7")),
+        "{events:#?}"
+    );
+    // Marathon's backoff: the n-th relaunch waits 1 s x 1.15^(n-1) after the n-th failure.
+    for n in 0..3 {
+        let gap = placed[n + 1] - failed[n];
+        let floor = (1000.0 * 1.15f64.powi(n as i32)) as i64;
+        assert!(
+            gap >= floor,
+            "relaunch {} came {gap} ms after the crash, before the {floor} ms backoff",
+            n + 1
+        );
+        assert!(
+            gap < floor + 1500,
+            "relaunch {} waited {gap} ms, far beyond the {floor} ms backoff",
+            n + 1
+        );
+    }
+}

@@ -123,10 +123,25 @@ fn misspelt_nested_key_is_caught() {
 }
 
 #[test]
-fn wrong_type_names_its_line() {
+fn wrong_type_names_its_key_and_line() {
     let errs = errors("group: g\nname: n\nimage: i\ninstances: many\n");
     assert_eq!(errs[0].line, Some(4), "{}", errs[0]);
-    assert!(!errs[0].message.is_empty());
+    assert_eq!(errs[0].field, "instances");
+    assert_eq!(
+        errs[0].to_string(),
+        "berth.yaml:4:12: `instances`: expected a whole number, 0 or more"
+    );
+    let errs = errors(
+        "group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  interval: forever\n",
+    );
+    assert_eq!(errs[0].field, "health.interval", "{}", errs[0]);
+    let errs = errors("group: g\nname: n\nimage: i\nnetwork: overlay\n");
+    assert_eq!(errs[0].field, "network");
+    assert!(
+        errs[0].message.contains("bridge, host, none"),
+        "{}",
+        errs[0]
+    );
 }
 
 #[test]

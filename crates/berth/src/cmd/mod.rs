@@ -86,7 +86,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => platform::up(args).await,
         Command::Server(args) => platform::server(args).await,
         Command::Agent(args) => platform::agent(args, &ctx).await,
-        Command::Init(args) => spec::init(args),
+        Command::Init(args) => spec::init(args, &ctx),
         Command::Validate(args) => spec::validate(args, &ctx),
         Command::Deploy(args) => deploy::deploy(args, &ctx).await,
         Command::App(args) => app::run(args, &ctx).await,

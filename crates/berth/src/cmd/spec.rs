@@ -23,7 +23,7 @@ pub struct InitArgs {
     force: bool,
 }
 
-pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+pub fn init(args: InitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let path = args.file.unwrap_or_else(default_spec_path);
     if path.exists() && !args.force {
         anyhow::bail!(
@@ -36,10 +36,16 @@ pub fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     AppSpec::from_yaml(&text, Some(&path.display().to_string()))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-    println!(
-        "wrote {}; edit it, then `berth validate` and `berth deploy`",
-        path.display()
-    );
+    match ctx.format {
+        Format::Json => {
+            let out = serde_json::json!({"file": path, "group": args.group, "name": args.name});
+            println!("{}", output::json(&out)?);
+        }
+        Format::Table => println!(
+            "wrote {}; edit it, then `berth validate` and `berth deploy`",
+            path.display()
+        ),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
