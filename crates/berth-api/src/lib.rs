@@ -451,3 +451,154 @@ fn root_cause(e: &dyn std::error::Error) -> String {
     }
     cause.to_string()
 }
+
+/// Everything a router needs, as of one store index: apps with their instances, static upstreams, rules.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteSnapshot {
+    pub index: u64,
+    pub apps: Vec<RouteApp>,
+    pub upstreams: Vec<StaticUpstream>,
+    pub rules: Vec<RuleScript>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteApp {
+    pub id: String,
+    pub name: String,
+    pub group: String,
+    pub zones: Vec<String>,
+    pub services: Vec<String>,
+    /// Container ports, in the order of each instance's `host_ports`.
+    pub ports: Vec<u16>,
+    pub health: Option<berth_core::spec::HealthSpec>,
+    pub instances: Vec<RouteInstance>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouteInstance {
+    pub id: String,
+    pub version: u64,
+    pub host: String,
+    pub host_ports: Vec<u16>,
+    /// Running and healthy (when checked): may take new requests.
+    pub ready: bool,
+    /// Being stopped: no new requests, in-flight ones finish.
+    pub draining: bool,
+}
+
+/// A service that is not a Berth app, routed by Host `name`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StaticUpstream {
+    pub name: String,
+    pub servers: Vec<UpstreamServer>,
+    #[serde(default)]
+    pub updated_at: Millis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamServer {
+    pub host: String,
+    pub port: u16,
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamRequest {
+    pub servers: Vec<UpstreamServer>,
+}
+
+/// What a rule script is attached to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum RuleTarget {
+    /// `GROUP/NAME`.
+    App(String),
+    Upstream(String),
+}
+
+impl std::fmt::Display for RuleTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RuleTarget::App(id) => write!(f, "app {id}"),
+            RuleTarget::Upstream(name) => write!(f, "upstream {name}"),
+        }
+    }
+}
+
+/// A Lua request rule as stored.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RuleScript {
+    pub target: RuleTarget,
+    pub source: String,
+    pub updated_at: Millis,
+}
+
+impl Client {
+    pub async fn routes(&self, index: u64, wait: Duration) -> Result<RouteSnapshot, ClientError> {
+        Ok(self.get_after("/v1/routes", index, wait).await?.value)
+    }
+
+    pub async fn upstreams(&self) -> Result<Vec<StaticUpstream>, ClientError> {
+        Ok(self.get("/v1/upstreams").await?.value)
+    }
+
+    pub async fn put_upstream(
+        &self,
+        name: &str,
+        servers: Vec<UpstreamServer>,
+    ) -> Result<StaticUpstream, ClientError> {
+        Ok(self
+            .put(
+                &format!("/v1/upstreams/{name}"),
+                &UpstreamRequest { servers },
+            )
+            .await?
+            .value)
+    }
+
+    pub async fn delete_upstream(&self, name: &str) -> Result<(), ClientError> {
+        let url = format!("{}/v1/upstreams/{name}", self.base);
+        self.send::<serde_json::Value>(self.http.delete(&url), &url)
+            .await?;
+        Ok(())
+    }
+
+    fn rules_path(target: &RuleTarget) -> String {
+        match target {
+            RuleTarget::App(id) => format!("/v1/apps/{id}/rules"),
+            RuleTarget::Upstream(name) => format!("/v1/upstreams/{name}/rules"),
+        }
+    }
+
+    pub async fn rules(&self, target: &RuleTarget) -> Result<RuleScript, ClientError> {
+        Ok(self.get(&Self::rules_path(target)).await?.value)
+    }
+
+    pub async fn set_rules(
+        &self,
+        target: &RuleTarget,
+        source: &str,
+    ) -> Result<RuleScript, ClientError> {
+        let url = format!("{}{}", self.base, Self::rules_path(target));
+        let req = self
+            .http
+            .put(&url)
+            .header("content-type", "text/x-lua")
+            .body(source.to_string());
+        Ok(self.send(req, &url).await?.value)
+    }
+
+    pub async fn delete_rules(&self, target: &RuleTarget) -> Result<(), ClientError> {
+        let url = format!("{}{}", self.base, Self::rules_path(target));
+        self.send::<serde_json::Value>(self.http.delete(&url), &url)
+            .await?;
+        Ok(())
+    }
+}

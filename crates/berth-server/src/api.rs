@@ -23,7 +23,7 @@ use berth_store::{StoreError, Txn};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Shared, lock, now_ms, views};
+use crate::{Shared, lock, now_ms, routes, views};
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
@@ -43,6 +43,24 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/nodes/{id}/assignments", get(assignments))
         .route("/v1/nodes/{id}/reports", post(reports))
         .route("/v1/events", get(events))
+        .route("/v1/routes", get(routes::routes))
+        .route("/v1/upstreams", get(routes::list_upstreams))
+        .route(
+            "/v1/upstreams/{name}",
+            axum::routing::put(routes::put_upstream).delete(routes::delete_upstream),
+        )
+        .route(
+            "/v1/upstreams/{name}/rules",
+            get(routes::get_upstream_rules)
+                .put(routes::set_upstream_rules)
+                .delete(routes::delete_upstream_rules),
+        )
+        .route(
+            "/v1/apps/{group}/{name}/rules",
+            get(routes::get_app_rules)
+                .put(routes::set_app_rules)
+                .delete(routes::delete_app_rules),
+        )
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -60,7 +78,7 @@ pub(crate) struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+    pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError {
             status,
             body: ErrorBody {
@@ -78,7 +96,7 @@ impl ApiError {
             },
         }
     }
-    fn not_found(what: &str) -> Self {
+    pub(crate) fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
 }
@@ -98,10 +116,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult<T> = Result<T, ApiError>;
+pub(crate) type ApiResult<T> = Result<T, ApiError>;
 
 /// A JSON body tagged with the store index it reflects.
-fn indexed<T: serde::Serialize>(index: u64, value: &T) -> Response {
+pub(crate) fn indexed<T: serde::Serialize>(index: u64, value: &T) -> Response {
     let mut resp = axum::Json(value).into_response();
     if let Ok(v) = HeaderValue::from_str(&index.to_string()) {
         resp.headers_mut().insert(INDEX_HEADER, v);
@@ -109,7 +127,7 @@ fn indexed<T: serde::Serialize>(index: u64, value: &T) -> Response {
     resp
 }
 
-fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
+pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -119,13 +137,13 @@ fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
 }
 
 #[derive(Debug, Deserialize)]
-struct WaitQuery {
-    index: Option<u64>,
-    wait: Option<String>,
+pub(crate) struct WaitQuery {
+    pub index: Option<u64>,
+    pub wait: Option<String>,
 }
 
 /// Blocks until the store is past `index` or `wait` elapses; returns the index to answer with.
-async fn wait_for(shared: &Shared, q: &WaitQuery) -> ApiResult<u64> {
+pub(crate) async fn wait_for(shared: &Shared, q: &WaitQuery) -> ApiResult<u64> {
     let store = shared.state.store();
     if let Some(index) = q.index {
         let wait = match &q.wait {

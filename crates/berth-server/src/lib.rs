@@ -4,6 +4,7 @@
 mod api;
 mod apply;
 mod reconciler;
+mod routes;
 mod views;
 
 use std::collections::HashMap;

@@ -31,6 +31,13 @@ pub fn instance_key(id: &str) -> String {
 pub fn node_key(id: &str) -> String {
     format!("nodes/{id}")
 }
+pub fn upstream_key(name: &str) -> String {
+    format!("upstreams/{name}")
+}
+/// `rules/app/GROUP/NAME` or `rules/upstream/NAME`.
+pub fn rules_key(kind: &str, name: &str) -> String {
+    format!("rules/{kind}/{name}")
+}
 fn event_key(seq: u64) -> String {
     format!("events/{seq:020}")
 }
@@ -108,6 +115,21 @@ impl State {
     }
     pub fn node(&self, id: &str) -> Result<Option<Versioned<Node>>, StoreError> {
         self.get(&node_key(id))
+    }
+
+    /// Raw JSON records under a prefix, for record kinds defined outside core (upstreams, rules).
+    pub fn records<T: DeserializeOwned>(
+        &self,
+        prefix: &str,
+    ) -> Result<Vec<Versioned<T>>, StoreError> {
+        self.list(prefix)
+    }
+
+    pub fn record<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned<T>>, StoreError> {
+        self.get(key)
     }
 
     /// Events after `after_seq`, oldest first, at most `limit`.

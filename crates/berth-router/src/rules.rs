@@ -1,0 +1,375 @@
+//! Request rules in Lua, as Slardar's dynamic Lua: sandboxed (no io, os, require, load, debug),
+//! a memory limit and an instruction budget per request. Each worker thread keeps its own VM per
+//! script, so the hot path takes no lock.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
+
+/// Instructions one request may spend in its script.
+pub const INSTRUCTION_BUDGET: u64 = 1_000_000;
+/// Memory one script's VM may hold.
+pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
+const HOOK_EVERY: u32 = 1000;
+
+/// A syntax or load error, with the line it points at when Lua names one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct RuleError {
+    pub line: Option<u32>,
+    pub message: String,
+}
+
+/// What a script decided for one request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Outcome {
+    pub action: Action,
+    /// Headers to set on the request before it is forwarded.
+    pub set_headers: Vec<(String, String)>,
+    /// A new path (and query) for the forwarded request.
+    pub rewrite: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Action {
+    #[default]
+    Pass,
+    Deny {
+        status: u16,
+        message: String,
+    },
+    Redirect {
+        url: String,
+        status: u16,
+    },
+    /// Send the request to this upstream (a static upstream name or an app id) instead.
+    Route(String),
+}
+
+/// What a script sees of the request.
+#[derive(Debug, Clone, Default)]
+pub struct RequestView {
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    pub host: String,
+    pub headers: Vec<(String, String)>,
+    pub remote_addr: String,
+}
+
+/// A loaded script: its source and the hash that names its version.
+#[derive(Debug, Clone)]
+pub struct Script {
+    pub source: std::sync::Arc<str>,
+    pub hash: u64,
+}
+
+impl Script {
+    pub fn new(source: &str) -> Result<Script, RuleError> {
+        check(source)?;
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        source.hash(&mut h);
+        Ok(Script {
+            source: source.into(),
+            hash: h.finish(),
+        })
+    }
+
+    pub fn version(&self) -> String {
+        format!("{:016x}", self.hash)
+    }
+}
+
+/// Helpers every script can call; they record the decision in `__berth`.
+const PRELUDE: &str = r#"
+function deny(status, message)
+  return { action = "deny", status = status or 403, message = message or "denied" }
+end
+function redirect(url, status)
+  return { action = "redirect", url = url, status = status or 302 }
+end
+function route(name)
+  return { action = "route", name = name }
+end
+function set_header(name, value)
+  __berth.headers[#__berth.headers + 1] = { tostring(name), tostring(value) }
+end
+function rewrite(path)
+  __berth.path = tostring(path)
+end
+"#;
+
+fn sandboxed_vm() -> Result<Lua, mlua::Error> {
+    let lua = Lua::new_with(
+        StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8,
+        LuaOptions::default(),
+    )?;
+    lua.set_memory_limit(MEMORY_LIMIT)?;
+    let globals = lua.globals();
+    for name in [
+        "load",
+        "loadstring",
+        "dofile",
+        "loadfile",
+        "require",
+        "collectgarbage",
+        "print",
+    ] {
+        globals.set(name, Value::Nil)?;
+    }
+    lua.load(PRELUDE).set_name("berth-prelude").exec()?;
+    Ok(lua)
+}
+
+fn rule_error(e: &mlua::Error) -> RuleError {
+    let text = match e {
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::CallbackError { cause, .. } => return rule_error(cause),
+        other => other.to_string(),
+    };
+    // Lua says `[string "rules"]:3: message`.
+    let after = text.split_once("]:").map(|(_, rest)| rest).unwrap_or(&text);
+    let (line, message) = match after.split_once(':') {
+        Some((n, rest)) if n.trim().parse::<u32>().is_ok() => {
+            (n.trim().parse().ok(), rest.trim().to_string())
+        }
+        _ => (None, text.lines().next().unwrap_or_default().to_string()),
+    };
+    RuleError { line, message }
+}
+
+/// Compiles `source` in a fresh sandbox: a syntax error comes back with its line.
+pub fn check(source: &str) -> Result<(), RuleError> {
+    let lua = sandboxed_vm().map_err(|e| rule_error(&e))?;
+    lua.load(source)
+        .set_name("rules")
+        .into_function()
+        .map(|_| ())
+        .map_err(|e| rule_error(&e))
+}
+
+struct Loaded {
+    lua: Lua,
+    func: Function,
+    spent: Rc<Cell<u64>>,
+}
+
+thread_local! {
+    static VMS: RefCell<HashMap<u64, Rc<Loaded>>> = RefCell::new(HashMap::new());
+}
+
+fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
+    if let Some(l) = VMS.with(|v| v.borrow().get(&script.hash).cloned()) {
+        return Ok(l);
+    }
+    let lua = sandboxed_vm().map_err(|e| rule_error(&e))?;
+    let func = lua
+        .load(&*script.source)
+        .set_name("rules")
+        .into_function()
+        .map_err(|e| rule_error(&e))?;
+    let spent = Rc::new(Cell::new(0u64));
+    let counter = spent.clone();
+    lua.set_hook(
+        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
+        move |_, _| {
+            counter.set(counter.get() + u64::from(HOOK_EVERY));
+            if counter.get() > INSTRUCTION_BUDGET {
+                Err(mlua::Error::RuntimeError(format!(
+                    "instruction budget of {INSTRUCTION_BUDGET} exceeded"
+                )))
+            } else {
+                Ok(VmState::Continue)
+            }
+        },
+    )
+    .map_err(|e| rule_error(&e))?;
+    let l = Rc::new(Loaded { lua, func, spent });
+    VMS.with(|v| {
+        let mut map = v.borrow_mut();
+        // Old versions of scripts are never used again once replaced: keep the cache small.
+        if map.len() >= 64 {
+            map.clear();
+        }
+        map.insert(script.hash, l.clone());
+    });
+    Ok(l)
+}
+
+fn request_table(lua: &Lua, req: &RequestView) -> Result<Table, mlua::Error> {
+    let t = lua.create_table()?;
+    t.set("method", req.method.as_str())?;
+    t.set("path", req.path.as_str())?;
+    t.set("query", req.query.as_str())?;
+    t.set("host", req.host.as_str())?;
+    t.set("remote_addr", req.remote_addr.as_str())?;
+    let headers = lua.create_table()?;
+    for (k, v) in &req.headers {
+        headers.set(k.to_ascii_lowercase(), v.as_str())?;
+    }
+    t.set("headers", headers)?;
+    Ok(t)
+}
+
+/// Runs `script` for one request. A runtime error (or a spent budget) is an `Err`: the caller
+/// answers 500 rather than letting an unchecked request through.
+pub fn run(script: &Script, req: &RequestView) -> Result<Outcome, RuleError> {
+    let l = loaded(script)?;
+    l.spent.set(0);
+    let lua = &l.lua;
+    let prepare = || -> Result<(), mlua::Error> {
+        let globals = lua.globals();
+        globals.set("req", request_table(lua, req)?)?;
+        let ctx = lua.create_table()?;
+        ctx.set("headers", lua.create_table()?)?;
+        globals.set("__berth", ctx)?;
+        Ok(())
+    };
+    prepare().map_err(|e| rule_error(&e))?;
+    let result: Value = l.func.call(()).map_err(|e| rule_error(&e))?;
+    let mut outcome = Outcome::default();
+    let ctx: Table = lua.globals().get("__berth").map_err(|e| rule_error(&e))?;
+    if let Ok(headers) = ctx.get::<Table>("headers") {
+        for pair in headers.sequence_values::<Table>().flatten() {
+            if let (Ok(k), Ok(v)) = (pair.get::<String>(1), pair.get::<String>(2)) {
+                outcome.set_headers.push((k, v));
+            }
+        }
+    }
+    outcome.rewrite = ctx.get::<Option<String>>("path").ok().flatten();
+    if let Value::Table(t) = result {
+        let action: String = t.get("action").unwrap_or_default();
+        outcome.action = match action.as_str() {
+            "deny" => Action::Deny {
+                status: t.get::<u16>("status").unwrap_or(403).clamp(400, 599),
+                message: t.get("message").unwrap_or_else(|_| "denied".into()),
+            },
+            "redirect" => Action::Redirect {
+                url: t.get("url").map_err(|_| RuleError {
+                    line: None,
+                    message: "redirect needs a url".into(),
+                })?,
+                status: match t.get::<u16>("status").unwrap_or(302) {
+                    s @ (301 | 302 | 303 | 307 | 308) => s,
+                    _ => 302,
+                },
+            },
+            "route" => Action::Route(t.get("name").map_err(|_| RuleError {
+                line: None,
+                message: "route needs a name".into(),
+            })?),
+            _ => Action::Pass,
+        };
+    }
+    Ok(outcome)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(method: &str, path: &str) -> RequestView {
+        RequestView {
+            method: method.into(),
+            path: path.into(),
+            host: "a.example".into(),
+            headers: vec![("X-Token".into(), "abc".into())],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn deny_deletes() {
+        let s = Script::new(
+            "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end",
+        )
+        .unwrap();
+        assert_eq!(run(&s, &req("GET", "/")).unwrap().action, Action::Pass);
+        assert_eq!(
+            run(&s, &req("DELETE", "/x")).unwrap().action,
+            Action::Deny {
+                status: 403,
+                message: "no deletes here".into()
+            }
+        );
+    }
+
+    #[test]
+    fn rewrite_headers_redirect_route() {
+        let s = Script::new(
+            "set_header('X-Seen', req.headers['x-token'])\n\
+             if req.path:sub(1, 5) == '/old/' then rewrite('/new/' .. req.path:sub(6)) end\n\
+             if req.path == '/moved' then return redirect('https://example.com/', 301) end\n\
+             if req.path == '/legacy' then return route('legacy.internal') end",
+        )
+        .unwrap();
+        let o = run(&s, &req("GET", "/old/a")).unwrap();
+        assert_eq!(o.rewrite.as_deref(), Some("/new/a"));
+        assert_eq!(
+            o.set_headers,
+            vec![("X-Seen".to_string(), "abc".to_string())]
+        );
+        let o = run(&s, &req("GET", "/moved")).unwrap();
+        assert_eq!(
+            o.action,
+            Action::Redirect {
+                url: "https://example.com/".into(),
+                status: 301
+            }
+        );
+        assert_eq!(o.rewrite, None, "each request starts clean");
+        assert_eq!(
+            run(&s, &req("GET", "/legacy")).unwrap().action,
+            Action::Route("legacy.internal".into())
+        );
+    }
+
+    #[test]
+    fn syntax_error_names_its_line() {
+        let e = check("local a = 1\nif a then\n  return deny(403\nend").unwrap_err();
+        assert_eq!(e.line, Some(4), "{e}");
+        assert!(e.to_string().starts_with("line 4: "), "{e}");
+    }
+
+    #[test]
+    fn sandbox_has_no_io_os_require_load_debug() {
+        for probe in [
+            "io.open('/etc/passwd')",
+            "os.exit(1)",
+            "require('x')",
+            "load('return 1')",
+            "debug.getinfo(1)",
+            "dofile('/x')",
+        ] {
+            let s = Script::new(&format!("return {probe}")).unwrap();
+            let e = run(&s, &req("GET", "/")).unwrap_err();
+            assert!(e.message.contains("nil"), "{probe}: {e}");
+        }
+    }
+
+    #[test]
+    fn endless_loop_is_cut_off_by_the_budget() {
+        let s = Script::new("while true do end").unwrap();
+        let e = run(&s, &req("GET", "/")).unwrap_err();
+        assert!(e.message.contains("instruction budget"), "{e}");
+        // The VM is still usable for the next request.
+        let ok = Script::new("return nil").unwrap();
+        assert_eq!(run(&ok, &req("GET", "/")).unwrap().action, Action::Pass);
+        assert!(run(&s, &req("GET", "/")).is_err());
+    }
+
+    #[test]
+    fn memory_is_limited() {
+        let s =
+            Script::new("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) end").unwrap();
+        let e = run(&s, &req("GET", "/")).unwrap_err();
+        assert!(
+            e.message.contains("memory") || e.message.contains("budget"),
+            "{e}"
+        );
+    }
+}

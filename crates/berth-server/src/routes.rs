@@ -1,0 +1,322 @@
+//! What routers follow: the route snapshot (a blocking watch), static upstreams and rule scripts.
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::Response;
+use berth_api::{
+    RouteApp, RouteInstance, RouteSnapshot, RuleScript, RuleTarget, StaticUpstream, UpstreamRequest,
+};
+use berth_core::{Desired, Level};
+use berth_store::state::{Subject, encode, rules_key, upstream_key};
+use berth_store::{StoreError, Txn};
+
+use crate::api::{ApiError, ApiResult, WaitQuery, indexed, parse_json, wait_for};
+use crate::{Shared, now_ms};
+
+/// Largest rule script accepted.
+const MAX_SCRIPT: usize = 64 * 1024;
+
+pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreError> {
+    let index = shared.state.store().revision();
+    let instances = shared.instances()?;
+    let apps = shared
+        .state
+        .apps()?
+        .into_iter()
+        .map(|a| {
+            let app = a.value;
+            let id = app.id();
+            let instances = instances
+                .iter()
+                .filter(|i| i.app == id && i.state.is_live())
+                .map(|i| RouteInstance {
+                    id: i.id.clone(),
+                    version: i.version,
+                    host: i.host.clone(),
+                    host_ports: i.host_ports.clone(),
+                    ready: i.desired == Desired::Run && i.is_ready(),
+                    draining: i.desired == Desired::Stop,
+                })
+                .collect();
+            RouteApp {
+                id,
+                name: app.spec.name.clone(),
+                group: app.spec.group.clone(),
+                zones: app.spec.zones.clone(),
+                services: app.spec.services.clone(),
+                ports: app.spec.ports.clone(),
+                health: app.spec.health.clone(),
+                instances,
+            }
+        })
+        .collect();
+    let upstreams = shared
+        .state
+        .records::<StaticUpstream>("upstreams/")?
+        .into_iter()
+        .map(|v| v.value)
+        .collect();
+    let rules = shared
+        .state
+        .records::<RuleScript>("rules/")?
+        .into_iter()
+        .map(|v| v.value)
+        .collect();
+    Ok(RouteSnapshot {
+        index,
+        apps,
+        upstreams,
+        rules,
+    })
+}
+
+pub(crate) async fn routes(
+    AxState(shared): AxState<Shared>,
+    axum::extract::Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    let index = wait_for(&shared, &q).await?;
+    let snapshot = route_snapshot(&shared)?;
+    Ok(indexed(index.max(snapshot.index), &snapshot))
+}
+
+fn check_upstream_name(name: &str) -> ApiResult<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "upstream name `{name}` must be a lowercase host name (it is the Host the router serves)"
+            ),
+        ))
+    }
+}
+
+pub(crate) async fn list_upstreams(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    let index = shared.state.store().revision();
+    let all: Vec<StaticUpstream> = shared
+        .state
+        .records("upstreams/")?
+        .into_iter()
+        .map(|v| v.value)
+        .collect();
+    Ok(indexed(index, &all))
+}
+
+pub(crate) async fn put_upstream(
+    AxState(shared): AxState<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    check_upstream_name(&name)?;
+    let req: UpstreamRequest = parse_json(&body)?;
+    if req.servers.is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "servers: at least one server is needed",
+        ));
+    }
+    for (i, s) in req.servers.iter().enumerate() {
+        if s.host.trim().is_empty() || s.host.contains(char::is_whitespace) || s.host.contains('/')
+        {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("servers[{i}].host: `{}` is not a host", s.host),
+            ));
+        }
+        if s.port == 0 {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("servers[{i}].port: 0 is not a port"),
+            ));
+        }
+        if !(1..=1000).contains(&s.weight) {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                format!("servers[{i}].weight: {} is not in 1..1000", s.weight),
+            ));
+        }
+    }
+    let now = now_ms();
+    let upstream = StaticUpstream {
+        name: name.clone(),
+        servers: req.servers,
+        updated_at: now,
+    };
+    let servers: Vec<String> = upstream
+        .servers
+        .iter()
+        .map(|s| format!("{}:{}", s.host, s.port))
+        .collect();
+    let txn = Txn::default().put(upstream_key(&name), encode(&upstream));
+    let txn = shared.state.with_event(
+        txn,
+        now,
+        Level::Info,
+        "upstream.set",
+        Subject::default(),
+        format!("{name}: {}", servers.join(", ")),
+    );
+    let index = shared.state.commit(txn)?;
+    Ok(indexed(index, &upstream))
+}
+
+pub(crate) async fn delete_upstream(
+    AxState(shared): AxState<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    if shared
+        .state
+        .record::<StaticUpstream>(&upstream_key(&name))?
+        .is_none()
+    {
+        return Err(ApiError::not_found(&format!("upstream {name}")));
+    }
+    let txn = Txn::default()
+        .delete(upstream_key(&name))
+        .delete(rules_key("upstream", &name));
+    let txn = shared.state.with_event(
+        txn,
+        now_ms(),
+        Level::Info,
+        "upstream.deleted",
+        Subject::default(),
+        name.clone(),
+    );
+    let index = shared.state.commit(txn)?;
+    Ok(indexed(index, &serde_json::json!({"deleted": name})))
+}
+
+fn target_key(shared: &Shared, target: &RuleTarget) -> ApiResult<String> {
+    match target {
+        RuleTarget::App(id) => {
+            shared
+                .state
+                .app(id)?
+                .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+            Ok(rules_key("app", id))
+        }
+        RuleTarget::Upstream(name) => {
+            shared
+                .state
+                .record::<StaticUpstream>(&upstream_key(name))?
+                .ok_or_else(|| ApiError::not_found(&format!("upstream {name}")))?;
+            Ok(rules_key("upstream", name))
+        }
+    }
+}
+
+async fn get_rules(shared: Shared, target: RuleTarget) -> ApiResult<Response> {
+    let key = target_key(&shared, &target)?;
+    let script = shared
+        .state
+        .record::<RuleScript>(&key)?
+        .ok_or_else(|| ApiError::not_found(&format!("rules for {target}")))?;
+    Ok(indexed(shared.state.store().revision(), &script.value))
+}
+
+async fn set_rules(shared: Shared, target: RuleTarget, body: Bytes) -> ApiResult<Response> {
+    let key = target_key(&shared, &target)?;
+    if body.len() > MAX_SCRIPT {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a script may be at most {MAX_SCRIPT} bytes"),
+        ));
+    }
+    let source = String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the script is not UTF-8"))?;
+    if source.trim().is_empty() {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "the script is empty; delete the rules instead",
+        ));
+    }
+    let now = now_ms();
+    let script = RuleScript {
+        target: target.clone(),
+        source,
+        updated_at: now,
+    };
+    let subject = match &target {
+        RuleTarget::App(id) => Subject::app(id),
+        RuleTarget::Upstream(_) => Subject::default(),
+    };
+    let txn = Txn::default().put(key, encode(&script));
+    let txn = shared.state.with_event(
+        txn,
+        now,
+        Level::Info,
+        "rules.set",
+        subject,
+        format!("rules for {target} set ({} bytes)", script.source.len()),
+    );
+    let index = shared.state.commit(txn)?;
+    Ok(indexed(index, &script))
+}
+
+async fn delete_rules(shared: Shared, target: RuleTarget) -> ApiResult<Response> {
+    let key = target_key(&shared, &target)?;
+    if shared.state.record::<RuleScript>(&key)?.is_none() {
+        return Err(ApiError::not_found(&format!("rules for {target}")));
+    }
+    let txn = shared.state.with_event(
+        Txn::default().delete(key),
+        now_ms(),
+        Level::Info,
+        "rules.deleted",
+        Subject::default(),
+        format!("rules for {target} removed"),
+    );
+    let index = shared.state.commit(txn)?;
+    Ok(indexed(
+        index,
+        &serde_json::json!({"deleted": target.to_string()}),
+    ))
+}
+
+pub(crate) async fn get_app_rules(
+    AxState(s): AxState<Shared>,
+    Path((g, n)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    get_rules(s, RuleTarget::App(format!("{g}/{n}"))).await
+}
+pub(crate) async fn set_app_rules(
+    AxState(s): AxState<Shared>,
+    Path((g, n)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    set_rules(s, RuleTarget::App(format!("{g}/{n}")), body).await
+}
+pub(crate) async fn delete_app_rules(
+    AxState(s): AxState<Shared>,
+    Path((g, n)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    delete_rules(s, RuleTarget::App(format!("{g}/{n}"))).await
+}
+pub(crate) async fn get_upstream_rules(
+    AxState(s): AxState<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    get_rules(s, RuleTarget::Upstream(name)).await
+}
+pub(crate) async fn set_upstream_rules(
+    AxState(s): AxState<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    set_rules(s, RuleTarget::Upstream(name), body).await
+}
+pub(crate) async fn delete_upstream_rules(
+    AxState(s): AxState<Shared>,
+    Path(name): Path<String>,
+) -> ApiResult<Response> {
+    delete_rules(s, RuleTarget::Upstream(name)).await
+}
