@@ -2,7 +2,6 @@
 //! and runs each instance through a driver.
 
 pub mod driver;
-mod health;
 mod report;
 mod runner;
 
@@ -51,6 +50,8 @@ pub struct AgentConfig {
     pub driver: DriverChoice,
     pub pull: PullPolicy,
     pub heartbeat: Duration,
+    /// A stopping instance keeps serving this long after routers stop sending it new requests.
+    pub drain: Duration,
 }
 
 /// A running agent.
@@ -147,6 +148,7 @@ impl Agent {
             drivers,
             reporter,
             config.heartbeat,
+            config.drain,
             shutdown_rx,
         ));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
@@ -192,6 +194,7 @@ async fn run(
     drivers: Vec<Driver>,
     reporter: report::Reporter,
     heartbeat: Duration,
+    drain: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if !register(&client, &req, &mut shutdown).await {
@@ -291,7 +294,7 @@ async fn run(
                             };
                             let (stop_tx, stop_rx) = watch::channel(false);
                             running.insert(id, stop_tx);
-                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone()));
+                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), drain));
                         }
                         Desired::Run => {}
                         Desired::Stop => {

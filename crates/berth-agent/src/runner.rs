@@ -8,8 +8,8 @@ use berth_core::InstanceState;
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::{Driver, Handle, instance_env};
-use crate::health;
 use crate::report::Reporter;
+use berth_api::probe as health;
 
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -39,9 +39,10 @@ pub async fn supervise(
     reports: Reporter,
     mut stop: watch::Receiver<bool>,
     done: mpsc::UnboundedSender<String>,
+    drain: Duration,
 ) {
     let id = a.instance.id.clone();
-    run(&a, &driver, adopted, &reports, &mut stop).await;
+    run(&a, &driver, adopted, &reports, &mut stop, drain).await;
     let _ = done.send(id);
 }
 
@@ -51,6 +52,7 @@ async fn run(
     adopted: Option<Handle>,
     reports: &Reporter,
     stop: &mut watch::Receiver<bool>,
+    drain: Duration,
 ) {
     let id = a.instance.id.as_str();
     let grace = a.spec.stop_timeout.as_duration();
@@ -128,6 +130,11 @@ async fn run(
             reports.send(InstanceReport { healthy: Some(false), reason: Some(why), finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) });
         }
         _ = stop.changed() => {
+            // Routers drop a stopping instance from their tables at once; keep serving what is
+            // already on its way before the signal.
+            if !a.instance.host_ports.is_empty() && !drain.is_zero() {
+                tokio::time::sleep(drain).await;
+            }
             if let Err(e) = driver.stop(&handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
             }

@@ -1,6 +1,8 @@
 //! The `/v1` HTTP contract between server, agents and the CLI: request and response bodies,
 //! the error body, and a typed client. Documented in `docs/openapi.yaml`.
 
+pub mod probe;
+
 use std::collections::BTreeMap;
 use std::time::Duration;
 

@@ -569,7 +569,7 @@ impl AppSpec {
             }
         }
         for service in &self.services {
-            if let Err(why) = check_service(service, &self.ports) {
+            if let Err(why) = check_service(service, self.reachable_ports()) {
                 fail("services", why);
             }
         }
@@ -583,11 +583,7 @@ impl AppSpec {
                 _ => {}
             }
             // An exec instance always gets `PORT`, even with no `ports` listed.
-            let probe_ports = if self.driver == Some(DriverKind::Exec) {
-                self.ports.len().max(1)
-            } else {
-                self.ports.len()
-            };
+            let probe_ports = self.reachable_ports();
             if probe_ports == 0 {
                 fail(
                     "health",
@@ -634,6 +630,15 @@ impl AppSpec {
         }
     }
 
+    /// How many ports an instance can be reached on: the listed ones, and at least `PORT` for exec.
+    pub fn reachable_ports(&self) -> usize {
+        if self.driver == Some(DriverKind::Exec) {
+            self.ports.len().max(1)
+        } else {
+            self.ports.len()
+        }
+    }
+
     /// Things that are allowed but probably not meant, for the CLI to print.
     pub fn warnings(&self) -> Vec<String> {
         let mut out = Vec::new();
@@ -676,7 +681,7 @@ fn check_label(value: &str) -> Result<(), String> {
     }
 }
 
-fn check_service(service: &str, ports: &[u16]) -> Result<(), String> {
+fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
     let (host, port) = match service.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
         None => (service, None),
@@ -696,7 +701,9 @@ fn check_service(service: &str, ports: &[u16]) -> Result<(), String> {
             Ok(p) if p > 0 => Ok(()),
             _ => Err(format!("`{service}`: `{port}` is not a port")),
         },
-        None if ports.is_empty() => Err(format!("`{service}` needs a port in `ports` to route to")),
+        None if reachable_ports == 0 => {
+            Err(format!("`{service}` needs a port in `ports` to route to"))
+        }
         None => Ok(()),
     }
 }

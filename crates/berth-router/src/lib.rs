@@ -1,4 +1,199 @@
 //! The data plane: one front door routing by Host across live instances, fed by the control
 //! plane's route watch, with health checks, Lua rules and an admin API.
 
+pub mod admin;
+pub mod balance;
+mod discovery;
+mod health;
+pub mod metrics;
+pub mod proxy;
 pub mod rules;
+pub mod table;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use berth_api::Client;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+
+use crate::proxy::{Body, Proxy};
+use crate::table::{Registry, Scope};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("cannot listen on {0}: {1}")]
+    Listen(String, std::io::Error),
+    #[error("--router-admin {0} is not on loopback: set an admin token")]
+    AdminNeedsToken(String),
+    #[error("access log {0}: {1}")]
+    AccessLog(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Client(#[from] berth_api::ClientError),
+}
+
+#[derive(Debug, Clone)]
+pub struct RouterConfig {
+    /// The control plane to follow.
+    pub server: String,
+    pub http: String,
+    pub admin: String,
+    pub admin_token: Option<String>,
+    pub zone: String,
+    pub domain: String,
+    /// JSON-lines access log; none when unset.
+    pub access_log: Option<PathBuf>,
+}
+
+pub struct Router {
+    pub http_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+async fn serve<F, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handler: F)
+where
+    F: Fn(hyper::Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send + 'static,
+{
+    loop {
+        let accepted = tokio::select! {
+            a = listener.accept() => a,
+            _ = shutdown.changed() => return,
+        };
+        let (stream, remote) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handler(req, remote));
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await
+            {
+                tracing::debug!(error = %e, %remote, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn write_access_log(path: PathBuf, mut rx: mpsc::Receiver<String>) {
+    let file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .await;
+    let Ok(file) = file else { return };
+    let mut out = tokio::io::BufWriter::new(file);
+    while let Some(line) = rx.recv().await {
+        let _ = out.write_all(line.as_bytes()).await;
+        let _ = out.write_all(b"\n").await;
+        // Write through when the queue is empty, so the log is never far behind.
+        if rx.is_empty() {
+            let _ = out.flush().await;
+        }
+    }
+    let _ = out.flush().await;
+}
+
+fn is_loopback(addr: &SocketAddr) -> bool {
+    addr.ip().is_loopback()
+}
+
+impl Router {
+    pub async fn start(config: RouterConfig) -> Result<Router, RouterError> {
+        let http = TcpListener::bind(&config.http)
+            .await
+            .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
+        let admin = TcpListener::bind(&config.admin)
+            .await
+            .map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
+        let http_addr = http
+            .local_addr()
+            .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
+        let admin_addr = admin
+            .local_addr()
+            .map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
+        if !is_loopback(&admin_addr) && config.admin_token.is_none() {
+            return Err(RouterError::AdminNeedsToken(admin_addr.to_string()));
+        }
+        let mut tasks = Vec::new();
+        let access = match &config.access_log {
+            Some(path) => {
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| RouterError::AccessLog(path.clone(), e))?;
+                }
+                let (tx, rx) = mpsc::channel(65_536);
+                tasks.push(tokio::spawn(write_access_log(path.clone(), rx)));
+                Some(tx)
+            }
+            None => None,
+        };
+        let client = Client::new(&config.server)?;
+        let proxy = Arc::new(Proxy::new(access));
+        let registry = Arc::new(Registry::default());
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let (applied_tx, applied_rx) = watch::channel(0u64);
+        let scope = Scope {
+            zone: config.zone.clone(),
+            domain: config.domain.trim_matches('.').to_ascii_lowercase(),
+        };
+        tasks.push(tokio::spawn(discovery::follow(
+            client.clone(),
+            proxy.clone(),
+            registry.clone(),
+            scope,
+            applied_tx,
+            shutdown_rx.clone(),
+        )));
+        let p = proxy.clone();
+        tasks.push(tokio::spawn(serve(
+            http,
+            shutdown_rx.clone(),
+            move |req, remote| p.clone().handle(req, remote),
+        )));
+        let admin_state = Arc::new(admin::Admin {
+            proxy,
+            registry,
+            client,
+            token: config.admin_token.clone(),
+            applied: applied_rx,
+        });
+        tasks.push(tokio::spawn(serve(admin, shutdown_rx, move |req, _| {
+            admin_state.clone().handle(req)
+        })));
+        tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = %config.domain, "berth router listening");
+        Ok(Router {
+            http_addr,
+            admin_addr,
+            shutdown,
+            tasks,
+        })
+    }
+
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}

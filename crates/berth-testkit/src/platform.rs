@@ -55,10 +55,13 @@ pub struct Platform {
     pub api: String,
     api_addr: String,
     pub ports: (u16, u16),
+    /// The router's traffic and admin addresses (`host:port`).
+    pub http: String,
+    pub admin: String,
     driver: String,
     child: Option<Child>,
     pub node_id: String,
-    http: reqwest::Client,
+    client: reqwest::Client,
 }
 
 impl Platform {
@@ -76,10 +79,12 @@ impl Platform {
             api: format!("http://127.0.0.1:{port}"),
             api_addr: format!("127.0.0.1:{port}"),
             ports,
+            http: format!("127.0.0.1:{}", free_port()),
+            admin: format!("127.0.0.1:{}", free_port()),
             driver: driver.to_string(),
             child: None,
             node_id: String::new(),
-            http: reqwest::Client::new(),
+            client: reqwest::Client::new(),
         };
         p.spawn();
         p.wait_ready().await;
@@ -108,6 +113,14 @@ impl Platform {
                 "never",
             ])
             .args(["--ports", &format!("{}-{}", self.ports.0, self.ports.1)])
+            .args([
+                "--http",
+                &self.http,
+                "--router-admin",
+                &self.admin,
+                "--domain",
+                "berth.test",
+            ])
             .env("BERTH_LOG", "info,berth_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -145,7 +158,7 @@ impl Platform {
     /// GET a `/v1` path and decode the JSON body; `Err` carries the status and body.
     pub async fn get(&self, path: &str) -> Result<Value, String> {
         let resp = self
-            .http
+            .client
             .get(format!("{}{path}", self.api))
             .send()
             .await
@@ -159,6 +172,44 @@ impl Platform {
         }
     }
 
+    /// GET from the router's admin API.
+    pub async fn admin_get(&self, path: &str) -> Value {
+        let resp = self
+            .client
+            .get(format!("http://{}{path}", self.admin))
+            .send()
+            .await
+            .expect("admin answers");
+        resp.json().await.expect("admin JSON")
+    }
+
+    /// A request to the router's admin API; returns the status and the JSON body.
+    pub async fn admin_request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
+        let resp = self
+            .client
+            .request(method, format!("http://{}{path}", self.admin))
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("admin");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// GET through the router with a Host header; returns the status and the body text.
+    pub async fn via_router(&self, host: &str, path: &str) -> Result<(u16, String), String> {
+        let resp = self
+            .client
+            .get(format!("http://{}{path}", self.http))
+            .header("host", host)
+            .send()
+            .await
+            .map_err(|e| e.to_string())?;
+        let status = resp.status().as_u16();
+        Ok((status, resp.text().await.map_err(|e| e.to_string())?))
+    }
+
     /// Sends a raw request; returns the status and the JSON body.
     pub async fn request(
         &self,
@@ -169,7 +220,7 @@ impl Platform {
     ) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let resp = self
-            .http
+            .client
             .request(method, format!("{}{path}", self.api))
             .header("content-type", content_type)
             .body(body.to_string())

@@ -57,6 +57,21 @@ pub enum AppAction {
     },
     /// Every version of the spec and what changed.
     Versions,
+    /// The app's Lua request rules, applied by every router: `rules set FILE`, `rules show`, `rules rm`.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
+    },
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum RulesAction {
+    /// Check the script and put it in force (a script that does not compile is refused).
+    Set { file: PathBuf },
+    /// Print the script in force.
+    Show,
+    /// Remove the app's rules.
+    Rm,
 }
 
 pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -102,6 +117,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             finish(&client, resp, &wait, ctx).await
         }
         AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
+        AppAction::Rules { action } => rules(&client, &id, action, ctx).await,
         AppAction::Versions => {
             let versions = client.versions(&id).await?;
             match ctx.format {
@@ -248,4 +264,63 @@ pub fn status_table(s: &AppStatus) -> String {
         rows,
     ));
     out
+}
+
+async fn rules(
+    client: &berth_api::Client,
+    id: &str,
+    action: RulesAction,
+    ctx: &Ctx,
+) -> anyhow::Result<ExitCode> {
+    let target = berth_api::RuleTarget::App(id.to_string());
+    match action {
+        RulesAction::Set { file } => {
+            let source = std::fs::read_to_string(&file)
+                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let script = match berth_router::rules::Script::new(&source) {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!(
+                        "error: {}:{}: {}",
+                        file.display(),
+                        e.line.map(|l| l.to_string()).unwrap_or_default(),
+                        e.message
+                    );
+                    anyhow::bail!(
+                        "{} does not compile; the rules in force are unchanged",
+                        file.display()
+                    );
+                }
+            };
+            let stored = client.set_rules(&target, &source).await?;
+            match ctx.format {
+                Format::Json => println!(
+                    "{}",
+                    output::json(
+                        &serde_json::json!({"target": stored.target, "version": script.version()})
+                    )?
+                ),
+                Format::Table => println!(
+                    "rules for {id} set (version {}); routers apply them within a second",
+                    script.version()
+                ),
+            }
+        }
+        RulesAction::Show => {
+            let script = client.rules(&target).await?;
+            match ctx.format {
+                Format::Json => println!("{}", output::json(&script)?),
+                Format::Table => print!("{}", script.source),
+            }
+        }
+        RulesAction::Rm => {
+            client.delete_rules(&target).await?;
+            if ctx.format == Format::Json {
+                println!("{}", output::json(&serde_json::json!({"deleted": target}))?);
+            } else {
+                println!("rules for {id} removed");
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }

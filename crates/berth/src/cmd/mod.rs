@@ -44,6 +44,8 @@ pub enum Command {
     Server(platform::ServerArgs),
     /// Run a node agent that joins a server.
     Agent(platform::AgentArgs),
+    /// Run a router: the front door that serves apps by Host.
+    Router(platform::RouterArgs),
     /// Write a commented starter spec.
     Init(spec::InitArgs),
     /// Check a spec and print every problem with its line and column.
@@ -68,7 +70,7 @@ pub fn default_spec_path() -> PathBuf {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let filter = match &cli.command {
-        Command::Up(_) | Command::Server(_) | Command::Agent(_) => "info",
+        Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Router(_) => "info",
         _ => "warn",
     };
     let env_filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
@@ -86,6 +88,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Up(args) => platform::up(args).await,
         Command::Server(args) => platform::server(args).await,
         Command::Agent(args) => platform::agent(args, &ctx).await,
+        Command::Router(args) => platform::router(args, &ctx).await,
         Command::Init(args) => spec::init(args, &ctx),
         Command::Validate(args) => spec::validate(args, &ctx),
         Command::Deploy(args) => deploy::deploy(args, &ctx).await,

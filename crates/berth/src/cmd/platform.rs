@@ -8,6 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use berth_agent::{Agent, AgentConfig, DriverChoice, PullPolicy};
 use berth_core::Dur;
+use berth_router::{Router, RouterConfig};
 use berth_server::{Server, ServerConfig, Tuning};
 
 use super::Ctx;
@@ -90,6 +91,9 @@ pub struct NodeOptions {
     /// Name of this node (default: the machine's hostname).
     #[arg(long)]
     hostname: Option<String>,
+    /// How long a stopping instance keeps serving after routers stop sending it new requests.
+    #[arg(long, value_parser = parse_dur, default_value = "1s")]
+    drain: Dur,
 }
 
 impl NodeOptions {
@@ -129,6 +133,7 @@ impl NodeOptions {
                 PullArg::Never => PullPolicy::Never,
             },
             heartbeat: Duration::from_secs(2),
+            drain: self.drain.as_duration(),
         })
     }
 }
@@ -160,11 +165,58 @@ impl ServerOptions {
 }
 
 #[derive(Debug, clap::Args)]
+pub struct RouterOptions {
+    /// Where the router serves traffic.
+    #[arg(long = "http", default_value = "127.0.0.1:8080")]
+    http: String,
+    /// The router's admin API.
+    #[arg(long = "router-admin", default_value = "127.0.0.1:7071")]
+    admin: String,
+    /// Bearer token the admin API requires (needed when it is not on loopback).
+    #[arg(long = "admin-token", env = "BERTH_ROUTER_TOKEN")]
+    admin_token: Option<String>,
+    /// Serve the apps whose `zones` include this one (and apps with no zones).
+    #[arg(long, default_value = "default")]
+    zone: String,
+    /// Every app also answers as NAME.GROUP.<domain>.
+    #[arg(long, default_value = "berth.local")]
+    domain: String,
+    /// JSON-lines access log.
+    #[arg(long = "access-log")]
+    access_log: Option<PathBuf>,
+}
+
+impl RouterOptions {
+    fn config(&self, server: &str, default_log: Option<PathBuf>) -> RouterConfig {
+        RouterConfig {
+            server: server.to_string(),
+            http: self.http.clone(),
+            admin: self.admin.clone(),
+            admin_token: self.admin_token.clone(),
+            zone: self.zone.clone(),
+            domain: self.domain.clone(),
+            access_log: self.access_log.clone().or(default_log),
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
 pub struct UpArgs {
     #[command(flatten)]
     server: ServerOptions,
     #[command(flatten)]
     node: NodeOptions,
+    #[command(flatten)]
+    router: RouterOptions,
+    /// Run without the router.
+    #[arg(long)]
+    no_router: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RouterArgs {
+    #[command(flatten)]
+    router: RouterOptions,
 }
 
 #[derive(Debug, clap::Args)]
@@ -205,15 +257,37 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"))?)
         .await
         .context("starting the agent")?;
+    let router = if args.no_router {
+        None
+    } else {
+        let log = args.server.data_dir.join("router/access.log");
+        Some(
+            Router::start(args.router.config(&url, Some(log)))
+                .await
+                .context("starting the router")?,
+        )
+    };
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
+    let routing = router
+        .as_ref()
+        .map(|r| {
+            format!(
+                ", router http://{} (admin http://{})",
+                r.http_addr, r.admin_addr
+            )
+        })
+        .unwrap_or_default();
     eprintln!(
-        "Berth is up: API {url}, node {} (drivers: {}), data in {}",
+        "Berth is up: API {url}{routing}, node {} (drivers: {}), data in {}",
         agent.node_id,
         drivers.join(", "),
         args.server.data_dir.display()
     );
     until_signal().await;
     eprintln!("stopping; instances keep running and are adopted on the next start");
+    if let Some(r) = router {
+        r.stop().await;
+    }
     agent.stop().await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)
@@ -240,5 +314,18 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     eprintln!("Berth agent: node {} joined {}", agent.node_id, ctx.server);
     until_signal().await;
     agent.stop().await;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let router = Router::start(args.router.config(&ctx.server, None))
+        .await
+        .context("starting the router")?;
+    eprintln!(
+        "Berth router: http://{} (admin http://{}), following {}",
+        router.http_addr, router.admin_addr, ctx.server
+    );
+    until_signal().await;
+    router.stop().await;
     Ok(ExitCode::SUCCESS)
 }

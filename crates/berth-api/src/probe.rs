@@ -1,4 +1,5 @@
-//! Health probes: an HTTP GET (2xx or 3xx is healthy) or a TCP connect, each under a timeout.
+//! Health probes shared by agents and routers: an HTTP GET (2xx or 3xx is healthy) or a TCP
+//! connect, each under a timeout.
 
 use std::time::Duration;
 

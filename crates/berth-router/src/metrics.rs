@@ -1,0 +1,70 @@
+//! Per-cluster request metrics: counts by status class, a latency histogram, in-flight requests.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Upper bounds of the latency buckets, in milliseconds (the last bucket is everything above).
+pub const BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+
+#[derive(Debug, Default)]
+pub struct ClusterMetrics {
+    /// 1xx..5xx.
+    pub by_class: [AtomicU64; 5],
+    pub latency: [AtomicU64; BUCKETS_MS.len() + 1],
+    pub latency_sum_us: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub retries: AtomicU64,
+    pub fail_open: AtomicU64,
+    pub denied: AtomicU64,
+}
+
+impl ClusterMetrics {
+    pub fn observe(&self, status: u16, took: Duration) {
+        let class = usize::from(status / 100).clamp(1, 5) - 1;
+        self.by_class[class].fetch_add(1, Ordering::Relaxed);
+        let ms = took.as_millis() as u64;
+        let bucket = BUCKETS_MS
+            .iter()
+            .position(|b| ms <= *b)
+            .unwrap_or(BUCKETS_MS.len());
+        self.latency[bucket].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    pub fn view(&self) -> MetricsView {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        MetricsView {
+            requests: ["1xx", "2xx", "3xx", "4xx", "5xx"]
+                .iter()
+                .zip(&self.by_class)
+                .map(|(k, v)| ((*k).to_string(), load(v)))
+                .collect(),
+            latency_ms_buckets: BUCKETS_MS
+                .iter()
+                .map(|b| b.to_string())
+                .chain(std::iter::once("+Inf".to_string()))
+                .zip(&self.latency)
+                .map(|(k, v)| (k, load(v)))
+                .collect(),
+            latency_sum_ms: load(&self.latency_sum_us) as f64 / 1000.0,
+            in_flight: load(&self.in_flight),
+            retries: load(&self.retries),
+            fail_open: load(&self.fail_open),
+            denied: load(&self.denied),
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub struct MetricsView {
+    pub requests: Vec<(String, u64)>,
+    pub latency_ms_buckets: Vec<(String, u64)>,
+    pub latency_sum_ms: f64,
+    pub in_flight: u64,
+    pub retries: u64,
+    pub fail_open: u64,
+    pub denied: u64,
+}

@@ -1,0 +1,549 @@
+//! The request path: Host -> cluster -> rules -> pick -> forward, with bounded retries on
+//! another server when a connect fails or an idempotent request fails before any response.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper::body::{Bytes, Frame, Incoming, SizeHint};
+use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::sync::mpsc;
+
+use crate::balance;
+use crate::metrics::ClusterMetrics;
+use crate::rules::{self, Action, RequestView};
+use crate::table::{Cluster, ServerState, Table, now_ms};
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Largest request body the router buffers (so a failed try can be retried elsewhere).
+const MAX_BODY: usize = 16 * 1024 * 1024;
+/// Most servers one request is tried on.
+const MAX_TRIES: usize = 3;
+/// Retries stop once a request has been going this long.
+const RETRY_BUDGET: Duration = Duration::from_secs(5);
+/// Longest wait for an upstream's response headers.
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authorization",
+];
+
+pub struct Proxy {
+    pub table: ArcSwap<Table>,
+    client: Client<HttpConnector, Full<Bytes>>,
+    access: Option<mpsc::Sender<String>>,
+    pub access_drops: AtomicU64,
+}
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed()
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut resp = Response::new(full(value.to_string()));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp
+}
+
+/// The request's host, lowercased, without port.
+fn host_of<B>(req: &Request<B>) -> Option<String> {
+    let raw = req.uri().host().map(str::to_string).or_else(|| {
+        let h = req.headers().get(header::HOST)?.to_str().ok()?;
+        Some(match h.rsplit_once(':') {
+            Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host.to_string(),
+            _ => h.to_string(),
+        })
+    })?;
+    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.headers().contains_key(header::UPGRADE)
+        && req
+            .headers()
+            .get(header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| {
+            v.split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+/// Counts a request in flight on its server and cluster until dropped (when the body ends).
+struct InFlight {
+    server: Arc<ServerState>,
+    metrics: Arc<ClusterMetrics>,
+}
+
+impl InFlight {
+    fn new(server: Arc<ServerState>, metrics: Arc<ClusterMetrics>) -> Self {
+        server.in_flight.fetch_add(1, Ordering::Relaxed);
+        server.requests.fetch_add(1, Ordering::Relaxed);
+        metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight { server, metrics }
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.server.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// An upstream body that keeps its request counted in flight until it is done.
+struct Tracked {
+    inner: Incoming,
+    _guard: InFlight,
+}
+
+impl hyper::body::Body for Tracked {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        Pin::new(&mut self.get_mut().inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct Log<'a> {
+    remote: SocketAddr,
+    method: &'a Method,
+    host: &'a str,
+    path: &'a str,
+    cluster: Option<&'a str>,
+}
+
+impl Proxy {
+    pub fn new(access: Option<mpsc::Sender<String>>) -> Proxy {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(1)));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .retry_canceled_requests(true)
+            .build(connector);
+        Proxy {
+            table: ArcSwap::from_pointee(Table::default()),
+            client,
+            access,
+            access_drops: AtomicU64::new(0),
+        }
+    }
+
+    fn log(
+        &self,
+        l: &Log<'_>,
+        status: u16,
+        started: Instant,
+        upstream: Option<&str>,
+        tries: usize,
+    ) {
+        let Some(tx) = &self.access else { return };
+        let line = serde_json::json!({
+            "ts": now_ms(),
+            "remote": l.remote.to_string(),
+            "method": l.method.as_str(),
+            "host": l.host,
+            "path": l.path,
+            "status": status,
+            "ms": started.elapsed().as_secs_f64() * 1000.0,
+            "cluster": l.cluster,
+            "upstream": upstream,
+            "tries": tries,
+        });
+        // A slow disk must not slow requests: drop and count instead.
+        if tx.try_send(line.to_string()).is_err() {
+            self.access_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        remote: SocketAddr,
+    ) -> Result<Response<Body>, Infallible> {
+        let started = Instant::now();
+        let table = self.table.load_full();
+        let method = req.method().clone();
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_string(), |p| p.to_string());
+        let Some(host) = host_of(&req) else {
+            return Ok(json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"error": "no Host header"}),
+            ));
+        };
+        let mut log = Log {
+            remote,
+            method: &method,
+            host: &host,
+            path: &path,
+            cluster: None,
+        };
+        let Some(mut cluster) = table.lookup(&host).cloned() else {
+            self.log(&log, 404, started, None, 0);
+            return Ok(json(
+                StatusCode::NOT_FOUND,
+                serde_json::json!({"error": "no route for this host", "host": host}),
+            ));
+        };
+        let cluster_name = cluster.name.clone();
+        log.cluster = Some(&cluster_name);
+
+        let mut rewrite = None;
+        let mut extra_headers = Vec::new();
+        if let Some(loaded) = cluster.rules.clone() {
+            let view = RequestView {
+                method: method.to_string(),
+                path: req.uri().path().to_string(),
+                query: req.uri().query().unwrap_or_default().to_string(),
+                host: host.clone(),
+                headers: req
+                    .headers()
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
+                    })
+                    .collect(),
+                remote_addr: remote.ip().to_string(),
+            };
+            match rules::run(&loaded.script, &view) {
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster.name, error = %e, "rule script failed");
+                    self.log(&log, 500, started, None, 0);
+                    cluster.metrics.observe(500, started.elapsed());
+                    return Ok(json(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        serde_json::json!({"error": format!("request rule failed: {e}")}),
+                    ));
+                }
+                Ok(outcome) => {
+                    match outcome.action {
+                        Action::Pass => {}
+                        Action::Deny { status, message } => {
+                            cluster.metrics.denied.fetch_add(1, Ordering::Relaxed);
+                            cluster.metrics.observe(status, started.elapsed());
+                            self.log(&log, status, started, None, 0);
+                            let status =
+                                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+                            return Ok(json(status, serde_json::json!({"error": message})));
+                        }
+                        Action::Redirect { url, status } => {
+                            cluster.metrics.observe(status, started.elapsed());
+                            self.log(&log, status, started, None, 0);
+                            let mut resp = json(
+                                StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND),
+                                serde_json::json!({"location": url}),
+                            );
+                            if let Ok(v) = HeaderValue::from_str(&url) {
+                                resp.headers_mut().insert(header::LOCATION, v);
+                            }
+                            return Ok(resp);
+                        }
+                        Action::Route(name) => match table.by_route_name(&name) {
+                            Some(c) => cluster = c.clone(),
+                            None => {
+                                self.log(&log, 502, started, None, 0);
+                                return Ok(json(
+                                    StatusCode::BAD_GATEWAY,
+                                    serde_json::json!({"error": format!("a rule routed to `{name}`, which is not an upstream here")}),
+                                ));
+                            }
+                        },
+                    }
+                    rewrite = outcome.rewrite;
+                    extra_headers = outcome.set_headers;
+                }
+            }
+        }
+
+        if is_upgrade(&req) {
+            return Ok(self
+                .upgrade(req, &cluster, remote, &host, &log, started)
+                .await);
+        }
+
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, MAX_BODY).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) => {
+                let too_big = e
+                    .downcast_ref::<http_body_util::LengthLimitError>()
+                    .is_some();
+                let status = if too_big {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else {
+                    StatusCode::BAD_REQUEST
+                };
+                self.log(&log, status.as_u16(), started, None, 0);
+                return Ok(json(
+                    status,
+                    serde_json::json!({"error": format!("reading the request body: {e}")}),
+                ));
+            }
+        };
+        let idempotent = matches!(
+            parts.method,
+            Method::GET
+                | Method::HEAD
+                | Method::OPTIONS
+                | Method::PUT
+                | Method::DELETE
+                | Method::TRACE
+        );
+        let target_path = rewrite.unwrap_or_else(|| path.clone());
+        let mut tried = Vec::new();
+        let max_tries = MAX_TRIES.min(cluster.servers.len()).max(1);
+        let mut last_error = String::from("no server is available");
+        while let Some(pick) = balance::pick(&cluster, &tried) {
+            tried.push(pick.index);
+            let server = &cluster.servers[pick.index];
+            if pick.fail_open {
+                cluster.metrics.fail_open.fetch_add(1, Ordering::Relaxed);
+            }
+            let uri = format!("http://{}{}", server.addr, target_path);
+            let mut up = Request::new(Full::new(body.clone()));
+            *up.method_mut() = parts.method.clone();
+            *up.version_mut() = Version::HTTP_11;
+            *up.headers_mut() = parts.headers.clone();
+            match uri.parse() {
+                Ok(u) => *up.uri_mut() = u,
+                Err(_) => {
+                    return Ok(json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": "bad request path"}),
+                    ));
+                }
+            }
+            let headers = up.headers_mut();
+            strip_hop_by_hop(headers);
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                headers.insert(header::HOST, v);
+            }
+            let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prev) => format!("{prev}, {}", remote.ip()),
+                None => remote.ip().to_string(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&forwarded) {
+                headers.insert("x-forwarded-for", v);
+            }
+            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            if let Ok(v) = HeaderValue::from_str(&host) {
+                headers.insert("x-forwarded-host", v);
+            }
+            for (k, v) in &extra_headers {
+                if let (Ok(k), Ok(v)) = (
+                    HeaderName::from_bytes(k.as_bytes()),
+                    HeaderValue::from_str(v),
+                ) {
+                    headers.insert(k, v);
+                }
+            }
+
+            let guard = InFlight::new(server.state.clone(), cluster.metrics.clone());
+            match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(up)).await {
+                Ok(Ok(resp)) => {
+                    server.state.record_success();
+                    let (mut rparts, rbody) = resp.into_parts();
+                    strip_hop_by_hop(&mut rparts.headers);
+                    let status = rparts.status.as_u16();
+                    cluster.metrics.observe(status, started.elapsed());
+                    self.log(&log, status, started, Some(&server.addr), tried.len());
+                    let body = Tracked {
+                        inner: rbody,
+                        _guard: guard,
+                    }
+                    .boxed();
+                    return Ok(Response::from_parts(rparts, body));
+                }
+                Ok(Err(e)) => {
+                    let connect = e.is_connect();
+                    last_error = format!("{}: {}", server.addr, root_cause(&e));
+                    server.state.record_failure(&last_error);
+                    drop(guard);
+                    let may_retry = (connect || idempotent)
+                        && tried.len() < max_tries
+                        && started.elapsed() < RETRY_BUDGET;
+                    if may_retry {
+                        cluster.metrics.retries.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    break;
+                }
+                Err(_) => {
+                    last_error = format!(
+                        "{}: no response within {}s",
+                        server.addr,
+                        RESPONSE_TIMEOUT.as_secs()
+                    );
+                    server.state.record_failure(&last_error);
+                    cluster.metrics.observe(504, started.elapsed());
+                    self.log(&log, 504, started, Some(&server.addr), tried.len());
+                    return Ok(json(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        serde_json::json!({"error": last_error}),
+                    ));
+                }
+            }
+        }
+        cluster.metrics.observe(502, started.elapsed());
+        self.log(&log, 502, started, None, tried.len());
+        Ok(json(
+            StatusCode::BAD_GATEWAY,
+            serde_json::json!({"error": last_error, "cluster": cluster.name}),
+        ))
+    }
+
+    /// WebSocket and other upgrades: forwarded once, then bytes are copied both ways.
+    async fn upgrade(
+        &self,
+        mut req: Request<Incoming>,
+        cluster: &Arc<Cluster>,
+        remote: SocketAddr,
+        host: &str,
+        log: &Log<'_>,
+        started: Instant,
+    ) -> Response<Body> {
+        let Some(pick) = balance::pick(cluster, &[]) else {
+            self.log(log, 502, started, None, 0);
+            return json(
+                StatusCode::BAD_GATEWAY,
+                serde_json::json!({"error": "no server is available"}),
+            );
+        };
+        let server = cluster.servers[pick.index].clone();
+        let client_side = hyper::upgrade::on(&mut req);
+        let mut up = Request::new(Full::new(Bytes::new()));
+        *up.method_mut() = req.method().clone();
+        *up.headers_mut() = req.headers().clone();
+        let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        match format!("http://{}{path}", server.addr).parse() {
+            Ok(u) => *up.uri_mut() = u,
+            Err(_) => {
+                return json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({"error": "bad request path"}),
+                );
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
+            up.headers_mut().insert("x-forwarded-for", v);
+        }
+        if let Ok(v) = HeaderValue::from_str(host) {
+            up.headers_mut().insert(header::HOST, v);
+        }
+        let guard = InFlight::new(server.state.clone(), cluster.metrics.clone());
+        let mut resp = match self.client.request(up).await {
+            Ok(r) => r,
+            Err(e) => {
+                server.state.record_failure(&root_cause(&e));
+                self.log(log, 502, started, Some(&server.addr), 1);
+                return json(
+                    StatusCode::BAD_GATEWAY,
+                    serde_json::json!({"error": format!("{}: {}", server.addr, root_cause(&e))}),
+                );
+            }
+        };
+        let status = resp.status();
+        self.log(log, status.as_u16(), started, Some(&server.addr), 1);
+        if status != StatusCode::SWITCHING_PROTOCOLS {
+            let (parts, body) = resp.into_parts();
+            return Response::from_parts(
+                parts,
+                Tracked {
+                    inner: body,
+                    _guard: guard,
+                }
+                .boxed(),
+            );
+        }
+        let upstream_side = hyper::upgrade::on(&mut resp);
+        tokio::spawn(async move {
+            let _guard = guard;
+            if let (Ok(client), Ok(upstream)) = tokio::join!(client_side, upstream_side) {
+                let _ = tokio::io::copy_bidirectional(
+                    &mut TokioIo::new(client),
+                    &mut TokioIo::new(upstream),
+                )
+                .await;
+            }
+        });
+        let mut out = Response::new(
+            Empty::new()
+                .map_err(|never: Infallible| match never {})
+                .boxed(),
+        );
+        *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+        *out.headers_mut() = resp.headers().clone();
+        out
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

@@ -1,0 +1,458 @@
+//! The routing table: an immutable snapshot built from the control plane's route watch and
+//! swapped atomically. Per-server state (health, failures, in-flight) lives in a registry that
+//! outlives snapshots, so a swap never forgets what was learned about a server.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use berth_api::{RouteSnapshot, RuleTarget};
+use berth_core::AppSpec;
+use berth_core::spec::HealthSpec;
+
+use crate::metrics::ClusterMetrics;
+use crate::rules::Script;
+
+/// A server failing this many requests in a row is ejected for `PASSIVE_EJECT`.
+pub const PASSIVE_MAX_FAILS: u32 = 3;
+pub const PASSIVE_EJECT: Duration = Duration::from_secs(10);
+/// New servers ramp up to their full weight over this long.
+pub const SLOW_START: Duration = Duration::from_secs(5);
+
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// What the router has learned about one server, shared by every thread and every snapshot.
+#[derive(Debug)]
+pub struct ServerState {
+    pub in_flight: AtomicU64,
+    pub requests: AtomicU64,
+    /// Active check verdict: true while the server passes (or has no check).
+    pub up: AtomicBool,
+    pub rise: AtomicU32,
+    pub fall: AtomicU32,
+    /// Consecutive failed proxied requests.
+    pub passive_fails: AtomicU32,
+    pub last_fail_ms: AtomicI64,
+    /// Drained through the admin API: no new requests.
+    pub drained: AtomicBool,
+    pub last_modified_ms: AtomicI64,
+    pub msg: Mutex<String>,
+    pub first_seen: Instant,
+}
+
+impl ServerState {
+    fn new() -> Self {
+        ServerState {
+            in_flight: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            up: AtomicBool::new(true),
+            rise: AtomicU32::new(0),
+            fall: AtomicU32::new(0),
+            passive_fails: AtomicU32::new(0),
+            last_fail_ms: AtomicI64::new(0),
+            drained: AtomicBool::new(false),
+            last_modified_ms: AtomicI64::new(now_ms()),
+            msg: Mutex::new(String::new()),
+            first_seen: Instant::now(),
+        }
+    }
+
+    #[cfg(test)]
+    pub fn for_tests() -> Self {
+        let mut s = Self::new();
+        s.first_seen = Instant::now()
+            .checked_sub(SLOW_START)
+            .unwrap_or_else(Instant::now);
+        s
+    }
+
+    pub fn set_msg(&self, text: &str) {
+        let mut msg = self.msg.lock().unwrap_or_else(|p| p.into_inner());
+        if *msg != text {
+            text.clone_into(&mut msg);
+        }
+    }
+
+    pub fn msg(&self) -> String {
+        self.msg.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn passive_ejected(&self) -> bool {
+        self.passive_fails.load(Ordering::Relaxed) >= PASSIVE_MAX_FAILS
+            && now_ms() - self.last_fail_ms.load(Ordering::Relaxed)
+                < PASSIVE_EJECT.as_millis() as i64
+    }
+
+    pub fn record_failure(&self, why: &str) {
+        self.passive_fails.fetch_add(1, Ordering::Relaxed);
+        self.last_fail_ms.store(now_ms(), Ordering::Relaxed);
+        self.set_msg(why);
+    }
+
+    pub fn record_success(&self) {
+        if self.passive_fails.swap(0, Ordering::Relaxed) > 0 {
+            self.set_msg("");
+        }
+    }
+
+    /// Share of the full weight during slow start, in (0, 1].
+    pub fn warmup(&self) -> f64 {
+        (self.first_seen.elapsed().as_secs_f64() / SLOW_START.as_secs_f64()).clamp(0.1, 1.0)
+    }
+}
+
+/// One server of a cluster, as of this snapshot.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub addr: String,
+    pub instance: Option<String>,
+    pub weight: u32,
+    /// The platform considers it running and healthy.
+    pub ready: bool,
+    /// The platform is stopping it.
+    pub draining: bool,
+    pub state: Arc<ServerState>,
+}
+
+impl Upstream {
+    /// Why this server may not take a new request, if it may not.
+    pub fn ineligible(&self) -> Option<String> {
+        if self.draining {
+            return Some("draining: the platform is stopping it".into());
+        }
+        if self.state.drained.load(Ordering::Relaxed) {
+            return Some("drained through the admin API".into());
+        }
+        if !self.ready {
+            return Some("not ready: starting, or unhealthy in the platform".into());
+        }
+        if !self.state.up.load(Ordering::Relaxed) {
+            return Some(format!(
+                "failing its active health check: {}",
+                self.state.msg()
+            ));
+        }
+        if self.state.passive_ejected() {
+            return Some(format!(
+                "ejected after {} failed requests in a row",
+                self.state.passive_fails.load(Ordering::Relaxed)
+            ));
+        }
+        None
+    }
+}
+
+/// How a cluster's servers are probed by the router.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Check {
+    pub http: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub rise: u32,
+    pub fall: u32,
+}
+
+impl Check {
+    fn from_spec(h: &HealthSpec) -> Check {
+        Check {
+            http: h.http.clone(),
+            interval: h.interval.as_duration().max(Duration::from_millis(100)),
+            timeout: h.timeout.as_duration(),
+            rise: 2,
+            fall: h.max_failures.max(1),
+        }
+    }
+
+    /// Static upstreams get a TCP check.
+    fn tcp_default() -> Check {
+        Check {
+            http: None,
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(1),
+            rise: 2,
+            fall: 2,
+        }
+    }
+
+    pub fn as_health_spec(&self) -> HealthSpec {
+        HealthSpec {
+            http: self.http.clone(),
+            tcp: self.http.is_none(),
+            port_index: 0,
+            interval: berth_core::Dur(self.interval.as_millis() as u64),
+            timeout: berth_core::Dur(self.timeout.as_millis() as u64),
+            grace: berth_core::Dur(0),
+            max_failures: self.fall,
+        }
+    }
+}
+
+/// A script as the router holds it: the version in force, and the last load error if a newer one failed.
+#[derive(Debug, Clone)]
+pub struct LoadedRules {
+    pub target: RuleTarget,
+    pub script: Script,
+    pub loaded_at: i64,
+    pub error: Option<String>,
+}
+
+/// A set of servers reached under one name.
+#[derive(Debug)]
+pub struct Cluster {
+    /// `cls:GROUP/NAME` (first port), `cls:GROUP/NAME:PORT`, or `cls:UPSTREAM`.
+    pub name: String,
+    /// What `route()` in a rule names it by: an app id or a static upstream name.
+    pub route_name: String,
+    pub servers: Vec<Upstream>,
+    pub check: Option<Check>,
+    pub rules: Option<Arc<LoadedRules>>,
+    pub metrics: Arc<ClusterMetrics>,
+    /// Smooth weighted round robin's current weights, one per server.
+    pub swrr: Mutex<Vec<i64>>,
+}
+
+#[derive(Debug, Default)]
+pub struct Table {
+    pub generation: u64,
+    pub index: u64,
+    pub applied_at: i64,
+    pub hosts: HashMap<String, Arc<Cluster>>,
+    pub clusters: BTreeMap<String, Arc<Cluster>>,
+    pub scripts: Vec<Arc<LoadedRules>>,
+}
+
+impl Table {
+    pub fn lookup(&self, host: &str) -> Option<&Arc<Cluster>> {
+        self.hosts.get(host)
+    }
+
+    pub fn by_route_name(&self, name: &str) -> Option<&Arc<Cluster>> {
+        self.clusters.values().find(|c| c.route_name == name)
+    }
+}
+
+/// State that outlives snapshots.
+#[derive(Default)]
+pub struct Registry {
+    servers: Mutex<HashMap<String, Arc<ServerState>>>,
+    metrics: Mutex<HashMap<String, Arc<ClusterMetrics>>>,
+    rules: Mutex<HashMap<RuleTarget, Arc<LoadedRules>>>,
+}
+
+impl Registry {
+    fn server(&self, cluster: &str, addr: &str) -> Arc<ServerState> {
+        let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(format!("{cluster}|{addr}"))
+            .or_insert_with(|| Arc::new(ServerState::new()))
+            .clone()
+    }
+
+    fn metrics(&self, cluster: &str) -> Arc<ClusterMetrics> {
+        let mut map = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        map.entry(cluster.to_string()).or_default().clone()
+    }
+
+    pub fn all_metrics(&self) -> Vec<(String, Arc<ClusterMetrics>)> {
+        let map = self.metrics.lock().unwrap_or_else(|p| p.into_inner());
+        let mut all: Vec<_> = map.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        all.sort_by(|a, b| a.0.cmp(&b.0));
+        all
+    }
+
+    /// The script for `target` from `source`: the cached one when unchanged; on a load error the
+    /// previous version stays in force and carries the error.
+    fn rules(
+        &self,
+        target: &RuleTarget,
+        source: &str,
+        updated_at: i64,
+    ) -> Option<Arc<LoadedRules>> {
+        let mut map = self.rules.lock().unwrap_or_else(|p| p.into_inner());
+        let previous = map.get(target).cloned();
+        if let Some(p) = &previous
+            && &*p.script.source == source
+        {
+            return previous;
+        }
+        let next = match Script::new(source) {
+            Ok(script) => Arc::new(LoadedRules {
+                target: target.clone(),
+                script,
+                loaded_at: now_ms(),
+                error: None,
+            }),
+            Err(e) => {
+                tracing::error!(%target, error = %e, "rule script rejected; the previous one stays in force");
+                let p = previous.as_ref()?;
+                Arc::new(LoadedRules {
+                    error: Some(format!("version of {updated_at} rejected: {e}")),
+                    ..(**p).clone()
+                })
+            }
+        };
+        map.insert(target.clone(), next.clone());
+        Some(next)
+    }
+
+    /// Forgets servers and scripts that no snapshot mentions any more.
+    fn retain(&self, live_servers: &HashSet<String>, live_targets: &HashSet<RuleTarget>) {
+        self.servers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live_servers.contains(k));
+        self.rules
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|k, _| live_targets.contains(k));
+    }
+}
+
+/// Where this router serves.
+#[derive(Debug, Clone)]
+pub struct Scope {
+    pub zone: String,
+    /// Wildcard domain: every app answers as `NAME.GROUP.<domain>`.
+    pub domain: String,
+}
+
+/// Builds the table for `scope` from a route snapshot.
+pub fn build(
+    snapshot: &RouteSnapshot,
+    scope: &Scope,
+    registry: &Registry,
+    generation: u64,
+) -> Table {
+    let mut table = Table {
+        generation,
+        index: snapshot.index,
+        applied_at: now_ms(),
+        ..Default::default()
+    };
+    let mut live_servers = HashSet::new();
+    let mut live_targets = HashSet::new();
+    let scripts: HashMap<&RuleTarget, &berth_api::RuleScript> =
+        snapshot.rules.iter().map(|r| (&r.target, r)).collect();
+    let mut rules_for = |target: RuleTarget| {
+        let script = scripts.get(&target)?;
+        live_targets.insert(target.clone());
+        registry.rules(&target, &script.source, script.updated_at)
+    };
+
+    for app in &snapshot.apps {
+        if !(app.zones.is_empty() || app.zones.iter().any(|z| z == &scope.zone)) {
+            continue;
+        }
+        let rules = rules_for(RuleTarget::App(app.id.clone()));
+        // One cluster per container port the app is reached on.
+        let mut by_port: BTreeMap<usize, Vec<String>> = BTreeMap::new();
+        for service in &app.services {
+            let host = service
+                .rsplit_once(':')
+                .map_or(service.as_str(), |(h, _)| h)
+                .to_ascii_lowercase();
+            let port = AppSpec::service_port(service, &app.ports);
+            let index = port
+                .and_then(|p| app.ports.iter().position(|x| *x == p))
+                .unwrap_or(0);
+            by_port.entry(index).or_default().push(host);
+        }
+        if !app.ports.is_empty() || app.instances.iter().any(|i| !i.host_ports.is_empty()) {
+            by_port
+                .entry(0)
+                .or_default()
+                .push(format!("{}.{}.{}", app.name, app.group, scope.domain));
+        }
+        for (index, hosts) in by_port {
+            let name = if index == 0 {
+                format!("cls:{}", app.id)
+            } else {
+                format!(
+                    "cls:{}:{}",
+                    app.id,
+                    app.ports.get(index).copied().unwrap_or_default()
+                )
+            };
+            let servers: Vec<Upstream> = app
+                .instances
+                .iter()
+                .filter_map(|i| {
+                    let port = i.host_ports.get(index)?;
+                    let addr = format!("{}:{port}", i.host);
+                    live_servers.insert(format!("{name}|{addr}"));
+                    Some(Upstream {
+                        state: registry.server(&name, &addr),
+                        addr,
+                        instance: Some(i.id.clone()),
+                        weight: 1,
+                        ready: i.ready,
+                        draining: i.draining,
+                    })
+                })
+                .collect();
+            let cluster = Arc::new(Cluster {
+                swrr: Mutex::new(vec![0; servers.len()]),
+                metrics: registry.metrics(&name),
+                route_name: if index == 0 {
+                    app.id.clone()
+                } else {
+                    format!("{}:{index}", app.id)
+                },
+                check: app.health.as_ref().map(Check::from_spec),
+                rules: rules.clone(),
+                servers,
+                name: name.clone(),
+            });
+            for host in hosts {
+                table.hosts.insert(host, cluster.clone());
+            }
+            table.clusters.insert(name, cluster);
+        }
+        if let Some(r) = rules {
+            table.scripts.push(r);
+        }
+    }
+
+    for up in &snapshot.upstreams {
+        let name = format!("cls:{}", up.name);
+        let servers: Vec<Upstream> = up
+            .servers
+            .iter()
+            .map(|s| {
+                let addr = format!("{}:{}", s.host, s.port);
+                live_servers.insert(format!("{name}|{addr}"));
+                Upstream {
+                    state: registry.server(&name, &addr),
+                    addr,
+                    instance: None,
+                    weight: s.weight,
+                    ready: true,
+                    draining: false,
+                }
+            })
+            .collect();
+        let rules = rules_for(RuleTarget::Upstream(up.name.clone()));
+        if let Some(r) = &rules {
+            table.scripts.push(r.clone());
+        }
+        let cluster = Arc::new(Cluster {
+            swrr: Mutex::new(vec![0; servers.len()]),
+            metrics: registry.metrics(&name),
+            route_name: up.name.clone(),
+            check: Some(Check::tcp_default()),
+            rules,
+            servers,
+            name: name.clone(),
+        });
+        table
+            .hosts
+            .insert(up.name.to_ascii_lowercase(), cluster.clone());
+        table.clusters.insert(name, cluster);
+    }
+    registry.retain(&live_servers, &live_targets);
+    table
+}
