@@ -72,20 +72,14 @@ fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
     }
     let id = format!("node-{}", random_hex());
     let tmp = data_dir.join("node-id.tmp");
-    std::fs::write(&tmp, &id)
-        .and_then(|()| std::fs::rename(&tmp, &path))
-        .map_err(|e| AgentError::DataDir(path, e))?;
+    std::fs::write(&tmp, &id).and_then(|()| std::fs::rename(&tmp, &path)).map_err(|e| AgentError::DataDir(path, e))?;
     Ok(id)
 }
 
 fn random_hex() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     h.write_u32(std::process::id());
     format!("{:08x}", h.finish() as u32)
 }
@@ -129,9 +123,7 @@ impl Agent {
             hostname: config.hostname.clone(),
             address: config.address.clone(),
             resources: Resources {
-                cpu: config.cpu.unwrap_or_else(|| {
-                    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
-                }),
+                cpu: config.cpu.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()) as f64),
                 memory: config.memory.unwrap_or_else(total_memory_mib),
                 ports: config.ports,
             },
@@ -142,22 +134,9 @@ impl Agent {
         let (node_tx, node_rx) = watch::channel(id.clone());
         drop(node_tx);
         let (reporter, report_task) = report::spawn(client.clone(), node_rx, shutdown_rx.clone());
-        let main = tokio::spawn(run(
-            client,
-            register,
-            drivers,
-            reporter,
-            config.heartbeat,
-            config.drain,
-            shutdown_rx,
-        ));
+        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, config.drain, shutdown_rx));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
-        Ok(Agent {
-            node_id: id,
-            drivers: kinds,
-            shutdown,
-            tasks: vec![main, report_task],
-        })
+        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task] })
     }
 
     /// Stops the agent's loops. Instances keep running; a new agent adopts them.
@@ -169,11 +148,7 @@ impl Agent {
     }
 }
 
-async fn register(
-    client: &Client,
-    req: &RegisterRequest,
-    shutdown: &mut watch::Receiver<bool>,
-) -> bool {
+async fn register(client: &Client, req: &RegisterRequest, shutdown: &mut watch::Receiver<bool>) -> bool {
     let mut delay = Duration::from_millis(100);
     loop {
         match client.register(req).await {
@@ -204,11 +179,7 @@ async fn run(
     let mut survivors: HashMap<String, (Handle, Driver)> = HashMap::new();
     for d in &drivers {
         match d.survivors().await {
-            Ok(found) => survivors.extend(
-                found
-                    .into_iter()
-                    .map(|h| (h.instance.clone(), (h, d.clone()))),
-            ),
+            Ok(found) => survivors.extend(found.into_iter().map(|h| (h.instance.clone(), (h, d.clone())))),
             Err(e) => {
                 tracing::warn!(driver = %d.kind(), error = %e, "listing surviving instances failed")
             }
@@ -351,9 +322,5 @@ fn failed(id: &str, reason: String) -> InstanceReport {
 }
 
 fn stopped(id: &str) -> InstanceReport {
-    InstanceReport {
-        state: InstanceState::Stopped,
-        reason: None,
-        ..failed(id, String::new())
-    }
+    InstanceReport { state: InstanceState::Stopped, reason: None, ..failed(id, String::new()) }
 }

@@ -12,9 +12,7 @@ use crate::report::Reporter;
 use berth_api::probe as health;
 
 fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 fn report(id: &str, state: InstanceState) -> InstanceReport {
@@ -85,21 +83,14 @@ async fn run(
             }
         }
     };
-    let started_at = if was_adopted {
-        a.instance.started_at.unwrap_or_else(now_ms)
-    } else {
-        now_ms()
-    };
+    let started_at = if was_adopted { a.instance.started_at.unwrap_or_else(now_ms) } else { now_ms() };
     let base = InstanceReport {
         handle: Some(handle.id.clone()),
         started_at: Some(started_at),
         ..report(id, InstanceState::Starting)
     };
     match &a.spec.health {
-        None => reports.send(InstanceReport {
-            state: InstanceState::Running,
-            ..base.clone()
-        }),
+        None => reports.send(InstanceReport { state: InstanceState::Running, ..base.clone() }),
         // An adopted instance keeps its state until its health says otherwise.
         Some(_) if was_adopted && a.instance.state == InstanceState::Running => {}
         Some(_) => reports.send(base.clone()),
@@ -156,12 +147,7 @@ impl WithState for InstanceReport {
 
 /// Probes until the instance fails its check `max_failures` times in a row; never returns
 /// when there is no check. Failures inside the grace period do not count until the first pass.
-async fn watch_health(
-    a: &Assignment,
-    reports: &Reporter,
-    base: &InstanceReport,
-    was_adopted: bool,
-) -> String {
+async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport, was_adopted: bool) -> String {
     let Some(spec) = a.spec.health.clone() else {
         return std::future::pending().await;
     };

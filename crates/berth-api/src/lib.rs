@@ -7,9 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_core::spec::DriverKind;
-use berth_core::{
-    AppSpec, AppVersion, Event, Instance, InstanceState, Millis, Node, Resources, SpecError,
-};
+use berth_core::{AppSpec, AppVersion, Event, Instance, InstanceState, Millis, Node, Resources, SpecError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -36,10 +34,7 @@ pub struct InstanceView {
 
 impl From<Instance> for InstanceView {
     fn from(instance: Instance) -> Self {
-        InstanceView {
-            address: instance.address(),
-            instance,
-        }
+        InstanceView { address: instance.address(), instance }
     }
 }
 
@@ -226,14 +221,8 @@ impl Client {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(3))
             .build()
-            .map_err(|e| ClientError::Unreachable {
-                url: base.into(),
-                why: e.to_string(),
-            })?;
-        Ok(Client {
-            base: base.trim_end_matches('/').to_string(),
-            http,
-        })
+            .map_err(|e| ClientError::Unreachable { url: base.into(), why: e.to_string() })?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), http })
     }
 
     pub fn base(&self) -> &str {
@@ -245,35 +234,21 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<Indexed<T>, ClientError> {
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable {
-            url: url.into(),
-            why: root_cause(&e),
-        })?;
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
         let status = resp.status();
-        let index = resp
-            .headers()
-            .get(INDEX_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
-        let bytes = resp.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: url.into(),
-            why: root_cause(&e),
-        })?;
+        let index =
+            resp.headers().get(INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let bytes =
+            resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
         if !status.is_success() {
             let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
                 error: String::from_utf8_lossy(&bytes).trim().to_string(),
                 details: vec![],
             });
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                body,
-            });
+            return Err(ClientError::Api { status: status.as_u16(), body });
         }
-        let value = serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode {
-            url: url.into(),
-            why: e.to_string(),
-        })?;
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), why: e.to_string() })?;
         Ok(Indexed { index, value })
     }
 
@@ -290,32 +265,16 @@ impl Client {
         wait: Duration,
     ) -> Result<Indexed<T>, ClientError> {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let url = format!(
-            "{}{path}{sep}index={index}&wait={}ms",
-            self.base,
-            wait.as_millis()
-        );
-        self.send(
-            self.http.get(&url).timeout(wait + Duration::from_secs(10)),
-            &url,
-        )
-        .await
+        let url = format!("{}{path}{sep}index={index}&wait={}ms", self.base, wait.as_millis());
+        self.send(self.http.get(&url).timeout(wait + Duration::from_secs(10)), &url).await
     }
 
-    async fn post<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<Indexed<T>, ClientError> {
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.post(&url).json(body), &url).await
     }
 
-    async fn put<B: Serialize, T: DeserializeOwned>(
-        &self,
-        path: &str,
-        body: &B,
-    ) -> Result<Indexed<T>, ClientError> {
+    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
         let url = format!("{}{path}", self.base);
         self.send(self.http.put(&url).json(body), &url).await
     }
@@ -332,49 +291,24 @@ impl Client {
         self.get(&format!("/v1/apps/{id}")).await
     }
 
-    pub async fn app_after(
-        &self,
-        id: &str,
-        index: u64,
-        wait: Duration,
-    ) -> Result<Indexed<AppStatus>, ClientError> {
+    pub async fn app_after(&self, id: &str, index: u64, wait: Duration) -> Result<Indexed<AppStatus>, ClientError> {
         self.get_after(&format!("/v1/apps/{id}"), index, wait).await
     }
 
     pub async fn deploy(&self, spec: &AppSpec) -> Result<DeployResponse, ClientError> {
-        Ok(self
-            .put(
-                &format!("/v1/apps/{}", spec.id()),
-                &DeployRequest { spec: spec.clone() },
-            )
-            .await?
-            .value)
+        Ok(self.put(&format!("/v1/apps/{}", spec.id()), &DeployRequest { spec: spec.clone() }).await?.value)
     }
 
     pub async fn scale(&self, id: &str, instances: u32) -> Result<DeployResponse, ClientError> {
-        Ok(self
-            .post(&format!("/v1/apps/{id}/scale"), &ScaleRequest { instances })
-            .await?
-            .value)
+        Ok(self.post(&format!("/v1/apps/{id}/scale"), &ScaleRequest { instances }).await?.value)
     }
 
     pub async fn upgrade(&self, id: &str, image: &str) -> Result<DeployResponse, ClientError> {
-        Ok(self
-            .post(
-                &format!("/v1/apps/{id}/upgrade"),
-                &UpgradeRequest {
-                    image: image.into(),
-                },
-            )
-            .await?
-            .value)
+        Ok(self.post(&format!("/v1/apps/{id}/upgrade"), &UpgradeRequest { image: image.into() }).await?.value)
     }
 
     pub async fn restart(&self, id: &str) -> Result<DeployResponse, ClientError> {
-        Ok(self
-            .post(&format!("/v1/apps/{id}/restart"), &serde_json::json!({}))
-            .await?
-            .value)
+        Ok(self.post(&format!("/v1/apps/{id}/restart"), &serde_json::json!({})).await?.value)
     }
 
     pub async fn destroy(&self, id: &str) -> Result<AppStatus, ClientError> {
@@ -391,10 +325,7 @@ impl Client {
     }
 
     pub async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, ClientError> {
-        Ok(self
-            .get(&format!("/v1/events?after={after}&limit={limit}"))
-            .await?
-            .value)
+        Ok(self.get(&format!("/v1/events?after={after}&limit={limit}")).await?.value)
     }
 
     pub async fn events_after(
@@ -403,8 +334,7 @@ impl Client {
         index: u64,
         wait: Duration,
     ) -> Result<Indexed<Vec<Event>>, ClientError> {
-        self.get_after(&format!("/v1/events?after={after}&limit=1000"), index, wait)
-            .await
+        self.get_after(&format!("/v1/events?after={after}&limit=1000"), index, wait).await
     }
 
     pub async fn register(&self, req: &RegisterRequest) -> Result<Node, ClientError> {
@@ -412,36 +342,16 @@ impl Client {
     }
 
     pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
-        self.post::<_, serde_json::Value>(
-            &format!("/v1/nodes/{node}/heartbeat"),
-            &serde_json::json!({}),
-        )
-        .await?;
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/heartbeat"), &serde_json::json!({})).await?;
         Ok(())
     }
 
-    pub async fn assignments(
-        &self,
-        node: &str,
-        index: u64,
-        wait: Duration,
-    ) -> Result<Assignments, ClientError> {
-        Ok(self
-            .get_after(&format!("/v1/nodes/{node}/assignments"), index, wait)
-            .await?
-            .value)
+    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
+        Ok(self.get_after(&format!("/v1/nodes/{node}/assignments"), index, wait).await?.value)
     }
 
-    pub async fn report(
-        &self,
-        node: &str,
-        reports: Vec<InstanceReport>,
-    ) -> Result<(), ClientError> {
-        self.post::<_, serde_json::Value>(
-            &format!("/v1/nodes/{node}/reports"),
-            &ReportRequest { reports },
-        )
-        .await?;
+    pub async fn report(&self, node: &str, reports: Vec<InstanceReport>) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/reports"), &ReportRequest { reports }).await?;
         Ok(())
     }
 }
@@ -473,6 +383,8 @@ pub struct RouteApp {
     /// Container ports, in the order of each instance's `host_ports`.
     pub ports: Vec<u16>,
     pub health: Option<berth_core::spec::HealthSpec>,
+    #[serde(default)]
+    pub balance: berth_core::spec::Balance,
     pub instances: Vec<RouteInstance>,
 }
 
@@ -494,6 +406,8 @@ pub struct StaticUpstream {
     pub name: String,
     pub servers: Vec<UpstreamServer>,
     #[serde(default)]
+    pub balance: berth_core::spec::Balance,
+    #[serde(default)]
     pub updated_at: Millis,
 }
 
@@ -514,6 +428,8 @@ fn default_weight() -> u32 {
 #[serde(deny_unknown_fields)]
 pub struct UpstreamRequest {
     pub servers: Vec<UpstreamServer>,
+    #[serde(default)]
+    pub balance: berth_core::spec::Balance,
 }
 
 /// What a rule script is attached to.
@@ -551,24 +467,13 @@ impl Client {
         Ok(self.get("/v1/upstreams").await?.value)
     }
 
-    pub async fn put_upstream(
-        &self,
-        name: &str,
-        servers: Vec<UpstreamServer>,
-    ) -> Result<StaticUpstream, ClientError> {
-        Ok(self
-            .put(
-                &format!("/v1/upstreams/{name}"),
-                &UpstreamRequest { servers },
-            )
-            .await?
-            .value)
+    pub async fn put_upstream(&self, name: &str, req: &UpstreamRequest) -> Result<StaticUpstream, ClientError> {
+        Ok(self.put(&format!("/v1/upstreams/{name}"), req).await?.value)
     }
 
     pub async fn delete_upstream(&self, name: &str) -> Result<(), ClientError> {
         let url = format!("{}/v1/upstreams/{name}", self.base);
-        self.send::<serde_json::Value>(self.http.delete(&url), &url)
-            .await?;
+        self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
         Ok(())
     }
 
@@ -583,24 +488,15 @@ impl Client {
         Ok(self.get(&Self::rules_path(target)).await?.value)
     }
 
-    pub async fn set_rules(
-        &self,
-        target: &RuleTarget,
-        source: &str,
-    ) -> Result<RuleScript, ClientError> {
+    pub async fn set_rules(&self, target: &RuleTarget, source: &str) -> Result<RuleScript, ClientError> {
         let url = format!("{}{}", self.base, Self::rules_path(target));
-        let req = self
-            .http
-            .put(&url)
-            .header("content-type", "text/x-lua")
-            .body(source.to_string());
+        let req = self.http.put(&url).header("content-type", "text/x-lua").body(source.to_string());
         Ok(self.send(req, &url).await?.value)
     }
 
     pub async fn delete_rules(&self, target: &RuleTarget) -> Result<(), ClientError> {
         let url = format!("{}{}", self.base, Self::rules_path(target));
-        self.send::<serde_json::Value>(self.http.delete(&url), &url)
-            .await?;
+        self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
         Ok(())
     }
 }

@@ -17,27 +17,18 @@ pub async fn probe(spec: &HealthSpec, host: &str, port: u16) -> Result<(), Strin
 }
 
 async fn probe_inner(spec: &HealthSpec, host: &str, port: u16) -> Result<(), String> {
-    let mut stream = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("connect {host}:{port}: {e}"))?;
+    let mut stream = TcpStream::connect((host, port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
     let Some(path) = &spec.http else {
         return Ok(());
     };
-    let request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n"
-    );
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .map_err(|e| format!("send: {e}"))?;
+    let request =
+        format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
     let mut head = [0u8; 32];
     let mut read = 0;
     // The status line's first 12 bytes ("HTTP/1.1 200") are all we need.
     while read < 12 {
-        let n = stream
-            .read(&mut head[read..])
-            .await
-            .map_err(|e| format!("read: {e}"))?;
+        let n = stream.read(&mut head[read..]).await.map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             break;
         }
@@ -49,11 +40,7 @@ async fn probe_inner(spec: &HealthSpec, host: &str, port: u16) -> Result<(), Str
         .and_then(|rest| rest.get(2..5))
         .and_then(|code| code.parse().ok())
         .ok_or_else(|| format!("not an HTTP answer: {:?}", line.trim()))?;
-    if (200..400).contains(&status) {
-        Ok(())
-    } else {
-        Err(format!("GET {path} answered {status}"))
-    }
+    if (200..400).contains(&status) { Ok(()) } else { Err(format!("GET {path} answered {status}")) }
 }
 
 /// How long to sleep between probes.

@@ -36,35 +36,23 @@ impl Dur {
         let mut total: u64 = 0;
         let mut rest = text;
         while !rest.is_empty() {
-            let digits = rest
-                .find(|c: char| !c.is_ascii_digit() && c != '.')
-                .unwrap_or(rest.len());
+            let digits = rest.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(rest.len());
             if digits == 0 {
-                return Err(format!(
-                    "`{text}` is not a duration (expected e.g. 500ms, 10s, 2m, 1h)"
-                ));
+                return Err(format!("`{text}` is not a duration (expected e.g. 500ms, 10s, 2m, 1h)"));
             }
-            let number: f64 = rest[..digits]
-                .parse()
-                .map_err(|_| format!("`{text}` is not a duration (bad number)"))?;
+            let number: f64 = rest[..digits].parse().map_err(|_| format!("`{text}` is not a duration (bad number)"))?;
             rest = &rest[digits..];
-            let unit_len = rest
-                .find(|c: char| c.is_ascii_digit())
-                .unwrap_or(rest.len());
+            let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
             let unit_ms = match &rest[..unit_len] {
                 "ms" => 1.0,
                 "s" => 1000.0,
                 "m" => 60_000.0,
                 "h" => 3_600_000.0,
                 "" => {
-                    return Err(format!(
-                        "`{text}` needs a unit after {number} (ms, s, m or h)"
-                    ));
+                    return Err(format!("`{text}` needs a unit after {number} (ms, s, m or h)"));
                 }
                 other => {
-                    return Err(format!(
-                        "`{text}` has unknown unit `{other}` (use ms, s, m or h)"
-                    ));
+                    return Err(format!("`{text}` has unknown unit `{other}` (use ms, s, m or h)"));
                 }
             };
             rest = &rest[unit_len..];
@@ -110,9 +98,7 @@ impl<'de> Deserialize<'de> for Dur {
                 Ok(Dur::secs(v))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v)
-                    .map(Dur::secs)
-                    .map_err(|_| E::custom("a duration cannot be negative"))
+                u64::try_from(v).map(Dur::secs).map_err(|_| E::custom("a duration cannot be negative"))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
                 if v.is_finite() && v >= 0.0 {

@@ -58,10 +58,7 @@ impl Backoff {
 
     pub fn after_failure(self, now: Millis) -> Backoff {
         let failures = self.failures.saturating_add(1);
-        Backoff {
-            failures,
-            not_before: now + Self::delay_ms(failures),
-        }
+        Backoff { failures, not_before: now + Self::delay_ms(failures) }
     }
 }
 
@@ -177,9 +174,7 @@ pub struct Instance {
 impl Instance {
     /// `host:port` where the first port answers.
     pub fn address(&self) -> Option<String> {
-        self.host_ports
-            .first()
-            .map(|p| format!("{}:{p}", self.host))
+        self.host_ports.first().map(|p| format!("{}:{p}", self.host))
     }
 
     /// Ready for traffic: running and not known unhealthy.
@@ -233,11 +228,9 @@ impl Node {
                     DriverKind::Docker => spec.image.is_some(),
                     DriverKind::Exec => spec.command.is_some(),
                 };
-                self.drivers
-                    .iter()
-                    .copied()
-                    .find(runnable)
-                    .ok_or_else(|| "node has no driver that can run this app (docker needs an engine; exec needs a command)".into())
+                self.drivers.iter().copied().find(runnable).ok_or_else(|| {
+                    "node has no driver that can run this app (docker needs an engine; exec needs a command)".into()
+                })
             }
         }
     }
@@ -279,16 +272,8 @@ mod tests {
         assert_eq!(Backoff::delay_ms(2), 1150);
         assert_eq!(Backoff::delay_ms(3), 1322);
         assert_eq!(Backoff::delay_ms(200), 300_000);
-        let b = Backoff::default()
-            .after_failure(10_000)
-            .after_failure(20_000);
-        assert_eq!(
-            b,
-            Backoff {
-                failures: 2,
-                not_before: 21_150
-            }
-        );
+        let b = Backoff::default().after_failure(10_000).after_failure(20_000);
+        assert_eq!(b, Backoff { failures: 2, not_before: 21_150 });
     }
 
     #[test]
@@ -308,21 +293,14 @@ mod tests {
             id: "n1".into(),
             hostname: "h".into(),
             address: "127.0.0.1".into(),
-            resources: Resources {
-                cpu: 1.0,
-                memory: 1024,
-                ports: (20000, 20100),
-            },
+            resources: Resources { cpu: 1.0, memory: 1024, ports: (20000, 20100) },
             labels: BTreeMap::new(),
             drivers: vec![DriverKind::Exec],
             status: NodeStatus::Ready,
             registered_at: 0,
             last_heartbeat: 0,
         };
-        assert!(
-            node.driver_for(&spec).is_err(),
-            "image-only app needs docker"
-        );
+        assert!(node.driver_for(&spec).is_err(), "image-only app needs docker");
         node.drivers = vec![DriverKind::Docker, DriverKind::Exec];
         assert_eq!(node.driver_for(&spec), Ok(DriverKind::Docker));
     }

@@ -34,22 +34,14 @@ pub struct AppSpec {
     /// Container ports, in order; the first one is the instance's address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
-    #[serde(
-        default,
-        skip_serializing_if = "BTreeMap::is_empty",
-        deserialize_with = "scalar_map"
-    )]
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "scalar_map")]
     pub environment: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<String>,
     /// `host[:container_port]` names by which the router serves the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
-    #[serde(
-        default,
-        skip_serializing_if = "Vec::is_empty",
-        deserialize_with = "constraint_list"
-    )]
+    #[serde(default, skip_serializing_if = "Vec::is_empty", deserialize_with = "constraint_list")]
     pub constraints: Vec<Constraint>,
     /// Which driver runs the instances; unset lets the node choose (docker when it has an engine).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -64,6 +56,69 @@ pub struct AppSpec {
     /// Time between SIGTERM and SIGKILL when an instance is stopped.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Dur,
+    /// How routers spread requests over the instances.
+    #[serde(default)]
+    pub balance: Balance,
+}
+
+/// How a router picks an instance for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Balance {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Fewest requests in flight (per unit of weight).
+    LeastConn,
+    /// Consistent hashing on a request key: the same key keeps reaching the same instance.
+    Hash(HashOn),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HashOn {
+    Header(String),
+    Cookie(String),
+    ClientIp,
+}
+
+impl Balance {
+    pub fn parse(text: &str) -> Result<Balance, String> {
+        let hint = "expected round_robin, least_conn, hash:header:NAME, hash:cookie:NAME or hash:ip";
+        match text.split(':').collect::<Vec<_>>().as_slice() {
+            ["round_robin"] => Ok(Balance::RoundRobin),
+            ["least_conn"] => Ok(Balance::LeastConn),
+            ["hash", "ip"] => Ok(Balance::Hash(HashOn::ClientIp)),
+            ["hash", "header", name] if !name.is_empty() => {
+                Ok(Balance::Hash(HashOn::Header(name.to_ascii_lowercase())))
+            }
+            ["hash", "cookie", name] if !name.is_empty() => Ok(Balance::Hash(HashOn::Cookie((*name).to_string()))),
+            _ => Err(format!("`{text}`: {hint}")),
+        }
+    }
+}
+
+impl fmt::Display for Balance {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Balance::RoundRobin => f.write_str("round_robin"),
+            Balance::LeastConn => f.write_str("least_conn"),
+            Balance::Hash(HashOn::Header(h)) => write!(f, "hash:header:{h}"),
+            Balance::Hash(HashOn::Cookie(c)) => write!(f, "hash:cookie:{c}"),
+            Balance::Hash(HashOn::ClientIp) => f.write_str("hash:ip"),
+        }
+    }
+}
+
+impl Serialize for Balance {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Balance {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Balance::parse(&text).map_err(de::Error::custom)
+    }
 }
 
 fn default_instances() -> u32 {
@@ -175,10 +230,7 @@ fn one() -> f64 {
 
 impl Default for UpgradeSpec {
     fn default() -> Self {
-        UpgradeSpec {
-            min_health_capacity: 1.0,
-            max_over_capacity: 1.0,
-        }
+        UpgradeSpec { min_health_capacity: 1.0, max_over_capacity: 1.0 }
     }
 }
 
@@ -229,26 +281,18 @@ impl Constraint {
         let op_text = parts.next().map(str::trim).unwrap_or_default();
         let value = parts.next().map(|v| v.trim().to_string());
         if field.is_empty() {
-            return Err(format!(
-                "constraint `{text}` has no field (expected field:OPERATOR[:value])"
-            ));
+            return Err(format!("constraint `{text}` has no field (expected field:OPERATOR[:value])"));
         }
         let op = ConstraintOp::parse(op_text).ok_or_else(|| {
-            let hint = closest(op_text, &ConstraintOp::NAMES)
-                .map(|c| format!(" (did you mean `{c}`?)"))
-                .unwrap_or_default();
+            let hint =
+                closest(op_text, &ConstraintOp::NAMES).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
             format!(
                 "constraint `{text}`: unknown operator `{op_text}`{hint}; expected one of {}",
                 ConstraintOp::NAMES.join(", ")
             )
         })?;
-        let needs_value = matches!(
-            op,
-            ConstraintOp::Cluster
-                | ConstraintOp::Like
-                | ConstraintOp::Unlike
-                | ConstraintOp::MaxPer
-        );
+        let needs_value =
+            matches!(op, ConstraintOp::Cluster | ConstraintOp::Like | ConstraintOp::Unlike | ConstraintOp::MaxPer);
         match (&value, needs_value) {
             (None, true) => {
                 return Err(format!("constraint `{text}`: {} needs a value", op.name()));
@@ -262,16 +306,9 @@ impl Constraint {
             && let Some(v) = &value
             && v.parse::<u32>().map_or(true, |n| n == 0)
         {
-            return Err(format!(
-                "constraint `{text}`: {} takes a positive number, not `{v}`",
-                op.name()
-            ));
+            return Err(format!("constraint `{text}`: {} takes a positive number, not `{v}`", op.name()));
         }
-        Ok(Constraint {
-            field: field.to_string(),
-            op,
-            value,
-        })
+        Ok(Constraint { field: field.to_string(), op, value })
     }
 }
 
@@ -322,10 +359,7 @@ fn constraint_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Constraint>, D
             })
             .collect(),
     };
-    items
-        .iter()
-        .map(|text| Constraint::parse(text).map_err(de::Error::custom))
-        .collect()
+    items.iter().map(|text| Constraint::parse(text).map_err(de::Error::custom)).collect()
 }
 
 /// Environment values may be written as numbers or booleans; they reach the process as text.
@@ -420,37 +454,13 @@ impl fmt::Display for SpecErrors {
     }
 }
 
-/// Keys valid at the top level of a spec.
-pub const TOP_LEVEL_KEYS: [&str; 19] = [
-    "group",
-    "name",
-    "image",
-    "instances",
-    "cpu",
-    "memory",
-    "network",
-    "privileged",
-    "command",
-    "ports",
-    "environment",
-    "zones",
-    "services",
-    "constraints",
-    "driver",
-    "health",
-    "upgrade",
-    "pids",
-    "stop_timeout",
-];
-
 impl AppSpec {
     /// Parses and validates YAML text; `file` names the source in errors.
     pub fn from_yaml(text: &str, file: Option<&str>) -> Result<AppSpec, SpecErrors> {
         let spec: AppSpec = serde_saphyr::from_str(text).map_err(|e| {
             let mut error = yaml_error(&e, file);
             if error.field.is_empty() {
-                error.field =
-                    key_at(&key_locations(text), error.line, error.column).unwrap_or_default();
+                error.field = key_at(&key_locations(text), error.line, error.column).unwrap_or_default();
             }
             SpecErrors(vec![error])
         })?;
@@ -493,44 +503,26 @@ impl AppSpec {
         }
         match (&self.image, self.driver, &self.command) {
             (None, Some(DriverKind::Exec), Some(_)) => {}
-            (None, Some(DriverKind::Exec), None) => {
-                fail("command", "driver `exec` needs a command".into())
-            }
-            (None, _, _) => fail(
-                "image",
-                "required (or use `driver: exec` with a `command`)".into(),
-            ),
-            (Some(image), _, _)
-                if image.trim().is_empty() || image.contains(char::is_whitespace) =>
-            {
+            (None, Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
+            (None, _, _) => fail("image", "required (or use `driver: exec` with a `command`)".into()),
+            (Some(image), _, _) if image.trim().is_empty() || image.contains(char::is_whitespace) => {
                 fail("image", format!("`{image}` is not an image reference"))
             }
-            (Some(_), Some(DriverKind::Exec), None) => {
-                fail("command", "driver `exec` needs a command".into())
-            }
+            (Some(_), Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
             _ => {}
         }
         if self.instances > 10_000 {
-            fail(
-                "instances",
-                format!("{} is more than the 10000 allowed", self.instances),
-            );
+            fail("instances", format!("{} is more than the 10000 allowed", self.instances));
         }
         if let Some(cpu) = self.cpu
             && !(cpu.is_finite() && cpu > 0.0 && cpu <= 1024.0)
         {
-            fail(
-                "cpu",
-                format!("{cpu} cores is out of range (0 < cpu <= 1024)"),
-            );
+            fail("cpu", format!("{cpu} cores is out of range (0 < cpu <= 1024)"));
         }
         if let Some(mem) = self.memory {
             // Docker refuses limits under 6 MiB.
             if !(6..=4 * 1024 * 1024).contains(&mem) {
-                fail(
-                    "memory",
-                    format!("{mem} MiB is out of range (6 to 4194304)"),
-                );
+                fail("memory", format!("{mem} MiB is out of range (6 to 4194304)"));
             }
         }
         if let Some(Command::Exec(args)) = &self.command
@@ -557,10 +549,7 @@ impl AppSpec {
         }
         for key in self.environment.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                fail(
-                    "environment",
-                    format!("`{key}` is not a valid variable name"),
-                );
+                fail("environment", format!("`{key}` is not a valid variable name"));
             }
         }
         for zone in &self.zones {
@@ -585,18 +574,11 @@ impl AppSpec {
             // An exec instance always gets `PORT`, even with no `ports` listed.
             let probe_ports = self.reachable_ports();
             if probe_ports == 0 {
-                fail(
-                    "health",
-                    "a health check needs at least one port in `ports`".into(),
-                );
+                fail("health", "a health check needs at least one port in `ports`".into());
             } else if health.port_index >= probe_ports {
                 fail(
                     "health.port_index",
-                    format!(
-                        "{} but only {} port(s) listed",
-                        health.port_index,
-                        self.ports.len()
-                    ),
+                    format!("{} but only {} port(s) listed", health.port_index, self.ports.len()),
                 );
             }
             if health.interval.0 == 0 {
@@ -610,10 +592,7 @@ impl AppSpec {
             }
         }
         for (field, value) in [
-            (
-                "upgrade.min_health_capacity",
-                self.upgrade.min_health_capacity,
-            ),
+            ("upgrade.min_health_capacity", self.upgrade.min_health_capacity),
             ("upgrade.max_over_capacity", self.upgrade.max_over_capacity),
         ] {
             if !(0.0..=1.0).contains(&value) {
@@ -623,20 +602,12 @@ impl AppSpec {
         if self.pids == 0 {
             fail("pids", "must be at least 1".into());
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(SpecErrors(errors))
-        }
+        if errors.is_empty() { Ok(()) } else { Err(SpecErrors(errors)) }
     }
 
     /// How many ports an instance can be reached on: the listed ones, and at least `PORT` for exec.
     pub fn reachable_ports(&self) -> usize {
-        if self.driver == Some(DriverKind::Exec) {
-            self.ports.len().max(1)
-        } else {
-            self.ports.len()
-        }
+        if self.driver == Some(DriverKind::Exec) { self.ports.len().max(1) } else { self.ports.len() }
     }
 
     /// Things that are allowed but probably not meant, for the CLI to print.
@@ -665,17 +636,13 @@ impl AppSpec {
 }
 
 fn check_label(value: &str) -> Result<(), String> {
-    let ok_chars = value
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    let ok_chars = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if value.is_empty() {
         Err("must not be empty".into())
     } else if value.len() > 63 {
         Err(format!("`{value}` is longer than 63 characters"))
     } else if !ok_chars || value.starts_with('-') || value.ends_with('-') {
-        Err(format!(
-            "`{value}` must be lowercase letters, digits and inner dashes"
-        ))
+        Err(format!("`{value}` must be lowercase letters, digits and inner dashes"))
     } else {
         Ok(())
     }
@@ -687,12 +654,9 @@ fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
         None => (service, None),
     };
     let host_ok = !host.is_empty()
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*')
-        });
+        && host
+            .split('.')
+            .all(|label| !label.is_empty() && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '*'));
     if !host_ok {
         return Err(format!("`{service}` is not a host name"));
     }
@@ -701,9 +665,7 @@ fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
             Ok(p) if p > 0 => Ok(()),
             _ => Err(format!("`{service}`: `{port}` is not a port")),
         },
-        None if reachable_ports == 0 => {
-            Err(format!("`{service}` needs a port in `ports` to route to"))
-        }
+        None if reachable_ports == 0 => Err(format!("`{service}` needs a port in `ports` to route to")),
         None => Ok(()),
     }
 }
@@ -711,25 +673,15 @@ fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
 fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
     let location = e.location();
     let (field, message, suggestion) = match e.without_snippet() {
-        serde_saphyr::Error::SerdeUnknownField {
-            field, expected, ..
-        } => {
+        serde_saphyr::Error::SerdeUnknownField { field, expected, .. } => {
             let suggestion = closest(field, expected).map(str::to_string);
             (field.clone(), "unknown key".to_string(), suggestion)
         }
-        serde_saphyr::Error::SerdeMissingField { field, .. } => (
-            field.to_string(),
-            "required key is missing".to_string(),
-            None,
-        ),
-        serde_saphyr::Error::Message { msg, .. } => {
-            (String::new(), plain_words(&first_line(msg)), None)
+        serde_saphyr::Error::SerdeMissingField { field, .. } => {
+            (field.to_string(), "required key is missing".to_string(), None)
         }
-        other => (
-            String::new(),
-            plain_words(&first_line(&other.to_string())),
-            None,
-        ),
+        serde_saphyr::Error::Message { msg, .. } => (String::new(), plain_words(&first_line(msg)), None),
+        other => (String::new(), plain_words(&first_line(&other.to_string())), None),
     };
     SpecError {
         file: file.map(str::to_string),
@@ -811,12 +763,7 @@ fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
                         let at = key.referenced;
                         out.push((key.value.clone(), at.line(), at.column()));
                         let inner: Tree = map.next_value()?;
-                        out.extend(
-                            inner
-                                .0
-                                .into_iter()
-                                .map(|(k, l, c)| (format!("{}.{k}", key.value), l, c)),
-                        );
+                        out.extend(inner.0.into_iter().map(|(k, l, c)| (format!("{}.{k}", key.value), l, c)));
                     }
                     Ok(Tree(out))
                 }
@@ -849,9 +796,7 @@ fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
             d.deserialize_any(TreeVisitor)
         }
     }
-    serde_saphyr::from_str::<Tree>(text)
-        .map(|t| t.0)
-        .unwrap_or_default()
+    serde_saphyr::from_str::<Tree>(text).map(|t| t.0).unwrap_or_default()
 }
 
 /// The deepest key written on `line` left of `column`: the key whose value is at fault.
@@ -896,6 +841,7 @@ environment:
 # zones: [default]               # router zones that publish the app
 # services: [{name}.example.com] # host names the router serves it under
 # constraints: [hostname:UNIQUE] # at most one instance per node
+# balance: round_robin           # or least_conn, hash:header:X-User, hash:cookie:session, hash:ip
 health:
   http: /               # or `tcp: true`
   interval: 10s

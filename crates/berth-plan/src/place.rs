@@ -77,10 +77,7 @@ pub fn place(
                 // Spread the app first, then prefer the least loaded node (per mille of cpu + memory).
                 let same_app = used.per_app.get(app).copied().unwrap_or(0);
                 let load = load_per_mille(node, used);
-                if best
-                    .as_ref()
-                    .is_none_or(|(_, score)| (same_app, load) < *score)
-                {
+                if best.as_ref().is_none_or(|(_, score)| (same_app, load) < *score) {
                     best = Some((placement, (same_app, load)));
                 }
             }
@@ -95,16 +92,8 @@ pub fn place(
 }
 
 fn load_per_mille(node: &Node, used: &NodeUsage) -> u64 {
-    let cpu = if node.resources.cpu > 0.0 {
-        used.cpu / node.resources.cpu
-    } else {
-        0.0
-    };
-    let mem = if node.resources.memory > 0 {
-        used.memory as f64 / node.resources.memory as f64
-    } else {
-        0.0
-    };
+    let cpu = if node.resources.cpu > 0.0 { used.cpu / node.resources.cpu } else { 0.0 };
+    let mem = if node.resources.memory > 0 { used.memory as f64 / node.resources.memory as f64 } else { 0.0 };
     ((cpu + mem) * 500.0) as u64
 }
 
@@ -115,17 +104,11 @@ fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<
     let driver = node.driver_for(spec)?;
     let cpu = spec.cpu.unwrap_or(0.0);
     if used.cpu + cpu > node.resources.cpu + 1e-9 {
-        return Err(format!(
-            "cpu: {:.2} free, {cpu} needed",
-            (node.resources.cpu - used.cpu).max(0.0)
-        ));
+        return Err(format!("cpu: {:.2} free, {cpu} needed", (node.resources.cpu - used.cpu).max(0.0)));
     }
     let memory = spec.memory.unwrap_or(0);
     if used.memory + memory > node.resources.memory {
-        return Err(format!(
-            "memory: {} MiB free, {memory} needed",
-            node.resources.memory.saturating_sub(used.memory)
-        ));
+        return Err(format!("memory: {} MiB free, {memory} needed", node.resources.memory.saturating_sub(used.memory)));
     }
     let on_node = used.per_app.get(app).copied().unwrap_or(0);
     for c in &spec.constraints {
@@ -144,10 +127,7 @@ fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<
                 }
             }
             ConstraintOp::Cluster if value != c.value.as_deref() => {
-                return Err(format!(
-                    "{c}: node has {}",
-                    value.unwrap_or("no such field")
-                ));
+                return Err(format!("{c}: node has {}", value.unwrap_or("no such field")));
             }
             // UNIQUE and MAX_PER on other fields, GROUP_BY, LIKE and UNLIKE are parsed but not yet enforced.
             _ => {}
@@ -155,22 +135,11 @@ fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<
     }
     let wanted = ports_needed(spec, driver);
     let (low, high) = node.resources.ports;
-    let host_ports: Vec<u16> = (low..=high)
-        .filter(|p| !used.ports.contains(p))
-        .take(wanted)
-        .collect();
+    let host_ports: Vec<u16> = (low..=high).filter(|p| !used.ports.contains(p)).take(wanted).collect();
     if host_ports.len() < wanted {
-        return Err(format!(
-            "ports: {} free in {low}-{high}, {wanted} needed",
-            host_ports.len()
-        ));
+        return Err(format!("ports: {} free in {low}-{high}, {wanted} needed", host_ports.len()));
     }
-    Ok(Placement {
-        node: node.id.clone(),
-        host: node.address.clone(),
-        driver,
-        host_ports,
-    })
+    Ok(Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports })
 }
 
 #[cfg(test)]
@@ -184,11 +153,7 @@ mod tests {
             id: id.into(),
             hostname: format!("host-{id}"),
             address: "127.0.0.1".into(),
-            resources: Resources {
-                cpu,
-                memory: 1024,
-                ports: (30000, 30009),
-            },
+            resources: Resources { cpu, memory: 1024, ports: (30000, 30009) },
             labels: BTreeMap::from([("rack".to_string(), format!("r-{id}"))]),
             drivers: vec![DriverKind::Docker, DriverKind::Exec],
             status: NodeStatus::Ready,
@@ -199,9 +164,7 @@ mod tests {
 
     fn spec(extra: &str) -> AppSpec {
         AppSpec::from_yaml(
-            &format!(
-                "group: g\nname: web\nimage: i\nports: [80, 81]\ncpu: 0.5\nmemory: 100\n{extra}"
-            ),
+            &format!("group: g\nname: web\nimage: i\nports: [80, 81]\ncpu: 0.5\nmemory: 100\n{extra}"),
             None,
         )
         .unwrap()
@@ -214,41 +177,22 @@ mod tests {
         let s = spec("");
         let mut usage = HashMap::new();
         let first = place("g/web", &s, &nodes, &usage).unwrap();
-        usage
-            .entry(first.node.clone())
-            .or_insert_with(NodeUsage::default)
-            .add("g/web", &s, &first.host_ports);
+        usage.entry(first.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &first.host_ports);
         let second = place("g/web", &s, &nodes, &usage).unwrap();
         assert_ne!(first.node, second.node, "spread across nodes");
         assert_eq!(first.host_ports, vec![30000, 30001]);
-        usage
-            .entry(second.node.clone())
-            .or_insert_with(NodeUsage::default)
-            .add("g/web", &s, &second.host_ports);
+        usage.entry(second.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &second.host_ports);
         let third = place("g/web", &s, &nodes, &usage).unwrap();
-        assert_eq!(
-            third.host_ports,
-            vec![30002, 30003],
-            "ports in use are skipped"
+        assert_eq!(third.host_ports, vec![30002, 30003], "ports in use are skipped");
+        usage.entry(third.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &third.host_ports);
+        usage.entry(if third.node == "a" { "b".into() } else { "a".into() }).or_insert_with(NodeUsage::default).add(
+            "g/web",
+            &s,
+            &[30004, 30005],
         );
-        usage
-            .entry(third.node.clone())
-            .or_insert_with(NodeUsage::default)
-            .add("g/web", &s, &third.host_ports);
-        usage
-            .entry(if third.node == "a" {
-                "b".into()
-            } else {
-                "a".into()
-            })
-            .or_insert_with(NodeUsage::default)
-            .add("g/web", &s, &[30004, 30005]);
         let reasons = place("g/web", &s, &nodes, &usage).unwrap_err();
         assert_eq!(reasons.len(), 2);
-        assert!(
-            reasons[0].contains("cpu: 0.00 free, 0.5 needed"),
-            "{reasons:?}"
-        );
+        assert!(reasons[0].contains("cpu: 0.00 free, 0.5 needed"), "{reasons:?}");
     }
 
     #[test]
@@ -257,39 +201,24 @@ mod tests {
         let s = spec("constraints: hostname:UNIQUE\n");
         let mut usage = HashMap::new();
         let p = place("g/web", &s, &[&a], &usage).unwrap();
-        usage
-            .entry(p.node)
-            .or_insert_with(NodeUsage::default)
-            .add("g/web", &s, &p.host_ports);
+        usage.entry(p.node).or_insert_with(NodeUsage::default).add("g/web", &s, &p.host_ports);
         let why = place("g/web", &s, &[&a], &usage).unwrap_err();
         assert!(why[0].contains("hostname:UNIQUE"), "{why:?}");
-        assert!(
-            place("g/other", &s, &[&a], &usage).is_ok(),
-            "other apps are not affected"
-        );
+        assert!(place("g/other", &s, &[&a], &usage).is_ok(), "other apps are not affected");
     }
 
     #[test]
     fn cluster_and_ports_and_drivers() {
         let (a, b) = (node("a", 8.0), node("b", 8.0));
         let s = spec("constraints: rack:CLUSTER:r-b\n");
-        assert_eq!(
-            place("g/web", &s, &[&a, &b], &HashMap::new()).unwrap().node,
-            "b"
-        );
+        assert_eq!(place("g/web", &s, &[&a, &b], &HashMap::new()).unwrap().node, "b");
         let mut exec_only = node("c", 8.0);
         exec_only.drivers = vec![DriverKind::Exec];
         let why = place("g/web", &spec(""), &[&exec_only], &HashMap::new()).unwrap_err();
         assert!(why[0].contains("driver"), "{why:?}");
         let mut full = NodeUsage::default();
         full.ports.extend(30000..=30008);
-        let why = place(
-            "g/web",
-            &spec(""),
-            &[&a],
-            &HashMap::from([("a".to_string(), full)]),
-        )
-        .unwrap_err();
+        let why = place("g/web", &spec(""), &[&a], &HashMap::from([("a".to_string(), full)])).unwrap_err();
         assert!(why[0].contains("ports: 1 free"), "{why:?}");
     }
 }

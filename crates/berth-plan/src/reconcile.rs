@@ -29,12 +29,7 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings {
-            node_timeout_ms: 15_000,
-            heartbeat_grace_until: 0,
-            keep_terminal: 10,
-            backoff_reset_ms: 30_000,
-        }
+        Settings { node_timeout_ms: 15_000, heartbeat_grace_until: 0, keep_terminal: 10, backoff_reset_ms: 30_000 }
     }
 }
 
@@ -108,9 +103,7 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
         let last = node.last_heartbeat.max(settings.heartbeat_grace_until);
         if node.status == NodeStatus::Ready {
             if now - last >= settings.node_timeout_ms {
-                plan.actions.push(Action::NodeDown {
-                    node: node.id.clone(),
-                });
+                plan.actions.push(Action::NodeDown { node: node.id.clone() });
                 lost_nodes.push(node.id.as_str());
             } else {
                 plan.check_by(last + settings.node_timeout_ms);
@@ -120,20 +113,14 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     let mut failed_now = Vec::new();
     for inst in &snapshot.instances {
         if inst.state.is_live() && lost_nodes.contains(&inst.node.as_str()) {
-            plan.actions.push(Action::Fail {
-                instance: inst.id.clone(),
-                reason: format!("node {} lost", inst.node),
-            });
+            plan.actions.push(Action::Fail { instance: inst.id.clone(), reason: format!("node {} lost", inst.node) });
             failed_now.push(inst.id.as_str());
         }
     }
     let alive = |i: &&Instance| !failed_now.contains(&i.id.as_str());
 
-    let specs: HashMap<String, &berth_core::AppSpec> =
-        snapshot.apps.iter().map(|a| (a.id(), &a.spec)).collect();
-    let mut usage = place::usage(snapshot.instances.iter().filter(alive), |app| {
-        specs.get(app).copied()
-    });
+    let specs: HashMap<String, &berth_core::AppSpec> = snapshot.apps.iter().map(|a| (a.id(), &a.spec)).collect();
+    let mut usage = place::usage(snapshot.instances.iter().filter(alive), |app| specs.get(app).copied());
     let ready_nodes: Vec<&Node> = snapshot
         .nodes
         .iter()
@@ -148,29 +135,15 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     for app in &snapshot.apps {
         let id = app.id();
         let instances = by_app.remove(id.as_str()).unwrap_or_default();
-        reconcile_app(
-            app,
-            &id,
-            &instances,
-            &ready_nodes,
-            &mut usage,
-            now,
-            settings,
-            &mut plan,
-        );
+        reconcile_app(app, &id, &instances, &ready_nodes, &mut usage, now, settings, &mut plan);
     }
     // Instances whose app is gone.
     for (_, instances) in by_app {
         for inst in instances {
             if wanted(inst) {
-                plan.actions.push(Action::Stop {
-                    instance: inst.id.clone(),
-                    reason: "app no longer exists".into(),
-                });
+                plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: "app no longer exists".into() });
             } else if inst.state.is_terminal() {
-                plan.actions.push(Action::Forget {
-                    instance: inst.id.clone(),
-                });
+                plan.actions.push(Action::Forget { instance: inst.id.clone() });
             }
         }
     }
@@ -192,19 +165,11 @@ fn reconcile_app(
 
     if app.destroying {
         for inst in &live {
-            plan.actions.push(Action::Stop {
-                instance: inst.id.clone(),
-                reason: "app destroyed".into(),
-            });
+            plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: "app destroyed".into() });
         }
         if instances.iter().all(|i| i.state.is_terminal()) {
-            plan.actions
-                .extend(instances.iter().map(|i| Action::Forget {
-                    instance: i.id.clone(),
-                }));
-            plan.actions.push(Action::RemoveApp {
-                app: id.to_string(),
-            });
+            plan.actions.extend(instances.iter().map(|i| Action::Forget { instance: i.id.clone() }));
+            plan.actions.push(Action::RemoveApp { app: id.to_string() });
         }
         return;
     }
@@ -213,16 +178,10 @@ fn reconcile_app(
 
     // A healthy stretch ends the launch backoff.
     if app.backoff.failures > 0 {
-        let steady_since = live
-            .iter()
-            .filter(|i| i.is_ready())
-            .filter_map(|i| i.started_at)
-            .min();
+        let steady_since = live.iter().filter(|i| i.is_ready()).filter_map(|i| i.started_at).min();
         match steady_since {
             Some(t) if now - t >= settings.backoff_reset_ms => {
-                plan.actions.push(Action::ResetBackoff {
-                    app: id.to_string(),
-                })
+                plan.actions.push(Action::ResetBackoff { app: id.to_string() })
             }
             Some(t) => plan.check_by(t + settings.backoff_reset_ms),
             None => {}
@@ -230,8 +189,7 @@ fn reconcile_app(
     }
 
     let target = app.instances as usize;
-    let (new, old): (Vec<&Instance>, Vec<&Instance>) =
-        live.iter().partition(|i| i.version == app.version);
+    let (new, old): (Vec<&Instance>, Vec<&Instance>) = live.iter().partition(|i| i.version == app.version);
     let mut stops: Vec<(&Instance, &str)> = Vec::new();
     let mut start = 0usize;
 
@@ -239,19 +197,8 @@ fn reconcile_app(
         if new.len() > target {
             // Scale down: drop the least useful first (not started, then not ready, then newest).
             let mut extra = new.clone();
-            extra.sort_by_key(|i| {
-                (
-                    i.state == InstanceState::Running,
-                    i.is_ready(),
-                    std::cmp::Reverse(i.created_at),
-                )
-            });
-            stops.extend(
-                extra
-                    .into_iter()
-                    .take(new.len() - target)
-                    .map(|i| (i, "scaled down")),
-            );
+            extra.sort_by_key(|i| (i.state == InstanceState::Running, i.is_ready(), std::cmp::Reverse(i.created_at)));
+            stops.extend(extra.into_iter().take(new.len() - target).map(|i| (i, "scaled down")));
         } else {
             start = target - new.len();
         }
@@ -264,24 +211,11 @@ fn reconcile_app(
             ready: old_ready + new.iter().filter(|i| i.is_ready()).count(),
             old_ready,
         };
-        let step = rolling::step(
-            counts,
-            app.spec.upgrade.min_health_capacity,
-            app.spec.upgrade.max_over_capacity,
-        );
-        stops.extend(
-            old.iter()
-                .filter(|i| !i.is_ready())
-                .map(|i| (*i, "replaced by a new version")),
-        );
+        let step = rolling::step(counts, app.spec.upgrade.min_health_capacity, app.spec.upgrade.max_over_capacity);
+        stops.extend(old.iter().filter(|i| !i.is_ready()).map(|i| (*i, "replaced by a new version")));
         let mut ready_old: Vec<&Instance> = old.iter().copied().filter(|i| i.is_ready()).collect();
         ready_old.sort_by_key(|i| i.version);
-        stops.extend(
-            ready_old
-                .into_iter()
-                .take(step.stop_ready_old)
-                .map(|i| (i, "replaced by a new version")),
-        );
+        stops.extend(ready_old.into_iter().take(step.stop_ready_old).map(|i| (i, "replaced by a new version")));
         start = step.start_new;
         if new.len() > target {
             stops.extend(new.iter().skip(target).map(|i| (*i, "scaled down")));
@@ -289,10 +223,7 @@ fn reconcile_app(
     }
 
     for (inst, reason) in stops {
-        plan.actions.push(Action::Stop {
-            instance: inst.id.clone(),
-            reason: reason.to_string(),
-        });
+        plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: reason.to_string() });
     }
     if start == 0 {
         return;
@@ -313,23 +244,11 @@ fn reconcile_app(
     for placed in 0..start {
         match place::place(id, &app.spec, nodes, usage) {
             Ok(placement) => {
-                usage.entry(placement.node.clone()).or_default().add(
-                    id,
-                    &app.spec,
-                    &placement.host_ports,
-                );
-                plan.actions.push(Action::Place {
-                    app: id.to_string(),
-                    version: app.version,
-                    placement,
-                });
+                usage.entry(placement.node.clone()).or_default().add(id, &app.spec, &placement.host_ports);
+                plan.actions.push(Action::Place { app: id.to_string(), version: app.version, placement });
             }
             Err(reasons) => {
-                plan.pending.push(Pending {
-                    app: id.to_string(),
-                    missing: start - placed,
-                    reasons,
-                });
+                plan.pending.push(Pending { app: id.to_string(), missing: start - placed, reasons });
                 break;
             }
         }
@@ -337,17 +256,10 @@ fn reconcile_app(
 }
 
 fn forget_old_terminal(instances: &[&Instance], keep: usize, plan: &mut Plan) {
-    let mut terminal: Vec<&Instance> = instances
-        .iter()
-        .copied()
-        .filter(|i| i.state.is_terminal())
-        .collect();
+    let mut terminal: Vec<&Instance> = instances.iter().copied().filter(|i| i.state.is_terminal()).collect();
     if terminal.len() > keep {
         terminal.sort_by_key(|i| std::cmp::Reverse(i.finished_at.unwrap_or(i.created_at)));
-        plan.actions
-            .extend(terminal.into_iter().skip(keep).map(|i| Action::Forget {
-                instance: i.id.clone(),
-            }));
+        plan.actions.extend(terminal.into_iter().skip(keep).map(|i| Action::Forget { instance: i.id.clone() }));
     }
 }
 

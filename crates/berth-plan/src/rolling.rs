@@ -37,13 +37,8 @@ pub fn step(c: Counts, min_health: f64, max_over: f64) -> Step {
     // Non-ready old instances leave first and cost no health; ready ones only above the floor.
     let stop_ready_old = c.ready.saturating_sub(min_healthy).min(c.old_ready);
     let live_after = live - (c.old_live - c.old_ready) - stop_ready_old;
-    let start_new = max_capacity
-        .saturating_sub(live_after)
-        .min(c.target.saturating_sub(c.new_live));
-    Step {
-        stop_ready_old,
-        start_new,
-    }
+    let start_new = max_capacity.saturating_sub(live_after).min(c.target.saturating_sub(c.new_live));
+    Step { stop_ready_old, start_new }
 }
 
 /// Floor of ready instances a deployment keeps, and the ceiling of live ones.
@@ -67,13 +62,8 @@ mod tests {
             if old_ready == 0 && new_ready == target {
                 return (min_seen, max_live, round);
             }
-            let c = Counts {
-                target,
-                new_live: new_ready,
-                old_live: old_ready,
-                ready: old_ready + new_ready,
-                old_ready,
-            };
+            let c =
+                Counts { target, new_live: new_ready, old_live: old_ready, ready: old_ready + new_ready, old_ready };
             let s = step(c, min_health, max_over);
             old_ready -= s.stop_ready_old;
             min_seen = min_seen.min(old_ready + new_ready);

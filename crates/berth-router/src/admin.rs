@@ -34,10 +34,7 @@ fn reply(status: StatusCode, value: Value) -> Response<Body> {
             .boxed(),
     );
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        hyper::header::CONTENT_TYPE,
-        hyper::header::HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -86,7 +83,9 @@ pub fn status(table: &Table) -> Value {
             .iter()
             .map(|s| {
                 let st = &s.state;
-                let status = if s.ineligible().is_some() && (s.draining || !s.ready || !st.up.load(Ordering::Relaxed) || st.passive_ejected()) {
+                let status = if s.ineligible().is_some()
+                    && (s.draining || !s.ready || !st.up.load(Ordering::Relaxed) || st.passive_ejected())
+                {
                     "err"
                 } else if st.passive_fails.load(Ordering::Relaxed) > 0 || st.drained.load(Ordering::Relaxed) {
                     "unstable"
@@ -147,7 +146,7 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
         .iter()
         .map(|s| json!({"server": s.addr, "instance": s.instance, "eligible": s.ineligible().is_none(), "why": s.ineligible()}))
         .collect();
-    let picked = balance::pick(&target, &[])
+    let picked = balance::pick(&target, &[], None)
         .map(|p| json!({"server": target.servers[p.index].addr, "fail_open": p.fail_open}));
     json!({
         "host": host,
@@ -158,7 +157,7 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
         "rule": rule,
         "candidates": candidates,
         "picked": picked,
-        "balance": "smooth weighted round robin",
+        "balance": target.balance.to_string(),
     })
 }
 
@@ -179,19 +178,13 @@ impl Admin {
             if until(&self.proxy.table.load()) {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
                 return false;
             }
         }
     }
 
-    pub async fn handle(
-        self: Arc<Self>,
-        req: Request<Incoming>,
-    ) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         if let Some(token) = &self.token {
             let given = req
                 .headers()
@@ -199,18 +192,11 @@ impl Admin {
                 .and_then(|v| v.to_str().ok())
                 .and_then(|v| v.strip_prefix("Bearer "));
             if given != Some(token.as_str()) {
-                return Ok(error(
-                    StatusCode::UNAUTHORIZED,
-                    "this admin API needs `Authorization: Bearer <token>`",
-                ));
+                return Ok(error(StatusCode::UNAUTHORIZED, "this admin API needs `Authorization: Bearer <token>`"));
             }
         }
         let path = req.uri().path().to_string();
-        let parts: Vec<&str> = path
-            .trim_matches('/')
-            .split('/')
-            .filter(|p| !p.is_empty())
-            .collect();
+        let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
         let method = req.method().clone();
         let table = self.proxy.table.load_full();
         let resp = match (&method, parts.as_slice()) {
@@ -233,16 +219,10 @@ impl Admin {
                     let method = query_param(&req, "method").unwrap_or_else(|| "GET".into());
                     reply(StatusCode::OK, explain(&table, &host, &path, &method))
                 }
-                None => error(
-                    StatusCode::BAD_REQUEST,
-                    "explain needs ?host=H (and optionally &path=P&method=M)",
-                ),
+                None => error(StatusCode::BAD_REQUEST, "explain needs ?host=H (and optionally &path=P&method=M)"),
             },
             (&Method::GET, ["upstreams"]) => match self.client.upstreams().await {
-                Ok(list) => reply(
-                    StatusCode::OK,
-                    serde_json::to_value(list).unwrap_or_default(),
-                ),
+                Ok(list) => reply(StatusCode::OK, serde_json::to_value(list).unwrap_or_default()),
                 Err(e) => error(StatusCode::BAD_GATEWAY, e.to_string()),
             },
             (&Method::PUT, ["upstream", name]) => {
@@ -260,21 +240,16 @@ impl Admin {
                         ));
                     }
                 };
-                match self.client.put_upstream(&name, parsed.servers).await {
+                match self.client.put_upstream(&name, &parsed).await {
                     Ok(up) => {
                         let want = format!("cls:{name}");
                         let applied = self
-                            .applied(|t| {
-                                t.clusters
-                                    .get(&want)
-                                    .is_some_and(|c| c.servers.len() == up.servers.len())
-                            })
+                            .applied(|t| t.clusters.get(&want).is_some_and(|c| c.servers.len() == up.servers.len()))
                             .await;
                         reply(StatusCode::OK, json!({"upstream": up, "applied": applied}))
                     }
                     Err(e) => error(
-                        StatusCode::from_u16(e.status().unwrap_or(502))
-                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        StatusCode::from_u16(e.status().unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY),
                         e.to_string(),
                     ),
                 }
@@ -288,8 +263,7 @@ impl Admin {
                         reply(StatusCode::OK, json!({"deleted": name, "applied": applied}))
                     }
                     Err(e) => error(
-                        StatusCode::from_u16(e.status().unwrap_or(502))
-                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        StatusCode::from_u16(e.status().unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY),
                         e.to_string(),
                     ),
                 }
@@ -304,10 +278,7 @@ impl Admin {
             }
             (&Method::PUT, ["lua", rest @ ..]) => {
                 let Some(target) = lua_target(rest) else {
-                    return Ok(error(
-                        StatusCode::NOT_FOUND,
-                        "use /lua/app/GROUP/NAME or /lua/upstream/NAME",
-                    ));
+                    return Ok(error(StatusCode::NOT_FOUND, "use /lua/app/GROUP/NAME or /lua/upstream/NAME"));
                 };
                 let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -322,24 +293,14 @@ impl Admin {
                 }
                 match self.client.set_rules(&target, &source).await {
                     Ok(_) => {
-                        let version = rules::Script::new(&source)
-                            .map(|s| s.version())
-                            .unwrap_or_default();
+                        let version = rules::Script::new(&source).map(|s| s.version()).unwrap_or_default();
                         let applied = self
-                            .applied(|t| {
-                                t.scripts
-                                    .iter()
-                                    .any(|r| r.target == target && r.script.version() == version)
-                            })
+                            .applied(|t| t.scripts.iter().any(|r| r.target == target && r.script.version() == version))
                             .await;
-                        reply(
-                            StatusCode::OK,
-                            json!({"target": target, "version": version, "applied": applied}),
-                        )
+                        reply(StatusCode::OK, json!({"target": target, "version": version, "applied": applied}))
                     }
                     Err(e) => error(
-                        StatusCode::from_u16(e.status().unwrap_or(502))
-                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        StatusCode::from_u16(e.status().unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY),
                         e.to_string(),
                     ),
                 }
@@ -348,25 +309,17 @@ impl Admin {
                 Some(target) => match self.client.delete_rules(&target).await {
                     Ok(()) => reply(StatusCode::OK, json!({"deleted": target})),
                     Err(e) => error(
-                        StatusCode::from_u16(e.status().unwrap_or(502))
-                            .unwrap_or(StatusCode::BAD_GATEWAY),
+                        StatusCode::from_u16(e.status().unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY),
                         e.to_string(),
                     ),
                 },
-                None => error(
-                    StatusCode::NOT_FOUND,
-                    "use /lua/app/GROUP/NAME or /lua/upstream/NAME",
-                ),
+                None => error(StatusCode::NOT_FOUND, "use /lua/app/GROUP/NAME or /lua/upstream/NAME"),
             },
             (&Method::POST, ["drain", instance]) | (&Method::GET, ["drain", instance]) => {
                 let mut found = false;
                 let mut in_flight = 0;
                 for cluster in table.clusters.values() {
-                    for s in cluster
-                        .servers
-                        .iter()
-                        .filter(|s| s.instance.as_deref() == Some(*instance))
-                    {
+                    for s in cluster.servers.iter().filter(|s| s.instance.as_deref() == Some(*instance)) {
                         found = true;
                         if method == Method::POST {
                             s.state.drained.store(true, Ordering::Relaxed);
@@ -380,10 +333,7 @@ impl Admin {
                         json!({"instance": instance, "draining": true, "in_flight": in_flight, "idle": in_flight == 0}),
                     )
                 } else {
-                    error(
-                        StatusCode::NOT_FOUND,
-                        format!("instance {instance} is not routed here"),
-                    )
+                    error(StatusCode::NOT_FOUND, format!("instance {instance} is not routed here"))
                 }
             }
             _ => error(

@@ -1,9 +1,12 @@
-//! Picking a server: smooth weighted round robin over the eligible ones (nginx's algorithm),
-//! with slow start; when none is eligible, fail open to the least bad (Slardar's `protected`).
+//! Picking a server among the eligible ones: smooth weighted round robin (nginx's algorithm)
+//! with slow start, least connections, or consistent hashing on a request key; when none is
+//! eligible, fail open to the least bad (Slardar's `protected`).
 
 use std::sync::atomic::Ordering;
 
-use crate::table::Cluster;
+use berth_core::spec::Balance;
+
+use crate::table::{Cluster, hash64};
 
 /// Which server to try, and whether it was a fail-open choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -12,16 +15,19 @@ pub struct Pick {
     pub fail_open: bool,
 }
 
-/// Picks a server of `cluster`, skipping `tried`. `None` when nothing is left to try.
-pub fn pick(cluster: &Cluster, tried: &[usize]) -> Option<Pick> {
+/// Picks a server of `cluster`, skipping `tried`; `key` is the request's hash key, when the
+/// cluster hashes. `None` when nothing is left to try.
+pub fn pick(cluster: &Cluster, tried: &[usize], key: Option<&str>) -> Option<Pick> {
     let eligible: Vec<usize> = (0..cluster.servers.len())
         .filter(|i| !tried.contains(i) && cluster.servers[*i].ineligible().is_none())
         .collect();
     if !eligible.is_empty() {
-        return Some(Pick {
-            index: smooth_weighted(cluster, &eligible),
-            fail_open: false,
-        });
+        let index = match (&cluster.balance, key) {
+            (Balance::LeastConn, _) => least_conn(cluster, &eligible),
+            (Balance::Hash(_), Some(key)) => on_ring(cluster, &eligible, key),
+            _ => smooth_weighted(cluster, &eligible),
+        };
+        return Some(Pick { index, fail_open: false });
     }
     // Nothing eligible at all (not just tried): better a doubtful server than a certain error.
     let any_eligible = cluster.servers.iter().any(|s| s.ineligible().is_none());
@@ -32,20 +38,39 @@ pub fn pick(cluster: &Cluster, tried: &[usize]) -> Option<Pick> {
         .servers
         .iter()
         .enumerate()
-        .filter(|(i, s)| {
-            !tried.contains(i) && !s.draining && !s.state.drained.load(Ordering::Relaxed)
-        })
+        .filter(|(i, s)| !tried.contains(i) && !s.draining && !s.state.drained.load(Ordering::Relaxed))
         .min_by_key(|(_, s)| {
-            (
-                !s.ready,
-                !s.state.up.load(Ordering::Relaxed),
-                s.state.passive_fails.load(Ordering::Relaxed),
-            )
+            (!s.ready, !s.state.up.load(Ordering::Relaxed), s.state.passive_fails.load(Ordering::Relaxed))
         })
-        .map(|(index, _)| Pick {
-            index,
-            fail_open: true,
+        .map(|(index, _)| Pick { index, fail_open: true })
+}
+
+/// Fewest in flight per unit of weight; ties rotate so equal servers share the load.
+fn least_conn(cluster: &Cluster, eligible: &[usize]) -> usize {
+    let start = cluster.rotor.fetch_add(1, Ordering::Relaxed);
+    let n = eligible.len();
+    (0..n)
+        .map(|k| eligible[(start + k) % n])
+        .min_by(|a, b| {
+            let load = |i: &usize| {
+                let s = &cluster.servers[*i];
+                s.state.in_flight.load(Ordering::Relaxed) as f64 / f64::from(s.weight.max(1))
+            };
+            load(a).total_cmp(&load(b))
         })
+        .unwrap_or(eligible[0])
+}
+
+/// The first eligible server clockwise from the key's point: a key keeps its server while the
+/// server lives, and only the keys of a server that leaves move.
+fn on_ring(cluster: &Cluster, eligible: &[usize], key: &str) -> usize {
+    let ring = &cluster.ring;
+    if ring.is_empty() {
+        return eligible[0];
+    }
+    let h = hash64(key);
+    let start = ring.partition_point(|(point, _)| *point < h);
+    (0..ring.len()).map(|k| ring[(start + k) % ring.len()].1).find(|i| eligible.contains(i)).unwrap_or(eligible[0])
 }
 
 fn smooth_weighted(cluster: &Cluster, eligible: &[usize]) -> usize {
@@ -70,12 +95,18 @@ fn smooth_weighted(cluster: &Cluster, eligible: &[usize]) -> usize {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
+    use std::sync::Arc;
+
+    use berth_core::spec::HashOn;
 
     use super::*;
     use crate::table::{ServerState, Upstream};
 
     fn cluster(weights: &[u32]) -> Cluster {
+        cluster_with(weights, Balance::RoundRobin)
+    }
+
+    fn cluster_with(weights: &[u32], balance: Balance) -> Cluster {
         let servers = weights
             .iter()
             .enumerate()
@@ -91,21 +122,13 @@ mod tests {
                 }
             })
             .collect::<Vec<_>>();
-        Cluster {
-            name: "cls:t".into(),
-            route_name: "t".into(),
-            swrr: Mutex::new(vec![0; servers.len()]),
-            servers,
-            check: None,
-            rules: None,
-            metrics: Default::default(),
-        }
+        Cluster::new("cls:t".into(), "t".into(), servers, balance, None, None, Default::default())
     }
 
     fn counts(c: &Cluster, n: usize) -> Vec<usize> {
         let mut out = vec![0; c.servers.len()];
         for _ in 0..n {
-            out[pick(c, &[]).unwrap().index] += 1;
+            out[pick(c, &[], None).unwrap().index] += 1;
         }
         out
     }
@@ -115,7 +138,7 @@ mod tests {
         let c = cluster(&[5, 1, 1]);
         assert_eq!(counts(&c, 700), vec![500, 100, 100]);
         // Smooth: the heavy server never takes 5 in a row at the start of a cycle like plain WRR.
-        let seq: Vec<usize> = (0..7).map(|_| pick(&c, &[]).unwrap().index).collect();
+        let seq: Vec<usize> = (0..7).map(|_| pick(&c, &[], None).unwrap().index).collect();
         assert!(seq.windows(5).all(|w| w.iter().any(|i| *i != 0)), "{seq:?}");
     }
 
@@ -125,11 +148,7 @@ mod tests {
         c.servers[1].draining = true;
         c.servers[2].state.up.store(false, Ordering::Relaxed);
         assert_eq!(counts(&c, 10), vec![10, 0, 0]);
-        assert_eq!(
-            pick(&c, &[0]),
-            None,
-            "nothing else eligible; not a fail-open case"
-        );
+        assert_eq!(pick(&c, &[0], None), None, "nothing else eligible; not a fail-open case");
     }
 
     #[test]
@@ -139,12 +158,38 @@ mod tests {
             s.state.up.store(false, Ordering::Relaxed);
         }
         c.servers[0].state.passive_fails.store(5, Ordering::Relaxed);
-        assert_eq!(
-            pick(&c, &[]),
-            Some(Pick {
-                index: 1,
-                fail_open: true
-            })
-        );
+        assert_eq!(pick(&c, &[], None), Some(Pick { index: 1, fail_open: true }));
+    }
+
+    #[test]
+    fn least_conn_prefers_the_idle_server() {
+        let c = cluster_with(&[1, 1, 1], Balance::LeastConn);
+        c.servers[0].state.in_flight.store(5, Ordering::Relaxed);
+        c.servers[2].state.in_flight.store(1, Ordering::Relaxed);
+        assert_eq!(pick(&c, &[], None).unwrap().index, 1);
+        c.servers[1].state.in_flight.store(1, Ordering::Relaxed);
+        let picks: std::collections::HashSet<usize> = (0..6).map(|_| pick(&c, &[], None).unwrap().index).collect();
+        assert_eq!(picks, [1, 2].into_iter().collect(), "ties rotate");
+    }
+
+    #[test]
+    fn hashing_is_sticky_and_moves_only_the_lost_servers_keys() {
+        let c = cluster_with(&[1, 1, 1, 1], Balance::Hash(HashOn::ClientIp));
+        let keys: Vec<String> = (0..400).map(|i| format!("10.1.{}.{}", i / 200, i % 200)).collect();
+        let before: Vec<usize> = keys.iter().map(|k| pick(&c, &[], Some(k)).unwrap().index).collect();
+        let again: Vec<usize> = keys.iter().map(|k| pick(&c, &[], Some(k)).unwrap().index).collect();
+        assert_eq!(before, again, "the same key reaches the same server");
+        let mut spread = [0usize; 4];
+        before.iter().for_each(|i| spread[*i] += 1);
+        assert!(spread.iter().all(|n| *n > 50), "keys spread over servers: {spread:?}");
+        c.servers[2].state.up.store(false, Ordering::Relaxed);
+        for (k, b) in keys.iter().zip(&before) {
+            let now = pick(&c, &[], Some(k)).unwrap().index;
+            if *b != 2 {
+                assert_eq!(now, *b, "keys of live servers stay put");
+            } else {
+                assert_ne!(now, 2);
+            }
+        }
     }
 }

@@ -41,9 +41,7 @@ impl Checker {
             keep
         });
         for (key, (addr, check, state)) in wanted {
-            self.loops
-                .entry(key)
-                .or_insert_with(|| tokio::spawn(probe_loop(addr, check, state)));
+            self.loops.entry(key).or_insert_with(|| tokio::spawn(probe_loop(addr, check, state)));
         }
     }
 
@@ -56,10 +54,7 @@ impl Checker {
 
 async fn probe_loop(addr: String, check: Check, state: Arc<ServerState>) {
     let spec = check.as_health_spec();
-    let (host, port) = match addr
-        .rsplit_once(':')
-        .and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
-    {
+    let (host, port) = match addr.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?))) {
         Some(hp) => hp,
         None => return,
     };

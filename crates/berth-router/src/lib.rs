@@ -84,10 +84,7 @@ where
         tokio::spawn(async move {
             let svc = service_fn(move |req| handler(req, remote));
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await
-            {
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
         });
@@ -95,11 +92,7 @@ where
 }
 
 async fn write_access_log(path: PathBuf, mut rx: mpsc::Receiver<String>) {
-    let file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .await;
+    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
     let Ok(file) = file else { return };
     let mut out = tokio::io::BufWriter::new(file);
     while let Some(line) = rx.recv().await {
@@ -119,18 +112,10 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 impl Router {
     pub async fn start(config: RouterConfig) -> Result<Router, RouterError> {
-        let http = TcpListener::bind(&config.http)
-            .await
-            .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
-        let admin = TcpListener::bind(&config.admin)
-            .await
-            .map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
-        let http_addr = http
-            .local_addr()
-            .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
-        let admin_addr = admin
-            .local_addr()
-            .map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
+        let http = TcpListener::bind(&config.http).await.map_err(|e| RouterError::Listen(config.http.clone(), e))?;
+        let admin = TcpListener::bind(&config.admin).await.map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
+        let http_addr = http.local_addr().map_err(|e| RouterError::Listen(config.http.clone(), e))?;
+        let admin_addr = admin.local_addr().map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
         if !is_loopback(&admin_addr) && config.admin_token.is_none() {
             return Err(RouterError::AdminNeedsToken(admin_addr.to_string()));
         }
@@ -138,8 +123,7 @@ impl Router {
         let access = match &config.access_log {
             Some(path) => {
                 if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir)
-                        .map_err(|e| RouterError::AccessLog(path.clone(), e))?;
+                    std::fs::create_dir_all(dir).map_err(|e| RouterError::AccessLog(path.clone(), e))?;
                 }
                 let (tx, rx) = mpsc::channel(65_536);
                 tasks.push(tokio::spawn(write_access_log(path.clone(), rx)));
@@ -152,10 +136,7 @@ impl Router {
         let registry = Arc::new(Registry::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(0u64);
-        let scope = Scope {
-            zone: config.zone.clone(),
-            domain: config.domain.trim_matches('.').to_ascii_lowercase(),
-        };
+        let scope = Scope { zone: config.zone.clone(), domain: config.domain.trim_matches('.').to_ascii_lowercase() };
         tasks.push(tokio::spawn(discovery::follow(
             client.clone(),
             proxy.clone(),
@@ -165,28 +146,12 @@ impl Router {
             shutdown_rx.clone(),
         )));
         let p = proxy.clone();
-        tasks.push(tokio::spawn(serve(
-            http,
-            shutdown_rx.clone(),
-            move |req, remote| p.clone().handle(req, remote),
-        )));
-        let admin_state = Arc::new(admin::Admin {
-            proxy,
-            registry,
-            client,
-            token: config.admin_token.clone(),
-            applied: applied_rx,
-        });
-        tasks.push(tokio::spawn(serve(admin, shutdown_rx, move |req, _| {
-            admin_state.clone().handle(req)
-        })));
+        tasks.push(tokio::spawn(serve(http, shutdown_rx.clone(), move |req, remote| p.clone().handle(req, remote))));
+        let admin_state =
+            Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
+        tasks.push(tokio::spawn(serve(admin, shutdown_rx, move |req, _| admin_state.clone().handle(req))));
         tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = %config.domain, "berth router listening");
-        Ok(Router {
-            http_addr,
-            admin_addr,
-            shutdown,
-            tasks,
-        })
+        Ok(Router { http_addr, admin_addr, shutdown, tasks })
     }
 
     pub async fn stop(self) {

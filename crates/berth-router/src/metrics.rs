@@ -25,13 +25,9 @@ impl ClusterMetrics {
         let class = usize::from(status / 100).clamp(1, 5) - 1;
         self.by_class[class].fetch_add(1, Ordering::Relaxed);
         let ms = took.as_millis() as u64;
-        let bucket = BUCKETS_MS
-            .iter()
-            .position(|b| ms <= *b)
-            .unwrap_or(BUCKETS_MS.len());
+        let bucket = BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(BUCKETS_MS.len());
         self.latency[bucket].fetch_add(1, Ordering::Relaxed);
-        self.latency_sum_us
-            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
     }
 
     pub fn view(&self) -> MetricsView {

@@ -20,6 +20,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::sync::mpsc;
 
+use berth_core::spec::{Balance, HashOn};
+
 use crate::balance;
 use crate::metrics::ClusterMetrics;
 use crate::rules::{self, Action, RequestView};
@@ -55,18 +57,13 @@ pub struct Proxy {
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into())
-        .map_err(|never: Infallible| match never {})
-        .boxed()
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed()
 }
 
 fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     let mut resp = Response::new(full(value.to_string()));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     resp
 }
 
@@ -82,16 +79,32 @@ fn host_of<B>(req: &Request<B>) -> Option<String> {
     Some(raw.trim_end_matches('.').to_ascii_lowercase())
 }
 
+/// The request's key for a hashing cluster: a header, a cookie, or the client's address.
+fn hash_key(cluster: &Cluster, headers: &HeaderMap, remote: SocketAddr) -> Option<String> {
+    let Balance::Hash(on) = &cluster.balance else {
+        return None;
+    };
+    match on {
+        HashOn::Header(name) => headers.get(name.as_str()).and_then(|v| v.to_str().ok()).map(str::to_string),
+        HashOn::Cookie(name) => {
+            headers.get_all(header::COOKIE).iter().filter_map(|v| v.to_str().ok()).find_map(|line| {
+                line.split(';').find_map(|pair| {
+                    let (k, v) = pair.trim().split_once('=')?;
+                    (k == name).then(|| v.to_string())
+                })
+            })
+        }
+        HashOn::ClientIp => Some(remote.ip().to_string()),
+    }
+}
+
 fn is_upgrade<B>(req: &Request<B>) -> bool {
     req.headers().contains_key(header::UPGRADE)
         && req
             .headers()
             .get(header::CONNECTION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
@@ -100,11 +113,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| {
-            v.split(',')
-                .map(|t| t.trim().to_ascii_lowercase())
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|v| v.split(',').map(|t| t.trim().to_ascii_lowercase()).collect::<Vec<_>>())
         .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
@@ -147,10 +156,7 @@ impl hyper::body::Body for Tracked {
     type Data = Bytes;
     type Error = hyper::Error;
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         Pin::new(&mut self.get_mut().inner).poll_frame(cx)
     }
 
@@ -181,22 +187,10 @@ impl Proxy {
             .pool_max_idle_per_host(256)
             .retry_canceled_requests(true)
             .build(connector);
-        Proxy {
-            table: ArcSwap::from_pointee(Table::default()),
-            client,
-            access,
-            access_drops: AtomicU64::new(0),
-        }
+        Proxy { table: ArcSwap::from_pointee(Table::default()), client, access, access_drops: AtomicU64::new(0) }
     }
 
-    fn log(
-        &self,
-        l: &Log<'_>,
-        status: u16,
-        started: Instant,
-        upstream: Option<&str>,
-        tries: usize,
-    ) {
+    fn log(&self, l: &Log<'_>, status: u16, started: Instant, upstream: Option<&str>, tries: usize) {
         let Some(tx) = &self.access else { return };
         let line = serde_json::json!({
             "ts": now_ms(),
@@ -224,23 +218,11 @@ impl Proxy {
         let started = Instant::now();
         let table = self.table.load_full();
         let method = req.method().clone();
-        let path = req
-            .uri()
-            .path_and_query()
-            .map_or_else(|| "/".to_string(), |p| p.to_string());
+        let path = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.to_string());
         let Some(host) = host_of(&req) else {
-            return Ok(json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"error": "no Host header"}),
-            ));
+            return Ok(json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "no Host header"})));
         };
-        let mut log = Log {
-            remote,
-            method: &method,
-            host: &host,
-            path: &path,
-            cluster: None,
-        };
+        let mut log = Log { remote, method: &method, host: &host, path: &path, cluster: None };
         let Some(mut cluster) = table.lookup(&host).cloned() else {
             self.log(&log, 404, started, None, 0);
             return Ok(json(
@@ -262,9 +244,7 @@ impl Proxy {
                 headers: req
                     .headers()
                     .iter()
-                    .filter_map(|(k, v)| {
-                        Some((k.as_str().to_string(), v.to_str().ok()?.to_string()))
-                    })
+                    .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
                     .collect(),
                 remote_addr: remote.ip().to_string(),
             };
@@ -285,8 +265,7 @@ impl Proxy {
                             cluster.metrics.denied.fetch_add(1, Ordering::Relaxed);
                             cluster.metrics.observe(status, started.elapsed());
                             self.log(&log, status, started, None, 0);
-                            let status =
-                                StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
+                            let status = StatusCode::from_u16(status).unwrap_or(StatusCode::FORBIDDEN);
                             return Ok(json(status, serde_json::json!({"error": message})));
                         }
                         Action::Redirect { url, status } => {
@@ -319,44 +298,29 @@ impl Proxy {
         }
 
         if is_upgrade(&req) {
-            return Ok(self
-                .upgrade(req, &cluster, remote, &host, &log, started)
-                .await);
+            return Ok(self.upgrade(req, &cluster, remote, &host, &log, started).await);
         }
 
         let (parts, body) = req.into_parts();
         let body = match Limited::new(body, MAX_BODY).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
-                let too_big = e
-                    .downcast_ref::<http_body_util::LengthLimitError>()
-                    .is_some();
-                let status = if too_big {
-                    StatusCode::PAYLOAD_TOO_LARGE
-                } else {
-                    StatusCode::BAD_REQUEST
-                };
+                let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
+                let status = if too_big { StatusCode::PAYLOAD_TOO_LARGE } else { StatusCode::BAD_REQUEST };
                 self.log(&log, status.as_u16(), started, None, 0);
-                return Ok(json(
-                    status,
-                    serde_json::json!({"error": format!("reading the request body: {e}")}),
-                ));
+                return Ok(json(status, serde_json::json!({"error": format!("reading the request body: {e}")})));
             }
         };
         let idempotent = matches!(
             parts.method,
-            Method::GET
-                | Method::HEAD
-                | Method::OPTIONS
-                | Method::PUT
-                | Method::DELETE
-                | Method::TRACE
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
         );
         let target_path = rewrite.unwrap_or_else(|| path.clone());
+        let key = hash_key(&cluster, &parts.headers, remote);
         let mut tried = Vec::new();
         let max_tries = MAX_TRIES.min(cluster.servers.len()).max(1);
         let mut last_error = String::from("no server is available");
-        while let Some(pick) = balance::pick(&cluster, &tried) {
+        while let Some(pick) = balance::pick(&cluster, &tried, key.as_deref()) {
             tried.push(pick.index);
             let server = &cluster.servers[pick.index];
             if pick.fail_open {
@@ -370,10 +334,7 @@ impl Proxy {
             match uri.parse() {
                 Ok(u) => *up.uri_mut() = u,
                 Err(_) => {
-                    return Ok(json(
-                        StatusCode::BAD_REQUEST,
-                        serde_json::json!({"error": "bad request path"}),
-                    ));
+                    return Ok(json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "bad request path"})));
                 }
             }
             let headers = up.headers_mut();
@@ -393,10 +354,7 @@ impl Proxy {
                 headers.insert("x-forwarded-host", v);
             }
             for (k, v) in &extra_headers {
-                if let (Ok(k), Ok(v)) = (
-                    HeaderName::from_bytes(k.as_bytes()),
-                    HeaderValue::from_str(v),
-                ) {
+                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
                     headers.insert(k, v);
                 }
             }
@@ -410,11 +368,7 @@ impl Proxy {
                     let status = rparts.status.as_u16();
                     cluster.metrics.observe(status, started.elapsed());
                     self.log(&log, status, started, Some(&server.addr), tried.len());
-                    let body = Tracked {
-                        inner: rbody,
-                        _guard: guard,
-                    }
-                    .boxed();
+                    let body = Tracked { inner: rbody, _guard: guard }.boxed();
                     return Ok(Response::from_parts(rparts, body));
                 }
                 Ok(Err(e)) => {
@@ -422,9 +376,8 @@ impl Proxy {
                     last_error = format!("{}: {}", server.addr, root_cause(&e));
                     server.state.record_failure(&last_error);
                     drop(guard);
-                    let may_retry = (connect || idempotent)
-                        && tried.len() < max_tries
-                        && started.elapsed() < RETRY_BUDGET;
+                    let may_retry =
+                        (connect || idempotent) && tried.len() < max_tries && started.elapsed() < RETRY_BUDGET;
                     if may_retry {
                         cluster.metrics.retries.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -432,27 +385,17 @@ impl Proxy {
                     break;
                 }
                 Err(_) => {
-                    last_error = format!(
-                        "{}: no response within {}s",
-                        server.addr,
-                        RESPONSE_TIMEOUT.as_secs()
-                    );
+                    last_error = format!("{}: no response within {}s", server.addr, RESPONSE_TIMEOUT.as_secs());
                     server.state.record_failure(&last_error);
                     cluster.metrics.observe(504, started.elapsed());
                     self.log(&log, 504, started, Some(&server.addr), tried.len());
-                    return Ok(json(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        serde_json::json!({"error": last_error}),
-                    ));
+                    return Ok(json(StatusCode::GATEWAY_TIMEOUT, serde_json::json!({"error": last_error})));
                 }
             }
         }
         cluster.metrics.observe(502, started.elapsed());
         self.log(&log, 502, started, None, tried.len());
-        Ok(json(
-            StatusCode::BAD_GATEWAY,
-            serde_json::json!({"error": last_error, "cluster": cluster.name}),
-        ))
+        Ok(json(StatusCode::BAD_GATEWAY, serde_json::json!({"error": last_error, "cluster": cluster.name})))
     }
 
     /// WebSocket and other upgrades: forwarded once, then bytes are copied both ways.
@@ -465,12 +408,9 @@ impl Proxy {
         log: &Log<'_>,
         started: Instant,
     ) -> Response<Body> {
-        let Some(pick) = balance::pick(cluster, &[]) else {
+        let Some(pick) = balance::pick(cluster, &[], hash_key(cluster, req.headers(), remote).as_deref()) else {
             self.log(log, 502, started, None, 0);
-            return json(
-                StatusCode::BAD_GATEWAY,
-                serde_json::json!({"error": "no server is available"}),
-            );
+            return json(StatusCode::BAD_GATEWAY, serde_json::json!({"error": "no server is available"}));
         };
         let server = cluster.servers[pick.index].clone();
         let client_side = hyper::upgrade::on(&mut req);
@@ -481,10 +421,7 @@ impl Proxy {
         match format!("http://{}{path}", server.addr).parse() {
             Ok(u) => *up.uri_mut() = u,
             Err(_) => {
-                return json(
-                    StatusCode::BAD_REQUEST,
-                    serde_json::json!({"error": "bad request path"}),
-                );
+                return json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "bad request path"}));
             }
         }
         if let Ok(v) = HeaderValue::from_str(&remote.ip().to_string()) {
@@ -509,31 +446,16 @@ impl Proxy {
         self.log(log, status.as_u16(), started, Some(&server.addr), 1);
         if status != StatusCode::SWITCHING_PROTOCOLS {
             let (parts, body) = resp.into_parts();
-            return Response::from_parts(
-                parts,
-                Tracked {
-                    inner: body,
-                    _guard: guard,
-                }
-                .boxed(),
-            );
+            return Response::from_parts(parts, Tracked { inner: body, _guard: guard }.boxed());
         }
         let upstream_side = hyper::upgrade::on(&mut resp);
         tokio::spawn(async move {
             let _guard = guard;
             if let (Ok(client), Ok(upstream)) = tokio::join!(client_side, upstream_side) {
-                let _ = tokio::io::copy_bidirectional(
-                    &mut TokioIo::new(client),
-                    &mut TokioIo::new(upstream),
-                )
-                .await;
+                let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(upstream)).await;
             }
         });
-        let mut out = Response::new(
-            Empty::new()
-                .map_err(|never: Infallible| match never {})
-                .boxed(),
-        );
+        let mut out = Response::new(Empty::new().map_err(|never: Infallible| match never {}).boxed());
         *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
         *out.headers_mut() = resp.headers().clone();
         out

@@ -72,10 +72,7 @@ impl Script {
         check(source)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut h);
-        Ok(Script {
-            source: source.into(),
-            hash: h.finish(),
-        })
+        Ok(Script { source: source.into(), hash: h.finish() })
     }
 
     pub fn version(&self) -> String {
@@ -103,21 +100,10 @@ end
 "#;
 
 fn sandboxed_vm() -> Result<Lua, mlua::Error> {
-    let lua = Lua::new_with(
-        StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8,
-        LuaOptions::default(),
-    )?;
+    let lua = Lua::new_with(StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8, LuaOptions::default())?;
     lua.set_memory_limit(MEMORY_LIMIT)?;
     let globals = lua.globals();
-    for name in [
-        "load",
-        "loadstring",
-        "dofile",
-        "loadfile",
-        "require",
-        "collectgarbage",
-        "print",
-    ] {
+    for name in ["load", "loadstring", "dofile", "loadfile", "require", "collectgarbage", "print"] {
         globals.set(name, Value::Nil)?;
     }
     lua.load(PRELUDE).set_name("berth-prelude").exec()?;
@@ -134,9 +120,7 @@ fn rule_error(e: &mlua::Error) -> RuleError {
     // Lua says `[string "rules"]:3: message`.
     let after = text.split_once("]:").map(|(_, rest)| rest).unwrap_or(&text);
     let (line, message) = match after.split_once(':') {
-        Some((n, rest)) if n.trim().parse::<u32>().is_ok() => {
-            (n.trim().parse().ok(), rest.trim().to_string())
-        }
+        Some((n, rest)) if n.trim().parse::<u32>().is_ok() => (n.trim().parse().ok(), rest.trim().to_string()),
         _ => (None, text.lines().next().unwrap_or_default().to_string()),
     };
     RuleError { line, message }
@@ -145,11 +129,7 @@ fn rule_error(e: &mlua::Error) -> RuleError {
 /// Compiles `source` in a fresh sandbox: a syntax error comes back with its line.
 pub fn check(source: &str) -> Result<(), RuleError> {
     let lua = sandboxed_vm().map_err(|e| rule_error(&e))?;
-    lua.load(source)
-        .set_name("rules")
-        .into_function()
-        .map(|_| ())
-        .map_err(|e| rule_error(&e))
+    lua.load(source).set_name("rules").into_function().map(|_| ()).map_err(|e| rule_error(&e))
 }
 
 struct Loaded {
@@ -167,26 +147,17 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
         return Ok(l);
     }
     let lua = sandboxed_vm().map_err(|e| rule_error(&e))?;
-    let func = lua
-        .load(&*script.source)
-        .set_name("rules")
-        .into_function()
-        .map_err(|e| rule_error(&e))?;
+    let func = lua.load(&*script.source).set_name("rules").into_function().map_err(|e| rule_error(&e))?;
     let spent = Rc::new(Cell::new(0u64));
     let counter = spent.clone();
-    lua.set_hook(
-        HookTriggers::new().every_nth_instruction(HOOK_EVERY),
-        move |_, _| {
-            counter.set(counter.get() + u64::from(HOOK_EVERY));
-            if counter.get() > INSTRUCTION_BUDGET {
-                Err(mlua::Error::RuntimeError(format!(
-                    "instruction budget of {INSTRUCTION_BUDGET} exceeded"
-                )))
-            } else {
-                Ok(VmState::Continue)
-            }
-        },
-    )
+    lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
+        counter.set(counter.get() + u64::from(HOOK_EVERY));
+        if counter.get() > INSTRUCTION_BUDGET {
+            Err(mlua::Error::RuntimeError(format!("instruction budget of {INSTRUCTION_BUDGET} exceeded")))
+        } else {
+            Ok(VmState::Continue)
+        }
+    })
     .map_err(|e| rule_error(&e))?;
     let l = Rc::new(Loaded { lua, func, spent });
     VMS.with(|v| {
@@ -249,19 +220,15 @@ pub fn run(script: &Script, req: &RequestView) -> Result<Outcome, RuleError> {
                 message: t.get("message").unwrap_or_else(|_| "denied".into()),
             },
             "redirect" => Action::Redirect {
-                url: t.get("url").map_err(|_| RuleError {
-                    line: None,
-                    message: "redirect needs a url".into(),
-                })?,
+                url: t.get("url").map_err(|_| RuleError { line: None, message: "redirect needs a url".into() })?,
                 status: match t.get::<u16>("status").unwrap_or(302) {
                     s @ (301 | 302 | 303 | 307 | 308) => s,
                     _ => 302,
                 },
             },
-            "route" => Action::Route(t.get("name").map_err(|_| RuleError {
-                line: None,
-                message: "route needs a name".into(),
-            })?),
+            "route" => Action::Route(
+                t.get("name").map_err(|_| RuleError { line: None, message: "route needs a name".into() })?,
+            ),
             _ => Action::Pass,
         };
     }
@@ -284,17 +251,11 @@ mod tests {
 
     #[test]
     fn deny_deletes() {
-        let s = Script::new(
-            "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end",
-        )
-        .unwrap();
+        let s = Script::new("if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end").unwrap();
         assert_eq!(run(&s, &req("GET", "/")).unwrap().action, Action::Pass);
         assert_eq!(
             run(&s, &req("DELETE", "/x")).unwrap().action,
-            Action::Deny {
-                status: 403,
-                message: "no deletes here".into()
-            }
+            Action::Deny { status: 403, message: "no deletes here".into() }
         );
     }
 
@@ -309,23 +270,11 @@ mod tests {
         .unwrap();
         let o = run(&s, &req("GET", "/old/a")).unwrap();
         assert_eq!(o.rewrite.as_deref(), Some("/new/a"));
-        assert_eq!(
-            o.set_headers,
-            vec![("X-Seen".to_string(), "abc".to_string())]
-        );
+        assert_eq!(o.set_headers, vec![("X-Seen".to_string(), "abc".to_string())]);
         let o = run(&s, &req("GET", "/moved")).unwrap();
-        assert_eq!(
-            o.action,
-            Action::Redirect {
-                url: "https://example.com/".into(),
-                status: 301
-            }
-        );
+        assert_eq!(o.action, Action::Redirect { url: "https://example.com/".into(), status: 301 });
         assert_eq!(o.rewrite, None, "each request starts clean");
-        assert_eq!(
-            run(&s, &req("GET", "/legacy")).unwrap().action,
-            Action::Route("legacy.internal".into())
-        );
+        assert_eq!(run(&s, &req("GET", "/legacy")).unwrap().action, Action::Route("legacy.internal".into()));
     }
 
     #[test]
@@ -364,12 +313,8 @@ mod tests {
 
     #[test]
     fn memory_is_limited() {
-        let s =
-            Script::new("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) end").unwrap();
+        let s = Script::new("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) end").unwrap();
         let e = run(&s, &req("GET", "/")).unwrap_err();
-        assert!(
-            e.message.contains("memory") || e.message.contains("budget"),
-            "{e}"
-        );
+        assert!(e.message.contains("memory") || e.message.contains("budget"), "{e}");
     }
 }

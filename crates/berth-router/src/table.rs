@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use berth_api::{RouteSnapshot, RuleTarget};
 use berth_core::AppSpec;
-use berth_core::spec::HealthSpec;
+use berth_core::spec::{Balance, HealthSpec};
 
 use crate::metrics::ClusterMetrics;
 use crate::rules::Script;
@@ -21,9 +21,7 @@ pub const PASSIVE_EJECT: Duration = Duration::from_secs(10);
 pub const SLOW_START: Duration = Duration::from_secs(5);
 
 pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What the router has learned about one server, shared by every thread and every snapshot.
@@ -65,9 +63,7 @@ impl ServerState {
     #[cfg(test)]
     pub fn for_tests() -> Self {
         let mut s = Self::new();
-        s.first_seen = Instant::now()
-            .checked_sub(SLOW_START)
-            .unwrap_or_else(Instant::now);
+        s.first_seen = Instant::now().checked_sub(SLOW_START).unwrap_or_else(Instant::now);
         s
     }
 
@@ -84,8 +80,7 @@ impl ServerState {
 
     pub fn passive_ejected(&self) -> bool {
         self.passive_fails.load(Ordering::Relaxed) >= PASSIVE_MAX_FAILS
-            && now_ms() - self.last_fail_ms.load(Ordering::Relaxed)
-                < PASSIVE_EJECT.as_millis() as i64
+            && now_ms() - self.last_fail_ms.load(Ordering::Relaxed) < PASSIVE_EJECT.as_millis() as i64
     }
 
     pub fn record_failure(&self, why: &str) {
@@ -132,10 +127,7 @@ impl Upstream {
             return Some("not ready: starting, or unhealthy in the platform".into());
         }
         if !self.state.up.load(Ordering::Relaxed) {
-            return Some(format!(
-                "failing its active health check: {}",
-                self.state.msg()
-            ));
+            return Some(format!("failing its active health check: {}", self.state.msg()));
         }
         if self.state.passive_ejected() {
             return Some(format!(
@@ -170,13 +162,7 @@ impl Check {
 
     /// Static upstreams get a TCP check.
     fn tcp_default() -> Check {
-        Check {
-            http: None,
-            interval: Duration::from_secs(2),
-            timeout: Duration::from_secs(1),
-            rise: 2,
-            fall: 2,
-        }
+        Check { http: None, interval: Duration::from_secs(2), timeout: Duration::from_secs(1), rise: 2, fall: 2 }
     }
 
     pub fn as_health_spec(&self) -> HealthSpec {
@@ -212,8 +198,66 @@ pub struct Cluster {
     pub check: Option<Check>,
     pub rules: Option<Arc<LoadedRules>>,
     pub metrics: Arc<ClusterMetrics>,
+    pub balance: Balance,
     /// Smooth weighted round robin's current weights, one per server.
     pub swrr: Mutex<Vec<i64>>,
+    /// Consistent-hash ring (point, server index), sorted; empty unless balance is a hash.
+    pub ring: Vec<(u64, usize)>,
+    /// Where least-conn starts scanning, so ties rotate.
+    pub rotor: std::sync::atomic::AtomicUsize,
+}
+
+/// Virtual nodes per unit of weight on a hash ring.
+const RING_POINTS: u32 = 160;
+
+pub fn hash64(text: &str) -> u64 {
+    // FNV-1a then a finalizer: stable across processes and releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^ (h >> 33)
+}
+
+fn ring(balance: &Balance, servers: &[Upstream]) -> Vec<(u64, usize)> {
+    if !matches!(balance, Balance::Hash(_)) {
+        return Vec::new();
+    }
+    let mut points: Vec<(u64, usize)> = servers
+        .iter()
+        .enumerate()
+        .flat_map(|(i, s)| (0..RING_POINTS * s.weight.max(1)).map(move |n| (hash64(&format!("{}#{n}", s.addr)), i)))
+        .collect();
+    points.sort_unstable();
+    points
+}
+
+impl Cluster {
+    pub(crate) fn new(
+        name: String,
+        route_name: String,
+        servers: Vec<Upstream>,
+        balance: Balance,
+        check: Option<Check>,
+        rules: Option<Arc<LoadedRules>>,
+        metrics: Arc<ClusterMetrics>,
+    ) -> Cluster {
+        Cluster {
+            swrr: Mutex::new(vec![0; servers.len()]),
+            ring: ring(&balance, &servers),
+            rotor: std::sync::atomic::AtomicUsize::new(0),
+            name,
+            route_name,
+            servers,
+            balance,
+            check,
+            rules,
+            metrics,
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -247,9 +291,7 @@ pub struct Registry {
 impl Registry {
     fn server(&self, cluster: &str, addr: &str) -> Arc<ServerState> {
         let mut map = self.servers.lock().unwrap_or_else(|p| p.into_inner());
-        map.entry(format!("{cluster}|{addr}"))
-            .or_insert_with(|| Arc::new(ServerState::new()))
-            .clone()
+        map.entry(format!("{cluster}|{addr}")).or_insert_with(|| Arc::new(ServerState::new())).clone()
     }
 
     fn metrics(&self, cluster: &str) -> Arc<ClusterMetrics> {
@@ -266,12 +308,7 @@ impl Registry {
 
     /// The script for `target` from `source`: the cached one when unchanged; on a load error the
     /// previous version stays in force and carries the error.
-    fn rules(
-        &self,
-        target: &RuleTarget,
-        source: &str,
-        updated_at: i64,
-    ) -> Option<Arc<LoadedRules>> {
+    fn rules(&self, target: &RuleTarget, source: &str, updated_at: i64) -> Option<Arc<LoadedRules>> {
         let mut map = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         let previous = map.get(target).cloned();
         if let Some(p) = &previous
@@ -280,19 +317,11 @@ impl Registry {
             return previous;
         }
         let next = match Script::new(source) {
-            Ok(script) => Arc::new(LoadedRules {
-                target: target.clone(),
-                script,
-                loaded_at: now_ms(),
-                error: None,
-            }),
+            Ok(script) => Arc::new(LoadedRules { target: target.clone(), script, loaded_at: now_ms(), error: None }),
             Err(e) => {
                 tracing::error!(%target, error = %e, "rule script rejected; the previous one stays in force");
                 let p = previous.as_ref()?;
-                Arc::new(LoadedRules {
-                    error: Some(format!("version of {updated_at} rejected: {e}")),
-                    ..(**p).clone()
-                })
+                Arc::new(LoadedRules { error: Some(format!("version of {updated_at} rejected: {e}")), ..(**p).clone() })
             }
         };
         map.insert(target.clone(), next.clone());
@@ -301,14 +330,8 @@ impl Registry {
 
     /// Forgets servers and scripts that no snapshot mentions any more.
     fn retain(&self, live_servers: &HashSet<String>, live_targets: &HashSet<RuleTarget>) {
-        self.servers
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| live_servers.contains(k));
-        self.rules
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|k, _| live_targets.contains(k));
+        self.servers.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live_servers.contains(k));
+        self.rules.lock().unwrap_or_else(|p| p.into_inner()).retain(|k, _| live_targets.contains(k));
     }
 }
 
@@ -321,22 +344,11 @@ pub struct Scope {
 }
 
 /// Builds the table for `scope` from a route snapshot.
-pub fn build(
-    snapshot: &RouteSnapshot,
-    scope: &Scope,
-    registry: &Registry,
-    generation: u64,
-) -> Table {
-    let mut table = Table {
-        generation,
-        index: snapshot.index,
-        applied_at: now_ms(),
-        ..Default::default()
-    };
+pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, generation: u64) -> Table {
+    let mut table = Table { generation, index: snapshot.index, applied_at: now_ms(), ..Default::default() };
     let mut live_servers = HashSet::new();
     let mut live_targets = HashSet::new();
-    let scripts: HashMap<&RuleTarget, &berth_api::RuleScript> =
-        snapshot.rules.iter().map(|r| (&r.target, r)).collect();
+    let scripts: HashMap<&RuleTarget, &berth_api::RuleScript> = snapshot.rules.iter().map(|r| (&r.target, r)).collect();
     let mut rules_for = |target: RuleTarget| {
         let script = scripts.get(&target)?;
         live_targets.insert(target.clone());
@@ -351,31 +363,19 @@ pub fn build(
         // One cluster per container port the app is reached on.
         let mut by_port: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for service in &app.services {
-            let host = service
-                .rsplit_once(':')
-                .map_or(service.as_str(), |(h, _)| h)
-                .to_ascii_lowercase();
+            let host = service.rsplit_once(':').map_or(service.as_str(), |(h, _)| h).to_ascii_lowercase();
             let port = AppSpec::service_port(service, &app.ports);
-            let index = port
-                .and_then(|p| app.ports.iter().position(|x| *x == p))
-                .unwrap_or(0);
+            let index = port.and_then(|p| app.ports.iter().position(|x| *x == p)).unwrap_or(0);
             by_port.entry(index).or_default().push(host);
         }
         if !app.ports.is_empty() || app.instances.iter().any(|i| !i.host_ports.is_empty()) {
-            by_port
-                .entry(0)
-                .or_default()
-                .push(format!("{}.{}.{}", app.name, app.group, scope.domain));
+            by_port.entry(0).or_default().push(format!("{}.{}.{}", app.name, app.group, scope.domain));
         }
         for (index, hosts) in by_port {
             let name = if index == 0 {
                 format!("cls:{}", app.id)
             } else {
-                format!(
-                    "cls:{}:{}",
-                    app.id,
-                    app.ports.get(index).copied().unwrap_or_default()
-                )
+                format!("cls:{}:{}", app.id, app.ports.get(index).copied().unwrap_or_default())
             };
             let servers: Vec<Upstream> = app
                 .instances
@@ -394,19 +394,18 @@ pub fn build(
                     })
                 })
                 .collect();
-            let cluster = Arc::new(Cluster {
-                swrr: Mutex::new(vec![0; servers.len()]),
-                metrics: registry.metrics(&name),
-                route_name: if index == 0 {
-                    app.id.clone()
-                } else {
-                    format!("{}:{index}", app.id)
-                },
-                check: app.health.as_ref().map(Check::from_spec),
-                rules: rules.clone(),
+            let route_name = if index == 0 { app.id.clone() } else { format!("{}:{index}", app.id) };
+            let check = app.health.as_ref().map(Check::from_spec);
+            let metrics = registry.metrics(&name);
+            let cluster = Arc::new(Cluster::new(
+                name.clone(),
+                route_name,
                 servers,
-                name: name.clone(),
-            });
+                app.balance.clone(),
+                check,
+                rules.clone(),
+                metrics,
+            ));
             for host in hosts {
                 table.hosts.insert(host, cluster.clone());
             }
@@ -439,18 +438,17 @@ pub fn build(
         if let Some(r) = &rules {
             table.scripts.push(r.clone());
         }
-        let cluster = Arc::new(Cluster {
-            swrr: Mutex::new(vec![0; servers.len()]),
-            metrics: registry.metrics(&name),
-            route_name: up.name.clone(),
-            check: Some(Check::tcp_default()),
-            rules,
+        let metrics = registry.metrics(&name);
+        let cluster = Arc::new(Cluster::new(
+            name.clone(),
+            up.name.clone(),
             servers,
-            name: name.clone(),
-        });
-        table
-            .hosts
-            .insert(up.name.to_ascii_lowercase(), cluster.clone());
+            up.balance.clone(),
+            Some(Check::tcp_default()),
+            rules,
+            metrics,
+        ));
+        table.hosts.insert(up.name.to_ascii_lowercase(), cluster.clone());
         table.clusters.insert(name, cluster);
     }
     registry.retain(&live_servers, &live_targets);

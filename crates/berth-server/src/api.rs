@@ -11,13 +11,10 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use berth_api::{
-    AppStatus, Assignment, Assignments, DeployRequest, DeployResponse, ErrorBody, INDEX_HEADER,
-    InstanceView, RegisterRequest, ReportRequest, ScaleRequest, UpgradeRequest,
+    AppStatus, Assignment, Assignments, DeployRequest, DeployResponse, ErrorBody, INDEX_HEADER, InstanceView,
+    RegisterRequest, ReportRequest, ScaleRequest, UpgradeRequest,
 };
-use berth_core::{
-    App, AppSpec, AppVersion, Backoff, Dur, Instance, InstanceState, Level, Node, NodeStatus,
-    SpecError,
-};
+use berth_core::{App, AppSpec, AppVersion, Backoff, Dur, Instance, InstanceState, Level, Node, NodeStatus, SpecError};
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
 use serde::Deserialize;
@@ -29,10 +26,7 @@ pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/apps", get(list_apps))
-        .route(
-            "/v1/apps/{group}/{name}",
-            get(get_app).put(deploy).delete(destroy),
-        )
+        .route("/v1/apps/{group}/{name}", get(get_app).put(deploy).delete(destroy))
         .route("/v1/apps/{group}/{name}/scale", post(scale))
         .route("/v1/apps/{group}/{name}/upgrade", post(upgrade))
         .route("/v1/apps/{group}/{name}/restart", post(restart))
@@ -45,28 +39,16 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/events", get(events))
         .route("/v1/routes", get(routes::routes))
         .route("/v1/upstreams", get(routes::list_upstreams))
-        .route(
-            "/v1/upstreams/{name}",
-            axum::routing::put(routes::put_upstream).delete(routes::delete_upstream),
-        )
+        .route("/v1/upstreams/{name}", axum::routing::put(routes::put_upstream).delete(routes::delete_upstream))
         .route(
             "/v1/upstreams/{name}/rules",
-            get(routes::get_upstream_rules)
-                .put(routes::set_upstream_rules)
-                .delete(routes::delete_upstream_rules),
+            get(routes::get_upstream_rules).put(routes::set_upstream_rules).delete(routes::delete_upstream_rules),
         )
         .route(
             "/v1/apps/{group}/{name}/rules",
-            get(routes::get_app_rules)
-                .put(routes::set_app_rules)
-                .delete(routes::delete_app_rules),
+            get(routes::get_app_rules).put(routes::set_app_rules).delete(routes::delete_app_rules),
         )
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "no such endpoint; see docs/openapi.yaml",
-            )
-        })
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/openapi.yaml") })
         .with_state(shared)
 }
 
@@ -79,22 +61,10 @@ pub(crate) struct ApiError {
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            body: ErrorBody {
-                error: message.into(),
-                details: vec![],
-            },
-        }
+        ApiError { status, body: ErrorBody { error: message.into(), details: vec![] } }
     }
     fn invalid(message: impl Into<String>, details: Vec<SpecError>) -> Self {
-        ApiError {
-            status: StatusCode::UNPROCESSABLE_ENTITY,
-            body: ErrorBody {
-                error: message.into(),
-                details,
-            },
-        }
+        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body: ErrorBody { error: message.into(), details } }
     }
     pub(crate) fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
@@ -129,10 +99,7 @@ pub(crate) fn indexed<T: serde::Serialize>(index: u64, value: &T) -> Response {
 
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
     serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("request body, line {} column {}: {e}", e.line(), e.column()),
-        )
+        ApiError::new(StatusCode::BAD_REQUEST, format!("request body, line {} column {}: {e}", e.line(), e.column()))
     })
 }
 
@@ -147,8 +114,7 @@ pub(crate) async fn wait_for(shared: &Shared, q: &WaitQuery) -> ApiResult<u64> {
     let store = shared.state.store();
     if let Some(index) = q.index {
         let wait = match &q.wait {
-            Some(text) => Dur::parse(text)
-                .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("wait: {e}")))?,
+            Some(text) => Dur::parse(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("wait: {e}")))?,
             None => Dur::secs(30),
         };
         let wait = wait.as_duration().min(Duration::from_secs(300));
@@ -161,10 +127,7 @@ pub(crate) async fn wait_for(shared: &Shared, q: &WaitQuery) -> ApiResult<u64> {
 
 async fn health(AxState(shared): AxState<Shared>) -> Response {
     let revision = shared.state.store().revision();
-    indexed(
-        revision,
-        &serde_json::json!({"status": "ok", "revision": revision}),
-    )
+    indexed(revision, &serde_json::json!({"status": "ok", "revision": revision}))
 }
 
 fn app_id(group: &str, name: &str) -> String {
@@ -172,10 +135,7 @@ fn app_id(group: &str, name: &str) -> String {
 }
 
 fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
-    let app = shared
-        .state
-        .app(id)?
-        .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    let app = shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).get(id).cloned();
     Ok(views::app_status(&app.value, &instances, pending))
@@ -211,49 +171,30 @@ async fn versions(
     Path((group, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let id = app_id(&group, &name);
-    shared
-        .state
-        .app(&id)?
-        .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
-    Ok(indexed(
-        shared.state.store().revision(),
-        &shared.state.versions(&id)?,
-    ))
+    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    Ok(indexed(shared.state.store().revision(), &shared.state.versions(&id)?))
 }
 
 /// The top-level keys whose values differ, as `key: old -> new`.
 fn describe_change(old: &AppSpec, new: &AppSpec) -> String {
-    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) = (
-        serde_json::to_value(old).unwrap_or_default(),
-        serde_json::to_value(new).unwrap_or_default(),
-    ) else {
+    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) =
+        (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default())
+    else {
         return "changed".into();
     };
-    let mut keys: Vec<&String> = a
-        .keys()
-        .chain(b.keys())
-        .filter(|k| *k != "instances")
-        .collect();
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| *k != "instances").collect();
     keys.sort();
     keys.dedup();
     let short = |v: Option<&serde_json::Value>| {
         let text = v.map_or("unset".to_string(), |v| v.to_string());
-        if text.len() > 60 {
-            format!("{}...", &text[..text.floor_char_boundary(57)])
-        } else {
-            text
-        }
+        if text.len() > 60 { format!("{}...", &text[..text.floor_char_boundary(57)]) } else { text }
     };
     let parts: Vec<String> = keys
         .into_iter()
         .filter(|k| a.get(*k) != b.get(*k))
         .map(|k| format!("{k}: {} -> {}", short(a.get(k)), short(b.get(k))))
         .collect();
-    if parts.is_empty() {
-        "no change".into()
-    } else {
-        parts.join("; ")
-    }
+    if parts.is_empty() { "no change".into() } else { parts.join("; ") }
 }
 
 fn same_ignoring_scale(a: &AppSpec, b: &AppSpec) -> bool {
@@ -310,14 +251,7 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
                     format!("app {id} is being destroyed; wait until it is gone"),
                 ));
             }
-            (
-                Some(current),
-                Change::Spec {
-                    spec,
-                    keep_scale,
-                    change,
-                },
-            ) => {
+            (Some(current), Change::Spec { spec, keep_scale, change }) => {
                 let mut app = current.value;
                 let mut spec = (**spec).clone();
                 if *keep_scale {
@@ -335,20 +269,11 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
                         });
                     }
                     let msg = format!("scaled from {} to {}", app.instances, spec.instances);
-                    txn = state.with_event(
-                        txn,
-                        now,
-                        Level::Info,
-                        "app.scaled",
-                        Subject::app(id),
-                        msg,
-                    );
+                    txn = state.with_event(txn, now, Level::Info, "app.scaled", Subject::app(id), msg);
                     app.instances = spec.instances;
                     app.spec = spec;
                 } else {
-                    let text = change
-                        .clone()
-                        .unwrap_or_else(|| describe_change(&app.spec, &spec));
+                    let text = change.clone().unwrap_or_else(|| describe_change(&app.spec, &spec));
                     app.version += 1;
                     app.instances = spec.instances;
                     app.spec = spec.clone();
@@ -362,14 +287,7 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
                     };
                     txn = txn.put(version_key(id, app.version), encode(&version));
                     let msg = format!("v{}: {text}", app.version);
-                    txn = state.with_event(
-                        txn,
-                        now,
-                        Level::Info,
-                        "app.updated",
-                        Subject::app(id),
-                        msg,
-                    );
+                    txn = state.with_event(txn, now, Level::Info, "app.updated", Subject::app(id), msg);
                 }
                 app.updated_at = now;
                 (app, false, true)
@@ -378,12 +296,7 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
                 let mut app = current.value;
                 if app.instances == *n {
                     let status = status_of(shared, id)?;
-                    return Ok(DeployResponse {
-                        created: false,
-                        changed: false,
-                        version: app.version,
-                        app: status,
-                    });
+                    return Ok(DeployResponse { created: false, changed: false, version: app.version, app: status });
                 }
                 let msg = format!("scaled from {} to {n}", app.instances);
                 txn = state.with_event(txn, now, Level::Info, "app.scaled", Subject::app(id), msg);
@@ -398,26 +311,17 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
         match state.commit(txn) {
             Ok(_) => {
                 let status = status_of(shared, id)?;
-                return Ok(DeployResponse {
-                    created,
-                    changed,
-                    version: app.version,
-                    app: status,
-                });
+                return Ok(DeployResponse { created, changed, version: app.version, app: status });
             }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        format!("app {id} is changing too fast; retry"),
-    ))
+    Err(ApiError::new(StatusCode::CONFLICT, format!("app {id} is changing too fast; retry")))
 }
 
 fn checked_spec(spec: AppSpec) -> ApiResult<AppSpec> {
-    spec.validate()
-        .map_err(|e| ApiError::invalid(format!("invalid spec: {e}"), e.0))?;
+    spec.validate().map_err(|e| ApiError::invalid(format!("invalid spec: {e}"), e.0))?;
     Ok(spec)
 }
 
@@ -427,15 +331,11 @@ async fn deploy(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let is_yaml = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.contains("yaml"));
+    let is_yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
     let spec = if is_yaml {
-        let text = std::str::from_utf8(&body)
-            .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "spec is not UTF-8"))?;
-        AppSpec::from_yaml(text, None)
-            .map_err(|e| ApiError::invalid(format!("invalid spec: {e}"), e.0))?
+        let text =
+            std::str::from_utf8(&body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "spec is not UTF-8"))?;
+        AppSpec::from_yaml(text, None).map_err(|e| ApiError::invalid(format!("invalid spec: {e}"), e.0))?
     } else {
         checked_spec(parse_json::<DeployRequest>(&body)?.spec)?
     };
@@ -446,20 +346,8 @@ async fn deploy(
             format!("the spec is for {} but the path names {id}", spec.id()),
         ));
     }
-    let resp = change_app(
-        &shared,
-        &id,
-        Change::Spec {
-            spec: Box::new(spec),
-            keep_scale: false,
-            change: None,
-        },
-    )?;
-    let status = if resp.created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let resp = change_app(&shared, &id, Change::Spec { spec: Box::new(spec), keep_scale: false, change: None })?;
+    let status = if resp.created { StatusCode::CREATED } else { StatusCode::OK };
     let mut out = indexed(shared.state.store().revision(), &resp);
     *out.status_mut() = status;
     Ok(out)
@@ -474,17 +362,10 @@ async fn scale(
     if req.instances > 10_000 {
         return Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "instances: {} is more than the 10000 allowed",
-                req.instances
-            ),
+            format!("instances: {} is more than the 10000 allowed", req.instances),
         ));
     }
-    let resp = change_app(
-        &shared,
-        &app_id(&group, &name),
-        Change::Scale(req.instances),
-    )?;
+    let resp = change_app(&shared, &app_id(&group, &name), Change::Scale(req.instances))?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }
 
@@ -495,62 +376,33 @@ async fn upgrade(
 ) -> ApiResult<Response> {
     let req: UpgradeRequest = parse_json(&body)?;
     let id = app_id(&group, &name);
-    let current = shared
-        .state
-        .app(&id)?
-        .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let mut spec = current.value.spec;
     spec.image = Some(req.image);
     let spec = checked_spec(spec)?;
-    let resp = change_app(
-        &shared,
-        &id,
-        Change::Spec {
-            spec: Box::new(spec),
-            keep_scale: true,
-            change: None,
-        },
-    )?;
+    let resp = change_app(&shared, &id, Change::Spec { spec: Box::new(spec), keep_scale: true, change: None })?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }
 
-async fn restart(
-    AxState(shared): AxState<Shared>,
-    Path((group, name)): Path<(String, String)>,
-) -> ApiResult<Response> {
+async fn restart(AxState(shared): AxState<Shared>, Path((group, name)): Path<(String, String)>) -> ApiResult<Response> {
     let id = app_id(&group, &name);
-    let current = shared
-        .state
-        .app(&id)?
-        .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
-    let change = Change::Spec {
-        spec: Box::new(current.value.spec),
-        keep_scale: true,
-        change: Some("restart".into()),
-    };
+    let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    let change = Change::Spec { spec: Box::new(current.value.spec), keep_scale: true, change: Some("restart".into()) };
     let resp = change_app(&shared, &id, change)?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }
 
-async fn destroy(
-    AxState(shared): AxState<Shared>,
-    Path((group, name)): Path<(String, String)>,
-) -> ApiResult<Response> {
+async fn destroy(AxState(shared): AxState<Shared>, Path((group, name)): Path<(String, String)>) -> ApiResult<Response> {
     let id = app_id(&group, &name);
     for _ in 0..8 {
-        let current = shared
-            .state
-            .app(&id)?
-            .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+        let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
         if current.value.destroying {
             break;
         }
         let mut app = current.value;
         app.destroying = true;
         app.updated_at = now_ms();
-        let txn = Txn::default()
-            .expect(app_key(&id), current.mod_revision)
-            .put(app_key(&id), encode(&app));
+        let txn = Txn::default().expect(app_key(&id), current.mod_revision).put(app_key(&id), encode(&app));
         let txn = shared.state.with_event(
             txn,
             now_ms(),
@@ -565,20 +417,12 @@ async fn destroy(
             Err(e) => return Err(e.into()),
         }
     }
-    Ok(indexed(
-        shared.state.store().revision(),
-        &status_of(&shared, &id)?,
-    ))
+    Ok(indexed(shared.state.store().revision(), &status_of(&shared, &id)?))
 }
 
 async fn list_instances(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
-    let all: Vec<InstanceView> = shared
-        .state
-        .instances()?
-        .into_iter()
-        .map(|v| v.value.into())
-        .collect();
+    let all: Vec<InstanceView> = shared.state.instances()?.into_iter().map(|v| v.value.into()).collect();
     Ok(indexed(index, &all))
 }
 
@@ -589,25 +433,13 @@ async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
         .state
         .apps()?
         .into_iter()
-        .map(|a| {
-            (
-                a.value.id(),
-                (
-                    a.value.spec.cpu.unwrap_or(0.0),
-                    a.value.spec.memory.unwrap_or(0),
-                ),
-            )
-        })
+        .map(|a| (a.value.id(), (a.value.spec.cpu.unwrap_or(0.0), a.value.spec.memory.unwrap_or(0))))
         .collect();
     let nodes: Vec<_> = shared
         .state
         .nodes()?
         .into_iter()
-        .map(|n| {
-            views::node_view(shared.with_heartbeat(n.value), &instances, &|app| {
-                specs.get(app).copied()
-            })
-        })
+        .map(|n| views::node_view(shared.with_heartbeat(n.value), &instances, &|app| specs.get(app).copied()))
         .collect();
     Ok(indexed(index, &nodes))
 }
@@ -615,16 +447,10 @@ async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
 async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Response> {
     let req: RegisterRequest = parse_json(&body)?;
     if req.id.is_empty() || req.id.contains('/') {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "id: must be non-empty and contain no /",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "id: must be non-empty and contain no /"));
     }
     if req.resources.ports.0 > req.resources.ports.1 {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "resources.ports: the range is empty",
-        ));
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "resources.ports: the range is empty"));
     }
     let now = now_ms();
     for _ in 0..8 {
@@ -641,11 +467,7 @@ async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Re
             registered_at: existing.as_ref().map_or(now, |v| v.value.registered_at),
             last_heartbeat: now,
         };
-        let kind = if existing.is_some() {
-            "node.rejoined"
-        } else {
-            "node.registered"
-        };
+        let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
         let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();
         let msg = format!(
             "{} at {} ({} cpu, {} MiB, drivers {})",
@@ -655,13 +477,8 @@ async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Re
             node.resources.memory,
             drivers.join(",")
         );
-        let txn = Txn::default()
-            .expect(node_key(&node.id), rev)
-            .put(node_key(&node.id), encode(&node));
-        let txn =
-            shared
-                .state
-                .with_event(txn, now, Level::Info, kind, Subject::node(&node.id), msg);
+        let txn = Txn::default().expect(node_key(&node.id), rev).put(node_key(&node.id), encode(&node));
+        let txn = shared.state.with_event(txn, now, Level::Info, kind, Subject::node(&node.id), msg);
         match shared.state.commit(txn) {
             Ok(index) => {
                 lock(&shared.heartbeats).insert(node.id.clone(), now);
@@ -671,33 +488,18 @@ async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Re
             Err(e) => return Err(e.into()),
         }
     }
-    Err(ApiError::new(
-        StatusCode::CONFLICT,
-        "node record is changing too fast; retry",
-    ))
+    Err(ApiError::new(StatusCode::CONFLICT, "node record is changing too fast; retry"))
 }
 
-async fn heartbeat(
-    AxState(shared): AxState<Shared>,
-    Path(id): Path<String>,
-) -> ApiResult<Response> {
-    let node = shared
-        .state
-        .node(&id)?
-        .ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
+async fn heartbeat(AxState(shared): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    let node = shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
     let now = now_ms();
     if node.value.status == NodeStatus::Down {
         // A lost node is back: it must register again so its record and resources are fresh.
-        return Err(ApiError::new(
-            StatusCode::GONE,
-            format!("node {id} was marked lost; register again"),
-        ));
+        return Err(ApiError::new(StatusCode::GONE, format!("node {id} was marked lost; register again")));
     }
     lock(&shared.heartbeats).insert(id, now);
-    Ok(indexed(
-        shared.state.store().revision(),
-        &serde_json::json!({"ok": true}),
-    ))
+    Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
 }
 
 async fn assignments(
@@ -706,10 +508,7 @@ async fn assignments(
     Query(q): Query<WaitQuery>,
 ) -> ApiResult<Response> {
     let index = wait_for(&shared, &q).await?;
-    shared
-        .state
-        .node(&id)?
-        .ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
+    shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
     let mut specs: HashMap<(String, u64), AppSpec> = HashMap::new();
     let mut out = Vec::new();
     for inst in shared.state.instances()?.into_iter().map(|v| v.value) {
@@ -728,18 +527,9 @@ async fn assignments(
             };
             specs.insert(key.clone(), spec);
         }
-        out.push(Assignment {
-            spec: specs[&key].clone(),
-            instance: inst,
-        });
+        out.push(Assignment { spec: specs[&key].clone(), instance: inst });
     }
-    Ok(indexed(
-        index,
-        &Assignments {
-            index,
-            assignments: out,
-        },
-    ))
+    Ok(indexed(index, &Assignments { index, assignments: out }))
 }
 
 fn failure_text(inst: &Instance) -> String {
@@ -753,11 +543,7 @@ fn failure_text(inst: &Instance) -> String {
     }
 }
 
-async fn reports(
-    AxState(shared): AxState<Shared>,
-    Path(node): Path<String>,
-    body: Bytes,
-) -> ApiResult<Response> {
+async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, body: Bytes) -> ApiResult<Response> {
     let req: ReportRequest = parse_json(&body)?;
     for _ in 0..8 {
         let now = now_ms();
@@ -788,28 +574,20 @@ async fn reports(
             if inst == before {
                 continue;
             }
-            txn = txn
-                .expect(instance_key(&inst.id), current.mod_revision)
-                .put(instance_key(&inst.id), encode(&inst));
+            txn = txn.expect(instance_key(&inst.id), current.mod_revision).put(instance_key(&inst.id), encode(&inst));
             let subject = Subject::instance(&inst.app, &inst.id, &node);
             if before.state != inst.state {
                 let (level, kind, msg) = match inst.state {
                     InstanceState::Failed => (Level::Error, "instance.failed", failure_text(&inst)),
-                    InstanceState::Running => (
-                        Level::Info,
-                        "instance.running",
-                        format!("running at {}", inst.address().unwrap_or_default()),
-                    ),
-                    InstanceState::Starting => (
-                        Level::Info,
-                        "instance.starting",
-                        "started; waiting for health".to_string(),
-                    ),
-                    InstanceState::Stopped => (
-                        Level::Info,
-                        "instance.stopped",
-                        inst.reason.clone().unwrap_or_else(|| "stopped".into()),
-                    ),
+                    InstanceState::Running => {
+                        (Level::Info, "instance.running", format!("running at {}", inst.address().unwrap_or_default()))
+                    }
+                    InstanceState::Starting => {
+                        (Level::Info, "instance.starting", "started; waiting for health".to_string())
+                    }
+                    InstanceState::Stopped => {
+                        (Level::Info, "instance.stopped", inst.reason.clone().unwrap_or_else(|| "stopped".into()))
+                    }
                     InstanceState::Staging => continue,
                 };
                 txn = shared.state.with_event(txn, now, level, kind, subject, msg);
@@ -827,9 +605,7 @@ async fn reports(
             }
         }
         for (id, (app, rev)) in backoffs {
-            txn = txn
-                .expect(app_key(&id), rev)
-                .put(app_key(&id), encode(&app));
+            txn = txn.expect(app_key(&id), rev).put(app_key(&id), encode(&app));
         }
         if txn.is_empty() {
             break;
@@ -841,10 +617,7 @@ async fn reports(
         }
     }
     lock(&shared.heartbeats).insert(node, now_ms());
-    Ok(indexed(
-        shared.state.store().revision(),
-        &serde_json::json!({"ok": true}),
-    ))
+    Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
 }
 
 #[derive(Debug, Deserialize)]
@@ -856,21 +629,9 @@ struct EventsQuery {
     wait: Option<String>,
 }
 
-async fn events(
-    AxState(shared): AxState<Shared>,
-    Query(q): Query<EventsQuery>,
-) -> ApiResult<Response> {
-    let index = wait_for(
-        &shared,
-        &WaitQuery {
-            index: q.index,
-            wait: q.wait.clone(),
-        },
-    )
-    .await?;
-    let events = shared
-        .state
-        .events(q.after, q.limit.unwrap_or(200).min(10_000))?;
+async fn events(AxState(shared): AxState<Shared>, Query(q): Query<EventsQuery>) -> ApiResult<Response> {
+    let index = wait_for(&shared, &WaitQuery { index: q.index, wait: q.wait.clone() }).await?;
+    let events = shared.state.events(q.after, q.limit.unwrap_or(200).min(10_000))?;
     Ok(indexed(index, &events))
 }
 

@@ -18,11 +18,7 @@ pub(crate) fn random_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut h = RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos()),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
     format!("{:010x}", h.finish() & 0xff_ffff_ffff)
 }
 
@@ -34,29 +30,16 @@ pub(crate) fn apply(
     now: Millis,
 ) -> Result<u64, StoreError> {
     let state = &shared.state;
-    let instances: HashMap<&str, &Instance> = snapshot
-        .instances
-        .iter()
-        .map(|i| (i.id.as_str(), i))
-        .collect();
+    let instances: HashMap<&str, &Instance> = snapshot.instances.iter().map(|i| (i.id.as_str(), i)).collect();
     let apps: HashMap<String, &App> = snapshot.apps.iter().map(|a| (a.id(), a)).collect();
     let mut txn = Txn::default();
-    let guard_instance = |txn: Txn, id: &str| {
-        txn.expect(
-            instance_key(id),
-            revisions.instances.get(id).copied().unwrap_or(0),
-        )
-    };
-    let guard_app =
-        |txn: Txn, id: &str| txn.expect(app_key(id), revisions.apps.get(id).copied().unwrap_or(0));
+    let guard_instance =
+        |txn: Txn, id: &str| txn.expect(instance_key(id), revisions.instances.get(id).copied().unwrap_or(0));
+    let guard_app = |txn: Txn, id: &str| txn.expect(app_key(id), revisions.apps.get(id).copied().unwrap_or(0));
 
     for action in actions {
         match action {
-            Action::Place {
-                app,
-                version,
-                placement,
-            } => {
+            Action::Place { app, version, placement } => {
                 let Some(a) = apps.get(app) else { continue };
                 let id = format!("{}-{}", a.spec.name, random_suffix());
                 let inst = Instance {
@@ -78,9 +61,7 @@ pub(crate) fn apply(
                     finished_at: None,
                     handle: None,
                 };
-                txn = guard_app(txn, app)
-                    .expect(instance_key(&id), 0)
-                    .put(instance_key(&id), encode(&inst));
+                txn = guard_app(txn, app).expect(instance_key(&id), 0).put(instance_key(&id), encode(&inst));
                 let msg = format!(
                     "placed v{version} on {} ({}, ports {:?})",
                     placement.node, placement.driver, placement.host_ports
@@ -103,14 +84,7 @@ pub(crate) fn apply(
                 next.reason = Some(reason.clone());
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
-                txn = state.with_event(
-                    txn,
-                    now,
-                    Level::Info,
-                    "instance.stopping",
-                    subject,
-                    reason.clone(),
-                );
+                txn = state.with_event(txn, now, Level::Info, "instance.stopping", subject, reason.clone());
             }
             Action::Fail { instance, reason } => {
                 let Some(inst) = instances.get(instance.as_str()) else {
@@ -123,14 +97,7 @@ pub(crate) fn apply(
                 next.healthy = None;
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
-                txn = state.with_event(
-                    txn,
-                    now,
-                    Level::Error,
-                    "instance.failed",
-                    subject,
-                    reason.clone(),
-                );
+                txn = state.with_event(txn, now, Level::Error, "instance.failed", subject, reason.clone());
             }
             Action::NodeDown { node } => {
                 let Some(n) = snapshot.nodes.iter().find(|n| &n.id == node) else {
@@ -139,9 +106,7 @@ pub(crate) fn apply(
                 let mut next = n.clone();
                 next.status = NodeStatus::Down;
                 let rev = revisions.nodes.get(node).copied().unwrap_or(0);
-                txn = txn
-                    .expect(node_key(node), rev)
-                    .put(node_key(node), encode(&next));
+                txn = txn.expect(node_key(node), rev).put(node_key(node), encode(&next));
                 let since = (now - n.last_heartbeat) / 1000;
                 txn = state.with_event(
                     txn,

@@ -69,12 +69,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl Shared {
     /// Every instance record, without revisions.
     pub(crate) fn instances(&self) -> Result<Vec<berth_core::Instance>, StoreError> {
-        Ok(self
-            .state
-            .instances()?
-            .into_iter()
-            .map(|v| v.value)
-            .collect())
+        Ok(self.state.instances()?.into_iter().map(|v| v.value).collect())
     }
 
     /// Heartbeats kept in memory, folded into node records.
@@ -87,9 +82,7 @@ impl Shared {
 }
 
 pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as Millis)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// A running control plane.
@@ -102,15 +95,11 @@ pub struct Server {
 impl Server {
     /// Opens the store under `data_dir`, binds the API and starts the reconcile loop.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
-        std::fs::create_dir_all(&config.data_dir)
-            .map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("state.redb"))?);
-        let listener = TcpListener::bind(&config.api_addr)
-            .await
-            .map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
-        let addr = listener
-            .local_addr()
-            .map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
+        let listener =
+            TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
+        let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let shared = Shared::new(store, config.tuning)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
@@ -128,11 +117,7 @@ impl Server {
         });
         let reconcile = tokio::spawn(reconciler::run(shared, shutdown_rx));
         tracing::info!(%addr, "berth server listening");
-        Ok(Server {
-            addr,
-            shutdown,
-            tasks: vec![http, reconcile],
-        })
+        Ok(Server { addr, shutdown, tasks: vec![http, reconcile] })
     }
 
     pub async fn stop(self) {

@@ -25,11 +25,7 @@ pub struct Tuning {
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning {
-            node_timeout: Duration::from_secs(15),
-            idle_interval: Duration::from_secs(5),
-            keep_events: 10_000,
-        }
+        Tuning { node_timeout: Duration::from_secs(15), idle_interval: Duration::from_secs(5), keep_events: 10_000 }
     }
 }
 
@@ -54,18 +50,9 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
         })
         .collect();
     let revisions = Revisions {
-        apps: apps
-            .iter()
-            .map(|a| (a.value.id(), a.mod_revision))
-            .collect(),
-        instances: instances
-            .iter()
-            .map(|i| (i.value.id.clone(), i.mod_revision))
-            .collect(),
-        nodes: nodes
-            .iter()
-            .map(|n| (n.value.id.clone(), n.mod_revision))
-            .collect(),
+        apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
+        instances: instances.iter().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
+        nodes: nodes.iter().map(|n| (n.value.id.clone(), n.mod_revision)).collect(),
     };
     Ok((
         Snapshot {
@@ -130,19 +117,11 @@ fn pass(shared: &Shared, now: i64, settings: Settings) -> Result<Option<i64>, St
 }
 
 /// Keeps the "why pending" text per app and writes an event when it changes.
-fn record_pending(
-    shared: &Shared,
-    pending: &[berth_plan::Pending],
-    now: i64,
-) -> Result<(), StoreError> {
+fn record_pending(shared: &Shared, pending: &[berth_plan::Pending], now: i64) -> Result<(), StoreError> {
     let mut known = lock(&shared.pending);
     let mut current = std::collections::HashMap::new();
     for p in pending {
-        let text = format!(
-            "{} instance(s) waiting: {}",
-            p.missing,
-            p.reasons.join("; ")
-        );
+        let text = format!("{} instance(s) waiting: {}", p.missing, p.reasons.join("; "));
         current.insert(p.app.clone(), text);
     }
     let mut txn = berth_store::Txn::default();
@@ -150,14 +129,7 @@ fn record_pending(
         // Backoff countdowns change every pass; only a new kind of reason is news.
         let headline = |t: &str| t.split(':').take(2).collect::<String>();
         if known.get(app).map(|old| headline(old)) != Some(headline(text)) {
-            txn = shared.state.with_event(
-                txn,
-                now,
-                Level::Warn,
-                "app.pending",
-                Subject::app(app),
-                text.clone(),
-            );
+            txn = shared.state.with_event(txn, now, Level::Warn, "app.pending", Subject::app(app), text.clone());
         }
     }
     *known = current;

@@ -4,9 +4,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
-use berth_api::{
-    RouteApp, RouteInstance, RouteSnapshot, RuleScript, RuleTarget, StaticUpstream, UpstreamRequest,
-};
+use berth_api::{RouteApp, RouteInstance, RouteSnapshot, RuleScript, RuleTarget, StaticUpstream, UpstreamRequest};
 use berth_core::{Desired, Level};
 use berth_store::state::{Subject, encode, rules_key, upstream_key};
 use berth_store::{StoreError, Txn};
@@ -47,28 +45,14 @@ pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreErro
                 services: app.spec.services.clone(),
                 ports: app.spec.ports.clone(),
                 health: app.spec.health.clone(),
+                balance: app.spec.balance.clone(),
                 instances,
             }
         })
         .collect();
-    let upstreams = shared
-        .state
-        .records::<StaticUpstream>("upstreams/")?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
-    let rules = shared
-        .state
-        .records::<RuleScript>("rules/")?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
-    Ok(RouteSnapshot {
-        index,
-        apps,
-        upstreams,
-        rules,
-    })
+    let upstreams = shared.state.records::<StaticUpstream>("upstreams/")?.into_iter().map(|v| v.value).collect();
+    let rules = shared.state.records::<RuleScript>("rules/")?.into_iter().map(|v| v.value).collect();
+    Ok(RouteSnapshot { index, apps, upstreams, rules })
 }
 
 pub(crate) async fn routes(
@@ -83,31 +67,22 @@ pub(crate) async fn routes(
 fn check_upstream_name(name: &str) -> ApiResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        });
+        && name
+            .split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'));
     if ok {
         Ok(())
     } else {
         Err(ApiError::new(
             StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "upstream name `{name}` must be a lowercase host name (it is the Host the router serves)"
-            ),
+            format!("upstream name `{name}` must be a lowercase host name (it is the Host the router serves)"),
         ))
     }
 }
 
 pub(crate) async fn list_upstreams(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
-    let all: Vec<StaticUpstream> = shared
-        .state
-        .records("upstreams/")?
-        .into_iter()
-        .map(|v| v.value)
-        .collect();
+    let all: Vec<StaticUpstream> = shared.state.records("upstreams/")?.into_iter().map(|v| v.value).collect();
     Ok(indexed(index, &all))
 }
 
@@ -119,24 +94,17 @@ pub(crate) async fn put_upstream(
     check_upstream_name(&name)?;
     let req: UpstreamRequest = parse_json(&body)?;
     if req.servers.is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "servers: at least one server is needed",
-        ));
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "servers: at least one server is needed"));
     }
     for (i, s) in req.servers.iter().enumerate() {
-        if s.host.trim().is_empty() || s.host.contains(char::is_whitespace) || s.host.contains('/')
-        {
+        if s.host.trim().is_empty() || s.host.contains(char::is_whitespace) || s.host.contains('/') {
             return Err(ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 format!("servers[{i}].host: `{}` is not a host", s.host),
             ));
         }
         if s.port == 0 {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("servers[{i}].port: 0 is not a port"),
-            ));
+            return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("servers[{i}].port: 0 is not a port")));
         }
         if !(1..=1000).contains(&s.weight) {
             return Err(ApiError::new(
@@ -146,16 +114,8 @@ pub(crate) async fn put_upstream(
         }
     }
     let now = now_ms();
-    let upstream = StaticUpstream {
-        name: name.clone(),
-        servers: req.servers,
-        updated_at: now,
-    };
-    let servers: Vec<String> = upstream
-        .servers
-        .iter()
-        .map(|s| format!("{}:{}", s.host, s.port))
-        .collect();
+    let upstream = StaticUpstream { name: name.clone(), servers: req.servers, balance: req.balance, updated_at: now };
+    let servers: Vec<String> = upstream.servers.iter().map(|s| format!("{}:{}", s.host, s.port)).collect();
     let txn = Txn::default().put(upstream_key(&name), encode(&upstream));
     let txn = shared.state.with_event(
         txn,
@@ -169,28 +129,12 @@ pub(crate) async fn put_upstream(
     Ok(indexed(index, &upstream))
 }
 
-pub(crate) async fn delete_upstream(
-    AxState(shared): AxState<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
-    if shared
-        .state
-        .record::<StaticUpstream>(&upstream_key(&name))?
-        .is_none()
-    {
+pub(crate) async fn delete_upstream(AxState(shared): AxState<Shared>, Path(name): Path<String>) -> ApiResult<Response> {
+    if shared.state.record::<StaticUpstream>(&upstream_key(&name))?.is_none() {
         return Err(ApiError::not_found(&format!("upstream {name}")));
     }
-    let txn = Txn::default()
-        .delete(upstream_key(&name))
-        .delete(rules_key("upstream", &name));
-    let txn = shared.state.with_event(
-        txn,
-        now_ms(),
-        Level::Info,
-        "upstream.deleted",
-        Subject::default(),
-        name.clone(),
-    );
+    let txn = Txn::default().delete(upstream_key(&name)).delete(rules_key("upstream", &name));
+    let txn = shared.state.with_event(txn, now_ms(), Level::Info, "upstream.deleted", Subject::default(), name.clone());
     let index = shared.state.commit(txn)?;
     Ok(indexed(index, &serde_json::json!({"deleted": name})))
 }
@@ -198,10 +142,7 @@ pub(crate) async fn delete_upstream(
 fn target_key(shared: &Shared, target: &RuleTarget) -> ApiResult<String> {
     match target {
         RuleTarget::App(id) => {
-            shared
-                .state
-                .app(id)?
-                .ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+            shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
             Ok(rules_key("app", id))
         }
         RuleTarget::Upstream(name) => {
@@ -216,10 +157,8 @@ fn target_key(shared: &Shared, target: &RuleTarget) -> ApiResult<String> {
 
 async fn get_rules(shared: Shared, target: RuleTarget) -> ApiResult<Response> {
     let key = target_key(&shared, &target)?;
-    let script = shared
-        .state
-        .record::<RuleScript>(&key)?
-        .ok_or_else(|| ApiError::not_found(&format!("rules for {target}")))?;
+    let script =
+        shared.state.record::<RuleScript>(&key)?.ok_or_else(|| ApiError::not_found(&format!("rules for {target}")))?;
     Ok(indexed(shared.state.store().revision(), &script.value))
 }
 
@@ -234,17 +173,10 @@ async fn set_rules(shared: Shared, target: RuleTarget, body: Bytes) -> ApiResult
     let source = String::from_utf8(body.to_vec())
         .map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "the script is not UTF-8"))?;
     if source.trim().is_empty() {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "the script is empty; delete the rules instead",
-        ));
+        return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the script is empty; delete the rules instead"));
     }
     let now = now_ms();
-    let script = RuleScript {
-        target: target.clone(),
-        source,
-        updated_at: now,
-    };
+    let script = RuleScript { target: target.clone(), source, updated_at: now };
     let subject = match &target {
         RuleTarget::App(id) => Subject::app(id),
         RuleTarget::Upstream(_) => Subject::default(),
@@ -276,10 +208,7 @@ async fn delete_rules(shared: Shared, target: RuleTarget) -> ApiResult<Response>
         format!("rules for {target} removed"),
     );
     let index = shared.state.commit(txn)?;
-    Ok(indexed(
-        index,
-        &serde_json::json!({"deleted": target.to_string()}),
-    ))
+    Ok(indexed(index, &serde_json::json!({"deleted": target.to_string()})))
 }
 
 pub(crate) async fn get_app_rules(
@@ -301,10 +230,7 @@ pub(crate) async fn delete_app_rules(
 ) -> ApiResult<Response> {
     delete_rules(s, RuleTarget::App(format!("{g}/{n}"))).await
 }
-pub(crate) async fn get_upstream_rules(
-    AxState(s): AxState<Shared>,
-    Path(name): Path<String>,
-) -> ApiResult<Response> {
+pub(crate) async fn get_upstream_rules(AxState(s): AxState<Shared>, Path(name): Path<String>) -> ApiResult<Response> {
     get_rules(s, RuleTarget::Upstream(name)).await
 }
 pub(crate) async fn set_upstream_rules(

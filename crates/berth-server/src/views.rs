@@ -9,22 +9,12 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<Stri
     // Live first (oldest first), then the recently ended (newest first).
     mine.sort_by_key(|i| {
         let live = i.state.is_live();
-        (
-            !live,
-            if live {
-                i.created_at
-            } else {
-                -i.finished_at.unwrap_or(i.created_at)
-            },
-        )
+        (!live, if live { i.created_at } else { -i.finished_at.unwrap_or(i.created_at) })
     });
-    let current_ready = mine
-        .iter()
-        .filter(|i| i.version == app.version && i.desired == Desired::Run && i.is_ready())
-        .count();
-    let others_live = mine
-        .iter()
-        .any(|i| i.state.is_live() && (i.version != app.version || i.desired == Desired::Stop));
+    let current_ready =
+        mine.iter().filter(|i| i.version == app.version && i.desired == Desired::Run && i.is_ready()).count();
+    let others_live =
+        mine.iter().any(|i| i.state.is_live() && (i.version != app.version || i.desired == Desired::Stop));
     AppStatus {
         name: app.spec.name.clone(),
         group: app.spec.group.clone(),
@@ -43,15 +33,8 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<Stri
     }
 }
 
-pub(crate) fn node_view(
-    node: Node,
-    instances: &[Instance],
-    specs: &dyn Fn(&str) -> Option<(f64, u64)>,
-) -> NodeView {
-    let live: Vec<&Instance> = instances
-        .iter()
-        .filter(|i| i.node == node.id && i.state.is_live())
-        .collect();
+pub(crate) fn node_view(node: Node, instances: &[Instance], specs: &dyn Fn(&str) -> Option<(f64, u64)>) -> NodeView {
+    let live: Vec<&Instance> = instances.iter().filter(|i| i.node == node.id && i.state.is_live()).collect();
     let mut allocated = AllocatedResources::default();
     for inst in &live {
         if let Some((cpu, memory)) = specs(&inst.app) {
@@ -59,9 +42,5 @@ pub(crate) fn node_view(
             allocated.memory += memory;
         }
     }
-    NodeView {
-        instances: live.len(),
-        allocated,
-        node,
-    }
+    NodeView { instances: live.len(), allocated, node }
 }

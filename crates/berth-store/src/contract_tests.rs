@@ -5,38 +5,18 @@ use super::*;
 fn backends() -> Vec<(&'static str, Box<dyn Store>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let redb = RedbStore::open(&dir.path().join("state.redb")).expect("open redb");
-    vec![
-        ("memory", Box::new(MemoryStore::default()), None),
-        ("redb", Box::new(redb), Some(dir)),
-    ]
+    vec![("memory", Box::new(MemoryStore::default()), None), ("redb", Box::new(redb), Some(dir))]
 }
 
 #[test]
 fn put_get_list_delete() {
     for (name, store, _dir) in backends() {
-        let r1 = store
-            .commit(
-                Txn::default()
-                    .put("apps/a", b"1".to_vec())
-                    .put("apps/b", b"2".to_vec()),
-            )
-            .unwrap();
-        let r2 = store
-            .commit(Txn::default().put("nodes/x", b"3".to_vec()))
-            .unwrap();
+        let r1 = store.commit(Txn::default().put("apps/a", b"1".to_vec()).put("apps/b", b"2".to_vec())).unwrap();
+        let r2 = store.commit(Txn::default().put("nodes/x", b"3".to_vec())).unwrap();
         assert!(r2 > r1, "{name}: revisions increase");
         assert_eq!(store.get("apps/a").unwrap().unwrap().value, b"1", "{name}");
-        assert_eq!(
-            store.get("apps/a").unwrap().unwrap().mod_revision,
-            r1,
-            "{name}"
-        );
-        let keys: Vec<_> = store
-            .list("apps/")
-            .unwrap()
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
+        assert_eq!(store.get("apps/a").unwrap().unwrap().mod_revision, r1, "{name}");
+        let keys: Vec<_> = store.list("apps/").unwrap().into_iter().map(|e| e.key).collect();
         assert_eq!(keys, ["apps/a", "apps/b"], "{name}: prefix only, in order");
         store.commit(Txn::default().delete("apps/a")).unwrap();
         assert!(store.get("apps/a").unwrap().is_none(), "{name}");
@@ -47,30 +27,14 @@ fn put_get_list_delete() {
 #[test]
 fn failed_compare_applies_nothing() {
     for (name, store, _dir) in backends() {
-        let rev = store
-            .commit(Txn::default().put("k", b"v1".to_vec()))
-            .unwrap();
-        let stale = Txn::default()
-            .expect("k", rev - 1)
-            .put("k", b"v2".to_vec())
-            .put("other", b"x".to_vec());
-        assert!(
-            matches!(store.commit(stale), Err(StoreError::Conflict(_))),
-            "{name}"
-        );
+        let rev = store.commit(Txn::default().put("k", b"v1".to_vec())).unwrap();
+        let stale = Txn::default().expect("k", rev - 1).put("k", b"v2".to_vec()).put("other", b"x".to_vec());
+        assert!(matches!(store.commit(stale), Err(StoreError::Conflict(_))), "{name}");
         assert_eq!(store.get("k").unwrap().unwrap().value, b"v1", "{name}");
-        assert!(
-            store.get("other").unwrap().is_none(),
-            "{name}: all or nothing"
-        );
+        assert!(store.get("other").unwrap().is_none(), "{name}: all or nothing");
         let create_only = Txn::default().expect("k", 0).put("k", b"v3".to_vec());
         assert!(store.commit(create_only).is_err(), "{name}: 0 means absent");
-        assert!(
-            store
-                .commit(Txn::default().expect("k", rev).put("k", b"v4".to_vec()))
-                .is_ok(),
-            "{name}"
-        );
+        assert!(store.commit(Txn::default().expect("k", rev).put("k", b"v4".to_vec())).is_ok(), "{name}");
     }
 }
 
@@ -79,13 +43,8 @@ async fn watch_wakes_on_commit() {
     for (name, store, _dir) in backends() {
         let mut rx = store.watch();
         let before = *rx.borrow_and_update();
-        store
-            .commit(Txn::default().put("k", b"v".to_vec()))
-            .unwrap();
-        tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed())
-            .await
-            .expect(name)
-            .unwrap();
+        store.commit(Txn::default().put("k", b"v".to_vec())).unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(1), rx.changed()).await.expect(name).unwrap();
         assert_eq!(*rx.borrow(), before + 1, "{name}");
     }
 }
@@ -96,9 +55,7 @@ fn redb_keeps_state_and_revision_across_reopen() {
     let path = dir.path().join("state.redb");
     let rev = {
         let store = RedbStore::open(&path).unwrap();
-        store
-            .commit(Txn::default().put("apps/a", b"kept".to_vec()))
-            .unwrap()
+        store.commit(Txn::default().put("apps/a", b"kept".to_vec())).unwrap()
     };
     let store = RedbStore::open(&path).unwrap();
     assert_eq!(store.revision(), rev);

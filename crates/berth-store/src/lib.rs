@@ -51,10 +51,7 @@ pub struct Txn {
 
 impl Txn {
     pub fn put(mut self, key: impl Into<String>, value: Vec<u8>) -> Self {
-        self.ops.push(Op::Put {
-            key: key.into(),
-            value,
-        });
+        self.ops.push(Op::Put { key: key.into(), value });
         self
     }
     pub fn delete(mut self, key: impl Into<String>) -> Self {
@@ -62,10 +59,7 @@ impl Txn {
         self
     }
     pub fn expect(mut self, key: impl Into<String>, mod_revision: u64) -> Self {
-        self.compares.push(Compare {
-            key: key.into(),
-            mod_revision,
-        });
+        self.compares.push(Compare { key: key.into(), mod_revision });
         self
     }
     pub fn is_empty(&self) -> bool {

@@ -19,32 +19,20 @@ struct Inner {
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        MemoryStore {
-            inner: Mutex::new(Inner {
-                revision: 0,
-                data: BTreeMap::new(),
-            }),
-            notify: watch::channel(0).0,
-        }
+        MemoryStore { inner: Mutex::new(Inner { revision: 0, data: BTreeMap::new() }), notify: watch::channel(0).0 }
     }
 }
 
 impl MemoryStore {
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the map half-written: every write is one insert.
-        self.inner
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Store for MemoryStore {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
-        Ok(self.lock().data.get(key).map(|(rev, v)| Entry {
-            key: key.into(),
-            value: v.clone(),
-            mod_revision: *rev,
-        }))
+        Ok(self.lock().data.get(key).map(|(rev, v)| Entry { key: key.into(), value: v.clone(), mod_revision: *rev }))
     }
 
     fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
@@ -53,19 +41,13 @@ impl Store for MemoryStore {
             .data
             .range(prefix.to_string()..)
             .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(k, (rev, v))| Entry {
-                key: k.clone(),
-                value: v.clone(),
-                mod_revision: *rev,
-            })
+            .map(|(k, (rev, v))| Entry { key: k.clone(), value: v.clone(), mod_revision: *rev })
             .collect())
     }
 
     fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
         let mut inner = self.lock();
-        check_compares(&txn.compares, |k| {
-            Ok(inner.data.get(k).map_or(0, |(r, _)| *r))
-        })?;
+        check_compares(&txn.compares, |k| Ok(inner.data.get(k).map_or(0, |(r, _)| *r)))?;
         if txn.ops.is_empty() {
             return Ok(inner.revision);
         }

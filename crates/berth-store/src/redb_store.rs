@@ -24,22 +24,16 @@ fn backend(e: impl std::fmt::Display) -> StoreError {
 impl RedbStore {
     /// Opens (or creates) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let db = Database::create(path)
-            .map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
+        let db = Database::create(path).map_err(|e| StoreError::Backend(format!("{}: {e}", path.display())))?;
         // Create the tables once so readers never see them missing.
         let txn = db.begin_write().map_err(backend)?;
         let revision = {
             txn.open_table(KV).map_err(backend)?;
             let meta = txn.open_table(META).map_err(backend)?;
-            meta.get(REVISION)
-                .map_err(backend)?
-                .map_or(0, |v| v.value())
+            meta.get(REVISION).map_err(backend)?.map_or(0, |v| v.value())
         };
         txn.commit().map_err(backend)?;
-        Ok(RedbStore {
-            db,
-            notify: watch::channel(revision).0,
-        })
+        Ok(RedbStore { db, notify: watch::channel(revision).0 })
     }
 }
 
@@ -49,11 +43,7 @@ impl Store for RedbStore {
         let table = txn.open_table(KV).map_err(backend)?;
         Ok(table.get(key).map_err(backend)?.map(|v| {
             let (rev, bytes) = v.value();
-            Entry {
-                key: key.to_string(),
-                value: bytes.to_vec(),
-                mod_revision: rev,
-            }
+            Entry { key: key.to_string(), value: bytes.to_vec(), mod_revision: rev }
         }))
     }
 
@@ -68,11 +58,7 @@ impl Store for RedbStore {
                 break;
             }
             let (rev, bytes) = v.value();
-            out.push(Entry {
-                key: key.to_string(),
-                value: bytes.to_vec(),
-                mod_revision: rev,
-            });
+            out.push(Entry { key: key.to_string(), value: bytes.to_vec(), mod_revision: rev });
         }
         Ok(out)
     }
@@ -82,13 +68,8 @@ impl Store for RedbStore {
         let revision = {
             let mut kv = write.open_table(KV).map_err(backend)?;
             let mut meta = write.open_table(META).map_err(backend)?;
-            let current = meta
-                .get(REVISION)
-                .map_err(backend)?
-                .map_or(0, |v| v.value());
-            check_compares(&txn.compares, |k| {
-                Ok(kv.get(k).map_err(backend)?.map_or(0, |v| v.value().0))
-            })?;
+            let current = meta.get(REVISION).map_err(backend)?.map_or(0, |v| v.value());
+            check_compares(&txn.compares, |k| Ok(kv.get(k).map_err(backend)?.map_or(0, |v| v.value().0)))?;
             if txn.ops.is_empty() {
                 return Ok(current);
             }
@@ -96,8 +77,7 @@ impl Store for RedbStore {
             for op in &txn.ops {
                 match op {
                     Op::Put { key, value } => {
-                        kv.insert(key.as_str(), (revision, value.as_slice()))
-                            .map_err(backend)?;
+                        kv.insert(key.as_str(), (revision, value.as_slice())).map_err(backend)?;
                     }
                     Op::Delete { key } => {
                         kv.remove(key.as_str()).map_err(backend)?;

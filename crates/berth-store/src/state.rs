@@ -51,14 +51,8 @@ pub struct State {
 
 fn decode<T: DeserializeOwned>(entry: Entry) -> Result<Versioned<T>, StoreError> {
     serde_json::from_slice(&entry.value)
-        .map(|value| Versioned {
-            value,
-            mod_revision: entry.mod_revision,
-        })
-        .map_err(|e| StoreError::Corrupt {
-            key: entry.key,
-            why: e.to_string(),
-        })
+        .map(|value| Versioned { value, mod_revision: entry.mod_revision })
+        .map_err(|e| StoreError::Corrupt { key: entry.key, why: e.to_string() })
 }
 
 pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
@@ -68,15 +62,8 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 
 impl State {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
-        let last = store
-            .list("events/")?
-            .last()
-            .and_then(|e| e.key["events/".len()..].parse().ok())
-            .unwrap_or(0);
-        Ok(State {
-            store,
-            last_event_seq: Arc::new(AtomicU64::new(last)),
-        })
+        let last = store.list("events/")?.last().and_then(|e| e.key["events/".len()..].parse().ok()).unwrap_or(0);
+        Ok(State { store, last_event_seq: Arc::new(AtomicU64::new(last)) })
     }
 
     pub fn store(&self) -> &Arc<dyn Store> {
@@ -98,11 +85,7 @@ impl State {
         self.get(&app_key(app_id))
     }
     pub fn versions(&self, app_id: &str) -> Result<Vec<AppVersion>, StoreError> {
-        Ok(self
-            .list(&format!("versions/{app_id}/"))?
-            .into_iter()
-            .map(|v: Versioned<AppVersion>| v.value)
-            .collect())
+        Ok(self.list(&format!("versions/{app_id}/"))?.into_iter().map(|v: Versioned<AppVersion>| v.value).collect())
     }
     pub fn instances(&self) -> Result<Vec<Versioned<Instance>>, StoreError> {
         self.list("instances/")
@@ -118,17 +101,11 @@ impl State {
     }
 
     /// Raw JSON records under a prefix, for record kinds defined outside core (upstreams, rules).
-    pub fn records<T: DeserializeOwned>(
-        &self,
-        prefix: &str,
-    ) -> Result<Vec<Versioned<T>>, StoreError> {
+    pub fn records<T: DeserializeOwned>(&self, prefix: &str) -> Result<Vec<Versioned<T>>, StoreError> {
         self.list(prefix)
     }
 
-    pub fn record<T: DeserializeOwned>(
-        &self,
-        key: &str,
-    ) -> Result<Option<Versioned<T>>, StoreError> {
+    pub fn record<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Versioned<T>>, StoreError> {
         self.get(key)
     }
 
@@ -136,11 +113,7 @@ impl State {
     pub fn events(&self, after_seq: u64, limit: usize) -> Result<Vec<Event>, StoreError> {
         let all = self.store.list("events/")?;
         let start = all.partition_point(|e| e.key <= event_key(after_seq));
-        all.into_iter()
-            .skip(start)
-            .take(limit)
-            .map(|e| decode(e).map(|v: Versioned<Event>| v.value))
-            .collect()
+        all.into_iter().skip(start).take(limit).map(|e| decode(e).map(|v: Versioned<Event>| v.value)).collect()
     }
 
     /// Adds an event to `txn`; it is stored if and only if the txn commits.
@@ -156,9 +129,7 @@ impl State {
         let floor = u64::try_from(now).unwrap_or(0).saturating_mul(1000);
         let seq = self
             .last_event_seq
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| {
-                Some(floor.max(last + 1))
-            })
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(floor.max(last + 1)))
             .map_or(floor, |last| floor.max(last + 1));
         let event = Event {
             seq,
@@ -175,20 +146,12 @@ impl State {
 
     /// Drops the oldest events beyond `keep`.
     pub fn prune_events(&self, keep: usize) -> Result<usize, StoreError> {
-        let keys: Vec<String> = self
-            .store
-            .list("events/")?
-            .into_iter()
-            .map(|e| e.key)
-            .collect();
+        let keys: Vec<String> = self.store.list("events/")?.into_iter().map(|e| e.key).collect();
         if keys.len() <= keep {
             return Ok(0);
         }
         let drop = keys.len() - keep;
-        let txn = keys
-            .into_iter()
-            .take(drop)
-            .fold(Txn::default(), |txn, key| txn.delete(key));
+        let txn = keys.into_iter().take(drop).fold(Txn::default(), |txn, key| txn.delete(key));
         self.store.commit(txn)?;
         Ok(drop)
     }
@@ -208,23 +171,13 @@ pub struct Subject<'a> {
 
 impl<'a> Subject<'a> {
     pub fn app(app: &'a str) -> Self {
-        Subject {
-            app: Some(app),
-            ..Default::default()
-        }
+        Subject { app: Some(app), ..Default::default() }
     }
     pub fn instance(app: &'a str, instance: &'a str, node: &'a str) -> Self {
-        Subject {
-            app: Some(app),
-            instance: Some(instance),
-            node: Some(node),
-        }
+        Subject { app: Some(app), instance: Some(instance), node: Some(node) }
     }
     pub fn node(node: &'a str) -> Self {
-        Subject {
-            node: Some(node),
-            ..Default::default()
-        }
+        Subject { node: Some(node), ..Default::default() }
     }
 }
 
@@ -237,23 +190,12 @@ mod tests {
     fn events_are_ordered_and_paged() {
         let state = State::new(Arc::new(MemoryStore::default())).unwrap();
         for i in 0..5 {
-            let txn = state.with_event(
-                Txn::default(),
-                1000,
-                Level::Info,
-                "test",
-                Subject::app("g/a"),
-                format!("e{i}"),
-            );
+            let txn = state.with_event(Txn::default(), 1000, Level::Info, "test", Subject::app("g/a"), format!("e{i}"));
             state.commit(txn).unwrap();
         }
         let all = state.events(0, 100).unwrap();
         let messages: Vec<_> = all.iter().map(|e| e.message.as_str()).collect();
-        assert_eq!(
-            messages,
-            ["e0", "e1", "e2", "e3", "e4"],
-            "same millisecond keeps order"
-        );
+        assert_eq!(messages, ["e0", "e1", "e2", "e3", "e4"], "same millisecond keeps order");
         let after = state.events(all[2].seq, 1).unwrap();
         assert_eq!(after[0].message, "e3");
         assert_eq!(state.prune_events(2).unwrap(), 3);

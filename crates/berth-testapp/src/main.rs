@@ -39,23 +39,15 @@ fn parse() -> Config {
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
-        let mut value = |name: &str| {
-            args.next()
-                .unwrap_or_else(|| usage(&format!("{name} needs a value")))
-        };
+        let mut value = |name: &str| args.next().unwrap_or_else(|| usage(&format!("{name} needs a value")));
         let number = |name: &str, text: String| {
-            text.parse::<u64>()
-                .unwrap_or_else(|_| usage(&format!("{name}: `{text}` is not a number")))
+            text.parse::<u64>().unwrap_or_else(|_| usage(&format!("{name}: `{text}` is not a number")))
         };
         match flag.as_str() {
             "--port" => c.port = number("--port", value("--port")) as u16,
             "--version" => c.version = value("--version"),
-            "--start-delay-ms" => {
-                c.start_delay_ms = number("--start-delay-ms", value("--start-delay-ms"))
-            }
-            "--crash-after-ms" => {
-                c.crash_after_ms = Some(number("--crash-after-ms", value("--crash-after-ms")))
-            }
+            "--start-delay-ms" => c.start_delay_ms = number("--start-delay-ms", value("--start-delay-ms")),
+            "--crash-after-ms" => c.crash_after_ms = Some(number("--crash-after-ms", value("--crash-after-ms"))),
             "--exit-code" => c.exit_code = number("--exit-code", value("--exit-code")) as i32,
             "--fail-health" => c.fail_health = true,
             "--alloc-mb" => c.alloc_mb = number("--alloc-mb", value("--alloc-mb")) as usize,
@@ -91,10 +83,7 @@ fn main() {
         eprintln!("berth-testapp: cannot listen on port {}: {e}", config.port);
         std::process::exit(1)
     });
-    println!(
-        "berth-testapp {} listening on {}",
-        config.version, config.port
-    );
+    println!("berth-testapp {} listening on {}", config.version, config.port);
     for stream in listener.incoming().flatten() {
         let config = config.clone();
         std::thread::spawn(move || serve(stream, &config));
@@ -155,9 +144,7 @@ fn serve(stream: TcpStream, config: &Config) {
 fn respond(path: &str, config: &Config) -> (&'static str, String) {
     let path = path.split('?').next().unwrap_or(path);
     match path {
-        "/health" if config.fail_health => {
-            ("503 Service Unavailable", "{\"healthy\":false}".into())
-        }
+        "/health" if config.fail_health => ("503 Service Unavailable", "{\"healthy\":false}".into()),
         "/health" => ("200 OK", "{\"healthy\":true}".into()),
         "/" => {
             let var = |k: &str| std::env::var(k).unwrap_or_default();

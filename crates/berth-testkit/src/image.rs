@@ -15,10 +15,7 @@ use futures_util::StreamExt;
 pub async fn docker_or_skip(test: &str) -> Option<Docker> {
     let connect = async {
         let docker = Docker::connect_with_local_defaults().map_err(|e| e.to_string())?;
-        let docker = docker
-            .negotiate_version()
-            .await
-            .map_err(|e| e.to_string())?;
+        let docker = docker.negotiate_version().await.map_err(|e| e.to_string())?;
         docker.ping().await.map_err(|e| e.to_string())?;
         Ok::<_, String>(docker)
     };
@@ -28,19 +25,14 @@ pub async fn docker_or_skip(test: &str) -> Option<Docker> {
             panic!("{test}: BERTH_REQUIRE_DOCKER=1 but no Docker engine answers: {why}")
         }
         Err(why) => {
-            eprintln!(
-                "SKIPPED {test}: no Docker engine answers ({why}); set BERTH_REQUIRE_DOCKER=1 to fail instead"
-            );
+            eprintln!("SKIPPED {test}: no Docker engine answers ({why}); set BERTH_REQUIRE_DOCKER=1 to fail instead");
             None
         }
     }
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../..")
-        .canonicalize()
-        .expect("workspace root")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("workspace root")
 }
 
 /// Builds the statically linked test app (once per test process; cargo serialises across processes).
@@ -52,22 +44,13 @@ pub fn testapp_binary() -> PathBuf {
             let target = "x86_64-unknown-linux-gnu";
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .current_dir(&root)
-                .args([
-                    "build",
-                    "--release",
-                    "-p",
-                    "berth-testapp",
-                    "--target",
-                    target,
-                ])
+                .args(["build", "--release", "-p", "berth-testapp", "--target", target])
                 // Only the test app's own build sees this flag: a static, libc-free-at-runtime binary.
                 .env("RUSTFLAGS", "-C target-feature=+crt-static")
                 .status()
                 .expect("run cargo to build berth-testapp");
             assert!(status.success(), "building the static berth-testapp failed");
-            root.join("target")
-                .join(target)
-                .join("release/berth-testapp")
+            root.join("target").join(target).join("release/berth-testapp")
         })
         .clone()
 }
@@ -75,17 +58,9 @@ pub fn testapp_binary() -> PathBuf {
 /// Instance ids of the containers (running or not) that Berth's node `node` has on the engine.
 pub async fn node_containers(docker: &Docker, node: &str) -> Vec<String> {
     let filters = HashMap::from([("label", vec![format!("berth.node={node}")])]);
-    let options = bollard::query_parameters::ListContainersOptionsBuilder::new()
-        .all(true)
-        .filters(&filters)
-        .build();
-    let list = docker
-        .list_containers(Some(options))
-        .await
-        .expect("list containers");
-    list.into_iter()
-        .filter_map(|c| c.labels?.get("berth.instance").cloned())
-        .collect()
+    let options = bollard::query_parameters::ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+    let list = docker.list_containers(Some(options)).await.expect("list containers");
+    list.into_iter().filter_map(|c| c.labels?.get("berth.instance").cloned()).collect()
 }
 
 /// Image tags of the test app, one per baked-in version.
@@ -138,16 +113,9 @@ async fn build(docker: &Docker, tag: &str, binary: &[u8], version: &str) {
     let dockerfile = format!(
         "FROM scratch\nCOPY berth-testapp /berth-testapp\nENV APP_VERSION={version}\nEXPOSE 8080\nENTRYPOINT [\"/berth-testapp\"]\n"
     );
-    let context = tar(&[
-        ("Dockerfile", dockerfile.as_bytes(), 0o644),
-        ("berth-testapp", binary, 0o755),
-    ]);
+    let context = tar(&[("Dockerfile", dockerfile.as_bytes(), 0o644), ("berth-testapp", binary, 0o755)]);
     let options = BuildImageOptionsBuilder::new().t(tag).rm(true).build();
-    let mut stream = docker.build_image(
-        options,
-        None,
-        Some(bollard::body_full(bytes::Bytes::from(context))),
-    );
+    let mut stream = docker.build_image(options, None, Some(bollard::body_full(bytes::Bytes::from(context))));
     while let Some(step) = stream.next().await {
         let info = step.unwrap_or_else(|e| panic!("building {tag}: {e}"));
         if let Some(err) = info.error_detail {
@@ -164,10 +132,7 @@ pub async fn test_images(docker: &Docker) -> TestImages {
     }
     let binary = std::fs::read(testapp_binary()).expect("read berth-testapp");
     let hash = content_tag(&binary);
-    let images = TestImages {
-        v1: format!("berth-testapp:{hash}-v1"),
-        v2: format!("berth-testapp:{hash}-v2"),
-    };
+    let images = TestImages { v1: format!("berth-testapp:{hash}-v1"), v2: format!("berth-testapp:{hash}-v2") };
     let mut built = HashMap::new();
     for (tag, version) in [(&images.v1, "v1"), (&images.v2, "v2")] {
         build(docker, tag, &binary, version).await;

@@ -19,19 +19,13 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
 /// A block of 100 host ports below the kernel's ephemeral range, free right now.
@@ -104,23 +98,9 @@ impl Platform {
         let child = Command::new(&self.bin)
             .args(["up", "--data-dir"])
             .arg(self.data_dir())
-            .args([
-                "--api",
-                &self.api_addr,
-                "--driver",
-                &self.driver,
-                "--pull",
-                "never",
-            ])
+            .args(["--api", &self.api_addr, "--driver", &self.driver, "--pull", "never"])
             .args(["--ports", &format!("{}-{}", self.ports.0, self.ports.1)])
-            .args([
-                "--http",
-                &self.http,
-                "--router-admin",
-                &self.admin,
-                "--domain",
-                "berth.test",
-            ])
+            .args(["--http", &self.http, "--router-admin", &self.admin, "--domain", "berth.test"])
             .env("BERTH_LOG", "info,berth_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -142,44 +122,26 @@ impl Platform {
     }
 
     async fn wait_ready(&mut self) {
-        let node = wait_until(
-            "berth up to answer with a ready node",
-            Duration::from_secs(20),
-            || async {
-                let nodes = self.get("/v1/nodes").await.ok()?;
-                let ready = nodes.as_array()?.iter().find(|n| n["status"] == "ready")?;
-                ready["id"].as_str().map(str::to_string)
-            },
-        )
+        let node = wait_until("berth up to answer with a ready node", Duration::from_secs(20), || async {
+            let nodes = self.get("/v1/nodes").await.ok()?;
+            let ready = nodes.as_array()?.iter().find(|n| n["status"] == "ready")?;
+            ready["id"].as_str().map(str::to_string)
+        })
         .await;
         self.node_id = node;
     }
 
     /// GET a `/v1` path and decode the JSON body; `Err` carries the status and body.
     pub async fn get(&self, path: &str) -> Result<Value, String> {
-        let resp = self
-            .client
-            .get(format!("{}{path}", self.api))
-            .send()
-            .await
-            .map_err(|e| e.to_string())?;
+        let resp = self.client.get(format!("{}{path}", self.api)).send().await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| e.to_string())?;
-        if status.is_success() {
-            Ok(body)
-        } else {
-            Err(format!("{status}: {body}"))
-        }
+        if status.is_success() { Ok(body) } else { Err(format!("{status}: {body}")) }
     }
 
     /// GET from the router's admin API.
     pub async fn admin_get(&self, path: &str) -> Value {
-        let resp = self
-            .client
-            .get(format!("http://{}{path}", self.admin))
-            .send()
-            .await
-            .expect("admin answers");
+        let resp = self.client.get(format!("http://{}{path}", self.admin)).send().await.expect("admin answers");
         resp.json().await.expect("admin JSON")
     }
 
@@ -211,13 +173,7 @@ impl Platform {
     }
 
     /// Sends a raw request; returns the status and the JSON body.
-    pub async fn request(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        body: &str,
-    ) -> (u16, Value) {
+    pub async fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let resp = self
             .client
@@ -260,8 +216,7 @@ impl Platform {
     /// `berth app NAME status -o json`.
     pub async fn status(&self, app: &str) -> Value {
         let out = self.cli_ok(&["app", app, "status", "-o", "json"]).await;
-        serde_json::from_str(&out)
-            .unwrap_or_else(|e| panic!("status of {app} is not JSON ({e}): {out}"))
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("status of {app} is not JSON ({e}): {out}"))
     }
 
     /// Writes a file into the platform's directory and returns its path.
@@ -294,10 +249,7 @@ impl Platform {
             .map(|all| {
                 all.iter()
                     .filter(|i| {
-                        matches!(
-                            i["state"].as_str(),
-                            Some("staging" | "starting" | "running")
-                        ) && i["desired"] == "run"
+                        matches!(i["state"].as_str(), Some("staging" | "starting" | "running")) && i["desired"] == "run"
                     })
                     .cloned()
                     .collect()
@@ -319,19 +271,11 @@ impl Drop for Platform {
         // Instances outlive Berth by design; a test leaves none behind.
         if !self.node_id.is_empty() {
             let filter = format!("label=berth.node={}", self.node_id);
-            if let Ok(out) = std::process::Command::new("docker")
-                .args(["ps", "-aq", "--filter", &filter])
-                .output()
-            {
-                let ids: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                    .split_whitespace()
-                    .map(str::to_string)
-                    .collect();
+            if let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
+                let ids: Vec<String> =
+                    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
                 if !ids.is_empty() {
-                    let _ = std::process::Command::new("docker")
-                        .args(["rm", "-f"])
-                        .args(&ids)
-                        .output();
+                    let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&ids).output();
                 }
             }
         }
@@ -344,9 +288,7 @@ impl Drop for Platform {
                     continue;
                 };
                 if let Some(pid) = state["pid"].as_i64().filter(|p| *p > 1) {
-                    let _ = std::process::Command::new("kill")
-                        .args(["-9", "--", &format!("-{pid}")])
-                        .output();
+                    let _ = std::process::Command::new("kill").args(["-9", "--", &format!("-{pid}")]).output();
                 }
             }
         }

@@ -33,28 +33,14 @@ async fn docker_run_10(image: &str, first_port: u16, parallel: bool) -> f64 {
         let image = image.to_string();
         async move {
             let out = tokio::process::Command::new("docker")
-                .args([
-                    "run",
-                    "-d",
-                    "--init",
-                    "--label",
-                    "berth-bench=1",
-                    "-m",
-                    "32m",
-                    "--memory-swap",
-                    "32m",
-                ])
+                .args(["run", "-d", "--init", "--label", "berth-bench=1", "-m", "32m", "--memory-swap", "32m"])
                 .args(["--cpus", "0.1", "--pids-limit", "1024", "-p"])
                 .arg(format!("127.0.0.1:{}:8080", first_port + i))
                 .arg(&image)
                 .output()
                 .await
                 .expect("docker run");
-            assert!(
-                out.status.success(),
-                "docker run: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
         }
     };
     let started = Instant::now();
@@ -66,20 +52,11 @@ async fn docker_run_10(image: &str, first_port: u16, parallel: bool) -> f64 {
         }
     }
     let took = started.elapsed().as_secs_f64();
-    let ids = std::process::Command::new("docker")
-        .args(["ps", "-aq", "--filter", "label=berth-bench=1"])
-        .output()
-        .unwrap();
-    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout)
-        .split_whitespace()
-        .map(str::to_string)
-        .collect();
+    let ids =
+        std::process::Command::new("docker").args(["ps", "-aq", "--filter", "label=berth-bench=1"]).output().unwrap();
+    let ids: Vec<String> = String::from_utf8_lossy(&ids.stdout).split_whitespace().map(str::to_string).collect();
     if !ids.is_empty() {
-        std::process::Command::new("docker")
-            .args(["rm", "-f"])
-            .args(&ids)
-            .output()
-            .unwrap();
+        std::process::Command::new("docker").args(["rm", "-f"]).args(&ids).output().unwrap();
     }
     took
 }
@@ -90,10 +67,8 @@ async fn deploy_bench(rounds: usize) {
     };
     let images = test_images(&docker).await;
     let p = Platform::start(BERTH.as_ref(), "docker").await;
-    let spec = format!(
-        "group: bench\nname: ten\nimage: {}\ninstances: 10\ncpu: 0.1\nmemory: 32\nports: [8080]\n",
-        images.v1
-    );
+    let spec =
+        format!("group: bench\nname: ten\nimage: {}\ninstances: 10\ncpu: 0.1\nmemory: 32\nports: [8080]\n", images.v1);
     let file = p.write("ten.yaml", &spec);
     let (mut berth, mut seq, mut par) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
@@ -106,8 +81,7 @@ async fn deploy_bench(rounds: usize) {
         let started = Instant::now();
         p.cli_ok(&["deploy", "-f", &file, "--timeout", "120"]).await;
         berth.push(started.elapsed().as_secs_f64());
-        p.cli_ok(&["app", "ten", "destroy", "--timeout", "120"])
-            .await;
+        p.cli_ok(&["app", "ten", "destroy", "--timeout", "120"]).await;
         if berth_first {
             seq.push(docker_run_10(&images.v1, 33000, false).await);
             par.push(docker_run_10(&images.v1, 33000, true).await);
@@ -117,22 +91,9 @@ async fn deploy_bench(rounds: usize) {
     println!("\n## deploy 10 instances ({rounds} rounds, wall time in seconds)\n");
     println!("| what | median | min | Berth / peer (median) |");
     println!("|---|---|---|---|");
-    println!(
-        "| `berth deploy` (10 instances, until all running) | {:.3} | {:.3} | |",
-        b.0, b.1
-    );
-    println!(
-        "| 10 x `docker run -d`, one after another | {:.3} | {:.3} | {:.2} |",
-        s.0,
-        s.1,
-        b.0 / s.0
-    );
-    println!(
-        "| 10 x `docker run -d`, all at once | {:.3} | {:.3} | {:.2} |",
-        q.0,
-        q.1,
-        b.0 / q.0
-    );
+    println!("| `berth deploy` (10 instances, until all running) | {:.3} | {:.3} | |", b.0, b.1);
+    println!("| 10 x `docker run -d`, one after another | {:.3} | {:.3} | {:.2} |", s.0, s.1, b.0 / s.0);
+    println!("| 10 x `docker run -d`, all at once | {:.3} | {:.3} | {:.2} |", q.0, q.1, b.0 / q.0);
 }
 
 async fn memory_bench() {
@@ -148,40 +109,23 @@ async fn memory_bench() {
     tokio::time::sleep(Duration::from_secs(3)).await;
     let loaded = rss_kib(pid);
     let started = Instant::now();
-    let status = wait_until("a status read", Duration::from_secs(10), || async {
-        Some(p.status("thousand").await)
-    })
-    .await;
+    let status =
+        wait_until("a status read", Duration::from_secs(10), || async { Some(p.status("thousand").await) }).await;
     let status_ms = started.elapsed().as_secs_f64() * 1000.0;
     assert_eq!(status["counts"]["running"], 1000);
-    p.cli_ok(&["app", "thousand", "destroy", "--timeout", "600"])
-        .await;
+    p.cli_ok(&["app", "thousand", "destroy", "--timeout", "600"]).await;
     println!("\n## 1,000 exec instances in one `berth up`\n");
     println!("| what | value |");
     println!("|---|---|");
-    println!(
-        "| RSS of `berth up` idle | {:.1} MiB |",
-        idle as f64 / 1024.0
-    );
-    println!(
-        "| RSS of `berth up` with 1,000 running instances | {:.1} MiB |",
-        loaded as f64 / 1024.0
-    );
+    println!("| RSS of `berth up` idle | {:.1} MiB |", idle as f64 / 1024.0);
+    println!("| RSS of `berth up` with 1,000 running instances | {:.1} MiB |", loaded as f64 / 1024.0);
     println!("| time from `berth deploy` to 1,000 running | {took:.2} s |");
-    println!(
-        "| `berth app thousand status -o json` (CLI process, 1,000 instances) | {status_ms:.0} ms |"
-    );
+    println!("| `berth app thousand status -o json` (CLI process, 1,000 instances) | {status_ms:.0} ms |");
 }
 
 fn main() {
-    let rounds: usize = std::env::var("BERTH_BENCH_ROUNDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(9);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rounds: usize = std::env::var("BERTH_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(9);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
     rt.block_on(async {
         deploy_bench(rounds).await;
         memory_bench().await;

@@ -13,9 +13,7 @@ pub enum Format {
 
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     let mut t = Table::new();
-    t.load_style(NOTHING)
-        .set_content_arrangement(ContentArrangement::Dynamic)
-        .set_header(headers.to_vec());
+    t.load_style(NOTHING).set_content_arrangement(ContentArrangement::Dynamic).set_header(headers.to_vec());
     for row in rows {
         t.add_row(row);
     }
@@ -42,10 +40,6 @@ pub fn ago(then_ms: i64) -> String {
 
 pub fn clock(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
-        .map(|t| {
-            t.with_timezone(&chrono::Local)
-                .format("%Y-%m-%d %H:%M:%S")
-                .to_string()
-        })
+        .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
 }

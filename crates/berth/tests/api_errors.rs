@@ -8,87 +8,40 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 #[tokio::test(flavor = "multi_thread")]
 async fn bad_requests_are_refused_and_change_nothing() {
     let p = Platform::start(BERTH.as_ref(), "exec").await;
-    let (status, body) = p
-        .request("PUT", "/v1/apps/g/web", "application/json", "{\"spec\": ")
-        .await;
+    let (status, body) = p.request("PUT", "/v1/apps/g/web", "application/json", "{\"spec\": ").await;
     assert_eq!(status, 400);
     assert!(body["error"].as_str().unwrap().contains("line 1"), "{body}");
 
-    let bad_spec =
-        r#"{"spec": {"group": "g", "name": "web", "driver": "exec", "command": ["x"], "cpu": -2}}"#;
-    let (status, body) = p
-        .request("PUT", "/v1/apps/g/web", "application/json", bad_spec)
-        .await;
+    let bad_spec = r#"{"spec": {"group": "g", "name": "web", "driver": "exec", "command": ["x"], "cpu": -2}}"#;
+    let (status, body) = p.request("PUT", "/v1/apps/g/web", "application/json", bad_spec).await;
     assert_eq!(status, 422);
     assert_eq!(body["details"][0]["field"], "cpu", "{body}");
 
-    let (status, body) = p
-        .request(
-            "PUT",
-            "/v1/apps/g/web",
-            "application/yaml",
-            "group: g\nname: web\nimage: i\nportz: [1]\n",
-        )
-        .await;
+    let (status, body) =
+        p.request("PUT", "/v1/apps/g/web", "application/yaml", "group: g\nname: web\nimage: i\nportz: [1]\n").await;
     assert_eq!(status, 422);
     assert_eq!(body["details"][0]["suggestion"], "ports", "{body}");
     assert_eq!(body["details"][0]["line"], 4, "{body}");
 
-    let (status, _) = p
-        .request(
-            "PUT",
-            "/v1/apps/g/other",
-            "application/yaml",
-            "group: g\nname: web\nimage: i\n",
-        )
-        .await;
+    let (status, _) = p.request("PUT", "/v1/apps/g/other", "application/yaml", "group: g\nname: web\nimage: i\n").await;
     assert_eq!(status, 400, "the path and the spec must name the same app");
 
-    let (status, body) = p
-        .request(
-            "POST",
-            "/v1/apps/g/nope/scale",
-            "application/json",
-            "{\"instances\": 2}",
-        )
-        .await;
+    let (status, body) = p.request("POST", "/v1/apps/g/nope/scale", "application/json", "{\"instances\": 2}").await;
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("g/nope"));
 
-    let (status, _) = p
-        .request("GET", "/v1/no/such/thing", "application/json", "")
-        .await;
+    let (status, _) = p.request("GET", "/v1/no/such/thing", "application/json", "").await;
     assert_eq!(status, 404);
 
-    assert_eq!(
-        p.get("/v1/apps").await.unwrap(),
-        Value::Array(vec![]),
-        "nothing was half-applied"
-    );
+    assert_eq!(p.get("/v1/apps").await.unwrap(), Value::Array(vec![]), "nothing was half-applied");
 
     // A valid YAML body is accepted as is; scaling beyond the limit is refused and keeps the count.
     let spec = "group: g\nname: web\ndriver: exec\ncommand: [/bin/sleep, \"300\"]\ninstances: 0\n";
-    let (status, body) = p
-        .request("PUT", "/v1/apps/g/web", "application/yaml", spec)
-        .await;
+    let (status, body) = p.request("PUT", "/v1/apps/g/web", "application/yaml", spec).await;
     assert_eq!(status, 201, "{body}");
-    let (status, _) = p
-        .request(
-            "POST",
-            "/v1/apps/g/web/scale",
-            "application/json",
-            "{\"instances\": 100000}",
-        )
-        .await;
+    let (status, _) = p.request("POST", "/v1/apps/g/web/scale", "application/json", "{\"instances\": 100000}").await;
     assert_eq!(status, 422);
     assert_eq!(p.get("/v1/apps/g/web").await.unwrap()["desired"], 0);
-    let (status, _) = p
-        .request(
-            "POST",
-            "/v1/apps/g/web/scale",
-            "application/json",
-            "{\"instances\": \"two\"}",
-        )
-        .await;
+    let (status, _) = p.request("POST", "/v1/apps/g/web/scale", "application/json", "{\"instances\": \"two\"}").await;
     assert_eq!(status, 400);
 }

@@ -7,11 +7,7 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 const SEED_SAMPLE: &str = "# required\ngroup: guest\nname: name\nimage: nginx\n# optional\ninstances: 1\ncpu: 0.1\nmemory: 64\nnetwork: bridge\nprivileged: false\ncommand: /bin/bash\nports:\n    - 8080\nenvironment:\n   APP_NAME: nginx\n   APP_CONFIG: default\n   CONSUL_HTTP_ADDR: 127.0.0.1:8500\n   MY_ENV1: VAL1\nzones:\n    - slardar\n    - slardar_test\nservices:\n    - s1.upyun.com:8080\n    - s2.upyun.com:8081\nconstraints:\n    - hostname:UNIQUE\n";
 
 fn berth(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(BERTH)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run berth")
+    Command::new(BERTH).args(args).current_dir(dir).output().expect("run berth")
 }
 
 #[test]
@@ -19,22 +15,14 @@ fn seed_sample_validates_unchanged() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("berth.yaml"), SEED_SAMPLE).unwrap();
     let out = berth(dir.path(), &["validate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("guest/name"));
 }
 
 #[test]
 fn misspelt_key_fails_with_place_and_suggestion() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("app.yaml"),
-        "group: g\nname: web\nimage: i\nmemroy: 64\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("app.yaml"), "group: g\nname: web\nimage: i\nmemroy: 64\n").unwrap();
     let out = berth(dir.path(), &["validate", "-f", "app.yaml"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -45,21 +33,12 @@ fn misspelt_key_fails_with_place_and_suggestion() {
 #[test]
 fn validate_json_lists_every_error() {
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("berth.yaml"),
-        "group: G\nname: web\nimage: i\ncpu: 0\n",
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("berth.yaml"), "group: G\nname: web\nimage: i\ncpu: 0\n").unwrap();
     let out = berth(dir.path(), &["validate", "-o", "json"]);
     assert!(!out.status.success());
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["valid"], false);
-    let fields: Vec<&str> = v["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields: Vec<&str> = v["errors"].as_array().unwrap().iter().map(|e| e["field"].as_str().unwrap()).collect();
     assert_eq!(fields, ["group", "cpu"]);
     assert_eq!(v["errors"][1]["line"], 4);
 }
@@ -68,17 +47,9 @@ fn validate_json_lists_every_error() {
 fn init_writes_a_valid_spec_and_refuses_to_overwrite() {
     let dir = tempfile::tempdir().unwrap();
     let out = berth(dir.path(), &["init", "--group", "shop", "--name", "cart"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let out = berth(dir.path(), &["validate"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("shop/cart"));
     let again = berth(dir.path(), &["init"]);
     assert!(!again.status.success(), "init must not overwrite");
@@ -90,8 +61,5 @@ fn unreachable_server_is_a_clear_error() {
     let out = berth(dir.path(), &["--server", "http://127.0.0.1:9", "app", "ls"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("cannot reach the Berth server at http://127.0.0.1:9"),
-        "{err}"
-    );
+    assert!(err.contains("cannot reach the Berth server at http://127.0.0.1:9"), "{err}");
 }

@@ -19,50 +19,30 @@ async fn killed_container_is_replaced() {
     };
     let images = test_images(&docker).await;
     let p = Platform::start(BERTH.as_ref(), "docker").await;
-    let file = p.write(
-        "berth.yaml",
-        &format!(
-            "group: ops\nname: api\nimage: {}\ninstances: 2\nports: [8080]\n",
-            images.v1
-        ),
-    );
+    let file =
+        p.write("berth.yaml", &format!("group: ops\nname: api\nimage: {}\ninstances: 2\nports: [8080]\n", images.v1));
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
     let before = p.live("api").await;
     let victim = before[0]["id"].as_str().unwrap().to_string();
 
     docker
-        .kill_container(
-            &format!("berth-{victim}"),
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
+        .kill_container(&format!("berth-{victim}"), None::<bollard::query_parameters::KillContainerOptions>)
         .await
         .expect("docker kill");
 
-    let status = wait_until(
-        "the killed instance to be replaced",
-        Duration::from_secs(30),
-        || async {
-            let s = p.status("api").await;
-            let running: Vec<&Value> = instances(&s)
-                .iter()
-                .filter(|i| i["state"] == "running")
-                .collect();
-            (running.len() == 2 && !running.iter().any(|i| i["id"] == victim.as_str())).then_some(s)
-        },
-    )
+    let status = wait_until("the killed instance to be replaced", Duration::from_secs(30), || async {
+        let s = p.status("api").await;
+        let running: Vec<&Value> = instances(&s).iter().filter(|i| i["state"] == "running").collect();
+        (running.len() == 2 && !running.iter().any(|i| i["id"] == victim.as_str())).then_some(s)
+    })
     .await;
-    let dead = instances(&status)
-        .iter()
-        .find(|i| i["id"] == victim.as_str())
-        .expect("the killed instance is kept in status");
+    let dead =
+        instances(&status).iter().find(|i| i["id"] == victim.as_str()).expect("the killed instance is kept in status");
     assert_eq!(dead["state"], "failed");
     assert_eq!(dead["exit_code"], 137, "{dead}");
     assert!(dead["reason"].as_str().unwrap().contains("137"), "{dead}");
     let events = p.cli_ok(&["events", "--app", "api"]).await;
-    assert!(
-        events.contains("instance.failed") && events.contains("launch backoff"),
-        "{events}"
-    );
+    assert!(events.contains("instance.failed") && events.contains("launch backoff"), "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,22 +54,19 @@ async fn memory_hog_is_reported_as_oom_killed() {
     let p = Platform::start(BERTH.as_ref(), "docker").await;
     let file = p.write(
         "hog.yaml",
-        &format!("group: ops\nname: hog\nimage: {}\nmemory: 16\ncommand: [\"--alloc-mb\", \"200\"]\nports: [8080]\n\
-             health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n", images.v1),
+        &format!(
+            "group: ops\nname: hog\nimage: {}\nmemory: 16\ncommand: [\"--alloc-mb\", \"200\"]\nports: [8080]\n\
+             health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+            images.v1
+        ),
     );
     // Never becomes healthy: `deploy` must give up and say why, with a non-zero exit.
     let out = p.cli(&["deploy", "-f", &file, "--timeout", "60"]).await;
-    assert!(
-        !out.status.success(),
-        "a deploy whose instances are OOM-killed fails"
-    );
+    assert!(!out.status.success(), "a deploy whose instances are OOM-killed fails");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("OOM"), "deploy says why: {stderr}");
     let status = p.status("hog").await;
-    let oom = instances(&status)
-        .iter()
-        .find(|i| i["oom_killed"] == true)
-        .expect("an OOM-killed instance");
+    let oom = instances(&status).iter().find(|i| i["oom_killed"] == true).expect("an OOM-killed instance");
     assert_eq!(oom["state"], "failed");
     assert!(oom["reason"].as_str().unwrap().contains("OOM"), "{oom}");
     let events = p.cli_ok(&["events", "--app", "hog"]).await;
@@ -98,8 +75,7 @@ async fn memory_hog_is_reported_as_oom_killed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn server_killed_mid_deploy_resumes_without_duplicates() {
-    let Some(docker) = docker_or_skip("server_killed_mid_deploy_resumes_without_duplicates").await
-    else {
+    let Some(docker) = docker_or_skip("server_killed_mid_deploy_resumes_without_duplicates").await else {
         return;
     };
     let images = test_images(&docker).await;
@@ -114,28 +90,17 @@ async fn server_killed_mid_deploy_resumes_without_duplicates() {
     );
     p.cli_ok(&["deploy", "-f", &file, "--no-wait"]).await;
     // Wait for the agent to have started some containers, then SIGKILL everything of Berth.
-    wait_until(
-        "containers to be created",
-        Duration::from_secs(20),
-        || async { (!node_containers(&docker, &p.node_id).await.is_empty()).then_some(()) },
-    )
+    wait_until("containers to be created", Duration::from_secs(20), || async {
+        (!node_containers(&docker, &p.node_id).await.is_empty()).then_some(())
+    })
     .await;
     p.kill9().await;
     p.restart().await;
 
-    let status = wait_until(
-        "all four instances running after the restart",
-        Duration::from_secs(60),
-        || async {
-            let s = p.status("slow").await;
-            (instances(&s)
-                .iter()
-                .filter(|i| i["state"] == "running")
-                .count()
-                == 4)
-                .then_some(s)
-        },
-    )
+    let status = wait_until("all four instances running after the restart", Duration::from_secs(60), || async {
+        let s = p.status("slow").await;
+        (instances(&s).iter().filter(|i| i["state"] == "running").count() == 4).then_some(s)
+    })
     .await;
     assert_eq!(status["version"], 1, "the accepted deploy survived");
     let live: HashSet<String> = instances(&status)
@@ -143,14 +108,10 @@ async fn server_killed_mid_deploy_resumes_without_duplicates() {
         .filter(|i| i["state"] == "running")
         .map(|i| i["id"].as_str().unwrap().to_string())
         .collect();
-    let on_engine = wait_until(
-        "no container beyond the live instances",
-        Duration::from_secs(30),
-        || async {
-            let c = node_containers(&docker, &p.node_id).await;
-            (c.len() == 4).then_some(c)
-        },
-    )
+    let on_engine = wait_until("no container beyond the live instances", Duration::from_secs(30), || async {
+        let c = node_containers(&docker, &p.node_id).await;
+        (c.len() == 4).then_some(c)
+    })
     .await;
     assert_eq!(
         on_engine.into_iter().collect::<HashSet<_>>(),

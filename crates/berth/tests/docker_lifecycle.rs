@@ -15,12 +15,7 @@ fn spec(image: &str, instances: u32) -> String {
 }
 
 async fn body(address: &str) -> Value {
-    let text = reqwest::get(format!("http://{address}/"))
-        .await
-        .expect("instance answers")
-        .text()
-        .await
-        .unwrap();
+    let text = reqwest::get(format!("http://{address}/")).await.expect("instance answers").text().await.unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{address} answered {text}: {e}"))
 }
 
@@ -28,21 +23,14 @@ async fn body(address: &str) -> Value {
 async fn check_instances(p: &Platform, want: usize, version: &str) -> Vec<String> {
     let status = p.status("web").await;
     assert_eq!(status["desired"], want as u64);
-    let live: Vec<&Value> = status["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["state"] == "running")
-        .collect();
+    let live: Vec<&Value> =
+        status["instances"].as_array().unwrap().iter().filter(|i| i["state"] == "running").collect();
     assert_eq!(live.len(), want, "{status:#}");
     let mut ids = Vec::new();
     for inst in live {
         let address = inst["address"].as_str().expect("address");
         let answer = body(address).await;
-        assert_eq!(
-            answer["instance"], inst["id"],
-            "the instance at {address} is the one Berth says"
-        );
+        assert_eq!(answer["instance"], inst["id"], "the instance at {address} is the one Berth says");
         assert_eq!(answer["version"], version);
         ids.push(inst["id"].as_str().unwrap().to_string());
     }
@@ -60,18 +48,11 @@ async fn deploy_scale_upgrade_destroy_on_docker() {
 
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
     let first = check_instances(&p, 3, "v1").await;
-    assert_eq!(
-        node_containers(&docker, &p.node_id).await.len(),
-        3,
-        "one container per instance"
-    );
+    assert_eq!(node_containers(&docker, &p.node_id).await.len(), 3, "one container per instance");
 
     // Limits and identity reach the container.
     let name = format!("berth-{}", first[0]);
-    let info = docker
-        .inspect_container(&name, None)
-        .await
-        .expect("inspect");
+    let info = docker.inspect_container(&name, None).await.expect("inspect");
     let host = info.host_config.expect("host config");
     assert_eq!(host.memory, Some(32 * 1024 * 1024));
     assert_eq!(host.nano_cpus, Some(100_000_000));
@@ -81,62 +62,35 @@ async fn deploy_scale_upgrade_destroy_on_docker() {
     assert_eq!(labels["berth.group"], "shop");
     assert_eq!(labels["berth.instance"], first[0]);
 
-    p.cli_ok(&["app", "web", "scale", "5", "--timeout", "60"])
-        .await;
+    p.cli_ok(&["app", "web", "scale", "5", "--timeout", "60"]).await;
     let five = check_instances(&p, 5, "v1").await;
-    assert!(
-        first.iter().all(|id| five.contains(id)),
-        "scaling up keeps the running instances"
-    );
+    assert!(first.iter().all(|id| five.contains(id)), "scaling up keeps the running instances");
 
-    p.cli_ok(&["app", "shop/web", "scale", "1", "--timeout", "60"])
-        .await;
+    p.cli_ok(&["app", "shop/web", "scale", "1", "--timeout", "60"]).await;
     check_instances(&p, 1, "v1").await;
-    wait_until(
-        "scaled-down containers to be removed",
-        Duration::from_secs(30),
-        || async { (node_containers(&docker, &p.node_id).await.len() == 1).then_some(()) },
-    )
+    wait_until("scaled-down containers to be removed", Duration::from_secs(30), || async {
+        (node_containers(&docker, &p.node_id).await.len() == 1).then_some(())
+    })
     .await;
 
-    p.cli_ok(&["app", "web", "upgrade", &images.v2, "--timeout", "60"])
-        .await;
+    p.cli_ok(&["app", "web", "upgrade", &images.v2, "--timeout", "60"]).await;
     let upgraded = check_instances(&p, 1, "v2").await;
     let status = p.status("web").await;
     assert_eq!(status["version"], 2);
     assert_eq!(
-        status["instances"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|i| i["id"] == upgraded[0].as_str())
-            .unwrap()["version"],
+        status["instances"].as_array().unwrap().iter().find(|i| i["id"] == upgraded[0].as_str()).unwrap()["version"],
         2
     );
-    let versions: Value =
-        serde_json::from_str(&p.cli_ok(&["app", "web", "versions", "-o", "json"]).await).unwrap();
+    let versions: Value = serde_json::from_str(&p.cli_ok(&["app", "web", "versions", "-o", "json"]).await).unwrap();
     assert_eq!(versions.as_array().unwrap().len(), 2);
-    assert!(
-        versions[1]["change"].as_str().unwrap().contains("image"),
-        "{versions}"
-    );
+    assert!(versions[1]["change"].as_str().unwrap().contains("image"), "{versions}");
 
-    p.cli_ok(&["app", "web", "destroy", "--timeout", "60"])
-        .await;
-    assert!(
-        node_containers(&docker, &p.node_id).await.is_empty(),
-        "destroy removes every container"
-    );
+    p.cli_ok(&["app", "web", "destroy", "--timeout", "60"]).await;
+    assert!(node_containers(&docker, &p.node_id).await.is_empty(), "destroy removes every container");
     let apps: Value = serde_json::from_str(&p.cli_ok(&["app", "ls", "-o", "json"]).await).unwrap();
     assert_eq!(apps, Value::Array(vec![]));
     let events = p.cli_ok(&["events", "-n", "500"]).await;
-    for kind in [
-        "app.created",
-        "app.scaled",
-        "app.updated",
-        "instance.running",
-        "app.destroyed",
-    ] {
+    for kind in ["app.created", "app.scaled", "app.updated", "instance.running", "app.destroyed"] {
         assert!(events.contains(kind), "events lack {kind}:\n{events}");
     }
 }

@@ -17,20 +17,12 @@ fn spec(marker: &str, instances: u32) -> String {
 }
 
 fn processes(marker: &str) -> usize {
-    let out = std::process::Command::new("pgrep")
-        .args(["-f", &format!("version {marker}$")])
-        .output()
-        .expect("pgrep");
+    let out = std::process::Command::new("pgrep").args(["-f", &format!("version {marker}$")]).output().expect("pgrep");
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
 async fn answer(address: &str) -> Value {
-    let text = reqwest::get(format!("http://{address}/"))
-        .await
-        .expect("instance answers")
-        .text()
-        .await
-        .unwrap();
+    let text = reqwest::get(format!("http://{address}/")).await.expect("instance answers").text().await.unwrap();
     serde_json::from_str(&text).expect("json")
 }
 
@@ -46,79 +38,44 @@ async fn exec_instances_run_get_replaced_and_survive_a_restart() {
         let a = answer(inst["address"].as_str().unwrap()).await;
         assert_eq!(a["instance"], inst["id"]);
         assert_eq!(a["version"], marker.as_str());
-        assert_eq!(
-            a["tz"], "Asia/Shanghai",
-            "the spec's TZ wins over the host's"
-        );
+        assert_eq!(a["tz"], "Asia/Shanghai", "the spec's TZ wins over the host's");
     }
     assert_eq!(processes(&marker), 3);
 
-    p.cli_ok(&["app", "plain", "scale", "1", "--timeout", "30"])
-        .await;
-    wait_until(
-        "scaled-down processes to exit",
-        Duration::from_secs(15),
-        || async { (processes(&marker) == 1).then_some(()) },
-    )
+    p.cli_ok(&["app", "plain", "scale", "1", "--timeout", "30"]).await;
+    wait_until("scaled-down processes to exit", Duration::from_secs(15), || async {
+        (processes(&marker) == 1).then_some(())
+    })
     .await;
 
     // Kill the process behind the instance: a replacement takes its place.
     let victim = p.live("plain").await[0].clone();
     let pid = victim["handle"].as_str().expect("pid handle");
-    std::process::Command::new("kill")
-        .args(["-9", pid])
-        .status()
-        .expect("kill");
-    let replacement = wait_until(
-        "a replacement instance",
-        Duration::from_secs(20),
-        || async {
-            let live = p.live("plain").await;
-            live.iter()
-                .find(|i| i["id"] != victim["id"] && i["state"] == "running")
-                .cloned()
-        },
-    )
+    std::process::Command::new("kill").args(["-9", pid]).status().expect("kill");
+    let replacement = wait_until("a replacement instance", Duration::from_secs(20), || async {
+        let live = p.live("plain").await;
+        live.iter().find(|i| i["id"] != victim["id"] && i["state"] == "running").cloned()
+    })
     .await;
     let status = p.status("plain").await;
-    let dead = status["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|i| i["id"] == victim["id"])
-        .unwrap()
-        .clone();
+    let dead = status["instances"].as_array().unwrap().iter().find(|i| i["id"] == victim["id"]).unwrap().clone();
     assert_eq!(dead["state"], "failed");
-    assert!(
-        dead["reason"].as_str().unwrap().contains("SIGKILL"),
-        "{dead}"
-    );
+    assert!(dead["reason"].as_str().unwrap().contains("SIGKILL"), "{dead}");
 
     // SIGKILL Berth itself: the process lives on and is adopted, not duplicated.
     p.restart().await;
-    let after = wait_until(
-        "the adopted instance to be reported",
-        Duration::from_secs(15),
-        || async {
-            let live = p.live("plain").await;
-            (live.len() == 1 && live[0]["state"] == "running").then_some(live)
-        },
-    )
+    let after = wait_until("the adopted instance to be reported", Duration::from_secs(15), || async {
+        let live = p.live("plain").await;
+        (live.len() == 1 && live[0]["state"] == "running").then_some(live)
+    })
     .await;
-    assert_eq!(
-        after[0]["id"], replacement["id"],
-        "the same instance survives the restart"
-    );
-    assert_eq!(
-        answer(after[0]["address"].as_str().unwrap()).await["instance"],
-        replacement["id"]
-    );
+    assert_eq!(after[0]["id"], replacement["id"], "the same instance survives the restart");
+    assert_eq!(answer(after[0]["address"].as_str().unwrap()).await["instance"], replacement["id"]);
     // Give the reconciler a few passes to prove it does not start another copy.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(processes(&marker), 1, "no duplicate after the restart");
 
-    p.cli_ok(&["app", "plain", "destroy", "--timeout", "30"])
-        .await;
+    p.cli_ok(&["app", "plain", "destroy", "--timeout", "30"]).await;
     assert_eq!(processes(&marker), 0);
 }
 
@@ -135,48 +92,22 @@ async fn unhealthy_instances_are_replaced() {
         ),
     );
     let out = p.cli(&["deploy", "-f", &file, "--timeout", "30"]).await;
-    assert!(
-        !out.status.success(),
-        "an app that never gets healthy does not deploy"
-    );
-    let status = wait_until(
-        "two failed health checks",
-        Duration::from_secs(20),
-        || async {
-            let s = p.status("sick").await;
-            let failed = s["instances"]
-                .as_array()?
-                .iter()
-                .filter(|i| i["state"] == "failed")
-                .count();
-            (failed >= 2).then_some(s)
-        },
-    )
+    assert!(!out.status.success(), "an app that never gets healthy does not deploy");
+    let status = wait_until("two failed health checks", Duration::from_secs(20), || async {
+        let s = p.status("sick").await;
+        let failed = s["instances"].as_array()?.iter().filter(|i| i["state"] == "failed").count();
+        (failed >= 2).then_some(s)
+    })
     .await;
-    let failed: Vec<&Value> = status["instances"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|i| i["state"] == "failed")
-        .collect();
+    let failed: Vec<&Value> =
+        status["instances"].as_array().unwrap().iter().filter(|i| i["state"] == "failed").collect();
     for f in &failed {
-        assert!(
-            f["reason"]
-                .as_str()
-                .unwrap()
-                .contains("health check failed 2 time(s)"),
-            "{f}"
-        );
+        assert!(f["reason"].as_str().unwrap().contains("health check failed 2 time(s)"), "{f}");
         assert!(f["reason"].as_str().unwrap().contains("503"), "{f}");
     }
     let events = p.cli_ok(&["events", "--app", "sick", "-o", "json"]).await;
     let events: Value = serde_json::from_str(&events).unwrap();
-    let placed = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|e| e["kind"] == "instance.placed")
-        .count();
+    let placed = events.as_array().unwrap().iter().filter(|e| e["kind"] == "instance.placed").count();
     assert!(placed >= 2, "failed instances are replaced: {events:#}");
 }
 
@@ -186,49 +117,32 @@ async fn crash_loop_backs_off_exponentially() {
     let bin = berth_testkit::image::testapp_binary();
     let file = p.write(
         "crashy.yaml",
-        &format!("group: ops\nname: crashy\ndriver: exec\ncommand: [{}, --crash-after-ms, \"50\", --exit-code, \"7\"]\n", bin.display()),
+        &format!(
+            "group: ops\nname: crashy\ndriver: exec\ncommand: [{}, --crash-after-ms, \"50\", --exit-code, \"7\"]\n",
+            bin.display()
+        ),
     );
     p.cli_ok(&["deploy", "-f", &file, "--no-wait"]).await;
     let events = wait_until("four crashes", Duration::from_secs(30), || async {
-        let out = p
-            .cli_ok(&["events", "--app", "crashy", "-o", "json", "-n", "500"])
-            .await;
+        let out = p.cli_ok(&["events", "--app", "crashy", "-o", "json", "-n", "500"]).await;
         let events: Vec<Value> = serde_json::from_str(&out).ok()?;
-        let failed = events
-            .iter()
-            .filter(|e| e["kind"] == "instance.failed")
-            .count();
+        let failed = events.iter().filter(|e| e["kind"] == "instance.failed").count();
         (failed >= 4).then_some(events)
     })
     .await;
     let times = |kind: &str| -> Vec<i64> {
-        events
-            .iter()
-            .filter(|e| e["kind"] == kind)
-            .map(|e| e["time"].as_i64().unwrap())
-            .collect()
+        events.iter().filter(|e| e["kind"] == kind).map(|e| e["time"].as_i64().unwrap()).collect()
     };
     let (failed, placed) = (times("instance.failed"), times("instance.placed"));
     assert!(
-        events.iter().any(|e| e["message"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("exited with code 7")),
+        events.iter().any(|e| e["message"].as_str().unwrap_or_default().contains("exited with code 7")),
         "{events:#?}"
     );
     // Marathon's backoff: the n-th relaunch waits 1 s x 1.15^(n-1) after the n-th failure.
     for n in 0..3 {
         let gap = placed[n + 1] - failed[n];
         let floor = (1000.0 * 1.15f64.powi(n as i32)) as i64;
-        assert!(
-            gap >= floor,
-            "relaunch {} came {gap} ms after the crash, before the {floor} ms backoff",
-            n + 1
-        );
-        assert!(
-            gap < floor + 1500,
-            "relaunch {} waited {gap} ms, far beyond the {floor} ms backoff",
-            n + 1
-        );
+        assert!(gap >= floor, "relaunch {} came {gap} ms after the crash, before the {floor} ms backoff", n + 1);
+        assert!(gap < floor + 1500, "relaunch {} waited {gap} ms, far beyond the {floor} ms backoff", n + 1);
     }
 }

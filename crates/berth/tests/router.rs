@@ -57,12 +57,7 @@ impl Load {
                 })
             })
             .collect();
-        Load {
-            stop,
-            ok,
-            failures,
-            tasks,
-        }
+        Load { stop, ok, failures, tasks }
     }
 
     async fn finish(self) -> (u64, Vec<String>) {
@@ -89,34 +84,19 @@ async fn routes_by_host_and_drops_nothing_while_instances_die_and_scale() {
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
 
     // By Host, by the wildcard name, and an unknown host.
-    let ids: Vec<String> = p
-        .live("web")
-        .await
-        .iter()
-        .map(|i| i["id"].as_str().unwrap().to_string())
-        .collect();
-    wait_until(
-        "the router to know all three instances",
-        Duration::from_secs(5),
-        || async {
-            let status = p.admin_get("/status").await;
-            (status["cls:shop/web"].as_array().map(Vec::len) == Some(3)).then_some(())
-        },
-    )
+    let ids: Vec<String> = p.live("web").await.iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+    wait_until("the router to know all three instances", Duration::from_secs(5), || async {
+        let status = p.admin_get("/status").await;
+        (status["cls:shop/web"].as_array().map(Vec::len) == Some(3)).then_some(())
+    })
     .await;
     let mut seen: HashMap<String, usize> = HashMap::new();
     for _ in 0..30 {
         *seen.entry(instance_of(&p, "shop.test").await).or_default() += 1;
     }
     assert_eq!(seen.len(), 3, "every instance gets traffic: {seen:?}");
-    assert!(
-        seen.values().all(|n| *n >= 6),
-        "round robin spreads evenly: {seen:?}"
-    );
-    assert!(
-        ids.contains(&instance_of(&p, "web.shop.berth.test").await),
-        "NAME.GROUP.<domain> routes too"
-    );
+    assert!(seen.values().all(|n| *n >= 6), "round robin spreads evenly: {seen:?}");
+    assert!(ids.contains(&instance_of(&p, "web.shop.berth.test").await), "NAME.GROUP.<domain> routes too");
     let (status, body) = p.via_router("nobody.test", "/").await.unwrap();
     assert_eq!(status, 404);
     assert!(body.contains("no route"), "{body}");
@@ -127,10 +107,7 @@ async fn routes_by_host_and_drops_nothing_while_instances_die_and_scale() {
     // Kill an instance under load.
     let victim = p.live("web").await[0].clone();
     let pid = victim["handle"].as_str().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-9", &pid])
-        .status()
-        .unwrap();
+    std::process::Command::new("kill").args(["-9", &pid]).status().unwrap();
     wait_until("a replacement", Duration::from_secs(20), || async {
         let live = p.live("web").await;
         let running = live.iter().filter(|i| i["state"] == "running").count();
@@ -139,18 +116,12 @@ async fn routes_by_host_and_drops_nothing_while_instances_die_and_scale() {
     .await;
 
     // Scale up and down under load.
-    p.cli_ok(&["app", "web", "scale", "5", "--timeout", "30"])
-        .await;
-    p.cli_ok(&["app", "web", "scale", "2", "--timeout", "30"])
-        .await;
-    wait_until(
-        "scaled-down instances to stop",
-        Duration::from_secs(20),
-        || async {
-            let s = p.status("web").await;
-            (s["counts"]["stopping"] == 0).then_some(())
-        },
-    )
+    p.cli_ok(&["app", "web", "scale", "5", "--timeout", "30"]).await;
+    p.cli_ok(&["app", "web", "scale", "2", "--timeout", "30"]).await;
+    wait_until("scaled-down instances to stop", Duration::from_secs(20), || async {
+        let s = p.status("web").await;
+        (s["counts"]["stopping"] == 0).then_some(())
+    })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let (ok, failures) = load.finish().await;
@@ -165,23 +136,16 @@ async fn routes_by_host_and_drops_nothing_while_instances_die_and_scale() {
 
     let metrics = p.admin_get("/metrics").await;
     let web = &metrics["clusters"]["cls:shop/web"];
-    assert!(
-        web["requests"][1][1].as_u64().unwrap() >= ok,
-        "2xx counted: {web}"
-    );
+    assert!(web["requests"][1][1].as_u64().unwrap() >= ok, "2xx counted: {web}");
     let log = std::fs::read_to_string(p.data_dir().join("router/access.log")).unwrap_or_default();
     let line: Value = serde_json::from_str(log.lines().last().expect("access log lines")).unwrap();
     assert_eq!(line["host"], "shop.test");
-    assert!(
-        line["ms"].as_f64().is_some() && line["upstream"].is_string(),
-        "{line}"
-    );
+    assert!(line["ms"].as_f64().is_some() && line["upstream"].is_string(), "{line}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn docker_instances_killed_under_load_drop_nothing() {
-    let Some(docker) = docker_or_skip("docker_instances_killed_under_load_drop_nothing").await
-    else {
+    let Some(docker) = docker_or_skip("docker_instances_killed_under_load_drop_nothing").await else {
         return;
     };
     let images = test_images(&docker).await;
@@ -193,91 +157,50 @@ async fn docker_instances_killed_under_load_drop_nothing() {
     );
     let file = p.write("api.yaml", &spec);
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
-    wait_until(
-        "the router to know the instances",
-        Duration::from_secs(5),
-        || async {
-            (p.admin_get("/status").await["cls:shop/api"]
-                .as_array()
-                .map(Vec::len)
-                == Some(3))
-            .then_some(())
-        },
-    )
+    wait_until("the router to know the instances", Duration::from_secs(5), || async {
+        (p.admin_get("/status").await["cls:shop/api"].as_array().map(Vec::len) == Some(3)).then_some(())
+    })
     .await;
     let load = Load::start(&p.http, "api.test", 8);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let victim = p.live("api").await[0]["id"].as_str().unwrap().to_string();
     docker
-        .kill_container(
-            &format!("berth-{victim}"),
-            None::<bollard::query_parameters::KillContainerOptions>,
-        )
+        .kill_container(&format!("berth-{victim}"), None::<bollard::query_parameters::KillContainerOptions>)
         .await
         .unwrap();
-    p.cli_ok(&["app", "api", "scale", "4", "--timeout", "60"])
-        .await;
-    p.cli_ok(&["app", "api", "scale", "2", "--timeout", "60"])
-        .await;
+    p.cli_ok(&["app", "api", "scale", "4", "--timeout", "60"]).await;
+    p.cli_ok(&["app", "api", "scale", "2", "--timeout", "60"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (ok, failures) = load.finish().await;
     assert!(ok > 200, "the load ran ({ok} requests)");
-    assert!(
-        failures.is_empty(),
-        "{} failed: {:?}",
-        failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn static_upstreams_status_and_explain() {
     let mut p = Platform::start(BERTH.as_ref(), "exec").await;
     // A service that is not a Berth app: the test app started by hand.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut outside = std::process::Command::new(berth_testkit::image::testapp_binary())
         .args(["--port", &port.to_string(), "--version", "legacy"])
         .spawn()
         .unwrap();
-    let body =
-        format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {port}, \"weight\": 2}}]}}");
+    let body = format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {port}, \"weight\": 2}}]}}");
     let (status, answer) = p.admin_request("PUT", "/upstream/legacy.test", &body).await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(
-        answer["applied"], true,
-        "the admin API answers once the router applied it"
-    );
+    assert_eq!(answer["applied"], true, "the admin API answers once the router applied it");
     let (status, text) = p.via_router("legacy.test", "/").await.unwrap();
     assert_eq!(status, 200);
     assert!(text.contains("legacy"), "{text}");
 
     let status_page = p.admin_get("/status").await;
-    let servers = status_page["cls:legacy.test"]
-        .as_array()
-        .expect("Slardar shape: cls:<name> -> list");
-    for key in [
-        "server",
-        "weight",
-        "status",
-        "msg",
-        "fail_num",
-        "lastmodified",
-    ] {
-        assert!(
-            servers[0].get(key).is_some(),
-            "status lacks {key}: {status_page}"
-        );
+    let servers = status_page["cls:legacy.test"].as_array().expect("Slardar shape: cls:<name> -> list");
+    for key in ["server", "weight", "status", "msg", "fail_num", "lastmodified"] {
+        assert!(servers[0].get(key).is_some(), "status lacks {key}: {status_page}");
     }
     assert_eq!(servers[0]["weight"], 2);
     assert_eq!(servers[0]["status"], "ok");
-    assert!(
-        status_page["generation"].as_u64().unwrap() >= 1
-            && status_page["applied_at"].as_i64().is_some()
-    );
+    assert!(status_page["generation"].as_u64().unwrap() >= 1 && status_page["applied_at"].as_i64().is_some());
 
     let explain = p.admin_get("/explain?host=legacy.test&path=/x").await;
     assert_eq!(explain["cluster"], "cls:legacy.test");
@@ -285,41 +208,24 @@ async fn static_upstreams_status_and_explain() {
     assert_eq!(explain["picked"]["server"], format!("127.0.0.1:{port}"));
     let (bad, _) = p.admin_request("PUT", "/upstream/Bad_Name", &body).await;
     assert_eq!(bad, 422);
-    let (bad, _) = p
-        .admin_request(
-            "PUT",
-            "/upstream/x.test",
-            "{\"servers\": [{\"host\": \"h\", \"port\": 0}]}",
-        )
-        .await;
+    let (bad, _) = p.admin_request("PUT", "/upstream/x.test", "{\"servers\": [{\"host\": \"h\", \"port\": 0}]}").await;
     assert_eq!(bad, 422);
 
     // Stored by the control plane: a restart keeps it.
     p.restart().await;
-    let (status, _) = wait_until(
-        "the upstream after a restart",
-        Duration::from_secs(10),
-        || async {
-            p.via_router("legacy.test", "/")
-                .await
-                .ok()
-                .filter(|(s, _)| *s == 200)
-        },
-    )
+    let (status, _) = wait_until("the upstream after a restart", Duration::from_secs(10), || async {
+        p.via_router("legacy.test", "/").await.ok().filter(|(s, _)| *s == 200)
+    })
     .await;
     assert_eq!(status, 200);
 
     // A dead upstream is marked down by the active check, and fails open rather than 404.
     outside.kill().unwrap();
     let _ = outside.wait();
-    wait_until(
-        "the active check to mark it down",
-        Duration::from_secs(15),
-        || async {
-            let s = p.admin_get("/status").await;
-            (s["cls:legacy.test"][0]["status"] == "err").then_some(())
-        },
-    )
+    wait_until("the active check to mark it down", Duration::from_secs(15), || async {
+        let s = p.admin_get("/status").await;
+        (s["cls:legacy.test"][0]["status"] == "err").then_some(())
+    })
     .await;
     let explain = p.admin_get("/explain?host=legacy.test").await;
     assert_eq!(explain["picked"]["fail_open"], true, "{explain}");
@@ -343,12 +249,7 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
     let client = reqwest::Client::new();
     let url = format!("http://{}/anything", p.http);
     let denied = wait_until("the rule to be applied", Duration::from_secs(5), || async {
-        let r = client
-            .delete(&url)
-            .header("host", "rules.test")
-            .send()
-            .await
-            .ok()?;
+        let r = client.delete(&url).header("host", "rules.test").send().await.ok()?;
         (r.status() == 403).then_some(r)
     })
     .await;
@@ -360,52 +261,33 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
     assert_eq!(status, 200);
 
     // A syntax error is refused with its line; the old rule stays in force.
-    let broken = p.write(
-        "broken.lua",
-        "local a = 1\nif a then\n  return deny(403\nend\n",
-    );
+    let broken = p.write("broken.lua", "local a = 1\nif a then\n  return deny(403\nend\n");
     let out = p.cli(&["app", "web", "rules", "set", &broken]).await;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("broken.lua:4:"), "{err}");
-    let (status, answer) = p
-        .admin_request("PUT", "/lua/app/shop/web", "return deny(\n")
-        .await;
+    let (status, answer) = p.admin_request("PUT", "/lua/app/shop/web", "return deny(\n").await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["line"], 2);
-    let r = client
-        .delete(&url)
-        .header("host", "rules.test")
-        .send()
-        .await
-        .unwrap();
+    let r = client.delete(&url).header("host", "rules.test").send().await.unwrap();
     assert_eq!(r.status(), 403, "the previous rule is still in force");
     let lua = p.admin_get("/lua").await;
     assert_eq!(lua[0]["target"]["name"], "shop/web");
     assert_eq!(lua[0]["version"].as_str().unwrap().len(), 16);
 
     // An endless loop is cut off by its budget: that request fails, quickly; the router lives on.
-    let (status, answer) = p
-        .admin_request("PUT", "/lua/app/shop/web", "while true do end")
-        .await;
+    let (status, answer) = p.admin_request("PUT", "/lua/app/shop/web", "while true do end").await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["applied"], true);
     let started = std::time::Instant::now();
     let (status, body) = p.via_router("rules.test", "/").await.unwrap();
     assert_eq!(status, 500, "{body}");
     assert!(body.contains("instruction budget"), "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "cut off quickly: {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(2), "cut off quickly: {:?}", started.elapsed());
 
     p.cli_ok(&["app", "web", "rules", "rm"]).await;
     wait_until("rules removed", Duration::from_secs(5), || async {
-        p.via_router("rules.test", "/")
-            .await
-            .ok()
-            .filter(|(s, _)| *s == 200)
+        p.via_router("rules.test", "/").await.ok().filter(|(s, _)| *s == 200)
     })
     .await;
 }

@@ -48,23 +48,14 @@ pub fn container_name(instance: &str) -> String {
 
 impl DockerDriver {
     /// Connects to the local engine and agrees on an API version; fails when no engine answers.
-    pub async fn connect(
-        node: &str,
-        publish_ip: &str,
-        pull: PullPolicy,
-    ) -> Result<Self, DriverError> {
+    pub async fn connect(node: &str, publish_ip: &str, pull: PullPolicy) -> Result<Self, DriverError> {
         let docker = Docker::connect_with_local_defaults().map_err(engine)?;
         let docker = tokio::time::timeout(Duration::from_secs(5), docker.negotiate_version())
             .await
             .map_err(|_| DriverError::Docker("no answer within 5s".into()))?
             .map_err(engine)?;
         docker.ping().await.map_err(engine)?;
-        Ok(DockerDriver {
-            docker,
-            node: node.to_string(),
-            publish_ip: publish_ip.to_string(),
-            pull,
-        })
+        Ok(DockerDriver { docker, node: node.to_string(), publish_ip: publish_ip.to_string(), pull })
     }
 
     pub fn client(&self) -> &Docker {
@@ -76,33 +67,23 @@ impl DockerDriver {
             return Ok(());
         }
         if self.pull == PullPolicy::Never {
-            return Err(DriverError::Start(format!(
-                "image `{image}` is not on this node and pulling is off"
-            )));
+            return Err(DriverError::Start(format!("image `{image}` is not on this node and pulling is off")));
         }
         let options = CreateImageOptionsBuilder::new().from_image(image).build();
         let mut pull = self.docker.create_image(Some(options), None, None);
         while let Some(step) = pull.next().await {
             step.map_err(|e| {
-                DriverError::Start(format!(
-                    "image `{image}` is not on this node and cannot be pulled: {e}"
-                ))
+                DriverError::Start(format!("image `{image}` is not on this node and cannot be pulled: {e}"))
             })?;
         }
         Ok(())
     }
 
-    pub async fn start(
-        &self,
-        a: &Assignment,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Handle, DriverError> {
+    pub async fn start(&self, a: &Assignment, env: &BTreeMap<String, String>) -> Result<Handle, DriverError> {
         let spec = &a.spec;
         let inst = &a.instance;
-        let image = spec
-            .image
-            .as_deref()
-            .ok_or_else(|| DriverError::Start("the docker driver needs an image".into()))?;
+        let image =
+            spec.image.as_deref().ok_or_else(|| DriverError::Start("the docker driver needs an image".into()))?;
         self.ensure_image(image).await?;
 
         let labels = HashMap::from([
@@ -158,21 +139,12 @@ impl DockerDriver {
         };
         let name = container_name(&inst.id);
         let options = CreateContainerOptionsBuilder::new().name(&name).build();
-        let created = match self
-            .docker
-            .create_container(Some(options.clone()), config.clone())
-            .await
-        {
+        let created = match self.docker.create_container(Some(options.clone()), config.clone()).await {
             Ok(c) => c,
             // A container left from an earlier attempt of this same instance: replace it.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 409, ..
-            }) => {
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 409, .. }) => {
                 self.remove(&name).await;
-                self.docker
-                    .create_container(Some(options), config)
-                    .await
-                    .map_err(engine)?
+                self.docker.create_container(Some(options), config).await.map_err(engine)?
             }
             Err(e) => return Err(DriverError::Start(format!("cannot create container: {e}"))),
         };
@@ -180,10 +152,7 @@ impl DockerDriver {
             self.remove(&created.id).await;
             return Err(DriverError::Start(format!("cannot start container: {e}")));
         }
-        Ok(Handle {
-            instance: inst.id.clone(),
-            id: created.id,
-        })
+        Ok(Handle { instance: inst.id.clone(), id: created.id })
     }
 
     pub async fn wait(&self, handle: &Handle) -> ExitInfo {
@@ -239,10 +208,7 @@ impl DockerDriver {
     }
 
     async fn remove(&self, id: &str) {
-        let options = RemoveContainerOptionsBuilder::new()
-            .force(true)
-            .v(true)
-            .build();
+        let options = RemoveContainerOptionsBuilder::new().force(true).v(true).build();
         if let Err(e) = self.docker.remove_container(id, Some(options)).await {
             tracing::debug!(container = id, error = %e, "remove failed");
         }
@@ -254,10 +220,7 @@ impl DockerDriver {
         match self.docker.stop_container(&handle.id, Some(options)).await {
             Ok(()) => {}
             // 304: already stopped; 404: already gone.
-            Err(bollard::errors::Error::DockerResponseServerError {
-                status_code: 304 | 404,
-                ..
-            }) => {}
+            Err(bollard::errors::Error::DockerResponseServerError { status_code: 304 | 404, .. }) => {}
             Err(e) => return Err(engine(e)),
         }
         self.remove(&handle.id).await;
@@ -266,23 +229,13 @@ impl DockerDriver {
 
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={}", self.node)])]);
-        let options = ListContainersOptionsBuilder::new()
-            .all(true)
-            .filters(&filters)
-            .build();
-        let containers = self
-            .docker
-            .list_containers(Some(options))
-            .await
-            .map_err(engine)?;
+        let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();
+        let containers = self.docker.list_containers(Some(options)).await.map_err(engine)?;
         Ok(containers
             .into_iter()
             .filter_map(|c| {
                 let instance = c.labels.as_ref()?.get(LABEL_INSTANCE)?.clone();
-                Some(Handle {
-                    instance,
-                    id: c.id?,
-                })
+                Some(Handle { instance, id: c.id? })
             })
             .collect())
     }

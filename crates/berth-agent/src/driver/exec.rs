@@ -48,45 +48,25 @@ fn start_ticks(pid: i32) -> Option<u64> {
 
 impl ExecDriver {
     pub fn new(data_dir: PathBuf) -> Self {
-        ExecDriver {
-            dir: data_dir.join("exec"),
-            children: Arc::default(),
-        }
+        ExecDriver { dir: data_dir.join("exec"), children: Arc::default() }
     }
 
     fn instance_dir(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 
-    pub async fn start(
-        &self,
-        a: &Assignment,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Handle, DriverError> {
+    pub async fn start(&self, a: &Assignment, env: &BTreeMap<String, String>) -> Result<Handle, DriverError> {
         let id = &a.instance.id;
-        let command = a
-            .spec
-            .command
-            .as_ref()
-            .ok_or_else(|| DriverError::Start("the exec driver needs a command".into()))?;
+        let command =
+            a.spec.command.as_ref().ok_or_else(|| DriverError::Start("the exec driver needs a command".into()))?;
         let argv = command.argv();
         let dir = self.instance_dir(id);
         std::fs::create_dir_all(&dir).map_err(io)?;
-        let open = |name: &str| {
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(dir.join(name))
-                .map_err(io)
-        };
+        let open = |name: &str| std::fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).map_err(io);
         let mut cmd = tokio::process::Command::new(&argv[0]);
         cmd.args(&argv[1..])
             .env_clear()
-            .envs(
-                INHERITED
-                    .iter()
-                    .filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))),
-            )
+            .envs(INHERITED.iter().filter_map(|k| std::env::var(k).ok().map(|v| (*k, v))))
             .envs(env)
             .current_dir(&dir)
             .stdin(std::process::Stdio::null())
@@ -96,61 +76,27 @@ impl ExecDriver {
             // terminal signals do not.
             .process_group(0)
             .kill_on_drop(false);
-        let child = cmd
-            .spawn()
-            .map_err(|e| DriverError::Start(format!("cannot run `{}`: {e}", argv[0])))?;
-        let pid = child
-            .id()
-            .ok_or_else(|| DriverError::Start("process exited at once".into()))?
-            as i32;
-        let state = ProcState {
-            pid,
-            start_ticks: start_ticks(pid).unwrap_or(0),
-        };
-        std::fs::write(
-            dir.join("proc.json"),
-            serde_json::to_vec(&state).map_err(io)?,
-        )
-        .map_err(io)?;
-        self.children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), child);
-        Ok(Handle {
-            instance: id.clone(),
-            id: pid.to_string(),
-        })
+        let child = cmd.spawn().map_err(|e| DriverError::Start(format!("cannot run `{}`: {e}", argv[0])))?;
+        let pid = child.id().ok_or_else(|| DriverError::Start("process exited at once".into()))? as i32;
+        let state = ProcState { pid, start_ticks: start_ticks(pid).unwrap_or(0) };
+        std::fs::write(dir.join("proc.json"), serde_json::to_vec(&state).map_err(io)?).map_err(io)?;
+        self.children.lock().unwrap_or_else(|p| p.into_inner()).insert(id.clone(), child);
+        Ok(Handle { instance: id.clone(), id: pid.to_string() })
     }
 
     pub async fn wait(&self, handle: &Handle) -> ExitInfo {
-        let child = self
-            .children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&handle.instance);
+        let child = self.children.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.instance);
         match child {
             Some(mut child) => match child.wait().await {
                 Ok(status) => {
                     use std::os::unix::process::ExitStatusExt;
-                    let signal = status.signal().map(|s| {
-                        Signal::try_from(s)
-                            .map_or(format!("signal {s}"), |sig| format!("killed by {sig}"))
-                    });
-                    let code = status
-                        .code()
-                        .map(i64::from)
-                        .or(status.signal().map(|s| 128 + i64::from(s)));
-                    ExitInfo {
-                        exit_code: code,
-                        oom_killed: false,
-                        detail: signal,
-                    }
+                    let signal = status
+                        .signal()
+                        .map(|s| Signal::try_from(s).map_or(format!("signal {s}"), |sig| format!("killed by {sig}")));
+                    let code = status.code().map(i64::from).or(status.signal().map(|s| 128 + i64::from(s)));
+                    ExitInfo { exit_code: code, oom_killed: false, detail: signal }
                 }
-                Err(e) => ExitInfo {
-                    exit_code: None,
-                    oom_killed: false,
-                    detail: Some(format!("wait failed: {e}")),
-                },
+                Err(e) => ExitInfo { exit_code: None, oom_killed: false, detail: Some(format!("wait failed: {e}")) },
             },
             // Adopted after a restart: not our child, so poll until its pid is gone or reused.
             None => {
@@ -161,9 +107,7 @@ impl ExecDriver {
                         return ExitInfo {
                             exit_code: None,
                             oom_killed: false,
-                            detail: Some(
-                                "exit code unknown: adopted after an agent restart".into(),
-                            ),
+                            detail: Some("exit code unknown: adopted after an agent restart".into()),
                         };
                     }
                     tokio::time::sleep(Duration::from_millis(250)).await;
@@ -195,11 +139,7 @@ impl ExecDriver {
             }
         }
         // Reap our own child so it does not linger as a zombie.
-        let child = self
-            .children
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&handle.instance);
+        let child = self.children.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.instance);
         if let Some(mut child) = child {
             let _ = child.wait().await;
         }
@@ -215,10 +155,7 @@ impl ExecDriver {
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().to_string();
             if let Some(pid) = self.alive(&id) {
-                out.push(Handle {
-                    instance: id,
-                    id: pid.to_string(),
-                });
+                out.push(Handle { instance: id, id: pid.to_string() });
             }
         }
         Ok(out)

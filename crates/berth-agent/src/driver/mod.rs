@@ -73,11 +73,7 @@ impl Driver {
         }
     }
 
-    pub async fn start(
-        &self,
-        a: &Assignment,
-        env: &BTreeMap<String, String>,
-    ) -> Result<Handle, DriverError> {
+    pub async fn start(&self, a: &Assignment, env: &BTreeMap<String, String>) -> Result<Handle, DriverError> {
         match self {
             Driver::Docker(d) => d.start(a, env).await,
             Driver::Exec(d) => d.start(a, env).await,
@@ -93,11 +89,7 @@ impl Driver {
     }
 
     /// SIGTERM, up to `grace`, then SIGKILL; then the runtime's leftovers are removed.
-    pub async fn stop(
-        &self,
-        handle: &Handle,
-        grace: std::time::Duration,
-    ) -> Result<(), DriverError> {
+    pub async fn stop(&self, handle: &Handle, grace: std::time::Duration) -> Result<(), DriverError> {
         match self {
             Driver::Docker(d) => d.stop(handle, grace).await,
             Driver::Exec(d) => d.stop(handle, grace).await,
@@ -126,11 +118,7 @@ pub fn instance_env(a: &Assignment, driver: DriverKind) -> BTreeMap<String, Stri
     // PORTn is the port the process must listen on: the container port behind a bridge,
     // the host port everywhere else.
     let bridged = driver == DriverKind::Docker && spec.network == NetworkMode::Bridge;
-    let listen: Vec<u16> = if bridged {
-        spec.ports.clone()
-    } else {
-        inst.host_ports.clone()
-    };
+    let listen: Vec<u16> = if bridged { spec.ports.clone() } else { inst.host_ports.clone() };
     for (i, port) in listen.iter().enumerate() {
         env.insert(format!("PORT{i}"), port.to_string());
     }
@@ -149,13 +137,7 @@ pub fn instance_env(a: &Assignment, driver: DriverKind) -> BTreeMap<String, Stri
 }
 
 fn host_timezone() -> Option<String> {
-    std::env::var("TZ")
-        .ok()
-        .filter(|tz| !tz.is_empty())
-        .or_else(|| {
-            std::fs::read_to_string("/etc/timezone")
-                .ok()
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-        })
+    std::env::var("TZ").ok().filter(|tz| !tz.is_empty()).or_else(|| {
+        std::fs::read_to_string("/etc/timezone").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    })
 }

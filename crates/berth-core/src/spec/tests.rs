@@ -29,15 +29,12 @@ constraints:
 "#;
 
 fn errors(text: &str) -> Vec<SpecError> {
-    AppSpec::from_yaml(text, Some("berth.yaml"))
-        .expect_err("spec should be rejected")
-        .0
+    AppSpec::from_yaml(text, Some("berth.yaml")).expect_err("spec should be rejected").0
 }
 
 #[test]
 fn seed_sample_validates_unchanged_with_a_warning_for_its_unpublished_port() {
-    let spec =
-        AppSpec::from_yaml(SEED_SAMPLE, Some("berth.yaml")).expect("the seed's sample is valid");
+    let spec = AppSpec::from_yaml(SEED_SAMPLE, Some("berth.yaml")).expect("the seed's sample is valid");
     let warnings = spec.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert!(warnings[0].contains("8081"), "{}", warnings[0]);
@@ -56,18 +53,8 @@ fn seed_sample_fields_are_read() {
     assert_eq!(spec.ports, vec![8080, 8081]);
     assert_eq!(spec.environment["CONSUL_HTTP_ADDR"], "127.0.0.1:8500");
     assert_eq!(spec.zones, vec!["slardar", "slardar_test"]);
-    assert_eq!(
-        spec.constraints,
-        vec![Constraint {
-            field: "hostname".into(),
-            op: ConstraintOp::Unique,
-            value: None
-        }]
-    );
-    assert_eq!(
-        AppSpec::service_port("s2.upyun.com:8081", &spec.ports),
-        Some(8081)
-    );
+    assert_eq!(spec.constraints, vec![Constraint { field: "hostname".into(), op: ConstraintOp::Unique, value: None }]);
+    assert_eq!(AppSpec::service_port("s2.upyun.com:8081", &spec.ports), Some(8081));
 }
 
 #[test]
@@ -79,13 +66,7 @@ fn constraints_accept_a_single_string_and_marathon_lists() {
     let ops: Vec<_> = spec.constraints.iter().map(|c| c.op).collect();
     assert_eq!(
         ops,
-        [
-            ConstraintOp::Cluster,
-            ConstraintOp::MaxPer,
-            ConstraintOp::GroupBy,
-            ConstraintOp::Like,
-            ConstraintOp::Unlike
-        ]
+        [ConstraintOp::Cluster, ConstraintOp::MaxPer, ConstraintOp::GroupBy, ConstraintOp::Like, ConstraintOp::Unlike]
     );
     assert_eq!(spec.constraints[0].value.as_deref(), Some("a"));
 }
@@ -93,11 +74,7 @@ fn constraints_accept_a_single_string_and_marathon_lists() {
 #[test]
 fn bad_constraint_operator_is_named_with_a_suggestion() {
     let errs = errors("group: g\nname: n\nimage: i\nconstraints:\n  - hostname:UNIQE\n");
-    assert!(
-        errs[0].to_string().contains("did you mean `UNIQUE`"),
-        "{}",
-        errs[0]
-    );
+    assert!(errs[0].to_string().contains("did you mean `UNIQUE`"), "{}", errs[0]);
     assert_eq!(errs[0].line, Some(5), "{}", errs[0]);
 }
 
@@ -108,16 +85,12 @@ fn misspelt_key_names_line_column_and_closest_key() {
     assert_eq!(e.field, "instanses");
     assert_eq!(e.suggestion.as_deref(), Some("instances"));
     assert_eq!((e.line, e.column), (Some(4), Some(1)));
-    assert_eq!(
-        e.to_string(),
-        "berth.yaml:4:1: `instanses`: unknown key (did you mean `instances`?)"
-    );
+    assert_eq!(e.to_string(), "berth.yaml:4:1: `instanses`: unknown key (did you mean `instances`?)");
 }
 
 #[test]
 fn misspelt_nested_key_is_caught() {
-    let errs =
-        errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  intervall: 1s\n");
+    let errs = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  intervall: 1s\n");
     assert_eq!(errs[0].suggestion.as_deref(), Some("interval"));
     assert_eq!(errs[0].line, Some(7));
 }
@@ -127,21 +100,12 @@ fn wrong_type_names_its_key_and_line() {
     let errs = errors("group: g\nname: n\nimage: i\ninstances: many\n");
     assert_eq!(errs[0].line, Some(4), "{}", errs[0]);
     assert_eq!(errs[0].field, "instances");
-    assert_eq!(
-        errs[0].to_string(),
-        "berth.yaml:4:12: `instances`: expected a whole number, 0 or more"
-    );
-    let errs = errors(
-        "group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  interval: forever\n",
-    );
+    assert_eq!(errs[0].to_string(), "berth.yaml:4:12: `instances`: expected a whole number, 0 or more");
+    let errs = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  interval: forever\n");
     assert_eq!(errs[0].field, "health.interval", "{}", errs[0]);
     let errs = errors("group: g\nname: n\nimage: i\nnetwork: overlay\n");
     assert_eq!(errs[0].field, "network");
-    assert!(
-        errs[0].message.contains("bridge, host, none"),
-        "{}",
-        errs[0]
-    );
+    assert!(errs[0].message.contains("bridge, host, none"), "{}", errs[0]);
 }
 
 #[test]
@@ -153,28 +117,14 @@ fn missing_required_key_is_named() {
 
 #[test]
 fn semantic_errors_are_located_at_their_key() {
-    let errs =
-        errors("group: Guest\nname: n\nimage: i\ncpu: -1\nports: [80]\nhealth:\n  http: health\n");
+    let errs = errors("group: Guest\nname: n\nimage: i\ncpu: -1\nports: [80]\nhealth:\n  http: health\n");
     let fields: Vec<_> = errs.iter().map(|e| (e.field.as_str(), e.line)).collect();
-    assert_eq!(
-        fields,
-        [
-            ("group", Some(1)),
-            ("cpu", Some(4)),
-            ("health.http", Some(7))
-        ]
-    );
+    assert_eq!(fields, [("group", Some(1)), ("cpu", Some(4)), ("health.http", Some(7))]);
 }
 
 #[test]
 fn exec_driver_needs_a_command_and_no_image() {
-    assert!(
-        AppSpec::from_yaml(
-            "group: g\nname: n\ndriver: exec\ncommand: [/bin/true]\n",
-            None
-        )
-        .is_ok()
-    );
+    assert!(AppSpec::from_yaml("group: g\nname: n\ndriver: exec\ncommand: [/bin/true]\n", None).is_ok());
     let errs = errors("group: g\nname: n\ndriver: exec\n");
     assert_eq!(errs[0].field, "command");
     let errs = errors("group: g\nname: n\n");
@@ -202,11 +152,9 @@ fn durations_and_defaults() {
 
 #[test]
 fn environment_numbers_become_text() {
-    let spec = AppSpec::from_yaml(
-        "group: g\nname: n\nimage: i\nenvironment:\n  PORT_HINT: 8080\n  DEBUG: true\n",
-        None,
-    )
-    .unwrap();
+    let spec =
+        AppSpec::from_yaml("group: g\nname: n\nimage: i\nenvironment:\n  PORT_HINT: 8080\n  DEBUG: true\n", None)
+            .unwrap();
     assert_eq!(spec.environment["PORT_HINT"], "8080");
     assert_eq!(spec.environment["DEBUG"], "true");
 }
@@ -222,8 +170,7 @@ fn json_round_trip_keeps_the_spec() {
 
 #[test]
 fn starter_spec_validates() {
-    let spec =
-        AppSpec::from_yaml(&starter("guest", "web"), Some("berth.yaml")).expect("starter is valid");
+    let spec = AppSpec::from_yaml(&starter("guest", "web"), Some("berth.yaml")).expect("starter is valid");
     assert_eq!(spec.id(), "guest/web");
 }
 
@@ -232,4 +179,17 @@ fn upgrade_fractions_are_bounded() {
     let errs = errors("group: g\nname: n\nimage: i\nupgrade:\n  min_health_capacity: 1.5\n");
     assert_eq!(errs[0].field, "upgrade.min_health_capacity");
     assert_eq!(errs[0].line, Some(5));
+}
+
+#[test]
+fn balance_forms() {
+    let spec = AppSpec::from_yaml("group: g\nname: n\nimage: i\nbalance: hash:header:X-User\n", None).unwrap();
+    assert_eq!(spec.balance, Balance::Hash(HashOn::Header("x-user".into())));
+    assert_eq!(spec.balance.to_string(), "hash:header:x-user");
+    for text in ["round_robin", "least_conn", "hash:ip", "hash:cookie:session"] {
+        assert_eq!(Balance::parse(text).unwrap().to_string(), text);
+    }
+    let errs = errors("group: g\nname: n\nimage: i\nbalance: random\n");
+    assert_eq!(errs[0].field, "balance");
+    assert!(errs[0].message.contains("least_conn"), "{}", errs[0]);
 }

@@ -4,11 +4,8 @@ use crate::{Server, ServerConfig, Tuning};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn every_documented_route_is_served() {
-    let doc = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../docs/openapi.yaml"
-    ))
-    .expect("openapi.yaml");
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml")).expect("openapi.yaml");
     let doc: serde_json::Value = serde_saphyr::from_str(&doc).expect("openapi.yaml is valid YAML");
     let dir = tempfile::tempdir().unwrap();
     let server = Server::start(ServerConfig {
@@ -22,33 +19,17 @@ async fn every_documented_route_is_served() {
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 12, "{} paths documented", paths.len());
     for (path, ops) in paths {
-        let concrete = path
-            .replace("{group}", "g")
-            .replace("{name}", "n")
-            .replace("{id}", "x");
-        for method in ops
-            .as_object()
-            .unwrap()
-            .keys()
-            .filter(|k| *k != "parameters")
-        {
+        let concrete = path.replace("{group}", "g").replace("{name}", "n").replace("{id}", "x");
+        for method in ops.as_object().unwrap().keys().filter(|k| *k != "parameters") {
             let url = format!("http://{}{concrete}", server.addr);
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let resp = http
-                .request(m, &url)
-                .header("content-type", "application/json")
-                .body("{}")
-                .send()
-                .await
-                .unwrap();
+            let resp =
+                http.request(m, &url).header("content-type", "application/json").body("{}").send().await.unwrap();
             let status = resp.status().as_u16();
             let body: serde_json::Value = resp.json().await.unwrap_or_default();
             assert_ne!(status, 405, "{method} {path} is documented but not allowed");
             assert!(
-                !body["error"]
-                    .as_str()
-                    .unwrap_or_default()
-                    .contains("no such endpoint"),
+                !body["error"].as_str().unwrap_or_default().contains("no such endpoint"),
                 "{method} {path} is documented but not routed"
             );
         }

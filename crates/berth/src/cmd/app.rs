@@ -11,10 +11,7 @@ use super::{Ctx, default_spec_path, resolve};
 use crate::output::{self, Format, ago, table};
 
 #[derive(Debug, clap::Args)]
-#[command(
-    args_conflicts_with_subcommands = false,
-    subcommand_negates_reqs = false
-)]
+#[command(args_conflicts_with_subcommands = false, subcommand_negates_reqs = false)]
 pub struct AppArgs {
     /// The app (NAME, or GROUP/NAME), or `ls` to list every app.
     name: String,
@@ -90,13 +87,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         AppAction::Sync { file, wait } => {
-            apply_file(
-                &file.unwrap_or_else(default_spec_path),
-                Some(&id),
-                &wait,
-                ctx,
-            )
-            .await
+            apply_file(&file.unwrap_or_else(default_spec_path), Some(&id), &wait, ctx).await
         }
         AppAction::Scale { instances, wait } => {
             let resp = client.scale(&id, instances).await?;
@@ -110,10 +101,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
         AppAction::Restart { wait } => {
             let resp = client.restart(&id).await?;
-            eprintln!(
-                "{id}: restarting every instance as version {}",
-                resp.version
-            );
+            eprintln!("{id}: restarting every instance as version {}", resp.version);
             finish(&client, resp, &wait, ctx).await
         }
         AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
@@ -125,13 +113,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 Format::Table => {
                     let rows = versions
                         .iter()
-                        .map(|v| {
-                            vec![
-                                v.version.to_string(),
-                                output::clock(v.created_at),
-                                v.change.clone(),
-                            ]
-                        })
+                        .map(|v| vec![v.version.to_string(), output::clock(v.created_at), v.change.clone()])
                         .collect();
                     println!("{}", table(&["VERSION", "WHEN", "CHANGE"], rows));
                 }
@@ -141,20 +123,11 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn destroy(
-    client: &berth_api::Client,
-    id: &str,
-    wait: &WaitArgs,
-    ctx: &Ctx,
-) -> anyhow::Result<ExitCode> {
+async fn destroy(client: &berth_api::Client, id: &str, wait: &WaitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let status = client.destroy(id).await?;
     eprintln!(
         "{id}: destroying {} live instance(s)",
-        status
-            .instances
-            .iter()
-            .filter(|i| i.instance.state.is_live())
-            .count()
+        status.instances.iter().filter(|i| i.instance.state.is_live()).count()
     );
     if !wait.no_wait {
         let started = Instant::now();
@@ -173,10 +146,7 @@ async fn destroy(
         eprintln!("{id}: destroyed in {:.1}s", started.elapsed().as_secs_f64());
     }
     if ctx.format == Format::Json {
-        println!(
-            "{}",
-            output::json(&serde_json::json!({"id": id, "destroyed": !wait.no_wait}))?
-        );
+        println!("{}", output::json(&serde_json::json!({"id": id, "destroyed": !wait.no_wait}))?);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -205,13 +175,7 @@ async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     ]
                 })
                 .collect();
-            println!(
-                "{}",
-                table(
-                    &["APP", "VERSION", "IMAGE", "RUNNING", "STATE", "UPDATED"],
-                    rows
-                )
-            );
+            println!("{}", table(&["APP", "VERSION", "IMAGE", "RUNNING", "STATE", "UPDATED"], rows));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -225,10 +189,7 @@ pub fn status_table(s: &AppStatus) -> String {
         s.image.as_deref().unwrap_or("(exec)"),
         s.counts.running,
         s.desired,
-        s.pending
-            .as_ref()
-            .map(|p| format!("\npending: {p}"))
-            .unwrap_or_default()
+        s.pending.as_ref().map(|p| format!("\npending: {p}")).unwrap_or_default()
     );
     let rows = s
         .instances
@@ -249,34 +210,20 @@ pub fn status_table(s: &AppStatus) -> String {
                 i.node.clone(),
                 v.address.clone().unwrap_or_else(|| "-".into()),
                 ago(i.started_at.unwrap_or(i.created_at)),
-                if i.state.is_terminal() {
-                    i.reason.clone().unwrap_or_default()
-                } else {
-                    String::new()
-                },
+                if i.state.is_terminal() { i.reason.clone().unwrap_or_default() } else { String::new() },
             ]
         })
         .collect();
-    out.push_str(&table(
-        &[
-            "INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON",
-        ],
-        rows,
-    ));
+    out.push_str(&table(&["INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON"], rows));
     out
 }
 
-async fn rules(
-    client: &berth_api::Client,
-    id: &str,
-    action: RulesAction,
-    ctx: &Ctx,
-) -> anyhow::Result<ExitCode> {
+async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let target = berth_api::RuleTarget::App(id.to_string());
     match action {
         RulesAction::Set { file } => {
-            let source = std::fs::read_to_string(&file)
-                .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let source =
+                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             let script = match berth_router::rules::Script::new(&source) {
                 Ok(s) => s,
                 Err(e) => {
@@ -286,24 +233,18 @@ async fn rules(
                         e.line.map(|l| l.to_string()).unwrap_or_default(),
                         e.message
                     );
-                    anyhow::bail!(
-                        "{} does not compile; the rules in force are unchanged",
-                        file.display()
-                    );
+                    anyhow::bail!("{} does not compile; the rules in force are unchanged", file.display());
                 }
             };
             let stored = client.set_rules(&target, &source).await?;
             match ctx.format {
                 Format::Json => println!(
                     "{}",
-                    output::json(
-                        &serde_json::json!({"target": stored.target, "version": script.version()})
-                    )?
+                    output::json(&serde_json::json!({"target": stored.target, "version": script.version()}))?
                 ),
-                Format::Table => println!(
-                    "rules for {id} set (version {}); routers apply them within a second",
-                    script.version()
-                ),
+                Format::Table => {
+                    println!("rules for {id} set (version {}); routers apply them within a second", script.version())
+                }
             }
         }
         RulesAction::Show => {

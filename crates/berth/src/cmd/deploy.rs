@@ -50,19 +50,11 @@ pub async fn apply_file(
             for e in &errors.0 {
                 eprintln!("error: {e}");
             }
-            anyhow::bail!(
-                "{} is not a valid spec; nothing was deployed",
-                path.display()
-            );
+            anyhow::bail!("{} is not a valid spec; nothing was deployed", path.display());
         }
     };
     if let Some(id) = expect_id {
-        anyhow::ensure!(
-            spec.id() == id,
-            "{} describes {}, not {id}",
-            path.display(),
-            spec.id()
-        );
+        anyhow::ensure!(spec.id() == id, "{} describes {}, not {id}", path.display(), spec.id());
     }
     for w in spec.warnings() {
         eprintln!("warning: {w}");
@@ -76,42 +68,22 @@ pub async fn apply_file(
     } else {
         "unchanged"
     };
-    eprintln!(
-        "{} {verb}: version {}, {} instance(s) wanted",
-        spec.id(),
-        resp.version,
-        resp.app.desired
-    );
+    eprintln!("{} {verb}: version {}, {} instance(s) wanted", spec.id(), resp.version, resp.app.desired);
     finish(&client, resp, wait, ctx).await
 }
 
 /// After a change was accepted: follow it (unless --no-wait) and print the outcome.
-pub async fn finish(
-    client: &Client,
-    resp: DeployResponse,
-    wait: &WaitArgs,
-    ctx: &Ctx,
-) -> anyhow::Result<ExitCode> {
+pub async fn finish(client: &Client, resp: DeployResponse, wait: &WaitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let (ok, status) = if wait.no_wait {
         (true, resp.app)
     } else {
-        follow(
-            client,
-            &resp.app.id,
-            resp.version,
-            Duration::from_secs(wait.timeout),
-        )
-        .await?
+        follow(client, &resp.app.id, resp.version, Duration::from_secs(wait.timeout)).await?
     };
     match ctx.format {
         Format::Json => println!("{}", output::json(&status)?),
         Format::Table => println!("{}", super::app::status_table(&status)),
     }
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 fn progress_bar() -> ProgressBar {
@@ -125,12 +97,7 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// Shows progress until every instance of `version` runs; false on failure or timeout.
-pub async fn follow(
-    client: &Client,
-    id: &str,
-    version: u64,
-    timeout: Duration,
-) -> anyhow::Result<(bool, AppStatus)> {
+pub async fn follow(client: &Client, id: &str, version: u64, timeout: Duration) -> anyhow::Result<(bool, AppStatus)> {
     let started = Instant::now();
     let since = berth_server::now_ms() - 1000;
     let pb = progress_bar();
@@ -154,10 +121,7 @@ pub async fn follow(
                     InstanceState::Stopped => inst.reason.clone().unwrap_or_default(),
                     _ => view.address.clone().unwrap_or_default(),
                 };
-                pb.println(format!(
-                    "  {:<24} v{:<3} {:<8} {detail}",
-                    inst.id, inst.version, inst.state
-                ));
+                pb.println(format!("  {:<24} v{:<3} {:<8} {detail}", inst.id, inst.version, inst.state));
                 seen.insert(inst.id.clone(), inst.state);
             }
         }
@@ -169,10 +133,7 @@ pub async fn follow(
             );
             return Ok((false, status));
         }
-        let current = status
-            .instances
-            .iter()
-            .filter(|v| v.instance.version == version);
+        let current = status.instances.iter().filter(|v| v.instance.version == version);
         let (mut ready, mut starting, mut failed) = (0, 0, Vec::new());
         for v in current {
             let i = &v.instance;
@@ -189,15 +150,9 @@ pub async fn follow(
                 _ => {}
             }
         }
-        let old = status
-            .instances
-            .iter()
-            .filter(|v| v.instance.version != version && v.instance.state.is_live())
-            .count();
-        let mut msg = format!(
-            "{id} v{version}: {ready}/{} running, {starting} starting",
-            status.desired
-        );
+        let old =
+            status.instances.iter().filter(|v| v.instance.version != version && v.instance.state.is_live()).count();
+        let mut msg = format!("{id} v{version}: {ready}/{} running, {starting} starting", status.desired);
         if old > 0 {
             msg.push_str(&format!(", {old} old"));
         }
@@ -210,11 +165,7 @@ pub async fn follow(
         pb.set_message(msg);
         if status.deployed {
             pb.finish_and_clear();
-            eprintln!(
-                "{id} v{version}: {ready}/{} running in {:.1}s",
-                status.desired,
-                started.elapsed().as_secs_f64()
-            );
+            eprintln!("{id} v{version}: {ready}/{} running in {:.1}s", status.desired, started.elapsed().as_secs_f64());
             return Ok((true, status));
         }
         let give_up = (status.desired as usize).max(3);

@@ -23,11 +23,7 @@ pub struct EventsArgs {
 
 /// The most specific thing an event is about.
 fn subject(e: &Event) -> String {
-    e.instance
-        .clone()
-        .or_else(|| e.app.clone())
-        .or_else(|| e.node.clone())
-        .unwrap_or_default()
+    e.instance.clone().or_else(|| e.app.clone()).or_else(|| e.node.clone()).unwrap_or_default()
 }
 
 fn level(e: &Event) -> String {
@@ -36,14 +32,7 @@ fn level(e: &Event) -> String {
 
 fn line(e: &Event) -> String {
     let subject = subject(e);
-    format!(
-        "{}  {:<5} {:<18} {:<28} {}",
-        output::clock(e.time),
-        level(e),
-        e.kind,
-        subject,
-        e.message
-    )
+    format!("{}  {:<5} {:<18} {:<28} {}", output::clock(e.time), level(e), e.kind, subject, e.message)
 }
 
 pub async fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -52,10 +41,7 @@ pub async fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         Some(name) => Some(resolve(&client, name).await?),
         None => None,
     };
-    let keep = |e: &Event| {
-        app.as_ref()
-            .is_none_or(|a| e.app.as_deref() == Some(a.as_str()))
-    };
+    let keep = |e: &Event| app.as_ref().is_none_or(|a| e.app.as_deref() == Some(a.as_str()));
     let mut all: Vec<Event> = Vec::new();
     let mut after = 0;
     loop {
@@ -64,32 +50,16 @@ pub async fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         after = last.seq;
         all.extend(page.into_iter().filter(|e| keep(e)));
     }
-    let recent: Vec<&Event> = all
-        .iter()
-        .skip(all.len().saturating_sub(args.tail))
-        .collect();
+    let recent: Vec<&Event> = all.iter().skip(all.len().saturating_sub(args.tail)).collect();
     match (ctx.format, args.follow) {
         (Format::Json, false) => println!("{}", output::json(&recent)?),
-        (Format::Json, true) => recent
-            .iter()
-            .try_for_each(|e| serde_json::to_string(e).map(|s| println!("{s}")))?,
+        (Format::Json, true) => recent.iter().try_for_each(|e| serde_json::to_string(e).map(|s| println!("{s}")))?,
         (Format::Table, false) => {
             let rows = recent
                 .iter()
-                .map(|e| {
-                    vec![
-                        output::clock(e.time),
-                        level(e),
-                        e.kind.clone(),
-                        subject(e),
-                        e.message.clone(),
-                    ]
-                })
+                .map(|e| vec![output::clock(e.time), level(e), e.kind.clone(), subject(e), e.message.clone()])
                 .collect();
-            println!(
-                "{}",
-                table(&["TIME", "LEVEL", "KIND", "SUBJECT", "MESSAGE"], rows)
-            );
+            println!("{}", table(&["TIME", "LEVEL", "KIND", "SUBJECT", "MESSAGE"], rows));
         }
         (Format::Table, true) => recent.iter().for_each(|e| println!("{}", line(e))),
     }
@@ -98,9 +68,7 @@ pub async fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     }
     let mut index = 0;
     loop {
-        let answer = client
-            .events_after(after, index, Duration::from_secs(30))
-            .await?;
+        let answer = client.events_after(after, index, Duration::from_secs(30)).await?;
         index = answer.index;
         for e in answer.value {
             after = e.seq;

@@ -15,19 +15,10 @@ use clap::{Parser, Subcommand};
 use crate::output::Format;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "berth",
-    version,
-    about = "Berth: a private container cloud in one binary"
-)]
+#[command(name = "berth", version, about = "Berth: a private container cloud in one binary")]
 pub struct Cli {
     /// The Berth server's API.
-    #[arg(
-        long,
-        global = true,
-        env = "BERTH_SERVER",
-        default_value = "http://127.0.0.1:7070"
-    )]
+    #[arg(long, global = true, env = "BERTH_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
     /// Output: a table for people, json for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
@@ -75,15 +66,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let env_filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(env_filter)
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).init();
 
-    let ctx = Ctx {
-        server: cli.server.clone(),
-        format: cli.output,
-    };
+    let ctx = Ctx { server: cli.server.clone(), format: cli.output };
     match cli.command {
         Command::Up(args) => platform::up(args).await,
         Command::Server(args) => platform::server(args).await,
@@ -116,23 +101,15 @@ pub async fn resolve(client: &berth_api::Client, name: &str) -> anyhow::Result<S
         return Ok(name.to_string());
     }
     let apps = client.apps().await?;
-    let matches: Vec<String> = apps
-        .iter()
-        .filter(|a| a.name == name)
-        .map(|a| a.id.clone())
-        .collect();
+    let matches: Vec<String> = apps.iter().filter(|a| a.name == name).map(|a| a.id.clone()).collect();
     match matches.len() {
         0 => {
             let known: Vec<&str> = apps.iter().map(|a| a.name.as_str()).collect();
-            let hint = berth_core::spec::closest(name, &known)
-                .map(|c| format!(" (did you mean `{c}`?)"))
-                .unwrap_or_default();
+            let hint =
+                berth_core::spec::closest(name, &known).map(|c| format!(" (did you mean `{c}`?)")).unwrap_or_default();
             anyhow::bail!("no app named `{name}`{hint}")
         }
         1 => Ok(matches.into_iter().next().unwrap_or_default()),
-        _ => anyhow::bail!(
-            "`{name}` is in several groups ({}); say GROUP/NAME",
-            matches.join(", ")
-        ),
+        _ => anyhow::bail!("`{name}` is in several groups ({}); say GROUP/NAME", matches.join(", ")),
     }
 }

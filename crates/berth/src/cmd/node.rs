@@ -21,8 +21,7 @@ pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     let rows = nodes
                         .iter()
                         .map(|n| {
-                            let drivers: Vec<String> =
-                                n.node.drivers.iter().map(|d| d.to_string()).collect();
+                            let drivers: Vec<String> = n.node.drivers.iter().map(|d| d.to_string()).collect();
                             vec![
                                 n.node.id.clone(),
                                 n.node.hostname.clone(),

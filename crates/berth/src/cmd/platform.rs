@@ -34,17 +34,9 @@ fn default_data_dir() -> PathBuf {
 }
 
 fn parse_range(text: &str) -> Result<(u16, u16), String> {
-    let (low, high) = text
-        .split_once('-')
-        .ok_or_else(|| format!("`{text}` is not a range like 20000-29999"))?;
-    let low: u16 = low
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{low}` is not a port"))?;
-    let high: u16 = high
-        .trim()
-        .parse()
-        .map_err(|_| format!("`{high}` is not a port"))?;
+    let (low, high) = text.split_once('-').ok_or_else(|| format!("`{text}` is not a range like 20000-29999"))?;
+    let low: u16 = low.trim().parse().map_err(|_| format!("`{low}` is not a port"))?;
+    let high: u16 = high.trim().parse().map_err(|_| format!("`{high}` is not a port"))?;
     if low == 0 || low > high {
         return Err(format!("`{text}` is an empty range"));
     }
@@ -52,9 +44,7 @@ fn parse_range(text: &str) -> Result<(u16, u16), String> {
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
-    let (k, v) = text
-        .split_once('=')
-        .ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
+    let (k, v) = text.split_once('=').ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
     if k.is_empty() {
         return Err(format!("`{text}` has an empty key"));
     }
@@ -99,10 +89,7 @@ pub struct NodeOptions {
 impl NodeOptions {
     fn config(&self, server: &str, data_dir: PathBuf) -> anyhow::Result<AgentConfig> {
         if let Some(cpu) = self.cpu {
-            anyhow::ensure!(
-                cpu.is_finite() && cpu > 0.0,
-                "--cpu: {cpu} is not a positive number of cores"
-            );
+            anyhow::ensure!(cpu.is_finite() && cpu > 0.0, "--cpu: {cpu} is not a positive number of cores");
         }
         anyhow::ensure!(
             self.address.parse::<std::net::IpAddr>().is_ok(),
@@ -156,10 +143,7 @@ impl ServerOptions {
         ServerConfig {
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
-            tuning: Tuning {
-                node_timeout: self.node_timeout.as_duration(),
-                ..Tuning::default()
-            },
+            tuning: Tuning { node_timeout: self.node_timeout.as_duration(), ..Tuning::default() },
         }
     }
 }
@@ -250,9 +234,7 @@ async fn until_signal() {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::start(args.server.config())
-        .await
-        .context("starting the server")?;
+    let server = Server::start(args.server.config()).await.context("starting the server")?;
     let url = format!("http://{}", server.addr);
     let agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"))?)
         .await
@@ -261,21 +243,12 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let log = args.server.data_dir.join("router/access.log");
-        Some(
-            Router::start(args.router.config(&url, Some(log)))
-                .await
-                .context("starting the router")?,
-        )
+        Some(Router::start(args.router.config(&url, Some(log))).await.context("starting the router")?)
     };
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
     let routing = router
         .as_ref()
-        .map(|r| {
-            format!(
-                ", router http://{} (admin http://{})",
-                r.http_addr, r.admin_addr
-            )
-        })
+        .map(|r| format!(", router http://{} (admin http://{})", r.http_addr, r.admin_addr))
         .unwrap_or_default();
     eprintln!(
         "Berth is up: API {url}{routing}, node {} (drivers: {}), data in {}",
@@ -294,14 +267,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::start(args.server.config())
-        .await
-        .context("starting the server")?;
-    eprintln!(
-        "Berth server: API http://{}, data in {}",
-        server.addr,
-        args.server.data_dir.display()
-    );
+    let server = Server::start(args.server.config()).await.context("starting the server")?;
+    eprintln!("Berth server: API http://{}, data in {}", server.addr, args.server.data_dir.display());
     until_signal().await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)
@@ -318,9 +285,7 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let router = Router::start(args.router.config(&ctx.server, None))
-        .await
-        .context("starting the router")?;
+    let router = Router::start(args.router.config(&ctx.server, None)).await.context("starting the router")?;
     eprintln!(
         "Berth router: http://{} (admin http://{}), following {}",
         router.http_addr, router.admin_addr, ctx.server

@@ -26,25 +26,18 @@ pub struct InitArgs {
 pub fn init(args: InitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let path = args.file.unwrap_or_else(default_spec_path);
     if path.exists() && !args.force {
-        anyhow::bail!(
-            "{} already exists; use --force to overwrite it",
-            path.display()
-        );
+        anyhow::bail!("{} already exists; use --force to overwrite it", path.display());
     }
     let text = berth_core::spec::starter(&args.group, &args.name);
     // The starter must itself be valid, whatever names were given.
-    AppSpec::from_yaml(&text, Some(&path.display().to_string()))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    AppSpec::from_yaml(&text, Some(&path.display().to_string())).map_err(|e| anyhow::anyhow!("{e}"))?;
     std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     match ctx.format {
         Format::Json => {
             let out = serde_json::json!({"file": path, "group": args.group, "name": args.name});
             println!("{}", output::json(&out)?);
         }
-        Format::Table => println!(
-            "wrote {}; edit it, then `berth validate` and `berth deploy`",
-            path.display()
-        ),
+        Format::Table => println!("wrote {}; edit it, then `berth validate` and `berth deploy`", path.display()),
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -58,8 +51,7 @@ pub struct ValidateArgs {
 
 /// Reads and validates a spec file; errors name the file, line, column and key.
 pub fn load(path: &std::path::Path) -> anyhow::Result<Result<AppSpec, berth_core::SpecErrors>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     Ok(AppSpec::from_yaml(&text, Some(&path.display().to_string())))
 }
 
@@ -74,23 +66,13 @@ pub fn validate(args: ValidateArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 for w in spec.warnings() {
                     eprintln!("warning: {w}");
                 }
-                println!(
-                    "{}: valid ({}, {} instance(s))",
-                    path.display(),
-                    spec.id(),
-                    spec.instances
-                );
+                println!("{}: valid ({}, {} instance(s))", path.display(), spec.id(), spec.instances);
             }
             Ok(ExitCode::SUCCESS)
         }
         Err(errors) => {
             if ctx.format == Format::Json {
-                println!(
-                    "{}",
-                    output::json(
-                        &serde_json::json!({"valid": false, "file": path, "errors": errors.0})
-                    )?
-                );
+                println!("{}", output::json(&serde_json::json!({"valid": false, "file": path, "errors": errors.0}))?);
             } else {
                 for e in &errors.0 {
                     eprintln!("error: {e}");
