@@ -104,6 +104,7 @@ fn serve(stream: TcpStream, config: &Config) {
         }
         let mut content_length = 0usize;
         let mut close = false;
+        let mut upgrade_echo = false;
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -118,6 +119,7 @@ fn serve(stream: TcpStream, config: &Config) {
                 match name.to_ascii_lowercase().as_str() {
                     "content-length" => content_length = value.parse().unwrap_or(0),
                     "connection" => close = value.eq_ignore_ascii_case("close"),
+                    "upgrade" => upgrade_echo = value.eq_ignore_ascii_case("echo"),
                     _ => {}
                 }
             }
@@ -129,6 +131,24 @@ fn serve(stream: TcpStream, config: &Config) {
             }
         }
         let path = request_line.split_whitespace().nth(1).unwrap_or("/");
+        if upgrade_echo && path == "/echo" {
+            // A protocol switch the way WebSocket does it: 101, then raw bytes echoed back.
+            let hello = "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n";
+            if writer.write_all(hello.as_bytes()).is_err() {
+                return;
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match reader.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if writer.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         let (status, body) = respond(path, config);
         let response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",

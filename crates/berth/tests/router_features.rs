@@ -1,0 +1,133 @@
+//! Router features beyond plain routing: zones, consistent hashing, protocol upgrades, HTTP/2,
+//! draining through the admin API, and the admin token rule.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use berth_testkit::{Platform, wait_until};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn spec(name: &str, instances: u32, extra: &str) -> String {
+    let bin = berth_testkit::image::testapp_binary();
+    format!(
+        "group: lab\nname: {name}\ndriver: exec\ninstances: {instances}\ncommand: [{}]\n{extra}\
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+        bin.display()
+    )
+}
+
+async fn wait_routed(p: &Platform, cluster: &str, n: usize) {
+    wait_until(&format!("{cluster} to have {n} servers"), Duration::from_secs(10), || async {
+        (p.admin_get("/status").await[cluster].as_array().map(Vec::len) == Some(n)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zones_decide_which_router_serves_an_app() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let elsewhere = p.write("a.yaml", &spec("elsewhere", 1, "services: [elsewhere.test]\nzones: [edge]\n"));
+    let here = p.write("b.yaml", &spec("here", 1, "services: [here.test]\nzones: [edge, default]\n"));
+    p.cli_ok(&["deploy", "-f", &elsewhere, "--timeout", "30"]).await;
+    p.cli_ok(&["deploy", "-f", &here, "--timeout", "30"]).await;
+    wait_routed(&p, "cls:lab/here", 1).await;
+    assert_eq!(p.via_router("here.test", "/").await.unwrap().0, 200);
+    assert_eq!(
+        p.via_router("elsewhere.test", "/").await.unwrap().0,
+        404,
+        "an app of zone `edge` only is not served here"
+    );
+    assert!(p.admin_get("/status").await.get("cls:lab/elsewhere").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hashing_on_a_header_keeps_a_user_on_one_instance() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let file = p.write("h.yaml", &spec("sticky", 3, "services: [sticky.test]\nbalance: hash:header:X-User\n"));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    wait_routed(&p, "cls:lab/sticky", 3).await;
+    let client = reqwest::Client::new();
+    let mut owner: HashMap<String, HashSet<String>> = HashMap::new();
+    for round in 0..5 {
+        for user in 0..20 {
+            let r = client
+                .get(format!("http://{}/", p.http))
+                .header("host", "sticky.test")
+                .header("x-user", format!("user-{user}"))
+                .send()
+                .await
+                .unwrap();
+            let v: Value = r.json().await.unwrap();
+            owner.entry(format!("user-{user}")).or_default().insert(v["instance"].as_str().unwrap().to_string());
+            let _ = round;
+        }
+    }
+    assert!(owner.values().all(|s| s.len() == 1), "each user stays on one instance: {owner:?}");
+    let used: HashSet<&String> = owner.values().flatten().collect();
+    assert!(used.len() >= 2, "users spread over instances: {used:?}");
+    let explain = p.admin_get("/explain?host=sticky.test").await;
+    assert_eq!(explain["balance"], "hash:header:x-user");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upgrades_http2_and_draining() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let file = p.write("u.yaml", &spec("up", 2, "services: [up.test]\n"));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    wait_routed(&p, "cls:lab/up", 2).await;
+
+    // A protocol upgrade passes through and bytes flow both ways.
+    let mut conn = tokio::net::TcpStream::connect(&p.http).await.unwrap();
+    conn.write_all(b"GET /echo HTTP/1.1\r\nHost: up.test\r\nConnection: Upgrade\r\nUpgrade: echo\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = vec![0u8; 1024];
+    let n = conn.read(&mut head).await.unwrap();
+    let head = String::from_utf8_lossy(&head[..n]).to_string();
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    conn.write_all(b"ping through berth").await.unwrap();
+    let mut echo = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut echo)).await.unwrap().unwrap();
+    assert_eq!(&echo[..n], b"ping through berth");
+    drop(conn);
+
+    // HTTP/2 from the client (cleartext, prior knowledge); HTTP/1.1 to the instance.
+    // In HTTP/2 the host travels as :authority, so address the app by name and resolve it here.
+    let router: std::net::SocketAddr = p.http.parse().unwrap();
+    let h2 = reqwest::Client::builder().http2_prior_knowledge().resolve("up.test", router).build().unwrap();
+    let r = h2.get(format!("http://up.test:{}/", router.port())).send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+
+    // Drain one instance through the admin API: it gets no new request, and says when it is idle.
+    let live = p.live("up").await;
+    let drained = live[0]["id"].as_str().unwrap().to_string();
+    let (status, answer) = p.admin_request("POST", &format!("/drain/{drained}"), "").await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["draining"], true);
+    for _ in 0..20 {
+        let (_, body) = p.via_router("up.test", "/").await.unwrap();
+        assert!(!body.contains(&drained), "a drained instance got a request");
+    }
+    let (_, answer) = p.admin_request("GET", &format!("/drain/{drained}"), "").await;
+    assert_eq!(answer["in_flight"], 0);
+    assert_eq!(answer["idle"], true);
+    let (status, _) = p.admin_request("POST", "/drain/no-such-instance", "").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_off_loopback_needs_a_token() {
+    let out = tokio::process::Command::new(BERTH)
+        .args(["router", "--server", "http://127.0.0.1:9", "--http", "127.0.0.1:0", "--router-admin", "0.0.0.0:0"])
+        .env_remove("BERTH_ROUTER_TOKEN")
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not on loopback: set an admin token"), "{err}");
+}
