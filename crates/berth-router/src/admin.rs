@@ -121,13 +121,8 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
     let mut target = cluster.clone();
     if let Some(loaded) = &cluster.rules {
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        let view = rules::RequestView {
-            method: method.into(),
-            path: p.into(),
-            query: q.into(),
-            host: host.clone(),
-            ..Default::default()
-        };
+        let no_headers = |_: &str| None;
+        let view = rules::RequestView { method, path: p, query: q, host: &host, remote: None, header: &no_headers };
         let decision = match rules::run(&loaded.script, &view) {
             Ok(o) => {
                 if let rules::Action::Route(name) = &o.action

@@ -51,6 +51,8 @@ pub struct RouterConfig {
     pub domain: String,
     /// JSON-lines access log; none when unset.
     pub access_log: Option<PathBuf>,
+    /// Worker threads serving traffic, each with its own runtime, listener and upstream pool.
+    pub workers: usize,
 }
 
 pub struct Router {
@@ -58,6 +60,52 @@ pub struct Router {
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// A listening socket that other workers can bind too (`SO_REUSEPORT`): the kernel spreads
+/// connections over them. Must run inside a runtime.
+fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
+/// One traffic worker: a thread with a single-threaded runtime, so a request, its upstream
+/// connection and their wakeups never cross threads (the nginx worker model).
+fn spawn_worker(
+    index: usize,
+    listener: Option<std::net::TcpListener>,
+    addr: SocketAddr,
+    proxy: Arc<Proxy>,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new().name(format!("berth-router-{index}")).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, worker = index, "cannot start a router worker");
+                return;
+            }
+        };
+        runtime.block_on(async move {
+            let listener = match listener {
+                Some(l) => TcpListener::from_std(l),
+                None => reuseport_listener(addr),
+            };
+            let listener = match listener {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::error!(error = %e, worker = index, %addr, "router worker cannot listen");
+                    return;
+                }
+            };
+            let client = proxy::upstream_client();
+            serve(listener, shutdown, move |req, remote| proxy.clone().handle(client.clone(), req, remote)).await;
+        });
+    })
 }
 
 async fn serve<F, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handler: F)
@@ -112,7 +160,14 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 impl Router {
     pub async fn start(config: RouterConfig) -> Result<Router, RouterError> {
-        let http = TcpListener::bind(&config.http).await.map_err(|e| RouterError::Listen(config.http.clone(), e))?;
+        let listen_err = |e| RouterError::Listen(config.http.clone(), e);
+        let wanted: SocketAddr = tokio::net::lookup_host(&config.http)
+            .await
+            .map_err(listen_err)?
+            .next()
+            .ok_or_else(|| RouterError::Listen(config.http.clone(), std::io::ErrorKind::NotFound.into()))?;
+        // The first worker's socket is bound here, to learn the port when 0 was asked for.
+        let http = reuseport_listener(wanted).map_err(listen_err)?;
         let admin = TcpListener::bind(&config.admin).await.map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
         let http_addr = http.local_addr().map_err(|e| RouterError::Listen(config.http.clone(), e))?;
         let admin_addr = admin.local_addr().map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
@@ -145,13 +200,18 @@ impl Router {
             applied_tx,
             shutdown_rx.clone(),
         )));
-        let p = proxy.clone();
-        tasks.push(tokio::spawn(serve(http, shutdown_rx.clone(), move |req, remote| p.clone().handle(req, remote))));
+        let mut workers = Vec::new();
+        let mut first = Some(http.into_std().map_err(|e| RouterError::Listen(config.http.clone(), e))?);
+        for index in 0..config.workers.max(1) {
+            let worker = spawn_worker(index, first.take(), http_addr, proxy.clone(), shutdown_rx.clone())
+                .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
+            workers.push(worker);
+        }
         let admin_state =
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
         tasks.push(tokio::spawn(serve(admin, shutdown_rx, move |req, _| admin_state.clone().handle(req))));
         tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = %config.domain, "berth router listening");
-        Ok(Router { http_addr, admin_addr, shutdown, tasks })
+        Ok(Router { http_addr, admin_addr, shutdown, tasks, workers })
     }
 
     pub async fn stop(self) {
@@ -160,5 +220,8 @@ impl Router {
             task.abort();
             let _ = task.await;
         }
+        let workers = self.workers;
+        let joined = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())));
+        let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
     }
 }

@@ -49,11 +49,26 @@ const HOP_BY_HOP: [&str; 8] = [
     "proxy-authorization",
 ];
 
+/// What every worker thread shares: the table and the access log. Each worker has its own
+/// upstream connection pool (see [`upstream_client`]).
 pub struct Proxy {
     pub table: ArcSwap<Table>,
-    client: Client<HttpConnector, Full<Bytes>>,
     access: Option<mpsc::Sender<String>>,
     pub access_drops: AtomicU64,
+}
+
+pub type UpstreamClient = Client<HttpConnector, Full<Bytes>>;
+
+/// A keep-alive pool to upstreams, for the worker thread it is created on.
+pub fn upstream_client() -> UpstreamClient {
+    let mut connector = HttpConnector::new();
+    connector.set_connect_timeout(Some(Duration::from_secs(1)));
+    connector.set_nodelay(true);
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .retry_canceled_requests(true)
+        .build(connector)
 }
 
 fn full(bytes: impl Into<Bytes>) -> Body {
@@ -179,15 +194,7 @@ struct Log<'a> {
 
 impl Proxy {
     pub fn new(access: Option<mpsc::Sender<String>>) -> Proxy {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(Duration::from_secs(1)));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .retry_canceled_requests(true)
-            .build(connector);
-        Proxy { table: ArcSwap::from_pointee(Table::default()), client, access, access_drops: AtomicU64::new(0) }
+        Proxy { table: ArcSwap::from_pointee(Table::default()), access, access_drops: AtomicU64::new(0) }
     }
 
     fn log(&self, l: &Log<'_>, status: u16, started: Instant, upstream: Option<&str>, tries: usize) {
@@ -212,6 +219,7 @@ impl Proxy {
 
     pub async fn handle(
         self: Arc<Self>,
+        client: UpstreamClient,
         req: Request<Incoming>,
         remote: SocketAddr,
     ) -> Result<Response<Body>, Infallible> {
@@ -236,17 +244,15 @@ impl Proxy {
         let mut rewrite = None;
         let mut extra_headers = Vec::new();
         if let Some(loaded) = cluster.rules.clone() {
+            let headers = req.headers();
+            let lookup = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
             let view = RequestView {
-                method: method.to_string(),
-                path: req.uri().path().to_string(),
-                query: req.uri().query().unwrap_or_default().to_string(),
-                host: host.clone(),
-                headers: req
-                    .headers()
-                    .iter()
-                    .filter_map(|(k, v)| Some((k.as_str().to_string(), v.to_str().ok()?.to_string())))
-                    .collect(),
-                remote_addr: remote.ip().to_string(),
+                method: method.as_str(),
+                path: req.uri().path(),
+                query: req.uri().query().unwrap_or_default(),
+                host: &host,
+                remote: Some(remote.ip()),
+                header: &lookup,
             };
             match rules::run(&loaded.script, &view) {
                 Err(e) => {
@@ -298,7 +304,7 @@ impl Proxy {
         }
 
         if is_upgrade(&req) {
-            return Ok(self.upgrade(req, &cluster, remote, &host, &log, started).await);
+            return Ok(self.upgrade(&client, req, &cluster, remote, &host, &log, started).await);
         }
 
         let (parts, body) = req.into_parts();
@@ -360,7 +366,7 @@ impl Proxy {
             }
 
             let guard = InFlight::new(server.state.clone(), cluster.metrics.clone());
-            match tokio::time::timeout(RESPONSE_TIMEOUT, self.client.request(up)).await {
+            match tokio::time::timeout(RESPONSE_TIMEOUT, client.request(up)).await {
                 Ok(Ok(resp)) => {
                     server.state.record_success();
                     let (mut rparts, rbody) = resp.into_parts();
@@ -399,8 +405,10 @@ impl Proxy {
     }
 
     /// WebSocket and other upgrades: forwarded once, then bytes are copied both ways.
+    #[allow(clippy::too_many_arguments)]
     async fn upgrade(
         &self,
+        client: &UpstreamClient,
         mut req: Request<Incoming>,
         cluster: &Arc<Cluster>,
         remote: SocketAddr,
@@ -431,7 +439,7 @@ impl Proxy {
             up.headers_mut().insert(header::HOST, v);
         }
         let guard = InFlight::new(server.state.clone(), cluster.metrics.clone());
-        let mut resp = match self.client.request(up).await {
+        let mut resp = match client.request(up).await {
             Ok(r) => r,
             Err(e) => {
                 server.state.record_failure(&root_cause(&e));

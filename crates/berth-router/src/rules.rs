@@ -49,15 +49,16 @@ pub enum Action {
     Route(String),
 }
 
-/// What a script sees of the request.
-#[derive(Debug, Clone, Default)]
-pub struct RequestView {
-    pub method: String,
-    pub path: String,
-    pub query: String,
-    pub host: String,
-    pub headers: Vec<(String, String)>,
-    pub remote_addr: String,
+/// What a script sees of the request. A field of `req` is filled only when the script's source
+/// names it (`req.method`, `req.headers["x-user"]`): a rule pays only for what it reads.
+pub struct RequestView<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub host: &'a str,
+    pub remote: Option<std::net::IpAddr>,
+    /// A request header by lowercase name.
+    pub header: &'a dyn Fn(&str) -> Option<String>,
 }
 
 /// A loaded script: its source and the hash that names its version.
@@ -92,7 +93,9 @@ function route(name)
   return { action = "route", name = name }
 end
 function set_header(name, value)
-  __berth.headers[#__berth.headers + 1] = { tostring(name), tostring(value) }
+  local h = __berth.headers
+  h[#h + 1] = tostring(name)
+  h[#h + 1] = tostring(value)
 end
 function rewrite(path)
   __berth.path = tostring(path)
@@ -136,6 +139,37 @@ struct Loaded {
     lua: Lua,
     func: Function,
     spent: Rc<Cell<u64>>,
+    /// `req`, `__berth` and their inner tables live as long as the VM: refilled, not rebuilt.
+    req: Table,
+    header_lookup: Table,
+    ctx: Table,
+    ctx_headers: Table,
+    /// Which `req` fields the script names; the others are never filled.
+    reads: Reads,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Reads {
+    method: bool,
+    path: bool,
+    query: bool,
+    host: bool,
+    remote_addr: bool,
+    /// Header lookups cost a callback per request.
+    headers: bool,
+}
+
+impl Reads {
+    fn of(source: &str) -> Reads {
+        Reads {
+            method: source.contains("method"),
+            path: source.contains("path"),
+            query: source.contains("query"),
+            host: source.contains("host"),
+            remote_addr: source.contains("remote_addr"),
+            headers: source.contains("headers"),
+        }
+    }
 }
 
 thread_local! {
@@ -159,7 +193,24 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
         }
     })
     .map_err(|e| rule_error(&e))?;
-    let l = Rc::new(Loaded { lua, func, spent });
+    let tables = || -> Result<(Table, Table, Table, Table), mlua::Error> {
+        let req = lua.create_table()?;
+        let headers = lua.create_table()?;
+        let header_lookup = lua.create_table()?;
+        headers.set_metatable(Some(header_lookup.clone()))?;
+        req.raw_set("headers", headers)?;
+        lua.globals().raw_set("req", req.clone())?;
+        let ctx = lua.create_table()?;
+        let ctx_headers = lua.create_table()?;
+        ctx.raw_set("headers", ctx_headers.clone())?;
+        lua.globals().raw_set("__berth", ctx.clone())?;
+        // Requests make short-lived garbage: the generational collector handles it best.
+        lua.gc_set_mode(mlua::state::GcMode::Generational(Default::default()));
+        Ok((req, header_lookup, ctx, ctx_headers))
+    };
+    let (req, header_lookup, ctx, ctx_headers) = tables().map_err(|e| rule_error(&e))?;
+    let reads = Reads::of(&script.source);
+    let l = Rc::new(Loaded { lua, func, spent, req, header_lookup, ctx, ctx_headers, reads });
     VMS.with(|v| {
         let mut map = v.borrow_mut();
         // Old versions of scripts are never used again once replaced: keep the cache small.
@@ -171,47 +222,52 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
     Ok(l)
 }
 
-fn request_table(lua: &Lua, req: &RequestView) -> Result<Table, mlua::Error> {
-    let t = lua.create_table()?;
-    t.set("method", req.method.as_str())?;
-    t.set("path", req.path.as_str())?;
-    t.set("query", req.query.as_str())?;
-    t.set("host", req.host.as_str())?;
-    t.set("remote_addr", req.remote_addr.as_str())?;
-    let headers = lua.create_table()?;
-    for (k, v) in &req.headers {
-        headers.set(k.to_ascii_lowercase(), v.as_str())?;
-    }
-    t.set("headers", headers)?;
-    Ok(t)
-}
-
 /// Runs `script` for one request. A runtime error (or a spent budget) is an `Err`: the caller
 /// answers 500 rather than letting an unchecked request through.
-pub fn run(script: &Script, req: &RequestView) -> Result<Outcome, RuleError> {
+pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError> {
     let l = loaded(script)?;
     l.spent.set(0);
-    let lua = &l.lua;
-    let prepare = || -> Result<(), mlua::Error> {
-        let globals = lua.globals();
-        globals.set("req", request_table(lua, req)?)?;
-        let ctx = lua.create_table()?;
-        ctx.set("headers", lua.create_table()?)?;
-        globals.set("__berth", ctx)?;
-        Ok(())
-    };
-    prepare().map_err(|e| rule_error(&e))?;
-    let result: Value = l.func.call(()).map_err(|e| rule_error(&e))?;
-    let mut outcome = Outcome::default();
-    let ctx: Table = lua.globals().get("__berth").map_err(|e| rule_error(&e))?;
-    if let Ok(headers) = ctx.get::<Table>("headers") {
-        for pair in headers.sequence_values::<Table>().flatten() {
-            if let (Ok(k), Ok(v)) = (pair.get::<String>(1), pair.get::<String>(2)) {
-                outcome.set_headers.push((k, v));
+    let call = || -> Result<Value, mlua::Error> {
+        let reads = l.reads;
+        for (wanted, key, value) in [
+            (reads.method, "method", req.method),
+            (reads.path, "path", req.path),
+            (reads.query, "query", req.query),
+            (reads.host, "host", req.host),
+        ] {
+            if wanted {
+                l.req.raw_set(key, value)?;
             }
         }
+        if reads.remote_addr {
+            l.req.raw_set("remote_addr", req.remote.map(|ip| ip.to_string()).unwrap_or_default())?;
+        }
+        if l.ctx_headers.raw_len() > 0 {
+            l.ctx_headers.clear()?;
+        }
+        l.ctx.raw_set("path", Value::Nil)?;
+        if !reads.headers {
+            return l.func.call::<Value>(());
+        }
+        // The header lookup borrows this request: it lives only inside this scope.
+        l.lua.scope(|scope| {
+            let lookup =
+                scope.create_function(|_, (_, name): (Value, String)| Ok((req.header)(&name.to_ascii_lowercase())))?;
+            l.header_lookup.raw_set("__index", lookup)?;
+            let result = l.func.call::<Value>(());
+            l.header_lookup.raw_set("__index", Value::Nil)?;
+            result
+        })
+    };
+    let result = call().map_err(|e| rule_error(&e))?;
+    let mut outcome = Outcome::default();
+    let set = l.ctx_headers.raw_len();
+    for i in (1..set).step_by(2) {
+        if let (Ok(k), Ok(v)) = (l.ctx_headers.raw_get::<String>(i), l.ctx_headers.raw_get::<String>(i + 1)) {
+            outcome.set_headers.push((k, v));
+        }
     }
-    outcome.rewrite = ctx.get::<Option<String>>("path").ok().flatten();
+    outcome.rewrite = l.ctx.raw_get::<Option<String>>("path").ok().flatten();
     if let Value::Table(t) = result {
         let action: String = t.get("action").unwrap_or_default();
         outcome.action = match action.as_str() {
@@ -239,14 +295,12 @@ pub fn run(script: &Script, req: &RequestView) -> Result<Outcome, RuleError> {
 mod tests {
     use super::*;
 
-    fn req(method: &str, path: &str) -> RequestView {
-        RequestView {
-            method: method.into(),
-            path: path.into(),
-            host: "a.example".into(),
-            headers: vec![("X-Token".into(), "abc".into())],
-            ..Default::default()
-        }
+    fn token(name: &str) -> Option<String> {
+        (name == "x-token").then(|| "abc".to_string())
+    }
+
+    fn req<'a>(method: &'a str, path: &'a str) -> RequestView<'a> {
+        RequestView { method, path, query: "", host: "a.example", remote: Some([10, 0, 0, 1].into()), header: &token }
     }
 
     #[test]
@@ -262,7 +316,7 @@ mod tests {
     #[test]
     fn rewrite_headers_redirect_route() {
         let s = Script::new(
-            "set_header('X-Seen', req.headers['x-token'])\n\
+            "set_header('X-Seen', req.headers['X-Token'])\n\
              if req.path:sub(1, 5) == '/old/' then rewrite('/new/' .. req.path:sub(6)) end\n\
              if req.path == '/moved' then return redirect('https://example.com/', 301) end\n\
              if req.path == '/legacy' then return route('legacy.internal') end",

@@ -168,6 +168,9 @@ pub struct RouterOptions {
     /// JSON-lines access log.
     #[arg(long = "access-log")]
     access_log: Option<PathBuf>,
+    /// Router worker threads (default: one per core).
+    #[arg(long = "router-workers")]
+    workers: Option<usize>,
 }
 
 impl RouterOptions {
@@ -180,6 +183,7 @@ impl RouterOptions {
             zone: self.zone.clone(),
             domain: self.domain.clone(),
             access_log: self.access_log.clone().or(default_log),
+            workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         }
     }
 }

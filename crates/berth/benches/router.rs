@@ -1,0 +1,241 @@
+//! `cargo bench -p berth --bench router`: Berth's router beside nginx, in one run on one machine.
+//!
+//! 1. Requests/s and p99 through `berth router` and through nginx, both proxying with keep-alive
+//!    to the same origin (an nginx `return 200`), 2 worker threads each, loaded by wrk.
+//! 2. The same with a Lua rule on Berth's path.
+//! 3. Time from an instance's death to the router no longer offering it.
+//!
+//! Needs Debian's nginx and wrk. `BERTH_BENCH_ROUNDS` (default 3), `BERTH_BENCH_SECONDS` (default 10).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_testkit::{Platform, wait_until};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+struct Guard(Vec<Child>);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        // SIGTERM, not SIGKILL: an nginx master killed outright leaves its workers behind.
+        for c in &mut self.0 {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+        }
+        for c in &mut self.0 {
+            let _ = c.wait();
+        }
+    }
+}
+
+fn nginx(dir: &Path, name: &str, body: &str) -> Child {
+    let conf = dir.join(format!("{name}.conf"));
+    let tmp = dir.join(name);
+    std::fs::create_dir_all(&tmp).unwrap();
+    let text = format!(
+        "daemon off;\nmaster_process on;\nworker_processes 2;\nuser root;\npid {t}/nginx.pid;\nerror_log {t}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  client_body_temp_path {t}/body;\n  proxy_temp_path {t}/proxy;\n\
+         fastcgi_temp_path {t}/fcgi;\n  uwsgi_temp_path {t}/uwsgi;\n  scgi_temp_path {t}/scgi;\n  keepalive_requests 1000000;\n{body}\n}}\n",
+        t = tmp.display()
+    );
+    std::fs::write(&conf, text).unwrap();
+    Command::new("nginx")
+        .args(["-c"])
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("nginx (apt-get install nginx)")
+}
+
+fn wait_port(port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "port {port} never opened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs wrk and returns (requests/s, p99 in ms).
+fn wrk(port: u16, seconds: u64) -> (f64, f64) {
+    let out = Command::new("wrk")
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-H", "Host: bench.test"])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("wrk (apt-get install wrk)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("wrk output: {text}"));
+    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_ms(v.trim())).unwrap_or(f64::NAN);
+    assert!(!text.contains("Non-2xx"), "non-2xx answers under load:\n{text}");
+    (rps, p99)
+}
+
+fn parse_ms(v: &str) -> f64 {
+    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
+    let n: f64 = num.parse().unwrap_or(f64::NAN);
+    match unit {
+        "us" => n / 1000.0,
+        "ms" => n,
+        "s" => n * 1000.0,
+        _ => f64::NAN,
+    }
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+async fn throughput(rounds: usize, seconds: u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let (origin, proxy, api, http, admin) = (free_port(), free_port(), free_port(), free_port(), free_port());
+    let mut guard = Guard(Vec::new());
+    guard.0.push(nginx(
+        dir.path(),
+        "origin",
+        &format!("  server {{ listen 127.0.0.1:{origin}; location / {{ return 200 \"hello\\n\"; }} }}"),
+    ));
+    guard.0.push(nginx(
+        dir.path(),
+        "proxy",
+        &format!(
+            "  upstream origin {{ server 127.0.0.1:{origin}; keepalive 128; }}\n  server {{ listen 127.0.0.1:{proxy};\n    \
+             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}"
+        ),
+    ));
+    guard.0.push(
+        Command::new(BERTH)
+            .args(["server", "--api", &format!("127.0.0.1:{api}"), "--data-dir"])
+            .arg(dir.path().join("berth"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_port(api);
+    guard.0.push(
+        Command::new(BERTH)
+            .args(["router", "--server", &format!("http://127.0.0.1:{api}")])
+            .args(["--http", &format!("127.0.0.1:{http}"), "--router-admin", &format!("127.0.0.1:{admin}")])
+            .env("TOKIO_WORKER_THREADS", "2")
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for p in [origin, proxy, http, admin] {
+        wait_port(p);
+    }
+    let client = reqwest::Client::new();
+    let put = |path: String, body: String, ct: &'static str| {
+        let client = client.clone();
+        async move {
+            let r = client.put(path).header("content-type", ct).body(body).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+        }
+    };
+    put(
+        format!("http://127.0.0.1:{admin}/upstream/bench.test"),
+        format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {origin}}}]}}"),
+        "application/json",
+    )
+    .await;
+
+    // Warm both up, then alternate who goes first.
+    wrk(proxy, 2);
+    wrk(http, 2);
+    let (mut n, mut b) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        if round % 2 == 0 {
+            n.push(wrk(proxy, seconds));
+            b.push(wrk(http, seconds));
+        } else {
+            b.push(wrk(http, seconds));
+            n.push(wrk(proxy, seconds));
+        }
+    }
+    put(
+        format!("http://127.0.0.1:{admin}/lua/upstream/bench.test"),
+        "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n".into(),
+        "text/x-lua",
+    )
+    .await;
+    wrk(http, 2);
+    let mut lua = Vec::new();
+    for _ in 0..rounds {
+        lua.push(wrk(http, seconds));
+    }
+    let (n_rps, n_p99) = (median(n.iter().map(|x| x.0).collect()), median(n.iter().map(|x| x.1).collect()));
+    let (b_rps, b_p99) = (median(b.iter().map(|x| x.0).collect()), median(b.iter().map(|x| x.1).collect()));
+    let (l_rps, l_p99) = (median(lua.iter().map(|x| x.0).collect()), median(lua.iter().map(|x| x.1).collect()));
+    println!("\n## router throughput ({rounds} rounds of {seconds}s, wrk -t2 -c64, median)\n");
+    println!("| proxy | requests/s | p99 ms | vs nginx (req/s) |");
+    println!("|---|---|---|---|");
+    println!("| nginx 1.22 (2 workers, upstream keepalive) | {n_rps:.0} | {n_p99:.2} | 1.00 |");
+    println!("| berth router (2 threads) | {b_rps:.0} | {b_p99:.2} | {:.2} |", b_rps / n_rps);
+    println!("| berth router + Lua rule | {l_rps:.0} | {l_p99:.2} | {:.2} |", l_rps / n_rps);
+    println!("\nLua rule cost: {:.1} % of throughput", (1.0 - l_rps / b_rps) * 100.0);
+}
+
+async fn death_to_unrouted(trials: usize) {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let bin = berth_testkit::image::testapp_binary();
+    let spec = format!(
+        "group: bench\nname: dies\ndriver: exec\ninstances: 2\ncommand: [{}]\nservices: [dies.test]\n\
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+        bin.display()
+    );
+    let file = p.write("dies.yaml", &spec);
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    let client = reqwest::Client::new();
+    let status_url = format!("http://{}/status", p.admin);
+    let mut times = Vec::new();
+    for _ in 0..trials {
+        wait_until("two routed instances", Duration::from_secs(20), || async {
+            let s: serde_json::Value = client.get(&status_url).send().await.ok()?.json().await.ok()?;
+            let ok = s["cls:bench/dies"].as_array()?.iter().filter(|x| x["status"] == "ok").count();
+            (ok == 2).then_some(())
+        })
+        .await;
+        let victim = p.live("dies").await.into_iter().find(|i| i["state"] == "running").unwrap();
+        let addr = victim["address"].as_str().unwrap().to_string();
+        let pid = victim["handle"].as_str().unwrap().to_string();
+        let killed = Instant::now();
+        Command::new("kill").args(["-9", &pid]).status().unwrap();
+        loop {
+            let s: serde_json::Value = client.get(&status_url).send().await.unwrap().json().await.unwrap();
+            let offered = s["cls:bench/dies"]
+                .as_array()
+                .map(|a| a.iter().any(|x| x["server"] == addr.as_str() && x["status"] == "ok"))
+                .unwrap_or(false);
+            if !offered {
+                times.push(killed.elapsed().as_secs_f64() * 1000.0);
+                break;
+            }
+            assert!(killed.elapsed() < Duration::from_secs(10), "never left the table");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    println!("\n## instance death to no longer routed ({trials} kills of an exec instance)\n");
+    println!("| median ms | min ms | max ms |");
+    println!("|---|---|---|");
+    println!("| {:.1} | {:.1} | {:.1} |", median(times.clone()), times[0], times[times.len() - 1]);
+}
+
+fn main() {
+    let rounds = std::env::var("BERTH_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
+    let seconds = std::env::var("BERTH_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        throughput(rounds, seconds).await;
+        death_to_unrouted(9).await;
+    });
+}
