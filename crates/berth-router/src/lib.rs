@@ -24,12 +24,19 @@ use hyper_util::server::conn::auto;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls;
 
 use crate::proxy::{Body, Proxy};
 use crate::table::{Registry, Scope};
 
+/// A client has this long to finish its TLS handshake.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
     #[error("--router-admin {0} is not on loopback: set an admin token")]
@@ -53,10 +60,49 @@ pub struct RouterConfig {
     pub access_log: Option<PathBuf>,
     /// Worker threads serving traffic, each with its own runtime, listener and upstream pool.
     pub workers: usize,
+    /// HTTPS, terminated here with these PEM files.
+    pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    pub listen: String,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+/// A TLS acceptor for the certificate chain and key in PEM files, offering HTTP/2 and HTTP/1.1.
+fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, RouterError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| RouterError::Tls(format!("certificate {}: {e}", tls.cert.display())))?;
+    if certs.is_empty() {
+        return Err(RouterError::Tls(format!("certificate {}: no certificate in it", tls.cert.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .map_err(|e| RouterError::Tls(format!("key {}: {e}", tls.key.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| RouterError::Tls(e.to_string()))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| {
+            RouterError::Tls(format!(
+                "{} and {} do not make a server identity: {e}",
+                tls.cert.display(),
+                tls.key.display()
+            ))
+        })?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
 pub struct Router {
     pub http_addr: SocketAddr,
+    pub https_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -76,13 +122,15 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// One traffic worker: a thread with a single-threaded runtime, so a request, its upstream
 /// connection and their wakeups never cross threads (the nginx worker model).
 fn spawn_worker(
-    index: usize,
+    name: String,
     listener: Option<std::net::TcpListener>,
     addr: SocketAddr,
+    tls: Option<TlsAcceptor>,
     proxy: Arc<Proxy>,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name(format!("berth-router-{index}")).spawn(move || {
+    let index = name.clone();
+    std::thread::Builder::new().name(name).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -103,12 +151,14 @@ fn spawn_worker(
                 }
             };
             let client = proxy::upstream_client();
-            serve(listener, shutdown, move |req, remote| proxy.clone().handle(client.clone(), req, remote)).await;
+            let https = tls.is_some();
+            serve(listener, tls, shutdown, move |req, remote| proxy.clone().handle(client.clone(), req, remote, https))
+                .await;
         });
     })
 }
 
-async fn serve<F, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, handler: F)
+async fn serve<F, Fut>(listener: TcpListener, tls: Option<TlsAcceptor>, mut shutdown: watch::Receiver<bool>, handler: F)
 where
     F: Fn(hyper::Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
     Fut: Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send + 'static,
@@ -129,10 +179,22 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| handler(req, remote));
             let builder = auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+            let served = match tls {
+                None => builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await,
+                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                    Ok(Ok(secure)) => builder.serve_connection_with_upgrades(TokioIo::new(secure), svc).await,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                },
+            };
+            if let Err(e) = served {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
         });
@@ -203,15 +265,43 @@ impl Router {
         let mut workers = Vec::new();
         let mut first = Some(http.into_std().map_err(|e| RouterError::Listen(config.http.clone(), e))?);
         for index in 0..config.workers.max(1) {
-            let worker = spawn_worker(index, first.take(), http_addr, proxy.clone(), shutdown_rx.clone())
-                .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
+            let worker = spawn_worker(
+                format!("berth-http-{index}"),
+                first.take(),
+                http_addr,
+                None,
+                proxy.clone(),
+                shutdown_rx.clone(),
+            )
+            .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
             workers.push(worker);
+        }
+        let mut https_addr = None;
+        if let Some(tls) = &config.tls {
+            let acceptor = tls_acceptor(tls)?;
+            let listen_err = |e| RouterError::Listen(tls.listen.clone(), e);
+            let wanted: SocketAddr = tokio::net::lookup_host(&tls.listen)
+                .await
+                .map_err(listen_err)?
+                .next()
+                .ok_or_else(|| RouterError::Listen(tls.listen.clone(), std::io::ErrorKind::NotFound.into()))?;
+            let listener = reuseport_listener(wanted).map_err(listen_err)?;
+            let addr = listener.local_addr().map_err(listen_err)?;
+            let mut first = Some(listener.into_std().map_err(listen_err)?);
+            for index in 0..config.workers.max(1) {
+                let name = format!("berth-https-{index}");
+                let worker =
+                    spawn_worker(name, first.take(), addr, Some(acceptor.clone()), proxy.clone(), shutdown_rx.clone())
+                        .map_err(listen_err)?;
+                workers.push(worker);
+            }
+            https_addr = Some(addr);
         }
         let admin_state =
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
-        tasks.push(tokio::spawn(serve(admin, shutdown_rx, move |req, _| admin_state.clone().handle(req))));
+        tasks.push(tokio::spawn(serve(admin, None, shutdown_rx, move |req, _| admin_state.clone().handle(req))));
         tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = %config.domain, "berth router listening");
-        Ok(Router { http_addr, admin_addr, shutdown, tasks, workers })
+        Ok(Router { http_addr, https_addr, admin_addr, shutdown, tasks, workers })
     }
 
     pub async fn stop(self) {

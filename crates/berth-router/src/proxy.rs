@@ -222,6 +222,7 @@ impl Proxy {
         client: UpstreamClient,
         req: Request<Incoming>,
         remote: SocketAddr,
+        https: bool,
     ) -> Result<Response<Body>, Infallible> {
         let started = Instant::now();
         let table = self.table.load_full();
@@ -355,7 +356,7 @@ impl Proxy {
             if let Ok(v) = HeaderValue::from_str(&forwarded) {
                 headers.insert("x-forwarded-for", v);
             }
-            headers.insert("x-forwarded-proto", HeaderValue::from_static("http"));
+            headers.insert("x-forwarded-proto", HeaderValue::from_static(if https { "https" } else { "http" }));
             if let Ok(v) = HeaderValue::from_str(&host) {
                 headers.insert("x-forwarded-host", v);
             }

@@ -105,6 +105,7 @@ fn serve(stream: TcpStream, config: &Config) {
         let mut content_length = 0usize;
         let mut close = false;
         let mut upgrade_echo = false;
+        let mut forwarded_proto = String::new();
         loop {
             let mut line = String::new();
             if reader.read_line(&mut line).unwrap_or(0) == 0 {
@@ -120,6 +121,7 @@ fn serve(stream: TcpStream, config: &Config) {
                     "content-length" => content_length = value.parse().unwrap_or(0),
                     "connection" => close = value.eq_ignore_ascii_case("close"),
                     "upgrade" => upgrade_echo = value.eq_ignore_ascii_case("echo"),
+                    "x-forwarded-proto" => forwarded_proto = value.to_string(),
                     _ => {}
                 }
             }
@@ -149,7 +151,7 @@ fn serve(stream: TcpStream, config: &Config) {
                 }
             }
         }
-        let (status, body) = respond(path, config);
+        let (status, body) = respond(path, config, &forwarded_proto);
         let response = format!(
             "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n{body}",
             body.len(),
@@ -161,7 +163,7 @@ fn serve(stream: TcpStream, config: &Config) {
     }
 }
 
-fn respond(path: &str, config: &Config) -> (&'static str, String) {
+fn respond(path: &str, config: &Config, forwarded_proto: &str) -> (&'static str, String) {
     let path = path.split('?').next().unwrap_or(path);
     match path {
         "/health" if config.fail_health => ("503 Service Unavailable", "{\"healthy\":false}".into()),
@@ -169,11 +171,12 @@ fn respond(path: &str, config: &Config) -> (&'static str, String) {
         "/" => {
             let var = |k: &str| std::env::var(k).unwrap_or_default();
             let body = format!(
-                "{{\"instance\":\"{}\",\"version\":\"{}\",\"app\":\"{}\",\"tz\":\"{}\"}}",
+                "{{\"instance\":\"{}\",\"version\":\"{}\",\"app\":\"{}\",\"tz\":\"{}\",\"proto\":\"{}\"}}",
                 var("BERTH_INSTANCE_ID"),
                 config.version,
                 var("BERTH_APP"),
-                var("TZ")
+                var("TZ"),
+                forwarded_proto
             );
             ("200 OK", body)
         }

@@ -53,6 +53,7 @@ pub struct Platform {
     pub http: String,
     pub admin: String,
     driver: String,
+    extra: Vec<String>,
     child: Option<Child>,
     pub node_id: String,
     client: reqwest::Client,
@@ -64,8 +65,17 @@ impl Platform {
         Self::start_with(bin, driver, port_block()).await
     }
 
+    /// As `start`, with more arguments for `berth up`.
+    pub async fn start_args(bin: &Path, driver: &str, extra: &[String]) -> Platform {
+        Self::launch(bin, driver, port_block(), extra).await
+    }
+
     /// As `start`, with the host-port range given.
     pub async fn start_with(bin: &Path, driver: &str, ports: (u16, u16)) -> Platform {
+        Self::launch(bin, driver, ports, &[]).await
+    }
+
+    async fn launch(bin: &Path, driver: &str, ports: (u16, u16), extra: &[String]) -> Platform {
         let port = free_port();
         let mut p = Platform {
             bin: bin.to_path_buf(),
@@ -76,6 +86,7 @@ impl Platform {
             http: format!("127.0.0.1:{}", free_port()),
             admin: format!("127.0.0.1:{}", free_port()),
             driver: driver.to_string(),
+            extra: extra.to_vec(),
             child: None,
             node_id: String::new(),
             client: reqwest::Client::new(),
@@ -101,6 +112,7 @@ impl Platform {
             .args(["--api", &self.api_addr, "--driver", &self.driver, "--pull", "never"])
             .args(["--ports", &format!("{}-{}", self.ports.0, self.ports.1)])
             .args(["--http", &self.http, "--router-admin", &self.admin, "--domain", "berth.test"])
+            .args(&self.extra)
             .env("BERTH_LOG", "info,berth_agent=debug")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))

@@ -131,3 +131,76 @@ async fn admin_off_loopback_needs_a_token() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not on loopback: set an admin token"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tls_is_terminated_with_the_given_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=secure.test"])
+        .args(["-addext", "subjectAltName=DNS:secure.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .expect("openssl");
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let https_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let extra = vec![
+        "--https".to_string(),
+        format!("127.0.0.1:{https_port}"),
+        "--tls-cert".to_string(),
+        cert.display().to_string(),
+        "--tls-key".to_string(),
+        key.display().to_string(),
+    ];
+    let p = Platform::start_args(BERTH.as_ref(), "exec", &extra).await;
+    let file = p.write("s.yaml", &spec("secure", 1, "services: [secure.test]\n"));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    wait_routed(&p, "cls:lab/secure", 1).await;
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", flag, "--cacert"])
+            .arg(&cert)
+            .args(["--resolve", &format!("secure.test:{https_port}:127.0.0.1"), "-w", "\n%{http_version}"])
+            .arg(format!("https://secure.test:{https_port}/"))
+            .output()
+            .await
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "curl {flag}: {}", String::from_utf8_lossy(&out.stderr));
+        let (body, seen) = text.rsplit_once('\n').unwrap();
+        assert_eq!(seen, version, "ALPN agreed on HTTP/{version}");
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["app"], "secure");
+        assert_eq!(v["proto"], "https", "the instance learns the client came over TLS");
+    }
+    let (_, plain) = p.via_router("secure.test", "/").await.unwrap();
+    assert!(plain.contains("\"proto\":\"http\""), "{plain}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_tls_settings_are_refused_with_the_reason() {
+    let run = |args: &'static [&'static str]| async move {
+        let out = tokio::process::Command::new(BERTH)
+            .args([
+                "router",
+                "--server",
+                "http://127.0.0.1:9",
+                "--http",
+                "127.0.0.1:0",
+                "--router-admin",
+                "127.0.0.1:0",
+            ])
+            .args(args)
+            .output()
+            .await
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let err = run(&["--tls-cert", "/no/such/cert.pem", "--tls-key", "/no/such/key.pem"]).await;
+    assert!(err.contains("TLS: certificate /no/such/cert.pem"), "{err}");
+    let err = run(&["--tls-cert", "/no/such/cert.pem"]).await;
+    assert!(err.contains("--tls-key"), "a certificate without a key is refused: {err}");
+}

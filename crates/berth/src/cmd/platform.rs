@@ -171,6 +171,15 @@ pub struct RouterOptions {
     /// Router worker threads (default: one per core).
     #[arg(long = "router-workers")]
     workers: Option<usize>,
+    /// Where the router serves HTTPS (with --tls-cert and --tls-key).
+    #[arg(long = "https", default_value = "127.0.0.1:8443")]
+    https: String,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long = "tls-cert", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long = "tls-key", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 impl RouterOptions {
@@ -184,6 +193,12 @@ impl RouterOptions {
             domain: self.domain.clone(),
             access_log: self.access_log.clone().or(default_log),
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            tls: match (&self.tls_cert, &self.tls_key) {
+                (Some(cert), Some(key)) => {
+                    Some(berth_router::TlsConfig { listen: self.https.clone(), cert: cert.clone(), key: key.clone() })
+                }
+                _ => None,
+            },
         }
     }
 }
@@ -252,7 +267,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
     let routing = router
         .as_ref()
-        .map(|r| format!(", router http://{} (admin http://{})", r.http_addr, r.admin_addr))
+        .map(|r| {
+            let https = r.https_addr.map(|a| format!(", https://{a}")).unwrap_or_default();
+            format!(", router http://{}{https} (admin http://{})", r.http_addr, r.admin_addr)
+        })
         .unwrap_or_default();
     eprintln!(
         "Berth is up: API {url}{routing}, node {} (drivers: {}), data in {}",
