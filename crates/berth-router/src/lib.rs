@@ -119,6 +119,34 @@ fn reuseport_listener(addr: SocketAddr) -> std::io::Result<TcpListener> {
     socket.listen(4096)
 }
 
+/// Binds `listen` (resolving port 0 here, so every worker shares the port) and starts `count`
+/// workers on it; returns the bound address. With `tls`, the workers terminate HTTPS.
+async fn start_workers(
+    listen: &str,
+    count: usize,
+    tls: Option<TlsAcceptor>,
+    proxy: &Arc<Proxy>,
+    shutdown: &watch::Receiver<bool>,
+    workers: &mut Vec<std::thread::JoinHandle<()>>,
+) -> Result<SocketAddr, RouterError> {
+    let err = |e| RouterError::Listen(listen.to_string(), e);
+    let wanted = tokio::net::lookup_host(listen)
+        .await
+        .map_err(err)?
+        .next()
+        .ok_or_else(|| RouterError::Listen(listen.to_string(), std::io::ErrorKind::NotFound.into()))?;
+    let listener = reuseport_listener(wanted).map_err(err)?;
+    let addr = listener.local_addr().map_err(err)?;
+    let mut first = Some(listener.into_std().map_err(err)?);
+    let kind = if tls.is_some() { "https" } else { "http" };
+    for index in 0..count.max(1) {
+        let name = format!("berth-{kind}-{index}");
+        workers
+            .push(spawn_worker(name, first.take(), addr, tls.clone(), proxy.clone(), shutdown.clone()).map_err(err)?);
+    }
+    Ok(addr)
+}
+
 /// One traffic worker: a thread with a single-threaded runtime, so a request, its upstream
 /// connection and their wakeups never cross threads (the nginx worker model).
 fn spawn_worker(
@@ -222,16 +250,9 @@ fn is_loopback(addr: &SocketAddr) -> bool {
 
 impl Router {
     pub async fn start(config: RouterConfig) -> Result<Router, RouterError> {
-        let listen_err = |e| RouterError::Listen(config.http.clone(), e);
-        let wanted: SocketAddr = tokio::net::lookup_host(&config.http)
-            .await
-            .map_err(listen_err)?
-            .next()
-            .ok_or_else(|| RouterError::Listen(config.http.clone(), std::io::ErrorKind::NotFound.into()))?;
-        // The first worker's socket is bound here, to learn the port when 0 was asked for.
-        let http = reuseport_listener(wanted).map_err(listen_err)?;
+        // Settle everything that can be refused before anything starts.
+        let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
         let admin = TcpListener::bind(&config.admin).await.map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
-        let http_addr = http.local_addr().map_err(|e| RouterError::Listen(config.http.clone(), e))?;
         let admin_addr = admin.local_addr().map_err(|e| RouterError::Listen(config.admin.clone(), e))?;
         if !is_loopback(&admin_addr) && config.admin_token.is_none() {
             return Err(RouterError::AdminNeedsToken(admin_addr.to_string()));
@@ -263,40 +284,14 @@ impl Router {
             shutdown_rx.clone(),
         )));
         let mut workers = Vec::new();
-        let mut first = Some(http.into_std().map_err(|e| RouterError::Listen(config.http.clone(), e))?);
-        for index in 0..config.workers.max(1) {
-            let worker = spawn_worker(
-                format!("berth-http-{index}"),
-                first.take(),
-                http_addr,
-                None,
-                proxy.clone(),
-                shutdown_rx.clone(),
-            )
-            .map_err(|e| RouterError::Listen(config.http.clone(), e))?;
-            workers.push(worker);
-        }
-        let mut https_addr = None;
-        if let Some(tls) = &config.tls {
-            let acceptor = tls_acceptor(tls)?;
-            let listen_err = |e| RouterError::Listen(tls.listen.clone(), e);
-            let wanted: SocketAddr = tokio::net::lookup_host(&tls.listen)
-                .await
-                .map_err(listen_err)?
-                .next()
-                .ok_or_else(|| RouterError::Listen(tls.listen.clone(), std::io::ErrorKind::NotFound.into()))?;
-            let listener = reuseport_listener(wanted).map_err(listen_err)?;
-            let addr = listener.local_addr().map_err(listen_err)?;
-            let mut first = Some(listener.into_std().map_err(listen_err)?);
-            for index in 0..config.workers.max(1) {
-                let name = format!("berth-https-{index}");
-                let worker =
-                    spawn_worker(name, first.take(), addr, Some(acceptor.clone()), proxy.clone(), shutdown_rx.clone())
-                        .map_err(listen_err)?;
-                workers.push(worker);
+        let count = config.workers;
+        let http_addr = start_workers(&config.http, count, None, &proxy, &shutdown_rx, &mut workers).await?;
+        let https_addr = match (&config.tls, acceptor) {
+            (Some(tls), Some(acceptor)) => {
+                Some(start_workers(&tls.listen, count, Some(acceptor), &proxy, &shutdown_rx, &mut workers).await?)
             }
-            https_addr = Some(addr);
-        }
+            _ => None,
+        };
         let admin_state =
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
         tasks.push(tokio::spawn(serve(admin, None, shutdown_rx, move |req, _| admin_state.clone().handle(req))));
