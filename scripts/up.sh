@@ -55,7 +55,7 @@ if [ -f "$state/berth.pid" ] && kill -0 "$(cat "$state/berth.pid")" 2>/dev/null;
   echo "==> berth is already running (pid $(cat "$state/berth.pid"))"
 else
   echo "==> starting berth up (API http://$api, log $state/berth.log)"
-  nohup "$berth" up --data-dir "$state/data" --api "$api" >"$state/berth.log" 2>&1 &
+  nohup "$berth" up --data-dir "$state/data" --api "$api" --http "${BERTH_HTTP:-127.0.0.1:8080}" >"$state/berth.log" 2>&1 &
   echo $! >"$state/berth.pid"
   for _ in $(seq 1 100); do
     curl -fsS "http://$api/v1/health" >/dev/null 2>&1 && break
@@ -67,8 +67,11 @@ export BERTH_SERVER="http://$api"
 "$berth" deploy -f "$state/hello.yaml" --timeout 120
 echo
 echo "Berth is up. API: http://$api   (export BERTH_SERVER=http://$api)"
-echo "demo/hello answers at:"
+echo "demo/hello answers through the router:"
+echo "  curl -H 'Host: hello.demo.berth.local' http://${BERTH_HTTP:-127.0.0.1:8080}/"
+echo "and at each instance:"
 "$berth" app hello status -o json | python3 -c 'import json,sys
 for i in json.load(sys.stdin)["instances"]:
     if i["state"] == "running": print("  http://" + i["address"] + "/")'
+echo "Router status: curl http://127.0.0.1:7071/status"
 echo "Try: $berth app hello scale 5 | $berth app hello status | $berth events | scripts/down.sh"
