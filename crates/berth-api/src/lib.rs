@@ -311,6 +311,11 @@ impl Client {
         Ok(self.post(&format!("/v1/apps/{id}/restart"), &serde_json::json!({})).await?.value)
     }
 
+    /// Back to `version`, or to the one before the current.
+    pub async fn rollback(&self, id: &str, version: Option<u64>) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/rollback"), &serde_json::json!({ "version": version })).await?.value)
+    }
+
     pub async fn destroy(&self, id: &str) -> Result<AppStatus, ClientError> {
         let url = format!("{}/v1/apps/{id}", self.base);
         Ok(self.send(self.http.delete(&url), &url).await?.value)

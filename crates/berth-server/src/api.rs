@@ -30,6 +30,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/apps/{group}/{name}/scale", post(scale))
         .route("/v1/apps/{group}/{name}/upgrade", post(upgrade))
         .route("/v1/apps/{group}/{name}/restart", post(restart))
+        .route("/v1/apps/{group}/{name}/rollback", post(rollback))
         .route("/v1/apps/{group}/{name}/versions", get(versions))
         .route("/v1/instances", get(list_instances))
         .route("/v1/nodes", get(list_nodes).post(register))
@@ -388,6 +389,43 @@ async fn restart(AxState(shared): AxState<Shared>, Path((group, name)): Path<(St
     let id = app_id(&group, &name);
     let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let change = Change::Spec { spec: Box::new(current.value.spec), keep_scale: true, change: Some("restart".into()) };
+    let resp = change_app(&shared, &id, change)?;
+    Ok(indexed(shared.state.store().revision(), &resp))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RollbackRequest {
+    /// The version to go back to; the one before the current when unset.
+    version: Option<u64>,
+}
+
+/// Makes a stored version's spec current again, as a new version (history is never rewritten),
+/// keeping the app's present scale.
+async fn rollback(
+    AxState(shared): AxState<Shared>,
+    Path((group, name)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: RollbackRequest =
+        if body.iter().all(u8::is_ascii_whitespace) { RollbackRequest::default() } else { parse_json(&body)? };
+    let id = app_id(&group, &name);
+    let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?.value;
+    let versions = shared.state.versions(&id)?;
+    let target = match req.version {
+        Some(v) => v,
+        None => versions.iter().map(|v| v.version).filter(|v| *v < current.version).max().ok_or_else(|| {
+            ApiError::new(StatusCode::CONFLICT, format!("{id} has no version before v{}", current.version))
+        })?,
+    };
+    if target == current.version {
+        return Err(ApiError::new(StatusCode::CONFLICT, format!("v{target} is already the current version of {id}")));
+    }
+    let Some(old) = versions.into_iter().find(|v| v.version == target) else {
+        return Err(ApiError::not_found(&format!("version {target} of {id} (it has 1 to {})", current.version)));
+    };
+    let change =
+        Change::Spec { spec: Box::new(old.spec), keep_scale: true, change: Some(format!("rollback to v{target}")) };
     let resp = change_app(&shared, &id, change)?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }

@@ -42,6 +42,12 @@ pub enum AppAction {
         #[command(flatten)]
         wait: WaitArgs,
     },
+    /// Go back to an earlier version's spec (the one before the current by default), as a new version.
+    Rollback {
+        version: Option<u64>,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Replace every instance with a fresh one.
     Restart {
         #[command(flatten)]
@@ -97,6 +103,12 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         AppAction::Upgrade { image, wait } => {
             let resp = client.upgrade(&id, &image).await?;
             eprintln!("{id}: upgrading to {image} as version {}", resp.version);
+            finish(&client, resp, &wait, ctx).await
+        }
+        AppAction::Rollback { version, wait } => {
+            let resp = client.rollback(&id, version).await?;
+            let change = client.versions(&id).await?.into_iter().find(|v| v.version == resp.version).map(|v| v.change);
+            eprintln!("{id}: {} as version {}", change.unwrap_or_else(|| "rolling back".into()), resp.version);
             finish(&client, resp, &wait, ctx).await
         }
         AppAction::Restart { wait } => {
