@@ -75,24 +75,29 @@ pub(crate) fn apply(
                     msg,
                 );
             }
-            Action::Stop { instance, reason } | Action::Fail { instance, reason } => {
+            Action::Stop { instance, reason } => {
                 let Some(inst) = instances.get(instance.as_str()) else {
                     continue;
                 };
                 let mut next = (*inst).clone();
+                next.desired = Desired::Stop;
                 next.reason = Some(reason.clone());
-                let (level, kind) = if matches!(action, Action::Stop { .. }) {
-                    next.desired = Desired::Stop;
-                    (Level::Info, "instance.stopping")
-                } else {
-                    next.state = InstanceState::Failed;
-                    next.finished_at = Some(now);
-                    next.healthy = None;
-                    (Level::Error, "instance.failed")
-                };
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
-                txn = state.with_event(txn, now, level, kind, subject, reason.clone());
+                txn = state.with_event(txn, now, Level::Info, "instance.stopping", subject, reason.clone());
+            }
+            Action::Fail { instance, reason } => {
+                let Some(inst) = instances.get(instance.as_str()) else {
+                    continue;
+                };
+                let mut next = (*inst).clone();
+                next.state = InstanceState::Failed;
+                next.reason = Some(reason.clone());
+                next.finished_at = Some(now);
+                next.healthy = None;
+                txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
+                let subject = Subject::instance(&inst.app, instance, &inst.node);
+                txn = state.with_event(txn, now, Level::Error, "instance.failed", subject, reason.clone());
             }
             Action::NodeDown { node } => {
                 let Some(n) = snapshot.nodes.iter().find(|n| &n.id == node) else {
