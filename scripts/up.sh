@@ -35,6 +35,8 @@ health:
   interval: 1s
   timeout: 1s
   grace: 10s
+upgrade:
+  min_healthy_time: 2s
 YAML
 else
   echo "==> no Docker engine answers: the sample runs on the exec driver"
@@ -48,6 +50,8 @@ health:
   http: /health
   interval: 1s
   timeout: 1s
+upgrade:
+  min_healthy_time: 2s
 YAML
 fi
 

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_core::spec::DriverKind;
-use berth_core::{AppSpec, AppVersion, Event, Instance, InstanceState, Millis, Node, Resources, SpecError};
+use berth_core::{AppSpec, AppVersion, Deployment, Event, Instance, InstanceState, Millis, Node, Resources, SpecError};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +85,15 @@ pub struct AppStatus {
     /// Current-version instances running and ready, and no old version left.
     pub deployed: bool,
     pub destroying: bool,
+    /// The latest deployment, running or ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
+    /// The last version whose deployment ended with every instance healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<u64>,
+    /// Earlier versions with the current spec, whose instances count as current.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alike: Vec<u64>,
     /// Why instances are missing, when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
@@ -105,6 +114,28 @@ pub struct DeployResponse {
     pub changed: bool,
     pub version: u64,
     pub app: AppStatus,
+}
+
+/// How a change treats a deployment in progress, and whether it starts as a canary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChangeOptions {
+    /// Supersede a deployment in progress instead of being refused.
+    pub force: bool,
+    /// Start this many new instances beside the old ones and wait for `promote`.
+    pub canary: Option<u32>,
+}
+
+impl ChangeOptions {
+    fn query(&self) -> String {
+        let mut parts = Vec::new();
+        if self.force {
+            parts.push("force=true".to_string());
+        }
+        if let Some(n) = self.canary {
+            parts.push(format!("canary={n}"));
+        }
+        if parts.is_empty() { String::new() } else { format!("?{}", parts.join("&")) }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -295,20 +326,27 @@ impl Client {
         self.get_after(&format!("/v1/apps/{id}"), index, wait).await
     }
 
-    pub async fn deploy(&self, spec: &AppSpec) -> Result<DeployResponse, ClientError> {
-        Ok(self.put(&format!("/v1/apps/{}", spec.id()), &DeployRequest { spec: spec.clone() }).await?.value)
+    pub async fn deploy(&self, spec: &AppSpec, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        let path = format!("/v1/apps/{}{}", spec.id(), opts.query());
+        Ok(self.put(&path, &DeployRequest { spec: spec.clone() }).await?.value)
     }
 
-    pub async fn scale(&self, id: &str, instances: u32) -> Result<DeployResponse, ClientError> {
-        Ok(self.post(&format!("/v1/apps/{id}/scale"), &ScaleRequest { instances }).await?.value)
+    pub async fn scale(&self, id: &str, instances: u32, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/scale{}", opts.query()), &ScaleRequest { instances }).await?.value)
     }
 
-    pub async fn upgrade(&self, id: &str, image: &str) -> Result<DeployResponse, ClientError> {
-        Ok(self.post(&format!("/v1/apps/{id}/upgrade"), &UpgradeRequest { image: image.into() }).await?.value)
+    pub async fn upgrade(&self, id: &str, image: &str, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        let path = format!("/v1/apps/{id}/upgrade{}", opts.query());
+        Ok(self.post(&path, &UpgradeRequest { image: image.into() }).await?.value)
     }
 
-    pub async fn restart(&self, id: &str) -> Result<DeployResponse, ClientError> {
-        Ok(self.post(&format!("/v1/apps/{id}/restart"), &serde_json::json!({})).await?.value)
+    pub async fn restart(&self, id: &str, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/restart{}", opts.query()), &serde_json::json!({})).await?.value)
+    }
+
+    /// Finishes a canary deployment.
+    pub async fn promote(&self, id: &str) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/promote"), &serde_json::json!({})).await?.value)
     }
 
     /// Back to `version`, or to the one before the current.

@@ -6,4 +6,4 @@ pub mod spec;
 
 pub use duration::Dur;
 pub use model::*;
-pub use spec::{AppSpec, SpecError, SpecErrors};
+pub use spec::{AppSpec, SpecError, SpecErrors, Strategy};

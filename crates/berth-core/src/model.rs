@@ -25,11 +25,149 @@ pub struct App {
     pub destroying: bool,
     #[serde(default)]
     pub backoff: Backoff,
+    /// Earlier versions with the same spec as the current one (a rollback brings them back):
+    /// their instances count as current and are kept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alike: Vec<u64>,
+    /// The last version whose deployment ended with every instance healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stable_version: Option<u64>,
+    /// The latest deployment, running or ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deployment: Option<Deployment>,
 }
 
 impl App {
     pub fn id(&self) -> String {
         self.spec.id()
+    }
+
+    /// Whether instances of `version` run the current spec.
+    pub fn is_current(&self, version: u64) -> bool {
+        version == self.version || self.alike.contains(&version)
+    }
+
+    /// The deployment in progress, if any.
+    pub fn active_deployment(&self) -> Option<&Deployment> {
+        self.deployment.as_ref().filter(|d| d.state == DeploymentState::Running)
+    }
+
+    /// Whether the router sends requests to ready instances of `version`. Everything ready serves,
+    /// except around a blue-green switch: before it only the old set, after it only the new one.
+    pub fn serves(&self, version: u64) -> bool {
+        match &self.deployment {
+            Some(d) if d.blue_green && d.from_version.is_some() => match d.state {
+                DeploymentState::Running if d.switched_at.is_none() => !self.is_current(version),
+                _ => self.is_current(version),
+            },
+            _ => true,
+        }
+    }
+}
+
+/// One move of an app from what runs to what is wanted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Deployment {
+    pub kind: DeploymentKind,
+    /// The version being replaced; unset when nothing ran before or only the scale changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_version: Option<u64>,
+    pub version: u64,
+    pub state: DeploymentState,
+    pub started_at: Millis,
+    /// Last time an instance turned healthy (or the start): the progress deadline counts from here.
+    pub progress_at: Millis,
+    /// Instances of the new version that failed during this deployment.
+    #[serde(default)]
+    pub failures: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failure: Option<String>,
+    /// Canary: hold at this many new instances beside the old until `promote`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<u32>,
+    #[serde(default)]
+    pub blue_green: bool,
+    /// Blue-green: when traffic moved to the new set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switched_at: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Millis>,
+    /// How it ended, for people.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Deployment {
+    pub fn start(kind: DeploymentKind, from_version: Option<u64>, version: u64, now: Millis) -> Deployment {
+        Deployment {
+            kind,
+            from_version,
+            version,
+            state: DeploymentState::Running,
+            started_at: now,
+            progress_at: now,
+            failures: 0,
+            last_failure: None,
+            canary: None,
+            blue_green: false,
+            switched_at: None,
+            finished_at: None,
+            message: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentKind {
+    Create,
+    Update,
+    Scale,
+    Restart,
+    Rollback,
+    AutoRollback,
+}
+
+impl DeploymentKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentKind::Create => "create",
+            DeploymentKind::Update => "update",
+            DeploymentKind::Scale => "scale",
+            DeploymentKind::Restart => "restart",
+            DeploymentKind::Rollback => "rollback",
+            DeploymentKind::AutoRollback => "auto-rollback",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentState {
+    Running,
+    Succeeded,
+    Failed,
+    /// Failed, and the app went back to its last stable version.
+    RolledBack,
+    /// A newer change took over before it ended.
+    Superseded,
+}
+
+impl DeploymentState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeploymentState::Running => "running",
+            DeploymentState::Succeeded => "succeeded",
+            DeploymentState::Failed => "failed",
+            DeploymentState::RolledBack => "rolled-back",
+            DeploymentState::Superseded => "superseded",
+        }
+    }
+}
+
+impl fmt::Display for DeploymentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -71,6 +209,17 @@ pub struct AppVersion {
     pub created_at: Millis,
     /// What changed from the previous version, for people.
     pub change: String,
+    /// How this version's deployment ended; unset while it runs or when it never had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<Outcome>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Outcome {
+    pub state: DeploymentState,
+    pub at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// Lifecycle of one instance, as the issue names it.
@@ -169,6 +318,12 @@ pub struct Instance {
     /// The runtime's own handle (container id, pid).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub handle: Option<String>,
+    /// Since when it has been running and healthy without a break.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<Millis>,
+    /// Healthy for the app's `min_healthy_time`: takes traffic and counts toward deployments.
+    #[serde(default)]
+    pub in_service: bool,
 }
 
 impl Instance {
@@ -177,9 +332,14 @@ impl Instance {
         self.host_ports.first().map(|p| format!("{}:{p}", self.host))
     }
 
-    /// Ready for traffic: running and not known unhealthy.
-    pub fn is_ready(&self) -> bool {
+    /// Running and not known unhealthy (it may still be serving its `min_healthy_time`).
+    pub fn is_up(&self) -> bool {
         self.state == InstanceState::Running && self.healthy != Some(false)
+    }
+
+    /// Ready for traffic: up, and up long enough to be put in service.
+    pub fn is_ready(&self) -> bool {
+        self.is_up() && self.in_service
     }
 }
 

@@ -212,25 +212,80 @@ impl HealthSpec {
     }
 }
 
-/// Marathon's `upgradeStrategy`.
+/// How a deployment replaces instances: Marathon's `upgradeStrategy` plus Nomad's health gates.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpgradeSpec {
+    #[serde(default)]
+    pub strategy: Strategy,
     /// Fraction of `instances` that must stay healthy during a deployment.
     #[serde(default = "one")]
     pub min_health_capacity: f64,
     /// Fraction of `instances` that may run on top during a deployment.
     #[serde(default = "one")]
     pub max_over_capacity: f64,
+    /// A new instance takes traffic, and counts as healthy, only once it stayed healthy this long.
+    #[serde(default = "UpgradeSpec::default_min_healthy_time")]
+    pub min_healthy_time: Dur,
+    /// An instance not healthy this long after it was placed is replaced, and counts as failed.
+    #[serde(default = "UpgradeSpec::default_healthy_deadline")]
+    pub healthy_deadline: Dur,
+    /// A deployment with no instance turning healthy for this long fails.
+    #[serde(default = "UpgradeSpec::default_progress_deadline")]
+    pub progress_deadline: Dur,
+    /// A failed deployment goes back to the last version that ran healthy.
+    #[serde(default = "yes")]
+    pub auto_rollback: bool,
+    /// Blue-green: how long the previous set is kept (without traffic) for an instant rollback.
+    #[serde(default = "UpgradeSpec::default_rollback_window")]
+    pub rollback_window: Dur,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Strategy {
+    /// Replace instances a few at a time, within the capacity bounds.
+    #[default]
+    Rolling,
+    /// Bring a full new set up, then switch all traffic to it at once.
+    BlueGreen,
 }
 
 fn one() -> f64 {
     1.0
 }
 
+fn yes() -> bool {
+    true
+}
+
+impl UpgradeSpec {
+    fn default_min_healthy_time() -> Dur {
+        Dur::secs(10)
+    }
+    fn default_healthy_deadline() -> Dur {
+        Dur::secs(300)
+    }
+    fn default_progress_deadline() -> Dur {
+        Dur::secs(600)
+    }
+    fn default_rollback_window() -> Dur {
+        Dur::secs(600)
+    }
+}
+
 impl Default for UpgradeSpec {
     fn default() -> Self {
-        UpgradeSpec { min_health_capacity: 1.0, max_over_capacity: 1.0 }
+        UpgradeSpec {
+            strategy: Strategy::Rolling,
+            min_health_capacity: 1.0,
+            max_over_capacity: 1.0,
+            min_healthy_time: Self::default_min_healthy_time(),
+            healthy_deadline: Self::default_healthy_deadline(),
+            progress_deadline: Self::default_progress_deadline(),
+            auto_rollback: true,
+            rollback_window: Self::default_rollback_window(),
+        }
     }
 }
 
@@ -599,6 +654,21 @@ impl AppSpec {
                 fail(field, format!("{value} is not a fraction between 0 and 1"));
             }
         }
+        let up = &self.upgrade;
+        if up.healthy_deadline.0 == 0 {
+            fail("upgrade.healthy_deadline", "must be more than 0".into());
+        } else if up.min_healthy_time >= up.healthy_deadline {
+            fail(
+                "upgrade.min_healthy_time",
+                format!(
+                    "{} is not shorter than healthy_deadline ({}): no instance could ever count as healthy",
+                    up.min_healthy_time, up.healthy_deadline
+                ),
+            );
+        }
+        if up.progress_deadline < Dur::secs(1) {
+            fail("upgrade.progress_deadline", "must be at least 1s".into());
+        }
         if self.pids == 0 {
             fail("pids", "must be at least 1".into());
         }
@@ -851,6 +921,12 @@ health:
 upgrade:
   min_health_capacity: 1.0   # fraction that must stay healthy while upgrading
   max_over_capacity: 1.0     # fraction that may run on top while upgrading
+  min_healthy_time: 10s      # healthy this long before a new instance takes traffic
+  healthy_deadline: 5m       # not healthy by then: the instance counts as failed
+  progress_deadline: 10m     # no instance turned healthy for this long: the deployment fails
+  auto_rollback: true        # a failed deployment goes back to the last healthy version
+  # strategy: blue-green     # full new set, then one atomic switch (rolling by default)
+  # rollback_window: 10m     # blue-green: keep the old set this long for an instant rollback
 "#
     )
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use berth_core::{App, Desired, Instance, InstanceState, Millis, Node, NodeStatus};
+use berth_core::{App, DeploymentState, Desired, Instance, InstanceState, Millis, Node, NodeStatus};
 
 use crate::place::{self, Placement};
 use crate::rolling::{self, Counts};
@@ -45,6 +45,31 @@ pub enum Action {
     Stop {
         instance: String,
         reason: String,
+    },
+    /// Stop an instance that never turned healthy in time; it counts as a failure of its app.
+    Expire {
+        instance: String,
+        reason: String,
+    },
+    /// The instance stayed healthy for `min_healthy_time`: it takes traffic from now on.
+    Admit {
+        instance: String,
+    },
+    /// The deployment ends (succeeded or failed, with no rollback).
+    EndDeployment {
+        app: String,
+        state: DeploymentState,
+        message: String,
+    },
+    /// The deployment failed: make `to_version`'s spec current again as a new version.
+    AutoRollback {
+        app: String,
+        to_version: u64,
+        reason: String,
+    },
+    /// Blue-green: move all traffic to the new set at once.
+    Switch {
+        app: String,
     },
     /// An instance that can no longer be reached (its node is lost) is failed.
     Fail {
@@ -188,10 +213,30 @@ fn reconcile_app(
         }
     }
 
+    admit_and_expire(app, &live, now, plan);
+
     let target = app.instances as usize;
-    let (new, old): (Vec<&Instance>, Vec<&Instance>) = live.iter().partition(|i| i.version == app.version);
+    let (new, mut old): (Vec<&Instance>, Vec<&Instance>) = live.iter().partition(|i| app.is_current(i.version));
     let mut stops: Vec<(&Instance, &str)> = Vec::new();
     let mut start = 0usize;
+
+    // Blue-green keeps the previous set, without traffic, for the rollback window.
+    if let Some(d) = &app.deployment
+        && d.blue_green
+        && let Some(switched) = d.switched_at
+        && !old.is_empty()
+    {
+        let until = switched + app.spec.upgrade.rollback_window.as_millis() as i64;
+        if now >= until {
+            stops.extend(old.iter().map(|i| (*i, "blue-green rollback window over")));
+        } else {
+            plan.check_by(until);
+        }
+        old.clear();
+    }
+    let active = app.active_deployment();
+    let canary = active.and_then(|d| d.canary).map(|n| n as usize);
+    let blue_green_pending = active.is_some_and(|d| d.blue_green && d.switched_at.is_none());
 
     if old.is_empty() {
         if new.len() > target {
@@ -202,6 +247,12 @@ fn reconcile_app(
         } else {
             start = target - new.len();
         }
+    } else if let Some(n) = canary {
+        // Canary: the old set stays whole; the new one grows to its share and waits for `promote`.
+        start = n.min(target).saturating_sub(new.len());
+    } else if blue_green_pending {
+        // Blue-green: a whole new set beside the old, which keeps all traffic until the switch.
+        start = target.saturating_sub(new.len());
     } else {
         let old_ready = old.iter().filter(|i| i.is_ready()).count();
         let counts = Counts {
@@ -220,6 +271,10 @@ fn reconcile_app(
         if new.len() > target {
             stops.extend(new.iter().skip(target).map(|i| (*i, "scaled down")));
         }
+    }
+    let stopping = instances.iter().any(|i| i.state.is_live() && i.desired == Desired::Stop);
+    if let Some(action) = judge_deployment(app, id, &new, &old, stopping, target, now, plan) {
+        plan.actions.push(action);
     }
 
     for (inst, reason) in stops {
@@ -252,6 +307,86 @@ fn reconcile_app(
                 break;
             }
         }
+    }
+}
+
+/// Puts instances in service once healthy for `min_healthy_time`, and gives up on those that
+/// stay unhealthy past `healthy_deadline`.
+fn admit_and_expire(app: &App, live: &[&Instance], now: Millis, plan: &mut Plan) {
+    let upgrade = &app.spec.upgrade;
+    for inst in live.iter().filter(|i| !i.in_service) {
+        if inst.is_up() {
+            let since = inst.healthy_since.or(inst.started_at).unwrap_or(now);
+            let at = since + upgrade.min_healthy_time.as_millis() as i64;
+            if now >= at {
+                plan.actions.push(Action::Admit { instance: inst.id.clone() });
+                continue;
+            }
+            plan.check_by(at);
+        }
+        let deadline = inst.created_at + upgrade.healthy_deadline.as_millis() as i64;
+        if now >= deadline {
+            plan.actions.push(Action::Expire {
+                instance: inst.id.clone(),
+                reason: format!("not healthy within healthy_deadline ({})", upgrade.healthy_deadline),
+            });
+        } else {
+            plan.check_by(deadline);
+        }
+    }
+}
+
+/// Failures of new instances that fail a deployment at once, before its progress deadline.
+pub fn failure_budget(target: usize) -> u32 {
+    target.max(3) as u32
+}
+
+/// Whether the running deployment is done (its instances in service, the replaced ones gone), or
+/// failed (and then whether it rolls back).
+#[allow(clippy::too_many_arguments)]
+fn judge_deployment(
+    app: &App,
+    id: &str,
+    new: &[&Instance],
+    old: &[&Instance],
+    stopping: bool,
+    target: usize,
+    now: Millis,
+    plan: &mut Plan,
+) -> Option<Action> {
+    let d = app.active_deployment()?;
+    let ready = new.iter().filter(|i| i.is_ready()).count();
+    if d.blue_green && d.switched_at.is_none() && !old.is_empty() {
+        if ready >= target {
+            return Some(Action::Switch { app: id.to_string() });
+        }
+    } else if d.canary.is_none() && old.is_empty() && !stopping && ready == target && new.len() == target {
+        let message = match d.from_version {
+            Some(from) if from != d.version => format!("v{from} -> v{}: {target} instance(s) healthy", d.version),
+            _ => format!("v{}: {target} instance(s) healthy", d.version),
+        };
+        return Some(Action::EndDeployment { app: id.to_string(), state: DeploymentState::Succeeded, message });
+    }
+    let upgrade = &app.spec.upgrade;
+    let waiting_for_promote = d.canary.is_some_and(|n| ready >= (n as usize).min(target));
+    let deadline = d.progress_at + upgrade.progress_deadline.as_millis() as i64;
+    let failed = if d.failures >= failure_budget(target) {
+        let last = d.last_failure.clone().unwrap_or_default();
+        Some(format!("{} instance(s) of v{} failed; last: {last}", d.failures, d.version))
+    } else if waiting_for_promote {
+        None
+    } else if now >= deadline {
+        Some(format!("no instance turned healthy within progress_deadline ({})", upgrade.progress_deadline))
+    } else {
+        plan.check_by(deadline);
+        None
+    };
+    let reason = failed?;
+    match app.stable_version {
+        Some(stable) if upgrade.auto_rollback && !app.is_current(stable) => {
+            Some(Action::AutoRollback { app: id.to_string(), to_version: stable, reason })
+        }
+        _ => Some(Action::EndDeployment { app: id.to_string(), state: DeploymentState::Failed, message: reason }),
     }
 }
 

@@ -14,13 +14,16 @@ use berth_api::{
     AppStatus, Assignment, Assignments, DeployRequest, DeployResponse, ErrorBody, INDEX_HEADER, InstanceView,
     RegisterRequest, ReportRequest, ScaleRequest, UpgradeRequest,
 };
-use berth_core::{App, AppSpec, AppVersion, Backoff, Dur, Instance, InstanceState, Level, Node, NodeStatus, SpecError};
+use berth_core::{
+    App, AppSpec, AppVersion, Backoff, DeploymentKind, DeploymentState, Dur, Instance, InstanceState, Level, Node,
+    NodeStatus, SpecError,
+};
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Shared, lock, now_ms, routes, views};
+use crate::{Shared, deployments, lock, now_ms, routes, views};
 
 pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
@@ -31,6 +34,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/apps/{group}/{name}/upgrade", post(upgrade))
         .route("/v1/apps/{group}/{name}/restart", post(restart))
         .route("/v1/apps/{group}/{name}/rollback", post(rollback))
+        .route("/v1/apps/{group}/{name}/promote", post(promote))
         .route("/v1/apps/{group}/{name}/versions", get(versions))
         .route("/v1/instances", get(list_instances))
         .route("/v1/nodes", get(list_nodes).post(register))
@@ -209,22 +213,53 @@ enum Change {
     Spec {
         spec: Box<AppSpec>,
         keep_scale: bool,
+        kind: DeploymentKind,
+        /// What changed, when it is not the diff of the specs (restart, rollback).
         change: Option<String>,
     },
     Scale(u32),
+    /// Finish a canary deployment.
+    Promote,
+}
+
+/// How a change treats a deployment already in progress, and whether it starts as a canary.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ChangeQuery {
+    #[serde(default)]
+    force: bool,
+    canary: Option<u32>,
+}
+
+fn busy(app: &App, id: &str, now: i64) -> Option<ApiError> {
+    let d = app.active_deployment()?;
+    let age = (now - d.started_at).max(0) / 1000;
+    let what = if d.canary.is_some() { "a canary of" } else { "a deployment of" };
+    Some(ApiError::new(
+        StatusCode::CONFLICT,
+        format!(
+            "{id} is in the middle of {what} v{} ({}, started {age}s ago); wait for it, `promote` or \
+             `rollback` it, or pass --force to supersede it",
+            d.version,
+            d.kind.as_str()
+        ),
+    ))
 }
 
 /// Applies a change to an app under compare-and-swap, retrying when a concurrent write won.
-fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResponse> {
+fn change_app(shared: &Shared, id: &str, change: Change, opts: &ChangeQuery) -> ApiResult<DeployResponse> {
     for _ in 0..8 {
         let now = now_ms();
         let state = &shared.state;
         let existing = state.app(id)?;
         let expected_rev = existing.as_ref().map_or(0, |v| v.mod_revision);
         let mut txn = Txn::default().expect(app_key(id), expected_rev);
-        let (app, created, changed) = match (existing, &change) {
+        let unchanged = |app: &App| -> ApiResult<DeployResponse> {
+            Ok(DeployResponse { created: false, changed: false, version: app.version, app: status_of(shared, id)? })
+        };
+        let (app, created) = match (existing, &change) {
             (None, Change::Spec { spec, .. }) => {
-                let app = App {
+                let mut app = App {
                     spec: (**spec).clone(),
                     version: 1,
                     instances: spec.instances,
@@ -232,93 +267,129 @@ fn change_app(shared: &Shared, id: &str, change: Change) -> ApiResult<DeployResp
                     updated_at: now,
                     destroying: false,
                     backoff: Backoff::default(),
+                    alike: Vec::new(),
+                    stable_version: None,
+                    deployment: None,
                 };
+                deployments::start(&mut app, DeploymentKind::Create, None, now);
                 let version = AppVersion {
                     app: id.into(),
                     version: 1,
                     spec: (**spec).clone(),
                     created_at: now,
                     change: "created".into(),
+                    outcome: None,
                 };
                 txn = txn.put(version_key(id, 1), encode(&version));
                 let msg = format!("created v1 with {} instance(s)", spec.instances);
                 txn = state.with_event(txn, now, Level::Info, "app.created", Subject::app(id), msg);
-                (app, true, true)
+                (app, true)
             }
-            (None, Change::Scale(_)) => return Err(ApiError::not_found(&format!("app {id}"))),
+            (None, _) => return Err(ApiError::not_found(&format!("app {id}"))),
             (Some(current), _) if current.value.destroying => {
                 return Err(ApiError::new(
                     StatusCode::CONFLICT,
                     format!("app {id} is being destroyed; wait until it is gone"),
                 ));
             }
-            (Some(current), Change::Spec { spec, keep_scale, change }) => {
+            (Some(current), Change::Promote) => {
+                let mut app = current.value;
+                let Some(d) =
+                    app.deployment.as_mut().filter(|d| d.state == DeploymentState::Running && d.canary.is_some())
+                else {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        format!("{id} has no canary waiting to be promoted"),
+                    ));
+                };
+                d.canary = None;
+                d.progress_at = now;
+                let msg = format!("canary of v{} promoted: rolling out to every instance", d.version);
+                txn = state.with_event(txn, now, Level::Info, "deployment.promoted", Subject::app(id), msg);
+                (app, false)
+            }
+            (Some(current), Change::Spec { spec, keep_scale, kind, change }) => {
                 let mut app = current.value;
                 let mut spec = (**spec).clone();
                 if *keep_scale {
                     spec.instances = app.instances;
                 }
-                let is_restart = change.is_some();
-                if !is_restart && same_ignoring_scale(&app.spec, &spec) {
-                    if app.instances == spec.instances {
-                        let status = status_of(shared, id)?;
-                        return Ok(DeployResponse {
-                            created: false,
-                            changed: false,
-                            version: app.version,
-                            app: status,
-                        });
-                    }
-                    let msg = format!("scaled from {} to {}", app.instances, spec.instances);
-                    txn = state.with_event(txn, now, Level::Info, "app.scaled", Subject::app(id), msg);
-                    app.instances = spec.instances;
-                    app.spec = spec;
+                let same = *kind != DeploymentKind::Restart && same_ignoring_scale(&app.spec, &spec);
+                if same && app.instances == spec.instances {
+                    return unchanged(&app);
+                }
+                // Rolling back is the way out of a deployment, so it never waits for one.
+                if !opts.force
+                    && *kind != DeploymentKind::Rollback
+                    && let Some(e) = busy(&app, id, now)
+                {
+                    return Err(e);
+                }
+                if same {
+                    txn = scale_to(state, txn, &mut app, spec.instances, now)?;
                 } else {
                     let text = change.clone().unwrap_or_else(|| describe_change(&app.spec, &spec));
-                    app.version += 1;
-                    app.instances = spec.instances;
-                    app.spec = spec.clone();
-                    app.backoff = Backoff::default();
-                    let version = AppVersion {
-                        app: id.into(),
-                        version: app.version,
-                        spec,
-                        created_at: now,
-                        change: text.clone(),
-                    };
-                    txn = txn.put(version_key(id, app.version), encode(&version));
-                    let msg = format!("v{}: {text}", app.version);
-                    txn = state.with_event(txn, now, Level::Info, "app.updated", Subject::app(id), msg);
+                    txn = deployments::new_version(state, txn, &mut app, spec, text, *kind, now)?;
+                    if let Some(n) = opts.canary {
+                        if n == 0 || n >= app.instances {
+                            return Err(ApiError::new(
+                                StatusCode::UNPROCESSABLE_ENTITY,
+                                format!(
+                                    "canary: {n} must be between 1 and {} (one less than instances)",
+                                    app.instances.saturating_sub(1)
+                                ),
+                            ));
+                        }
+                        if let Some(d) = app.deployment.as_mut() {
+                            d.canary = Some(n);
+                            d.blue_green = false;
+                        }
+                    }
                 }
-                app.updated_at = now;
-                (app, false, true)
+                (app, false)
             }
             (Some(current), Change::Scale(n)) => {
                 let mut app = current.value;
                 if app.instances == *n {
-                    let status = status_of(shared, id)?;
-                    return Ok(DeployResponse { created: false, changed: false, version: app.version, app: status });
+                    return unchanged(&app);
                 }
-                let msg = format!("scaled from {} to {n}", app.instances);
-                txn = state.with_event(txn, now, Level::Info, "app.scaled", Subject::app(id), msg);
-                app.instances = *n;
-                app.spec.instances = *n;
-                app.backoff = Backoff::default();
-                app.updated_at = now;
-                (app, false, true)
+                if !opts.force
+                    && let Some(e) = busy(&app, id, now)
+                {
+                    return Err(e);
+                }
+                txn = scale_to(state, txn, &mut app, *n, now)?;
+                (app, false)
             }
         };
         txn = txn.put(app_key(id), encode(&app));
         match state.commit(txn) {
             Ok(_) => {
                 let status = status_of(shared, id)?;
-                return Ok(DeployResponse { created, changed, version: app.version, app: status });
+                return Ok(DeployResponse { created, changed: true, version: app.version, app: status });
             }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }
     }
     Err(ApiError::new(StatusCode::CONFLICT, format!("app {id} is changing too fast; retry")))
+}
+
+/// A new instance count. A version rollout in progress keeps going toward the new count;
+/// otherwise the scale is a deployment of its own, under the same health gates.
+fn scale_to(state: &berth_store::state::State, mut txn: Txn, app: &mut App, n: u32, now: i64) -> ApiResult<Txn> {
+    let id = app.id();
+    let msg = format!("scaled from {} to {n}", app.instances);
+    txn = state.with_event(txn, now, Level::Info, "app.scaled", Subject::app(&id), msg);
+    app.instances = n;
+    app.spec.instances = n;
+    app.backoff = Backoff::default();
+    app.updated_at = now;
+    if app.active_deployment().is_none_or(|d| d.kind == DeploymentKind::Scale) {
+        txn = deployments::supersede(state, txn, app, &format!("scale to {n}"), now)?;
+        deployments::start(app, DeploymentKind::Scale, None, now);
+    }
+    Ok(txn)
 }
 
 fn checked_spec(spec: AppSpec) -> ApiResult<AppSpec> {
@@ -329,6 +400,7 @@ fn checked_spec(spec: AppSpec) -> ApiResult<AppSpec> {
 async fn deploy(
     AxState(shared): AxState<Shared>,
     Path((group, name)): Path<(String, String)>,
+    Query(opts): Query<ChangeQuery>,
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
@@ -347,7 +419,8 @@ async fn deploy(
             format!("the spec is for {} but the path names {id}", spec.id()),
         ));
     }
-    let resp = change_app(&shared, &id, Change::Spec { spec: Box::new(spec), keep_scale: false, change: None })?;
+    let change = Change::Spec { spec: Box::new(spec), keep_scale: false, kind: DeploymentKind::Update, change: None };
+    let resp = change_app(&shared, &id, change, &opts)?;
     let status = if resp.created { StatusCode::CREATED } else { StatusCode::OK };
     let mut out = indexed(shared.state.store().revision(), &resp);
     *out.status_mut() = status;
@@ -357,6 +430,7 @@ async fn deploy(
 async fn scale(
     AxState(shared): AxState<Shared>,
     Path((group, name)): Path<(String, String)>,
+    Query(opts): Query<ChangeQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: ScaleRequest = parse_json(&body)?;
@@ -366,13 +440,14 @@ async fn scale(
             format!("instances: {} is more than the 10000 allowed", req.instances),
         ));
     }
-    let resp = change_app(&shared, &app_id(&group, &name), Change::Scale(req.instances))?;
+    let resp = change_app(&shared, &app_id(&group, &name), Change::Scale(req.instances), &opts)?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }
 
 async fn upgrade(
     AxState(shared): AxState<Shared>,
     Path((group, name)): Path<(String, String)>,
+    Query(opts): Query<ChangeQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: UpgradeRequest = parse_json(&body)?;
@@ -381,27 +456,42 @@ async fn upgrade(
     let mut spec = current.value.spec;
     spec.image = Some(req.image);
     let spec = checked_spec(spec)?;
-    let resp = change_app(&shared, &id, Change::Spec { spec: Box::new(spec), keep_scale: true, change: None })?;
+    let change = Change::Spec { spec: Box::new(spec), keep_scale: true, kind: DeploymentKind::Update, change: None };
+    let resp = change_app(&shared, &id, change, &opts)?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }
 
-async fn restart(AxState(shared): AxState<Shared>, Path((group, name)): Path<(String, String)>) -> ApiResult<Response> {
+async fn restart(
+    AxState(shared): AxState<Shared>,
+    Path((group, name)): Path<(String, String)>,
+    Query(opts): Query<ChangeQuery>,
+) -> ApiResult<Response> {
     let id = app_id(&group, &name);
     let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
-    let change = Change::Spec { spec: Box::new(current.value.spec), keep_scale: true, change: Some("restart".into()) };
-    let resp = change_app(&shared, &id, change)?;
+    let change = Change::Spec {
+        spec: Box::new(current.value.spec),
+        keep_scale: true,
+        kind: DeploymentKind::Restart,
+        change: Some("rolling restart".into()),
+    };
+    let resp = change_app(&shared, &id, change, &opts)?;
+    Ok(indexed(shared.state.store().revision(), &resp))
+}
+
+async fn promote(AxState(shared): AxState<Shared>, Path((group, name)): Path<(String, String)>) -> ApiResult<Response> {
+    let resp = change_app(&shared, &app_id(&group, &name), Change::Promote, &ChangeQuery::default())?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RollbackRequest {
-    /// The version to go back to; the one before the current when unset.
+    /// The version to go back to; by default the latest earlier version that ran healthy.
     version: Option<u64>,
 }
 
 /// Makes a stored version's spec current again, as a new version (history is never rewritten),
-/// keeping the app's present scale.
+/// keeping the app's present scale. A deployment in progress (a canary too) is abandoned.
 async fn rollback(
     AxState(shared): AxState<Shared>,
     Path((group, name)): Path<(String, String)>,
@@ -414,9 +504,23 @@ async fn rollback(
     let versions = shared.state.versions(&id)?;
     let target = match req.version {
         Some(v) => v,
-        None => versions.iter().map(|v| v.version).filter(|v| *v < current.version).max().ok_or_else(|| {
-            ApiError::new(StatusCode::CONFLICT, format!("{id} has no version before v{}", current.version))
-        })?,
+        None => {
+            let earlier: Vec<&AppVersion> = versions
+                .iter()
+                .filter(|v| v.version < current.version && !same_ignoring_scale(&v.spec, &current.spec))
+                .collect();
+            let stable = earlier
+                .iter()
+                .filter(|v| v.outcome.as_ref().is_some_and(|o| o.state == DeploymentState::Succeeded))
+                .map(|v| v.version)
+                .max();
+            stable.or_else(|| earlier.iter().map(|v| v.version).max()).ok_or_else(|| {
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("{id} has no earlier version that differs from v{}", current.version),
+                )
+            })?
+        }
     };
     if target == current.version {
         return Err(ApiError::new(StatusCode::CONFLICT, format!("v{target} is already the current version of {id}")));
@@ -424,9 +528,13 @@ async fn rollback(
     let Some(old) = versions.into_iter().find(|v| v.version == target) else {
         return Err(ApiError::not_found(&format!("version {target} of {id} (it has 1 to {})", current.version)));
     };
-    let change =
-        Change::Spec { spec: Box::new(old.spec), keep_scale: true, change: Some(format!("rollback to v{target}")) };
-    let resp = change_app(&shared, &id, change)?;
+    let change = Change::Spec {
+        spec: Box::new(old.spec),
+        keep_scale: true,
+        kind: DeploymentKind::Rollback,
+        change: Some(format!("rollback to v{target}")),
+    };
+    let resp = change_app(&shared, &id, change, &ChangeQuery::default())?;
     Ok(indexed(shared.state.store().revision(), &resp))
 }
 
@@ -609,6 +717,12 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
             if inst.state.is_terminal() && inst.finished_at.is_none() {
                 inst.finished_at = Some(now);
             }
+            // A break in health restarts the min_healthy_time clock.
+            if !inst.is_up() {
+                inst.healthy_since = None;
+            } else if inst.healthy_since.is_none() {
+                inst.healthy_since = Some(now);
+            }
             if inst == before {
                 continue;
             }
@@ -637,7 +751,7 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
                         backoffs.insert(inst.app.clone(), (app.value, app.mod_revision));
                     }
                     if let Some((app, _)) = backoffs.get_mut(&inst.app) {
-                        app.backoff = app.backoff.after_failure(now);
+                        crate::apply::count_failure(app, inst.version, &failure_text(&inst), now);
                     }
                 }
             }

@@ -10,8 +10,8 @@ use berth_plan::{Action, Snapshot};
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
 
-use crate::Shared;
 use crate::reconciler::Revisions;
+use crate::{Shared, deployments};
 
 /// A short random id: unique enough for instances, readable in a table.
 pub(crate) fn random_suffix() -> String {
@@ -33,6 +33,8 @@ pub(crate) fn apply(
     let instances: HashMap<&str, &Instance> = snapshot.instances.iter().map(|i| (i.id.as_str(), i)).collect();
     let apps: HashMap<String, &App> = snapshot.apps.iter().map(|a| (a.id(), a)).collect();
     let mut txn = Txn::default();
+    // Several actions may change one app: they all edit one copy, written once at the end.
+    let mut changed_apps: HashMap<String, App> = HashMap::new();
     let guard_instance =
         |txn: Txn, id: &str| txn.expect(instance_key(id), revisions.instances.get(id).copied().unwrap_or(0));
     let guard_app = |txn: Txn, id: &str| txn.expect(app_key(id), revisions.apps.get(id).copied().unwrap_or(0));
@@ -60,6 +62,8 @@ pub(crate) fn apply(
                     started_at: None,
                     finished_at: None,
                     handle: None,
+                    healthy_since: None,
+                    in_service: false,
                 };
                 txn = guard_app(txn, app).expect(instance_key(&id), 0).put(instance_key(&id), encode(&inst));
                 let msg = format!(
@@ -85,6 +89,55 @@ pub(crate) fn apply(
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
                 txn = state.with_event(txn, now, Level::Info, "instance.stopping", subject, reason.clone());
+            }
+            Action::Expire { instance, reason } => {
+                let Some(inst) = instances.get(instance.as_str()) else {
+                    continue;
+                };
+                let mut next = (*inst).clone();
+                next.desired = Desired::Stop;
+                next.reason = Some(reason.clone());
+                txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
+                if let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app) {
+                    count_failure(app, inst.version, reason, now);
+                }
+                let subject = Subject::instance(&inst.app, instance, &inst.node);
+                txn = state.with_event(txn, now, Level::Warn, "instance.unhealthy", subject, reason.clone());
+            }
+            Action::Admit { instance } => {
+                let Some(inst) = instances.get(instance.as_str()) else {
+                    continue;
+                };
+                let mut next = (*inst).clone();
+                next.in_service = true;
+                txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
+                if let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app)
+                    && app.is_current(inst.version)
+                    && let Some(d) = app.deployment.as_mut()
+                {
+                    d.progress_at = now;
+                }
+                let subject = Subject::instance(&inst.app, instance, &inst.node);
+                let msg = format!("v{} in service at {}", inst.version, inst.address().unwrap_or_default());
+                txn = state.with_event(txn, now, Level::Info, "instance.ready", subject, msg);
+            }
+            Action::EndDeployment { app, state: outcome, message } => {
+                let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
+                txn = deployments::end(state, txn, a, *outcome, message.clone(), now)?;
+            }
+            Action::AutoRollback { app, to_version, reason } => {
+                let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
+                txn = deployments::roll_back(state, txn, a, *to_version, reason.clone(), now)?;
+            }
+            Action::Switch { app } => {
+                let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
+                let Some(d) = a.deployment.as_mut() else { continue };
+                d.switched_at = Some(now);
+                d.progress_at = now;
+                let msg = format!("all traffic moved to v{} at once", d.version);
+                txn = state.with_event(txn, now, Level::Info, "deployment.switched", Subject::app(app), msg);
+                let done = format!("blue-green switch to v{}", d.version);
+                txn = deployments::end(state, txn, a, berth_core::DeploymentState::Succeeded, done, now)?;
             }
             Action::Fail { instance, reason } => {
                 let Some(inst) = instances.get(instance.as_str()) else {
@@ -121,10 +174,8 @@ pub(crate) fn apply(
                 txn = guard_instance(txn, instance).delete(instance_key(instance));
             }
             Action::ResetBackoff { app } => {
-                let Some(a) = apps.get(app) else { continue };
-                let mut next = (*a).clone();
-                next.backoff = Default::default();
-                txn = guard_app(txn, app).put(app_key(app), encode(&next));
+                let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
+                a.backoff = Default::default();
             }
             Action::RemoveApp { app } => {
                 let Some(a) = apps.get(app) else { continue };
@@ -143,8 +194,30 @@ pub(crate) fn apply(
             }
         }
     }
+    for (id, app) in changed_apps {
+        txn = guard_app(txn, &id).put(app_key(&id), encode(&app));
+    }
     // The same app key may be guarded by several actions: keep one compare per key.
     txn.compares.sort_by(|a, b| a.key.cmp(&b.key));
     txn.compares.dedup();
     state.commit(txn)
+}
+
+/// A failure the platform did not ask for: slows the next launch, and counts against the running
+/// deployment when the instance was one of its new ones.
+pub(crate) fn count_failure(app: &mut App, version: u64, why: &str, now: Millis) {
+    app.backoff = app.backoff.after_failure(now);
+    if app.is_current(version)
+        && let Some(d) = app.deployment.as_mut().filter(|d| d.state == berth_core::DeploymentState::Running)
+    {
+        d.failures += 1;
+        d.last_failure = Some(why.to_string());
+    }
+}
+
+fn app_mut<'a>(changed: &'a mut HashMap<String, App>, apps: &HashMap<String, &App>, id: &str) -> Option<&'a mut App> {
+    if !changed.contains_key(id) {
+        changed.insert(id.to_string(), (*apps.get(id)?).clone());
+    }
+    changed.get_mut(id)
 }

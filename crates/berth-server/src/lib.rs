@@ -3,6 +3,7 @@
 
 mod api;
 mod apply;
+mod deployments;
 mod reconciler;
 mod routes;
 mod views;

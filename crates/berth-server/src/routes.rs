@@ -33,7 +33,7 @@ pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreErro
                     version: i.version,
                     host: i.host.clone(),
                     host_ports: i.host_ports.clone(),
-                    ready: i.desired == Desired::Run && i.is_ready(),
+                    ready: i.desired == Desired::Run && i.is_ready() && app.serves(i.version),
                     draining: i.desired == Desired::Stop,
                 })
                 .collect();

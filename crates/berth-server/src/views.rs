@@ -12,9 +12,9 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<Stri
         (!live, if live { i.created_at } else { -i.finished_at.unwrap_or(i.created_at) })
     });
     let current_ready =
-        mine.iter().filter(|i| i.version == app.version && i.desired == Desired::Run && i.is_ready()).count();
+        mine.iter().filter(|i| app.is_current(i.version) && i.desired == Desired::Run && i.is_ready()).count();
     let others_live =
-        mine.iter().any(|i| i.state.is_live() && (i.version != app.version || i.desired == Desired::Stop));
+        mine.iter().any(|i| i.state.is_live() && (!app.is_current(i.version) || i.desired == Desired::Stop));
     AppStatus {
         name: app.spec.name.clone(),
         group: app.spec.group.clone(),
@@ -25,6 +25,9 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<Stri
         counts: Counts::of(mine.iter().copied()),
         deployed: !app.destroying && current_ready == app.instances as usize && !others_live,
         destroying: app.destroying,
+        deployment: app.deployment.clone(),
+        stable_version: app.stable_version,
+        alike: app.alike.clone(),
         pending,
         instances: mine.into_iter().cloned().map(InstanceView::from).collect(),
         created_at: app.created_at,

@@ -2,7 +2,9 @@
 //! Engine API, starts `berth up` as a real process on free loopback ports, and waits with deadlines.
 
 pub mod image;
+pub mod load;
 pub mod platform;
 
 pub use image::{TestImages, docker_or_skip, node_containers, test_images};
+pub use load::{Load, LoadReport};
 pub use platform::{Platform, wait_until};

@@ -19,8 +19,13 @@ async fn killed_container_is_replaced() {
     };
     let images = test_images(&docker).await;
     let p = Platform::start(BERTH.as_ref(), "docker").await;
-    let file =
-        p.write("berth.yaml", &format!("group: ops\nname: api\nimage: {}\ninstances: 2\nports: [8080]\n", images.v1));
+    let file = p.write(
+        "berth.yaml",
+        &format!(
+            "group: ops\nname: api\nimage: {}\ninstances: 2\nports: [8080]\nupgrade:\n  min_healthy_time: 0s\n",
+            images.v1
+        ),
+    );
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
     let before = p.live("api").await;
     let victim = before[0]["id"].as_str().unwrap().to_string();
@@ -56,7 +61,7 @@ async fn memory_hog_is_reported_as_oom_killed() {
         "hog.yaml",
         &format!(
             "group: ops\nname: hog\nimage: {}\nmemory: 16\ncommand: [\"--alloc-mb\", \"200\"]\nports: [8080]\n\
-             health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+             health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n",
             images.v1
         ),
     );
@@ -84,7 +89,7 @@ async fn server_killed_mid_deploy_resumes_without_duplicates() {
         "slow.yaml",
         &format!(
             "group: ops\nname: slow\nimage: {}\ninstances: 4\nports: [8080]\ncommand: [\"--start-delay-ms\", \"1500\"]\n\
-             health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 10s\n",
+             health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 10s\nupgrade:\n  min_healthy_time: 0s\n",
             images.v1
         ),
     );

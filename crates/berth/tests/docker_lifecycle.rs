@@ -10,7 +10,7 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 fn spec(image: &str, instances: u32) -> String {
     format!(
         "group: shop\nname: web\nimage: {image}\ninstances: {instances}\ncpu: 0.1\nmemory: 32\nports: [8080]\n\
-         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 5s\n"
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 5s\nupgrade:\n  min_healthy_time: 0s\n"
     )
 }
 
@@ -81,7 +81,7 @@ async fn deploy_scale_upgrade_destroy_on_docker() {
         status["instances"].as_array().unwrap().iter().find(|i| i["id"] == upgraded[0].as_str()).unwrap()["version"],
         2
     );
-    let versions: Value = serde_json::from_str(&p.cli_ok(&["app", "web", "versions", "-o", "json"]).await).unwrap();
+    let versions: Value = serde_json::from_str(&p.cli_ok(&["app", "web", "history", "-o", "json"]).await).unwrap();
     assert_eq!(versions.as_array().unwrap().len(), 2);
     assert!(versions[1]["change"].as_str().unwrap().contains("image"), "{versions}");
 

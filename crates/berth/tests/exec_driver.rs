@@ -11,7 +11,7 @@ fn spec(marker: &str, instances: u32) -> String {
     let bin = berth_testkit::image::testapp_binary();
     format!(
         "group: ops\nname: plain\ndriver: exec\ninstances: {instances}\ncommand: [{}, --version, {marker}]\n\
-         environment:\n  TZ: Asia/Shanghai\nhealth:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+         environment:\n  TZ: Asia/Shanghai\nhealth:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n",
         bin.display()
     )
 }

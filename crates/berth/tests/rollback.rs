@@ -9,7 +9,7 @@ fn spec(marker: &str) -> String {
     let bin = berth_testkit::image::testapp_binary();
     format!(
         "group: ops\nname: roll\ndriver: exec\ninstances: 2\ncommand: [{}, --version, {marker}]\n\
-         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n",
         bin.display()
     )
 }
@@ -39,7 +39,7 @@ async fn rollback_restores_an_earlier_spec_as_a_new_version() {
     assert_eq!(status["version"], 3, "a rollback is a new version; history is not rewritten");
     assert_eq!(status["desired"], 3, "the present scale is kept");
     assert_eq!(versions_served(&p).await, ["one", "one", "one"]);
-    let versions: Value = serde_json::from_str(&p.cli_ok(&["app", "roll", "versions", "-o", "json"]).await).unwrap();
+    let versions: Value = serde_json::from_str(&p.cli_ok(&["app", "roll", "history", "-o", "json"]).await).unwrap();
     assert_eq!(versions[2]["change"], "rollback to v1");
 
     // Back to an explicit version, and the refusals.

@@ -2,11 +2,9 @@
 //! apps scale, static upstreams, status and explain, Lua rules.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
+use berth_testkit::{Load, Platform, docker_or_skip, test_images, wait_until};
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -15,59 +13,9 @@ fn exec_spec(name: &str, instances: u32, host: &str) -> String {
     let bin = berth_testkit::image::testapp_binary();
     format!(
         "group: shop\nname: {name}\ndriver: exec\ninstances: {instances}\ncommand: [{}]\nservices: [{host}]\n\
-         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n",
         bin.display()
     )
-}
-
-/// Steady GET traffic through the router from several keep-alive clients.
-struct Load {
-    stop: Arc<AtomicBool>,
-    ok: Arc<AtomicU64>,
-    failures: Arc<std::sync::Mutex<Vec<String>>>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Load {
-    fn start(router: &str, host: &str, clients: usize) -> Load {
-        let stop = Arc::new(AtomicBool::new(false));
-        let ok = Arc::new(AtomicU64::new(0));
-        let failures = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let tasks = (0..clients)
-            .map(|_| {
-                let (stop, ok, failures) = (stop.clone(), ok.clone(), failures.clone());
-                let url = format!("http://{router}/");
-                let host = host.to_string();
-                tokio::spawn(async move {
-                    let client = reqwest::Client::new();
-                    while !stop.load(Ordering::Relaxed) {
-                        match client.get(&url).header("host", &host).send().await {
-                            Ok(r) if r.status().is_success() => {
-                                let _ = r.bytes().await;
-                                ok.fetch_add(1, Ordering::Relaxed);
-                            }
-                            Ok(r) => {
-                                let status = r.status();
-                                let body = r.text().await.unwrap_or_default();
-                                failures.lock().unwrap().push(format!("{status}: {body}"));
-                            }
-                            Err(e) => failures.lock().unwrap().push(format!("error: {e}")),
-                        }
-                    }
-                })
-            })
-            .collect();
-        Load { stop, ok, failures, tasks }
-    }
-
-    async fn finish(self) -> (u64, Vec<String>) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        let failures = self.failures.lock().unwrap().clone();
-        (self.ok.load(Ordering::Relaxed), failures)
-    }
 }
 
 async fn instance_of(p: &Platform, host: &str) -> String {
@@ -101,7 +49,7 @@ async fn routes_by_host_and_drops_nothing_while_instances_die_and_scale() {
     assert_eq!(status, 404);
     assert!(body.contains("no route"), "{body}");
 
-    let load = Load::start(&p.http, "shop.test", 8);
+    let load = Load::start(&p.http, "shop.test", 8, None);
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     // Kill an instance under load.
@@ -124,15 +72,9 @@ async fn routes_by_host_and_drops_nothing_while_instances_die_and_scale() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (ok, failures) = load.finish().await;
-    assert!(ok > 300, "the load ran ({ok} requests)");
-    assert!(
-        failures.is_empty(),
-        "{} of {} requests failed: {:?}",
-        failures.len(),
-        ok as usize + failures.len(),
-        &failures[..failures.len().min(5)]
-    );
+    let report = load.finish().await;
+    report.assert_clean(300);
+    let ok = report.ok;
 
     let metrics = p.admin_get("/metrics").await;
     let web = &metrics["clusters"]["cls:shop/web"];
@@ -152,7 +94,7 @@ async fn docker_instances_killed_under_load_drop_nothing() {
     let p = Platform::start(BERTH.as_ref(), "docker").await;
     let spec = format!(
         "group: shop\nname: api\nimage: {}\ninstances: 3\nports: [8080]\nservices: [api.test]\n\
-         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n",
         images.v1
     );
     let file = p.write("api.yaml", &spec);
@@ -161,7 +103,7 @@ async fn docker_instances_killed_under_load_drop_nothing() {
         (p.admin_get("/status").await["cls:shop/api"].as_array().map(Vec::len) == Some(3)).then_some(())
     })
     .await;
-    let load = Load::start(&p.http, "api.test", 8);
+    let load = Load::start(&p.http, "api.test", 8, None);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let victim = p.live("api").await[0]["id"].as_str().unwrap().to_string();
     docker
@@ -171,9 +113,7 @@ async fn docker_instances_killed_under_load_drop_nothing() {
     p.cli_ok(&["app", "api", "scale", "4", "--timeout", "60"]).await;
     p.cli_ok(&["app", "api", "scale", "2", "--timeout", "60"]).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let (ok, failures) = load.finish().await;
-    assert!(ok > 200, "the load ran ({ok} requests)");
-    assert!(failures.is_empty(), "{} failed: {:?}", failures.len(), &failures[..failures.len().min(5)]);
+    load.finish().await.assert_clean(200);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -14,7 +14,7 @@ fn spec(name: &str, instances: u32, extra: &str) -> String {
     let bin = berth_testkit::image::testapp_binary();
     format!(
         "group: lab\nname: {name}\ndriver: exec\ninstances: {instances}\ncommand: [{}]\n{extra}\
-         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n",
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n",
         bin.display()
     )
 }

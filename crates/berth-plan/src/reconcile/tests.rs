@@ -1,7 +1,7 @@
 use std::collections::BTreeMap;
 
 use berth_core::spec::DriverKind;
-use berth_core::{AppSpec, Backoff, Resources};
+use berth_core::{AppSpec, Backoff, Deployment, DeploymentKind, DeploymentState, Resources};
 
 use super::*;
 
@@ -21,7 +21,18 @@ fn node(id: &str) -> Node {
 
 fn app(instances: u32, version: u64, extra: &str) -> App {
     let spec = AppSpec::from_yaml(&format!("group: g\nname: web\nimage: i\nports: [80]\n{extra}"), None).unwrap();
-    App { spec, version, instances, created_at: 0, updated_at: 0, destroying: false, backoff: Backoff::default() }
+    App {
+        spec,
+        version,
+        instances,
+        created_at: 0,
+        updated_at: 0,
+        destroying: false,
+        backoff: Backoff::default(),
+        alike: vec![],
+        stable_version: None,
+        deployment: None,
+    }
 }
 
 fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
@@ -43,6 +54,8 @@ fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
         started_at: Some(0),
         finished_at: None,
         handle: None,
+        healthy_since: Some(0),
+        in_service: state == InstanceState::Running,
     }
 }
 
@@ -211,4 +224,173 @@ fn old_terminal_records_are_forgotten() {
     let snap = Snapshot { apps: vec![app(1, 1, "")], instances, nodes: vec![node("n1")] };
     let forgotten = run(&snap, 2_000).actions.iter().filter(|a| matches!(a, Action::Forget { .. })).count();
     assert_eq!(forgotten, 5);
+}
+
+/// Planning late in time with nodes that kept heartbeating.
+fn live_run(snapshot: &Snapshot, now: Millis) -> Plan {
+    reconcile(snapshot, now, Settings { heartbeat_grace_until: now, ..Settings::default() })
+}
+
+fn deploying(mut a: App, from: u64, now: Millis) -> App {
+    a.deployment = Some(Deployment::start(DeploymentKind::Update, Some(from), a.version, now));
+    a
+}
+
+fn has<F: Fn(&Action) -> bool>(plan: &Plan, f: F) -> bool {
+    plan.actions.iter().any(f)
+}
+
+#[test]
+fn a_new_instance_takes_traffic_only_after_min_healthy_time() {
+    let mut fresh = inst("a", 1, InstanceState::Running);
+    fresh.in_service = false;
+    fresh.healthy_since = Some(1_000);
+    let snap = Snapshot { apps: vec![app(1, 1, "")], instances: vec![fresh], nodes: vec![node("n1")] };
+    let early = live_run(&snap, 5_000);
+    assert!(!has(&early, |a| matches!(a, Action::Admit { .. })), "{early:?}");
+    assert_eq!(early.check_at, Some(11_000), "checks again when the 10 s default is up");
+    assert!(has(&live_run(&snap, 11_000), |a| matches!(a, Action::Admit { instance } if instance == "a")));
+}
+
+#[test]
+fn an_instance_never_healthy_by_its_deadline_is_expired() {
+    let stuck = inst("a", 1, InstanceState::Starting);
+    let snap = Snapshot {
+        apps: vec![app(1, 1, "upgrade:\n  healthy_deadline: 30s\n")],
+        instances: vec![stuck],
+        nodes: vec![node("n1")],
+    };
+    assert!(!has(&live_run(&snap, 29_999), |a| matches!(a, Action::Expire { .. })));
+    let plan = live_run(&snap, 30_000);
+    assert!(has(
+        &plan,
+        |a| matches!(a, Action::Expire { instance, reason } if instance == "a" && reason.contains("30s"))
+    ));
+}
+
+#[test]
+fn a_deployment_ends_when_every_new_instance_is_in_service() {
+    let a = deploying(app(2, 2, ""), 1, 0);
+    let mut snap = Snapshot {
+        apps: vec![a],
+        instances: vec![inst("a", 2, InstanceState::Running), inst("bb", 1, InstanceState::Running)],
+        nodes: vec![node("n1")],
+    };
+    let ended = |p: &Plan| has(p, |a| matches!(a, Action::EndDeployment { state: DeploymentState::Succeeded, .. }));
+    assert!(!ended(&live_run(&snap, 1_000)), "an old instance is still there");
+    snap.instances[1] = inst("bb", 2, InstanceState::Running);
+    snap.instances[1].in_service = false;
+    assert!(!ended(&live_run(&snap, 1_000)), "a new instance is not in service yet");
+    snap.instances[1].in_service = true;
+    let mut draining = inst("ccc", 1, InstanceState::Running);
+    draining.desired = Desired::Stop;
+    snap.instances.push(draining);
+    assert!(!ended(&live_run(&snap, 1_000)), "a replaced instance is still draining");
+    snap.instances[2].state = InstanceState::Stopped;
+    assert!(ended(&live_run(&snap, 1_000)));
+}
+
+#[test]
+fn a_failing_deployment_rolls_back_to_the_stable_version() {
+    let mut a = deploying(app(4, 3, ""), 2, 0);
+    a.stable_version = Some(2);
+    let d = a.deployment.as_mut().unwrap();
+    d.failures = 4;
+    d.last_failure = Some("exited with code 3".into());
+    let snap = Snapshot { apps: vec![a.clone()], instances: vec![], nodes: vec![node("n1")] };
+    let plan = live_run(&snap, 1_000);
+    assert!(
+        has(&plan, |x| matches!(x, Action::AutoRollback { to_version: 2, reason, .. } if reason.contains("code 3"))),
+        "{plan:?}"
+    );
+    a.spec.upgrade.auto_rollback = false;
+    let snap = Snapshot { apps: vec![a], ..snap };
+    assert!(has(&live_run(&snap, 1_000), |x| matches!(
+        x,
+        Action::EndDeployment { state: DeploymentState::Failed, .. }
+    )));
+}
+
+#[test]
+fn a_deployment_with_no_progress_fails_at_its_deadline() {
+    let mut a = deploying(app(1, 2, "upgrade:\n  progress_deadline: 20s\n"), 1, 1_000);
+    a.stable_version = Some(1);
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 2, InstanceState::Starting)],
+        nodes: vec![node("n1")],
+    };
+    let before = live_run(&snap, 20_999);
+    assert!(!has(&before, |x| matches!(x, Action::AutoRollback { .. })));
+    assert!(before.check_at.is_some_and(|t| t <= 21_000));
+    assert!(has(&live_run(&snap, 21_000), |x| matches!(x, Action::AutoRollback { to_version: 1, .. })));
+}
+
+#[test]
+fn a_rollback_that_fails_does_not_roll_back_again() {
+    let mut a = deploying(app(1, 3, ""), 2, 0);
+    a.alike = vec![1];
+    a.stable_version = Some(1);
+    a.deployment.as_mut().unwrap().failures = 3;
+    let snap = Snapshot { apps: vec![a], instances: vec![], nodes: vec![node("n1")] };
+    let plan = live_run(&snap, 1_000);
+    assert!(!has(&plan, |x| matches!(x, Action::AutoRollback { .. })));
+    assert!(has(&plan, |x| matches!(x, Action::EndDeployment { state: DeploymentState::Failed, .. })));
+}
+
+#[test]
+fn instances_of_an_alike_version_are_current() {
+    let mut a = app(2, 3, "");
+    a.alike = vec![1];
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Running)],
+        nodes: vec![node("n1")],
+    };
+    let plan = live_run(&snap, 1_000);
+    assert!(plan.actions.is_empty(), "rolling back to v1's spec keeps v1's instances: {plan:?}");
+}
+
+#[test]
+fn a_canary_grows_to_its_share_and_waits() {
+    let mut a = deploying(app(4, 2, "upgrade:\n  progress_deadline: 5s\n"), 1, 0);
+    a.deployment.as_mut().unwrap().canary = Some(1);
+    let old: Vec<Instance> = ["a", "bb", "ccc", "dddd"].iter().map(|id| inst(id, 1, InstanceState::Running)).collect();
+    let snap = Snapshot { apps: vec![a], instances: old.clone(), nodes: vec![node("n1")] };
+    let plan = live_run(&snap, 1_000);
+    assert_eq!(places(&plan), 1);
+    assert!(stops(&plan).is_empty());
+    let mut with_canary = old;
+    with_canary.push(inst("eeeee", 2, InstanceState::Running));
+    let snap = Snapshot { instances: with_canary, ..snap };
+    let plan = live_run(&snap, 60_000);
+    assert!(plan.actions.is_empty(), "a healthy canary waits for promote, past any deadline: {plan:?}");
+}
+
+#[test]
+fn blue_green_switches_at_once_and_keeps_the_old_set_for_the_window() {
+    let mut a = deploying(app(2, 2, "upgrade:\n  strategy: blue-green\n  rollback_window: 60s\n"), 1, 0);
+    a.deployment.as_mut().unwrap().blue_green = true;
+    let old = vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Running)];
+    let snap = Snapshot { apps: vec![a.clone()], instances: old.clone(), nodes: vec![node("n1")] };
+    let plan = live_run(&snap, 1_000);
+    assert_eq!(places(&plan), 2, "a whole new set");
+    assert!(stops(&plan).is_empty());
+    assert!(a.serves(1) && !a.serves(2), "the old set keeps all traffic before the switch");
+
+    let mut both = old.clone();
+    both.push(inst("ccc", 2, InstanceState::Running));
+    both.push(inst("dddd", 2, InstanceState::Running));
+    let snap = Snapshot { instances: both.clone(), ..snap };
+    assert!(has(&live_run(&snap, 2_000), |x| matches!(x, Action::Switch { .. })));
+
+    let d = a.deployment.as_mut().unwrap();
+    d.switched_at = Some(2_000);
+    d.state = DeploymentState::Succeeded;
+    assert!(!a.serves(1) && a.serves(2), "after the switch only the new set");
+    let snap = Snapshot { apps: vec![a], instances: both, nodes: vec![node("n1")] };
+    let kept = live_run(&snap, 30_000);
+    assert!(stops(&kept).is_empty(), "old set kept inside the window: {kept:?}");
+    assert!(stops(&live_run(&snap, 61_999)).is_empty());
+    assert_eq!(stops(&live_run(&snap, 62_000)), ["a", "bb"]);
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use berth_api::AppStatus;
 
-use super::deploy::{WaitArgs, apply_file, finish};
+use super::deploy::{ChangeArgs, ForceArg, WaitArgs, apply_file, finish};
 use super::{Ctx, default_spec_path, resolve};
 use crate::output::{self, Format, ago, table};
 
@@ -28,11 +28,15 @@ pub enum AppAction {
         #[arg(short = 'f', long = "file")]
         file: Option<PathBuf>,
         #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
         wait: WaitArgs,
     },
     /// Run N instances.
     Scale {
         instances: u32,
+        #[command(flatten)]
+        force: ForceArg,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -40,16 +44,26 @@ pub enum AppAction {
     Upgrade {
         image: String,
         #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Go back to an earlier version's spec (the one before the current by default), as a new version.
+    /// Finish a canary: roll the new version out to every instance.
+    Promote {
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Go back to an earlier version's spec (by default the latest earlier one that ran healthy),
+    /// as a new version. Abandons a deployment or canary in progress.
     Rollback {
         version: Option<u64>,
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Replace every instance with a fresh one.
+    /// Replace every instance with a fresh one, a few at a time, under the health gates.
     Restart {
+        #[command(flatten)]
+        force: ForceArg,
         #[command(flatten)]
         wait: WaitArgs,
     },
@@ -58,8 +72,8 @@ pub enum AppAction {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Every version of the spec and what changed.
-    Versions,
+    /// Every version of the spec: when, what changed, and how its deployment ended.
+    History,
     /// The app's Lua request rules, applied by every router: `rules set FILE`, `rules show`, `rules rm`.
     Rules {
         #[command(subcommand)]
@@ -92,17 +106,25 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AppAction::Sync { file, wait } => {
-            apply_file(&file.unwrap_or_else(default_spec_path), Some(&id), &wait, ctx).await
+        AppAction::Sync { file, change, wait } => {
+            apply_file(&file.unwrap_or_else(default_spec_path), Some(&id), change, &wait, ctx).await
         }
-        AppAction::Scale { instances, wait } => {
-            let resp = client.scale(&id, instances).await?;
+        AppAction::Scale { instances, force, wait } => {
+            let resp = client.scale(&id, instances, force.options()).await?;
             eprintln!("{id}: scaling to {instances}");
             finish(&client, resp, &wait, ctx).await
         }
-        AppAction::Upgrade { image, wait } => {
-            let resp = client.upgrade(&id, &image).await?;
-            eprintln!("{id}: upgrading to {image} as version {}", resp.version);
+        AppAction::Upgrade { image, change, wait } => {
+            let resp = client.upgrade(&id, &image, change.options()).await?;
+            match change.canary {
+                Some(n) => eprintln!("{id}: canary of {n} on {image} as version {}", resp.version),
+                None => eprintln!("{id}: upgrading to {image} as version {}", resp.version),
+            }
+            finish(&client, resp, &wait, ctx).await
+        }
+        AppAction::Promote { wait } => {
+            let resp = client.promote(&id).await?;
+            eprintln!("{id}: promoting the canary of version {} to every instance", resp.version);
             finish(&client, resp, &wait, ctx).await
         }
         AppAction::Rollback { version, wait } => {
@@ -111,23 +133,35 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             eprintln!("{id}: {} as version {}", change.unwrap_or_else(|| "rolling back".into()), resp.version);
             finish(&client, resp, &wait, ctx).await
         }
-        AppAction::Restart { wait } => {
-            let resp = client.restart(&id).await?;
+        AppAction::Restart { force, wait } => {
+            let resp = client.restart(&id, force.options()).await?;
             eprintln!("{id}: restarting every instance as version {}", resp.version);
             finish(&client, resp, &wait, ctx).await
         }
         AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
         AppAction::Rules { action } => rules(&client, &id, action, ctx).await,
-        AppAction::Versions => {
+        AppAction::History => {
             let versions = client.versions(&id).await?;
+            let app = client.app(&id).await?.value;
             match ctx.format {
                 Format::Json => println!("{}", output::json(&versions)?),
                 Format::Table => {
                     let rows = versions
                         .iter()
-                        .map(|v| vec![v.version.to_string(), output::clock(v.created_at), v.change.clone()])
+                        .map(|v| {
+                            let outcome = match (&v.outcome, &app.deployment) {
+                                (Some(o), _) => match &o.message {
+                                    Some(m) => format!("{}: {m}", o.state),
+                                    None => o.state.to_string(),
+                                },
+                                (None, Some(d)) if d.version == v.version => d.state.to_string(),
+                                (None, _) => "-".into(),
+                            };
+                            let mark = if v.version == app.version { "*" } else { "" };
+                            vec![format!("{}{mark}", v.version), output::clock(v.created_at), v.change.clone(), outcome]
+                        })
                         .collect();
-                    println!("{}", table(&["VERSION", "WHEN", "CHANGE"], rows));
+                    println!("{}", table(&["VERSION", "WHEN", "CHANGE", "OUTCOME"], rows));
                 }
             }
             Ok(ExitCode::SUCCESS)
@@ -203,6 +237,22 @@ pub fn status_table(s: &AppStatus) -> String {
         s.desired,
         s.pending.as_ref().map(|p| format!("\npending: {p}")).unwrap_or_default()
     );
+    if let Some(d) = &s.deployment {
+        let from = d.from_version.filter(|f| *f != d.version).map(|f| format!("v{f} -> ")).unwrap_or_default();
+        let mut line = format!("deployment: {} {from}v{} {}", d.kind.as_str(), d.version, d.state);
+        if let Some(n) = d.canary {
+            line.push_str(&format!(" (canary of {n}, waiting for promote)"));
+        }
+        if d.failures > 0 {
+            line.push_str(&format!(", {} failure(s)", d.failures));
+        }
+        match &d.message {
+            Some(m) => line.push_str(&format!(": {m}, {}", ago(d.finished_at.unwrap_or(d.started_at)))),
+            None => line.push_str(&format!(", started {}", ago(d.started_at))),
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
     let rows = s
         .instances
         .iter()
@@ -214,6 +264,8 @@ pub fn status_table(s: &AppStatus) -> String {
             }
             if i.healthy == Some(false) {
                 state.push_str(" (unhealthy)");
+            } else if i.is_up() && !i.in_service {
+                state.push_str(" (warming)");
             }
             vec![
                 i.id.clone(),

@@ -5,8 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use berth_api::{AppStatus, Client, DeployResponse};
-use berth_core::InstanceState;
+use berth_api::{AppStatus, ChangeOptions, Client, DeployResponse};
+use berth_core::{DeploymentKind, DeploymentState, Desired, InstanceState};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
 use super::{Ctx, default_spec_path, spec};
@@ -23,24 +23,57 @@ pub struct WaitArgs {
     pub timeout: u64,
 }
 
+/// How a change meets a deployment in progress.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ForceArg {
+    /// Supersede a deployment in progress instead of being refused.
+    #[arg(long)]
+    pub force: bool,
+}
+
+/// A change of the spec: optionally as a canary.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct ChangeArgs {
+    #[command(flatten)]
+    pub force: ForceArg,
+    /// Start N new instances beside the old ones and wait for `berth app NAME promote`.
+    #[arg(long, value_name = "N")]
+    pub canary: Option<u32>,
+}
+
+impl ChangeArgs {
+    pub fn options(self) -> ChangeOptions {
+        ChangeOptions { force: self.force.force, canary: self.canary }
+    }
+}
+
+impl ForceArg {
+    pub fn options(self) -> ChangeOptions {
+        ChangeOptions { force: self.force, canary: None }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct DeployArgs {
     /// The spec to deploy.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
     #[command(flatten)]
+    change: ChangeArgs,
+    #[command(flatten)]
     wait: WaitArgs,
 }
 
 pub async fn deploy(args: DeployArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let path = args.file.unwrap_or_else(default_spec_path);
-    apply_file(&path, None, &args.wait, ctx).await
+    apply_file(&path, None, args.change, &args.wait, ctx).await
 }
 
 /// Deploys the spec in `path`; `expect_id` guards `app NAME sync` against the wrong file.
 pub async fn apply_file(
     path: &std::path::Path,
     expect_id: Option<&str>,
+    change: ChangeArgs,
     wait: &WaitArgs,
     ctx: &Ctx,
 ) -> anyhow::Result<ExitCode> {
@@ -60,7 +93,7 @@ pub async fn apply_file(
         eprintln!("warning: {w}");
     }
     let client = ctx.client()?;
-    let resp = client.deploy(&spec).await?;
+    let resp = client.deploy(&spec, change.options()).await?;
     let verb = if resp.created {
         "created"
     } else if resp.changed {
@@ -74,10 +107,11 @@ pub async fn apply_file(
 
 /// After a change was accepted: follow it (unless --no-wait) and print the outcome.
 pub async fn finish(client: &Client, resp: DeployResponse, wait: &WaitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let (ok, status) = if wait.no_wait {
-        (true, resp.app)
-    } else {
-        follow(client, &resp.app.id, resp.version, Duration::from_secs(wait.timeout)).await?
+    let (ok, status) = match &resp.app.deployment {
+        Some(d) if !wait.no_wait && resp.changed => {
+            follow(client, &resp.app.id, d.started_at, Duration::from_secs(wait.timeout)).await?
+        }
+        _ => (true, resp.app),
     };
     match ctx.format {
         Format::Json => println!("{}", output::json(&status)?),
@@ -96,13 +130,56 @@ fn progress_bar() -> ProgressBar {
     pb
 }
 
-/// Shows progress until every instance of `version` runs; false on failure or timeout.
-pub async fn follow(client: &Client, id: &str, version: u64, timeout: Duration) -> anyhow::Result<(bool, AppStatus)> {
-    let started = Instant::now();
-    let since = berth_server::now_ms() - 1000;
+/// A line above the spinner; printed even when stderr is not a terminal (the spinner is not).
+fn say(pb: &ProgressBar, line: String) {
+    pb.suspend(|| eprintln!("{line}"));
+}
+
+/// Where a deployment stands, counted from an app's status.
+#[derive(Debug, Default, PartialEq)]
+struct Tally {
+    healthy: usize,
+    starting: usize,
+    old: usize,
+    draining: usize,
+}
+
+fn tally(status: &AppStatus) -> Tally {
+    let current = |v: u64| v == status.version || status.alike.contains(&v);
+    let mut t = Tally::default();
+    for view in &status.instances {
+        let i = &view.instance;
+        if !i.state.is_live() {
+            continue;
+        }
+        if i.desired == Desired::Stop {
+            t.draining += 1;
+        } else if !current(i.version) {
+            t.old += 1;
+        } else if i.is_ready() {
+            t.healthy += 1;
+        } else {
+            t.starting += 1;
+        }
+    }
+    t
+}
+
+/// Shows a deployment's progress until it ends: true when it succeeded (or its canary is up).
+/// A deployment that failed, rolled back or timed out is false.
+pub async fn follow(
+    client: &Client,
+    id: &str,
+    started_at: i64,
+    timeout: Duration,
+) -> anyhow::Result<(bool, AppStatus)> {
+    let clock = Instant::now();
     let pb = progress_bar();
-    let mut seen: HashMap<String, InstanceState> = HashMap::new();
+    let mut seen: HashMap<String, (InstanceState, bool, Desired)> = HashMap::new();
     let mut index = 0;
+    // The deployment followed; an automatic rollback is followed too, but the command still fails.
+    let mut following = started_at;
+    let mut failure: Option<String> = None;
     loop {
         let answer = if index == 0 {
             client.app(id).await?
@@ -113,79 +190,121 @@ pub async fn follow(client: &Client, id: &str, version: u64, timeout: Duration) 
         let status = answer.value;
         for view in &status.instances {
             let inst = &view.instance;
-            if seen.get(&inst.id) != Some(&inst.state)
-                && (inst.state.is_live() || seen.contains_key(&inst.id) || inst.created_at >= since)
-            {
-                let detail = match inst.state {
-                    InstanceState::Failed => inst.reason.clone().unwrap_or_default(),
-                    InstanceState::Stopped => inst.reason.clone().unwrap_or_default(),
-                    _ => view.address.clone().unwrap_or_default(),
+            let key = (inst.state, inst.in_service, inst.desired);
+            let news = seen.get(&inst.id) != Some(&key)
+                && (inst.state.is_live() || seen.contains_key(&inst.id) || inst.created_at >= started_at);
+            if news {
+                let what = match (inst.state, inst.desired) {
+                    (s, Desired::Stop) if s.is_live() => "draining".to_string(),
+                    (InstanceState::Running, _) if inst.is_ready() => "healthy".to_string(),
+                    (InstanceState::Running, _) if inst.is_up() => "warming".to_string(),
+                    (s, _) => s.to_string(),
                 };
-                pb.println(format!("  {:<24} v{:<3} {:<8} {detail}", inst.id, inst.version, inst.state));
-                seen.insert(inst.id.clone(), inst.state);
+                let detail = if inst.state.is_terminal() || inst.desired == Desired::Stop {
+                    inst.reason.clone().unwrap_or_default()
+                } else {
+                    view.address.clone().unwrap_or_default()
+                };
+                say(&pb, format!("  {:<24} v{:<3} {:<9} {detail}", inst.id, inst.version, what));
+                seen.insert(inst.id.clone(), key);
             }
         }
-        if status.version != version {
+        let Some(d) = status.deployment.clone() else {
             pb.finish_and_clear();
-            eprintln!(
-                "{id} moved on to version {} while waiting; follow it with `berth app {} status`",
-                status.version, status.name
-            );
-            return Ok((false, status));
-        }
-        let current = status.instances.iter().filter(|v| v.instance.version == version);
-        let (mut ready, mut starting, mut failed) = (0, 0, Vec::new());
-        for v in current {
-            let i = &v.instance;
-            match i.state {
-                _ if i.is_ready() && i.desired == berth_core::Desired::Run => ready += 1,
-                InstanceState::Staging | InstanceState::Starting | InstanceState::Running
-                    if i.desired == berth_core::Desired::Run =>
-                {
-                    starting += 1
-                }
-                InstanceState::Failed if i.created_at >= since => {
-                    failed.push(i.reason.clone().unwrap_or_else(|| "failed".into()))
-                }
-                _ => {}
+            return Ok((failure.is_none(), status));
+        };
+        if d.started_at != following {
+            if d.kind == DeploymentKind::AutoRollback && failure.is_none() {
+                let why = status_reason(client, id, d.from_version).await;
+                say(&pb, format!("{id} v{}: deployment failed: {why}", d.from_version.unwrap_or_default()));
+                say(&pb, format!("{id}: rolling back automatically as v{}", d.version));
+                failure = Some(why);
+                following = d.started_at;
+            } else if failure.is_none() {
+                pb.finish_and_clear();
+                eprintln!(
+                    "{id}: a newer change (v{}, {}) took over; follow it with `berth app {} status`",
+                    d.version,
+                    d.kind.as_str(),
+                    status.name
+                );
+                return Ok((false, status));
             }
         }
-        let old =
-            status.instances.iter().filter(|v| v.instance.version != version && v.instance.state.is_live()).count();
-        let mut msg = format!("{id} v{version}: {ready}/{} running, {starting} starting", status.desired);
-        if old > 0 {
-            msg.push_str(&format!(", {old} old"));
-        }
-        if !failed.is_empty() {
-            msg.push_str(&format!(", {} failed", failed.len()));
+        let t = tally(&status);
+        let mut msg = format!(
+            "{id} v{} {}: new {}/{} healthy, {} starting, old {}, draining {}",
+            d.version,
+            d.kind.as_str(),
+            t.healthy,
+            status.desired,
+            t.starting,
+            t.old,
+            t.draining
+        );
+        if d.failures > 0 {
+            msg.push_str(&format!(", {} failed", d.failures));
         }
         if let Some(p) = &status.pending {
             msg.push_str(&format!(" | {p}"));
         }
         pb.set_message(msg);
-        if status.deployed {
-            pb.finish_and_clear();
-            eprintln!("{id} v{version}: {ready}/{} running in {:.1}s", status.desired, started.elapsed().as_secs_f64());
-            return Ok((true, status));
+        let took = clock.elapsed().as_secs_f64();
+        match d.state {
+            DeploymentState::Running => {
+                if let Some(n) = d.canary
+                    && t.healthy >= n as usize
+                {
+                    pb.finish_and_clear();
+                    eprintln!(
+                        "{id} v{}: canary of {n} healthy beside {} old in {took:.1}s; `berth app {} promote` rolls it out, `rollback` abandons it",
+                        d.version, t.old, status.name
+                    );
+                    return Ok((true, status));
+                }
+            }
+            DeploymentState::Succeeded => {
+                pb.finish_and_clear();
+                let text = d.message.clone().unwrap_or_default();
+                match &failure {
+                    Some(why) => eprintln!(
+                        "{id}: rolled back to a healthy version in {took:.1}s ({text}); the deployment had failed: {why}"
+                    ),
+                    None => eprintln!("{id} v{}: {text} in {took:.1}s", d.version),
+                }
+                return Ok((failure.is_none(), status));
+            }
+            DeploymentState::RolledBack => {}
+            state => {
+                pb.finish_and_clear();
+                eprintln!("{id} v{}: deployment {state}: {}", d.version, d.message.clone().unwrap_or_default());
+                return Ok((false, status));
+            }
         }
-        let give_up = (status.desired as usize).max(3);
-        if failed.len() >= give_up {
+        if clock.elapsed() >= timeout {
             pb.finish_and_clear();
             eprintln!(
-                "{id} v{version}: {} instance(s) failed; last: {}",
-                failed.len(),
-                failed.last().cloned().unwrap_or_default()
-            );
-            return Ok((false, status));
-        }
-        if started.elapsed() >= timeout {
-            pb.finish_and_clear();
-            eprintln!(
-                "{id} v{version}: timed out after {}s with {ready}/{} running",
+                "{id} v{}: still deploying after {}s ({}/{} healthy); it goes on: `berth app {} status`",
+                d.version,
                 timeout.as_secs(),
-                status.desired
+                t.healthy,
+                status.desired,
+                status.name
             );
             return Ok((false, status));
         }
+    }
+}
+
+/// Why the version's deployment ended, from its stored outcome.
+async fn status_reason(client: &Client, id: &str, version: Option<u64>) -> String {
+    let Some(version) = version else { return "failed".into() };
+    match client.versions(id).await {
+        Ok(versions) => versions
+            .into_iter()
+            .find(|v| v.version == version)
+            .and_then(|v| v.outcome.and_then(|o| o.message))
+            .unwrap_or_else(|| "failed".into()),
+        Err(e) => e.to_string(),
     }
 }

@@ -1,0 +1,152 @@
+//! Deployments under constant load through the router, on exec and on Docker: a rolling upgrade,
+//! scale up and down, a killed instance, and a broken version rolled back automatically, all with
+//! zero failed requests.
+
+use std::time::Duration;
+
+use berth_testkit::{Load, Platform, docker_or_skip, test_images, wait_until};
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// Health and gates shared by every version in these tests.
+const GATES: &str = "health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 5s\n  max_failures: 2\n\
+                     upgrade:\n  min_healthy_time: 300ms\n  progress_deadline: 20s\n";
+
+/// The spec of a version: `label` is what the instances answer as `version`; extra args break it.
+type SpecFn = Box<dyn Fn(&str, Option<&str>) -> String>;
+
+/// How a test names, runs and kills instances of one driver.
+struct Driver {
+    spec: SpecFn,
+    kill: Kill,
+}
+
+enum Kill {
+    /// `kill -9` of the instance's pid.
+    Process,
+    /// `docker kill` of its container.
+    Container(bollard::Docker),
+}
+
+impl Kill {
+    async fn kill(&self, inst: &Value) {
+        match self {
+            Kill::Process => {
+                let pid = inst["handle"].as_str().unwrap_or_default();
+                let status = std::process::Command::new("kill").args(["-9", pid]).status().unwrap();
+                assert!(status.success(), "kill -9 {pid}");
+            }
+            Kill::Container(docker) => {
+                let name = format!("berth-{}", inst["id"].as_str().unwrap_or_default());
+                docker.kill_container(&name, None::<bollard::query_parameters::KillContainerOptions>).await.unwrap();
+            }
+        }
+    }
+}
+
+fn exec_driver() -> Driver {
+    let bin = berth_testkit::image::testapp_binary();
+    Driver {
+        spec: Box::new(move |label, extra_args| {
+            let extra = extra_args.map(|a| format!(", {a}")).unwrap_or_default();
+            format!(
+                "group: shop\nname: cart\ndriver: exec\ninstances: 4\ncommand: [{}, --version, {label}{extra}]\n\
+                 services: [cart.test]\n{GATES}",
+                bin.display()
+            )
+        }),
+        kill: Kill::Process,
+    }
+}
+
+async fn instances_in_service(p: &Platform) -> Vec<Value> {
+    p.live("cart").await.into_iter().filter(|i| i["in_service"] == true && i["desired"] == "run").collect()
+}
+
+/// The scenario the issue names, on one driver.
+async fn upgrade_scale_kill_and_roll_back(p: &Platform, driver: &Driver, broken_args: &str) {
+    let v1 = p.write("v1.yaml", &(driver.spec)("v1", None));
+    p.cli_ok(&["deploy", "-f", &v1, "--timeout", "60"]).await;
+    let load = Load::start(&p.http, "cart.test", 4, Some(Duration::from_millis(5)));
+    wait_until("traffic to flow", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 50).then_some(())
+    })
+    .await;
+
+    // Rolling upgrade v1 -> v2: afterwards every answer comes from v2.
+    let v2 = p.write("v2.yaml", &(driver.spec)("v2", None));
+    p.cli_ok(&["deploy", "-f", &v2, "--timeout", "90"]).await;
+    load.mark();
+    wait_until("v2 answers", Duration::from_secs(5), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 100).then_some(())
+    })
+    .await;
+    let seen = load.versions_since_mark();
+    assert_eq!(seen.keys().collect::<Vec<_>>(), ["v2"], "after the upgrade only v2 answers: {seen:?}");
+
+    // Scale 4 -> 8 -> 2 under the same gates.
+    p.cli_ok(&["app", "cart", "scale", "8", "--timeout", "90"]).await;
+    assert_eq!(instances_in_service(p).await.len(), 8);
+    p.cli_ok(&["app", "cart", "scale", "2", "--timeout", "90"]).await;
+
+    // Kill one; it is replaced and the router never sends a request into the hole.
+    let victim = instances_in_service(p).await[0].clone();
+    driver.kill.kill(&victim).await;
+    wait_until("the killed instance to be replaced", Duration::from_secs(30), || async {
+        let live = instances_in_service(p).await;
+        (live.len() == 2 && !live.iter().any(|i| i["id"] == victim["id"])).then_some(())
+    })
+    .await;
+
+    // A broken v3 fails its deployment and is rolled back to v2, automatically.
+    let v3 = p.write("v3.yaml", &(driver.spec)("v3", Some(broken_args)));
+    let out = p.cli(&["deploy", "-f", &v3, "--timeout", "90"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a deployment that rolled back exits non-zero: {stderr}");
+    assert!(stderr.contains("rolling back automatically"), "{stderr}");
+    let status = p.status("cart").await;
+    assert_eq!(status["version"], 4, "the rollback is a new version");
+    assert_eq!(status["deployment"]["kind"], "auto-rollback");
+    assert_eq!(status["deployment"]["state"], "succeeded");
+    let history: Value = serde_json::from_str(&p.cli_ok(&["app", "cart", "history", "-o", "json"]).await).unwrap();
+    assert_eq!(history[1]["outcome"]["state"], "succeeded", "{history}");
+    assert_eq!(history[2]["outcome"]["state"], "rolled-back", "{history}");
+    assert_eq!(history[3]["change"], "automatic rollback to v2 after v3 failed");
+    load.mark();
+    wait_until("answers after the rollback", Duration::from_secs(5), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 100).then_some(())
+    })
+    .await;
+    let report = load.finish().await;
+    assert_eq!(report.versions_since_mark.keys().collect::<Vec<_>>(), ["v2"], "{:?}", report.versions_since_mark);
+    report.assert_clean(1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_rollout_under_load_drops_nothing_and_rolls_back_a_crash_loop() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    upgrade_scale_kill_and_roll_back(&p, &exec_driver(), "--crash-after-ms, \"150\", --exit-code, \"3\"").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_rollout_under_load_drops_nothing_and_rolls_back_a_never_healthy_version() {
+    let Some(docker) = docker_or_skip("docker_rollout_under_load_drops_nothing_and_rolls_back").await else {
+        return;
+    };
+    let images = test_images(&docker).await;
+    let p = Platform::start(BERTH.as_ref(), "docker").await;
+    let driver = Driver {
+        spec: Box::new(move |label, extra_args| {
+            // The image decides the answered version: v3 runs v2's image with a failing health.
+            let image = if label == "v1" { &images.v1 } else { &images.v2 };
+            let command = extra_args.map(|a| format!("command: [{a}]\n")).unwrap_or_default();
+            format!(
+                "group: shop\nname: cart\nimage: {image}\ninstances: 4\nports: [8080]\n{command}\
+                 services: [cart.test]\n{GATES}"
+            )
+        }),
+        kill: Kill::Container(docker.clone()),
+    };
+    upgrade_scale_kill_and_roll_back(&p, &driver, "--fail-health").await;
+}
