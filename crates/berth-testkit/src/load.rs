@@ -19,6 +19,7 @@ pub struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicU64>,
     tally: Arc<Mutex<Tally>>,
+    flips: Arc<AtomicU64>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -53,13 +54,15 @@ impl Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicU64::new(0));
         let tally = Arc::new(Mutex::new(Tally::default()));
+        let flips = Arc::new(AtomicU64::new(0));
         let tasks = (0..clients)
             .map(|_| {
-                let (stop, ok, tally) = (stop.clone(), ok.clone(), tally.clone());
+                let (stop, ok, tally, flips) = (stop.clone(), ok.clone(), tally.clone(), flips.clone());
                 let url = format!("http://{router}/");
                 let host = host.to_string();
                 tokio::spawn(async move {
                     let client = reqwest::Client::new();
+                    let mut last_version: Option<String> = None;
                     while !stop.load(Ordering::Relaxed) {
                         match client.get(&url).header("host", &host).send().await {
                             Ok(r) if r.status().is_success() => {
@@ -69,7 +72,11 @@ impl Load {
                                     .ok()
                                     .and_then(|v| v["version"].as_str().map(str::to_string))
                                     .unwrap_or_default();
-                                *lock(&tally).versions_since_mark.entry(version).or_default() += 1;
+                                if last_version.as_ref().is_some_and(|last| *last != version) {
+                                    flips.fetch_add(1, Ordering::Relaxed);
+                                }
+                                *lock(&tally).versions_since_mark.entry(version.clone()).or_default() += 1;
+                                last_version = Some(version);
                             }
                             Ok(r) => {
                                 let status = r.status();
@@ -85,7 +92,7 @@ impl Load {
                 })
             })
             .collect();
-        Load { stop, ok, tally, tasks }
+        Load { stop, ok, tally, flips, tasks }
     }
 
     /// Starts counting versions afresh (say, once an upgrade finished).
@@ -96,6 +103,11 @@ impl Load {
     /// Versions seen since the last mark.
     pub fn versions_since_mark(&self) -> BTreeMap<String, u64> {
         lock(&self.tally).versions_since_mark.clone()
+    }
+
+    /// Times a client's answer came from another version than its previous answer.
+    pub fn flips(&self) -> u64 {
+        self.flips.load(Ordering::Relaxed)
     }
 
     pub fn failures(&self) -> Vec<String> {

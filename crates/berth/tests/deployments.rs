@@ -150,3 +150,112 @@ async fn docker_rollout_under_load_drops_nothing_and_rolls_back_a_never_healthy_
     };
     upgrade_scale_kill_and_roll_back(&p, &driver, "--fail-health").await;
 }
+
+fn exec_spec(label: &str, instances: u32, upgrade: &str) -> String {
+    let bin = berth_testkit::image::testapp_binary();
+    format!(
+        "group: shop\nname: cart\ndriver: exec\ninstances: {instances}\ncommand: [{}, --version, {label}]\n\
+         services: [cart.test]\nhealth:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n\
+         upgrade:\n  min_healthy_time: 200ms\n{upgrade}",
+        bin.display()
+    )
+}
+
+async fn wait_for_answers(load: &Load, n: u64) {
+    wait_until("answers through the router", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() >= n).then_some(())
+    })
+    .await;
+}
+
+async fn wait_for_flips(load: &Load, n: u64) {
+    wait_until("every client to see the switch", Duration::from_secs(10), || async {
+        (load.flips() >= n).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn canary_takes_its_share_then_promote_or_rollback() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    p.cli_ok(&["deploy", "-f", &p.write("v1.yaml", &exec_spec("v1", 3, "")), "--timeout", "30"]).await;
+    let load = Load::start(&p.http, "cart.test", 4, Some(Duration::from_millis(5)));
+    wait_for_answers(&load, 50).await;
+
+    // One canary beside three old: it gets about a quarter of the requests.
+    let v2 = p.write("v2.yaml", &exec_spec("v2", 3, ""));
+    let out = p.cli(&["deploy", "-f", &v2, "--canary", "1", "--timeout", "30"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("promote"), "the CLI says what comes next: {stderr}");
+    let status = p.status("cart").await;
+    assert_eq!(status["deployment"]["canary"], 1);
+    assert_eq!(status["deployment"]["state"], "running");
+    let busy = p.cli(&["app", "cart", "scale", "5"]).await;
+    assert!(!busy.status.success());
+    assert!(String::from_utf8_lossy(&busy.stderr).contains("--force"), "a second change is refused with the way out");
+    load.mark();
+    wait_for_answers(&load, 800).await;
+    let seen = load.versions_since_mark();
+    let share = seen.get("v2").copied().unwrap_or(0) as f64 / seen.values().sum::<u64>() as f64;
+    assert!((0.12..0.40).contains(&share), "the canary's share is about 1/4: {seen:?}");
+
+    // Promote: the rollout finishes, every answer is v2.
+    p.cli_ok(&["app", "cart", "promote", "--timeout", "30"]).await;
+    load.mark();
+    wait_for_answers(&load, 100).await;
+    assert_eq!(load.versions_since_mark().keys().collect::<Vec<_>>(), ["v2"]);
+
+    // A v3 canary abandoned by rollback: back to v2 with no v3 left.
+    let v3 = p.write("v3.yaml", &exec_spec("v3", 3, ""));
+    p.cli_ok(&["deploy", "-f", &v3, "--canary", "2", "--timeout", "30"]).await;
+    let out = p.cli_ok(&["app", "cart", "rollback", "--timeout", "30", "-o", "json"]).await;
+    let status: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(status["spec"]["command"][2], "v2", "rolled back to the last stable version");
+    load.mark();
+    wait_for_answers(&load, 100).await;
+    assert_eq!(load.versions_since_mark().keys().collect::<Vec<_>>(), ["v2"]);
+    load.finish().await.assert_clean(1000);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn blue_green_switches_all_traffic_at_once_and_rolls_back_instantly() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let bg = "  strategy: blue-green\n  rollback_window: 5m\n";
+    p.cli_ok(&["deploy", "-f", &p.write("v1.yaml", &exec_spec("v1", 3, bg)), "--timeout", "30"]).await;
+    let blue: Vec<Value> = p.live("cart").await;
+    let load = Load::start(&p.http, "cart.test", 4, Some(Duration::from_millis(5)));
+    wait_for_answers(&load, 50).await;
+
+    p.cli_ok(&["deploy", "-f", &p.write("v2.yaml", &exec_spec("v2", 3, bg)), "--timeout", "30"]).await;
+    // Routers follow the switch within moments; once every client has seen v2, no v1 may answer.
+    wait_for_flips(&load, 4).await;
+    load.mark();
+    wait_for_answers(&load, 100).await;
+    assert_eq!(load.versions_since_mark().keys().collect::<Vec<_>>(), ["v2"]);
+    assert_eq!(load.flips(), 4, "each client saw v1, then only v2: one atomic switch");
+    // The blue set is kept, without traffic, for the rollback window.
+    let status = p.status("cart").await;
+    let kept = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["version"] == 1 && i["state"] == "running" && i["desired"] == "run")
+        .count();
+    assert_eq!(kept, 3, "{status:#}");
+
+    // Rollback inside the window: the blue set takes the traffic back at once, no new instance.
+    p.cli_ok(&["app", "cart", "rollback", "--timeout", "30"]).await;
+    wait_for_flips(&load, 8).await;
+    load.mark();
+    wait_for_answers(&load, 100).await;
+    assert_eq!(load.versions_since_mark().keys().collect::<Vec<_>>(), ["v1"]);
+    assert_eq!(load.flips(), 8, "one more atomic switch per client");
+    let mut serving: Vec<String> = p.live("cart").await.iter().map(|i| i["id"].to_string()).collect();
+    let mut before: Vec<String> = blue.iter().map(|i| i["id"].to_string()).collect();
+    serving.retain(|id| before.contains(id));
+    before.sort();
+    serving.sort();
+    assert_eq!(serving, before, "the blue instances came back as they were");
+    load.finish().await.assert_clean(300);
+}
