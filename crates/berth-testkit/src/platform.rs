@@ -54,7 +54,10 @@ pub struct Platform {
     pub admin: String,
     driver: String,
     extra: Vec<String>,
+    /// `berth up`, or in split mode `berth server`.
     child: Option<Child>,
+    /// Split mode: `berth agent` and `berth router` as processes of their own.
+    split: Option<Vec<Child>>,
     pub node_id: String,
     client: reqwest::Client,
 }
@@ -75,9 +78,25 @@ impl Platform {
         Self::launch(bin, driver, ports, &[]).await
     }
 
+    /// Server, agent and router as three processes, so that one can die alone.
+    pub async fn start_split(bin: &Path, driver: &str) -> Platform {
+        let mut p = Self::new(bin, driver, port_block(), &[]);
+        p.split = Some(Vec::new());
+        p.spawn();
+        p.wait_ready().await;
+        p
+    }
+
     async fn launch(bin: &Path, driver: &str, ports: (u16, u16), extra: &[String]) -> Platform {
+        let mut p = Self::new(bin, driver, ports, extra);
+        p.spawn();
+        p.wait_ready().await;
+        p
+    }
+
+    fn new(bin: &Path, driver: &str, ports: (u16, u16), extra: &[String]) -> Platform {
         let port = free_port();
-        let mut p = Platform {
+        Platform {
             bin: bin.to_path_buf(),
             dir: tempfile::tempdir().expect("tempdir"),
             api: format!("http://127.0.0.1:{port}"),
@@ -88,39 +107,65 @@ impl Platform {
             driver: driver.to_string(),
             extra: extra.to_vec(),
             child: None,
+            split: None,
             node_id: String::new(),
             client: reqwest::Client::new(),
-        };
-        p.spawn();
-        p.wait_ready().await;
-        p
+        }
     }
 
     pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 
-    fn spawn(&mut self) {
+    fn process(&self, log_name: &str, args: &[String]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(self.dir.path().join("berth-up.log"))
+            .open(self.dir.path().join(log_name))
             .expect("log file");
-        let child = Command::new(&self.bin)
-            .args(["up", "--data-dir"])
-            .arg(self.data_dir())
-            .args(["--api", &self.api_addr, "--driver", &self.driver, "--pull", "never"])
-            .args(["--ports", &format!("{}-{}", self.ports.0, self.ports.1)])
-            .args(["--http", &self.http, "--router-admin", &self.admin, "--domain", "berth.test"])
-            .args(&self.extra)
+        Command::new(&self.bin)
+            .args(args)
             .env("BERTH_LOG", "info,berth_agent=debug")
+            .env("BERTH_SERVER", &self.api)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .expect("spawn berth up");
-        self.child = Some(child);
+            .expect("spawn berth")
+    }
+
+    fn spawn(&mut self) {
+        let data = self.data_dir().display().to_string();
+        let strings = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let node = strings(&[
+            "--driver",
+            &self.driver,
+            "--pull",
+            "never",
+            "--ports",
+            &format!("{}-{}", self.ports.0, self.ports.1),
+        ]);
+        let router = strings(&["--http", &self.http, "--router-admin", &self.admin, "--domain", "berth.test"]);
+        if self.split.is_none() {
+            let mut args = strings(&["up", "--data-dir", &data, "--api", &self.api_addr]);
+            args.extend(node);
+            args.extend(router);
+            args.extend(self.extra.iter().cloned());
+            self.child = Some(self.process("berth-up.log", &args));
+            return;
+        }
+        self.child =
+            Some(self.process("berth-server.log", &strings(&["server", "--data-dir", &data, "--api", &self.api_addr])));
+        if self.split.as_ref().is_some_and(Vec::is_empty) {
+            let mut agent = strings(&["agent", "--data-dir", &data]);
+            agent.extend(node);
+            let mut router_args = strings(&["router"]);
+            router_args.extend(router);
+            let children =
+                vec![self.process("berth-agent.log", &agent), self.process("berth-router.log", &router_args)];
+            self.split = Some(children);
+        }
     }
 
     /// The `berth up` process id.
@@ -128,9 +173,13 @@ impl Platform {
         self.child.as_ref().and_then(Child::id)
     }
 
-    /// The platform's own log, for failure messages.
+    /// The platform's own logs, for failure messages.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("berth-up.log")).unwrap_or_default()
+        ["berth-up.log", "berth-server.log", "berth-agent.log", "berth-router.log"]
+            .iter()
+            .filter_map(|name| std::fs::read_to_string(self.dir.path().join(name)).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     async fn wait_ready(&mut self) {
@@ -238,7 +287,7 @@ impl Platform {
         path.display().to_string()
     }
 
-    /// SIGKILL: no chance to flush or say goodbye.
+    /// SIGKILL of `berth up` (in split mode: of the server alone): no chance to flush or say goodbye.
     pub async fn kill9(&mut self) {
         if let Some(mut child) = self.child.take() {
             child.start_kill().expect("kill berth up");
@@ -246,7 +295,7 @@ impl Platform {
         }
     }
 
-    /// Starts `berth up` again on the same data directory and ports.
+    /// Starts `berth up` (in split mode: the server) again on the same data directory and ports.
     pub async fn restart(&mut self) {
         self.kill9().await;
         self.spawn();
@@ -277,7 +326,7 @@ pub fn tail(text: &str, lines: usize) -> String {
 
 impl Drop for Platform {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
+        for child in self.child.iter_mut().chain(self.split.iter_mut().flatten()) {
             let _ = child.start_kill();
         }
         // Instances outlive Berth by design; a test leaves none behind.

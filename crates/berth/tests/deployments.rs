@@ -259,3 +259,44 @@ async fn blue_green_switches_all_traffic_at_once_and_rolls_back_instantly() {
     assert_eq!(serving, before, "the blue instances came back as they were");
     load.finish().await.assert_clean(300);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rollout_survives_the_server_being_killed() {
+    let mut p = Platform::start_split(BERTH.as_ref(), "exec").await;
+    let one_at_a_time = "  max_over_capacity: 0.25\n";
+    p.cli_ok(&["deploy", "-f", &p.write("v1.yaml", &exec_spec("v1", 4, one_at_a_time)), "--timeout", "30"]).await;
+    let load = Load::start(&p.http, "cart.test", 4, Some(Duration::from_millis(5)));
+    wait_for_answers(&load, 50).await;
+
+    // v2 starts slowly, so the rollout is mid-way when the server dies.
+    let slow_v2 =
+        exec_spec("v2", 4, one_at_a_time).replace("--version, v2]", "--version, v2, --start-delay-ms, \"700\"]");
+    p.cli_ok(&["deploy", "-f", &p.write("v2.yaml", &slow_v2), "--no-wait"]).await;
+    wait_until("the rollout to be under way", Duration::from_secs(30), || async {
+        let s = p.status("cart").await;
+        let live = s["instances"].as_array().cloned().unwrap_or_default();
+        let new_in_service = live.iter().filter(|i| i["version"] == 2 && i["in_service"] == true).count();
+        let old_live = live.iter().filter(|i| i["version"] == 1 && i["state"] == "running").count();
+        (new_in_service >= 1 && old_live >= 2).then_some(())
+    })
+    .await;
+    p.kill9().await;
+    // Routers and agents carry on alone: traffic still flows while no server answers.
+    load.mark();
+    wait_for_answers(&load, 200).await;
+    p.restart().await;
+
+    let status = wait_until("the rollout to finish after the restart", Duration::from_secs(60), || async {
+        let s = p.status("cart").await;
+        (s["deployment"]["version"] == 2 && s["deployment"]["state"] == "succeeded").then_some(s)
+    })
+    .await;
+    assert_eq!(status["deployment"]["kind"], "update", "the same deployment resumed: {status:#}");
+    wait_until("only v2 to answer", Duration::from_secs(10), || async {
+        load.mark();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        (load.versions_since_mark().keys().collect::<Vec<_>>() == ["v2"]).then_some(())
+    })
+    .await;
+    load.finish().await.assert_clean(500);
+}
