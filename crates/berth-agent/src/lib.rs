@@ -308,19 +308,9 @@ async fn run(
 }
 
 fn failed(id: &str, reason: String) -> InstanceReport {
-    InstanceReport {
-        id: id.into(),
-        state: InstanceState::Failed,
-        healthy: None,
-        exit_code: None,
-        oom_killed: false,
-        reason: Some(reason),
-        handle: None,
-        started_at: None,
-        finished_at: None,
-    }
+    InstanceReport { reason: Some(reason), ..runner::report(id, InstanceState::Failed) }
 }
 
 fn stopped(id: &str) -> InstanceReport {
-    InstanceReport { state: InstanceState::Stopped, reason: None, ..failed(id, String::new()) }
+    runner::report(id, InstanceState::Stopped)
 }

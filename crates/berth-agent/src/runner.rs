@@ -15,7 +15,7 @@ fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
-fn report(id: &str, state: InstanceState) -> InstanceReport {
+pub(crate) fn report(id: &str, state: InstanceState) -> InstanceReport {
     InstanceReport {
         id: id.to_string(),
         state,
@@ -26,6 +26,7 @@ fn report(id: &str, state: InstanceState) -> InstanceReport {
         handle: None,
         started_at: None,
         finished_at: None,
+        last_log: Vec::new(),
     }
 }
 
@@ -103,10 +104,12 @@ async fn run(
         exit = &mut exited => {
             let reason = exit.describe();
             tracing::info!(instance = id, %reason, "instance ended");
+            let last_log = driver.tail(&handle, LAST_LOG_LINES).await;
             reports.send(InstanceReport {
                 exit_code: exit.exit_code,
                 oom_killed: exit.oom_killed,
                 reason: Some(reason),
+                last_log,
                 finished_at: Some(now_ms()),
                 ..base.clone().with_state(InstanceState::Failed)
             });
@@ -115,10 +118,11 @@ async fn run(
         }
         why = &mut unhealthy => {
             tracing::info!(instance = id, %why, "instance unhealthy; stopping it");
+            let last_log = driver.tail(&handle, LAST_LOG_LINES).await;
             if let Err(e) = driver.stop(&handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
             }
-            reports.send(InstanceReport { healthy: Some(false), reason: Some(why), finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) });
+            reports.send(InstanceReport { healthy: Some(false), reason: Some(why), last_log, finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) });
         }
         _ = stop.changed() => {
             // Routers drop a stopping instance from their tables at once; keep serving what is
@@ -133,6 +137,9 @@ async fn run(
         }
     }
 }
+
+/// Lines of output kept with a failed instance, for `status` to show why it died.
+const LAST_LOG_LINES: usize = 10;
 
 trait WithState {
     fn with_state(self, state: InstanceState) -> Self;

@@ -88,6 +88,9 @@ pub struct AppStatus {
     /// The latest deployment, running or ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deployment: Option<Deployment>,
+    /// Set while instances keep failing in a row: what the last one died of, and its last words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub crash_loop: Option<CrashLoop>,
     /// The last version whose deployment ended with every instance healthy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stable_version: Option<u64>,
@@ -100,6 +103,26 @@ pub struct AppStatus {
     pub instances: Vec<InstanceView>,
     pub created_at: Millis,
     pub updated_at: Millis,
+}
+
+/// An app whose instances keep failing, as `status` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrashLoop {
+    /// Failures in a row (each one a restart, as a new instance).
+    pub failures: u32,
+    /// No new instance is launched before this (the backoff).
+    pub next_launch_at: Millis,
+    /// The latest failed instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_log: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -192,6 +215,9 @@ pub struct InstanceReport {
     pub started_at: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Millis>,
+    /// The last lines a failed instance wrote.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_log: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

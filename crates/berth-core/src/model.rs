@@ -184,6 +184,12 @@ impl Backoff {
     pub const BASE_MS: f64 = 1000.0;
     pub const FACTOR: f64 = 1.15;
     pub const MAX_MS: f64 = 300_000.0;
+    /// Consecutive failures from which the app is shown, and alerted on, as crash-looping.
+    pub const CRASH_LOOP_AFTER: u32 = 3;
+
+    pub fn crash_looping(&self) -> bool {
+        self.failures >= Self::CRASH_LOOP_AFTER
+    }
 
     /// The delay after `failures` consecutive failures: 1 s x 1.15^(n-1), capped at 5 minutes.
     pub fn delay_ms(failures: u32) -> i64 {
@@ -324,6 +330,9 @@ pub struct Instance {
     /// Healthy for the app's `min_healthy_time`: takes traffic and counts toward deployments.
     #[serde(default)]
     pub in_service: bool,
+    /// The last lines it wrote, when it failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_log: Vec<String>,
 }
 
 impl Instance {

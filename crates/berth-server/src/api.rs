@@ -711,6 +711,9 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
             if report.reason.is_some() {
                 inst.reason = report.reason.clone();
             }
+            if !report.last_log.is_empty() {
+                inst.last_log = report.last_log.iter().take(20).cloned().collect();
+            }
             inst.handle = report.handle.clone().or(inst.handle);
             inst.started_at = report.started_at.or(inst.started_at);
             inst.finished_at = report.finished_at.or(inst.finished_at);
@@ -750,8 +753,10 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
                     {
                         backoffs.insert(inst.app.clone(), (app.value, app.mod_revision));
                     }
-                    if let Some((app, _)) = backoffs.get_mut(&inst.app) {
-                        crate::apply::count_failure(app, inst.version, &failure_text(&inst), now);
+                    if let Some((app, _)) = backoffs.get_mut(&inst.app)
+                        && crate::apply::count_failure(app, inst.version, &failure_text(&inst), now)
+                    {
+                        txn = crate::apply::with_crash_loop_event(&shared.state, txn, app, &failure_text(&inst), now);
                     }
                 }
             }

@@ -64,6 +64,7 @@ pub(crate) fn apply(
                     handle: None,
                     healthy_since: None,
                     in_service: false,
+                    last_log: Vec::new(),
                 };
                 txn = guard_app(txn, app).expect(instance_key(&id), 0).put(instance_key(&id), encode(&inst));
                 let msg = format!(
@@ -98,8 +99,10 @@ pub(crate) fn apply(
                 next.desired = Desired::Stop;
                 next.reason = Some(reason.clone());
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
-                if let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app) {
-                    count_failure(app, inst.version, reason, now);
+                if let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app)
+                    && count_failure(app, inst.version, reason, now)
+                {
+                    txn = with_crash_loop_event(state, txn, app, reason, now);
                 }
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
                 txn = state.with_event(txn, now, Level::Warn, "instance.unhealthy", subject, reason.clone());
@@ -204,15 +207,33 @@ pub(crate) fn apply(
 }
 
 /// A failure the platform did not ask for: slows the next launch, and counts against the running
-/// deployment when the instance was one of its new ones.
-pub(crate) fn count_failure(app: &mut App, version: u64, why: &str, now: Millis) {
+/// deployment when the instance was one of its new ones. True when the app just entered a crash loop.
+pub(crate) fn count_failure(app: &mut App, version: u64, why: &str, now: Millis) -> bool {
     app.backoff = app.backoff.after_failure(now);
+    let entered_loop = app.backoff.failures == berth_core::Backoff::CRASH_LOOP_AFTER;
     if app.is_current(version)
         && let Some(d) = app.deployment.as_mut().filter(|d| d.state == berth_core::DeploymentState::Running)
     {
         d.failures += 1;
         d.last_failure = Some(why.to_string());
     }
+    entered_loop
+}
+
+pub(crate) fn with_crash_loop_event(
+    state: &berth_store::state::State,
+    txn: Txn,
+    app: &App,
+    why: &str,
+    now: Millis,
+) -> Txn {
+    let id = app.id();
+    let msg = format!(
+        "crash loop: {} failures in a row, last: {why}; next launch in {} ms",
+        app.backoff.failures,
+        (app.backoff.not_before - now).max(0)
+    );
+    state.with_event(txn, now, Level::Error, "app.crash_loop", Subject::app(&id), msg)
 }
 
 fn app_mut<'a>(changed: &'a mut HashMap<String, App>, apps: &HashMap<String, &App>, id: &str) -> Option<&'a mut App> {

@@ -1,7 +1,7 @@
 //! Builds the API's views of apps and nodes from stored records.
 
-use berth_api::{AllocatedResources, AppStatus, Counts, InstanceView, NodeView};
-use berth_core::{App, Desired, Instance, Node};
+use berth_api::{AllocatedResources, AppStatus, Counts, CrashLoop, InstanceView, NodeView};
+use berth_core::{App, Desired, Instance, InstanceState, Node};
 
 pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<String>) -> AppStatus {
     let id = app.id();
@@ -15,7 +15,23 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<Stri
         mine.iter().filter(|i| app.is_current(i.version) && i.desired == Desired::Run && i.is_ready()).count();
     let others_live =
         mine.iter().any(|i| i.state.is_live() && (!app.is_current(i.version) || i.desired == Desired::Stop));
+    let crash_loop = app.backoff.crash_looping().then(|| {
+        let last = mine
+            .iter()
+            .filter(|i| i.state == InstanceState::Failed)
+            .max_by_key(|i| i.finished_at.unwrap_or(i.created_at));
+        CrashLoop {
+            failures: app.backoff.failures,
+            next_launch_at: app.backoff.not_before,
+            instance: last.map(|i| i.id.clone()),
+            reason: last.and_then(|i| i.reason.clone()),
+            exit_code: last.and_then(|i| i.exit_code),
+            oom_killed: last.is_some_and(|i| i.oom_killed),
+            last_log: last.map(|i| i.last_log.clone()).unwrap_or_default(),
+        }
+    });
     AppStatus {
+        crash_loop,
         name: app.spec.name.clone(),
         group: app.spec.group.clone(),
         version: app.version,

@@ -145,4 +145,13 @@ async fn crash_loop_backs_off_exponentially() {
         assert!(gap >= floor, "relaunch {} came {gap} ms after the crash, before the {floor} ms backoff", n + 1);
         assert!(gap < floor + 1500, "relaunch {} waited {gap} ms, far beyond the {floor} ms backoff", n + 1);
     }
+    // The loop shows as such in status and events, with the last words of the dead instance.
+    assert!(events.iter().any(|e| e["kind"] == "app.crash_loop"), "{events:#?}");
+    let status = p.status("crashy").await;
+    let crash = &status["crash_loop"];
+    assert!(crash["failures"].as_u64().unwrap_or(0) >= 3, "{status:#}");
+    assert_eq!(crash["exit_code"], 7);
+    assert!(crash["last_log"].to_string().contains("crashing on purpose with code 7"), "{crash}");
+    let table = p.cli_ok(&["app", "crashy"]).await;
+    assert!(table.contains("crash loop") && table.contains("crashing on purpose"), "{table}");
 }

@@ -227,6 +227,23 @@ impl DockerDriver {
         Ok(())
     }
 
+    /// The last `lines` of the container's output, as the engine kept it.
+    pub async fn tail(&self, handle: &Handle, lines: usize) -> Vec<String> {
+        let options = bollard::query_parameters::LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .tail(&lines.to_string())
+            .build();
+        let mut stream = self.docker.logs(&handle.id, Some(options));
+        let mut out = Vec::new();
+        while let Some(Ok(chunk)) = stream.next().await {
+            let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
+            out.extend(text.lines().map(str::to_string));
+        }
+        let skip = out.len().saturating_sub(lines);
+        out.split_off(skip)
+    }
+
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         let filters = HashMap::from([("label", vec![format!("{LABEL_NODE}={}", self.node)])]);
         let options = ListContainersOptionsBuilder::new().all(true).filters(&filters).build();

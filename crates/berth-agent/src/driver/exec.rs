@@ -165,4 +165,36 @@ impl ExecDriver {
     pub fn log_path(&self, id: &str, stream: &str) -> PathBuf {
         self.instance_dir(id).join(format!("{stream}.log"))
     }
+
+    /// The last `lines` of output, stderr after stdout (the two files keep no common clock).
+    pub async fn tail(&self, handle: &Handle, lines: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        for stream in ["stdout", "stderr"] {
+            out.extend(tail_file(&self.log_path(&handle.instance, stream), lines));
+        }
+        let skip = out.len().saturating_sub(lines);
+        out.split_off(skip)
+    }
+}
+
+/// The last lines of a file, reading only its end.
+fn tail_file(path: &std::path::Path, lines: usize) -> Vec<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const WINDOW: u64 = 16 * 1024;
+    let Ok(mut file) = std::fs::File::open(path) else { return Vec::new() };
+    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(WINDOW);
+    if file.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut buf = Vec::new();
+    if file.read_to_end(&mut buf).is_err() {
+        return Vec::new();
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let mut all: Vec<&str> = text.lines().collect();
+    if start > 0 && !all.is_empty() {
+        all.remove(0); // a partial first line
+    }
+    all[all.len().saturating_sub(lines)..].iter().map(|l| l.to_string()).collect()
 }

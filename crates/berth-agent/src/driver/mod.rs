@@ -96,6 +96,22 @@ impl Driver {
         }
     }
 
+    /// The last lines an ended instance wrote, for its failure report (cut to 200 bytes each).
+    pub async fn tail(&self, handle: &Handle, lines: usize) -> Vec<String> {
+        let all = match self {
+            Driver::Docker(d) => d.tail(handle, lines).await,
+            Driver::Exec(d) => d.tail(handle, lines).await,
+        };
+        all.into_iter()
+            .map(|mut l| {
+                if l.len() > 200 {
+                    l.truncate(l.floor_char_boundary(200));
+                }
+                l
+            })
+            .collect()
+    }
+
     /// Instances that outlived the agent, by instance id.
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         match self {

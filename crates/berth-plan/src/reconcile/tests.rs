@@ -56,6 +56,7 @@ fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
         handle: None,
         healthy_since: Some(0),
         in_service: state == InstanceState::Running,
+        last_log: vec![],
     }
 }
 

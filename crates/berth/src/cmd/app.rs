@@ -212,6 +212,8 @@ async fn list(ctx: &Ctx) -> anyhow::Result<ExitCode> {
                         format!("{}/{}", a.counts.running, a.desired),
                         if a.destroying {
                             "destroying".into()
+                        } else if a.crash_loop.is_some() {
+                            "crash-loop".into()
                         } else if a.deployed {
                             "deployed".into()
                         } else {
@@ -252,6 +254,18 @@ pub fn status_table(s: &AppStatus) -> String {
         }
         out.push_str(&line);
         out.push('\n');
+    }
+    if let Some(c) = &s.crash_loop {
+        let wait = (c.next_launch_at - berth_server::now_ms()).max(0) as f64 / 1000.0;
+        out.push_str(&format!(
+            "crash loop: {} failures in a row; last {}: {}; next launch in {wait:.1}s\n",
+            c.failures,
+            c.instance.as_deref().unwrap_or("-"),
+            c.reason.as_deref().unwrap_or("failed"),
+        ));
+        for line in &c.last_log {
+            out.push_str(&format!("  | {line}\n"));
+        }
     }
     let rows = s
         .instances
