@@ -50,8 +50,6 @@ pub struct AgentConfig {
     pub driver: DriverChoice,
     pub pull: PullPolicy,
     pub heartbeat: Duration,
-    /// A stopping instance keeps serving this long after routers stop sending it new requests.
-    pub drain: Duration,
 }
 
 /// A running agent.
@@ -134,7 +132,7 @@ impl Agent {
         let (node_tx, node_rx) = watch::channel(id.clone());
         drop(node_tx);
         let (reporter, report_task) = report::spawn(client.clone(), node_rx, shutdown_rx.clone());
-        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, config.drain, shutdown_rx));
+        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, shutdown_rx));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
         Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task] })
     }
@@ -169,7 +167,6 @@ async fn run(
     drivers: Vec<Driver>,
     reporter: report::Reporter,
     heartbeat: Duration,
-    drain: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if !register(&client, &req, &mut shutdown).await {
@@ -265,7 +262,7 @@ async fn run(
                             };
                             let (stop_tx, stop_rx) = watch::channel(false);
                             running.insert(id, stop_tx);
-                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), drain));
+                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), client.clone()));
                         }
                         Desired::Run => {}
                         Desired::Stop => {

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_api::{Assignment, InstanceReport};
+use berth_api::{Assignment, Client, InstanceReport};
 use berth_core::InstanceState;
 use tokio::sync::{mpsc, watch};
 
@@ -38,10 +38,10 @@ pub async fn supervise(
     reports: Reporter,
     mut stop: watch::Receiver<bool>,
     done: mpsc::UnboundedSender<String>,
-    drain: Duration,
+    client: Client,
 ) {
     let id = a.instance.id.clone();
-    run(&a, &driver, adopted, &reports, &mut stop, drain).await;
+    run(&a, &driver, adopted, &reports, &mut stop, &client).await;
     let _ = done.send(id);
 }
 
@@ -51,7 +51,7 @@ async fn run(
     adopted: Option<Handle>,
     reports: &Reporter,
     stop: &mut watch::Receiver<bool>,
-    drain: Duration,
+    client: &Client,
 ) {
     let id = a.instance.id.as_str();
     let grace = a.spec.stop_timeout.as_duration();
@@ -125,10 +125,10 @@ async fn run(
             reports.send(InstanceReport { healthy: Some(false), reason: Some(why), last_log, finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) });
         }
         _ = stop.changed() => {
-            // Routers drop a stopping instance from their tables at once; keep serving what is
-            // already on its way before the signal.
-            if !a.instance.host_ports.is_empty() && !drain.is_zero() {
-                tokio::time::sleep(drain).await;
+            // Routers stop choosing a stopping instance at once; what they already sent finishes
+            // before the signal.
+            if !a.instance.host_ports.is_empty() {
+                wait_for_drain(client, id, a.spec.drain_timeout.as_duration()).await;
             }
             if let Err(e) = driver.stop(&handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
@@ -137,6 +137,28 @@ async fn run(
         }
     }
 }
+
+/// Waits until every router has stopped sending the instance requests and has none in flight to
+/// it, up to `timeout`. A control plane that cannot answer leaves the timeout to decide.
+async fn wait_for_drain(client: &Client, id: &str, timeout: Duration) {
+    let started = std::time::Instant::now();
+    let mut last = String::new();
+    while started.elapsed() < timeout {
+        match client.drain_status(id).await {
+            Ok(s) if s.drained => {
+                tracing::debug!(instance = id, took_ms = started.elapsed().as_millis() as u64, "drained");
+                return;
+            }
+            Ok(s) => last = s.waiting_for.join("; "),
+            Err(e) => last = e.to_string(),
+        }
+        tokio::time::sleep(DRAIN_POLL.min(timeout.saturating_sub(started.elapsed()))).await;
+    }
+    tracing::info!(instance = id, waiting_for = %last, "drain timeout reached; stopping anyway");
+}
+
+/// How often a stopping instance asks whether routers are done with it.
+const DRAIN_POLL: Duration = Duration::from_millis(100);
 
 /// Lines of output kept with a failed instance, for `status` to show why it died.
 const LAST_LOG_LINES: usize = 10;

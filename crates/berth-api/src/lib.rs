@@ -370,6 +370,18 @@ impl Client {
         Ok(self.post(&format!("/v1/apps/{id}/restart{}", opts.query()), &serde_json::json!({})).await?.value)
     }
 
+    /// A router's periodic report.
+    pub async fn router_report(&self, id: &str, report: &RouterReport) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/routers/{id}"), report).await?;
+        Ok(())
+    }
+
+    /// Whether routers are done with a stopping instance.
+    pub async fn drain_status(&self, instance: &str) -> Result<DrainStatus, ClientError> {
+        let url = format!("{}/v1/instances/{instance}/drain", self.base);
+        Ok(self.send(self.http.get(&url), &url).await?.value)
+    }
+
     /// Finishes a canary deployment.
     pub async fn promote(&self, id: &str) -> Result<DeployResponse, ClientError> {
         Ok(self.post(&format!("/v1/apps/{id}/promote"), &serde_json::json!({})).await?.value)
@@ -431,6 +443,33 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// What a router tells the control plane, every fraction of a second: which table it serves and
+/// what it still has in flight to instances being stopped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterReport {
+    /// The route snapshot index the router has applied.
+    pub index: u64,
+    pub zone: String,
+    pub admin: String,
+    /// Requests in flight per draining instance.
+    #[serde(default)]
+    pub in_flight: BTreeMap<String, u64>,
+}
+
+/// Whether routers are done with a stopping instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DrainStatus {
+    pub instance: String,
+    /// No router sends it new requests and none has any in flight to it.
+    pub drained: bool,
+    pub in_flight: u64,
+    /// Routers heard from recently.
+    pub routers: usize,
+    /// Why it is not drained yet, per router.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub waiting_for: Vec<String>,
 }
 
 /// Everything a router needs, as of one store index: apps with their instances, static upstreams, rules.

@@ -56,6 +56,10 @@ pub struct AppSpec {
     /// Time between SIGTERM and SIGKILL when an instance is stopped.
     #[serde(default = "default_stop_timeout")]
     pub stop_timeout: Dur,
+    /// Longest wait, before SIGTERM, for the requests routers still have in flight to a stopping
+    /// instance; the wait ends as soon as every router reports none.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout: Dur,
     /// How routers spread requests over the instances.
     #[serde(default)]
     pub balance: Balance,
@@ -129,6 +133,9 @@ fn default_pids() -> u32 {
 }
 fn default_stop_timeout() -> Dur {
     Dur::secs(10)
+}
+fn default_drain_timeout() -> Dur {
+    Dur::secs(30)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -927,6 +934,8 @@ upgrade:
   auto_rollback: true        # a failed deployment goes back to the last healthy version
   # strategy: blue-green     # full new set, then one atomic switch (rolling by default)
   # rollback_window: 10m     # blue-green: keep the old set this long for an instant rollback
+# drain_timeout: 30s         # a stopping instance finishes its in-flight requests, up to this long
+# stop_timeout: 10s          # then SIGTERM, and SIGKILL after this
 "#
     )
 }

@@ -58,3 +58,40 @@ pub async fn follow(
     }
     checker.stop();
 }
+
+/// Tells the control plane, several times a second, which table this router serves and what it
+/// still has in flight to draining instances: agents wait on that before they send SIGTERM.
+pub async fn report(
+    client: Client,
+    id: String,
+    proxy: Arc<Proxy>,
+    applied: watch::Receiver<u64>,
+    zone: String,
+    admin: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let table = proxy.table.load();
+        let mut in_flight = std::collections::BTreeMap::new();
+        for cluster in table.clusters.values() {
+            for server in cluster.servers.iter().filter(|s| s.draining) {
+                if let Some(instance) = &server.instance {
+                    let n = server.state.in_flight.load(std::sync::atomic::Ordering::Relaxed);
+                    *in_flight.entry(instance.clone()).or_insert(0) += n;
+                }
+            }
+        }
+        let report =
+            berth_api::RouterReport { index: *applied.borrow(), zone: zone.clone(), admin: admin.clone(), in_flight };
+        if let Err(e) = client.router_report(&id, &report).await {
+            tracing::debug!(error = %e, "reporting to the control plane failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REPORT_EVERY) => {}
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+/// How often a router reports; drains end within about this much after the last request.
+pub const REPORT_EVERY: Duration = Duration::from_millis(200);

@@ -248,6 +248,15 @@ fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
 
+/// This machine's name, for the router's id at the control plane.
+fn host_name() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "router".into())
+}
+
 impl Router {
     pub async fn start(config: RouterConfig) -> Result<Router, RouterError> {
         // Settle everything that can be refused before anything starts.
@@ -292,6 +301,16 @@ impl Router {
             }
             _ => None,
         };
+        let router_id = format!("{}-{}", host_name(), admin_addr.port());
+        tasks.push(tokio::spawn(discovery::report(
+            client.clone(),
+            router_id,
+            proxy.clone(),
+            applied_rx.clone(),
+            config.zone.clone(),
+            admin_addr.to_string(),
+            shutdown_rx.clone(),
+        )));
         let admin_state =
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
         tasks.push(tokio::spawn(serve(admin, None, shutdown_rx, move |req, _| admin_state.clone().handle(req))));

@@ -46,6 +46,8 @@ pub(crate) struct Shared {
     pub heartbeats: Arc<Mutex<HashMap<String, Millis>>>,
     /// Why an app's instances are missing, from the last reconcile.
     pub pending: Arc<Mutex<HashMap<String, String>>>,
+    /// Each router's last report and when it came, in memory: routers report several times a second.
+    pub routers: Arc<Mutex<HashMap<String, (Millis, berth_api::RouterReport)>>>,
     pub started_at: Millis,
     pub tuning: Tuning,
 }
@@ -56,6 +58,7 @@ impl Shared {
             state: State::new(store)?,
             heartbeats: Arc::default(),
             pending: Arc::default(),
+            routers: Arc::default(),
             started_at: now_ms(),
             tuning,
         })

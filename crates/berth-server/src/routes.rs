@@ -246,3 +246,69 @@ pub(crate) async fn delete_upstream_rules(
 ) -> ApiResult<Response> {
     delete_rules(s, RuleTarget::Upstream(name)).await
 }
+
+/// A router not heard from for this long is gone: it no longer holds up a drain.
+const ROUTER_SILENCE_MS: i64 = 2_000;
+
+pub(crate) async fn router_report(
+    AxState(shared): AxState<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let report: berth_api::RouterReport = parse_json(&body)?;
+    let now = now_ms();
+    let mut routers = crate::lock(&shared.routers);
+    routers.retain(|_, (at, _)| now - *at < ROUTER_SILENCE_MS * 30);
+    routers.insert(id, (now, report));
+    drop(routers);
+    Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
+}
+
+pub(crate) async fn list_routers(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    let now = now_ms();
+    let routers: Vec<serde_json::Value> = crate::lock(&shared.routers)
+        .iter()
+        .map(|(id, (at, r))| {
+            serde_json::json!({
+                "id": id, "zone": r.zone, "admin": r.admin, "index": r.index,
+                "seen_ms_ago": now - at, "live": now - at < ROUTER_SILENCE_MS, "in_flight": r.in_flight,
+            })
+        })
+        .collect();
+    Ok(indexed(shared.state.store().revision(), &routers))
+}
+
+/// Drained when every live router has applied the table in which the instance is stopping and has
+/// nothing in flight to it. Right after a server start, routers are given time to report first.
+pub(crate) async fn drain_status(AxState(shared): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    let record = shared.state.instance(&id)?.ok_or_else(|| ApiError::not_found(&format!("instance {id}")))?;
+    let now = now_ms();
+    let stopping = record.value.desired == Desired::Stop || record.value.state.is_terminal();
+    let mut waiting_for = Vec::new();
+    let mut in_flight = 0;
+    let routers = crate::lock(&shared.routers);
+    let live: Vec<_> = routers.iter().filter(|(_, (at, _))| now - *at < ROUTER_SILENCE_MS).collect();
+    if !stopping {
+        waiting_for.push("the instance is not being stopped".to_string());
+    }
+    if live.is_empty() && now - shared.started_at < ROUTER_SILENCE_MS {
+        waiting_for.push("the server just started; waiting for routers to report".to_string());
+    }
+    for (router, (_, report)) in &live {
+        if report.index < record.mod_revision {
+            waiting_for.push(format!("router {router} has not applied index {} yet", record.mod_revision));
+        } else if let Some(n) = report.in_flight.get(&id).filter(|n| **n > 0) {
+            in_flight += n;
+            waiting_for.push(format!("router {router} has {n} request(s) in flight"));
+        }
+    }
+    let status = berth_api::DrainStatus {
+        instance: id,
+        drained: waiting_for.is_empty(),
+        in_flight,
+        routers: live.len(),
+        waiting_for,
+    };
+    drop(routers);
+    Ok(indexed(shared.state.store().revision(), &status))
+}

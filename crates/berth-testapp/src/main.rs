@@ -1,7 +1,7 @@
 //! A tiny HTTP server for Berth's tests, std only so it links statically into a FROM-scratch image.
 //!
 //! `/` answers `{"instance": ..., "version": ..., "app": ...}`, `/health` answers 200 (or 503 with
-//! `--fail-health`). Flags make it slow to start, crash, or eat memory.
+//! `--fail-health`; `/slow?ms=N` answers after N ms). Flags make it slow to start, crash, or eat memory.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -163,8 +163,16 @@ fn serve(stream: TcpStream, config: &Config) {
     }
 }
 
-fn respond(path: &str, config: &Config, forwarded_proto: &str) -> (&'static str, String) {
-    let path = path.split('?').next().unwrap_or(path);
+fn respond(target: &str, config: &Config, forwarded_proto: &str) -> (&'static str, String) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
+    // `/slow?ms=N`: a request that takes N ms, then answers as `/` does.
+    let path = if path == "/slow" {
+        let ms = query.strip_prefix("ms=").and_then(|v| v.parse().ok()).unwrap_or(1000);
+        std::thread::sleep(Duration::from_millis(ms));
+        "/"
+    } else {
+        path
+    };
     match path {
         "/health" if config.fail_health => ("503 Service Unavailable", "{\"healthy\":false}".into()),
         "/health" => ("200 OK", "{\"healthy\":true}".into()),

@@ -300,3 +300,45 @@ async fn a_rollout_survives_the_server_being_killed() {
     .await;
     load.finish().await.assert_clean(500);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_replaced_instance_finishes_its_in_flight_requests_before_sigterm() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let with_drain = "drain_timeout: 20s\n";
+    p.cli_ok(&["deploy", "-f", &p.write("v1.yaml", &(exec_spec("v1", 1, "") + with_drain)), "--timeout", "30"]).await;
+    let old = p.live("cart").await[0]["id"].as_str().unwrap().to_string();
+
+    // A 2.5 s request is on its way to v1 when v2 replaces it.
+    let http = p.http.clone();
+    let slow = tokio::spawn(async move {
+        let resp = reqwest::Client::new()
+            .get(format!("http://{http}/slow?ms=2500"))
+            .header("host", "cart.test")
+            .send()
+            .await
+            .expect("the slow request is answered");
+        let status = resp.status().as_u16();
+        let body: Value = resp.json().await.unwrap_or_default();
+        (status, body, berth_server::now_ms())
+    });
+    wait_until("the slow request to be in flight", Duration::from_secs(5), || async {
+        let (_, answer) = p.admin_request("GET", &format!("/drain/{old}"), "").await;
+        (answer["in_flight"] == 1).then_some(())
+    })
+    .await;
+    p.cli_ok(&["deploy", "-f", &p.write("v2.yaml", &(exec_spec("v2", 1, "") + with_drain)), "--timeout", "30"]).await;
+
+    let (status, body, answered_at) = slow.await.unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["instance"], old.as_str(), "the old instance itself answered, not a retry elsewhere: {body}");
+    assert_eq!(body["version"], "v1");
+    let events: Vec<Value> =
+        serde_json::from_str(&p.cli_ok(&["events", "--app", "cart", "-o", "json", "-n", "500"]).await).unwrap();
+    let at = |kind: &str| {
+        events.iter().find(|e| e["kind"] == kind && e["instance"] == old.as_str()).and_then(|e| e["time"].as_i64())
+    };
+    let (stopping, stopped) = (at("instance.stopping").unwrap(), at("instance.stopped").unwrap());
+    assert!(stopped - stopping >= 1500, "the drain waited for the request ({} ms)", stopped - stopping);
+    assert!(stopped >= answered_at - 50, "SIGTERM came only after the answer");
+    assert!(stopped - answered_at < 1500, "and soon after it ({} ms), not at the 20 s timeout", stopped - answered_at);
+}

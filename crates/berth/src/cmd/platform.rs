@@ -81,9 +81,6 @@ pub struct NodeOptions {
     /// Name of this node (default: the machine's hostname).
     #[arg(long)]
     hostname: Option<String>,
-    /// How long a stopping instance keeps serving after routers stop sending it new requests.
-    #[arg(long, value_parser = parse_dur, default_value = "1s")]
-    drain: Dur,
 }
 
 impl NodeOptions {
@@ -120,7 +117,6 @@ impl NodeOptions {
                 PullArg::Never => PullPolicy::Never,
             },
             heartbeat: Duration::from_secs(2),
-            drain: self.drain.as_duration(),
         })
     }
 }
