@@ -342,3 +342,27 @@ async fn a_replaced_instance_finishes_its_in_flight_requests_before_sigterm() {
     assert!(stopped >= answered_at - 50, "SIGTERM came only after the answer");
     assert!(stopped - answered_at < 1500, "and soon after it ({} ms), not at the 20 s timeout", stopped - answered_at);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_deployment_at_a_time_unless_forced() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    p.cli_ok(&["deploy", "-f", &p.write("v1.yaml", &exec_spec("v1", 2, "")), "--timeout", "30"]).await;
+    // v2 never turns healthy, and its deadlines are long: its deployment stays in progress.
+    let stuck =
+        exec_spec("v2", 2, "  progress_deadline: 10m\n").replace("--version, v2]", "--version, v2, --fail-health]");
+    p.cli_ok(&["deploy", "-f", &p.write("v2.yaml", &stuck), "--no-wait"]).await;
+
+    let v3 = p.write("v3.yaml", &exec_spec("v3", 2, ""));
+    let refused = p.cli(&["deploy", "-f", &v3, "--no-wait"]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(stderr.contains("in the middle of a deployment of v2") && stderr.contains("--force"), "{stderr}");
+    assert_eq!(p.status("cart").await["version"], 2, "a refused change changes nothing");
+
+    p.cli_ok(&["deploy", "-f", &v3, "--force", "--timeout", "30"]).await;
+    let history: Value = serde_json::from_str(&p.cli_ok(&["app", "cart", "history", "-o", "json"]).await).unwrap();
+    assert_eq!(history[1]["outcome"]["state"], "superseded", "{history}");
+    assert_eq!(history[2]["outcome"]["state"], "succeeded", "{history}");
+    let live = p.live("cart").await;
+    assert!(live.iter().all(|i| i["version"] == 3), "v2's instances are gone: {live:#?}");
+}
