@@ -50,7 +50,8 @@ pub fn testapp_binary() -> PathBuf {
                 .status()
                 .expect("run cargo to build berth-testapp");
             assert!(status.success(), "building the static berth-testapp failed");
-            root.join("target").join(target).join("release/berth-testapp")
+            let target_dir = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+            target_dir.join(target).join("release/berth-testapp")
         })
         .clone()
 }
