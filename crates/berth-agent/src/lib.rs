@@ -2,6 +2,7 @@
 //! and runs each instance through a driver.
 
 pub mod driver;
+pub mod logs;
 mod report;
 mod runner;
 
@@ -132,9 +133,13 @@ impl Agent {
         let (node_tx, node_rx) = watch::channel(id.clone());
         drop(node_tx);
         let (reporter, report_task) = report::spawn(client.clone(), node_rx, shutdown_rx.clone());
-        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, shutdown_rx));
+        let sink = logs::LogSink::default();
+        let shipper = tokio::spawn(logs::ship(client.clone(), id.clone(), sink.clone(), shutdown_rx.clone()));
+        let services =
+            runner::Services { client: client.clone(), logs: sink, node: id.clone(), cursors: dir.join("log-cursors") };
+        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, services, shutdown_rx));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
-        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task] })
+        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task, shipper] })
     }
 
     /// Stops the agent's loops. Instances keep running; a new agent adopts them.
@@ -167,6 +172,7 @@ async fn run(
     drivers: Vec<Driver>,
     reporter: report::Reporter,
     heartbeat: Duration,
+    services: runner::Services,
     mut shutdown: watch::Receiver<bool>,
 ) {
     if !register(&client, &req, &mut shutdown).await {
@@ -262,7 +268,7 @@ async fn run(
                             };
                             let (stop_tx, stop_rx) = watch::channel(false);
                             running.insert(id, stop_tx);
-                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), client.clone()));
+                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), services.clone()));
                         }
                         Desired::Run => {}
                         Desired::Stop => {

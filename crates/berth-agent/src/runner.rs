@@ -8,6 +8,7 @@ use berth_core::InstanceState;
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::{Driver, Handle, instance_env};
+use crate::logs::{LogSink, Origin};
 use crate::report::Reporter;
 use berth_api::probe as health;
 
@@ -38,10 +39,10 @@ pub async fn supervise(
     reports: Reporter,
     mut stop: watch::Receiver<bool>,
     done: mpsc::UnboundedSender<String>,
-    client: Client,
+    services: Services,
 ) {
     let id = a.instance.id.clone();
-    run(&a, &driver, adopted, &reports, &mut stop, &client).await;
+    run(&a, &driver, adopted, &reports, &mut stop, &services).await;
     let _ = done.send(id);
 }
 
@@ -51,8 +52,9 @@ async fn run(
     adopted: Option<Handle>,
     reports: &Reporter,
     stop: &mut watch::Receiver<bool>,
-    client: &Client,
+    services: &Services,
 ) {
+    let client = &services.client;
     let id = a.instance.id.as_str();
     let grace = a.spec.stop_timeout.as_duration();
     let was_adopted = adopted.is_some();
@@ -97,14 +99,36 @@ async fn run(
         Some(_) => reports.send(base.clone()),
     }
 
-    let exited = driver.wait(&handle);
-    let unhealthy = watch_health(a, reports, &base, was_adopted);
+    let origin = Origin { app: a.instance.app.clone(), instance: id.to_string(), node: services.node.clone() };
+    let (ended_tx, ended_rx) = watch::channel(false);
+    let collector = driver.collect_logs(&handle, origin, services.logs.clone(), ended_rx, &services.cursors);
+    run_to_end(a, driver, &handle, reports, stop, client, &base, was_adopted, grace).await;
+    // The last lines are read before the collector goes.
+    let _ = ended_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), collector).await;
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_to_end(
+    a: &Assignment,
+    driver: &Driver,
+    handle: &Handle,
+    reports: &Reporter,
+    stop: &mut watch::Receiver<bool>,
+    client: &Client,
+    base: &InstanceReport,
+    was_adopted: bool,
+    grace: Duration,
+) {
+    let id = a.instance.id.as_str();
+    let exited = driver.wait(handle);
+    let unhealthy = watch_health(a, reports, base, was_adopted);
     tokio::pin!(exited, unhealthy);
     tokio::select! {
         exit = &mut exited => {
             let reason = exit.describe();
             tracing::info!(instance = id, %reason, "instance ended");
-            let last_log = driver.tail(&handle, LAST_LOG_LINES).await;
+            let last_log = driver.tail(handle, LAST_LOG_LINES).await;
             reports.send(InstanceReport {
                 exit_code: exit.exit_code,
                 oom_killed: exit.oom_killed,
@@ -114,12 +138,12 @@ async fn run(
                 ..base.clone().with_state(InstanceState::Failed)
             });
             // Clear what the runtime keeps of it (a stopped container).
-            let _ = driver.stop(&handle, Duration::from_millis(1)).await;
+            let _ = driver.stop(handle, Duration::from_millis(1)).await;
         }
         why = &mut unhealthy => {
             tracing::info!(instance = id, %why, "instance unhealthy; stopping it");
-            let last_log = driver.tail(&handle, LAST_LOG_LINES).await;
-            if let Err(e) = driver.stop(&handle, grace).await {
+            let last_log = driver.tail(handle, LAST_LOG_LINES).await;
+            if let Err(e) = driver.stop(handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
             }
             reports.send(InstanceReport { healthy: Some(false), reason: Some(why), last_log, finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) });
@@ -130,12 +154,21 @@ async fn run(
             if !a.instance.host_ports.is_empty() {
                 wait_for_drain(client, id, a.spec.drain_timeout.as_duration()).await;
             }
-            if let Err(e) = driver.stop(&handle, grace).await {
+            if let Err(e) = driver.stop(handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
             }
             reports.send(InstanceReport { finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Stopped) });
         }
     }
+}
+
+/// What every supervisor shares: the control plane, the log buffers, and where cursors live.
+#[derive(Clone)]
+pub struct Services {
+    pub client: Client,
+    pub logs: LogSink,
+    pub node: String,
+    pub cursors: std::path::PathBuf,
 }
 
 /// Waits until every router has stopped sending the instance requests and has none in flight to

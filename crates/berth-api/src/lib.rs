@@ -370,6 +370,67 @@ impl Client {
         Ok(self.post(&format!("/v1/apps/{id}/restart{}", opts.query()), &serde_json::json!({})).await?.value)
     }
 
+    /// Sends a node's collected log lines.
+    pub async fn ship_logs(&self, node: &str, batch: &LogBatch) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/logs"), batch).await?;
+        Ok(())
+    }
+
+    /// An app's log lines, merged over its instances in time order; with `follow`, `on_line` keeps
+    /// being called as lines come until the server closes the stream or `on_line` returns false.
+    pub async fn logs(
+        &self,
+        id: &str,
+        query: &LogQuery,
+        mut on_line: impl FnMut(LogLine) -> bool,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/apps/{id}/logs", self.base);
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(since) = query.since {
+            params.push(("since", since.to_string()));
+        }
+        if let Some(tail) = query.tail {
+            params.push(("tail", tail.to_string()));
+        }
+        if let Some(instance) = &query.instance {
+            params.push(("instance", instance.clone()));
+        }
+        if let Some(grep) = &query.grep {
+            params.push(("grep", grep.clone()));
+        }
+        if query.follow {
+            params.push(("follow", "true".into()));
+        }
+        let full = reqwest::Url::parse_with_params(&url, &params)
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), why: e.to_string() })?;
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
+        let mut resp = self.http.get(full).send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.bytes().await.map_err(unreachable)?;
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                error: String::from_utf8_lossy(&bytes).trim().to_string(),
+                details: vec![],
+            });
+            return Err(ClientError::Api { status: status.as_u16(), body });
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            pending.extend_from_slice(chunk.as_ref());
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.len() <= 1 {
+                    continue; // a keep-alive newline
+                }
+                let Ok(parsed) = serde_json::from_slice::<LogLine>(&line) else { continue };
+                if !on_line(parsed) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// A router's periodic report.
     pub async fn router_report(&self, id: &str, report: &RouterReport) -> Result<(), ClientError> {
         self.post::<_, serde_json::Value>(&format!("/v1/routers/{id}"), report).await?;
@@ -443,6 +504,54 @@ fn root_cause(e: &dyn std::error::Error) -> String {
         cause = next;
     }
     cause.to_string()
+}
+
+/// One line an instance wrote, as collected by its node's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When the agent read it (the engine's timestamp for Docker), ms since the epoch.
+    pub t: Millis,
+    /// `GROUP/NAME`.
+    pub app: String,
+    pub instance: String,
+    pub node: String,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogStream {
+    Stdout,
+    Stderr,
+}
+
+/// A batch of lines from one node, with what the node had to drop since its last batch.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+    /// Lines dropped per instance because the node's buffer for it was full.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub dropped: BTreeMap<String, u64>,
+}
+
+/// Which lines `logs` returns.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LogQuery {
+    /// Only lines at or after this time (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<Millis>,
+    /// At most this many of the latest lines (before following).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tail: Option<usize>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
+    /// A regular expression the line must match.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grep: Option<String>,
+    /// Keep the response open and send new lines as they come.
+    #[serde(default)]
+    pub follow: bool,
 }
 
 /// What a router tells the control plane, every fraction of a second: which table it serves and

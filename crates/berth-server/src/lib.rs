@@ -4,6 +4,7 @@
 mod api;
 mod apply;
 mod deployments;
+mod logs;
 mod reconciler;
 mod routes;
 mod views;
@@ -19,6 +20,7 @@ use berth_store::{RedbStore, State, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use logs::LogLimits;
 pub use reconciler::Tuning;
 
 #[derive(Debug, thiserror::Error)]
@@ -48,13 +50,15 @@ pub(crate) struct Shared {
     pub pending: Arc<Mutex<HashMap<String, String>>>,
     /// Each router's last report and when it came, in memory: routers report several times a second.
     pub routers: Arc<Mutex<HashMap<String, (Millis, berth_api::RouterReport)>>>,
+    pub logs: Arc<logs::LogStore>,
     pub started_at: Millis,
     pub tuning: Tuning,
 }
 
 impl Shared {
-    pub fn new(store: Arc<dyn Store>, tuning: Tuning) -> Result<Self, StoreError> {
+    pub fn new(store: Arc<dyn Store>, tuning: Tuning, log_dir: PathBuf) -> Result<Self, StoreError> {
         Ok(Shared {
+            logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
             state: State::new(store)?,
             heartbeats: Arc::default(),
             pending: Arc::default(),
@@ -104,7 +108,7 @@ impl Server {
         let listener =
             TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
-        let shared = Shared::new(store, config.tuning)?;
+        let shared = Shared::new(store, config.tuning, config.data_dir.join("logs"))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
 
         let app = api::router(shared.clone());

@@ -21,11 +21,18 @@ pub struct Tuning {
     pub idle_interval: Duration,
     /// Events kept in the store.
     pub keep_events: usize,
+    /// Log kept per app on disk.
+    pub logs: crate::logs::LogLimits,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
-        Tuning { node_timeout: Duration::from_secs(15), idle_interval: Duration::from_secs(5), keep_events: 10_000 }
+        Tuning {
+            node_timeout: Duration::from_secs(15),
+            idle_interval: Duration::from_secs(5),
+            keep_events: 10_000,
+            logs: crate::logs::LogLimits::default(),
+        }
     }
 }
 

@@ -16,12 +16,15 @@ struct Config {
     exit_code: i32,
     fail_health: bool,
     alloc_mb: usize,
+    /// Print a numbered line with its write time every N ms (0: never); `--chatter-lines` per tick.
+    chatter_ms: u64,
+    chatter_lines: u64,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "berth-testapp: {problem}\nusage: berth-testapp [--port N] [--version V] [--start-delay-ms N] \
-         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N]"
+         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N] [--chatter-ms N] [--chatter-lines N]"
     );
     std::process::exit(2)
 }
@@ -36,6 +39,8 @@ fn parse() -> Config {
         exit_code: 3,
         fail_health: false,
         alloc_mb: 0,
+        chatter_ms: 0,
+        chatter_lines: 1,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -51,6 +56,8 @@ fn parse() -> Config {
             "--exit-code" => c.exit_code = number("--exit-code", value("--exit-code")) as i32,
             "--fail-health" => c.fail_health = true,
             "--alloc-mb" => c.alloc_mb = number("--alloc-mb", value("--alloc-mb")) as usize,
+            "--chatter-ms" => c.chatter_ms = number("--chatter-ms", value("--chatter-ms")),
+            "--chatter-lines" => c.chatter_lines = number("--chatter-lines", value("--chatter-lines")),
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -70,6 +77,25 @@ fn main() {
     }
     if config.start_delay_ms > 0 {
         std::thread::sleep(Duration::from_millis(config.start_delay_ms));
+    }
+    if config.chatter_ms > 0 {
+        let (every, per_tick) = (config.chatter_ms, config.chatter_lines);
+        std::thread::spawn(move || {
+            let id = std::env::var("BERTH_INSTANCE_ID").unwrap_or_default();
+            let mut n: u64 = 0;
+            let mut out = std::io::stdout().lock();
+            loop {
+                for _ in 0..per_tick {
+                    n += 1;
+                    let at =
+                        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+                    if writeln!(out, "chatter {n} from {id} at {at}").and_then(|_| out.flush()).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(every));
+            }
+        });
     }
     if let Some(ms) = config.crash_after_ms {
         let code = config.exit_code;

@@ -38,6 +38,13 @@ pub fn ago(then_ms: i64) -> String {
     }
 }
 
+/// Local time with milliseconds, for log lines.
+pub fn clock_ms(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%dT%H:%M:%S%.3f").to_string())
+        .unwrap_or_else(|| "-".into())
+}
+
 pub fn clock(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())

@@ -125,6 +125,14 @@ impl DockerDriver {
             // An init as PID 1 forwards SIGTERM (a bare binary as PID 1 ignores it) and reaps zombies.
             init: Some(true),
             port_bindings: (!port_bindings.is_empty()).then_some(port_bindings),
+            // The agent ships every line; the engine keeps a bounded copy for `docker logs`.
+            log_config: Some(bollard::models::HostConfigLogConfig {
+                typ: Some("json-file".into()),
+                config: Some(HashMap::from([
+                    ("max-size".to_string(), "10m".to_string()),
+                    ("max-file".to_string(), "2".to_string()),
+                ])),
+            }),
             ..Default::default()
         };
         let config = ContainerCreateBody {

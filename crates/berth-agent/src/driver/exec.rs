@@ -51,7 +51,7 @@ impl ExecDriver {
         ExecDriver { dir: data_dir.join("exec"), children: Arc::default() }
     }
 
-    fn instance_dir(&self, id: &str) -> PathBuf {
+    pub fn instance_dir(&self, id: &str) -> PathBuf {
         self.dir.join(id)
     }
 

@@ -112,6 +112,27 @@ impl Driver {
             .collect()
     }
 
+    /// Starts collecting the instance's output into `sink` until it ends (`ended` turns true).
+    pub fn collect_logs(
+        &self,
+        handle: &Handle,
+        origin: crate::logs::Origin,
+        sink: crate::logs::LogSink,
+        ended: tokio::sync::watch::Receiver<bool>,
+        cursors: &std::path::Path,
+    ) -> tokio::task::JoinHandle<()> {
+        match self {
+            Driver::Docker(d) => {
+                let _ = std::fs::create_dir_all(cursors);
+                let cursor = cursors.join(&handle.instance);
+                tokio::spawn(crate::logs::follow_container(d.client().clone(), handle.id.clone(), origin, sink, cursor))
+            }
+            Driver::Exec(d) => {
+                tokio::spawn(crate::logs::follow_files(d.instance_dir(&handle.instance), origin, sink, ended))
+            }
+        }
+    }
+
     /// Instances that outlived the agent, by instance id.
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         match self {

@@ -74,11 +74,64 @@ pub enum AppAction {
     },
     /// Every version of the spec: when, what changed, and how its deployment ended.
     History,
+    /// Output of every instance, merged in time order, each line prefixed with its instance.
+    Logs(LogsArgs),
     /// The app's Lua request rules, applied by every router: `rules set FILE`, `rules show`, `rules rm`.
     Rules {
         #[command(subcommand)]
         action: RulesAction,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct LogsArgs {
+    /// Keep printing new lines as instances write them (across restarts and new instances).
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// Only lines from this long ago on (`10m`, `1h`, `30s`).
+    #[arg(long, value_parser = berth_core::Dur::parse)]
+    since: Option<berth_core::Dur>,
+    /// The last N lines (default 200, or every line since `--since`).
+    #[arg(long, short = 'n')]
+    tail: Option<usize>,
+    /// Only this instance (an id or its prefix).
+    #[arg(long)]
+    instance: Option<String>,
+    /// Only lines matching this regular expression.
+    #[arg(long)]
+    grep: Option<String>,
+    /// Print each line's time.
+    #[arg(short = 't', long)]
+    timestamps: bool,
+}
+
+async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let since = args.since.map(|d| berth_server::now_ms() - d.as_millis() as i64);
+    let query = berth_api::LogQuery {
+        since,
+        tail: args.tail.or(if since.is_some() { None } else { Some(200) }),
+        instance: args.instance,
+        grep: args.grep,
+        follow: args.follow,
+    };
+    let json = ctx.format == Format::Json;
+    let timestamps = args.timestamps;
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    client
+        .logs(id, &query, |line| {
+            let text = if json {
+                serde_json::to_string(&line).unwrap_or_default()
+            } else {
+                let mark = if line.stream == berth_api::LogStream::Stderr { "!" } else { "|" };
+                let time = if timestamps { format!("{} ", output::clock_ms(line.t)) } else { String::new() };
+                format!("{time}{} {mark} {}", line.instance, line.line)
+            };
+            // A closed pipe (`| head`) ends the stream quietly.
+            writeln!(out, "{text}").and_then(|_| out.flush()).is_ok()
+        })
+        .await?;
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -140,6 +193,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
         AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
         AppAction::Rules { action } => rules(&client, &id, action, ctx).await,
+        AppAction::Logs(args) => logs(&client, &id, args, ctx).await,
         AppAction::History => {
             let versions = client.versions(&id).await?;
             let app = client.app(&id).await?.value;

@@ -132,6 +132,27 @@ pub struct ServerOptions {
     /// A node silent this long is lost and its instances move.
     #[arg(long, value_parser = parse_dur, default_value = "15s")]
     node_timeout: Dur,
+    /// Size of one app log file before it rotates (`64KiB`, `8MiB`, or bytes).
+    #[arg(long, value_parser = parse_size, default_value = "8MiB")]
+    log_file_size: u64,
+    /// Log files kept per app, the current one included: an app's logs never take more than
+    /// `--log-files` x `--log-file-size` on disk.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    log_files: u16,
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 64KiB or 8MiB"))?;
+    let factor = match unit {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1 << 10,
+        "MiB" | "M" => 1 << 20,
+        "GiB" | "G" => 1 << 30,
+        _ => return Err(format!("`{text}`: unknown unit `{unit}` (use B, KiB, MiB or GiB)")),
+    };
+    n.checked_mul(factor).filter(|b| *b >= 1024).ok_or_else(|| format!("`{text}` must be at least 1KiB"))
 }
 
 impl ServerOptions {
@@ -139,7 +160,11 @@ impl ServerOptions {
         ServerConfig {
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
-            tuning: Tuning { node_timeout: self.node_timeout.as_duration(), ..Tuning::default() },
+            tuning: Tuning {
+                node_timeout: self.node_timeout.as_duration(),
+                logs: berth_server::LogLimits { file_bytes: self.log_file_size, files: self.log_files as usize },
+                ..Tuning::default()
+            },
         }
     }
 }
