@@ -17,7 +17,9 @@ use tokio::sync::{Notify, watch};
 /// Lines kept per instance while the control plane is slow or away.
 const PER_INSTANCE: usize = 50_000;
 /// Lines taken from one instance per batch, so every instance gets its turn.
-const PER_TURN: usize = 5_000;
+const PER_TURN: usize = 20_000;
+/// About this much line text per batch, shared among instances (the server takes up to 16 MiB).
+const BATCH_BYTES: usize = 2 << 20;
 /// A line longer than this is cut (the rest is dropped).
 const MAX_LINE: usize = 16 * 1024;
 /// How often exec output files are read.
@@ -51,36 +53,55 @@ pub struct Origin {
 }
 
 impl LogSink {
-    pub fn push(&self, origin: &Origin, stream: LogStream, t: i64, mut text: String) {
-        if text.len() > MAX_LINE {
-            text.truncate(text.floor_char_boundary(MAX_LINE));
-        }
-        let line = LogLine {
-            t,
-            app: origin.app.clone(),
-            instance: origin.instance.clone(),
-            node: origin.node.clone(),
-            stream,
-            line: text,
-        };
+    pub fn push(&self, origin: &Origin, stream: LogStream, t: i64, text: String) {
+        self.push_many(origin, stream, t, std::iter::once(text));
+    }
+
+    /// Queues lines of one instance under one lock; what does not fit is dropped and counted.
+    pub fn push_many(&self, origin: &Origin, stream: LogStream, t: i64, texts: impl IntoIterator<Item = String>) {
         {
             let mut buffers = lock(&self.buffers);
             let buf = buffers.entry(origin.instance.clone()).or_default();
-            if buf.lines.len() >= PER_INSTANCE {
-                buf.dropped += 1;
-                return;
+            for mut text in texts {
+                if buf.lines.len() >= PER_INSTANCE {
+                    buf.dropped += 1;
+                    continue;
+                }
+                if text.len() > MAX_LINE {
+                    text.truncate(text.floor_char_boundary(MAX_LINE));
+                }
+                buf.lines.push_back(LogLine {
+                    t,
+                    app: origin.app.clone(),
+                    instance: origin.instance.clone(),
+                    node: origin.node.clone(),
+                    stream,
+                    line: text,
+                });
             }
-            buf.lines.push_back(line);
         }
         self.ready.notify_one();
     }
 
-    /// Up to `PER_TURN` lines of every instance, and the drop counts; empty buffers are forgotten.
+    /// Up to `PER_TURN` lines (and an equal share of `BATCH_BYTES`) of every instance, and the
+    /// drop counts; empty buffers are forgotten.
     fn take_batch(&self) -> LogBatch {
         let mut batch = LogBatch::default();
         let mut buffers = lock(&self.buffers);
+        let share = (BATCH_BYTES / buffers.len().max(1)).max(64 * 1024);
         for (instance, buf) in buffers.iter_mut() {
-            let n = buf.lines.len().min(PER_TURN);
+            let mut bytes = 0;
+            let n = buf
+                .lines
+                .iter()
+                .take(PER_TURN)
+                .take_while(|l| {
+                    bytes += l.line.len() + 64;
+                    bytes <= share
+                })
+                .count()
+                .max(1)
+                .min(buf.lines.len());
             batch.lines.extend(buf.lines.drain(..n));
             if buf.dropped > 0 {
                 batch.dropped.insert(instance.clone(), std::mem::take(&mut buf.dropped));
@@ -155,14 +176,18 @@ pub async fn follow_files(dir: PathBuf, origin: Origin, sink: LogSink, mut ended
             moved = true;
             *offset = end;
             let buf = partial.entry(name).or_default();
-            buf.push_str(&text);
+            let data = if buf.is_empty() { text } else { std::mem::take(buf) + &text };
             let t = now_ms();
-            while let Some(nl) = buf.find('\n') {
-                let line: String = buf.drain(..=nl).collect();
-                sink.push(&origin, stream, t, line.trim_end_matches(['\n', '\r']).to_string());
-            }
-            if buf.len() > MAX_LINE || (last_round && !buf.is_empty()) {
-                sink.push(&origin, stream, t, std::mem::take(buf));
+            // Whole lines go now; a trailing partial line waits for its end (or the last round).
+            let (whole, rest) = match data.rfind('\n') {
+                Some(nl) => data.split_at(nl + 1),
+                None => ("", data.as_str()),
+            };
+            sink.push_many(&origin, stream, t, whole.lines().map(|l| l.trim_end_matches('\r').to_string()));
+            if rest.len() > MAX_LINE || (last_round && !rest.is_empty()) {
+                sink.push(&origin, stream, t, rest.to_string());
+            } else {
+                *buf = rest.to_string();
             }
             // Read to the end and big: empty it (the process appends, so it goes on at 0).
             if end >= TRUNCATE_AT

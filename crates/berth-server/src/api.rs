@@ -37,7 +37,10 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/apps/{group}/{name}/promote", post(promote))
         .route("/v1/apps/{group}/{name}/versions", get(versions))
         .route("/v1/apps/{group}/{name}/logs", get(crate::logs::http::query))
-        .route("/v1/nodes/{id}/logs", post(crate::logs::http::ingest))
+        .route(
+            "/v1/nodes/{id}/logs",
+            post(crate::logs::http::ingest).layer(axum::extract::DefaultBodyLimit::max(16 << 20)),
+        )
         .route("/v1/instances", get(list_instances))
         .route("/v1/instances/{id}/drain", get(routes::drain_status))
         .route("/v1/routers", get(routes::list_routers))

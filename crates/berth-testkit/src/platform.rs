@@ -80,7 +80,12 @@ impl Platform {
 
     /// Server, agent and router as three processes, so that one can die alone.
     pub async fn start_split(bin: &Path, driver: &str) -> Platform {
-        let mut p = Self::new(bin, driver, port_block(), &[]);
+        Self::start_split_args(bin, driver, &[]).await
+    }
+
+    /// As `start_split`, with more arguments for `berth server`.
+    pub async fn start_split_args(bin: &Path, driver: &str, server_extra: &[String]) -> Platform {
+        let mut p = Self::new(bin, driver, port_block(), server_extra);
         p.split = Some(Vec::new());
         p.spawn();
         p.wait_ready().await;
@@ -155,8 +160,9 @@ impl Platform {
             self.child = Some(self.process("berth-up.log", &args));
             return;
         }
-        self.child =
-            Some(self.process("berth-server.log", &strings(&["server", "--data-dir", &data, "--api", &self.api_addr])));
+        let mut server = strings(&["server", "--data-dir", &data, "--api", &self.api_addr]);
+        server.extend(self.extra.iter().cloned());
+        self.child = Some(self.process("berth-server.log", &server));
         if self.split.as_ref().is_some_and(Vec::is_empty) {
             let mut agent = strings(&["agent", "--data-dir", &data]);
             agent.extend(node);
@@ -168,7 +174,12 @@ impl Platform {
         }
     }
 
-    /// The `berth up` process id.
+    /// Split mode: the `berth agent` process id.
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.split.as_ref().and_then(|c| c.first()).and_then(Child::id)
+    }
+
+    /// The `berth up` process id (in split mode: the server's).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().and_then(Child::id)
     }
