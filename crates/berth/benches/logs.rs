@@ -79,7 +79,6 @@ async fn throughput(seconds: u64) {
         tokio::time::sleep(Duration::from_secs(seconds)).await;
         let (w1, s1, cpu1) = (written_lines(&p, &instance), stored_lines(&p, &id), cpu_seconds(agent));
         let server1 = cpu_seconds(server);
-        let server1 = cpu_seconds(server);
         let took = t0.elapsed().as_secs_f64();
         let (written, stored) = ((w1 - w0) as f64 / took, (s1 - s0) as f64 / took);
         println!(
