@@ -297,7 +297,9 @@ mod tests {
         let batch = sink.take_batch();
         assert_eq!(batch.dropped.get("loud"), Some(&10));
         assert!(batch.lines.iter().any(|l| l.instance == "quiet"), "the quiet one gets its turn at once");
-        assert_eq!(batch.lines.iter().filter(|l| l.instance == "loud").count(), PER_TURN);
+        let loud = batch.lines.iter().filter(|l| l.instance == "loud").count();
+        assert!(loud > 0 && loud <= PER_TURN, "the loud one gets a bounded turn: {loud}");
+        assert!(sink.has_lines(), "and the rest of its lines wait for the next batch");
     }
 
     #[test]

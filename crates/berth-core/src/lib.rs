@@ -2,8 +2,10 @@
 
 pub mod duration;
 pub mod model;
+pub mod sink;
 pub mod spec;
 
 pub use duration::Dur;
 pub use model::*;
+pub use sink::LogSink;
 pub use spec::{AppSpec, SpecError, SpecErrors, Strategy};

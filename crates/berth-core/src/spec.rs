@@ -63,6 +63,9 @@ pub struct AppSpec {
     /// How routers spread requests over the instances.
     #[serde(default)]
     pub balance: Balance,
+    /// Where the app's log lines are forwarded, besides Berth's own store (see `LogSink`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub log_sinks: Vec<String>,
 }
 
 /// How a router picks an instance for a request.
@@ -661,6 +664,11 @@ impl AppSpec {
                 fail(field, format!("{value} is not a fraction between 0 and 1"));
             }
         }
+        for (i, sink) in self.log_sinks.iter().enumerate() {
+            if let Err(why) = crate::LogSink::parse(sink) {
+                fail(&format!("log_sinks[{i}]"), why);
+            }
+        }
         let up = &self.upgrade;
         if up.healthy_deadline.0 == 0 {
             fail("upgrade.healthy_deadline", "must be more than 0".into());
@@ -936,6 +944,7 @@ upgrade:
   # rollback_window: 10m     # blue-green: keep the old set this long for an instant rollback
 # drain_timeout: 30s         # a stopping instance finishes its in-flight requests, up to this long
 # stop_timeout: 10s          # then SIGTERM, and SIGKILL after this
+# log_sinks: [syslog+tcp://127.0.0.1:514, http://127.0.0.1:9880/logs]   # forward logs there too
 "#
     )
 }

@@ -37,6 +37,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/apps/{group}/{name}/promote", post(promote))
         .route("/v1/apps/{group}/{name}/versions", get(versions))
         .route("/v1/apps/{group}/{name}/logs", get(crate::logs::http::query))
+        .route("/v1/logs/sinks", get(crate::logs::http::sinks))
         .route(
             "/v1/nodes/{id}/logs",
             post(crate::logs::http::ingest).layer(axum::extract::DefaultBodyLimit::max(16 << 20)),

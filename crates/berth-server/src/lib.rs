@@ -4,6 +4,7 @@
 mod api;
 mod apply;
 mod deployments;
+mod forward;
 mod logs;
 mod reconciler;
 mod routes;
@@ -38,6 +39,8 @@ pub struct ServerConfig {
     pub data_dir: PathBuf,
     pub api_addr: String,
     pub tuning: Tuning,
+    /// Sinks every app's log lines are forwarded to.
+    pub log_sinks: Vec<berth_core::LogSink>,
 }
 
 /// Shared by handlers and the reconcile loop.
@@ -51,14 +54,25 @@ pub(crate) struct Shared {
     /// Each router's last report and when it came, in memory: routers report several times a second.
     pub routers: Arc<Mutex<HashMap<String, (Millis, berth_api::RouterReport)>>>,
     pub logs: Arc<logs::LogStore>,
+    pub forwarders: Arc<forward::Forwarders>,
+    /// Turns true when the server stops; background tasks started on demand watch it.
+    pub shutdown: watch::Receiver<bool>,
     pub started_at: Millis,
     pub tuning: Tuning,
 }
 
 impl Shared {
-    pub fn new(store: Arc<dyn Store>, tuning: Tuning, log_dir: PathBuf) -> Result<Self, StoreError> {
+    pub fn new(
+        store: Arc<dyn Store>,
+        tuning: Tuning,
+        log_dir: PathBuf,
+        log_sinks: Vec<berth_core::LogSink>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Self, StoreError> {
         Ok(Shared {
             logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
+            forwarders: Arc::new(forward::Forwarders::new(log_sinks)),
+            shutdown,
             state: State::new(store)?,
             heartbeats: Arc::default(),
             pending: Arc::default(),
@@ -108,8 +122,14 @@ impl Server {
         let listener =
             TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
-        let shared = Shared::new(store, config.tuning, config.data_dir.join("logs"))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Shared::new(
+            store,
+            config.tuning,
+            config.data_dir.join("logs"),
+            config.log_sinks.clone(),
+            shutdown_rx.clone(),
+        )?;
 
         let app = api::router(shared.clone());
         let mut http_shutdown = shutdown_rx.clone();

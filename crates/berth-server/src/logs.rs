@@ -269,9 +269,10 @@ pub(crate) mod http {
         }
         for (app, lines) in by_app {
             // Only apps the store knows get a directory: the name comes from the wire.
-            if shared.state.app(app)?.is_none() {
+            let Some(record) = shared.state.app(app)? else {
                 continue;
-            }
+            };
+            shared.forwarders.forward(app, &record.value.spec.log_sinks, &lines, &shared.shutdown);
             let store = shared.logs.clone();
             let app = app.to_string();
             tokio::task::spawn_blocking(move || store.append(&app, &lines))
@@ -281,6 +282,11 @@ pub(crate) mod http {
         }
         shared.logs.count_dropped(&batch.dropped);
         Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
+    }
+
+    /// Every log sink in use: sent, dropped, queued, and the last error.
+    pub(crate) async fn sinks(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+        Ok(indexed(shared.state.store().revision(), &shared.forwarders.status()))
     }
 
     fn ndjson(line: &LogLine) -> Bytes {

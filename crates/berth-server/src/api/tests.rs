@@ -12,6 +12,7 @@ async fn every_documented_route_is_served() {
         data_dir: dir.path().to_path_buf(),
         api_addr: "127.0.0.1:0".into(),
         tuning: Tuning::default(),
+        log_sinks: vec![],
     })
     .await
     .unwrap();

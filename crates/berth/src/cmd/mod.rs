@@ -30,9 +30,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the whole platform on this machine: server and a local agent.
-    Up(platform::UpArgs),
+    Up(Box<platform::UpArgs>),
     /// Run the control plane.
-    Server(platform::ServerArgs),
+    Server(Box<platform::ServerArgs>),
     /// Run a node agent that joins a server.
     Agent(platform::AgentArgs),
     /// Run a router: the front door that serves apps by Host.
@@ -70,8 +70,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 
     let ctx = Ctx { server: cli.server.clone(), format: cli.output };
     match cli.command {
-        Command::Up(args) => platform::up(args).await,
-        Command::Server(args) => platform::server(args).await,
+        Command::Up(args) => platform::up(*args).await,
+        Command::Server(args) => platform::server(*args).await,
         Command::Agent(args) => platform::agent(args, &ctx).await,
         Command::Router(args) => platform::router(args, &ctx).await,
         Command::Init(args) => spec::init(args, &ctx),

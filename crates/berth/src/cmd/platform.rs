@@ -139,6 +139,10 @@ pub struct ServerOptions {
     /// `--log-files` x `--log-file-size` on disk.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
     log_files: u16,
+    /// Forward every app's log lines here too (repeatable): syslog+tcp://HOST:PORT,
+    /// syslog+udp://HOST:PORT or http://HOST:PORT/PATH (JSON lines).
+    #[arg(long = "log-sink", value_parser = berth_core::LogSink::parse)]
+    log_sinks: Vec<berth_core::LogSink>,
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -165,6 +169,7 @@ impl ServerOptions {
                 logs: berth_server::LogLimits { file_bytes: self.log_file_size, files: self.log_files as usize },
                 ..Tuning::default()
             },
+            log_sinks: self.log_sinks.clone(),
         }
     }
 }

@@ -1,0 +1,230 @@
+//! Log forwarding end to end: a real rsyslog receives RFC 5424 lines over TCP (an app's own sink)
+//! and UDP (the server-wide sink); an HTTP sink gets JSON lines within a second even while another
+//! app floods a sink that never answers.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_testkit::{Platform, wait_until};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+fn chat_spec(name: &str, args: &str, extra: &str) -> String {
+    let bin = berth_testkit::image::testapp_binary();
+    format!(
+        "group: ops\nname: {name}\ndriver: exec\ncommand: [{}, {args}]\nupgrade:\n  min_healthy_time: 0s\n{extra}",
+        bin.display()
+    )
+}
+
+struct Rsyslog {
+    child: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl Drop for Rsyslog {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn rsyslog(dir: &std::path::Path, tcp: u16, udp: u16) -> Option<Rsyslog> {
+    let Ok(bin) = which("rsyslogd") else {
+        assert!(std::env::var("BERTH_REQUIRE_DOCKER").is_err(), "rsyslogd is required (apt-get install rsyslog)");
+        eprintln!("SKIPPED: rsyslogd is not installed");
+        return None;
+    };
+    let out = dir.join("received.log");
+    let conf = dir.join("rsyslog.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "global(workDirectory=\"{d}\")\nmodule(load=\"imtcp\")\nmodule(load=\"imudp\")\n\
+             input(type=\"imtcp\" port=\"{tcp}\" address=\"127.0.0.1\")\ninput(type=\"imudp\" port=\"{udp}\" address=\"127.0.0.1\")\n\
+             template(name=\"raw\" type=\"string\" string=\"%app-name% %procid% %msgid% %structured-data% %msg%\\n\")\n\
+             *.* action(type=\"omfile\" file=\"{o}\" template=\"raw\")\n",
+            d = dir.display(),
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new(bin)
+        .args(["-n", "-f"])
+        .arg(&conf)
+        .arg("-i")
+        .arg(dir.join("rsyslogd.pid"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start rsyslogd");
+    Some(Rsyslog { child, out })
+}
+
+fn which(name: &str) -> Result<std::path::PathBuf, ()> {
+    ["/usr/sbin", "/usr/bin", "/sbin", "/bin"]
+        .iter()
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
+        .ok_or(())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rsyslog_receives_app_and_server_wide_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp, udp) = (free_port(), free_port());
+    let Some(syslog) = rsyslog(dir.path(), tcp, udp) else { return };
+    wait_until("rsyslog to listen", Duration::from_secs(10), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", tcp)).await.ok().map(|_| ())
+    })
+    .await;
+    let global = vec!["--log-sink".to_string(), format!("syslog+udp://127.0.0.1:{udp}")];
+    let p = Platform::start_args(BERTH.as_ref(), "exec", &global).await;
+    let own = format!("log_sinks: [\"syslog+tcp://127.0.0.1:{tcp}\"]\n");
+    p.cli_ok(&[
+        "deploy",
+        "-f",
+        &p.write("a.yaml", &chat_spec("talky", "--chatter-ms, \"100\"", &own)),
+        "--timeout",
+        "30",
+    ])
+    .await;
+    p.cli_ok(&[
+        "deploy",
+        "-f",
+        &p.write("b.yaml", &chat_spec("quiet", "--chatter-ms, \"300\"", "")),
+        "--timeout",
+        "30",
+    ])
+    .await;
+    let talky = p.live("talky").await[0]["id"].as_str().unwrap().to_string();
+    let received = wait_until("rsyslog to write lines of both apps", Duration::from_secs(15), || async {
+        let text = std::fs::read_to_string(&syslog.out).unwrap_or_default();
+        (text.contains("ops/talky") && text.contains("ops/quiet")).then_some(text)
+    })
+    .await;
+    let line = received.lines().find(|l| l.starts_with("ops/talky") && l.contains(" chatter ")).unwrap();
+    assert!(line.starts_with(&format!("ops/talky {talky} stdout [berth@32473 app=\"ops/talky\"")), "{line}");
+    // Both sinks carried lines: the app's own over TCP, everything over UDP.
+    let sinks: Value = p.get("/v1/logs/sinks").await.unwrap();
+    for sink in sinks.as_array().unwrap() {
+        assert!(sink["sent"].as_u64().unwrap() > 0, "{sinks}");
+        assert_eq!(sink["dropped"], 0, "{sinks}");
+    }
+    assert_eq!(sinks.as_array().unwrap().len(), 2, "{sinks}");
+}
+
+/// A tiny HTTP receiver: keeps every JSON line it is sent, with its arrival time.
+async fn http_receiver(lines: Arc<Mutex<Vec<(Value, i64)>>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let lines = lines.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                loop {
+                    let mut length = 0usize;
+                    let mut header = String::new();
+                    loop {
+                        header.clear();
+                        if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if header == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    let arrived = now_ms();
+                    for l in String::from_utf8_lossy(&body).lines() {
+                        if let Ok(v) = serde_json::from_str::<Value>(l) {
+                            lines.lock().unwrap().push((v, arrived));
+                        }
+                    }
+                    if write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Accepts connections and never answers.
+async fn black_hole() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stuck_sink_and_a_flooding_app_do_not_delay_another_app() {
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let fast = http_receiver(received.clone()).await;
+    let stuck = black_hole().await;
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let flood = format!("log_sinks: [\"http://127.0.0.1:{stuck}/ingest\"]\n");
+    p.cli_ok(&[
+        "deploy",
+        "-f",
+        &p.write("loud.yaml", &chat_spec("loud", "--chatter-ms, \"10\", --chatter-lines, \"100\"", &flood)),
+        "--timeout",
+        "30",
+    ])
+    .await;
+    let own = format!("log_sinks: [\"http://127.0.0.1:{fast}/ingest\"]\n");
+    p.cli_ok(&[
+        "deploy",
+        "-f",
+        &p.write("chat.yaml", &chat_spec("chat", "--chatter-ms, \"50\"", &own)),
+        "--timeout",
+        "30",
+    ])
+    .await;
+    // Let the stuck sink's queue fill up.
+    wait_until("the stuck sink to drop lines", Duration::from_secs(30), || async {
+        let sinks: Value = p.get("/v1/logs/sinks").await.ok()?;
+        sinks.as_array()?.iter().any(|s| s["dropped"].as_u64().unwrap_or(0) > 0).then_some(())
+    })
+    .await;
+    received.lock().unwrap().clear();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let got = received.lock().unwrap().clone();
+    assert!(got.len() > 20, "the chat app's lines keep arriving: {}", got.len());
+    for (line, arrived) in &got {
+        assert_eq!(line["app"], "ops/chat", "only the app's own lines go to its sink");
+        let written: i64 =
+            line["line"].as_str().unwrap().rsplit(' ').next().unwrap().parse().expect("write time in the line");
+        assert!(arrived - written < 1000, "a line reached the HTTP sink {} ms after it was written", arrived - written);
+    }
+    let sinks: Value = p.get("/v1/logs/sinks").await.unwrap();
+    let stuck_status =
+        sinks.as_array().unwrap().iter().find(|s| s["sink"].as_str().unwrap().contains(&stuck.to_string())).unwrap();
+    assert_eq!(stuck_status["sent"], 0, "{sinks}");
+    assert!(stuck_status["dropped"].as_u64().unwrap() > 0, "the flood past the stuck sink's bound is counted: {sinks}");
+}
