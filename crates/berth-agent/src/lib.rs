@@ -3,6 +3,7 @@
 
 pub mod driver;
 pub mod logs;
+pub mod metrics;
 mod report;
 mod runner;
 
@@ -51,6 +52,8 @@ pub struct AgentConfig {
     pub driver: DriverChoice,
     pub pull: PullPolicy,
     pub heartbeat: Duration,
+    /// How often each instance's resource use is sampled.
+    pub metrics_interval: Duration,
 }
 
 /// A running agent.
@@ -135,11 +138,25 @@ impl Agent {
         let (reporter, report_task) = report::spawn(client.clone(), node_rx, shutdown_rx.clone());
         let sink = logs::LogSink::default();
         let shipper = tokio::spawn(logs::ship(client.clone(), id.clone(), sink.clone(), shutdown_rx.clone()));
-        let services =
-            runner::Services { client: client.clone(), logs: sink, node: id.clone(), cursors: dir.join("log-cursors") };
+        let metrics = metrics::MetricsSink::default();
+        let metrics_shipper = tokio::spawn(metrics::ship(
+            client.clone(),
+            id.clone(),
+            metrics.clone(),
+            config.metrics_interval,
+            shutdown_rx.clone(),
+        ));
+        let services = runner::Services {
+            client: client.clone(),
+            logs: sink,
+            metrics,
+            metrics_interval: config.metrics_interval,
+            node: id.clone(),
+            cursors: dir.join("log-cursors"),
+        };
         let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, services, shutdown_rx));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
-        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task, shipper] })
+        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task, shipper, metrics_shipper] })
     }
 
     /// Stops the agent's loops. Instances keep running; a new agent adopts them.

@@ -101,11 +101,27 @@ async fn run(
 
     let origin = Origin { app: a.instance.app.clone(), instance: id.to_string(), node: services.node.clone() };
     let (ended_tx, ended_rx) = watch::channel(false);
-    let collector = driver.collect_logs(&handle, origin, services.logs.clone(), ended_rx, &services.cursors);
+    let collector = driver.collect_logs(&handle, origin, services.logs.clone(), ended_rx.clone(), &services.cursors);
+    let sampler =
+        tokio::spawn(sample(driver.clone(), handle.clone(), a.instance.app.clone(), services.clone(), ended_rx));
     run_to_end(a, driver, &handle, reports, stop, client, &base, was_adopted, grace).await;
     // The last lines are read before the collector goes.
     let _ = ended_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), collector).await;
+    sampler.abort();
+}
+
+/// Samples the instance's resource use every interval until it ends.
+async fn sample(driver: Driver, handle: Handle, app: String, services: Services, mut ended: watch::Receiver<bool>) {
+    loop {
+        if let Some(reading) = driver.read_usage(&handle).await {
+            services.metrics.record(reading.into_sample(&app, &handle.instance));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(services.metrics_interval) => {}
+            _ = ended.changed() => return,
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -167,6 +183,8 @@ async fn run_to_end(
 pub struct Services {
     pub client: Client,
     pub logs: LogSink,
+    pub metrics: crate::metrics::MetricsSink,
+    pub metrics_interval: Duration,
     pub node: String,
     pub cursors: std::path::PathBuf,
 }

@@ -431,6 +431,20 @@ impl Client {
         Ok(())
     }
 
+    /// A node's resource samples.
+    pub async fn ship_metrics(&self, node: &str, report: &MetricsReport) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/metrics"), report).await?;
+        Ok(())
+    }
+
+    /// Use per app, node and cluster; with `app`, that app's instances too.
+    pub async fn usage(&self, app: Option<&str>) -> Result<Usage, ClientError> {
+        match app {
+            Some(id) => Ok(self.get(&format!("/v1/apps/{id}/usage")).await?.value),
+            None => Ok(self.get("/v1/usage").await?.value),
+        }
+    }
+
     /// A router's periodic report.
     pub async fn router_report(&self, id: &str, report: &RouterReport) -> Result<(), ClientError> {
         self.post::<_, serde_json::Value>(&format!("/v1/routers/{id}"), report).await?;
@@ -554,6 +568,98 @@ pub struct LogQuery {
     pub follow: bool,
 }
 
+/// One instance's resource use at one moment, as its node's agent sampled it. Byte and CPU
+/// counters are cumulative since the instance started; the server turns them into rates.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceSample {
+    pub instance: String,
+    pub app: String,
+    pub t: Millis,
+    /// CPU time used since start, in seconds (all processes of the instance).
+    pub cpu_seconds: f64,
+    /// Memory in use (the cgroup's usage for Docker, the resident set for exec).
+    pub memory_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes: Option<u64>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct MetricsReport {
+    pub samples: Vec<InstanceSample>,
+}
+
+/// An instance's latest use, with rates from its last two samples.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceUsage {
+    pub instance: String,
+    pub app: String,
+    pub node: String,
+    pub t: Millis,
+    /// Percent of one core.
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rss_bytes: Option<u64>,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_rx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_tx_bytes: Option<u64>,
+    /// Times an instance of the app failed since the server started (a restart each).
+    pub restarts: u64,
+}
+
+/// An app's use: the sum of its instances.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppUsage {
+    pub app: String,
+    pub instances: usize,
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+    pub memory_limit_bytes: u64,
+    pub block_read_bytes: u64,
+    pub block_write_bytes: u64,
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+    pub restarts: u64,
+    /// Reserved by the spec: cores and bytes.
+    pub cpu_allocated: f64,
+    pub memory_allocated_bytes: u64,
+}
+
+/// Allocated (what specs reserve) beside used (what instances take), per node and in all.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CapacityUsage {
+    pub name: String,
+    pub cpu_cores: f64,
+    pub cpu_allocated: f64,
+    pub cpu_used: f64,
+    pub memory_bytes: u64,
+    pub memory_allocated_bytes: u64,
+    pub memory_used_bytes: u64,
+}
+
+/// What `berth top` shows.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    pub apps: Vec<AppUsage>,
+    pub nodes: Vec<CapacityUsage>,
+    pub cluster: CapacityUsage,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub instances: Vec<InstanceUsage>,
+}
+
 /// What a router tells the control plane, every fraction of a second: which table it serves and
 /// what it still has in flight to instances being stopped.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -565,7 +671,24 @@ pub struct RouterReport {
     /// Requests in flight per draining instance.
     #[serde(default)]
     pub in_flight: BTreeMap<String, u64>,
+    /// Requests served per app (`GROUP/NAME`) or static upstream, since the router started.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub requests: BTreeMap<String, RouterCounts>,
 }
+
+/// A router's cumulative counts for one app.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RouterCounts {
+    /// Responses by class: 1xx, 2xx, 3xx, 4xx, 5xx (router errors count as 5xx).
+    pub by_class: [u64; 5],
+    /// Latency histogram: requests per bucket of `LATENCY_BOUNDS_MS`, then those above the last.
+    pub latency: Vec<u64>,
+    pub latency_sum_ms: f64,
+    pub in_flight: u64,
+}
+
+/// Upper bounds (ms) of the latency buckets routers keep; one more bucket holds everything above.
+pub const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
 /// Whether routers are done with a stopping instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

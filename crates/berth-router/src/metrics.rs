@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-/// Upper bounds of the latency buckets, in milliseconds (the last bucket is everything above).
-pub const BUCKETS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
+/// Upper bounds of the latency buckets, in milliseconds (one more bucket is everything above).
+pub const BUCKETS_MS: [u64; 12] = berth_api::LATENCY_BOUNDS_MS;
 
 #[derive(Debug, Default)]
 pub struct ClusterMetrics {
@@ -28,6 +28,17 @@ impl ClusterMetrics {
         let bucket = BUCKETS_MS.iter().position(|b| ms <= *b).unwrap_or(BUCKETS_MS.len());
         self.latency[bucket].fetch_add(1, Ordering::Relaxed);
         self.latency_sum_us.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+    }
+
+    /// The cumulative counts the router reports to the control plane.
+    pub fn counts(&self) -> berth_api::RouterCounts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        berth_api::RouterCounts {
+            by_class: std::array::from_fn(|i| load(&self.by_class[i])),
+            latency: self.latency.iter().map(load).collect(),
+            latency_sum_ms: load(&self.latency_sum_us) as f64 / 1000.0,
+            in_flight: load(&self.in_flight),
+        }
     }
 
     pub fn view(&self) -> MetricsView {

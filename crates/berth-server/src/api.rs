@@ -38,6 +38,10 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/apps/{group}/{name}/versions", get(versions))
         .route("/v1/apps/{group}/{name}/logs", get(crate::logs::http::query))
         .route("/v1/logs/sinks", get(crate::logs::http::sinks))
+        .route("/v1/usage", get(crate::usage::all))
+        .route("/v1/apps/{group}/{name}/usage", get(crate::usage::one_app))
+        .route("/v1/nodes/{id}/metrics", post(crate::usage::ingest))
+        .route("/metrics", get(crate::usage::prometheus))
         .route(
             "/v1/nodes/{id}/logs",
             post(crate::logs::http::ingest).layer(axum::extract::DefaultBodyLimit::max(16 << 20)),
@@ -704,6 +708,7 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
         let now = now_ms();
         let mut txn = Txn::default();
         let mut backoffs: HashMap<String, (App, u64)> = HashMap::new();
+        let mut restarted: Vec<String> = Vec::new();
         for report in &req.reports {
             let Some(current) = shared.state.instance(&report.id)? else {
                 continue;
@@ -762,6 +767,7 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
                     {
                         backoffs.insert(inst.app.clone(), (app.value, app.mod_revision));
                     }
+                    restarted.push(inst.app.clone());
                     if let Some((app, _)) = backoffs.get_mut(&inst.app)
                         && crate::apply::count_failure(app, inst.version, &failure_text(&inst), now)
                     {
@@ -777,7 +783,12 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
             break;
         }
         match shared.state.commit(txn) {
-            Ok(_) => break,
+            Ok(_) => {
+                for app in &restarted {
+                    shared.usage.count_restart(app);
+                }
+                break;
+            }
             Err(StoreError::Conflict(_)) => continue,
             Err(e) => return Err(e.into()),
         }

@@ -8,6 +8,7 @@ mod forward;
 mod logs;
 mod reconciler;
 mod routes;
+mod usage;
 mod views;
 
 use std::collections::HashMap;
@@ -55,6 +56,7 @@ pub(crate) struct Shared {
     pub routers: Arc<Mutex<HashMap<String, (Millis, berth_api::RouterReport)>>>,
     pub logs: Arc<logs::LogStore>,
     pub forwarders: Arc<forward::Forwarders>,
+    pub usage: Arc<usage::UsageStore>,
     /// Turns true when the server stops; background tasks started on demand watch it.
     pub shutdown: watch::Receiver<bool>,
     pub started_at: Millis,
@@ -72,6 +74,7 @@ impl Shared {
         Ok(Shared {
             logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
             forwarders: Arc::new(forward::Forwarders::new(log_sinks)),
+            usage: Arc::default(),
             shutdown,
             state: State::new(store)?,
             heartbeats: Arc::default(),

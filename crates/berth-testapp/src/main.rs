@@ -19,12 +19,14 @@ struct Config {
     /// Print a numbered line with its write time every N ms (0: never); `--chatter-lines` per tick.
     chatter_ms: u64,
     chatter_lines: u64,
+    /// Keep one core busy.
+    burn_cpu: bool,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "berth-testapp: {problem}\nusage: berth-testapp [--port N] [--version V] [--start-delay-ms N] \
-         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N] [--chatter-ms N] [--chatter-lines N]"
+         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N] [--chatter-ms N] [--chatter-lines N] [--burn-cpu]"
     );
     std::process::exit(2)
 }
@@ -41,6 +43,7 @@ fn parse() -> Config {
         alloc_mb: 0,
         chatter_ms: 0,
         chatter_lines: 1,
+        burn_cpu: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -58,6 +61,7 @@ fn parse() -> Config {
             "--alloc-mb" => c.alloc_mb = number("--alloc-mb", value("--alloc-mb")) as usize,
             "--chatter-ms" => c.chatter_ms = number("--chatter-ms", value("--chatter-ms")),
             "--chatter-lines" => c.chatter_lines = number("--chatter-lines", value("--chatter-lines")),
+            "--burn-cpu" => c.burn_cpu = true,
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -77,6 +81,14 @@ fn main() {
     }
     if config.start_delay_ms > 0 {
         std::thread::sleep(Duration::from_millis(config.start_delay_ms));
+    }
+    if config.burn_cpu {
+        std::thread::spawn(|| {
+            let mut x: u64 = 1;
+            loop {
+                x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+            }
+        });
     }
     if config.chatter_ms > 0 {
         let (every, per_tick) = (config.chatter_ms, config.chatter_lines);

@@ -28,15 +28,22 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// A block of 100 host ports below the kernel's ephemeral range, free right now.
+/// A block of 100 host ports below the kernel's ephemeral range, free right now and never handed
+/// to another platform of this test process (tests in one binary run in parallel).
 fn port_block() -> (u16, u16) {
     use std::hash::{BuildHasher, Hasher};
-    for _ in 0..50 {
+    static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..200 {
         let mut h = std::collections::hash_map::RandomState::new().build_hasher();
         h.write_u32(std::process::id());
         let base = 20_000 + (h.finish() % 120) as u16 * 100;
+        let mut taken = TAKEN.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.contains(&base) {
+            continue;
+        }
         let free = (base..base + 10).all(|p| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
         if free {
+            taken.push(base);
             return (base, base + 99);
         }
     }

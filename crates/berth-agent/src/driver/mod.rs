@@ -133,6 +133,17 @@ impl Driver {
         }
     }
 
+    /// One resource reading of a live instance.
+    pub async fn read_usage(&self, handle: &Handle) -> Option<crate::metrics::Reading> {
+        match self {
+            Driver::Docker(d) => crate::metrics::read_container(d.client(), &handle.id).await,
+            Driver::Exec(_) => {
+                let leader: i32 = handle.id.parse().ok()?;
+                tokio::task::spawn_blocking(move || crate::metrics::read_process_group(leader)).await.ok()?
+            }
+        }
+    }
+
     /// Instances that outlived the agent, by instance id.
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         match self {

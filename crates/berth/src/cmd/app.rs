@@ -76,6 +76,8 @@ pub enum AppAction {
     History,
     /// Output of every instance, merged in time order, each line prefixed with its instance.
     Logs(LogsArgs),
+    /// The app's resource use per instance, live.
+    Top(super::top::TopArgs),
     /// The app's Lua request rules, applied by every router: `rules set FILE`, `rules show`, `rules rm`.
     Rules {
         #[command(subcommand)]
@@ -194,6 +196,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
         AppAction::Rules { action } => rules(&client, &id, action, ctx).await,
         AppAction::Logs(args) => logs(&client, &id, args, ctx).await,
+        AppAction::Top(args) => super::top::run(args, Some(&id), ctx).await,
         AppAction::History => {
             let versions = client.versions(&id).await?;
             let app = client.app(&id).await?.value;

@@ -6,6 +6,7 @@ mod events;
 mod node;
 mod platform;
 mod spec;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,8 @@ pub enum Command {
     },
     /// What happened, oldest first.
     Events(events::EventsArgs),
+    /// Resource use, live: every app, and allocated beside used per node and for the cluster.
+    Top(top::TopArgs),
 }
 
 /// Where the spec is read from when `-f` is not given.
@@ -80,6 +83,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::App(args) => app::run(args, &ctx).await,
         Command::Node { action } => node::run(action, &ctx).await,
         Command::Events(args) => events::run(args, &ctx).await,
+        Command::Top(args) => top::run(args, None, &ctx).await,
     }
 }
 

@@ -81,6 +81,9 @@ pub struct NodeOptions {
     /// Name of this node (default: the machine's hostname).
     #[arg(long)]
     hostname: Option<String>,
+    /// How often each instance's cpu, memory, disk and network use is sampled.
+    #[arg(long, value_parser = parse_dur, default_value = "5s")]
+    metrics_interval: Dur,
 }
 
 impl NodeOptions {
@@ -117,6 +120,7 @@ impl NodeOptions {
                 PullArg::Never => PullPolicy::Never,
             },
             heartbeat: Duration::from_secs(2),
+            metrics_interval: self.metrics_interval.as_duration().max(Duration::from_millis(200)),
         })
     }
 }

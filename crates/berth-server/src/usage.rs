@@ -1,0 +1,407 @@
+//! Resource use: agents' samples kept in memory (a bounded window per instance), summed per app,
+//! node and cluster beside what specs allocate; and `GET /metrics` in Prometheus' text format.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Mutex;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State as AxState};
+use axum::http::header;
+use axum::response::{IntoResponse, Response};
+use berth_api::{AppUsage, CapacityUsage, InstanceSample, InstanceUsage, MetricsReport, Usage};
+use berth_core::{App, Instance, InstanceState, Millis};
+
+use crate::api::{ApiError, ApiResult, indexed, parse_json};
+use crate::{Shared, lock, now_ms};
+
+/// Samples kept per instance (an hour at the default 5 s interval).
+const KEEP_SAMPLES: usize = 720;
+/// A sample older than this no longer counts as the instance's current use.
+const STALE_MS: i64 = 30_000;
+
+#[derive(Default)]
+pub(crate) struct UsageStore {
+    samples: Mutex<HashMap<String, (String, VecDeque<InstanceSample>)>>,
+    /// Failures per app since the server started (each one a restart).
+    restarts: Mutex<HashMap<String, u64>>,
+}
+
+impl UsageStore {
+    pub fn record(&self, node: &str, samples: Vec<InstanceSample>) {
+        let mut all = lock(&self.samples);
+        let now = now_ms();
+        all.retain(|_, (_, q)| q.back().is_some_and(|s| now - s.t < 3_600_000));
+        for s in samples {
+            let entry = all.entry(s.instance.clone()).or_insert_with(|| (node.to_string(), VecDeque::new()));
+            entry.0 = node.to_string();
+            if entry.1.len() == KEEP_SAMPLES {
+                entry.1.pop_front();
+            }
+            entry.1.push_back(s);
+        }
+    }
+
+    pub fn count_restart(&self, app: &str) {
+        *lock(&self.restarts).entry(app.to_string()).or_default() += 1;
+    }
+
+    pub fn restarts(&self) -> HashMap<String, u64> {
+        lock(&self.restarts).clone()
+    }
+
+    /// The latest use of each instance with a fresh sample, rates from its last two samples.
+    pub fn current(&self, now: Millis) -> HashMap<String, InstanceUsage> {
+        let restarts = self.restarts();
+        lock(&self.samples)
+            .iter()
+            .filter_map(|(id, (node, q))| {
+                let last = q.back().filter(|s| now - s.t < STALE_MS)?;
+                let cpu_percent = match q.len().checked_sub(2).and_then(|i| q.get(i)) {
+                    Some(prev) if last.t > prev.t => {
+                        ((last.cpu_seconds - prev.cpu_seconds) / ((last.t - prev.t) as f64 / 1000.0) * 100.0).max(0.0)
+                    }
+                    _ => 0.0,
+                };
+                Some((
+                    id.clone(),
+                    InstanceUsage {
+                        instance: id.clone(),
+                        app: last.app.clone(),
+                        node: node.clone(),
+                        t: last.t,
+                        cpu_percent,
+                        memory_bytes: last.memory_bytes,
+                        memory_limit_bytes: last.memory_limit_bytes,
+                        rss_bytes: last.rss_bytes,
+                        block_read_bytes: last.block_read_bytes,
+                        block_write_bytes: last.block_write_bytes,
+                        net_rx_bytes: last.net_rx_bytes,
+                        net_tx_bytes: last.net_tx_bytes,
+                        restarts: restarts.get(&last.app).copied().unwrap_or(0),
+                    },
+                ))
+            })
+            .collect()
+    }
+}
+
+const MIB: u64 = 1 << 20;
+
+/// Use per app, node and cluster, from live instances and their fresh samples.
+pub(crate) fn usage(shared: &Shared, only_app: Option<&str>) -> Result<Usage, berth_store::StoreError> {
+    let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
+    let instances: Vec<Instance> = shared.instances()?.into_iter().filter(|i| i.state.is_live()).collect();
+    let nodes = shared.state.nodes()?;
+    let current = shared.usage.current(now_ms());
+    let restarts = shared.usage.restarts();
+    let spec_of: HashMap<String, &App> = apps.iter().map(|a| (a.id(), a)).collect();
+
+    let mut by_app: BTreeMap<String, AppUsage> = BTreeMap::new();
+    let mut by_node: BTreeMap<String, CapacityUsage> = BTreeMap::new();
+    for n in &nodes {
+        let n = &n.value;
+        by_node.insert(
+            n.id.clone(),
+            CapacityUsage {
+                name: n.id.clone(),
+                cpu_cores: n.resources.cpu,
+                memory_bytes: n.resources.memory * MIB,
+                ..Default::default()
+            },
+        );
+    }
+    for app in &apps {
+        by_app.insert(
+            app.id(),
+            AppUsage { app: app.id(), restarts: restarts.get(&app.id()).copied().unwrap_or(0), ..Default::default() },
+        );
+    }
+    let mut shown = Vec::new();
+    for inst in &instances {
+        let Some(app) = spec_of.get(&inst.app) else { continue };
+        let (cpu_alloc, mem_alloc) = (app.spec.cpu.unwrap_or(0.0), app.spec.memory.unwrap_or(0) * MIB);
+        let used = current.get(&inst.id);
+        if let Some(a) = by_app.get_mut(&inst.app) {
+            a.instances += 1;
+            a.cpu_allocated += cpu_alloc;
+            a.memory_allocated_bytes += mem_alloc;
+            if let Some(u) = used {
+                a.cpu_percent += u.cpu_percent;
+                a.memory_bytes += u.memory_bytes;
+                a.memory_limit_bytes += u.memory_limit_bytes.unwrap_or(0);
+                a.block_read_bytes += u.block_read_bytes;
+                a.block_write_bytes += u.block_write_bytes;
+                a.net_rx_bytes += u.net_rx_bytes.unwrap_or(0);
+                a.net_tx_bytes += u.net_tx_bytes.unwrap_or(0);
+            }
+        }
+        if let Some(n) = by_node.get_mut(&inst.node) {
+            n.cpu_allocated += cpu_alloc;
+            n.memory_allocated_bytes += mem_alloc;
+            if let Some(u) = used {
+                n.cpu_used += u.cpu_percent / 100.0;
+                n.memory_used_bytes += u.memory_bytes;
+            }
+        }
+        if only_app == Some(inst.app.as_str())
+            && let Some(u) = used
+        {
+            shown.push(u.clone());
+        }
+    }
+    let mut cluster = CapacityUsage { name: "cluster".into(), ..Default::default() };
+    for n in by_node.values() {
+        cluster.cpu_cores += n.cpu_cores;
+        cluster.cpu_allocated += n.cpu_allocated;
+        cluster.cpu_used += n.cpu_used;
+        cluster.memory_bytes += n.memory_bytes;
+        cluster.memory_allocated_bytes += n.memory_allocated_bytes;
+        cluster.memory_used_bytes += n.memory_used_bytes;
+    }
+    shown.sort_by(|a, b| a.instance.cmp(&b.instance));
+    Ok(Usage {
+        apps: by_app.into_values().filter(|a| only_app.is_none_or(|id| a.app == id)).collect(),
+        nodes: by_node.into_values().collect(),
+        cluster,
+        instances: shown,
+    })
+}
+
+pub(crate) async fn ingest(
+    AxState(shared): AxState<Shared>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let report: MetricsReport = parse_json(&body)?;
+    shared.state.node(&node)?.ok_or_else(|| ApiError::not_found(&format!("node {node}")))?;
+    shared.usage.record(&node, report.samples);
+    Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
+}
+
+pub(crate) async fn all(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    Ok(indexed(shared.state.store().revision(), &usage(&shared, None)?))
+}
+
+pub(crate) async fn one_app(
+    AxState(shared): AxState<Shared>,
+    Path((group, name)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let id = format!("{group}/{name}");
+    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    Ok(indexed(shared.state.store().revision(), &usage(&shared, Some(&id))?))
+}
+
+/// Prometheus' text exposition format, version 0.0.4.
+pub(crate) async fn prometheus(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    let text = exposition(&shared)?;
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
+}
+
+fn label(v: &str) -> String {
+    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+}
+
+struct Family<'a> {
+    out: &'a mut String,
+}
+
+impl Family<'_> {
+    fn head(&mut self, name: &str, kind: &str, help: &str) {
+        let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+    }
+    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
+        let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
+        let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
+        let _ = writeln!(self.out, "{name}{labels} {value}");
+    }
+}
+
+fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
+    let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
+    let instances = shared.instances()?;
+    let u = usage(shared, None)?;
+    let current = shared.usage.current(now_ms());
+    let mut out = String::new();
+    let mut f = Family { out: &mut out };
+
+    f.head("berth_apps", "gauge", "Apps the control plane knows.");
+    f.sample("berth_apps", &[], apps.len() as f64);
+
+    f.head("berth_instances", "gauge", "Instances by state.");
+    for state in [
+        InstanceState::Staging,
+        InstanceState::Starting,
+        InstanceState::Running,
+        InstanceState::Failed,
+        InstanceState::Stopped,
+    ] {
+        let n = instances.iter().filter(|i| i.state == state).count();
+        f.sample("berth_instances", &[("state", state.as_str())], n as f64);
+    }
+
+    f.head("berth_deployments", "gauge", "Apps by the state of their latest deployment.");
+    let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
+    for app in &apps {
+        if let Some(d) = &app.deployment {
+            *by_state.entry(d.state.as_str()).or_default() += 1;
+        }
+    }
+    for state in ["running", "succeeded", "failed", "rolled-back", "superseded"] {
+        f.sample("berth_deployments", &[("state", state)], by_state.get(state).copied().unwrap_or(0) as f64);
+    }
+
+    f.head("berth_app_restarts_total", "counter", "Instance failures per app since the server started.");
+    for a in &u.apps {
+        f.sample("berth_app_restarts_total", &[("app", &a.app)], a.restarts as f64);
+    }
+    f.head("berth_app_instances", "gauge", "Live instances per app.");
+    for a in &u.apps {
+        f.sample("berth_app_instances", &[("app", &a.app)], a.instances as f64);
+    }
+    f.head("berth_app_cpu_percent", "gauge", "CPU use of an app's instances, in percent of one core.");
+    for a in &u.apps {
+        f.sample("berth_app_cpu_percent", &[("app", &a.app)], a.cpu_percent);
+    }
+    f.head("berth_app_memory_bytes", "gauge", "Memory in use by an app's instances.");
+    for a in &u.apps {
+        f.sample("berth_app_memory_bytes", &[("app", &a.app)], a.memory_bytes as f64);
+    }
+
+    let mut live: Vec<&InstanceUsage> = current.values().collect();
+    live.sort_by(|a, b| a.instance.cmp(&b.instance));
+    f.head("berth_instance_cpu_seconds_total", "counter", "CPU time an instance has used.");
+    let samples = lock(&shared.usage.samples);
+    for i in &live {
+        let cpu = samples.get(&i.instance).and_then(|(_, q)| q.back()).map_or(0.0, |s| s.cpu_seconds);
+        f.sample(
+            "berth_instance_cpu_seconds_total",
+            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
+            cpu,
+        );
+    }
+    drop(samples);
+    f.head("berth_instance_memory_bytes", "gauge", "Memory an instance uses.");
+    for i in &live {
+        f.sample(
+            "berth_instance_memory_bytes",
+            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
+            i.memory_bytes as f64,
+        );
+    }
+    f.head("berth_instance_memory_limit_bytes", "gauge", "An instance's memory limit.");
+    for i in live.iter().filter(|i| i.memory_limit_bytes.is_some()) {
+        let limit = i.memory_limit_bytes.unwrap_or(0) as f64;
+        f.sample(
+            "berth_instance_memory_limit_bytes",
+            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
+            limit,
+        );
+    }
+    f.head("berth_instance_block_read_bytes_total", "counter", "Bytes an instance has read from block devices.");
+    for i in &live {
+        let v = i.block_read_bytes as f64;
+        f.sample(
+            "berth_instance_block_read_bytes_total",
+            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
+            v,
+        );
+    }
+    f.head("berth_instance_block_write_bytes_total", "counter", "Bytes an instance has written to block devices.");
+    for i in &live {
+        let v = i.block_write_bytes as f64;
+        f.sample(
+            "berth_instance_block_write_bytes_total",
+            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
+            v,
+        );
+    }
+    f.head("berth_instance_network_receive_bytes_total", "counter", "Bytes an instance has received.");
+    for i in live.iter().filter(|i| i.net_rx_bytes.is_some()) {
+        let v = i.net_rx_bytes.unwrap_or(0) as f64;
+        f.sample(
+            "berth_instance_network_receive_bytes_total",
+            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
+            v,
+        );
+    }
+    f.head("berth_instance_network_transmit_bytes_total", "counter", "Bytes an instance has sent.");
+    for i in live.iter().filter(|i| i.net_tx_bytes.is_some()) {
+        let v = i.net_tx_bytes.unwrap_or(0) as f64;
+        f.sample(
+            "berth_instance_network_transmit_bytes_total",
+            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
+            v,
+        );
+    }
+
+    f.head("berth_node_cpu_cores", "gauge", "Cores a node offers.");
+    for n in &u.nodes {
+        f.sample("berth_node_cpu_cores", &[("node", &n.name)], n.cpu_cores);
+    }
+    f.head("berth_node_cpu_allocated_cores", "gauge", "Cores the specs of a node's instances reserve.");
+    for n in &u.nodes {
+        f.sample("berth_node_cpu_allocated_cores", &[("node", &n.name)], n.cpu_allocated);
+    }
+    f.head("berth_node_cpu_used_cores", "gauge", "Cores a node's instances use.");
+    for n in &u.nodes {
+        f.sample("berth_node_cpu_used_cores", &[("node", &n.name)], n.cpu_used);
+    }
+    f.head("berth_node_memory_bytes", "gauge", "Memory a node offers.");
+    for n in &u.nodes {
+        f.sample("berth_node_memory_bytes", &[("node", &n.name)], n.memory_bytes as f64);
+    }
+    f.head("berth_node_memory_allocated_bytes", "gauge", "Memory the specs of a node's instances reserve.");
+    for n in &u.nodes {
+        f.sample("berth_node_memory_allocated_bytes", &[("node", &n.name)], n.memory_allocated_bytes as f64);
+    }
+    f.head("berth_node_memory_used_bytes", "gauge", "Memory a node's instances use.");
+    for n in &u.nodes {
+        f.sample("berth_node_memory_used_bytes", &[("node", &n.name)], n.memory_used_bytes as f64);
+    }
+
+    // Routers' counts, summed over the routers heard from recently.
+    let now = now_ms();
+    let mut totals: BTreeMap<String, berth_api::RouterCounts> = BTreeMap::new();
+    for (_, (at, report)) in lock(&shared.routers).iter() {
+        if now - at > 60_000 {
+            continue;
+        }
+        for (app, c) in &report.requests {
+            let t = totals
+                .entry(app.clone())
+                .or_insert_with(|| berth_api::RouterCounts { latency: vec![0; c.latency.len()], ..Default::default() });
+            for (a, b) in t.by_class.iter_mut().zip(c.by_class) {
+                *a += b;
+            }
+            for (a, b) in t.latency.iter_mut().zip(&c.latency) {
+                *a += b;
+            }
+            t.latency_sum_ms += c.latency_sum_ms;
+            t.in_flight += c.in_flight;
+        }
+    }
+    f.head("berth_router_requests_total", "counter", "Requests routers answered, per app and status class.");
+    for (app, c) in &totals {
+        for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(c.by_class) {
+            f.sample("berth_router_requests_total", &[("app", app), ("code", class)], n as f64);
+        }
+    }
+    f.head("berth_router_requests_in_flight", "gauge", "Requests routers have in flight, per app.");
+    for (app, c) in &totals {
+        f.sample("berth_router_requests_in_flight", &[("app", app)], c.in_flight as f64);
+    }
+    f.head("berth_router_request_duration_seconds", "histogram", "Time routers took to answer, per app.");
+    for (app, c) in &totals {
+        let mut cumulative = 0u64;
+        for (i, n) in c.latency.iter().enumerate() {
+            cumulative += n;
+            let le =
+                berth_api::LATENCY_BOUNDS_MS.get(i).map_or("+Inf".to_string(), |ms| format!("{}", *ms as f64 / 1000.0));
+            f.sample("berth_router_request_duration_seconds_bucket", &[("app", app), ("le", &le)], cumulative as f64);
+        }
+        f.sample("berth_router_request_duration_seconds_sum", &[("app", app)], c.latency_sum_ms / 1000.0);
+        f.sample("berth_router_request_duration_seconds_count", &[("app", app)], cumulative as f64);
+    }
+    Ok(out)
+}

@@ -1,0 +1,154 @@
+//! Metrics end to end: a CPU-burning, memory-holding app shows its use in `top` on exec and on
+//! Docker; `/metrics` passes `promtool check metrics`, and a real Prometheus scrapes it.
+
+use std::time::Duration;
+
+use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn fast_sampling() -> Vec<String> {
+    vec!["--metrics-interval".into(), "500ms".into()]
+}
+
+async fn usage_of(p: &Platform, app: &str) -> Value {
+    serde_json::from_str(&p.cli_ok(&["app", app, "top", "-o", "json"]).await).expect("top -o json")
+}
+
+/// Waits until the app's single instance burns most of a core and holds at least `mib` MiB.
+async fn burns_and_holds(p: &Platform, app: &str, mib: u64) -> Value {
+    wait_until("the app's use to show", Duration::from_secs(30), || async {
+        let u = usage_of(p, app).await;
+        let i = u["instances"].get(0)?.clone();
+        let cpu = i["cpu_percent"].as_f64()?;
+        let mem = i["memory_bytes"].as_u64()?;
+        (cpu > 50.0 && mem >= mib << 20).then_some(u)
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_use_shows_in_top_and_metrics_pass_promtool_and_prometheus() {
+    let p = Platform::start_args(BERTH.as_ref(), "exec", &fast_sampling()).await;
+    let bin = berth_testkit::image::testapp_binary();
+    let spec = format!(
+        "group: lab\nname: burn\ndriver: exec\ncpu: 1\nmemory: 256\ncommand: [{}, --burn-cpu, --alloc-mb, \"64\"]\n\
+         upgrade:\n  min_healthy_time: 0s\n",
+        bin.display()
+    );
+    p.cli_ok(&["deploy", "-f", &p.write("burn.yaml", &spec), "--timeout", "30"]).await;
+    let u = burns_and_holds(&p, "burn", 64).await;
+    assert_eq!(u["apps"][0]["app"], "lab/burn");
+    assert!(u["apps"][0]["cpu_percent"].as_f64().unwrap() > 50.0, "{u}");
+    assert_eq!(u["apps"][0]["cpu_allocated"], 1.0);
+
+    // The cluster view: allocated beside used.
+    let all: Value = serde_json::from_str(&p.cli_ok(&["top", "-o", "json"]).await).unwrap();
+    let cluster = &all["cluster"];
+    assert_eq!(cluster["cpu_allocated"], 1.0, "{all}");
+    assert!(cluster["cpu_used"].as_f64().unwrap() > 0.5, "{all}");
+    assert!(cluster["memory_used_bytes"].as_u64().unwrap() >= 64 << 20, "{all}");
+    let table = p.cli_ok(&["top", "--once"]).await;
+    assert!(table.contains("cluster") && table.contains("lab/burn"), "{table}");
+
+    // Prometheus' exposition format, checked by Prometheus' own linter.
+    let text = reqwest::get(format!("{}/metrics", p.api)).await.unwrap().text().await.unwrap();
+    assert!(text.contains("berth_apps 1"), "{text}");
+    assert!(text.contains("berth_instances{state=\"running\"} 1"), "{text}");
+    assert!(text.contains("berth_app_cpu_percent{app=\"lab/burn\"}"), "{text}");
+    promtool_check(&text);
+    prometheus_scrapes(&p).await;
+}
+
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+    else {
+        assert!(std::env::var("BERTH_REQUIRE_DOCKER").is_err(), "promtool is required (apt-get install prometheus)");
+        eprintln!("SKIPPED promtool check: promtool is not installed");
+        return;
+    };
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A real Prometheus scrapes `/metrics` and answers a query about Berth's series.
+async fn prometheus_scrapes(p: &Platform) {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let target = p.api.trim_start_matches("http://");
+    let config = dir.path().join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: berth\n    metrics_path: /metrics\n    \
+             static_configs:\n      - targets: ['{target}']\n"
+        ),
+    )
+    .unwrap();
+    let Ok(child) = std::process::Command::new("prometheus")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        assert!(std::env::var("BERTH_REQUIRE_DOCKER").is_err(), "prometheus is required (apt-get install prometheus)");
+        eprintln!("SKIPPED Prometheus scrape: prometheus is not installed");
+        return;
+    };
+    let _guard = Killed(child);
+    let url = format!("http://127.0.0.1:{port}/api/v1/query?query=berth_app_instances");
+    let answer = wait_until("Prometheus to have scraped Berth", Duration::from_secs(60), || async {
+        let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        let result = v["data"]["result"].as_array()?.first()?.clone();
+        (result["metric"]["app"] == "lab/burn").then_some(result)
+    })
+    .await;
+    assert_eq!(answer["value"][1], "1", "{answer}");
+    let health = format!("http://127.0.0.1:{port}/api/v1/targets");
+    let targets: Value = reqwest::get(&health).await.unwrap().json().await.unwrap();
+    assert_eq!(targets["data"]["activeTargets"][0]["health"], "up", "{targets}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn docker_use_shows_in_top_with_limits_and_network() {
+    let Some(docker) = docker_or_skip("docker_use_shows_in_top_with_limits_and_network").await else {
+        return;
+    };
+    let images = test_images(&docker).await;
+    let p = Platform::start_args(BERTH.as_ref(), "docker", &fast_sampling()).await;
+    let spec = format!(
+        "group: lab\nname: burn\nimage: {}\ncpu: 1\nmemory: 128\nports: [8080]\ncommand: [\"--burn-cpu\", \"--alloc-mb\", \"48\"]\n\
+         upgrade:\n  min_healthy_time: 0s\n",
+        images.v1
+    );
+    p.cli_ok(&["deploy", "-f", &p.write("burn.yaml", &spec), "--timeout", "60"]).await;
+    let u = burns_and_holds(&p, "burn", 48).await;
+    let i = &u["instances"][0];
+    assert_eq!(i["memory_limit_bytes"], 128u64 << 20, "the engine's limit is the spec's: {u}");
+    assert!(i["net_rx_bytes"].is_u64(), "network counters come from the engine: {u}");
+    assert!(i["cpu_percent"].as_f64().unwrap() <= 110.0, "cpu: 1 caps it at one core: {u}");
+}
