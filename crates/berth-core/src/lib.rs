@@ -8,4 +8,4 @@ pub mod spec;
 pub use duration::Dur;
 pub use model::*;
 pub use sink::LogSink;
-pub use spec::{AppSpec, SpecError, SpecErrors, Strategy};
+pub use spec::{AlertMetric, AlertRule, AppSpec, SpecError, SpecErrors, Strategy};

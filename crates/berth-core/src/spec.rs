@@ -66,6 +66,76 @@ pub struct AppSpec {
     /// Where the app's log lines are forwarded, besides Berth's own store (see `LogSink`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_sinks: Vec<String>,
+    /// Threshold alerts on the app's metrics.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<AlertRule>,
+    /// Webhooks the app's alerts are posted to, besides the server-wide ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alert_webhooks: Vec<String>,
+}
+
+/// `{metric: cpu, above: 80, for: 1m}`: fires once the metric stayed above the threshold that long.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertRule {
+    pub metric: AlertMetric,
+    pub above: f64,
+    #[serde(default, rename = "for")]
+    pub for_: Dur,
+}
+
+/// What a threshold alert watches, per app.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum AlertMetric {
+    /// Mean CPU use of the app's instances, in percent of one core.
+    #[serde(rename = "cpu")]
+    Cpu,
+    /// Highest memory use of an instance, in percent of its limit.
+    #[serde(rename = "memory")]
+    Memory,
+    /// Instance failures in a row.
+    #[serde(rename = "restarts")]
+    Restarts,
+    /// Share of 5xx answers through the routers, in percent, over the last 10 s.
+    #[serde(rename = "5xx_rate")]
+    ErrorRate,
+    /// Mean time routers took to answer, in ms, over the last 10 s.
+    #[serde(rename = "latency")]
+    Latency,
+}
+
+impl AlertMetric {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AlertMetric::Cpu => "cpu",
+            AlertMetric::Memory => "memory",
+            AlertMetric::Restarts => "restarts",
+            AlertMetric::ErrorRate => "5xx_rate",
+            AlertMetric::Latency => "latency",
+        }
+    }
+}
+
+impl AlertRule {
+    /// `cpu>80`, `5xx_rate>5/30s`: a server-wide rule as a flag writes it.
+    pub fn parse(text: &str) -> Result<AlertRule, String> {
+        let hint = "expected METRIC>VALUE[/FOR], like cpu>80/1m (metrics: cpu, memory, restarts, 5xx_rate, latency)";
+        let (metric, rest) = text.split_once('>').ok_or_else(|| format!("`{text}`: {hint}"))?;
+        let (value, for_) = match rest.split_once('/') {
+            Some((v, f)) => (v, Dur::parse(f).map_err(|e| format!("`{text}`: {e}"))?),
+            None => (rest, Dur(0)),
+        };
+        let metric = match metric.trim() {
+            "cpu" => AlertMetric::Cpu,
+            "memory" => AlertMetric::Memory,
+            "restarts" => AlertMetric::Restarts,
+            "5xx_rate" => AlertMetric::ErrorRate,
+            "latency" => AlertMetric::Latency,
+            other => return Err(format!("`{text}`: unknown metric `{other}`; {hint}")),
+        };
+        let above = value.trim().parse::<f64>().map_err(|_| format!("`{text}`: `{value}` is not a number"))?;
+        Ok(AlertRule { metric, above, for_ })
+    }
 }
 
 /// How a router picks an instance for a request.
@@ -664,6 +734,16 @@ impl AppSpec {
                 fail(field, format!("{value} is not a fraction between 0 and 1"));
             }
         }
+        for (i, hook) in self.alert_webhooks.iter().enumerate() {
+            if !hook.starts_with("http://") {
+                fail(&format!("alert_webhooks[{i}]"), format!("`{hook}` must be an http:// URL"));
+            }
+        }
+        for (i, rule) in self.alerts.iter().enumerate() {
+            if !rule.above.is_finite() || rule.above < 0.0 {
+                fail(&format!("alerts[{i}].above"), format!("{} is not a threshold (a number from 0 up)", rule.above));
+            }
+        }
         for (i, sink) in self.log_sinks.iter().enumerate() {
             if let Err(why) = crate::LogSink::parse(sink) {
                 fail(&format!("log_sinks[{i}]"), why);
@@ -945,6 +1025,9 @@ upgrade:
 # drain_timeout: 30s         # a stopping instance finishes its in-flight requests, up to this long
 # stop_timeout: 10s          # then SIGTERM, and SIGKILL after this
 # log_sinks: [syslog+tcp://127.0.0.1:514, http://127.0.0.1:9880/logs]   # forward logs there too
+# alerts:                      # cpu, memory (% of limit), restarts, 5xx_rate (%), latency (ms)
+#   - {{metric: cpu, above: 80, for: 1m}}
+# alert_webhooks: [http://chat.example.com/hooks/berth]
 "#
     )
 }

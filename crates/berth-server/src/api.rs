@@ -39,6 +39,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/apps/{group}/{name}/logs", get(crate::logs::http::query))
         .route("/v1/logs/sinks", get(crate::logs::http::sinks))
         .route("/v1/usage", get(crate::usage::all))
+        .route("/v1/alerts", get(crate::alerts::list))
         .route("/v1/apps/{group}/{name}/usage", get(crate::usage::one_app))
         .route("/v1/nodes/{id}/metrics", post(crate::usage::ingest))
         .route("/metrics", get(crate::usage::prometheus))
@@ -747,6 +748,9 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
             let subject = Subject::instance(&inst.app, &inst.id, &node);
             if before.state != inst.state {
                 let (level, kind, msg) = match inst.state {
+                    InstanceState::Failed if inst.oom_killed => {
+                        (Level::Error, "instance.oom_killed", failure_text(&inst))
+                    }
                     InstanceState::Failed => (Level::Error, "instance.failed", failure_text(&inst)),
                     InstanceState::Running => {
                         (Level::Info, "instance.running", format!("running at {}", inst.address().unwrap_or_default()))

@@ -1,6 +1,7 @@
 //! The control plane: the `/v1` API over the store, and the loop that reconciles desired
 //! state with what the agents report.
 
+mod alerts;
 mod api;
 mod apply;
 mod deployments;
@@ -22,6 +23,7 @@ use berth_store::{RedbStore, State, Store, StoreError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+pub use alerts::AlertConfig;
 pub use logs::LogLimits;
 pub use reconciler::Tuning;
 
@@ -42,6 +44,7 @@ pub struct ServerConfig {
     pub tuning: Tuning,
     /// Sinks every app's log lines are forwarded to.
     pub log_sinks: Vec<berth_core::LogSink>,
+    pub alerts: AlertConfig,
 }
 
 /// Shared by handlers and the reconcile loop.
@@ -57,6 +60,8 @@ pub(crate) struct Shared {
     pub logs: Arc<logs::LogStore>,
     pub forwarders: Arc<forward::Forwarders>,
     pub usage: Arc<usage::UsageStore>,
+    pub alerts: Arc<Mutex<alerts::AlertState>>,
+    pub alert_config: AlertConfig,
     /// Turns true when the server stops; background tasks started on demand watch it.
     pub shutdown: watch::Receiver<bool>,
     pub started_at: Millis,
@@ -69,12 +74,15 @@ impl Shared {
         tuning: Tuning,
         log_dir: PathBuf,
         log_sinks: Vec<berth_core::LogSink>,
+        alert_config: AlertConfig,
         shutdown: watch::Receiver<bool>,
     ) -> Result<Self, StoreError> {
         Ok(Shared {
             logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
             forwarders: Arc::new(forward::Forwarders::new(log_sinks)),
             usage: Arc::default(),
+            alerts: Arc::default(),
+            alert_config,
             shutdown,
             state: State::new(store)?,
             heartbeats: Arc::default(),
@@ -131,6 +139,7 @@ impl Server {
             config.tuning,
             config.data_dir.join("logs"),
             config.log_sinks.clone(),
+            config.alerts.clone(),
             shutdown_rx.clone(),
         )?;
 
@@ -146,9 +155,10 @@ impl Server {
                 tracing::error!(error = %e, "api server stopped");
             }
         });
+        let alerting = tokio::spawn(alerts::run(shared.clone(), shutdown_rx.clone()));
         let reconcile = tokio::spawn(reconciler::run(shared, shutdown_rx));
         tracing::info!(%addr, "berth server listening");
-        Ok(Server { addr, shutdown, tasks: vec![http, reconcile] })
+        Ok(Server { addr, shutdown, tasks: vec![http, reconcile, alerting] })
     }
 
     pub async fn stop(self) {

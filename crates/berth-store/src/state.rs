@@ -66,6 +66,11 @@ impl State {
         Ok(State { store, last_event_seq: Arc::new(AtomicU64::new(last)) })
     }
 
+    /// The sequence number of the newest event written (0 before any).
+    pub fn last_event_seq(&self) -> u64 {
+        self.last_event_seq.load(Ordering::SeqCst)
+    }
+
     pub fn store(&self) -> &Arc<dyn Store> {
         &self.store
     }

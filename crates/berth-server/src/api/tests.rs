@@ -13,6 +13,7 @@ async fn every_documented_route_is_served() {
         api_addr: "127.0.0.1:0".into(),
         tuning: Tuning::default(),
         log_sinks: vec![],
+        alerts: Default::default(),
     })
     .await
     .unwrap();

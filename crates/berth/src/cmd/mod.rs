@@ -1,5 +1,6 @@
 //! The command line: one file per group of subcommands.
 
+mod alerts;
 mod app;
 mod deploy;
 mod events;
@@ -55,6 +56,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// Resource use, live: every app, and allocated beside used per node and for the cluster.
     Top(top::TopArgs),
+    /// Alerts firing now, and the ones that fired lately.
+    Alerts,
 }
 
 /// Where the spec is read from when `-f` is not given.
@@ -84,6 +87,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Node { action } => node::run(action, &ctx).await,
         Command::Events(args) => events::run(args, &ctx).await,
         Command::Top(args) => top::run(args, None, &ctx).await,
+        Command::Alerts => alerts::run(&ctx).await,
     }
 }
 

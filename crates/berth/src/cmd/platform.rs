@@ -147,6 +147,26 @@ pub struct ServerOptions {
     /// syslog+udp://HOST:PORT or http://HOST:PORT/PATH (JSON lines).
     #[arg(long = "log-sink", value_parser = berth_core::LogSink::parse)]
     log_sinks: Vec<berth_core::LogSink>,
+    /// Post every alert here as JSON (repeatable; apps add their own with `alert_webhooks`).
+    #[arg(long = "alert-webhook", value_parser = parse_http_url)]
+    alert_webhooks: Vec<String>,
+    /// Send alerts to this Prometheus Alertmanager too (its v2 API), e.g. http://127.0.0.1:9093.
+    #[arg(long, value_parser = parse_http_url)]
+    alertmanager: Option<String>,
+    /// A threshold rule for every app (repeatable): METRIC>VALUE[/FOR], e.g. cpu>90/5m.
+    #[arg(long = "alert-rule", value_parser = berth_core::AlertRule::parse)]
+    alert_rules: Vec<berth_core::AlertRule>,
+    /// A firing alert is sent again this often.
+    #[arg(long, value_parser = parse_dur, default_value = "4h")]
+    alert_repeat: Dur,
+}
+
+fn parse_http_url(text: &str) -> Result<String, String> {
+    if text.starts_with("http://") && text.len() > "http://".len() {
+        Ok(text.to_string())
+    } else {
+        Err(format!("`{text}` must be an http:// URL"))
+    }
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -174,6 +194,13 @@ impl ServerOptions {
                 ..Tuning::default()
             },
             log_sinks: self.log_sinks.clone(),
+            alerts: berth_server::AlertConfig {
+                webhooks: self.alert_webhooks.clone(),
+                alertmanager: self.alertmanager.clone(),
+                rules: self.alert_rules.clone(),
+                repeat: self.alert_repeat.as_duration(),
+                ..Default::default()
+            },
         }
     }
 }

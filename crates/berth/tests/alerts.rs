@@ -1,0 +1,172 @@
+//! Alerts end to end: a CPU-burning app fires its cpu rule to its webhook and resolves once it
+//! stops; a crash-looping app fires a crash-loop alert to the server-wide webhook; a real
+//! Alertmanager receives the alerts.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_testkit::{Platform, wait_until};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// Keeps every JSON body posted to it.
+async fn webhook(bodies: Arc<Mutex<Vec<Value>>>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let bodies = bodies.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0u8; length];
+                    if reader.read_exact(&mut body).await.is_err() {
+                        return;
+                    }
+                    if let Ok(v) = serde_json::from_slice(&body) {
+                        bodies.lock().unwrap().push(v);
+                    }
+                    if write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+fn posted(bodies: &Arc<Mutex<Vec<Value>>>, name: &str, status: &str) -> Option<Value> {
+    bodies.lock().unwrap().iter().find(|b| b["name"] == name && b["status"] == status).cloned()
+}
+
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Debian's Alertmanager on a free port, or None (skipped) when it is not installed.
+fn alertmanager(dir: &std::path::Path) -> Option<(Killed, u16)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cluster = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = dir.join("alertmanager.yml");
+    std::fs::write(&config, "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n").unwrap();
+    let child = std::process::Command::new("prometheus-alertmanager")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.path={}", dir.join("am").display()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg(format!("--cluster.listen-address=127.0.0.1:{cluster}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    match child {
+        Ok(c) => Some((Killed(c), port)),
+        Err(_) => {
+            assert!(
+                std::env::var("BERTH_REQUIRE_DOCKER").is_err(),
+                "prometheus-alertmanager is required (apt-get install prometheus-alertmanager)"
+            );
+            eprintln!("SKIPPED Alertmanager: prometheus-alertmanager is not installed");
+            None
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cpu_rule_fires_and_resolves_crash_loop_fires_and_alertmanager_receives() {
+    let dir = tempfile::tempdir().unwrap();
+    let am = alertmanager(dir.path());
+    let server_wide = Arc::new(Mutex::new(Vec::new()));
+    let per_app = Arc::new(Mutex::new(Vec::new()));
+    let (global_port, app_port) = (webhook(server_wide.clone()).await, webhook(per_app.clone()).await);
+    let mut args = vec![
+        "--metrics-interval".to_string(),
+        "500ms".into(),
+        "--alert-webhook".into(),
+        format!("http://127.0.0.1:{global_port}/hook"),
+    ];
+    if let Some((_, port)) = &am {
+        args.extend(["--alertmanager".to_string(), format!("http://127.0.0.1:{port}")]);
+    }
+    let p = Platform::start_args(BERTH.as_ref(), "exec", &args).await;
+    let bin = berth_testkit::image::testapp_binary();
+    let burn = |burning: bool| {
+        format!(
+            "group: lab\nname: hot\ndriver: exec\ncommand: [{}{}]\nupgrade:\n  min_healthy_time: 0s\n\
+             alerts:\n  - {{metric: cpu, above: 50, for: 2s}}\nalert_webhooks: [\"http://127.0.0.1:{app_port}/hook\"]\n",
+            bin.display(),
+            if burning { ", --burn-cpu" } else { "" }
+        )
+    };
+    p.cli_ok(&["deploy", "-f", &p.write("hot.yaml", &burn(true)), "--timeout", "30"]).await;
+
+    // The cpu rule fires, to the app's webhook and the server-wide one, in the seed's words.
+    let fired =
+        wait_until("the cpu alert", Duration::from_secs(30), || async { posted(&per_app, "cpu", "firing") }).await;
+    let text = fired["text"].as_str().unwrap();
+    assert!(text.starts_with("lab/hot is critical, cpu usage is "), "{text}");
+    assert!(fired["value"].as_f64().unwrap() > 50.0 && fired["threshold"] == 50.0, "{fired}");
+    wait_until("the server-wide webhook too", Duration::from_secs(5), || async {
+        posted(&server_wide, "cpu", "firing")
+    })
+    .await;
+    let listed: Value = serde_json::from_str(&p.cli_ok(&["alerts", "-o", "json"]).await).unwrap();
+    assert_eq!(listed["firing"][0]["id"], "lab/hot:cpu", "{listed}");
+    // Firing once, not every evaluation.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let firing_posts = per_app.lock().unwrap().iter().filter(|b| b["name"] == "cpu" && b["status"] == "firing").count();
+    assert_eq!(firing_posts, 1, "deduplicated");
+
+    // It stops burning: the alert resolves.
+    p.cli_ok(&["deploy", "-f", &p.write("hot.yaml", &burn(false)), "--timeout", "30"]).await;
+    let resolved = wait_until("the cpu alert to resolve", Duration::from_secs(30), || async {
+        posted(&per_app, "cpu", "resolved")
+    })
+    .await;
+    assert_eq!(resolved["text"], "lab/hot is resolved: cpu");
+
+    // A crash loop fires through the server-wide webhook.
+    let crashy =
+        format!("group: lab\nname: crashy\ndriver: exec\ncommand: [{}, --crash-after-ms, \"50\"]\n", bin.display());
+    p.cli_ok(&["deploy", "-f", &p.write("crashy.yaml", &crashy), "--no-wait"]).await;
+    let looped = wait_until("the crash-loop alert", Duration::from_secs(30), || async {
+        posted(&server_wide, "crash_loop", "firing")
+    })
+    .await;
+    assert!(looped["text"].as_str().unwrap().starts_with("lab/crashy is critical, crash loop: "), "{looped}");
+    assert!(posted(&per_app, "crash_loop", "firing").is_none(), "another app's webhook hears nothing of it");
+
+    // Alertmanager holds the alerts with their labels and text.
+    if let Some((_, port)) = am {
+        let url = format!("http://127.0.0.1:{port}/api/v2/alerts");
+        let alerts = wait_until("Alertmanager to hold the crash-loop alert", Duration::from_secs(30), || async {
+            let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            v.as_array()?.iter().any(|a| a["labels"]["alertname"] == "crash_loop").then_some(v)
+        })
+        .await;
+        let alert = alerts.as_array().unwrap().iter().find(|a| a["labels"]["alertname"] == "crash_loop").unwrap();
+        assert_eq!(alert["labels"]["app"], "lab/crashy");
+        assert!(alert["annotations"]["summary"].as_str().unwrap().contains("crash loop"), "{alert}");
+    }
+}
