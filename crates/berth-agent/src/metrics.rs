@@ -123,26 +123,46 @@ pub async fn read_container(docker: &bollard::Docker, id: &str) -> Option<Readin
     })
 }
 
-/// One reading of an exec instance: every process in its process group, from /proc.
-pub fn read_process_group(leader: i32) -> Option<Reading> {
-    // /proc counts CPU time in USER_HZ, which Linux fixes at 100 whatever the kernel's HZ.
-    let ticks = 100.0;
-    let page = 4096u64;
-    let mut reading = Reading::default();
-    let mut found = false;
-    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+/// One pass over /proc: per process group, its processes' (pid, cpu ticks, resident pages).
+type ProcTable = HashMap<i32, Vec<(i32, u64, u64)>>;
+
+/// The process table, read at most once a second however many instances are sampled: sampling
+/// is one /proc pass per second, not one per instance.
+fn proc_table() -> Arc<ProcTable> {
+    static CACHE: Mutex<Option<(std::time::Instant, Arc<ProcTable>)>> = Mutex::new(None);
+    let mut cache = lock(&CACHE);
+    if let Some((at, table)) = cache.as_ref()
+        && at.elapsed() < Duration::from_secs(1)
+    {
+        return table.clone();
+    }
+    let mut table = ProcTable::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
         let Some((_, rest)) = stat.rsplit_once(')') else { continue };
         let fields: Vec<&str> = rest.split_whitespace().collect();
         // After the command: state, ppid, pgrp, ... utime (12th), stime (13th), ... rss (22nd).
-        if fields.get(2).and_then(|g| g.parse::<i32>().ok()) != Some(leader) {
-            continue;
-        }
-        found = true;
         let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-        reading.cpu_seconds += (num(11) + num(12)) as f64 / ticks;
-        reading.memory_bytes += num(21) * page;
+        let Some(pgrp) = fields.get(2).and_then(|g| g.parse::<i32>().ok()) else { continue };
+        table.entry(pgrp).or_default().push((pid, num(11) + num(12), num(21)));
+    }
+    let table = Arc::new(table);
+    *cache = Some((std::time::Instant::now(), table.clone()));
+    table
+}
+
+/// One reading of an exec instance: every process in its process group, from /proc.
+pub fn read_process_group(leader: i32) -> Option<Reading> {
+    // /proc counts CPU time in USER_HZ, which Linux fixes at 100 whatever the kernel's HZ.
+    let ticks = 100.0;
+    let page = 4096u64;
+    let table = proc_table();
+    let members = table.get(&leader)?;
+    let mut reading = Reading::default();
+    for (pid, cpu, rss) in members {
+        reading.cpu_seconds += *cpu as f64 / ticks;
+        reading.memory_bytes += rss * page;
         if let Ok(io) = std::fs::read_to_string(format!("/proc/{pid}/io")) {
             for line in io.lines() {
                 let value = |l: &str| l.split(':').nth(1).and_then(|v| v.trim().parse::<u64>().ok()).unwrap_or(0);
@@ -155,7 +175,7 @@ pub fn read_process_group(leader: i32) -> Option<Reading> {
         }
     }
     reading.rss_bytes = Some(reading.memory_bytes);
-    found.then_some(reading)
+    Some(reading)
 }
 
 #[cfg(test)]

@@ -61,6 +61,8 @@ pub struct Platform {
     pub admin: String,
     driver: String,
     extra: Vec<String>,
+    /// Split mode: more arguments for `berth agent`.
+    agent_extra: Vec<String>,
     /// `berth up`, or in split mode `berth server`.
     child: Option<Child>,
     /// Split mode: `berth agent` and `berth router` as processes of their own.
@@ -87,12 +89,29 @@ impl Platform {
 
     /// Server, agent and router as three processes, so that one can die alone.
     pub async fn start_split(bin: &Path, driver: &str) -> Platform {
-        Self::start_split_args(bin, driver, &[]).await
+        Self::start_split_args(bin, driver, &[], &[]).await
     }
 
-    /// As `start_split`, with more arguments for `berth server`.
-    pub async fn start_split_args(bin: &Path, driver: &str, server_extra: &[String]) -> Platform {
-        let mut p = Self::new(bin, driver, port_block(), server_extra);
+    /// As `start_split`, with more arguments for `berth server` and for `berth agent`.
+    pub async fn start_split_args(
+        bin: &Path,
+        driver: &str,
+        server_extra: &[String],
+        agent_extra: &[String],
+    ) -> Platform {
+        Self::start_split_ports(bin, driver, port_block(), server_extra, agent_extra).await
+    }
+
+    /// As `start_split_args`, with the host-port range given.
+    pub async fn start_split_ports(
+        bin: &Path,
+        driver: &str,
+        ports: (u16, u16),
+        server_extra: &[String],
+        agent_extra: &[String],
+    ) -> Platform {
+        let mut p = Self::new(bin, driver, ports, server_extra);
+        p.agent_extra = agent_extra.to_vec();
         p.split = Some(Vec::new());
         p.spawn();
         p.wait_ready().await;
@@ -118,6 +137,7 @@ impl Platform {
             admin: format!("127.0.0.1:{}", free_port()),
             driver: driver.to_string(),
             extra: extra.to_vec(),
+            agent_extra: Vec::new(),
             child: None,
             split: None,
             node_id: String::new(),
@@ -173,6 +193,7 @@ impl Platform {
         if self.split.as_ref().is_some_and(Vec::is_empty) {
             let mut agent = strings(&["agent", "--data-dir", &data]);
             agent.extend(node);
+            agent.extend(self.agent_extra.iter().cloned());
             let mut router_args = strings(&["router"]);
             router_args.extend(router);
             let children =

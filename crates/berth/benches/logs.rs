@@ -52,7 +52,7 @@ fn written_lines(p: &Platform, instance: &str) -> u64 {
 
 async fn throughput(seconds: u64) {
     let big = ["--log-file-size".to_string(), "4096MiB".into(), "--log-files".into(), "2".into()];
-    let p = Platform::start_split_args(BERTH.as_ref(), "exec", &big).await;
+    let p = Platform::start_split_args(BERTH.as_ref(), "exec", &big, &[]).await;
     let agent = p.agent_pid().expect("agent pid");
     let bin = berth_testkit::image::testapp_binary();
     println!("\n## log collection throughput (one exec instance, {seconds} s per row)\n");
