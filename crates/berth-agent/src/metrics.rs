@@ -59,6 +59,8 @@ fn now_ms() -> i64 {
 /// What a driver reads of one instance.
 #[derive(Debug, Default, Clone, PartialEq)]
 pub struct Reading {
+    /// When the counters were read (ms since the epoch); a cached /proc pass is older than now.
+    pub taken_at: i64,
     pub cpu_seconds: f64,
     pub memory_bytes: u64,
     pub memory_limit_bytes: Option<u64>,
@@ -74,7 +76,7 @@ impl Reading {
         InstanceSample {
             instance: instance.to_string(),
             app: app.to_string(),
-            t: now_ms(),
+            t: if self.taken_at > 0 { self.taken_at } else { now_ms() },
             cpu_seconds: self.cpu_seconds,
             memory_bytes: self.memory_bytes,
             memory_limit_bytes: self.memory_limit_bytes,
@@ -112,6 +114,7 @@ pub async fn read_container(docker: &bollard::Docker, id: &str) -> Option<Readin
         nets.map(|n| n.values().filter_map(f).sum::<u64>())
     };
     Some(Reading {
+        taken_at: now_ms(),
         cpu_seconds: cpu_ns as f64 / 1e9,
         memory_bytes: usage.saturating_sub(cache),
         memory_limit_bytes: memory.and_then(|m| m.limit).filter(|l| *l > 0 && *l < u64::MAX / 2),
@@ -124,7 +127,7 @@ pub async fn read_container(docker: &bollard::Docker, id: &str) -> Option<Readin
 }
 
 /// One pass over /proc: per process group, its processes' (pid, cpu ticks, resident pages).
-type ProcTable = HashMap<i32, Vec<(i32, u64, u64)>>;
+type ProcTable = (i64, HashMap<i32, Vec<(i32, u64, u64)>>);
 
 /// The process table, read at most once a second however many instances are sampled: sampling
 /// is one /proc pass per second, not one per instance.
@@ -136,7 +139,7 @@ fn proc_table() -> Arc<ProcTable> {
     {
         return table.clone();
     }
-    let mut table = ProcTable::new();
+    let mut table = (now_ms(), HashMap::new());
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
         let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
@@ -145,7 +148,7 @@ fn proc_table() -> Arc<ProcTable> {
         // After the command: state, ppid, pgrp, ... utime (12th), stime (13th), ... rss (22nd).
         let num = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
         let Some(pgrp) = fields.get(2).and_then(|g| g.parse::<i32>().ok()) else { continue };
-        table.entry(pgrp).or_default().push((pid, num(11) + num(12), num(21)));
+        table.1.entry(pgrp).or_insert_with(Vec::new).push((pid, num(11) + num(12), num(21)));
     }
     let table = Arc::new(table);
     *cache = Some((std::time::Instant::now(), table.clone()));
@@ -158,8 +161,8 @@ pub fn read_process_group(leader: i32) -> Option<Reading> {
     let ticks = 100.0;
     let page = 4096u64;
     let table = proc_table();
-    let members = table.get(&leader)?;
-    let mut reading = Reading::default();
+    let members = table.1.get(&leader)?;
+    let mut reading = Reading { taken_at: table.0, ..Reading::default() };
     for (pid, cpu, rss) in members {
         reading.cpu_seconds += *cpu as f64 / ticks;
         reading.memory_bytes += rss * page;

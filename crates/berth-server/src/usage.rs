@@ -35,6 +35,10 @@ impl UsageStore {
         for s in samples {
             let entry = all.entry(s.instance.clone()).or_insert_with(|| (node.to_string(), VecDeque::new()));
             entry.0 = node.to_string();
+            // A sample no newer than the last says nothing new (a node's reading was reused).
+            if entry.1.back().is_some_and(|last| last.t >= s.t) {
+                continue;
+            }
             if entry.1.len() == KEEP_SAMPLES {
                 entry.1.pop_front();
             }
@@ -404,4 +408,37 @@ fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
         f.sample("berth_router_request_duration_seconds_count", &[("app", app)], cumulative as f64);
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(t: Millis, cpu_seconds: f64) -> InstanceSample {
+        InstanceSample {
+            instance: "i".into(),
+            app: "g/a".into(),
+            t,
+            cpu_seconds,
+            memory_bytes: 1,
+            memory_limit_bytes: None,
+            rss_bytes: None,
+            block_read_bytes: 0,
+            block_write_bytes: 0,
+            net_rx_bytes: None,
+            net_tx_bytes: None,
+        }
+    }
+
+    #[test]
+    fn cpu_rate_comes_from_distinct_readings() {
+        let store = UsageStore::default();
+        let now = now_ms();
+        store.record("n", vec![sample(now - 1000, 10.0)]);
+        store.record("n", vec![sample(now, 10.5)]);
+        // The same reading again (a cached /proc pass) must not turn the rate into zero.
+        store.record("n", vec![sample(now, 10.5)]);
+        let u = store.current(now);
+        assert!((u["i"].cpu_percent - 50.0).abs() < 0.01, "{:?}", u["i"]);
+    }
 }
