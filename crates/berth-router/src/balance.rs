@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use berth_core::spec::Balance;
 
-use crate::table::{Cluster, hash64};
+use crate::table::{Cluster, Upstream, hash64};
 
 /// Which server to try, and whether it was a fail-open choice.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,19 +18,25 @@ pub struct Pick {
 /// Picks a server of `cluster`, skipping `tried`; `key` is the request's hash key, when the
 /// cluster hashes. `None` when nothing is left to try.
 pub fn pick(cluster: &Cluster, tried: &[usize], key: Option<&str>) -> Option<Pick> {
-    let eligible: Vec<usize> = (0..cluster.servers.len())
-        .filter(|i| !tried.contains(i) && cluster.servers[*i].ineligible().is_none())
-        .collect();
-    if !eligible.is_empty() {
-        let index = match (&cluster.balance, key) {
-            (Balance::LeastConn, _) => least_conn(cluster, &eligible),
-            (Balance::Hash(_), Some(key)) => on_ring(cluster, &eligible, key),
-            _ => smooth_weighted(cluster, &eligible),
-        };
+    let ok = |i: usize| !tried.contains(&i) && cluster.servers[i].eligible();
+    let picked = match (&cluster.balance, key) {
+        // Round robin, the default, walks the servers in place: nothing to allocate per request.
+        (Balance::RoundRobin, _) | (Balance::Hash(_), None) => smooth_weighted(cluster, ok),
+        (balance, key) => {
+            let eligible: Vec<usize> = (0..cluster.servers.len()).filter(|i| ok(*i)).collect();
+            match (balance, key) {
+                _ if eligible.is_empty() => None,
+                (Balance::LeastConn, _) => Some(least_conn(cluster, &eligible)),
+                (_, Some(key)) => Some(on_ring(cluster, &eligible, key)),
+                _ => None,
+            }
+        }
+    };
+    if let Some(index) = picked {
         return Some(Pick { index, fail_open: false });
     }
     // Nothing eligible at all (not just tried): better a doubtful server than a certain error.
-    let any_eligible = cluster.servers.iter().any(|s| s.ineligible().is_none());
+    let any_eligible = cluster.servers.iter().any(Upstream::eligible);
     if any_eligible {
         return None;
     }
@@ -73,24 +79,42 @@ fn on_ring(cluster: &Cluster, eligible: &[usize], key: &str) -> usize {
     (0..ring.len()).map(|k| ring[(start + k) % ring.len()].1).find(|i| eligible.contains(i)).unwrap_or(eligible[0])
 }
 
-fn smooth_weighted(cluster: &Cluster, eligible: &[usize]) -> usize {
-    let mut current = cluster.swrr.lock().unwrap_or_else(|p| p.into_inner());
-    if current.len() != cluster.servers.len() {
-        current.resize(cluster.servers.len(), 0);
-    }
-    let mut total = 0i64;
-    let mut best = eligible[0];
-    for &i in eligible {
-        let s = &cluster.servers[i];
-        let weight = ((f64::from(s.weight) * 100.0 * s.state.warmup()) as i64).max(1);
-        current[i] += weight;
-        total += weight;
-        if current[i] > current[best] {
-            best = i;
+thread_local! {
+    /// Smooth weighted round robin's current weights, per worker thread and cluster: each worker
+    /// rotates on its own (as each nginx worker does), so no lock or shared cache line is touched.
+    static SWRR: std::cell::RefCell<std::collections::HashMap<usize, Vec<i64>>> = Default::default();
+}
+
+fn smooth_weighted(cluster: &Cluster, ok: impl Fn(usize) -> bool) -> Option<usize> {
+    // Tables are rebuilt on change: a cluster's address is its identity while it lives.
+    let key = cluster as *const Cluster as usize;
+    SWRR.with(|all| {
+        let mut all = all.borrow_mut();
+        if all.len() > 1024 {
+            all.clear();
         }
-    }
-    current[best] -= total;
-    best
+        let current = all.entry(key).or_default();
+        if current.len() != cluster.servers.len() {
+            current.clear();
+            current.resize(cluster.servers.len(), 0);
+        }
+        let mut total = 0i64;
+        let mut best: Option<usize> = None;
+        for (i, s) in cluster.servers.iter().enumerate() {
+            if !ok(i) {
+                continue;
+            }
+            let weight = ((f64::from(s.weight) * 100.0 * s.state.warmup()) as i64).max(1);
+            current[i] += weight;
+            total += weight;
+            if best.is_none_or(|b| current[i] > current[b]) {
+                best = Some(i);
+            }
+        }
+        let best = best?;
+        current[best] -= total;
+        Some(best)
+    })
 }
 
 #[cfg(test)]
@@ -113,6 +137,7 @@ mod tests {
             .map(|(i, w)| {
                 let state = Arc::new(ServerState::for_tests());
                 Upstream {
+                    authority: None,
                     addr: format!("10.0.0.{i}:80"),
                     instance: None,
                     weight: *w,

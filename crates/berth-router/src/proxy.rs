@@ -122,7 +122,25 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
 }
 
+/// The client's address as a header value, formatted on the stack.
+fn ip_header(ip: std::net::IpAddr) -> Option<HeaderValue> {
+    use std::io::Write;
+    let mut buf = [0u8; 48];
+    let mut cursor = std::io::Cursor::new(&mut buf[..]);
+    write!(cursor, "{ip}").ok()?;
+    let n = cursor.position() as usize;
+    HeaderValue::from_bytes(&buf[..n]).ok()
+}
+
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str())
+}
+
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most requests carry none: look once before removing anything.
+    if !headers.keys().any(|k| is_hop_by_hop(k) || k == header::CONNECTION) {
+        return;
+    }
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -227,11 +245,13 @@ impl Proxy {
         let started = Instant::now();
         let table = self.table.load_full();
         let method = req.method().clone();
-        let path = req.uri().path_and_query().map_or_else(|| "/".to_string(), |p| p.to_string());
+        // A Uri clone shares its bytes: the path is borrowed from it, not copied.
+        let uri = req.uri().clone();
+        let path = uri.path_and_query().map_or("/", |p| p.as_str());
         let Some(host) = host_of(&req) else {
             return Ok(json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "no Host header"})));
         };
-        let mut log = Log { remote, method: &method, host: &host, path: &path, cluster: None };
+        let mut log = Log { remote, method: &method, host: &host, path, cluster: None };
         let Some(mut cluster) = table.lookup(&host).cloned() else {
             self.log(&log, 404, started, None, 0);
             return Ok(json(
@@ -239,8 +259,9 @@ impl Proxy {
                 serde_json::json!({"error": "no route for this host", "host": host}),
             ));
         };
-        let cluster_name = cluster.name.clone();
-        log.cluster = Some(&cluster_name);
+        // Only an access log needs the name as text.
+        let cluster_name = self.access.as_ref().map(|_| cluster.name.clone());
+        log.cluster = cluster_name.as_deref();
 
         let mut rewrite = None;
         let mut extra_headers = Vec::new();
@@ -322,47 +343,64 @@ impl Proxy {
             parts.method,
             Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
         );
-        let target_path = rewrite.unwrap_or_else(|| path.clone());
-        let key = hash_key(&cluster, &parts.headers, remote);
-        let mut tried = Vec::new();
+        let target = match rewrite {
+            Some(p) => p.parse::<hyper::http::uri::PathAndQuery>().ok(),
+            None => {
+                Some(uri.path_and_query().cloned().unwrap_or_else(|| hyper::http::uri::PathAndQuery::from_static("/")))
+            }
+        };
+        let Some(target) = target else {
+            return Ok(json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "bad request path"})));
+        };
+        // The headers every try sends, prepared once: hop-by-hop ones out, X-Forwarded-* in.
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers);
+        let host_value = match headers.get(header::HOST) {
+            Some(v) => Some(v.clone()),
+            None => HeaderValue::from_str(&host).ok(),
+        };
+        if let Some(v) = &host_value {
+            headers.insert(header::HOST, v.clone());
+            headers.insert("x-forwarded-host", v.clone());
+        }
+        let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", remote.ip())).ok(),
+            None => ip_header(remote.ip()),
+        };
+        if let Some(v) = forwarded {
+            headers.insert("x-forwarded-for", v);
+        }
+        headers.insert("x-forwarded-proto", HeaderValue::from_static(if https { "https" } else { "http" }));
+        for (k, v) in &extra_headers {
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                headers.insert(k, v);
+            }
+        }
+        let key = hash_key(&cluster, &headers, remote);
+        let mut tried = [usize::MAX; MAX_TRIES];
+        let mut tries = 0;
         let max_tries = MAX_TRIES.min(cluster.servers.len()).max(1);
-        let mut last_error = String::from("no server is available");
-        while let Some(pick) = balance::pick(&cluster, &tried, key.as_deref()) {
-            tried.push(pick.index);
+        let mut last_error: Option<String> = None;
+        while let Some(pick) = balance::pick(&cluster, &tried[..tries], key.as_deref()) {
+            tried[tries] = pick.index;
+            tries += 1;
             let server = &cluster.servers[pick.index];
             if pick.fail_open {
                 cluster.metrics.fail_open.fetch_add(1, Ordering::Relaxed);
             }
-            let uri = format!("http://{}{}", server.addr, target_path);
             let mut up = Request::new(Full::new(body.clone()));
             *up.method_mut() = parts.method.clone();
             *up.version_mut() = Version::HTTP_11;
-            *up.headers_mut() = parts.headers.clone();
-            match uri.parse() {
+            // The last possible try takes the headers; earlier ones keep them for a retry.
+            *up.headers_mut() = if tries == max_tries { std::mem::take(&mut headers) } else { headers.clone() };
+            let mut uri_parts = hyper::http::uri::Parts::default();
+            uri_parts.scheme = Some(hyper::http::uri::Scheme::HTTP);
+            uri_parts.authority = server.authority.clone();
+            uri_parts.path_and_query = Some(target.clone());
+            match hyper::Uri::from_parts(uri_parts) {
                 Ok(u) => *up.uri_mut() = u,
                 Err(_) => {
                     return Ok(json(StatusCode::BAD_REQUEST, serde_json::json!({"error": "bad request path"})));
-                }
-            }
-            let headers = up.headers_mut();
-            strip_hop_by_hop(headers);
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                headers.insert(header::HOST, v);
-            }
-            let forwarded = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {}", remote.ip()),
-                None => remote.ip().to_string(),
-            };
-            if let Ok(v) = HeaderValue::from_str(&forwarded) {
-                headers.insert("x-forwarded-for", v);
-            }
-            headers.insert("x-forwarded-proto", HeaderValue::from_static(if https { "https" } else { "http" }));
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                headers.insert("x-forwarded-host", v);
-            }
-            for (k, v) in &extra_headers {
-                if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
-                    headers.insert(k, v);
                 }
             }
 
@@ -374,17 +412,17 @@ impl Proxy {
                     strip_hop_by_hop(&mut rparts.headers);
                     let status = rparts.status.as_u16();
                     cluster.metrics.observe(status, started.elapsed());
-                    self.log(&log, status, started, Some(&server.addr), tried.len());
+                    self.log(&log, status, started, Some(&server.addr), tries);
                     let body = Tracked { inner: rbody, _guard: guard }.boxed();
                     return Ok(Response::from_parts(rparts, body));
                 }
                 Ok(Err(e)) => {
                     let connect = e.is_connect();
-                    last_error = format!("{}: {}", server.addr, root_cause(&e));
-                    server.state.record_failure(&last_error);
+                    let why = format!("{}: {}", server.addr, root_cause(&e));
+                    server.state.record_failure(&why);
+                    last_error = Some(why);
                     drop(guard);
-                    let may_retry =
-                        (connect || idempotent) && tried.len() < max_tries && started.elapsed() < RETRY_BUDGET;
+                    let may_retry = (connect || idempotent) && tries < max_tries && started.elapsed() < RETRY_BUDGET;
                     if may_retry {
                         cluster.metrics.retries.fetch_add(1, Ordering::Relaxed);
                         continue;
@@ -392,17 +430,18 @@ impl Proxy {
                     break;
                 }
                 Err(_) => {
-                    last_error = format!("{}: no response within {}s", server.addr, RESPONSE_TIMEOUT.as_secs());
-                    server.state.record_failure(&last_error);
+                    let why = format!("{}: no response within {}s", server.addr, RESPONSE_TIMEOUT.as_secs());
+                    server.state.record_failure(&why);
                     cluster.metrics.observe(504, started.elapsed());
-                    self.log(&log, 504, started, Some(&server.addr), tried.len());
-                    return Ok(json(StatusCode::GATEWAY_TIMEOUT, serde_json::json!({"error": last_error})));
+                    self.log(&log, 504, started, Some(&server.addr), tries);
+                    return Ok(json(StatusCode::GATEWAY_TIMEOUT, serde_json::json!({"error": why})));
                 }
             }
         }
         cluster.metrics.observe(502, started.elapsed());
-        self.log(&log, 502, started, None, tried.len());
-        Ok(json(StatusCode::BAD_GATEWAY, serde_json::json!({"error": last_error, "cluster": cluster.name})))
+        self.log(&log, 502, started, None, tries);
+        let why = last_error.unwrap_or_else(|| "no server is available".into());
+        Ok(json(StatusCode::BAD_GATEWAY, serde_json::json!({"error": why, "cluster": cluster.name})))
     }
 
     /// WebSocket and other upgrades: forwarded once, then bytes are copied both ways.

@@ -41,6 +41,8 @@ pub struct ServerState {
     pub last_modified_ms: AtomicI64,
     pub msg: Mutex<String>,
     pub first_seen: Instant,
+    /// Past slow start: the clock need not be read again.
+    warm: AtomicBool,
 }
 
 impl ServerState {
@@ -57,6 +59,7 @@ impl ServerState {
             last_modified_ms: AtomicI64::new(now_ms()),
             msg: Mutex::new(String::new()),
             first_seen: Instant::now(),
+            warm: AtomicBool::new(false),
         }
     }
 
@@ -97,7 +100,14 @@ impl ServerState {
 
     /// Share of the full weight during slow start, in (0, 1].
     pub fn warmup(&self) -> f64 {
-        (self.first_seen.elapsed().as_secs_f64() / SLOW_START.as_secs_f64()).clamp(0.1, 1.0)
+        if self.warm.load(Ordering::Relaxed) {
+            return 1.0;
+        }
+        let share = (self.first_seen.elapsed().as_secs_f64() / SLOW_START.as_secs_f64()).clamp(0.1, 1.0);
+        if share >= 1.0 {
+            self.warm.store(true, Ordering::Relaxed);
+        }
+        share
     }
 }
 
@@ -105,6 +115,8 @@ impl ServerState {
 #[derive(Debug, Clone)]
 pub struct Upstream {
     pub addr: String,
+    /// `addr` parsed once, for building upstream URIs without parsing per request.
+    pub authority: Option<hyper::http::uri::Authority>,
     pub instance: Option<String>,
     pub weight: u32,
     /// The platform considers it running and healthy.
@@ -115,6 +127,15 @@ pub struct Upstream {
 }
 
 impl Upstream {
+    /// `ineligible().is_none()`, without building the reason: this runs for every request.
+    pub fn eligible(&self) -> bool {
+        self.ready
+            && !self.draining
+            && !self.state.drained.load(Ordering::Relaxed)
+            && self.state.up.load(Ordering::Relaxed)
+            && !self.state.passive_ejected()
+    }
+
     /// Why this server may not take a new request, if it may not.
     pub fn ineligible(&self) -> Option<String> {
         if self.draining {
@@ -199,8 +220,6 @@ pub struct Cluster {
     pub rules: Option<Arc<LoadedRules>>,
     pub metrics: Arc<ClusterMetrics>,
     pub balance: Balance,
-    /// Smooth weighted round robin's current weights, one per server.
-    pub swrr: Mutex<Vec<i64>>,
     /// Consistent-hash ring (point, server index), sorted; empty unless balance is a hash.
     pub ring: Vec<(u64, usize)>,
     /// Where least-conn starts scanning, so ties rotate.
@@ -246,7 +265,6 @@ impl Cluster {
         metrics: Arc<ClusterMetrics>,
     ) -> Cluster {
         Cluster {
-            swrr: Mutex::new(vec![0; servers.len()]),
             ring: ring(&balance, &servers),
             rotor: std::sync::atomic::AtomicUsize::new(0),
             name,
@@ -386,6 +404,7 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
                     live_servers.insert(format!("{name}|{addr}"));
                     Some(Upstream {
                         state: registry.server(&name, &addr),
+                        authority: addr.parse().ok(),
                         addr,
                         instance: Some(i.id.clone()),
                         weight: 1,
@@ -426,6 +445,7 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
                 live_servers.insert(format!("{name}|{addr}"));
                 Upstream {
                     state: registry.server(&name, &addr),
+                    authority: addr.parse().ok(),
                     addr,
                     instance: None,
                     weight: s.weight,
