@@ -730,6 +730,23 @@ pub struct RouterCounts {
     pub in_flight: u64,
 }
 
+impl RouterCounts {
+    /// Adds another router's (or cluster's) counts to these.
+    pub fn add(&mut self, other: &RouterCounts) {
+        for (a, b) in self.by_class.iter_mut().zip(other.by_class) {
+            *a += b;
+        }
+        if self.latency.len() < other.latency.len() {
+            self.latency.resize(other.latency.len(), 0);
+        }
+        for (a, b) in self.latency.iter_mut().zip(&other.latency) {
+            *a += b;
+        }
+        self.latency_sum_ms += other.latency_sum_ms;
+        self.in_flight += other.in_flight;
+    }
+}
+
 /// Upper bounds (ms) of the latency buckets routers keep; one more bucket holds everything above.
 pub const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 

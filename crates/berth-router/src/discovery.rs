@@ -85,19 +85,7 @@ pub async fn report(
         for cluster in table.clusters.values() {
             // An app's clusters (one per port) add up under the app's id.
             let app = cluster.route_name.split(':').next().unwrap_or(&cluster.route_name).to_string();
-            let counts = cluster.metrics.counts();
-            let total = requests.entry(app).or_insert_with(|| berth_api::RouterCounts {
-                latency: vec![0; counts.latency.len()],
-                ..Default::default()
-            });
-            for (t, c) in total.by_class.iter_mut().zip(counts.by_class) {
-                *t += c;
-            }
-            for (t, c) in total.latency.iter_mut().zip(&counts.latency) {
-                *t += c;
-            }
-            total.latency_sum_ms += counts.latency_sum_ms;
-            total.in_flight += counts.in_flight;
+            requests.entry(app).or_default().add(&cluster.metrics.counts());
         }
         let report = berth_api::RouterReport {
             index: *applied.borrow(),

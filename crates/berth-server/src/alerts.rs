@@ -258,11 +258,7 @@ fn traffic_window(shared: &Shared, now: Millis) -> HashMap<String, (u64, u64, f6
             continue;
         }
         for (app, c) in &report.requests {
-            let t = totals.entry(app.clone()).or_default();
-            for (a, b) in t.by_class.iter_mut().zip(c.by_class) {
-                *a += b;
-            }
-            t.latency_sum_ms += c.latency_sum_ms;
+            totals.entry(app.clone()).or_default().add(c);
         }
     }
     let mut state = lock(&shared.alerts);

@@ -80,7 +80,8 @@ pub(crate) fn apply(
                     msg,
                 );
             }
-            Action::Stop { instance, reason } => {
+            // An expired instance is stopped like any other, and counts as a failure of its app.
+            Action::Stop { instance, reason } | Action::Expire { instance, reason } => {
                 let Some(inst) = instances.get(instance.as_str()) else {
                     continue;
                 };
@@ -89,23 +90,16 @@ pub(crate) fn apply(
                 next.reason = Some(reason.clone());
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
-                txn = state.with_event(txn, now, Level::Info, "instance.stopping", subject, reason.clone());
-            }
-            Action::Expire { instance, reason } => {
-                let Some(inst) = instances.get(instance.as_str()) else {
-                    continue;
-                };
-                let mut next = (*inst).clone();
-                next.desired = Desired::Stop;
-                next.reason = Some(reason.clone());
-                txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
-                if let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app)
+                let expired = matches!(action, Action::Expire { .. });
+                if expired
+                    && let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app)
                     && count_failure(app, inst.version, reason, now)
                 {
                     txn = with_crash_loop_event(state, txn, app, reason, now);
                 }
-                let subject = Subject::instance(&inst.app, instance, &inst.node);
-                txn = state.with_event(txn, now, Level::Warn, "instance.unhealthy", subject, reason.clone());
+                let (level, kind) =
+                    if expired { (Level::Warn, "instance.unhealthy") } else { (Level::Info, "instance.stopping") };
+                txn = state.with_event(txn, now, level, kind, subject, reason.clone());
             }
             Action::Admit { instance } => {
                 let Some(inst) = instances.get(instance.as_str()) else {

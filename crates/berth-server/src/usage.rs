@@ -372,17 +372,7 @@ fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
             continue;
         }
         for (app, c) in &report.requests {
-            let t = totals
-                .entry(app.clone())
-                .or_insert_with(|| berth_api::RouterCounts { latency: vec![0; c.latency.len()], ..Default::default() });
-            for (a, b) in t.by_class.iter_mut().zip(c.by_class) {
-                *a += b;
-            }
-            for (a, b) in t.latency.iter_mut().zip(&c.latency) {
-                *a += b;
-            }
-            t.latency_sum_ms += c.latency_sum_ms;
-            t.in_flight += c.in_flight;
+            totals.entry(app.clone()).or_default().add(c);
         }
     }
     f.head("berth_router_requests_total", "counter", "Requests routers answered, per app and status class.");

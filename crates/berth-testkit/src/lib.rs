@@ -4,6 +4,7 @@
 pub mod image;
 pub mod load;
 pub mod platform;
+pub mod procfs;
 
 pub use image::{TestImages, docker_or_skip, node_containers, test_images};
 pub use load::{Load, LoadReport};

@@ -8,6 +8,7 @@
 
 use std::time::{Duration, Instant};
 
+use berth_testkit::procfs::rss_kib;
 use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -16,16 +17,6 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 fn summary(mut xs: Vec<f64>) -> (f64, f64) {
     xs.sort_by(|a, b| a.total_cmp(b));
     (xs[xs.len() / 2], xs[0])
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
 }
 
 async fn docker_run_10(image: &str, first_port: u16, parallel: bool) -> f64 {

@@ -10,20 +10,10 @@
 
 use std::time::{Duration, Instant};
 
+use berth_testkit::procfs::cpu_seconds;
 use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-/// CPU seconds (user + system) a process has used.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat; here 11 and 12 after the state field.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 /// The highest `chatter N` sequence number among the app's last stored lines.
 async fn shipped(p: &Platform, app: &str) -> u64 {

@@ -7,28 +7,10 @@
 
 use std::time::{Duration, Instant};
 
+use berth_testkit::procfs::{cpu_seconds, rss_kib};
 use berth_testkit::{Platform, wait_until};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
-}
-
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
 
 /// Agent CPU (% of a core) and server RSS with 200 instances sampled every `interval`.
 async fn measure(interval: &str, window: Duration) -> (f64, f64, usize) {
@@ -49,7 +31,7 @@ async fn measure(interval: &str, window: Duration) -> (f64, f64, usize) {
     let (c0, t0) = (cpu_seconds(agent), Instant::now());
     tokio::time::sleep(window).await;
     let cpu = (cpu_seconds(agent) - c0) / t0.elapsed().as_secs_f64() * 100.0;
-    let rss = rss_mib(server);
+    let rss = rss_kib(server) as f64 / 1024.0;
     p.cli_ok(&["app", "many", "destroy", "--timeout", "300"]).await;
     (cpu, rss, sampled)
 }
