@@ -361,10 +361,7 @@ fn judge_deployment(
             return Some(Action::Switch { app: id.to_string() });
         }
     } else if d.canary.is_none() && old.is_empty() && !stopping && ready == target && new.len() == target {
-        let message = match d.from_version {
-            Some(from) if from != d.version => format!("v{from} -> v{}: {target} instance(s) healthy", d.version),
-            _ => format!("v{}: {target} instance(s) healthy", d.version),
-        };
+        let message = format!("{target} instance(s) healthy");
         return Some(Action::EndDeployment { app: id.to_string(), state: DeploymentState::Succeeded, message });
     }
     let upgrade = &app.spec.upgrade;

@@ -270,7 +270,14 @@ pub async fn follow(
                     Some(why) => eprintln!(
                         "{id}: rolled back to a healthy version in {took:.1}s ({text}); the deployment had failed: {why}"
                     ),
-                    None => eprintln!("{id} v{}: {text} in {took:.1}s", d.version),
+                    None => {
+                        let from = d
+                            .from_version
+                            .filter(|f| *f != d.version)
+                            .map(|f| format!(" (from v{f})"))
+                            .unwrap_or_default();
+                        eprintln!("{id} v{}{from}: {text} in {took:.1}s", d.version)
+                    }
                 }
                 return Ok((failure.is_none(), status));
             }
