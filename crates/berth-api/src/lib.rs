@@ -624,6 +624,21 @@ pub struct InstanceUsage {
     pub restarts: u64,
 }
 
+/// One instance's use over time (`GET /v1/apps/G/N/usage/history`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InstanceHistory {
+    pub instance: String,
+    pub points: Vec<UsagePoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UsagePoint {
+    pub t: Millis,
+    /// Percent of one core since the previous point.
+    pub cpu_percent: f64,
+    pub memory_bytes: u64,
+}
+
 /// An app's use: the sum of its instances.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppUsage {

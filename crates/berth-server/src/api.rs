@@ -41,6 +41,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/usage", get(crate::usage::all))
         .route("/v1/alerts", get(crate::alerts::list))
         .route("/v1/apps/{group}/{name}/usage", get(crate::usage::one_app))
+        .route("/v1/apps/{group}/{name}/usage/history", get(crate::usage::history))
         .route("/v1/nodes/{id}/metrics", post(crate::usage::ingest))
         .route("/metrics", get(crate::usage::prometheus))
         .route(

@@ -15,14 +15,20 @@ use berth_core::{App, Instance, InstanceState, Millis};
 use crate::api::{ApiError, ApiResult, indexed, parse_json};
 use crate::{Shared, lock, now_ms};
 
-/// Samples kept per instance (an hour at the default 5 s interval).
+/// Samples kept per instance at full resolution (an hour at the default 5 s interval).
 const KEEP_SAMPLES: usize = 720;
+/// Beyond that, one sample per `COARSE_STEP_MS`, for `KEEP_COARSE` of them (three hours).
+const COARSE_STEP_MS: i64 = 15_000;
+const KEEP_COARSE: usize = 720;
+const KEEP_MS: i64 = 3 * 3_600_000;
 /// A sample older than this no longer counts as the instance's current use.
 const STALE_MS: i64 = 30_000;
 
 #[derive(Default)]
 pub(crate) struct UsageStore {
     samples: Mutex<HashMap<String, (String, VecDeque<InstanceSample>)>>,
+    /// The same instances, thinned to one sample per 15 s for the last three hours.
+    coarse: Mutex<HashMap<String, VecDeque<InstanceSample>>>,
     /// Failures per app since the server started (each one a restart).
     restarts: Mutex<HashMap<String, u64>>,
 }
@@ -30,9 +36,18 @@ pub(crate) struct UsageStore {
 impl UsageStore {
     pub fn record(&self, node: &str, samples: Vec<InstanceSample>) {
         let mut all = lock(&self.samples);
+        let mut coarse = lock(&self.coarse);
         let now = now_ms();
         all.retain(|_, (_, q)| q.back().is_some_and(|s| now - s.t < 3_600_000));
+        coarse.retain(|_, q| q.back().is_some_and(|s| now - s.t < KEEP_MS));
         for s in samples {
+            let thin = coarse.entry(s.instance.clone()).or_default();
+            if thin.back().is_none_or(|last| s.t - last.t >= COARSE_STEP_MS) {
+                if thin.len() == KEEP_COARSE {
+                    thin.pop_front();
+                }
+                thin.push_back(s.clone());
+            }
             let entry = all.entry(s.instance.clone()).or_insert_with(|| (node.to_string(), VecDeque::new()));
             entry.0 = node.to_string();
             // A sample no newer than the last says nothing new (a node's reading was reused).
@@ -44,6 +59,40 @@ impl UsageStore {
             }
             entry.1.push_back(s);
         }
+    }
+
+    /// An app's instances over the last three hours: coarse points first, then every sample of
+    /// the last hour, with the cpu rate between consecutive points.
+    pub fn history(&self, app: &str, since: Millis) -> Vec<berth_api::InstanceHistory> {
+        let fine = lock(&self.samples);
+        let coarse = lock(&self.coarse);
+        let mut out = Vec::new();
+        for (instance, thin) in coarse.iter() {
+            if thin.back().is_none_or(|s| s.app != app) {
+                continue;
+            }
+            let recent = fine.get(instance).map(|(_, q)| q);
+            let fine_start = recent.and_then(|q| q.front()).map_or(i64::MAX, |s| s.t);
+            let merged: Vec<&InstanceSample> = thin
+                .iter()
+                .filter(|s| s.t < fine_start)
+                .chain(recent.into_iter().flatten())
+                .filter(|s| s.t >= since)
+                .collect();
+            let points = merged
+                .windows(2)
+                .map(|w| berth_api::UsagePoint {
+                    t: w[1].t,
+                    cpu_percent: ((w[1].cpu_seconds - w[0].cpu_seconds) / ((w[1].t - w[0].t).max(1) as f64 / 1000.0)
+                        * 100.0)
+                        .max(0.0),
+                    memory_bytes: w[1].memory_bytes,
+                })
+                .collect();
+            out.push(berth_api::InstanceHistory { instance: instance.clone(), points });
+        }
+        out.sort_by(|a, b| a.instance.cmp(&b.instance));
+        out
     }
 
     pub fn count_restart(&self, app: &str) {
@@ -194,6 +243,23 @@ pub(crate) async fn one_app(
     let id = format!("{group}/{name}");
     shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     Ok(indexed(shared.state.store().revision(), &usage(&shared, Some(&id))?))
+}
+
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct HistoryQuery {
+    /// Only points at or after this time (ms since the epoch).
+    #[serde(default)]
+    since: Millis,
+}
+
+pub(crate) async fn history(
+    AxState(shared): AxState<Shared>,
+    Path((group, name)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> ApiResult<Response> {
+    let id = format!("{group}/{name}");
+    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    Ok(indexed(shared.state.store().revision(), &shared.usage.history(&id, q.since)))
 }
 
 /// Prometheus' text exposition format, version 0.0.4.

@@ -43,6 +43,16 @@ async fn exec_use_shows_in_top_and_metrics_pass_promtool_and_prometheus() {
     assert!(u["apps"][0]["cpu_percent"].as_f64().unwrap() > 50.0, "{u}");
     assert_eq!(u["apps"][0]["cpu_allocated"], 1.0);
 
+    // The samples are kept: the history shows the burn over time.
+    let history = wait_until("a few points of history", Duration::from_secs(10), || async {
+        let h = p.get("/v1/apps/lab/burn/usage/history").await.ok()?;
+        (h[0]["points"].as_array()?.len() >= 3).then_some(h)
+    })
+    .await;
+    let points = history[0]["points"].as_array().expect("points");
+    assert!(points.windows(2).all(|w| w[0]["t"].as_i64() < w[1]["t"].as_i64()), "in time order: {history}");
+    assert!(points.last().unwrap()["cpu_percent"].as_f64().unwrap() > 50.0, "{history}");
+
     // The cluster view: allocated beside used.
     let all: Value = serde_json::from_str(&p.cli_ok(&["top", "-o", "json"]).await).unwrap();
     let cluster = &all["cluster"];
