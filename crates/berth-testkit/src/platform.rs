@@ -191,14 +191,37 @@ impl Platform {
         server.extend(self.extra.iter().cloned());
         self.child = Some(self.process("berth-server.log", &server));
         if self.split.as_ref().is_some_and(Vec::is_empty) {
-            let mut agent = strings(&["agent", "--data-dir", &data]);
-            agent.extend(node);
-            agent.extend(self.agent_extra.iter().cloned());
+            let agent = self.agent_process();
             let mut router_args = strings(&["router"]);
             router_args.extend(router);
-            let children =
-                vec![self.process("berth-agent.log", &agent), self.process("berth-router.log", &router_args)];
+            let children = vec![agent, self.process("berth-router.log", &router_args)];
             self.split = Some(children);
+        }
+    }
+
+    fn agent_process(&self) -> Child {
+        let mut args: Vec<String> = vec!["agent".into(), "--data-dir".into(), self.data_dir().display().to_string()];
+        args.extend(["--driver".into(), self.driver.clone(), "--pull".into(), "never".into()]);
+        args.extend(["--ports".into(), format!("{}-{}", self.ports.0, self.ports.1)]);
+        args.extend(self.agent_extra.iter().cloned());
+        self.process("berth-agent.log", &args)
+    }
+
+    /// Split mode: starts the agent again (after `kill_agent`); it keeps its node id.
+    pub fn restart_agent(&mut self) {
+        let agent = self.agent_process();
+        if let Some(children) = self.split.as_mut()
+            && let Some(slot) = children.first_mut()
+        {
+            *slot = agent;
+        }
+    }
+
+    /// Split mode: SIGKILL of the agent alone (its node goes silent).
+    pub async fn kill_agent(&mut self) {
+        if let Some(agent) = self.split.as_mut().and_then(|c| c.first_mut()) {
+            let _ = agent.start_kill();
+            let _ = agent.wait().await;
         }
     }
 

@@ -170,3 +170,24 @@ async fn cpu_rule_fires_and_resolves_crash_loop_fires_and_alertmanager_receives(
         assert!(alert["annotations"]["summary"].as_str().unwrap().contains("crash loop"), "{alert}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_lost_node_alerts_and_resolves_when_it_returns() {
+    let hooks = Arc::new(Mutex::new(Vec::new()));
+    let port = webhook(hooks.clone()).await;
+    let server =
+        ["--node-timeout".to_string(), "2s".into(), "--alert-webhook".into(), format!("http://127.0.0.1:{port}/h")];
+    let mut p = Platform::start_split_args(BERTH.as_ref(), "exec", &server, &[]).await;
+    p.kill_agent().await;
+    let lost =
+        wait_until("the node-lost alert", Duration::from_secs(30), || async { posted(&hooks, "node_lost", "firing") })
+            .await;
+    assert_eq!(lost["node"], p.node_id.as_str(), "{lost}");
+    assert!(lost["text"].as_str().unwrap().contains("is lost"), "{lost}");
+    p.restart_agent();
+    let back = wait_until("the node-lost alert to resolve", Duration::from_secs(30), || async {
+        posted(&hooks, "node_lost", "resolved")
+    })
+    .await;
+    assert_eq!(back["node"], p.node_id.as_str(), "{back}");
+}
