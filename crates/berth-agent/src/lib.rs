@@ -334,3 +334,13 @@ fn failed(id: &str, reason: String) -> InstanceReport {
 fn stopped(id: &str) -> InstanceReport {
     runner::report(id, InstanceState::Stopped)
 }
+
+/// Milliseconds since the Unix epoch, the unit of every time the agent reports.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::{lock, now_ms};
 use berth_api::{Client, LogBatch, LogLine, LogStream};
 use futures_util::StreamExt;
 use tokio::sync::{Notify, watch};
@@ -38,10 +39,6 @@ struct Buffer {
 pub struct LogSink {
     buffers: Arc<Mutex<HashMap<String, Buffer>>>,
     ready: Arc<Notify>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Who wrote a line: the labels every line carries.
@@ -150,10 +147,6 @@ pub async fn ship(client: Client, node: String, sink: LogSink, mut shutdown: wat
             }
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// Follows an exec instance's output files until `ended` turns true, then reads what is left.

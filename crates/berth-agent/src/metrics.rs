@@ -5,13 +5,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::{lock, now_ms};
 use berth_api::{Client, InstanceSample, MetricsReport};
 use futures_util::StreamExt;
 use tokio::sync::watch;
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
 
 /// The latest sample per instance, waiting to be shipped.
 #[derive(Clone, Default)]
@@ -50,10 +47,6 @@ pub async fn ship(
             tracing::debug!(error = %e, "shipping metrics failed");
         }
     }
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
 }
 
 /// What a driver reads of one instance.

@@ -12,9 +12,7 @@ use crate::logs::{LogSink, Origin};
 use crate::report::Reporter;
 use berth_api::probe as health;
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+use crate::now_ms;
 
 pub(crate) fn report(id: &str, state: InstanceState) -> InstanceReport {
     InstanceReport {

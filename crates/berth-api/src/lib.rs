@@ -105,6 +105,13 @@ pub struct AppStatus {
     pub updated_at: Millis,
 }
 
+impl AppStatus {
+    /// Whether instances of `version` run the current spec (as `App::is_current` decides).
+    pub fn is_current(&self, version: u64) -> bool {
+        version == self.version || self.alike.contains(&version)
+    }
+}
+
 /// An app whose instances keep failing, as `status` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CrashLoop {

@@ -252,15 +252,7 @@ fn evaluate(shared: &Shared, config: &AlertConfig, now: Millis) -> Result<Vec<Se
 
 /// Per app over the last window: (requests, 5xx answers, total latency ms).
 fn traffic_window(shared: &Shared, now: Millis) -> HashMap<String, (u64, u64, f64)> {
-    let mut totals: HashMap<String, RouterCounts> = HashMap::new();
-    for (_, (at, report)) in lock(&shared.routers).iter() {
-        if now - at > 60_000 {
-            continue;
-        }
-        for (app, c) in &report.requests {
-            totals.entry(app.clone()).or_default().add(c);
-        }
-    }
+    let totals = crate::usage::router_totals(shared, now);
     let mut state = lock(&shared.alerts);
     let mut out = HashMap::new();
     for (app, counts) in totals {

@@ -217,12 +217,6 @@ fn describe_change(old: &AppSpec, new: &AppSpec) -> String {
     if parts.is_empty() { "no change".into() } else { parts.join("; ") }
 }
 
-fn same_ignoring_scale(a: &AppSpec, b: &AppSpec) -> bool {
-    let mut a = a.clone();
-    a.instances = b.instances;
-    &a == b
-}
-
 enum Change {
     /// A new spec version; `keep_scale` keeps the current instance count.
     Spec {
@@ -329,7 +323,7 @@ fn change_app(shared: &Shared, id: &str, change: Change, opts: &ChangeQuery) -> 
                 if *keep_scale {
                     spec.instances = app.instances;
                 }
-                let same = *kind != DeploymentKind::Restart && same_ignoring_scale(&app.spec, &spec);
+                let same = *kind != DeploymentKind::Restart && deployments::same_ignoring_scale(&app.spec, &spec);
                 if same && app.instances == spec.instances {
                     return unchanged(&app);
                 }
@@ -522,7 +516,7 @@ async fn rollback(
         None => {
             let earlier: Vec<&AppVersion> = versions
                 .iter()
-                .filter(|v| v.version < current.version && !same_ignoring_scale(&v.spec, &current.spec))
+                .filter(|v| v.version < current.version && !deployments::same_ignoring_scale(&v.spec, &current.spec))
                 .collect();
             let stable = earlier
                 .iter()

@@ -7,7 +7,8 @@ use berth_core::{
 use berth_store::state::{State, Subject, encode, version_key};
 use berth_store::{StoreError, Txn};
 
-fn same_ignoring_scale(a: &AppSpec, b: &AppSpec) -> bool {
+/// Specs that differ at most in their instance count: a scale, not a new version.
+pub(crate) fn same_ignoring_scale(a: &AppSpec, b: &AppSpec) -> bool {
     let mut a = a.clone();
     a.instances = b.instances;
     &a == b

@@ -144,9 +144,21 @@ const MIB: u64 = 1 << 20;
 /// Use per app, node and cluster, from live instances and their fresh samples.
 pub(crate) fn usage(shared: &Shared, only_app: Option<&str>) -> Result<Usage, berth_store::StoreError> {
     let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
-    let instances: Vec<Instance> = shared.instances()?.into_iter().filter(|i| i.state.is_live()).collect();
-    let nodes = shared.state.nodes()?;
+    let instances = shared.instances()?;
     let current = shared.usage.current(now_ms());
+    usage_of(shared, &apps, &instances, &current, only_app)
+}
+
+/// `usage` over records and samples the caller already holds.
+fn usage_of(
+    shared: &Shared,
+    apps: &[App],
+    instances: &[Instance],
+    current: &HashMap<String, InstanceUsage>,
+    only_app: Option<&str>,
+) -> Result<Usage, berth_store::StoreError> {
+    let instances: Vec<&Instance> = instances.iter().filter(|i| i.state.is_live()).collect();
+    let nodes = shared.state.nodes()?;
     let restarts = shared.usage.restarts();
     let spec_of: HashMap<String, &App> = apps.iter().map(|a| (a.id(), a)).collect();
 
@@ -164,7 +176,7 @@ pub(crate) fn usage(shared: &Shared, only_app: Option<&str>) -> Result<Usage, be
             },
         );
     }
-    for app in &apps {
+    for app in apps {
         by_app.insert(
             app.id(),
             AppUsage { app: app.id(), restarts: restarts.get(&app.id()).copied().unwrap_or(0), ..Default::default() },
@@ -262,6 +274,20 @@ pub(crate) async fn history(
     Ok(indexed(shared.state.store().revision(), &shared.usage.history(&id, q.since)))
 }
 
+/// Routers' request counts per app, summed over the routers heard from in the last minute.
+pub(crate) fn router_totals(shared: &Shared, now: Millis) -> BTreeMap<String, berth_api::RouterCounts> {
+    let mut totals: BTreeMap<String, berth_api::RouterCounts> = BTreeMap::new();
+    for (at, report) in lock(&shared.routers).values() {
+        if now - at > 60_000 {
+            continue;
+        }
+        for (app, c) in &report.requests {
+            totals.entry(app.clone()).or_default().add(c);
+        }
+    }
+    totals
+}
+
 /// Prometheus' text exposition format, version 0.0.4.
 pub(crate) async fn prometheus(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let text = exposition(&shared)?;
@@ -276,10 +302,35 @@ struct Family<'a> {
     out: &'a mut String,
 }
 
+/// One metric family over a list of things: how to read each thing's value, if it has one.
+struct Series<'a, T> {
+    name: &'static str,
+    kind: &'static str,
+    help: &'static str,
+    value: &'a dyn Fn(&T) -> Option<f64>,
+}
+
 impl Family<'_> {
     fn head(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {help}\n# TYPE {name} {kind}");
     }
+    /// Each series, one sample per thing, in the things' order.
+    fn families<'t, T: 't>(
+        &mut self,
+        series: &[Series<T>],
+        things: impl Iterator<Item = &'t T> + Clone,
+        labels: impl Fn(&'t T) -> Vec<(&'static str, &'t str)>,
+    ) {
+        for s in series {
+            self.head(s.name, s.kind, s.help);
+            for thing in things.clone() {
+                if let Some(v) = (s.value)(thing) {
+                    self.sample(s.name, &labels(thing), v);
+                }
+            }
+        }
+    }
+
     fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) {
         let labels: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
         let labels = if labels.is_empty() { String::new() } else { format!("{{{}}}", labels.join(",")) };
@@ -290,8 +341,8 @@ impl Family<'_> {
 fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
     let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
     let instances = shared.instances()?;
-    let u = usage(shared, None)?;
     let current = shared.usage.current(now_ms());
+    let u = usage_of(shared, &apps, &instances, &current, None)?;
     let mut out = String::new();
     let mut f = Family { out: &mut out };
 
@@ -321,126 +372,130 @@ fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
         f.sample("berth_deployments", &[("state", state)], by_state.get(state).copied().unwrap_or(0) as f64);
     }
 
-    f.head("berth_app_restarts_total", "counter", "Instance failures per app since the server started.");
-    for a in &u.apps {
-        f.sample("berth_app_restarts_total", &[("app", &a.app)], a.restarts as f64);
-    }
-    f.head("berth_app_instances", "gauge", "Live instances per app.");
-    for a in &u.apps {
-        f.sample("berth_app_instances", &[("app", &a.app)], a.instances as f64);
-    }
-    f.head("berth_app_cpu_percent", "gauge", "CPU use of an app's instances, in percent of one core.");
-    for a in &u.apps {
-        f.sample("berth_app_cpu_percent", &[("app", &a.app)], a.cpu_percent);
-    }
-    f.head("berth_app_memory_bytes", "gauge", "Memory in use by an app's instances.");
-    for a in &u.apps {
-        f.sample("berth_app_memory_bytes", &[("app", &a.app)], a.memory_bytes as f64);
-    }
+    let per_app: [Series<AppUsage>; 4] = [
+        Series {
+            name: "berth_app_restarts_total",
+            kind: "counter",
+            help: "Instance failures per app since the server started.",
+            value: &|a| Some(a.restarts as f64),
+        },
+        Series {
+            name: "berth_app_instances",
+            kind: "gauge",
+            help: "Live instances per app.",
+            value: &|a| Some(a.instances as f64),
+        },
+        Series {
+            name: "berth_app_cpu_percent",
+            kind: "gauge",
+            help: "CPU use of an app's instances, in percent of one core.",
+            value: &|a| Some(a.cpu_percent),
+        },
+        Series {
+            name: "berth_app_memory_bytes",
+            kind: "gauge",
+            help: "Memory in use by an app's instances.",
+            value: &|a| Some(a.memory_bytes as f64),
+        },
+    ];
+    f.families(&per_app, u.apps.iter(), |a| vec![("app", &a.app)]);
 
     let mut live: Vec<&InstanceUsage> = current.values().collect();
     live.sort_by(|a, b| a.instance.cmp(&b.instance));
-    f.head("berth_instance_cpu_seconds_total", "counter", "CPU time an instance has used.");
-    let samples = lock(&shared.usage.samples);
-    for i in &live {
-        let cpu = samples.get(&i.instance).and_then(|(_, q)| q.back()).map_or(0.0, |s| s.cpu_seconds);
-        f.sample(
-            "berth_instance_cpu_seconds_total",
-            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
-            cpu,
-        );
-    }
-    drop(samples);
-    f.head("berth_instance_memory_bytes", "gauge", "Memory an instance uses.");
-    for i in &live {
-        f.sample(
-            "berth_instance_memory_bytes",
-            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
-            i.memory_bytes as f64,
-        );
-    }
-    f.head("berth_instance_memory_limit_bytes", "gauge", "An instance's memory limit.");
-    for i in live.iter().filter(|i| i.memory_limit_bytes.is_some()) {
-        let limit = i.memory_limit_bytes.unwrap_or(0) as f64;
-        f.sample(
-            "berth_instance_memory_limit_bytes",
-            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
-            limit,
-        );
-    }
-    f.head("berth_instance_block_read_bytes_total", "counter", "Bytes an instance has read from block devices.");
-    for i in &live {
-        let v = i.block_read_bytes as f64;
-        f.sample(
-            "berth_instance_block_read_bytes_total",
-            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
-            v,
-        );
-    }
-    f.head("berth_instance_block_write_bytes_total", "counter", "Bytes an instance has written to block devices.");
-    for i in &live {
-        let v = i.block_write_bytes as f64;
-        f.sample(
-            "berth_instance_block_write_bytes_total",
-            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
-            v,
-        );
-    }
-    f.head("berth_instance_network_receive_bytes_total", "counter", "Bytes an instance has received.");
-    for i in live.iter().filter(|i| i.net_rx_bytes.is_some()) {
-        let v = i.net_rx_bytes.unwrap_or(0) as f64;
-        f.sample(
-            "berth_instance_network_receive_bytes_total",
-            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
-            v,
-        );
-    }
-    f.head("berth_instance_network_transmit_bytes_total", "counter", "Bytes an instance has sent.");
-    for i in live.iter().filter(|i| i.net_tx_bytes.is_some()) {
-        let v = i.net_tx_bytes.unwrap_or(0) as f64;
-        f.sample(
-            "berth_instance_network_transmit_bytes_total",
-            &[("app", &i.app), ("instance", &i.instance), ("node", &i.node)],
-            v,
-        );
-    }
+    let cpu_seconds: HashMap<String, f64> = lock(&shared.usage.samples)
+        .iter()
+        .filter_map(|(id, (_, q))| Some((id.clone(), q.back()?.cpu_seconds)))
+        .collect();
+    // A counter the runtime does not give (network for exec) is left out, not reported as 0.
+    let per_instance: [Series<InstanceUsage>; 7] = [
+        Series {
+            name: "berth_instance_cpu_seconds_total",
+            kind: "counter",
+            help: "CPU time an instance has used.",
+            value: &|i| Some(cpu_seconds.get(&i.instance).copied().unwrap_or(0.0)),
+        },
+        Series {
+            name: "berth_instance_memory_bytes",
+            kind: "gauge",
+            help: "Memory an instance uses.",
+            value: &|i| Some(i.memory_bytes as f64),
+        },
+        Series {
+            name: "berth_instance_memory_limit_bytes",
+            kind: "gauge",
+            help: "An instance's memory limit.",
+            value: &|i| i.memory_limit_bytes.map(|v| v as f64),
+        },
+        Series {
+            name: "berth_instance_block_read_bytes_total",
+            kind: "counter",
+            help: "Bytes an instance has read from block devices.",
+            value: &|i| Some(i.block_read_bytes as f64),
+        },
+        Series {
+            name: "berth_instance_block_write_bytes_total",
+            kind: "counter",
+            help: "Bytes an instance has written to block devices.",
+            value: &|i| Some(i.block_write_bytes as f64),
+        },
+        Series {
+            name: "berth_instance_network_receive_bytes_total",
+            kind: "counter",
+            help: "Bytes an instance has received.",
+            value: &|i| i.net_rx_bytes.map(|v| v as f64),
+        },
+        Series {
+            name: "berth_instance_network_transmit_bytes_total",
+            kind: "counter",
+            help: "Bytes an instance has sent.",
+            value: &|i| i.net_tx_bytes.map(|v| v as f64),
+        },
+    ];
+    f.families(&per_instance, live.iter().copied(), |i| {
+        vec![("app", &i.app), ("instance", &i.instance), ("node", &i.node)]
+    });
 
-    f.head("berth_node_cpu_cores", "gauge", "Cores a node offers.");
-    for n in &u.nodes {
-        f.sample("berth_node_cpu_cores", &[("node", &n.name)], n.cpu_cores);
-    }
-    f.head("berth_node_cpu_allocated_cores", "gauge", "Cores the specs of a node's instances reserve.");
-    for n in &u.nodes {
-        f.sample("berth_node_cpu_allocated_cores", &[("node", &n.name)], n.cpu_allocated);
-    }
-    f.head("berth_node_cpu_used_cores", "gauge", "Cores a node's instances use.");
-    for n in &u.nodes {
-        f.sample("berth_node_cpu_used_cores", &[("node", &n.name)], n.cpu_used);
-    }
-    f.head("berth_node_memory_bytes", "gauge", "Memory a node offers.");
-    for n in &u.nodes {
-        f.sample("berth_node_memory_bytes", &[("node", &n.name)], n.memory_bytes as f64);
-    }
-    f.head("berth_node_memory_allocated_bytes", "gauge", "Memory the specs of a node's instances reserve.");
-    for n in &u.nodes {
-        f.sample("berth_node_memory_allocated_bytes", &[("node", &n.name)], n.memory_allocated_bytes as f64);
-    }
-    f.head("berth_node_memory_used_bytes", "gauge", "Memory a node's instances use.");
-    for n in &u.nodes {
-        f.sample("berth_node_memory_used_bytes", &[("node", &n.name)], n.memory_used_bytes as f64);
-    }
+    let per_node: [Series<CapacityUsage>; 6] = [
+        Series {
+            name: "berth_node_cpu_cores",
+            kind: "gauge",
+            help: "Cores a node offers.",
+            value: &|n| Some(n.cpu_cores),
+        },
+        Series {
+            name: "berth_node_cpu_allocated_cores",
+            kind: "gauge",
+            help: "Cores the specs of a node's instances reserve.",
+            value: &|n| Some(n.cpu_allocated),
+        },
+        Series {
+            name: "berth_node_cpu_used_cores",
+            kind: "gauge",
+            help: "Cores a node's instances use.",
+            value: &|n| Some(n.cpu_used),
+        },
+        Series {
+            name: "berth_node_memory_bytes",
+            kind: "gauge",
+            help: "Memory a node offers.",
+            value: &|n| Some(n.memory_bytes as f64),
+        },
+        Series {
+            name: "berth_node_memory_allocated_bytes",
+            kind: "gauge",
+            help: "Memory the specs of a node's instances reserve.",
+            value: &|n| Some(n.memory_allocated_bytes as f64),
+        },
+        Series {
+            name: "berth_node_memory_used_bytes",
+            kind: "gauge",
+            help: "Memory a node's instances use.",
+            value: &|n| Some(n.memory_used_bytes as f64),
+        },
+    ];
+    f.families(&per_node, u.nodes.iter(), |n| vec![("node", &n.name)]);
 
-    // Routers' counts, summed over the routers heard from recently.
-    let now = now_ms();
-    let mut totals: BTreeMap<String, berth_api::RouterCounts> = BTreeMap::new();
-    for (_, (at, report)) in lock(&shared.routers).iter() {
-        if now - at > 60_000 {
-            continue;
-        }
-        for (app, c) in &report.requests {
-            totals.entry(app.clone()).or_default().add(c);
-        }
-    }
+    let totals = router_totals(shared, now_ms());
     f.head("berth_router_requests_total", "counter", "Requests routers answered, per app and status class.");
     for (app, c) in &totals {
         for (class, n) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().zip(c.by_class) {

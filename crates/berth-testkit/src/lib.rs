@@ -5,7 +5,9 @@ pub mod image;
 pub mod load;
 pub mod platform;
 pub mod procfs;
+pub mod receiver;
 
 pub use image::{TestImages, docker_or_skip, node_containers, test_images};
 pub use load::{Load, LoadReport};
-pub use platform::{Platform, wait_until};
+pub use platform::{Platform, free_port, wait_until};
+pub use receiver::Receiver;

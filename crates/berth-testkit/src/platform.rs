@@ -24,7 +24,8 @@ where
     }
 }
 
-fn free_port() -> u16 {
+/// A loopback port free right now.
+pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
@@ -170,18 +171,10 @@ impl Platform {
     fn spawn(&mut self) {
         let data = self.data_dir().display().to_string();
         let strings = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        let node = strings(&[
-            "--driver",
-            &self.driver,
-            "--pull",
-            "never",
-            "--ports",
-            &format!("{}-{}", self.ports.0, self.ports.1),
-        ]);
         let router = strings(&["--http", &self.http, "--router-admin", &self.admin, "--domain", "berth.test"]);
         if self.split.is_none() {
             let mut args = strings(&["up", "--data-dir", &data, "--api", &self.api_addr]);
-            args.extend(node);
+            args.extend(self.node_args());
             args.extend(router);
             args.extend(self.extra.iter().cloned());
             self.child = Some(self.process("berth-up.log", &args));
@@ -199,10 +192,15 @@ impl Platform {
         }
     }
 
+    /// The node's flags, the same for `berth up` and `berth agent`.
+    fn node_args(&self) -> Vec<String> {
+        let ports = format!("{}-{}", self.ports.0, self.ports.1);
+        ["--driver", &self.driver, "--pull", "never", "--ports", &ports].iter().map(|x| x.to_string()).collect()
+    }
+
     fn agent_process(&self) -> Child {
         let mut args: Vec<String> = vec!["agent".into(), "--data-dir".into(), self.data_dir().display().to_string()];
-        args.extend(["--driver".into(), self.driver.clone(), "--pull".into(), "never".into()]);
-        args.extend(["--ports".into(), format!("{}-{}", self.ports.0, self.ports.1)]);
+        args.extend(self.node_args());
         args.extend(self.agent_extra.iter().cloned());
         self.process("berth-agent.log", &args)
     }

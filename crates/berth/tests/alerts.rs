@@ -2,59 +2,20 @@
 //! stops; a crash-looping app fires a crash-loop alert to the server-wide webhook; a real
 //! Alertmanager receives the alerts.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_testkit::{Platform, wait_until};
+use berth_testkit::{Platform, Receiver, free_port, wait_until};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
-/// Keeps every JSON body posted to it.
-async fn webhook(bodies: Arc<Mutex<Vec<Value>>>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let bodies = bodies.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut reader = BufReader::new(read);
-                loop {
-                    let mut length = 0usize;
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    if reader.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    if let Ok(v) = serde_json::from_slice(&body) {
-                        bodies.lock().unwrap().push(v);
-                    }
-                    if write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
+/// The alert bodies a webhook received.
+fn alerts_at(hook: &Receiver) -> Vec<Value> {
+    hook.bodies().iter().filter_map(|(body, _)| serde_json::from_slice(body).ok()).collect()
 }
 
-fn posted(bodies: &Arc<Mutex<Vec<Value>>>, name: &str, status: &str) -> Option<Value> {
-    bodies.lock().unwrap().iter().find(|b| b["name"] == name && b["status"] == status).cloned()
+fn posted(hook: &Receiver, name: &str, status: &str) -> Option<Value> {
+    alerts_at(hook).into_iter().find(|b| b["name"] == name && b["status"] == status)
 }
 
 struct Killed(std::process::Child);
@@ -68,8 +29,7 @@ impl Drop for Killed {
 
 /// Debian's Alertmanager on a free port, or None (skipped) when it is not installed.
 fn alertmanager(dir: &std::path::Path) -> Option<(Killed, u16)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cluster = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (port, cluster) = (free_port(), free_port());
     let config = dir.join("alertmanager.yml");
     std::fs::write(&config, "route:\n  receiver: nobody\nreceivers:\n  - name: nobody\n").unwrap();
     let child = std::process::Command::new("prometheus-alertmanager")
@@ -97,9 +57,8 @@ fn alertmanager(dir: &std::path::Path) -> Option<(Killed, u16)> {
 async fn cpu_rule_fires_and_resolves_crash_loop_fires_and_alertmanager_receives() {
     let dir = tempfile::tempdir().unwrap();
     let am = alertmanager(dir.path());
-    let server_wide = Arc::new(Mutex::new(Vec::new()));
-    let per_app = Arc::new(Mutex::new(Vec::new()));
-    let (global_port, app_port) = (webhook(server_wide.clone()).await, webhook(per_app.clone()).await);
+    let (server_wide, per_app) = (Receiver::start().await, Receiver::start().await);
+    let (global_port, app_port) = (server_wide.port, per_app.port);
     let mut args = vec![
         "--metrics-interval".to_string(),
         "500ms".into(),
@@ -135,7 +94,7 @@ async fn cpu_rule_fires_and_resolves_crash_loop_fires_and_alertmanager_receives(
     assert_eq!(listed["firing"][0]["id"], "lab/hot:cpu", "{listed}");
     // Firing once, not every evaluation.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let firing_posts = per_app.lock().unwrap().iter().filter(|b| b["name"] == "cpu" && b["status"] == "firing").count();
+    let firing_posts = alerts_at(&per_app).iter().filter(|b| b["name"] == "cpu" && b["status"] == "firing").count();
     assert_eq!(firing_posts, 1, "deduplicated");
 
     // It stops burning: the alert resolves.
@@ -173,8 +132,8 @@ async fn cpu_rule_fires_and_resolves_crash_loop_fires_and_alertmanager_receives(
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_lost_node_alerts_and_resolves_when_it_returns() {
-    let hooks = Arc::new(Mutex::new(Vec::new()));
-    let port = webhook(hooks.clone()).await;
+    let hooks = Receiver::start().await;
+    let port = hooks.port;
     let server =
         ["--node-timeout".to_string(), "2s".into(), "--alert-webhook".into(), format!("http://127.0.0.1:{port}/h")];
     let mut p = Platform::start_split_args(BERTH.as_ref(), "exec", &server, &[]).await;

@@ -2,22 +2,12 @@
 //! and UDP (the server-wide sink); an HTTP sink gets JSON lines within a second even while another
 //! app floods a sink that never answers.
 
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use berth_testkit::{Platform, wait_until};
+use berth_testkit::{Platform, Receiver, free_port, wait_until};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
-}
 
 fn chat_spec(name: &str, args: &str, extra: &str) -> String {
     let bin = berth_testkit::image::testapp_binary();
@@ -110,7 +100,8 @@ async fn rsyslog_receives_app_and_server_wide_lines() {
     let talky = p.live("talky").await[0]["id"].as_str().unwrap().to_string();
     let received = wait_until("rsyslog to write lines of both apps", Duration::from_secs(15), || async {
         let text = std::fs::read_to_string(&syslog.out).unwrap_or_default();
-        (text.contains("ops/talky") && text.contains("ops/quiet")).then_some(text)
+        let talky_chatter = text.lines().any(|l| l.starts_with("ops/talky") && l.contains(" chatter "));
+        (talky_chatter && text.contains("ops/quiet")).then_some(text)
     })
     .await;
     let line = received.lines().find(|l| l.starts_with("ops/talky") && l.contains(" chatter ")).unwrap();
@@ -122,51 +113,6 @@ async fn rsyslog_receives_app_and_server_wide_lines() {
         assert_eq!(sink["dropped"], 0, "{sinks}");
     }
     assert_eq!(sinks.as_array().unwrap().len(), 2, "{sinks}");
-}
-
-/// A tiny HTTP receiver: keeps every JSON line it is sent, with its arrival time.
-async fn http_receiver(lines: Arc<Mutex<Vec<(Value, i64)>>>) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let lines = lines.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut reader = BufReader::new(read);
-                loop {
-                    let mut length = 0usize;
-                    let mut header = String::new();
-                    loop {
-                        header.clear();
-                        if reader.read_line(&mut header).await.unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if header == "\r\n" {
-                            break;
-                        }
-                        if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
-                            length = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0u8; length];
-                    if reader.read_exact(&mut body).await.is_err() {
-                        return;
-                    }
-                    let arrived = now_ms();
-                    for l in String::from_utf8_lossy(&body).lines() {
-                        if let Ok(v) = serde_json::from_str::<Value>(l) {
-                            lines.lock().unwrap().push((v, arrived));
-                        }
-                    }
-                    if write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    port
 }
 
 /// Accepts connections and never answers.
@@ -184,8 +130,8 @@ async fn black_hole() -> u16 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_stuck_sink_and_a_flooding_app_do_not_delay_another_app() {
-    let received = Arc::new(Mutex::new(Vec::new()));
-    let fast = http_receiver(received.clone()).await;
+    let received = Receiver::start().await;
+    let fast = received.port;
     let stuck = black_hole().await;
     let p = Platform::start(BERTH.as_ref(), "exec").await;
     let flood = format!("log_sinks: [\"http://127.0.0.1:{stuck}/ingest\"]\n");
@@ -212,9 +158,18 @@ async fn a_stuck_sink_and_a_flooding_app_do_not_delay_another_app() {
         sinks.as_array()?.iter().any(|s| s["dropped"].as_u64().unwrap_or(0) > 0).then_some(())
     })
     .await;
-    received.lock().unwrap().clear();
+    received.clear();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let got = received.lock().unwrap().clone();
+    // Each body is a batch of JSON lines.
+    let got: Vec<(Value, i64)> = received
+        .bodies()
+        .into_iter()
+        .flat_map(|(body, arrived)| {
+            let lines: Vec<Value> =
+                String::from_utf8_lossy(&body).lines().filter_map(|l| serde_json::from_str(l).ok()).collect();
+            lines.into_iter().map(move |l| (l, arrived))
+        })
+        .collect();
     assert!(got.len() > 20, "the chat app's lines keep arriving: {}", got.len());
     for (line, arrived) in &got {
         assert_eq!(line["app"], "ops/chat", "only the app's own lines go to its sink");

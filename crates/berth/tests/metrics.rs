@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use berth_testkit::{Platform, docker_or_skip, test_images, wait_until};
+use berth_testkit::{Platform, docker_or_skip, free_port, test_images, wait_until};
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -106,7 +106,7 @@ impl Drop for Killed {
 /// A real Prometheus scrapes `/metrics` and answers a query about Berth's series.
 async fn prometheus_scrapes(p: &Platform) {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let target = p.api.trim_start_matches("http://");
     let config = dir.path().join("prometheus.yml");
     std::fs::write(

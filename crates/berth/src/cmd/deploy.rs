@@ -145,7 +145,6 @@ struct Tally {
 }
 
 fn tally(status: &AppStatus) -> Tally {
-    let current = |v: u64| v == status.version || status.alike.contains(&v);
     let mut t = Tally::default();
     for view in &status.instances {
         let i = &view.instance;
@@ -154,7 +153,7 @@ fn tally(status: &AppStatus) -> Tally {
         }
         if i.desired == Desired::Stop {
             t.draining += 1;
-        } else if !current(i.version) {
+        } else if !status.is_current(i.version) {
             t.old += 1;
         } else if i.is_ready() {
             t.healthy += 1;
