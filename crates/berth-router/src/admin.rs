@@ -93,7 +93,7 @@ pub fn status(table: &Table) -> Value {
                     "ok"
                 };
                 json!({
-                    "server": s.addr,
+                    "server": &*s.addr,
                     "weight": s.weight,
                     "status": status,
                     "msg": s.ineligible().unwrap_or_else(|| st.msg()),
@@ -139,10 +139,10 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
     let candidates: Vec<Value> = target
         .servers
         .iter()
-        .map(|s| json!({"server": s.addr, "instance": s.instance, "eligible": s.ineligible().is_none(), "why": s.ineligible()}))
+        .map(|s| json!({"server": &*s.addr, "instance": s.instance, "eligible": s.ineligible().is_none(), "why": s.ineligible()}))
         .collect();
     let picked = balance::pick(&target, &[], None)
-        .map(|p| json!({"server": target.servers[p.index].addr, "fail_open": p.fail_open}));
+        .map(|p| json!({"server": &*target.servers[p.index].addr, "fail_open": p.fail_open}));
     json!({
         "host": host,
         "path": path,

@@ -137,8 +137,7 @@ mod tests {
             .map(|(i, w)| {
                 let state = Arc::new(ServerState::for_tests());
                 Upstream {
-                    authority: None,
-                    addr: format!("10.0.0.{i}:80"),
+                    addr: format!("10.0.0.{i}:80").into(),
                     instance: None,
                     weight: *w,
                     ready: true,

@@ -30,7 +30,7 @@ impl Checker {
                     continue;
                 }
                 let key = format!("{}|{}|{check:?}", cluster.name, s.addr);
-                wanted.insert(key, (s.addr.clone(), check.clone(), s.state.clone()));
+                wanted.insert(key, (s.addr.to_string(), check.clone(), s.state.clone()));
             }
         }
         self.loops.retain(|key, handle| {

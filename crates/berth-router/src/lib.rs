@@ -4,16 +4,20 @@
 pub mod admin;
 pub mod balance;
 mod discovery;
+pub mod h1;
 mod health;
 pub mod metrics;
 pub mod proxy;
 pub mod rules;
 pub mod table;
+pub mod upstream;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use berth_api::Client;
@@ -21,14 +25,15 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
 use crate::proxy::{Body, Proxy};
 use crate::table::{Registry, Scope};
+use crate::upstream::{Buf, Pool};
 
 /// A client has this long to finish its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
@@ -178,18 +183,18 @@ fn spawn_worker(
                     return;
                 }
             };
-            let client = proxy::upstream_client();
-            let https = tls.is_some();
-            serve(listener, tls, shutdown, move |req, remote| proxy.clone().handle(client.clone(), req, remote, https))
-                .await;
+            let pool = Arc::new(Pool::default());
+            tokio::spawn(upstream::sweep_forever(pool.clone()));
+            serve_traffic(listener, tls, shutdown, proxy, pool).await;
         });
     })
 }
 
-async fn serve<F, Fut>(listener: TcpListener, tls: Option<TlsAcceptor>, mut shutdown: watch::Receiver<bool>, handler: F)
+/// Accepts until shutdown, handing each connection to `conn`.
+async fn accept_loop<F, Fut>(listener: TcpListener, mut shutdown: watch::Receiver<bool>, conn: F)
 where
-    F: Fn(hyper::Request<Incoming>, SocketAddr) -> Fut + Clone + Send + Sync + 'static,
-    Fut: Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send + 'static,
+    F: Fn(TcpStream, SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
 {
     loop {
         let accepted = tokio::select! {
@@ -206,27 +211,131 @@ where
             }
         };
         let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| handler(req, remote));
-            let builder = auto::Builder::new(TokioExecutor::new());
-            let served = match tls {
-                None => builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await,
-                Some(acceptor) => match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
-                    Ok(Ok(secure)) => builder.serve_connection_with_upgrades(TokioIo::new(secure), svc).await,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, %remote, "TLS handshake failed");
-                        return;
+        tokio::spawn(conn(stream, remote));
+    }
+}
+
+/// Traffic: HTTP/1 on the router's own path, HTTP/2 (prior knowledge on cleartext, ALPN `h2`
+/// over TLS) through hyper.
+async fn serve_traffic(
+    listener: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shutdown: watch::Receiver<bool>,
+    proxy: Arc<Proxy>,
+    pool: Arc<Pool>,
+) {
+    accept_loop(listener, shutdown, move |stream, remote| {
+        let (proxy, pool, tls) = (proxy.clone(), pool.clone(), tls.clone());
+        async move {
+            let Some(acceptor) = tls else {
+                let mut stream = stream;
+                let mut buf = Buf::with_capacity(8 * 1024);
+                // Read until the bytes either are the HTTP/2 preface or cannot become it.
+                while buf.filled().len() < h1::H2_PREFACE.len() && h1::H2_PREFACE.starts_with(buf.filled()) {
+                    match tokio::time::timeout(TLS_HANDSHAKE, buf.fill(&mut stream)).await {
+                        Ok(Ok(n)) if n > 0 => {}
+                        _ => return,
                     }
-                    Err(_) => return,
-                },
+                }
+                if buf.filled().starts_with(h1::H2_PREFACE) {
+                    serve_h2(proxy, pool, Prefixed { prefix: buf.take(), pos: 0, inner: stream }, remote, false).await;
+                } else {
+                    proxy.serve_h1(pool, stream, buf, remote, false).await;
+                }
+                return;
             };
-            if let Err(e) = served {
+            let secure = match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(stream)).await {
+                Ok(Ok(secure)) => secure,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            if secure.get_ref().1.alpn_protocol() == Some(b"h2") {
+                serve_h2(proxy, pool, secure, remote, true).await;
+            } else {
+                proxy.serve_h1(pool, secure, Buf::with_capacity(8 * 1024), remote, true).await;
+            }
+        }
+    })
+    .await;
+}
+
+async fn serve_h2<S>(proxy: Arc<Proxy>, pool: Arc<Pool>, io: S, remote: SocketAddr, https: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| proxy.clone().handle_h2(pool.clone(), req, remote, https));
+    let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(io), svc);
+    if let Err(e) = served.await {
+        tracing::debug!(error = %e, %remote, "HTTP/2 connection ended with an error");
+    }
+}
+
+/// A stream whose first bytes were already read: they are read again first.
+struct Prefixed<S> {
+    prefix: Vec<u8>,
+    pos: usize,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Prefixed<S> {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, out: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if this.pos < this.prefix.len() {
+            let n = (this.prefix.len() - this.pos).min(out.remaining());
+            out.put_slice(&this.prefix[this.pos..this.pos + n]);
+            this.pos += n;
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut this.inner).poll_read(cx, out)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Prefixed<S> {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// The admin API, served by hyper (HTTP/1 and HTTP/2).
+async fn serve<F, Fut>(listener: TcpListener, handler: F, shutdown: watch::Receiver<bool>)
+where
+    F: Fn(hyper::Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<hyper::Response<Body>, std::convert::Infallible>> + Send + 'static,
+{
+    accept_loop(listener, shutdown, move |stream, remote| {
+        let handler = handler.clone();
+        async move {
+            let svc = service_fn(&handler);
+            let builder = auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
                 tracing::debug!(error = %e, %remote, "connection ended with an error");
             }
-        });
-    }
+        }
+    })
+    .await;
 }
 
 async fn write_access_log(path: PathBuf, mut rx: mpsc::Receiver<String>) {
@@ -313,7 +422,7 @@ impl Router {
         )));
         let admin_state =
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
-        tasks.push(tokio::spawn(serve(admin, None, shutdown_rx, move |req, _| admin_state.clone().handle(req))));
+        tasks.push(tokio::spawn(serve(admin, move |req| admin_state.clone().handle(req), shutdown_rx)));
         tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = %config.domain, "berth router listening");
         Ok(Router { http_addr, https_addr, admin_addr, shutdown, tasks, workers })
     }

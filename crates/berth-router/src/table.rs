@@ -114,9 +114,8 @@ impl ServerState {
 /// One server of a cluster, as of this snapshot.
 #[derive(Debug, Clone)]
 pub struct Upstream {
-    pub addr: String,
-    /// `addr` parsed once, for building upstream URIs without parsing per request.
-    pub authority: Option<hyper::http::uri::Authority>,
+    /// `host:port`; also the key of the workers' connection pools.
+    pub addr: Arc<str>,
     pub instance: Option<String>,
     pub weight: u32,
     /// The platform considers it running and healthy.
@@ -404,8 +403,7 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
                     live_servers.insert(format!("{name}|{addr}"));
                     Some(Upstream {
                         state: registry.server(&name, &addr),
-                        authority: addr.parse().ok(),
-                        addr,
+                        addr: addr.into(),
                         instance: Some(i.id.clone()),
                         weight: 1,
                         ready: i.ready,
@@ -445,8 +443,7 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
                 live_servers.insert(format!("{name}|{addr}"));
                 Upstream {
                     state: registry.server(&name, &addr),
-                    authority: addr.parse().ok(),
-                    addr,
+                    addr: addr.into(),
                     instance: None,
                     weight: s.weight,
                     ready: true,

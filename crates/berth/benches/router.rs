@@ -1,7 +1,8 @@
 //! `cargo bench -p berth --bench router`: Berth's router beside nginx, in one run on one machine.
 //!
-//! 1. Requests/s and p99 through `berth router` and through nginx, both proxying with keep-alive
-//!    to the same origin (an nginx `return 200`), 2 worker threads each, loaded by wrk.
+//! 1. Requests/s, p99, and the proxy's CPU per request (user and kernel, from /proc) through
+//!    `berth router` and through nginx, both proxying with keep-alive to the same origin (an
+//!    nginx `return 200`), 2 worker threads each, loaded by wrk.
 //! 2. The same with a Lua rule on Berth's path.
 //! 3. Time from an instance's death to the router no longer offering it.
 //!
@@ -11,6 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use berth_testkit::procfs::{children, cpu_split};
 use berth_testkit::{Platform, wait_until};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -61,8 +63,20 @@ fn wait_port(port: u16) {
     }
 }
 
-/// Runs wrk and returns (requests/s, p99 in ms).
-fn wrk(port: u16, seconds: u64) -> (f64, f64) {
+/// One wrk run against a proxy.
+#[derive(Clone, Copy)]
+struct Run {
+    rps: f64,
+    p99_ms: f64,
+    /// The proxy's CPU per request, in microseconds.
+    user_us: f64,
+    system_us: f64,
+}
+
+/// Runs wrk against the proxy on `port` whose processes are `pids`.
+fn wrk(port: u16, seconds: u64, pids: &[u32]) -> Run {
+    let cpu = || pids.iter().map(|p| cpu_split(*p)).fold((0.0, 0.0), |a, c| (a.0 + c.0, a.1 + c.1));
+    let before = cpu();
     let out = Command::new("wrk")
         .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-H", "Host: bench.test"])
         .arg(format!("http://127.0.0.1:{port}/"))
@@ -76,7 +90,13 @@ fn wrk(port: u16, seconds: u64) -> (f64, f64) {
         .unwrap_or_else(|| panic!("wrk output: {text}"));
     let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_ms(v.trim())).unwrap_or(f64::NAN);
     assert!(!text.contains("Non-2xx"), "non-2xx answers under load:\n{text}");
-    (rps, p99)
+    let after = cpu();
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in").and_then(|(n, _)| n.trim().parse().ok()))
+        .unwrap_or(f64::NAN);
+    let per_request = |seconds: f64| seconds * 1e6 / requests;
+    Run { rps, p99_ms: p99, user_us: per_request(after.0 - before.0), system_us: per_request(after.1 - before.1) }
 }
 
 fn parse_ms(v: &str) -> f64 {
@@ -133,6 +153,9 @@ async fn throughput(rounds: usize, seconds: u64) {
     for p in [origin, proxy, http, admin] {
         wait_port(p);
     }
+    let nginx_workers = children(guard.0[1].id());
+    assert_eq!(nginx_workers.len(), 2, "the nginx proxy runs 2 workers");
+    let router_pid = [guard.0[3].id()];
     let client = reqwest::Client::new();
     let put = |path: String, body: String, ct: &'static str| {
         let client = client.clone();
@@ -162,32 +185,45 @@ async fn throughput(rounds: usize, seconds: u64) {
     };
     // Warm up, then run nginx, Berth, and Berth with a rule in every round (rotating who goes
     // first) so that drift on a shared machine hits all three alike.
-    wrk(proxy, 2);
-    wrk(http, 2);
+    wrk(proxy, 2, &nginx_workers);
+    wrk(http, 2, &router_pid);
     let (mut n, mut b, mut lua) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
         for step in 0..3 {
             match (round + step) % 3 {
-                0 => n.push(wrk(proxy, seconds)),
-                1 => b.push(wrk(http, seconds)),
+                0 => n.push(wrk(proxy, seconds, &nginx_workers)),
+                1 => b.push(wrk(http, seconds, &router_pid)),
                 _ => {
                     put(rule_url.clone(), rule.into(), "text/x-lua").await;
                     tokio::time::sleep(Duration::from_millis(300)).await;
-                    lua.push(wrk(http, seconds));
+                    lua.push(wrk(http, seconds, &router_pid));
                     drop_rule().await;
                 }
             }
         }
+        let last = |v: &Vec<Run>| v.last().map_or(f64::NAN, |r| r.rps);
+        println!("round {round}: nginx {:.0}, berth {:.0}, berth+lua {:.0} req/s", last(&n), last(&b), last(&lua));
     }
-    let (n_rps, n_p99) = (median(n.iter().map(|x| x.0).collect()), median(n.iter().map(|x| x.1).collect()));
-    let (b_rps, b_p99) = (median(b.iter().map(|x| x.0).collect()), median(b.iter().map(|x| x.1).collect()));
-    let (l_rps, l_p99) = (median(lua.iter().map(|x| x.0).collect()), median(lua.iter().map(|x| x.1).collect()));
+    let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
+    let n_rps = med(&n, |r| r.rps);
+    let b_rps = med(&b, |r| r.rps);
+    let l_rps = med(&lua, |r| r.rps);
     println!("\n## router throughput ({rounds} interleaved rounds of {seconds}s, wrk -t2 -c64, median)\n");
-    println!("| proxy | requests/s | p99 ms | vs nginx (req/s) |");
-    println!("|---|---|---|---|");
-    println!("| nginx 1.22 (2 workers, upstream keepalive) | {n_rps:.0} | {n_p99:.2} | 1.00 |");
-    println!("| berth router (2 threads) | {b_rps:.0} | {b_p99:.2} | {:.2} |", b_rps / n_rps);
-    println!("| berth router + Lua rule | {l_rps:.0} | {l_p99:.2} | {:.2} |", l_rps / n_rps);
+    println!("| proxy | requests/s | p99 ms | user CPU µs/req | kernel CPU µs/req | vs nginx (req/s) |");
+    println!("|---|---|---|---|---|---|");
+    for (name, runs, rps) in [
+        ("nginx 1.22 (2 workers, upstream keepalive)", &n, n_rps),
+        ("berth router (2 workers)", &b, b_rps),
+        ("berth router + Lua rule", &lua, l_rps),
+    ] {
+        println!(
+            "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            med(runs, |r| r.p99_ms),
+            med(runs, |r| r.user_us),
+            med(runs, |r| r.system_us),
+            rps / n_rps
+        );
+    }
     println!("\nLua rule cost: {:.1} % of throughput", (1.0 - l_rps / b_rps) * 100.0);
 }
 
