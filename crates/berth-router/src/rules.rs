@@ -81,8 +81,13 @@ impl Script {
     }
 }
 
-/// Helpers every script can call; they record the decision in `__berth`.
+/// Helpers every script can call; they record the decision in `__berth`, whose tables they
+/// hold as upvalues (a call does no global lookups).
 const PRELUDE: &str = r#"
+local tostring = tostring
+local ctx = { headers = {} }
+local set = ctx.headers
+__berth = ctx
 function deny(status, message)
   return { action = "deny", status = status or 403, message = message or "denied" }
 end
@@ -93,12 +98,12 @@ function route(name)
   return { action = "route", name = name }
 end
 function set_header(name, value)
-  local h = __berth.headers
-  h[#h + 1] = tostring(name)
-  h[#h + 1] = tostring(value)
+  local n = #set
+  set[n + 1] = tostring(name)
+  set[n + 2] = tostring(value)
 end
 function rewrite(path)
-  __berth.path = tostring(path)
+  ctx.path = tostring(path)
 end
 "#;
 
@@ -135,15 +140,37 @@ pub fn check(source: &str) -> Result<(), RuleError> {
     lua.load(source).set_name("rules").into_function().map(|_| ()).map_err(|e| rule_error(&e))
 }
 
+/// Runs a script for one request inside the VM, so that a request crosses between Rust and Lua
+/// once: it takes the `req` fields as arguments, resets what the last request left, runs the
+/// rule, and returns the decision, the rewritten path, and the headers set as one string
+/// (`name NUL value NUL ...`, one conversion instead of one per field) with its field count.
+/// Its locals are bound before any script runs, so a script cannot unhook them.
+const DRIVER: &str = r#"
+local rule, req, ctx = ...
+local set = ctx.headers
+local concat = table.concat
+return function(method, path, query, host, remote_addr)
+  req.method, req.path, req.query, req.host, req.remote_addr = method, path, query, host, remote_addr
+  if set[1] ~= nil then
+    for i = #set, 1, -1 do set[i] = nil end
+  end
+  ctx.path = nil
+  local decision = rule()
+  local n = #set
+  if n == 0 then
+    return decision, ctx.path
+  end
+  return decision, ctx.path, concat(set, "\0"), n
+end
+"#;
+
 struct Loaded {
     lua: Lua,
-    func: Function,
+    /// The script wrapped by [`DRIVER`].
+    driver: Function,
     spent: Rc<Cell<u64>>,
-    /// `req`, `__berth` and their inner tables live as long as the VM: refilled, not rebuilt.
-    req: Table,
+    /// The metatable of `req.headers`, whose `__index` looks headers up during one request.
     header_lookup: Table,
-    ctx: Table,
-    ctx_headers: Table,
     /// Which `req` fields the script names; the others are never filled.
     reads: Reads,
 }
@@ -193,24 +220,23 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
         }
     })
     .map_err(|e| rule_error(&e))?;
-    let tables = || -> Result<(Table, Table, Table, Table), mlua::Error> {
+    let setup = || -> Result<(Function, Table), mlua::Error> {
         let req = lua.create_table()?;
         let headers = lua.create_table()?;
         let header_lookup = lua.create_table()?;
         headers.set_metatable(Some(header_lookup.clone()))?;
         req.raw_set("headers", headers)?;
         lua.globals().raw_set("req", req.clone())?;
-        let ctx = lua.create_table()?;
-        let ctx_headers = lua.create_table()?;
-        ctx.raw_set("headers", ctx_headers.clone())?;
-        lua.globals().raw_set("__berth", ctx.clone())?;
+        // The prelude made `__berth`; the driver holds it from here on.
+        let ctx: Table = lua.globals().raw_get("__berth")?;
+        let driver: Function = lua.load(DRIVER).set_name("berth-driver").call((func, req, ctx))?;
         // Requests make short-lived garbage: the generational collector handles it best.
         lua.gc_set_mode(mlua::state::GcMode::Generational(Default::default()));
-        Ok((req, header_lookup, ctx, ctx_headers))
+        Ok((driver, header_lookup))
     };
-    let (req, header_lookup, ctx, ctx_headers) = tables().map_err(|e| rule_error(&e))?;
+    let (driver, header_lookup) = setup().map_err(|e| rule_error(&e))?;
     let reads = Reads::of(&script.source);
-    let l = Rc::new(Loaded { lua, func, spent, req, header_lookup, ctx, ctx_headers, reads });
+    let l = Rc::new(Loaded { lua, driver, spent, header_lookup, reads });
     VMS.with(|v| {
         let mut map = v.borrow_mut();
         // Old versions of scripts are never used again once replaced: keep the cache small.
@@ -227,47 +253,40 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
 pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError> {
     let l = loaded(script)?;
     l.spent.set(0);
-    let call = || -> Result<Value, mlua::Error> {
+    type Returned = (Value, Option<String>, Option<String>, Option<usize>);
+    let call = || -> Result<Returned, mlua::Error> {
         let reads = l.reads;
-        for (wanted, key, value) in [
-            (reads.method, "method", req.method),
-            (reads.path, "path", req.path),
-            (reads.query, "query", req.query),
-            (reads.host, "host", req.host),
-        ] {
-            if wanted {
-                l.req.raw_set(key, value)?;
-            }
-        }
-        if reads.remote_addr {
-            l.req.raw_set("remote_addr", req.remote.map(|ip| ip.to_string()).unwrap_or_default())?;
-        }
-        if l.ctx_headers.raw_len() > 0 {
-            l.ctx_headers.clear()?;
-        }
-        l.ctx.raw_set("path", Value::Nil)?;
+        // Fields the script never names go as nil: nothing to convert.
+        let args = (
+            reads.method.then_some(req.method),
+            reads.path.then_some(req.path),
+            reads.query.then_some(req.query),
+            reads.host.then_some(req.host),
+            reads.remote_addr.then(|| req.remote.map(|ip| ip.to_string()).unwrap_or_default()),
+        );
         if !reads.headers {
-            return l.func.call::<Value>(());
+            return l.driver.call::<Returned>(args);
         }
         // The header lookup borrows this request: it lives only inside this scope.
         l.lua.scope(|scope| {
             let lookup =
                 scope.create_function(|_, (_, name): (Value, String)| Ok((req.header)(&name.to_ascii_lowercase())))?;
             l.header_lookup.raw_set("__index", lookup)?;
-            let result = l.func.call::<Value>(());
+            let result = l.driver.call::<Returned>(args);
             l.header_lookup.raw_set("__index", Value::Nil)?;
             result
         })
     };
-    let result = call().map_err(|e| rule_error(&e))?;
-    let mut outcome = Outcome::default();
-    let set = l.ctx_headers.raw_len();
-    for i in (1..set).step_by(2) {
-        if let (Ok(k), Ok(v)) = (l.ctx_headers.raw_get::<String>(i), l.ctx_headers.raw_get::<String>(i + 1)) {
-            outcome.set_headers.push((k, v));
+    let (result, rewrite, joined, fields) = call().map_err(|e| rule_error(&e))?;
+    let mut outcome = Outcome { rewrite, ..Outcome::default() };
+    if let Some(joined) = joined {
+        let parts: Vec<&str> = joined.split('\0').collect();
+        // A NUL inside a name or value would shift every pair after it: refuse, never guess.
+        if Some(parts.len()) != fields {
+            return Err(RuleError { line: None, message: "set_header: a name or value holds a NUL byte".into() });
         }
+        outcome.set_headers = parts.chunks_exact(2).map(|p| (p[0].to_string(), p[1].to_string())).collect();
     }
-    outcome.rewrite = l.ctx.raw_get::<Option<String>>("path").ok().flatten();
     if let Value::Table(t) = result {
         let action: String = t.get("action").unwrap_or_default();
         outcome.action = match action.as_str() {
@@ -301,6 +320,23 @@ mod tests {
 
     fn req<'a>(method: &'a str, path: &'a str) -> RequestView<'a> {
         RequestView { method, path, query: "", host: "a.example", remote: Some([10, 0, 0, 1].into()), header: &token }
+    }
+
+    #[test]
+    fn a_nul_in_a_set_header_is_refused_not_split() {
+        // The value arrives from the request: a NUL must not turn into a header of its own.
+        let s = Script::new("set_header('X-User', req.path)").unwrap();
+        let e = run(&s, &req("GET", "a\0Injected\0yes")).unwrap_err();
+        assert!(e.message.contains("NUL"), "{e}");
+        let ok = run(&s, &req("GET", "/me")).unwrap();
+        assert_eq!(ok.set_headers, vec![("X-User".to_string(), "/me".to_string())]);
+    }
+
+    #[test]
+    fn headers_set_for_one_request_do_not_leak_into_the_next() {
+        let s = Script::new("if req.path == '/a' then set_header('X-A', '1') set_header('X-B', '2') end").unwrap();
+        assert_eq!(run(&s, &req("GET", "/a")).unwrap().set_headers.len(), 2);
+        assert!(run(&s, &req("GET", "/b")).unwrap().set_headers.is_empty());
     }
 
     #[test]
