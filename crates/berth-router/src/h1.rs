@@ -248,6 +248,10 @@ pub fn write_upstream_head<'b>(
 ) {
     out.extend_from_slice(f.method);
     out.push(b' ');
+    if f.target.first() == Some(&b'?') {
+        // An absolute-form request with a query but no path.
+        out.push(b'/');
+    }
     out.extend_from_slice(f.target);
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(f.host);

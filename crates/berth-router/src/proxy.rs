@@ -46,6 +46,9 @@ const RETRY_BUDGET: Duration = Duration::from_secs(5);
 const CLIENT_IDLE: Duration = Duration::from_secs(75);
 /// Longest wait between two reads of a request body.
 const CLIENT_BODY_STALL: Duration = Duration::from_secs(60);
+/// Longest a write to a client may wait (nginx's `send_timeout`): a client that stops reading
+/// must not hold its task and upstream connection for ever.
+const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every worker thread shares: the table and the access log. Each worker has its own
 /// upstream connection pool ([`Pool`]).
@@ -428,7 +431,7 @@ impl Proxy {
             Ok(Err(e)) => {
                 let status = if matches!(e, h1::HeadError::TooLarge) { 431 } else { 400 };
                 h1::write_local(out, status, &serde_json::json!({"error": e.to_string()}).to_string(), None, false);
-                io.write_all(out).await?;
+                send(io, out).await?;
                 return Ok(false);
             }
         }
@@ -448,7 +451,7 @@ impl Proxy {
             Ok(f) => f,
             Err(why) => {
                 refuse(out, 400, &format!("bad request: {why}"));
-                io.write_all(out).await?;
+                send(io, out).await?;
                 return Ok(false);
             }
         };
@@ -461,12 +464,12 @@ impl Proxy {
             (host_value, std::str::from_utf8(method), std::str::from_utf8(target))
         else {
             refuse(out, 400, "no Host header, or a request line that is not text");
-            io.write_all(out).await?;
+            send(io, out).await?;
             return Ok(false);
         };
         let Some(host) = normalize_host(host_value) else {
             refuse(out, 400, "an empty Host header");
-            io.write_all(out).await?;
+            send(io, out).await?;
             return Ok(false);
         };
         let info = RequestInfo { method: method_text, target: target_text, host: &host, headers: &pairs, remote };
@@ -478,7 +481,7 @@ impl Proxy {
                 keep_alive &= framing == Framing::None;
                 h1::write_local(out, local.status, &local.body, local.location.as_deref(), keep_alive);
                 buf.consume(head.len);
-                io.write_all(out).await?;
+                send(io, out).await?;
                 return Ok(keep_alive);
             }
         };
@@ -503,11 +506,11 @@ impl Proxy {
         // The body, whole, so that a failed try can be sent again elsewhere.
         scratch.clear();
         if framing != Framing::None && meta.expect_continue && minor >= 1 {
-            io.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
         }
         if let Err(status) = read_request_body(io, buf, framing, scratch).await? {
             refuse(out, status, if status == 413 { "request body too large" } else { "malformed request body" });
-            io.write_all(out).await?;
+            send(io, out).await?;
             return Ok(false);
         }
         h1::end_upstream_head(wire, wants_length, scratch.len());
@@ -517,7 +520,7 @@ impl Proxy {
             Ok(f) => f,
             Err(local) => {
                 h1::write_local(out, local.status, &local.body, local.location.as_deref(), keep_alive);
-                io.write_all(out).await?;
+                send(io, out).await?;
                 return Ok(keep_alive);
             }
         };
@@ -535,7 +538,7 @@ impl Proxy {
             );
             let (early, mut upstream) = response.into_upgraded();
             out.extend_from_slice(&early);
-            io.write_all(out).await?;
+            send(io, out).await?;
             if !buf.is_empty() {
                 upstream.write_all(buf.filled()).await?;
             }
@@ -571,11 +574,11 @@ impl Proxy {
                 if chunked {
                     out.extend_from_slice(h1::LAST_CHUNK);
                 }
-                io.write_all(out).await?;
+                send(io, out).await?;
                 break;
             }
             if !out.is_empty() {
-                io.write_all(out).await?;
+                send(io, out).await?;
                 out.clear();
             }
             reader.fill().await?;
@@ -692,12 +695,12 @@ impl Proxy {
     }
 }
 
-/// `http://host[:port]/path` split into the authority and the path (`/` when absent).
+/// `http://host[:port]/path?query` split into the authority and the rest (`/` when empty; a
+/// bare `?query` is kept, and the upstream head gets the `/` in front of it).
 fn absolute_form(target: &[u8]) -> Option<(&[u8], &[u8])> {
     let rest = target.strip_prefix(b"http://").or_else(|| target.strip_prefix(b"https://"))?;
     match rest.iter().position(|b| *b == b'/' || *b == b'?') {
-        Some(i) if rest[i] == b'/' => Some((&rest[..i], &rest[i..])),
-        Some(i) => Some((&rest[..i], b"/")),
+        Some(i) => Some((&rest[..i], &rest[i..])),
         None => Some((rest, b"/")),
     }
 }
@@ -747,6 +750,15 @@ async fn read_request_body<S: AsyncRead + Unpin>(
     }
 }
 
+/// Writes to a client within [`CLIENT_SEND_TIMEOUT`]. A write that completes at once never
+/// arms the timer.
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
+    match tokio::time::timeout(CLIENT_SEND_TIMEOUT, io.write_all(bytes)).await {
+        Ok(written) => written,
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")),
+    }
+}
+
 async fn fill_within<S: AsyncRead + Unpin>(io: &mut S, buf: &mut Buf) -> io::Result<()> {
     match tokio::time::timeout(CLIENT_BODY_STALL, buf.fill(io)).await {
         Ok(Ok(n)) if n > 0 => Ok(()),
@@ -772,6 +784,7 @@ mod tests {
     fn absolute_form_targets_carry_their_host() {
         assert_eq!(absolute_form(b"http://a.test:81/x?y"), Some((&b"a.test:81"[..], &b"/x?y"[..])));
         assert_eq!(absolute_form(b"http://a.test"), Some((&b"a.test"[..], &b"/"[..])));
+        assert_eq!(absolute_form(b"http://a.test?q=1"), Some((&b"a.test"[..], &b"?q=1"[..])));
         assert_eq!(absolute_form(b"/x"), None);
     }
 }

@@ -336,9 +336,11 @@ impl Pool {
     }
 
     async fn send_on(conn: &mut Conn, request: &[u8], head_request: bool) -> Result<(Head, Framing, bool), Failure> {
-        conn.stream.write_all(request).await.map_err(|e| Failure::Stale(format!("sending the request: {e}")))?;
         let mut head = Head::default();
-        let read_head = async {
+        // Sending and the answer's head share one deadline: an upstream that stops reading
+        // is as stuck as one that never answers.
+        let exchange = async {
+            conn.stream.write_all(request).await.map_err(|e| Failure::Stale(format!("sending the request: {e}")))?;
             loop {
                 if !conn.buf.is_empty() {
                     match h1::parse_response(conn.buf.filled(), &mut head) {
@@ -364,7 +366,7 @@ impl Pool {
                 }
             }
         };
-        match tokio::time::timeout(RESPONSE_TIMEOUT, read_head).await {
+        match tokio::time::timeout(RESPONSE_TIMEOUT, exchange).await {
             Ok(r) => r?,
             Err(_) => return Err(Failure::Timeout),
         }

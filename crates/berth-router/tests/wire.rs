@@ -269,6 +269,12 @@ async fn the_wire_edge_cases_are_handled() {
     let put_head = seen.requests.lock().unwrap().iter().find(|(h, _)| h.starts_with("PUT")).unwrap().0.clone();
     assert!(!put_head.to_ascii_lowercase().contains("expect"), "the expectation was met here: {put_head}");
 
+    // An absolute-form target names the host, and keeps a query that has no path before it.
+    let answer = raw(addr, b"GET http://wire.test?x=1 HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 404 "), "the origin answered: {answer}");
+    let last = seen.requests.lock().unwrap().last().unwrap().0.clone();
+    assert!(last.starts_with("GET /?x=1 HTTP/1.1\r\nHost: wire.test\r\n"), "{last}");
+
     // An unknown host, a head without Host, and an oversized head.
     let answer = raw(addr, b"GET / HTTP/1.1\r\nHost: nobody.test\r\nConnection: close\r\n\r\n").await;
     assert!(answer.starts_with("HTTP/1.1 404 ") && answer.contains("no route for this host"), "{answer}");
