@@ -311,17 +311,15 @@ impl Proxy {
     }
 
     /// Sends a prepared request to the cluster's servers in turn until one answers.
-    #[allow(clippy::too_many_arguments)]
     pub async fn forward(
         &self,
         pool: &Pool,
         plan: &Plan,
-        request: &[u8],
-        idempotent: bool,
-        head_request: bool,
+        request: upstream::Request<'_>,
         started: Instant,
         log: Option<&Log>,
     ) -> Result<Forwarded, Local> {
+        let idempotent = request.resend;
         let cluster = &plan.cluster;
         let mut tried = [usize::MAX; MAX_TRIES];
         let mut tries = 0;
@@ -335,7 +333,7 @@ impl Proxy {
                 cluster.metrics.fail_open.fetch_add(1, Ordering::Relaxed);
             }
             let guard = InFlight::new(server.state.clone(), cluster.metrics.clone());
-            match pool.exchange(&server.addr, request, head_request, idempotent).await {
+            match pool.exchange(&server.addr, request).await {
                 Ok(response) => {
                     server.state.record_success();
                     let status = response.head.status;
@@ -516,7 +514,8 @@ impl Proxy {
         h1::end_upstream_head(wire, wants_length, scratch.len());
         wire.extend_from_slice(scratch);
 
-        let forwarded = match self.forward(pool, &plan, wire, idempotent, head_request, started, log.as_ref()).await {
+        let request = upstream::Request { bytes: wire, head: head_request, upgrade: upgrading, resend: idempotent };
+        let forwarded = match self.forward(pool, &plan, request, started, log.as_ref()).await {
             Ok(f) => f,
             Err(local) => {
                 h1::write_local(out, local.status, &local.body, local.location.as_deref(), keep_alive);
@@ -639,13 +638,16 @@ impl Proxy {
         };
         h1::end_upstream_head(&mut wire, h1::wants_length(method.as_bytes()), body.len());
         wire.extend_from_slice(&body);
-        let idempotent = is_idempotent(method.as_bytes());
-        let head_request = parts.method == hyper::Method::HEAD;
-        let Forwarded { response, guard } =
-            match self.forward(&pool, &plan, &wire, idempotent, head_request, started, log.as_ref()).await {
-                Ok(f) => f,
-                Err(local) => return Ok(local.into_hyper()),
-            };
+        let request = upstream::Request {
+            bytes: &wire,
+            head: parts.method == hyper::Method::HEAD,
+            upgrade: false,
+            resend: is_idempotent(method.as_bytes()),
+        };
+        let Forwarded { response, guard } = match self.forward(&pool, &plan, request, started, log.as_ref()).await {
+            Ok(f) => f,
+            Err(local) => return Ok(local.into_hyper()),
+        };
         let mut out = Response::builder().status(response.head.status);
         let framing = response.framing;
         let connection_named: Vec<&[u8]> = response

@@ -109,6 +109,18 @@ pub struct Pool {
     idle: Mutex<HashMap<Arc<str>, IdleList>>,
 }
 
+/// A whole HTTP/1.1 request, prepared once and sent as it is on every try.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    pub bytes: &'a [u8],
+    /// A HEAD request: the answer has no body whatever its headers say.
+    pub head: bool,
+    /// An upgrade was asked for: only then is `101 Switching Protocols` an answer.
+    pub upgrade: bool,
+    /// Idempotent: may be sent again if a reused connection turns out dead before answering.
+    pub resend: bool,
+}
+
 /// Why an exchange failed, and what that allows.
 #[derive(Debug)]
 pub struct ExchangeError {
@@ -296,27 +308,20 @@ impl Pool {
         Ok(Conn { stream, buf: Buf::with_capacity(8 * 1024), reused: false })
     }
 
-    /// Sends `request` (a whole HTTP/1.1 request) to `server` and reads the response head.
-    /// An idle connection that turns out to be dead before answering is replaced by a new one
-    /// when `resend` allows sending the request twice.
-    pub async fn exchange(
-        &self,
-        server: &Arc<str>,
-        request: &[u8],
-        head_request: bool,
-        resend: bool,
-    ) -> Result<Response, ExchangeError> {
+    /// Sends `request` to `server` and reads the response head. An idle connection that turns
+    /// out to be dead before answering is replaced by a new one when the request may be resent.
+    pub async fn exchange(&self, server: &Arc<str>, request: Request<'_>) -> Result<Response, ExchangeError> {
         let mut conn = match self.take(server) {
             Some(c) => c,
             None => Self::connect(server).await?,
         };
         loop {
-            match Self::send_on(&mut conn, request, head_request).await {
+            match Self::send_on(&mut conn, request).await {
                 Ok((head, framing, keep_alive)) => {
                     return Ok(Response { head, framing, keep_alive, conn, server: server.clone() });
                 }
                 Err(Failure::Stale(why)) if conn.reused => {
-                    if !resend {
+                    if !request.resend {
                         return Err(ExchangeError { connect: false, timeout: false, message: why });
                     }
                     conn = Self::connect(server).await?;
@@ -335,12 +340,15 @@ impl Pool {
         }
     }
 
-    async fn send_on(conn: &mut Conn, request: &[u8], head_request: bool) -> Result<(Head, Framing, bool), Failure> {
+    async fn send_on(conn: &mut Conn, request: Request<'_>) -> Result<(Head, Framing, bool), Failure> {
         let mut head = Head::default();
         // Sending and the answer's head share one deadline: an upstream that stops reading
         // is as stuck as one that never answers.
         let exchange = async {
-            conn.stream.write_all(request).await.map_err(|e| Failure::Stale(format!("sending the request: {e}")))?;
+            conn.stream
+                .write_all(request.bytes)
+                .await
+                .map_err(|e| Failure::Stale(format!("sending the request: {e}")))?;
             loop {
                 if !conn.buf.is_empty() {
                     match h1::parse_response(conn.buf.filled(), &mut head) {
@@ -370,9 +378,12 @@ impl Pool {
             Ok(r) => r?,
             Err(_) => return Err(Failure::Timeout),
         }
+        if head.status == 101 && !request.upgrade {
+            return Err(Failure::Broken("switched protocols without being asked to".into()));
+        }
         let buf = conn.buf.filled();
         let meta = h1::meta(head.pairs(buf));
-        let framing = h1::response_framing(&meta, head_request, head.status)
+        let framing = h1::response_framing(&meta, request.head, head.status)
             .map_err(|why| Failure::Broken(format!("bad response: {why}")))?;
         let keep_alive = framing != Framing::Close
             && head.status != 101
@@ -433,7 +444,8 @@ mod tests {
     }
 
     async fn body(pool: &Arc<Pool>, server: &Arc<str>, resend: bool) -> Result<(u16, Vec<u8>), ExchangeError> {
-        let resp = pool.exchange(server, b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", false, resend).await?;
+        let request = Request { bytes: b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", head: false, upgrade: false, resend };
+        let resp = pool.exchange(server, request).await?;
         let status = resp.head.status;
         let mut reader = resp.into_body(pool);
         let mut out = Vec::new();
@@ -479,10 +491,19 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn switching_protocols_unasked_is_a_broken_answer() {
+        let server: Arc<str> = origin(vec![b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n"]).await.into();
+        let pool = Arc::new(Pool::default());
+        let err = body(&pool, &server, true).await.expect_err("refused");
+        assert!(!err.connect && err.message.contains("switched protocols"), "{err:?}");
+    }
+
+    #[tokio::test]
     async fn a_refused_connection_is_a_connect_error() {
         let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
         let pool = Arc::new(Pool::default());
-        let err = pool.exchange(&Arc::from(addr.as_str()), b"GET / HTTP/1.1\r\n\r\n", false, true).await.err().unwrap();
+        let request = Request { bytes: b"GET / HTTP/1.1\r\n\r\n", head: false, upgrade: false, resend: true };
+        let err = pool.exchange(&Arc::from(addr.as_str()), request).await.err().unwrap();
         assert!(err.connect, "{err:?}");
     }
 }
