@@ -1,0 +1,65 @@
+//! `cargo bench -p berth-router --bench rules`: what one Lua rule costs per request, warm and with
+//! the caches cold (as under load, when other processes run between two requests), beside the
+//! floor of calling an empty Lua function from Rust through mlua in the same run.
+//!
+//! `BERTH_BENCH_CALLS` (default 20000) calls per measurement.
+
+use std::time::{Duration, Instant};
+
+use berth_router::rules::{RequestView, Script, run};
+
+/// The rule `cargo bench -p berth --bench router` puts on the path.
+const RULE: &str = "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n";
+
+/// Time per call of `call`, with `evict` bytes of other memory written between two calls.
+fn per_call(calls: usize, evict: usize, junk: &mut [u8], mut call: impl FnMut()) -> Duration {
+    let mut spent = Duration::ZERO;
+    for i in 0..calls {
+        for b in junk[..evict].iter_mut().step_by(64) {
+            *b = b.wrapping_add(i as u8);
+        }
+        let t = Instant::now();
+        call();
+        spent += t.elapsed();
+    }
+    spent / calls as u32
+}
+
+fn main() {
+    let calls = std::env::var("BERTH_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let script = Script::new(RULE).expect("the bench rule compiles");
+    let no_headers = |_: &str| None;
+    let view = RequestView {
+        method: "GET",
+        path: "/",
+        query: "",
+        host: "bench.test",
+        remote: Some([127, 0, 0, 1].into()),
+        header: &no_headers,
+    };
+    let lua = mlua::Lua::new();
+    let empty: mlua::Function = lua.load("return function() end").eval().expect("an empty function");
+    let mut junk = vec![0u8; 8 << 20];
+    for _ in 0..1000 {
+        run(&script, &view).expect("the rule runs");
+    }
+    println!("\n## one Lua rule per request ({calls} calls per row)\n");
+    println!("| other memory written between calls | rule (ns) | empty Lua call (ns) | rule / empty call |");
+    println!("|---|---|---|---|");
+    for evict in [0usize, 256 << 10, 1 << 20, 8 << 20] {
+        let rule = per_call(calls, evict, &mut junk, || {
+            std::hint::black_box(run(&script, &view).expect("the rule runs"));
+        });
+        let floor = per_call(calls, evict, &mut junk, || {
+            std::hint::black_box(empty.call::<()>(()).expect("the empty call"));
+        });
+        println!(
+            "| {} KiB | {} | {} | {:.1} |",
+            evict >> 10,
+            rule.as_nanos(),
+            floor.as_nanos(),
+            rule.as_secs_f64() / floor.as_secs_f64()
+        );
+    }
+    std::hint::black_box(&junk);
+}
