@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use berth_router::rules::{RequestView, Script, run};
 
 /// The rule `cargo bench -p berth --bench router` puts on the path.
-const RULE: &str = "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n";
+const RULE: &str =
+    "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n";
 
 /// Time per call of `call`, with `evict` bytes of other memory written between two calls.
 fn per_call(calls: usize, evict: usize, junk: &mut [u8], mut call: impl FnMut()) -> Duration {
