@@ -52,7 +52,7 @@ fn main() {
             std::hint::black_box(run(&script, &view).expect("the rule runs"));
         });
         let floor = per_call(calls, evict, &mut junk, || {
-            std::hint::black_box(empty.call::<()>(()).expect("the empty call"));
+            empty.call::<()>(()).expect("the empty call");
         });
         println!(
             "| {} KiB | {} | {} | {:.1} |",
