@@ -47,8 +47,8 @@ const CLIENT_IDLE: Duration = Duration::from_secs(75);
 /// Longest wait between two reads of a request body.
 const CLIENT_BODY_STALL: Duration = Duration::from_secs(60);
 /// Longest a write to a client may wait (nginx's `send_timeout`): a client that stops reading
-/// must not hold its task and upstream connection for ever.
-const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+/// must not hold its task, its upstream connection, or an instance's drain for ever.
+pub const CLIENT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// What every worker thread shares: the table and the access log. Each worker has its own
 /// upstream connection pool ([`Pool`]).
@@ -56,6 +56,7 @@ pub struct Proxy {
     pub table: ArcSwap<Table>,
     access: Option<mpsc::Sender<String>>,
     pub access_drops: AtomicU64,
+    send_timeout: Duration,
 }
 
 /// A request as both fronts present it to routing.
@@ -193,7 +194,18 @@ impl Drop for InFlight {
 
 impl Proxy {
     pub fn new(access: Option<mpsc::Sender<String>>) -> Proxy {
-        Proxy { table: ArcSwap::from_pointee(Table::default()), access, access_drops: AtomicU64::new(0) }
+        Proxy {
+            table: ArcSwap::from_pointee(Table::default()),
+            access,
+            access_drops: AtomicU64::new(0),
+            send_timeout: CLIENT_SEND_TIMEOUT,
+        }
+    }
+
+    /// How long a write to an HTTP/1 client may wait ([`CLIENT_SEND_TIMEOUT`] unless set).
+    pub fn with_send_timeout(mut self, timeout: Duration) -> Proxy {
+        self.send_timeout = timeout;
+        self
     }
 
     fn log_for(&self, req: &RequestInfo<'_>) -> Option<Log> {
@@ -429,7 +441,7 @@ impl Proxy {
             Ok(Err(e)) => {
                 let status = if matches!(e, h1::HeadError::TooLarge) { 431 } else { 400 };
                 h1::write_local(out, status, &serde_json::json!({"error": e.to_string()}).to_string(), None, false);
-                send(io, out).await?;
+                send(io, out, self.send_timeout).await?;
                 return Ok(false);
             }
         }
@@ -449,7 +461,7 @@ impl Proxy {
             Ok(f) => f,
             Err(why) => {
                 refuse(out, 400, &format!("bad request: {why}"));
-                send(io, out).await?;
+                send(io, out, self.send_timeout).await?;
                 return Ok(false);
             }
         };
@@ -462,12 +474,12 @@ impl Proxy {
             (host_value, std::str::from_utf8(method), std::str::from_utf8(target))
         else {
             refuse(out, 400, "no Host header, or a request line that is not text");
-            send(io, out).await?;
+            send(io, out, self.send_timeout).await?;
             return Ok(false);
         };
         let Some(host) = normalize_host(host_value) else {
             refuse(out, 400, "an empty Host header");
-            send(io, out).await?;
+            send(io, out, self.send_timeout).await?;
             return Ok(false);
         };
         let info = RequestInfo { method: method_text, target: target_text, host: &host, headers: &pairs, remote };
@@ -479,7 +491,7 @@ impl Proxy {
                 keep_alive &= framing == Framing::None;
                 h1::write_local(out, local.status, &local.body, local.location.as_deref(), keep_alive);
                 buf.consume(head.len);
-                send(io, out).await?;
+                send(io, out, self.send_timeout).await?;
                 return Ok(keep_alive);
             }
         };
@@ -504,11 +516,11 @@ impl Proxy {
         // The body, whole, so that a failed try can be sent again elsewhere.
         scratch.clear();
         if framing != Framing::None && meta.expect_continue && minor >= 1 {
-            send(io, b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+            send(io, b"HTTP/1.1 100 Continue\r\n\r\n", self.send_timeout).await?;
         }
         if let Err(status) = read_request_body(io, buf, framing, scratch).await? {
             refuse(out, status, if status == 413 { "request body too large" } else { "malformed request body" });
-            send(io, out).await?;
+            send(io, out, self.send_timeout).await?;
             return Ok(false);
         }
         h1::end_upstream_head(wire, wants_length, scratch.len());
@@ -519,7 +531,7 @@ impl Proxy {
             Ok(f) => f,
             Err(local) => {
                 h1::write_local(out, local.status, &local.body, local.location.as_deref(), keep_alive);
-                send(io, out).await?;
+                send(io, out, self.send_timeout).await?;
                 return Ok(keep_alive);
             }
         };
@@ -537,7 +549,7 @@ impl Proxy {
             );
             let (early, mut upstream) = response.into_upgraded();
             out.extend_from_slice(&early);
-            send(io, out).await?;
+            send(io, out, self.send_timeout).await?;
             if !buf.is_empty() {
                 upstream.write_all(buf.filled()).await?;
             }
@@ -573,11 +585,11 @@ impl Proxy {
                 if chunked {
                     out.extend_from_slice(h1::LAST_CHUNK);
                 }
-                send(io, out).await?;
+                send(io, out, self.send_timeout).await?;
                 break;
             }
             if !out.is_empty() {
-                send(io, out).await?;
+                send(io, out, self.send_timeout).await?;
                 out.clear();
             }
             reader.fill().await?;
@@ -752,10 +764,9 @@ async fn read_request_body<S: AsyncRead + Unpin>(
     }
 }
 
-/// Writes to a client within [`CLIENT_SEND_TIMEOUT`]. A write that completes at once never
-/// arms the timer.
-async fn send<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8]) -> io::Result<()> {
-    match tokio::time::timeout(CLIENT_SEND_TIMEOUT, io.write_all(bytes)).await {
+/// Writes to a client within `timeout`. A write that completes at once never arms the timer.
+async fn send<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], timeout: Duration) -> io::Result<()> {
+    match tokio::time::timeout(timeout, io.write_all(bytes)).await {
         Ok(written) => written,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")),
     }

@@ -97,6 +97,12 @@ async fn origin(seen: Arc<Seen>, idle_close: Duration) -> u16 {
                             a.extend_from_slice(&body);
                             a
                         }
+                        "/huge" => {
+                            // More than loopback socket buffers hold: a client that stops reading blocks the sender.
+                            let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 16777216\r\n\r\n".to_vec();
+                            a.resize(a.len() + (16 << 20), b'h');
+                            a
+                        }
                         "/big" => {
                             let mut a = b"HTTP/1.1 200 OK\r\nContent-Length: 3145728\r\n\r\n".to_vec();
                             a.extend_from_slice(&big_body());
@@ -122,7 +128,11 @@ async fn origin(seen: Arc<Seen>, idle_close: Duration) -> u16 {
 
 /// A router serving `wire.test` from the origin on `port`.
 async fn router(port: u16) -> SocketAddr {
-    let proxy = Arc::new(Proxy::new(None));
+    router_with(port, Proxy::new(None)).await.0
+}
+
+async fn router_with(port: u16, proxy: Proxy) -> (SocketAddr, Arc<Proxy>) {
+    let proxy = Arc::new(proxy);
     let snapshot = RouteSnapshot {
         index: 1,
         apps: vec![],
@@ -139,12 +149,13 @@ async fn router(port: u16) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let pool = Arc::new(Pool::default());
+    let serving = proxy.clone();
     tokio::spawn(async move {
         while let Ok((stream, remote)) = listener.accept().await {
-            tokio::spawn(proxy.clone().serve_h1(pool.clone(), stream, Buf::default(), remote, false));
+            tokio::spawn(serving.clone().serve_h1(pool.clone(), stream, Buf::default(), remote, false));
         }
     });
-    addr
+    (addr, proxy)
 }
 
 /// Sends raw bytes and reads until the router closes the connection.
@@ -307,4 +318,36 @@ async fn idle_connections_the_origin_closed_are_not_used() {
     }
     assert_eq!(seen.connections.load(Ordering::SeqCst), 3, "a new upstream connection after each idle close");
     assert_eq!(seen.requests.lock().unwrap().len(), 3, "each POST reached the origin exactly once");
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_is_cut_off_and_releases_its_instance() {
+    let seen = Arc::new(Seen::default());
+    let port = origin(seen.clone(), Duration::from_secs(30)).await;
+    let (addr, proxy) = router_with(port, Proxy::new(None).with_send_timeout(Duration::from_millis(300))).await;
+    let in_flight = || {
+        let table = proxy.table.load();
+        table.lookup("wire.test").unwrap().servers[0].state.in_flight.load(Ordering::SeqCst)
+    };
+    // A small receive window, and no reads: the router's writes block once the buffers are full.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut client = socket.connect(addr).await.unwrap();
+    client.write_all(b"GET /huge HTTP/1.1\r\nHost: wire.test\r\n\r\n").await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while in_flight() == 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the request never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // The send timeout ends the stuck response: the instance is no longer held in flight
+    // (a drain waiting on it can finish).
+    while in_flight() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "a client that stopped reading still holds the instance");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // And the router closed the connection: what the client reads ends well short of the body.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(5), client.read_to_end(&mut got)).await;
+    assert!(read.is_ok(), "the router closed the connection");
+    assert!(got.len() < 16 << 20, "the body was cut off ({} bytes)", got.len());
 }
