@@ -183,7 +183,16 @@ mod tests {
         // The test process leads no group of its own, so start one: a child in its own group.
         use std::os::unix::process::CommandExt;
         let mut child = std::process::Command::new("sleep").arg("5").process_group(0).spawn().unwrap();
-        let reading = read_process_group(child.id() as i32).expect("the group is found");
+        // Right after spawn the child may still be inside exec, with no memory mapped yet: poll
+        // (bounded) until it runs `sleep`.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        let reading = loop {
+            let reading = read_process_group(child.id() as i32).expect("the group is found");
+            if reading.memory_bytes > 0 || std::time::Instant::now() > deadline {
+                break reading;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
         assert!(reading.memory_bytes > 0, "{reading:?}");
         let _ = child.kill();
         let _ = child.wait();

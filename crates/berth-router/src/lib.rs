@@ -63,10 +63,25 @@ pub struct RouterConfig {
     pub domain: String,
     /// JSON-lines access log; none when unset.
     pub access_log: Option<PathBuf>,
+    /// How big the access log grows before it rotates, and how many files are kept (the
+    /// current one included): it never takes more than `bytes` x `files` on disk.
+    pub access_log_limit: LogLimit,
     /// Worker threads serving traffic, each with its own runtime, listener and upstream pool.
     pub workers: usize,
     /// HTTPS, terminated here with these PEM files.
     pub tls: Option<TlsConfig>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct LogLimit {
+    pub bytes: u64,
+    pub files: usize,
+}
+
+impl Default for LogLimit {
+    fn default() -> Self {
+        LogLimit { bytes: 64 * 1024 * 1024, files: 4 }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -338,15 +353,56 @@ where
     .await;
 }
 
-async fn write_access_log(path: PathBuf, mut rx: mpsc::Receiver<String>) {
-    let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await;
-    let Ok(file) = file else { return };
-    let mut out = tokio::io::BufWriter::new(file);
+/// `access.log`, then `access.log.1` (newest rotated) up to `access.log.N-1`.
+fn rotated(path: &std::path::Path, n: usize) -> PathBuf {
+    if n == 0 {
+        return path.to_path_buf();
+    }
+    let mut name = path.as_os_str().to_os_string();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// Shifts the rotated files up by one, dropping the oldest, and moves the current one to `.1`.
+fn rotate(path: &std::path::Path, files: usize) -> std::io::Result<()> {
+    let keep = files.max(1);
+    let _ = std::fs::remove_file(rotated(path, keep - 1));
+    for n in (1..keep.saturating_sub(1)).rev() {
+        let _ = std::fs::rename(rotated(path, n), rotated(path, n + 1));
+    }
+    if keep > 1 { std::fs::rename(path, rotated(path, 1)) } else { std::fs::remove_file(path) }
+}
+
+async fn write_access_log(path: PathBuf, limit: LogLimit, mut rx: mpsc::Receiver<String>) {
+    let open = |path: PathBuf| async move {
+        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
+        let size = file.metadata().await?.len();
+        Ok::<_, std::io::Error>((tokio::io::BufWriter::new(file), size))
+    };
+    let (mut out, mut size) = match open(path.clone()).await {
+        Ok(opened) => opened,
+        Err(e) => {
+            tracing::error!(path = %path.display(), error = %e, "cannot open the access log");
+            return;
+        }
+    };
     while let Some(line) = rx.recv().await {
         let _ = out.write_all(line.as_bytes()).await;
         let _ = out.write_all(b"\n").await;
-        // Write through when the queue is empty, so the log is never far behind.
-        if rx.is_empty() {
+        size += line.len() as u64 + 1;
+        if size >= limit.bytes {
+            // Full: no file passes the limit by more than one line.
+            let _ = out.flush().await;
+            let rotated = rotate(&path, limit.files);
+            match (rotated, open(path.clone()).await) {
+                (Ok(()), Ok(reopened)) => (out, size) = reopened,
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::error!(path = %path.display(), error = %e, "cannot rotate the access log");
+                    return;
+                }
+            }
+        } else if rx.is_empty() {
+            // Write through when the queue is empty, so the log is never far behind.
             let _ = out.flush().await;
         }
     }
@@ -382,7 +438,7 @@ impl Router {
                     std::fs::create_dir_all(dir).map_err(|e| RouterError::AccessLog(path.clone(), e))?;
                 }
                 let (tx, rx) = mpsc::channel(65_536);
-                tasks.push(tokio::spawn(write_access_log(path.clone(), rx)));
+                tasks.push(tokio::spawn(write_access_log(path.clone(), config.access_log_limit, rx)));
                 Some(tx)
             }
             None => None,
@@ -436,5 +492,37 @@ impl Router {
         let workers = self.workers;
         let joined = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())));
         let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_access_log_rotates_by_size_and_keeps_the_newest_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("access.log");
+        let limit = LogLimit { bytes: 10 * 1024, files: 3 };
+        let (tx, rx) = mpsc::channel(16);
+        let writer = tokio::spawn(write_access_log(path.clone(), limit, rx));
+        let line = |n: usize| format!("{{\"n\":{n:06},\"pad\":\"{}\"}}", "x".repeat(80));
+        for n in 0..1000 {
+            tx.send(line(n)).await.unwrap();
+        }
+        drop(tx);
+        writer.await.unwrap();
+
+        assert!(!rotated(&path, 3).exists(), "only 3 files are kept");
+        let mut kept = Vec::new();
+        for n in (0..3).rev() {
+            let text = std::fs::read_to_string(rotated(&path, n)).unwrap();
+            assert!(text.len() as u64 <= limit.bytes + line(0).len() as u64 + 1, "file {n} is {} bytes", text.len());
+            kept.extend(text.lines().map(str::to_string));
+        }
+        // Oldest file first: the kept lines are the newest ones, in order, with none missing.
+        let first = 1000 - kept.len();
+        assert!(kept.len() > 200, "{} lines kept", kept.len());
+        assert_eq!(kept, (first..1000).map(line).collect::<Vec<_>>());
     }
 }

@@ -225,6 +225,12 @@ pub struct RouterOptions {
     /// JSON-lines access log.
     #[arg(long = "access-log")]
     access_log: Option<PathBuf>,
+    /// Size of the access log before it rotates (`64KiB`, `64MiB`, or bytes).
+    #[arg(long = "access-log-size", value_parser = parse_size, default_value = "64MiB")]
+    access_log_size: u64,
+    /// Access log files kept, the current one included.
+    #[arg(long = "access-log-files", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..))]
+    access_log_files: u16,
     /// Router worker threads (default: one per core).
     #[arg(long = "router-workers")]
     workers: Option<usize>,
@@ -249,6 +255,10 @@ impl RouterOptions {
             zone: self.zone.clone(),
             domain: self.domain.clone(),
             access_log: self.access_log.clone().or(default_log),
+            access_log_limit: berth_router::LogLimit {
+                bytes: self.access_log_size,
+                files: usize::from(self.access_log_files),
+            },
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => {
