@@ -29,14 +29,13 @@ fn per_call(calls: usize, evict: usize, junk: &mut [u8], mut call: impl FnMut())
 fn main() {
     let calls = std::env::var("BERTH_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let script = Script::new(RULE).expect("the bench rule compiles");
-    let no_headers = |_: &str| None;
     let view = RequestView {
         method: "GET",
         path: "/",
         query: "",
         host: "bench.test",
         remote: Some([127, 0, 0, 1].into()),
-        header: &no_headers,
+        headers: &[],
     };
     let lua = mlua::Lua::new();
     let empty: mlua::Function = lua.load("return function() end").eval().expect("an empty function");

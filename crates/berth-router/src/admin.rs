@@ -121,8 +121,7 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
     let mut target = cluster.clone();
     if let Some(loaded) = &cluster.rules {
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
-        let no_headers = |_: &str| None;
-        let view = rules::RequestView { method, path: p, query: q, host: &host, remote: None, header: &no_headers };
+        let view = rules::RequestView { method, path: p, query: q, host: &host, remote: None, headers: &[] };
         let decision = match rules::run(&loaded.script, &view) {
             Ok(o) => {
                 if let rules::Action::Route(name) = &o.action

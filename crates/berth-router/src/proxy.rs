@@ -254,9 +254,6 @@ impl Proxy {
         let mut rewrite = None;
         let mut set_headers = Vec::new();
         if let Some(loaded) = cluster.rules.clone() {
-            let lookup = |name: &str| {
-                header_value(req.headers, name).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_string)
-            };
             let (path, query) = req.target.split_once('?').unwrap_or((req.target, ""));
             let view = RequestView {
                 method: req.method,
@@ -264,7 +261,7 @@ impl Proxy {
                 query,
                 host: req.host,
                 remote: Some(req.remote.ip()),
-                header: &lookup,
+                headers: req.headers,
             };
             match rules::run(&loaded.script, &view) {
                 Err(e) => {

@@ -50,15 +50,34 @@ pub enum Action {
 }
 
 /// What a script sees of the request. A field of `req` is filled only when the script's source
-/// names it (`req.method`, `req.headers["x-user"]`): a rule pays only for what it reads.
+/// names it (`req.method`, `req.headers["x-user"]`): a rule pays only for what it reads. A script
+/// that indexes `req[...]` by a computed key gets every field, and one that walks `req.headers`
+/// (`pairs`, `next`) gets every header.
 pub struct RequestView<'a> {
     pub method: &'a str,
     pub path: &'a str,
     pub query: &'a str,
     pub host: &'a str,
     pub remote: Option<std::net::IpAddr>,
-    /// A request header by lowercase name.
-    pub header: &'a dyn Fn(&str) -> Option<String>,
+    /// The request's headers as received (name, value).
+    pub headers: &'a [(&'a [u8], &'a [u8])],
+}
+
+impl RequestView<'_> {
+    /// Every value of the header `name` (any case), joined with ", " as HTTP allows.
+    fn header(&self, name: &[u8]) -> Option<Vec<u8>> {
+        let mut joined: Option<Vec<u8>> = None;
+        for (_, v) in self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
+            match &mut joined {
+                Some(j) => {
+                    j.extend_from_slice(b", ");
+                    j.extend_from_slice(v);
+                }
+                None => joined = Some(v.to_vec()),
+            }
+        }
+        joined
+    }
 }
 
 /// A loaded script: its source and the hash that names its version.
@@ -148,9 +167,14 @@ pub fn check(source: &str) -> Result<(), RuleError> {
 const DRIVER: &str = r#"
 local rule, req, ctx = ...
 local set = ctx.headers
-local concat = table.concat
-return function(method, path, query, host, remote_addr)
+local concat, lower, rawget, setmetatable, type = table.concat, string.lower, rawget, setmetatable, type
+-- A whole-headers table is keyed by lowercase names; any case finds them.
+local any_case = { __index = function(t, k) if type(k) == "string" then return rawget(t, lower(k)) end end }
+return function(method, path, query, host, remote_addr, all_headers)
   req.method, req.path, req.query, req.host, req.remote_addr = method, path, query, host, remote_addr
+  if all_headers then
+    req.headers = setmetatable(all_headers, any_case)
+  end
   if set[1] ~= nil then
     for i = #set, 1, -1 do set[i] = nil end
   end
@@ -184,17 +208,25 @@ struct Reads {
     remote_addr: bool,
     /// Header lookups cost a callback per request.
     headers: bool,
+    /// The script may walk the headers: it gets all of them in a table (a table per request).
+    all_headers: bool,
 }
 
 impl Reads {
+    /// Conservative: a word in the source, in code or not, is enough to fill a field.
     fn of(source: &str) -> Reads {
+        // `req[k]` or walking `req` itself can reach any field.
+        let dynamic = source.contains("req[") || source.contains("pairs") || source.contains("next");
+        let names = |word: &str| dynamic || source.contains(word);
+        let headers = names("headers");
         Reads {
-            method: source.contains("method"),
-            path: source.contains("path"),
-            query: source.contains("query"),
-            host: source.contains("host"),
-            remote_addr: source.contains("remote_addr"),
-            headers: source.contains("headers"),
+            method: names("method"),
+            path: names("path"),
+            query: names("query"),
+            host: names("host"),
+            remote_addr: names("remote_addr"),
+            headers,
+            all_headers: headers && (source.contains("pairs") || source.contains("next")),
         }
     }
 }
@@ -257,20 +289,35 @@ pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError>
     let call = || -> Result<Returned, mlua::Error> {
         let reads = l.reads;
         // Fields the script never names go as nil: nothing to convert.
+        let all_headers = if reads.all_headers {
+            let table = l.lua.create_table_with_capacity(0, req.headers.len())?;
+            for (name, _) in req.headers {
+                let key = name.to_ascii_lowercase();
+                if table.raw_get::<Value>(l.lua.create_string(&key)?)?.is_nil() {
+                    let value = req.header(name).unwrap_or_default();
+                    table.raw_set(l.lua.create_string(&key)?, l.lua.create_string(&value)?)?;
+                }
+            }
+            Some(table)
+        } else {
+            None
+        };
         let args = (
             reads.method.then_some(req.method),
             reads.path.then_some(req.path),
             reads.query.then_some(req.query),
             reads.host.then_some(req.host),
             reads.remote_addr.then(|| req.remote.map(|ip| ip.to_string()).unwrap_or_default()),
+            all_headers,
         );
-        if !reads.headers {
+        if !reads.headers || reads.all_headers {
             return l.driver.call::<Returned>(args);
         }
         // The header lookup borrows this request: it lives only inside this scope.
         l.lua.scope(|scope| {
-            let lookup =
-                scope.create_function(|_, (_, name): (Value, String)| Ok((req.header)(&name.to_ascii_lowercase())))?;
+            let lookup = scope.create_function(|lua, (_, name): (Value, mlua::LuaString)| {
+                req.header(&name.as_bytes()).map(|v| lua.create_string(&v)).transpose()
+            })?;
             l.header_lookup.raw_set("__index", lookup)?;
             let result = l.driver.call::<Returned>(args);
             l.header_lookup.raw_set("__index", Value::Nil)?;
@@ -314,12 +361,33 @@ pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError>
 mod tests {
     use super::*;
 
-    fn token(name: &str) -> Option<String> {
-        (name == "x-token").then(|| "abc".to_string())
-    }
+    const HEADERS: &[(&[u8], &[u8])] = &[(b"X-Token", b"abc"), (b"Accept", b"text/html"), (b"accept", b"*/*")];
 
     fn req<'a>(method: &'a str, path: &'a str) -> RequestView<'a> {
-        RequestView { method, path, query: "", host: "a.example", remote: Some([10, 0, 0, 1].into()), header: &token }
+        RequestView { method, path, query: "", host: "a.example", remote: Some([10, 0, 0, 1].into()), headers: HEADERS }
+    }
+
+    #[test]
+    fn scripts_can_walk_the_headers_and_index_req_by_computed_keys() {
+        let s = Script::new(
+            "local n = 0\nfor name, value in pairs(req.headers) do n = n + 1 end\n\
+             set_header('X-Count', n)\nset_header('X-Accept', req.headers['Accept'])",
+        )
+        .unwrap();
+        let o = run(&s, &req("GET", "/")).unwrap();
+        assert_eq!(
+            o.set_headers,
+            vec![("X-Count".into(), "2".into()), ("X-Accept".into(), "text/html, */*".into())],
+            "two distinct names; repeated headers joined; any case finds them"
+        );
+        let s = Script::new("local field = 'meth' .. 'od'\nset_header('X-Method', req[field])").unwrap();
+        assert_eq!(run(&s, &req("PATCH", "/")).unwrap().set_headers, vec![("X-Method".into(), "PATCH".into())]);
+    }
+
+    #[test]
+    fn a_header_looked_up_by_name_joins_its_repeats() {
+        let s = Script::new("set_header('X-Accept', req.headers['accept'])").unwrap();
+        assert_eq!(run(&s, &req("GET", "/")).unwrap().set_headers, vec![("X-Accept".into(), "text/html, */*".into())]);
     }
 
     #[test]
