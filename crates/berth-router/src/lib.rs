@@ -68,6 +68,8 @@ pub struct RouterConfig {
     pub access_log_limit: LogLimit,
     /// Worker threads serving traffic, each with its own runtime, listener and upstream pool.
     pub workers: usize,
+    /// The largest request body accepted (bodies are buffered so that a retry can resend them).
+    pub max_body: usize,
     /// HTTPS, terminated here with these PEM files.
     pub tls: Option<TlsConfig>,
 }
@@ -444,7 +446,7 @@ impl Router {
             None => None,
         };
         let client = Client::new(&config.server)?;
-        let proxy = Arc::new(Proxy::new(access));
+        let proxy = Arc::new(Proxy::new(access).with_max_body(config.max_body));
         let registry = Arc::new(Registry::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(0u64);

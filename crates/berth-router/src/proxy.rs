@@ -36,7 +36,8 @@ pub type Body = BoxBody<Bytes, hyper::Error>;
 /// Bodies of proxied HTTP/2 responses.
 pub type H2Body = UnsyncBoxBody<Bytes, io::Error>;
 
-/// Largest request body the router buffers (so a failed try can be retried elsewhere).
+/// Largest request body the router buffers (so a failed try can be retried elsewhere), unless
+/// set with [`Proxy::with_max_body`].
 pub const MAX_BODY: usize = 16 * 1024 * 1024;
 /// Most servers one request is tried on.
 const MAX_TRIES: usize = 3;
@@ -57,6 +58,7 @@ pub struct Proxy {
     access: Option<mpsc::Sender<String>>,
     pub access_drops: AtomicU64,
     send_timeout: Duration,
+    max_body: usize,
 }
 
 /// A request as both fronts present it to routing.
@@ -199,7 +201,14 @@ impl Proxy {
             access,
             access_drops: AtomicU64::new(0),
             send_timeout: CLIENT_SEND_TIMEOUT,
+            max_body: MAX_BODY,
         }
+    }
+
+    /// The largest request body accepted ([`MAX_BODY`] unless set); a larger one gets 413.
+    pub fn with_max_body(mut self, bytes: usize) -> Proxy {
+        self.max_body = bytes;
+        self
     }
 
     /// How long a write to an HTTP/1 client may wait ([`CLIENT_SEND_TIMEOUT`] unless set).
@@ -515,7 +524,7 @@ impl Proxy {
         if framing != Framing::None && meta.expect_continue && minor >= 1 {
             send(io, b"HTTP/1.1 100 Continue\r\n\r\n", self.send_timeout).await?;
         }
-        if let Err(status) = read_request_body(io, buf, framing, scratch).await? {
+        if let Err(status) = read_request_body(io, buf, framing, scratch, self.max_body).await? {
             refuse(out, status, if status == 413 { "request body too large" } else { "malformed request body" });
             send(io, out, self.send_timeout).await?;
             return Ok(false);
@@ -635,7 +644,7 @@ impl Proxy {
         };
         h1::write_upstream_head(&mut wire, &forward, pairs.iter().copied());
         drop(pairs);
-        let body = match Limited::new(body, MAX_BODY).collect().await {
+        let body = match Limited::new(body, self.max_body).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(e) => {
                 let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
@@ -723,11 +732,12 @@ async fn read_request_body<S: AsyncRead + Unpin>(
     buf: &mut Buf,
     framing: Framing,
     body: &mut Vec<u8>,
+    max_body: usize,
 ) -> io::Result<Result<(), u16>> {
     match framing {
         Framing::None | Framing::Close => Ok(Ok(())),
         Framing::Length(n) => {
-            if n > MAX_BODY as u64 {
+            if n > max_body as u64 {
                 return Ok(Err(413));
             }
             let n = n as usize;
@@ -749,7 +759,7 @@ async fn read_request_body<S: AsyncRead + Unpin>(
                     Err(_) => return Ok(Err(400)),
                 };
                 buf.consume(used);
-                if body.len() > MAX_BODY {
+                if body.len() > max_body {
                     return Ok(Err(413));
                 }
                 if decoder.done() {

@@ -351,3 +351,28 @@ async fn a_client_that_stops_reading_is_cut_off_and_releases_its_instance() {
     assert!(read.is_ok(), "the router closed the connection");
     assert!(got.len() < 16 << 20, "the body was cut off ({} bytes)", got.len());
 }
+
+#[tokio::test]
+async fn a_body_over_the_limit_is_refused_and_never_forwarded() {
+    let seen = Arc::new(Seen::default());
+    let port = origin(seen.clone(), Duration::from_secs(30)).await;
+    let (addr, _) = router_with(port, Proxy::new(None).with_max_body(1000)).await;
+    let client = reqwest::Client::builder().resolve("wire.test", addr).build().unwrap();
+    let url = format!("http://wire.test:{}/echo", addr.port());
+    let r = client.post(&url).body(vec![b'a'; 1000]).send().await.unwrap();
+    assert_eq!(r.status(), 200, "a body at the limit passes");
+    assert_eq!(r.bytes().await.unwrap().len(), 1000);
+    let r = client.post(&url).body(vec![b'a'; 1001]).send().await.unwrap();
+    assert_eq!(r.status(), 413, "one byte over is refused");
+    // Chunked, where the size is only known while reading.
+    let mut chunked = b"POST /echo HTTP/1.1\r\nHost: wire.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..3 {
+        chunked.extend_from_slice(b"190\r\n");
+        chunked.extend_from_slice(&[b'b'; 0x190]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(addr, &chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert_eq!(seen.requests.lock().unwrap().len(), 1, "only the body within the limit reached the origin");
+}

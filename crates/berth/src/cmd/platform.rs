@@ -234,6 +234,10 @@ pub struct RouterOptions {
     /// Router worker threads (default: one per core).
     #[arg(long = "router-workers")]
     workers: Option<usize>,
+    /// The largest request body the router accepts (`1MiB`, `16MiB`, or bytes); a larger one gets
+    /// 413. Bodies are held in memory so that a failed try can be sent to another instance.
+    #[arg(long = "max-body-size", value_parser = parse_size, default_value = "16MiB")]
+    max_body_size: u64,
     /// Where the router serves HTTPS (with --tls-cert and --tls-key).
     #[arg(long = "https", default_value = "127.0.0.1:8443")]
     https: String,
@@ -260,6 +264,7 @@ impl RouterOptions {
                 files: usize::from(self.access_log_files),
             },
             workers: self.workers.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+            max_body: usize::try_from(self.max_body_size).unwrap_or(usize::MAX),
             tls: match (&self.tls_cert, &self.tls_key) {
                 (Some(cert), Some(key)) => {
                     Some(berth_router::TlsConfig { listen: self.https.clone(), cert: cert.clone(), key: key.clone() })
