@@ -405,6 +405,11 @@ impl Proxy {
             if !matches!(step, Ok(true)) {
                 return;
             }
+            // One large upload or answer must not stay allocated for the life of a keep-alive
+            // connection.
+            for v in [&mut wire, &mut out, &mut scratch] {
+                release_if_large(v);
+            }
         }
     }
 
@@ -715,6 +720,15 @@ impl Proxy {
     }
 }
 
+/// Buffers a connection keeps between requests; a larger one is given back after use.
+const KEEP_BUFFER: usize = 64 * 1024;
+
+fn release_if_large(v: &mut Vec<u8>) {
+    if v.capacity() > KEEP_BUFFER {
+        *v = Vec::new();
+    }
+}
+
 /// `http://host[:port]/path?query` split into the authority and the rest (`/` when empty; a
 /// bare `?query` is kept, and the upstream head gets the `/` in front of it).
 fn absolute_form(target: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -798,6 +812,17 @@ mod tests {
         assert_eq!(normalize_host(b"a.test.").as_deref(), Some("a.test"));
         assert_eq!(normalize_host(b"[::1]:80").as_deref(), Some("[::1]"));
         assert_eq!(normalize_host(b"").as_deref(), None);
+    }
+
+    #[test]
+    fn large_buffers_are_given_back_small_ones_kept() {
+        let mut small = Vec::with_capacity(1024);
+        small.extend_from_slice(b"x");
+        release_if_large(&mut small);
+        assert!(small.capacity() >= 1024, "a small buffer is kept for the next request");
+        let mut large = vec![0u8; 16 << 20];
+        release_if_large(&mut large);
+        assert_eq!(large.capacity(), 0);
     }
 
     #[test]
