@@ -7,10 +7,12 @@
 //! by hyper ([`Proxy::handle_h2`]). Upstreams always get HTTP/1.1 from the same exchange code.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -785,9 +787,15 @@ async fn read_request_body<S: AsyncRead + Unpin>(
     }
 }
 
-/// Writes to a client within `timeout`. A write that completes at once never arms the timer.
+/// Writes to a client within `timeout`. Most writes complete at once: only one that has to wait
+/// gets a timer (making one reads the clock and the runtime handle).
 async fn send<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], timeout: Duration) -> io::Result<()> {
-    match tokio::time::timeout(timeout, io.write_all(bytes)).await {
+    let mut write = std::pin::pin!(io.write_all(bytes));
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    if let Poll::Ready(done) = first {
+        return done;
+    }
+    match tokio::time::timeout(timeout, write).await {
         Ok(written) => written,
         Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "the client stopped reading")),
     }
