@@ -807,6 +807,9 @@ pub struct RouteApp {
     pub health: Option<berth_core::spec::HealthSpec>,
     #[serde(default)]
     pub balance: berth_core::spec::Balance,
+    /// How long a new instance ramps up to its full weight.
+    #[serde(default = "berth_core::spec::default_slow_start")]
+    pub slow_start: berth_core::Dur,
     pub instances: Vec<RouteInstance>,
 }
 

@@ -63,6 +63,10 @@ pub struct AppSpec {
     /// How routers spread requests over the instances.
     #[serde(default)]
     pub balance: Balance,
+    /// A new instance's share of requests ramps up to its full weight over this long (`0s` turns
+    /// slow start off), so caches and JITs warm before the instance takes its full load.
+    #[serde(default = "default_slow_start")]
+    pub slow_start: Dur,
     /// Where the app's log lines are forwarded, besides Berth's own store (see `LogSink`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_sinks: Vec<String>,
@@ -209,6 +213,9 @@ fn default_stop_timeout() -> Dur {
 }
 fn default_drain_timeout() -> Dur {
     Dur::secs(30)
+}
+pub fn default_slow_start() -> Dur {
+    Dur::secs(5)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -1007,6 +1014,7 @@ environment:
 # services: [{name}.example.com] # host names the router serves it under
 # constraints: [hostname:UNIQUE] # at most one instance per node
 # balance: round_robin           # or least_conn, hash:header:X-User, hash:cookie:session, hash:ip
+# slow_start: 5s                 # a new instance ramps up to its full share of requests (0s: off)
 health:
   http: /               # or `tcp: true`
   interval: 10s

@@ -104,7 +104,7 @@ fn smooth_weighted(cluster: &Cluster, ok: impl Fn(usize) -> bool) -> Option<usiz
             if !ok(i) {
                 continue;
             }
-            let weight = ((f64::from(s.weight) * 100.0 * s.state.warmup()) as i64).max(1);
+            let weight = ((f64::from(s.weight) * 100.0 * s.state.warmup(cluster.slow_start)) as i64).max(1);
             current[i] += weight;
             total += weight;
             if best.is_none_or(|b| current[i] > current[b]) {
@@ -120,11 +120,29 @@ fn smooth_weighted(cluster: &Cluster, ok: impl Fn(usize) -> bool) -> Option<usiz
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
+    use std::time::Duration;
 
     use berth_core::spec::HashOn;
 
     use super::*;
     use crate::table::{ServerState, Upstream};
+
+    /// One warm server and one seen just now, under a slow start of `slow_start`: how many of
+    /// 1000 picks the new one gets.
+    fn new_server_share(slow_start: Duration) -> usize {
+        let mut c = cluster(&[1, 1]);
+        c.servers[1].state = Arc::new(ServerState::fresh_for_tests());
+        c.slow_start = slow_start;
+        (0..1000).filter(|_| pick(&c, &[], None).map(|p| p.index) == Some(1)).count()
+    }
+
+    #[test]
+    fn a_new_server_ramps_up_unless_slow_start_is_off() {
+        let ramping = new_server_share(Duration::from_secs(5));
+        assert!(ramping < 150, "a server seen just now gets a small share: {ramping} of 1000");
+        let off = new_server_share(Duration::ZERO);
+        assert!((450..=550).contains(&off), "with slow start off it gets its full share at once: {off} of 1000");
+    }
 
     fn cluster(weights: &[u32]) -> Cluster {
         cluster_with(weights, Balance::RoundRobin)

@@ -17,7 +17,7 @@ use crate::rules::Script;
 /// A server failing this many requests in a row is ejected for `PASSIVE_EJECT`.
 pub const PASSIVE_MAX_FAILS: u32 = 3;
 pub const PASSIVE_EJECT: Duration = Duration::from_secs(10);
-/// New servers ramp up to their full weight over this long.
+/// New servers ramp up to their full weight over this long, unless their app says otherwise.
 pub const SLOW_START: Duration = Duration::from_secs(5);
 
 pub fn now_ms() -> i64 {
@@ -63,6 +63,12 @@ impl ServerState {
         }
     }
 
+    /// A server seen just now: at the start of its slow start.
+    #[cfg(test)]
+    pub fn fresh_for_tests() -> Self {
+        Self::new()
+    }
+
     #[cfg(test)]
     pub fn for_tests() -> Self {
         let mut s = Self::new();
@@ -98,12 +104,12 @@ impl ServerState {
         }
     }
 
-    /// Share of the full weight during slow start, in (0, 1].
-    pub fn warmup(&self) -> f64 {
-        if self.warm.load(Ordering::Relaxed) {
+    /// Share of the full weight during a slow start of `slow_start`, in (0, 1].
+    pub fn warmup(&self, slow_start: Duration) -> f64 {
+        if self.warm.load(Ordering::Relaxed) || slow_start.is_zero() {
             return 1.0;
         }
-        let share = (self.first_seen.elapsed().as_secs_f64() / SLOW_START.as_secs_f64()).clamp(0.1, 1.0);
+        let share = (self.first_seen.elapsed().as_secs_f64() / slow_start.as_secs_f64()).clamp(0.1, 1.0);
         if share >= 1.0 {
             self.warm.store(true, Ordering::Relaxed);
         }
@@ -223,6 +229,8 @@ pub struct Cluster {
     pub ring: Vec<(u64, usize)>,
     /// Where least-conn starts scanning, so ties rotate.
     pub rotor: std::sync::atomic::AtomicUsize,
+    /// How long a new server ramps up to its full weight.
+    pub slow_start: Duration,
 }
 
 /// Virtual nodes per unit of weight on a hash ring.
@@ -266,6 +274,7 @@ impl Cluster {
         Cluster {
             ring: ring(&balance, &servers),
             rotor: std::sync::atomic::AtomicUsize::new(0),
+            slow_start: SLOW_START,
             name,
             route_name,
             servers,
@@ -414,15 +423,10 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
             let route_name = if index == 0 { app.id.clone() } else { format!("{}:{index}", app.id) };
             let check = app.health.as_ref().map(Check::from_spec);
             let metrics = registry.metrics(&name);
-            let cluster = Arc::new(Cluster::new(
-                name.clone(),
-                route_name,
-                servers,
-                app.balance.clone(),
-                check,
-                rules.clone(),
-                metrics,
-            ));
+            let mut cluster =
+                Cluster::new(name.clone(), route_name, servers, app.balance.clone(), check, rules.clone(), metrics);
+            cluster.slow_start = app.slow_start.as_duration();
+            let cluster = Arc::new(cluster);
             for host in hosts {
                 table.hosts.insert(host, cluster.clone());
             }

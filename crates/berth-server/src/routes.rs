@@ -46,6 +46,7 @@ pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreErro
                 ports: app.spec.ports.clone(),
                 health: app.spec.health.clone(),
                 balance: app.spec.balance.clone(),
+                slow_start: app.spec.slow_start,
                 instances,
             }
         })

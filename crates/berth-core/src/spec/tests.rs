@@ -193,3 +193,15 @@ fn balance_forms() {
     assert_eq!(errs[0].field, "balance");
     assert!(errs[0].message.contains("least_conn"), "{}", errs[0]);
 }
+
+#[test]
+fn slow_start_defaults_to_five_seconds_and_can_be_turned_off() {
+    let spec = AppSpec::from_yaml("group: g\nname: n\nimage: i\n", None).unwrap();
+    assert_eq!(spec.slow_start, Dur::secs(5));
+    let spec = AppSpec::from_yaml("group: g\nname: n\nimage: i\nslow_start: 30s\n", None).unwrap();
+    assert_eq!(spec.slow_start.as_duration(), std::time::Duration::from_secs(30));
+    let spec = AppSpec::from_yaml("group: g\nname: n\nimage: i\nslow_start: 0s\n", None).unwrap();
+    assert_eq!(spec.slow_start, Dur(0));
+    let errs = errors("group: g\nname: n\nimage: i\nslow_start: soon\n");
+    assert_eq!(errs[0].field, "slow_start", "{}", errs[0]);
+}
