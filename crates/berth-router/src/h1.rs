@@ -212,16 +212,33 @@ pub fn response_framing(m: &Meta, head_request: bool, status: u16) -> Result<Fra
     }
 }
 
-pub fn is_hop_by_hop(name: &[u8]) -> bool {
+fn is_hop_by_hop(name: &[u8]) -> bool {
     HOP_BY_HOP.iter().any(|h| h.len() == name.len() && h.eq_ignore_ascii_case(name))
 }
 
-/// Whether a header named by a `Connection` field of `pairs` (hop-by-hop by that naming).
-fn named_by_connection<'b>(pairs: &(impl Iterator<Item = (&'b [u8], &'b [u8])> + Clone), name: &[u8]) -> bool {
-    pairs
-        .clone()
-        .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-        .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(name)))
+/// Which headers of one message belong to its connection only: the hop-by-hop ones, and those
+/// its `Connection` fields name. Most messages carry no `Connection` naming anything, so the
+/// names are looked up only when one is there (no allocation either way).
+pub struct ConnectionHeaders<I> {
+    pairs: I,
+    has_connection: bool,
+}
+
+impl<'b, I: Iterator<Item = (&'b [u8], &'b [u8])> + Clone> ConnectionHeaders<I> {
+    pub fn of(pairs: I) -> Self {
+        let has_connection = pairs.clone().any(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
+        ConnectionHeaders { pairs, has_connection }
+    }
+
+    pub fn contains(&self, name: &[u8]) -> bool {
+        is_hop_by_hop(name)
+            || (self.has_connection
+                && self
+                    .pairs
+                    .clone()
+                    .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
+                    .any(|(_, v)| tokens(v).any(|t| t.eq_ignore_ascii_case(name))))
+    }
 }
 
 /// What the router adds to a request it forwards.
@@ -256,15 +273,14 @@ pub fn write_upstream_head<'b>(
     out.extend_from_slice(b" HTTP/1.1\r\nHost: ");
     out.extend_from_slice(f.host);
     out.extend_from_slice(b"\r\n");
-    let has_connection = pairs.clone().any(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
+    let connection = ConnectionHeaders::of(pairs.clone());
     let mut forwarded_for: Option<&[u8]> = None;
-    for (name, value) in pairs.clone() {
-        let skip = is_hop_by_hop(name)
+    for (name, value) in pairs {
+        let skip = connection.contains(name)
             || [&b"host"[..], b"content-length", b"expect", b"x-forwarded-host", b"x-forwarded-proto"]
                 .iter()
                 .any(|s| s.eq_ignore_ascii_case(name))
-            || f.set.iter().any(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name))
-            || (has_connection && named_by_connection(&pairs, name));
+            || f.set.iter().any(|(k, _)| k.as_bytes().eq_ignore_ascii_case(name));
         if name.eq_ignore_ascii_case(b"x-forwarded-for") {
             forwarded_for = Some(value);
             continue;
@@ -354,8 +370,8 @@ pub fn write_client_head<'b>(
     out.extend_from_slice(reason);
     out.extend_from_slice(b"\r\n");
     let upgrade = status == 101;
-    let has_connection = pairs.clone().any(|(n, _)| n.eq_ignore_ascii_case(b"connection"));
-    for (name, value) in pairs.clone() {
+    let connection = ConnectionHeaders::of(pairs.clone());
+    for (name, value) in pairs {
         let is_length = name.eq_ignore_ascii_case(b"content-length");
         let keep = if name.eq_ignore_ascii_case(b"upgrade") {
             upgrade
@@ -363,7 +379,7 @@ pub fn write_client_head<'b>(
             // With no body the upstream's length headers describe the resource: pass them.
             body == ClientBody::None && !upgrade
         } else {
-            !(is_hop_by_hop(name) || (has_connection && named_by_connection(&pairs, name)))
+            !connection.contains(name)
         };
         if keep {
             header(out, name, value);

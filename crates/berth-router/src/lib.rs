@@ -37,6 +37,8 @@ use crate::upstream::{Buf, Pool};
 
 /// A client has this long to finish its TLS handshake.
 const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+/// A cleartext client has this long to send the bytes that tell HTTP/2's preface from HTTP/1.
+const FIRST_BYTES: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RouterError {
@@ -78,12 +80,6 @@ pub struct RouterConfig {
 pub struct LogLimit {
     pub bytes: u64,
     pub files: usize,
-}
-
-impl Default for LogLimit {
-    fn default() -> Self {
-        LogLimit { bytes: 64 * 1024 * 1024, files: 4 }
-    }
 }
 
 #[derive(Debug, Clone)]
@@ -249,7 +245,7 @@ async fn serve_traffic(
                 let mut buf = Buf::with_capacity(8 * 1024);
                 // Read until the bytes either are the HTTP/2 preface or cannot become it.
                 while buf.filled().len() < h1::H2_PREFACE.len() && h1::H2_PREFACE.starts_with(buf.filled()) {
-                    match tokio::time::timeout(TLS_HANDSHAKE, buf.fill(&mut stream)).await {
+                    match tokio::time::timeout(FIRST_BYTES, buf.fill(&mut stream)).await {
                         Ok(Ok(n)) if n > 0 => {}
                         _ => return,
                     }

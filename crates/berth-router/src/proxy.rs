@@ -87,6 +87,11 @@ impl Local {
         Local { status, body: value.to_string(), location: None }
     }
 
+    /// The same answer on an HTTP/1 connection.
+    fn write_h1(&self, out: &mut Vec<u8>, keep_alive: bool) {
+        h1::write_local(out, self.status, &self.body, self.location.as_deref(), keep_alive);
+    }
+
     fn into_hyper<E>(self) -> Response<UnsyncBoxBody<Bytes, E>> {
         let mut resp = Response::new(Full::new(Bytes::from(self.body)).map_err(|never| match never {}).boxed_unsync());
         *resp.status_mut() = StatusCode::from_u16(self.status).unwrap_or(StatusCode::BAD_GATEWAY);
@@ -502,7 +507,7 @@ impl Proxy {
             Decision::Local(local) => {
                 // The body was not read: the connection can only go on if there is none.
                 keep_alive &= framing == Framing::None;
-                h1::write_local(out, local.status, &local.body, local.location.as_deref(), keep_alive);
+                local.write_h1(out, keep_alive);
                 buf.consume(head.len);
                 send(io, out, self.send_timeout).await?;
                 return Ok(keep_alive);
@@ -543,7 +548,7 @@ impl Proxy {
         let forwarded = match self.forward(pool, &plan, request, started, log.as_ref()).await {
             Ok(f) => f,
             Err(local) => {
-                h1::write_local(out, local.status, &local.body, local.location.as_deref(), keep_alive);
+                local.write_h1(out, keep_alive);
                 send(io, out, self.send_timeout).await?;
                 return Ok(keep_alive);
             }
@@ -675,22 +680,17 @@ impl Proxy {
         };
         let mut out = Response::builder().status(response.head.status);
         let framing = response.framing;
-        let connection_named: Vec<&[u8]> = response
-            .pairs()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(b"connection"))
-            .flat_map(|(_, v)| v.split(|b| *b == b',').map(<[u8]>::trim_ascii))
-            .collect();
+        let connection = h1::ConnectionHeaders::of(response.pairs());
         for (name, value) in response.pairs() {
             let is_length = name.eq_ignore_ascii_case(b"content-length");
             // HTTP/2 has no connection-specific headers; a length passes only when it frames the body.
-            let keep = !h1::is_hop_by_hop(name)
-                && !connection_named.iter().any(|c| c.eq_ignore_ascii_case(name))
-                && (!is_length || matches!(framing, Framing::Length(_) | Framing::None));
+            let keep =
+                !connection.contains(name) && (!is_length || matches!(framing, Framing::Length(_) | Framing::None));
             if keep && let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name), HeaderValue::from_bytes(value)) {
                 out = out.header(n, v);
             }
         }
-        drop(connection_named);
+        drop(connection);
         let reader = response.into_body(&pool);
         let frames = futures_util::stream::unfold((reader, guard, false), |(mut reader, guard, ended)| async move {
             if ended {

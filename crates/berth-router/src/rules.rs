@@ -292,10 +292,10 @@ pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError>
         let all_headers = if reads.all_headers {
             let table = l.lua.create_table_with_capacity(0, req.headers.len())?;
             for (name, _) in req.headers {
-                let key = name.to_ascii_lowercase();
-                if table.raw_get::<Value>(l.lua.create_string(&key)?)?.is_nil() {
+                let key = l.lua.create_string(name.to_ascii_lowercase())?;
+                if table.raw_get::<Value>(&key)?.is_nil() {
                     let value = req.header(name).unwrap_or_default();
-                    table.raw_set(l.lua.create_string(&key)?, l.lua.create_string(&value)?)?;
+                    table.raw_set(key, l.lua.create_string(&value)?)?;
                 }
             }
             Some(table)
