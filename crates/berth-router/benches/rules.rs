@@ -1,12 +1,13 @@
-//! `cargo bench -p berth-router --bench rules`: what one Lua rule costs per request, warm and with
-//! the caches cold (as under load, when other processes run between two requests), beside the
-//! floor of calling an empty Lua function from Rust through mlua in the same run.
+//! `cargo bench -p berth-router --bench rules`: what one rule costs per request, warm and with the
+//! caches cold (as under load, when other processes run between two requests): the rule as the
+//! router runs it (natively, since it is a simple one), the same rule in the Lua VM, and beside
+//! them the floor of calling an empty Lua function from Rust through mlua, in the same run.
 //!
 //! `BERTH_BENCH_CALLS` (default 20000) calls per measurement.
 
 use std::time::{Duration, Instant};
 
-use berth_router::rules::{RequestView, Script, run};
+use berth_router::rules::{RequestView, Script, run, run_in_vm};
 
 /// The rule `cargo bench -p berth --bench router` puts on the path.
 const RULE: &str =
@@ -29,6 +30,7 @@ fn per_call(calls: usize, evict: usize, junk: &mut [u8], mut call: impl FnMut())
 fn main() {
     let calls = std::env::var("BERTH_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
     let script = Script::new(RULE).expect("the bench rule compiles");
+    assert_eq!(script.engine(), "native", "the bench rule is a simple one");
     let view = RequestView {
         method: "GET",
         path: "/",
@@ -42,23 +44,30 @@ fn main() {
     let mut junk = vec![0u8; 8 << 20];
     for _ in 0..1000 {
         run(&script, &view).expect("the rule runs");
+        run_in_vm(&script, &view).expect("the rule runs");
     }
-    println!("\n## one Lua rule per request ({calls} calls per row)\n");
-    println!("| other memory written between calls | rule (ns) | empty Lua call (ns) | rule / empty call |");
-    println!("|---|---|---|---|");
+    println!("\n## one rule per request ({calls} calls per row)\n");
+    println!(
+        "| other memory written between calls | native rule (ns) | same rule in the VM (ns) | empty Lua call (ns) | native / VM |"
+    );
+    println!("|---|---|---|---|---|");
     for evict in [0usize, 256 << 10, 1 << 20, 8 << 20] {
-        let rule = per_call(calls, evict, &mut junk, || {
+        let native = per_call(calls, evict, &mut junk, || {
             std::hint::black_box(run(&script, &view).expect("the rule runs"));
+        });
+        let vm = per_call(calls, evict, &mut junk, || {
+            std::hint::black_box(run_in_vm(&script, &view).expect("the rule runs"));
         });
         let floor = per_call(calls, evict, &mut junk, || {
             empty.call::<()>(()).expect("the empty call");
         });
         println!(
-            "| {} KiB | {} | {} | {:.1} |",
+            "| {} KiB | {} | {} | {} | {:.2} |",
             evict >> 10,
-            rule.as_nanos(),
+            native.as_nanos(),
+            vm.as_nanos(),
             floor.as_nanos(),
-            rule.as_secs_f64() / floor.as_secs_f64()
+            native.as_secs_f64() / vm.as_secs_f64()
         );
     }
     std::hint::black_box(&junk);

@@ -133,7 +133,12 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
             }
             Err(e) => json!({"error": e.to_string()}),
         };
-        rule = json!({"target": loaded.target.to_string(), "version": loaded.script.version(), "decision": decision});
+        rule = json!({
+            "target": loaded.target.to_string(),
+            "version": loaded.script.version(),
+            "engine": loaded.script.engine(),
+            "decision": decision,
+        });
     }
     let candidates: Vec<Value> = target
         .servers
@@ -266,7 +271,10 @@ impl Admin {
                 let scripts: Vec<Value> = table
                     .scripts
                     .iter()
-                    .map(|r| json!({"target": r.target, "version": r.script.version(), "loaded_at": r.loaded_at, "error": r.error}))
+                    .map(|r| {
+                        json!({"target": r.target, "version": r.script.version(), "engine": r.script.engine(),
+                               "loaded_at": r.loaded_at, "error": r.error})
+                    })
                     .collect();
                 reply(StatusCode::OK, Value::Array(scripts))
             }

@@ -3,7 +3,8 @@
 //! 1. Requests/s, p99, and the proxy's CPU per request (user and kernel, from /proc) through
 //!    `berth router` and through nginx, both proxying with keep-alive to the same origin (an
 //!    nginx `return 200`), 2 worker threads each, loaded by wrk.
-//! 2. The same with a Lua rule on Berth's path.
+//! 2. The same with a rule on Berth's path: a simple rule (which runs natively), and the same rule
+//!    written so that it needs the Lua VM.
 //! 3. Time from an instance's death to the router no longer offering it.
 //!
 //! Needs Debian's nginx and wrk. `BERTH_BENCH_ROUNDS` (default 3), `BERTH_BENCH_SECONDS` (default 10).
@@ -172,7 +173,31 @@ async fn throughput(rounds: usize, seconds: u64) {
     .await;
 
     let rule_url = format!("http://127.0.0.1:{admin}/lua/upstream/bench.test");
-    let rule = "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n";
+    // The same rule twice: as written it runs natively; held in a local it needs the Lua VM.
+    let native_rule = "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n";
+    let vm_rule = "local method = req.method\nif method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n";
+    let set_rule = |source: &'static str, engine: &'static str| {
+        let client = client.clone();
+        let url = rule_url.clone();
+        let listing = format!("http://127.0.0.1:{admin}/lua");
+        let probe = format!("http://127.0.0.1:{http}/");
+        async move {
+            let r = client.put(url).header("content-type", "text/x-lua").body(source).send().await.unwrap();
+            assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
+            // In force, and on the engine this row is about, before anything is measured.
+            wait_until("the rule in force on its engine", Duration::from_secs(5), || {
+                let client = client.clone();
+                let (listing, probe) = (listing.clone(), probe.clone());
+                async move {
+                    let scripts: serde_json::Value = client.get(listing).send().await.ok()?.json().await.ok()?;
+                    let on_engine = scripts.as_array()?.iter().any(|s| s["engine"] == engine);
+                    let denied = client.delete(probe).header("host", "bench.test").send().await.ok()?.status() == 403;
+                    (on_engine && denied).then_some(())
+                }
+            })
+            .await;
+        }
+    };
     let drop_rule = || {
         let client = client.clone();
         let url = rule_url.clone();
@@ -183,38 +208,50 @@ async fn throughput(rounds: usize, seconds: u64) {
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     };
-    // Warm up, then run nginx, Berth, and Berth with a rule in every round (rotating who goes
-    // first) so that drift on a shared machine hits all three alike.
+    // Warm up, then run nginx, Berth, and Berth with each rule in every round (rotating who goes
+    // first) so that drift on a shared machine hits all four alike.
     wrk(proxy, 2, &nginx_workers);
     wrk(http, 2, &router_pid);
-    let (mut n, mut b, mut lua) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut n, mut b, mut native, mut vm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..rounds {
-        for step in 0..3 {
-            match (round + step) % 3 {
+        for step in 0..4 {
+            match (round + step) % 4 {
                 0 => n.push(wrk(proxy, seconds, &nginx_workers)),
                 1 => b.push(wrk(http, seconds, &router_pid)),
+                2 => {
+                    set_rule(native_rule, "native").await;
+                    native.push(wrk(http, seconds, &router_pid));
+                    drop_rule().await;
+                }
                 _ => {
-                    put(rule_url.clone(), rule.into(), "text/x-lua").await;
-                    tokio::time::sleep(Duration::from_millis(300)).await;
-                    lua.push(wrk(http, seconds, &router_pid));
+                    set_rule(vm_rule, "lua").await;
+                    vm.push(wrk(http, seconds, &router_pid));
                     drop_rule().await;
                 }
             }
         }
         let last = |v: &Vec<Run>| v.last().map_or(f64::NAN, |r| r.rps);
-        println!("round {round}: nginx {:.0}, berth {:.0}, berth+lua {:.0} req/s", last(&n), last(&b), last(&lua));
+        println!(
+            "round {round}: nginx {:.0}, berth {:.0}, berth+rule {:.0}, berth+rule in VM {:.0} req/s",
+            last(&n),
+            last(&b),
+            last(&native),
+            last(&vm)
+        );
     }
     let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
     let n_rps = med(&n, |r| r.rps);
     let b_rps = med(&b, |r| r.rps);
-    let l_rps = med(&lua, |r| r.rps);
+    let native_rps = med(&native, |r| r.rps);
+    let vm_rps = med(&vm, |r| r.rps);
     println!("\n## router throughput ({rounds} interleaved rounds of {seconds}s, wrk -t2 -c64, median)\n");
     println!("| proxy | requests/s | p99 ms | user CPU µs/req | kernel CPU µs/req | vs nginx (req/s) |");
     println!("|---|---|---|---|---|---|");
     for (name, runs, rps) in [
         ("nginx 1.22 (2 workers, upstream keepalive)", &n, n_rps),
         ("berth router (2 workers)", &b, b_rps),
-        ("berth router + Lua rule", &lua, l_rps),
+        ("berth router + rule (native)", &native, native_rps),
+        ("berth router + same rule in the Lua VM", &vm, vm_rps),
     ] {
         println!(
             "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
@@ -224,7 +261,17 @@ async fn throughput(rounds: usize, seconds: u64) {
             rps / n_rps
         );
     }
-    println!("\nLua rule cost: {:.1} % of throughput", (1.0 - l_rps / b_rps) * 100.0);
+    // Each round's own ratio as well: drift between rounds moves both sides of it alike.
+    let cost = |with: &[Run]| {
+        let per_round: Vec<f64> = with.iter().zip(&b).map(|(w, b)| (1.0 - w.rps / b.rps) * 100.0).collect();
+        format!(
+            "{:.1} % (rounds: {})",
+            (1.0 - med(with, |r| r.rps) / b_rps) * 100.0,
+            per_round.iter().map(|c| format!("{c:.1}")).collect::<Vec<_>>().join(", ")
+        )
+    };
+    println!("\nrule cost, native: {}", cost(&native));
+    println!("rule cost, in the Lua VM: {}", cost(&vm));
 }
 
 async fn death_to_unrouted(trials: usize) {

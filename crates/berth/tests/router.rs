@@ -214,6 +214,20 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
     let lua = p.admin_get("/lua").await;
     assert_eq!(lua[0]["target"]["name"], "shop/web");
     assert_eq!(lua[0]["version"].as_str().unwrap().len(), 16);
+    assert_eq!(lua[0]["engine"], "native", "a rule of comparisons and calls runs without the VM: {lua}");
+
+    // A rule that needs the VM (a pattern) runs there, with the same API.
+    let (status, answer) = p
+        .admin_request("PUT", "/lua/app/shop/web", "if req.path:find('^/adm') then return deny(401, 'admins only') end")
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    let (status, body) = wait_until("the VM rule to be applied", Duration::from_secs(5), || async {
+        p.via_router("rules.test", "/admin").await.ok().filter(|(s, _)| *s == 401)
+    })
+    .await;
+    assert_eq!(status, 401);
+    assert!(body.contains("admins only"), "{body}");
+    assert_eq!(p.admin_get("/lua").await[0]["engine"], "lua");
 
     // An endless loop is cut off by its budget: that request fails, quickly; the router lives on.
     let (status, answer) = p.admin_request("PUT", "/lua/app/shop/web", "while true do end").await;

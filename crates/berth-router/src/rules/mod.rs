@@ -1,11 +1,16 @@
 //! Request rules in Lua, as Slardar's dynamic Lua: sandboxed (no io, os, require, load, debug),
 //! a memory limit and an instruction budget per request. Each worker thread keeps its own VM per
-//! script, so the hot path takes no lock.
+//! script, so the hot path takes no lock. A rule made only of what [`native`] models (comparing
+//! `req` fields with constants and calling the rule functions, as most rules do) runs without
+//! entering the VM at all.
+
+mod native;
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
+use std::sync::Arc;
 
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
@@ -80,11 +85,13 @@ impl RequestView<'_> {
     }
 }
 
-/// A loaded script: its source and the hash that names its version.
+/// A loaded script: its source, the hash that names its version, and its native form when it
+/// has one.
 #[derive(Debug, Clone)]
 pub struct Script {
-    pub source: std::sync::Arc<str>,
+    pub source: Arc<str>,
     pub hash: u64,
+    native: Option<Arc<native::Program>>,
 }
 
 impl Script {
@@ -92,12 +99,39 @@ impl Script {
         check(source)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut h);
-        Ok(Script { source: source.into(), hash: h.finish() })
+        Ok(Script { source: source.into(), hash: h.finish(), native: native::compile(source).map(Arc::new) })
     }
 
     pub fn version(&self) -> String {
         format!("{:016x}", self.hash)
     }
+
+    /// `native` when requests are decided without the VM (it still takes the rare request whose
+    /// case the native form does not model), `lua` otherwise.
+    pub fn engine(&self) -> &'static str {
+        if self.native.is_some() { "native" } else { "lua" }
+    }
+}
+
+/// The message of a `deny` that gave none.
+const DENIED: &str = "denied";
+
+/// A deny status as a number that fits u16, or none; clamped to the error range.
+fn deny_status(given: Option<u16>) -> u16 {
+    given.unwrap_or(403).clamp(400, 599)
+}
+
+/// A redirect status as a number that fits u16, or none; anything but a redirect is 302.
+fn redirect_status(given: Option<u16>) -> u16 {
+    given.filter(|s| matches!(s, 301 | 302 | 303 | 307 | 308)).unwrap_or(302)
+}
+
+fn redirect_needs_url() -> RuleError {
+    RuleError { line: None, message: "redirect needs a url".into() }
+}
+
+fn route_needs_name() -> RuleError {
+    RuleError { line: None, message: "route needs a name".into() }
 }
 
 /// Helpers every script can call; they record the decision in `__berth`, whose tables they
@@ -283,6 +317,17 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
 /// Runs `script` for one request. A runtime error (or a spent budget) is an `Err`: the caller
 /// answers 500 rather than letting an unchecked request through.
 pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError> {
+    if let Some(program) = &script.native
+        && let Ok(decided) = program.run(req)
+    {
+        return decided;
+    }
+    run_in_vm(script, req)
+}
+
+/// Runs `script` in its VM even when it has a native form: what the native form must agree with,
+/// and what benchmarks compare it to.
+pub fn run_in_vm(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError> {
     let l = loaded(script)?;
     l.spent.set(0);
     type Returned = (Value, Option<String>, Option<String>, Option<usize>);
@@ -338,19 +383,14 @@ pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError>
         let action: String = t.get("action").unwrap_or_default();
         outcome.action = match action.as_str() {
             "deny" => Action::Deny {
-                status: t.get::<u16>("status").unwrap_or(403).clamp(400, 599),
-                message: t.get("message").unwrap_or_else(|_| "denied".into()),
+                status: deny_status(t.get::<u16>("status").ok()),
+                message: t.get("message").unwrap_or_else(|_| DENIED.into()),
             },
             "redirect" => Action::Redirect {
-                url: t.get("url").map_err(|_| RuleError { line: None, message: "redirect needs a url".into() })?,
-                status: match t.get::<u16>("status").unwrap_or(302) {
-                    s @ (301 | 302 | 303 | 307 | 308) => s,
-                    _ => 302,
-                },
+                url: t.get("url").map_err(|_| redirect_needs_url())?,
+                status: redirect_status(t.get::<u16>("status").ok()),
             },
-            "route" => Action::Route(
-                t.get("name").map_err(|_| RuleError { line: None, message: "route needs a name".into() })?,
-            ),
+            "route" => Action::Route(t.get("name").map_err(|_| route_needs_name())?),
             _ => Action::Pass,
         };
     }
