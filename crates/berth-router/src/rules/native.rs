@@ -4,8 +4,8 @@
 //! spends most of its time entering and leaving the VM, and with the caches cold (as under load)
 //! that costs more than the decision. So at load, [`compile`] reads the source with a parser for a
 //! small part of Lua: `if`/`elseif`/`else`, `return`, calls of the rule functions, `req` fields and
-//! header lookups, string and integer constants, `==`, `~=`, `..`, `and`, `or`, `not`, and the
-//! string methods `sub`, `lower` and `upper`. A source with anything else in it is left to the VM
+//! header lookups, `local` variables, string and integer constants, `==`, `~=`, `..`, `and`, `or`,
+//! `not`, and the string methods `sub`, `lower` and `upper`. A source with anything else in it is left to the VM
 //! whole. At run time, a case whose Lua behaviour is not modelled here (an error such as
 //! concatenating nil, a coercion, a value mlua would refuse to convert) hands the request to the
 //! VM, so every request gets the outcome the VM would give it. A differential test over generated
@@ -27,7 +27,12 @@ pub struct Defer;
 
 #[derive(Debug)]
 enum Stmt {
-    If { arms: Vec<(Expr, Vec<Stmt>)>, otherwise: Vec<Stmt> },
+    If {
+        arms: Vec<(Expr, Vec<Stmt>)>,
+        otherwise: Vec<Stmt>,
+    },
+    /// `local name = value`: the value goes to a slot the name's uses read.
+    Local(usize, Expr),
     Call(Builtin, Vec<Expr>),
     Return(Vec<Expr>),
 }
@@ -78,6 +83,7 @@ enum Expr {
     Bool(bool),
     Int(i64),
     Str(Vec<u8>),
+    Local(usize),
     Field(Field),
     Header(Box<Expr>),
     Not(Box<Expr>),
@@ -91,7 +97,7 @@ enum Expr {
 }
 
 /// A Lua value as far as these rules can make one.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 enum Val<'a> {
     Nil,
     Bool(bool),
@@ -151,7 +157,7 @@ fn utf8(bytes: Cow<'_, [u8]>) -> Result<String, Defer> {
 /// The rule run without the VM. `Err(Defer)` means: ask the VM.
 impl Program {
     pub fn run<'a>(&'a self, req: &'a RequestView<'a>) -> Result<Result<Outcome, RuleError>, Defer> {
-        let mut eval = Eval { req, set_headers: Vec::new(), rewrite: None };
+        let mut eval = Eval { req, locals: Vec::new(), set_headers: Vec::new(), rewrite: None };
         let returned = match eval.block(&self.body)? {
             Flow::Return(v) => v,
             Flow::Next => Val::Nil,
@@ -201,6 +207,8 @@ enum Flow<'a> {
 
 struct Eval<'a> {
     req: &'a RequestView<'a>,
+    /// The values of the locals in scope, by slot.
+    locals: Vec<Val<'a>>,
     set_headers: Vec<(String, String)>,
     rewrite: Option<String>,
 }
@@ -220,6 +228,13 @@ impl<'a> Eval<'a> {
                     if let Flow::Return(v) = self.block(chosen)? {
                         return Ok(Flow::Return(v));
                     }
+                }
+                Stmt::Local(slot, value) => {
+                    let v = self.expr(value)?;
+                    if *slot >= self.locals.len() {
+                        self.locals.resize(*slot + 1, Val::Nil);
+                    }
+                    self.locals[*slot] = v;
                 }
                 Stmt::Call(f, args) => {
                     self.call(*f, args)?;
@@ -276,6 +291,8 @@ impl<'a> Eval<'a> {
             Expr::Bool(b) => Val::Bool(*b),
             Expr::Int(n) => Val::Int(*n),
             Expr::Str(s) => Val::Str(Cow::Borrowed(s)),
+            // A slot is always written before it is read: the parser sees to that.
+            Expr::Local(slot) => self.locals.get(*slot).cloned().ok_or(Defer)?,
             Expr::Field(f) => match f {
                 Field::Method => Val::Str(Cow::Borrowed(req.method.as_bytes())),
                 Field::Path => Val::Str(Cow::Borrowed(req.path.as_bytes())),
@@ -397,7 +414,7 @@ fn lua_sub(s: Cow<'_, [u8]>, i: i64, j: i64) -> Cow<'_, [u8]> {
 /// `source` has already compiled as Lua, so this only has to recognize, never to report.
 pub fn compile(source: &str) -> Option<Program> {
     let tokens = lex(source)?;
-    let mut p = Parser { tokens, at: 0, depth: 0 };
+    let mut p = Parser { tokens, at: 0, depth: 0, locals: Vec::new() };
     let body = p.block()?;
     (p.at == p.tokens.len()).then_some(Program { body })
 }
@@ -484,6 +501,10 @@ fn lex(source: &str) -> Option<Vec<Tok<'_>>> {
                 out.push(Tok::Sym("=="));
                 i += 2;
             }
+            b'=' => {
+                out.push(Tok::Sym("="));
+                i += 1;
+            }
             b'~' if next == Some(b'=') => {
                 out.push(Tok::Sym("~="));
                 i += 2;
@@ -523,6 +544,34 @@ fn lex(source: &str) -> Option<Vec<Tok<'_>>> {
     Some(out)
 }
 
+fn is_keyword(name: &str) -> bool {
+    matches!(
+        name,
+        "and"
+            | "break"
+            | "do"
+            | "else"
+            | "elseif"
+            | "end"
+            | "false"
+            | "for"
+            | "function"
+            | "goto"
+            | "if"
+            | "in"
+            | "local"
+            | "nil"
+            | "not"
+            | "or"
+            | "repeat"
+            | "return"
+            | "then"
+            | "true"
+            | "until"
+            | "while"
+    )
+}
+
 /// Deeper nesting than this is left to the VM rather than recursed into.
 const MAX_DEPTH: usize = 48;
 
@@ -530,6 +579,8 @@ struct Parser<'s> {
     tokens: Vec<Tok<'s>>,
     at: usize,
     depth: usize,
+    /// The locals in scope, innermost last; a local's slot is its index here.
+    locals: Vec<&'s str>,
 }
 
 impl<'s> Parser<'s> {
@@ -560,7 +611,20 @@ impl<'s> Parser<'s> {
         r
     }
 
+    /// The slot of the local `name` names here, if it names one.
+    fn local(&self, name: &str) -> Option<usize> {
+        self.locals.iter().rposition(|l| *l == name)
+    }
+
+    /// A block; its locals go out of scope at its end.
     fn block(&mut self) -> Option<Vec<Stmt>> {
+        let in_scope = self.locals.len();
+        let body = self.statements();
+        self.locals.truncate(in_scope);
+        body
+    }
+
+    fn statements(&mut self) -> Option<Vec<Stmt>> {
         let mut body = Vec::new();
         loop {
             if self.at_block_end() {
@@ -585,7 +649,27 @@ impl<'s> Parser<'s> {
                     body.push(Stmt::Return(values));
                     return self.at_block_end().then_some(body);
                 }
-                Tok::Name(name) => {
+                Tok::Name("local") => {
+                    self.at += 1;
+                    let Some(&Tok::Name(name)) = self.peek() else { return None };
+                    if is_keyword(name) {
+                        return None;
+                    }
+                    self.at += 1;
+                    // `local x = x` reads the outer x: the new one is in scope only after.
+                    let value = if self.eat(&Tok::Sym("=")) { self.expr()? } else { Expr::Nil };
+                    // `local a, b = ...`, attributes and the like are not modelled.
+                    if matches!(self.peek(), Some(Tok::Sym("," | "="))) {
+                        return None;
+                    }
+                    body.push(Stmt::Local(self.locals.len(), value));
+                    self.locals.push(name);
+                }
+                &Tok::Name(name) => {
+                    // A local holding a function is not modelled, nor is calling one.
+                    if self.local(name).is_some() {
+                        return None;
+                    }
                     let f = Builtin::named(name)?;
                     self.at += 1;
                     let args = self.args()?;
@@ -705,6 +789,7 @@ impl<'s> Parser<'s> {
             Tok::Name("nil") => return Some(Expr::Nil),
             Tok::Name("true") => return Some(Expr::Bool(true)),
             Tok::Name("false") => return Some(Expr::Bool(false)),
+            Tok::Name(name) if self.local(name).is_some() => Expr::Local(self.local(name)?),
             Tok::Name("req") => self.req_field()?,
             Tok::Sym("(") => {
                 let inner = self.expr()?;
@@ -796,6 +881,7 @@ mod tests {
              if req.headers['x-token'] ~= 'secret' and req.path == '/admin' then return deny(401) end\n\
              if req.host == 'old.example.com' then return redirect('https://new.example.com' .. req.path, 301) end\n\
              if req.headers.x_canary then return route('canary.internal') end",
+            "local token = req.headers['x-token']\nif token == nil or token ~= 'secret' then return deny(401) end",
         ] {
             assert!(compile(source).is_some(), "{source}");
         }
@@ -804,7 +890,12 @@ mod tests {
     #[test]
     fn anything_else_is_left_to_the_vm() {
         for source in [
-            "local m = req.method",
+            "local a, b = 1, 2",
+            "local deny = 1\ndeny(403)",
+            "local function f() end",
+            "local r = req\nreturn deny(403, r.method)",
+            "local m = req.method\nm = 'x'",
+            "local m <const> = req.method",
             "if req.path:find('^/a') then return deny(403) end",
             "for k, v in pairs(req.headers) do set_header(k, v) end",
             "x = 1",
@@ -837,15 +928,35 @@ mod tests {
         assert_eq!(run(&s, &view), run_in_vm(&s, &view));
     }
 
+    #[test]
+    fn locals_follow_lua_scoping() {
+        let view = RequestView { method: "GET", path: "/p", query: "", host: "h", remote: None, headers: &[] };
+        let s = Script::new(
+            "local v = 'outer'\nif req.method == 'GET' then local v = v .. '+inner' set_header('X-In', v) end\n\
+             set_header('X-Out', v)",
+        )
+        .unwrap();
+        assert_eq!(s.engine(), "native");
+        let o = run(&s, &view).unwrap();
+        assert_eq!(o.set_headers, vec![("X-In".into(), "outer+inner".into()), ("X-Out".into(), "outer".into())]);
+        assert_eq!(Ok(o), run_in_vm(&s, &view));
+        // Out of its block a name is a global again, which only the VM knows about.
+        assert_eq!(Script::new("if false then local w = 1 end\nreturn deny(403, w)").unwrap().engine(), "lua");
+    }
+
     /// A small deterministic generator (xorshift): the test needs variety, not a dependency.
-    struct Gen(u64);
+    struct Gen {
+        state: u64,
+        /// Locals declared where the next expression goes.
+        scope: Vec<String>,
+    }
 
     impl Gen {
         fn below(&mut self, n: usize) -> usize {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            (self.0 % n as u64) as usize
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            (self.state % n as u64) as usize
         }
 
         fn pick<'a>(&mut self, from: &[&'a str]) -> &'a str {
@@ -894,6 +1005,10 @@ mod tests {
                 "req.method:lower()",
             ];
             if depth == 0 || self.below(3) == 0 {
+                if !self.scope.is_empty() && self.below(3) == 0 {
+                    let i = self.below(self.scope.len());
+                    return self.scope[i].clone();
+                }
                 return self.pick(ATOMS).to_string();
             }
             let d = depth - 1;
@@ -923,11 +1038,19 @@ mod tests {
         }
 
         fn block(&mut self, depth: u32) -> String {
+            let in_scope = self.scope.len();
             let mut out = String::new();
-            for _ in 0..self.below(4) {
-                match self.below(if depth == 0 { 1 } else { 3 }) {
+            for _ in 0..self.below(5) {
+                match self.below(if depth == 0 { 2 } else { 4 }) {
                     0 => out += &self.call(2),
                     1 => {
+                        // Declared after its value: `local v0 = v0 .. 'x'` reads the outer v0.
+                        let value = self.expr(2);
+                        let name = format!("v{}", self.below(3));
+                        out += &format!("local {name} = {value}");
+                        self.scope.push(name);
+                    }
+                    2 => {
                         out += &format!("if {} then\n{}", self.expr(3), self.block(depth - 1));
                         if self.below(2) == 0 {
                             out += &format!("elseif {} then\n{}", self.expr(2), self.block(depth - 1));
@@ -951,6 +1074,7 @@ mod tests {
                 2 => out += "return\n",
                 _ => {}
             }
+            self.scope.truncate(in_scope);
             out
         }
     }
@@ -1008,7 +1132,7 @@ mod tests {
             headers: headers[h],
         })
         .collect();
-        let mut g = Gen(0x9e37_79b9_7f4a_7c15);
+        let mut g = Gen { state: 0x9e37_79b9_7f4a_7c15, scope: Vec::new() };
         let (mut native, mut total, mut kinds) = (0usize, 0usize, [0usize; 6]);
         for _ in 0..1500 {
             let source = g.block(2);
