@@ -6,6 +6,7 @@
 
 mod native;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
@@ -68,20 +69,21 @@ pub struct RequestView<'a> {
     pub headers: &'a [(&'a [u8], &'a [u8])],
 }
 
-impl RequestView<'_> {
+impl<'a> RequestView<'a> {
     /// Every value of the header `name` (any case), joined with ", " as HTTP allows.
-    fn header(&self, name: &[u8]) -> Option<Vec<u8>> {
-        let mut joined: Option<Vec<u8>> = None;
+    fn header(&self, name: &[u8]) -> Option<Cow<'a, [u8]>> {
+        let mut found: Option<Cow<'a, [u8]>> = None;
         for (_, v) in self.headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
-            match &mut joined {
-                Some(j) => {
-                    j.extend_from_slice(b", ");
-                    j.extend_from_slice(v);
+            match &mut found {
+                None => found = Some(Cow::Borrowed(v)),
+                Some(joined) => {
+                    let joined = joined.to_mut();
+                    joined.extend_from_slice(b", ");
+                    joined.extend_from_slice(v);
                 }
-                None => joined = Some(v.to_vec()),
             }
         }
-        joined
+        found
     }
 }
 

@@ -304,7 +304,7 @@ impl<'a> Eval<'a> {
                 Field::Absent => Val::Nil,
             },
             Expr::Header(key) => match self.expr(key)? {
-                Val::Str(name) => header(req.headers, &name).map_or(Val::Nil, Val::Str),
+                Val::Str(name) => req.header(&name).map_or(Val::Nil, Val::Str),
                 // A number as a header name is coerced one way by one lookup and not by another.
                 _ => return Err(Defer),
             },
@@ -363,22 +363,6 @@ impl<'a> Eval<'a> {
             Expr::Call(f, args) => self.call(*f, args)?,
         })
     }
-}
-
-/// Every value of header `name` (any case), joined with ", " as the VM path joins them.
-fn header<'a>(headers: &[(&'a [u8], &'a [u8])], name: &[u8]) -> Option<Cow<'a, [u8]>> {
-    let mut found: Option<Cow<'a, [u8]>> = None;
-    for (_, v) in headers.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)) {
-        match &mut found {
-            None => found = Some(Cow::Borrowed(v)),
-            Some(joined) => {
-                let joined = joined.to_mut();
-                joined.extend_from_slice(b", ");
-                joined.extend_from_slice(v);
-            }
-        }
-    }
-    found
 }
 
 /// `string.sub` of Lua 5.4: 1-based, inclusive, negative positions count from the end.
