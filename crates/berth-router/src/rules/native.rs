@@ -112,15 +112,16 @@ impl Val<'_> {
         !matches!(self, Val::Nil | Val::Bool(false))
     }
 
-    /// Lua's `==`: tables made by two calls are never equal.
-    fn equals(&self, other: &Val<'_>) -> bool {
-        match (self, other) {
+    /// Lua's `==`. Two decisions are one table when a local holds it, which is not tracked here.
+    fn equals(&self, other: &Val<'_>) -> Result<bool, Defer> {
+        Ok(match (self, other) {
             (Val::Nil, Val::Nil) => true,
             (Val::Bool(a), Val::Bool(b)) => a == b,
             (Val::Int(a), Val::Int(b)) => a == b,
             (Val::Str(a), Val::Str(b)) => a == b,
+            (Val::Decision(..), Val::Decision(..)) => return Err(Defer),
             _ => false,
-        }
+        })
     }
 
     /// Lua's `tostring`, for the values whose text is fixed.
@@ -319,11 +320,11 @@ impl<'a> Eval<'a> {
             }
             Expr::Eq(a, b) => {
                 let left = self.expr(a)?;
-                Val::Bool(left.equals(&self.expr(b)?))
+                Val::Bool(left.equals(&self.expr(b)?)?)
             }
             Expr::Ne(a, b) => {
                 let left = self.expr(a)?;
-                Val::Bool(!left.equals(&self.expr(b)?))
+                Val::Bool(!left.equals(&self.expr(b)?)?)
             }
             Expr::Concat(a, b) => {
                 let left = self.expr(a)?;
@@ -924,6 +925,10 @@ mod tests {
         let o = run(&s, &view).unwrap();
         assert_eq!(o.set_headers, vec![("X-In".into(), "outer+inner".into()), ("X-Out".into(), "outer".into())]);
         assert_eq!(Ok(o), run_in_vm(&s, &view));
+        // A local holding a decision is one table: equal to itself, unlike two calls.
+        let s = Script::new("local d = deny(401)\nif d == d and deny() ~= deny() then return d end").unwrap();
+        assert_eq!(s.engine(), "native");
+        assert_eq!(run(&s, &view).unwrap().action, Action::Deny { status: 401, message: "denied".into() });
         // Out of its block a name is a global again, which only the VM knows about.
         assert_eq!(Script::new("if false then local w = 1 end\nreturn deny(403, w)").unwrap().engine(), "lua");
     }
