@@ -96,6 +96,9 @@ enum Expr {
     Call(Builtin, Vec<Expr>),
 }
 
+/// Longest text a native rule makes; a longer one is left to the VM and its memory limit.
+const MAX_TEXT: usize = 1 << 20;
+
 /// A Lua value as far as these rules can make one.
 #[derive(Debug, Clone)]
 enum Val<'a> {
@@ -329,8 +332,13 @@ impl<'a> Eval<'a> {
             Expr::Concat(a, b) => {
                 let left = self.expr(a)?;
                 let right = self.expr(b)?;
-                let mut joined = left.concat_operand()?.into_owned();
-                joined.extend_from_slice(&right.concat_operand()?);
+                let (left, right) = (left.concat_operand()?, right.concat_operand()?);
+                // Doubling a local over and over outgrows any memory; the VM has the limit for it.
+                if left.len() + right.len() > MAX_TEXT {
+                    return Err(Defer);
+                }
+                let mut joined = left.into_owned();
+                joined.extend_from_slice(&right);
                 Val::Str(Cow::Owned(joined))
             }
             Expr::Method(receiver, method, args) => {
@@ -931,6 +939,16 @@ mod tests {
         assert_eq!(run(&s, &view).unwrap().action, Action::Deny { status: 401, message: "denied".into() });
         // Out of its block a name is a global again, which only the VM knows about.
         assert_eq!(Script::new("if false then local w = 1 end\nreturn deny(403, w)").unwrap().engine(), "lua");
+    }
+
+    #[test]
+    fn text_that_keeps_doubling_is_left_to_the_memory_limit() {
+        let view = RequestView { method: "GET", path: "/p", query: "", host: "h", remote: None, headers: &[] };
+        let source = format!("local a = 'xxxxxxxx'\n{}set_header('X-A', a)", "local a = a .. a\n".repeat(40));
+        let s = Script::new(&source).unwrap();
+        assert_eq!(s.engine(), "native");
+        let e = run(&s, &view).unwrap_err();
+        assert!(e.message.contains("memory"), "{e}");
     }
 
     /// A small deterministic generator (xorshift): the test needs variety, not a dependency.
