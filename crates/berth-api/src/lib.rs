@@ -462,6 +462,11 @@ impl Client {
         Ok(())
     }
 
+    /// The routers heard from, with the store index of the answer.
+    pub async fn routers(&self) -> Result<Indexed<Vec<RouterView>>, ClientError> {
+        self.get("/v1/routers").await
+    }
+
     /// Whether routers are done with a stopping instance.
     pub async fn drain_status(&self, instance: &str) -> Result<DrainStatus, ClientError> {
         let url = format!("{}/v1/instances/{instance}/drain", self.base);
@@ -739,6 +744,21 @@ pub struct RouterReport {
     /// Requests served per app (`GROUP/NAME`) or static upstream, since the router started.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requests: BTreeMap<String, RouterCounts>,
+}
+
+/// A router as the control plane last heard from it (`GET /v1/routers`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RouterView {
+    pub id: String,
+    pub zone: String,
+    pub admin: String,
+    /// The route snapshot index it has applied.
+    pub index: u64,
+    pub seen_ms_ago: i64,
+    /// Heard from recently enough to count: it holds up drains and deploys wait for it.
+    pub live: bool,
+    #[serde(default)]
+    pub in_flight: BTreeMap<String, u64>,
 }
 
 /// A router's cumulative counts for one app.

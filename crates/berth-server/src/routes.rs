@@ -267,13 +267,16 @@ pub(crate) async fn router_report(
 
 pub(crate) async fn list_routers(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let now = now_ms();
-    let routers: Vec<serde_json::Value> = crate::lock(&shared.routers)
+    let routers: Vec<berth_api::RouterView> = crate::lock(&shared.routers)
         .iter()
-        .map(|(id, (at, r))| {
-            serde_json::json!({
-                "id": id, "zone": r.zone, "admin": r.admin, "index": r.index,
-                "seen_ms_ago": now - at, "live": now - at < ROUTER_SILENCE_MS, "in_flight": r.in_flight,
-            })
+        .map(|(id, (at, r))| berth_api::RouterView {
+            id: id.clone(),
+            zone: r.zone.clone(),
+            admin: r.admin.clone(),
+            index: r.index,
+            seen_ms_ago: now - at,
+            live: now - at < ROUTER_SILENCE_MS,
+            in_flight: r.in_flight.clone(),
         })
         .collect();
     Ok(indexed(shared.state.store().revision(), &routers))

@@ -245,3 +245,41 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
     })
     .await;
 }
+
+/// `deploy` returns once every live router routes the change, so the first request after it finds
+/// the app. A router that lags is named rather than waited on for ever.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_returns_once_every_live_router_routes_it() {
+    let p = Platform::start_split(BERTH.as_ref(), "exec").await;
+    let first = p.write("web.yaml", &exec_spec("web", 1, "first.test"));
+    p.cli_ok(&["deploy", "-f", &first, "--timeout", "30"]).await;
+    // No waiting here: the router process applied the change before `deploy` returned.
+    let (status, body) = p.via_router("first.test", "/").await.unwrap();
+    assert_eq!(status, 200, "the first request after deploy: {body}");
+
+    // A router that reports an old index for as long as the deploy runs holds it up, then is named.
+    let stale = tokio::spawn({
+        let url = format!("{}/v1/routers/stale-router", p.api);
+        async move {
+            let client = reqwest::Client::new();
+            let report = serde_json::json!({"index": 1, "zone": "default", "admin": "127.0.0.1:9"});
+            loop {
+                let _ = client.post(&url).json(&report).send().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    wait_until("the stale router to be listed", Duration::from_secs(5), || async {
+        let routers: Value = reqwest::get(format!("{}/v1/routers", p.api)).await.ok()?.json().await.ok()?;
+        routers.as_array()?.iter().any(|r| r["id"] == "stale-router" && r["live"] == true).then_some(())
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let second = p.write("api.yaml", &exec_spec("api", 1, "second.test"));
+    let out = p.cli(&["deploy", "-f", &second, "--timeout", "30"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the deployment itself succeeded: {err}");
+    assert!(err.contains("router(s) stale-router have not applied index"), "{err}");
+    assert!(started.elapsed() >= Duration::from_secs(5), "it waited for the stale router");
+    stale.abort();
+}

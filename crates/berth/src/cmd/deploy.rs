@@ -109,7 +109,11 @@ pub async fn apply_file(
 pub async fn finish(client: &Client, resp: DeployResponse, wait: &WaitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let (ok, status) = match &resp.app.deployment {
         Some(d) if !wait.no_wait && resp.changed => {
-            follow(client, &resp.app.id, d.started_at, Duration::from_secs(wait.timeout)).await?
+            let (ok, status) = follow(client, &resp.app.id, d.started_at, Duration::from_secs(wait.timeout)).await?;
+            if ok {
+                wait_for_routers(client).await?;
+            }
+            (ok, status)
         }
         _ => (true, resp.app),
     };
@@ -118,6 +122,37 @@ pub async fn finish(client: &Client, resp: DeployResponse, wait: &WaitArgs, ctx:
         Format::Table => println!("{}", super::app::status_table(&status)),
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Longest a finished change waits for routers to route by it.
+const ROUTERS_CATCH_UP: Duration = Duration::from_secs(5);
+
+/// A change is done when it is routed: waits until every live router has applied the store as it
+/// is now, so that a request sent once `deploy` returns finds the new routes. A router that does
+/// not catch up in time is named, and the command still succeeds: the deployment did.
+async fn wait_for_routers(client: &Client) -> anyhow::Result<()> {
+    let target = client.routers().await?.index;
+    let clock = Instant::now();
+    let pb = progress_bar();
+    loop {
+        let routers = client.routers().await?.value;
+        let behind: Vec<&str> = routers.iter().filter(|r| r.live && r.index < target).map(|r| r.id.as_str()).collect();
+        if behind.is_empty() {
+            pb.finish_and_clear();
+            return Ok(());
+        }
+        if clock.elapsed() >= ROUTERS_CATCH_UP {
+            pb.finish_and_clear();
+            eprintln!(
+                "warning: router(s) {} have not applied index {target} after {}s; they route by the previous table until they do",
+                behind.join(", "),
+                ROUTERS_CATCH_UP.as_secs()
+            );
+            return Ok(());
+        }
+        pb.set_message(format!("waiting for {} router(s) to apply the change", behind.len()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 fn progress_bar() -> ProgressBar {
