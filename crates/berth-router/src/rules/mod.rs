@@ -5,6 +5,7 @@
 //! entering the VM at all.
 
 mod native;
+mod pattern;
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
