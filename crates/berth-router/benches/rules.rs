@@ -9,9 +9,18 @@ use std::time::{Duration, Instant};
 
 use berth_router::rules::{RequestView, Script, run, run_in_vm};
 
-/// The rule `cargo bench -p berth --bench router` puts on the path.
-const RULE: &str =
-    "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n";
+/// The rule `cargo bench -p berth --bench router` puts on the path, and one with patterns.
+const RULES: [(&str, &str); 2] = [
+    (
+        "deny DELETE, set a header",
+        "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\nset_header(\"X-Checked\", \"1\")\n",
+    ),
+    (
+        "patterns: admin prefix, user id",
+        "if req.path:find(\"^/admin\") then return deny(403) end\n\
+         local id = req.path:match(\"^/users/(%d+)\")\nif id then set_header(\"X-User\", id) end\n",
+    ),
+];
 
 /// Time per call of `call`, with `evict` bytes of other memory written between two calls.
 fn per_call(calls: usize, evict: usize, junk: &mut [u8], mut call: impl FnMut()) -> Duration {
@@ -29,11 +38,9 @@ fn per_call(calls: usize, evict: usize, junk: &mut [u8], mut call: impl FnMut())
 
 fn main() {
     let calls = std::env::var("BERTH_BENCH_CALLS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
-    let script = Script::new(RULE).expect("the bench rule compiles");
-    assert_eq!(script.engine(), "native", "the bench rule is a simple one");
     let view = RequestView {
         method: "GET",
-        path: "/",
+        path: "/users/1234/orders",
         query: "",
         host: "bench.test",
         remote: Some([127, 0, 0, 1].into()),
@@ -42,16 +49,19 @@ fn main() {
     let lua = mlua::Lua::new();
     let empty: mlua::Function = lua.load("return function() end").eval().expect("an empty function");
     let mut junk = vec![0u8; 8 << 20];
-    for _ in 0..1000 {
-        run(&script, &view).expect("the rule runs");
-        run_in_vm(&script, &view).expect("the rule runs");
-    }
-    println!("\n## one rule per request ({calls} calls per row)\n");
+    println!("\n## one rule per request ({calls} calls per row, path {})\n", view.path);
     println!(
-        "| other memory written between calls | native rule (ns) | same rule in the VM (ns) | empty Lua call (ns) | native / VM |"
+        "| rule | other memory written between calls | native (ns) | same rule in the VM (ns) | empty Lua call (ns) | native / VM |"
     );
-    println!("|---|---|---|---|---|");
-    for evict in [0usize, 256 << 10, 1 << 20, 8 << 20] {
+    println!("|---|---|---|---|---|---|");
+    for ((name, source), evict) in RULES.iter().flat_map(|r| [0usize, 256 << 10, 1 << 20, 8 << 20].map(|e| (r, e))) {
+        let script = Script::new(source).expect("the bench rule compiles");
+        assert_eq!(script.engine(), "native", "{name} runs natively");
+        assert_eq!(run(&script, &view), run_in_vm(&script, &view), "{name}: both engines decide alike");
+        for _ in 0..1000 {
+            run(&script, &view).expect("the rule runs");
+            run_in_vm(&script, &view).expect("the rule runs");
+        }
         let native = per_call(calls, evict, &mut junk, || {
             std::hint::black_box(run(&script, &view).expect("the rule runs"));
         });
@@ -62,7 +72,7 @@ fn main() {
             empty.call::<()>(()).expect("the empty call");
         });
         println!(
-            "| {} KiB | {} | {} | {} | {:.2} |",
+            "| {name} | {} KiB | {} | {} | {} | {:.2} |",
             evict >> 10,
             native.as_nanos(),
             vm.as_nanos(),
