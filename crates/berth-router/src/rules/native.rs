@@ -4,8 +4,8 @@
 //! spends most of its time entering and leaving the VM, and with the caches cold (as under load)
 //! that costs more than the decision. So at load, [`compile`] reads the source with a parser for a
 //! small part of Lua: `if`/`elseif`/`else`, `return`, calls of the rule functions, `req` fields and
-//! header lookups, `local` variables, string and integer constants, `==`, `~=`, `..`, `and`, `or`,
-//! `not`, and the string methods `sub`, `lower`, `upper`, and `find` and `match` with a constant
+//! header lookups, `local` variables, string and integer constants, `==`, `~=`, `<`, `<=`, `>`,
+//! `>=`, `..`, `#`, `and`, `or`, `not`, and the string methods `sub`, `lower`, `upper`, and `find` and `match` with a constant
 //! pattern. A source with anything else in it is left to the VM
 //! whole. At run time, a case whose Lua behaviour is not modelled here (an error such as
 //! concatenating nil, a coercion, a value mlua would refuse to convert) hands the request to the
@@ -112,6 +112,16 @@ enum Expr {
     Or(Box<Expr>, Box<Expr>),
     Eq(Box<Expr>, Box<Expr>),
     Ne(Box<Expr>, Box<Expr>),
+    /// `<` and `<=`; `>` and `>=` are these with the operands' values swapped (after both are
+    /// evaluated left to right, as Lua does).
+    Less {
+        left: Box<Expr>,
+        right: Box<Expr>,
+        or_equal: bool,
+        swapped: bool,
+    },
+    /// `#`: the length of a string.
+    Len(Box<Expr>),
     Concat(Box<Expr>, Box<Expr>),
     Method(Box<Expr>, StrMethod, Vec<Expr>),
     Call(Builtin, Vec<Expr>),
@@ -358,6 +368,17 @@ impl<'a> Eval<'a> {
                 let left = self.expr(a)?;
                 Val::Bool(!left.equals(&self.expr(b)?)?)
             }
+            Expr::Less { left, right, or_equal, swapped } => {
+                let (l, r) = (self.expr(left)?, self.expr(right)?);
+                let (a, b) = if *swapped { (r, l) } else { (l, r) };
+                // Numbers only: strings compare by the C locale's collation, not modelled.
+                let (Val::Int(a), Val::Int(b)) = (a, b) else { return Err(Defer) };
+                Val::Bool(if *or_equal { a <= b } else { a < b })
+            }
+            Expr::Len(e) => match self.expr(e)? {
+                Val::Str(s) => Val::Int(s.len() as i64),
+                _ => return Err(Defer),
+            },
             Expr::Concat(a, b) => {
                 let left = self.expr(a)?;
                 let right = self.expr(b)?;
@@ -568,6 +589,22 @@ fn lex(source: &str) -> Option<Vec<Tok<'_>>> {
             b'~' if next == Some(b'=') => {
                 out.push(Tok::Sym("~="));
                 i += 2;
+            }
+            // `<<` and `>>` are shifts.
+            b'<' | b'>' if next == Some(c) => return None,
+            b'<' | b'>' => {
+                let eq = next == Some(b'=');
+                out.push(Tok::Sym(match (c, eq) {
+                    (b'<', false) => "<",
+                    (b'<', true) => "<=",
+                    (_, false) => ">",
+                    (_, true) => ">=",
+                }));
+                i += if eq { 2 } else { 1 };
+            }
+            b'#' => {
+                out.push(Tok::Sym("#"));
+                i += 1;
             }
             b'.' => {
                 if next == Some(b'.') {
@@ -827,6 +864,11 @@ impl<'s> Parser<'s> {
                 left = Expr::Eq(Box::new(left), Box::new(self.concat()?));
             } else if self.eat(&Tok::Sym("~=")) {
                 left = Expr::Ne(Box::new(left), Box::new(self.concat()?));
+            } else if let Some(Tok::Sym(op @ ("<" | "<=" | ">" | ">="))) = self.peek() {
+                let (or_equal, swapped) = (op.ends_with('='), op.starts_with('>'));
+                self.at += 1;
+                let right = Box::new(self.concat()?);
+                left = Expr::Less { left: Box::new(left), right, or_equal, swapped };
             } else {
                 return Some(left);
             }
@@ -846,6 +888,9 @@ impl<'s> Parser<'s> {
     fn unary(&mut self) -> Option<Expr> {
         if self.eat(&Tok::Name("not")) {
             return Some(Expr::Not(Box::new(self.nested(Self::unary)?)));
+        }
+        if self.eat(&Tok::Sym("#")) {
+            return Some(Expr::Len(Box::new(self.nested(Self::unary)?)));
         }
         if self.eat(&Tok::Sym("-")) {
             // Only a negative constant: `-` of anything else is arithmetic.
@@ -996,8 +1041,8 @@ mod tests {
             "for k, v in pairs(req.headers) do set_header(k, v) end",
             "x = 1",
             "return deny(403, 'a' .. 1.5)",
-            "return deny(#req.path)",
-            "if req.path < '/b' then return deny() end",
+            "return deny(#req.path + 1)",
+            "if 1 << 2 then return deny() end",
             "return deny(0x10)",
             "set_header('a', [[long]])",
             "--[[ long comment ]] return deny()",
@@ -1022,6 +1067,22 @@ mod tests {
         assert!(compile(&s.source).is_some());
         assert_eq!(run(&s, &view).unwrap().action, Action::Deny { status: 401, message: "denied".into() });
         assert_eq!(run(&s, &view), run_in_vm(&s, &view));
+    }
+
+    #[test]
+    fn integer_comparisons_and_lengths() {
+        let s = Script::new(
+            "if #req.path >= 2 and #req.path <= 2 and not (#req.path < 2) and not (#req.path > 2) \
+             and -1 < 0 and 2 > 1 then return deny(418) end",
+        )
+        .unwrap();
+        assert_eq!(s.engine(), "native");
+        for (path, teapot) in [("/a", true), ("/", false), ("/ab", false)] {
+            let view = RequestView { method: "GET", path, query: "", host: "h", remote: None, headers: &[] };
+            let o = run(&s, &view).unwrap();
+            assert_eq!(matches!(o.action, Action::Deny { status: 418, .. }), teapot, "{path}");
+            assert_eq!(Ok(o), run_in_vm(&s, &view));
+        }
     }
 
     #[test]
@@ -1176,7 +1237,11 @@ mod tests {
                 "'%'",
                 "'(x'",
             ];
-            match self.below(18) {
+            match self.below(22) {
+                18 => format!("{} < {}", self.expr(d), self.expr(d)),
+                19 => format!("{} >= {}", self.expr(d), self.expr(d)),
+                20 => format!("#{}", self.expr(d)),
+                21 => format!("#{} > {} and {} <= {}", self.expr(d), self.expr(d), self.expr(d), self.expr(d)),
                 15 => format!("(({}):find({}))", self.expr(d), self.pick(PATTERNS)),
                 16 => format!("(({}):find({}, {}, {}))", self.expr(d), self.pick(PATTERNS), self.expr(d), self.expr(d)),
                 17 => {
