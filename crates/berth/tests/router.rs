@@ -185,7 +185,8 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
         "if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end\n\
          if req.path == \"/r\" then rewrite(\"/health\") end\n",
     );
-    p.cli_ok(&["app", "web", "rules", "set", &rules]).await;
+    let set = p.cli_ok(&["app", "web", "rules", "set", &rules]).await;
+    assert!(set.contains("runs natively"), "{set}");
     let client = reqwest::Client::new();
     let url = format!("http://{}/anything", p.http);
     let denied = wait_until("the rule to be applied", Duration::from_secs(5), || async {

@@ -375,10 +375,19 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
             match ctx.format {
                 Format::Json => println!(
                     "{}",
-                    output::json(&serde_json::json!({"target": stored.target, "version": script.version()}))?
+                    output::json(
+                        &serde_json::json!({"target": stored.target, "version": script.version(), "engine": script.engine()})
+                    )?
                 ),
                 Format::Table => {
-                    println!("rules for {id} set (version {}); routers apply them within a second", script.version())
+                    let engine = match script.engine() {
+                        "native" => "runs natively",
+                        _ => "runs in the Lua VM",
+                    };
+                    println!(
+                        "rules for {id} set (version {}, {engine}); routers apply them within a second",
+                        script.version()
+                    )
                 }
             }
         }
