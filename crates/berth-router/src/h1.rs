@@ -326,6 +326,17 @@ pub fn end_upstream_head(out: &mut Vec<u8>, wants_length: bool, body_len: usize)
     out.extend_from_slice(b"\r\n");
 }
 
+/// Ends an upstream head whose body follows as it arrives: with its length when the client gave
+/// one, chunked otherwise.
+pub fn end_upstream_head_streamed(out: &mut Vec<u8>, length: Option<u64>) {
+    match length {
+        Some(n) => {
+            let _ = write!(out, "Content-Length: {n}\r\n\r\n");
+        }
+        None => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n"),
+    }
+}
+
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");

@@ -10,6 +10,7 @@ use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::task::Poll;
@@ -21,7 +22,8 @@ use http_body_util::{BodyExt, Full, Limited, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use berth_core::spec::{Balance, HashOn};
@@ -31,7 +33,7 @@ use crate::h1::{self, ClientBody, Forward, Framing, Head};
 use crate::metrics::ClusterMetrics;
 use crate::rules::{self, Action, RequestView};
 use crate::table::{Cluster, ServerState, Table, now_ms};
-use crate::upstream::{self, Buf, Pool};
+use crate::upstream::{self, BodyPump, Buf, Pool, PumpError};
 
 /// Bodies of the admin API's responses.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -336,11 +338,14 @@ impl Proxy {
     }
 
     /// Sends a prepared request to the cluster's servers in turn until one answers.
-    pub async fn forward(
+    /// A body too large to hold comes from `pump`: only a failed connection, which sent nothing,
+    /// is tried again.
+    pub async fn forward<'p>(
         &self,
         pool: &Pool,
         plan: &Plan,
         request: upstream::Request<'_>,
+        mut pump: Option<&mut (dyn BodyPump + 'p)>,
         started: Instant,
         log: Option<&Log>,
     ) -> Result<Forwarded, Local> {
@@ -358,13 +363,19 @@ impl Proxy {
                 cluster.metrics.fail_open.fetch_add(1, Ordering::Relaxed);
             }
             let guard = InFlight::new(server.state.clone(), cluster.metrics.clone());
-            match pool.exchange(&server.addr, request).await {
+            match pool.exchange(&server.addr, request, pump.as_deref_mut()).await {
                 Ok(response) => {
                     server.state.record_success();
                     let status = response.head.status;
                     cluster.metrics.observe(status, started.elapsed());
                     self.log(log, status, started, Some(&server.addr), tries);
                     return Ok(Forwarded { response, guard });
+                }
+                Err(upstream::ExchangeError { client: Some(status), message, .. }) => {
+                    // The client's fault, not the server's.
+                    cluster.metrics.observe(status, started.elapsed());
+                    self.log(log, status, started, Some(&server.addr), tries);
+                    return Err(Local::json(status, serde_json::json!({"error": message})));
                 }
                 Err(e) if e.timeout && !e.connect => {
                     let why = format!("{}: {}", server.addr, e.message);
@@ -510,6 +521,9 @@ impl Proxy {
                 local.write_h1(out, keep_alive);
                 buf.consume(head.len);
                 send(io, out, self.send_timeout).await?;
+                if !keep_alive {
+                    linger(io).await;
+                }
                 return Ok(keep_alive);
             }
         };
@@ -531,25 +545,67 @@ impl Proxy {
         drop(pairs);
         buf.consume(head.len);
 
-        // The body, whole, so that a failed try can be sent again elsewhere.
+        // A body up to HOLD_BODY_UP_TO is held whole, so that a failed try can be sent again
+        // elsewhere; a larger one streams to the upstream as it arrives.
         scratch.clear();
         if framing != Framing::None && meta.expect_continue && minor >= 1 {
             send(io, b"HTTP/1.1 100 Continue\r\n\r\n", self.send_timeout).await?;
         }
-        if let Err(status) = read_request_body(io, buf, framing, scratch, self.max_body).await? {
-            refuse(out, status, if status == 413 { "request body too large" } else { "malformed request body" });
-            send(io, out, self.send_timeout).await?;
-            return Ok(false);
-        }
-        h1::end_upstream_head(wire, wants_length, scratch.len());
-        wire.extend_from_slice(scratch);
+        let rest = match read_request_body(io, buf, framing, scratch, self.max_body, HOLD_BODY_UP_TO).await? {
+            BodyRead::Refused(status) => {
+                refuse(out, status, if status == 413 { "request body too large" } else { "malformed request body" });
+                send(io, out, self.send_timeout).await?;
+                linger(io).await;
+                return Ok(false);
+            }
+            BodyRead::Whole => {
+                h1::end_upstream_head(wire, wants_length, scratch.len());
+                wire.extend_from_slice(scratch);
+                None
+            }
+            BodyRead::Stream(rest) => {
+                match rest {
+                    StreamRest::Length(n) => h1::end_upstream_head_streamed(wire, Some(n)),
+                    StreamRest::Chunked(_) => {
+                        h1::end_upstream_head_streamed(wire, None);
+                        h1::write_chunk(wire, scratch);
+                    }
+                }
+                Some(rest)
+            }
+        };
 
-        let request = upstream::Request { bytes: wire, head: head_request, upgrade: upgrading, resend: idempotent };
-        let forwarded = match self.forward(pool, &plan, request, started, log.as_ref()).await {
+        let streaming = rest.is_some();
+        let request =
+            upstream::Request { bytes: wire, head: head_request, upgrade: upgrading, resend: idempotent && !streaming };
+        let (forwarded, body_read) = match rest {
+            None => (self.forward(pool, &plan, request, None, started, log.as_ref()).await, true),
+            Some(rest) => {
+                let held = scratch.len() as u64;
+                let mut pump = ClientPump {
+                    io: &mut *io,
+                    buf: &mut *buf,
+                    rest,
+                    sent: held,
+                    max_body: self.max_body as u64,
+                    decoded: Vec::new(),
+                    framed: Vec::new(),
+                    done: false,
+                };
+                let forwarded = self.forward(pool, &plan, request, Some(&mut pump), started, log.as_ref()).await;
+                (forwarded, pump.done)
+            }
+        };
+        // The rest of a body that was not read stands between this request and the next.
+        keep_alive &= body_read;
+        let forwarded = match forwarded {
             Ok(f) => f,
             Err(local) => {
                 local.write_h1(out, keep_alive);
                 send(io, out, self.send_timeout).await?;
+                if !body_read {
+                    linger(io).await;
+                }
                 return Ok(keep_alive);
             }
         };
@@ -674,7 +730,8 @@ impl Proxy {
             upgrade: false,
             resend: is_idempotent(method.as_bytes()),
         };
-        let Forwarded { response, guard } = match self.forward(&pool, &plan, request, started, log.as_ref()).await {
+        let Forwarded { response, guard } = match self.forward(&pool, &plan, request, None, started, log.as_ref()).await
+        {
             Ok(f) => f,
             Err(local) => return Ok(local.into_hyper()),
         };
@@ -741,20 +798,43 @@ fn absolute_form(target: &[u8]) -> Option<(&[u8], &[u8])> {
     }
 }
 
-/// Reads a whole request body into `body`: `Ok(Err(status))` when it is refused (413 for too
-/// large, 400 for malformed), `Err` when the client went away.
+/// Request bodies up to this size are held whole (and may be sent again on another server);
+/// larger ones stream from the client to the upstream, so memory does not grow with them.
+const HOLD_BODY_UP_TO: usize = 1 << 20;
+
+/// What reading a request body came to.
+enum BodyRead {
+    /// All of it is in `body`.
+    Whole,
+    /// Refused before anything was sent: 413 for too large, 400 for malformed.
+    Refused(u16),
+    /// Too large to hold: `body` has what was decoded so far, the rest is still to come.
+    Stream(StreamRest),
+}
+
+/// The part of a streamed body still to read from the client.
+enum StreamRest {
+    Length(u64),
+    Chunked(h1::Chunked),
+}
+
+/// Reads a request body into `body`, up to `hold` bytes; `Err` when the client went away.
 async fn read_request_body<S: AsyncRead + Unpin>(
     io: &mut S,
     buf: &mut Buf,
     framing: Framing,
     body: &mut Vec<u8>,
     max_body: usize,
-) -> io::Result<Result<(), u16>> {
+    hold: usize,
+) -> io::Result<BodyRead> {
     match framing {
-        Framing::None | Framing::Close => Ok(Ok(())),
+        Framing::None | Framing::Close => Ok(BodyRead::Whole),
         Framing::Length(n) => {
             if n > max_body as u64 {
-                return Ok(Err(413));
+                return Ok(BodyRead::Refused(413));
+            }
+            if n > hold as u64 {
+                return Ok(BodyRead::Stream(StreamRest::Length(n)));
             }
             let n = n as usize;
             loop {
@@ -762,7 +842,7 @@ async fn read_request_body<S: AsyncRead + Unpin>(
                 body.extend_from_slice(&buf.filled()[..take]);
                 buf.consume(take);
                 if body.len() == n {
-                    return Ok(Ok(()));
+                    return Ok(BodyRead::Whole);
                 }
                 fill_within(io, buf).await?;
             }
@@ -772,18 +852,121 @@ async fn read_request_body<S: AsyncRead + Unpin>(
             loop {
                 let used = match decoder.decode(buf.filled(), body) {
                     Ok(used) => used,
-                    Err(_) => return Ok(Err(400)),
+                    Err(_) => return Ok(BodyRead::Refused(400)),
                 };
                 buf.consume(used);
                 if body.len() > max_body {
-                    return Ok(Err(413));
+                    return Ok(BodyRead::Refused(413));
                 }
                 if decoder.done() {
-                    return Ok(Ok(()));
+                    return Ok(BodyRead::Whole);
+                }
+                if body.len() > hold {
+                    return Ok(BodyRead::Stream(StreamRest::Chunked(decoder)));
                 }
                 fill_within(io, buf).await?;
             }
         }
+    }
+}
+
+/// Moves the rest of a client's request body to the upstream as it arrives: as it came when it
+/// has a length, re-chunked after decoding when it is chunked (so a malformed or too large body
+/// is still caught).
+struct ClientPump<'c, S> {
+    io: &'c mut S,
+    buf: &'c mut Buf,
+    rest: StreamRest,
+    /// Body bytes sent or held so far, against `max_body`.
+    sent: u64,
+    max_body: u64,
+    decoded: Vec<u8>,
+    framed: Vec<u8>,
+    /// The whole body went upstream: the client connection is where the next request starts.
+    done: bool,
+}
+
+impl<S: AsyncRead + Unpin + Send> BodyPump for ClientPump<'_, S> {
+    fn pump<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PumpError>> + Send + 'a>> {
+        Box::pin(async move {
+            match &mut self.rest {
+                StreamRest::Length(left) => {
+                    while *left > 0 {
+                        if self.buf.is_empty() {
+                            fill_within(self.io, self.buf).await.map_err(client_failed)?;
+                        }
+                        let take = (*left).min(self.buf.filled().len() as u64) as usize;
+                        write_upstream(upstream, &self.buf.filled()[..take]).await?;
+                        self.buf.consume(take);
+                        *left -= take as u64;
+                    }
+                }
+                StreamRest::Chunked(decoder) => loop {
+                    self.decoded.clear();
+                    let used = decoder
+                        .decode(self.buf.filled(), &mut self.decoded)
+                        .map_err(|_| PumpError::Client(400, "malformed request body".into()))?;
+                    self.buf.consume(used);
+                    self.sent += self.decoded.len() as u64;
+                    if self.sent > self.max_body {
+                        return Err(PumpError::Client(413, "request body too large".into()));
+                    }
+                    if !self.decoded.is_empty() {
+                        self.framed.clear();
+                        h1::write_chunk(&mut self.framed, &self.decoded);
+                        write_upstream(upstream, &self.framed).await?;
+                    }
+                    if decoder.done() {
+                        write_upstream(upstream, h1::LAST_CHUNK).await?;
+                        break;
+                    }
+                    fill_within(self.io, self.buf).await.map_err(client_failed)?;
+                },
+            }
+            self.done = true;
+            Ok(())
+        })
+    }
+}
+
+/// Longest a closing connection keeps reading what its client still sends.
+const LINGER_TOTAL: Duration = Duration::from_secs(10);
+/// A closing connection whose client has been quiet this long is closed at once.
+const LINGER_QUIET: Duration = Duration::from_secs(2);
+
+/// Closes a connection whose request body was not all read, as nginx's lingering close does:
+/// the answer has gone, the write side is shut, and what the client still sends is read and
+/// dropped for a while. Closing with unread data makes the kernel send a reset, which can
+/// destroy the answer before the client reads it.
+async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
+    let _ = io.shutdown().await;
+    let deadline = Instant::now() + LINGER_TOTAL;
+    let mut sink = vec![0u8; 16 * 1024];
+    while Instant::now() < deadline {
+        match tokio::time::timeout(LINGER_QUIET, io.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => {}
+            _ => return,
+        }
+    }
+}
+
+fn client_failed(e: io::Error) -> PumpError {
+    if e.kind() == io::ErrorKind::TimedOut {
+        PumpError::Client(408, format!("the client sent nothing for {}s", CLIENT_BODY_STALL.as_secs()))
+    } else {
+        PumpError::Client(400, format!("the request body ended early: {e}"))
+    }
+}
+
+/// One write of a streamed body, bounded like an exchange: an upstream that stops reading is stuck.
+async fn write_upstream(upstream: &mut TcpStream, bytes: &[u8]) -> Result<(), PumpError> {
+    match tokio::time::timeout(upstream::RESPONSE_TIMEOUT, upstream.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(PumpError::Upstream(e.to_string())),
+        Err(_) => Err(PumpError::Upstream(format!("stopped reading for {}s", upstream::RESPONSE_TIMEOUT.as_secs()))),
     }
 }
 

@@ -3,7 +3,9 @@
 //! reader that hands the connection back to the pool once the response has ended.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -121,12 +123,31 @@ pub struct Request<'a> {
     pub resend: bool,
 }
 
+/// The rest of a request body too large to hold, read from the client while it is sent
+/// upstream. Once it has started, the request can never be sent again.
+pub trait BodyPump: Send {
+    fn pump<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PumpError>> + Send + 'a>>;
+}
+
+#[derive(Debug)]
+pub enum PumpError {
+    /// The client stalled, went away, or sent a malformed or too large body: the status that says so.
+    Client(u16, String),
+    /// Writing to the upstream failed.
+    Upstream(String),
+}
+
 /// Why an exchange failed, and what that allows.
 #[derive(Debug)]
 pub struct ExchangeError {
     /// No connection could be made: nothing was sent.
     pub connect: bool,
     pub timeout: bool,
+    /// The client's side of a streamed body failed: the status to answer (or log) with.
+    pub client: Option<u16>,
     pub message: String,
 }
 
@@ -298,7 +319,7 @@ impl Pool {
     }
 
     async fn connect(server: &str) -> Result<Conn, ExchangeError> {
-        let fail = |message: String, timeout| ExchangeError { connect: true, timeout, message };
+        let fail = |message: String, timeout| ExchangeError { connect: true, timeout, client: None, message };
         let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(server)).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return Err(fail(format!("connect: {e}"), false)),
@@ -310,29 +331,39 @@ impl Pool {
 
     /// Sends `request` to `server` and reads the response head. An idle connection that turns
     /// out to be dead before answering is replaced by a new one when the request may be resent.
-    pub async fn exchange(&self, server: &Arc<str>, request: Request<'_>) -> Result<Response, ExchangeError> {
+    /// A body too large to hold is pumped from the client after `request`'s bytes.
+    pub async fn exchange<'p>(
+        &self,
+        server: &Arc<str>,
+        request: Request<'_>,
+        mut pump: Option<&mut (dyn BodyPump + 'p)>,
+    ) -> Result<Response, ExchangeError> {
         let mut conn = match self.take(server) {
             Some(c) => c,
             None => Self::connect(server).await?,
         };
         loop {
-            match Self::send_on(&mut conn, request).await {
+            match Self::send_on(&mut conn, request, pump.as_deref_mut()).await {
                 Ok((head, framing, keep_alive)) => {
                     return Ok(Response { head, framing, keep_alive, conn, server: server.clone() });
                 }
                 Err(Failure::Stale(why)) if conn.reused => {
                     if !request.resend {
-                        return Err(ExchangeError { connect: false, timeout: false, message: why });
+                        return Err(ExchangeError { connect: false, timeout: false, client: None, message: why });
                     }
                     conn = Self::connect(server).await?;
                 }
                 Err(Failure::Stale(message)) | Err(Failure::Broken(message)) => {
-                    return Err(ExchangeError { connect: false, timeout: false, message });
+                    return Err(ExchangeError { connect: false, timeout: false, client: None, message });
+                }
+                Err(Failure::Client(status, message)) => {
+                    return Err(ExchangeError { connect: false, timeout: false, client: Some(status), message });
                 }
                 Err(Failure::Timeout) => {
                     return Err(ExchangeError {
                         connect: false,
                         timeout: true,
+                        client: None,
                         message: format!("no response within {}s", RESPONSE_TIMEOUT.as_secs()),
                     });
                 }
@@ -340,15 +371,29 @@ impl Pool {
         }
     }
 
-    async fn send_on(conn: &mut Conn, request: Request<'_>) -> Result<(Head, Framing, bool), Failure> {
+    async fn send_on<'p>(
+        conn: &mut Conn,
+        request: Request<'_>,
+        pump: Option<&mut (dyn BodyPump + 'p)>,
+    ) -> Result<(Head, Framing, bool), Failure> {
         let mut head = Head::default();
         // Sending and the answer's head share one deadline: an upstream that stops reading
-        // is as stuck as one that never answers.
+        // is as stuck as one that never answers. A pumped body takes as long as the client
+        // does (each of its reads and writes has a bound of its own); the deadline starts after.
+        let mut deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+        let write = conn.stream.write_all(request.bytes);
+        match tokio::time::timeout_at(deadline, write).await {
+            Ok(written) => written.map_err(|e| Failure::Stale(format!("sending the request: {e}")))?,
+            Err(_) => return Err(Failure::Timeout),
+        }
+        if let Some(pump) = pump {
+            pump.pump(&mut conn.stream).await.map_err(|e| match e {
+                PumpError::Client(status, why) => Failure::Client(status, why),
+                PumpError::Upstream(why) => Failure::Broken(format!("sending the request body: {why}")),
+            })?;
+            deadline = tokio::time::Instant::now() + RESPONSE_TIMEOUT;
+        }
         let exchange = async {
-            conn.stream
-                .write_all(request.bytes)
-                .await
-                .map_err(|e| Failure::Stale(format!("sending the request: {e}")))?;
             loop {
                 if !conn.buf.is_empty() {
                     match h1::parse_response(conn.buf.filled(), &mut head) {
@@ -374,7 +419,7 @@ impl Pool {
                 }
             }
         };
-        match tokio::time::timeout(RESPONSE_TIMEOUT, exchange).await {
+        match tokio::time::timeout_at(deadline, exchange).await {
             Ok(r) => r?,
             Err(_) => return Err(Failure::Timeout),
         }
@@ -396,6 +441,8 @@ enum Failure {
     /// Nothing came back: on a reused connection the server may simply have closed it.
     Stale(String),
     Broken(String),
+    /// The client's side of a pumped body failed.
+    Client(u16, String),
     Timeout,
 }
 
@@ -445,7 +492,7 @@ mod tests {
 
     async fn body(pool: &Arc<Pool>, server: &Arc<str>, resend: bool) -> Result<(u16, Vec<u8>), ExchangeError> {
         let request = Request { bytes: b"GET / HTTP/1.1\r\nHost: t\r\n\r\n", head: false, upgrade: false, resend };
-        let resp = pool.exchange(server, request).await?;
+        let resp = pool.exchange(server, request, None).await?;
         let status = resp.head.status;
         let mut reader = resp.into_body(pool);
         let mut out = Vec::new();
@@ -503,7 +550,7 @@ mod tests {
         let addr = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap().to_string();
         let pool = Arc::new(Pool::default());
         let request = Request { bytes: b"GET / HTTP/1.1\r\n\r\n", head: false, upgrade: false, resend: true };
-        let err = pool.exchange(&Arc::from(addr.as_str()), request).await.err().unwrap();
+        let err = pool.exchange(&Arc::from(addr.as_str()), request, None).await.err().unwrap();
         assert!(err.connect, "{err:?}");
     }
 }

@@ -376,3 +376,197 @@ async fn a_body_over_the_limit_is_refused_and_never_forwarded() {
     assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
     assert_eq!(seen.requests.lock().unwrap().len(), 1, "only the body within the limit reached the origin");
 }
+
+/// What the streaming origin has received of the request it is reading, and the heads it saw.
+#[derive(Default)]
+struct Received {
+    bytes: AtomicUsize,
+    completed: AtomicUsize,
+    heads: Mutex<Vec<String>>,
+}
+
+/// An origin that reads a request body of either framing as it arrives, counting the bytes,
+/// and answers with the body's length and byte sum.
+async fn streaming_origin(received: Arc<Received>) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let received = received.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut more = vec![0u8; 65536];
+                loop {
+                    let end = loop {
+                        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                            break end + 4;
+                        }
+                        match s.read(&mut more).await {
+                            Ok(n) if n > 0 => buf.extend_from_slice(&more[..n]),
+                            _ => return,
+                        }
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+                    buf.drain(..end);
+                    received.heads.lock().unwrap().push(head.clone());
+                    received.bytes.store(0, Ordering::SeqCst);
+                    let (mut len, mut sum) = (0usize, 0u64);
+                    let mut take = |bytes: &[u8]| {
+                        len += bytes.len();
+                        sum += bytes.iter().map(|b| u64::from(*b)).sum::<u64>();
+                        received.bytes.fetch_add(bytes.len(), Ordering::SeqCst);
+                    };
+                    if head.contains("transfer-encoding: chunked") {
+                        // Chunk sizes, then data; extensions and trailers are not sent by the router.
+                        loop {
+                            let line_end = loop {
+                                if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                                    break i;
+                                }
+                                match s.read(&mut more).await {
+                                    Ok(n) if n > 0 => buf.extend_from_slice(&more[..n]),
+                                    _ => return,
+                                }
+                            };
+                            let size =
+                                usize::from_str_radix(std::str::from_utf8(&buf[..line_end]).unwrap(), 16).unwrap();
+                            buf.drain(..line_end + 2);
+                            while buf.len() < size + 2 {
+                                match s.read(&mut more).await {
+                                    Ok(n) if n > 0 => buf.extend_from_slice(&more[..n]),
+                                    _ => return,
+                                }
+                            }
+                            take(&buf[..size]);
+                            buf.drain(..size + 2);
+                            if size == 0 {
+                                break;
+                            }
+                        }
+                    } else {
+                        let length: usize = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .map_or(0, |v| v.trim().parse().unwrap());
+                        let mut left = length;
+                        loop {
+                            let here = left.min(buf.len());
+                            take(&buf[..here]);
+                            buf.drain(..here);
+                            left -= here;
+                            if left == 0 {
+                                break;
+                            }
+                            match s.read(&mut more).await {
+                                Ok(n) if n > 0 => buf.extend_from_slice(&more[..n]),
+                                _ => return,
+                            }
+                        }
+                    }
+                    received.completed.fetch_add(1, Ordering::SeqCst);
+                    let answer = format!("len={len} sum={sum}");
+                    let reply = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{answer}", answer.len());
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// Reads one response with a Content-Length body from `s`.
+async fn read_response(s: &mut TcpStream) -> String {
+    let mut out = Vec::new();
+    let mut more = [0u8; 4096];
+    loop {
+        if let Some(end) = out.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&out[..end]).to_ascii_lowercase();
+            let length: usize =
+                head.lines().find_map(|l| l.strip_prefix("content-length:")).map_or(0, |v| v.trim().parse().unwrap());
+            if out.len() >= end + 4 + length {
+                return String::from_utf8_lossy(&out[..end + 4 + length]).to_string();
+            }
+        }
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut more)).await.expect("an answer").unwrap();
+        assert!(n > 0, "closed before answering: {}", String::from_utf8_lossy(&out));
+        out.extend_from_slice(&more[..n]);
+    }
+}
+
+/// Waits, bounded, until the origin holds at least `n` bytes of the request it is reading.
+async fn origin_has(received: &Received, n: usize) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while received.bytes.load(Ordering::SeqCst) < n {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the origin has {} bytes, not {n}: the body was not streamed",
+            received.bytes.load(Ordering::SeqCst)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn large_uploads_stream_through_as_they_arrive() {
+    let received = Arc::new(Received::default());
+    let port = streaming_origin(received.clone()).await;
+    let addr = router(port).await;
+    let body: Vec<u8> = (0..5 * 1024 * 1024u32).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+
+    // With a length: the origin has most of the first 3 MiB before the client sends the rest.
+    let head = format!("PUT /upload HTTP/1.1\r\nHost: wire.test\r\nContent-Length: {}\r\n\r\n", body.len());
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(&body[..3 << 20]).await.unwrap();
+    origin_has(&received, 2 << 20).await;
+    s.write_all(&body[3 << 20..]).await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 200 "), "{answer}");
+    assert!(answer.ends_with(&format!("len={} sum={sum}", body.len())), "{answer}");
+
+    // Chunked, on the same connection: streamed on as chunks once past what is held.
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: wire.test\r\nTransfer-Encoding: chunked\r\n\r\n").await.unwrap();
+    for part in body[..3 << 20].chunks(64 << 10) {
+        s.write_all(format!("{:x}\r\n", part.len()).as_bytes()).await.unwrap();
+        s.write_all(part).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    origin_has(&received, 2 << 20).await;
+    for part in body[3 << 20..].chunks(64 << 10) {
+        s.write_all(format!("{:x}\r\n", part.len()).as_bytes()).await.unwrap();
+        s.write_all(part).await.unwrap();
+        s.write_all(b"\r\n").await.unwrap();
+    }
+    s.write_all(b"0\r\n\r\n").await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.ends_with(&format!("len={} sum={sum}", body.len())), "{answer}");
+    let heads = received.heads.lock().unwrap().clone();
+    assert!(heads[1].contains("transfer-encoding: chunked"), "streamed chunked: {}", heads[1]);
+
+    // And the connection is in step for the next request.
+    s.write_all(b"POST /small HTTP/1.1\r\nHost: wire.test\r\nContent-Length: 3\r\n\r\nabc").await.unwrap();
+    let answer = read_response(&mut s).await;
+    assert!(answer.ends_with("len=3 sum=294"), "{answer}");
+    assert_eq!(received.completed.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn a_streamed_body_over_the_limit_is_cut_off() {
+    let received = Arc::new(Received::default());
+    let port = streaming_origin(received.clone()).await;
+    let (addr, _) = router_with(port, Proxy::new(None).with_max_body(2 << 20)).await;
+    let mut chunked = b"POST /upload HTTP/1.1\r\nHost: wire.test\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..48 {
+        chunked.extend_from_slice(format!("{:x}\r\n", 64 << 10).as_bytes());
+        chunked.extend_from_slice(&[b'c'; 64 << 10]);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    let answer = raw(addr, &chunked).await;
+    assert!(answer.starts_with("HTTP/1.1 413 "), "{answer}");
+    assert!(received.bytes.load(Ordering::SeqCst) > 1 << 20, "it was streaming when the limit was passed");
+    assert_eq!(received.completed.load(Ordering::SeqCst), 0, "the origin never got a whole request");
+}
