@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use http_body_util::combinators::{BoxBody, UnsyncBoxBody};
-use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Bytes, Frame, Incoming};
 use hyper::header::{self, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
@@ -712,26 +712,46 @@ impl Proxy {
         };
         h1::write_upstream_head(&mut wire, &forward, pairs.iter().copied());
         drop(pairs);
-        let body = match Limited::new(body, self.max_body).collect().await {
-            Ok(collected) => collected.to_bytes(),
-            Err(e) => {
-                let too_big = e.downcast_ref::<http_body_util::LengthLimitError>().is_some();
-                let status = if too_big { 413 } else { 400 };
-                self.log(log.as_ref(), status, started, None, 0);
-                let why = format!("reading the request body: {e}");
-                return Ok(Local::json(status, serde_json::json!({"error": why})).into_hyper());
+        // As on HTTP/1: held up to HOLD_BODY_UP_TO, streamed on (chunked) beyond it.
+        let mut body = body;
+        let mut held = Vec::new();
+        let mut more = false;
+        while let Some(frame) = body.frame().await {
+            let data = match frame {
+                Ok(frame) => frame.into_data().unwrap_or_default(),
+                Err(e) => {
+                    self.log(log.as_ref(), 400, started, None, 0);
+                    let why = format!("reading the request body: {e}");
+                    return Ok(Local::json(400, serde_json::json!({"error": why})).into_hyper());
+                }
+            };
+            held.extend_from_slice(&data);
+            if held.len() > self.max_body {
+                self.log(log.as_ref(), 413, started, None, 0);
+                return Ok(Local::json(413, serde_json::json!({"error": "request body too large"})).into_hyper());
             }
-        };
-        h1::end_upstream_head(&mut wire, h1::wants_length(method.as_bytes()), body.len());
-        wire.extend_from_slice(&body);
-        let request = upstream::Request {
-            bytes: &wire,
+            if held.len() > HOLD_BODY_UP_TO {
+                more = true;
+                break;
+            }
+        }
+        let request = |wire| upstream::Request {
+            bytes: wire,
             head: parts.method == hyper::Method::HEAD,
             upgrade: false,
-            resend: is_idempotent(method.as_bytes()),
+            resend: is_idempotent(method.as_bytes()) && !more,
         };
-        let Forwarded { response, guard } = match self.forward(&pool, &plan, request, None, started, log.as_ref()).await
-        {
+        let forwarded = if more {
+            h1::end_upstream_head_streamed(&mut wire, None);
+            h1::write_chunk(&mut wire, &held);
+            let mut pump = H2Pump { body, sent: held.len() as u64, max_body: self.max_body as u64, framed: Vec::new() };
+            self.forward(&pool, &plan, request(&wire), Some(&mut pump), started, log.as_ref()).await
+        } else {
+            h1::end_upstream_head(&mut wire, h1::wants_length(method.as_bytes()), held.len());
+            wire.extend_from_slice(&held);
+            self.forward(&pool, &plan, request(&wire), None, started, log.as_ref()).await
+        };
+        let Forwarded { response, guard } = match forwarded {
             Ok(f) => f,
             Err(local) => return Ok(local.into_hyper()),
         };
@@ -928,6 +948,36 @@ impl<S: AsyncRead + Unpin + Send> BodyPump for ClientPump<'_, S> {
             }
             self.done = true;
             Ok(())
+        })
+    }
+}
+
+/// The rest of an HTTP/2 request body, re-chunked for the upstream as its frames arrive.
+struct H2Pump {
+    body: Incoming,
+    sent: u64,
+    max_body: u64,
+    framed: Vec<u8>,
+}
+
+impl BodyPump for H2Pump {
+    fn pump<'a>(
+        &'a mut self,
+        upstream: &'a mut TcpStream,
+    ) -> Pin<Box<dyn Future<Output = Result<(), PumpError>> + Send + 'a>> {
+        Box::pin(async move {
+            while let Some(frame) = self.body.frame().await {
+                let frame = frame.map_err(|e| PumpError::Client(400, format!("reading the request body: {e}")))?;
+                let Ok(data) = frame.into_data() else { continue };
+                self.sent += data.len() as u64;
+                if self.sent > self.max_body {
+                    return Err(PumpError::Client(413, "request body too large".into()));
+                }
+                self.framed.clear();
+                h1::write_chunk(&mut self.framed, &data);
+                write_upstream(upstream, &self.framed).await?;
+            }
+            write_upstream(upstream, h1::LAST_CHUNK).await
         })
     }
 }

@@ -571,3 +571,46 @@ async fn a_streamed_body_over_the_limit_is_cut_off() {
     origin_has(&received, (1 << 20) + 1).await;
     assert_eq!(received.completed.load(Ordering::SeqCst), 0, "the origin never got a whole request");
 }
+
+/// The proxy's HTTP/2 front (prior knowledge) in front of the origin on `port`.
+async fn h2_router(port: u16, proxy: Proxy) -> SocketAddr {
+    let (_, proxy) = router_with(port, proxy).await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let pool = Arc::new(Pool::default());
+    tokio::spawn(async move {
+        while let Ok((stream, remote)) = listener.accept().await {
+            let (proxy, pool) = (proxy.clone(), pool.clone());
+            tokio::spawn(async move {
+                let svc =
+                    hyper::service::service_fn(move |req| proxy.clone().handle_h2(pool.clone(), req, remote, false));
+                let _ = hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn http2_uploads_are_held_when_small_and_streamed_when_large() {
+    let received = Arc::new(Received::default());
+    let port = streaming_origin(received.clone()).await;
+    let addr = h2_router(port, Proxy::new(None).with_max_body(8 << 20)).await;
+    let client = reqwest::Client::builder().http2_prior_knowledge().resolve("wire.test", addr).build().unwrap();
+    let url = format!("http://wire.test:{}/upload", addr.port());
+    for size in [1000usize, 5 << 20] {
+        let body: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();
+        let sum: u64 = body.iter().map(|b| u64::from(*b)).sum();
+        let r = client.post(&url).body(body).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), format!("len={size} sum={sum}"));
+    }
+    let heads = received.heads.lock().unwrap().clone();
+    assert!(heads[0].contains("content-length: 1000"), "a small body is held and sent with its length: {}", heads[0]);
+    assert!(heads[1].contains("transfer-encoding: chunked"), "a large one streams: {}", heads[1]);
+    let r = client.post(&url).body(vec![b'x'; 9 << 20]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(received.completed.load(Ordering::SeqCst), 2, "the one over the limit never arrived whole");
+}

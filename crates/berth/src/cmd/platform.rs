@@ -235,8 +235,8 @@ pub struct RouterOptions {
     #[arg(long = "router-workers")]
     workers: Option<usize>,
     /// The largest request body the router accepts (`1MiB`, `16MiB`, or bytes); a larger one gets
-    /// 413. HTTP/1 bodies up to 1 MiB are held so that a failed try can go to another instance;
-    /// larger ones stream to the upstream as they arrive. HTTP/2 bodies are held whole.
+    /// 413. Bodies up to 1 MiB are held so that a failed try can go to another instance; larger
+    /// ones stream to the upstream as they arrive.
     #[arg(long = "max-body-size", value_parser = parse_size, default_value = "16MiB")]
     max_body_size: u64,
     /// Where the router serves HTTPS (with --tls-cert and --tls-key).
