@@ -716,13 +716,13 @@ impl Proxy {
         let mut body = body;
         let mut held = Vec::new();
         let mut more = false;
-        while let Some(frame) = body.frame().await {
-            let data = match frame {
-                Ok(frame) => frame.into_data().unwrap_or_default(),
-                Err(e) => {
-                    self.log(log.as_ref(), 400, started, None, 0);
-                    let why = format!("reading the request body: {e}");
-                    return Ok(Local::json(400, serde_json::json!({"error": why})).into_hyper());
+        loop {
+            let data = match next_frame(&mut body).await {
+                Ok(Some(data)) => data,
+                Ok(None) => break,
+                Err((status, why)) => {
+                    self.log(log.as_ref(), status, started, None, 0);
+                    return Ok(Local::json(status, serde_json::json!({"error": why})).into_hyper());
                 }
             };
             held.extend_from_slice(&data);
@@ -966,9 +966,7 @@ impl BodyPump for H2Pump {
         upstream: &'a mut TcpStream,
     ) -> Pin<Box<dyn Future<Output = Result<(), PumpError>> + Send + 'a>> {
         Box::pin(async move {
-            while let Some(frame) = self.body.frame().await {
-                let frame = frame.map_err(|e| PumpError::Client(400, format!("reading the request body: {e}")))?;
-                let Ok(data) = frame.into_data() else { continue };
+            while let Some(data) = next_frame(&mut self.body).await.map_err(|(s, why)| PumpError::Client(s, why))? {
                 self.sent += data.len() as u64;
                 if self.sent > self.max_body {
                     return Err(PumpError::Client(413, "request body too large".into()));
@@ -979,6 +977,23 @@ impl BodyPump for H2Pump {
             }
             write_upstream(upstream, h1::LAST_CHUNK).await
         })
+    }
+}
+
+/// The next data of an HTTP/2 request body, none at its end (trailers are dropped). A client
+/// that sends nothing for `CLIENT_BODY_STALL` gets 408, a broken body 400.
+async fn next_frame(body: &mut Incoming) -> Result<Option<Bytes>, (u16, String)> {
+    loop {
+        match tokio::time::timeout(CLIENT_BODY_STALL, body.frame()).await {
+            Err(_) => return Err((408, format!("the client sent nothing for {}s", CLIENT_BODY_STALL.as_secs()))),
+            Ok(None) => return Ok(None),
+            Ok(Some(Err(e))) => return Err((400, format!("reading the request body: {e}"))),
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    return Ok(Some(data));
+                }
+            }
+        }
     }
 }
 
