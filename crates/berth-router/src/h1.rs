@@ -337,6 +337,16 @@ pub fn end_upstream_head_streamed(out: &mut Vec<u8>, length: Option<u64>) {
     }
 }
 
+/// A field name as HTTP allows one: one or more token characters.
+pub fn is_header_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.iter().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c))
+}
+
+/// A field value a header may carry as it is: visible ASCII, spaces and tabs.
+pub fn is_header_value(value: &[u8]) -> bool {
+    value.iter().all(|&c| c == b'\t' || (0x20..0x7f).contains(&c))
+}
+
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -561,6 +571,19 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_and_values_are_checked_as_the_http_crate_checks_them() {
+        for c in 0..=255u8 {
+            let name = [b'x', c];
+            assert_eq!(is_header_name(&name), hyper::header::HeaderName::from_bytes(&name).is_ok(), "name byte {c}");
+            let value = [b'v', c, b'v'];
+            let ascii =
+                std::str::from_utf8(&value).ok().is_some_and(|v| hyper::header::HeaderValue::from_str(v).is_ok());
+            assert_eq!(is_header_value(&value), ascii, "value byte {c}");
+        }
+        assert!(!is_header_name(b""));
+    }
 
     fn req(text: &str) -> (Vec<u8>, Head) {
         let buf = text.as_bytes().to_vec();

@@ -323,13 +323,8 @@ impl Proxy {
                     }
                     rewrite = outcome.rewrite;
                     // Only valid names and values reach the wire.
-                    set_headers = outcome
-                        .set_headers
-                        .into_iter()
-                        .filter(|(k, v)| {
-                            HeaderName::from_bytes(k.as_bytes()).is_ok() && HeaderValue::from_str(v).is_ok()
-                        })
-                        .collect();
+                    set_headers = outcome.set_headers;
+                    set_headers.retain(|(k, v)| h1::is_header_name(k.as_bytes()) && h1::is_header_value(v.as_bytes()));
                 }
             }
         }
