@@ -512,11 +512,12 @@ impl Proxy {
             Decision::Forward(plan) => plan,
             Decision::Local(local) => {
                 // The body was not read: the connection can only go on if there is none.
-                keep_alive &= framing == Framing::None;
+                let body_unread = framing != Framing::None;
+                keep_alive &= !body_unread;
                 local.write_h1(out, keep_alive);
                 buf.consume(head.len);
                 send(io, out, self.send_timeout).await?;
-                if !keep_alive {
+                if body_unread {
                     linger(io).await;
                 }
                 return Ok(keep_alive);
@@ -925,15 +926,7 @@ impl<S: AsyncRead + Unpin + Send> BodyPump for ClientPump<'_, S> {
                         .decode(self.buf.filled(), &mut self.decoded)
                         .map_err(|_| PumpError::Client(400, "malformed request body".into()))?;
                     self.buf.consume(used);
-                    self.sent += self.decoded.len() as u64;
-                    if self.sent > self.max_body {
-                        return Err(PumpError::Client(413, "request body too large".into()));
-                    }
-                    if !self.decoded.is_empty() {
-                        self.framed.clear();
-                        h1::write_chunk(&mut self.framed, &self.decoded);
-                        write_upstream(upstream, &self.framed).await?;
-                    }
+                    send_chunk(upstream, &mut self.framed, &self.decoded, &mut self.sent, self.max_body).await?;
                     if decoder.done() {
                         write_upstream(upstream, h1::LAST_CHUNK).await?;
                         break;
@@ -962,13 +955,7 @@ impl BodyPump for H2Pump {
     ) -> Pin<Box<dyn Future<Output = Result<(), PumpError>> + Send + 'a>> {
         Box::pin(async move {
             while let Some(data) = next_frame(&mut self.body).await.map_err(|(s, why)| PumpError::Client(s, why))? {
-                self.sent += data.len() as u64;
-                if self.sent > self.max_body {
-                    return Err(PumpError::Client(413, "request body too large".into()));
-                }
-                self.framed.clear();
-                h1::write_chunk(&mut self.framed, &data);
-                write_upstream(upstream, &self.framed).await?;
+                send_chunk(upstream, &mut self.framed, &data, &mut self.sent, self.max_body).await?;
             }
             write_upstream(upstream, h1::LAST_CHUNK).await
         })
@@ -980,7 +967,7 @@ impl BodyPump for H2Pump {
 async fn next_frame(body: &mut Incoming) -> Result<Option<Bytes>, (u16, String)> {
     loop {
         match tokio::time::timeout(CLIENT_BODY_STALL, body.frame()).await {
-            Err(_) => return Err((408, format!("the client sent nothing for {}s", CLIENT_BODY_STALL.as_secs()))),
+            Err(_) => return Err(stalled()),
             Ok(None) => return Ok(None),
             Ok(Some(Err(e))) => return Err((400, format!("reading the request body: {e}"))),
             Ok(Some(Ok(frame))) => {
@@ -1013,12 +1000,38 @@ async fn linger<S: AsyncRead + AsyncWrite + Unpin>(io: &mut S) {
     }
 }
 
+/// A client that sent none of its body for `CLIENT_BODY_STALL`.
+fn stalled() -> (u16, String) {
+    (408, format!("the client sent nothing for {}s", CLIENT_BODY_STALL.as_secs()))
+}
+
 fn client_failed(e: io::Error) -> PumpError {
     if e.kind() == io::ErrorKind::TimedOut {
-        PumpError::Client(408, format!("the client sent nothing for {}s", CLIENT_BODY_STALL.as_secs()))
+        let (status, why) = stalled();
+        PumpError::Client(status, why)
     } else {
         PumpError::Client(400, format!("the request body ended early: {e}"))
     }
+}
+
+/// Counts decoded body bytes against the limit and sends them upstream as one chunk.
+async fn send_chunk(
+    upstream: &mut TcpStream,
+    framed: &mut Vec<u8>,
+    data: &[u8],
+    sent: &mut u64,
+    max_body: u64,
+) -> Result<(), PumpError> {
+    *sent += data.len() as u64;
+    if *sent > max_body {
+        return Err(PumpError::Client(413, "request body too large".into()));
+    }
+    if data.is_empty() {
+        return Ok(());
+    }
+    framed.clear();
+    h1::write_chunk(framed, data);
+    write_upstream(upstream, framed).await
 }
 
 /// One write of a streamed body, bounded like an exchange: an upstream that stops reading is stuck.

@@ -297,7 +297,9 @@ impl<'a> Eval<'a> {
         Ok(Flow::Next)
     }
 
-    fn call(&mut self, f: Builtin, args: &'a [Expr]) -> Result<Val<'a>, Defer> {
+    /// Evaluates every argument, left to right as Lua does, and keeps the first two (nil when
+    /// missing): no function here looks further.
+    fn first_two(&mut self, args: &'a [Expr]) -> Result<[Val<'a>; 2], Defer> {
         let mut given = [Val::Nil, Val::Nil];
         for (i, e) in args.iter().enumerate() {
             let v = self.expr(e)?;
@@ -305,7 +307,11 @@ impl<'a> Eval<'a> {
                 *slot = v;
             }
         }
-        let [first, second] = given;
+        Ok(given)
+    }
+
+    fn call(&mut self, f: Builtin, args: &'a [Expr]) -> Result<Val<'a>, Defer> {
+        let [first, second] = self.first_two(args)?;
         let or = |v: Val<'a>, default: Val<'a>| if v.truthy() { v } else { default };
         Ok(match f {
             Builtin::Deny => Val::Decision(
@@ -393,13 +399,7 @@ impl<'a> Eval<'a> {
             }
             Expr::Method(receiver, method, args) => {
                 let receiver = self.expr(receiver)?;
-                let mut given = [Val::Nil, Val::Nil];
-                for (i, e) in args.iter().enumerate() {
-                    let v = self.expr(e)?;
-                    if let Some(slot) = given.get_mut(i) {
-                        *slot = v;
-                    }
-                }
+                let given = self.first_two(args)?;
                 let Val::Str(s) = receiver else {
                     return Err(Defer);
                 };
@@ -422,13 +422,7 @@ impl<'a> Eval<'a> {
                         };
                         match pattern.search(&s, start).map_err(|_| Defer)? {
                             None => Val::Nil,
-                            Some(found) => {
-                                let range = found.first_capture.unwrap_or(found.whole);
-                                Val::Str(match s {
-                                    Cow::Borrowed(b) => Cow::Borrowed(&b[range]),
-                                    Cow::Owned(b) => Cow::Owned(b[range].to_vec()),
-                                })
-                            }
+                            Some(found) => Val::Str(part(s, found.first_capture.unwrap_or(found.whole))),
                         }
                     }
                     StrMethod::Lower => Val::Str(Cow::Owned(s.to_ascii_lowercase())),
@@ -484,7 +478,11 @@ fn lua_sub(s: Cow<'_, [u8]>, i: i64, j: i64) -> Cow<'_, [u8]> {
     if start > end {
         return Cow::Borrowed(b"");
     }
-    let range = (start - 1) as usize..end as usize;
+    part(s, (start - 1) as usize..end as usize)
+}
+
+/// `range` of `s`, borrowed when `s` is.
+fn part(s: Cow<'_, [u8]>, range: std::ops::Range<usize>) -> Cow<'_, [u8]> {
     match s {
         Cow::Borrowed(b) => Cow::Borrowed(&b[range]),
         Cow::Owned(b) => Cow::Owned(b[range].to_vec()),

@@ -131,11 +131,11 @@ const ROUTERS_CATCH_UP: Duration = Duration::from_secs(5);
 /// is now, so that a request sent once `deploy` returns finds the new routes. A router that does
 /// not catch up in time is named, and the command still succeeds: the deployment did.
 async fn wait_for_routers(client: &Client) -> anyhow::Result<()> {
-    let target = client.routers().await?.index;
+    let first = client.routers().await?;
+    let (target, mut routers) = (first.index, first.value);
     let clock = Instant::now();
     let pb = progress_bar();
     loop {
-        let routers = client.routers().await?.value;
         let behind: Vec<&str> = routers.iter().filter(|r| r.live && r.index < target).map(|r| r.id.as_str()).collect();
         if behind.is_empty() {
             pb.finish_and_clear();
@@ -152,6 +152,7 @@ async fn wait_for_routers(client: &Client) -> anyhow::Result<()> {
         }
         pb.set_message(format!("waiting for {} router(s) to apply the change", behind.len()));
         tokio::time::sleep(Duration::from_millis(50)).await;
+        routers = client.routers().await?.value;
     }
 }
 
