@@ -770,7 +770,14 @@ pub struct RouterCounts {
     pub latency: Vec<u64>,
     pub latency_sum_ms: f64,
     pub in_flight: u64,
+    /// Requests whose rule gave no decision, by reason in [`RULE_FAILURES`]' order.
+    #[serde(default)]
+    pub rule_failures: [u64; 3],
 }
+
+/// Why a rule gave no decision: it raised an error, it ran out of its budget, or it was not run
+/// because it had (suspended).
+pub const RULE_FAILURES: [&str; 3] = ["error", "overrun", "suspended"];
 
 impl RouterCounts {
     /// Adds another router's (or cluster's) counts to these.
@@ -786,6 +793,9 @@ impl RouterCounts {
         }
         self.latency_sum_ms += other.latency_sum_ms;
         self.in_flight += other.in_flight;
+        for (a, b) in self.rule_failures.iter_mut().zip(other.rule_failures) {
+            *a += b;
+        }
     }
 }
 
@@ -901,6 +911,41 @@ pub struct RuleScript {
     pub target: RuleTarget,
     pub source: String,
     pub updated_at: Millis,
+    /// What a request gets when the rule fails on it (an error, a spent budget).
+    #[serde(default)]
+    pub on_error: RuleOnError,
+}
+
+/// What a router does with a request whose rule raised an error or ran out of its budget.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RuleOnError {
+    /// Serve it as if there were no rule (Slardar's checkups do the same): a broken rule does
+    /// not take the app down.
+    #[default]
+    Open,
+    /// Refuse it with 500: for rules that guard something.
+    Closed,
+}
+
+impl RuleOnError {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RuleOnError::Open => "open",
+            RuleOnError::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for RuleOnError {
+    type Err = String;
+    fn from_str(s: &str) -> Result<RuleOnError, String> {
+        match s {
+            "open" => Ok(RuleOnError::Open),
+            "closed" => Ok(RuleOnError::Closed),
+            other => Err(format!("on_error is `open` or `closed`, not `{other}`")),
+        }
+    }
 }
 
 impl Client {
@@ -933,8 +978,15 @@ impl Client {
         Ok(self.get(&Self::rules_path(target)).await?.value)
     }
 
-    pub async fn set_rules(&self, target: &RuleTarget, source: &str) -> Result<RuleScript, ClientError> {
-        let url = format!("{}{}", self.base, Self::rules_path(target));
+    /// Puts a script in force; `on_error` none keeps the policy the target had (open at first).
+    pub async fn set_rules(
+        &self,
+        target: &RuleTarget,
+        source: &str,
+        on_error: Option<RuleOnError>,
+    ) -> Result<RuleScript, ClientError> {
+        let query = on_error.map(|o| format!("?on_error={}", o.as_str())).unwrap_or_default();
+        let url = format!("{}{}{query}", self.base, Self::rules_path(target));
         let req = self.http.put(&url).header("content-type", "text/x-lua").body(source.to_string());
         Ok(self.send(req, &url).await?.value)
     }

@@ -131,12 +131,14 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
                 }
                 json!({"action": format!("{:?}", o.action), "rewrite": o.rewrite, "set_headers": o.set_headers})
             }
-            Err(e) => json!({"error": e.to_string()}),
+            Err(e) => json!({"error": e.to_string(), "failure": format!("{:?}", e.kind).to_lowercase(),
+                             "on_error": loaded.on_error}),
         };
         rule = json!({
             "target": loaded.target.to_string(),
             "version": loaded.script.version(),
             "engine": loaded.script.engine(),
+            "on_error": loaded.on_error,
             "decision": decision,
         });
     }
@@ -273,7 +275,8 @@ impl Admin {
                     .iter()
                     .map(|r| {
                         json!({"target": r.target, "version": r.script.version(), "engine": r.script.engine(),
-                               "loaded_at": r.loaded_at, "error": r.error})
+                               "on_error": r.on_error, "overruns": r.script.overruns(),
+                               "suspended": r.script.suspended(), "loaded_at": r.loaded_at, "error": r.error})
                     })
                     .collect();
                 reply(StatusCode::OK, Value::Array(scripts))
@@ -281,6 +284,11 @@ impl Admin {
             (&Method::PUT, ["lua", rest @ ..]) => {
                 let Some(target) = lua_target(rest) else {
                     return Ok(error(StatusCode::NOT_FOUND, "use /lua/app/GROUP/NAME or /lua/upstream/NAME"));
+                };
+                let on_error = match query_param(&req, "on_error").map(|v| v.parse::<berth_api::RuleOnError>()) {
+                    None => None,
+                    Some(Ok(o)) => Some(o),
+                    Some(Err(e)) => return Ok(error(StatusCode::BAD_REQUEST, e)),
                 };
                 let body = match Limited::new(req.into_body(), 64 * 1024).collect().await {
                     Ok(b) => b.to_bytes(),
@@ -293,7 +301,7 @@ impl Admin {
                         json!({"error": format!("the script does not compile: {e}"), "line": e.line}),
                     ));
                 }
-                match self.client.set_rules(&target, &source).await {
+                match self.client.set_rules(&target, &source, on_error).await {
                     Ok(_) => {
                         let version = rules::Script::new(&source).map(|s| s.version()).unwrap_or_default();
                         let applied = self

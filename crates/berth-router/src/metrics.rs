@@ -18,6 +18,9 @@ pub struct ClusterMetrics {
     pub retries: AtomicU64,
     pub fail_open: AtomicU64,
     pub denied: AtomicU64,
+    /// Requests whose rule gave no decision, by `berth_api::RULE_FAILURES`' order: an error, an overrun,
+    /// a suspension.
+    pub rule_failures: [AtomicU64; 3],
 }
 
 impl ClusterMetrics {
@@ -38,6 +41,7 @@ impl ClusterMetrics {
             latency: self.latency.iter().map(load).collect(),
             latency_sum_ms: load(&self.latency_sum_us) as f64 / 1000.0,
             in_flight: load(&self.in_flight),
+            rule_failures: std::array::from_fn(|i| load(&self.rule_failures[i])),
         }
     }
 
@@ -61,6 +65,9 @@ impl ClusterMetrics {
             retries: load(&self.retries),
             fail_open: load(&self.fail_open),
             denied: load(&self.denied),
+            rule_errors: load(&self.rule_failures[0]),
+            rule_overruns: load(&self.rule_failures[1]),
+            rule_suspended: load(&self.rule_failures[2]),
         }
     }
 }
@@ -74,4 +81,7 @@ pub struct MetricsView {
     pub retries: u64,
     pub fail_open: u64,
     pub denied: u64,
+    pub rule_errors: u64,
+    pub rule_overruns: u64,
+    pub rule_suspended: u64,
 }

@@ -283,13 +283,18 @@ impl Proxy {
             };
             match rules::run(&loaded.script, &view) {
                 Err(e) => {
-                    tracing::warn!(cluster = %cluster.name, error = %e, "rule script failed");
-                    self.log(log.as_ref(), 500, started, None, 0);
-                    cluster.metrics.observe(500, started.elapsed());
-                    return Decision::Local(Local::json(
-                        500,
-                        serde_json::json!({"error": format!("request rule failed: {e}")}),
-                    ));
+                    cluster.metrics.rule_failures[e.kind.index()].fetch_add(1, Ordering::Relaxed);
+                    if loaded.script.report_due() {
+                        tracing::warn!(cluster = %cluster.name, error = %e, kind = ?e.kind, on_error = loaded.on_error.as_str(),
+                                       "request rule failed");
+                    }
+                    // Open: the request goes on as if there were no rule. Closed: refused, and
+                    // the client learns nothing of the script's internals.
+                    if loaded.on_error == berth_api::RuleOnError::Closed {
+                        self.log(log.as_ref(), 500, started, None, 0);
+                        cluster.metrics.observe(500, started.elapsed());
+                        return Decision::Local(Local::json(500, serde_json::json!({"error": "request rule failed"})));
+                    }
                 }
                 Ok(outcome) => {
                     match outcome.action {

@@ -209,6 +209,8 @@ impl Check {
 pub struct LoadedRules {
     pub target: RuleTarget,
     pub script: Script,
+    /// What a request gets when the script fails on it.
+    pub on_error: berth_api::RuleOnError,
     pub loaded_at: i64,
     pub error: Option<String>,
 }
@@ -334,20 +336,33 @@ impl Registry {
 
     /// The script for `target` from `source`: the cached one when unchanged; on a load error the
     /// previous version stays in force and carries the error.
-    fn rules(&self, target: &RuleTarget, source: &str, updated_at: i64) -> Option<Arc<LoadedRules>> {
+    fn rules(&self, target: &RuleTarget, stored: &berth_api::RuleScript) -> Option<Arc<LoadedRules>> {
         let mut map = self.rules.lock().unwrap_or_else(|p| p.into_inner());
         let previous = map.get(target).cloned();
         if let Some(p) = &previous
-            && &*p.script.source == source
+            && *p.script.source == *stored.source
         {
-            return previous;
+            if p.on_error == stored.on_error {
+                return previous;
+            }
+            // Only the policy changed: the same script (and its suspension state) goes on.
+            let next = Arc::new(LoadedRules { on_error: stored.on_error, ..(**p).clone() });
+            map.insert(target.clone(), next.clone());
+            return Some(next);
         }
-        let next = match Script::new(source) {
-            Ok(script) => Arc::new(LoadedRules { target: target.clone(), script, loaded_at: now_ms(), error: None }),
+        let next = match Script::new(&stored.source) {
+            Ok(script) => Arc::new(LoadedRules {
+                target: target.clone(),
+                script,
+                on_error: stored.on_error,
+                loaded_at: now_ms(),
+                error: None,
+            }),
             Err(e) => {
                 tracing::error!(%target, error = %e, "rule script rejected; the previous one stays in force");
                 let p = previous.as_ref()?;
-                Arc::new(LoadedRules { error: Some(format!("version of {updated_at} rejected: {e}")), ..(**p).clone() })
+                let error = Some(format!("version of {} rejected: {e}", stored.updated_at));
+                Arc::new(LoadedRules { error, ..(**p).clone() })
             }
         };
         map.insert(target.clone(), next.clone());
@@ -378,7 +393,7 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
     let mut rules_for = |target: RuleTarget| {
         let script = scripts.get(&target)?;
         live_targets.insert(target.clone());
-        registry.rules(&target, &script.source, script.updated_at)
+        registry.rules(&target, script)
     };
 
     for app in &snapshot.apps {

@@ -4,7 +4,9 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
-use berth_api::{RouteApp, RouteInstance, RouteSnapshot, RuleScript, RuleTarget, StaticUpstream, UpstreamRequest};
+use berth_api::{
+    RouteApp, RouteInstance, RouteSnapshot, RuleOnError, RuleScript, RuleTarget, StaticUpstream, UpstreamRequest,
+};
 use berth_core::{Desired, Level};
 use berth_store::state::{Subject, encode, rules_key, upstream_key};
 use berth_store::{StoreError, Txn};
@@ -163,7 +165,13 @@ async fn get_rules(shared: Shared, target: RuleTarget) -> ApiResult<Response> {
     Ok(indexed(shared.state.store().revision(), &script.value))
 }
 
-async fn set_rules(shared: Shared, target: RuleTarget, body: Bytes) -> ApiResult<Response> {
+/// `?on_error=open|closed` on a PUT of rules.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct RulesQuery {
+    on_error: Option<RuleOnError>,
+}
+
+async fn set_rules(shared: Shared, target: RuleTarget, query: RulesQuery, body: Bytes) -> ApiResult<Response> {
     let key = target_key(&shared, &target)?;
     if body.len() > MAX_SCRIPT {
         return Err(ApiError::new(
@@ -176,8 +184,13 @@ async fn set_rules(shared: Shared, target: RuleTarget, body: Bytes) -> ApiResult
     if source.trim().is_empty() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the script is empty; delete the rules instead"));
     }
+    // Not given, the policy stays what it was: updating a script does not quietly reopen it.
+    let on_error = match query.on_error {
+        Some(o) => o,
+        None => shared.state.record::<RuleScript>(&key)?.map(|r| r.value.on_error).unwrap_or_default(),
+    };
     let now = now_ms();
-    let script = RuleScript { target: target.clone(), source, updated_at: now };
+    let script = RuleScript { target: target.clone(), source, updated_at: now, on_error };
     let subject = match &target {
         RuleTarget::App(id) => Subject::app(id),
         RuleTarget::Upstream(_) => Subject::default(),
@@ -189,7 +202,7 @@ async fn set_rules(shared: Shared, target: RuleTarget, body: Bytes) -> ApiResult
         Level::Info,
         "rules.set",
         subject,
-        format!("rules for {target} set ({} bytes)", script.source.len()),
+        format!("rules for {target} set ({} bytes, on_error {})", script.source.len(), on_error.as_str()),
     );
     let index = shared.state.commit(txn)?;
     Ok(indexed(index, &script))
@@ -221,9 +234,10 @@ pub(crate) async fn get_app_rules(
 pub(crate) async fn set_app_rules(
     AxState(s): AxState<Shared>,
     Path((g, n)): Path<(String, String)>,
+    Query(q): Query<RulesQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    set_rules(s, RuleTarget::App(format!("{g}/{n}")), body).await
+    set_rules(s, RuleTarget::App(format!("{g}/{n}")), q, body).await
 }
 pub(crate) async fn delete_app_rules(
     AxState(s): AxState<Shared>,
@@ -237,9 +251,10 @@ pub(crate) async fn get_upstream_rules(AxState(s): AxState<Shared>, Path(name): 
 pub(crate) async fn set_upstream_rules(
     AxState(s): AxState<Shared>,
     Path(name): Path<String>,
+    Query(q): Query<RulesQuery>,
     body: Bytes,
 ) -> ApiResult<Response> {
-    set_rules(s, RuleTarget::Upstream(name), body).await
+    set_rules(s, RuleTarget::Upstream(name), q, body).await
 }
 pub(crate) async fn delete_upstream_rules(
     AxState(s): AxState<Shared>,

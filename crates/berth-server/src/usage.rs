@@ -502,6 +502,16 @@ fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
             f.sample("berth_router_requests_total", &[("app", app), ("code", class)], n as f64);
         }
     }
+    f.head(
+        "berth_router_rule_failures_total",
+        "counter",
+        "Requests whose Lua rule gave no decision, per app and reason (error, overrun, suspended).",
+    );
+    for (app, c) in &totals {
+        for (reason, n) in berth_api::RULE_FAILURES.iter().zip(c.rule_failures) {
+            f.sample("berth_router_rule_failures_total", &[("app", app), ("reason", reason)], n as f64);
+        }
+    }
     f.head("berth_router_requests_in_flight", "gauge", "Requests routers have in flight, per app.");
     for (app, c) in &totals {
         f.sample("berth_router_requests_in_flight", &[("app", app)], c.in_flight as f64);

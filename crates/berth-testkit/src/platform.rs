@@ -355,6 +355,22 @@ impl Platform {
         }
     }
 
+    /// SIGTERM of `berth up` (in split mode: of the server): its exit status, or none when it is
+    /// still running after `within` (it is then killed).
+    pub async fn terminate(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()?).ok()?);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).ok()?;
+        match tokio::time::timeout(within, child.wait()).await {
+            Ok(status) => status.ok(),
+            Err(_) => {
+                let _ = child.start_kill();
+                let _ = child.wait().await;
+                None
+            }
+        }
+    }
+
     /// Starts `berth up` (in split mode: the server) again on the same data directory and ports.
     pub async fn restart(&mut self) {
         self.kill9().await;

@@ -230,21 +230,98 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
     assert!(body.contains("admins only"), "{body}");
     assert_eq!(p.admin_get("/lua").await[0]["engine"], "lua");
 
-    // An endless loop is cut off by its budget: that request fails, quickly; the router lives on.
+    // An endless loop is cut off by its budget, quickly; the router lives on. By default a
+    // failing rule fails open: the request is served as if there were no rule.
     let (status, answer) = p.admin_request("PUT", "/lua/app/shop/web", "while true do end").await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["applied"], true);
     let started = std::time::Instant::now();
     let (status, body) = p.via_router("rules.test", "/").await.unwrap();
-    assert_eq!(status, 500, "{body}");
-    assert!(body.contains("instruction budget"), "{body}");
+    assert_eq!(status, 200, "served as if there were no rule: {body}");
     assert!(started.elapsed() < Duration::from_secs(2), "cut off quickly: {:?}", started.elapsed());
+    let lua = p.admin_get("/lua").await;
+    assert_eq!(lua[0]["on_error"], "open", "{lua}");
+    assert!(lua[0]["overruns"].as_u64().unwrap() >= 1, "{lua}");
+    // Closed: refused with 500, and the body says nothing of the script.
+    let (status, answer) = p.admin_request("PUT", "/lua/app/shop/web?on_error=closed", "while true do end").await;
+    assert_eq!(status, 200, "{answer}");
+    let (_, body) = wait_until("the closed policy to be applied", Duration::from_secs(5), || async {
+        p.via_router("rules.test", "/").await.ok().filter(|(s, _)| *s == 500)
+    })
+    .await;
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap(), serde_json::json!({"error": "request rule failed"}));
+    let metrics = p.admin_get("/metrics").await;
+    let web = &metrics["clusters"]["cls:shop/web"];
+    let failed = web["rule_overruns"].as_u64().unwrap() + web["rule_suspended"].as_u64().unwrap();
+    assert!(failed >= 2, "every failed request is counted: {web}");
 
     p.cli_ok(&["app", "web", "rules", "rm"]).await;
     wait_until("rules removed", Duration::from_secs(5), || async {
         p.via_router("rules.test", "/").await.ok().filter(|(s, _)| *s == 200)
     })
     .await;
+}
+
+/// A rule some requests make pathological (a pattern that backtracks for ever, in the VM and in
+/// a native rule) costs its own app a budget per request at most, then is suspended: another
+/// app's requests are answered all along, and `berth up` stops on SIGTERM while the attack goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pathological_rule_delays_no_other_app_and_shutdown_completes() {
+    let mut p = Platform::start(BERTH.as_ref(), "exec").await;
+    for (name, host) in [("vm", "vm.test"), ("native", "native.test"), ("calm", "calm.test")] {
+        let file = p.write(&format!("{name}.yaml"), &exec_spec(name, 1, host));
+        p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    }
+    let vm_rule = "local i = string.find((\"a\"):rep(50000), \".-.-.-.-.-b\") return deny(200, tostring(i))";
+    let native_rule = "if req.path:find(\"^/api/.-/.-/.-/admin\") then return deny(403, \"no admin\") end";
+    for (app, rule) in [("shop/vm", vm_rule), ("shop/native", native_rule)] {
+        let (status, answer) = p.admin_request("PUT", &format!("/lua/app/{app}?on_error=closed"), rule).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["applied"], true, "{answer}");
+    }
+    // Four clients keep sending each bad app what makes its rule pathological.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let attack_path = format!("/api/{}", "/".repeat(1600));
+    let mut attackers = Vec::new();
+    for i in 0..4 {
+        let (stop, url, path) = (stop.clone(), format!("http://{}", p.http), attack_path.clone());
+        let host = if i % 2 == 0 { "vm.test" } else { "native.test" };
+        attackers.push(tokio::spawn(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            let mut refused = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = client.get(format!("{url}{path}")).header("host", host).send().await;
+                if r.is_ok_and(|r| r.status() == 500) {
+                    refused += 1;
+                }
+            }
+            refused
+        }));
+    }
+    // The calm app answers every request, each within a bound far below an unbounded rule's
+    // seconds (before budgets counted pattern steps, these timed out).
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    for i in 0..60 {
+        let r = client.get(format!("http://{}/", p.http)).header("host", "calm.test").send().await;
+        let status = r.map(|r| r.status().as_u16()).map_err(|e| e.to_string());
+        assert_eq!(status, Ok(200), "request {i} to the calm app");
+    }
+    let lua = p.admin_get("/lua").await;
+    for script in lua.as_array().unwrap() {
+        assert!(script["overruns"].as_u64().unwrap() >= 1, "{lua}");
+    }
+    // SIGTERM stops it while the rules are still being attacked.
+    let status = p.terminate(Duration::from_secs(20)).await;
+    assert!(
+        status.is_some(),
+        "berth up did not stop on SIGTERM: {}",
+        p.log().lines().rev().take(20).collect::<Vec<_>>().join("\n")
+    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for a in attackers {
+        // A closed rule refuses what it cannot decide.
+        assert!(a.await.unwrap() > 0, "the attacked rules answered 500");
+    }
 }
 
 /// `deploy` returns once every live router routes the change, so the first request after it finds

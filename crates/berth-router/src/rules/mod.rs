@@ -6,28 +6,74 @@
 
 mod native;
 mod pattern;
+mod strings;
 
 use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use mlua::{Function, HookTriggers, Lua, LuaOptions, StdLib, Table, Value, VmState};
 
-/// Instructions one request may spend in its script.
+/// Instructions (and pattern-matching steps) one request may spend in its script.
 pub const INSTRUCTION_BUDGET: u64 = 1_000_000;
+/// Wall time one request may spend in its script, whatever it spends it on.
+pub const TIME_LIMIT: Duration = Duration::from_millis(50);
 /// Memory one script's VM may hold.
 pub const MEMORY_LIMIT: usize = 16 * 1024 * 1024;
 const HOOK_EVERY: u32 = 1000;
+/// A script that ran out of its budget is not run for this long (doubling with each further
+/// overrun, up to [`SUSPEND_MAX`]): a rule some requests make pathological would otherwise cost
+/// a whole budget per request and starve every other app on the router's workers.
+pub const SUSPEND_FIRST: Duration = Duration::from_millis(100);
+pub const SUSPEND_MAX: Duration = Duration::from_secs(10);
+/// Overruns further apart than this start the doubling again.
+const STRIKES_FORGOTTEN_AFTER: Duration = Duration::from_secs(60);
 
-/// A syntax or load error, with the line it points at when Lua names one.
+/// A syntax, load or run-time error, with the line it points at when Lua names one.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
 pub struct RuleError {
     pub line: Option<u32>,
     pub message: String,
+    pub kind: FailureKind,
+}
+
+/// Why a rule gave no decision (in the order of `berth_api::RULE_FAILURES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailureKind {
+    /// The script raised an error (or could not be loaded).
+    #[default]
+    Error,
+    /// The script ran out of its instruction budget or its time.
+    Overrun,
+    /// The script was not run: it overran recently and is suspended.
+    Suspended,
+}
+
+impl FailureKind {
+    /// Its index in `berth_api::RULE_FAILURES`.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl RuleError {
+    pub fn new(line: Option<u32>, message: impl Into<String>) -> RuleError {
+        RuleError { line, message: message.into(), kind: FailureKind::Error }
+    }
+}
+
+fn budget_spent() -> RuleError {
+    RuleError {
+        line: None,
+        message: format!("instruction budget of {INSTRUCTION_BUDGET} exceeded"),
+        kind: FailureKind::Overrun,
+    }
 }
 
 /// What a script decided for one request.
@@ -95,6 +141,46 @@ pub struct Script {
     pub source: Arc<str>,
     pub hash: u64,
     native: Option<Arc<native::Program>>,
+    breaker: Arc<Breaker>,
+}
+
+/// Milliseconds on a process-wide monotonic clock, never 0.
+fn clock_ms() -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// Suspends a script that keeps overrunning, shared by every worker that runs it.
+#[derive(Debug, Default)]
+struct Breaker {
+    /// Clock ms until which the script is not run; 0 when it runs.
+    until: AtomicU64,
+    strikes: AtomicU32,
+    last_strike: AtomicU64,
+    overruns: AtomicU64,
+    /// When a failure was last logged: a rule failing on every request logs once a second.
+    last_report: AtomicU64,
+}
+
+impl Breaker {
+    fn suspended(&self) -> bool {
+        let until = self.until.load(Ordering::Relaxed);
+        until != 0 && clock_ms() < until
+    }
+
+    fn strike(&self) {
+        let now = clock_ms();
+        self.overruns.fetch_add(1, Ordering::Relaxed);
+        let last = self.last_strike.swap(now, Ordering::Relaxed);
+        let strikes = if now.saturating_sub(last) > STRIKES_FORGOTTEN_AFTER.as_millis() as u64 {
+            self.strikes.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.strikes.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        let pause = SUSPEND_FIRST.saturating_mul(1 << (strikes - 1).min(16)).min(SUSPEND_MAX);
+        self.until.store(now + pause.as_millis() as u64, Ordering::Relaxed);
+    }
 }
 
 impl Script {
@@ -102,7 +188,30 @@ impl Script {
         check(source)?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         source.hash(&mut h);
-        Ok(Script { source: source.into(), hash: h.finish(), native: native::compile(source).map(Arc::new) })
+        Ok(Script {
+            source: source.into(),
+            hash: h.finish(),
+            native: native::compile(source).map(Arc::new),
+            breaker: Arc::default(),
+        })
+    }
+
+    /// How many requests ran out of budget or time in this version of the script.
+    pub fn overruns(&self) -> u64 {
+        self.breaker.overruns.load(Ordering::Relaxed)
+    }
+
+    /// Whether the script is suspended after overrunning (its requests take the error path).
+    pub fn suspended(&self) -> bool {
+        self.breaker.suspended()
+    }
+
+    /// Whether a failure now should be logged: at most once a second per script.
+    pub fn report_due(&self) -> bool {
+        let now = clock_ms();
+        let last = self.breaker.last_report.load(Ordering::Relaxed);
+        (last == 0 || now.saturating_sub(last) >= 1000)
+            && self.breaker.last_report.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok()
     }
 
     pub fn version(&self) -> String {
@@ -130,11 +239,11 @@ fn redirect_status(given: Option<u16>) -> u16 {
 }
 
 fn redirect_needs_url() -> RuleError {
-    RuleError { line: None, message: "redirect needs a url".into() }
+    RuleError::new(None, "redirect needs a url")
 }
 
 fn route_needs_name() -> RuleError {
-    RuleError { line: None, message: "route needs a name".into() }
+    RuleError::new(None, "route needs a name")
 }
 
 /// Helpers every script can call; they record the decision in `__berth`, whose tables they
@@ -187,7 +296,7 @@ fn rule_error(e: &mlua::Error) -> RuleError {
         Some((n, rest)) if n.trim().parse::<u32>().is_ok() => (n.trim().parse().ok(), rest.trim().to_string()),
         _ => (None, text.lines().next().unwrap_or_default().to_string()),
     };
-    RuleError { line, message }
+    RuleError::new(line, message)
 }
 
 /// Compiles `source` in a fresh sandbox: a syntax error comes back with its line.
@@ -229,7 +338,10 @@ struct Loaded {
     lua: Lua,
     /// The script wrapped by [`DRIVER`].
     driver: Function,
+    /// Instructions and pattern steps spent by the running request.
     spent: Rc<Cell<u64>>,
+    /// When the running request entered the script.
+    started: Rc<Cell<Instant>>,
     /// The metatable of `req.headers`, whose `__index` looks headers up during one request.
     header_lookup: Table,
     /// Which `req` fields the script names; the others are never filled.
@@ -279,16 +391,21 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
     let lua = sandboxed_vm().map_err(|e| rule_error(&e))?;
     let func = lua.load(&*script.source).set_name("rules").into_function().map_err(|e| rule_error(&e))?;
     let spent = Rc::new(Cell::new(0u64));
-    let counter = spent.clone();
+    let started = Rc::new(Cell::new(Instant::now()));
+    let (counter, since) = (spent.clone(), started.clone());
     lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
         counter.set(counter.get() + u64::from(HOOK_EVERY));
         if counter.get() > INSTRUCTION_BUDGET {
             Err(mlua::Error::RuntimeError(format!("instruction budget of {INSTRUCTION_BUDGET} exceeded")))
+        } else if since.get().elapsed() > TIME_LIMIT {
+            Err(mlua::Error::RuntimeError(format!("time limit of {} ms exceeded", TIME_LIMIT.as_millis())))
         } else {
             Ok(VmState::Continue)
         }
     })
     .map_err(|e| rule_error(&e))?;
+    // Pattern matching runs outside the hook's reach: it charges the same counter itself.
+    strings::install(&lua, spent.clone(), INSTRUCTION_BUDGET).map_err(|e| rule_error(&e))?;
     let setup = || -> Result<(Function, Table), mlua::Error> {
         let req = lua.create_table()?;
         let headers = lua.create_table()?;
@@ -305,7 +422,7 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
     };
     let (driver, header_lookup) = setup().map_err(|e| rule_error(&e))?;
     let reads = Reads::of(&script.source);
-    let l = Rc::new(Loaded { lua, driver, spent, header_lookup, reads });
+    let l = Rc::new(Loaded { lua, driver, spent, started, header_lookup, reads });
     VMS.with(|v| {
         let mut map = v.borrow_mut();
         // Old versions of scripts are never used again once replaced: keep the cache small.
@@ -317,15 +434,30 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
     Ok(l)
 }
 
-/// Runs `script` for one request. A runtime error (or a spent budget) is an `Err`: the caller
-/// answers 500 rather than letting an unchecked request through.
+/// Runs `script` for one request. A runtime error, a spent budget, or a suspension is an `Err`
+/// with its [`FailureKind`]; the caller applies the rule's `on_error` policy. A run that overruns
+/// suspends the script for a while, on every worker.
 pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError> {
-    if let Some(program) = &script.native
-        && let Ok(decided) = program.run(req)
-    {
-        return decided;
+    if script.breaker.suspended() {
+        return Err(RuleError {
+            line: None,
+            message: "suspended after running out of its budget".into(),
+            kind: FailureKind::Suspended,
+        });
     }
-    run_in_vm(script, req)
+    let result = match &script.native {
+        Some(program) => match program.run(req) {
+            Ok(decided) => decided,
+            Err(native::Defer) => run_in_vm(script, req),
+        },
+        None => run_in_vm(script, req),
+    };
+    if let Err(e) = &result
+        && e.kind == FailureKind::Overrun
+    {
+        script.breaker.strike();
+    }
+    result
 }
 
 /// Runs `script` in its VM even when it has a native form: what the native form must agree with,
@@ -333,6 +465,7 @@ pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError>
 pub fn run_in_vm(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError> {
     let l = loaded(script)?;
     l.spent.set(0);
+    l.started.set(Instant::now());
     type Returned = (Value, Option<String>, Option<String>, Option<usize>);
     let call = || -> Result<Returned, mlua::Error> {
         let reads = l.reads;
@@ -372,13 +505,22 @@ pub fn run_in_vm(script: &Script, req: &RequestView<'_>) -> Result<Outcome, Rule
             result
         })
     };
-    let (result, rewrite, joined, fields) = call().map_err(|e| rule_error(&e))?;
+    let returned = call();
+    // A script may catch the budget's error with pcall and go on: overrunning is failing anyway.
+    if l.spent.get() > INSTRUCTION_BUDGET || l.started.get().elapsed() > TIME_LIMIT {
+        let message = match &returned {
+            Err(e) => rule_error(e).message,
+            Ok(_) => format!("instruction budget of {INSTRUCTION_BUDGET} exceeded"),
+        };
+        return Err(RuleError { line: None, message, kind: FailureKind::Overrun });
+    }
+    let (result, rewrite, joined, fields) = returned.map_err(|e| rule_error(&e))?;
     let mut outcome = Outcome { rewrite, ..Outcome::default() };
     if let Some(joined) = joined {
         let parts: Vec<&str> = joined.split('\0').collect();
         // A NUL inside a name or value would shift every pair after it: refuse, never guess.
         if Some(parts.len()) != fields {
-            return Err(RuleError { line: None, message: "set_header: a name or value holds a NUL byte".into() });
+            return Err(RuleError::new(None, "set_header: a name or value holds a NUL byte"));
         }
         outcome.set_headers = parts.chunks_exact(2).map(|p| (p[0].to_string(), p[1].to_string())).collect();
     }
@@ -512,10 +654,58 @@ mod tests {
         assert!(run(&s, &req("GET", "/")).is_err());
     }
 
+    /// The two freezes: a pattern in the VM and one in a native rule, each now stopped by
+    /// the budget in milliseconds; the script is then suspended, and runs again once that ends.
+    #[test]
+    fn pathological_patterns_overrun_and_suspend_the_script() {
+        let vm =
+            Script::new("local i = string.find((\"a\"):rep(50000), \".-.-.-.-.-b\") return deny(200, tostring(i))")
+                .unwrap();
+        assert_eq!(vm.engine(), "lua");
+        let native =
+            Script::new("if req.path:find(\"^/api/.-/.-/.-/admin\") then return deny(403, \"no admin\") end").unwrap();
+        assert_eq!(native.engine(), "native");
+        let long = format!("/api/{}", "/".repeat(1600));
+        for (script, path) in [(&vm, "/"), (&native, long.as_str())] {
+            let started = Instant::now();
+            let e = run(script, &req("GET", path)).unwrap_err();
+            assert_eq!(e.kind, FailureKind::Overrun, "{e}");
+            assert!(e.message.contains("instruction budget"), "{e}");
+            assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+            assert_eq!(script.overruns(), 1);
+            // Suspended: the next request does not run it at all.
+            let started = Instant::now();
+            assert_eq!(run(script, &req("GET", path)).unwrap_err().kind, FailureKind::Suspended);
+            assert!(started.elapsed() < Duration::from_millis(5));
+            assert_eq!(script.overruns(), 1);
+        }
+        // A suspension ends: an ordinary request is decided again.
+        let deadline = Instant::now() + SUSPEND_FIRST * 20;
+        while native.suspended() {
+            assert!(Instant::now() < deadline, "still suspended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let ok = run(&native, &req("GET", "/api/a/b/c/admin")).unwrap();
+        assert_eq!(ok.action, Action::Deny { status: 403, message: "no admin".into() });
+        // A second overrun soon after suspends for twice as long.
+        assert_eq!(run(&native, &req("GET", &long)).unwrap_err().kind, FailureKind::Overrun);
+        let until = native.breaker.until.load(Ordering::Relaxed) - clock_ms();
+        assert!(until > SUSPEND_FIRST.as_millis() as u64 + 50, "{until} ms");
+    }
+
+    #[test]
+    fn a_script_that_catches_its_budget_error_still_overruns() {
+        let s = Script::new("for i = 1, 100 do pcall(function() while true do end end) end return nil").unwrap();
+        let started = Instant::now();
+        let e = run(&s, &req("GET", "/")).unwrap_err();
+        assert_eq!(e.kind, FailureKind::Overrun, "{e}");
+        assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+
     #[test]
     fn memory_is_limited() {
-        let s = Script::new("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024) end").unwrap();
+        let s = Script::new("local t = {} for i = 1, 1e9 do t[i] = string.rep('x', 1024 * 1024) end").unwrap();
         let e = run(&s, &req("GET", "/")).unwrap_err();
-        assert!(e.message.contains("memory") || e.message.contains("budget"), "{e}");
+        assert!(e.message.contains("memory"), "{e}");
     }
 }

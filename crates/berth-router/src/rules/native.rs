@@ -14,7 +14,9 @@
 
 use std::borrow::Cow;
 
-use super::pattern::{self, Pattern};
+use std::cell::Cell;
+
+use super::pattern::{self, Budget, MatchError, Pattern};
 use super::{Action, Outcome, RequestView, RuleError};
 
 /// A rule compiled to a tree evaluated here.
@@ -200,10 +202,20 @@ fn utf8(bytes: Cow<'_, [u8]>) -> Result<String, Defer> {
 /// The rule run without the VM. `Err(Defer)` means: ask the VM.
 impl Program {
     pub fn run<'a>(&'a self, req: &'a RequestView<'a>) -> Result<Result<Outcome, RuleError>, Defer> {
-        let mut eval = Eval { req, locals: Vec::new(), set_headers: Vec::new(), rewrite: None };
-        let returned = match eval.block(&self.body)? {
-            Flow::Return(v) => v,
-            Flow::Next => Val::Nil,
+        let mut eval = Eval {
+            req,
+            locals: Vec::new(),
+            set_headers: Vec::new(),
+            rewrite: None,
+            spent: Cell::new(0),
+            overrun: false,
+        };
+        let returned = match eval.block(&self.body) {
+            Ok(Flow::Return(v)) => v,
+            Ok(Flow::Next) => Val::Nil,
+            // The VM would spend as much again to reach the same end.
+            Err(Defer) if eval.overrun => return Ok(Err(super::budget_spent())),
+            Err(Defer) => return Err(Defer),
         };
         let action = match decision(returned)? {
             Ok(action) => action,
@@ -254,9 +266,26 @@ struct Eval<'a> {
     locals: Vec<Val<'a>>,
     set_headers: Vec<(String, String)>,
     rewrite: Option<String>,
+    /// Pattern steps, against the same budget as the VM's instructions.
+    spent: Cell<u64>,
+    /// The budget ran out: the rule fails (it is not handed to the VM).
+    overrun: bool,
 }
 
 impl<'a> Eval<'a> {
+    fn budget(&self) -> Budget<'_> {
+        Budget { spent: &self.spent, limit: super::INSTRUCTION_BUDGET }
+    }
+
+    /// A pattern's outcome; running out of budget ends the rule, anything else Lua would raise
+    /// goes to the VM.
+    fn searched<T>(&mut self, r: Result<T, MatchError>) -> Result<T, Defer> {
+        r.map_err(|e| {
+            self.overrun = e == MatchError::Budget;
+            Defer
+        })
+    }
+
     fn block(&mut self, body: &'a [Stmt]) -> Result<Flow<'a>, Defer> {
         for stmt in body {
             match stmt {
@@ -411,8 +440,8 @@ impl<'a> Eval<'a> {
                         let at = if given[1].truthy() || pattern::is_plain(text) {
                             pattern::find_plain(&s, text, start).map(|r| r.start)
                         } else {
-                            let found = pattern.as_ref().ok_or(Defer)?.search(&s, start).map_err(|_| Defer)?;
-                            found.map(|f| f.whole.start)
+                            let found = pattern.as_ref().ok_or(Defer)?.search(&s, start, self.budget());
+                            self.searched(found)?.map(|f| f.whole.start)
                         };
                         at.map_or(Val::Nil, |at| Val::Int(at as i64 + 1))
                     }
@@ -420,7 +449,8 @@ impl<'a> Eval<'a> {
                         let Some(start) = pattern::start_of(init_of(&given[0])?, s.len()) else {
                             return Ok(Val::Nil);
                         };
-                        match pattern.search(&s, start).map_err(|_| Defer)? {
+                        let found = pattern.search(&s, start, self.budget());
+                        match self.searched(found)? {
                             None => Val::Nil,
                             Some(found) => Val::Str(part(s, found.first_capture.unwrap_or(found.whole))),
                         }

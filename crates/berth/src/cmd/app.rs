@@ -139,7 +139,14 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
 #[derive(Debug, clap::Subcommand)]
 pub enum RulesAction {
     /// Check the script and put it in force (a script that does not compile is refused).
-    Set { file: PathBuf },
+    Set {
+        file: PathBuf,
+        /// What a request gets when the rule fails on it (a run-time error, a spent budget):
+        /// `open` serves it as if there were no rule, `closed` refuses it with 500. Unchanged
+        /// when not given (open at first).
+        #[arg(long, value_parser = clap::value_parser!(berth_api::RuleOnError))]
+        on_error: Option<berth_api::RuleOnError>,
+    },
     /// Print the script in force.
     Show,
     /// Remove the app's rules.
@@ -356,7 +363,7 @@ pub fn status_table(s: &AppStatus) -> String {
 async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let target = berth_api::RuleTarget::App(id.to_string());
     match action {
-        RulesAction::Set { file } => {
+        RulesAction::Set { file, on_error } => {
             let source =
                 std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
             let script = match berth_router::rules::Script::new(&source) {
@@ -371,21 +378,24 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
                     anyhow::bail!("{} does not compile; the rules in force are unchanged", file.display());
                 }
             };
-            let stored = client.set_rules(&target, &source).await?;
+            let stored = client.set_rules(&target, &source, on_error).await?;
             match ctx.format {
                 Format::Json => println!(
                     "{}",
-                    output::json(
-                        &serde_json::json!({"target": stored.target, "version": script.version(), "engine": script.engine()})
-                    )?
+                    output::json(&serde_json::json!({"target": stored.target, "version": script.version(),
+                                                      "engine": script.engine(), "on_error": stored.on_error}))?
                 ),
                 Format::Table => {
                     let engine = match script.engine() {
                         "native" => "runs natively",
                         _ => "runs in the Lua VM",
                     };
+                    let on_error = match stored.on_error {
+                        berth_api::RuleOnError::Open => "a request it fails on is served as if it had no rule",
+                        berth_api::RuleOnError::Closed => "a request it fails on is refused with 500",
+                    };
                     println!(
-                        "rules for {id} set (version {}, {engine}); routers apply them within a second",
+                        "rules for {id} set (version {}, {engine}; {on_error}); routers apply them within a second",
                         script.version()
                     )
                 }
