@@ -79,6 +79,7 @@ async fn run(
                         finished_at: Some(now_ms()),
                         ..report(id, InstanceState::Failed)
                     });
+                    driver.remove_leftovers(id, &services.cursors);
                     return;
                 }
             }
@@ -107,6 +108,8 @@ async fn run(
     let _ = ended_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), collector).await;
     sampler.abort();
+    // Its last lines are reported and its output collected: nothing of it is needed any more.
+    driver.remove_leftovers(id, &services.cursors);
 }
 
 /// Samples the instance's resource use every interval until it ends.

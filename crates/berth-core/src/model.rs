@@ -178,6 +178,11 @@ pub struct Backoff {
     pub failures: u32,
     /// No replacement is launched before this time.
     pub not_before: Millis,
+    /// When the last of those failures happened. Only an instance launched after it, ready
+    /// long enough, ends the backoff: a sibling that was healthy all along says nothing about
+    /// the slot that keeps failing.
+    #[serde(default)]
+    pub last_failure_at: Millis,
 }
 
 impl Backoff {
@@ -202,7 +207,7 @@ impl Backoff {
 
     pub fn after_failure(self, now: Millis) -> Backoff {
         let failures = self.failures.saturating_add(1);
-        Backoff { failures, not_before: now + Self::delay_ms(failures) }
+        Backoff { failures, not_before: now + Self::delay_ms(failures), last_failure_at: now }
     }
 }
 
@@ -442,7 +447,7 @@ mod tests {
         assert_eq!(Backoff::delay_ms(3), 1322);
         assert_eq!(Backoff::delay_ms(200), 300_000);
         let b = Backoff::default().after_failure(10_000).after_failure(20_000);
-        assert_eq!(b, Backoff { failures: 2, not_before: 21_150 });
+        assert_eq!(b, Backoff { failures: 2, not_before: 21_150, last_failure_at: 20_000 });
     }
 
     #[test]

@@ -201,9 +201,14 @@ fn reconcile_app(
 
     forget_old_terminal(instances, settings.keep_terminal, plan);
 
-    // A healthy stretch ends the launch backoff.
+    // A healthy stretch of an instance launched since the last failure ends the launch backoff;
+    // siblings that never failed do not, or a failing slot beside them would relaunch at once.
     if app.backoff.failures > 0 {
-        let steady_since = live.iter().filter(|i| i.is_ready()).filter_map(|i| i.started_at).min();
+        let steady_since = live
+            .iter()
+            .filter(|i| i.is_ready() && i.created_at > app.backoff.last_failure_at)
+            .filter_map(|i| i.started_at)
+            .min();
         match steady_since {
             Some(t) if now - t >= settings.backoff_reset_ms => {
                 plan.actions.push(Action::ResetBackoff { app: id.to_string() })

@@ -155,3 +155,57 @@ async fn crash_loop_backs_off_exponentially() {
     let table = p.cli_ok(&["app", "crashy"]).await;
     assert!(table.contains("crash loop") && table.contains("crashing on purpose"), "{table}");
 }
+
+/// `instances: 2` where one instance runs and the other always exits 1: the failing slot follows
+/// the backoff curve however long its sibling stays healthy (once the sibling had been healthy for
+/// 30 s, the backoff used to reset on every pass: hundreds of launches a second), and no launch
+/// leaves its directory behind, even across a restart.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_crash_looping_slot_backs_off_beside_a_healthy_sibling_and_leaves_nothing_behind() {
+    let mut p = Platform::start(BERTH.as_ref(), "exec").await;
+    let work = p.dir.path().join("loop");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = berth_testkit::image::testapp_binary();
+    // The first instance takes the lock and runs; every other launch finds it taken and exits 1.
+    let script = format!(
+        "date +%s%3N >> {w}/launches; mkdir {w}/lock 2>/dev/null && exec {b} || exit 1",
+        w = work.display(),
+        b = bin.display()
+    );
+    let spec = format!("group: ops\nname: loop\ndriver: exec\ninstances: 2\ncommand: [sh, -c, \"{script}\"]\n");
+    let file = p.write("loop.yaml", &spec);
+    let out = p.cli(&["deploy", "-f", &file, "--timeout", "2"]).await;
+    assert!(!out.status.success(), "one slot never runs");
+    let launches = || -> Vec<i64> {
+        std::fs::read_to_string(work.join("launches"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect()
+    };
+    let first = *launches().first().expect("launched");
+    // Watch past the 30 s after which a healthy sibling used to end the backoff, plus a window.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    tokio::time::sleep(Duration::from_millis(u64::try_from(first + 45_000 - now).unwrap_or(0))).await;
+    let all = launches();
+    let late = all.iter().filter(|t| **t - first > 35_000).count();
+    // By then the delay is several seconds a step: a handful of launches, not hundreds.
+    assert!(late <= 4, "{late} launches in the 10 s after 35 s of crash looping ({} in all)", all.len());
+    assert!(all.len() >= 8, "the failing slot is still retried: {} launches", all.len());
+    let exec = p.data_dir().join("agent").join("exec");
+    let dirs = || std::fs::read_dir(&exec).map(|d| d.count()).unwrap_or(0);
+    assert!(dirs() <= 2, "{} directories for {} launches", dirs(), all.len());
+
+    // A directory an earlier agent left behind is swept at start.
+    std::fs::create_dir_all(exec.join("left-behind")).unwrap();
+    std::fs::write(exec.join("left-behind").join("stdout.log"), "old\n").unwrap();
+    p.restart().await;
+    wait_until("the sweep at start", Duration::from_secs(20), || async {
+        (!exec.join("left-behind").exists()).then_some(())
+    })
+    .await;
+
+    p.cli_ok(&["app", "loop", "destroy"]).await;
+    wait_until("every directory gone with the app", Duration::from_secs(30), || async { (dirs() == 0).then_some(()) })
+        .await;
+}

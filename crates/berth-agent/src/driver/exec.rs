@@ -147,6 +147,8 @@ impl ExecDriver {
         Ok(())
     }
 
+    /// The processes that outlived the agent. The directories of those that did not are removed:
+    /// their instances are gone, and each launch leaves one.
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         let mut out = Vec::new();
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
@@ -154,11 +156,26 @@ impl ExecDriver {
         };
         for entry in entries.flatten() {
             let id = entry.file_name().to_string_lossy().to_string();
-            if let Some(pid) = self.alive(&id) {
-                out.push(Handle { instance: id, id: pid.to_string() });
+            match self.alive(&id) {
+                Some(pid) => out.push(Handle { instance: id, id: pid.to_string() }),
+                None => {
+                    if let Err(e) = std::fs::remove_dir_all(entry.path()) {
+                        tracing::warn!(instance = %id, error = %e, "removing an ended instance's directory failed");
+                    }
+                }
             }
         }
         Ok(out)
+    }
+
+    /// Removes an ended instance's directory (its output files), once its lines are collected.
+    pub fn remove(&self, id: &str) {
+        let dir = self.instance_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(instance = %id, error = %e, "removing an ended instance's directory failed");
+        }
     }
 
     /// Where an instance's output goes.

@@ -96,6 +96,17 @@ impl Driver {
         }
     }
 
+    /// Forgets an instance that has ended and whose output is collected: the exec driver's
+    /// directory, the Docker log cursor. Without this every launch leaves something behind.
+    pub fn remove_leftovers(&self, instance: &str, cursors: &std::path::Path) {
+        match self {
+            Driver::Docker(_) => {
+                let _ = std::fs::remove_file(cursors.join(instance));
+            }
+            Driver::Exec(d) => d.remove(instance),
+        }
+    }
+
     /// The last lines an ended instance wrote, for its failure report (cut to 200 bytes each).
     pub async fn tail(&self, handle: &Handle, lines: usize) -> Vec<String> {
         let all = match self {

@@ -119,7 +119,7 @@ fn scale_down_stops_the_least_useful_first() {
 #[test]
 fn failed_instances_are_replaced_after_backoff() {
     let mut a = app(1, 1, "");
-    a.backoff = Backoff { failures: 1, not_before: 3_000 };
+    a.backoff = Backoff { failures: 1, not_before: 3_000, last_failure_at: 2_000 };
     let mut dead = inst("a", 1, InstanceState::Failed);
     dead.finished_at = Some(2_000);
     let snap = Snapshot { apps: vec![a], instances: vec![dead], nodes: vec![node("n1")] };
@@ -394,4 +394,100 @@ fn blue_green_switches_at_once_and_keeps_the_old_set_for_the_window() {
     assert!(stops(&kept).is_empty(), "old set kept inside the window: {kept:?}");
     assert!(stops(&live_run(&snap, 61_999)).is_empty());
     assert_eq!(stops(&live_run(&snap, 62_000)), ["a", "bb"]);
+}
+
+/// Runs the planner every 100 ms over `seconds`, for an app with `healthy` instances that never
+/// fail and `failing` slots whose every instance exits `fail_after_ms` after launch, applying its
+/// moves as the server would. Returns the launch times of the failing slots.
+fn simulate_crash_loop(healthy: u32, failing: u32, fail_after_ms: i64, seconds: i64) -> Vec<Millis> {
+    let mut a = app(healthy + failing, 1, "");
+    let mut instances: Vec<Instance> = (0..healthy)
+        .map(|i| {
+            let mut x = inst(&format!("h{i}"), 1, InstanceState::Running);
+            x.created_at = -600_000;
+            x.started_at = Some(-600_000);
+            x.healthy_since = Some(-600_000);
+            x
+        })
+        .collect();
+    let settings = Settings { heartbeat_grace_until: 0, ..Settings::default() };
+    let mut launches = Vec::new();
+    let mut n = 0;
+    let mut node = node("n1");
+    for tick in 0..seconds * 10 {
+        let now = tick * 100;
+        node.last_heartbeat = now;
+        // Launched instances fail on time, as the agent reports them.
+        for x in instances.iter_mut().filter(|x| x.id.starts_with('f') && x.state.is_live()) {
+            if now >= x.created_at + fail_after_ms {
+                x.state = InstanceState::Failed;
+                x.finished_at = Some(now);
+                a.backoff = a.backoff.after_failure(now);
+            }
+        }
+        let snap = Snapshot { apps: vec![a.clone()], instances: instances.clone(), nodes: vec![node.clone()] };
+        for action in reconcile(&snap, now, settings).actions {
+            match action {
+                Action::Place { placement, .. } => {
+                    n += 1;
+                    let mut x = inst(&format!("f{n}"), 1, InstanceState::Running);
+                    x.host_ports = placement.host_ports;
+                    (x.created_at, x.started_at, x.healthy_since, x.in_service) = (now, Some(now), None, false);
+                    instances.push(x);
+                    launches.push(now);
+                }
+                Action::ResetBackoff { .. } => a.backoff = Backoff::default(),
+                Action::Forget { instance } => instances.retain(|x| x.id != instance),
+                _ => {}
+            }
+        }
+    }
+    launches
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+
+    /// Whatever healthy siblings do, each failing slot launches at most once per backoff step:
+    /// over the run, no more than the steps of the backoff curve that fit in it.
+    #[test]
+    fn backoff_holds_per_failing_slot_beside_healthy_siblings(
+        healthy in 0u32..4,
+        failing in 1u32..4,
+        fail_after_ms in 100i64..3_000,
+    ) {
+        let seconds = 120;
+        let launches = simulate_crash_loop(healthy, failing, fail_after_ms, seconds);
+        // Steps of the curve that fit in the run, counting each slot's own failures only (the
+        // app's counter grows faster when several slots fail, so this bounds from above).
+        let (mut steps, mut elapsed) = (1usize, 0i64);
+        while elapsed <= seconds * 1000 {
+            elapsed += Backoff::delay_ms(steps as u32) + fail_after_ms;
+            steps += 1;
+        }
+        let bound = failing as usize * steps;
+        proptest::prop_assert!(
+            launches.len() <= bound,
+            "{} launches for {failing} failing slot(s) beside {healthy} healthy, bound {bound}",
+            launches.len()
+        );
+        // And the failing slots do keep being retried: a crash loop is not given up on.
+        proptest::prop_assert!(launches.len() >= failing as usize * 3);
+    }
+}
+
+#[test]
+fn a_replacement_that_stays_healthy_ends_the_backoff() {
+    let mut a = app(2, 1, "");
+    a.backoff = Backoff { failures: 5, not_before: 9_000, last_failure_at: 1_000 };
+    let mut old = inst("old", 1, InstanceState::Running);
+    old.created_at = -100_000;
+    let mut fresh = inst("fresh", 1, InstanceState::Running);
+    (fresh.created_at, fresh.started_at) = (9_000, Some(9_000));
+    let reset = |plan: &Plan| has(plan, |a| matches!(a, Action::ResetBackoff { .. }));
+    let snap = Snapshot { apps: vec![a.clone()], instances: vec![old.clone()], nodes: vec![node("n1")] };
+    assert!(!reset(&live_run(&snap, 100_000)), "a sibling healthy all along does not end it");
+    let snap = Snapshot { apps: vec![a], instances: vec![old, fresh], nodes: vec![node("n1")] };
+    assert!(!reset(&live_run(&snap, 30_000)), "not before 30 s of health");
+    assert!(reset(&live_run(&snap, 39_000)), "the relaunched slot healthy for 30 s ends it");
 }

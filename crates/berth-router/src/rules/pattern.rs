@@ -176,13 +176,7 @@ impl Pattern {
 pub type Located = (Range<usize>, Vec<Cap>);
 
 /// `string.find(s, p, init, plain)`: the match and its captures, as lstrlib's `str_find_aux`.
-pub fn find(
-    s: &[u8],
-    p: &[u8],
-    init: i64,
-    plain: bool,
-    budget: Budget<'_>,
-) -> Result<Option<Located>, MatchError> {
+pub fn find(s: &[u8], p: &[u8], init: i64, plain: bool, budget: Budget<'_>) -> Result<Option<Located>, MatchError> {
     let Some(start) = start_of(init, s.len()) else { return Ok(None) };
     if plain || is_plain(p) {
         // A plain search is linear; charge it by what it scans.
