@@ -463,9 +463,18 @@ pub struct Chunked {
     state: ChunkState,
     size: u64,
     digits: u8,
+    /// Refuse a line ended by a bare LF (what a client sends must be exact; an upstream's answer
+    /// is taken as it comes).
+    strict: bool,
+    /// In a trailer line: the byte before was a CR.
+    last_cr: bool,
 }
 
 impl Chunked {
+    pub fn strict() -> Chunked {
+        Chunked { strict: true, ..Chunked::default() }
+    }
+
     pub fn done(&self) -> bool {
         self.state == ChunkState::Done
     }
@@ -477,6 +486,17 @@ impl Chunked {
         let mut i = 0;
         while i < input.len() && self.state != Done {
             let b = input[i];
+            if b == b'\n' && self.strict {
+                // In these states a line ends, and its LF must follow a CR.
+                let bare = match self.state {
+                    Size | Extension | DataCr | TrailerStart => true,
+                    TrailerLine => !self.last_cr,
+                    _ => false,
+                };
+                if bare {
+                    return Err(ChunkError("a line ended by a bare LF"));
+                }
+            }
             match self.state {
                 Size => match b {
                     b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
@@ -534,6 +554,7 @@ impl Chunked {
                     if b == b'\n' {
                         self.state = TrailerStart;
                     }
+                    self.last_cr = b == b'\r';
                 }
                 TrailerEndLf => {
                     if b != b'\n' {
@@ -668,6 +689,33 @@ mod tests {
             assert!(d.done());
             assert_eq!(out, b"hello world\r\n1234");
             assert_eq!(a + b, end, "stops at the end of the body (cut {cut})");
+        }
+    }
+
+    #[test]
+    fn a_clients_chunk_lines_must_end_in_crlf() {
+        let good = b"5\r\nhello\r\n0\r\nX-T: 1\r\n\r\n";
+        for cut in 0..good.len() {
+            let mut d = Chunked::strict();
+            let mut out = Vec::new();
+            let a = d.decode(&good[..cut], &mut out).unwrap();
+            d.decode(&good[a..], &mut out).unwrap();
+            assert!(d.done() && out == b"hello", "cut {cut}");
+        }
+        for bad in
+            [&b"5\nhello\r\n0\r\n\r\n"[..], b"5\r\nhello\n0\r\n\r\n", b"5;x\nhello", b"0\r\n\n", b"0\r\nX: 1\n\r\n"]
+        {
+            assert!(
+                Chunked::strict().decode(bad, &mut Vec::new()).is_err(),
+                "{}",
+                String::from_utf8_lossy(bad).escape_debug()
+            );
+            // An upstream's answer is taken as it comes.
+            assert!(
+                Chunked::default().decode(bad, &mut Vec::new()).is_ok(),
+                "{}",
+                String::from_utf8_lossy(bad).escape_debug()
+            );
         }
     }
 

@@ -494,6 +494,12 @@ impl Proxy {
                 return Ok(false);
             }
         };
+        // RFC 9112 3.2: more than one Host is refused; routers behind us could pick either.
+        if pairs.iter().filter(|(n, _)| n.eq_ignore_ascii_case(b"host")).count() > 1 {
+            refuse(out, 400, "bad request: more than one Host header");
+            send(io, out, self.send_timeout).await?;
+            return Ok(false);
+        }
         // An absolute-form target (`GET http://host/path`) names the host itself.
         let (host_value, target) = match absolute_form(raw_target) {
             Some((authority, path)) => (Some(authority), path),
@@ -869,7 +875,8 @@ async fn read_request_body<S: AsyncRead + Unpin>(
             }
         }
         Framing::Chunked => {
-            let mut decoder = h1::Chunked::default();
+            // A client's chunk lines must end in CRLF: a bare LF is how smuggling starts.
+            let mut decoder = h1::Chunked::strict();
             loop {
                 let used = match decoder.decode(buf.filled(), body) {
                     Ok(used) => used,

@@ -250,6 +250,18 @@ async fn the_wire_edge_cases_are_handled() {
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(seen.requests.lock().unwrap().is_empty(), "nothing reached the origin");
 
+    // Two Host headers (RFC 9112 3.2), and a chunk line ended by a bare LF: refused, never
+    // forwarded.
+    let answer = raw(addr, b"GET /cl HTTP/1.1\r\nHost: wire.test\r\nHost: other.test\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 400 ") && answer.contains("more than one Host"), "{answer}");
+    let answer = raw(
+        addr,
+        b"POST /echo HTTP/1.1\r\nHost: wire.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n3\nabc\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(seen.requests.lock().unwrap().is_empty(), "nothing reached the origin");
+
     // Two pipelined requests get two answers, in order.
     let answer = raw(
         addr,

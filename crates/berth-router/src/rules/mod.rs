@@ -434,6 +434,51 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
     Ok(l)
 }
 
+/// Headers that frame the request or belong to one connection: the router sets them, a rule may
+/// not (a rule's `Content-Length` would hang the request, its `Transfer-Encoding` corrupt it).
+const ROUTER_HEADERS: [&str; 9] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "upgrade",
+    "host",
+    "keep-alive",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
+
+/// Refuses what a rule may not send on: a header the router owns or that is not a valid field,
+/// and a rewrite that is not an origin-form path and query (no spaces, controls or fragment).
+fn checked(outcome: Outcome) -> Result<Outcome, RuleError> {
+    for (name, value) in &outcome.set_headers {
+        if !crate::h1::is_header_name(name.as_bytes()) {
+            return Err(RuleError::new(None, format!("set_header: `{}` is not a header name", name.escape_debug())));
+        }
+        if ROUTER_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
+            return Err(RuleError::new(None, format!("set_header: `{name}` is the router's to set, not a rule's")));
+        }
+        if !crate::h1::is_header_value(value.as_bytes()) {
+            return Err(RuleError::new(
+                None,
+                format!("set_header: the value of `{name}` holds a control character or non-ASCII byte"),
+            ));
+        }
+    }
+    if let Some(path) = &outcome.rewrite
+        && !(path.starts_with('/') && path.bytes().all(|c| (0x21..0x7f).contains(&c) && c != b'#'))
+    {
+        return Err(RuleError::new(
+            None,
+            format!(
+                "rewrite: `{}` is not a path and query (it starts with /, with no spaces, controls or #)",
+                path.escape_debug()
+            ),
+        ));
+    }
+    Ok(outcome)
+}
+
 /// Runs `script` for one request. A runtime error, a spent budget, or a suspension is an `Err`
 /// with its [`FailureKind`]; the caller applies the rule's `on_error` policy. A run that overruns
 /// suspends the script for a while, on every worker.
@@ -539,7 +584,7 @@ pub fn run_in_vm(script: &Script, req: &RequestView<'_>) -> Result<Outcome, Rule
             _ => Action::Pass,
         };
     }
-    Ok(outcome)
+    checked(outcome)
 }
 
 #[cfg(test)]
@@ -700,6 +745,34 @@ mod tests {
         let e = run(&s, &req("GET", "/")).unwrap_err();
         assert_eq!(e.kind, FailureKind::Overrun, "{e}");
         assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    }
+
+    /// What a rule sends on cannot corrupt the request: no injected line, no framing header.
+    #[test]
+    fn rules_cannot_corrupt_the_request_sent_on() {
+        for (source, says) in [
+            ("rewrite('/a HTTP/1.1\\r\\nX-Injected: yes\\r\\nX-Pad: x')", "rewrite"),
+            ("rewrite('no-slash')", "rewrite"),
+            ("rewrite('/a#frag')", "rewrite"),
+            ("set_header('Content-Length', '100')", "router's to set"),
+            ("set_header('Transfer-Encoding', 'chunked')", "router's to set"),
+            ("set_header('connection', 'close')", "router's to set"),
+            ("set_header('Host', 'evil.test')", "router's to set"),
+            ("set_header('Upgrade', 'websocket')", "router's to set"),
+            ("set_header('X-A', 'a\\r\\nX-B: b')", "control character"),
+            ("set_header('X A', 'b')", "not a header name"),
+            // The same refusals when the VM decides.
+            ("local t = {'Content-Length'} set_header(t[1], '100')", "router's to set"),
+            ("local t = {'nope'} rewrite(t[1])", "rewrite"),
+        ] {
+            let s = Script::new(source).unwrap();
+            let e = run(&s, &req("GET", "/")).unwrap_err();
+            assert!(e.message.contains(says), "{source}: {e}");
+            assert_eq!(e.kind, FailureKind::Error);
+        }
+        let s = Script::new("rewrite('/b?x=1&y=%20') set_header('X-Ok', 'fine value')").unwrap();
+        let o = run(&s, &req("GET", "/")).unwrap();
+        assert_eq!(o.rewrite.as_deref(), Some("/b?x=1&y=%20"));
     }
 
     #[test]

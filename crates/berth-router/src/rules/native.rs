@@ -221,7 +221,7 @@ impl Program {
             Ok(action) => action,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(Ok(Outcome { action, set_headers: eval.set_headers, rewrite: eval.rewrite }))
+        Ok(super::checked(Outcome { action, set_headers: eval.set_headers, rewrite: eval.rewrite }))
     }
 }
 
