@@ -131,7 +131,7 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
                 }
                 json!({"action": format!("{:?}", o.action), "rewrite": o.rewrite, "set_headers": o.set_headers})
             }
-            Err(e) => json!({"error": e.to_string(), "failure": format!("{:?}", e.kind).to_lowercase(),
+            Err(e) => json!({"error": e.to_string(), "failure": berth_api::RULE_FAILURES[e.kind.index()],
                              "on_error": loaded.on_error}),
         };
         rule = json!({

@@ -158,11 +158,7 @@ impl ExecDriver {
             let id = entry.file_name().to_string_lossy().to_string();
             match self.alive(&id) {
                 Some(pid) => out.push(Handle { instance: id, id: pid.to_string() }),
-                None => {
-                    if let Err(e) = std::fs::remove_dir_all(entry.path()) {
-                        tracing::warn!(instance = %id, error = %e, "removing an ended instance's directory failed");
-                    }
-                }
+                None => self.remove(&id),
             }
         }
         Ok(out)

@@ -68,12 +68,14 @@ impl RuleError {
     }
 }
 
+/// What a request that spent its budget is told, however it spent it (instructions or pattern
+/// steps).
+fn budget_message() -> String {
+    format!("instruction budget of {INSTRUCTION_BUDGET} exceeded")
+}
+
 fn budget_spent() -> RuleError {
-    RuleError {
-        line: None,
-        message: format!("instruction budget of {INSTRUCTION_BUDGET} exceeded"),
-        kind: FailureKind::Overrun,
-    }
+    RuleError { line: None, message: budget_message(), kind: FailureKind::Overrun }
 }
 
 /// What a script decided for one request.
@@ -396,7 +398,7 @@ fn loaded(script: &Script) -> Result<Rc<Loaded>, RuleError> {
     lua.set_hook(HookTriggers::new().every_nth_instruction(HOOK_EVERY), move |_, _| {
         counter.set(counter.get() + u64::from(HOOK_EVERY));
         if counter.get() > INSTRUCTION_BUDGET {
-            Err(mlua::Error::RuntimeError(format!("instruction budget of {INSTRUCTION_BUDGET} exceeded")))
+            Err(mlua::Error::RuntimeError(budget_message()))
         } else if since.get().elapsed() > TIME_LIMIT {
             Err(mlua::Error::RuntimeError(format!("time limit of {} ms exceeded", TIME_LIMIT.as_millis())))
         } else {
@@ -555,9 +557,9 @@ pub fn run_in_vm(script: &Script, req: &RequestView<'_>) -> Result<Outcome, Rule
     if l.spent.get() > INSTRUCTION_BUDGET || l.started.get().elapsed() > TIME_LIMIT {
         let message = match &returned {
             Err(e) => rule_error(e).message,
-            Ok(_) => format!("instruction budget of {INSTRUCTION_BUDGET} exceeded"),
+            Ok(_) => budget_message(),
         };
-        return Err(RuleError { line: None, message, kind: FailureKind::Overrun });
+        return Err(RuleError { message, ..budget_spent() });
     }
     let (result, rewrite, joined, fields) = returned.map_err(|e| rule_error(&e))?;
     let mut outcome = Outcome { rewrite, ..Outcome::default() };

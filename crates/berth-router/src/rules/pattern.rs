@@ -41,11 +41,11 @@ impl MatchError {
     }
 
     /// The message Lua gives, or the budget's.
-    pub fn message(&self, budget: u64) -> String {
+    pub fn message(&self) -> String {
         match self {
             MatchError::Lua(m) => m.clone(),
             MatchError::TooComplex => "pattern too complex".into(),
-            MatchError::Budget => format!("instruction budget of {budget} exceeded"),
+            MatchError::Budget => super::budget_message(),
             MatchError::Memory => "not enough memory".into(),
         }
     }

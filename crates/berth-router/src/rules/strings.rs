@@ -52,7 +52,7 @@ impl From<MatchError> for Raised {
     fn from(e: MatchError) -> Raised {
         match e {
             MatchError::Budget | MatchError::Memory => Raised::Abort(abort(&e)),
-            MatchError::Lua(_) | MatchError::TooComplex => Raised::Fail(e.message(0), true),
+            MatchError::Lua(_) | MatchError::TooComplex => Raised::Fail(e.message(), true),
         }
     }
 }
@@ -65,8 +65,8 @@ impl From<mlua::Error> for Raised {
 
 fn abort(e: &MatchError) -> mlua::Error {
     match e {
-        MatchError::Memory => mlua::Error::MemoryError(e.message(super::INSTRUCTION_BUDGET)),
-        _ => mlua::Error::RuntimeError(e.message(super::INSTRUCTION_BUDGET)),
+        MatchError::Memory => mlua::Error::MemoryError(e.message()),
+        _ => mlua::Error::RuntimeError(e.message()),
     }
 }
 
@@ -95,8 +95,7 @@ pub fn install(lua: &Lua, spent: Rc<Cell<u64>>, limit: u64) -> mlua::Result<()> 
         lua,
         &fail,
         Rc::new(move |lua, args| {
-            let (s, p) = (string_arg(lua, &args, 1, "find")?, string_arg(lua, &args, 2, "find")?);
-            let init = integer_arg(lua, &args, 3, 1, "find")?;
+            let (s, p, init) = subject_pattern_init(lua, &args, "find")?;
             let plain = args.get(3).is_some_and(truthy);
             let (s, p) = (s.as_bytes(), p.as_bytes());
             let budget = Budget { spent: &counter, limit };
@@ -115,8 +114,7 @@ pub fn install(lua: &Lua, spent: Rc<Cell<u64>>, limit: u64) -> mlua::Result<()> 
         lua,
         &fail,
         Rc::new(move |lua, args| {
-            let (s, p) = (string_arg(lua, &args, 1, "match")?, string_arg(lua, &args, 2, "match")?);
-            let init = integer_arg(lua, &args, 3, 1, "match")?;
+            let (s, p, init) = subject_pattern_init(lua, &args, "match")?;
             let (s, p) = (s.as_bytes(), p.as_bytes());
             let budget = Budget { spent: &counter, limit };
             let Some(caps) = pattern::lua_match(&s, &p, init, budget)? else {
@@ -131,8 +129,7 @@ pub fn install(lua: &Lua, spent: Rc<Cell<u64>>, limit: u64) -> mlua::Result<()> 
         lua,
         &fail,
         Rc::new(move |lua, args| {
-            let (s, p) = (string_arg(lua, &args, 1, "gmatch")?, string_arg(lua, &args, 2, "gmatch")?);
-            let init = integer_arg(lua, &args, 3, 1, "gmatch")?;
+            let (s, p, init) = subject_pattern_init(lua, &args, "gmatch")?;
             let state = RefCell::new(GMatch::new(s.as_bytes().len(), init));
             let counter = counter.clone();
             let step = function(
@@ -282,6 +279,11 @@ fn string_arg(lua: &Lua, args: &MultiValue, n: usize, f: &str) -> Result<LuaStri
             f,
         )),
     }
+}
+
+/// The arguments `find`, `match` and `gmatch` start with: a subject, a pattern, and `init`.
+fn subject_pattern_init(lua: &Lua, args: &MultiValue, f: &str) -> Result<(LuaString, LuaString, i64), Raised> {
+    Ok((string_arg(lua, args, 1, f)?, string_arg(lua, args, 2, f)?, integer_arg(lua, args, 3, 1, f)?))
 }
 
 /// `luaL_optinteger`: nil or absent is `default`; a float or numeric string must be integral.
