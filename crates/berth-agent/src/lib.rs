@@ -4,6 +4,7 @@
 pub mod driver;
 pub mod logs;
 pub mod metrics;
+pub mod ports;
 mod report;
 mod runner;
 
@@ -11,7 +12,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use berth_api::{Assignment, Client, ClientError, InstanceReport, RegisterRequest};
+use berth_api::{Assignment, Client, ClientError, HeartbeatRequest, InstanceReport, RegisterRequest};
 use berth_core::spec::DriverKind;
 use berth_core::{Desired, InstanceState, Resources};
 use tokio::sync::{mpsc, watch};
@@ -153,6 +154,7 @@ impl Agent {
             metrics_interval: config.metrics_interval,
             node: id.clone(),
             cursors: dir.join("log-cursors"),
+            taken: ports::TakenPorts::default(),
         };
         let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, services, shutdown_rx));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
@@ -250,7 +252,8 @@ async fn run(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = beat.tick() => {
-                if let Err(e) = client.heartbeat(&node).await {
+                let beat = HeartbeatRequest { taken_ports: Some(services.taken.recheck()) };
+                if let Err(e) = client.heartbeat(&node, &beat).await {
                     if matches!(e.status(), Some(404 | 410)) {
                         register(&client, &req, &mut shutdown).await;
                     } else {

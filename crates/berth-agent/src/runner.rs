@@ -5,10 +5,12 @@ use std::time::{Duration, Instant};
 
 use berth_api::{Assignment, Client, InstanceReport};
 use berth_core::InstanceState;
+use berth_core::spec::DriverKind;
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::{Driver, Handle, instance_env};
 use crate::logs::{LogSink, Origin};
+use crate::ports::{self, TakenPorts};
 use crate::report::Reporter;
 use berth_api::probe as health;
 
@@ -26,6 +28,18 @@ pub(crate) fn report(id: &str, state: InstanceState) -> InstanceReport {
         started_at: None,
         finished_at: None,
         last_log: Vec::new(),
+        taken_ports: Vec::new(),
+    }
+}
+
+/// A failed start because another process holds some of the instance's ports.
+fn port_taken(id: &str, held: Vec<u16>) -> InstanceReport {
+    let list: Vec<String> = held.iter().map(u16::to_string).collect();
+    InstanceReport {
+        reason: Some(format!("host port {} held by another process on this node", list.join(", "))),
+        finished_at: Some(now_ms()),
+        taken_ports: held,
+        ..report(id, InstanceState::Failed)
     }
 }
 
@@ -52,7 +66,6 @@ async fn run(
     stop: &mut watch::Receiver<bool>,
     services: &Services,
 ) {
-    let client = &services.client;
     let id = a.instance.id.as_str();
     let grace = a.spec.stop_timeout.as_duration();
     let was_adopted = adopted.is_some();
@@ -62,6 +75,13 @@ async fn run(
             h
         }
         None => {
+            let held = ports::held(&a.instance.host_ports);
+            if !held.is_empty() {
+                tracing::warn!(instance = id, ports = ?held, "host ports held by another process; not starting");
+                services.taken.add(&held);
+                reports.send(port_taken(id, held));
+                return;
+            }
             let env = instance_env(a, driver.kind());
             let started = tokio::select! {
                 started = driver.start(a, &env) => started,
@@ -74,6 +94,14 @@ async fn run(
                 Ok(h) => h,
                 Err(e) => {
                     tracing::warn!(instance = id, error = %e, "start failed");
+                    // Taken between the check and the start (Docker's proxy could not bind).
+                    let held = ports::held(&a.instance.host_ports);
+                    if !held.is_empty() {
+                        services.taken.add(&held);
+                        reports.send(port_taken(id, held));
+                        driver.remove_leftovers(id, &services.cursors);
+                        return;
+                    }
                     reports.send(InstanceReport {
                         reason: Some(e.to_string()),
                         finished_at: Some(now_ms()),
@@ -103,7 +131,7 @@ async fn run(
     let collector = driver.collect_logs(&handle, origin, services.logs.clone(), ended_rx.clone(), &services.cursors);
     let sampler =
         tokio::spawn(sample(driver.clone(), handle.clone(), a.instance.app.clone(), services.clone(), ended_rx));
-    run_to_end(a, driver, &handle, reports, stop, client, &base, was_adopted, grace).await;
+    run_to_end(a, driver, &handle, reports, stop, services, &base, was_adopted, grace).await;
     // The last lines are read before the collector goes.
     let _ = ended_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), collector).await;
@@ -132,7 +160,7 @@ async fn run_to_end(
     handle: &Handle,
     reports: &Reporter,
     stop: &mut watch::Receiver<bool>,
-    client: &Client,
+    services: &Services,
     base: &InstanceReport,
     was_adopted: bool,
     grace: Duration,
@@ -146,14 +174,30 @@ async fn run_to_end(
             let reason = exit.describe();
             tracing::info!(instance = id, %reason, "instance ended");
             let last_log = driver.tail(handle, LAST_LOG_LINES).await;
-            reports.send(InstanceReport {
-                exit_code: exit.exit_code,
-                oom_killed: exit.oom_killed,
-                reason: Some(reason),
-                last_log,
-                finished_at: Some(now_ms()),
-                ..base.clone().with_state(InstanceState::Failed)
-            });
+            // A process binds its ports itself: one that lost a port to another process between
+            // the check and its bind exits, and the port is still held now that it is gone.
+            let held = if driver.kind() == DriverKind::Exec { ports::held(&a.instance.host_ports) } else { Vec::new() };
+            if !held.is_empty() {
+                services.taken.add(&held);
+                let taken = port_taken(id, held);
+                reports.send(InstanceReport {
+                    exit_code: exit.exit_code,
+                    last_log,
+                    reason: taken.reason,
+                    finished_at: taken.finished_at,
+                    taken_ports: taken.taken_ports,
+                    ..base.clone().with_state(InstanceState::Failed)
+                });
+            } else {
+                reports.send(InstanceReport {
+                    exit_code: exit.exit_code,
+                    oom_killed: exit.oom_killed,
+                    reason: Some(reason),
+                    last_log,
+                    finished_at: Some(now_ms()),
+                    ..base.clone().with_state(InstanceState::Failed)
+                });
+            }
             // Clear what the runtime keeps of it (a stopped container).
             let _ = driver.stop(handle, Duration::from_millis(1)).await;
         }
@@ -169,7 +213,7 @@ async fn run_to_end(
             // Routers stop choosing a stopping instance at once; what they already sent finishes
             // before the signal.
             if !a.instance.host_ports.is_empty() {
-                wait_for_drain(client, id, a.spec.drain_timeout.as_duration()).await;
+                wait_for_drain(&services.client, id, a.spec.drain_timeout.as_duration()).await;
             }
             if let Err(e) = driver.stop(handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
@@ -188,6 +232,7 @@ pub struct Services {
     pub metrics_interval: Duration,
     pub node: String,
     pub cursors: std::path::PathBuf,
+    pub taken: TakenPorts,
 }
 
 /// Waits until every router has stopped sending the instance requests and has none in flight to

@@ -225,6 +225,19 @@ pub struct InstanceReport {
     /// The last lines a failed instance wrote.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_log: Vec<String>,
+    /// The instance could not start because another process holds these of its host ports:
+    /// a placement failure, not a crash of the app.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub taken_ports: Vec<u16>,
+}
+
+/// What an agent says with each heartbeat.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeartbeatRequest {
+    /// Every port of the node's range it last found held by another process. Absent from an
+    /// older agent, which leaves the node's record as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub taken_ports: Option<Vec<u16>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -513,8 +526,8 @@ impl Client {
         Ok(self.post("/v1/nodes", req).await?.value)
     }
 
-    pub async fn heartbeat(&self, node: &str) -> Result<(), ClientError> {
-        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/heartbeat"), &serde_json::json!({})).await?;
+    pub async fn heartbeat(&self, node: &str, beat: &HeartbeatRequest) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/heartbeat"), beat).await?;
         Ok(())
     }
 

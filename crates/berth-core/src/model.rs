@@ -1,6 +1,6 @@
 //! The records Berth keeps: apps and their versions (desired), instances and nodes (actual), events.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
@@ -389,6 +389,10 @@ pub struct Node {
     pub status: NodeStatus,
     pub registered_at: Millis,
     pub last_heartbeat: Millis,
+    /// Ports of the node's range that another process holds, as its agent last found them:
+    /// never handed to an instance until the agent finds them free again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub taken_ports: BTreeSet<u16>,
 }
 
 impl Node {
@@ -473,6 +477,7 @@ mod tests {
             status: NodeStatus::Ready,
             registered_at: 0,
             last_heartbeat: 0,
+            taken_ports: Default::default(),
         };
         assert!(node.driver_for(&spec).is_err(), "image-only app needs docker");
         node.drivers = vec![DriverKind::Docker, DriverKind::Exec];

@@ -135,9 +135,12 @@ fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<
     }
     let wanted = ports_needed(spec, driver);
     let (low, high) = node.resources.ports;
-    let host_ports: Vec<u16> = (low..=high).filter(|p| !used.ports.contains(p)).take(wanted).collect();
+    let free = |p: &u16| !used.ports.contains(p) && !node.taken_ports.contains(p);
+    let host_ports: Vec<u16> = (low..=high).filter(free).take(wanted).collect();
     if host_ports.len() < wanted {
-        return Err(format!("ports: {} free in {low}-{high}, {wanted} needed", host_ports.len()));
+        let held = node.taken_ports.range(low..=high).count();
+        let held = if held > 0 { format!(" ({held} held by other processes)") } else { String::new() };
+        return Err(format!("ports: {} free in {low}-{high}{held}, {wanted} needed", host_ports.len()));
     }
     Ok(Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports })
 }
@@ -159,6 +162,7 @@ mod tests {
             status: NodeStatus::Ready,
             registered_at: 0,
             last_heartbeat: 0,
+            taken_ports: Default::default(),
         }
     }
 
@@ -220,5 +224,17 @@ mod tests {
         full.ports.extend(30000..=30008);
         let why = place("g/web", &spec(""), &[&a], &HashMap::from([("a".to_string(), full)])).unwrap_err();
         assert!(why[0].contains("ports: 1 free"), "{why:?}");
+    }
+
+    #[test]
+    fn ports_held_by_other_processes_are_never_handed_out() {
+        let mut a = node("a", 8.0);
+        a.taken_ports.extend([30000, 30002]);
+        let s = spec("");
+        let p = place("g/web", &s, &[&a], &HashMap::new()).unwrap();
+        assert_eq!(p.host_ports, vec![30001, 30003]);
+        a.taken_ports.extend(30003..=30009);
+        let why = place("g/web", &s, &[&a], &HashMap::new()).unwrap_err();
+        assert!(why[0].contains("ports: 1 free in 30000-30009 (9 held by other processes), 2 needed"), "{why:?}");
     }
 }

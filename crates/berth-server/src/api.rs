@@ -1,7 +1,7 @@
 //! `/v1` handlers. Every write is one compare-and-swap transaction: acknowledged means durable,
 //! rejected means nothing changed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
 use axum::Router;
@@ -11,8 +11,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use berth_api::{
-    AppStatus, Assignment, Assignments, DeployRequest, DeployResponse, ErrorBody, INDEX_HEADER, InstanceView,
-    RegisterRequest, ReportRequest, ScaleRequest, UpgradeRequest,
+    AppStatus, Assignment, Assignments, DeployRequest, DeployResponse, ErrorBody, HeartbeatRequest, INDEX_HEADER,
+    InstanceView, RegisterRequest, ReportRequest, ScaleRequest, UpgradeRequest,
 };
 use berth_core::{
     App, AppSpec, AppVersion, Backoff, DeploymentKind, DeploymentState, Dur, Instance, InstanceState, Level, Node,
@@ -621,6 +621,8 @@ async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Re
             status: NodeStatus::Ready,
             registered_at: existing.as_ref().map_or(now, |v| v.value.registered_at),
             last_heartbeat: now,
+            // The agent's next heartbeat says which are still held.
+            taken_ports: existing.as_ref().map(|v| v.value.taken_ports.clone()).unwrap_or_default(),
         };
         let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
         let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();
@@ -646,14 +648,38 @@ async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Re
     Err(ApiError::new(StatusCode::CONFLICT, "node record is changing too fast; retry"))
 }
 
-async fn heartbeat(AxState(shared): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
-    let node = shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
-    let now = now_ms();
-    if node.value.status == NodeStatus::Down {
-        // A lost node is back: it must register again so its record and resources are fresh.
-        return Err(ApiError::new(StatusCode::GONE, format!("node {id} was marked lost; register again")));
+async fn heartbeat(AxState(shared): AxState<Shared>, Path(id): Path<String>, body: Bytes) -> ApiResult<Response> {
+    let beat: HeartbeatRequest = if body.is_empty() { HeartbeatRequest::default() } else { parse_json(&body)? };
+    for _ in 0..8 {
+        let node = shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
+        let now = now_ms();
+        if node.value.status == NodeStatus::Down {
+            // A lost node is back: it must register again so its record and resources are fresh.
+            return Err(ApiError::new(StatusCode::GONE, format!("node {id} was marked lost; register again")));
+        }
+        lock(&shared.heartbeats).insert(id.clone(), now);
+        let Some(taken) = beat.taken_ports.as_ref().map(|t| t.iter().copied().collect::<BTreeSet<u16>>()) else {
+            break;
+        };
+        if taken == node.value.taken_ports {
+            break;
+        }
+        // Only what changed is written: most heartbeats touch nothing in the store.
+        let freed: Vec<String> = node.value.taken_ports.difference(&taken).map(u16::to_string).collect();
+        let mut next = node.value.clone();
+        next.taken_ports = taken;
+        let mut txn = Txn::default().expect(node_key(&id), node.mod_revision).put(node_key(&id), encode(&next));
+        if !freed.is_empty() {
+            let msg =
+                format!("port(s) {} no longer held by another process: free for instances again", freed.join(", "));
+            txn = shared.state.with_event(txn, now, Level::Info, "node.ports_freed", Subject::node(&id), msg);
+        }
+        match shared.state.commit(txn) {
+            Ok(_) => break,
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
     }
-    lock(&shared.heartbeats).insert(id, now);
     Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
 }
 
@@ -705,6 +731,7 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
         let mut txn = Txn::default();
         let mut backoffs: HashMap<String, (App, u64)> = HashMap::new();
         let mut restarted: Vec<String> = Vec::new();
+        let mut taken: BTreeSet<u16> = BTreeSet::new();
         for report in &req.reports {
             let Some(current) = shared.state.instance(&report.id)? else {
                 continue;
@@ -741,8 +768,16 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
             }
             txn = txn.expect(instance_key(&inst.id), current.mod_revision).put(instance_key(&inst.id), encode(&inst));
             let subject = Subject::instance(&inst.app, &inst.id, &node);
+            // Another process holds one of its ports: the placement failed, the app did not.
+            let port_taken = inst.state == InstanceState::Failed && !report.taken_ports.is_empty();
+            if port_taken {
+                taken.extend(report.taken_ports.iter().copied());
+            }
             if before.state != inst.state {
                 let (level, kind, msg) = match inst.state {
+                    InstanceState::Failed if port_taken => {
+                        (Level::Warn, "instance.port_taken", format!("{}; placing it again", failure_text(&inst)))
+                    }
                     InstanceState::Failed if inst.oom_killed => {
                         (Level::Error, "instance.oom_killed", failure_text(&inst))
                     }
@@ -760,7 +795,7 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
                 };
                 txn = shared.state.with_event(txn, now, level, kind, subject, msg);
                 // A failure the platform did not ask for slows the next launch.
-                if inst.state == InstanceState::Failed && inst.desired == berth_core::Desired::Run {
+                if inst.state == InstanceState::Failed && inst.desired == berth_core::Desired::Run && !port_taken {
                     if !backoffs.contains_key(&inst.app)
                         && let Some(app) = shared.state.app(&inst.app)?
                     {
@@ -777,6 +812,15 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
         }
         for (id, (app, rev)) in backoffs {
             txn = txn.expect(app_key(&id), rev).put(app_key(&id), encode(&app));
+        }
+        // In the same commit as the failure, so the next placement already steers clear of them.
+        if !taken.is_empty()
+            && let Some(current) = shared.state.node(&node)?
+            && !taken.is_subset(&current.value.taken_ports)
+        {
+            let mut next = current.value.clone();
+            next.taken_ports.extend(taken);
+            txn = txn.expect(node_key(&node), current.mod_revision).put(node_key(&node), encode(&next));
         }
         if txn.is_empty() {
             break;

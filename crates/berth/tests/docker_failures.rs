@@ -124,3 +124,35 @@ async fn server_killed_mid_deploy_resumes_without_duplicates() {
         "each live instance is one container, no duplicates"
     );
 }
+
+/// A host port another process listens on is never published for a container: the instance
+/// lands on another port at once, with no failed container and no crash loop.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_held_host_port_is_skipped_for_containers() {
+    let Some(docker) = docker_or_skip("a_held_host_port_is_skipped_for_containers").await else {
+        return;
+    };
+    let images = test_images(&docker).await;
+    let p = Platform::start(BERTH.as_ref(), "docker").await;
+    let held_port = p.ports.0;
+    let _held = std::net::TcpListener::bind(("127.0.0.1", held_port)).expect("hold a port");
+    let file = p.write(
+        "berth.yaml",
+        &format!(
+            "group: ops\nname: held\nimage: {}\ninstances: 2\nports: [8080]\nupgrade:\n  min_healthy_time: 0s\n",
+            images.v1
+        ),
+    );
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
+    let live = p.live("held").await;
+    assert_eq!(live.len(), 2);
+    for inst in &live {
+        let address = inst["address"].as_str().unwrap();
+        assert!(!address.ends_with(&format!(":{held_port}")), "{live:?}");
+        let answer = reqwest::get(format!("http://{address}/")).await.expect("the container answers");
+        assert_eq!(answer.status(), 200);
+    }
+    let events = p.cli_ok(&["events", "--app", "held"]).await;
+    assert!(events.contains("instance.port_taken") && !events.contains("instance.failed"), "{events}");
+    assert!(p.status("held").await.get("crash_loop").is_none());
+}

@@ -209,3 +209,53 @@ async fn a_crash_looping_slot_backs_off_beside_a_healthy_sibling_and_leaves_noth
     wait_until("every directory gone with the app", Duration::from_secs(30), || async { (dirs() == 0).then_some(()) })
         .await;
 }
+
+/// Ports of the range that another process listens on are found when an instance is to start
+/// there, reported, and never handed out again while held: the instances land elsewhere at once,
+/// with no crash loop and no backoff, and the ports come back once the other process lets go.
+#[tokio::test(flavor = "multi_thread")]
+async fn ports_held_by_another_process_are_skipped_not_crash_looped() {
+    let marker = format!("held-{}", std::process::id());
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let (a, b) = (p.ports.0, p.ports.0 + 2);
+    let held: Vec<std::net::TcpListener> =
+        [a, b].iter().map(|port| std::net::TcpListener::bind(("127.0.0.1", *port)).expect("hold a port")).collect();
+    let file = p.write("berth.yaml", &spec(&marker, 3));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    let live = p.live("plain").await;
+    assert_eq!(live.len(), 3);
+    for inst in &live {
+        let address = inst["address"].as_str().unwrap();
+        let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
+        assert!(port != a && port != b, "an instance got held port {port}: {live:?}");
+        assert_eq!(answer(address).await["instance"], inst["id"]);
+    }
+    let status = p.status("plain").await;
+    assert!(status.get("crash_loop").is_none(), "a held port is not the app's crash: {status}");
+    let events = p.get("/v1/events?limit=1000").await.unwrap();
+    let kinds: Vec<&str> = events.as_array().unwrap().iter().filter_map(|e| e["kind"].as_str()).collect();
+    let taken = kinds.iter().filter(|k| **k == "instance.port_taken").count();
+    assert!((1..=2).contains(&taken), "each held port costs at most one launch: {kinds:?}");
+    assert!(!kinds.contains(&"instance.failed"), "{kinds:?}");
+    let node_taken = |nodes: &Value| -> Vec<u64> {
+        nodes[0]["taken_ports"].as_array().map(|a| a.iter().filter_map(Value::as_u64).collect()).unwrap_or_default()
+    };
+    let nodes = p.get("/v1/nodes").await.unwrap();
+    let recorded = node_taken(&nodes);
+    assert!(!recorded.is_empty() && recorded.iter().all(|t| *t == a as u64 || *t == b as u64), "{nodes}");
+
+    // The other process lets go: the next heartbeat finds the ports free and they are handed out again.
+    drop(held);
+    wait_until("the node's held ports to clear", Duration::from_secs(20), || async {
+        node_taken(&p.get("/v1/nodes").await.ok()?).is_empty().then_some(())
+    })
+    .await;
+    p.cli_ok(&["app", "plain", "scale", "5", "--timeout", "30"]).await;
+    let ports: Vec<u16> = p
+        .live("plain")
+        .await
+        .iter()
+        .map(|i| i["address"].as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap())
+        .collect();
+    assert!(ports.contains(&a) && ports.contains(&b), "freed ports are used again: {ports:?}");
+}

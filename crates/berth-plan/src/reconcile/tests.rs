@@ -16,6 +16,7 @@ fn node(id: &str) -> Node {
         status: NodeStatus::Ready,
         registered_at: 0,
         last_heartbeat: 1_000,
+        taken_ports: Default::default(),
     }
 }
 

@@ -31,6 +31,7 @@ pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                                 format!("{:.2}/{}", n.allocated.cpu, n.node.resources.cpu),
                                 format!("{}/{} MiB", n.allocated.memory, n.node.resources.memory),
                                 n.instances.to_string(),
+                                ports(&n.node),
                                 ago(n.node.last_heartbeat),
                             ]
                         })
@@ -47,6 +48,7 @@ pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                                 "CPU",
                                 "MEMORY",
                                 "INSTANCES",
+                                "PORTS",
                                 "HEARTBEAT"
                             ],
                             rows
@@ -55,6 +57,18 @@ pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 }
             }
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The node's host-port range, and those of it another process holds.
+fn ports(node: &berth_core::Node) -> String {
+    let (low, high) = node.resources.ports;
+    match node.taken_ports.len() {
+        0 => format!("{low}-{high}"),
+        _ => {
+            let held: Vec<String> = node.taken_ports.iter().map(u16::to_string).collect();
+            format!("{low}-{high} (held: {})", held.join(","))
         }
     }
 }
