@@ -836,6 +836,13 @@ pub struct RouteSnapshot {
     pub apps: Vec<RouteApp>,
     pub upstreams: Vec<StaticUpstream>,
     pub rules: Vec<RuleScript>,
+    /// Every app answers as `NAME.GROUP.<domain>`, unless a router is given its own.
+    #[serde(default = "default_domain")]
+    pub domain: String,
+}
+
+fn default_domain() -> String {
+    "berth.local".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 //! Berth's vocabulary: the app spec and the records the platform keeps. Pure types, no I/O.
 
 pub mod duration;
+pub mod hosts;
 pub mod model;
 pub mod sink;
 pub mod spec;

@@ -699,9 +699,13 @@ impl AppSpec {
                 fail("zones", format!("zone `{zone}`: {why}"));
             }
         }
-        for service in &self.services {
+        let mut hosts = std::collections::BTreeSet::new();
+        for (i, service) in self.services.iter().enumerate() {
             if let Err(why) = check_service(service, self.reachable_ports()) {
                 fail("services", why);
+            } else if !hosts.insert(crate::hosts::service_host(service)) {
+                // One host reaches one port: a second entry would silently win over the first.
+                fail(&format!("services[{i}]"), format!("host of `{service}` is already listed"));
             }
         }
         if let Some(health) = &self.health {
@@ -988,7 +992,11 @@ fn locate(places: &[(String, u64, u64)], field: &str) -> Option<(u64, u64)> {
         if let Some((_, l, c)) = places.iter().find(|(k, _, _)| k == path) {
             return Some((*l, *c));
         }
-        path = path.rsplit_once('.')?.0;
+        // `services[1]`: list entries are not located, their key is.
+        path = match path.strip_suffix(']').and_then(|p| p.rsplit_once('[')) {
+            Some((parent, _)) => parent,
+            None => path.rsplit_once('.')?.0,
+        };
     }
 }
 

@@ -62,7 +62,8 @@ pub struct RouterConfig {
     pub admin: String,
     pub admin_token: Option<String>,
     pub zone: String,
-    pub domain: String,
+    /// Every app answers as `NAME.GROUP.<domain>`; none: the server's.
+    pub domain: Option<String>,
     /// JSON-lines access log; none when unset.
     pub access_log: Option<PathBuf>,
     /// How big the access log grows before it rotates, and how many files are kept (the
@@ -446,7 +447,10 @@ impl Router {
         let registry = Arc::new(Registry::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(0u64);
-        let scope = Scope { zone: config.zone.clone(), domain: config.domain.trim_matches('.').to_ascii_lowercase() };
+        let scope = Scope {
+            zone: config.zone.clone(),
+            domain: config.domain.as_deref().map(|d| d.trim_matches('.').to_ascii_lowercase()),
+        };
         tasks.push(tokio::spawn(discovery::follow(
             client.clone(),
             proxy.clone(),
@@ -477,7 +481,7 @@ impl Router {
         let admin_state =
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
         tasks.push(tokio::spawn(serve(admin, move |req| admin_state.clone().handle(req), shutdown_rx)));
-        tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = %config.domain, "berth router listening");
+        tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = config.domain.as_deref().unwrap_or("the server's"), "berth router listening");
         Ok(Router { http_addr, https_addr, admin_addr, shutdown, tasks, workers })
     }
 

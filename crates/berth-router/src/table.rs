@@ -380,8 +380,8 @@ impl Registry {
 #[derive(Debug, Clone)]
 pub struct Scope {
     pub zone: String,
-    /// Wildcard domain: every app answers as `NAME.GROUP.<domain>`.
-    pub domain: String,
+    /// Wildcard domain: every app answers as `NAME.GROUP.<domain>`; none: the server's.
+    pub domain: Option<String>,
 }
 
 /// Builds the table for `scope` from a route snapshot.
@@ -395,6 +395,11 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
         live_targets.insert(target.clone());
         registry.rules(&target, script)
     };
+    let domain = scope.domain.as_deref().unwrap_or(&snapshot.domain);
+    // An app's own name is its own: no service or upstream can take it, whatever the snapshot
+    // says (the server refuses such claims; this holds against an older or confused one).
+    let own_name = |app: &berth_api::RouteApp| format!("{}.{}.{domain}", app.name, app.group);
+    let reserved: HashSet<String> = snapshot.apps.iter().map(own_name).collect();
 
     for app in &snapshot.apps {
         if !(app.zones.is_empty() || app.zones.iter().any(|z| z == &scope.zone)) {
@@ -405,12 +410,15 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
         let mut by_port: BTreeMap<usize, Vec<String>> = BTreeMap::new();
         for service in &app.services {
             let host = service.rsplit_once(':').map_or(service.as_str(), |(h, _)| h).to_ascii_lowercase();
+            if reserved.contains(&host) && host != own_name(app) {
+                continue;
+            }
             let port = AppSpec::service_port(service, &app.ports);
             let index = port.and_then(|p| app.ports.iter().position(|x| *x == p)).unwrap_or(0);
             by_port.entry(index).or_default().push(host);
         }
         if !app.ports.is_empty() || app.instances.iter().any(|i| !i.host_ports.is_empty()) {
-            by_port.entry(0).or_default().push(format!("{}.{}.{}", app.name, app.group, scope.domain));
+            by_port.entry(0).or_default().push(own_name(app));
         }
         for (index, hosts) in by_port {
             let name = if index == 0 {
@@ -443,7 +451,12 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
             cluster.slow_start = app.slow_start.as_duration();
             let cluster = Arc::new(cluster);
             for host in hosts {
-                table.hosts.insert(host, cluster.clone());
+                // The first claim stands; an app's own name always wins.
+                if reserved.contains(&host) {
+                    table.hosts.insert(host, cluster.clone());
+                } else {
+                    table.hosts.entry(host).or_insert_with(|| cluster.clone());
+                }
             }
             table.clusters.insert(name, cluster);
         }
@@ -484,9 +497,70 @@ pub fn build(snapshot: &RouteSnapshot, scope: &Scope, registry: &Registry, gener
             rules,
             metrics,
         ));
-        table.hosts.insert(up.name.to_ascii_lowercase(), cluster.clone());
+        table.hosts.entry(up.name.to_ascii_lowercase()).or_insert_with(|| cluster.clone());
         table.clusters.insert(name, cluster);
     }
     registry.retain(&live_servers, &live_targets);
     table
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use berth_api::{RouteApp, RouteInstance, StaticUpstream, UpstreamServer};
+
+    fn app(group: &str, name: &str, services: &[&str], port: u16) -> RouteApp {
+        RouteApp {
+            id: format!("{group}/{name}"),
+            name: name.into(),
+            group: group.into(),
+            zones: vec![],
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ports: vec![80],
+            health: None,
+            balance: Default::default(),
+            slow_start: Default::default(),
+            instances: vec![RouteInstance {
+                id: format!("{name}-1"),
+                version: 1,
+                host: "127.0.0.1".into(),
+                host_ports: vec![port],
+                ready: true,
+                draining: false,
+            }],
+        }
+    }
+
+    /// Whatever a snapshot holds, an app's own name reaches that app, and a name two claim
+    /// goes to the first, not to whoever comes last.
+    #[test]
+    fn an_apps_own_name_cannot_be_taken_and_the_first_claim_stands() {
+        let snapshot = RouteSnapshot {
+            index: 1,
+            apps: vec![
+                app("demo", "web", &[], 1),
+                app("evil", "steal", &["web.demo.example.test", "shop.example.com"], 2),
+                app("late", "shop", &["shop.example.com"], 3),
+            ],
+            upstreams: vec![StaticUpstream {
+                name: "web.demo.example.test".into(),
+                servers: vec![UpstreamServer { host: "127.0.0.1".into(), port: 4, weight: 1 }],
+                balance: Default::default(),
+                updated_at: 0,
+            }],
+            rules: vec![],
+            domain: "example.test".into(),
+        };
+        let scope = Scope { zone: "default".into(), domain: None };
+        let table = build(&snapshot, &scope, &Registry::default(), 1);
+        let owner = |host: &str| table.lookup(host).map(|c| c.name.clone());
+        assert_eq!(owner("web.demo.example.test").as_deref(), Some("cls:demo/web"));
+        assert_eq!(owner("steal.evil.example.test").as_deref(), Some("cls:evil/steal"));
+        assert_eq!(owner("shop.example.com").as_deref(), Some("cls:evil/steal"));
+        // A router given its own domain serves the apps there instead.
+        let own = Scope { zone: "default".into(), domain: Some("berth.local".into()) };
+        let table = build(&snapshot, &own, &Registry::default(), 2);
+        assert!(table.lookup("web.demo.berth.local").is_some());
+        assert_eq!(table.lookup("web.demo.example.test").map(|c| c.name.as_str()), Some("cls:evil/steal"));
+    }
 }

@@ -143,8 +143,9 @@ async fn router_with(port: u16, proxy: Proxy) -> (SocketAddr, Arc<Proxy>) {
             updated_at: Default::default(),
         }],
         rules: vec![],
+        domain: "berth.local".into(),
     };
-    let scope = Scope { zone: "default".into(), domain: "berth.local".into() };
+    let scope = Scope { zone: "default".into(), domain: None };
     proxy.table.store(Arc::new(table::build(&snapshot, &scope, &Registry::default(), 1)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();

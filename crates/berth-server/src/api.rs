@@ -371,6 +371,15 @@ fn change_app(shared: &Shared, id: &str, change: Change, opts: &ChangeQuery) -> 
                 (app, false)
             }
         };
+        if let Change::Spec { .. } = &change {
+            let owner = berth_core::hosts::HostOwner::App(id.to_string());
+            txn = match crate::hosts::claim(state, txn, &owner, &crate::hosts::of_spec(&app.spec), &shared.domain)? {
+                Ok(txn) => txn,
+                Err((index, conflict)) => {
+                    return Err(ApiError::new(StatusCode::CONFLICT, format!("services[{index}]: {conflict}")));
+                }
+            };
+        }
         txn = txn.put(app_key(id), encode(&app));
         match state.commit(txn) {
             Ok(_) => {

@@ -125,6 +125,13 @@ pub(crate) fn apply(
             Action::AutoRollback { app, to_version, reason } => {
                 let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
                 txn = deployments::roll_back(state, txn, a, *to_version, reason.clone(), now)?;
+                // The old spec's names are taken back where still free; one another owner took
+                // meanwhile stays theirs (the route snapshot serves a name to its claimant only).
+                let owner = berth_core::hosts::HostOwner::App(app.clone());
+                let free = crate::hosts::free_for(state, &owner, crate::hosts::of_spec(&a.spec), &shared.domain)?;
+                if let Ok(claimed) = crate::hosts::claim(state, txn.clone(), &owner, &free, &shared.domain)? {
+                    txn = claimed;
+                }
             }
             Action::Switch { app } => {
                 let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
@@ -177,6 +184,7 @@ pub(crate) fn apply(
             Action::RemoveApp { app } => {
                 let Some(a) = apps.get(app) else { continue };
                 txn = guard_app(txn, app).delete(app_key(app));
+                txn = crate::hosts::release(state, txn, &berth_core::hosts::HostOwner::App(app.clone()))?;
                 for v in 1..=a.version {
                     txn = txn.delete(version_key(app, v));
                 }

@@ -6,6 +6,7 @@ mod api;
 mod apply;
 mod deployments;
 mod forward;
+mod hosts;
 mod logs;
 mod reconciler;
 mod routes;
@@ -45,6 +46,8 @@ pub struct ServerConfig {
     /// Sinks every app's log lines are forwarded to.
     pub log_sinks: Vec<berth_core::LogSink>,
     pub alerts: AlertConfig,
+    /// Every app answers as `NAME.GROUP.<domain>` on the routers; those names are its own.
+    pub domain: String,
 }
 
 /// Shared by handlers and the reconcile loop.
@@ -66,6 +69,8 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
     pub started_at: Millis,
     pub tuning: Tuning,
+    /// The routers' wildcard domain (see `ServerConfig::domain`).
+    pub domain: String,
 }
 
 impl Shared {
@@ -76,6 +81,7 @@ impl Shared {
         log_sinks: Vec<berth_core::LogSink>,
         alert_config: AlertConfig,
         shutdown: watch::Receiver<bool>,
+        domain: String,
     ) -> Result<Self, StoreError> {
         Ok(Shared {
             logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
@@ -90,6 +96,7 @@ impl Shared {
             routers: Arc::default(),
             started_at: now_ms(),
             tuning,
+            domain,
         })
     }
 }
@@ -112,6 +119,11 @@ impl Shared {
         }
         node
     }
+}
+
+/// A domain as the routers match it: lower case, no leading or trailing dot.
+pub fn normal_domain(domain: &str) -> String {
+    domain.trim_matches('.').to_ascii_lowercase()
 }
 
 pub fn now_ms() -> Millis {
@@ -141,7 +153,9 @@ impl Server {
             config.log_sinks.clone(),
             config.alerts.clone(),
             shutdown_rx.clone(),
+            normal_domain(&config.domain),
         )?;
+        hosts::backfill(&shared.state, &shared.domain, now_ms())?;
 
         let app = api::router(shared.clone());
         let mut http_shutdown = shutdown_rx.clone();

@@ -7,6 +7,9 @@ use axum::response::Response;
 use berth_api::{
     RouteApp, RouteInstance, RouteSnapshot, RuleOnError, RuleScript, RuleTarget, StaticUpstream, UpstreamRequest,
 };
+use std::collections::BTreeMap;
+
+use berth_core::hosts::{HostOwner, service_host};
 use berth_core::{Desired, Level};
 use berth_store::state::{Subject, encode, rules_key, upstream_key};
 use berth_store::{StoreError, Txn};
@@ -20,6 +23,10 @@ const MAX_SCRIPT: usize = 64 * 1024;
 pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreError> {
     let index = shared.state.store().revision();
     let instances = shared.instances()?;
+    let claims = crate::hosts::all(&shared.state)?;
+    // A name serves its claimant only (an app rolled back to a spec naming a host another has
+    // taken since does not get it back).
+    let serves = |owner: &HostOwner, host: &str| claims.get(host).is_none_or(|(o, _)| o == owner);
     let apps = shared
         .state
         .apps()?
@@ -44,7 +51,13 @@ pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreErro
                 name: app.spec.name.clone(),
                 group: app.spec.group.clone(),
                 zones: app.spec.zones.clone(),
-                services: app.spec.services.clone(),
+                services: app
+                    .spec
+                    .services
+                    .iter()
+                    .filter(|s| serves(&HostOwner::App(app.id()), &service_host(s)))
+                    .cloned()
+                    .collect(),
                 ports: app.spec.ports.clone(),
                 health: app.spec.health.clone(),
                 balance: app.spec.balance.clone(),
@@ -53,9 +66,15 @@ pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreErro
             }
         })
         .collect();
-    let upstreams = shared.state.records::<StaticUpstream>("upstreams/")?.into_iter().map(|v| v.value).collect();
+    let upstreams = shared
+        .state
+        .records::<StaticUpstream>("upstreams/")?
+        .into_iter()
+        .map(|v| v.value)
+        .filter(|u| serves(&HostOwner::Upstream(u.name.clone()), &u.name))
+        .collect();
     let rules = shared.state.records::<RuleScript>("rules/")?.into_iter().map(|v| v.value).collect();
-    Ok(RouteSnapshot { index, apps, upstreams, rules })
+    Ok(RouteSnapshot { index, apps, upstreams, rules, domain: shared.domain.clone() })
 }
 
 pub(crate) async fn routes(
@@ -119,17 +138,29 @@ pub(crate) async fn put_upstream(
     let now = now_ms();
     let upstream = StaticUpstream { name: name.clone(), servers: req.servers, balance: req.balance, updated_at: now };
     let servers: Vec<String> = upstream.servers.iter().map(|s| format!("{}:{}", s.host, s.port)).collect();
-    let txn = Txn::default().put(upstream_key(&name), encode(&upstream));
-    let txn = shared.state.with_event(
-        txn,
-        now,
-        Level::Info,
-        "upstream.set",
-        Subject::default(),
-        format!("{name}: {}", servers.join(", ")),
-    );
-    let index = shared.state.commit(txn)?;
-    Ok(indexed(index, &upstream))
+    let owner = HostOwner::Upstream(name.clone());
+    for _ in 0..8 {
+        let wanted = BTreeMap::from([(name.clone(), 0)]);
+        let txn = match crate::hosts::claim(&shared.state, Txn::default(), &owner, &wanted, &shared.domain)? {
+            Ok(txn) => txn,
+            Err((_, conflict)) => return Err(ApiError::new(StatusCode::CONFLICT, conflict.to_string())),
+        };
+        let txn = txn.put(upstream_key(&name), encode(&upstream));
+        let txn = shared.state.with_event(
+            txn,
+            now,
+            Level::Info,
+            "upstream.set",
+            Subject::default(),
+            format!("{name}: {}", servers.join(", ")),
+        );
+        match shared.state.commit(txn) {
+            Ok(index) => return Ok(indexed(index, &upstream)),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(StatusCode::CONFLICT, format!("host {name} is changing too fast; retry")))
 }
 
 pub(crate) async fn delete_upstream(AxState(shared): AxState<Shared>, Path(name): Path<String>) -> ApiResult<Response> {
@@ -137,6 +168,7 @@ pub(crate) async fn delete_upstream(AxState(shared): AxState<Shared>, Path(name)
         return Err(ApiError::not_found(&format!("upstream {name}")));
     }
     let txn = Txn::default().delete(upstream_key(&name)).delete(rules_key("upstream", &name));
+    let txn = crate::hosts::release(&shared.state, txn, &HostOwner::Upstream(name.clone()))?;
     let txn = shared.state.with_event(txn, now_ms(), Level::Info, "upstream.deleted", Subject::default(), name.clone());
     let index = shared.state.commit(txn)?;
     Ok(indexed(index, &serde_json::json!({"deleted": name})))

@@ -34,6 +34,10 @@ pub fn node_key(id: &str) -> String {
 pub fn upstream_key(name: &str) -> String {
     format!("upstreams/{name}")
 }
+/// Who owns a host name the routers serve.
+pub fn host_key(host: &str) -> String {
+    format!("hosts/{host}")
+}
 /// `rules/app/GROUP/NAME` or `rules/upstream/NAME`.
 pub fn rules_key(kind: &str, name: &str) -> String {
     format!("rules/{kind}/{name}")

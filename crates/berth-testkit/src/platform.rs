@@ -180,7 +180,7 @@ impl Platform {
             self.child = Some(self.process("berth-up.log", &args));
             return;
         }
-        let mut server = strings(&["server", "--data-dir", &data, "--api", &self.api_addr]);
+        let mut server = strings(&["server", "--data-dir", &data, "--api", &self.api_addr, "--domain", "berth.test"]);
         server.extend(self.extra.iter().cloned());
         self.child = Some(self.process("berth-server.log", &server));
         if self.split.as_ref().is_some_and(Vec::is_empty) {

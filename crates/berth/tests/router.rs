@@ -361,3 +361,62 @@ async fn a_deploy_returns_once_every_live_router_routes_it() {
     assert!(started.elapsed() >= Duration::from_secs(5), "it waited for the stale router");
     stale.abort();
 }
+
+/// A host name has one owner. An app's own NAME.GROUP.<domain> name cannot be taken by another
+/// app or a static upstream, a name one app serves cannot be claimed by a second, and a name is
+/// free again once its owner is gone.
+#[tokio::test(flavor = "multi_thread")]
+async fn host_names_have_one_owner() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let p = &p;
+    let deploy = |name: &str, host: &str| {
+        let file = p.write(&format!("{name}.yaml"), &exec_spec(name, 1, host));
+        async move { p.cli(&["deploy", "-f", &file, "--timeout", "30"]).await }
+    };
+    assert!(deploy("web", "web.test").await.status.success());
+    wait_until("the router to route web", Duration::from_secs(10), || async {
+        p.via_router("web.shop.berth.test", "/").await.ok().filter(|(s, _)| *s == 200)
+    })
+    .await;
+
+    // Another app may not list web's own name.
+    let out = deploy("steal", "web.shop.berth.test").await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("services[0]") && err.contains("reserved for app shop/web"), "{err}");
+    assert!(p.get("/v1/apps/shop/steal").await.is_err(), "nothing of the refused app is kept");
+
+    // Two apps, one name: the second is refused with the owner's name.
+    assert!(deploy("front", "store.test").await.status.success());
+    let out = deploy("front2", "store.test").await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("already belongs to app shop/front"), "{err}");
+
+    // A static upstream can take neither an app's own name nor one an app serves.
+    let body = r#"{"servers":[{"host":"127.0.0.1","port":9}]}"#;
+    let (status, v) = p.request("PUT", "/v1/upstreams/web.shop.berth.test", "application/json", body).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("reserved for app shop/web"), "{v}");
+    let (status, v) = p.request("PUT", "/v1/upstreams/store.test", "application/json", body).await;
+    assert_eq!(status, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("already belongs to app shop/front"), "{v}");
+    // ... and an app cannot take an upstream's name.
+    let (status, v) = p.request("PUT", "/v1/upstreams/legacy.test", "application/json", body).await;
+    assert_eq!(status, 200, "{v}");
+    let out = deploy("front3", "legacy.test").await;
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(!out.status.success() && err.contains("already belongs to static upstream legacy.test"), "{err}");
+    let (code, body) = p.via_router("web.shop.berth.test", "/").await.unwrap();
+    assert_eq!(code, 200, "web still answers on its name: {body}");
+
+    // Once its owner is gone, a name is free.
+    p.cli_ok(&["app", "front", "destroy"]).await;
+    wait_until("front to be gone", Duration::from_secs(30), || async {
+        p.get("/v1/apps/shop/front").await.is_err().then_some(())
+    })
+    .await;
+    assert!(deploy("front2", "store.test").await.status.success());
+    let (status, _) = p.request("DELETE", "/v1/upstreams/legacy.test", "application/json", "").await;
+    assert_eq!(status, 200);
+    assert!(deploy("front3", "legacy.test").await.status.success());
+}

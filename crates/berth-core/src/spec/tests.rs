@@ -205,3 +205,11 @@ fn slow_start_defaults_to_five_seconds_and_can_be_turned_off() {
     let errs = errors("group: g\nname: n\nimage: i\nslow_start: soon\n");
     assert_eq!(errs[0].field, "slow_start", "{}", errs[0]);
 }
+
+#[test]
+fn a_host_listed_twice_is_refused_at_its_entry() {
+    let errs = errors("group: g\nname: n\nimage: i\nports: [80, 81]\nservices:\n  - a.test\n  - A.test:81\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!((errs[0].field.as_str(), errs[0].line), ("services[1]", Some(5)));
+    assert!(errs[0].to_string().contains("already listed"), "{}", errs[0]);
+}

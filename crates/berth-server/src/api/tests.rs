@@ -14,6 +14,7 @@ async fn every_documented_route_is_served() {
         tuning: Tuning::default(),
         log_sinks: vec![],
         alerts: Default::default(),
+        domain: "berth.local".into(),
     })
     .await
     .unwrap();

@@ -159,6 +159,16 @@ pub struct ServerOptions {
     /// A firing alert is sent again this often.
     #[arg(long, value_parser = parse_dur, default_value = "4h")]
     alert_repeat: Dur,
+    /// Every app answers as NAME.GROUP.<domain> on the routers; those names are reserved to it.
+    #[arg(long, default_value = "berth.local", value_parser = parse_domain)]
+    domain: String,
+}
+
+fn parse_domain(text: &str) -> Result<String, String> {
+    let domain = berth_server::normal_domain(text);
+    let ok = !domain.is_empty()
+        && domain.split('.').all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    if ok { Ok(domain) } else { Err(format!("`{text}` is not a domain name")) }
 }
 
 fn parse_http_url(text: &str) -> Result<String, String> {
@@ -188,6 +198,7 @@ impl ServerOptions {
         ServerConfig {
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
+            domain: self.domain.clone(),
             tuning: Tuning {
                 node_timeout: self.node_timeout.as_duration(),
                 logs: berth_server::LogLimits { file_bytes: self.log_file_size, files: self.log_files as usize },
@@ -219,9 +230,6 @@ pub struct RouterOptions {
     /// Serve the apps whose `zones` include this one (and apps with no zones).
     #[arg(long, default_value = "default")]
     zone: String,
-    /// Every app also answers as NAME.GROUP.<domain>.
-    #[arg(long, default_value = "berth.local")]
-    domain: String,
     /// JSON-lines access log.
     #[arg(long = "access-log")]
     access_log: Option<PathBuf>,
@@ -251,14 +259,14 @@ pub struct RouterOptions {
 }
 
 impl RouterOptions {
-    fn config(&self, server: &str, default_log: Option<PathBuf>) -> RouterConfig {
+    fn config(&self, server: &str, default_log: Option<PathBuf>, domain: Option<String>) -> RouterConfig {
         RouterConfig {
             server: server.to_string(),
             http: self.http.clone(),
             admin: self.admin.clone(),
             admin_token: self.admin_token.clone(),
             zone: self.zone.clone(),
-            domain: self.domain.clone(),
+            domain,
             access_log: self.access_log.clone().or(default_log),
             access_log_limit: berth_router::LogLimit {
                 bytes: self.access_log_size,
@@ -293,6 +301,9 @@ pub struct UpArgs {
 pub struct RouterArgs {
     #[command(flatten)]
     router: RouterOptions,
+    /// Every app also answers as NAME.GROUP.<domain> (default: the server's `--domain`).
+    #[arg(long, value_parser = parse_domain)]
+    domain: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -335,7 +346,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let log = args.server.data_dir.join("router/access.log");
-        Some(Router::start(args.router.config(&url, Some(log))).await.context("starting the router")?)
+        Some(Router::start(args.router.config(&url, Some(log), None)).await.context("starting the router")?)
     };
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
     let routing = router
@@ -380,7 +391,8 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let router = Router::start(args.router.config(&ctx.server, None)).await.context("starting the router")?;
+    let router =
+        Router::start(args.router.config(&ctx.server, None, args.domain)).await.context("starting the router")?;
     eprintln!(
         "Berth router: http://{} (admin http://{}), following {}",
         router.http_addr, router.admin_addr, ctx.server
