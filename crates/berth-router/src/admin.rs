@@ -162,6 +162,90 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
     })
 }
 
+/// `GET` tells an instance's drain state; `POST` drains it (refused when it is the last server
+/// that takes traffic in one of its clusters, unless `force`); `DELETE` takes it back.
+fn drain(table: &Table, instance: &str, method: &Method, force: bool) -> Response<Body> {
+    let mut servers = Vec::new();
+    for cluster in table.clusters.values() {
+        for s in cluster.servers.iter().filter(|s| s.instance.as_deref() == Some(instance)) {
+            servers.push((cluster, s));
+        }
+    }
+    if servers.is_empty() {
+        return error(StatusCode::NOT_FOUND, format!("instance {instance} is not routed here"));
+    }
+    if *method == Method::POST && !force {
+        for (cluster, _) in &servers {
+            let others = cluster
+                .servers
+                .iter()
+                .filter(|s| s.instance.as_deref() != Some(instance) && s.ineligible().is_none())
+                .count();
+            if others == 0 {
+                return error(
+                    StatusCode::CONFLICT,
+                    format!(
+                        "instance {instance} is the last server of {} that takes traffic: draining it would \
+                         leave the app unreachable; add ?force=true to drain it anyway",
+                        cluster.route_name
+                    ),
+                );
+            }
+        }
+    }
+    let mut in_flight = 0;
+    let mut drained = false;
+    for (_, s) in &servers {
+        match *method {
+            Method::POST => s.state.drained.store(true, Ordering::Relaxed),
+            Method::DELETE => s.state.drained.store(false, Ordering::Relaxed),
+            _ => {}
+        }
+        drained |= s.state.drained.load(Ordering::Relaxed);
+        in_flight += s.state.in_flight.load(Ordering::Relaxed);
+    }
+    reply(
+        StatusCode::OK,
+        json!({"instance": instance, "draining": drained, "in_flight": in_flight, "idle": in_flight == 0}),
+    )
+}
+
+/// `Authorization: Bearer <token>`, the scheme in any case (RFC 9110 11.1), the token compared in
+/// constant time.
+fn bearer_matches(headers: &hyper::HeaderMap, token: &str) -> bool {
+    let Some((scheme, given)) =
+        headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().split_once(' '))
+    else {
+        return false;
+    };
+    let given = given.trim().as_bytes();
+    scheme.eq_ignore_ascii_case("bearer")
+        && given.len() == token.len()
+        && given.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn loopback_host(headers: &hyper::HeaderMap) -> bool {
+    let Some(host) = headers.get(hyper::header::HOST).and_then(|v| v.to_str().ok()) else {
+        // HTTP/1.0 without Host: no browser sends that.
+        return true;
+    };
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split_once(']').map_or(v6, |(h, _)| h),
+        None => host.rsplit_once(':').map_or(host, |(h, _)| h),
+    };
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A Content-Type outside the CORS-safelisted three (and present).
+fn preflighted_type(headers: &hyper::HeaderMap) -> bool {
+    let Some(ct) = headers.get(hyper::header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = ct.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    !essence.is_empty()
+        && !matches!(essence.as_str(), "text/plain" | "application/x-www-form-urlencoded" | "multipart/form-data")
+}
+
 fn lua_target(parts: &[&str]) -> Option<RuleTarget> {
     match parts {
         ["app", group, name] => Some(RuleTarget::App(format!("{group}/{name}"))),
@@ -186,19 +270,32 @@ impl Admin {
     }
 
     pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
-        if let Some(token) = &self.token {
-            let given = req
-                .headers()
-                .get(hyper::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "));
-            if given != Some(token.as_str()) {
+        match &self.token {
+            Some(token) if !bearer_matches(req.headers(), token) => {
                 return Ok(error(StatusCode::UNAUTHORIZED, "this admin API needs `Authorization: Bearer <token>`"));
             }
+            Some(_) => {}
+            // Without a token only loopback can reach it; a page that rebinds its own name to
+            // 127.0.0.1 still sends its own name as Host, and is refused.
+            None if !loopback_host(req.headers()) => {
+                return Ok(error(
+                    StatusCode::FORBIDDEN,
+                    "without an admin token this API answers only to Host: 127.0.0.1, [::1] or localhost",
+                ));
+            }
+            None => {}
+        }
+        let method = req.method().clone();
+        // A change must come with a body type a browser cannot send cross-site without asking
+        // first (a CORS preflight), so no web page can drain or reroute through a simple request.
+        if matches!(method, Method::POST | Method::PUT | Method::DELETE) && !preflighted_type(req.headers()) {
+            return Ok(error(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "a change needs `Content-Type: application/json` (or text/x-lua for a script)",
+            ));
         }
         let path = req.uri().path().to_string();
         let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
-        let method = req.method().clone();
         let table = self.proxy.table.load_full();
         let resp = match (&method, parts.as_slice()) {
             (&Method::GET, ["status"]) => reply(StatusCode::OK, status(&table)),
@@ -325,30 +422,13 @@ impl Admin {
                 },
                 None => error(StatusCode::NOT_FOUND, "use /lua/app/GROUP/NAME or /lua/upstream/NAME"),
             },
-            (&Method::POST, ["drain", instance]) | (&Method::GET, ["drain", instance]) => {
-                let mut found = false;
-                let mut in_flight = 0;
-                for cluster in table.clusters.values() {
-                    for s in cluster.servers.iter().filter(|s| s.instance.as_deref() == Some(*instance)) {
-                        found = true;
-                        if method == Method::POST {
-                            s.state.drained.store(true, Ordering::Relaxed);
-                        }
-                        in_flight += s.state.in_flight.load(Ordering::Relaxed);
-                    }
-                }
-                if found {
-                    reply(
-                        StatusCode::OK,
-                        json!({"instance": instance, "draining": true, "in_flight": in_flight, "idle": in_flight == 0}),
-                    )
-                } else {
-                    error(StatusCode::NOT_FOUND, format!("instance {instance} is not routed here"))
-                }
+            (&Method::GET | &Method::POST | &Method::DELETE, ["drain", instance]) => {
+                let force = query_param(&req, "force").is_some_and(|v| v.is_empty() || v == "true" || v == "1");
+                drain(&table, instance, &method, force)
             }
             _ => error(
                 StatusCode::NOT_FOUND,
-                "admin endpoints: GET /status /metrics /upstreams /explain?host= /lua; PUT|DELETE /upstream/NAME /lua/app/G/N /lua/upstream/NAME; POST|GET /drain/INSTANCE",
+                "admin endpoints: GET /status /metrics /upstreams /explain?host= /lua /drain/INSTANCE; PUT|DELETE /upstream/NAME /lua/app/G/N /lua/upstream/NAME; POST|DELETE /drain/INSTANCE",
             ),
         };
         Ok(resp)

@@ -272,6 +272,7 @@ impl Platform {
         let resp = self
             .client
             .request(method, format!("http://{}{path}", self.admin))
+            .header("content-type", "application/json")
             .body(body.to_string())
             .send()
             .await

@@ -117,6 +117,95 @@ async fn upgrades_http2_and_draining() {
     assert_eq!(answer["idle"], true);
     let (status, _) = p.admin_request("POST", "/drain/no-such-instance", "").await;
     assert_eq!(status, 404);
+
+    // Reading a drain state changes nothing; the last instance taking traffic is kept unless forced.
+    let other = live[1]["id"].as_str().unwrap().to_string();
+    let (_, answer) = p.admin_request("GET", &format!("/drain/{other}"), "").await;
+    assert_eq!(answer["draining"], false, "{answer}");
+    let (status, answer) = p.admin_request("POST", &format!("/drain/{other}"), "").await;
+    assert_eq!(status, 409, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("force"), "{answer}");
+    let (_, body) = p.via_router("up.test", "/").await.unwrap();
+    assert!(body.contains(&other), "the last instance still serves: {body}");
+    let (status, _) = p.admin_request("POST", &format!("/drain/{other}?force=true"), "").await;
+    assert_eq!(status, 200);
+    let (code, body) = p.via_router("up.test", "/").await.unwrap();
+    assert_eq!(code, 502, "both drained on purpose: {body}");
+    assert!(body.contains("no server is available"), "{body}");
+    // DELETE undoes a drain.
+    for id in [&drained, &other] {
+        let (status, answer) = p.admin_request("DELETE", &format!("/drain/{id}"), "").await;
+        assert_eq!((status, &answer["draining"]), (200, &Value::Bool(false)), "{answer}");
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..20 {
+        let (code, body) = p.via_router("up.test", "/").await.unwrap();
+        assert_eq!(code, 200);
+        let v: Value = serde_json::from_str(&body).unwrap();
+        seen.insert(v["instance"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "both serve again: {seen:?}");
+
+    // No change through a request a web page could send: a simple POST (no or a form content
+    // type), or any request under another Host name (DNS rebinding).
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/drain/{drained}", p.admin);
+    for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
+        let mut req = http.post(&url).body("x");
+        if let Some(ct) = ct {
+            req = req.header("content-type", ct);
+        }
+        assert_eq!(req.send().await.unwrap().status(), 415, "{ct:?}");
+    }
+    let resp = http.get(format!("http://{}/status", p.admin)).header("host", "evil.example:7071").send().await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let (_, answer) = p.admin_request("GET", &format!("/drain/{drained}"), "").await;
+    assert_eq!(answer["draining"], false, "nothing drained it: {answer}");
+}
+
+/// The admin token is read from a file, so it does not show in `ps`; the scheme is matched in
+/// any case, and a wrong or missing token is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_admin_token_comes_from_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let token_file = dir.path().join("token");
+    std::fs::write(&token_file, "s3cret-token\n").unwrap();
+    let p = Platform::start_args(
+        BERTH.as_ref(),
+        "exec",
+        &["--admin-token-file".to_string(), token_file.display().to_string()],
+    )
+    .await;
+    let http = reqwest::Client::new();
+    let status = |auth: Option<&'static str>| {
+        let mut req = http.get(format!("http://{}/status", p.admin));
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        async move { req.send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+    };
+    wait_until("the router's admin API", Duration::from_secs(10), || async {
+        (status(Some("Bearer s3cret-token")).await == 200).then_some(())
+    })
+    .await;
+    assert_eq!(status(Some("bearer s3cret-token")).await, 200);
+    assert_eq!(status(Some("BEARER  s3cret-token")).await, 200);
+    assert_eq!(status(Some("Bearer s3cret-tokeN")).await, 401);
+    assert_eq!(status(None).await, 401);
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", p.pid().unwrap())).unwrap();
+    assert!(!cmdline.contains("s3cret"), "the token is not on the command line");
+
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let out = tokio::process::Command::new(BERTH)
+        .args(["router", "--server", "http://127.0.0.1:9", "--http", "127.0.0.1:0", "--router-admin", "127.0.0.1:0"])
+        .arg("--admin-token-file")
+        .arg(&empty)
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("the file is empty"));
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -227,6 +227,9 @@ pub struct RouterOptions {
     /// Bearer token the admin API requires (needed when it is not on loopback).
     #[arg(long = "admin-token", env = "BERTH_ROUTER_TOKEN")]
     admin_token: Option<String>,
+    /// Read the admin token from this file (its first line), so that it does not show in `ps`.
+    #[arg(long = "admin-token-file", conflicts_with = "admin_token")]
+    admin_token_file: Option<PathBuf>,
     /// Serve the apps whose `zones` include this one (and apps with no zones).
     #[arg(long, default_value = "default")]
     zone: String,
@@ -259,12 +262,28 @@ pub struct RouterOptions {
 }
 
 impl RouterOptions {
-    fn config(&self, server: &str, default_log: Option<PathBuf>, domain: Option<String>) -> RouterConfig {
-        RouterConfig {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        let Some(path) = &self.admin_token_file else {
+            return Ok(self.admin_token.clone());
+        };
+        let text = std::fs::read_to_string(path).with_context(|| format!("--admin-token-file {}", path.display()))?;
+        match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+            Some(token) => Ok(Some(token.to_string())),
+            None => anyhow::bail!("--admin-token-file {}: the file is empty", path.display()),
+        }
+    }
+
+    fn config(
+        &self,
+        server: &str,
+        default_log: Option<PathBuf>,
+        domain: Option<String>,
+    ) -> anyhow::Result<RouterConfig> {
+        Ok(RouterConfig {
             server: server.to_string(),
             http: self.http.clone(),
             admin: self.admin.clone(),
-            admin_token: self.admin_token.clone(),
+            admin_token: self.token()?,
             zone: self.zone.clone(),
             domain,
             access_log: self.access_log.clone().or(default_log),
@@ -280,7 +299,7 @@ impl RouterOptions {
                 }
                 _ => None,
             },
-        }
+        })
     }
 }
 
@@ -346,7 +365,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let log = args.server.data_dir.join("router/access.log");
-        Some(Router::start(args.router.config(&url, Some(log), None)).await.context("starting the router")?)
+        Some(Router::start(args.router.config(&url, Some(log), None)?).await.context("starting the router")?)
     };
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
     let routing = router
@@ -392,7 +411,7 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let router =
-        Router::start(args.router.config(&ctx.server, None, args.domain)).await.context("starting the router")?;
+        Router::start(args.router.config(&ctx.server, None, args.domain)?).await.context("starting the router")?;
     eprintln!(
         "Berth router: http://{} (admin http://{}), following {}",
         router.http_addr, router.admin_addr, ctx.server
