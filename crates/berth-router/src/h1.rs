@@ -337,16 +337,6 @@ pub fn end_upstream_head_streamed(out: &mut Vec<u8>, length: Option<u64>) {
     }
 }
 
-/// A field name as HTTP allows one: one or more token characters.
-pub fn is_header_name(name: &[u8]) -> bool {
-    !name.is_empty() && name.iter().all(|c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(c))
-}
-
-/// A field value a header may carry as it is: visible ASCII, spaces and tabs.
-pub fn is_header_value(value: &[u8]) -> bool {
-    value.iter().all(|&c| c == b'\t' || (0x20..0x7f).contains(&c))
-}
-
 fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(name);
     out.extend_from_slice(b": ");
@@ -592,6 +582,7 @@ pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 #[cfg(test)]
 mod tests {
     use super::*;
+    use berth_rules::header::{is_name as is_header_name, is_value as is_header_value};
 
     #[test]
     fn header_names_and_values_are_checked_as_the_http_crate_checks_them() {

@@ -8,7 +8,7 @@ pub mod h1;
 mod health;
 pub mod metrics;
 pub mod proxy;
-pub mod rules;
+use berth_rules as rules;
 pub mod table;
 pub mod upstream;
 

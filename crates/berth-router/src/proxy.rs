@@ -329,7 +329,9 @@ impl Proxy {
                     rewrite = outcome.rewrite;
                     // Only valid names and values reach the wire.
                     set_headers = outcome.set_headers;
-                    set_headers.retain(|(k, v)| h1::is_header_name(k.as_bytes()) && h1::is_header_value(v.as_bytes()));
+                    set_headers.retain(|(k, v)| {
+                        berth_rules::header::is_name(k.as_bytes()) && berth_rules::header::is_value(v.as_bytes())
+                    });
                 }
             }
         }

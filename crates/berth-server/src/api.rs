@@ -83,7 +83,7 @@ impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
         ApiError { status, body: ErrorBody { error: message.into(), details: vec![] } }
     }
-    fn invalid(message: impl Into<String>, details: Vec<SpecError>) -> Self {
+    pub(crate) fn invalid(message: impl Into<String>, details: Vec<SpecError>) -> Self {
         ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body: ErrorBody { error: message.into(), details } }
     }
     pub(crate) fn not_found(what: &str) -> Self {

@@ -216,6 +216,18 @@ async fn set_rules(shared: Shared, target: RuleTarget, query: RulesQuery, body: 
     if source.trim().is_empty() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the script is empty; delete the rules instead"));
     }
+    // Routers would refuse it and keep the previous script: refuse it here, where the writer hears.
+    if let Err(e) = berth_rules::check(&source) {
+        let detail = berth_core::SpecError {
+            file: None,
+            line: e.line.map(u64::from),
+            column: None,
+            field: "script".into(),
+            message: e.message.clone(),
+            suggestion: None,
+        };
+        return Err(ApiError::invalid(format!("the script does not compile: {}", e.message), vec![detail]));
+    }
     // Not given, the policy stays what it was: updating a script does not quietly reopen it.
     let on_error = match query.on_error {
         Some(o) => o,

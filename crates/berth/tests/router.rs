@@ -210,6 +210,13 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
     let (status, answer) = p.admin_request("PUT", "/lua/app/shop/web", "return deny(\n").await;
     assert_eq!(status, 422, "{answer}");
     assert_eq!(answer["line"], 2);
+    // ... and by the control plane's API itself, which stores nothing.
+    let (status, answer) = p.request("PUT", "/v1/apps/shop/web/rules", "text/x-lua", "return deny(\n").await;
+    assert_eq!(status, 422, "{answer}");
+    assert_eq!(
+        (&answer["details"][0]["field"], &answer["details"][0]["line"]),
+        (&Value::from("script"), &Value::from(2))
+    );
     let r = client.delete(&url).header("host", "rules.test").send().await.unwrap();
     assert_eq!(r.status(), 403, "the previous rule is still in force");
     let lua = p.admin_get("/lua").await;

@@ -366,7 +366,7 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
         RulesAction::Set { file, on_error } => {
             let source =
                 std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
-            let script = match berth_router::rules::Script::new(&source) {
+            let script = match berth_rules::Script::new(&source) {
                 Ok(s) => s,
                 Err(e) => {
                     eprintln!(

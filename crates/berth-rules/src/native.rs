@@ -1029,7 +1029,7 @@ impl<'s> Parser<'s> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{Script, run, run_in_vm};
+    use crate::{Script, run, run_in_vm};
 
     #[test]
     fn the_common_rules_run_natively() {

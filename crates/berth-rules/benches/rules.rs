@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use berth_router::rules::{RequestView, Script, run, run_in_vm};
+use berth_rules::{RequestView, Script, run, run_in_vm};
 
 /// The rule `cargo bench -p berth --bench router` puts on the path, and one with patterns.
 const RULES: [(&str, &str); 2] = [

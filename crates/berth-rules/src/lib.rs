@@ -4,6 +4,7 @@
 //! `req` fields with constants and calling the rule functions, as most rules do) runs without
 //! entering the VM at all.
 
+pub mod header;
 mod native;
 mod pattern;
 mod strings;
@@ -454,13 +455,13 @@ const ROUTER_HEADERS: [&str; 9] = [
 /// and a rewrite that is not an origin-form path and query (no spaces, controls or fragment).
 fn checked(outcome: Outcome) -> Result<Outcome, RuleError> {
     for (name, value) in &outcome.set_headers {
-        if !crate::h1::is_header_name(name.as_bytes()) {
+        if !header::is_name(name.as_bytes()) {
             return Err(RuleError::new(None, format!("set_header: `{}` is not a header name", name.escape_debug())));
         }
         if ROUTER_HEADERS.iter().any(|h| h.eq_ignore_ascii_case(name)) {
             return Err(RuleError::new(None, format!("set_header: `{name}` is the router's to set, not a rule's")));
         }
-        if !crate::h1::is_header_value(value.as_bytes()) {
+        if !header::is_value(value.as_bytes()) {
             return Err(RuleError::new(
                 None,
                 format!("set_header: the value of `{name}` holds a control character or non-ASCII byte"),
