@@ -315,6 +315,6 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                 }
             }
         }
-        tokio::time::sleep(health::interval(&spec)).await;
+        tokio::time::sleep(health::interval(&spec, passed_once)).await;
     }
 }

@@ -178,6 +178,9 @@ pub struct UpgradeRequest {
     pub image: String,
 }
 
+/// Largest rule script the server stores, in bytes.
+pub const MAX_RULE_SCRIPT: usize = 64 * 1024;
+
 /// What an agent says about itself when it joins.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RegisterRequest {

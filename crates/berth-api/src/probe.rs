@@ -44,6 +44,9 @@ async fn probe_inner(spec: &HealthSpec, host: &str, port: u16) -> Result<(), Str
 }
 
 /// How long to sleep between probes.
-pub fn interval(spec: &HealthSpec) -> Duration {
-    spec.interval.as_duration().max(Duration::from_millis(50))
+/// The wait before the next probe. Until an instance first passes, it is probed at least every
+/// second, so a deploy notices a started instance at once rather than an interval later.
+pub fn interval(spec: &HealthSpec, passed_once: bool) -> Duration {
+    let every = spec.interval.as_duration().max(Duration::from_millis(50));
+    if passed_once { every } else { every.min(Duration::from_secs(1)) }
 }

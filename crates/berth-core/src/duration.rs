@@ -11,8 +11,15 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 pub struct Dur(pub u64);
 
 impl Dur {
+    /// The longest duration written anywhere: a year.
+    pub const MAX: Dur = Dur(365 * 24 * 3_600_000);
+
     pub const fn secs(s: u64) -> Self {
         Dur(s * 1000)
+    }
+    /// `secs` seconds, if no more than [`Dur::MAX`].
+    pub fn from_secs_checked(secs: u64) -> Option<Self> {
+        secs.checked_mul(1000).map(Dur).filter(|d| *d <= Self::MAX)
     }
     pub const fn millis(ms: u64) -> Self {
         Dur(ms)
@@ -31,7 +38,7 @@ impl Dur {
             return Err("empty duration".into());
         }
         if let Ok(secs) = text.parse::<u64>() {
-            return Ok(Dur::secs(secs));
+            return Dur::from_secs_checked(secs).ok_or_else(|| format!("`{text}` is longer than a year (365 days)"));
         }
         let mut total: u64 = 0;
         let mut rest = text;
@@ -57,6 +64,10 @@ impl Dur {
             };
             rest = &rest[unit_len..];
             total = total.saturating_add((number * unit_ms).round() as u64);
+        }
+        // Beyond a year nothing in Berth waits; far beyond, the number stops fitting anywhere.
+        if total > Self::MAX.0 {
+            return Err(format!("`{text}` is longer than a year (365 days)"));
         }
         Ok(Dur(total))
     }
@@ -95,16 +106,19 @@ impl<'de> Deserialize<'de> for Dur {
                 f.write_str("a duration such as 500ms, 10s, 2m or a number of seconds")
             }
             fn visit_u64<E: de::Error>(self, v: u64) -> Result<Dur, E> {
-                Ok(Dur::secs(v))
+                Dur::from_secs_checked(v)
+                    .ok_or_else(|| E::custom(format!("{v} seconds is longer than a year (365 days)")))
             }
             fn visit_i64<E: de::Error>(self, v: i64) -> Result<Dur, E> {
-                u64::try_from(v).map(Dur::secs).map_err(|_| E::custom("a duration cannot be negative"))
+                u64::try_from(v).map_err(|_| E::custom("a duration cannot be negative")).and_then(|v| self.visit_u64(v))
             }
             fn visit_f64<E: de::Error>(self, v: f64) -> Result<Dur, E> {
-                if v.is_finite() && v >= 0.0 {
-                    Ok(Dur((v * 1000.0).round() as u64))
-                } else {
+                if !(v.is_finite() && v >= 0.0) {
                     Err(E::custom("a duration must be a positive number of seconds"))
+                } else if v * 1000.0 > Dur::MAX.0 as f64 {
+                    Err(E::custom(format!("{v} seconds is longer than a year (365 days)")))
+                } else {
+                    Ok(Dur((v * 1000.0).round() as u64))
                 }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Dur, E> {

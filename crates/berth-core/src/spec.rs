@@ -273,7 +273,7 @@ pub struct HealthSpec {
     /// Which of the app's ports is probed (index into `ports`).
     #[serde(default)]
     pub port_index: usize,
-    // Marathon's defaults.
+    // What `berth init` writes: a spec that says only `health: {http: /}` behaves the same.
     #[serde(default = "HealthSpec::default_interval")]
     pub interval: Dur,
     #[serde(default = "HealthSpec::default_timeout")]
@@ -286,13 +286,13 @@ pub struct HealthSpec {
 
 impl HealthSpec {
     fn default_interval() -> Dur {
-        Dur::secs(60)
+        Dur::secs(10)
     }
     fn default_timeout() -> Dur {
-        Dur::secs(20)
+        Dur::secs(2)
     }
     fn default_grace() -> Dur {
-        Dur::secs(300)
+        Dur::secs(30)
     }
     fn default_max_failures() -> u32 {
         3
@@ -647,8 +647,8 @@ impl AppSpec {
             (None, Some(DriverKind::Exec), Some(_)) => {}
             (None, Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
             (None, _, _) => fail("image", "required (or use `driver: exec` with a `command`)".into()),
-            (Some(image), _, _) if image.trim().is_empty() || image.contains(char::is_whitespace) => {
-                fail("image", format!("`{image}` is not an image reference"))
+            (Some(image), _, _) if let Err(why) = check_image(image) => {
+                fail("image", format!("`{}` is not an image reference: {why}", image.escape_debug()))
             }
             (Some(_), Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
             _ => {}
@@ -671,6 +671,50 @@ impl AppSpec {
             && args.is_empty()
         {
             fail("command", "an empty list runs nothing".into());
+        }
+        // What execve(2) can never take: a NUL inside a string, one string over the kernel's
+        // 128 KiB, or all of them over what the stack leaves for them.
+        let mut arg_bytes = 0usize;
+        match &self.command {
+            Some(Command::Exec(args)) => {
+                for (i, arg) in args.iter().enumerate() {
+                    if let Err(why) = check_exec_string(arg) {
+                        fail(&format!("command[{i}]"), why);
+                    }
+                    arg_bytes += arg.len() + 1;
+                }
+            }
+            Some(Command::Shell(line)) => {
+                if let Err(why) = check_exec_string(line) {
+                    fail("command", why);
+                }
+                arg_bytes += line.len() + 1;
+            }
+            None => {}
+        }
+        for (key, value) in &self.environment {
+            if let Err(why) = check_exec_string(&format!("{key}={value}")) {
+                fail(&format!("environment.{key}"), why);
+            }
+            arg_bytes += key.len() + value.len() + 2;
+        }
+        if arg_bytes > MAX_EXEC_TOTAL {
+            fail(
+                "environment",
+                format!(
+                    "command and environment take {} KiB; at most {} KiB can be passed to a process",
+                    arg_bytes / 1024,
+                    MAX_EXEC_TOTAL / 1024
+                ),
+            );
+        }
+        for (field, value, max) in [
+            ("stop_timeout", self.stop_timeout, Dur::secs(3600)),
+            ("drain_timeout", self.drain_timeout, Dur::secs(3600)),
+        ] {
+            if value > max {
+                fail(field, format!("{value} is longer than the {max} allowed"));
+            }
         }
         if let Some(Command::Shell(line)) = &self.command
             && line.trim().is_empty()
@@ -822,6 +866,87 @@ fn check_label(value: &str) -> Result<(), String> {
     } else {
         Ok(())
     }
+}
+
+/// One string execve(2) takes: the kernel's MAX_ARG_STRLEN, its terminating NUL included.
+const MAX_EXEC_STRING: usize = 128 * 1024;
+/// Everything a process is started with; the kernel allows a quarter of the stack limit (2 MiB
+/// under the usual 8 MiB), and the runtime adds its own variables.
+const MAX_EXEC_TOTAL: usize = 1024 * 1024;
+
+fn check_exec_string(text: &str) -> Result<(), String> {
+    if let Some(at) = text.find('\0') {
+        return Err(format!("contains a NUL byte (at byte {at}), which no process can be given"));
+    }
+    if text.len() + 1 > MAX_EXEC_STRING {
+        return Err(format!("is {} KiB; one string passed to a process may be at most 128 KiB", text.len() / 1024));
+    }
+    Ok(())
+}
+
+/// `[registry[:port]/]path[:tag][@digest]`, as the Docker reference grammar has it: printable
+/// ASCII, no empty or dot-led path component (so no `..`), lower-case path, a tag of at most 128.
+fn check_image(image: &str) -> Result<(), String> {
+    if image.is_empty() {
+        return Err("it is empty".into());
+    }
+    if let Some(c) = image.chars().find(|c| !c.is_ascii_graphic()) {
+        return Err(format!(
+            "{} is not allowed",
+            if c == '\0' { "a NUL byte".into() } else { format!("`{}`", c.escape_debug()) }
+        ));
+    }
+    if image.len() > 4096 {
+        return Err("it is longer than 4096 characters".into());
+    }
+    let (name, digest) = match image.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (image, None),
+    };
+    if let Some(d) = digest {
+        let ok = d.split_once(':').is_some_and(|(algo, hex)| {
+            !algo.is_empty() && hex.len() >= 32 && hex.chars().all(|c| c.is_ascii_hexdigit())
+        });
+        if !ok {
+            return Err(format!("digest `{d}` is not ALGORITHM:HEX"));
+        }
+    }
+    // A `:` after the last `/` starts the tag; one before it is a registry port.
+    let (path, tag) = match name.rsplit_once(':') {
+        Some((p, t)) if !t.contains('/') => (p, Some(t)),
+        _ => (name, None),
+    };
+    if let Some(t) = tag {
+        let ok = !t.is_empty()
+            && t.len() <= 128
+            && !t.starts_with(['.', '-'])
+            && t.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !ok {
+            return Err(format!("tag `{t}` is not a tag"));
+        }
+    }
+    let parts: Vec<&str> = path.split('/').collect();
+    let registry = parts.len() > 1 && (parts[0].contains(['.', ':']) || parts[0] == "localhost");
+    for (i, part) in parts.iter().enumerate() {
+        if part.is_empty() {
+            return Err("it has an empty path component".into());
+        }
+        if i == 0 && registry {
+            if !part.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)) || part.starts_with(['.', '-']) {
+                return Err(format!("registry `{part}` is not a host name"));
+            }
+            continue;
+        }
+        let ok = part.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+            && part.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && part.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !ok {
+            return Err(format!(
+                "path component `{part}` must be lower-case letters and digits, separated by . _ or -"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {

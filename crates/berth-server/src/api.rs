@@ -69,6 +69,7 @@ pub(crate) fn router(shared: Shared) -> Router {
             get(routes::get_app_rules).put(routes::set_app_rules).delete(routes::delete_app_rules),
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/openapi.yaml") })
+        .layer(axum::middleware::map_response(json_errors))
         .with_state(shared)
 }
 
@@ -117,9 +118,59 @@ pub(crate) fn indexed<T: serde::Serialize>(index: u64, value: &T) -> Response {
     resp
 }
 
+/// Every refusal is the documented JSON error, also those axum writes itself in plain text (a
+/// body over the limit, a method a path does not take, an unreadable path parameter).
+async fn json_errors(resp: Response) -> Response {
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.map(|b| String::from_utf8_lossy(&b).trim().to_string());
+    let reason = status.canonical_reason().unwrap_or("error").to_ascii_lowercase();
+    let message = match text {
+        Ok(t) if status == StatusCode::PAYLOAD_TOO_LARGE => format!("request body too large: {t}"),
+        Ok(t) if !t.is_empty() => t,
+        _ => reason,
+    };
+    let mut out = ApiError::new(status, message).into_response();
+    for (name, value) in parts.headers.iter().filter(|(n, _)| *n == header::ALLOW) {
+        out.headers_mut().insert(name, value.clone());
+    }
+    out
+}
+
+/// Parses a JSON body; an error names the line, the column and the field at fault
+/// (`spec.instances`), so a wrong type says where it is.
 pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
-    serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(StatusCode::BAD_REQUEST, format!("request body, line {} column {}: {e}", e.line(), e.column()))
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = match serde_path_to_error::deserialize(&mut de) {
+        Ok(v) => de.end().map(|()| v).map_err(|e| (".".to_string(), e)),
+        Err(e) => Err((e.path().to_string(), e.into_inner())),
+    };
+    value.map_err(|(path, inner)| {
+        let (line, column) = (inner.line() as u64, inner.column() as u64);
+        let at = if path == "." { String::new() } else { format!("`{path}`: ") };
+        let detail = SpecError {
+            file: None,
+            line: Some(line),
+            column: Some(column),
+            field: if path == "." { String::new() } else { path.clone() },
+            message: inner.to_string(),
+            suggestion: None,
+        };
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            body: ErrorBody {
+                error: format!("request body, line {line} column {column}: {at}{inner}"),
+                details: vec![detail],
+            },
+        }
     })
 }
 

@@ -17,8 +17,7 @@ use berth_store::{StoreError, Txn};
 use crate::api::{ApiError, ApiResult, WaitQuery, indexed, parse_json, wait_for};
 use crate::{Shared, now_ms};
 
-/// Largest rule script accepted.
-const MAX_SCRIPT: usize = 64 * 1024;
+use berth_api::MAX_RULE_SCRIPT as MAX_SCRIPT;
 
 pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreError> {
     let index = shared.state.store().revision();

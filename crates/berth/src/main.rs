@@ -16,6 +16,15 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !cli.command.is_platform_process() {
+        // A client command piped into `head` ends quietly when the reader goes, as `cat` does,
+        // instead of panicking on the failed write. Long-running platform processes keep
+        // ignoring SIGPIPE: a closed socket must not kill a server.
+        // SAFETY: set before any thread starts; the default action needs no handler state.
+        unsafe {
+            let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
+        }
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

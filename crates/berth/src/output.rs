@@ -20,6 +20,24 @@ pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     t.to_string()
 }
 
+/// An app's own text made safe for a terminal: control characters (escape sequences, carriage
+/// returns, the C1 range) are shown as `\x1b`-style escapes instead of acting on the screen.
+pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
+    let control = |c: char| (c.is_control() && c != '\t') || c == '\u{7f}';
+    if !text.chars().any(control) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            c if !control(c) => out.push(c),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<String> {
     Ok(serde_json::to_string_pretty(value)?)
 }
@@ -49,4 +67,13 @@ pub fn clock(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.with_timezone(&chrono::Local).format("%Y-%m-%d %H:%M:%S").to_string())
         .unwrap_or_else(|| "-".into())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn control_characters_are_shown_not_obeyed() {
+        assert_eq!(super::visible("plain\ttext é"), "plain\ttext é");
+        assert_eq!(super::visible("\x1b[2J\x1b]0;pwned\x07ok\r\u{9b}"), "\\x1b[2J\\x1b]0;pwned\\x07ok\\x0d\\x9b");
+    }
 }

@@ -42,6 +42,26 @@ async fn bad_requests_are_refused_and_change_nothing() {
     let (status, _) = p.request("POST", "/v1/apps/g/web/scale", "application/json", "{\"instances\": 100000}").await;
     assert_eq!(status, 422);
     assert_eq!(p.get("/v1/apps/g/web").await.unwrap()["desired"], 0);
-    let (status, _) = p.request("POST", "/v1/apps/g/web/scale", "application/json", "{\"instances\": \"two\"}").await;
+    let (status, body) =
+        p.request("POST", "/v1/apps/g/web/scale", "application/json", "{\"instances\": \"two\"}").await;
     assert_eq!(status, 400);
+    assert_eq!(body["details"][0]["field"], "instances", "a wrong type names its field: {body}");
+
+    // A spec of the wrong type says where, by field, line and column.
+    let typed = "{\"spec\": {\"group\": \"g\", \"name\": \"web\",\n \"instances\": \"five\"}}";
+    let (status, body) = p.request("PUT", "/v1/apps/g/web", "application/json", typed).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["details"][0]["field"], "spec.instances", "{body}");
+    assert_eq!(body["details"][0]["line"], 2, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("`spec.instances`: invalid type"), "{body}");
+
+    // Refusals axum writes itself come as the documented JSON error too.
+    let huge = format!("{{\"spec\": \"{}\"}}", "x".repeat(3 << 20));
+    let (status, body) = p.request("PUT", "/v1/apps/g/web", "application/json", &huge).await;
+    assert_eq!(status, 413);
+    assert!(body["error"].as_str().unwrap().contains("too large"), "{body}");
+    let (status, body) = p.request("PATCH", "/v1/apps/g/web", "application/json", "{}").await;
+    assert_eq!(status, 405);
+    assert!(body["error"].is_string(), "{body}");
+    assert_eq!(p.get("/v1/apps/g/web").await.unwrap()["desired"], 0, "nothing changed");
 }

@@ -63,3 +63,32 @@ fn unreachable_server_is_a_clear_error() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("cannot reach the Berth server at http://127.0.0.1:9"), "{err}");
 }
+
+#[test]
+fn a_spec_file_that_never_ends_is_refused_without_reading_it_all() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = berth(dir.path(), &["validate", "-f", "/dev/zero"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("/dev/zero: a spec may be at most 4096 KiB"), "{err}");
+}
+
+/// `berth ... | head`: when the reader goes away the command ends quietly, as `cat` does.
+#[test]
+fn a_closed_pipe_ends_a_command_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("berth.yaml"), SEED_SAMPLE).unwrap();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(BERTH)
+        .args(["validate", "-o", "json"])
+        .current_dir(dir.path())
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.is_empty(), "nothing on stderr, no panic: {err}");
+    assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {:?}", out.status);
+}

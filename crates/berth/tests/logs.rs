@@ -181,3 +181,30 @@ async fn rotation_keeps_an_apps_logs_within_its_limit() {
     let tail = p.cli_ok(&["app", "flood", "logs", "-n", "5"]).await;
     assert_eq!(tail.lines().count(), 5, "{tail}");
 }
+
+/// An app's escape sequences reach a terminal as text (`\x1b[...`), never as commands to it;
+/// into a pipe its lines go as written.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_apps_escape_sequences_are_shown_not_obeyed_on_a_terminal() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = "group: ops\nname: loud\ndriver: exec\ncommand: [sh, -c, \"printf 'x\\\\033]0;pwned\\\\007\\\\033[2Jy\\\\n'; exec sleep 300\"]\n";
+    let file = p.write("loud.yaml", spec);
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    let piped = wait_until("the line in the logs", Duration::from_secs(10), || async {
+        let out = p.cli_ok(&["app", "loud", "logs"]).await;
+        out.contains("pwned").then_some(out)
+    })
+    .await;
+    assert!(piped.contains("x\x1b]0;pwned\x07\x1b[2Jy"), "a pipe gets the line as written: {piped:?}");
+    // `script` gives the command a terminal for its output.
+    let cmd = format!("{BERTH} app loud logs");
+    let out = tokio::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("BERTH_SERVER", &p.api)
+        .output()
+        .await
+        .expect("script");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(r"x\x1b]0;pwned\x07\x1b[2Jy"), "{text:?}");
+    assert!(!text.contains('\x07') && !text.contains("\x1b]0"), "no raw escape reached the terminal: {text:?}");
+}

@@ -140,8 +140,8 @@ fn durations_and_defaults() {
     .unwrap();
     let health = spec.health.unwrap();
     assert_eq!(health.interval, Dur(500));
-    assert_eq!(health.timeout, Dur::secs(20), "Marathon's default timeout");
-    assert_eq!(health.grace, Dur::secs(300), "Marathon's default grace");
+    assert_eq!(health.timeout, Dur::secs(2));
+    assert_eq!(health.grace, Dur::secs(30));
     assert_eq!(health.max_failures, 3);
     assert_eq!(spec.stop_timeout, Dur::secs(2));
     assert_eq!(spec.instances, 1);
@@ -212,4 +212,53 @@ fn a_host_listed_twice_is_refused_at_its_entry() {
     assert_eq!(errs.len(), 1, "{errs:?}");
     assert_eq!((errs[0].field.as_str(), errs[0].line), ("services[1]", Some(5)));
     assert!(errs[0].to_string().contains("already listed"), "{}", errs[0]);
+}
+
+/// A spec that only says `health: {http: /}` probes as the starter `berth init` writes does.
+#[test]
+fn health_defaults_are_what_init_writes() {
+    let starter = AppSpec::from_yaml(&crate::spec::starter("g", "n"), None).unwrap();
+    let bare = AppSpec::from_yaml("group: g\nname: n\nimage: i\nports: [80]\nhealth: {http: /}\n", None).unwrap();
+    assert_eq!(bare.health, starter.health);
+    assert_eq!(bare.upgrade, starter.upgrade, "and so do the upgrade gates");
+}
+
+/// Values no process or engine could ever run with are refused at validate, each at its field.
+#[test]
+fn values_that_can_never_run_are_refused_with_their_field() {
+    let base = "group: g\nname: n\ndriver: exec\n";
+    let field =
+        |extra: &str| -> Vec<String> { errors(&format!("{base}{extra}")).into_iter().map(|e| e.field).collect() };
+    assert_eq!(field("command: [\"/bin/echo\", \"a\\0b\"]\n"), ["command[1]"]);
+    assert_eq!(field("command: \"echo \\0\"\n"), ["command"]);
+    let nul_env = errors(&format!("{base}command: [x]\nenvironment:\n  A: \"x\\0y\"\n"));
+    assert_eq!(nul_env[0].field, "environment.A");
+    assert!(nul_env[0].message.contains("NUL"), "{}", nul_env[0]);
+    let big = "v".repeat(200 * 1024);
+    let big_env = errors(&format!("{base}command: [x]\nenvironment:\n  BIG: {big}\n"));
+    assert_eq!(big_env[0].field, "environment.BIG");
+    assert!(big_env[0].message.contains("128 KiB"), "{}", big_env[0]);
+    let many: String = (0..12).map(|i| format!("  V{i}: {}\n", "v".repeat(100 * 1024))).collect();
+    assert_eq!(field(&format!("command: [x]\nenvironment:\n{many}")), ["environment"]);
+    assert_eq!(field("command: [x]\nstop_timeout: 2h\n"), ["stop_timeout"]);
+    for huge in ["99999999999999999h", "99999999999999999", "400d", "9000h"] {
+        let errs = errors(&format!("{base}command: [x]\nstop_timeout: {huge}\n"));
+        assert_eq!(errs[0].field, "stop_timeout", "{huge}: {}", errs[0]);
+        assert_eq!(errs[0].line, Some(5), "{huge}: {}", errs[0]);
+    }
+    let image = |i: &str| errors(&format!("group: g\nname: n\nimage: {i}\n"))[0].clone();
+    for bad in ["\"../../etc\"", "\"a/../b\"", "\"web\\0x\"", "\"Web\"", "\"web:\"", "\"//web\"", "\"web@sha256:xyz\""]
+    {
+        let e = image(bad);
+        assert_eq!(e.field, "image", "{bad}: {e}");
+    }
+    for good in [
+        "nginx",
+        "nginx:1.27",
+        "registry.local:5000/team/web:v2",
+        "localhost/web",
+        "library/busybox@sha256:0123456789abcdef0123456789abcdef",
+    ] {
+        assert!(AppSpec::from_yaml(&format!("group: g\nname: n\nimage: {good}\n"), None).is_ok(), "{good}");
+    }
 }

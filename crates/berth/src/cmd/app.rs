@@ -118,7 +118,10 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
     };
     let json = ctx.format == Format::Json;
     let timestamps = args.timestamps;
-    use std::io::Write;
+    use std::io::{IsTerminal, Write};
+    // An app's escape sequences reach a person's terminal only as text; into a pipe or a file
+    // its lines go as written.
+    let escape = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
     client
         .logs(id, &query, |line| {
@@ -127,7 +130,8 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
             } else {
                 let mark = if line.stream == berth_api::LogStream::Stderr { "!" } else { "|" };
                 let time = if timestamps { format!("{} ", output::clock_ms(line.t)) } else { String::new() };
-                format!("{time}{} {mark} {}", line.instance, line.line)
+                let text = if escape { output::visible(&line.line) } else { line.line.as_str().into() };
+                format!("{time}{} {mark} {text}", line.instance)
             };
             // A closed pipe (`| head`) ends the stream quietly.
             writeln!(out, "{text}").and_then(|_| out.flush()).is_ok()
@@ -328,7 +332,7 @@ pub fn status_table(s: &AppStatus) -> String {
             c.reason.as_deref().unwrap_or("failed"),
         ));
         for line in &c.last_log {
-            out.push_str(&format!("  | {line}\n"));
+            out.push_str(&format!("  | {}\n", output::visible(line)));
         }
     }
     let rows = s
@@ -364,8 +368,7 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
     let target = berth_api::RuleTarget::App(id.to_string());
     match action {
         RulesAction::Set { file, on_error } => {
-            let source =
-                std::fs::read_to_string(&file).map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+            let source = super::read_capped(&file, berth_api::MAX_RULE_SCRIPT as u64, "a rule script")?;
             let script = match berth_rules::Script::new(&source) {
                 Ok(s) => s,
                 Err(e) => {

@@ -61,6 +61,24 @@ pub enum Command {
 }
 
 /// Where the spec is read from when `-f` is not given.
+/// Largest spec file read: a spec is a few KiB; this stops `-f /dev/zero` from eating memory.
+pub const MAX_SPEC_BYTES: u64 = 4 << 20;
+
+/// Reads a text file of at most `limit` bytes; a larger one (or an endless one) is an error that
+/// says so, without reading past the limit.
+pub fn read_capped(path: &std::path::Path, limit: u64, what: &str) -> anyhow::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    if bytes.len() as u64 > limit {
+        anyhow::bail!("{}: {what} may be at most {} KiB; this one is larger", path.display(), limit / 1024);
+    }
+    String::from_utf8(bytes).map_err(|e| {
+        anyhow::anyhow!("{}: not UTF-8 text (byte {} is not valid)", path.display(), e.utf8_error().valid_up_to())
+    })
+}
+
 pub fn default_spec_path() -> PathBuf {
     PathBuf::from("berth.yaml")
 }
@@ -88,6 +106,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args, &ctx).await,
         Command::Top(args) => top::run(args, None, &ctx).await,
         Command::Alerts => alerts::run(&ctx).await,
+    }
+}
+
+impl Command {
+    /// `up`, `server`, `agent` and `router` run until stopped; every other command is a client.
+    pub fn is_platform_process(&self) -> bool {
+        matches!(self, Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Router(_))
     }
 }
 

@@ -266,7 +266,7 @@ impl RouterOptions {
         let Some(path) = &self.admin_token_file else {
             return Ok(self.admin_token.clone());
         };
-        let text = std::fs::read_to_string(path).with_context(|| format!("--admin-token-file {}", path.display()))?;
+        let text = super::read_capped(path, 4096, "a token file").context("--admin-token-file")?;
         match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
             Some(token) => Ok(Some(token.to_string())),
             None => anyhow::bail!("--admin-token-file {}: the file is empty", path.display()),

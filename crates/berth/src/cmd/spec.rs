@@ -51,7 +51,7 @@ pub struct ValidateArgs {
 
 /// Reads and validates a spec file; errors name the file, line, column and key.
 pub fn load(path: &std::path::Path) -> anyhow::Result<Result<AppSpec, berth_core::SpecErrors>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let text = super::read_capped(path, super::MAX_SPEC_BYTES, "a spec")?;
     Ok(AppSpec::from_yaml(&text, Some(&path.display().to_string())))
 }
 
