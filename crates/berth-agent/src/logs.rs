@@ -228,7 +228,8 @@ pub async fn follow_container(
 ) {
     let since_ms: i64 =
         std::fs::read_to_string(&cursor).ok().and_then(|t| t.trim().parse::<i64>().ok()).map_or(0, |t| t + 1);
-    let mut last_saved = std::time::Instant::now();
+    // The first batch is saved at once: an agent restarted soon after must not repeat it.
+    let mut last_saved: Option<std::time::Instant> = None;
     let mut last_t = since_ms;
     let options = bollard::query_parameters::LogsOptionsBuilder::new()
         .follow(true)
@@ -255,9 +256,9 @@ pub async fn follow_container(
             last_t = last_t.max(t);
             sink.push(&origin, stream_kind, t, line.to_string());
         }
-        if last_saved.elapsed() >= Duration::from_secs(1) {
+        if last_t > since_ms && last_saved.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
             let _ = std::fs::write(&cursor, last_t.to_string());
-            last_saved = std::time::Instant::now();
+            last_saved = Some(std::time::Instant::now());
         }
     }
     let _ = std::fs::write(&cursor, last_t.to_string());

@@ -288,7 +288,8 @@ impl Admin {
         let method = req.method().clone();
         // A change must come with a body type a browser cannot send cross-site without asking
         // first (a CORS preflight), so no web page can drain or reroute through a simple request.
-        if matches!(method, Method::POST | Method::PUT | Method::DELETE) && !preflighted_type(req.headers()) {
+        // DELETE needs no body: a browser always asks first for it.
+        if matches!(method, Method::POST | Method::PUT) && !preflighted_type(req.headers()) {
             return Ok(error(
                 StatusCode::UNSUPPORTED_MEDIA_TYPE,
                 "a change needs `Content-Type: application/json` (or text/x-lua for a script)",
@@ -402,7 +403,14 @@ impl Admin {
                     Ok(_) => {
                         let version = rules::Script::new(&source).map(|s| s.version()).unwrap_or_default();
                         let applied = self
-                            .applied(|t| t.scripts.iter().any(|r| r.target == target && r.script.version() == version))
+                            .applied(|t| {
+                                // A change of policy alone keeps the version: wait for the policy too.
+                                t.scripts.iter().any(|r| {
+                                    r.target == target
+                                        && r.script.version() == version
+                                        && on_error.is_none_or(|o| r.on_error == o)
+                                })
+                            })
                             .await;
                         reply(StatusCode::OK, json!({"target": target, "version": version, "applied": applied}))
                     }

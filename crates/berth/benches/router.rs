@@ -5,9 +5,18 @@
 //!    nginx `return 200`), 2 worker threads each, loaded by wrk.
 //! 2. The same with a rule on Berth's path: a simple rule (which runs natively), and the same rule
 //!    written so that it needs the Lua VM.
-//! 3. Time from an instance's death to the router no longer offering it.
+//! 3. The same healthy upstream while a neighbour's rule is made pathological by the requests
+//!    sent to it (a pattern that costs N³ steps for a path of N slashes), beside the undisturbed
+//!    figure.
+//! 4. Time from an instance's death to the router no longer offering it.
+//! 5. The launch rate of an always-failing instance beside healthy siblings, beside the backoff
+//!    curve it must follow.
 //!
-//! Needs Debian's nginx and wrk. `BERTH_BENCH_ROUNDS` (default 3), `BERTH_BENCH_SECONDS` (default 10).
+//! Every process under test starts in its own session (`setsid`), as the load generator does not:
+//! with autogroup scheduling a process sharing wrk's session would share its CPU share.
+//!
+//! Needs Debian's nginx and wrk. `BERTH_BENCH_ROUNDS` (default 3), `BERTH_BENCH_SECONDS` (default
+//! 10), `BERTH_BENCH_CRASH_SECONDS` (default 60).
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -17,6 +26,16 @@ use berth_testkit::procfs::{children, cpu_split};
 use berth_testkit::{Platform, wait_until};
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// `cmd` started in a session of its own.
+fn own_session(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setsid is async-signal-safe and touches nothing of the parent's.
+    unsafe {
+        cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
+    }
+    cmd
+}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
@@ -47,7 +66,7 @@ fn nginx(dir: &Path, name: &str, body: &str) -> Child {
         t = tmp.display()
     );
     std::fs::write(&conf, text).unwrap();
-    Command::new("nginx")
+    own_session(&mut Command::new("nginx"))
         .args(["-c"])
         .arg(&conf)
         .stdout(Stdio::null())
@@ -134,7 +153,7 @@ async fn throughput(rounds: usize, seconds: u64) {
         ),
     ));
     guard.0.push(
-        Command::new(BERTH)
+        own_session(&mut Command::new(BERTH))
             .args(["server", "--api", &format!("127.0.0.1:{api}"), "--data-dir"])
             .arg(dir.path().join("berth"))
             .stderr(Stdio::null())
@@ -143,7 +162,7 @@ async fn throughput(rounds: usize, seconds: u64) {
     );
     wait_port(api);
     guard.0.push(
-        Command::new(BERTH)
+        own_session(&mut Command::new(BERTH))
             .args(["router", "--server", &format!("http://127.0.0.1:{api}")])
             .args(["--http", &format!("127.0.0.1:{http}"), "--router-admin", &format!("127.0.0.1:{admin}")])
             .env("TOKIO_WORKER_THREADS", "2")
@@ -171,6 +190,24 @@ async fn throughput(rounds: usize, seconds: u64) {
         "application/json",
     )
     .await;
+
+    // The neighbour: its own upstream, with a rule that an ordinary-looking request makes
+    // pathological.
+    put(
+        format!("http://127.0.0.1:{admin}/upstream/evil.test"),
+        format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {origin}}}]}}"),
+        "application/json",
+    )
+    .await;
+    let evil_rule = "if req.path:find(\"^/api/.-/.-/.-/admin\") then return deny(403, \"no admin\") end\n";
+    let r = client
+        .put(format!("http://127.0.0.1:{admin}/lua/upstream/evil.test"))
+        .header("content-type", "text/x-lua")
+        .body(evil_rule)
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
 
     let rule_url = format!("http://127.0.0.1:{admin}/lua/upstream/bench.test");
     // The same rule twice: as written it runs natively; with a call of Lua's own `tostring`,
@@ -214,9 +251,10 @@ async fn throughput(rounds: usize, seconds: u64) {
     wrk(proxy, 2, &nginx_workers);
     wrk(http, 2, &router_pid);
     let (mut n, mut b, mut native, mut vm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut attacked, mut attacks) = (Vec::new(), Vec::new());
     for round in 0..rounds {
-        for step in 0..4 {
-            match (round + step) % 4 {
+        for step in 0..5 {
+            match (round + step) % 5 {
                 0 => n.push(wrk(proxy, seconds, &nginx_workers)),
                 1 => b.push(wrk(http, seconds, &router_pid)),
                 2 => {
@@ -224,20 +262,27 @@ async fn throughput(rounds: usize, seconds: u64) {
                     native.push(wrk(http, seconds, &router_pid));
                     drop_rule().await;
                 }
-                _ => {
+                3 => {
                     set_rule(vm_rule, "lua").await;
                     vm.push(wrk(http, seconds, &router_pid));
                     drop_rule().await;
+                }
+                _ => {
+                    let attack = Attacker::start(http);
+                    let run = tokio::task::spawn_blocking(move || wrk(http, seconds, &router_pid)).await.unwrap();
+                    attacked.push(run);
+                    attacks.push(attack.stop().await);
                 }
             }
         }
         let last = |v: &Vec<Run>| v.last().map_or(f64::NAN, |r| r.rps);
         println!(
-            "round {round}: nginx {:.0}, berth {:.0}, berth+rule {:.0}, berth+rule in VM {:.0} req/s",
+            "round {round}: nginx {:.0}, berth {:.0}, berth+rule {:.0}, berth+rule in VM {:.0}, berth beside a pathological rule {:.0} req/s",
             last(&n),
             last(&b),
             last(&native),
-            last(&vm)
+            last(&vm),
+            last(&attacked),
         );
     }
     let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
@@ -273,6 +318,89 @@ async fn throughput(rounds: usize, seconds: u64) {
     };
     println!("\nrule cost, native: {}", cost(&native));
     println!("rule cost, in the Lua VM: {}", cost(&vm));
+
+    let attacked_rps = med(&attacked, |r| r.rps);
+    let sent: usize = attacks.iter().map(|a| a.sent).sum();
+    let mut waits: Vec<f64> = attacks.iter().flat_map(|a| a.latencies_ms.iter().copied()).collect();
+    waits.sort_by(|a, b| a.total_cmp(b));
+    let pct = |q: f64| waits.get(((waits.len() as f64 - 1.0) * q).round() as usize).copied().unwrap_or(f64::NAN);
+    println!("\n## a healthy upstream while a neighbour's rule is pathological ({rounds} rounds, median)\n");
+    println!("| | requests/s | p99 ms | vs undisturbed |");
+    println!("|---|---|---|---|");
+    println!("| bench.test, undisturbed | {b_rps:.0} | {:.2} | 1.00 |", med(&b, |r| r.p99_ms));
+    println!(
+        "| bench.test, evil.test attacked at {ATTACK_RATE} req/s | {attacked_rps:.0} | {:.2} | {:.2} |",
+        med(&attacked, |r| r.p99_ms),
+        attacked_rps / b_rps
+    );
+    println!(
+        "\npathological requests: {sent} sent, {} answered; their latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        waits.len(),
+        pct(0.5),
+        pct(0.99),
+        waits.last().copied().unwrap_or(f64::NAN)
+    );
+    // What the rule did with them: overran its budget, or was skipped while suspended.
+    let metrics: serde_json::Value =
+        client.get(format!("http://127.0.0.1:{admin}/metrics")).send().await.unwrap().json().await.unwrap();
+    let evil = &metrics["clusters"]["cls:evil.test"];
+    println!(
+        "the neighbour's rule: {} overran its budget, {} skipped while suspended, {} errors",
+        evil["rule_overruns"], evil["rule_suspended"], evil["rule_errors"]
+    );
+}
+
+/// Pathological requests to the neighbour at a steady rate, whatever their answers take: the
+/// attack is the same in every run, so the healthy figure is what moves.
+const ATTACK_RATE: u64 = 100;
+/// `/api/` and this many slashes: the rule's pattern takes about N³ steps (0.6 s at N=800 before
+/// pattern work was budgeted).
+const ATTACK_SLASHES: usize = 1600;
+
+struct Attacker {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Attack>,
+}
+
+struct Attack {
+    sent: usize,
+    latencies_ms: Vec<f64>,
+}
+
+impl Attacker {
+    fn start(http: u16) -> Attacker {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        // No `admin` at the end: the pattern has to try every way to place its three `.-`
+        // before it can fail.
+        let url = format!("http://127.0.0.1:{http}/api/{}", "/".repeat(ATTACK_SLASHES));
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / ATTACK_RATE));
+            let mut inflight = tokio::task::JoinSet::new();
+            let mut sent = 0;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stopped.changed() => break,
+                }
+                let (client, url) = (client.clone(), url.clone());
+                sent += 1;
+                inflight.spawn(async move {
+                    let began = Instant::now();
+                    let answered = client.get(url).header("host", "evil.test").send().await.is_ok();
+                    answered.then(|| began.elapsed().as_secs_f64() * 1000.0)
+                });
+            }
+            let latencies_ms = inflight.join_all().await.into_iter().flatten().collect();
+            Attack { sent, latencies_ms }
+        });
+        Attacker { stop, task }
+    }
+
+    async fn stop(self) -> Attack {
+        let _ = self.stop.send(true);
+        self.task.await.unwrap()
+    }
 }
 
 async fn death_to_unrouted(trials: usize) {
@@ -321,12 +449,79 @@ async fn death_to_unrouted(trials: usize) {
     println!("| {:.1} | {:.1} | {:.1} |", median(times.clone()), times[0], times[times.len() - 1]);
 }
 
+/// Launch times (ms since the epoch) a crash-loop script wrote.
+fn launches(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path).unwrap_or_default().lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// How many launches the backoff curve allows in `window_ms` after a first failed launch, and
+/// how the actual gaps compare with the delay each step asks for (gap / delay, smallest).
+fn against_curve(failing: &[i64], window_ms: i64) -> (usize, usize, f64) {
+    let Some(&first) = failing.first() else { return (0, 0, f64::NAN) };
+    let in_window: Vec<i64> = failing.iter().copied().filter(|t| t - first <= window_ms).collect();
+    let (mut t, mut n, mut curve) = (0i64, 1u32, 1usize);
+    while t + berth_core::Backoff::delay_ms(n) <= window_ms {
+        t += berth_core::Backoff::delay_ms(n);
+        n += 1;
+        curve += 1;
+    }
+    let tightest = in_window
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| (w[1] - w[0]) as f64 / berth_core::Backoff::delay_ms(i as u32 + 1) as f64)
+        .fold(f64::INFINITY, f64::min);
+    (in_window.len(), curve, tightest)
+}
+
+/// An always-failing instance alone, and one beside two healthy siblings of its own app, in the
+/// same platform at the same time: their launches against the backoff curve.
+async fn crash_loop_rate(window: Duration) {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let work = p.dir.path().join("loops");
+    std::fs::create_dir_all(&work).unwrap();
+    let bin = berth_testkit::image::testapp_binary();
+    // `beside`: the first two launches take a slot each and run; every later one exits 1.
+    let beside = format!(
+        "date +%s%3N >> {w}/beside; (mkdir {w}/slot1 || mkdir {w}/slot2) 2>/dev/null && exec {b} || exit 1",
+        w = work.display(),
+        b = bin.display()
+    );
+    let alone = format!("date +%s%3N >> {w}/alone; exit 1", w = work.display());
+    for (name, instances, script) in [("beside", 3, beside), ("alone", 1, alone)] {
+        let spec = format!(
+            "group: bench\nname: {name}\ndriver: exec\ninstances: {instances}\ncommand: [sh, -c, \"{script}\"]\n"
+        );
+        let file = p.write(&format!("{name}.yaml"), &spec);
+        let _ = p.cli(&["deploy", "-f", &file, "--no-wait"]).await;
+    }
+    tokio::time::sleep(window + Duration::from_secs(2)).await;
+    let window_ms = window.as_millis() as i64;
+    println!(
+        "\n## crash-loop launches against the backoff curve ({}s window from the first failure)\n",
+        window.as_secs()
+    );
+    println!(
+        "| always-failing instance | launches | the curve allows | launches / curve | smallest gap / its step's delay |"
+    );
+    println!("|---|---|---|---|---|");
+    for name in ["alone", "beside"] {
+        let all = launches(&work.join(name));
+        // Beside: the first two launches are the healthy siblings.
+        let failing: Vec<i64> = if name == "beside" { all.into_iter().skip(2).collect() } else { all };
+        let (got, curve, tightest) = against_curve(&failing, window_ms);
+        let label = if name == "alone" { "alone (instances: 1)" } else { "beside 2 healthy siblings (instances: 3)" };
+        println!("| {label} | {got} | {curve} | {:.2} | {tightest:.2} |", got as f64 / curve as f64);
+    }
+}
+
 fn main() {
     let rounds = std::env::var("BERTH_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(3);
     let seconds = std::env::var("BERTH_BENCH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let crash_window = std::env::var("BERTH_BENCH_CRASH_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
     rt.block_on(async {
         throughput(rounds, seconds).await;
         death_to_unrouted(9).await;
+        crash_loop_rate(Duration::from_secs(crash_window)).await;
     });
 }

@@ -48,6 +48,21 @@ async fn killed_container_is_replaced() {
     assert!(dead["reason"].as_str().unwrap().contains("137"), "{dead}");
     let events = p.cli_ok(&["events", "--app", "api"]).await;
     assert!(events.contains("instance.failed") && events.contains("launch backoff"), "{events}");
+    // Its log cursor goes with it; the live instances keep theirs.
+    let cursors = p.data_dir().join("agent").join("log-cursors");
+    wait_until("the dead instance's log cursor to be removed", Duration::from_secs(10), || async {
+        (!cursors.join(&victim).exists()).then_some(())
+    })
+    .await;
+    let running: Vec<String> = instances(&status)
+        .iter()
+        .filter(|i| i["state"] == "running")
+        .map(|i| i["id"].as_str().unwrap().to_string())
+        .collect();
+    wait_until("every running container's cursor", Duration::from_secs(10), || async {
+        running.iter().all(|id| cursors.join(id).exists()).then_some(())
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
