@@ -760,6 +760,9 @@ pub struct RouterReport {
     /// Requests served per app (`GROUP/NAME`) or static upstream, since the router started.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub requests: BTreeMap<String, RouterCounts>,
+    /// Access-log lines dropped since the router started, because its disk did not keep up.
+    #[serde(default)]
+    pub access_log_dropped: u64,
 }
 
 /// A router as the control plane last heard from it (`GET /v1/routers`).

@@ -307,10 +307,7 @@ impl Admin {
                     .into_iter()
                     .map(|(name, m)| (name, serde_json::to_value(m.view()).unwrap_or_default()))
                     .collect();
-                reply(
-                    StatusCode::OK,
-                    json!({"clusters": clusters, "access_log_drops": self.proxy.access_drops.load(Ordering::Relaxed)}),
-                )
+                reply(StatusCode::OK, json!({"clusters": clusters, "access_log_drops": self.proxy.access_dropped()}))
             }
             (&Method::GET, ["explain"]) => match query_param(&req, "host") {
                 Some(host) => {

@@ -93,6 +93,7 @@ pub async fn report(
             admin: admin.clone(),
             in_flight,
             requests,
+            access_log_dropped: proxy.access_dropped(),
         };
         if let Err(e) = client.router_report(&id, &report).await {
             tracing::debug!(error = %e, "reporting to the control plane failed");

@@ -1,6 +1,7 @@
 //! The data plane: one front door routing by Host across live instances, fed by the control
 //! plane's route watch, with health checks, Lua rules and an admin API.
 
+pub mod access_log;
 pub mod admin;
 pub mod balance;
 mod discovery;
@@ -25,12 +26,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls;
 
+use crate::access_log::AccessLog;
+pub use crate::access_log::LogLimit;
 use crate::proxy::{Body, Proxy};
 use crate::table::{Registry, Scope};
 use crate::upstream::{Buf, Pool};
@@ -77,12 +80,6 @@ pub struct RouterConfig {
     pub tls: Option<TlsConfig>,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub struct LogLimit {
-    pub bytes: u64,
-    pub files: usize,
-}
-
 #[derive(Debug, Clone)]
 pub struct TlsConfig {
     pub listen: String,
@@ -126,6 +123,7 @@ pub struct Router {
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<std::thread::JoinHandle<()>>,
+    access: Option<Arc<AccessLog>>,
 }
 
 /// A listening socket that other workers can bind too (`SO_REUSEPORT`): the kernel spreads
@@ -352,62 +350,6 @@ where
     .await;
 }
 
-/// `access.log`, then `access.log.1` (newest rotated) up to `access.log.N-1`.
-fn rotated(path: &std::path::Path, n: usize) -> PathBuf {
-    if n == 0 {
-        return path.to_path_buf();
-    }
-    let mut name = path.as_os_str().to_os_string();
-    name.push(format!(".{n}"));
-    PathBuf::from(name)
-}
-
-/// Shifts the rotated files up by one, dropping the oldest, and moves the current one to `.1`.
-fn rotate(path: &std::path::Path, files: usize) -> std::io::Result<()> {
-    let keep = files.max(1);
-    let _ = std::fs::remove_file(rotated(path, keep - 1));
-    for n in (1..keep.saturating_sub(1)).rev() {
-        let _ = std::fs::rename(rotated(path, n), rotated(path, n + 1));
-    }
-    if keep > 1 { std::fs::rename(path, rotated(path, 1)) } else { std::fs::remove_file(path) }
-}
-
-async fn write_access_log(path: PathBuf, limit: LogLimit, mut rx: mpsc::Receiver<String>) {
-    let open = |path: PathBuf| async move {
-        let file = tokio::fs::OpenOptions::new().create(true).append(true).open(&path).await?;
-        let size = file.metadata().await?.len();
-        Ok::<_, std::io::Error>((tokio::io::BufWriter::new(file), size))
-    };
-    let (mut out, mut size) = match open(path.clone()).await {
-        Ok(opened) => opened,
-        Err(e) => {
-            tracing::error!(path = %path.display(), error = %e, "cannot open the access log");
-            return;
-        }
-    };
-    while let Some(line) = rx.recv().await {
-        let _ = out.write_all(line.as_bytes()).await;
-        let _ = out.write_all(b"\n").await;
-        size += line.len() as u64 + 1;
-        if size >= limit.bytes {
-            // Full: no file passes the limit by more than one line.
-            let _ = out.flush().await;
-            let rotated = rotate(&path, limit.files);
-            match (rotated, open(path.clone()).await) {
-                (Ok(()), Ok(reopened)) => (out, size) = reopened,
-                (Err(e), _) | (_, Err(e)) => {
-                    tracing::error!(path = %path.display(), error = %e, "cannot rotate the access log");
-                    return;
-                }
-            }
-        } else if rx.is_empty() {
-            // Write through when the queue is empty, so the log is never far behind.
-            let _ = out.flush().await;
-        }
-    }
-    let _ = out.flush().await;
-}
-
 fn is_loopback(addr: &SocketAddr) -> bool {
     addr.ip().is_loopback()
 }
@@ -431,19 +373,16 @@ impl Router {
             return Err(RouterError::AdminNeedsToken(admin_addr.to_string()));
         }
         let mut tasks = Vec::new();
+        // A shard per worker thread, HTTP/1 and TLS fronts alike, plus room for the admin's.
         let access = match &config.access_log {
-            Some(path) => {
-                if let Some(dir) = path.parent() {
-                    std::fs::create_dir_all(dir).map_err(|e| RouterError::AccessLog(path.clone(), e))?;
-                }
-                let (tx, rx) = mpsc::channel(65_536);
-                tasks.push(tokio::spawn(write_access_log(path.clone(), config.access_log_limit, rx)));
-                Some(tx)
-            }
+            Some(path) => Some(
+                AccessLog::open(path, config.access_log_limit, 2 * config.workers + 2)
+                    .map_err(|e| RouterError::AccessLog(path.clone(), e))?,
+            ),
             None => None,
         };
         let client = Client::new(&config.server)?;
-        let proxy = Arc::new(Proxy::new(access).with_max_body(config.max_body));
+        let proxy = Arc::new(Proxy::new(access.clone()).with_max_body(config.max_body));
         let registry = Arc::new(Registry::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(0u64);
@@ -482,7 +421,7 @@ impl Router {
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
         tasks.push(tokio::spawn(serve(admin, move |req| admin_state.clone().handle(req), shutdown_rx)));
         tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = config.domain.as_deref().unwrap_or("the server's"), "berth router listening");
-        Ok(Router { http_addr, https_addr, admin_addr, shutdown, tasks, workers })
+        Ok(Router { http_addr, https_addr, admin_addr, shutdown, tasks, workers, access })
     }
 
     pub async fn stop(self) {
@@ -494,37 +433,9 @@ impl Router {
         let workers = self.workers;
         let joined = tokio::task::spawn_blocking(move || workers.into_iter().for_each(|w| drop(w.join())));
         let _ = tokio::time::timeout(Duration::from_secs(5), joined).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn the_access_log_rotates_by_size_and_keeps_the_newest_lines() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("access.log");
-        let limit = LogLimit { bytes: 10 * 1024, files: 3 };
-        let (tx, rx) = mpsc::channel(16);
-        let writer = tokio::spawn(write_access_log(path.clone(), limit, rx));
-        let line = |n: usize| format!("{{\"n\":{n:06},\"pad\":\"{}\"}}", "x".repeat(80));
-        for n in 0..1000 {
-            tx.send(line(n)).await.unwrap();
+        // The workers are done: every line they finished reaches the file.
+        if let Some(access) = self.access {
+            let _ = tokio::task::spawn_blocking(move || access.close()).await;
         }
-        drop(tx);
-        writer.await.unwrap();
-
-        assert!(!rotated(&path, 3).exists(), "only 3 files are kept");
-        let mut kept = Vec::new();
-        for n in (0..3).rev() {
-            let text = std::fs::read_to_string(rotated(&path, n)).unwrap();
-            assert!(text.len() as u64 <= limit.bytes + line(0).len() as u64 + 1, "file {n} is {} bytes", text.len());
-            kept.extend(text.lines().map(str::to_string));
-        }
-        // Oldest file first: the kept lines are the newest ones, in order, with none missing.
-        let first = 1000 - kept.len();
-        assert!(kept.len() > 200, "{} lines kept", kept.len());
-        assert_eq!(kept, (first..1000).map(line).collect::<Vec<_>>());
     }
 }

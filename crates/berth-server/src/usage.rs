@@ -528,6 +528,17 @@ fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
         f.sample("berth_router_request_duration_seconds_sum", &[("app", app)], c.latency_sum_ms / 1000.0);
         f.sample("berth_router_request_duration_seconds_count", &[("app", app)], cumulative as f64);
     }
+    f.head(
+        "berth_router_access_log_dropped_total",
+        "counter",
+        "Access-log lines a router dropped because its disk did not keep up.",
+    );
+    let now = now_ms();
+    for (router, (at, report)) in lock(&shared.routers).iter() {
+        if now - at <= 60_000 {
+            f.sample("berth_router_access_log_dropped_total", &[("router", router)], report.access_log_dropped as f64);
+        }
+    }
     Ok(out)
 }
 

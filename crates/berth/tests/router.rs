@@ -426,3 +426,53 @@ async fn host_names_have_one_owner() {
     assert_eq!(status, 200);
     assert!(deploy("front3", "legacy.test").await.status.success());
 }
+
+/// The access log holds every request of a burst once the router has stopped cleanly, with the
+/// fields a person needs; `--access-log off` writes none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_access_log_holds_every_request_and_can_be_off() {
+    let mut p = Platform::start(BERTH.as_ref(), "exec").await;
+    let file = p.write("web.yaml", &exec_spec("web", 2, "log.test"));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    wait_until("the router to route log.test", Duration::from_secs(10), || async {
+        p.via_router("log.test", "/").await.ok().filter(|(s, _)| *s == 200)
+    })
+    .await;
+    let log_path = p.data_dir().join("router/access.log");
+    let before = std::fs::read_to_string(&log_path).unwrap_or_default().lines().count();
+    const BURST: usize = 400;
+    let client = reqwest::Client::new();
+    let sends = (0..BURST).map(|n| {
+        let client = client.clone();
+        let url = format!("http://{}/?burst={n}", p.http);
+        async move { client.get(url).header("host", "log.test").send().await.map(|r| r.status().as_u16()) }
+    });
+    let statuses = futures_util::future::join_all(sends).await;
+    assert!(statuses.iter().all(|s| matches!(s, Ok(200))), "{statuses:?}");
+    let (code, _) = p.via_router("nobody.test", "/missing").await.unwrap();
+    assert_eq!(code, 404);
+    assert!(p.terminate(Duration::from_secs(20)).await.is_some_and(|s| s.success()), "a clean stop");
+
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    let lines: Vec<Value> = text.lines().skip(before).map(|l| serde_json::from_str(l).expect("JSON line")).collect();
+    let burst: Vec<&Value> =
+        lines.iter().filter(|l| l["path"].as_str().is_some_and(|p| p.starts_with("/?burst="))).collect();
+    assert_eq!(burst.len(), BURST, "every request of the burst is logged");
+    let one = burst[0];
+    for field in ["ts", "remote", "method", "host", "path", "status", "bytes", "ms", "upstream", "app", "cluster"] {
+        assert!(!one[field].is_null(), "{field} in {one}");
+    }
+    assert_eq!((one["status"].as_u64(), one["app"].as_str()), (Some(200), Some("shop/web")), "{one}");
+    assert!(one["bytes"].as_u64().unwrap() > 0, "{one}");
+    let missing = lines.iter().find(|l| l["host"] == "nobody.test").expect("the 404 is logged too");
+    assert_eq!((missing["status"].as_u64(), missing["upstream"].is_null()), (Some(404), true), "{missing}");
+
+    let q = Platform::start_args(BERTH.as_ref(), "exec", &["--access-log".into(), "off".into()]).await;
+    let file = q.write("web.yaml", &exec_spec("web", 1, "off.test"));
+    q.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    wait_until("the router to route off.test", Duration::from_secs(10), || async {
+        q.via_router("off.test", "/").await.ok().filter(|(s, _)| *s == 200)
+    })
+    .await;
+    assert!(!q.data_dir().join("router/access.log").exists(), "--access-log off writes no log");
+}

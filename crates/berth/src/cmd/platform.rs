@@ -233,7 +233,7 @@ pub struct RouterOptions {
     /// Serve the apps whose `zones` include this one (and apps with no zones).
     #[arg(long, default_value = "default")]
     zone: String,
-    /// JSON-lines access log.
+    /// JSON-lines access log, or `off` (`berth up` writes DATA_DIR/router/access.log unless off).
     #[arg(long = "access-log")]
     access_log: Option<PathBuf>,
     /// Size of the access log before it rotates (`64KiB`, `64MiB`, or bytes).
@@ -286,7 +286,12 @@ impl RouterOptions {
             admin_token: self.token()?,
             zone: self.zone.clone(),
             domain,
-            access_log: self.access_log.clone().or(default_log),
+            // `--access-log off` turns off even `berth up`'s default log.
+            access_log: match &self.access_log {
+                Some(path) if path.as_os_str() == "off" => None,
+                Some(path) => Some(path.clone()),
+                None => default_log,
+            },
             access_log_limit: berth_router::LogLimit {
                 bytes: self.access_log_size,
                 files: usize::from(self.access_log_files),
