@@ -87,18 +87,27 @@ fn wait_port(port: u16) {
 #[derive(Clone, Copy)]
 struct Run {
     rps: f64,
+    p50_ms: f64,
     p99_ms: f64,
+    p999_ms: f64,
     /// The proxy's CPU per request, in microseconds.
     user_us: f64,
     system_us: f64,
 }
 
+/// wrk prints the 50th, 99th and 99.9th latency percentiles (µs) with this script.
+const PERCENTILES: &str = "done = function(summary, latency, requests)\n  \
+    io.write(string.format(\"P50 %d\\nP99 %d\\nP999 %d\\n\", latency:percentile(50), latency:percentile(99), latency:percentile(99.9)))\nend\n";
+
 /// Runs wrk against the proxy on `port` whose processes are `pids`.
 fn wrk(port: u16, seconds: u64, pids: &[u32]) -> Run {
     let cpu = || pids.iter().map(|p| cpu_split(*p)).fold((0.0, 0.0), |a, c| (a.0 + c.0, a.1 + c.1));
+    let script = std::env::temp_dir().join(format!("berth-bench-percentiles-{}.lua", std::process::id()));
+    std::fs::write(&script, PERCENTILES).unwrap();
     let before = cpu();
     let out = Command::new("wrk")
-        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-H", "Host: bench.test"])
+        .args(["-t2", "-c64", &format!("-d{seconds}s"), "--latency", "-H", "Host: bench.test", "-s"])
+        .arg(&script)
         .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .expect("wrk (apt-get install wrk)");
@@ -108,7 +117,12 @@ fn wrk(port: u16, seconds: u64, pids: &[u32]) -> Run {
         .find_map(|l| l.strip_prefix("Requests/sec:"))
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("wrk output: {text}"));
-    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).map(|v| parse_ms(v.trim())).unwrap_or(f64::NAN);
+    let percentile = |key: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or(f64::NAN, |us| us / 1000.0)
+    };
     assert!(!text.contains("Non-2xx"), "non-2xx answers under load:\n{text}");
     let after = cpu();
     let requests: f64 = text
@@ -116,17 +130,13 @@ fn wrk(port: u16, seconds: u64, pids: &[u32]) -> Run {
         .find_map(|l| l.trim().split_once(" requests in").and_then(|(n, _)| n.trim().parse().ok()))
         .unwrap_or(f64::NAN);
     let per_request = |seconds: f64| seconds * 1e6 / requests;
-    Run { rps, p99_ms: p99, user_us: per_request(after.0 - before.0), system_us: per_request(after.1 - before.1) }
-}
-
-fn parse_ms(v: &str) -> f64 {
-    let (num, unit) = v.split_at(v.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(v.len()));
-    let n: f64 = num.parse().unwrap_or(f64::NAN);
-    match unit {
-        "us" => n / 1000.0,
-        "ms" => n,
-        "s" => n * 1000.0,
-        _ => f64::NAN,
+    Run {
+        rps,
+        p50_ms: percentile("P50 "),
+        p99_ms: percentile("P99 "),
+        p999_ms: percentile("P999 "),
+        user_us: per_request(after.0 - before.0),
+        system_us: per_request(after.1 - before.1),
     }
 }
 
@@ -170,12 +180,49 @@ async fn throughput(rounds: usize, seconds: u64) {
             .spawn()
             .unwrap(),
     );
-    for p in [origin, proxy, http, admin] {
+    // The same three with their access logs on: nginx with a JSON line of the same fields,
+    // `berth router --access-log`, and `berth up` as it ships (its log is on by default).
+    let (proxy_log, http_log, admin_log) = (free_port(), free_port(), free_port());
+    guard.0.push(nginx(
+        dir.path(),
+        "proxy-log",
+        &format!(
+            "  log_format berth escape=json '{{\"ts\":\"$msec\",\"remote\":\"$remote_addr:$remote_port\",\"method\":\"$request_method\",\"host\":\"$host\",\"path\":\"$request_uri\",\"status\":$status,\"bytes\":$body_bytes_sent,\"ms\":$request_time,\"upstream\":\"$upstream_addr\"}}';\n  \
+             upstream origin {{ server 127.0.0.1:{origin}; keepalive 128; }}\n  server {{ listen 127.0.0.1:{proxy_log};\n    access_log {log} berth;\n    \
+             location / {{ proxy_pass http://origin; proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_set_header Host $host; }} }}",
+            log = dir.path().join("nginx-access.log").display()
+        ),
+    ));
+    guard.0.push(
+        own_session(&mut Command::new(BERTH))
+            .args(["router", "--server", &format!("http://127.0.0.1:{api}")])
+            .args(["--http", &format!("127.0.0.1:{http_log}"), "--router-admin", &format!("127.0.0.1:{admin_log}")])
+            .arg("--access-log")
+            .arg(dir.path().join("router-access.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (up_api, up_http, up_admin) = (free_port(), free_port(), free_port());
+    guard.0.push(
+        own_session(&mut Command::new(BERTH))
+            .args(["up", "--api", &format!("127.0.0.1:{up_api}"), "--http", &format!("127.0.0.1:{up_http}")])
+            .args(["--router-admin", &format!("127.0.0.1:{up_admin}"), "--data-dir"])
+            .arg(dir.path().join("berth-up"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    for p in [origin, proxy, http, admin, proxy_log, http_log, admin_log, up_http, up_admin] {
         wait_port(p);
     }
     let nginx_workers = children(guard.0[1].id());
     assert_eq!(nginx_workers.len(), 2, "the nginx proxy runs 2 workers");
+    let nginx_log_workers = children(guard.0[4].id());
+    assert_eq!(nginx_log_workers.len(), 2, "the logging nginx proxy runs 2 workers");
     let router_pid = [guard.0[3].id()];
+    let router_log_pid = [guard.0[5].id()];
+    let up_pid = [guard.0[6].id()];
     let client = reqwest::Client::new();
     let put = |path: String, body: String, ct: &'static str| {
         let client = client.clone();
@@ -184,11 +231,22 @@ async fn throughput(rounds: usize, seconds: u64) {
             assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
         }
     };
-    put(
-        format!("http://127.0.0.1:{admin}/upstream/bench.test"),
-        format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {origin}}}]}}"),
-        "application/json",
-    )
+    for admin in [admin, up_admin] {
+        put(
+            format!("http://127.0.0.1:{admin}/upstream/bench.test"),
+            format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {origin}}}]}}"),
+            "application/json",
+        )
+        .await;
+    }
+    // The logging router follows the same server: it serves bench.test once it has the snapshot.
+    wait_until("the logging router to route bench.test", Duration::from_secs(10), || {
+        let client = client.clone();
+        async move {
+            let r = client.get(format!("http://127.0.0.1:{http_log}/")).header("host", "bench.test").send().await;
+            r.ok().filter(|r| r.status() == 200).map(|_| ())
+        }
+    })
     .await;
 
     // The neighbour: its own upstream, with a rule that an ordinary-looking request makes
@@ -250,11 +308,19 @@ async fn throughput(rounds: usize, seconds: u64) {
     // first) so that drift on a shared machine hits all four alike.
     wrk(proxy, 2, &nginx_workers);
     wrk(http, 2, &router_pid);
+    wrk(proxy_log, 2, &nginx_log_workers);
+    wrk(http_log, 2, &router_log_pid);
+    wrk(up_http, 2, &up_pid);
     let (mut n, mut b, mut native, mut vm) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let (mut attacked, mut attacks) = (Vec::new(), Vec::new());
+    let (mut n_log, mut b_log, mut up) = (Vec::new(), Vec::new(), Vec::new());
+    const STEPS: usize = 8;
     for round in 0..rounds {
-        for step in 0..5 {
-            match (round + step) % 5 {
+        for step in 0..STEPS {
+            match (round + step) % STEPS {
+                5 => n_log.push(wrk(proxy_log, seconds, &nginx_log_workers)),
+                6 => b_log.push(wrk(http_log, seconds, &router_log_pid)),
+                7 => up.push(wrk(up_http, seconds, &up_pid)),
                 0 => n.push(wrk(proxy, seconds, &nginx_workers)),
                 1 => b.push(wrk(http, seconds, &router_pid)),
                 2 => {
@@ -267,46 +333,64 @@ async fn throughput(rounds: usize, seconds: u64) {
                     vm.push(wrk(http, seconds, &router_pid));
                     drop_rule().await;
                 }
-                _ => {
+                4 => {
                     let attack = Attacker::start(http);
                     let run = tokio::task::spawn_blocking(move || wrk(http, seconds, &router_pid)).await.unwrap();
                     attacked.push(run);
                     attacks.push(attack.stop().await);
                 }
+                _ => unreachable!(),
             }
         }
         let last = |v: &Vec<Run>| v.last().map_or(f64::NAN, |r| r.rps);
         println!(
-            "round {round}: nginx {:.0}, berth {:.0}, berth+rule {:.0}, berth+rule in VM {:.0}, berth beside a pathological rule {:.0} req/s",
+            "round {round}: nginx {:.0}, berth {:.0}, berth+rule {:.0}, berth+rule in VM {:.0}, berth beside a pathological rule {:.0}, \
+             nginx+log {:.0}, berth+log {:.0}, berth up {:.0} req/s",
             last(&n),
             last(&b),
             last(&native),
             last(&vm),
             last(&attacked),
+            last(&n_log),
+            last(&b_log),
+            last(&up),
         );
     }
     let med = |runs: &[Run], f: fn(&Run) -> f64| median(runs.iter().map(f).collect());
     let n_rps = med(&n, |r| r.rps);
     let b_rps = med(&b, |r| r.rps);
-    let native_rps = med(&native, |r| r.rps);
-    let vm_rps = med(&vm, |r| r.rps);
+    let n_log_rps = med(&n_log, |r| r.rps);
     println!("\n## router throughput ({rounds} interleaved rounds of {seconds}s, wrk -t2 -c64, median)\n");
-    println!("| proxy | requests/s | p99 ms | user CPU µs/req | kernel CPU µs/req | vs nginx (req/s) |");
-    println!("|---|---|---|---|---|---|");
-    for (name, runs, rps) in [
-        ("nginx 1.22 (2 workers, upstream keepalive)", &n, n_rps),
-        ("berth router (2 workers)", &b, b_rps),
-        ("berth router + rule (native)", &native, native_rps),
-        ("berth router + same rule in the Lua VM", &vm, vm_rps),
+    println!(
+        "| proxy | requests/s | p50 ms | p99 ms | p99.9 ms | user CPU µs/req | kernel CPU µs/req | vs nginx, same logging (req/s) |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, runs, peer) in [
+        ("nginx 1.22 (2 workers, upstream keepalive), no access log", &n, n_rps),
+        ("berth router (2 workers), no access log", &b, n_rps),
+        ("berth router + rule (native)", &native, n_rps),
+        ("berth router + same rule in the Lua VM", &vm, n_rps),
+        ("nginx 1.22, access_log (JSON line, same fields)", &n_log, n_log_rps),
+        ("berth router --access-log", &b_log, n_log_rps),
+        ("berth up, as shipped (access log on)", &up, n_log_rps),
     ] {
+        let rps = med(runs, |r| r.rps);
         println!(
-            "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            "| {name} | {rps:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            med(runs, |r| r.p50_ms),
             med(runs, |r| r.p99_ms),
+            med(runs, |r| r.p999_ms),
             med(runs, |r| r.user_us),
             med(runs, |r| r.system_us),
-            rps / n_rps
+            rps / peer
         );
     }
+    let per_round = |a: &[Run], b: &[Run]| {
+        a.iter().zip(b).map(|(x, y)| format!("{:.2}", x.rps / y.rps)).collect::<Vec<_>>().join(", ")
+    };
+    println!("\nberth up / nginx with its log, per round: {}", per_round(&up, &n_log));
+    println!("berth router --access-log / nginx with its log, per round: {}", per_round(&b_log, &n_log));
+    println!("berth up / standalone berth router with its log, per round: {}", per_round(&up, &b_log));
     // Each round's own ratio as well: drift between rounds moves both sides of it alike.
     let cost = |with: &[Run]| {
         let per_round: Vec<f64> = with.iter().zip(&b).map(|(w, b)| (1.0 - w.rps / b.rps) * 100.0).collect();
