@@ -250,6 +250,13 @@ impl Platform {
         })
         .await;
         self.node_id = node;
+        // Every platform here runs a router: ready means it has reported, so a deploy waits for
+        // it to route the change (`deploy` waits for the live routers it knows of).
+        wait_until("the router to report to the control plane", Duration::from_secs(20), || async {
+            let routers = self.get("/v1/routers").await.ok()?;
+            routers.as_array()?.iter().any(|r| r["live"] == true).then_some(())
+        })
+        .await;
     }
 
     /// GET a `/v1` path and decode the JSON body; `Err` carries the status and body.
