@@ -257,6 +257,9 @@ async fn wait_for_drain(client: &Client, id: &str, timeout: Duration) {
 /// How often a stopping instance asks whether routers are done with it.
 const DRAIN_POLL: Duration = Duration::from_millis(100);
 
+/// A check that keeps failing the same way has its reason said again this often.
+const REASON_EVERY: Duration = Duration::from_secs(10);
+
 /// Lines of output kept with a failed instance, for `status` to show why it died.
 const LAST_LOG_LINES: usize = 10;
 
@@ -285,11 +288,14 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
     let mut passed_once = was_adopted && a.instance.healthy == Some(true);
     let mut healthy_said: Option<bool> = None;
     let mut failures = 0u32;
+    // The last failure said, so that a check failing the same way is not reported every probe.
+    let mut reason_said: Option<(String, Instant)> = None;
     loop {
         match health::probe(&spec, &host, port).await {
             Ok(()) => {
                 failures = 0;
                 passed_once = true;
+                reason_said = None;
                 if healthy_said != Some(true) {
                     reports.send(InstanceReport {
                         healthy: Some(true),
@@ -299,6 +305,22 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                 }
             }
             Err(why) => {
+                // The instance's reason while it starts or is unhealthy: why its check fails.
+                let kind: String = why.chars().filter(|c| !c.is_ascii_digit()).collect();
+                let stale = reason_said.as_ref().is_none_or(|(k, at)| *k != kind || at.elapsed() >= REASON_EVERY);
+                if stale {
+                    let state = if passed_once { InstanceState::Running } else { InstanceState::Starting };
+                    let healthy = passed_once.then_some(false).or(base.healthy);
+                    reports.send(InstanceReport {
+                        reason: Some(format!("health check: {why}")),
+                        healthy,
+                        ..base.clone().with_state(state)
+                    });
+                    reason_said = Some((kind, Instant::now()));
+                    if passed_once {
+                        healthy_said = Some(false);
+                    }
+                }
                 let in_grace = !passed_once && begun.elapsed() < spec.grace.as_duration();
                 if !in_grace {
                     failures += 1;

@@ -10,11 +10,16 @@ use tokio::net::TcpStream;
 /// Probes `host:port` once; `Err` says why it is unhealthy.
 pub async fn probe(spec: &HealthSpec, host: &str, port: u16) -> Result<(), String> {
     let timeout = spec.timeout.as_duration();
+    let began = std::time::Instant::now();
     match tokio::time::timeout(timeout, probe_inner(spec, host, port)).await {
-        Ok(result) => result,
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(why)) => Err(format!("{why} after {} ms", began.elapsed().as_millis())),
         Err(_) => Err(format!("no answer within {}", spec.timeout)),
     }
 }
+
+/// Most of an answer a check reads before it closes: the rest is not waited for.
+const READ_AT_MOST: usize = 64 * 1024;
 
 async fn probe_inner(spec: &HealthSpec, host: &str, port: u16) -> Result<(), String> {
     let mut stream = TcpStream::connect((host, port)).await.map_err(|e| format!("connect {host}:{port}: {e}"))?;
@@ -24,17 +29,19 @@ async fn probe_inner(spec: &HealthSpec, host: &str, port: u16) -> Result<(), Str
     let request =
         format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: berth-health\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.map_err(|e| format!("send: {e}"))?;
-    let mut head = [0u8; 32];
-    let mut read = 0;
-    // The status line's first 12 bytes ("HTTP/1.1 200") are all we need.
-    while read < 12 {
-        let n = stream.read(&mut head[read..]).await.map_err(|e| format!("read: {e}"))?;
+    // The status line decides; the rest of the answer is read too (up to the server's close, as
+    // `Connection: close` asks), because closing a socket with unread data sends a reset, which
+    // many servers log as an error on every check.
+    let mut answer = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 4096];
+    while !complete(&answer) && answer.len() < READ_AT_MOST {
+        let n = stream.read(&mut chunk).await.map_err(|e| format!("read: {e}"))?;
         if n == 0 {
             break;
         }
-        read += n;
+        answer.extend_from_slice(&chunk[..n]);
     }
-    let line = String::from_utf8_lossy(&head[..read]);
+    let line = String::from_utf8_lossy(&answer[..answer.len().min(32)]);
     let status: u16 = line
         .strip_prefix("HTTP/1.")
         .and_then(|rest| rest.get(2..5))
@@ -43,10 +50,47 @@ async fn probe_inner(spec: &HealthSpec, host: &str, port: u16) -> Result<(), Str
     if (200..400).contains(&status) { Ok(()) } else { Err(format!("GET {path} answered {status}")) }
 }
 
-/// How long to sleep between probes.
+/// Whether `answer` holds a whole HTTP response: its head, and the body its framing announces
+/// (a length, or chunks up to the last); a body framed by the close is complete at EOF only.
+fn complete(answer: &[u8]) -> bool {
+    let Some(end) = answer.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&answer[..end]).to_ascii_lowercase();
+    let body = &answer[end + 4..];
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| l.split_once(':').filter(|(n, _)| n.trim() == name).map(|(_, v)| v.trim().to_string()))
+    };
+    if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    match header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        Some(len) => body.len() >= len,
+        // 204, 304 and 1xx have no body.
+        None => head.split_whitespace().nth(1).is_some_and(|c| c == "204" || c == "304" || c.starts_with('1')),
+    }
+}
+
 /// The wait before the next probe. Until an instance first passes, it is probed at least every
 /// second, so a deploy notices a started instance at once rather than an interval later.
 pub fn interval(spec: &HealthSpec, passed_once: bool) -> Duration {
     let every = spec.interval.as_duration().max(Duration::from_millis(50));
     if passed_once { every } else { every.min(Duration::from_secs(1)) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::complete;
+
+    #[test]
+    fn an_answer_is_complete_by_its_framing() {
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabc"));
+        assert!(complete(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nabcde"));
+        assert!(!complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n"));
+        assert!(complete(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"));
+        assert!(complete(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert!(!complete(b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nuntil close"), "framed by the close");
+    }
 }

@@ -807,6 +807,9 @@ async fn reports(AxState(shared): AxState<Shared>, Path(node): Path<String>, bod
             inst.oom_killed |= report.oom_killed;
             if report.reason.is_some() {
                 inst.reason = report.reason.clone();
+            } else if report.healthy == Some(true) && inst.state.is_live() {
+                // Its check passes again: the failure it was showing is over.
+                inst.reason = None;
             }
             if !report.last_log.is_empty() {
                 inst.last_log = report.last_log.iter().take(20).cloned().collect();

@@ -259,3 +259,34 @@ async fn ports_held_by_another_process_are_skipped_not_crash_looped() {
         .collect();
     assert!(ports.contains(&a) && ports.contains(&b), "freed ports are used again: {ports:?}");
 }
+
+/// An HTTP check reads the whole answer and closes cleanly, so a server that logs a reset (as
+/// Python's http.server does, with a traceback) logs nothing but its requests; and an instance
+/// whose check fails says why while it is starting.
+#[tokio::test(flavor = "multi_thread")]
+async fn health_checks_read_the_answer_and_say_why_they_fail() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = "group: ops\nname: py\ndriver: exec\ncommand: [sh, -c, \"exec python3 -u -m http.server $PORT --bind 127.0.0.1\"]\n\
+                health:\n  http: /\n  interval: 100ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n";
+    let file = p.write("py.yaml", spec);
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    // Fifty checks or more.
+    let logs = wait_until("fifty checks in the app's log", Duration::from_secs(30), || async {
+        let out = p.cli_ok(&["app", "py", "logs", "-n", "1000"]).await;
+        (out.matches("\"GET / HTTP/1.1\" 200").count() >= 50).then_some(out)
+    })
+    .await;
+    assert!(!logs.contains("Traceback") && !logs.contains("ConnectionResetError"), "{logs}");
+
+    let never = "group: ops\nname: deaf\ndriver: exec\ncommand: [sleep, \"300\"]\n\
+                 health:\n  http: /\n  interval: 100ms\n  timeout: 1s\n  grace: 60s\n";
+    let file = p.write("deaf.yaml", never);
+    p.cli_ok(&["deploy", "-f", &file, "--no-wait"]).await;
+    let reason = wait_until("the starting instance's reason", Duration::from_secs(20), || async {
+        let live = p.live("deaf").await;
+        let inst = live.iter().find(|i| i["state"] == "starting")?;
+        inst["reason"].as_str().map(str::to_string)
+    })
+    .await;
+    assert!(reason.starts_with("health check: connect") && reason.contains("refused"), "{reason}");
+}

@@ -356,7 +356,8 @@ pub fn status_table(s: &AppStatus) -> String {
                 i.node.clone(),
                 v.address.clone().unwrap_or_else(|| "-".into()),
                 ago(i.started_at.unwrap_or(i.created_at)),
-                if i.state.is_terminal() { i.reason.clone().unwrap_or_default() } else { String::new() },
+                // Why it ended, or while it starts or is unhealthy, why its check fails.
+                output::visible(i.reason.as_deref().unwrap_or_default()).into_owned(),
             ]
         })
         .collect();
