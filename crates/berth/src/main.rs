@@ -2,6 +2,7 @@
 
 mod cmd;
 mod output;
+mod terminal;
 
 use std::process::ExitCode;
 

@@ -162,3 +162,73 @@ async fn docker_use_shows_in_top_with_limits_and_network() {
     assert!(i["net_rx_bytes"].is_u64(), "network counters come from the engine: {u}");
     assert!(i["cpu_percent"].as_f64().unwrap() <= 110.0, "cpu: 1 caps it at one core: {u}");
 }
+
+/// Live views are for terminals: into a pipe `top` prints one plain snapshot and ends (`--watch`
+/// keeps going, still plain), on a terminal it redraws until `q`, and `berth up`'s own log
+/// carries no colour codes into its file.
+#[tokio::test(flavor = "multi_thread")]
+async fn top_into_a_pipe_is_plain_and_ends_and_q_quits_on_a_terminal() {
+    use tokio::io::AsyncWriteExt;
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    for args in [&["top"][..], &["app", "nope", "top"][..]] {
+        let out = tokio::time::timeout(Duration::from_secs(10), p.cli(args)).await.expect("top ends when piped");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(!text.contains('\x1b'), "no screen-control bytes in a pipe: {text:?}");
+        if args.len() == 1 {
+            assert!(out.status.success() && text.contains("NODE"), "{text}");
+        }
+    }
+
+    let mut watch = tokio::process::Command::new(BERTH)
+        .args(["top", "--watch", "--every", "1"])
+        .env("BERTH_SERVER", &p.api)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let seen = collect(watch.stdout.take().unwrap());
+    let text = wait_until("two snapshots from --watch", Duration::from_secs(10), || async {
+        let text = seen.lock().unwrap().clone();
+        (text.matches("NODE").count() >= 2).then_some(text)
+    })
+    .await;
+    assert!(!text.contains('\x1b'), "{text:?}");
+    watch.kill().await.unwrap();
+
+    // A terminal (from `script`): the view redraws until `q`.
+    let mut live = tokio::process::Command::new("script")
+        .args(["-qec", &format!("{BERTH} top --every 1"), "/dev/null"])
+        .env("BERTH_SERVER", &p.api)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let screen = collect(live.stdout.take().unwrap());
+    wait_until("the live view", Duration::from_secs(10), || async {
+        screen.lock().unwrap().contains("(q to quit)").then_some(())
+    })
+    .await;
+    live.stdin.as_mut().unwrap().write_all(b"q").await.unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(5), live.wait()).await.expect("q quits").unwrap();
+    assert!(status.success(), "{status:?}");
+
+    assert!(!p.log().contains('\x1b'), "berth up's log file has no colour codes");
+}
+
+/// Everything a child writes to `out`, as it comes.
+fn collect(mut out: tokio::process::ChildStdout) -> std::sync::Arc<std::sync::Mutex<String>> {
+    use tokio::io::AsyncReadExt;
+    let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = text.clone();
+    tokio::spawn(async move {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+            sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    text
+}

@@ -90,7 +90,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     let env_filter = tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal: never into a log file or a pipe, nor under NO_COLOR.
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
     let ctx = Ctx { server: cli.server.clone(), format: cli.output };
     match cli.command {

@@ -10,9 +10,12 @@ use crate::output::{self, Format, table};
 
 #[derive(Debug, Clone, Copy, clap::Args)]
 pub struct TopArgs {
-    /// Print once and exit (what `-o json` always does).
-    #[arg(long)]
+    /// Print once and exit (what `-o json` always does, and what a pipe gets unless `--watch`).
+    #[arg(long, conflicts_with = "watch")]
     pub once: bool,
+    /// Keep printing when the output is not a terminal: one snapshot after another, plain text.
+    #[arg(long)]
+    pub watch: bool,
     /// Seconds between refreshes.
     #[arg(long, default_value_t = 2)]
     pub every: u64,
@@ -110,9 +113,17 @@ fn render(u: &Usage, app: Option<&str>) -> String {
     out
 }
 
-/// Shows use until interrupted (or once): the whole cluster, or one app's instances.
+/// Shows use: the whole cluster, or one app's instances. On a terminal it redraws until `q` or
+/// Ctrl-C, like top; into a pipe or a file it prints one snapshot (`--watch`: one after another,
+/// with no screen-control codes).
 pub async fn run(args: TopArgs, app: Option<&str>, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal;
     let client = ctx.client()?;
+    let live = ctx.format == Format::Table && !args.once && std::io::stdout().is_terminal();
+    let watch = ctx.format == Format::Table && !args.once && (live || args.watch);
+    // Keys arrive one by one, unechoed, while the view is live; restored however it ends.
+    let keys = if live { crate::terminal::Keys::start() } else { None };
+    let every = Duration::from_secs(args.every.max(1));
     loop {
         let usage = client.usage(app).await?;
         match ctx.format {
@@ -120,13 +131,31 @@ pub async fn run(args: TopArgs, app: Option<&str>, ctx: &Ctx) -> anyhow::Result<
                 println!("{}", output::json(&usage)?);
                 return Ok(ExitCode::SUCCESS);
             }
-            Format::Table if args.once => {
+            Format::Table if !watch => {
                 println!("{}", render(&usage, app));
                 return Ok(ExitCode::SUCCESS);
             }
             // Clear the screen and draw again, like top.
-            Format::Table => println!("\x1b[2J\x1b[H{}", render(&usage, app)),
+            Format::Table if live => {
+                println!("\x1b[2J\x1b[H{}\n(q to quit)", render(&usage, app));
+            }
+            Format::Table => println!("{}\n{}", output::clock_ms(berth_server::now_ms()), render(&usage, app)),
         }
-        tokio::time::sleep(Duration::from_secs(args.every.max(1))).await;
+        let quit = async {
+            match &keys {
+                Some(k) => k.quit().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = quit => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
     }
+    drop(keys);
+    if live {
+        println!();
+    }
+    Ok(ExitCode::SUCCESS)
 }

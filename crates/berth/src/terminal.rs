@@ -1,0 +1,52 @@
+//! The terminal under a live view: keys read one at a time without echo, and the terminal's
+//! settings put back however the view ends.
+
+use std::io::{IsTerminal, Read};
+use std::sync::Arc;
+
+use nix::sys::termios::{self, LocalFlags, SetArg, Termios};
+use tokio::sync::Notify;
+
+/// Keys from the terminal while a live view runs; dropping it restores the terminal.
+pub struct Keys {
+    saved: Termios,
+    quit: Arc<Notify>,
+}
+
+impl Keys {
+    /// None when stdin is not a terminal (there are no keys to read then).
+    pub fn start() -> Option<Keys> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        // Byte by byte, unechoed; Ctrl-C still interrupts.
+        raw.local_flags.remove(LocalFlags::ICANON | LocalFlags::ECHO);
+        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        let quit = Arc::new(Notify::new());
+        let notify = quit.clone();
+        std::thread::spawn(move || {
+            let mut byte = [0u8; 1];
+            while let Ok(1) = std::io::stdin().read(&mut byte) {
+                if matches!(byte[0], b'q' | b'Q') {
+                    notify.notify_one();
+                    return;
+                }
+            }
+        });
+        Some(Keys { saved, quit })
+    }
+
+    /// Resolves when `q` is pressed.
+    pub async fn quit(&self) {
+        self.quit.notified().await;
+    }
+}
+
+impl Drop for Keys {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
