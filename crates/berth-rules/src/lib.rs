@@ -105,6 +105,17 @@ pub enum Action {
     Route(String),
 }
 
+impl std::fmt::Display for Action {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Pass => f.write_str("pass"),
+            Action::Deny { status, message } => write!(f, "deny {status} {message:?}"),
+            Action::Redirect { url, status } => write!(f, "redirect {status} {url}"),
+            Action::Route(name) => write!(f, "route to {name}"),
+        }
+    }
+}
+
 /// What a script sees of the request. A field of `req` is filled only when the script's source
 /// names it (`req.method`, `req.headers["x-user"]`): a rule pays only for what it reads. A script
 /// that indexes `req[...]` by a computed key gets every field, and one that walks `req.headers`
@@ -485,6 +496,62 @@ fn checked(outcome: Outcome) -> Result<Outcome, RuleError> {
 /// Runs `script` for one request. A runtime error, a spent budget, or a suspension is an `Err`
 /// with its [`FailureKind`]; the caller applies the rule's `on_error` policy. A run that overruns
 /// suspends the script for a while, on every worker.
+/// A request to try a rule on, as `rules set --test` takes it: `METHOD TARGET [Name: value]...`
+/// (`GET /admin?x=1 Host: shop.test X-User: 7`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrialRequest {
+    pub method: String,
+    pub target: String,
+    pub headers: Vec<(String, String)>,
+}
+
+impl TrialRequest {
+    /// The request a script is tried on when none is given: `GET /` to `host`.
+    pub fn sample(host: &str) -> TrialRequest {
+        TrialRequest { method: "GET".into(), target: "/".into(), headers: vec![("Host".into(), host.into())] }
+    }
+
+    pub fn parse(text: &str) -> Result<TrialRequest, String> {
+        let mut words = text.split_whitespace();
+        let (Some(method), Some(target)) = (words.next(), words.next()) else {
+            return Err(format!("`{text}`: expected METHOD TARGET [Name: value]..., e.g. `GET /path Host: x`"));
+        };
+        if !target.starts_with('/') {
+            return Err(format!("`{target}`: the target must start with /"));
+        }
+        let mut headers: Vec<(String, String)> = Vec::new();
+        for word in words {
+            match word.strip_suffix(':') {
+                Some(name) if header::is_name(name.as_bytes()) => headers.push((name.to_string(), String::new())),
+                _ => match headers.last_mut() {
+                    Some((_, value)) => {
+                        if !value.is_empty() {
+                            value.push(' ');
+                        }
+                        value.push_str(word);
+                    }
+                    None => return Err(format!("`{word}`: expected a header `Name:` before a value")),
+                },
+            }
+        }
+        Ok(TrialRequest { method: method.to_ascii_uppercase(), target: target.to_string(), headers })
+    }
+}
+
+/// Runs `script` once on `trial`: `Err` when the script raises on it (a call of something that
+/// does not exist, a type error), so that such a script is refused before it is in force. A run
+/// that only spends its budget is not refused: that is the budget's to handle, per request.
+pub fn try_on(script: &Script, trial: &TrialRequest) -> Result<Outcome, RuleError> {
+    let host = trial.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case("host")).map_or("", |(_, v)| v.as_str());
+    let pairs: Vec<(&[u8], &[u8])> = trial.headers.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())).collect();
+    let (path, query) = trial.target.split_once('?').unwrap_or((&trial.target, ""));
+    let view = RequestView { method: &trial.method, path, query, host, remote: None, headers: &pairs };
+    match run(script, &view) {
+        Err(e) if e.kind != FailureKind::Error => Ok(Outcome::default()),
+        other => other,
+    }
+}
+
 pub fn run(script: &Script, req: &RequestView<'_>) -> Result<Outcome, RuleError> {
     if script.breaker.suspended() {
         return Err(RuleError {
@@ -593,6 +660,25 @@ pub fn run_in_vm(script: &Script, req: &RequestView<'_>) -> Result<Outcome, Rule
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_script_is_tried_on_a_request_before_it_is_in_force() {
+        let trial = TrialRequest::parse("get /admin?x=1 Host: shop.test X-Note: two words").unwrap();
+        assert_eq!(trial.method, "GET");
+        assert_eq!(trial.headers, vec![("Host".into(), "shop.test".into()), ("X-Note".into(), "two words".into())]);
+        assert!(TrialRequest::parse("GET").is_err());
+        assert!(TrialRequest::parse("GET nopath").is_err());
+        assert!(TrialRequest::parse("GET / value-without-name").is_err());
+
+        let typo = Script::new("return denny(403)").unwrap();
+        let err = try_on(&typo, &TrialRequest::sample("shop.test")).unwrap_err();
+        assert_eq!(err.line, Some(1), "{err:?}");
+        let guarded = Script::new("if req.path == '/admin' then return denny(403) end").unwrap();
+        assert!(try_on(&guarded, &TrialRequest::sample("shop.test")).is_ok(), "the sample does not reach it");
+        assert!(try_on(&guarded, &trial).is_err(), "the given request does");
+        let good = Script::new("if req.host == 'shop.test' then return deny(403, 'no') end").unwrap();
+        assert!(matches!(try_on(&good, &trial).unwrap().action, Action::Deny { status: 403, .. }));
+    }
 
     const HEADERS: &[(&[u8], &[u8])] = &[(b"X-Token", b"abc"), (b"Accept", b"text/html"), (b"accept", b"*/*")];
 

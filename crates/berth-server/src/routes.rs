@@ -227,6 +227,27 @@ async fn set_rules(shared: Shared, target: RuleTarget, query: RulesQuery, body: 
         };
         return Err(ApiError::invalid(format!("the script does not compile: {}", e.message), vec![detail]));
     }
+    // Nor one that raises on a plain `GET /`: it would fail every such request.
+    let host = match &target {
+        RuleTarget::App(id) => {
+            let (group, name) = id.split_once('/').unwrap_or(("", id));
+            format!("{name}.{group}.{}", shared.domain)
+        }
+        RuleTarget::Upstream(name) => name.clone(),
+    };
+    let tried = berth_rules::Script::new(&source)
+        .and_then(|s| berth_rules::try_on(&s, &berth_rules::TrialRequest::sample(&host)));
+    if let Err(e) = tried {
+        let detail = berth_core::SpecError {
+            file: None,
+            line: e.line.map(u64::from),
+            column: None,
+            field: "script".into(),
+            message: e.message.clone(),
+            suggestion: None,
+        };
+        return Err(ApiError::invalid(format!("the script fails on GET / to {host}: {}", e.message), vec![detail]));
+    }
     // Not given, the policy stays what it was: updating a script does not quietly reopen it.
     let on_error = match query.on_error {
         Some(o) => o,

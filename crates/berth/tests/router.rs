@@ -476,3 +476,33 @@ async fn the_access_log_holds_every_request_and_can_be_off() {
     .await;
     assert!(!q.data_dir().join("router/access.log").exists(), "--access-log off writes no log");
 }
+
+/// A script that raises is refused before it is in force: on `GET /` by default, on the requests
+/// given with `--test`, and by the API itself; the rules in force stay as they were.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_that_raises_is_refused_before_it_is_in_force() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let file = p.write("web.yaml", &exec_spec("web", 1, "trial.test"));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    let typo = p.write("typo.lua", "local a = 1\nreturn denny(403)\n");
+    let out = p.cli(&["app", "web", "rules", "set", &typo]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("typo.lua:2:") && err.contains("denny") && err.contains("on GET /"), "{err}");
+    assert!(p.cli(&["app", "web", "rules", "show"]).await.status.code() != Some(0), "nothing was stored");
+
+    let guarded = p.write("guarded.lua", "if req.path == '/admin' then return denny(403) end\n");
+    let out = p.cli(&["app", "web", "rules", "set", &guarded, "--test", "GET /admin Host: trial.test"]).await;
+    assert!(!out.status.success(), "the given request reaches the typo");
+    let good = p.write("good.lua", "if req.path == '/admin' then return deny(403, 'admins only') end\n");
+    let out = p
+        .cli_ok(&["app", "web", "rules", "set", &good, "--test", "GET /admin Host: trial.test", "--test", "GET /"])
+        .await;
+    assert!(out.contains("GET /admin: deny 403 \"admins only\"") && out.contains("GET /: pass"), "{out}");
+
+    let (status, body) = p.request("PUT", "/v1/apps/shop/web/rules", "text/x-lua", "return denny(403)").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("fails on GET /"), "{body}");
+    let shown = p.cli_ok(&["app", "web", "rules", "show"]).await;
+    assert!(shown.contains("admins only"), "the good rule is still in force: {shown}");
+}

@@ -150,6 +150,11 @@ pub enum RulesAction {
         /// when not given (open at first).
         #[arg(long, value_parser = clap::value_parser!(berth_api::RuleOnError))]
         on_error: Option<berth_api::RuleOnError>,
+        /// Try the script on this request first (repeatable): `METHOD TARGET [Name: value]...`,
+        /// e.g. `GET /admin Host: shop.test`. A script that raises on one is refused. Without it,
+        /// the script is tried on `GET /`.
+        #[arg(long = "test", value_parser = berth_rules::TrialRequest::parse)]
+        tests: Vec<berth_rules::TrialRequest>,
     },
     /// Print the script in force.
     Show,
@@ -368,7 +373,7 @@ pub fn status_table(s: &AppStatus) -> String {
 async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let target = berth_api::RuleTarget::App(id.to_string());
     match action {
-        RulesAction::Set { file, on_error } => {
+        RulesAction::Set { file, on_error, tests } => {
             let source = super::read_capped(&file, berth_api::MAX_RULE_SCRIPT as u64, "a rule script")?;
             let script = match berth_rules::Script::new(&source) {
                 Ok(s) => s,
@@ -382,12 +387,36 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
                     anyhow::bail!("{} does not compile; the rules in force are unchanged", file.display());
                 }
             };
+            // A script that raises on a request would fail every such request: try it first.
+            let (group, name) = id.split_once('/').unwrap_or(("", id));
+            let trials = if tests.is_empty() {
+                vec![berth_rules::TrialRequest::sample(&format!("{name}.{group}"))]
+            } else {
+                tests
+            };
+            let mut decisions = Vec::new();
+            for trial in &trials {
+                let asked = format!("{} {}", trial.method, trial.target);
+                match berth_rules::try_on(&script, trial) {
+                    Ok(outcome) => decisions.push((asked, outcome.action.to_string())),
+                    Err(e) => {
+                        eprintln!(
+                            "error: {}:{}: {} (on {asked})",
+                            file.display(),
+                            e.line.map(|l| l.to_string()).unwrap_or_default(),
+                            e.message
+                        );
+                        anyhow::bail!("{} fails on a test request; the rules in force are unchanged", file.display());
+                    }
+                }
+            }
             let stored = client.set_rules(&target, &source, on_error).await?;
             match ctx.format {
                 Format::Json => println!(
                     "{}",
                     output::json(&serde_json::json!({"target": stored.target, "version": script.version(),
-                                                      "engine": script.engine(), "on_error": stored.on_error}))?
+                                                      "engine": script.engine(), "on_error": stored.on_error,
+                                                      "tests": decisions.iter().map(|(r, d)| serde_json::json!({"request": r, "decision": d})).collect::<Vec<_>>()}))?
                 ),
                 Format::Table => {
                     let engine = match script.engine() {
@@ -398,6 +427,9 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
                         berth_api::RuleOnError::Open => "a request it fails on is served as if it had no rule",
                         berth_api::RuleOnError::Closed => "a request it fails on is refused with 500",
                     };
+                    for (request, decision) in &decisions {
+                        println!("{request}: {decision}");
+                    }
                     println!(
                         "rules for {id} set (version {}, {engine}; {on_error}); routers apply them within a second",
                         script.version()
