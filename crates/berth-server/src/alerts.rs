@@ -54,7 +54,12 @@ pub(crate) struct AlertState {
     /// Router totals per app over the last window.
     traffic: HashMap<String, VecDeque<(Millis, RouterCounts)>>,
     last_event: u64,
+    /// When each app's failing rules were last told as an event.
+    rule_events: HashMap<String, Millis>,
 }
+
+/// A failing rule is told as an event at most this often per app.
+const RULE_EVENT_EVERY_MS: i64 = 60_000;
 
 pub(crate) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let state = lock(&shared.alerts);
@@ -177,6 +182,42 @@ fn evaluate(shared: &Shared, config: &AlertConfig, now: Millis) -> Result<Vec<Se
                 format!("{id} is critical, the deployment of v{} {verb}: {why}", d.version),
             ));
         }
+        // Its rules raised or ran out of budget on requests in the last window: those requests were
+        // served as if there were no rule (or refused, if closed), which nobody chose.
+        if let Some(t) = traffic.get(&id)
+            && let failed @ 1.. = t.rule_failures[0] + t.rule_failures[1]
+        {
+            let text = format!(
+                "{id} is warning, its rules failed on {failed} request(s) in the last {}s ({} raised, {} ran out of budget; on_error {})",
+                WINDOW_MS / 1000,
+                t.rule_failures[0],
+                t.rule_failures[1],
+                rule_policy(shared, &id),
+            );
+            let mut s = base("rule_failing", text.clone());
+            s.value = Some(failed as f64);
+            seen.push(s);
+            let due = {
+                let mut state = lock(&shared.alerts);
+                let last = state.rule_events.entry(id.clone()).or_insert(i64::MIN / 2);
+                let due = now - *last >= RULE_EVENT_EVERY_MS;
+                if due {
+                    *last = now;
+                }
+                due
+            };
+            if due {
+                let txn = shared.state.with_event(
+                    berth_store::Txn::default(),
+                    now,
+                    berth_core::Level::Warn,
+                    "rules.failing",
+                    berth_store::state::Subject::app(&id),
+                    text,
+                );
+                shared.state.commit(txn)?;
+            }
+        }
         let mine: Vec<&berth_api::InstanceUsage> = usage.values().filter(|u| u.app == id).collect();
         for rule in app.spec.alerts.iter().chain(config.rules.iter()) {
             let value = match rule.metric {
@@ -189,11 +230,11 @@ fn evaluate(shared: &Shared, config: &AlertConfig, now: Millis) -> Result<Vec<Se
                     .filter_map(|u| u.memory_limit_bytes.map(|l| u.memory_bytes as f64 / l as f64 * 100.0))
                     .reduce(f64::max),
                 AlertMetric::Restarts => Some(f64::from(app.backoff.failures)),
-                AlertMetric::ErrorRate => traffic
-                    .get(&id)
-                    .map(|(total, errors, _)| if *total == 0 { 0.0 } else { *errors as f64 / *total as f64 * 100.0 }),
+                AlertMetric::ErrorRate => {
+                    traffic.get(&id).map(|t| if t.total == 0 { 0.0 } else { t.errors as f64 / t.total as f64 * 100.0 })
+                }
                 AlertMetric::Latency => {
-                    traffic.get(&id).map(|(total, _, ms)| if *total == 0 { 0.0 } else { ms / *total as f64 })
+                    traffic.get(&id).map(|t| if t.total == 0 { 0.0 } else { t.ms / t.total as f64 })
                 }
             };
             let Some(value) = value else { continue };
@@ -250,8 +291,25 @@ fn evaluate(shared: &Shared, config: &AlertConfig, now: Millis) -> Result<Vec<Se
     Ok(seen)
 }
 
-/// Per app over the last window: (requests, 5xx answers, total latency ms).
-fn traffic_window(shared: &Shared, now: Millis) -> HashMap<String, (u64, u64, f64)> {
+/// An app's rule policy on failure, for people.
+fn rule_policy(shared: &Shared, app: &str) -> &'static str {
+    let key = berth_store::state::rules_key("app", app);
+    match shared.state.record::<berth_api::RuleScript>(&key) {
+        Ok(Some(r)) => r.value.on_error.as_str(),
+        _ => "open",
+    }
+}
+
+/// Per app over the last window: requests, 5xx answers, total latency ms, and requests its rules
+/// failed on, by failure (in the order of `RULE_FAILURES`).
+struct Traffic {
+    total: u64,
+    errors: u64,
+    ms: f64,
+    rule_failures: [u64; 3],
+}
+
+fn traffic_window(shared: &Shared, now: Millis) -> HashMap<String, Traffic> {
     let totals = crate::usage::router_totals(shared, now);
     let mut state = lock(&shared.alerts);
     let mut out = HashMap::new();
@@ -265,7 +323,11 @@ fn traffic_window(shared: &Shared, now: Millis) -> HashMap<String, (u64, u64, f6
         let total: u64 = counts.by_class.iter().sum::<u64>().saturating_sub(old.by_class.iter().sum());
         let errors = counts.by_class[4].saturating_sub(old.by_class[4]);
         let ms = (counts.latency_sum_ms - old.latency_sum_ms).max(0.0);
-        out.insert(app, (total, errors, ms));
+        let mut rule_failures = [0u64; 3];
+        for (i, f) in rule_failures.iter_mut().enumerate() {
+            *f = counts.rule_failures[i].saturating_sub(old.rule_failures[i]);
+        }
+        out.insert(app, Traffic { total, errors, ms, rule_failures });
     }
     out
 }

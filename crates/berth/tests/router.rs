@@ -506,3 +506,37 @@ async fn a_rule_that_raises_is_refused_before_it_is_in_force() {
     let shown = p.cli_ok(&["app", "web", "rules", "show"]).await;
     assert!(shown.contains("admins only"), "the good rule is still in force: {shown}");
 }
+
+/// A rule that raises at run time on some requests anyway serves them as if it were absent, with
+/// no trace to the client, and is told: an alert while it fails, and an event.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rule_failing_at_run_time_fails_open_and_raises_an_alert_and_an_event() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let file = p.write("web.yaml", &exec_spec("web", 1, "boom.test"));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    // `GET /` passes (so the script is accepted); `/?boom` reaches the typo.
+    let rule = p.write("boom.lua", "if req.query == 'boom' then return denny(403) end\n");
+    p.cli_ok(&["app", "web", "rules", "set", &rule]).await;
+    wait_until("the rule in force", Duration::from_secs(5), || async {
+        let lua = p.admin_get("/lua").await;
+        lua.as_array().is_some_and(|a| !a.is_empty()).then_some(())
+    })
+    .await;
+    for _ in 0..5 {
+        let (status, body) = p.via_router("boom.test", "/?boom").await.unwrap();
+        assert_eq!(status, 200, "served as if there were no rule: {body}");
+        assert!(!body.contains("denny") && !body.contains("stack"), "{body}");
+    }
+    // Traffic goes on, as it would: the alert compares the failures of the last seconds.
+    let alert = wait_until("the rule_failing alert", Duration::from_secs(15), || async {
+        let (status, _) = p.via_router("boom.test", "/?boom").await.ok()?;
+        assert_eq!(status, 200);
+        let alerts = p.get("/v1/alerts").await.ok()?;
+        alerts["firing"].as_array()?.iter().find(|a| a["name"] == "rule_failing").cloned()
+    })
+    .await;
+    assert_eq!(alert["app"], "shop/web", "{alert}");
+    assert!(alert["text"].as_str().unwrap().contains("raised"), "{alert}");
+    let events = p.cli_ok(&["events", "--app", "web"]).await;
+    assert!(events.contains("rules.failing"), "{events}");
+}
