@@ -265,9 +265,12 @@ pub struct AllocatedResources {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("{status}: {}", body.error)]
+    /// The server refused: its own words (the status is in `status()`, not in the message).
+    #[error("{}", body.error)]
     Api { status: u16, body: ErrorBody },
-    #[error("cannot reach the Berth server at {url}: {why}")]
+    #[error(
+        "cannot reach the Berth server at {url}: {why}\n  start one with `berth up`, or point at yours with --server URL or BERTH_SERVER"
+    )]
     Unreachable { url: String, why: String },
     #[error("unexpected answer from {url}: {why}")]
     Decode { url: String, why: String },

@@ -158,6 +158,10 @@ impl LogStore {
 impl Snapshot {
     /// The last `tail` stored lines that pass `filter`, in time order.
     pub fn read(&mut self, filter: &Filter, tail: usize) -> Vec<LogLine> {
+        // `logs -n 0`: nothing of the past (as docker and kubectl do), only what follows.
+        if tail == 0 {
+            return Vec::new();
+        }
         let mut kept: VecDeque<LogLine> = VecDeque::new();
         for (file, len) in &mut self.files {
             if file.seek(SeekFrom::Start(0)).is_err() {

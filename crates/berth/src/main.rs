@@ -33,10 +33,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let json = cli.output == output::Format::Json;
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            // A script asked for JSON: the error comes as JSON too, on stdout where it reads.
+            if json {
+                let mut out = serde_json::json!({"error": format!("{e:#}")});
+                if let Some(api) = e.downcast_ref::<berth_api::ClientError>() {
+                    out["status"] = serde_json::json!(api.status());
+                    if let berth_api::ClientError::Api { body, .. } = api
+                        && !body.details.is_empty()
+                    {
+                        out["details"] = serde_json::json!(body.details);
+                    }
+                }
+                println!("{out}");
+            } else {
+                eprintln!("error: {e:#}");
+            }
             ExitCode::FAILURE
         }
     }

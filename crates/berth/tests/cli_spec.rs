@@ -92,3 +92,18 @@ fn a_closed_pipe_ends_a_command_quietly() {
     assert!(err.is_empty(), "nothing on stderr, no panic: {err}");
     assert_eq!(out.status.signal(), Some(13), "ended by SIGPIPE: {:?}", out.status);
 }
+
+#[test]
+fn a_missing_spec_and_an_absent_server_say_what_to_do() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = berth(dir.path(), &["validate"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("berth.yaml does not exist") && err.contains("berth init"), "{err}");
+    let out = Command::new(BERTH)
+        .args(["--server", "http://127.0.0.1:9", "app", "ls"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("berth up") && err.contains("BERTH_SERVER"), "{err}");
+}

@@ -90,9 +90,10 @@ pub struct LogsArgs {
     /// Keep printing new lines as instances write them (across restarts and new instances).
     #[arg(short = 'f', long)]
     follow: bool,
-    /// Only lines from this long ago on (`10m`, `1h`, `30s`).
-    #[arg(long, value_parser = berth_core::Dur::parse)]
-    since: Option<berth_core::Dur>,
+    /// Only lines from this long ago on (`30s`, `10m`, `1h`, `2d`) or from this time on
+    /// (`2026-11-29T08:00:00Z`, RFC 3339).
+    #[arg(long, value_parser = super::parse_since)]
+    since: Option<i64>,
     /// The last N lines (default 200, or every line since `--since`).
     #[arg(long, short = 'n')]
     tail: Option<usize>,
@@ -108,7 +109,15 @@ pub struct LogsArgs {
 }
 
 async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let since = args.since.map(|d| berth_server::now_ms() - d.as_millis() as i64);
+    let since = args.since;
+    // An instance filter that matches nothing would print nothing, silently.
+    if let Some(wanted) = &args.instance {
+        let status = client.app(id).await?.value;
+        let ids: Vec<&str> = status.instances.iter().map(|v| v.instance.id.as_str()).collect();
+        if !ids.iter().any(|i| i.starts_with(wanted.as_str())) {
+            anyhow::bail!("{id} has no instance `{wanted}`; its instances: {}", ids.join(", "));
+        }
+    }
     let query = berth_api::LogQuery {
         since,
         tail: args.tail.or(if since.is_some() { None } else { Some(200) }),
@@ -340,9 +349,15 @@ pub fn status_table(s: &AppStatus) -> String {
             out.push_str(&format!("  | {}\n", output::visible(line)));
         }
     }
-    let rows = s
-        .instances
-        .iter()
+    // The live ones first; of those that ended, the latest few (`-o json` has them all).
+    let mut shown: Vec<&berth_api::InstanceView> = s.instances.iter().filter(|v| v.instance.state.is_live()).collect();
+    let mut ended: Vec<&berth_api::InstanceView> =
+        s.instances.iter().filter(|v| v.instance.state.is_terminal()).collect();
+    ended.sort_by_key(|v| std::cmp::Reverse(v.instance.finished_at.unwrap_or(v.instance.created_at)));
+    let older = ended.len().saturating_sub(ENDED_SHOWN);
+    shown.extend(ended.into_iter().take(ENDED_SHOWN));
+    let rows = shown
+        .into_iter()
         .map(|v| {
             let i = &v.instance;
             let mut state = i.state.to_string();
@@ -367,8 +382,14 @@ pub fn status_table(s: &AppStatus) -> String {
         })
         .collect();
     out.push_str(&table(&["INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON"], rows));
+    if older > 0 {
+        out.push_str(&format!("\n({older} older ended instance(s) not shown; -o json lists them)"));
+    }
     out
 }
+
+/// Ended instances `status` shows under the live ones.
+const ENDED_SHOWN: usize = 3;
 
 async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let target = berth_api::RuleTarget::App(id.to_string());
@@ -438,7 +459,15 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
             }
         }
         RulesAction::Show => {
-            let script = client.rules(&target).await?;
+            let script = match client.rules(&target).await {
+                Err(e) if e.status() == Some(404) && e.to_string().starts_with("rules for") => {
+                    anyhow::bail!(
+                        "{id} has no rules; set them with `berth app {} rules set FILE`",
+                        id.rsplit('/').next().unwrap_or(id)
+                    )
+                }
+                other => other?,
+            };
             match ctx.format {
                 Format::Json => println!("{}", output::json(&script)?),
                 Format::Table => print!("{}", script.source),

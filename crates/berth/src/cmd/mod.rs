@@ -61,6 +61,20 @@ pub enum Command {
 }
 
 /// Where the spec is read from when `-f` is not given.
+/// `--since`: a time ago (`30s`, `10m`, `1h`, `2d`) or an RFC 3339 time, as milliseconds since
+/// the epoch.
+pub fn parse_since(text: &str) -> Result<i64, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.timestamp_millis());
+    }
+    let ago = match text.strip_suffix('d').and_then(|n| n.parse::<u64>().ok()) {
+        Some(days) => berth_core::Dur::from_secs_checked(days.saturating_mul(86_400))
+            .ok_or_else(|| format!("`{text}` is longer than a year"))?,
+        None => berth_core::Dur::parse(text).map_err(|e| format!("{e}; or give a time, e.g. 2026-11-29T08:00:00Z"))?,
+    };
+    Ok(berth_server::now_ms() - ago.as_millis() as i64)
+}
+
 /// Largest spec file read: a spec is a few KiB; this stops `-f /dev/zero` from eating memory.
 pub const MAX_SPEC_BYTES: u64 = 4 << 20;
 

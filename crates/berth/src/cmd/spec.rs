@@ -51,6 +51,12 @@ pub struct ValidateArgs {
 
 /// Reads and validates a spec file; errors name the file, line, column and key.
 pub fn load(path: &std::path::Path) -> anyhow::Result<Result<AppSpec, berth_core::SpecErrors>> {
+    if !path.exists() {
+        anyhow::bail!(
+            "{} does not exist: write a starter spec with `berth init` (or name yours with -f FILE)",
+            path.display()
+        );
+    }
     let text = super::read_capped(path, super::MAX_SPEC_BYTES, "a spec")?;
     Ok(AppSpec::from_yaml(&text, Some(&path.display().to_string())))
 }
