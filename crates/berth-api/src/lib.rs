@@ -383,6 +383,11 @@ impl Client {
         Ok(self.put(&path, &DeployRequest { spec: spec.clone() }).await?.value)
     }
 
+    /// What deploying `spec` would do (`POST /v1/plan`), as the server sees it now.
+    pub async fn plan(&self, spec: &AppSpec) -> Result<serde_json::Value, ClientError> {
+        Ok(self.post("/v1/plan", &DeployRequest { spec: spec.clone() }).await?.value)
+    }
+
     pub async fn scale(&self, id: &str, instances: u32, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
         Ok(self.post(&format!("/v1/apps/{id}/scale{}", opts.query()), &ScaleRequest { instances }).await?.value)
     }

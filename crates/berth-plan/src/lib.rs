@@ -2,6 +2,7 @@
 //! actual toward desired, each with its reason. No I/O, no clock.
 
 pub mod place;
+pub mod preview;
 pub mod reconcile;
 pub mod rolling;
 

@@ -29,6 +29,7 @@ pub(crate) fn router(shared: Shared) -> Router {
     Router::new()
         .route("/v1/health", get(health))
         .route("/v1/apps", get(list_apps))
+        .route("/v1/plan", post(plan))
         .route("/v1/apps/{group}/{name}", get(get_app).put(deploy).delete(destroy))
         .route("/v1/apps/{group}/{name}/scale", post(scale))
         .route("/v1/apps/{group}/{name}/upgrade", post(upgrade))
@@ -466,6 +467,42 @@ fn checked_spec(spec: AppSpec) -> ApiResult<AppSpec> {
     Ok(spec)
 }
 
+/// A spec sent as YAML (by its content type) or as a JSON `DeployRequest`, validated.
+fn spec_of_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<AppSpec> {
+    let is_yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
+    if is_yaml {
+        let text =
+            std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "spec is not UTF-8"))?;
+        AppSpec::from_yaml(text, None).map_err(|e| ApiError::invalid(format!("invalid spec: {e}"), e.0))
+    } else {
+        checked_spec(parse_json::<DeployRequest>(body)?.spec)
+    }
+}
+
+/// What deploying a spec would do, changing nothing: `berth plan`, `deploy --dry-run`.
+async fn plan(AxState(shared): AxState<Shared>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let spec = spec_of_body(&headers, &body)?;
+    let id = spec.id();
+    let current = shared.state.app(&id)?.map(|v| v.value);
+    let nodes: Vec<Node> = shared.state.nodes()?.into_iter().map(|n| shared.with_heartbeat(n.value)).collect();
+    let instances = shared.instances()?;
+    let apps: HashMap<String, AppSpec> =
+        shared.state.apps()?.into_iter().map(|a| (a.value.id(), a.value.spec)).collect();
+    let preview = berth_plan::preview::preview(current.as_ref(), &spec, &nodes, &instances, |app| apps.get(app));
+    let mut out =
+        serde_json::to_value(&preview).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    // What a deploy would be refused for.
+    let owner = berth_core::hosts::HostOwner::App(id.clone());
+    if let Err((index, conflict)) =
+        crate::hosts::claim(&shared.state, Txn::default(), &owner, &crate::hosts::of_spec(&spec), &shared.domain)?
+    {
+        out["refused"] = serde_json::json!(format!("services[{index}]: {conflict}"));
+    } else if current.as_ref().is_some_and(|a| a.destroying) {
+        out["refused"] = serde_json::json!(format!("app {id} is being destroyed"));
+    }
+    Ok(indexed(shared.state.store().revision(), &out))
+}
+
 async fn deploy(
     AxState(shared): AxState<Shared>,
     Path((group, name)): Path<(String, String)>,
@@ -473,14 +510,7 @@ async fn deploy(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let is_yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
-    let spec = if is_yaml {
-        let text =
-            std::str::from_utf8(&body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "spec is not UTF-8"))?;
-        AppSpec::from_yaml(text, None).map_err(|e| ApiError::invalid(format!("invalid spec: {e}"), e.0))?
-    } else {
-        checked_spec(parse_json::<DeployRequest>(&body)?.spec)?
-    };
+    let spec = spec_of_body(&headers, &body)?;
     let id = app_id(&group, &name);
     if spec.id() != id {
         return Err(ApiError::new(

@@ -45,3 +45,44 @@ async fn the_cli_says_what_is_wrong_and_does_what_people_expect() {
     assert_eq!(v["status"], 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("more than the 10000 allowed"), "{v}");
 }
+
+/// `berth plan` (and `deploy --dry-run`) tells what a deploy would do and changes nothing: exit 0
+/// for no change, 2 for changes; a deploy that undoes `scale` is flagged, and placement is checked.
+#[tokio::test(flavor = "multi_thread")]
+async fn plan_shows_a_deploy_before_it_happens() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = |extra: &str| {
+        format!(
+            "group: ops\nname: planned\ndriver: exec\ninstances: 1\ncommand: [sleep, \"300\"]\nupgrade:\n  min_healthy_time: 0s\n{extra}"
+        )
+    };
+    let file = p.write("planned.yaml", &spec("memory: 64\n"));
+    let out = p.cli(&["plan", "-f", &file]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "a new app is a change: {text}");
+    assert!(text.contains("a new app, version 1, 1 instance(s)") && text.contains("all 1 instance(s) fit"), "{text}");
+    assert!(p.get("/v1/apps/ops/planned").await.is_err(), "plan changed nothing");
+
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
+    assert_eq!(p.cli(&["plan", "-f", &file]).await.status.code(), Some(0), "the same spec: no change");
+
+    p.cli_ok(&["app", "planned", "scale", "3", "--timeout", "30"]).await;
+    let changed = p.write("planned2.yaml", &spec("memory: 64\nenvironment:\n  MODE: fast\n"));
+    let out = p.cli(&["deploy", "-f", &changed, "--dry-run"]).await;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("~ environment.MODE: unset -> \"fast\""), "{text}");
+    assert!(text.contains("~ instances: 3 -> 1   <- undoes the count set by `scale`"), "{text}");
+    let json: Value = serde_json::from_slice(&p.cli(&["plan", "-f", &changed, "-o", "json"]).await.stdout).unwrap();
+    assert_eq!(json["resets_scale"], true, "{json}");
+    assert_eq!(p.get("/v1/apps/ops/planned").await.unwrap()["desired"], 3, "a dry run changes nothing");
+
+    let huge = p.write("huge.yaml", &spec("memory: 4000000\n"));
+    let text = String::from_utf8_lossy(&p.cli(&["plan", "-f", &huge]).await.stdout).to_string();
+    assert!(text.contains("only 0 of 1 instance(s) fit now") && text.contains("memory"), "{text}");
+
+    // The deploy itself says what it undoes.
+    let out = p.cli(&["deploy", "-f", &changed, "--timeout", "30"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && err.contains("it undoes `scale`, which set 3"), "{err}");
+}

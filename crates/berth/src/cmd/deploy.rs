@@ -62,11 +62,101 @@ pub struct DeployArgs {
     change: ChangeArgs,
     #[command(flatten)]
     wait: WaitArgs,
+    /// Show what the deploy would do (as `berth plan`) and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 pub async fn deploy(args: DeployArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let path = args.file.unwrap_or_else(default_spec_path);
+    if args.dry_run {
+        return plan_file(&path, ctx).await;
+    }
     apply_file(&path, None, args.change, &args.wait, ctx).await
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PlanArgs {
+    /// The spec to plan.
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+}
+
+pub async fn plan(args: PlanArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    plan_file(&args.file.unwrap_or_else(default_spec_path), ctx).await
+}
+
+/// What deploying the spec in `path` would do, changing nothing. Exit code 0 when nothing would
+/// change, 2 when something would (Nomad's convention), 1 on an error.
+async fn plan_file(path: &std::path::Path, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let spec = load_valid(path)?;
+    let p = ctx.client()?.plan(&spec).await?;
+    let changes = p["new_version"] == true || p["instances"][0] != p["instances"][1];
+    match ctx.format {
+        Format::Json => println!("{}", output::json(&p)?),
+        Format::Table => print!("{}", plan_text(&p)),
+    }
+    if let Some(why) = p["refused"].as_str() {
+        anyhow::bail!("the deploy would be refused: {why}");
+    }
+    Ok(if changes { ExitCode::from(2) } else { ExitCode::SUCCESS })
+}
+
+fn plan_text(p: &serde_json::Value) -> String {
+    let mut out = String::new();
+    let app = p["app"].as_str().unwrap_or_default();
+    let (now, then) = (p["instances"][0].as_u64().unwrap_or(0), p["instances"][1].as_u64().unwrap_or(0));
+    match p["version"].as_u64() {
+        None => out.push_str(&format!("{app}: a new app, version 1, {then} instance(s)\n")),
+        Some(v) if p["new_version"] == true => out.push_str(&format!("{app}: version {v} -> {}\n", v + 1)),
+        Some(v) => out.push_str(&format!("{app}: version {v} stays\n")),
+    }
+    let short = |v: &serde_json::Value| {
+        if v.is_null() {
+            return "unset".to_string();
+        }
+        let text = v.to_string();
+        if text.len() > 60 { format!("{}...", &text[..text.floor_char_boundary(57)]) } else { text }
+    };
+    for c in p["changes"].as_array().into_iter().flatten() {
+        out.push_str(&format!(
+            "  ~ {}: {} -> {}\n",
+            c["field"].as_str().unwrap_or("?"),
+            short(&c["from"]),
+            short(&c["to"])
+        ));
+    }
+    if now != then && p["version"].is_u64() {
+        let flag = if p["resets_scale"] == true { "   <- undoes the count set by `scale`" } else { "" };
+        out.push_str(&format!("  ~ instances: {now} -> {then}{flag}\n"));
+    }
+    out.push_str("steps:\n");
+    for step in p["steps"].as_array().into_iter().flatten() {
+        out.push_str(&format!("  - {}\n", step.as_str().unwrap_or_default()));
+    }
+    let placeable = p["placeable"].as_u64().unwrap_or(0);
+    if placeable >= then {
+        out.push_str(&format!("placement: all {then} instance(s) fit on the ready nodes now\n"));
+    } else {
+        out.push_str(&format!("placement: only {placeable} of {then} instance(s) fit now:\n"));
+        for why in p["unplaceable"].as_array().into_iter().flatten() {
+            out.push_str(&format!("  - {}\n", why.as_str().unwrap_or_default()));
+        }
+    }
+    out
+}
+
+/// The spec in `path`, or every problem in it, printed.
+fn load_valid(path: &std::path::Path) -> anyhow::Result<berth_core::AppSpec> {
+    match spec::load(path)? {
+        Ok(spec) => Ok(spec),
+        Err(errors) => {
+            for e in &errors.0 {
+                eprintln!("error: {e}");
+            }
+            anyhow::bail!("{} is not a valid spec; nothing was deployed", path.display());
+        }
+    }
 }
 
 /// Deploys the spec in `path`; `expect_id` guards `app NAME sync` against the wrong file.
@@ -77,15 +167,7 @@ pub async fn apply_file(
     wait: &WaitArgs,
     ctx: &Ctx,
 ) -> anyhow::Result<ExitCode> {
-    let spec = match spec::load(path)? {
-        Ok(spec) => spec,
-        Err(errors) => {
-            for e in &errors.0 {
-                eprintln!("error: {e}");
-            }
-            anyhow::bail!("{} is not a valid spec; nothing was deployed", path.display());
-        }
-    };
+    let spec = load_valid(path)?;
     if let Some(id) = expect_id {
         anyhow::ensure!(spec.id() == id, "{} describes {}, not {id}", path.display(), spec.id());
     }
@@ -93,6 +175,21 @@ pub async fn apply_file(
         eprintln!("warning: {w}");
     }
     let client = ctx.client()?;
+    // A count set by `scale` that this spec undoes is said, not done silently.
+    let before = match client.app(&spec.id()).await {
+        Ok(s) => Some(s.value),
+        Err(e) if e.status() == Some(404) => None,
+        Err(e) => return Err(e.into()),
+    };
+    if let Some(b) = &before
+        && b.desired != spec.instances
+        && b.deployment.as_ref().is_some_and(|d| d.kind == DeploymentKind::Scale)
+    {
+        eprintln!(
+            "note: this spec sets {} instance(s); it undoes `scale`, which set {} (put instances: {} in the spec to keep them)",
+            spec.instances, b.desired, b.desired
+        );
+    }
     let resp = client.deploy(&spec, change.options()).await?;
     let verb = if resp.created {
         "created"

@@ -45,6 +45,9 @@ pub enum Command {
     Validate(spec::ValidateArgs),
     /// Create or update the app in a spec, then follow it until every instance runs.
     Deploy(deploy::DeployArgs),
+    /// What `deploy` would do, changing nothing: the spec's changes, the steps, the placement.
+    /// Exit code 0: no change; 2: changes; 1: an error.
+    Plan(deploy::PlanArgs),
     /// Work with one app: `berth app ls`, `berth app NAME status|scale N|upgrade IMAGE|...`.
     App(app::AppArgs),
     /// The machines in the pool.
@@ -118,6 +121,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Init(args) => spec::init(args, &ctx),
         Command::Validate(args) => spec::validate(args, &ctx),
         Command::Deploy(args) => deploy::deploy(args, &ctx).await,
+        Command::Plan(args) => deploy::plan(args, &ctx).await,
         Command::App(args) => app::run(args, &ctx).await,
         Command::Node { action } => node::run(action, &ctx).await,
         Command::Events(args) => events::run(args, &ctx).await,
