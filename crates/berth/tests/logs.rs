@@ -208,3 +208,64 @@ async fn an_apps_escape_sequences_are_shown_not_obeyed_on_a_terminal() {
     assert!(text.contains(r"x\x1b]0;pwned\x07\x1b[2Jy"), "{text:?}");
     assert!(!text.contains('\x07') && !text.contains("\x1b]0"), "no raw escape reached the terminal: {text:?}");
 }
+
+/// `logs -f` and `events -f` live through a restart of Berth: they reconnect and go on from where
+/// they were, repeating nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn followers_survive_a_restart_of_the_server_without_repeats() {
+    let mut p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = "group: ops\nname: ticker\ndriver: exec\n\
+                command: [sh, -c, \"i=0; while true; do echo tick-$i; i=$((i+1)); sleep 0.05; done\"]\n";
+    p.cli_ok(&["deploy", "-f", &p.write("ticker.yaml", spec), "--timeout", "30"]).await;
+    let follow = |args: &[&str]| {
+        let mut child = tokio::process::Command::new(BERTH)
+            .args(args)
+            .env("BERTH_SERVER", &p.api)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("a follower");
+        let stdout = child.stdout.take().unwrap();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+        let sink = lines.clone();
+        tokio::spawn(async move {
+            let mut reader = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = reader.next_line().await {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        (child, lines)
+    };
+    let (mut logs_child, logs) = follow(&["app", "ticker", "logs", "-f", "-n", "0", "-o", "json"]);
+    let (mut events_child, events) = follow(&["events", "-f", "-o", "json", "-n", "0"]);
+    let tick = |v: &Value| v["line"].as_str().and_then(|l| l.strip_prefix("tick-")).and_then(|n| n.parse::<u64>().ok());
+    let max_tick = |lines: &[Value]| lines.iter().filter_map(tick).max();
+    wait_until("ticks followed", Duration::from_secs(15), || async {
+        max_tick(&logs.lock().unwrap()).filter(|n| *n > 10)
+    })
+    .await;
+
+    p.restart().await;
+    let before = max_tick(&logs.lock().unwrap()).unwrap();
+    wait_until("ticks after the restart", Duration::from_secs(30), || async {
+        max_tick(&logs.lock().unwrap()).filter(|n| *n > before + 20)
+    })
+    .await;
+    wait_until("an event after the restart", Duration::from_secs(30), || async {
+        events.lock().unwrap().iter().any(|e| e["kind"] == "node.rejoined").then_some(())
+    })
+    .await;
+    assert!(logs_child.try_wait().unwrap().is_none(), "logs -f is still following");
+    assert!(events_child.try_wait().unwrap().is_none(), "events -f is still following");
+
+    let ticks: Vec<u64> = logs.lock().unwrap().iter().filter_map(tick).collect();
+    let mut seen = std::collections::HashSet::new();
+    let repeated: Vec<&u64> = ticks.iter().filter(|t| !seen.insert(**t)).collect();
+    assert!(repeated.is_empty(), "lines printed twice: {repeated:?}");
+    let seqs: Vec<u64> = events.lock().unwrap().iter().filter_map(|e| e["seq"].as_u64()).collect();
+    let mut seen = std::collections::HashSet::new();
+    assert!(seqs.iter().all(|s| seen.insert(*s)), "events printed twice: {seqs:?}");
+}

@@ -118,7 +118,7 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
             anyhow::bail!("{id} has no instance `{wanted}`; its instances: {}", ids.join(", "));
         }
     }
-    let query = berth_api::LogQuery {
+    let mut query = berth_api::LogQuery {
         since,
         tail: args.tail.or(if since.is_some() { None } else { Some(200) }),
         instance: args.instance,
@@ -132,20 +132,61 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
     // its lines go as written.
     let escape = std::io::stdout().is_terminal();
     let mut out = std::io::stdout().lock();
-    client
-        .logs(id, &query, |line| {
-            let text = if json {
-                serde_json::to_string(&line).unwrap_or_default()
-            } else {
-                let mark = if line.stream == berth_api::LogStream::Stderr { "!" } else { "|" };
-                let time = if timestamps { format!("{} ", output::clock_ms(line.t)) } else { String::new() };
-                let text = if escape { output::visible(&line.line) } else { line.line.as_str().into() };
-                format!("{time}{} {mark} {text}", line.instance)
-            };
-            // A closed pipe (`| head`) ends the stream quietly.
-            writeln!(out, "{text}").and_then(|_| out.flush()).is_ok()
-        })
-        .await?;
+    // Where a follower is, so that it resumes there after the server comes back: the last time
+    // printed, and the lines printed at that very millisecond (which the resumed stream repeats).
+    let mut last_t: Option<i64> = None;
+    let mut at_last: std::collections::HashSet<(String, String)> = std::collections::HashSet::new();
+    let mut stopped = false;
+    const FIRST_RETRY: Duration = Duration::from_millis(200);
+    let mut delay = FIRST_RETRY;
+    loop {
+        let mut got = false;
+        let result = client
+            .logs(id, &query, |line| {
+                got = true;
+                if last_t == Some(line.t) && at_last.contains(&(line.instance.clone(), line.line.clone())) {
+                    return true;
+                }
+                if last_t != Some(line.t) {
+                    last_t = Some(line.t);
+                    at_last.clear();
+                }
+                at_last.insert((line.instance.clone(), line.line.clone()));
+                let text = if json {
+                    serde_json::to_string(&line).unwrap_or_default()
+                } else {
+                    let mark = if line.stream == berth_api::LogStream::Stderr { "!" } else { "|" };
+                    let time = if timestamps { format!("{} ", output::clock_ms(line.t)) } else { String::new() };
+                    let text = if escape { output::visible(&line.line) } else { line.line.as_str().into() };
+                    format!("{time}{} {mark} {text}", line.instance)
+                };
+                // A closed pipe (`| head`) ends the stream quietly.
+                let written = writeln!(out, "{text}").and_then(|_| out.flush()).is_ok();
+                stopped |= !written;
+                written
+            })
+            .await;
+        if stopped || !query.follow {
+            result?;
+            break;
+        }
+        // Following, the stream ended (the server stopped or restarted): resume where it was.
+        if got {
+            delay = FIRST_RETRY;
+        }
+        match result {
+            Err(e) if e.status().is_some() => return Err(e.into()),
+            // Said once per outage, not at every try.
+            Err(e) if delay == FIRST_RETRY => eprintln!("note: lost the server ({e}); reconnecting"),
+            _ => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+        if let Some(t) = last_t {
+            query.since = Some(t);
+            query.tail = None;
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 

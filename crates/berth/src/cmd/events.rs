@@ -67,8 +67,23 @@ pub async fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let mut index = 0;
+    let mut delay = Duration::from_millis(200);
     loop {
-        let answer = client.events_after(after, index, Duration::from_secs(30)).await?;
+        // Across a restart of the server, resume after the last event seen: none is repeated.
+        let answer = match client.events_after(after, index, Duration::from_secs(30)).await {
+            Ok(a) => a,
+            Err(e) if e.status().is_none() => {
+                if delay == Duration::from_millis(200) {
+                    eprintln!("note: lost the server ({e}); reconnecting");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(2));
+                index = 0;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
+        };
+        delay = Duration::from_millis(200);
         index = answer.index;
         for e in answer.value {
             after = e.seq;
