@@ -599,13 +599,52 @@ impl fmt::Display for SpecErrors {
 impl AppSpec {
     /// Parses and validates YAML text; `file` names the source in errors.
     pub fn from_yaml(text: &str, file: Option<&str>) -> Result<AppSpec, SpecErrors> {
-        let spec: AppSpec = serde_saphyr::from_str(text).map_err(|e| {
-            let mut error = yaml_error(&e, file);
-            if error.field.is_empty() {
-                error.field = key_at(&key_locations(text), error.line, error.column).unwrap_or_default();
+        // Every mistake at once: after an error, the lines it is about are blanked (line numbers
+        // stay) and the rest is read again, until the text parses or nothing more can be set aside.
+        let mut working: Vec<String> = text.lines().map(str::to_string).collect();
+        let mut found: Vec<SpecError> = Vec::new();
+        let mut blanked: Vec<String> = Vec::new();
+        let parsed = loop {
+            let current = working.join("\n");
+            match serde_saphyr::from_str::<AppSpec>(&current) {
+                Ok(spec) => break Some(spec),
+                Err(e) => {
+                    let places = key_locations(&current);
+                    let mut error = yaml_error(&e, file);
+                    if error.field.is_empty() {
+                        error.field = key_at(&places, error.line, error.column).unwrap_or_default();
+                    } else if let Some(path) = full_path(&places, &error.field, error.line) {
+                        // `http` under a mis-indented block is named by where it is: `health.http`.
+                        error.field = path;
+                    }
+                    if error.message.starts_with("expected a") {
+                        // `memory: 64MB`: numbers carry their unit in the key's meaning.
+                        let unit = match error.field.as_str() {
+                            "memory" => Some("memory is in MiB, written as a bare number: memory: 64"),
+                            "cpu" => Some("cpu is in cores, written as a bare number: cpu: 0.5"),
+                            _ => None,
+                        };
+                        if let Some(unit) = unit {
+                            error.message = format!("{}; {unit}", error.message);
+                        }
+                    }
+                    // A key set aside because of an earlier error is not also "missing".
+                    let echo = error.message == "required key is missing" && blanked.contains(&error.field);
+                    let line = error.line.map(|l| l as usize).filter(|l| *l >= 1 && *l <= working.len());
+                    if !echo {
+                        found.push(error.clone());
+                    }
+                    let Some(line) = line.filter(|_| found.len() < MAX_ERRORS && !echo) else { break None };
+                    let key = working[line - 1].trim_start().split(':').next().unwrap_or_default().trim().to_string();
+                    blanked.push(if error.field.is_empty() { key } else { error.field.clone() });
+                    blank_block(&mut working, line - 1);
+                }
             }
-            SpecErrors(vec![error])
-        })?;
+        };
+        if !found.is_empty() || parsed.is_none() {
+            return Err(SpecErrors(found));
+        }
+        let Some(spec) = parsed else { return Err(SpecErrors(found)) };
         spec.validate().map_err(|mut errors| {
             let places = key_locations(text);
             for e in &mut errors.0 {
@@ -971,6 +1010,35 @@ fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
     }
 }
 
+/// Most errors one file reports: past this, fix some and look again.
+const MAX_ERRORS: usize = 20;
+
+/// Blanks line `at` (0-based) and the lines under it that are indented deeper: the key and its
+/// whole value.
+fn blank_block(lines: &mut [String], at: usize) {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let base = indent(&lines[at]);
+    lines[at].clear();
+    for l in lines.iter_mut().skip(at + 1) {
+        if l.trim().is_empty() || l.trim_start().starts_with('#') {
+            continue;
+        }
+        if indent(l) <= base {
+            break;
+        }
+        l.clear();
+    }
+}
+
+/// The dotted path of the key `name` written on `line`, when it is nested.
+fn full_path(places: &[(String, u64, u64)], name: &str, line: Option<u64>) -> Option<String> {
+    let line = line?;
+    places
+        .iter()
+        .find(|(path, l, _)| *l == line && (path == name || path.ends_with(&format!(".{name}"))))
+        .map(|(path, _, _)| path.clone())
+}
+
 fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
     let location = e.location();
     let (field, message, suggestion) = match e.without_snippet() {
@@ -984,6 +1052,7 @@ fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
         serde_saphyr::Error::Message { msg, .. } => (String::new(), plain_words(&first_line(msg)), None),
         other => (String::new(), plain_words(&first_line(&other.to_string())), None),
     };
+    let (message, suggestion) = explain(message, suggestion);
     SpecError {
         file: file.map(str::to_string),
         line: location.as_ref().map(|l| l.line()).filter(|l| *l > 0),
@@ -992,6 +1061,29 @@ fn yaml_error(e: &serde_saphyr::Error, file: Option<&str>) -> SpecError {
         message,
         suggestion,
     }
+}
+
+/// The parser's words for the common YAML traps, in the writer's terms, with what to do.
+fn explain(message: String, suggestion: Option<String>) -> (String, Option<String>) {
+    if message.starts_with("mapping values are not allowed") {
+        return (
+            "a `: ` inside a value starts a new key; quote the value, e.g. command: \"echo 'a: b'\"".into(),
+            suggestion,
+        );
+    }
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest.split(',').next().unwrap_or(rest).trim();
+        return (format!("`{key}` is written twice in the same block; keep one"), suggestion);
+    }
+    // `unknown variant `exce`, expected one of docker, exec`: a did-you-mean.
+    if let Some(rest) = message.strip_prefix("unknown variant `")
+        && let Some((written, expected)) = rest.split_once("`, expected one of ")
+    {
+        let options: Vec<&str> = expected.split(',').map(|o| o.trim().trim_matches('`')).collect();
+        let close = closest(written, &options).map(str::to_string);
+        return (format!("`{written}` is not one of {}", options.join(", ")), close.or(suggestion));
+    }
+    (message, suggestion)
 }
 
 /// Rust type names mean nothing to the person writing YAML.

@@ -107,3 +107,21 @@ fn a_missing_spec_and_an_absent_server_say_what_to_do() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("berth up") && err.contains("BERTH_SERVER"), "{err}");
 }
+
+#[test]
+fn validate_reports_three_typos_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("berth.yaml"),
+        "group: g\nname: web\nimage: i\nmemroy: 64\nhealth:\n  htp: /\ndriver: dockr\n",
+    )
+    .unwrap();
+    let out = berth(dir.path(), &["validate", "-o", "json"]);
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    let fields: Vec<&str> = v["errors"].as_array().unwrap().iter().filter_map(|e| e["field"].as_str()).collect();
+    assert_eq!(fields, ["memroy", "health.htp", "driver"], "{v}");
+    let suggestions: Vec<&str> =
+        v["errors"].as_array().unwrap().iter().filter_map(|e| e["suggestion"].as_str()).collect();
+    assert_eq!(suggestions, ["memory", "http", "docker"], "{v}");
+}

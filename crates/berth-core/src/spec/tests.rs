@@ -262,3 +262,29 @@ fn values_that_can_never_run_are_refused_with_their_field() {
         assert!(AppSpec::from_yaml(&format!("group: g\nname: n\nimage: {good}\n"), None).is_ok(), "{good}");
     }
 }
+
+/// `validate` reports every mistake in a file, each at its line with its full path, in the
+/// writer's words, with a did-you-mean where there is one.
+#[test]
+fn every_mistake_at_once_in_the_writers_words() {
+    let errs = errors("group: g\nname: n\nimage: i\nmemroy: 64\ncpux: 1\nportz: [1]\n");
+    let found: Vec<(&str, Option<u64>, Option<&str>)> =
+        errs.iter().map(|e| (e.field.as_str(), e.line, e.suggestion.as_deref())).collect();
+    assert_eq!(
+        found,
+        [("memroy", Some(4), Some("memory")), ("cpux", Some(5), Some("cpu")), ("portz", Some(6), Some("ports"))]
+    );
+
+    let errs = errors("group: g\nname: n\nimage: i\ncommand: echo \"boom: x\"\nmemory: 64MB\ndriver: exce\n");
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs[0].message.contains("quote the value") && errs[0].line == Some(4), "{}", errs[0]);
+    assert!(errs[1].message.contains("memory is in MiB") && errs[1].field == "memory", "{}", errs[1]);
+    assert_eq!((errs[2].field.as_str(), errs[2].suggestion.as_deref()), ("driver", Some("exec")), "{}", errs[2]);
+
+    let dup = errors("group: g\nname: n\nimage: i\nimage: j\n");
+    assert!(dup[0].message.contains("`image` is written twice") && !dup[0].message.contains("Policy"), "{}", dup[0]);
+
+    // A key under the wrong parent is named by its path.
+    let nested = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  intervall: 1s\n");
+    assert_eq!((nested[0].field.as_str(), nested[0].suggestion.as_deref()), ("health.intervall", Some("interval")));
+}
