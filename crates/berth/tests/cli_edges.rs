@@ -86,3 +86,43 @@ async fn plan_shows_a_deploy_before_it_happens() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("it undoes `scale`, which set 3"), "{err}");
 }
+
+/// The commands people reach for: a version's whole spec, re-attaching to a deployment,
+/// completions, and a destroy that asks on a terminal.
+#[tokio::test(flavor = "multi_thread")]
+async fn history_version_watch_completion_and_a_careful_destroy() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = "group: ops\nname: kept\ndriver: exec\ncommand: [sleep, \"300\"]\nenvironment:\n  MODE: one\n";
+    p.cli_ok(&["deploy", "-f", &p.write("kept.yaml", spec), "--timeout", "30"]).await;
+    let yaml = p.cli_ok(&["app", "kept", "history", "--version", "1"]).await;
+    assert!(yaml.contains("MODE: one") && yaml.contains("name: kept"), "{yaml}");
+    let out = p.cli(&["app", "kept", "history", "--version", "9"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no version 9; it has 1"));
+    let out = p.cli(&["app", "kept", "watch", "--timeout", "10"]).await;
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    for shell in ["bash", "zsh", "fish"] {
+        let script = p.cli_ok(&["completion", shell]).await;
+        assert!(script.contains("berth") && script.contains("deploy"), "{shell}");
+    }
+
+    // On a terminal (from `script`), destroy asks; "n" keeps the app.
+    let mut asked = tokio::process::Command::new("script")
+        .args(["-qec", &format!("{BERTH} app kept destroy"), "/dev/null"])
+        .env("BERTH_SERVER", &p.api)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    use tokio::io::AsyncWriteExt;
+    asked.stdin.as_mut().unwrap().write_all(b"n\n").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(10), asked.wait_with_output()).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("destroy ops/kept and stop all its instances? [y/N]") && text.contains("not destroyed"),
+        "{text}"
+    );
+    assert!(p.get("/v1/apps/ops/kept").await.is_ok(), "kept");
+    p.cli_ok(&["app", "kept", "destroy", "--timeout", "30"]).await;
+}

@@ -69,11 +69,23 @@ pub enum AppAction {
     },
     /// Stop every instance and forget the app.
     Destroy {
+        /// Do not ask first (a terminal is asked; a script is not).
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         wait: WaitArgs,
     },
     /// Every version of the spec: when, what changed, and how its deployment ended.
-    History,
+    History {
+        /// The whole spec of this version, as YAML (`-o json`: JSON).
+        #[arg(long)]
+        version: Option<u64>,
+    },
+    /// Follow the deployment in progress (again, after a Ctrl-C) until it ends.
+    Watch {
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Output of every instance, merged in time order, each line prefixed with its instance.
     Logs(LogsArgs),
     /// The app's resource use per instance, live.
@@ -259,11 +271,36 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             eprintln!("{id}: restarting every instance as version {}", resp.version);
             finish(&client, resp, &wait, ctx).await
         }
-        AppAction::Destroy { wait } => destroy(&client, &id, &wait, ctx).await,
+        AppAction::Destroy { yes, wait } => {
+            if !yes && !confirm(&format!("destroy {id} and stop all its instances?"))? {
+                anyhow::bail!("not destroyed");
+            }
+            destroy(&client, &id, &wait, ctx).await
+        }
+        AppAction::Watch { wait } => {
+            let app = client.app(&id).await?.value;
+            if app.deployment.as_ref().is_none_or(|d| d.state != berth_core::DeploymentState::Running) {
+                eprintln!("{id}: no deployment in progress");
+            }
+            let resp = berth_api::DeployResponse { created: false, changed: true, version: app.version, app };
+            super::deploy::finish(&client, resp, &wait, ctx).await
+        }
+        AppAction::History { version: Some(v) } => {
+            let versions = client.versions(&id).await?;
+            let Some(found) = versions.iter().find(|x| x.version == v) else {
+                let known: Vec<String> = versions.iter().map(|x| x.version.to_string()).collect();
+                anyhow::bail!("{id} has no version {v}; it has {}", known.join(", "));
+            };
+            match ctx.format {
+                Format::Json => println!("{}", output::json(&found.spec)?),
+                Format::Table => print!("{}", serde_saphyr::to_string(&found.spec)?),
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         AppAction::Rules { action } => rules(&client, &id, action, ctx).await,
         AppAction::Logs(args) => logs(&client, &id, args, ctx).await,
         AppAction::Top(args) => super::top::run(args, Some(&id), ctx).await,
-        AppAction::History => {
+        AppAction::History { version: None } => {
             let versions = client.versions(&id).await?;
             let app = client.app(&id).await?.value;
             match ctx.format {
@@ -290,6 +327,19 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// Asks on a terminal; a script (stdin not a terminal) is taken at its word.
+fn confirm(question: &str) -> anyhow::Result<bool> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Ok(true);
+    }
+    eprint!("{question} [y/N] ");
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
 async fn destroy(client: &berth_api::Client, id: &str, wait: &WaitArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {

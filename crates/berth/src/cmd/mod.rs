@@ -55,6 +55,11 @@ pub enum Command {
         #[command(subcommand)]
         action: node::NodeAction,
     },
+    /// Shell completion for berth: `berth completion bash > /etc/bash_completion.d/berth`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// What happened, oldest first.
     Events(events::EventsArgs),
     /// Resource use, live: every app, and allocated beside used per node and for the cluster.
@@ -127,6 +132,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args, &ctx).await,
         Command::Top(args) => top::run(args, None, &ctx).await,
         Command::Alerts => alerts::run(&ctx).await,
+        Command::Completion { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
