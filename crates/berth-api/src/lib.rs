@@ -383,6 +383,11 @@ impl Client {
         Ok(self.put(&path, &DeployRequest { spec: spec.clone() }).await?.value)
     }
 
+    /// Replaces one instance with a fresh one.
+    pub async fn restart_instance(&self, id: &str) -> Result<InstanceView, ClientError> {
+        Ok(self.post(&format!("/v1/instances/{id}/restart"), &serde_json::json!({})).await?.value)
+    }
+
     /// What deploying `spec` would do (`POST /v1/plan`), as the server sees it now.
     pub async fn plan(&self, spec: &AppSpec) -> Result<serde_json::Value, ClientError> {
         Ok(self.post("/v1/plan", &DeployRequest { spec: spec.clone() }).await?.value)

@@ -50,6 +50,7 @@ pub(crate) fn router(shared: Shared) -> Router {
             post(crate::logs::http::ingest).layer(axum::extract::DefaultBodyLimit::max(16 << 20)),
         )
         .route("/v1/instances", get(list_instances))
+        .route("/v1/instances/{id}/restart", post(restart_instance))
         .route("/v1/instances/{id}/drain", get(routes::drain_status))
         .route("/v1/routers", get(routes::list_routers))
         .route("/v1/routers/{id}", post(routes::router_report))
@@ -663,6 +664,36 @@ async fn destroy(AxState(shared): AxState<Shared>, Path((group, name)): Path<(St
         }
     }
     Ok(indexed(shared.state.store().revision(), &status_of(&shared, &id)?))
+}
+
+/// Stops one instance (draining it first); the app's count is unchanged, so a fresh one takes
+/// its place under the usual health gates, as deleting a pod does.
+async fn restart_instance(AxState(shared): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    for _ in 0..8 {
+        let current = shared.state.instance(&id)?.ok_or_else(|| ApiError::not_found(&format!("instance {id}")))?;
+        let mut inst = current.value;
+        if !inst.state.is_live() || inst.desired == berth_core::Desired::Stop {
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("instance {id} is {} already", inst.state)));
+        }
+        inst.desired = berth_core::Desired::Stop;
+        inst.reason = Some("restarted on request".into());
+        let txn = Txn::default().expect(instance_key(&id), current.mod_revision).put(instance_key(&id), encode(&inst));
+        let subject = Subject::instance(&inst.app, &id, &inst.node);
+        let txn = shared.state.with_event(
+            txn,
+            now_ms(),
+            Level::Info,
+            "instance.restart",
+            subject,
+            "restart requested; a new instance replaces it".into(),
+        );
+        match shared.state.commit(txn) {
+            Ok(index) => return Ok(indexed(index, &InstanceView::from(inst))),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(StatusCode::CONFLICT, format!("instance {id} is changing too fast; retry")))
 }
 
 async fn list_instances(AxState(shared): AxState<Shared>) -> ApiResult<Response> {

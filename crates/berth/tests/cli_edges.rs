@@ -126,3 +126,38 @@ async fn history_version_watch_completion_and_a_careful_destroy() {
     assert!(p.get("/v1/apps/ops/kept").await.is_ok(), "kept");
     p.cli_ok(&["app", "kept", "destroy", "--timeout", "30"]).await;
 }
+
+/// `env set|unset` makes a new version like any change; `instance ID restart` replaces one
+/// instance with a fresh one.
+#[tokio::test(flavor = "multi_thread")]
+async fn env_changes_are_versions_and_one_instance_restarts() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let bin = berth_testkit::image::testapp_binary();
+    let spec = format!(
+        "group: ops\nname: envy\ndriver: exec\ninstances: 2\ncommand: [{}]\nhealth:\n  http: /health\n  interval: 200ms\n\
+         upgrade:\n  min_healthy_time: 0s\n",
+        bin.display()
+    );
+    p.cli_ok(&["deploy", "-f", &p.write("envy.yaml", &spec), "--timeout", "30"]).await;
+    p.cli_ok(&["app", "envy", "env", "set", "MODE=fast", "LEVEL=3", "--timeout", "30"]).await;
+    let listed = p.cli_ok(&["app", "envy", "env", "ls"]).await;
+    assert!(listed.contains("MODE=fast") && listed.contains("LEVEL=3"), "{listed}");
+    let status = p.status("envy").await;
+    assert_eq!((status["version"].as_u64(), status["desired"].as_u64()), (Some(2), Some(2)), "{status}");
+    p.cli_ok(&["app", "envy", "env", "unset", "LEVEL", "--timeout", "30"]).await;
+    assert!(!p.cli_ok(&["app", "envy", "env", "ls"]).await.contains("LEVEL"));
+    let out = p.cli(&["app", "envy", "env", "unset", "NOPE"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no variable NOPE"));
+
+    let before: Vec<String> = p.live("envy").await.iter().map(|i| i["id"].as_str().unwrap().to_string()).collect();
+    let victim = before[0].clone();
+    p.cli_ok(&["app", "envy", "instance", &victim[..victim.len() - 2], "restart"]).await;
+    wait_until("a fresh instance in its place", Duration::from_secs(20), || async {
+        let live = p.live("envy").await;
+        let running: Vec<&Value> = live.iter().filter(|i| i["state"] == "running").collect();
+        (running.len() == 2 && running.iter().all(|i| i["id"] != victim.as_str())).then_some(())
+    })
+    .await;
+    let events = p.cli_ok(&["events", "--app", "envy"]).await;
+    assert!(events.contains("instance.restart"), "{events}");
+}

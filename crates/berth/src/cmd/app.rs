@@ -81,6 +81,18 @@ pub enum AppAction {
         #[arg(long)]
         version: Option<u64>,
     },
+    /// Set or remove environment variables: a new version, deployed like any change.
+    Env {
+        #[command(subcommand)]
+        action: EnvAction,
+    },
+    /// One instance: `instance ID restart` replaces it with a fresh one (drained first).
+    Instance {
+        /// The instance's id, or a prefix of it.
+        id: String,
+        #[command(subcommand)]
+        action: InstanceAction,
+    },
     /// Follow the deployment in progress (again, after a Ctrl-C) until it ends.
     Watch {
         #[command(flatten)]
@@ -203,6 +215,43 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
 }
 
 #[derive(Debug, clap::Subcommand)]
+pub enum InstanceAction {
+    /// Stop it (drained first) and let a fresh one take its place.
+    Restart,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum EnvAction {
+    /// `KEY=VALUE`... (repeatable).
+    Set {
+        #[arg(required = true, value_parser = parse_env_pair)]
+        pairs: Vec<(String, String)>,
+        #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// `KEY`... (repeatable).
+    Unset {
+        #[arg(required = true)]
+        keys: Vec<String>,
+        #[command(flatten)]
+        change: ChangeArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
+    /// Print the app's environment.
+    Ls,
+}
+
+fn parse_env_pair(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("`{text}`: expected KEY=VALUE")),
+    }
+}
+
+#[derive(Debug, clap::Subcommand)]
 pub enum RulesAction {
     /// Check the script and put it in force (a script that does not compile is refused).
     Set {
@@ -276,6 +325,60 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 anyhow::bail!("not destroyed");
             }
             destroy(&client, &id, &wait, ctx).await
+        }
+        AppAction::Env { action } => {
+            let app = client.app(&id).await?.value;
+            let mut spec = app.spec.clone();
+            spec.instances = app.desired;
+            let (what, change, wait) = match action {
+                EnvAction::Ls => {
+                    match ctx.format {
+                        Format::Json => println!("{}", output::json(&spec.environment)?),
+                        Format::Table => {
+                            spec.environment.iter().for_each(|(k, v)| println!("{k}={}", output::visible(v)))
+                        }
+                    }
+                    return Ok(ExitCode::SUCCESS);
+                }
+                EnvAction::Set { pairs, change, wait } => {
+                    let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
+                    spec.environment.extend(pairs);
+                    (format!("set {}", keys.join(", ")), change, wait)
+                }
+                EnvAction::Unset { keys, change, wait } => {
+                    let missing: Vec<&String> = keys.iter().filter(|k| !spec.environment.contains_key(*k)).collect();
+                    if !missing.is_empty() {
+                        let names: Vec<&str> = missing.iter().map(|k| k.as_str()).collect();
+                        anyhow::bail!("{id} has no variable {}", names.join(", "));
+                    }
+                    keys.iter().for_each(|k| drop(spec.environment.remove(k)));
+                    (format!("unset {}", keys.join(", ")), change, wait)
+                }
+            };
+            if let Err(errors) = spec.validate() {
+                errors.0.iter().for_each(|e| eprintln!("error: {e}"));
+                anyhow::bail!("the environment would make an invalid spec; nothing changed");
+            }
+            let resp = client.deploy(&spec, change.options()).await?;
+            eprintln!("{id}: {what} as version {}", resp.version);
+            finish(&client, resp, &wait, ctx).await
+        }
+        AppAction::Instance { id: wanted, action: InstanceAction::Restart } => {
+            let app = client.app(&id).await?.value;
+            let live: Vec<&str> =
+                app.instances.iter().filter(|v| v.instance.state.is_live()).map(|v| v.instance.id.as_str()).collect();
+            let matching: Vec<&&str> = live.iter().filter(|i| i.starts_with(wanted.as_str())).collect();
+            let target = match matching.as_slice() {
+                [one] => one.to_string(),
+                [] => anyhow::bail!("{id} has no live instance `{wanted}`; its live instances: {}", live.join(", ")),
+                many => anyhow::bail!("`{wanted}` matches {} instances; give more of the id", many.len()),
+            };
+            let view = client.restart_instance(&target).await?;
+            match ctx.format {
+                Format::Json => println!("{}", output::json(&view)?),
+                Format::Table => println!("{target}: restarting; a fresh instance takes its place"),
+            }
+            Ok(ExitCode::SUCCESS)
         }
         AppAction::Watch { wait } => {
             let app = client.app(&id).await?.value;
