@@ -160,4 +160,16 @@ async fn env_changes_are_versions_and_one_instance_restarts() {
     .await;
     let events = p.cli_ok(&["events", "--app", "envy"]).await;
     assert!(events.contains("instance.restart"), "{events}");
+    // The output of the instance that ended last: the one restarted.
+    wait_until("the restarted instance to have stopped", Duration::from_secs(20), || async {
+        let s = p.status("envy").await;
+        s["instances"].as_array()?.iter().any(|i| i["id"] == victim.as_str() && i["state"] == "stopped").then_some(())
+    })
+    .await;
+    let previous = wait_until("the restarted instance's output", Duration::from_secs(15), || async {
+        let out = p.cli_ok(&["app", "envy", "logs", "--previous"]).await;
+        out.contains("listening").then_some(out)
+    })
+    .await;
+    assert!(previous.lines().all(|l| l.starts_with(&victim)), "{previous}");
 }

@@ -130,10 +130,26 @@ pub struct LogsArgs {
     /// Print each line's time.
     #[arg(short = 't', long)]
     timestamps: bool,
+    /// The output of the instance that ended last (the one a crash replaced), as kubectl's.
+    #[arg(long, conflicts_with = "instance")]
+    previous: bool,
 }
 
 async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let since = args.since;
+    let mut args = args;
+    if args.previous {
+        let status = client.app(id).await?.value;
+        let last = status
+            .instances
+            .iter()
+            .filter(|v| v.instance.state.is_terminal())
+            .max_by_key(|v| v.instance.finished_at.unwrap_or(v.instance.created_at));
+        match last {
+            Some(v) => args.instance = Some(v.instance.id.clone()),
+            None => anyhow::bail!("{id} has no ended instance: none has been replaced yet"),
+        }
+    }
     // An instance filter that matches nothing would print nothing, silently.
     if let Some(wanted) = &args.instance {
         let status = client.app(id).await?.value;
