@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let json = cli.output == output::Format::Json;
+    let json = matches!(cli.output, output::Output::Json | output::Output::Yaml);
     match runtime.block_on(cmd::run(cli)) {
         Ok(code) => code,
         Err(e) => {

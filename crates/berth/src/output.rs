@@ -4,11 +4,43 @@ use comfy_table::presets::NOTHING;
 use comfy_table::{ContentArrangement, Table};
 use serde::Serialize;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+/// How a command shows its result: for people, or for scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Format {
     #[default]
     Table,
     Json,
+}
+
+/// `-o`: a table, a wider table, JSON, or YAML. YAML is JSON's data in YAML's syntax (streams
+/// stay JSON lines); `wide` adds the columns a narrow terminal leaves out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+pub enum Output {
+    #[default]
+    Table,
+    Wide,
+    Json,
+    Yaml,
+}
+
+static YAML: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static WIDE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+impl Output {
+    /// The format commands use; YAML and wide are remembered for [`json`] and [`wide`].
+    pub fn apply(self) -> Format {
+        YAML.store(self == Output::Yaml, std::sync::atomic::Ordering::Relaxed);
+        WIDE.store(self == Output::Wide, std::sync::atomic::Ordering::Relaxed);
+        match self {
+            Output::Table | Output::Wide => Format::Table,
+            Output::Json | Output::Yaml => Format::Json,
+        }
+    }
+}
+
+/// Whether `-o wide` was asked for.
+pub fn wide() -> bool {
+    WIDE.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 pub fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
@@ -38,7 +70,11 @@ pub fn visible(text: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(out)
 }
 
+/// A result for scripts: pretty JSON, or YAML under `-o yaml`.
 pub fn json<T: Serialize>(value: &T) -> anyhow::Result<String> {
+    if YAML.load(std::sync::atomic::Ordering::Relaxed) {
+        return Ok(serde_saphyr::to_string(value)?.trim_end().to_string());
+    }
     Ok(serde_json::to_string_pretty(value)?)
 }
 

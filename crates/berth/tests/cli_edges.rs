@@ -44,6 +44,12 @@ async fn the_cli_says_what_is_wrong_and_does_what_people_expect() {
     let v: Value = serde_json::from_slice(&out.stdout).expect("a JSON error");
     assert_eq!(v["status"], 422, "{v}");
     assert!(v["error"].as_str().unwrap().contains("more than the 10000 allowed"), "{v}");
+    // YAML for scripts that prefer it, and a wide table for people with room.
+    let yaml = p.cli_ok(&["app", "talk", "status", "-o", "yaml"]).await;
+    assert!(yaml.contains("id: ops/talk") && !yaml.trim_start().starts_with('{'), "{yaml}");
+    let wide = p.cli_ok(&["app", "talk", "status", "-o", "wide"]).await;
+    assert!(wide.contains("HANDLE") && wide.contains("HOST PORTS"), "{wide}");
+    assert!(!p.cli_ok(&["app", "talk", "status"]).await.contains("HANDLE"));
 }
 
 /// `berth plan` (and `deploy --dry-run`) tells what a deploy would do and changes nothing: exit 0

@@ -579,7 +579,7 @@ pub fn status_table(s: &AppStatus) -> String {
             } else if i.is_up() && !i.in_service {
                 state.push_str(" (warming)");
             }
-            vec![
+            let mut row = vec![
                 i.id.clone(),
                 state,
                 format!("v{}", i.version),
@@ -588,10 +588,21 @@ pub fn status_table(s: &AppStatus) -> String {
                 ago(i.started_at.unwrap_or(i.created_at)),
                 // Why it ended, or while it starts or is unhealthy, why its check fails.
                 output::visible(i.reason.as_deref().unwrap_or_default()).into_owned(),
-            ]
+            ];
+            if output::wide() {
+                row.push(i.driver.to_string());
+                row.push(i.handle.clone().unwrap_or_else(|| "-".into()));
+                row.push(i.host_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","));
+                row.push(ago(i.created_at));
+            }
+            row
         })
         .collect();
-    out.push_str(&table(&["INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON"], rows));
+    let mut headers = vec!["INSTANCE", "STATE", "VERSION", "NODE", "ADDRESS", "SINCE", "REASON"];
+    if output::wide() {
+        headers.extend(["DRIVER", "HANDLE", "HOST PORTS", "CREATED"]);
+    }
+    out.push_str(&table(&headers, rows));
     if older > 0 {
         out.push_str(&format!("\n({older} older ended instance(s) not shown; -o json lists them)"));
     }

@@ -22,9 +22,9 @@ pub struct Cli {
     /// The Berth server's API.
     #[arg(long, global = true, env = "BERTH_SERVER", default_value = "http://127.0.0.1:7070")]
     pub server: String,
-    /// Output: a table for people, json for scripts.
-    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = Format::Table)]
-    pub output: Format,
+    /// Output: a table for people (wide: with more columns), json or yaml for scripts.
+    #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = crate::output::Output::Table)]
+    pub output: crate::output::Output,
     #[command(subcommand)]
     pub command: Command,
 }
@@ -117,7 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
-    let ctx = Ctx { server: cli.server.clone(), format: cli.output };
+    let ctx = Ctx { server: cli.server.clone(), format: cli.output.apply() };
     match cli.command {
         Command::Up(args) => platform::up(*args).await,
         Command::Server(args) => platform::server(*args).await,
