@@ -617,6 +617,27 @@ impl AppSpec {
                         // `http` under a mis-indented block is named by where it is: `health.http`.
                         error.field = path;
                     }
+                    if error.message == "unknown key" && error.suggestion.is_none() && !error.field.contains('.') {
+                        // A nested key written at the top: it lost its indentation.
+                        let parent = match error.field.as_str() {
+                            "http" | "tcp" | "interval" | "timeout" | "grace" | "max_failures" | "port_index" => {
+                                Some("health")
+                            }
+                            "strategy"
+                            | "min_health_capacity"
+                            | "max_over_capacity"
+                            | "min_healthy_time"
+                            | "healthy_deadline"
+                            | "progress_deadline"
+                            | "auto_rollback"
+                            | "rollback_window" => Some("upgrade"),
+                            _ => None,
+                        };
+                        if let Some(parent) = parent {
+                            error.message =
+                                format!("unknown key here; `{}` belongs under `{parent}:`, indented", error.field);
+                        }
+                    }
                     if error.message.starts_with("expected a") {
                         // `memory: 64MB`: numbers carry their unit in the key's meaning.
                         let unit = match error.field.as_str() {

@@ -125,3 +125,36 @@ fn validate_reports_three_typos_at_once() {
         v["errors"].as_array().unwrap().iter().filter_map(|e| e["suggestion"].as_str()).collect();
     assert_eq!(suggestions, ["memory", "http", "docker"], "{v}");
 }
+
+/// Logs carry colour only when asked (`--color always`) or for a terminal; never into a pipe by
+/// default, and never with `--color never`.
+#[test]
+fn colour_in_logs_follows_color_and_the_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let stderr_of = |color: Option<&str>| {
+        let mut cmd = Command::new(BERTH);
+        cmd.args(["agent", "--server", "http://127.0.0.1:9", "--driver", "exec", "--data-dir"])
+            .arg(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped());
+        if let Some(c) = color {
+            cmd.args(["--color", c]);
+        }
+        let mut child = cmd.spawn().unwrap();
+        // It logs its failed registration at once, then retries: a few lines are enough.
+        let mut stderr = child.stderr.take().unwrap();
+        let reader = std::thread::spawn(move || {
+            let mut buf = vec![0u8; 4096];
+            let n = std::io::Read::read(&mut stderr, &mut buf).unwrap_or(0);
+            String::from_utf8_lossy(&buf[..n]).to_string()
+        });
+        let text = reader.join().unwrap();
+        let _ = child.kill();
+        let _ = child.wait();
+        text
+    };
+    assert!(stderr_of(Some("always")).contains('\x1b'));
+    let plain = stderr_of(None);
+    assert!(!plain.is_empty() && !plain.contains('\x1b'), "{plain:?}");
+    assert!(!stderr_of(Some("never")).contains('\x1b'));
+}

@@ -288,3 +288,10 @@ fn every_mistake_at_once_in_the_writers_words() {
     let nested = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  http: /\n  intervall: 1s\n");
     assert_eq!((nested[0].field.as_str(), nested[0].suggestion.as_deref()), ("health.intervall", Some("interval")));
 }
+
+#[test]
+fn a_key_that_lost_its_indentation_is_told_where_it_belongs() {
+    let errs = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  tcp: true\ninterval: 1s\n");
+    assert_eq!(errs[0].field, "interval");
+    assert!(errs[0].message.contains("`interval` belongs under `health:`"), "{}", errs[0]);
+}

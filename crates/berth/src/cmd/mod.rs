@@ -25,8 +25,18 @@ pub struct Cli {
     /// Output: a table for people (wide: with more columns), json or yaml for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = crate::output::Output::Table)]
     pub output: crate::output::Output,
+    /// Colour in logs: auto (a terminal, unless NO_COLOR is set), always, or never.
+    #[arg(long, global = true, value_enum, default_value_t = Color::Auto)]
+    pub color: Color,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Color {
+    Auto,
+    Always,
+    Never,
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,7 +124,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
     // Colour only for a person at a terminal: never into a log file or a pipe, nor under NO_COLOR.
     use std::io::IsTerminal;
-    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let ansi = match cli.color {
+        Color::Always => true,
+        Color::Never => false,
+        Color::Auto => std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+    };
     tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
     let ctx = Ctx { server: cli.server.clone(), format: cli.output.apply() };
