@@ -179,3 +179,35 @@ async fn env_changes_are_versions_and_one_instance_restarts() {
     .await;
     assert!(previous.lines().all(|l| l.starts_with(&victim)), "{previous}");
 }
+
+/// A deploy's progress follows the deployment across a restart of the server.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_follows_its_deployment_across_a_server_restart() {
+    let mut p = Platform::start(BERTH.as_ref(), "exec").await;
+    let bin = berth_testkit::image::testapp_binary();
+    // Healthy for 3 s before it counts: time enough to restart the server mid-deployment.
+    let spec = format!(
+        "group: ops\nname: steady\ndriver: exec\ninstances: 1\ncommand: [{}]\nhealth:\n  http: /health\n  interval: 200ms\n\
+         upgrade:\n  min_healthy_time: 3s\n",
+        bin.display()
+    );
+    let file = p.write("steady.yaml", &spec);
+    let deploy = tokio::process::Command::new(BERTH)
+        .args(["deploy", "-f", &file, "--timeout", "60"])
+        .env("BERTH_SERVER", &p.api)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    wait_until("the deployment to be under way", Duration::from_secs(15), || async {
+        p.get("/v1/apps/ops/steady").await.ok().filter(|s| s["deployment"]["state"] == "running").map(|_| ())
+    })
+    .await;
+    p.restart().await;
+    let out = tokio::time::timeout(Duration::from_secs(60), deploy.wait_with_output()).await.unwrap().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("reconnecting"), "it did lose the server: {err}");
+}

@@ -312,12 +312,25 @@ pub async fn follow(
     // The deployment followed; an automatic rollback is followed too, but the command still fails.
     let mut following = started_at;
     let mut failure: Option<String> = None;
+    let mut outage = false;
     loop {
-        let answer = if index == 0 {
-            client.app(id).await?
-        } else {
-            client.app_after(id, index, Duration::from_secs(1)).await?
+        let asked =
+            if index == 0 { client.app(id).await } else { client.app_after(id, index, Duration::from_secs(1)).await };
+        let answer = match asked {
+            Ok(a) => a,
+            // The server restarting does not end the deployment: keep following once it is back.
+            Err(e) if e.status().is_none() && clock.elapsed() < timeout => {
+                if !outage {
+                    pb.suspend(|| eprintln!("note: lost the server ({e}); reconnecting"));
+                    outage = true;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                index = 0;
+                continue;
+            }
+            Err(e) => return Err(e.into()),
         };
+        outage = false;
         index = answer.index;
         let status = answer.value;
         for view in &status.instances {
