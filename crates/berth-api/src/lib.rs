@@ -388,6 +388,11 @@ impl Client {
         Ok(self.post(&format!("/v1/instances/{id}/restart"), &serde_json::json!({})).await?.value)
     }
 
+    /// Stops one instance for good: its app runs one fewer.
+    pub async fn stop_instance(&self, id: &str, opts: ChangeOptions) -> Result<InstanceView, ClientError> {
+        Ok(self.post(&format!("/v1/instances/{id}/stop{}", opts.query()), &serde_json::json!({})).await?.value)
+    }
+
     /// What deploying `spec` would do (`POST /v1/plan`), as the server sees it now.
     pub async fn plan(&self, spec: &AppSpec) -> Result<serde_json::Value, ClientError> {
         Ok(self.post("/v1/plan", &DeployRequest { spec: spec.clone() }).await?.value)

@@ -51,6 +51,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         )
         .route("/v1/instances", get(list_instances))
         .route("/v1/instances/{id}/restart", post(restart_instance))
+        .route("/v1/instances/{id}/stop", post(stop_instance))
         .route("/v1/instances/{id}/drain", get(routes::drain_status))
         .route("/v1/routers", get(routes::list_routers))
         .route("/v1/routers/{id}", post(routes::router_report))
@@ -687,6 +688,47 @@ async fn restart_instance(AxState(shared): AxState<Shared>, Path(id): Path<Strin
             subject,
             "restart requested; a new instance replaces it".into(),
         );
+        match shared.state.commit(txn) {
+            Ok(index) => return Ok(indexed(index, &InstanceView::from(inst))),
+            Err(StoreError::Conflict(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(ApiError::new(StatusCode::CONFLICT, format!("instance {id} is changing too fast; retry")))
+}
+
+/// Stops one instance for good: the app is scaled down by one, and this is the one that goes
+/// (drained first). Refused while another deployment runs, unless `force`.
+async fn stop_instance(
+    AxState(shared): AxState<Shared>,
+    Path(id): Path<String>,
+    Query(opts): Query<ChangeQuery>,
+) -> ApiResult<Response> {
+    for _ in 0..8 {
+        let now = now_ms();
+        let current = shared.state.instance(&id)?.ok_or_else(|| ApiError::not_found(&format!("instance {id}")))?;
+        let mut inst = current.value;
+        if !inst.state.is_live() || inst.desired == berth_core::Desired::Stop {
+            return Err(ApiError::new(StatusCode::CONFLICT, format!("instance {id} is {} already", inst.state)));
+        }
+        let app_rec = shared.state.app(&inst.app)?.ok_or_else(|| ApiError::not_found(&format!("app {}", inst.app)))?;
+        let mut app = app_rec.value;
+        if !opts.force
+            && let Some(e) = busy(&app, &inst.app, now)
+        {
+            return Err(e);
+        }
+        let n = app.instances.saturating_sub(1);
+        let mut txn = Txn::default()
+            .expect(app_key(&inst.app), app_rec.mod_revision)
+            .expect(instance_key(&id), current.mod_revision);
+        txn = scale_to(&shared.state, txn, &mut app, n, now)?;
+        inst.desired = berth_core::Desired::Stop;
+        inst.reason = Some("stopped on request".into());
+        txn = txn.put(app_key(&inst.app), encode(&app)).put(instance_key(&id), encode(&inst));
+        let subject = Subject::instance(&inst.app, &id, &inst.node);
+        let msg = format!("stopped on request; {} now runs {n}", inst.app);
+        txn = shared.state.with_event(txn, now, Level::Info, "instance.stop", subject, msg);
         match shared.state.commit(txn) {
             Ok(index) => return Ok(indexed(index, &InstanceView::from(inst))),
             Err(StoreError::Conflict(_)) => continue,

@@ -178,6 +178,18 @@ async fn env_changes_are_versions_and_one_instance_restarts() {
     })
     .await;
     assert!(previous.lines().all(|l| l.starts_with(&victim)), "{previous}");
+
+    // `instance ID stop`: that one goes for good, and the app runs one fewer.
+    let gone =
+        p.live("envy").await.iter().find(|i| i["state"] == "running").unwrap()["id"].as_str().unwrap().to_string();
+    let said = p.cli_ok(&["app", "envy", "instance", &gone, "stop"]).await;
+    assert!(said.contains("now runs 1"), "{said}");
+    wait_until("one instance left, not the stopped one", Duration::from_secs(20), || async {
+        let live = p.live("envy").await;
+        (live.len() == 1 && live[0]["id"] != gone.as_str() && live[0]["state"] == "running").then_some(())
+    })
+    .await;
+    assert_eq!(p.status("envy").await["desired"], 1);
 }
 
 /// A deploy's progress follows the deployment across a restart of the server.

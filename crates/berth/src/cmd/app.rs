@@ -234,6 +234,11 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
 pub enum InstanceAction {
     /// Stop it (drained first) and let a fresh one take its place.
     Restart,
+    /// Stop it for good (drained first): the app runs one instance fewer.
+    Stop {
+        #[command(flatten)]
+        force: ForceArg,
+    },
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -379,7 +384,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             eprintln!("{id}: {what} as version {}", resp.version);
             finish(&client, resp, &wait, ctx).await
         }
-        AppAction::Instance { id: wanted, action: InstanceAction::Restart } => {
+        AppAction::Instance { id: wanted, action } => {
             let app = client.app(&id).await?.value;
             let live: Vec<&str> =
                 app.instances.iter().filter(|v| v.instance.state.is_live()).map(|v| v.instance.id.as_str()).collect();
@@ -389,10 +394,19 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 [] => anyhow::bail!("{id} has no live instance `{wanted}`; its live instances: {}", live.join(", ")),
                 many => anyhow::bail!("`{wanted}` matches {} instances; give more of the id", many.len()),
             };
-            let view = client.restart_instance(&target).await?;
+            let (view, said) = match action {
+                InstanceAction::Restart => (
+                    client.restart_instance(&target).await?,
+                    "restarting; a fresh instance takes its place".to_string(),
+                ),
+                InstanceAction::Stop { force } => (
+                    client.stop_instance(&target, force.options()).await?,
+                    format!("stopping; {id} now runs {}", app.desired.saturating_sub(1)),
+                ),
+            };
             match ctx.format {
                 Format::Json => println!("{}", output::json(&view)?),
-                Format::Table => println!("{target}: restarting; a fresh instance takes its place"),
+                Format::Table => println!("{target}: {said}"),
             }
             Ok(ExitCode::SUCCESS)
         }
