@@ -155,10 +155,17 @@ impl Agent {
             node: id.clone(),
             cursors: dir.join("log-cursors"),
             taken: ports::TakenPorts::default(),
+            live: runner::LiveInstances::default(),
         };
+        let execs = tokio::spawn(run_execs(client.clone(), id.clone(), services.live.clone(), shutdown_rx.clone()));
         let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, services, shutdown_rx));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
-        Ok(Agent { node_id: id, drivers: kinds, shutdown, tasks: vec![main, report_task, shipper, metrics_shipper] })
+        Ok(Agent {
+            node_id: id,
+            drivers: kinds,
+            shutdown,
+            tasks: vec![main, report_task, shipper, metrics_shipper, execs],
+        })
     }
 
     /// Stops the agent's loops. Instances keep running; a new agent adopts them.
@@ -326,6 +333,43 @@ async fn run(
                 }
                 finished.retain(|id| listed.contains(id));
             }
+        }
+    }
+}
+
+/// Takes the commands the server queues for this node's instances (`berth app NAME exec`), runs
+/// each through its instance's driver, and answers with what it did.
+async fn run_execs(client: Client, node: String, live: runner::LiveInstances, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let taken = tokio::select! {
+            t = client.execs(&node, Duration::from_secs(30)) => t,
+            _ = shutdown.changed() => return,
+        };
+        let requests = match taken {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "taking exec requests failed; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for req in requests {
+            let (client, node) = (client.clone(), node.clone());
+            let found = lock(&live).get(&req.instance).cloned();
+            tokio::spawn(async move {
+                let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(60_000));
+                let mut result = match found {
+                    Some((driver, handle, env)) => driver.exec(&handle, &req.command, &env, timeout).await,
+                    None => berth_api::ExecResult {
+                        error: Some(format!("instance {} is not running on this node", req.instance)),
+                        ..Default::default()
+                    },
+                };
+                result.id = req.id.clone();
+                if let Err(e) = client.exec_result(&node, &result).await {
+                    tracing::warn!(error = %e, exec = %req.id, "answering an exec failed");
+                }
+            });
         }
     }
 }

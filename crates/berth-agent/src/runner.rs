@@ -113,6 +113,9 @@ async fn run(
             }
         }
     };
+    // Reachable by `exec` while it runs.
+    crate::lock(&services.live)
+        .insert(id.to_string(), (driver.clone(), handle.clone(), instance_env(a, driver.kind())));
     let started_at = if was_adopted { a.instance.started_at.unwrap_or_else(now_ms) } else { now_ms() };
     let base = InstanceReport {
         handle: Some(handle.id.clone()),
@@ -137,6 +140,7 @@ async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(2), collector).await;
     sampler.abort();
     // Its last lines are reported and its output collected: nothing of it is needed any more.
+    crate::lock(&services.live).remove(id);
     driver.remove_leftovers(id, &services.cursors);
 }
 
@@ -233,7 +237,13 @@ pub struct Services {
     pub node: String,
     pub cursors: std::path::PathBuf,
     pub taken: TakenPorts,
+    /// Instances running now, for `exec`: their driver, handle and environment.
+    pub live: LiveInstances,
 }
+
+pub type LiveInstances = std::sync::Arc<
+    std::sync::Mutex<std::collections::HashMap<String, (Driver, Handle, std::collections::BTreeMap<String, String>)>>,
+>;
 
 /// Waits until every router has stopped sending the instance requests and has none in flight to
 /// it, up to `timeout`. A control plane that cannot answer leaves the timeout to decide.

@@ -234,6 +234,37 @@ pub struct InstanceReport {
     pub taken_ports: Vec<u16>,
 }
 
+/// A command to run inside a live instance (`berth app NAME exec`), as the server hands it to
+/// the instance's agent.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecRequest {
+    /// Set by the server; the agent answers under it.
+    #[serde(default)]
+    pub id: String,
+    #[serde(default)]
+    pub instance: String,
+    pub command: Vec<String>,
+    /// How long the command may run, in ms (default 60 s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// What a command run in an instance did.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    #[serde(default)]
+    pub id: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// Why it could not run at all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// What an agent says with each heartbeat.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeartbeatRequest {
@@ -386,6 +417,24 @@ impl Client {
     /// Replaces one instance with a fresh one.
     pub async fn restart_instance(&self, id: &str) -> Result<InstanceView, ClientError> {
         Ok(self.post(&format!("/v1/instances/{id}/restart"), &serde_json::json!({})).await?.value)
+    }
+
+    /// Runs a command in a live instance and returns what it did.
+    pub async fn exec(&self, instance: &str, command: Vec<String>) -> Result<ExecResult, ClientError> {
+        let req = ExecRequest { id: String::new(), instance: instance.into(), command, timeout_ms: None };
+        Ok(self.post(&format!("/v1/instances/{instance}/exec"), &req).await?.value)
+    }
+
+    /// Commands waiting for this node's agent, after waiting up to `wait` for one.
+    pub async fn execs(&self, node: &str, wait: Duration) -> Result<Vec<ExecRequest>, ClientError> {
+        let secs = wait.as_secs().max(1);
+        Ok(self.get(&format!("/v1/nodes/{node}/execs?wait={secs}s")).await?.value)
+    }
+
+    /// An agent's answer to a command.
+    pub async fn exec_result(&self, node: &str, result: &ExecResult) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/execs/{}", result.id), result).await?;
+        Ok(())
     }
 
     /// Stops one instance for good: its app runs one fewer.

@@ -5,6 +5,7 @@ mod alerts;
 mod api;
 mod apply;
 mod deployments;
+mod exec;
 mod forward;
 mod hosts;
 mod logs;
@@ -71,6 +72,8 @@ pub(crate) struct Shared {
     pub tuning: Tuning,
     /// The routers' wildcard domain (see `ServerConfig::domain`).
     pub domain: String,
+    /// Commands on their way to instances and back.
+    pub execs: Arc<exec::Execs>,
 }
 
 impl Shared {
@@ -97,6 +100,7 @@ impl Shared {
             started_at: now_ms(),
             tuning,
             domain,
+            execs: Arc::default(),
         })
     }
 }

@@ -223,3 +223,24 @@ async fn a_deploy_follows_its_deployment_across_a_server_restart() {
     assert!(out.status.success(), "{err}");
     assert!(err.contains("reconnecting"), "it did lose the server: {err}");
 }
+
+/// `app NAME exec -- CMD` runs a command in an instance, with its environment, and exits with
+/// the command's code; stdout and stderr come back apart.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_runs_a_command_in_an_instance() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = "group: ops\nname: box\ndriver: exec\ncommand: [sleep, \"300\"]\nenvironment:\n  MODE: fast\n";
+    p.cli_ok(&["deploy", "-f", &p.write("box.yaml", spec), "--timeout", "30"]).await;
+    let out = p
+        .cli(&["app", "box", "exec", "--", "sh", "-c", "echo mode=$MODE id=$BERTH_INSTANCE_ID; echo oops >&2; exit 3"])
+        .await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(3), "{stderr}");
+    let id = p.live("box").await[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(stdout.trim(), format!("mode=fast id={id}"));
+    assert_eq!(stderr.trim(), "oops");
+    let out = p.cli(&["app", "box", "exec", "--instance", "zzz", "--", "true"]).await;
+    assert!(String::from_utf8_lossy(&out.stderr).contains("has no running instance `zzz`"));
+    let out = p.cli(&["app", "box", "exec", "--", "/no/such/program"]).await;
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));
+}

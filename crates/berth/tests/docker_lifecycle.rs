@@ -94,3 +94,21 @@ async fn deploy_scale_upgrade_destroy_on_docker() {
         assert!(events.contains(kind), "events lack {kind}:\n{events}");
     }
 }
+
+/// `app NAME exec` on a container is `docker exec`: the image's own program, its output apart,
+/// its exit code.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_in_a_container() {
+    let Some(docker) = docker_or_skip("exec_in_a_container").await else {
+        return;
+    };
+    let images = test_images(&docker).await;
+    let p = Platform::start(BERTH.as_ref(), "docker").await;
+    let spec =
+        format!("group: ops\nname: boxed\nimage: {}\nports: [8080]\nupgrade:\n  min_healthy_time: 0s\n", images.v1);
+    p.cli_ok(&["deploy", "-f", &p.write("boxed.yaml", &spec), "--timeout", "60"]).await;
+    let out = p.cli(&["app", "boxed", "exec", "--", "/berth-testapp", "--bogus"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("usage: berth-testapp"), "{stderr}");
+}

@@ -155,6 +155,33 @@ impl Driver {
         }
     }
 
+    /// Runs `command` inside the instance: `docker exec` for a container; for a process, the
+    /// command with the instance's environment in its working directory. Output is capped at
+    /// 1 MiB a stream; the command is killed at `timeout`.
+    pub async fn exec(
+        &self,
+        handle: &Handle,
+        command: &[String],
+        env: &BTreeMap<String, String>,
+        timeout: std::time::Duration,
+    ) -> berth_api::ExecResult {
+        let ran = tokio::time::timeout(timeout, async {
+            match self {
+                Driver::Docker(d) => exec_in_container(d.client(), &handle.id, command).await,
+                Driver::Exec(d) => exec_beside(&d.instance_dir(&handle.instance), command, env).await,
+            }
+        })
+        .await;
+        match ran {
+            Ok(Ok(result)) => result,
+            Ok(Err(why)) => berth_api::ExecResult { error: Some(why), ..Default::default() },
+            Err(_) => berth_api::ExecResult {
+                error: Some(format!("killed after {}s", timeout.as_secs())),
+                ..Default::default()
+            },
+        }
+    }
+
     /// Instances that outlived the agent, by instance id.
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         match self {
@@ -198,5 +225,65 @@ pub fn instance_env(a: &Assignment, driver: DriverKind) -> BTreeMap<String, Stri
 fn host_timezone() -> Option<String> {
     std::env::var("TZ").ok().filter(|tz| !tz.is_empty()).or_else(|| {
         std::fs::read_to_string("/etc/timezone").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
+    })
+}
+
+/// Most of each output stream an exec returns.
+const EXEC_OUTPUT_CAP: usize = 1 << 20;
+
+fn capped(mut bytes: Vec<u8>) -> String {
+    bytes.truncate(EXEC_OUTPUT_CAP);
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+async fn exec_in_container(
+    docker: &bollard::Docker,
+    container: &str,
+    command: &[String],
+) -> Result<berth_api::ExecResult, String> {
+    use futures_util::StreamExt;
+    let config = bollard::models::ExecConfig {
+        cmd: Some(command.to_vec()),
+        attach_stdout: Some(true),
+        attach_stderr: Some(true),
+        ..Default::default()
+    };
+    let created = docker.create_exec(container, config).await.map_err(|e| format!("docker exec: {e}"))?;
+    let started = docker.start_exec(&created.id, None).await.map_err(|e| format!("docker exec: {e}"))?;
+    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
+    if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
+        while let Some(Ok(item)) = output.next().await {
+            match item {
+                bollard::container::LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
+                other => stdout.extend_from_slice(&other.into_bytes()),
+            }
+        }
+    }
+    let inspected = docker.inspect_exec(&created.id).await.map_err(|e| format!("docker exec: {e}"))?;
+    Ok(berth_api::ExecResult {
+        exit_code: inspected.exit_code,
+        stdout: capped(stdout),
+        stderr: capped(stderr),
+        ..Default::default()
+    })
+}
+
+async fn exec_beside(
+    dir: &std::path::Path,
+    command: &[String],
+    env: &BTreeMap<String, String>,
+) -> Result<berth_api::ExecResult, String> {
+    let (program, args) = command.split_first().ok_or("an empty command")?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args).envs(env).stdin(std::process::Stdio::null()).kill_on_drop(true);
+    if dir.is_dir() {
+        cmd.current_dir(dir);
+    }
+    let out = cmd.output().await.map_err(|e| format!("{program}: {e}"))?;
+    Ok(berth_api::ExecResult {
+        exit_code: out.status.code().map(i64::from),
+        stdout: capped(out.stdout),
+        stderr: capped(out.stderr),
+        ..Default::default()
     })
 }

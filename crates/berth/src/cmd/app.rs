@@ -93,6 +93,16 @@ pub enum AppAction {
         #[command(subcommand)]
         action: InstanceAction,
     },
+    /// Run a command inside an instance (`docker exec` for a container; beside the process, with
+    /// its environment, for the exec driver) and exit with its code: `exec -- ls -l /`.
+    Exec {
+        /// The instance (an id or its prefix); by default the first running one.
+        #[arg(long)]
+        instance: Option<String>,
+        /// The program and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
     /// Follow the deployment in progress (again, after a Ctrl-C) until it ends.
     Watch {
         #[command(flatten)]
@@ -409,6 +419,34 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 Format::Table => println!("{target}: {said}"),
             }
             Ok(ExitCode::SUCCESS)
+        }
+        AppAction::Exec { instance, command } => {
+            let app = client.app(&id).await?.value;
+            let running: Vec<&str> = app
+                .instances
+                .iter()
+                .filter(|v| v.instance.state == berth_core::InstanceState::Running)
+                .map(|v| v.instance.id.as_str())
+                .collect();
+            let target = match &instance {
+                Some(wanted) => running.iter().find(|i| i.starts_with(wanted.as_str())),
+                None => running.first(),
+            };
+            let Some(target) = target else {
+                anyhow::bail!(
+                    "{id} has no running instance{}",
+                    instance.map(|i| format!(" `{i}`")).unwrap_or_default()
+                );
+            };
+            let result = client.exec(target, command).await?;
+            use std::io::Write;
+            std::io::stdout().write_all(result.stdout.as_bytes())?;
+            std::io::stderr().write_all(result.stderr.as_bytes())?;
+            if let Some(why) = result.error {
+                anyhow::bail!("{target}: {why}");
+            }
+            // The command's own exit code, as `docker exec` and `kubectl exec` give it.
+            Ok(ExitCode::from(result.exit_code.map_or(1, |c| u8::try_from(c).unwrap_or(1))))
         }
         AppAction::Watch { wait } => {
             let app = client.app(&id).await?.value;
