@@ -37,6 +37,10 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error(
+        "--api {0} is not a loopback address, and the API has no credentials yet: anyone who reaches it could deploy and run commands. Keep it on 127.0.0.1, or pass --insecure-unauthenticated on a network you trust"
+    )]
+    Unauthenticated(String),
 }
 
 #[derive(Debug, Clone)]
@@ -49,6 +53,8 @@ pub struct ServerConfig {
     pub alerts: AlertConfig,
     /// Every app answers as `NAME.GROUP.<domain>` on the routers; those names are its own.
     pub domain: String,
+    /// Serve the API beyond loopback although it has no credentials.
+    pub insecure_unauthenticated: bool,
 }
 
 /// Shared by handlers and the reconcile loop.
@@ -144,6 +150,13 @@ pub struct Server {
 impl Server {
     /// Opens the store under `data_dir`, binds the API and starts the reconcile loop.
     pub async fn start(config: ServerConfig) -> Result<Server, ServerError> {
+        // Refused before anything listens: the API deploys commands.
+        let loopback = std::net::ToSocketAddrs::to_socket_addrs(&config.api_addr.as_str())
+            .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
+            .unwrap_or(true);
+        if !loopback && !config.insecure_unauthenticated {
+            return Err(ServerError::Unauthenticated(config.api_addr.clone()));
+        }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("state.redb"))?);
         let listener =

@@ -15,6 +15,7 @@ async fn every_documented_route_is_served() {
         log_sinks: vec![],
         alerts: Default::default(),
         domain: "berth.local".into(),
+        insecure_unauthenticated: false,
     })
     .await
     .unwrap();

@@ -162,6 +162,10 @@ pub struct ServerOptions {
     /// Every app answers as NAME.GROUP.<domain> on the routers; those names are reserved to it.
     #[arg(long, default_value = "berth.local", value_parser = parse_domain)]
     domain: String,
+    /// Let --api listen beyond loopback although the API has no credentials yet (it deploys
+    /// commands): only on a network you trust.
+    #[arg(long)]
+    insecure_unauthenticated: bool,
 }
 
 fn parse_domain(text: &str) -> Result<String, String> {
@@ -199,6 +203,7 @@ impl ServerOptions {
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
             domain: self.domain.clone(),
+            insecure_unauthenticated: self.insecure_unauthenticated,
             tuning: Tuning {
                 node_timeout: self.node_timeout.as_duration(),
                 logs: berth_server::LogLimits { file_bytes: self.log_file_size, files: self.log_files as usize },
