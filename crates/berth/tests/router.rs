@@ -470,6 +470,27 @@ async fn the_access_log_holds_every_request_and_can_be_off() {
     let missing = lines.iter().find(|l| l["host"] == "nobody.test").expect("the 404 is logged too");
     assert_eq!((missing["status"].as_u64(), missing["upstream"].is_null()), (Some(404), true), "{missing}");
 
+    // Without a clean stop: lines reach the file on their own within the flush interval, so a
+    // kill -9 loses at most the last 100 ms of them.
+    p.restart().await;
+    wait_until("the router to route log.test again", Duration::from_secs(10), || async {
+        p.via_router("log.test", "/").await.ok().filter(|(s, _)| *s == 200)
+    })
+    .await;
+    for n in 0..50 {
+        let (status, _) = p.via_router("log.test", &format!("/?unflushed={n}")).await.unwrap();
+        assert_eq!(status, 200);
+    }
+    let count =
+        || std::fs::read_to_string(&log_path).unwrap_or_default().lines().filter(|l| l.contains("?unflushed=")).count();
+    // The writer's 100 ms tick, with room for a loaded machine.
+    wait_until("the lines in the file with the router still running", Duration::from_secs(2), || async {
+        (count() == 50).then_some(())
+    })
+    .await;
+    p.kill9().await;
+    assert_eq!(count(), 50, "a kill -9 took none of them");
+
     let q = Platform::start_args(BERTH.as_ref(), "exec", &["--access-log".into(), "off".into()]).await;
     let file = q.write("web.yaml", &exec_spec("web", 1, "off.test"));
     q.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
