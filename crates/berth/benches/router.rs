@@ -391,6 +391,12 @@ async fn throughput(rounds: usize, seconds: u64) {
     println!("\nberth up / nginx with its log, per round: {}", per_round(&up, &n_log));
     println!("berth router --access-log / nginx with its log, per round: {}", per_round(&b_log, &n_log));
     println!("berth up / standalone berth router with its log, per round: {}", per_round(&up, &b_log));
+    // The tail moves with the scheduler on shared cores: each round's p99 beside its peer's.
+    let p99_rounds = |a: &[Run], b: &[Run]| {
+        a.iter().zip(b).map(|(x, y)| format!("{:.2}/{:.2}", x.p99_ms, y.p99_ms)).collect::<Vec<_>>().join(", ")
+    };
+    println!("p99 ms, berth up / nginx with its log, per round: {}", p99_rounds(&up, &n_log));
+    println!("p99 ms, berth router --access-log / nginx with its log, per round: {}", p99_rounds(&b_log, &n_log));
     // Each round's own ratio as well: drift between rounds moves both sides of it alike.
     let cost = |with: &[Run]| {
         let per_round: Vec<f64> = with.iter().zip(&b).map(|(w, b)| (1.0 - w.rps / b.rps) * 100.0).collect();
