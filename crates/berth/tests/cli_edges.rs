@@ -244,3 +244,17 @@ async fn exec_runs_a_command_in_an_instance() {
     let out = p.cli(&["app", "box", "exec", "--", "/no/such/program"]).await;
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));
 }
+
+/// An app may be called `ls`: `app ls` alone lists the apps, `app ls status` reaches the app.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_named_ls_can_be_reached() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = "group: ops\nname: ls\ndriver: exec\ncommand: [sleep, \"300\"]\nupgrade:\n  min_healthy_time: 0s\n";
+    p.cli_ok(&["deploy", "-f", &p.write("ls.yaml", spec), "--timeout", "30"]).await;
+    let listed = p.cli_ok(&["app", "ls"]).await;
+    assert!(listed.contains("ops/ls") && listed.contains("APP"), "{listed}");
+    let status = p.cli_ok(&["app", "ls", "status"]).await;
+    assert!(status.contains("INSTANCE") && status.contains("ls-"), "{status}");
+    let by_id = p.cli_ok(&["app", "ops/ls", "status"]).await;
+    assert!(by_id.contains("INSTANCE"), "{by_id}");
+}
