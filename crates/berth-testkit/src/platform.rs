@@ -243,20 +243,37 @@ impl Platform {
     }
 
     async fn wait_ready(&mut self) {
-        let node = wait_until("berth up to answer with a ready node", Duration::from_secs(20), || async {
-            let nodes = self.get("/v1/nodes").await.ok()?;
-            let ready = nodes.as_array()?.iter().find(|n| n["status"] == "ready")?;
-            ready["id"].as_str().map(str::to_string)
-        })
-        .await;
+        // A platform that does not come up says why: its own log, not only a timeout.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let node = loop {
+            let nodes = self.get("/v1/nodes").await.ok();
+            let ready = nodes.as_ref().and_then(|n| n.as_array()?.iter().find(|n| n["status"] == "ready").cloned());
+            if let Some(id) = ready.and_then(|n| n["id"].as_str().map(str::to_string)) {
+                break id;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "berth up gave no ready node within 20s; its log:\n{}",
+                tail(&self.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         self.node_id = node;
         // Every platform here runs a router: ready means it has reported, so a deploy waits for
         // it to route the change (`deploy` waits for the live routers it knows of).
-        wait_until("the router to report to the control plane", Duration::from_secs(20), || async {
-            let routers = self.get("/v1/routers").await.ok()?;
-            routers.as_array()?.iter().any(|r| r["live"] == true).then_some(())
-        })
-        .await;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let routers = self.get("/v1/routers").await.ok();
+            if routers.as_ref().and_then(|r| r.as_array()).is_some_and(|a| a.iter().any(|r| r["live"] == true)) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the router never reported within 20s; the log:\n{}",
+                tail(&self.log(), 40)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// GET a `/v1` path and decode the JSON body; `Err` carries the status and body.
