@@ -215,8 +215,8 @@ async fn set_rules(shared: Shared, target: RuleTarget, query: RulesQuery, body: 
     if source.trim().is_empty() {
         return Err(ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the script is empty; delete the rules instead"));
     }
-    // Routers would refuse it and keep the previous script: refuse it here, where the writer hears.
-    if let Err(e) = berth_rules::check(&source) {
+    // A refused script's error, at the field `script` and its line.
+    let refuse = |what: String, e: berth_rules::RuleError| {
         let detail = berth_core::SpecError {
             file: None,
             line: e.line.map(u64::from),
@@ -225,8 +225,10 @@ async fn set_rules(shared: Shared, target: RuleTarget, query: RulesQuery, body: 
             message: e.message.clone(),
             suggestion: None,
         };
-        return Err(ApiError::invalid(format!("the script does not compile: {}", e.message), vec![detail]));
-    }
+        ApiError::invalid(format!("the script {what}: {}", e.message), vec![detail])
+    };
+    // Routers would refuse it and keep the previous script: refuse it here, where the writer hears.
+    let compiled = berth_rules::Script::new(&source).map_err(|e| refuse("does not compile".into(), e))?;
     // Nor one that raises on a plain `GET /`: it would fail every such request.
     let host = match &target {
         RuleTarget::App(id) => {
@@ -235,19 +237,8 @@ async fn set_rules(shared: Shared, target: RuleTarget, query: RulesQuery, body: 
         }
         RuleTarget::Upstream(name) => name.clone(),
     };
-    let tried = berth_rules::Script::new(&source)
-        .and_then(|s| berth_rules::try_on(&s, &berth_rules::TrialRequest::sample(&host)));
-    if let Err(e) = tried {
-        let detail = berth_core::SpecError {
-            file: None,
-            line: e.line.map(u64::from),
-            column: None,
-            field: "script".into(),
-            message: e.message.clone(),
-            suggestion: None,
-        };
-        return Err(ApiError::invalid(format!("the script fails on GET / to {host}: {}", e.message), vec![detail]));
-    }
+    berth_rules::try_on(&compiled, &berth_rules::TrialRequest::sample(&host))
+        .map_err(|e| refuse(format!("fails on GET / to {host}"), e))?;
     // Not given, the policy stays what it was: updating a script does not quietly reopen it.
     let on_error = match query.on_error {
         Some(o) => o,

@@ -9,7 +9,16 @@ use serde_json::Value;
 use tokio::process::{Child, Command};
 
 /// Polls `check` every 100 ms until it returns `Some`, failing the test after `timeout`.
-pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+pub async fn wait_until<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    wait_until_or(what, timeout, check, String::new).await
+}
+
+/// As [`wait_until`]; a timeout also prints what `explain` says (a process's log, say).
+pub async fn wait_until_or<T, F, Fut>(what: &str, timeout: Duration, mut check: F, explain: impl Fn() -> String) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -19,7 +28,7 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}\n{}", explain());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -244,36 +253,31 @@ impl Platform {
 
     async fn wait_ready(&mut self) {
         // A platform that does not come up says why: its own log, not only a timeout.
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let node = loop {
-            let nodes = self.get("/v1/nodes").await.ok();
-            let ready = nodes.as_ref().and_then(|n| n.as_array()?.iter().find(|n| n["status"] == "ready").cloned());
-            if let Some(id) = ready.and_then(|n| n["id"].as_str().map(str::to_string)) {
-                break id;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "berth up gave no ready node within 20s; its log:\n{}",
-                tail(&self.log(), 40)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        self.node_id = node;
+        let log = || format!("its log:\n{}", tail(&self.log(), 40));
+        let node = wait_until_or(
+            "berth up to answer with a ready node",
+            Duration::from_secs(20),
+            || async {
+                let nodes = self.get("/v1/nodes").await.ok()?;
+                let ready = nodes.as_array()?.iter().find(|n| n["status"] == "ready")?;
+                ready["id"].as_str().map(str::to_string)
+            },
+            log,
+        )
+        .await;
         // Every platform here runs a router: ready means it has reported, so a deploy waits for
         // it to route the change (`deploy` waits for the live routers it knows of).
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let routers = self.get("/v1/routers").await.ok();
-            if routers.as_ref().and_then(|r| r.as_array()).is_some_and(|a| a.iter().any(|r| r["live"] == true)) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the router never reported within 20s; the log:\n{}",
-                tail(&self.log(), 40)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_until_or(
+            "the router to report to the control plane",
+            Duration::from_secs(20),
+            || async {
+                let routers = self.get("/v1/routers").await.ok()?;
+                routers.as_array()?.iter().any(|r| r["live"] == true).then_some(())
+            },
+            log,
+        )
+        .await;
+        self.node_id = node;
     }
 
     /// GET a `/v1` path and decode the JSON body; `Err` carries the status and body.
@@ -331,6 +335,19 @@ impl Platform {
             .expect("request");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The `berth` CLI against this platform with a terminal of its own (`script` gives it a
+    /// pty): stdin and stdout are piped to the test, through that terminal.
+    pub fn cli_in_terminal(&self, args: &str) -> tokio::process::Child {
+        Command::new("script")
+            .args(["-qec", &format!("{} {args}", self.bin.display()), "/dev/null"])
+            .env("BERTH_SERVER", &self.api)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("script (util-linux)")
     }
 
     /// Runs the `berth` CLI against this platform.

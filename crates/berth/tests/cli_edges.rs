@@ -113,14 +113,7 @@ async fn history_version_watch_completion_and_a_careful_destroy() {
     }
 
     // On a terminal (from `script`), destroy asks; "n" keeps the app.
-    let mut asked = tokio::process::Command::new("script")
-        .args(["-qec", &format!("{BERTH} app kept destroy"), "/dev/null"])
-        .env("BERTH_SERVER", &p.api)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut asked = p.cli_in_terminal("app kept destroy");
     use tokio::io::AsyncWriteExt;
     asked.stdin.as_mut().unwrap().write_all(b"n\n").await.unwrap();
     let out = tokio::time::timeout(Duration::from_secs(10), asked.wait_with_output()).await.unwrap().unwrap();

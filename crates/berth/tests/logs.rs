@@ -197,13 +197,7 @@ async fn an_apps_escape_sequences_are_shown_not_obeyed_on_a_terminal() {
     .await;
     assert!(piped.contains("x\x1b]0;pwned\x07\x1b[2Jy"), "a pipe gets the line as written: {piped:?}");
     // `script` gives the command a terminal for its output.
-    let cmd = format!("{BERTH} app loud logs");
-    let out = tokio::process::Command::new("script")
-        .args(["-qec", &cmd, "/dev/null"])
-        .env("BERTH_SERVER", &p.api)
-        .output()
-        .await
-        .expect("script");
+    let out = p.cli_in_terminal("app loud logs").wait_with_output().await.expect("script");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(r"x\x1b]0;pwned\x07\x1b[2Jy"), "{text:?}");
     assert!(!text.contains('\x07') && !text.contains("\x1b]0"), "no raw escape reached the terminal: {text:?}");

@@ -196,14 +196,7 @@ async fn top_into_a_pipe_is_plain_and_ends_and_q_quits_on_a_terminal() {
     watch.kill().await.unwrap();
 
     // A terminal (from `script`): the view redraws until `q`.
-    let mut live = tokio::process::Command::new("script")
-        .args(["-qec", &format!("{BERTH} top --every 1"), "/dev/null"])
-        .env("BERTH_SERVER", &p.api)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut live = p.cli_in_terminal("top --every 1");
     let screen = collect(live.stdout.take().unwrap());
     wait_until("the live view", Duration::from_secs(10), || async {
         screen.lock().unwrap().contains("(q to quit)").then_some(())

@@ -382,7 +382,9 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                         let names: Vec<&str> = missing.iter().map(|k| k.as_str()).collect();
                         anyhow::bail!("{id} has no variable {}", names.join(", "));
                     }
-                    keys.iter().for_each(|k| drop(spec.environment.remove(k)));
+                    for k in &keys {
+                        spec.environment.remove(k);
+                    }
                     (format!("unset {}", keys.join(", ")), change, wait)
                 }
             };
