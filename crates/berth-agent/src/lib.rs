@@ -356,6 +356,10 @@ async fn run_execs(client: Client, node: String, live: runner::LiveInstances, mu
         for req in requests {
             let (client, node) = (client.clone(), node.clone());
             let found = lock(&live).get(&req.instance).cloned();
+            if req.stream {
+                tokio::spawn(attach_exec(client, node, found, req));
+                continue;
+            }
             tokio::spawn(async move {
                 let timeout = Duration::from_millis(req.timeout_ms.unwrap_or(60_000));
                 let mut result = match found {
@@ -370,6 +374,24 @@ async fn run_execs(client: Client, node: String, live: runner::LiveInstances, mu
                     tracing::warn!(error = %e, exec = %req.id, "answering an exec failed");
                 }
             });
+        }
+    }
+}
+
+/// Brings the connection for a streamed command and runs it there.
+async fn attach_exec(client: Client, node: String, found: Option<runner::LiveEntry>, req: berth_api::ExecRequest) {
+    let io = match client.exec_attach(&node, &req.id).await {
+        Ok(io) => io,
+        Err(e) => {
+            tracing::warn!(error = %e, exec = %req.id, "attaching an exec stream failed");
+            return;
+        }
+    };
+    match found {
+        Some((driver, handle, env)) => driver.exec_session(&handle, &req, &env, io).await,
+        None => {
+            let why = format!("instance {} is not running on this node", req.instance);
+            driver::session::pump(io, Err(why)).await;
         }
     }
 }

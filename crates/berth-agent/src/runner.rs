@@ -241,9 +241,10 @@ pub struct Services {
     pub live: LiveInstances,
 }
 
-pub type LiveInstances = std::sync::Arc<
-    std::sync::Mutex<std::collections::HashMap<String, (Driver, Handle, std::collections::BTreeMap<String, String>)>>,
->;
+pub type LiveInstances = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, LiveEntry>>>;
+
+/// A running instance's driver, handle and environment.
+pub type LiveEntry = (Driver, Handle, std::collections::BTreeMap<String, String>);
 
 /// Waits until every router has stopped sending the instance requests and has none in flight to
 /// it, up to `timeout`. A control plane that cannot answer leaves the timeout to decide.

@@ -1,6 +1,7 @@
 //! The `/v1` HTTP contract between server, agents and the CLI: request and response bodies,
 //! the error body, and a typed client. Documented in `docs/openapi.yaml`.
 
+pub mod exec_stream;
 pub mod probe;
 
 use std::collections::BTreeMap;
@@ -236,7 +237,7 @@ pub struct InstanceReport {
 
 /// A command to run inside a live instance (`berth app NAME exec`), as the server hands it to
 /// the instance's agent.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
     /// Set by the server; the agent answers under it.
     #[serde(default)]
@@ -244,9 +245,23 @@ pub struct ExecRequest {
     #[serde(default)]
     pub instance: String,
     pub command: Vec<String>,
-    /// How long the command may run, in ms (default 60 s).
+    /// How long the command may run, in ms (default 60 s). A streamed command runs until it
+    /// ends or its client goes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Keep the command's stdin open for the client's input (`exec -i`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin: bool,
+    /// Run the command on a terminal (`exec -t`); its output then comes as one stream.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub tty: bool,
+    /// The client's terminal size when the command starts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<exec_stream::TermSize>,
+    /// Set by the server: the agent attaches a stream (`/v1/nodes/{id}/execs/{exec}/stream`)
+    /// instead of answering with the collected output.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 /// What a command run in an instance did.
@@ -316,6 +331,13 @@ impl ClientError {
     }
 }
 
+/// A server's refusal: its JSON error body, or its words when it sent none.
+fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+    let body = serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| ErrorBody { error: String::from_utf8_lossy(bytes).trim().to_string(), details: vec![] });
+    ClientError::Api { status: status.as_u16(), body }
+}
+
 /// A typed `/v1` client.
 #[derive(Debug, Clone)]
 pub struct Client {
@@ -355,11 +377,7 @@ impl Client {
         let bytes =
             resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
         if !status.is_success() {
-            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
-                error: String::from_utf8_lossy(&bytes).trim().to_string(),
-                details: vec![],
-            });
-            return Err(ClientError::Api { status: status.as_u16(), body });
+            return Err(refusal(status, &bytes));
         }
         let value =
             serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), why: e.to_string() })?;
@@ -421,8 +439,39 @@ impl Client {
 
     /// Runs a command in a live instance and returns what it did.
     pub async fn exec(&self, instance: &str, command: Vec<String>) -> Result<ExecResult, ClientError> {
-        let req = ExecRequest { id: String::new(), instance: instance.into(), command, timeout_ms: None };
+        let req = ExecRequest { instance: instance.into(), command, ..Default::default() };
         Ok(self.post(&format!("/v1/instances/{instance}/exec"), &req).await?.value)
+    }
+
+    /// Starts a command in a live instance as a stream of frames (`exec_stream`): its input,
+    /// output, terminal size and exit travel on the returned connection.
+    pub async fn exec_stream(&self, instance: &str, req: &ExecRequest) -> Result<reqwest::Upgraded, ClientError> {
+        self.post_upgrade(&format!("/v1/instances/{instance}/exec"), req).await
+    }
+
+    /// An agent's side of a streamed command the server handed it.
+    pub async fn exec_attach(&self, node: &str, exec: &str) -> Result<reqwest::Upgraded, ClientError> {
+        self.post_upgrade(&format!("/v1/nodes/{node}/execs/{exec}/stream"), &serde_json::json!({})).await
+    }
+
+    /// POSTs `body` asking to switch the connection to an exec stream.
+    async fn post_upgrade<B: Serialize>(&self, path: &str, body: &B) -> Result<reqwest::Upgraded, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
+        let resp = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, exec_stream::PROTOCOL)
+            .json(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refusal(status, &resp.bytes().await.map_err(unreachable)?));
+        }
+        resp.upgrade().await.map_err(unreachable)
     }
 
     /// Commands waiting for this node's agent, after waiting up to `wait` for one.

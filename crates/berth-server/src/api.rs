@@ -55,6 +55,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/instances/{id}/exec", post(crate::exec::run))
         .route("/v1/nodes/{id}/execs", get(crate::exec::take))
         .route("/v1/nodes/{id}/execs/{exec}", post(crate::exec::answer))
+        .route("/v1/nodes/{id}/execs/{exec}/stream", post(crate::exec::attach))
         .route("/v1/instances/{id}/drain", get(routes::drain_status))
         .route("/v1/routers", get(routes::list_routers))
         .route("/v1/routers/{id}", post(routes::router_report))

@@ -21,12 +21,15 @@ struct Config {
     chatter_lines: u64,
     /// Keep one core busy.
     burn_cpu: bool,
+    /// Serve nothing: say whether stdin is a terminal, echo its lines, and exit with
+    /// `--exit-code` at its end (for `berth app NAME exec -it`).
+    echo_stdin: bool,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "berth-testapp: {problem}\nusage: berth-testapp [--port N] [--version V] [--start-delay-ms N] \
-         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N] [--chatter-ms N] [--chatter-lines N] [--burn-cpu]"
+         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N] [--chatter-ms N] [--chatter-lines N] [--burn-cpu] [--echo-stdin]"
     );
     std::process::exit(2)
 }
@@ -44,6 +47,7 @@ fn parse() -> Config {
         chatter_ms: 0,
         chatter_lines: 1,
         burn_cpu: false,
+        echo_stdin: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -62,6 +66,7 @@ fn parse() -> Config {
             "--chatter-ms" => c.chatter_ms = number("--chatter-ms", value("--chatter-ms")),
             "--chatter-lines" => c.chatter_lines = number("--chatter-lines", value("--chatter-lines")),
             "--burn-cpu" => c.burn_cpu = true,
+            "--echo-stdin" => c.echo_stdin = true,
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -70,6 +75,9 @@ fn parse() -> Config {
 
 fn main() {
     let config = Arc::new(parse());
+    if config.echo_stdin {
+        echo_stdin(config.exit_code);
+    }
     if config.alloc_mb > 0 {
         // Touch every page so the memory is really used and the cgroup limit bites.
         let mut hog: Vec<Vec<u8>> = Vec::new();
@@ -126,6 +134,18 @@ fn main() {
         let config = config.clone();
         std::thread::spawn(move || serve(stream, &config));
     }
+}
+
+fn echo_stdin(code: i32) -> ! {
+    use std::io::IsTerminal;
+    let stdin = std::io::stdin();
+    println!("tty={}", stdin.is_terminal());
+    for line in stdin.lock().lines() {
+        let Ok(line) = line else { break };
+        println!("got: {line}");
+    }
+    eprintln!("stdin closed");
+    std::process::exit(code)
 }
 
 /// Serves requests on one connection until the client closes it (HTTP/1.1 keep-alive).

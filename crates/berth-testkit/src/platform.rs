@@ -340,8 +340,17 @@ impl Platform {
     /// The `berth` CLI against this platform with a terminal of its own (`script` gives it a
     /// pty): stdin and stdout are piped to the test, through that terminal.
     pub fn cli_in_terminal(&self, args: &str) -> tokio::process::Child {
+        self.terminal_running(&format!("{} {args}", self.bin.display()))
+    }
+
+    /// As `cli_in_terminal`, on a terminal of `cols` x `rows` cells.
+    pub fn cli_in_sized_terminal(&self, args: &str, cols: u16, rows: u16) -> tokio::process::Child {
+        self.terminal_running(&format!("stty cols {cols} rows {rows}; {} {args}", self.bin.display()))
+    }
+
+    fn terminal_running(&self, line: &str) -> tokio::process::Child {
         Command::new("script")
-            .args(["-qec", &format!("{} {args}", self.bin.display()), "/dev/null"])
+            .args(["-qec", line, "/dev/null"])
             .env("BERTH_SERVER", &self.api)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -360,6 +369,25 @@ impl Platform {
             .output()
             .await
             .expect("run berth")
+    }
+
+    /// Runs the `berth` CLI with `input` on its stdin, closed after it.
+    pub async fn cli_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use tokio::io::AsyncWriteExt;
+        let mut child = Command::new(&self.bin)
+            .args(args)
+            .env("BERTH_SERVER", &self.api)
+            .current_dir(self.dir.path())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("run berth");
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin.write_all(input).await.expect("write the CLI's input");
+        drop(stdin);
+        child.wait_with_output().await.expect("run berth")
     }
 
     /// Runs the CLI, fails the test unless it exits 0, and returns stdout.

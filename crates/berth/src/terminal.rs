@@ -50,3 +50,36 @@ impl Drop for Keys {
         let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
     }
 }
+
+/// The terminal in raw mode while a remote program owns it (`exec -t`): every key goes to the
+/// program, Ctrl-C included; dropping it restores the terminal.
+pub struct RawMode {
+    saved: Termios,
+}
+
+impl RawMode {
+    /// None when stdin is not a terminal.
+    pub fn enable() -> Option<RawMode> {
+        let stdin = std::io::stdin();
+        if !stdin.is_terminal() {
+            return None;
+        }
+        let saved = termios::tcgetattr(&stdin).ok()?;
+        let mut raw = saved.clone();
+        termios::cfmakeraw(&mut raw);
+        termios::tcsetattr(&stdin, SetArg::TCSANOW, &raw).ok()?;
+        Some(RawMode { saved })
+    }
+}
+
+impl Drop for RawMode {
+    fn drop(&mut self) {
+        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
+    }
+}
+
+/// The size of the terminal on stdin, if it is one.
+pub fn size() -> Option<berth_api::exec_stream::TermSize> {
+    let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
+    (ws.ws_col > 0 && ws.ws_row > 0).then_some(berth_api::exec_stream::TermSize { cols: ws.ws_col, rows: ws.ws_row })
+}

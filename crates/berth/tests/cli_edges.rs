@@ -238,6 +238,64 @@ async fn exec_runs_a_command_in_an_instance() {
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("/no/such/program"));
 }
 
+/// `exec -i` feeds the command the client's stdin and streams its output apart; without `-i` its
+/// stdin is closed at once; `-o json` collects one result; `-t` gives it a terminal of the
+/// client's size whose keys reach it; a client that goes takes its command with it.
+#[tokio::test(flavor = "multi_thread")]
+async fn exec_streams_input_and_a_terminal_and_ends_with_its_client() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let spec = "group: ops\nname: box\ndriver: exec\ncommand: [sleep, \"300\"]\n";
+    p.cli_ok(&["deploy", "-f", &p.write("box.yaml", spec), "--timeout", "30"]).await;
+
+    let echo = "while read l; do echo \"got $l\"; done; echo closed >&2; exit 4";
+    let out = p.cli_with_input(&["app", "box", "exec", "-i", "--", "sh", "-c", echo], b"hello\nworld\n").await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(4), "{stderr}");
+    assert_eq!(stdout, "got hello\ngot world\n");
+    assert_eq!(stderr.trim(), "closed");
+
+    let out = p.cli_with_input(&["app", "box", "exec", "--", "sh", "-c", "cat; echo after"], b"not sent\n").await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "after\n", "{}", String::from_utf8_lossy(&out.stderr));
+
+    let out = p.cli(&["app", "box", "exec", "-o", "json", "--", "sh", "-c", "echo hi; exit 2"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    let result: Value = serde_json::from_slice(&out.stdout).expect("one JSON result");
+    assert_eq!((result["stdout"].as_str(), result["exit_code"].as_i64()), (Some("hi\n"), Some(2)), "{result}");
+
+    let shell = "'test -t 0 && echo tty=yes; stty size; read x; echo x=$x; exit 5'";
+    let mut term = p.cli_in_sized_terminal(&format!("app box exec -it -- sh -c {shell}"), 100, 30);
+    use tokio::io::AsyncWriteExt;
+    term.stdin.as_mut().unwrap().write_all(b"answer\n").await.unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(20), term.wait_with_output()).await.unwrap().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("tty=yes") && text.contains("30 100") && text.contains("x=answer"), "{text}");
+    assert_eq!(out.status.code(), Some(5), "{text}");
+
+    // The client is killed mid-command: the command goes too.
+    let pid_file = p.data_dir().join("exec-pid");
+    let line = format!("echo $$ > {}; exec sleep 300", pid_file.display());
+    let mut client = tokio::process::Command::new(BERTH)
+        .args(["app", "box", "exec", "-i", "--", "sh", "-c", &line])
+        .env("BERTH_SERVER", &p.api)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = wait_until("the command to start", Duration::from_secs(15), || async {
+        std::fs::read_to_string(&pid_file).ok().and_then(|s| s.trim().parse::<u32>().ok())
+    })
+    .await;
+    assert!(std::path::Path::new(&format!("/proc/{pid}")).exists());
+    client.kill().await.unwrap();
+    wait_until("the command of a client that went to end", Duration::from_secs(15), || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for its reaper.
+        (stat.is_empty() || stat.contains(") Z ")).then_some(())
+    })
+    .await;
+}
+
 /// An app may be called `ls`: `app ls` alone lists the apps, `app ls status` reaches the app.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_app_named_ls_can_be_reached() {

@@ -111,4 +111,31 @@ async fn exec_in_a_container() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("usage: berth-testapp"), "{stderr}");
+
+    // -i: the client's stdin reaches the container's program, and its end closes the program's.
+    let echo = ["app", "boxed", "exec", "-i", "--", "/berth-testapp", "--echo-stdin", "--exit-code", "6"];
+    let out = p.cli_with_input(&echo, b"hello\nworld\n").await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(6), "{stderr}");
+    assert_eq!(stdout, "tty=false\ngot: hello\ngot: world\n");
+    assert_eq!(stderr.trim(), "stdin closed");
+
+    // -t: a terminal in the container; ^D on it is the end of input. Keys are typed once the
+    // program is up, as a person would: typed earlier, the local terminal would still be cooked.
+    let mut term = p.cli_in_sized_terminal("app boxed exec -it -- /berth-testapp --echo-stdin", 100, 30);
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut screen = term.stdout.take().unwrap();
+    let mut seen = Vec::new();
+    while !String::from_utf8_lossy(&seen).contains("tty=true") {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout(Duration::from_secs(30), screen.read(&mut chunk)).await.unwrap().unwrap();
+        assert!(n > 0, "the session ended early: {}", String::from_utf8_lossy(&seen));
+        seen.extend_from_slice(&chunk[..n]);
+    }
+    term.stdin.as_mut().unwrap().write_all(b"typed\r\x04").await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), screen.read_to_end(&mut seen)).await.unwrap().unwrap();
+    let out = term.wait().await.unwrap();
+    let text = String::from_utf8_lossy(&seen);
+    assert!(text.contains("got: typed") && text.contains("stdin closed"), "{text}");
+    assert_eq!(out.code(), Some(3), "{text}");
 }

@@ -3,6 +3,7 @@
 
 pub mod docker;
 pub mod exec;
+pub(crate) mod session;
 
 use std::collections::BTreeMap;
 
@@ -180,6 +181,24 @@ impl Driver {
                 ..Default::default()
             },
         }
+    }
+
+    /// Runs a streamed command (`exec -i`/`-t`) inside the instance, joined to `io` until it
+    /// ends or the client goes.
+    pub async fn exec_session<IO>(
+        &self,
+        handle: &Handle,
+        req: &berth_api::ExecRequest,
+        env: &BTreeMap<String, String>,
+        io: IO,
+    ) where
+        IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+    {
+        let session = match self {
+            Driver::Docker(d) => session::start_in_container(d.client(), &handle.id, req).await,
+            Driver::Exec(d) => session::start_beside(&d.instance_dir(&handle.instance), req, env),
+        };
+        session::pump(io, session).await;
     }
 
     /// Instances that outlived the agent, by instance id.

@@ -94,11 +94,20 @@ pub enum AppAction {
         action: InstanceAction,
     },
     /// Run a command inside an instance (`docker exec` for a container; beside the process, with
-    /// its environment, for the exec driver) and exit with its code: `exec -- ls -l /`.
+    /// its environment, for the exec driver) and exit with its code: `exec -- ls -l /`, or a
+    /// shell with `exec -it -- sh`. Output streams as it comes; with `-o json` it is collected
+    /// (up to 1 MiB a stream, 60 s) and printed as one result.
     Exec {
         /// The instance (an id or its prefix); by default the first running one.
         #[arg(long)]
         instance: Option<String>,
+        /// Keep stdin open and send it to the command.
+        #[arg(short, long)]
+        interactive: bool,
+        /// Run the command on a terminal (needs a terminal here): full-screen programs work,
+        /// keys such as Ctrl-C go to the command.
+        #[arg(short, long)]
+        tty: bool,
         /// The program and its arguments.
         #[arg(last = true, required = true)]
         command: Vec<String>,
@@ -422,7 +431,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        AppAction::Exec { instance, command } => {
+        AppAction::Exec { instance, interactive, tty, command } => {
             let app = client.app(&id).await?.value;
             let running: Vec<&str> = app
                 .instances
@@ -440,15 +449,16 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     instance.map(|i| format!(" `{i}`")).unwrap_or_default()
                 );
             };
-            let result = client.exec(target, command).await?;
-            use std::io::Write;
-            std::io::stdout().write_all(result.stdout.as_bytes())?;
-            std::io::stderr().write_all(result.stderr.as_bytes())?;
-            if let Some(why) = result.error {
-                anyhow::bail!("{target}: {why}");
+            if ctx.format == Format::Table {
+                return super::exec::stream(&client, target, command, interactive, tty).await;
             }
-            // The command's own exit code, as `docker exec` and `kubectl exec` give it.
-            Ok(ExitCode::from(result.exit_code.map_or(1, |c| u8::try_from(c).unwrap_or(1))))
+            if interactive || tty {
+                anyhow::bail!("-i and -t need a live session; -o json collects the output of a command without input");
+            }
+            // For scripts: the output collected (up to 1 MiB a stream) and the exit, as one result.
+            let result = client.exec(target, command).await?;
+            println!("{}", output::json(&result)?);
+            Ok(super::exec::exit_status(&result))
         }
         AppAction::Watch { wait } => {
             let app = client.app(&id).await?.value;

@@ -4,6 +4,7 @@ mod alerts;
 mod app;
 mod deploy;
 mod events;
+mod exec;
 mod node;
 mod platform;
 mod spec;
