@@ -1035,19 +1035,32 @@ fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
 const MAX_ERRORS: usize = 20;
 
 /// Blanks line `at` (0-based) and the lines under it that are indented deeper: the key and its
-/// whole value.
+/// whole value. A parent left with nothing under it goes too, or its empty value would be read
+/// as a second mistake (`upgrade:` with no keys is not a mapping).
 fn blank_block(lines: &mut [String], at: usize) {
     let indent = |l: &str| l.len() - l.trim_start().len();
+    let is_text = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
     let base = indent(&lines[at]);
     lines[at].clear();
     for l in lines.iter_mut().skip(at + 1) {
-        if l.trim().is_empty() || l.trim_start().starts_with('#') {
+        if !is_text(l) {
             continue;
         }
         if indent(l) <= base {
             break;
         }
         l.clear();
+    }
+    if base == 0 {
+        return;
+    }
+    let Some(parent) = (0..at).rev().find(|&i| is_text(&lines[i]) && indent(&lines[i]) < base) else { return };
+    let opens_block = lines[parent].trim_end().ends_with(':');
+    let parent_indent = indent(&lines[parent]);
+    let children_left =
+        lines.iter().skip(parent + 1).filter(|l| is_text(l)).take_while(|l| indent(l) > parent_indent).next().is_some();
+    if opens_block && !children_left {
+        blank_block(lines, parent);
     }
 }
 

@@ -289,6 +289,17 @@ fn every_mistake_at_once_in_the_writers_words() {
     assert_eq!((nested[0].field.as_str(), nested[0].suggestion.as_deref()), ("health.intervall", Some("interval")));
 }
 
+/// Setting a mistaken key aside must not invent a second mistake in the block it leaves empty.
+#[test]
+fn a_mistake_in_a_blocks_only_key_is_reported_once() {
+    let errs = errors("group: g\nname: n\nimage: i\nupgrade:\n  strategy: blue_green\n");
+    assert_eq!(errs.len(), 1, "{errs:?}");
+    assert_eq!((errs[0].field.as_str(), errs[0].suggestion.as_deref()), ("upgrade.strategy", Some("blue-green")));
+    let errs = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  htp: /\nmemory: 64MB\n");
+    assert_eq!(errs.len(), 2, "{errs:?}");
+    assert_eq!((errs[0].field.as_str(), errs[1].field.as_str()), ("health.htp", "memory"), "{errs:?}");
+}
+
 #[test]
 fn a_key_that_lost_its_indentation_is_told_where_it_belongs() {
     let errs = errors("group: g\nname: n\nimage: i\nports: [80]\nhealth:\n  tcp: true\ninterval: 1s\n");
