@@ -297,6 +297,22 @@ pub enum Desired {
     Stop,
 }
 
+/// What an instance holds on its node: its version's cpu and memory when it was placed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Allocation {
+    #[serde(default)]
+    pub cpu: f64,
+    /// MiB.
+    #[serde(default)]
+    pub memory: u64,
+}
+
+impl Allocation {
+    pub fn of(spec: &AppSpec) -> Allocation {
+        Allocation { cpu: spec.cpu.unwrap_or(0.0), memory: spec.memory.unwrap_or(0) }
+    }
+}
+
 /// One running (or once running) copy of an app on a node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Instance {
@@ -338,6 +354,11 @@ pub struct Instance {
     /// The last lines it wrote, when it failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_log: Vec<String>,
+    /// Its version's cpu and memory, recorded when placed, so that a node's use counts an old
+    /// version's instance at its own size during a deployment. Absent on instances placed by an
+    /// older server: they count at their app's current spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<Allocation>,
 }
 
 impl Instance {

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use berth_core::spec::{ConstraintOp, DriverKind, NetworkMode};
-use berth_core::{AppSpec, Instance, Node, NodeStatus};
+use berth_core::{Allocation, AppSpec, Instance, Node, NodeStatus};
 
 /// A decided placement.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,15 +26,16 @@ pub struct NodeUsage {
 }
 
 impl NodeUsage {
-    pub fn add(&mut self, app: &str, spec: &AppSpec, host_ports: &[u16]) {
-        self.cpu += spec.cpu.unwrap_or(0.0);
-        self.memory += spec.memory.unwrap_or(0);
+    pub fn add(&mut self, app: &str, held: Allocation, host_ports: &[u16]) {
+        self.cpu += held.cpu;
+        self.memory += held.memory;
         self.ports.extend(host_ports.iter().copied());
         *self.per_app.entry(app.to_string()).or_default() += 1;
     }
 }
 
-/// Usage of every node by the given live instances, with each instance's spec looked up by app.
+/// Usage of every node by the given live instances: each at what it was placed with, or, placed
+/// before that was recorded, at its app's spec looked up by app.
 pub fn usage<'a>(
     instances: impl Iterator<Item = &'a Instance>,
     spec_of: impl Fn(&str) -> Option<&'a AppSpec>,
@@ -42,8 +43,8 @@ pub fn usage<'a>(
     let mut out: HashMap<String, NodeUsage> = HashMap::new();
     for inst in instances.filter(|i| i.state.is_live()) {
         let entry = out.entry(inst.node.clone()).or_default();
-        match spec_of(&inst.app) {
-            Some(spec) => entry.add(&inst.app, spec, &inst.host_ports),
+        match inst.allocated.or_else(|| spec_of(&inst.app).map(Allocation::of)) {
+            Some(held) => entry.add(&inst.app, held, &inst.host_ports),
             None => entry.ports.extend(inst.host_ports.iter().copied()),
         }
     }
@@ -181,17 +182,29 @@ mod tests {
         let s = spec("");
         let mut usage = HashMap::new();
         let first = place("g/web", &s, &nodes, &usage).unwrap();
-        usage.entry(first.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &first.host_ports);
+        usage.entry(first.node.clone()).or_insert_with(NodeUsage::default).add(
+            "g/web",
+            Allocation::of(&s),
+            &first.host_ports,
+        );
         let second = place("g/web", &s, &nodes, &usage).unwrap();
         assert_ne!(first.node, second.node, "spread across nodes");
         assert_eq!(first.host_ports, vec![30000, 30001]);
-        usage.entry(second.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &second.host_ports);
+        usage.entry(second.node.clone()).or_insert_with(NodeUsage::default).add(
+            "g/web",
+            Allocation::of(&s),
+            &second.host_ports,
+        );
         let third = place("g/web", &s, &nodes, &usage).unwrap();
         assert_eq!(third.host_ports, vec![30002, 30003], "ports in use are skipped");
-        usage.entry(third.node.clone()).or_insert_with(NodeUsage::default).add("g/web", &s, &third.host_ports);
+        usage.entry(third.node.clone()).or_insert_with(NodeUsage::default).add(
+            "g/web",
+            Allocation::of(&s),
+            &third.host_ports,
+        );
         usage.entry(if third.node == "a" { "b".into() } else { "a".into() }).or_insert_with(NodeUsage::default).add(
             "g/web",
-            &s,
+            Allocation::of(&s),
             &[30004, 30005],
         );
         let reasons = place("g/web", &s, &nodes, &usage).unwrap_err();
@@ -205,7 +218,7 @@ mod tests {
         let s = spec("constraints: hostname:UNIQUE\n");
         let mut usage = HashMap::new();
         let p = place("g/web", &s, &[&a], &usage).unwrap();
-        usage.entry(p.node).or_insert_with(NodeUsage::default).add("g/web", &s, &p.host_ports);
+        usage.entry(p.node).or_insert_with(NodeUsage::default).add("g/web", Allocation::of(&s), &p.host_ports);
         let why = place("g/web", &s, &[&a], &usage).unwrap_err();
         assert!(why[0].contains("hostname:UNIQUE"), "{why:?}");
         assert!(place("g/other", &s, &[&a], &usage).is_ok(), "other apps are not affected");

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 
 use berth_core::spec::Strategy;
-use berth_core::{App, AppSpec, DeploymentKind, Instance, Node, NodeStatus};
+use berth_core::{Allocation, App, AppSpec, DeploymentKind, Instance, Node, NodeStatus};
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::place::{self, NodeUsage};
+use crate::rolling;
 
 /// One field that changes, by its dotted path (`health.interval`, `environment.TZ`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -44,6 +45,25 @@ pub struct Preview {
     /// Why the rest do not fit, node by node.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unplaceable: Vec<String>,
+    /// A new version's first step, taken while the old instances still hold their resources.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub first_step: Option<FirstStep>,
+}
+
+/// The peak of a deployment: new instances starting beside the old ones they replace.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FirstStep {
+    /// New instances the step starts.
+    pub start: u32,
+    /// Old instances it stops at the same time (a rolling update above its health floor); they
+    /// hold their resources until drained.
+    pub stop: u32,
+    /// Of `start`, how many fit beside every instance running now.
+    pub placeable: u32,
+    /// Nothing new fits and nothing old may stop first: the deployment would wait for room.
+    pub stalls: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub unplaceable: Vec<String>,
 }
 
 impl Preview {
@@ -74,24 +94,21 @@ pub fn preview<'a>(
     });
     let steps = steps(current.is_some(), new_version, now, spec);
 
-    // The new version's instances replace this app's: count everything else as it is.
-    let usage = place::usage(instances.iter().filter(|i| i.app != id), spec_of);
-    let mut usage: HashMap<String, NodeUsage> = usage;
     let ready: Vec<&Node> = nodes.iter().filter(|n| n.status == NodeStatus::Ready).collect();
-    let mut placeable = 0;
-    let mut unplaceable = Vec::new();
-    for _ in 0..spec.instances {
-        match place::place(&id, spec, &ready, &usage) {
-            Ok(p) => {
-                usage.entry(p.node.clone()).or_default().add(&id, spec, &p.host_ports);
-                placeable += 1;
-            }
-            Err(reasons) => {
-                unplaceable = reasons;
-                break;
-            }
-        }
-    }
+    // In the end the new version's instances replace this app's: count everything else as it is.
+    let others = place::usage(instances.iter().filter(|i| i.app != id), &spec_of);
+    let (placeable, unplaceable) = fit(&id, spec, &ready, others, spec.instances);
+    let first_step = first_step(current.filter(|_| new_version), spec).map(|(start, stop)| {
+        // At the peak, every instance now (this app's old ones too) still holds what it has.
+        let all = place::usage(instances.iter(), &spec_of);
+        let (placeable, unplaceable) = fit(&id, spec, &ready, all, start);
+        let stalls = match spec.upgrade.strategy {
+            // Blue-green stops nothing old before every new instance is healthy.
+            Strategy::BlueGreen => placeable < start,
+            Strategy::Rolling => placeable == 0 && stop == 0 && start > 0,
+        };
+        FirstStep { start, stop, placeable, stalls, unplaceable }
+    });
     Preview {
         app: id,
         version: current.map(|a| a.version),
@@ -102,7 +119,49 @@ pub fn preview<'a>(
         steps,
         placeable,
         unplaceable,
+        first_step,
     }
+}
+
+/// How many of `count` instances of `spec` fit on `ready` beside `usage`, and why no more do.
+fn fit(
+    id: &str,
+    spec: &AppSpec,
+    ready: &[&Node],
+    mut usage: HashMap<String, NodeUsage>,
+    count: u32,
+) -> (u32, Vec<String>) {
+    let mut placed = 0;
+    for _ in 0..count {
+        match place::place(id, spec, ready, &usage) {
+            Ok(p) => {
+                usage.entry(p.node.clone()).or_default().add(id, Allocation::of(spec), &p.host_ports);
+                placed += 1;
+            }
+            Err(reasons) => return (placed, reasons),
+        }
+    }
+    (placed, Vec::new())
+}
+
+/// The new instances a new version's first step starts and the old ones it stops, as the
+/// planner decides them (`rolling::step` with every old instance ready).
+fn first_step(current: Option<&App>, spec: &AppSpec) -> Option<(u32, u32)> {
+    let now = current?.instances as usize;
+    if now == 0 {
+        return None;
+    }
+    let target = spec.instances as usize;
+    let up = &spec.upgrade;
+    let (start, stop) = match up.strategy {
+        Strategy::BlueGreen => (target, 0),
+        Strategy::Rolling => {
+            let counts = rolling::Counts { target, new_live: 0, old_live: now, ready: now, old_ready: now };
+            let step = rolling::step(counts, up.min_health_capacity, up.max_over_capacity);
+            (step.start_new, step.stop_ready_old)
+        }
+    };
+    Some((start as u32, stop as u32))
 }
 
 fn steps(exists: bool, new_version: bool, now: u32, spec: &AppSpec) -> Vec<String> {
@@ -244,6 +303,50 @@ mod tests {
         assert_eq!(p.steps, ["stop 1 instance(s), draining each first"]);
         let after_update = app(spec("instances: 2\n"), 3, DeploymentKind::Update);
         assert!(!preview(Some(&after_update), &spec("instances: 2\n"), &[node(4096)], &[], |_| None).resets_scale);
+    }
+
+    fn running(app: &str, n: usize) -> Vec<Instance> {
+        (0..n)
+            .map(|i| {
+                serde_json::from_value(serde_json::json!({
+                    "id": format!("{app}-{i}"), "app": app, "version": 4, "node": "n1", "driver": "docker",
+                    "state": "running", "desired": "run", "host_ports": [30000 + i], "host": "127.0.0.1",
+                    "created_at": 0
+                }))
+                .unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_first_step_with_no_room_beside_the_old_instances_is_told() {
+        // Three old 512 MiB instances on a 1600 MiB node: the new version fits once they are gone,
+        // but a rolling update that keeps all three healthy needs a fourth beside them first.
+        let current = app(spec("instances: 3\n"), 3, DeploymentKind::Update);
+        let old = running("g/web", 3);
+        let strict =
+            spec("instances: 3\ncommand: [serve]\nupgrade:\n  min_health_capacity: 1.0\n  max_over_capacity: 0\n");
+        let p = preview(Some(&current), &strict, &[node(1600)], &old, |_| Some(&current.spec));
+        assert_eq!(p.placeable, 3, "in the end all fit");
+        let first = p.first_step.expect("a new version has a first step");
+        assert_eq!((first.start, first.stop, first.placeable, first.stalls), (1, 0, 0, true), "{first:?}");
+        assert!(first.unplaceable[0].contains("memory"), "{first:?}");
+
+        // Allowed to go down to two healthy, it stops one old instance and makes room.
+        let loose =
+            spec("instances: 3\ncommand: [serve]\nupgrade:\n  min_health_capacity: 0.5\n  max_over_capacity: 0\n");
+        let first = preview(Some(&current), &loose, &[node(1600)], &old, |_| Some(&current.spec)).first_step.unwrap();
+        assert!(first.stop > 0 && !first.stalls, "{first:?}");
+
+        // Blue-green needs every new instance beside every old one.
+        let bg = spec("instances: 3\ncommand: [serve]\nupgrade:\n  strategy: blue-green\n");
+        let first = preview(Some(&current), &bg, &[node(3100)], &old, |_| Some(&current.spec)).first_step.unwrap();
+        assert_eq!((first.start, first.placeable, first.stalls), (3, 3, false), "{first:?}");
+        let first = preview(Some(&current), &bg, &[node(2600)], &old, |_| Some(&current.spec)).first_step.unwrap();
+        assert_eq!((first.placeable, first.stalls), (2, true), "{first:?}");
+
+        // A scale makes no new version, so there is no replacement step.
+        assert!(preview(Some(&current), &spec("instances: 4\n"), &[node(4096)], &old, |_| None).first_step.is_none());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use berth_core::{App, DeploymentState, Desired, Instance, InstanceState, Millis, Node, NodeStatus};
+use berth_core::{Allocation, App, DeploymentState, Desired, Instance, InstanceState, Millis, Node, NodeStatus};
 
 use crate::place::{self, Placement};
 use crate::rolling::{self, Counts};
@@ -304,7 +304,11 @@ fn reconcile_app(
     for placed in 0..start {
         match place::place(id, &app.spec, nodes, usage) {
             Ok(placement) => {
-                usage.entry(placement.node.clone()).or_default().add(id, &app.spec, &placement.host_ports);
+                usage.entry(placement.node.clone()).or_default().add(
+                    id,
+                    Allocation::of(&app.spec),
+                    &placement.host_ports,
+                );
                 plan.actions.push(Action::Place { app: id.to_string(), version: app.version, placement });
             }
             Err(reasons) => {

@@ -5,7 +5,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use berth_core::{App, Desired, Instance, InstanceState, Level, Millis, NodeStatus};
+use berth_core::{Allocation, App, Desired, Instance, InstanceState, Level, Millis, NodeStatus};
 use berth_plan::{Action, Snapshot};
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
@@ -65,6 +65,7 @@ pub(crate) fn apply(
                     healthy_since: None,
                     in_service: false,
                     last_log: Vec::new(),
+                    allocated: Some(Allocation::of(&a.spec)),
                 };
                 txn = guard_app(txn, app).expect(instance_key(&id), 0).put(instance_key(&id), encode(&inst));
                 let msg = format!(

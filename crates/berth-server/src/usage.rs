@@ -185,7 +185,9 @@ fn usage_of(
     let mut shown = Vec::new();
     for inst in &instances {
         let Some(app) = spec_of.get(&inst.app) else { continue };
-        let (cpu_alloc, mem_alloc) = (app.spec.cpu.unwrap_or(0.0), app.spec.memory.unwrap_or(0) * MIB);
+        // What the instance holds: its own version's size, not the app's newest spec.
+        let held = inst.allocated.unwrap_or_else(|| berth_core::Allocation::of(&app.spec));
+        let (cpu_alloc, mem_alloc) = (held.cpu, held.memory * MIB);
         let used = current.get(&inst.id);
         if let Some(a) = by_app.get_mut(&inst.app) {
             a.instances += 1;

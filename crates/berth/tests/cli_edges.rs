@@ -91,6 +91,20 @@ async fn plan_shows_a_deploy_before_it_happens() {
     let out = p.cli(&["deploy", "-f", &changed, "--timeout", "30"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && err.contains("it undoes `scale`, which set 3"), "{err}");
+
+    // An instance over half the node: the new version fits once the old one is gone, but a
+    // rolling update that keeps it healthy meanwhile has no room for the new one beside it.
+    let nodes = p.get("/v1/nodes").await.unwrap();
+    let big = nodes[0]["resources"]["memory"].as_u64().unwrap() * 6 / 10;
+    let strict = format!("  min_health_capacity: 1.0\n  max_over_capacity: 0\nmemory: {big}\n");
+    p.cli_ok(&["deploy", "-f", &p.write("big.yaml", &spec(&strict)), "--timeout", "30"]).await;
+    let next = p.write("big2.yaml", &spec(&format!("{strict}environment:\n  MODE: next\n")));
+    let text = String::from_utf8_lossy(&p.cli(&["plan", "-f", &next]).await.stdout).to_string();
+    assert!(text.contains("all 1 instance(s) fit"), "{text}");
+    assert!(
+        text.contains("first step: 1 new beside the 1 old: only 0 fit") && text.contains("would wait for room"),
+        "{text}"
+    );
 }
 
 /// The commands people reach for: a version's whole spec, re-attaching to a deployment,

@@ -58,6 +58,7 @@ fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
         healthy_since: Some(0),
         in_service: state == InstanceState::Running,
         last_log: vec![],
+        allocated: None,
     }
 }
 
@@ -183,6 +184,26 @@ fn rolling_upgrade_keeps_capacity() {
     let plan = run(&snap, 3_000);
     assert_eq!(stops(&plan).len(), 1);
     assert_eq!(places(&plan), 1);
+}
+
+#[test]
+fn an_old_version_counts_at_what_it_was_placed_with() {
+    // v1 ran 64 MiB; v2 wants 3000 MiB on a 4096 MiB node. Beside the old instance at its own
+    // size the new one fits; counted at the new spec's size, it would not.
+    let mut old = inst("a", 1, InstanceState::Running);
+    old.allocated = Some(Allocation { cpu: 0.0, memory: 64 });
+    let snap = Snapshot {
+        apps: vec![app(1, 2, "memory: 3000\nupgrade:\n  max_over_capacity: 0\n")],
+        instances: vec![old.clone()],
+        nodes: vec![node("n1")],
+    };
+    assert_eq!(places(&run(&snap, 2_000)), 1);
+    // An instance placed by an older server, with nothing recorded, counts at its app's spec.
+    old.allocated = None;
+    let snap = Snapshot { instances: vec![old], ..snap };
+    let plan = run(&snap, 2_000);
+    assert_eq!(places(&plan), 0);
+    assert!(plan.pending[0].reasons[0].contains("memory"), "{:?}", plan.pending);
 }
 
 #[test]

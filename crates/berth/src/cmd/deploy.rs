@@ -143,6 +143,24 @@ fn plan_text(p: &serde_json::Value) -> String {
             out.push_str(&format!("  - {}\n", why.as_str().unwrap_or_default()));
         }
     }
+    let first = &p["first_step"];
+    if let (Some(start), Some(fit)) = (first["start"].as_u64(), first["placeable"].as_u64()) {
+        let stop = first["stop"].as_u64().unwrap_or(0);
+        let stopping = if stop > 0 { format!(", {stop} of them stopping") } else { String::new() };
+        let fits = if fit >= start { "all fit".to_string() } else { format!("only {fit} fit") };
+        out.push_str(&format!("first step: {start} new beside the {now} old{stopping}: {fits}\n"));
+        if fit < start {
+            for why in first["unplaceable"].as_array().into_iter().flatten() {
+                out.push_str(&format!("  - {}\n", why.as_str().unwrap_or_default()));
+            }
+        }
+        if first["stalls"] == true {
+            out.push_str(
+                "  the deployment would wait for room: free some on the nodes, or let it stop old instances \
+                 first (a lower upgrade.min_health_capacity, or rolling instead of blue-green)\n",
+            );
+        }
+    }
     out
 }
 
