@@ -29,8 +29,9 @@ pub async fn stream(
     let io = client.exec_stream(instance, &req).await?;
     let (rd, mut wr) = tokio::io::split(io);
     let mut frames = FrameReader::new(rd);
-    // Set after the server has said yes, so a refusal prints on a sane terminal.
-    let raw = if tty { terminal::RawMode::enable() } else { None };
+    // Set after the server has said yes, so a refusal prints on a sane terminal; and only when
+    // the keys go to the command, or nothing would take Ctrl-C.
+    let raw = if tty && stdin { terminal::RawMode::enable() } else { None };
     let (input_tx, mut input) = mpsc::channel::<Frame>(16);
     if stdin {
         read_stdin(input_tx.clone());
