@@ -6,15 +6,11 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::Duration;
 
-use axum::extract::State as AxState;
-use axum::response::Response;
-use berth_api::{Alert, AlertList, AlertStatus, RouterCounts};
+use berth_api::{Alert, AlertStatus, RouterCounts};
 use berth_core::{AlertMetric, AlertRule, DeploymentState, Millis, NodeStatus};
 use tokio::sync::watch;
 
-use crate::api::{ApiResult, indexed};
 use crate::{Shared, lock, now_ms};
-
 /// How alerts are sent.
 #[derive(Debug, Clone)]
 pub struct AlertConfig {
@@ -42,34 +38,25 @@ impl Default for AlertConfig {
 }
 
 const KEEP_RECENT: usize = 200;
+
 /// Router counts are compared over this window for 5xx rate and latency.
 const WINDOW_MS: i64 = 10_000;
 
 #[derive(Default)]
 pub(crate) struct AlertState {
-    firing: BTreeMap<String, (Alert, Millis)>,
+    pub(crate) firing: BTreeMap<String, (Alert, Millis)>,
     /// Since when each threshold has been crossed, for `for:`.
-    pending: HashMap<String, Millis>,
-    recent: VecDeque<Alert>,
+    pub(crate) pending: HashMap<String, Millis>,
+    pub(crate) recent: VecDeque<Alert>,
     /// Router totals per app over the last window.
-    traffic: HashMap<String, VecDeque<(Millis, RouterCounts)>>,
-    last_event: u64,
+    pub(crate) traffic: HashMap<String, VecDeque<(Millis, RouterCounts)>>,
+    pub(crate) last_event: u64,
     /// When each app's failing rules were last told as an event.
-    rule_events: HashMap<String, Millis>,
+    pub(crate) rule_events: HashMap<String, Millis>,
 }
 
 /// A failing rule is told as an event at most this often per app.
 const RULE_EVENT_EVERY_MS: i64 = 60_000;
-
-pub(crate) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
-    let state = lock(&shared.alerts);
-    let list = AlertList {
-        firing: state.firing.values().map(|(a, _)| a.clone()).collect(),
-        recent: state.recent.iter().cloned().collect(),
-    };
-    drop(state);
-    Ok(indexed(shared.state.store().revision(), &list))
-}
 
 /// A condition seen in one evaluation.
 struct Seen {

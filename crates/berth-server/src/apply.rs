@@ -1,4 +1,5 @@
-//! Applies a plan as one store transaction, guarded by the revisions it was planned from.
+//! The store side of reconcile: a snapshot of the records with the revision that wrote each, and
+//! a plan applied as one store transaction guarded by those revisions.
 
 use std::collections::HashMap;
 use std::collections::hash_map::RandomState;
@@ -10,8 +11,42 @@ use berth_plan::{Action, Snapshot};
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
 
-use crate::reconciler::Revisions;
 use crate::{Shared, deployments};
+
+/// The revision that last wrote each record in a snapshot, for compare-and-swap on apply.
+#[derive(Debug, Default)]
+pub(crate) struct Revisions {
+    pub apps: HashMap<String, u64>,
+    pub instances: HashMap<String, u64>,
+    pub nodes: HashMap<String, u64>,
+}
+
+pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreError> {
+    let state = &shared.state;
+    let apps = state.apps()?;
+    let instances = state.instances()?;
+    let nodes: Vec<_> = state
+        .nodes()?
+        .into_iter()
+        .map(|mut n| {
+            n.value = shared.with_heartbeat(n.value);
+            n
+        })
+        .collect();
+    let revisions = Revisions {
+        apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
+        instances: instances.iter().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
+        nodes: nodes.iter().map(|n| (n.value.id.clone(), n.mod_revision)).collect(),
+    };
+    Ok((
+        Snapshot {
+            apps: apps.into_iter().map(|v| v.value).collect(),
+            instances: instances.into_iter().map(|v| v.value).collect(),
+            nodes: nodes.into_iter().map(|v| v.value).collect(),
+        },
+        revisions,
+    ))
+}
 
 /// A short random id: unique enough for instances, readable in a table.
 pub(crate) fn random_suffix() -> String {

@@ -2,12 +2,12 @@
 //! state with what the agents report.
 
 mod alerts;
-mod api;
 mod apply;
 mod deployments;
 mod exec;
 mod forward;
 mod hosts;
+mod http;
 mod logs;
 mod reconciler;
 mod routes;
@@ -174,7 +174,7 @@ impl Server {
         )?;
         hosts::backfill(&shared.state, &shared.domain, now_ms())?;
 
-        let app = api::router(shared.clone());
+        let app = http::router(shared.clone());
         let mut http_shutdown = shutdown_rx.clone();
         let http = tokio::spawn(async move {
             let served = axum::serve(listener, app)

@@ -1,11 +1,10 @@
 //! The reconcile loop: snapshot, plan, apply, then sleep until the store moves or the plan's
 //! next check is due.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use berth_core::Level;
-use berth_plan::{Settings, Snapshot, reconcile};
+use berth_plan::{Settings, reconcile};
 use berth_store::StoreError;
 use berth_store::state::Subject;
 use tokio::sync::watch;
@@ -34,41 +33,6 @@ impl Default for Tuning {
             logs: crate::logs::LogLimits::default(),
         }
     }
-}
-
-/// The revision that last wrote each record in a snapshot, for compare-and-swap on apply.
-#[derive(Debug, Default)]
-pub(crate) struct Revisions {
-    pub apps: HashMap<String, u64>,
-    pub instances: HashMap<String, u64>,
-    pub nodes: HashMap<String, u64>,
-}
-
-pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreError> {
-    let state = &shared.state;
-    let apps = state.apps()?;
-    let instances = state.instances()?;
-    let nodes: Vec<_> = state
-        .nodes()?
-        .into_iter()
-        .map(|mut n| {
-            n.value = shared.with_heartbeat(n.value);
-            n
-        })
-        .collect();
-    let revisions = Revisions {
-        apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
-        instances: instances.iter().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
-        nodes: nodes.iter().map(|n| (n.value.id.clone(), n.mod_revision)).collect(),
-    };
-    Ok((
-        Snapshot {
-            apps: apps.into_iter().map(|v| v.value).collect(),
-            instances: instances.into_iter().map(|v| v.value).collect(),
-            nodes: nodes.into_iter().map(|v| v.value).collect(),
-        },
-        revisions,
-    ))
 }
 
 pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
@@ -114,7 +78,7 @@ pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
 
 /// One reconcile: returns when to check again.
 fn pass(shared: &Shared, now: i64, settings: Settings) -> Result<Option<i64>, StoreError> {
-    let (snapshot, revisions) = snapshot(shared)?;
+    let (snapshot, revisions) = apply::snapshot(shared)?;
     let plan = reconcile(&snapshot, now, settings);
     if !plan.actions.is_empty() {
         apply::apply(shared, &snapshot, &revisions, &plan.actions, now)?;

@@ -5,22 +5,20 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State as AxState};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
-use berth_api::{AppUsage, CapacityUsage, InstanceSample, InstanceUsage, MetricsReport, Usage};
+use berth_api::{AppUsage, CapacityUsage, InstanceSample, InstanceUsage, Usage};
 use berth_core::{App, Instance, InstanceState, Millis};
 
-use crate::api::{ApiError, ApiResult, indexed, parse_json};
 use crate::{Shared, lock, now_ms};
-
 /// Samples kept per instance at full resolution (an hour at the default 5 s interval).
 const KEEP_SAMPLES: usize = 720;
+
 /// Beyond that, one sample per `COARSE_STEP_MS`, for `KEEP_COARSE` of them (three hours).
 const COARSE_STEP_MS: i64 = 15_000;
+
 const KEEP_COARSE: usize = 720;
+
 const KEEP_MS: i64 = 3 * 3_600_000;
+
 /// A sample older than this no longer counts as the instance's current use.
 const STALE_MS: i64 = 30_000;
 
@@ -235,47 +233,6 @@ fn usage_of(
     })
 }
 
-pub(crate) async fn ingest(
-    AxState(shared): AxState<Shared>,
-    Path(node): Path<String>,
-    body: Bytes,
-) -> ApiResult<Response> {
-    let report: MetricsReport = parse_json(&body)?;
-    shared.state.node(&node)?.ok_or_else(|| ApiError::not_found(&format!("node {node}")))?;
-    shared.usage.record(&node, report.samples);
-    Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
-}
-
-pub(crate) async fn all(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
-    Ok(indexed(shared.state.store().revision(), &usage(&shared, None)?))
-}
-
-pub(crate) async fn one_app(
-    AxState(shared): AxState<Shared>,
-    Path((group, name)): Path<(String, String)>,
-) -> ApiResult<Response> {
-    let id = format!("{group}/{name}");
-    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
-    Ok(indexed(shared.state.store().revision(), &usage(&shared, Some(&id))?))
-}
-
-#[derive(Debug, serde::Deserialize)]
-pub(crate) struct HistoryQuery {
-    /// Only points at or after this time (ms since the epoch).
-    #[serde(default)]
-    since: Millis,
-}
-
-pub(crate) async fn history(
-    AxState(shared): AxState<Shared>,
-    Path((group, name)): Path<(String, String)>,
-    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
-) -> ApiResult<Response> {
-    let id = format!("{group}/{name}");
-    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
-    Ok(indexed(shared.state.store().revision(), &shared.usage.history(&id, q.since)))
-}
-
 /// Routers' request counts per app, summed over the routers heard from in the last minute.
 pub(crate) fn router_totals(shared: &Shared, now: Millis) -> BTreeMap<String, berth_api::RouterCounts> {
     let mut totals: BTreeMap<String, berth_api::RouterCounts> = BTreeMap::new();
@@ -288,12 +245,6 @@ pub(crate) fn router_totals(shared: &Shared, now: Millis) -> BTreeMap<String, be
         }
     }
     totals
-}
-
-/// Prometheus' text exposition format, version 0.0.4.
-pub(crate) async fn prometheus(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
-    let text = exposition(&shared)?;
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response())
 }
 
 fn label(v: &str) -> String {
@@ -340,7 +291,7 @@ impl Family<'_> {
     }
 }
 
-fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
+pub(crate) fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
     let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
     let instances = shared.instances()?;
     let current = shared.usage.current(now_ms());

@@ -1,0 +1,84 @@
+//! The server's HTTP layer: the `/v1` route table and one file of handlers per resource. The
+//! domain modules beside it (store records, deployments, logs, usage, alerts, routes, exec) know
+//! nothing of HTTP; handlers read and write through them.
+
+mod alerts;
+mod apps;
+mod cas;
+mod error;
+mod events;
+mod exec;
+mod instances;
+mod logs;
+mod nodes;
+mod routes;
+mod usage;
+
+use axum::Router;
+use axum::extract::State as AxState;
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::{get, post};
+
+use crate::Shared;
+use error::{ApiError, indexed, json_errors};
+
+pub(crate) fn router(shared: Shared) -> Router {
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/v1/apps", get(apps::list_apps))
+        .route("/v1/plan", post(apps::plan))
+        .route("/v1/apps/{group}/{name}", get(apps::get_app).put(apps::deploy).delete(apps::destroy))
+        .route("/v1/apps/{group}/{name}/scale", post(apps::scale))
+        .route("/v1/apps/{group}/{name}/upgrade", post(apps::upgrade))
+        .route("/v1/apps/{group}/{name}/restart", post(apps::restart))
+        .route("/v1/apps/{group}/{name}/rollback", post(apps::rollback))
+        .route("/v1/apps/{group}/{name}/promote", post(apps::promote))
+        .route("/v1/apps/{group}/{name}/versions", get(apps::versions))
+        .route("/v1/apps/{group}/{name}/logs", get(logs::query))
+        .route("/v1/logs/sinks", get(logs::sinks))
+        .route("/v1/usage", get(usage::all))
+        .route("/v1/alerts", get(alerts::list))
+        .route("/v1/apps/{group}/{name}/usage", get(usage::one_app))
+        .route("/v1/apps/{group}/{name}/usage/history", get(usage::history))
+        .route("/v1/nodes/{id}/metrics", post(usage::ingest))
+        .route("/metrics", get(usage::prometheus))
+        .route("/v1/nodes/{id}/logs", post(logs::ingest).layer(axum::extract::DefaultBodyLimit::max(16 << 20)))
+        .route("/v1/instances", get(instances::list_instances))
+        .route("/v1/instances/{id}/restart", post(instances::restart_instance))
+        .route("/v1/instances/{id}/stop", post(instances::stop_instance))
+        .route("/v1/instances/{id}/exec", post(exec::run))
+        .route("/v1/nodes/{id}/execs", get(exec::take))
+        .route("/v1/nodes/{id}/execs/{exec}", post(exec::answer))
+        .route("/v1/nodes/{id}/execs/{exec}/stream", post(exec::attach))
+        .route("/v1/instances/{id}/drain", get(routes::drain_status))
+        .route("/v1/routers", get(routes::list_routers))
+        .route("/v1/routers/{id}", post(routes::router_report))
+        .route("/v1/nodes", get(nodes::list_nodes).post(nodes::register))
+        .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))
+        .route("/v1/nodes/{id}/assignments", get(nodes::assignments))
+        .route("/v1/nodes/{id}/reports", post(nodes::reports))
+        .route("/v1/events", get(events::events))
+        .route("/v1/routes", get(routes::routes))
+        .route("/v1/upstreams", get(routes::list_upstreams))
+        .route("/v1/upstreams/{name}", axum::routing::put(routes::put_upstream).delete(routes::delete_upstream))
+        .route(
+            "/v1/upstreams/{name}/rules",
+            get(routes::get_upstream_rules).put(routes::set_upstream_rules).delete(routes::delete_upstream_rules),
+        )
+        .route(
+            "/v1/apps/{group}/{name}/rules",
+            get(routes::get_app_rules).put(routes::set_app_rules).delete(routes::delete_app_rules),
+        )
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/openapi.yaml") })
+        .layer(axum::middleware::map_response(json_errors))
+        .with_state(shared)
+}
+
+async fn health(AxState(shared): AxState<Shared>) -> Response {
+    let revision = shared.state.store().revision();
+    indexed(revision, &serde_json::json!({"status": "ok", "revision": revision}))
+}
+
+#[cfg(test)]
+mod tests;

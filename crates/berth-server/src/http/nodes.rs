@@ -1,0 +1,270 @@
+//! `/v1/nodes`: agents register, heartbeat, watch their assignments and report their instances.
+
+use std::collections::{BTreeSet, HashMap};
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State as AxState};
+use axum::http::StatusCode;
+use axum::response::Response;
+use berth_api::{Assignment, Assignments, HeartbeatRequest, RegisterRequest, ReportRequest};
+use berth_core::{App, AppSpec, Instance, InstanceState, Level, Node, NodeStatus};
+use berth_store::Txn;
+use berth_store::state::{Subject, app_key, encode, instance_key, node_key};
+
+use super::cas::{self, Attempt};
+use super::error::{ApiError, ApiResult, WaitQuery, indexed, parse_json, wait_for};
+use crate::{Shared, lock, now_ms, views};
+
+pub(super) async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    let index = shared.state.store().revision();
+    let instances = shared.instances()?;
+    let specs: HashMap<String, (f64, u64)> = shared
+        .state
+        .apps()?
+        .into_iter()
+        .map(|a| (a.value.id(), (a.value.spec.cpu.unwrap_or(0.0), a.value.spec.memory.unwrap_or(0))))
+        .collect();
+    let nodes: Vec<_> = shared
+        .state
+        .nodes()?
+        .into_iter()
+        .map(|n| views::node_view(shared.with_heartbeat(n.value), &instances, &|app| specs.get(app).copied()))
+        .collect();
+    Ok(indexed(index, &nodes))
+}
+
+pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Response> {
+    let req: RegisterRequest = parse_json(&body)?;
+    if req.id.is_empty() || req.id.contains('/') {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "id: must be non-empty and contain no /"));
+    }
+    if req.resources.ports.0 > req.resources.ports.1 {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "resources.ports: the range is empty"));
+    }
+    let now = now_ms();
+    let (index, node) = cas::retry(&shared.state, "node record", || {
+        let existing = shared.state.node(&req.id)?;
+        let rev = existing.as_ref().map_or(0, |v| v.mod_revision);
+        let node = Node {
+            id: req.id.clone(),
+            hostname: req.hostname.clone(),
+            address: req.address.clone(),
+            resources: req.resources.clone(),
+            labels: req.labels.clone(),
+            drivers: req.drivers.clone(),
+            status: NodeStatus::Ready,
+            registered_at: existing.as_ref().map_or(now, |v| v.value.registered_at),
+            last_heartbeat: now,
+            // The agent's next heartbeat says which are still held.
+            taken_ports: existing.as_ref().map(|v| v.value.taken_ports.clone()).unwrap_or_default(),
+        };
+        let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
+        let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();
+        let msg = format!(
+            "{} at {} ({} cpu, {} MiB, drivers {})",
+            node.hostname,
+            node.address,
+            node.resources.cpu,
+            node.resources.memory,
+            drivers.join(",")
+        );
+        let txn = Txn::default().expect(node_key(&node.id), rev).put(node_key(&node.id), encode(&node));
+        let txn = shared.state.with_event(txn, now, Level::Info, kind, Subject::node(&node.id), msg);
+        Ok(Attempt::Write(txn, node))
+    })?;
+    lock(&shared.heartbeats).insert(node.id.clone(), now);
+    Ok(indexed(index, &node))
+}
+
+pub(super) async fn heartbeat(
+    AxState(shared): AxState<Shared>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let beat: HeartbeatRequest = if body.is_empty() { HeartbeatRequest::default() } else { parse_json(&body)? };
+    let (index, ()) = cas::retry(&shared.state, &format!("node {id}"), || {
+        let node = shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
+        let now = now_ms();
+        if node.value.status == NodeStatus::Down {
+            // A lost node is back: it must register again so its record and resources are fresh.
+            return Err(ApiError::new(StatusCode::GONE, format!("node {id} was marked lost; register again")));
+        }
+        lock(&shared.heartbeats).insert(id.clone(), now);
+        let Some(taken) = beat.taken_ports.as_ref().map(|t| t.iter().copied().collect::<BTreeSet<u16>>()) else {
+            return Ok(Attempt::Done(()));
+        };
+        if taken == node.value.taken_ports {
+            return Ok(Attempt::Done(()));
+        }
+        // Only what changed is written: most heartbeats touch nothing in the store.
+        let freed: Vec<String> = node.value.taken_ports.difference(&taken).map(u16::to_string).collect();
+        let mut next = node.value.clone();
+        next.taken_ports = taken;
+        let mut txn = Txn::default().expect(node_key(&id), node.mod_revision).put(node_key(&id), encode(&next));
+        if !freed.is_empty() {
+            let msg =
+                format!("port(s) {} no longer held by another process: free for instances again", freed.join(", "));
+            txn = shared.state.with_event(txn, now, Level::Info, "node.ports_freed", Subject::node(&id), msg);
+        }
+        Ok(Attempt::Write(txn, ()))
+    })?;
+    Ok(indexed(index, &serde_json::json!({"ok": true})))
+}
+
+pub(super) async fn assignments(
+    AxState(shared): AxState<Shared>,
+    Path(id): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    let index = wait_for(&shared, &q).await?;
+    shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
+    let mut specs: HashMap<(String, u64), AppSpec> = HashMap::new();
+    let mut out = Vec::new();
+    for inst in shared.state.instances()?.into_iter().map(|v| v.value) {
+        if inst.node != id || !inst.state.is_live() {
+            continue;
+        }
+        let key = (inst.app.clone(), inst.version);
+        if !specs.contains_key(&key) {
+            let versions = shared.state.versions(&inst.app)?;
+            let spec = match versions.into_iter().find(|v| v.version == inst.version) {
+                Some(v) => v.spec,
+                None => match shared.state.app(&inst.app)? {
+                    Some(app) => app.value.spec,
+                    None => continue,
+                },
+            };
+            specs.insert(key.clone(), spec);
+        }
+        out.push(Assignment { spec: specs[&key].clone(), instance: inst });
+    }
+    Ok(indexed(index, &Assignments { index, assignments: out }))
+}
+
+fn failure_text(inst: &Instance) -> String {
+    if inst.oom_killed {
+        return "OOM-killed: the instance went over its memory limit".into();
+    }
+    match (&inst.reason, inst.exit_code) {
+        (Some(reason), _) => reason.clone(),
+        (None, Some(code)) => format!("exited with code {code}"),
+        (None, None) => "failed".into(),
+    }
+}
+
+pub(super) async fn reports(
+    AxState(shared): AxState<Shared>,
+    Path(node): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: ReportRequest = parse_json(&body)?;
+    let (index, restarted) = cas::retry(&shared.state, &format!("the records of node {node}"), || {
+        let now = now_ms();
+        let mut txn = Txn::default();
+        let mut backoffs: HashMap<String, (App, u64)> = HashMap::new();
+        let mut restarted: Vec<String> = Vec::new();
+        let mut taken: BTreeSet<u16> = BTreeSet::new();
+        for report in &req.reports {
+            let Some(current) = shared.state.instance(&report.id)? else {
+                continue;
+            };
+            let mut inst = current.value.clone();
+            if inst.node != node || !inst.state.can_become(report.state) {
+                continue;
+            }
+            let before = inst.clone();
+            inst.state = report.state;
+            inst.healthy = report.healthy;
+            inst.exit_code = report.exit_code.or(inst.exit_code);
+            inst.oom_killed |= report.oom_killed;
+            if report.reason.is_some() {
+                inst.reason = report.reason.clone();
+            } else if report.healthy == Some(true) && inst.state.is_live() {
+                // Its check passes again: the failure it was showing is over.
+                inst.reason = None;
+            }
+            if !report.last_log.is_empty() {
+                inst.last_log = report.last_log.iter().take(20).cloned().collect();
+            }
+            inst.handle = report.handle.clone().or(inst.handle);
+            inst.started_at = report.started_at.or(inst.started_at);
+            inst.finished_at = report.finished_at.or(inst.finished_at);
+            if inst.state.is_terminal() && inst.finished_at.is_none() {
+                inst.finished_at = Some(now);
+            }
+            // A break in health restarts the min_healthy_time clock.
+            if !inst.is_up() {
+                inst.healthy_since = None;
+            } else if inst.healthy_since.is_none() {
+                inst.healthy_since = Some(now);
+            }
+            if inst == before {
+                continue;
+            }
+            txn = txn.expect(instance_key(&inst.id), current.mod_revision).put(instance_key(&inst.id), encode(&inst));
+            let subject = Subject::instance(&inst.app, &inst.id, &node);
+            // Another process holds one of its ports: the placement failed, the app did not.
+            let port_taken = inst.state == InstanceState::Failed && !report.taken_ports.is_empty();
+            if port_taken {
+                taken.extend(report.taken_ports.iter().copied());
+            }
+            if before.state != inst.state {
+                let (level, kind, msg) = match inst.state {
+                    InstanceState::Failed if port_taken => {
+                        (Level::Warn, "instance.port_taken", format!("{}; placing it again", failure_text(&inst)))
+                    }
+                    InstanceState::Failed if inst.oom_killed => {
+                        (Level::Error, "instance.oom_killed", failure_text(&inst))
+                    }
+                    InstanceState::Failed => (Level::Error, "instance.failed", failure_text(&inst)),
+                    InstanceState::Running => {
+                        (Level::Info, "instance.running", format!("running at {}", inst.address().unwrap_or_default()))
+                    }
+                    InstanceState::Starting => {
+                        (Level::Info, "instance.starting", "started; waiting for health".to_string())
+                    }
+                    InstanceState::Stopped => {
+                        (Level::Info, "instance.stopped", inst.reason.clone().unwrap_or_else(|| "stopped".into()))
+                    }
+                    InstanceState::Staging => continue,
+                };
+                txn = shared.state.with_event(txn, now, level, kind, subject, msg);
+                // A failure the platform did not ask for slows the next launch.
+                if inst.state == InstanceState::Failed && inst.desired == berth_core::Desired::Run && !port_taken {
+                    if !backoffs.contains_key(&inst.app)
+                        && let Some(app) = shared.state.app(&inst.app)?
+                    {
+                        backoffs.insert(inst.app.clone(), (app.value, app.mod_revision));
+                    }
+                    restarted.push(inst.app.clone());
+                    if let Some((app, _)) = backoffs.get_mut(&inst.app)
+                        && crate::apply::count_failure(app, inst.version, &failure_text(&inst), now)
+                    {
+                        txn = crate::apply::with_crash_loop_event(&shared.state, txn, app, &failure_text(&inst), now);
+                    }
+                }
+            }
+        }
+        for (id, (app, rev)) in backoffs {
+            txn = txn.expect(app_key(&id), rev).put(app_key(&id), encode(&app));
+        }
+        // In the same commit as the failure, so the next placement already steers clear of them.
+        if !taken.is_empty()
+            && let Some(current) = shared.state.node(&node)?
+            && !taken.is_subset(&current.value.taken_ports)
+        {
+            let mut next = current.value.clone();
+            next.taken_ports.extend(taken);
+            txn = txn.expect(node_key(&node), current.mod_revision).put(node_key(&node), encode(&next));
+        }
+        if txn.is_empty() {
+            return Ok(Attempt::Done(Vec::new()));
+        }
+        Ok(Attempt::Write(txn, restarted))
+    })?;
+    for app in &restarted {
+        shared.usage.count_restart(app);
+    }
+    lock(&shared.heartbeats).insert(node, now_ms());
+    Ok(indexed(index, &serde_json::json!({"ok": true})))
+}
