@@ -4,6 +4,7 @@ use std::collections::HashMap;
 
 use berth_core::{Allocation, App, DeploymentState, Desired, Instance, InstanceState, Millis, Node, NodeStatus};
 
+use crate::deploy::{self, Verdict};
 use crate::place::{self, Placement};
 use crate::rolling::{self, Counts};
 
@@ -278,8 +279,23 @@ fn reconcile_app(
         }
     }
     let stopping = instances.iter().any(|i| i.state.is_live() && i.desired == Desired::Stop);
-    if let Some(action) = judge_deployment(app, id, &new, &old, stopping, target, now, plan) {
-        plan.actions.push(action);
+    let (verdict, check_at) = deploy::judge(app, &new, &old, stopping, now);
+    if let Some(at) = check_at {
+        plan.check_by(at);
+    }
+    let app_id = id.to_string();
+    match verdict {
+        Some(Verdict::Switch) => plan.actions.push(Action::Switch { app: app_id }),
+        Some(Verdict::Succeeded { message }) => {
+            plan.actions.push(Action::EndDeployment { app: app_id, state: DeploymentState::Succeeded, message })
+        }
+        Some(Verdict::Failed { reason, roll_back_to: Some(to_version) }) => {
+            plan.actions.push(Action::AutoRollback { app: app_id, to_version, reason })
+        }
+        Some(Verdict::Failed { reason, roll_back_to: None }) => {
+            plan.actions.push(Action::EndDeployment { app: app_id, state: DeploymentState::Failed, message: reason })
+        }
+        None => {}
     }
 
     for (inst, reason) in stops {
@@ -342,57 +358,6 @@ fn admit_and_expire(app: &App, live: &[&Instance], now: Millis, plan: &mut Plan)
         } else {
             plan.check_by(deadline);
         }
-    }
-}
-
-/// Failures of new instances that fail a deployment at once, before its progress deadline.
-pub fn failure_budget(target: usize) -> u32 {
-    target.max(3) as u32
-}
-
-/// Whether the running deployment is done (its instances in service, the replaced ones gone), or
-/// failed (and then whether it rolls back).
-#[allow(clippy::too_many_arguments)]
-fn judge_deployment(
-    app: &App,
-    id: &str,
-    new: &[&Instance],
-    old: &[&Instance],
-    stopping: bool,
-    target: usize,
-    now: Millis,
-    plan: &mut Plan,
-) -> Option<Action> {
-    let d = app.active_deployment()?;
-    let ready = new.iter().filter(|i| i.is_ready()).count();
-    if d.blue_green && d.switched_at.is_none() && !old.is_empty() {
-        if ready >= target {
-            return Some(Action::Switch { app: id.to_string() });
-        }
-    } else if d.canary.is_none() && old.is_empty() && !stopping && ready == target && new.len() == target {
-        let message = format!("{target} instance(s) healthy");
-        return Some(Action::EndDeployment { app: id.to_string(), state: DeploymentState::Succeeded, message });
-    }
-    let upgrade = &app.spec.upgrade;
-    let waiting_for_promote = d.canary.is_some_and(|n| ready >= (n as usize).min(target));
-    let deadline = d.progress_at + upgrade.progress_deadline.as_millis() as i64;
-    let failed = if d.failures >= failure_budget(target) {
-        let last = d.last_failure.clone().unwrap_or_default();
-        Some(format!("{} instance(s) of v{} failed; last: {last}", d.failures, d.version))
-    } else if waiting_for_promote {
-        None
-    } else if now >= deadline {
-        Some(format!("no instance turned healthy within progress_deadline ({})", upgrade.progress_deadline))
-    } else {
-        plan.check_by(deadline);
-        None
-    };
-    let reason = failed?;
-    match app.stable_version {
-        Some(stable) if upgrade.auto_rollback && !app.is_current(stable) => {
-            Some(Action::AutoRollback { app: id.to_string(), to_version: stable, reason })
-        }
-        _ => Some(Action::EndDeployment { app: id.to_string(), state: DeploymentState::Failed, message: reason }),
     }
 }
 

@@ -7,7 +7,7 @@ use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_core::{Allocation, App, Desired, Instance, InstanceState, Level, Millis, NodeStatus};
-use berth_plan::{Action, Snapshot};
+use berth_plan::{Action, Snapshot, deploy};
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
 
@@ -127,11 +127,9 @@ pub(crate) fn apply(
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
                 let expired = matches!(action, Action::Expire { .. });
-                if expired
-                    && let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app)
-                    && count_failure(app, inst.version, reason, now)
-                {
-                    txn = with_crash_loop_event(state, txn, app, reason, now);
+                if expired && let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app) {
+                    let effects = deploy::count_failure(app, inst.version, reason, now);
+                    txn = deployments::write(state, txn, &inst.app, effects, now)?;
                 }
                 let (level, kind) =
                     if expired { (Level::Warn, "instance.unhealthy") } else { (Level::Info, "instance.stopping") };
@@ -144,11 +142,8 @@ pub(crate) fn apply(
                 let mut next = (*inst).clone();
                 next.in_service = true;
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
-                if let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app)
-                    && app.is_current(inst.version)
-                    && let Some(d) = app.deployment.as_mut()
-                {
-                    d.progress_at = now;
+                if let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app) {
+                    deploy::admitted(app, inst.version, now);
                 }
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
                 let msg = format!("v{} in service at {}", inst.version, inst.address().unwrap_or_default());
@@ -156,11 +151,15 @@ pub(crate) fn apply(
             }
             Action::EndDeployment { app, state: outcome, message } => {
                 let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
-                txn = deployments::end(state, txn, a, *outcome, message.clone(), now)?;
+                let effects = deploy::end(a, *outcome, message.clone(), now);
+                txn = deployments::write(state, txn, app, effects, now)?;
             }
             Action::AutoRollback { app, to_version, reason } => {
                 let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
-                txn = deployments::roll_back(state, txn, a, *to_version, reason.clone(), now)?;
+                let versions = state.versions(app)?;
+                let target = versions.iter().find(|v| v.version == *to_version);
+                let effects = deploy::roll_back(a, target, *to_version, reason.clone(), &versions, now);
+                txn = deployments::write(state, txn, app, effects, now)?;
                 // The old spec's names are taken back where still free; one another owner took
                 // meanwhile stays theirs (the route snapshot serves a name to its claimant only).
                 let owner = berth_core::hosts::HostOwner::App(app.clone());
@@ -171,13 +170,8 @@ pub(crate) fn apply(
             }
             Action::Switch { app } => {
                 let Some(a) = app_mut(&mut changed_apps, &apps, app) else { continue };
-                let Some(d) = a.deployment.as_mut() else { continue };
-                d.switched_at = Some(now);
-                d.progress_at = now;
-                let msg = format!("all traffic moved to v{} at once", d.version);
-                txn = state.with_event(txn, now, Level::Info, "deployment.switched", Subject::app(app), msg);
-                let done = format!("blue-green switch to v{}", d.version);
-                txn = deployments::end(state, txn, a, berth_core::DeploymentState::Succeeded, done, now)?;
+                let effects = deploy::switch(a, now);
+                txn = deployments::write(state, txn, app, effects, now)?;
             }
             Action::Fail { instance, reason } => {
                 let Some(inst) = instances.get(instance.as_str()) else {
@@ -242,36 +236,6 @@ pub(crate) fn apply(
     txn.compares.sort_by(|a, b| a.key.cmp(&b.key));
     txn.compares.dedup();
     state.commit(txn)
-}
-
-/// A failure the platform did not ask for: slows the next launch, and counts against the running
-/// deployment when the instance was one of its new ones. True when the app just entered a crash loop.
-pub(crate) fn count_failure(app: &mut App, version: u64, why: &str, now: Millis) -> bool {
-    app.backoff = app.backoff.after_failure(now);
-    let entered_loop = app.backoff.failures == berth_core::Backoff::CRASH_LOOP_AFTER;
-    if app.is_current(version)
-        && let Some(d) = app.deployment.as_mut().filter(|d| d.state == berth_core::DeploymentState::Running)
-    {
-        d.failures += 1;
-        d.last_failure = Some(why.to_string());
-    }
-    entered_loop
-}
-
-pub(crate) fn with_crash_loop_event(
-    state: &berth_store::state::State,
-    txn: Txn,
-    app: &App,
-    why: &str,
-    now: Millis,
-) -> Txn {
-    let id = app.id();
-    let msg = format!(
-        "crash loop: {} failures in a row, last: {why}; next launch in {} ms",
-        app.backoff.failures,
-        (app.backoff.not_before - now).max(0)
-    );
-    state.with_event(txn, now, Level::Error, "app.crash_loop", Subject::app(&id), msg)
 }
 
 fn app_mut<'a>(changed: &'a mut HashMap<String, App>, apps: &HashMap<String, &App>, id: &str) -> Option<&'a mut App> {

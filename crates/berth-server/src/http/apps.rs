@@ -9,13 +9,15 @@ use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::Response;
 use berth_api::{AppStatus, DeployRequest, DeployResponse, ScaleRequest, UpgradeRequest};
-use berth_core::{App, AppSpec, AppVersion, Backoff, DeploymentKind, DeploymentState, Level, Node};
+use berth_core::{AppSpec, DeploymentKind, Level, Node};
 use berth_store::Txn;
-use berth_store::state::{Subject, app_key, encode, version_key};
+use berth_store::state::{Subject, app_key, encode};
 use serde::Deserialize;
 
 use super::cas::{self, Attempt};
 use super::error::{ApiError, ApiResult, WaitQuery, indexed, parse_json, wait_for};
+use berth_plan::deploy::{self, Change, ChangeOptions, Refusal, RollbackRefusal};
+
 use crate::{Shared, deployments, lock, now_ms, views};
 
 fn app_id(group: &str, name: &str) -> String {
@@ -63,42 +65,6 @@ pub(super) async fn versions(
     Ok(indexed(shared.state.store().revision(), &shared.state.versions(&id)?))
 }
 
-/// The top-level keys whose values differ, as `key: old -> new`.
-fn describe_change(old: &AppSpec, new: &AppSpec) -> String {
-    let (serde_json::Value::Object(a), serde_json::Value::Object(b)) =
-        (serde_json::to_value(old).unwrap_or_default(), serde_json::to_value(new).unwrap_or_default())
-    else {
-        return "changed".into();
-    };
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| *k != "instances").collect();
-    keys.sort();
-    keys.dedup();
-    let short = |v: Option<&serde_json::Value>| {
-        let text = v.map_or("unset".to_string(), |v| v.to_string());
-        if text.len() > 60 { format!("{}...", &text[..text.floor_char_boundary(57)]) } else { text }
-    };
-    let parts: Vec<String> = keys
-        .into_iter()
-        .filter(|k| a.get(*k) != b.get(*k))
-        .map(|k| format!("{k}: {} -> {}", short(a.get(k)), short(b.get(k))))
-        .collect();
-    if parts.is_empty() { "no change".into() } else { parts.join("; ") }
-}
-
-enum Change {
-    /// A new spec version; `keep_scale` keeps the current instance count.
-    Spec {
-        spec: Box<AppSpec>,
-        keep_scale: bool,
-        kind: DeploymentKind,
-        /// What changed, when it is not the diff of the specs (restart, rollback).
-        change: Option<String>,
-    },
-    Scale(u32),
-    /// Finish a canary deployment.
-    Promote,
-}
-
 /// How a change treats a deployment already in progress, and whether it starts as a canary.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -108,171 +74,54 @@ pub(crate) struct ChangeQuery {
     canary: Option<u32>,
 }
 
-pub(crate) fn busy(app: &App, id: &str, now: i64) -> Option<ApiError> {
-    let d = app.active_deployment()?;
-    let age = (now - d.started_at).max(0) / 1000;
-    let what = if d.canary.is_some() { "a canary of" } else { "a deployment of" };
-    Some(ApiError::new(
-        StatusCode::CONFLICT,
-        format!(
-            "{id} is in the middle of {what} v{} ({}, started {age}s ago); wait for it, `promote` or \
-             `rollback` it, or pass --force to supersede it",
-            d.version,
-            d.kind.as_str()
-        ),
-    ))
+impl ChangeQuery {
+    pub(crate) fn options(&self) -> ChangeOptions {
+        ChangeOptions { force: self.force, canary: self.canary }
+    }
 }
 
-/// Applies a change to an app under compare-and-swap, retrying when a concurrent write won.
+/// A refused change in HTTP's words.
+pub(crate) fn refused(r: Refusal) -> ApiError {
+    let status = match r {
+        Refusal::NotFound { .. } => StatusCode::NOT_FOUND,
+        Refusal::Canary { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+        Refusal::Destroying { .. } | Refusal::NoCanary { .. } | Refusal::Busy(_) => StatusCode::CONFLICT,
+    };
+    ApiError::new(status, r.to_string())
+}
+
+/// Applies a change to an app under compare-and-swap: the decision is `deploy::decide`'s, the
+/// host names it claims and its effects go into the same transaction as the app.
 fn change_app(shared: &Shared, id: &str, change: Change, opts: &ChangeQuery) -> ApiResult<DeployResponse> {
-    let (_, (created, changed, version)) = cas::retry(&shared.state, &format!("app {id}"), || {
+    let state = &shared.state;
+    let (_, (created, changed, version)) = cas::retry(state, &format!("app {id}"), || {
         let now = now_ms();
-        let state = &shared.state;
         let existing = state.app(id)?;
+        // Only a new spec needs the stored versions (its instances keep those of an identical one).
+        let versions = if matches!(change, Change::Spec { .. }) { state.versions(id)? } else { Vec::new() };
         let expected_rev = existing.as_ref().map_or(0, |v| v.mod_revision);
+        let current = existing.map(|v| v.value);
+        let decision =
+            deploy::decide(current.as_ref(), id, change.clone(), opts.options(), &versions, now).map_err(refused)?;
+        if !decision.changed {
+            return Ok(Attempt::Done((false, false, decision.app.version)));
+        }
         let mut txn = Txn::default().expect(app_key(id), expected_rev);
-        let unchanged = |app: &App| Ok(Attempt::Done((false, false, app.version)));
-        let (app, created) = match (existing, &change) {
-            (None, Change::Spec { spec, .. }) => {
-                let mut app = App {
-                    spec: (**spec).clone(),
-                    version: 1,
-                    instances: spec.instances,
-                    created_at: now,
-                    updated_at: now,
-                    destroying: false,
-                    backoff: Backoff::default(),
-                    alike: Vec::new(),
-                    stable_version: None,
-                    deployment: None,
-                };
-                deployments::start(&mut app, DeploymentKind::Create, None, now);
-                let version = AppVersion {
-                    app: id.into(),
-                    version: 1,
-                    spec: (**spec).clone(),
-                    created_at: now,
-                    change: "created".into(),
-                    outcome: None,
-                };
-                txn = txn.put(version_key(id, 1), encode(&version));
-                let msg = format!("created v1 with {} instance(s)", spec.instances);
-                txn = state.with_event(txn, now, Level::Info, "app.created", Subject::app(id), msg);
-                (app, true)
-            }
-            (None, _) => return Err(ApiError::not_found(&format!("app {id}"))),
-            (Some(current), _) if current.value.destroying => {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("app {id} is being destroyed; wait until it is gone"),
-                ));
-            }
-            (Some(current), Change::Promote) => {
-                let mut app = current.value;
-                let Some(d) =
-                    app.deployment.as_mut().filter(|d| d.state == DeploymentState::Running && d.canary.is_some())
-                else {
-                    return Err(ApiError::new(
-                        StatusCode::CONFLICT,
-                        format!("{id} has no canary waiting to be promoted"),
-                    ));
-                };
-                d.canary = None;
-                d.progress_at = now;
-                let msg = format!("canary of v{} promoted: rolling out to every instance", d.version);
-                txn = state.with_event(txn, now, Level::Info, "deployment.promoted", Subject::app(id), msg);
-                (app, false)
-            }
-            (Some(current), Change::Spec { spec, keep_scale, kind, change }) => {
-                let mut app = current.value;
-                let mut spec = (**spec).clone();
-                if *keep_scale {
-                    spec.instances = app.instances;
-                }
-                let same = *kind != DeploymentKind::Restart && deployments::same_ignoring_scale(&app.spec, &spec);
-                if same && app.instances == spec.instances {
-                    return unchanged(&app);
-                }
-                // Rolling back is the way out of a deployment, so it never waits for one.
-                if !opts.force
-                    && *kind != DeploymentKind::Rollback
-                    && let Some(e) = busy(&app, id, now)
-                {
-                    return Err(e);
-                }
-                if same {
-                    txn = scale_to(state, txn, &mut app, spec.instances, now)?;
-                } else {
-                    let text = change.clone().unwrap_or_else(|| describe_change(&app.spec, &spec));
-                    txn = deployments::new_version(state, txn, &mut app, spec, text, *kind, now)?;
-                    if let Some(n) = opts.canary {
-                        if n == 0 || n >= app.instances {
-                            return Err(ApiError::new(
-                                StatusCode::UNPROCESSABLE_ENTITY,
-                                format!(
-                                    "canary: {n} must be between 1 and {} (one less than instances)",
-                                    app.instances.saturating_sub(1)
-                                ),
-                            ));
-                        }
-                        if let Some(d) = app.deployment.as_mut() {
-                            d.canary = Some(n);
-                            d.blue_green = false;
-                        }
-                    }
-                }
-                (app, false)
-            }
-            (Some(current), Change::Scale(n)) => {
-                let mut app = current.value;
-                if app.instances == *n {
-                    return unchanged(&app);
-                }
-                if !opts.force
-                    && let Some(e) = busy(&app, id, now)
-                {
-                    return Err(e);
-                }
-                txn = scale_to(state, txn, &mut app, *n, now)?;
-                (app, false)
-            }
-        };
+        txn = deployments::write(state, txn, id, decision.effects, now)?;
         if let Change::Spec { .. } = &change {
             let owner = berth_core::hosts::HostOwner::App(id.to_string());
-            txn = match crate::hosts::claim(state, txn, &owner, &crate::hosts::of_spec(&app.spec), &shared.domain)? {
+            let names = crate::hosts::of_spec(&decision.app.spec);
+            txn = match crate::hosts::claim(state, txn, &owner, &names, &shared.domain)? {
                 Ok(txn) => txn,
                 Err((index, conflict)) => {
                     return Err(ApiError::new(StatusCode::CONFLICT, format!("services[{index}]: {conflict}")));
                 }
             };
         }
-        txn = txn.put(app_key(id), encode(&app));
-        Ok(Attempt::Write(txn, (created, true, app.version)))
+        txn = txn.put(app_key(id), encode(&decision.app));
+        Ok(Attempt::Write(txn, (decision.created, true, decision.app.version)))
     })?;
     Ok(DeployResponse { created, changed, version, app: status_of(shared, id)? })
-}
-
-/// A new instance count. A version rollout in progress keeps going toward the new count;
-/// otherwise the scale is a deployment of its own, under the same health gates.
-pub(crate) fn scale_to(
-    state: &berth_store::state::State,
-    mut txn: Txn,
-    app: &mut App,
-    n: u32,
-    now: i64,
-) -> ApiResult<Txn> {
-    let id = app.id();
-    let msg = format!("scaled from {} to {n}", app.instances);
-    txn = state.with_event(txn, now, Level::Info, "app.scaled", Subject::app(&id), msg);
-    app.instances = n;
-    app.spec.instances = n;
-    app.backoff = Backoff::default();
-    app.updated_at = now;
-    if app.active_deployment().is_none_or(|d| d.kind == DeploymentKind::Scale) {
-        txn = deployments::supersede(state, txn, app, &format!("scale to {n}"), now)?;
-        deployments::start(app, DeploymentKind::Scale, None, now);
-    }
-    Ok(txn)
 }
 
 fn checked_spec(spec: AppSpec) -> ApiResult<AppSpec> {
@@ -417,34 +266,13 @@ pub(super) async fn rollback(
     let id = app_id(&group, &name);
     let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?.value;
     let versions = shared.state.versions(&id)?;
-    let target = match req.version {
-        Some(v) => v,
-        None => {
-            let earlier: Vec<&AppVersion> = versions
-                .iter()
-                .filter(|v| v.version < current.version && !deployments::same_ignoring_scale(&v.spec, &current.spec))
-                .collect();
-            let stable = earlier
-                .iter()
-                .filter(|v| v.outcome.as_ref().is_some_and(|o| o.state == DeploymentState::Succeeded))
-                .map(|v| v.version)
-                .max();
-            stable.or_else(|| earlier.iter().map(|v| v.version).max()).ok_or_else(|| {
-                ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("{id} has no earlier version that differs from v{}", current.version),
-                )
-            })?
-        }
-    };
-    if target == current.version {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("v{target} is already the current version of {id}")));
-    }
-    let Some(old) = versions.into_iter().find(|v| v.version == target) else {
-        return Err(ApiError::not_found(&format!("version {target} of {id} (it has 1 to {})", current.version)));
-    };
+    let old = deploy::rollback_target(&current, &versions, req.version).map_err(|r| match r {
+        RollbackRefusal::NoSuchVersion { .. } => ApiError::new(StatusCode::NOT_FOUND, r.to_string()),
+        _ => ApiError::new(StatusCode::CONFLICT, r.to_string()),
+    })?;
+    let target = old.version;
     let change = Change::Spec {
-        spec: Box::new(old.spec),
+        spec: Box::new(old.spec.clone()),
         keep_scale: true,
         kind: DeploymentKind::Rollback,
         change: Some(format!("rollback to v{target}")),

@@ -8,10 +8,12 @@ use berth_core::Level;
 use berth_store::Txn;
 use berth_store::state::{Subject, app_key, encode, instance_key};
 
-use super::apps::{ChangeQuery, busy, scale_to};
+use super::apps::{ChangeQuery, refused};
 use super::cas::{self, Attempt};
 use super::error::{ApiError, ApiResult, indexed};
+use crate::deployments;
 use crate::{Shared, now_ms};
+use berth_plan::deploy::{self, Refusal};
 
 /// Stops one instance (draining it first); the app's count is unchanged, so a fresh one takes
 /// its place under the usual health gates, as deleting a pod does.
@@ -56,15 +58,16 @@ pub(super) async fn stop_instance(
         let app_rec = shared.state.app(&inst.app)?.ok_or_else(|| ApiError::not_found(&format!("app {}", inst.app)))?;
         let mut app = app_rec.value;
         if !opts.force
-            && let Some(e) = busy(&app, &inst.app, now)
+            && let Some(b) = deploy::busy(&app, now)
         {
-            return Err(e);
+            return Err(refused(Refusal::Busy(b)));
         }
         let n = app.instances.saturating_sub(1);
         let mut txn = Txn::default()
             .expect(app_key(&inst.app), app_rec.mod_revision)
             .expect(instance_key(&id), current.mod_revision);
-        txn = scale_to(&shared.state, txn, &mut app, n, now)?;
+        let effects = deploy::scale(&mut app, n, now);
+        txn = deployments::write(&shared.state, txn, &inst.app, effects, now)?;
         inst.desired = berth_core::Desired::Stop;
         inst.reason = Some("stopped on request".into());
         txn = txn.put(app_key(&inst.app), encode(&app)).put(instance_key(&id), encode(&inst));

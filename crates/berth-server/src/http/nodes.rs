@@ -11,8 +11,11 @@ use berth_core::{App, AppSpec, Instance, InstanceState, Level, Node, NodeStatus}
 use berth_store::Txn;
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key};
 
+use berth_plan::deploy;
+
 use super::cas::{self, Attempt};
 use super::error::{ApiError, ApiResult, WaitQuery, indexed, parse_json, wait_for};
+use crate::deployments;
 use crate::{Shared, lock, now_ms, views};
 
 pub(super) async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
@@ -237,10 +240,9 @@ pub(super) async fn reports(
                         backoffs.insert(inst.app.clone(), (app.value, app.mod_revision));
                     }
                     restarted.push(inst.app.clone());
-                    if let Some((app, _)) = backoffs.get_mut(&inst.app)
-                        && crate::apply::count_failure(app, inst.version, &failure_text(&inst), now)
-                    {
-                        txn = crate::apply::with_crash_loop_event(&shared.state, txn, app, &failure_text(&inst), now);
+                    if let Some((app, _)) = backoffs.get_mut(&inst.app) {
+                        let effects = deploy::count_failure(app, inst.version, &failure_text(&inst), now);
+                        txn = deployments::write(&shared.state, txn, &inst.app, effects, now)?;
                     }
                 }
             }
