@@ -35,7 +35,20 @@ where
 
 /// A loopback port free right now.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    // The kernel may hand the same port to two binds of port 0 in a row once the first is let
+    // go: a platform's API and router once got one port between them. A port is given out once
+    // per test process.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port");
+        let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no port that this test process has not used already");
 }
 
 /// A block of 100 host ports below the kernel's ephemeral range, free right now and never handed
