@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use berth_api::{Assignment, Client, ClientError, HeartbeatRequest, InstanceReport, RegisterRequest};
 use berth_core::spec::DriverKind;
-use berth_core::{Desired, InstanceState, Resources};
+use berth_core::{Desired, InstanceState, Reason, Resources};
 use tokio::sync::{mpsc, watch};
 
 pub use driver::docker::PullPolicy;
@@ -288,7 +288,7 @@ async fn run(
                             let driver = match adopted.as_ref().map(|(_, d)| d.clone()).or_else(|| drivers.iter().find(|d| d.kind() == a.instance.driver).cloned()) {
                                 Some(d) => d,
                                 None => {
-                                    reporter.send(failed(&id, format!("this node has no {} driver", a.instance.driver)));
+                                    reporter.send(failed(&id, Reason::NoDriver { driver: a.instance.driver }));
                                     finished.insert(id);
                                     continue;
                                 }
@@ -396,8 +396,8 @@ async fn attach_exec(client: Client, node: String, found: Option<runner::LiveEnt
     }
 }
 
-fn failed(id: &str, reason: String) -> InstanceReport {
-    InstanceReport { reason: Some(reason), ..runner::report(id, InstanceState::Failed) }
+fn failed(id: &str, why: Reason) -> InstanceReport {
+    runner::report(id, InstanceState::Failed).because(why)
 }
 
 fn stopped(id: &str) -> InstanceReport {

@@ -21,11 +21,14 @@ impl Reporter {
 
 /// Folds a newer report into an older one, keeping facts the newer one does not repeat.
 fn merge(old: InstanceReport, new: InstanceReport) -> InstanceReport {
+    // The words and the data of a reason travel together.
+    let (reason, cause) = if new.reason.is_some() { (new.reason, new.cause) } else { (old.reason, old.cause) };
     InstanceReport {
         handle: new.handle.or(old.handle),
         started_at: new.started_at.or(old.started_at),
         exit_code: new.exit_code.or(old.exit_code),
-        reason: new.reason.or(old.reason),
+        reason,
+        cause,
         oom_killed: new.oom_killed || old.oom_killed,
         ..new
     }

@@ -4,8 +4,8 @@
 use std::time::{Duration, Instant};
 
 use berth_api::{Assignment, Client, InstanceReport};
-use berth_core::InstanceState;
 use berth_core::spec::DriverKind;
+use berth_core::{InstanceState, Reason};
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::{Driver, Handle, instance_env};
@@ -29,18 +29,14 @@ pub(crate) fn report(id: &str, state: InstanceState) -> InstanceReport {
         finished_at: None,
         last_log: Vec::new(),
         taken_ports: Vec::new(),
+        cause: None,
     }
 }
 
 /// A failed start because another process holds some of the instance's ports.
 fn port_taken(id: &str, held: Vec<u16>) -> InstanceReport {
-    let list: Vec<String> = held.iter().map(u16::to_string).collect();
-    InstanceReport {
-        reason: Some(format!("host port {} held by another process on this node", list.join(", "))),
-        finished_at: Some(now_ms()),
-        taken_ports: held,
-        ..report(id, InstanceState::Failed)
-    }
+    InstanceReport { finished_at: Some(now_ms()), taken_ports: held.clone(), ..report(id, InstanceState::Failed) }
+        .because(Reason::PortsTaken { ports: held })
 }
 
 /// Runs until the instance ends; sends its id on `done` when it has.
@@ -86,7 +82,7 @@ async fn run(
             let started = tokio::select! {
                 started = driver.start(a, &env) => started,
                 _ = stop.changed() => {
-                    reports.send(InstanceReport { reason: Some("stopped before it started".into()), finished_at: Some(now_ms()), ..report(id, InstanceState::Stopped) });
+                    reports.send(InstanceReport { finished_at: Some(now_ms()), ..report(id, InstanceState::Stopped) }.because(Reason::StoppedBeforeStart));
                     return;
                 }
             };
@@ -102,11 +98,10 @@ async fn run(
                         driver.remove_leftovers(id, &services.cursors);
                         return;
                     }
-                    reports.send(InstanceReport {
-                        reason: Some(e.to_string()),
-                        finished_at: Some(now_ms()),
-                        ..report(id, InstanceState::Failed)
-                    });
+                    reports.send(
+                        InstanceReport { finished_at: Some(now_ms()), ..report(id, InstanceState::Failed) }
+                            .because(Reason::StartFailed { error: e.to_string() }),
+                    );
                     driver.remove_leftovers(id, &services.cursors);
                     return;
                 }
@@ -175,8 +170,7 @@ async fn run_to_end(
     tokio::pin!(exited, unhealthy);
     tokio::select! {
         exit = &mut exited => {
-            let reason = exit.describe();
-            tracing::info!(instance = id, %reason, "instance ended");
+            tracing::info!(instance = id, reason = %exit, "instance ended");
             let last_log = driver.tail(handle, LAST_LOG_LINES).await;
             // A process binds its ports itself: one that lost a port to another process between
             // the check and its bind exits, and the port is still held now that it is gone.
@@ -188,19 +182,22 @@ async fn run_to_end(
                     exit_code: exit.exit_code,
                     last_log,
                     reason: taken.reason,
+                    cause: taken.cause,
                     finished_at: taken.finished_at,
                     taken_ports: taken.taken_ports,
                     ..base.clone().with_state(InstanceState::Failed)
                 });
             } else {
-                reports.send(InstanceReport {
-                    exit_code: exit.exit_code,
-                    oom_killed: exit.oom_killed,
-                    reason: Some(reason),
-                    last_log,
-                    finished_at: Some(now_ms()),
-                    ..base.clone().with_state(InstanceState::Failed)
-                });
+                reports.send(
+                    InstanceReport {
+                        exit_code: exit.exit_code,
+                        oom_killed: exit.oom_killed,
+                        last_log,
+                        finished_at: Some(now_ms()),
+                        ..base.clone().with_state(InstanceState::Failed)
+                    }
+                    .because(Reason::Exited(exit)),
+                );
             }
             // Clear what the runtime keeps of it (a stopped container).
             let _ = driver.stop(handle, Duration::from_millis(1)).await;
@@ -211,7 +208,7 @@ async fn run_to_end(
             if let Err(e) = driver.stop(handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
             }
-            reports.send(InstanceReport { healthy: Some(false), reason: Some(why), last_log, finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) });
+            reports.send(InstanceReport { healthy: Some(false), last_log, finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) }.because(Reason::Unhealthy { result: why }));
         }
         _ = stop.changed() => {
             // Routers stop choosing a stopping instance at once; what they already sent finishes
@@ -322,11 +319,10 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                 if stale {
                     let state = if passed_once { InstanceState::Running } else { InstanceState::Starting };
                     let healthy = passed_once.then_some(false).or(base.healthy);
-                    reports.send(InstanceReport {
-                        reason: Some(format!("health check: {why}")),
-                        healthy,
-                        ..base.clone().with_state(state)
-                    });
+                    reports.send(
+                        InstanceReport { healthy, ..base.clone().with_state(state) }
+                            .because(Reason::HealthCheck { result: why.clone() }),
+                    );
                     reason_said = Some((kind, Instant::now()));
                     if passed_once {
                         healthy_said = Some(false);

@@ -101,6 +101,9 @@ pub struct AppStatus {
     /// Why instances are missing, when they are.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pending: Option<String>,
+    /// The same as data, with its kind (a launch backoff, or each node's rejection).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<berth_core::reason::Waiting>,
     pub instances: Vec<InstanceView>,
     pub created_at: Millis,
     pub updated_at: Millis,
@@ -233,6 +236,18 @@ pub struct InstanceReport {
     /// a placement failure, not a crash of the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taken_ports: Vec<u16>,
+    /// `reason` as data. Absent from an older agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<berth_core::Reason>,
+}
+
+impl InstanceReport {
+    /// Says why, in data and in words.
+    pub fn because(mut self, why: berth_core::Reason) -> Self {
+        self.reason = Some(why.to_string());
+        self.cause = Some(why);
+        self
+    }
 }
 
 /// A command to run inside a live instance (`berth app NAME exec`), as the server hands it to

@@ -3,10 +3,12 @@
 pub mod duration;
 pub mod hosts;
 pub mod model;
+pub mod reason;
 pub mod sink;
 pub mod spec;
 
 pub use duration::Dur;
 pub use model::*;
+pub use reason::{Exit, Reason};
 pub use sink::LogSink;
 pub use spec::{AlertMetric, AlertRule, AppSpec, SpecError, SpecErrors, Strategy};

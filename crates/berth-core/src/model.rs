@@ -359,9 +359,23 @@ pub struct Instance {
     /// older server: they count at their app's current spec.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allocated: Option<Allocation>,
+    /// `reason` as data, with its kind. Absent for reasons from an older agent or server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<crate::Reason>,
 }
 
 impl Instance {
+    /// Says why, in data (`cause`) and in words (`reason`).
+    pub fn set_reason(&mut self, why: crate::Reason) {
+        self.reason = Some(why.to_string());
+        self.cause = Some(why);
+    }
+
+    pub fn clear_reason(&mut self) {
+        self.reason = None;
+        self.cause = None;
+    }
+
     /// `host:port` where the first port answers.
     pub fn address(&self) -> Option<String> {
         self.host_ports.first().map(|p| format!("{}:{p}", self.host))
@@ -418,18 +432,37 @@ pub struct Node {
 
 impl Node {
     /// The driver this node uses for `spec`, or why it cannot run it.
-    pub fn driver_for(&self, spec: &AppSpec) -> Result<DriverKind, String> {
+    pub fn driver_for(&self, spec: &AppSpec) -> Result<DriverKind, NoDriver> {
         match spec.driver {
             Some(kind) if self.drivers.contains(&kind) => Ok(kind),
-            Some(kind) => Err(format!("node has no {kind} driver")),
+            Some(kind) => Err(NoDriver::Named(kind)),
             None => {
                 let runnable = |kind: &DriverKind| match kind {
                     DriverKind::Docker => spec.image.is_some(),
                     DriverKind::Exec => spec.command.is_some(),
                 };
-                self.drivers.iter().copied().find(runnable).ok_or_else(|| {
-                    "node has no driver that can run this app (docker needs an engine; exec needs a command)".into()
-                })
+                self.drivers.iter().copied().find(runnable).ok_or(NoDriver::NoneRuns)
+            }
+        }
+    }
+}
+
+/// Why a node cannot run an app at all.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NoDriver {
+    /// The spec names a driver the node lacks.
+    Named(DriverKind),
+    /// The spec names none, and none of the node's can run it.
+    NoneRuns,
+}
+
+impl fmt::Display for NoDriver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NoDriver::Named(kind) => write!(f, "node has no {kind} driver"),
+            NoDriver::NoneRuns => {
+                f.write_str("node has no driver that can run this app (docker needs an engine; exec needs a command)")
             }
         }
     }

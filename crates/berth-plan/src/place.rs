@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
+use berth_core::reason::{NodeRejection, Rejection, Unplaceable};
 use berth_core::spec::{ConstraintOp, DriverKind, NetworkMode};
 use berth_core::{Allocation, AppSpec, Instance, Node, NodeStatus};
 
@@ -61,16 +62,16 @@ pub fn ports_needed(spec: &AppSpec, driver: DriverKind) -> usize {
     }
 }
 
-/// Picks a node for one instance of `app`, or returns why no node fits, node by node.
+/// Picks a node for one instance of `app`, or says why no node fits, node by node.
 pub fn place(
     app: &str,
     spec: &AppSpec,
     nodes: &[&Node],
     usage: &HashMap<String, NodeUsage>,
-) -> Result<Placement, Vec<String>> {
+) -> Result<Placement, Unplaceable> {
     let empty = NodeUsage::default();
     let mut best: Option<(Placement, (usize, u64))> = None;
-    let mut reasons = Vec::new();
+    let mut refused = Vec::new();
     for node in nodes {
         let used = usage.get(&node.id).unwrap_or(&empty);
         match feasible(app, spec, node, used) {
@@ -82,13 +83,13 @@ pub fn place(
                     best = Some((placement, (same_app, load)));
                 }
             }
-            Err(why) => reasons.push(format!("{}: {why}", node.hostname)),
+            Err(why) => refused.push(NodeRejection { node: node.hostname.clone(), why }),
         }
     }
     match best {
         Some((placement, _)) => Ok(placement),
-        None if nodes.is_empty() => Err(vec!["no ready node".into()]),
-        None => Err(reasons),
+        None if nodes.is_empty() => Err(Unplaceable::NoReadyNode),
+        None => Err(Unplaceable::Refused { nodes: refused }),
     }
 }
 
@@ -98,18 +99,18 @@ fn load_per_mille(node: &Node, used: &NodeUsage) -> u64 {
     ((cpu + mem) * 500.0) as u64
 }
 
-fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<Placement, String> {
+fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<Placement, Rejection> {
     if node.status != NodeStatus::Ready {
-        return Err("node is down".into());
+        return Err(Rejection::NodeDown);
     }
-    let driver = node.driver_for(spec)?;
+    let driver = node.driver_for(spec).map_err(|why| Rejection::NoDriver { why })?;
     let cpu = spec.cpu.unwrap_or(0.0);
     if used.cpu + cpu > node.resources.cpu + 1e-9 {
-        return Err(format!("cpu: {:.2} free, {cpu} needed", (node.resources.cpu - used.cpu).max(0.0)));
+        return Err(Rejection::Cpu { free: (node.resources.cpu - used.cpu).max(0.0), needed: cpu });
     }
     let memory = spec.memory.unwrap_or(0);
     if used.memory + memory > node.resources.memory {
-        return Err(format!("memory: {} MiB free, {memory} needed", node.resources.memory.saturating_sub(used.memory)));
+        return Err(Rejection::Memory { free: node.resources.memory.saturating_sub(used.memory), needed: memory });
     }
     let on_node = used.per_app.get(app).copied().unwrap_or(0);
     for c in &spec.constraints {
@@ -119,16 +120,25 @@ fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<
         };
         match c.op {
             ConstraintOp::Unique if c.field == "hostname" && on_node > 0 => {
-                return Err(format!("{c}: an instance already runs here"));
+                return Err(Rejection::Constraint {
+                    constraint: c.to_string(),
+                    found: "an instance already runs here".into(),
+                });
             }
             ConstraintOp::MaxPer if c.field == "hostname" => {
                 let max: usize = c.value.as_deref().and_then(|v| v.parse().ok()).unwrap_or(1);
                 if on_node >= max {
-                    return Err(format!("{c}: {on_node} instance(s) already here"));
+                    return Err(Rejection::Constraint {
+                        constraint: c.to_string(),
+                        found: format!("{on_node} instance(s) already here"),
+                    });
                 }
             }
             ConstraintOp::Cluster if value != c.value.as_deref() => {
-                return Err(format!("{c}: node has {}", value.unwrap_or("no such field")));
+                return Err(Rejection::Constraint {
+                    constraint: c.to_string(),
+                    found: format!("node has {}", value.unwrap_or("no such field")),
+                });
             }
             // UNIQUE and MAX_PER on other fields, GROUP_BY, LIKE and UNLIKE are parsed but not yet enforced.
             _ => {}
@@ -140,8 +150,7 @@ fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<
     let host_ports: Vec<u16> = (low..=high).filter(free).take(wanted).collect();
     if host_ports.len() < wanted {
         let held = node.taken_ports.range(low..=high).count();
-        let held = if held > 0 { format!(" ({held} held by other processes)") } else { String::new() };
-        return Err(format!("ports: {} free in {low}-{high}{held}, {wanted} needed", host_ports.len()));
+        return Err(Rejection::Ports { free: host_ports.len(), low, high, held, needed: wanted });
     }
     Ok(Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports })
 }
@@ -207,9 +216,13 @@ mod tests {
             Allocation::of(&s),
             &[30004, 30005],
         );
-        let reasons = place("g/web", &s, &nodes, &usage).unwrap_err();
-        assert_eq!(reasons.len(), 2);
-        assert!(reasons[0].contains("cpu: 0.00 free, 0.5 needed"), "{reasons:?}");
+        let Unplaceable::Refused { nodes: refused } = place("g/web", &s, &nodes, &usage).unwrap_err() else {
+            panic!("two nodes refuse, each with its reason")
+        };
+        assert_eq!(refused.len(), 2);
+        assert_eq!(refused[0].why, Rejection::Cpu { free: 0.0, needed: 0.5 });
+        assert!(refused[0].to_string().ends_with("cpu: 0.00 free, 0.5 needed"), "{refused:?}");
+        assert_eq!(place("g/web", &s, &[], &usage), Err(Unplaceable::NoReadyNode));
     }
 
     #[test]
@@ -219,7 +232,7 @@ mod tests {
         let mut usage = HashMap::new();
         let p = place("g/web", &s, &[&a], &usage).unwrap();
         usage.entry(p.node).or_insert_with(NodeUsage::default).add("g/web", Allocation::of(&s), &p.host_ports);
-        let why = place("g/web", &s, &[&a], &usage).unwrap_err();
+        let why = place("g/web", &s, &[&a], &usage).unwrap_err().lines();
         assert!(why[0].contains("hostname:UNIQUE"), "{why:?}");
         assert!(place("g/other", &s, &[&a], &usage).is_ok(), "other apps are not affected");
     }
@@ -231,11 +244,11 @@ mod tests {
         assert_eq!(place("g/web", &s, &[&a, &b], &HashMap::new()).unwrap().node, "b");
         let mut exec_only = node("c", 8.0);
         exec_only.drivers = vec![DriverKind::Exec];
-        let why = place("g/web", &spec(""), &[&exec_only], &HashMap::new()).unwrap_err();
+        let why = place("g/web", &spec(""), &[&exec_only], &HashMap::new()).unwrap_err().lines();
         assert!(why[0].contains("driver"), "{why:?}");
         let mut full = NodeUsage::default();
         full.ports.extend(30000..=30008);
-        let why = place("g/web", &spec(""), &[&a], &HashMap::from([("a".to_string(), full)])).unwrap_err();
+        let why = place("g/web", &spec(""), &[&a], &HashMap::from([("a".to_string(), full)])).unwrap_err().lines();
         assert!(why[0].contains("ports: 1 free"), "{why:?}");
     }
 
@@ -247,7 +260,7 @@ mod tests {
         let p = place("g/web", &s, &[&a], &HashMap::new()).unwrap();
         assert_eq!(p.host_ports, vec![30001, 30003]);
         a.taken_ports.extend(30003..=30009);
-        let why = place("g/web", &s, &[&a], &HashMap::new()).unwrap_err();
+        let why = place("g/web", &s, &[&a], &HashMap::new()).unwrap_err().lines();
         assert!(why[0].contains("ports: 1 free in 30000-30009 (9 held by other processes), 2 needed"), "{why:?}");
     }
 }

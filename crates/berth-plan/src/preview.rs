@@ -9,6 +9,8 @@ use berth_core::{Allocation, App, AppSpec, DeploymentKind, Instance, Node, NodeS
 use serde::Serialize;
 use serde_json::Value;
 
+use berth_core::reason::Unplaceable;
+
 use crate::place::{self, NodeUsage};
 use crate::rolling;
 
@@ -42,9 +44,12 @@ pub struct Preview {
     pub steps: Vec<String>,
     /// Instances of the new spec that fit on the ready nodes now, beside everything else.
     pub placeable: u32,
-    /// Why the rest do not fit, node by node.
+    /// Why the rest do not fit, node by node, for people.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unplaceable: Vec<String>,
+    /// The same as data: each node's rejection with its kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_unplaceable: Option<Unplaceable>,
     /// A new version's first step, taken while the old instances still hold their resources.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub first_step: Option<FirstStep>,
@@ -64,6 +69,8 @@ pub struct FirstStep {
     pub stalls: bool,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub unplaceable: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why_unplaceable: Option<Unplaceable>,
 }
 
 impl Preview {
@@ -97,17 +104,18 @@ pub fn preview<'a>(
     let ready: Vec<&Node> = nodes.iter().filter(|n| n.status == NodeStatus::Ready).collect();
     // In the end the new version's instances replace this app's: count everything else as it is.
     let others = place::usage(instances.iter().filter(|i| i.app != id), &spec_of);
-    let (placeable, unplaceable) = fit(&id, spec, &ready, others, spec.instances);
+    let (placeable, why_unplaceable) = fit(&id, spec, &ready, others, spec.instances);
     let first_step = first_step(current.filter(|_| new_version), spec).map(|(start, stop)| {
         // At the peak, every instance now (this app's old ones too) still holds what it has.
         let all = place::usage(instances.iter(), &spec_of);
-        let (placeable, unplaceable) = fit(&id, spec, &ready, all, start);
+        let (placeable, why_unplaceable) = fit(&id, spec, &ready, all, start);
         let stalls = match spec.upgrade.strategy {
             // Blue-green stops nothing old before every new instance is healthy.
             Strategy::BlueGreen => placeable < start,
             Strategy::Rolling => placeable == 0 && stop == 0 && start > 0,
         };
-        FirstStep { start, stop, placeable, stalls, unplaceable }
+        let unplaceable = why_unplaceable.as_ref().map(Unplaceable::lines).unwrap_or_default();
+        FirstStep { start, stop, placeable, stalls, unplaceable, why_unplaceable }
     });
     Preview {
         app: id,
@@ -118,7 +126,8 @@ pub fn preview<'a>(
         resets_scale,
         steps,
         placeable,
-        unplaceable,
+        unplaceable: why_unplaceable.as_ref().map(Unplaceable::lines).unwrap_or_default(),
+        why_unplaceable,
         first_step,
     }
 }
@@ -130,7 +139,7 @@ fn fit(
     ready: &[&Node],
     mut usage: HashMap<String, NodeUsage>,
     count: u32,
-) -> (u32, Vec<String>) {
+) -> (u32, Option<Unplaceable>) {
     let mut placed = 0;
     for _ in 0..count {
         match place::place(id, spec, ready, &usage) {
@@ -138,10 +147,10 @@ fn fit(
                 usage.entry(p.node.clone()).or_default().add(id, Allocation::of(spec), &p.host_ports);
                 placed += 1;
             }
-            Err(reasons) => return (placed, reasons),
+            Err(why) => return (placed, Some(why)),
         }
     }
-    (placed, Vec::new())
+    (placed, None)
 }
 
 /// The new instances a new version's first step starts and the old ones it stops, as the

@@ -2,7 +2,11 @@
 
 use std::collections::HashMap;
 
-use berth_core::{Allocation, App, DeploymentState, Desired, Instance, InstanceState, Millis, Node, NodeStatus};
+use berth_core::{
+    Allocation, App, DeploymentState, Desired, Instance, InstanceState, Millis, Node, NodeStatus, Reason,
+};
+
+use berth_core::reason::Waiting;
 
 use crate::deploy::{self, Verdict};
 use crate::place::{self, Placement};
@@ -45,12 +49,12 @@ pub enum Action {
     /// Ask the node to stop a live instance.
     Stop {
         instance: String,
-        reason: String,
+        reason: Reason,
     },
     /// Stop an instance that never turned healthy in time; it counts as a failure of its app.
     Expire {
         instance: String,
-        reason: String,
+        reason: Reason,
     },
     /// The instance stayed healthy for `min_healthy_time`: it takes traffic from now on.
     Admit {
@@ -75,7 +79,7 @@ pub enum Action {
     /// An instance that can no longer be reached (its node is lost) is failed.
     Fail {
         instance: String,
-        reason: String,
+        reason: Reason,
     },
     NodeDown {
         node: String,
@@ -98,7 +102,7 @@ pub enum Action {
 pub struct Pending {
     pub app: String,
     pub missing: usize,
-    pub reasons: Vec<String>,
+    pub why: Waiting,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -139,7 +143,8 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     let mut failed_now = Vec::new();
     for inst in &snapshot.instances {
         if inst.state.is_live() && lost_nodes.contains(&inst.node.as_str()) {
-            plan.actions.push(Action::Fail { instance: inst.id.clone(), reason: format!("node {} lost", inst.node) });
+            plan.actions
+                .push(Action::Fail { instance: inst.id.clone(), reason: Reason::NodeLost { node: inst.node.clone() } });
             failed_now.push(inst.id.as_str());
         }
     }
@@ -167,7 +172,7 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     for (_, instances) in by_app {
         for inst in instances {
             if wanted(inst) {
-                plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: "app no longer exists".into() });
+                plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: Reason::AppGone });
             } else if inst.state.is_terminal() {
                 plan.actions.push(Action::Forget { instance: inst.id.clone() });
             }
@@ -191,7 +196,7 @@ fn reconcile_app(
 
     if app.destroying {
         for inst in &live {
-            plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: "app destroyed".into() });
+            plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: Reason::AppDestroyed });
         }
         if instances.iter().all(|i| i.state.is_terminal()) {
             plan.actions.extend(instances.iter().map(|i| Action::Forget { instance: i.id.clone() }));
@@ -223,7 +228,7 @@ fn reconcile_app(
 
     let target = app.instances as usize;
     let (new, mut old): (Vec<&Instance>, Vec<&Instance>) = live.iter().partition(|i| app.is_current(i.version));
-    let mut stops: Vec<(&Instance, &str)> = Vec::new();
+    let mut stops: Vec<(&Instance, Reason)> = Vec::new();
     let mut start = 0usize;
 
     // Blue-green keeps the previous set, without traffic, for the rollback window.
@@ -234,7 +239,7 @@ fn reconcile_app(
     {
         let until = switched + app.spec.upgrade.rollback_window.as_millis() as i64;
         if now >= until {
-            stops.extend(old.iter().map(|i| (*i, "blue-green rollback window over")));
+            stops.extend(old.iter().map(|i| (*i, Reason::RollbackWindowOver)));
         } else {
             plan.check_by(until);
         }
@@ -249,7 +254,7 @@ fn reconcile_app(
             // Scale down: drop the least useful first (not started, then not ready, then newest).
             let mut extra = new.clone();
             extra.sort_by_key(|i| (i.state == InstanceState::Running, i.is_ready(), std::cmp::Reverse(i.created_at)));
-            stops.extend(extra.into_iter().take(new.len() - target).map(|i| (i, "scaled down")));
+            stops.extend(extra.into_iter().take(new.len() - target).map(|i| (i, Reason::ScaledDown)));
         } else {
             start = target - new.len();
         }
@@ -269,13 +274,13 @@ fn reconcile_app(
             old_ready,
         };
         let step = rolling::step(counts, app.spec.upgrade.min_health_capacity, app.spec.upgrade.max_over_capacity);
-        stops.extend(old.iter().filter(|i| !i.is_ready()).map(|i| (*i, "replaced by a new version")));
+        stops.extend(old.iter().filter(|i| !i.is_ready()).map(|i| (*i, Reason::Replaced)));
         let mut ready_old: Vec<&Instance> = old.iter().copied().filter(|i| i.is_ready()).collect();
         ready_old.sort_by_key(|i| i.version);
-        stops.extend(ready_old.into_iter().take(step.stop_ready_old).map(|i| (i, "replaced by a new version")));
+        stops.extend(ready_old.into_iter().take(step.stop_ready_old).map(|i| (i, Reason::Replaced)));
         start = step.start_new;
         if new.len() > target {
-            stops.extend(new.iter().skip(target).map(|i| (*i, "scaled down")));
+            stops.extend(new.iter().skip(target).map(|i| (*i, Reason::ScaledDown)));
         }
     }
     let stopping = instances.iter().any(|i| i.state.is_live() && i.desired == Desired::Stop);
@@ -299,7 +304,7 @@ fn reconcile_app(
     }
 
     for (inst, reason) in stops {
-        plan.actions.push(Action::Stop { instance: inst.id.clone(), reason: reason.to_string() });
+        plan.actions.push(Action::Stop { instance: inst.id.clone(), reason });
     }
     if start == 0 {
         return;
@@ -309,11 +314,7 @@ fn reconcile_app(
         plan.pending.push(Pending {
             app: id.to_string(),
             missing: start,
-            reasons: vec![format!(
-                "launch backoff after {} failure(s): next try in {} ms",
-                app.backoff.failures,
-                app.backoff.not_before - now
-            )],
+            why: Waiting::Backoff { failures: app.backoff.failures, next_in_ms: app.backoff.not_before - now },
         });
         return;
     }
@@ -327,8 +328,9 @@ fn reconcile_app(
                 );
                 plan.actions.push(Action::Place { app: id.to_string(), version: app.version, placement });
             }
-            Err(reasons) => {
-                plan.pending.push(Pending { app: id.to_string(), missing: start - placed, reasons });
+            Err(why) => {
+                let why = Waiting::Unplaceable { why };
+                plan.pending.push(Pending { app: id.to_string(), missing: start - placed, why });
                 break;
             }
         }
@@ -353,7 +355,7 @@ fn admit_and_expire(app: &App, live: &[&Instance], now: Millis, plan: &mut Plan)
         if now >= deadline {
             plan.actions.push(Action::Expire {
                 instance: inst.id.clone(),
-                reason: format!("not healthy within healthy_deadline ({})", upgrade.healthy_deadline),
+                reason: Reason::NotHealthyInTime { deadline: upgrade.healthy_deadline },
             });
         } else {
             plan.check_by(deadline);

@@ -101,6 +101,7 @@ pub(crate) fn apply(
                     in_service: false,
                     last_log: Vec::new(),
                     allocated: Some(Allocation::of(&a.spec)),
+                    cause: None,
                 };
                 txn = guard_app(txn, app).expect(instance_key(&id), 0).put(instance_key(&id), encode(&inst));
                 let msg = format!(
@@ -123,17 +124,17 @@ pub(crate) fn apply(
                 };
                 let mut next = (*inst).clone();
                 next.desired = Desired::Stop;
-                next.reason = Some(reason.clone());
+                next.set_reason(reason.clone());
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
                 let expired = matches!(action, Action::Expire { .. });
                 if expired && let Some(app) = app_mut(&mut changed_apps, &apps, &inst.app) {
-                    let effects = deploy::count_failure(app, inst.version, reason, now);
+                    let effects = deploy::count_failure(app, inst.version, &reason.to_string(), now);
                     txn = deployments::write(state, txn, &inst.app, effects, now)?;
                 }
                 let (level, kind) =
                     if expired { (Level::Warn, "instance.unhealthy") } else { (Level::Info, "instance.stopping") };
-                txn = state.with_event(txn, now, level, kind, subject, reason.clone());
+                txn = state.with_event(txn, now, level, kind, subject, reason.to_string());
             }
             Action::Admit { instance } => {
                 let Some(inst) = instances.get(instance.as_str()) else {
@@ -179,12 +180,12 @@ pub(crate) fn apply(
                 };
                 let mut next = (*inst).clone();
                 next.state = InstanceState::Failed;
-                next.reason = Some(reason.clone());
+                next.set_reason(reason.clone());
                 next.finished_at = Some(now);
                 next.healthy = None;
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
-                txn = state.with_event(txn, now, Level::Error, "instance.failed", subject, reason.clone());
+                txn = state.with_event(txn, now, Level::Error, "instance.failed", subject, reason.to_string());
             }
             Action::NodeDown { node } => {
                 let Some(n) = snapshot.nodes.iter().find(|n| &n.id == node) else {

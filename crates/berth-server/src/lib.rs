@@ -64,7 +64,7 @@ pub(crate) struct Shared {
     /// Last heartbeat per node, kept in memory: heartbeats are frequent and need not survive a restart.
     pub heartbeats: Arc<Mutex<HashMap<String, Millis>>>,
     /// Why an app's instances are missing, from the last reconcile.
-    pub pending: Arc<Mutex<HashMap<String, String>>>,
+    pub pending: Arc<Mutex<HashMap<String, berth_plan::Pending>>>,
     /// Each router's last report and when it came, in memory: routers report several times a second.
     pub routers: Arc<Mutex<HashMap<String, (Millis, berth_api::RouterReport)>>>,
     pub logs: Arc<logs::LogStore>,

@@ -87,20 +87,18 @@ fn pass(shared: &Shared, now: i64, settings: Settings) -> Result<Option<i64>, St
     Ok(plan.check_at)
 }
 
-/// Keeps the "why pending" text per app and writes an event when it changes.
+/// Keeps why each app waits, and writes an event when that is news.
 fn record_pending(shared: &Shared, pending: &[berth_plan::Pending], now: i64) -> Result<(), StoreError> {
     let mut known = lock(&shared.pending);
-    let mut current = std::collections::HashMap::new();
-    for p in pending {
-        let text = format!("{} instance(s) waiting: {}", p.missing, p.reasons.join("; "));
-        current.insert(p.app.clone(), text);
-    }
+    let current: std::collections::HashMap<String, berth_plan::Pending> =
+        pending.iter().map(|p| (p.app.clone(), p.clone())).collect();
     let mut txn = berth_store::Txn::default();
-    for (app, text) in &current {
+    for (app, p) in &current {
         // Backoff countdowns change every pass; only a new kind of reason is news.
-        let headline = |t: &str| t.split(':').take(2).collect::<String>();
-        if known.get(app).map(|old| headline(old)) != Some(headline(text)) {
-            txn = shared.state.with_event(txn, now, Level::Warn, "app.pending", Subject::app(app), text.clone());
+        let news = known.get(app).is_none_or(|old| old.missing != p.missing || !old.why.same_news(&p.why));
+        if news {
+            let text = format!("{} instance(s) waiting: {}", p.missing, p.why);
+            txn = shared.state.with_event(txn, now, Level::Warn, "app.pending", Subject::app(app), text);
         }
     }
     *known = current;

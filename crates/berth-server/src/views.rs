@@ -3,7 +3,7 @@
 use berth_api::{AllocatedResources, AppStatus, Counts, CrashLoop, InstanceView, NodeView};
 use berth_core::{App, Desired, Instance, InstanceState, Node};
 
-pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<String>) -> AppStatus {
+pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<&berth_plan::Pending>) -> AppStatus {
     let id = app.id();
     let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.app == id).collect();
     // Live first (oldest first), then the recently ended (newest first).
@@ -44,7 +44,8 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<Stri
         deployment: app.deployment.clone(),
         stable_version: app.stable_version,
         alike: app.alike.clone(),
-        pending,
+        pending: pending.map(|p| format!("{} instance(s) waiting: {}", p.missing, p.why)),
+        waiting: pending.map(|p| p.why.clone()),
         instances: mine.into_iter().cloned().map(InstanceView::from).collect(),
         created_at: app.created_at,
         updated_at: app.updated_at,

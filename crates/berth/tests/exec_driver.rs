@@ -154,6 +154,22 @@ async fn crash_loop_backs_off_exponentially() {
     assert!(crash["last_log"].to_string().contains("crashing on purpose with code 7"), "{crash}");
     let table = p.cli_ok(&["app", "crashy"]).await;
     assert!(table.contains("crash loop") && table.contains("crashing on purpose"), "{table}");
+    // Reasons are data beside the words: each failed instance says how it ended, and the app
+    // says why its next instance waits.
+    let all = status["instances"].as_array().cloned().unwrap_or_default();
+    let failed: Vec<&Value> = all.iter().filter(|i| i["state"] == "failed").collect();
+    assert!(!failed.is_empty(), "{status:#}");
+    for i in &failed {
+        assert_eq!(i["cause"]["kind"], "exited", "{i:#}");
+        assert_eq!(i["cause"]["exit_code"], 7, "{i:#}");
+        assert_eq!(i["reason"], "exited with code 7", "{i:#}");
+    }
+    let waiting = wait_until("the app to wait out its backoff", Duration::from_secs(20), || async {
+        let status = p.status("crashy").await;
+        (status["waiting"]["kind"] == "backoff").then(|| status["waiting"].clone())
+    })
+    .await;
+    assert!(waiting["failures"].as_u64().unwrap_or(0) >= 3, "{waiting}");
 }
 
 /// `instances: 2` where one instance runs and the other always exits 1: the failing slot follows

@@ -14,7 +14,7 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{DriverError, ExitInfo, Handle};
+use super::{DriverError, Exit, Handle};
 
 pub const LABEL_INSTANCE: &str = "berth.instance";
 pub const LABEL_APP: &str = "berth.app";
@@ -163,7 +163,7 @@ impl DockerDriver {
         Ok(Handle { instance: inst.id.clone(), id: created.id })
     }
 
-    pub async fn wait(&self, handle: &Handle) -> ExitInfo {
+    pub async fn wait(&self, handle: &Handle) -> Exit {
         // The stream ends when the container stops; its result carries no OOM flag, so inspect after.
         let mut stream = self.docker.wait_container(&handle.id, None);
         while stream.next().await.is_some() {}
@@ -184,18 +184,14 @@ impl DockerDriver {
                     if state.exit_code == Some(137) && !oom_killed {
                         oom_killed = self.oom_flag_settles(&handle.id).await;
                     }
-                    return ExitInfo {
+                    return Exit {
                         exit_code: state.exit_code,
                         oom_killed,
                         detail: state.error.filter(|e| !e.is_empty()),
                     };
                 }
                 Err(e) => {
-                    return ExitInfo {
-                        exit_code: None,
-                        oom_killed: false,
-                        detail: Some(format!("container gone: {e}")),
-                    };
+                    return Exit { exit_code: None, oom_killed: false, detail: Some(format!("container gone: {e}")) };
                 }
             }
         }

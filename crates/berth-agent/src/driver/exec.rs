@@ -11,7 +11,7 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::{DriverError, ExitInfo, Handle};
+use super::{DriverError, Exit, Handle};
 
 /// Environment variables passed through from the agent to every process.
 const INHERITED: [&str; 6] = ["PATH", "HOME", "USER", "LANG", "TMPDIR", "TZ"];
@@ -84,7 +84,7 @@ impl ExecDriver {
         Ok(Handle { instance: id.clone(), id: pid.to_string() })
     }
 
-    pub async fn wait(&self, handle: &Handle) -> ExitInfo {
+    pub async fn wait(&self, handle: &Handle) -> Exit {
         let child = self.children.lock().unwrap_or_else(|p| p.into_inner()).remove(&handle.instance);
         match child {
             Some(mut child) => match child.wait().await {
@@ -94,9 +94,9 @@ impl ExecDriver {
                         .signal()
                         .map(|s| Signal::try_from(s).map_or(format!("signal {s}"), |sig| format!("killed by {sig}")));
                     let code = status.code().map(i64::from).or(status.signal().map(|s| 128 + i64::from(s)));
-                    ExitInfo { exit_code: code, oom_killed: false, detail: signal }
+                    Exit { exit_code: code, oom_killed: false, detail: signal }
                 }
-                Err(e) => ExitInfo { exit_code: None, oom_killed: false, detail: Some(format!("wait failed: {e}")) },
+                Err(e) => Exit { exit_code: None, oom_killed: false, detail: Some(format!("wait failed: {e}")) },
             },
             // Adopted after a restart: not our child, so poll until its pid is gone or reused.
             None => {
@@ -104,7 +104,7 @@ impl ExecDriver {
                 let ticks = self.recorded(&handle.instance).map(|s| s.start_ticks);
                 loop {
                     if pid <= 0 || start_ticks(pid) != ticks || ticks.is_none() {
-                        return ExitInfo {
+                        return Exit {
                             exit_code: None,
                             oom_killed: false,
                             detail: Some("exit code unknown: adopted after an agent restart".into()),

@@ -8,6 +8,7 @@ pub(crate) mod session;
 use std::collections::BTreeMap;
 
 use berth_api::Assignment;
+use berth_core::Exit;
 use berth_core::spec::{DriverKind, NetworkMode};
 
 pub use docker::DockerDriver;
@@ -21,35 +22,6 @@ pub enum DriverError {
     Docker(String),
     #[error("{0}")]
     Io(String),
-}
-
-/// How an instance ended.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct ExitInfo {
-    pub exit_code: Option<i64>,
-    pub oom_killed: bool,
-    /// Extra words from the runtime (a signal, an engine error).
-    pub detail: Option<String>,
-}
-
-impl ExitInfo {
-    pub fn describe(&self) -> String {
-        if self.oom_killed {
-            return "OOM-killed: over its memory limit".into();
-        }
-        let mut text = match self.exit_code {
-            // Shells and engines report death by signal N as 128 + N.
-            Some(code) if (129..=192).contains(&code) && self.detail.is_none() => {
-                format!("exited with code {code} (signal {})", code - 128)
-            }
-            Some(code) => format!("exited with code {code}"),
-            None => "exited".into(),
-        };
-        if let Some(d) = &self.detail {
-            text.push_str(&format!(" ({d})"));
-        }
-        text
-    }
 }
 
 /// The runtime's handle on a started instance: a container id or a process group.
@@ -82,7 +54,7 @@ impl Driver {
     }
 
     /// Waits until the instance exits.
-    pub async fn wait(&self, handle: &Handle) -> ExitInfo {
+    pub async fn wait(&self, handle: &Handle) -> Exit {
         match self {
             Driver::Docker(d) => d.wait(handle).await,
             Driver::Exec(d) => d.wait(handle).await,

@@ -59,6 +59,7 @@ fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
         in_service: state == InstanceState::Running,
         last_log: vec![],
         allocated: None,
+        cause: None,
     }
 }
 
@@ -128,7 +129,7 @@ fn failed_instances_are_replaced_after_backoff() {
     let early = run(&snap, 2_500);
     assert_eq!(places(&early), 0);
     assert_eq!(early.check_at, Some(3_000));
-    assert!(early.pending[0].reasons[0].contains("backoff"));
+    assert!(matches!(early.pending[0].why, Waiting::Backoff { failures: 1, next_in_ms: 500 }), "{:?}", early.pending);
     assert_eq!(places(&run(&snap, 3_000)), 1);
 }
 
@@ -203,7 +204,7 @@ fn an_old_version_counts_at_what_it_was_placed_with() {
     let snap = Snapshot { instances: vec![old], ..snap };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 0);
-    assert!(plan.pending[0].reasons[0].contains("memory"), "{:?}", plan.pending);
+    assert!(plan.pending[0].why.to_string().contains("memory"), "{:?}", plan.pending);
 }
 
 #[test]
@@ -231,7 +232,7 @@ fn unplaceable_instances_say_why() {
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 1);
     assert_eq!(plan.pending[0].missing, 1);
-    assert!(plan.pending[0].reasons[0].contains("cpu"), "{:?}", plan.pending);
+    assert!(plan.pending[0].why.to_string().contains("cpu"), "{:?}", plan.pending);
 }
 
 #[test]
@@ -287,7 +288,7 @@ fn an_instance_never_healthy_by_its_deadline_is_expired() {
     let plan = live_run(&snap, 30_000);
     assert!(has(
         &plan,
-        |a| matches!(a, Action::Expire { instance, reason } if instance == "a" && reason.contains("30s"))
+        |a| matches!(a, Action::Expire { instance, reason: Reason::NotHealthyInTime { deadline } } if instance == "a" && deadline.to_string() == "30s")
     ));
 }
 

@@ -28,7 +28,7 @@ fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
     let app = shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).get(id).cloned();
-    Ok(views::app_status(&app.value, &instances, pending))
+    Ok(views::app_status(&app.value, &instances, pending.as_ref()))
 }
 
 pub(super) async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
@@ -41,7 +41,7 @@ pub(super) async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Res
         .into_iter()
         .map(|a| {
             let id = a.value.id();
-            views::app_status(&a.value, &instances, pending.get(&id).cloned())
+            views::app_status(&a.value, &instances, pending.get(&id))
         })
         .collect();
     Ok(indexed(index, &apps))

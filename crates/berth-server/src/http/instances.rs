@@ -25,7 +25,7 @@ pub(super) async fn restart_instance(AxState(shared): AxState<Shared>, Path(id):
             return Err(ApiError::new(StatusCode::CONFLICT, format!("instance {id} is {} already", inst.state)));
         }
         inst.desired = berth_core::Desired::Stop;
-        inst.reason = Some("restarted on request".into());
+        inst.set_reason(berth_core::Reason::RestartRequested);
         let txn = Txn::default().expect(instance_key(&id), current.mod_revision).put(instance_key(&id), encode(&inst));
         let subject = Subject::instance(&inst.app, &id, &inst.node);
         let txn = shared.state.with_event(
@@ -69,7 +69,7 @@ pub(super) async fn stop_instance(
         let effects = deploy::scale(&mut app, n, now);
         txn = deployments::write(&shared.state, txn, &inst.app, effects, now)?;
         inst.desired = berth_core::Desired::Stop;
-        inst.reason = Some("stopped on request".into());
+        inst.set_reason(berth_core::Reason::StopRequested);
         txn = txn.put(app_key(&inst.app), encode(&app)).put(instance_key(&id), encode(&inst));
         let subject = Subject::instance(&inst.app, &id, &inst.node);
         let msg = format!("stopped on request; {} now runs {n}", inst.app);

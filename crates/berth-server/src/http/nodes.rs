@@ -145,13 +145,11 @@ pub(super) async fn assignments(
 }
 
 fn failure_text(inst: &Instance) -> String {
-    if inst.oom_killed {
-        return "OOM-killed: the instance went over its memory limit".into();
-    }
-    match (&inst.reason, inst.exit_code) {
-        (Some(reason), _) => reason.clone(),
-        (None, Some(code)) => format!("exited with code {code}"),
-        (None, None) => "failed".into(),
+    // The agent's own words when it gave some; an OOM kill says so whatever else was said.
+    let exit = berth_core::Exit { exit_code: inst.exit_code, oom_killed: inst.oom_killed, detail: None };
+    match &inst.reason {
+        Some(reason) if !inst.oom_killed => reason.clone(),
+        _ => exit.to_string(),
     }
 }
 
@@ -182,9 +180,10 @@ pub(super) async fn reports(
             inst.oom_killed |= report.oom_killed;
             if report.reason.is_some() {
                 inst.reason = report.reason.clone();
+                inst.cause = report.cause.clone();
             } else if report.healthy == Some(true) && inst.state.is_live() {
                 // Its check passes again: the failure it was showing is over.
-                inst.reason = None;
+                inst.clear_reason();
             }
             if !report.last_log.is_empty() {
                 inst.last_log = report.last_log.iter().take(20).cloned().collect();

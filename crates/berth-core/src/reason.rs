@@ -1,0 +1,299 @@
+//! Why things end, as data: one description of a process's exit, shared by the agent that sees
+//! it and the server that reports it, and the reasons an instance stops or fails. The records
+//! keep the data (`cause`) beside the words people read (`reason`).
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+use crate::Dur;
+use crate::model::NoDriver;
+use crate::spec::DriverKind;
+
+/// Why an instance stopped, failed, or was stopped; `kind` names it for scripts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Reason {
+    /// The app wants fewer instances.
+    ScaledDown,
+    /// A new version's instance takes its place.
+    Replaced,
+    /// Blue-green: the previous set is kept without traffic only for `rollback_window`.
+    RollbackWindowOver,
+    AppDestroyed,
+    /// Its app is no longer in the store.
+    AppGone,
+    /// Never healthy within `healthy_deadline`.
+    NotHealthyInTime {
+        deadline: Dur,
+    },
+    RestartRequested,
+    StopRequested,
+    /// Told to stop while it was being started.
+    StoppedBeforeStart,
+    /// Its node stopped heartbeating.
+    NodeLost {
+        node: String,
+    },
+    /// It ended on its own.
+    Exited(Exit),
+    /// Another process on the node holds some of its host ports.
+    PortsTaken {
+        ports: Vec<u16>,
+    },
+    /// Its health check fails (while it starts, or now): the check's last result.
+    HealthCheck {
+        result: String,
+    },
+    /// It failed its health checks and was stopped.
+    Unhealthy {
+        result: String,
+    },
+    /// The runtime could not start it.
+    StartFailed {
+        error: String,
+    },
+    /// The node has no driver of this kind.
+    NoDriver {
+        driver: DriverKind,
+    },
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Reason::ScaledDown => f.write_str("scaled down"),
+            Reason::Replaced => f.write_str("replaced by a new version"),
+            Reason::RollbackWindowOver => f.write_str("blue-green rollback window over"),
+            Reason::AppDestroyed => f.write_str("app destroyed"),
+            Reason::AppGone => f.write_str("app no longer exists"),
+            Reason::NotHealthyInTime { deadline } => write!(f, "not healthy within healthy_deadline ({deadline})"),
+            Reason::RestartRequested => f.write_str("restarted on request"),
+            Reason::StopRequested => f.write_str("stopped on request"),
+            Reason::StoppedBeforeStart => f.write_str("stopped before it started"),
+            Reason::NodeLost { node } => write!(f, "node {node} lost"),
+            Reason::Exited(exit) => exit.fmt(f),
+            Reason::PortsTaken { ports } => {
+                let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+                write!(f, "host port {} held by another process on this node", list.join(", "))
+            }
+            Reason::HealthCheck { result } => write!(f, "health check: {result}"),
+            Reason::Unhealthy { result } | Reason::StartFailed { error: result } => f.write_str(result),
+            Reason::NoDriver { driver } => write!(f, "this node has no {driver} driver"),
+        }
+    }
+}
+
+/// How an instance's process or container ended.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Exit {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    #[serde(default)]
+    pub oom_killed: bool,
+    /// Extra words from the runtime (a signal, an engine error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+impl fmt::Display for Exit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.oom_killed {
+            return f.write_str("OOM-killed: over its memory limit");
+        }
+        match self.exit_code {
+            // Shells and engines report death by signal N as 128 + N.
+            Some(code) if (129..=192).contains(&code) && self.detail.is_none() => {
+                write!(f, "exited with code {code} (signal {})", code - 128)?
+            }
+            Some(code) => write!(f, "exited with code {code}")?,
+            None => f.write_str("exited")?,
+        }
+        match &self.detail {
+            Some(d) => write!(f, " ({d})"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Why one node cannot take an instance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Rejection {
+    NodeDown,
+    NoDriver {
+        why: NoDriver,
+    },
+    Cpu {
+        free: f64,
+        needed: f64,
+    },
+    /// MiB.
+    Memory {
+        free: u64,
+        needed: u64,
+    },
+    /// A placement constraint the node does not meet, and what the node has.
+    Constraint {
+        constraint: String,
+        found: String,
+    },
+    /// Host ports: how many are free in the node's range (`held` taken by other processes).
+    Ports {
+        free: usize,
+        low: u16,
+        high: u16,
+        held: usize,
+        needed: usize,
+    },
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Rejection::NodeDown => f.write_str("node is down"),
+            Rejection::NoDriver { why } => why.fmt(f),
+            Rejection::Cpu { free, needed } => write!(f, "cpu: {free:.2} free, {needed} needed"),
+            Rejection::Memory { free, needed } => write!(f, "memory: {free} MiB free, {needed} needed"),
+            Rejection::Constraint { constraint, found } => write!(f, "{constraint}: {found}"),
+            Rejection::Ports { free, low, high, held, needed } => {
+                let held = if *held > 0 { format!(" ({held} held by other processes)") } else { String::new() };
+                write!(f, "ports: {free} free in {low}-{high}{held}, {needed} needed")
+            }
+        }
+    }
+}
+
+/// A node that cannot take an instance, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeRejection {
+    /// The node's hostname.
+    pub node: String,
+    #[serde(flatten)]
+    pub why: Rejection,
+}
+
+impl fmt::Display for NodeRejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.node, self.why)
+    }
+}
+
+/// Why an instance cannot be placed anywhere.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Unplaceable {
+    NoReadyNode,
+    /// Every ready node refused, each for its reason.
+    Refused {
+        nodes: Vec<NodeRejection>,
+    },
+}
+
+impl Unplaceable {
+    /// One line per node, for people.
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Unplaceable::NoReadyNode => vec!["no ready node".into()],
+            Unplaceable::Refused { nodes } => nodes.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl fmt::Display for Unplaceable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.lines().join("; "))
+    }
+}
+
+/// Why instances an app wants are not placed yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Waiting {
+    /// Its launches are slowed after failures in a row.
+    Backoff { failures: u32, next_in_ms: i64 },
+    /// No node can take one.
+    Unplaceable { why: Unplaceable },
+}
+
+impl Waiting {
+    /// Whether `other` says the same thing, countdowns aside: only a new kind of reason is news.
+    pub fn same_news(&self, other: &Waiting) -> bool {
+        match (self, other) {
+            (Waiting::Backoff { failures: a, .. }, Waiting::Backoff { failures: b, .. }) => a == b,
+            (Waiting::Unplaceable { why: a }, Waiting::Unplaceable { why: b }) => match (a, b) {
+                (Unplaceable::Refused { nodes: a }, Unplaceable::Refused { nodes: b }) => {
+                    let kinds = |n: &[NodeRejection]| -> Vec<(String, std::mem::Discriminant<Rejection>)> {
+                        n.iter().map(|r| (r.node.clone(), std::mem::discriminant(&r.why))).collect()
+                    };
+                    kinds(a) == kinds(b)
+                }
+                (a, b) => a == b,
+            },
+            _ => false,
+        }
+    }
+}
+
+impl fmt::Display for Waiting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Waiting::Backoff { failures, next_in_ms } => {
+                write!(f, "launch backoff after {failures} failure(s): next try in {next_in_ms} ms")
+            }
+            Waiting::Unplaceable { why } => why.fmt(f),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reason_is_data_with_a_kind_and_words() {
+        let lost = Reason::NodeLost { node: "n1".into() };
+        assert_eq!(lost.to_string(), "node n1 lost");
+        let json = serde_json::to_value(&lost).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "node_lost", "node": "n1"}));
+        let exited = Reason::Exited(Exit { exit_code: Some(3), ..Default::default() });
+        let json = serde_json::to_value(&exited).unwrap();
+        assert_eq!(json, serde_json::json!({"kind": "exited", "exit_code": 3, "oom_killed": false}));
+        assert_eq!(serde_json::from_value::<Reason>(json).unwrap(), exited);
+        assert_eq!(
+            Reason::PortsTaken { ports: vec![80, 81] }.to_string(),
+            "host port 80, 81 held by another process on this node"
+        );
+    }
+
+    #[test]
+    fn waiting_is_news_only_when_its_kind_changes() {
+        let backoff = |failures, next_in_ms| Waiting::Backoff { failures, next_in_ms };
+        assert!(backoff(2, 900).same_news(&backoff(2, 300)), "a countdown is not news");
+        assert!(!backoff(2, 900).same_news(&backoff(3, 900)));
+        let refused = |why| Waiting::Unplaceable {
+            why: Unplaceable::Refused { nodes: vec![NodeRejection { node: "h1".into(), why }] },
+        };
+        let memory = |free| refused(Rejection::Memory { free, needed: 512 });
+        assert!(memory(100).same_news(&memory(200)));
+        assert!(!memory(100).same_news(&refused(Rejection::NodeDown)));
+        assert!(!memory(100).same_news(&backoff(1, 10)));
+        assert_eq!(memory(100).to_string(), "h1: memory: 100 MiB free, 512 needed");
+        let json = serde_json::to_value(memory(100)).unwrap();
+        assert_eq!(
+            json["why"]["nodes"][0],
+            serde_json::json!({"node": "h1", "kind": "memory", "free": 100, "needed": 512})
+        );
+    }
+
+    #[test]
+    fn an_exit_says_code_signal_or_oom() {
+        let exit = |code, oom, detail: Option<&str>| {
+            Exit { exit_code: code, oom_killed: oom, detail: detail.map(str::to_string) }.to_string()
+        };
+        assert_eq!(exit(Some(3), false, None), "exited with code 3");
+        assert_eq!(exit(Some(137), false, None), "exited with code 137 (signal 9)");
+        assert_eq!(exit(Some(137), true, None), "OOM-killed: over its memory limit");
+        assert_eq!(exit(None, false, Some("adopted")), "exited (adopted)");
+    }
+}
