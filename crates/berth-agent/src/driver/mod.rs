@@ -109,10 +109,16 @@ impl Driver {
             Driver::Docker(d) => {
                 let _ = std::fs::create_dir_all(cursors);
                 let cursor = cursors.join(&handle.instance);
-                tokio::spawn(crate::logs::follow_container(d.client().clone(), handle.id.clone(), origin, sink, cursor))
+                tokio::spawn(docker::logs::follow_container(
+                    d.client().clone(),
+                    handle.id.clone(),
+                    origin,
+                    sink,
+                    cursor,
+                ))
             }
             Driver::Exec(d) => {
-                tokio::spawn(crate::logs::follow_files(d.instance_dir(&handle.instance), origin, sink, ended))
+                tokio::spawn(exec::logs::follow_files(d.instance_dir(&handle.instance), origin, sink, ended))
             }
         }
     }
@@ -120,10 +126,10 @@ impl Driver {
     /// One resource reading of a live instance.
     pub async fn read_usage(&self, handle: &Handle) -> Option<crate::metrics::Reading> {
         match self {
-            Driver::Docker(d) => crate::metrics::read_container(d.client(), &handle.id).await,
+            Driver::Docker(d) => docker::stats::read_container(d.client(), &handle.id).await,
             Driver::Exec(_) => {
                 let leader: i32 = handle.id.parse().ok()?;
-                tokio::task::spawn_blocking(move || crate::metrics::read_process_group(leader)).await.ok()?
+                tokio::task::spawn_blocking(move || exec::stats::read_process_group(leader)).await.ok()?
             }
         }
     }
@@ -140,8 +146,8 @@ impl Driver {
     ) -> berth_api::ExecResult {
         let ran = tokio::time::timeout(timeout, async {
             match self {
-                Driver::Docker(d) => exec_in_container(d.client(), &handle.id, command).await,
-                Driver::Exec(d) => exec_beside(&d.instance_dir(&handle.instance), command, env).await,
+                Driver::Docker(d) => docker::commands::collected(d.client(), &handle.id, command).await,
+                Driver::Exec(d) => exec::commands::collected(&d.instance_dir(&handle.instance), command, env).await,
             }
         })
         .await;
@@ -167,8 +173,8 @@ impl Driver {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let session = match self {
-            Driver::Docker(d) => session::start_in_container(d.client(), &handle.id, req).await,
-            Driver::Exec(d) => session::start_beside(&d.instance_dir(&handle.instance), req, env),
+            Driver::Docker(d) => docker::commands::attached(d.client(), &handle.id, req).await,
+            Driver::Exec(d) => exec::commands::attached(&d.instance_dir(&handle.instance), req, env),
         };
         session::pump(io, session).await;
     }
@@ -216,65 +222,5 @@ pub fn instance_env(a: &Assignment, driver: DriverKind) -> BTreeMap<String, Stri
 fn host_timezone() -> Option<String> {
     std::env::var("TZ").ok().filter(|tz| !tz.is_empty()).or_else(|| {
         std::fs::read_to_string("/etc/timezone").ok().map(|s| s.trim().to_string()).filter(|s| !s.is_empty())
-    })
-}
-
-/// Most of each output stream an exec returns.
-const EXEC_OUTPUT_CAP: usize = 1 << 20;
-
-fn capped(mut bytes: Vec<u8>) -> String {
-    bytes.truncate(EXEC_OUTPUT_CAP);
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
-async fn exec_in_container(
-    docker: &bollard::Docker,
-    container: &str,
-    command: &[String],
-) -> Result<berth_api::ExecResult, String> {
-    use futures_util::StreamExt;
-    let config = bollard::models::ExecConfig {
-        cmd: Some(command.to_vec()),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        ..Default::default()
-    };
-    let created = docker.create_exec(container, config).await.map_err(|e| format!("docker exec: {e}"))?;
-    let started = docker.start_exec(&created.id, None).await.map_err(|e| format!("docker exec: {e}"))?;
-    let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
-    if let bollard::exec::StartExecResults::Attached { mut output, .. } = started {
-        while let Some(Ok(item)) = output.next().await {
-            match item {
-                bollard::container::LogOutput::StdErr { message } => stderr.extend_from_slice(&message),
-                other => stdout.extend_from_slice(&other.into_bytes()),
-            }
-        }
-    }
-    let inspected = docker.inspect_exec(&created.id).await.map_err(|e| format!("docker exec: {e}"))?;
-    Ok(berth_api::ExecResult {
-        exit_code: inspected.exit_code,
-        stdout: capped(stdout),
-        stderr: capped(stderr),
-        ..Default::default()
-    })
-}
-
-async fn exec_beside(
-    dir: &std::path::Path,
-    command: &[String],
-    env: &BTreeMap<String, String>,
-) -> Result<berth_api::ExecResult, String> {
-    let (program, args) = command.split_first().ok_or("an empty command")?;
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args).envs(env).stdin(std::process::Stdio::null()).kill_on_drop(true);
-    if dir.is_dir() {
-        cmd.current_dir(dir);
-    }
-    let out = cmd.output().await.map_err(|e| format!("{program}: {e}"))?;
-    Ok(berth_api::ExecResult {
-        exit_code: out.status.code().map(i64::from),
-        stdout: capped(out.stdout),
-        stderr: capped(out.stderr),
-        ..Default::default()
     })
 }

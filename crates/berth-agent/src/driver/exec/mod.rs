@@ -1,6 +1,10 @@
 //! The exec driver: a plain process in its own process group, output to files under the data
 //! directory, found again after a restart through a small state file.
 
+pub(crate) mod commands;
+pub(crate) mod logs;
+pub(crate) mod stats;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

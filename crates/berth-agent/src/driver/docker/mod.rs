@@ -1,6 +1,10 @@
 //! The docker driver: the real Docker Engine through bollard. Containers carry Berth's labels,
 //! so a restarted agent finds them again instead of starting duplicates.
 
+pub(crate) mod commands;
+pub(crate) mod logs;
+pub(crate) mod stats;
+
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
