@@ -7,14 +7,15 @@ pub mod metrics;
 pub mod ports;
 mod report;
 mod runner;
+mod sync;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_api::{Assignment, Client, ClientError, HeartbeatRequest, InstanceReport, RegisterRequest};
 use berth_core::spec::DriverKind;
-use berth_core::{Desired, InstanceState, Reason, Resources};
+use berth_core::{InstanceState, Reason, Resources};
 use tokio::sync::{mpsc, watch};
 
 pub use driver::docker::PullPolicy;
@@ -251,9 +252,9 @@ async fn run(
     let mut beat = tokio::time::interval(heartbeat);
     beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
-    let mut running: HashMap<String, watch::Sender<bool>> = HashMap::new();
-    let mut finished: HashSet<String> = HashSet::new();
-    let mut first_sync = true;
+    let mut sync = sync::Sync::new(survivors.iter().map(|(id, (_, d))| (id.clone(), d.kind())));
+    let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
+    let mut stops: HashMap<String, watch::Sender<bool>> = HashMap::new();
 
     loop {
         tokio::select! {
@@ -272,66 +273,51 @@ async fn run(
                 register(&client, &req, &mut shutdown).await;
             }
             Some(id) = done_rx.recv() => {
-                running.remove(&id);
-                finished.insert(id);
+                stops.remove(&id);
+                sync.ended(&id);
             }
             Some(assignments) = assign_rx.recv() => {
-                let listed: HashSet<String> = assignments.iter().map(|a| a.instance.id.clone()).collect();
-                for a in assignments {
-                    let id = a.instance.id.clone();
-                    if finished.contains(&id) {
-                        continue;
-                    }
-                    match a.instance.desired {
-                        Desired::Run if !running.contains_key(&id) => {
-                            let adopted = survivors.remove(&id);
-                            let driver = match adopted.as_ref().map(|(_, d)| d.clone()).or_else(|| drivers.iter().find(|d| d.kind() == a.instance.driver).cloned()) {
+                let by_id: HashMap<&str, &Assignment> = assignments.iter().map(|a| (a.instance.id.as_str(), a)).collect();
+                for command in sync.assign(&assignments, &kinds) {
+                    match command {
+                        sync::Command::Start { id, driver, adopt } => {
+                            let Some(a) = by_id.get(id.as_str()) else { continue };
+                            let adopted = if adopt { survivors.remove(&id) } else { None };
+                            let driver = match adopted.as_ref().map(|(_, d)| d.clone()).or_else(|| drivers.iter().find(|d| d.kind() == driver).cloned()) {
                                 Some(d) => d,
                                 None => {
-                                    reporter.send(failed(&id, Reason::NoDriver { driver: a.instance.driver }));
-                                    finished.insert(id);
+                                    reporter.send(failed(&id, Reason::NoDriver { driver }));
                                     continue;
                                 }
                             };
                             let (stop_tx, stop_rx) = watch::channel(false);
-                            running.insert(id, stop_tx);
-                            tokio::spawn(runner::supervise(a, driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), services.clone()));
+                            stops.insert(id, stop_tx);
+                            tokio::spawn(runner::supervise((*a).clone(), driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), services.clone()));
                         }
-                        Desired::Run => {}
-                        Desired::Stop => {
-                            if let Some(stop) = running.get(&id) {
+                        sync::Command::NoDriver { id, driver } => reporter.send(failed(&id, Reason::NoDriver { driver })),
+                        sync::Command::Stop { id } => {
+                            if let Some(stop) = stops.get(&id) {
                                 let _ = stop.send(true);
-                            } else if let Some((handle, driver)) = survivors.remove(&id) {
-                                let grace = a.spec.stop_timeout.as_duration();
-                                let reporter = reporter.clone();
-                                tokio::spawn(async move {
-                                    let _ = driver.stop(&handle, grace).await;
-                                    reporter.send(stopped(&handle.instance));
-                                });
-                                finished.insert(id);
-                            } else {
-                                reporter.send(stopped(&id));
-                                finished.insert(id);
                             }
                         }
+                        sync::Command::StopSurvivor { id, grace } => {
+                            let Some((handle, driver)) = survivors.remove(&id) else { continue };
+                            let reporter = reporter.clone();
+                            tokio::spawn(async move {
+                                let _ = driver.stop(&handle, grace).await;
+                                reporter.send(stopped(&handle.instance));
+                            });
+                        }
+                        sync::Command::ReportStopped { id } => reporter.send(stopped(&id)),
+                        sync::Command::StopOrphan { id } => {
+                            let Some((handle, driver)) = survivors.remove(&id) else { continue };
+                            tracing::info!(instance = %id, "stopping an orphan the server does not know");
+                            tokio::spawn(async move {
+                                let _ = driver.stop(&handle, Duration::from_secs(10)).await;
+                            });
+                        }
                     }
                 }
-                // The server no longer wants these here (failed, forgotten, or moved): stop them.
-                for (id, stop) in &running {
-                    if !listed.contains(id) {
-                        let _ = stop.send(true);
-                    }
-                }
-                if first_sync {
-                    first_sync = false;
-                    for (id, (handle, driver)) in survivors.drain() {
-                        tracing::info!(instance = %id, "stopping an orphan the server does not know");
-                        tokio::spawn(async move {
-                            let _ = driver.stop(&handle, Duration::from_secs(10)).await;
-                        });
-                    }
-                }
-                finished.retain(|id| listed.contains(id));
             }
         }
     }
