@@ -107,7 +107,7 @@ impl Agent {
         let mut drivers = Vec::new();
         if matches!(config.driver, DriverChoice::Auto | DriverChoice::Docker) {
             match DockerDriver::connect(&id, &config.address, config.pull).await {
-                Ok(d) => drivers.push(Driver::Docker(d)),
+                Ok(d) => drivers.push(Driver::new(d)),
                 Err(e) if config.driver == DriverChoice::Docker => {
                     return Err(AgentError::NoDocker(e.to_string()));
                 }
@@ -117,7 +117,7 @@ impl Agent {
             }
         }
         if matches!(config.driver, DriverChoice::Auto | DriverChoice::Exec) {
-            drivers.push(Driver::Exec(ExecDriver::new(dir.clone())));
+            drivers.push(Driver::new(ExecDriver::new(dir.clone())));
         }
         let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
 

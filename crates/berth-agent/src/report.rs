@@ -13,6 +13,13 @@ pub struct Reporter {
 }
 
 impl Reporter {
+    /// A reporter whose reports the test reads.
+    #[cfg(test)]
+    pub(crate) fn capture() -> (Reporter, mpsc::UnboundedReceiver<InstanceReport>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Reporter { tx }, rx)
+    }
+
     pub fn send(&self, report: InstanceReport) {
         // The receiver lives as long as the agent; a send after shutdown has nobody to tell.
         let _ = self.tx.send(report);

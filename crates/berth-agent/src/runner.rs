@@ -347,3 +347,82 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
         tokio::time::sleep(health::interval(&spec, passed_once)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use berth_core::{Exit, Instance, Reason};
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    use super::*;
+    use crate::driver::fake::FakeDriver;
+
+    fn assignment(id: &str) -> Assignment {
+        let spec =
+            berth_core::AppSpec::from_yaml("group: g\nname: web\ndriver: exec\ncommand: [x]\nnetwork: none\n", None)
+                .unwrap();
+        let instance: Instance = serde_json::from_value(serde_json::json!({
+            "id": id, "app": "g/web", "version": 1, "node": "n1", "driver": "exec", "state": "staging",
+            "desired": "run", "host_ports": [], "host": "127.0.0.1", "created_at": 0
+        }))
+        .unwrap();
+        Assignment { spec, instance }
+    }
+
+    fn services(dir: &std::path::Path) -> Services {
+        Services {
+            // Never called: the instances have no ports to drain.
+            client: Client::new("http://127.0.0.1:9").unwrap(),
+            logs: LogSink::default(),
+            metrics: crate::metrics::MetricsSink::default(),
+            metrics_interval: Duration::from_secs(3600),
+            node: "n1".into(),
+            cursors: dir.to_path_buf(),
+            taken: TakenPorts::default(),
+            live: LiveInstances::default(),
+        }
+    }
+
+    async fn next(reports: &mut UnboundedReceiver<InstanceReport>) -> InstanceReport {
+        tokio::time::timeout(Duration::from_secs(5), reports.recv()).await.expect("a report in time").expect("a report")
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_exits_is_reported_failed_with_how_it_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeDriver::with_last_lines(&["boom"]);
+        let (reporter, mut reports) = Reporter::capture();
+        let (_stop_tx, stop) = watch::channel(false);
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        let sv = services(dir.path());
+        let task = tokio::spawn(supervise(assignment("a"), fake.driver(), None, reporter, stop, done_tx, sv.clone()));
+        assert_eq!(next(&mut reports).await.state, InstanceState::Running, "no health check: running once started");
+        assert!(crate::lock(&sv.live).contains_key("a"), "reachable by exec while it runs");
+        fake.exit("a", Exit { exit_code: Some(3), ..Default::default() });
+        let failed = next(&mut reports).await;
+        assert_eq!(failed.state, InstanceState::Failed);
+        assert_eq!(failed.cause, Some(Reason::Exited(Exit { exit_code: Some(3), ..Default::default() })));
+        assert_eq!(
+            (failed.reason.as_deref(), failed.last_log.as_slice()),
+            (Some("exited with code 3"), &["boom".to_string()][..])
+        );
+        assert_eq!(done.recv().await.as_deref(), Some("a"));
+        task.await.unwrap();
+        assert!(!crate::lock(&sv.live).contains_key("a"));
+        assert_eq!(fake.started(), ["a"]);
+    }
+
+    #[tokio::test]
+    async fn a_stopped_instance_is_stopped_through_its_driver_and_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeDriver::default();
+        let (reporter, mut reports) = Reporter::capture();
+        let (stop_tx, stop) = watch::channel(false);
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        tokio::spawn(supervise(assignment("b"), fake.driver(), None, reporter, stop, done_tx, services(dir.path())));
+        assert_eq!(next(&mut reports).await.state, InstanceState::Running);
+        stop_tx.send(true).unwrap();
+        assert_eq!(next(&mut reports).await.state, InstanceState::Stopped);
+        assert_eq!(done.recv().await.as_deref(), Some("b"));
+        assert_eq!(fake.stopped(), ["b"]);
+    }
+}

@@ -3,13 +3,25 @@
 
 pub mod docker;
 pub mod exec;
+#[cfg(test)]
+pub(crate) mod fake;
 pub(crate) mod session;
 
 use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
 
-use berth_api::Assignment;
+use berth_api::{Assignment, ExecRequest, ExecResult};
 use berth_core::Exit;
 use berth_core::spec::{DriverKind, NetworkMode};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::logs::{LogSink, Origin};
+use crate::metrics::Reading;
+pub(crate) use session::Fut;
+use session::Session;
 
 pub use docker::DockerDriver;
 pub use exec::ExecDriver;
@@ -31,107 +43,106 @@ pub struct Handle {
     pub id: String,
 }
 
-/// One of the node's drivers.
-#[derive(Clone)]
-pub enum Driver {
-    Docker(DockerDriver),
-    Exec(ExecDriver),
+/// What every driver does, whatever its engine: start, adopt what survived a restart, wait for
+/// exit, stop (SIGTERM, grace, SIGKILL), and its instances' output, use and commands.
+pub(crate) trait Runtime: Send + Sync + 'static {
+    fn kind(&self) -> DriverKind;
+    fn start<'a>(
+        &'a self,
+        a: &'a Assignment,
+        env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<Handle, DriverError>>;
+    /// Waits until the instance exits.
+    fn wait<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Exit>;
+    /// SIGTERM, up to `grace`, then SIGKILL; then the runtime's leftovers are removed.
+    fn stop<'a>(&'a self, handle: &'a Handle, grace: Duration) -> Fut<'a, Result<(), DriverError>>;
+    /// Forgets an instance that has ended and whose output is collected (its files, its log
+    /// cursor). Without this every launch leaves something behind.
+    fn remove_leftovers(&self, instance: &str, cursors: &Path);
+    /// The last lines an ended instance wrote.
+    fn tail<'a>(&'a self, handle: &'a Handle, lines: usize) -> Fut<'a, Vec<String>>;
+    /// Starts collecting the instance's output into `sink` until it ends (`ended` turns true).
+    fn collect_logs(
+        &self,
+        handle: &Handle,
+        origin: Origin,
+        sink: LogSink,
+        ended: watch::Receiver<bool>,
+        cursors: &Path,
+    ) -> JoinHandle<()>;
+    /// One resource reading of a live instance.
+    fn read_usage<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Option<Reading>>;
+    /// Runs a command inside the instance and collects what it did.
+    fn run_collected<'a>(
+        &'a self,
+        handle: &'a Handle,
+        command: &'a [String],
+        env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<ExecResult, String>>;
+    /// Starts a command inside the instance, attached as a session.
+    fn attach<'a>(
+        &'a self,
+        handle: &'a Handle,
+        req: &'a ExecRequest,
+        env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<Session, String>>;
+    /// Instances that outlived the agent.
+    fn survivors(&self) -> Fut<'_, Result<Vec<Handle>, DriverError>>;
 }
 
+/// One of the node's drivers.
+#[derive(Clone)]
+pub struct Driver(Arc<dyn Runtime>);
+
 impl Driver {
+    pub(crate) fn new(runtime: impl Runtime) -> Driver {
+        Driver(Arc::new(runtime))
+    }
+
     pub fn kind(&self) -> DriverKind {
-        match self {
-            Driver::Docker(_) => DriverKind::Docker,
-            Driver::Exec(_) => DriverKind::Exec,
-        }
+        self.0.kind()
     }
 
     pub async fn start(&self, a: &Assignment, env: &BTreeMap<String, String>) -> Result<Handle, DriverError> {
-        match self {
-            Driver::Docker(d) => d.start(a, env).await,
-            Driver::Exec(d) => d.start(a, env).await,
-        }
+        self.0.start(a, env).await
     }
 
-    /// Waits until the instance exits.
     pub async fn wait(&self, handle: &Handle) -> Exit {
-        match self {
-            Driver::Docker(d) => d.wait(handle).await,
-            Driver::Exec(d) => d.wait(handle).await,
-        }
+        self.0.wait(handle).await
     }
 
-    /// SIGTERM, up to `grace`, then SIGKILL; then the runtime's leftovers are removed.
-    pub async fn stop(&self, handle: &Handle, grace: std::time::Duration) -> Result<(), DriverError> {
-        match self {
-            Driver::Docker(d) => d.stop(handle, grace).await,
-            Driver::Exec(d) => d.stop(handle, grace).await,
-        }
+    pub async fn stop(&self, handle: &Handle, grace: Duration) -> Result<(), DriverError> {
+        self.0.stop(handle, grace).await
     }
 
-    /// Forgets an instance that has ended and whose output is collected: the exec driver's
-    /// directory, the Docker log cursor. Without this every launch leaves something behind.
-    pub fn remove_leftovers(&self, instance: &str, cursors: &std::path::Path) {
-        match self {
-            Driver::Docker(_) => {
-                let _ = std::fs::remove_file(cursors.join(instance));
-            }
-            Driver::Exec(d) => d.remove(instance),
-        }
+    pub fn remove_leftovers(&self, instance: &str, cursors: &Path) {
+        self.0.remove_leftovers(instance, cursors)
     }
 
     /// The last lines an ended instance wrote, for its failure report (cut to 200 bytes each).
     pub async fn tail(&self, handle: &Handle, lines: usize) -> Vec<String> {
-        let all = match self {
-            Driver::Docker(d) => d.tail(handle, lines).await,
-            Driver::Exec(d) => d.tail(handle, lines).await,
-        };
-        all.into_iter()
-            .map(|mut l| {
-                if l.len() > 200 {
-                    l.truncate(l.floor_char_boundary(200));
-                }
-                l
-            })
-            .collect()
+        let mut all = self.0.tail(handle, lines).await;
+        for l in &mut all {
+            if l.len() > 200 {
+                l.truncate(l.floor_char_boundary(200));
+            }
+        }
+        all
     }
 
-    /// Starts collecting the instance's output into `sink` until it ends (`ended` turns true).
     pub fn collect_logs(
         &self,
         handle: &Handle,
-        origin: crate::logs::Origin,
-        sink: crate::logs::LogSink,
-        ended: tokio::sync::watch::Receiver<bool>,
-        cursors: &std::path::Path,
-    ) -> tokio::task::JoinHandle<()> {
-        match self {
-            Driver::Docker(d) => {
-                let _ = std::fs::create_dir_all(cursors);
-                let cursor = cursors.join(&handle.instance);
-                tokio::spawn(docker::logs::follow_container(
-                    d.client().clone(),
-                    handle.id.clone(),
-                    origin,
-                    sink,
-                    cursor,
-                ))
-            }
-            Driver::Exec(d) => {
-                tokio::spawn(exec::logs::follow_files(d.instance_dir(&handle.instance), origin, sink, ended))
-            }
-        }
+        origin: Origin,
+        sink: LogSink,
+        ended: watch::Receiver<bool>,
+        cursors: &Path,
+    ) -> JoinHandle<()> {
+        self.0.collect_logs(handle, origin, sink, ended, cursors)
     }
 
-    /// One resource reading of a live instance.
-    pub async fn read_usage(&self, handle: &Handle) -> Option<crate::metrics::Reading> {
-        match self {
-            Driver::Docker(d) => docker::stats::read_container(d.client(), &handle.id).await,
-            Driver::Exec(_) => {
-                let leader: i32 = handle.id.parse().ok()?;
-                tokio::task::spawn_blocking(move || exec::stats::read_process_group(leader)).await.ok()?
-            }
-        }
+    pub async fn read_usage(&self, handle: &Handle) -> Option<Reading> {
+        self.0.read_usage(handle).await
     }
 
     /// Runs `command` inside the instance: `docker exec` for a container; for a process, the
@@ -142,49 +153,27 @@ impl Driver {
         handle: &Handle,
         command: &[String],
         env: &BTreeMap<String, String>,
-        timeout: std::time::Duration,
-    ) -> berth_api::ExecResult {
-        let ran = tokio::time::timeout(timeout, async {
-            match self {
-                Driver::Docker(d) => docker::commands::collected(d.client(), &handle.id, command).await,
-                Driver::Exec(d) => exec::commands::collected(&d.instance_dir(&handle.instance), command, env).await,
-            }
-        })
-        .await;
-        match ran {
+        timeout: Duration,
+    ) -> ExecResult {
+        match tokio::time::timeout(timeout, self.0.run_collected(handle, command, env)).await {
             Ok(Ok(result)) => result,
-            Ok(Err(why)) => berth_api::ExecResult { error: Some(why), ..Default::default() },
-            Err(_) => berth_api::ExecResult {
-                error: Some(format!("killed after {}s", timeout.as_secs())),
-                ..Default::default()
-            },
+            Ok(Err(why)) => ExecResult { error: Some(why), ..Default::default() },
+            Err(_) => ExecResult { error: Some(format!("killed after {}s", timeout.as_secs())), ..Default::default() },
         }
     }
 
     /// Runs a streamed command (`exec -i`/`-t`) inside the instance, joined to `io` until it
     /// ends or the client goes.
-    pub async fn exec_session<IO>(
-        &self,
-        handle: &Handle,
-        req: &berth_api::ExecRequest,
-        env: &BTreeMap<String, String>,
-        io: IO,
-    ) where
+    pub async fn exec_session<IO>(&self, handle: &Handle, req: &ExecRequest, env: &BTreeMap<String, String>, io: IO)
+    where
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
-        let session = match self {
-            Driver::Docker(d) => docker::commands::attached(d.client(), &handle.id, req).await,
-            Driver::Exec(d) => exec::commands::attached(&d.instance_dir(&handle.instance), req, env),
-        };
-        session::pump(io, session).await;
+        session::pump(io, self.0.attach(handle, req, env).await).await;
     }
 
     /// Instances that outlived the agent, by instance id.
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
-        match self {
-            Driver::Docker(d) => d.survivors().await,
-            Driver::Exec(d) => d.survivors().await,
-        }
+        self.0.survivors().await
     }
 }
 

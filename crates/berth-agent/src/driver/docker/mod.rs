@@ -18,7 +18,17 @@ use bollard::query_parameters::{
 };
 use futures_util::StreamExt;
 
-use super::{DriverError, Exit, Handle};
+use std::path::Path;
+
+use berth_api::{ExecRequest, ExecResult};
+use berth_core::spec::DriverKind;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::session::Session;
+use super::{DriverError, Exit, Fut, Handle, Runtime};
+use crate::logs::{LogSink, Origin};
+use crate::metrics::Reading;
 
 pub const LABEL_INSTANCE: &str = "berth.instance";
 pub const LABEL_APP: &str = "berth.app";
@@ -263,5 +273,64 @@ impl DockerDriver {
                 Some(Handle { instance, id: c.id? })
             })
             .collect())
+    }
+}
+
+impl Runtime for DockerDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Docker
+    }
+    fn start<'a>(
+        &'a self,
+        a: &'a Assignment,
+        env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<Handle, DriverError>> {
+        Box::pin(DockerDriver::start(self, a, env))
+    }
+    fn wait<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Exit> {
+        Box::pin(DockerDriver::wait(self, handle))
+    }
+    fn stop<'a>(&'a self, handle: &'a Handle, grace: Duration) -> Fut<'a, Result<(), DriverError>> {
+        Box::pin(DockerDriver::stop(self, handle, grace))
+    }
+    fn remove_leftovers(&self, instance: &str, cursors: &Path) {
+        let _ = std::fs::remove_file(cursors.join(instance));
+    }
+    fn tail<'a>(&'a self, handle: &'a Handle, lines: usize) -> Fut<'a, Vec<String>> {
+        Box::pin(DockerDriver::tail(self, handle, lines))
+    }
+    fn collect_logs(
+        &self,
+        handle: &Handle,
+        origin: Origin,
+        sink: LogSink,
+        _ended: watch::Receiver<bool>,
+        cursors: &Path,
+    ) -> JoinHandle<()> {
+        let _ = std::fs::create_dir_all(cursors);
+        let cursor = cursors.join(&handle.instance);
+        tokio::spawn(logs::follow_container(self.docker.clone(), handle.id.clone(), origin, sink, cursor))
+    }
+    fn read_usage<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Option<Reading>> {
+        Box::pin(stats::read_container(&self.docker, &handle.id))
+    }
+    fn run_collected<'a>(
+        &'a self,
+        handle: &'a Handle,
+        command: &'a [String],
+        _env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<ExecResult, String>> {
+        Box::pin(commands::collected(&self.docker, &handle.id, command))
+    }
+    fn attach<'a>(
+        &'a self,
+        handle: &'a Handle,
+        req: &'a ExecRequest,
+        _env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<Session, String>> {
+        Box::pin(commands::attached(&self.docker, &handle.id, req))
+    }
+    fn survivors(&self) -> Fut<'_, Result<Vec<Handle>, DriverError>> {
+        Box::pin(DockerDriver::survivors(self))
     }
 }

@@ -15,7 +15,17 @@ use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
-use super::{DriverError, Exit, Handle};
+use std::path::Path;
+
+use berth_api::{ExecRequest, ExecResult};
+use berth_core::spec::DriverKind;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::session::Session;
+use super::{DriverError, Exit, Fut, Handle, Runtime};
+use crate::logs::{LogSink, Origin};
+use crate::metrics::Reading;
 
 /// Environment variables passed through from the agent to every process.
 const INHERITED: [&str; 6] = ["PATH", "HOME", "USER", "LANG", "TMPDIR", "TZ"];
@@ -214,4 +224,67 @@ fn tail_file(path: &std::path::Path, lines: usize) -> Vec<String> {
         all.remove(0); // a partial first line
     }
     all[all.len().saturating_sub(lines)..].iter().map(|l| l.to_string()).collect()
+}
+
+impl Runtime for ExecDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Exec
+    }
+    fn start<'a>(
+        &'a self,
+        a: &'a Assignment,
+        env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<Handle, DriverError>> {
+        Box::pin(ExecDriver::start(self, a, env))
+    }
+    fn wait<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Exit> {
+        Box::pin(ExecDriver::wait(self, handle))
+    }
+    fn stop<'a>(&'a self, handle: &'a Handle, grace: Duration) -> Fut<'a, Result<(), DriverError>> {
+        Box::pin(ExecDriver::stop(self, handle, grace))
+    }
+    fn remove_leftovers(&self, instance: &str, _cursors: &Path) {
+        self.remove(instance)
+    }
+    fn tail<'a>(&'a self, handle: &'a Handle, lines: usize) -> Fut<'a, Vec<String>> {
+        Box::pin(ExecDriver::tail(self, handle, lines))
+    }
+    fn collect_logs(
+        &self,
+        handle: &Handle,
+        origin: Origin,
+        sink: LogSink,
+        ended: watch::Receiver<bool>,
+        _cursors: &Path,
+    ) -> JoinHandle<()> {
+        tokio::spawn(logs::follow_files(self.instance_dir(&handle.instance), origin, sink, ended))
+    }
+    fn read_usage<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Option<Reading>> {
+        let leader: Option<i32> = handle.id.parse().ok();
+        Box::pin(async move {
+            let leader = leader?;
+            tokio::task::spawn_blocking(move || stats::read_process_group(leader)).await.ok()?
+        })
+    }
+    fn run_collected<'a>(
+        &'a self,
+        handle: &'a Handle,
+        command: &'a [String],
+        env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<ExecResult, String>> {
+        let dir = self.instance_dir(&handle.instance);
+        Box::pin(async move { commands::collected(&dir, command, env).await })
+    }
+    fn attach<'a>(
+        &'a self,
+        handle: &'a Handle,
+        req: &'a ExecRequest,
+        env: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<Session, String>> {
+        let session = commands::attached(&self.instance_dir(&handle.instance), req, env);
+        Box::pin(async move { session })
+    }
+    fn survivors(&self) -> Fut<'_, Result<Vec<Handle>, DriverError>> {
+        Box::pin(ExecDriver::survivors(self))
+    }
 }

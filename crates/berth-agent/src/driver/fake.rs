@@ -1,0 +1,122 @@
+//! A driver for tests: its instances are entries in memory that run until the test ends them or
+//! the agent stops them, so supervisors can be tested without an engine or a process.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use berth_api::{Assignment, ExecRequest, ExecResult};
+use berth_core::Exit;
+use berth_core::spec::DriverKind;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::session::Session;
+use super::{Driver, DriverError, Fut, Handle, Runtime};
+use crate::lock;
+use crate::logs::{LogSink, Origin};
+use crate::metrics::Reading;
+
+#[derive(Default)]
+struct State {
+    exits: HashMap<String, watch::Sender<Option<Exit>>>,
+    started: Vec<String>,
+    stopped: Vec<String>,
+}
+
+/// The test's side of a fake driver.
+#[derive(Clone, Default)]
+pub(crate) struct FakeDriver {
+    state: Arc<Mutex<State>>,
+    /// What `tail` answers.
+    last_lines: Vec<String>,
+}
+
+impl FakeDriver {
+    /// A fake whose instances' last lines (`tail`) are these.
+    pub(crate) fn with_last_lines(lines: &[&str]) -> FakeDriver {
+        FakeDriver { last_lines: lines.iter().map(|l| l.to_string()).collect(), ..FakeDriver::default() }
+    }
+
+    pub(crate) fn driver(&self) -> Driver {
+        Driver::new(self.clone())
+    }
+
+    /// Ends a running instance as if its process exited so.
+    pub(crate) fn exit(&self, instance: &str, exit: Exit) {
+        if let Some(tx) = lock(&self.state).exits.get(instance) {
+            let _ = tx.send(Some(exit));
+        }
+    }
+
+    pub(crate) fn started(&self) -> Vec<String> {
+        lock(&self.state).started.clone()
+    }
+
+    pub(crate) fn stopped(&self) -> Vec<String> {
+        lock(&self.state).stopped.clone()
+    }
+}
+
+impl Runtime for FakeDriver {
+    fn kind(&self) -> DriverKind {
+        DriverKind::Exec
+    }
+    fn start<'a>(&'a self, a: &'a Assignment, _: &'a BTreeMap<String, String>) -> Fut<'a, Result<Handle, DriverError>> {
+        let id = a.instance.id.clone();
+        let mut state = lock(&self.state);
+        state.started.push(id.clone());
+        state.exits.insert(id.clone(), watch::channel(None).0);
+        Box::pin(async move { Ok(Handle { id: format!("fake-{id}"), instance: id }) })
+    }
+    fn wait<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Exit> {
+        let rx = lock(&self.state).exits.get(&handle.instance).map(watch::Sender::subscribe);
+        Box::pin(async move {
+            let Some(mut rx) = rx else { return Exit::default() };
+            match rx.wait_for(Option::is_some).await {
+                Ok(exit) => exit.clone().unwrap_or_default(),
+                Err(_) => Exit::default(),
+            }
+        })
+    }
+    fn stop<'a>(&'a self, handle: &'a Handle, _: Duration) -> Fut<'a, Result<(), DriverError>> {
+        let mut state = lock(&self.state);
+        state.stopped.push(handle.instance.clone());
+        if let Some(tx) = state.exits.get(&handle.instance) {
+            // SIGTERM, as a shell reports it.
+            let _ = tx.send(Some(Exit { exit_code: Some(143), ..Default::default() }));
+        }
+        Box::pin(async { Ok(()) })
+    }
+    fn remove_leftovers(&self, _: &str, _: &Path) {}
+    fn tail<'a>(&'a self, _: &'a Handle, lines: usize) -> Fut<'a, Vec<String>> {
+        let last: Vec<String> = self.last_lines.iter().rev().take(lines).rev().cloned().collect();
+        Box::pin(async move { last })
+    }
+    fn collect_logs(&self, _: &Handle, _: Origin, _: LogSink, _: watch::Receiver<bool>, _: &Path) -> JoinHandle<()> {
+        tokio::spawn(async {})
+    }
+    fn read_usage<'a>(&'a self, _: &'a Handle) -> Fut<'a, Option<Reading>> {
+        Box::pin(async { None })
+    }
+    fn run_collected<'a>(
+        &'a self,
+        _: &'a Handle,
+        command: &'a [String],
+        _: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<ExecResult, String>> {
+        Box::pin(async move { Ok(ExecResult { exit_code: Some(0), stdout: command.join(" "), ..Default::default() }) })
+    }
+    fn attach<'a>(
+        &'a self,
+        _: &'a Handle,
+        _: &'a ExecRequest,
+        _: &'a BTreeMap<String, String>,
+    ) -> Fut<'a, Result<Session, String>> {
+        Box::pin(async { Err("the fake driver has no sessions".to_string()) })
+    }
+    fn survivors(&self) -> Fut<'_, Result<Vec<Handle>, DriverError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
