@@ -1,0 +1,403 @@
+//! The typed `/v1` client.
+
+use std::time::Duration;
+
+use berth_core::{AppSpec, AppVersion, Event, Node};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{
+    AlertList, AppStatus, Assignments, ChangeOptions, ClientError, DeployRequest, DeployResponse, DrainStatus,
+    ErrorBody, ExecRequest, ExecResult, HeartbeatRequest, InstanceReport, InstanceView, LogBatch, LogLine, LogQuery,
+    MetricsReport, NodeView, RegisterRequest, ReportRequest, RouteSnapshot, RouterReport, RouterView, RuleOnError,
+    RuleScript, RuleTarget, ScaleRequest, StaticUpstream, UpgradeRequest, UpstreamRequest, Usage, exec_stream,
+};
+
+/// Header carrying the store revision a response reflects; pass it back as `?index=` to block
+/// until something newer exists.
+pub const INDEX_HEADER: &str = "x-berth-index";
+
+/// A typed `/v1` client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+/// A response body with the store index it reflects.
+#[derive(Debug, Clone)]
+pub struct Indexed<T> {
+    pub index: u64,
+    pub value: T,
+}
+
+impl Client {
+    pub fn new(base: &str) -> Result<Self, ClientError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| ClientError::Unreachable { url: base.into(), why: e.to_string() })?;
+        Ok(Client { base: base.trim_end_matches('/').to_string(), http })
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+        url: &str,
+    ) -> Result<Indexed<T>, ClientError> {
+        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
+        let status = resp.status();
+        let index =
+            resp.headers().get(INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
+        let bytes =
+            resp.bytes().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
+        if !status.is_success() {
+            return Err(refusal(status, &bytes));
+        }
+        let value =
+            serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode { url: url.into(), why: e.to_string() })?;
+        Ok(Indexed { index, value })
+    }
+
+    async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Indexed<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// A blocking read: returns once the store moves past `index` or `wait` passes.
+    async fn get_after<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<T>, ClientError> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let url = format!("{}{path}{sep}index={index}&wait={}ms", self.base, wait.as_millis());
+        self.send(self.http.get(&url).timeout(wait + Duration::from_secs(10)), &url).await
+    }
+
+    async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.post(&url).json(body), &url).await
+    }
+
+    async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.put(&url).json(body), &url).await
+    }
+
+    pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
+        Ok(self.get("/v1/health").await?.value)
+    }
+
+    pub async fn apps(&self) -> Result<Vec<AppStatus>, ClientError> {
+        Ok(self.get("/v1/apps").await?.value)
+    }
+
+    pub async fn app(&self, id: &str) -> Result<Indexed<AppStatus>, ClientError> {
+        self.get(&format!("/v1/apps/{id}")).await
+    }
+
+    pub async fn app_after(&self, id: &str, index: u64, wait: Duration) -> Result<Indexed<AppStatus>, ClientError> {
+        self.get_after(&format!("/v1/apps/{id}"), index, wait).await
+    }
+
+    pub async fn deploy(&self, spec: &AppSpec, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        let path = format!("/v1/apps/{}{}", spec.id(), opts.query());
+        Ok(self.put(&path, &DeployRequest { spec: spec.clone() }).await?.value)
+    }
+
+    /// Replaces one instance with a fresh one.
+    pub async fn restart_instance(&self, id: &str) -> Result<InstanceView, ClientError> {
+        Ok(self.post(&format!("/v1/instances/{id}/restart"), &serde_json::json!({})).await?.value)
+    }
+
+    /// Runs a command in a live instance and returns what it did.
+    pub async fn exec(&self, instance: &str, command: Vec<String>) -> Result<ExecResult, ClientError> {
+        let req = ExecRequest { instance: instance.into(), command, ..Default::default() };
+        Ok(self.post(&format!("/v1/instances/{instance}/exec"), &req).await?.value)
+    }
+
+    /// Starts a command in a live instance as a stream of frames (`exec_stream`): its input,
+    /// output, terminal size and exit travel on the returned connection.
+    pub async fn exec_stream(&self, instance: &str, req: &ExecRequest) -> Result<reqwest::Upgraded, ClientError> {
+        self.post_upgrade(&format!("/v1/instances/{instance}/exec"), req).await
+    }
+
+    /// An agent's side of a streamed command the server handed it.
+    pub async fn exec_attach(&self, node: &str, exec: &str) -> Result<reqwest::Upgraded, ClientError> {
+        self.post_upgrade(&format!("/v1/nodes/{node}/execs/{exec}/stream"), &serde_json::json!({})).await
+    }
+
+    /// POSTs `body` asking to switch the connection to an exec stream.
+    async fn post_upgrade<B: Serialize>(&self, path: &str, body: &B) -> Result<reqwest::Upgraded, ClientError> {
+        let url = format!("{}{path}", self.base);
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
+        let resp = self
+            .http
+            .post(&url)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, exec_stream::PROTOCOL)
+            .json(body)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = resp.status();
+        if status != reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return Err(refusal(status, &resp.bytes().await.map_err(unreachable)?));
+        }
+        resp.upgrade().await.map_err(unreachable)
+    }
+
+    /// Commands waiting for this node's agent, after waiting up to `wait` for one.
+    pub async fn execs(&self, node: &str, wait: Duration) -> Result<Vec<ExecRequest>, ClientError> {
+        let secs = wait.as_secs().max(1);
+        Ok(self.get(&format!("/v1/nodes/{node}/execs?wait={secs}s")).await?.value)
+    }
+
+    /// An agent's answer to a command.
+    pub async fn exec_result(&self, node: &str, result: &ExecResult) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/execs/{}", result.id), result).await?;
+        Ok(())
+    }
+
+    /// Stops one instance for good: its app runs one fewer.
+    pub async fn stop_instance(&self, id: &str, opts: ChangeOptions) -> Result<InstanceView, ClientError> {
+        Ok(self.post(&format!("/v1/instances/{id}/stop{}", opts.query()), &serde_json::json!({})).await?.value)
+    }
+
+    /// What deploying `spec` would do (`POST /v1/plan`), as the server sees it now.
+    pub async fn plan(&self, spec: &AppSpec) -> Result<serde_json::Value, ClientError> {
+        Ok(self.post("/v1/plan", &DeployRequest { spec: spec.clone() }).await?.value)
+    }
+
+    pub async fn scale(&self, id: &str, instances: u32, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/scale{}", opts.query()), &ScaleRequest { instances }).await?.value)
+    }
+
+    pub async fn upgrade(&self, id: &str, image: &str, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        let path = format!("/v1/apps/{id}/upgrade{}", opts.query());
+        Ok(self.post(&path, &UpgradeRequest { image: image.into() }).await?.value)
+    }
+
+    pub async fn restart(&self, id: &str, opts: ChangeOptions) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/restart{}", opts.query()), &serde_json::json!({})).await?.value)
+    }
+
+    /// Sends a node's collected log lines.
+    pub async fn ship_logs(&self, node: &str, batch: &LogBatch) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/logs"), batch).await?;
+        Ok(())
+    }
+
+    /// An app's log lines, merged over its instances in time order; with `follow`, `on_line` keeps
+    /// being called as lines come until the server closes the stream or `on_line` returns false.
+    pub async fn logs(
+        &self,
+        id: &str,
+        query: &LogQuery,
+        mut on_line: impl FnMut(LogLine) -> bool,
+    ) -> Result<(), ClientError> {
+        let url = format!("{}/v1/apps/{id}/logs", self.base);
+        let mut params: Vec<(&str, String)> = Vec::new();
+        if let Some(since) = query.since {
+            params.push(("since", since.to_string()));
+        }
+        if let Some(tail) = query.tail {
+            params.push(("tail", tail.to_string()));
+        }
+        if let Some(instance) = &query.instance {
+            params.push(("instance", instance.clone()));
+        }
+        if let Some(grep) = &query.grep {
+            params.push(("grep", grep.clone()));
+        }
+        if query.follow {
+            params.push(("follow", "true".into()));
+        }
+        let full = reqwest::Url::parse_with_params(&url, &params)
+            .map_err(|e| ClientError::Unreachable { url: url.clone(), why: e.to_string() })?;
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
+        let mut resp = self.http.get(full).send().await.map_err(unreachable)?;
+        if !resp.status().is_success() {
+            let status = resp.status();
+            let bytes = resp.bytes().await.map_err(unreachable)?;
+            let body = serde_json::from_slice(&bytes).unwrap_or_else(|_| ErrorBody {
+                error: String::from_utf8_lossy(&bytes).trim().to_string(),
+                details: vec![],
+            });
+            return Err(ClientError::Api { status: status.as_u16(), body });
+        }
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+            pending.extend_from_slice(chunk.as_ref());
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if line.len() <= 1 {
+                    continue; // a keep-alive newline
+                }
+                let Ok(parsed) = serde_json::from_slice::<LogLine>(&line) else { continue };
+                if !on_line(parsed) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A node's resource samples.
+    pub async fn ship_metrics(&self, node: &str, report: &MetricsReport) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/metrics"), report).await?;
+        Ok(())
+    }
+
+    /// Use per app, node and cluster; with `app`, that app's instances too.
+    pub async fn usage(&self, app: Option<&str>) -> Result<Usage, ClientError> {
+        match app {
+            Some(id) => Ok(self.get(&format!("/v1/apps/{id}/usage")).await?.value),
+            None => Ok(self.get("/v1/usage").await?.value),
+        }
+    }
+
+    pub async fn alerts(&self) -> Result<AlertList, ClientError> {
+        Ok(self.get("/v1/alerts").await?.value)
+    }
+
+    /// A router's periodic report.
+    pub async fn router_report(&self, id: &str, report: &RouterReport) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/routers/{id}"), report).await?;
+        Ok(())
+    }
+
+    /// The routers heard from, with the store index of the answer.
+    pub async fn routers(&self) -> Result<Indexed<Vec<RouterView>>, ClientError> {
+        self.get("/v1/routers").await
+    }
+
+    /// Whether routers are done with a stopping instance.
+    pub async fn drain_status(&self, instance: &str) -> Result<DrainStatus, ClientError> {
+        let url = format!("{}/v1/instances/{instance}/drain", self.base);
+        Ok(self.send(self.http.get(&url), &url).await?.value)
+    }
+
+    /// Finishes a canary deployment.
+    pub async fn promote(&self, id: &str) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/promote"), &serde_json::json!({})).await?.value)
+    }
+
+    /// Back to `version`, or to the one before the current.
+    pub async fn rollback(&self, id: &str, version: Option<u64>) -> Result<DeployResponse, ClientError> {
+        Ok(self.post(&format!("/v1/apps/{id}/rollback"), &serde_json::json!({ "version": version })).await?.value)
+    }
+
+    pub async fn destroy(&self, id: &str) -> Result<AppStatus, ClientError> {
+        let url = format!("{}/v1/apps/{id}", self.base);
+        Ok(self.send(self.http.delete(&url), &url).await?.value)
+    }
+
+    pub async fn versions(&self, id: &str) -> Result<Vec<AppVersion>, ClientError> {
+        Ok(self.get(&format!("/v1/apps/{id}/versions")).await?.value)
+    }
+
+    pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
+        Ok(self.get("/v1/nodes").await?.value)
+    }
+
+    pub async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, ClientError> {
+        Ok(self.get(&format!("/v1/events?after={after}&limit={limit}")).await?.value)
+    }
+
+    pub async fn events_after(
+        &self,
+        after: u64,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<Event>>, ClientError> {
+        self.get_after(&format!("/v1/events?after={after}&limit=1000"), index, wait).await
+    }
+
+    pub async fn register(&self, req: &RegisterRequest) -> Result<Node, ClientError> {
+        Ok(self.post("/v1/nodes", req).await?.value)
+    }
+
+    pub async fn heartbeat(&self, node: &str, beat: &HeartbeatRequest) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/heartbeat"), beat).await?;
+        Ok(())
+    }
+
+    pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {
+        Ok(self.get_after(&format!("/v1/nodes/{node}/assignments"), index, wait).await?.value)
+    }
+
+    pub async fn report(&self, node: &str, reports: Vec<InstanceReport>) -> Result<(), ClientError> {
+        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/reports"), &ReportRequest { reports }).await?;
+        Ok(())
+    }
+
+    pub async fn routes(&self, index: u64, wait: Duration) -> Result<RouteSnapshot, ClientError> {
+        Ok(self.get_after("/v1/routes", index, wait).await?.value)
+    }
+
+    pub async fn upstreams(&self) -> Result<Vec<StaticUpstream>, ClientError> {
+        Ok(self.get("/v1/upstreams").await?.value)
+    }
+
+    pub async fn put_upstream(&self, name: &str, req: &UpstreamRequest) -> Result<StaticUpstream, ClientError> {
+        Ok(self.put(&format!("/v1/upstreams/{name}"), req).await?.value)
+    }
+
+    pub async fn delete_upstream(&self, name: &str) -> Result<(), ClientError> {
+        let url = format!("{}/v1/upstreams/{name}", self.base);
+        self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
+        Ok(())
+    }
+
+    fn rules_path(target: &RuleTarget) -> String {
+        match target {
+            RuleTarget::App(id) => format!("/v1/apps/{id}/rules"),
+            RuleTarget::Upstream(name) => format!("/v1/upstreams/{name}/rules"),
+        }
+    }
+
+    pub async fn rules(&self, target: &RuleTarget) -> Result<RuleScript, ClientError> {
+        Ok(self.get(&Self::rules_path(target)).await?.value)
+    }
+
+    /// Puts a script in force; `on_error` none keeps the policy the target had (open at first).
+    pub async fn set_rules(
+        &self,
+        target: &RuleTarget,
+        source: &str,
+        on_error: Option<RuleOnError>,
+    ) -> Result<RuleScript, ClientError> {
+        let query = on_error.map(|o| format!("?on_error={}", o.as_str())).unwrap_or_default();
+        let url = format!("{}{}{query}", self.base, Self::rules_path(target));
+        let req = self.http.put(&url).header("content-type", "text/x-lua").body(source.to_string());
+        Ok(self.send(req, &url).await?.value)
+    }
+
+    pub async fn delete_rules(&self, target: &RuleTarget) -> Result<(), ClientError> {
+        let url = format!("{}{}", self.base, Self::rules_path(target));
+        self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
+        Ok(())
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}
+
+/// A server's refusal: its JSON error body, or its words when it sent none.
+fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
+    let body = serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| ErrorBody { error: String::from_utf8_lossy(bytes).trim().to_string(), details: vec![] });
+    ClientError::Api { status: status.as_u16(), body }
+}
