@@ -12,7 +12,7 @@ use crate::driver::{Driver, Handle, instance_env};
 use crate::logs::{LogSink, Origin};
 use crate::ports::{self, TakenPorts};
 use crate::report::Reporter;
-use berth_api::probe as health;
+use berth_probe as health;
 
 use crate::now_ms;
 
@@ -297,7 +297,7 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
     let mut healthy_said: Option<bool> = None;
     let mut failures = 0u32;
     // The last failure said, so that a check failing the same way is not reported every probe.
-    let mut reason_said: Option<(String, Instant)> = None;
+    let mut reason_said: Option<(health::Kind, Instant)> = None;
     loop {
         match health::probe(&spec, &host, port).await {
             Ok(()) => {
@@ -314,14 +314,14 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
             }
             Err(why) => {
                 // The instance's reason while it starts or is unhealthy: why its check fails.
-                let kind: String = why.chars().filter(|c| !c.is_ascii_digit()).collect();
+                let kind = why.kind();
                 let stale = reason_said.as_ref().is_none_or(|(k, at)| *k != kind || at.elapsed() >= REASON_EVERY);
                 if stale {
                     let state = if passed_once { InstanceState::Running } else { InstanceState::Starting };
                     let healthy = passed_once.then_some(false).or(base.healthy);
                     reports.send(
                         InstanceReport { healthy, ..base.clone().with_state(state) }
-                            .because(Reason::HealthCheck { result: why.clone() }),
+                            .because(Reason::HealthCheck { result: why.to_string() }),
                     );
                     reason_said = Some((kind, Instant::now()));
                     if passed_once {

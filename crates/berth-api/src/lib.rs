@@ -9,7 +9,6 @@ mod exec;
 pub mod exec_stream;
 mod logs;
 mod nodes;
-pub mod probe;
 mod routes;
 mod usage;
 

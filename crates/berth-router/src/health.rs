@@ -62,7 +62,7 @@ async fn probe_loop(addr: String, check: Check, state: Arc<ServerState>) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
-        match berth_api::probe::probe(&spec, &host, port).await {
+        match berth_probe::probe(&spec, &host, port).await {
             Ok(()) => {
                 state.fall.store(0, Ordering::Relaxed);
                 if state.passive_fails.load(Ordering::Relaxed) == 0 {
@@ -79,7 +79,7 @@ async fn probe_loop(addr: String, check: Check, state: Arc<ServerState>) {
             Err(why) => {
                 state.rise.store(0, Ordering::Relaxed);
                 let fall = state.fall.fetch_add(1, Ordering::Relaxed) + 1;
-                state.set_msg(&why);
+                state.set_msg(&why.to_string());
                 if state.up.load(Ordering::Relaxed) && fall >= check.fall {
                     state.up.store(false, Ordering::Relaxed);
                     state.last_modified_ms.store(now_ms(), Ordering::Relaxed);
