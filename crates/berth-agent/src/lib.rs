@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use berth_api::{Assignment, Client, ClientError, HeartbeatRequest, InstanceReport, RegisterRequest};
+use berth_core::retry::Retry;
 use berth_core::spec::DriverKind;
 use berth_core::{InstanceState, Reason, Resources};
 use tokio::sync::{mpsc, watch};
@@ -81,11 +82,7 @@ fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
 }
 
 fn random_hex() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    h.write_u32(std::process::id());
-    format!("{:08x}", h.finish() as u32)
+    format!("{:08x}", rand::random::<u32>())
 }
 
 fn total_memory_mib() -> u64 {
@@ -112,7 +109,7 @@ impl Agent {
                     return Err(AgentError::NoDocker(e.to_string()));
                 }
                 Err(e) => {
-                    tracing::info!(error = %e, "no Docker engine; running with the exec driver only")
+                    tracing::info!(error = %e, "no Docker engine; running with the exec driver only");
                 }
             }
         }
@@ -138,7 +135,7 @@ impl Agent {
         let (node_tx, node_rx) = watch::channel(id.clone());
         drop(node_tx);
         let (reporter, report_task) = report::spawn(client.clone(), node_rx, shutdown_rx.clone());
-        let sink = logs::LogSink::default();
+        let sink = logs::LogBuffers::default();
         let shipper = tokio::spawn(logs::ship(client.clone(), id.clone(), sink.clone(), shutdown_rx.clone()));
         let metrics = metrics::MetricsSink::default();
         let metrics_shipper = tokio::spawn(metrics::ship(
@@ -179,17 +176,16 @@ impl Agent {
 }
 
 async fn register(client: &Client, req: &RegisterRequest, shutdown: &mut watch::Receiver<bool>) -> bool {
-    let mut delay = Duration::from_millis(100);
+    let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(3));
     loop {
         match client.register(req).await {
             Ok(_) => return true,
             Err(e) => tracing::warn!(error = %e, "registering with the server failed; retrying"),
         }
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep(retry.next_delay(rand::random())) => {}
             _ = shutdown.changed() => return false,
         }
-        delay = (delay * 2).min(Duration::from_secs(3));
     }
 }
 
@@ -211,7 +207,7 @@ async fn run(
         match d.survivors().await {
             Ok(found) => survivors.extend(found.into_iter().map(|h| (h.instance.clone(), (h, d.clone())))),
             Err(e) => {
-                tracing::warn!(driver = %d.kind(), error = %e, "listing surviving instances failed")
+                tracing::warn!(driver = %d.kind(), error = %e, "listing surviving instances failed");
             }
         }
     }
@@ -225,6 +221,7 @@ async fn run(
     let poll_register = re_register.clone();
     tokio::spawn(async move {
         let mut index = 0;
+        let mut retry = Retry::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             let result = tokio::select! {
                 r = poll_client.assignments(&poll_node, index, Duration::from_secs(30)) => r,
@@ -232,6 +229,7 @@ async fn run(
             };
             match result {
                 Ok(a) => {
+                    retry.succeeded();
                     index = a.index;
                     if assign_tx.send(a.assignments).await.is_err() {
                         return;
@@ -243,7 +241,7 @@ async fn run(
                     }
                     tracing::warn!(error = %e, "watching assignments failed; retrying");
                     index = 0;
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(retry.next_delay(rand::random())).await;
                 }
             }
         }
@@ -283,13 +281,12 @@ async fn run(
                         sync::Command::Start { id, driver, adopt } => {
                             let Some(a) = by_id.get(id.as_str()) else { continue };
                             let adopted = if adopt { survivors.remove(&id) } else { None };
-                            let driver = match adopted.as_ref().map(|(_, d)| d.clone()).or_else(|| drivers.iter().find(|d| d.kind() == driver).cloned()) {
-                                Some(d) => d,
-                                None => {
-                                    reporter.send(failed(&id, Reason::NoDriver { driver }));
-                                    continue;
-                                }
+                            let found = adopted.as_ref().map(|(_, d)| d.clone()).or_else(|| drivers.iter().find(|d| d.kind() == driver).cloned());
+                            let Some(found) = found else {
+                                reporter.send(failed(&id, Reason::NoDriver { driver }));
+                                continue;
                             };
+                            let driver = found;
                             let (stop_tx, stop_rx) = watch::channel(false);
                             stops.insert(id, stop_tx);
                             tokio::spawn(runner::supervise((*a).clone(), driver, adopted.map(|(h, _)| h), reporter.clone(), stop_rx, done_tx.clone(), services.clone()));
@@ -326,16 +323,20 @@ async fn run(
 /// Takes the commands the server queues for this node's instances (`berth app NAME exec`), runs
 /// each through its instance's driver, and answers with what it did.
 async fn run_execs(client: Client, node: String, live: runner::LiveInstances, mut shutdown: watch::Receiver<bool>) {
+    let mut retry = Retry::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         let taken = tokio::select! {
             t = client.execs(&node, Duration::from_secs(30)) => t,
             _ = shutdown.changed() => return,
         };
         let requests = match taken {
-            Ok(r) => r,
+            Ok(r) => {
+                retry.succeeded();
+                r
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "taking exec requests failed; retrying");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(retry.next_delay(rand::random())).await;
                 continue;
             }
         };
@@ -390,12 +391,4 @@ fn stopped(id: &str) -> InstanceReport {
     runner::report(id, InstanceState::Stopped)
 }
 
-/// Milliseconds since the Unix epoch, the unit of every time the agent reports.
-pub(crate) fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use berth_core::{lock, now_ms};

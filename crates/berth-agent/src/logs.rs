@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::lock;
 use berth_api::{Client, LogBatch, LogLine, LogStream};
+use berth_core::retry::Retry;
 use tokio::sync::{Notify, watch};
 
 /// Lines kept per instance while the control plane is slow or away.
@@ -29,7 +30,7 @@ struct Buffer {
 
 /// Where collectors put lines; cheap to clone.
 #[derive(Clone, Default)]
-pub struct LogSink {
+pub struct LogBuffers {
     buffers: Arc<Mutex<HashMap<String, Buffer>>>,
     ready: Arc<Notify>,
 }
@@ -42,7 +43,7 @@ pub struct Origin {
     pub node: String,
 }
 
-impl LogSink {
+impl LogBuffers {
     pub fn push(&self, origin: &Origin, stream: LogStream, t: i64, text: String) {
         self.push_many(origin, stream, t, std::iter::once(text));
     }
@@ -107,8 +108,8 @@ impl LogSink {
 }
 
 /// Sends batches until shutdown; a failed send is retried with backoff (lines wait in buffers).
-pub async fn ship(client: Client, node: String, sink: LogSink, mut shutdown: watch::Receiver<bool>) {
-    let mut backoff = Duration::from_millis(200);
+pub async fn ship(client: Client, node: String, sink: LogBuffers, mut shutdown: watch::Receiver<bool>) {
+    let mut retry = Retry::new(Duration::from_millis(200), Duration::from_secs(5));
     let mut pending: Option<LogBatch> = None;
     loop {
         if pending.is_none() && !sink.has_lines() {
@@ -128,15 +129,14 @@ pub async fn ship(client: Client, node: String, sink: LogSink, mut shutdown: wat
             continue;
         }
         match client.ship_logs(&node, &batch).await {
-            Ok(()) => backoff = Duration::from_millis(200),
+            Ok(()) => retry.succeeded(),
             Err(e) => {
                 tracing::debug!(error = %e, lines = batch.lines.len(), "shipping logs failed; retrying");
                 pending = Some(batch);
                 tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
+                    _ = tokio::time::sleep(retry.next_delay(rand::random())) => {}
                     _ = shutdown.changed() => return,
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -152,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_flooding_instance_loses_its_own_lines_not_others() {
-        let sink = LogSink::default();
+        let sink = LogBuffers::default();
         for i in 0..(PER_INSTANCE + 10) {
             sink.push(&origin("loud"), LogStream::Stdout, 0, format!("{i}"));
         }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use berth_api::{Client, InstanceReport};
+use berth_core::retry::Retry;
 use tokio::sync::{mpsc, watch};
 
 #[derive(Clone)]
@@ -49,6 +50,7 @@ pub fn spawn(
     let (tx, mut rx) = mpsc::unbounded_channel::<InstanceReport>();
     let task = tokio::spawn(async move {
         let mut pending: BTreeMap<String, InstanceReport> = BTreeMap::new();
+        let mut retry = Retry::new(Duration::from_millis(250), Duration::from_secs(5));
         loop {
             if pending.is_empty() {
                 tokio::select! {
@@ -70,6 +72,7 @@ pub fn spawn(
             let node_id = node.borrow().clone();
             match client.report(&node_id, batch.clone()).await {
                 Ok(()) => {
+                    retry.succeeded();
                     for sent in batch {
                         if pending.get(&sent.id) == Some(&sent) {
                             pending.remove(&sent.id);
@@ -79,7 +82,7 @@ pub fn spawn(
                 Err(e) => {
                     tracing::warn!(error = %e, "reporting to the server failed; will retry");
                     tokio::select! {
-                        _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                        _ = tokio::time::sleep(retry.next_delay(rand::random())) => {}
                         _ = shutdown.changed() => return,
                     }
                 }

@@ -9,7 +9,7 @@ use berth_core::{InstanceState, Reason};
 use tokio::sync::{mpsc, watch};
 
 use crate::driver::{Driver, Handle, instance_env};
-use crate::logs::{LogSink, Origin};
+use crate::logs::{LogBuffers, Origin};
 use crate::ports::{self, TakenPorts};
 use crate::report::Reporter;
 use berth_probe as health;
@@ -228,7 +228,7 @@ async fn run_to_end(
 #[derive(Clone)]
 pub struct Services {
     pub client: Client,
-    pub logs: LogSink,
+    pub logs: LogBuffers,
     pub metrics: crate::metrics::MetricsSink,
     pub metrics_interval: Duration,
     pub node: String,
@@ -372,7 +372,7 @@ mod tests {
         Services {
             // Never called: the instances have no ports to drain.
             client: Client::new("http://127.0.0.1:9").unwrap(),
-            logs: LogSink::default(),
+            logs: LogBuffers::default(),
             metrics: crate::metrics::MetricsSink::default(),
             metrics_interval: Duration::from_secs(3600),
             node: "n1".into(),

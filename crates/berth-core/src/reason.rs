@@ -104,7 +104,7 @@ impl fmt::Display for Exit {
         match self.exit_code {
             // Shells and engines report death by signal N as 128 + N.
             Some(code) if (129..=192).contains(&code) && self.detail.is_none() => {
-                write!(f, "exited with code {code} (signal {})", code - 128)?
+                write!(f, "exited with code {code} (signal {})", code - 128)?;
             }
             Some(code) => write!(f, "exited with code {code}")?,
             None => f.write_str("exited")?,

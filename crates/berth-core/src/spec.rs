@@ -696,7 +696,7 @@ impl AppSpec {
                 field: field.into(),
                 message,
                 suggestion: None,
-            })
+            });
         };
         for (field, value) in [("group", &self.group), ("name", &self.name)] {
             if let Err(why) = check_label(value) {
@@ -708,7 +708,7 @@ impl AppSpec {
             (None, Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
             (None, _, _) => fail("image", "required (or use `driver: exec` with a `command`)".into()),
             (Some(image), _, _) if let Err(why) = check_image(image) => {
-                fail("image", format!("`{}` is not an image reference: {why}", image.escape_debug()))
+                fail("image", format!("`{}` is not an image reference: {why}", image.escape_debug()));
             }
             (Some(_), Some(DriverKind::Exec), None) => fail("command", "driver `exec` needs a command".into()),
             _ => {}
@@ -817,7 +817,7 @@ impl AppSpec {
                 (Some(_), true) => fail("health", "choose one of `http` and `tcp`".into()),
                 (None, false) => fail("health", "set `http: /path` or `tcp: true`".into()),
                 (Some(path), false) if !path.starts_with('/') => {
-                    fail("health.http", format!("`{path}` must start with /"))
+                    fail("health.http", format!("`{path}` must start with /"));
                 }
                 _ => {}
             }
@@ -1152,24 +1152,10 @@ pub fn closest<'a>(written: &str, candidates: &[&'a str]) -> Option<&'a str> {
     let written = written.to_lowercase();
     candidates
         .iter()
-        .map(|c| (edit_distance(&written, &c.to_lowercase()), *c))
+        .map(|c| (strsim::levenshtein(&written, &c.to_lowercase()), *c))
         .filter(|(d, c)| *d <= (c.len().max(written.len()) / 3).max(2))
         .min_by_key(|(d, _)| *d)
         .map(|(_, c)| c)
-}
-
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut prev: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut cur = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let cost = usize::from(ca != *cb);
-            cur[j + 1] = (prev[j] + cost).min(prev[j + 1] + 1).min(cur[j] + 1);
-        }
-        prev = cur;
-    }
-    prev[b.len()]
 }
 
 /// Where each key of the document sits, as `(dotted.path, line, column)`.

@@ -217,7 +217,7 @@ fn reconcile_app(
             .min();
         match steady_since {
             Some(t) if now - t >= settings.backoff_reset_ms => {
-                plan.actions.push(Action::ResetBackoff { app: id.to_string() })
+                plan.actions.push(Action::ResetBackoff { app: id.to_string() });
             }
             Some(t) => plan.check_by(t + settings.backoff_reset_ms),
             None => {}
@@ -292,13 +292,13 @@ fn reconcile_app(
     match verdict {
         Some(Verdict::Switch) => plan.actions.push(Action::Switch { app: app_id }),
         Some(Verdict::Succeeded { message }) => {
-            plan.actions.push(Action::EndDeployment { app: app_id, state: DeploymentState::Succeeded, message })
+            plan.actions.push(Action::EndDeployment { app: app_id, state: DeploymentState::Succeeded, message });
         }
         Some(Verdict::Failed { reason, roll_back_to: Some(to_version) }) => {
-            plan.actions.push(Action::AutoRollback { app: app_id, to_version, reason })
+            plan.actions.push(Action::AutoRollback { app: app_id, to_version, reason });
         }
         Some(Verdict::Failed { reason, roll_back_to: None }) => {
-            plan.actions.push(Action::EndDeployment { app: app_id, state: DeploymentState::Failed, message: reason })
+            plan.actions.push(Action::EndDeployment { app: app_id, state: DeploymentState::Failed, message: reason });
         }
         None => {}
     }

@@ -15,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use berth_core::{lock, now_ms};
+
 /// Lines wait at most this long in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
 /// A shard this full wakes the writer before its tick.
@@ -172,7 +174,7 @@ impl Writer {
             std::thread::park_timeout(FLUSH_EVERY);
             let stopping = self.log.stop.load(Ordering::SeqCst);
             let log = self.log.clone();
-            for shard in log.shards.iter() {
+            for shard in &log.shards {
                 std::mem::swap(&mut *lock(shard), &mut spare);
                 if !spare.is_empty() {
                     if let Err(e) = self.write(&spare) {
@@ -272,14 +274,6 @@ fn json_str(out: &mut Vec<u8>, text: &str) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -124,7 +124,7 @@ pub fn explain(table: &Table, host: &str, path: &str, method: &str) -> Value {
         let view = rules::RequestView { method, path: p, query: q, host: &host, remote: None, headers: &[] };
         let decision = match rules::run(&loaded.script, &view) {
             Ok(o) => {
-                if let rules::Action::Route(name) = &o.action
+                if let rules::RuleAction::Route(name) = &o.action
                     && let Some(c) = table.by_route_name(name)
                 {
                     target = c.clone();

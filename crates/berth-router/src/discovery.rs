@@ -1,5 +1,6 @@
 //! Follows the control plane's route watch and swaps in a new table when routes change.
 
+use berth_core::retry::Retry;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +24,8 @@ pub async fn follow(
     let mut generation = 0;
     let mut last: Option<String> = None;
     let mut checker = Checker::default();
+    // Every router lost the same server at once: they come back spread out, not in one instant.
+    let mut retry = Retry::new(Duration::from_millis(250), Duration::from_secs(5));
     loop {
         let result = tokio::select! {
             r = client.routes(index, Duration::from_secs(30)) => r,
@@ -30,6 +33,7 @@ pub async fn follow(
         };
         match result {
             Ok(mut snapshot) => {
+                retry.succeeded();
                 index = snapshot.index;
                 // The index moves with every store write; only a change of routes is a new generation.
                 let at = snapshot.index;
@@ -50,7 +54,7 @@ pub async fn follow(
                 tracing::warn!(error = %e, "watching routes failed; serving the last table");
                 index = 0;
                 tokio::select! {
-                    _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+                    _ = tokio::time::sleep(retry.next_delay(rand::random())) => {}
                     _ = shutdown.changed() => break,
                 }
             }

@@ -54,9 +54,9 @@ impl Checker {
 
 async fn probe_loop(addr: String, check: Check, state: Arc<ServerState>) {
     let spec = check.as_health_spec();
-    let (host, port) = match addr.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?))) {
-        Some(hp) => hp,
-        None => return,
+    let Some((host, port)) = addr.rsplit_once(':').and_then(|(h, p)| Some((h.to_string(), p.parse::<u16>().ok()?)))
+    else {
+        return;
     };
     let mut ticker = tokio::time::interval(check.interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

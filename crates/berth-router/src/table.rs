@@ -20,9 +20,7 @@ pub const PASSIVE_EJECT: Duration = Duration::from_secs(10);
 /// New servers ramp up to their full weight over this long, unless their app says otherwise.
 pub const SLOW_START: Duration = Duration::from_secs(5);
 
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
-}
+pub use berth_core::now_ms;
 
 /// What the router has learned about one server, shared by every thread and every snapshot.
 #[derive(Debug)]

@@ -82,7 +82,7 @@ fn budget_spent() -> RuleError {
 /// What a script decided for one request.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Outcome {
-    pub action: Action,
+    pub action: RuleAction,
     /// Headers to set on the request before it is forwarded.
     pub set_headers: Vec<(String, String)>,
     /// A new path (and query) for the forwarded request.
@@ -90,7 +90,7 @@ pub struct Outcome {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub enum Action {
+pub enum RuleAction {
     #[default]
     Pass,
     Deny {
@@ -105,13 +105,13 @@ pub enum Action {
     Route(String),
 }
 
-impl std::fmt::Display for Action {
+impl std::fmt::Display for RuleAction {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Action::Pass => f.write_str("pass"),
-            Action::Deny { status, message } => write!(f, "deny {status} {message:?}"),
-            Action::Redirect { url, status } => write!(f, "redirect {status} {url}"),
-            Action::Route(name) => write!(f, "route to {name}"),
+            RuleAction::Pass => f.write_str("pass"),
+            RuleAction::Deny { status, message } => write!(f, "deny {status} {message:?}"),
+            RuleAction::Redirect { url, status } => write!(f, "redirect {status} {url}"),
+            RuleAction::Route(name) => write!(f, "route to {name}"),
         }
     }
 }
@@ -642,16 +642,16 @@ pub fn run_in_vm(script: &Script, req: &RequestView<'_>) -> Result<Outcome, Rule
     if let Value::Table(t) = result {
         let action: String = t.get("action").unwrap_or_default();
         outcome.action = match action.as_str() {
-            "deny" => Action::Deny {
+            "deny" => RuleAction::Deny {
                 status: deny_status(t.get::<u16>("status").ok()),
                 message: t.get("message").unwrap_or_else(|_| DENIED.into()),
             },
-            "redirect" => Action::Redirect {
+            "redirect" => RuleAction::Redirect {
                 url: t.get("url").map_err(|_| redirect_needs_url())?,
                 status: redirect_status(t.get::<u16>("status").ok()),
             },
-            "route" => Action::Route(t.get("name").map_err(|_| route_needs_name())?),
-            _ => Action::Pass,
+            "route" => RuleAction::Route(t.get("name").map_err(|_| route_needs_name())?),
+            _ => RuleAction::Pass,
         };
     }
     checked(outcome)
@@ -677,7 +677,7 @@ mod tests {
         assert!(try_on(&guarded, &TrialRequest::sample("shop.test")).is_ok(), "the sample does not reach it");
         assert!(try_on(&guarded, &trial).is_err(), "the given request does");
         let good = Script::new("if req.host == 'shop.test' then return deny(403, 'no') end").unwrap();
-        assert!(matches!(try_on(&good, &trial).unwrap().action, Action::Deny { status: 403, .. }));
+        assert!(matches!(try_on(&good, &trial).unwrap().action, RuleAction::Deny { status: 403, .. }));
     }
 
     const HEADERS: &[(&[u8], &[u8])] = &[(b"X-Token", b"abc"), (b"Accept", b"text/html"), (b"accept", b"*/*")];
@@ -729,10 +729,10 @@ mod tests {
     #[test]
     fn deny_deletes() {
         let s = Script::new("if req.method == \"DELETE\" then return deny(403, \"no deletes here\") end").unwrap();
-        assert_eq!(run(&s, &req("GET", "/")).unwrap().action, Action::Pass);
+        assert_eq!(run(&s, &req("GET", "/")).unwrap().action, RuleAction::Pass);
         assert_eq!(
             run(&s, &req("DELETE", "/x")).unwrap().action,
-            Action::Deny { status: 403, message: "no deletes here".into() }
+            RuleAction::Deny { status: 403, message: "no deletes here".into() }
         );
     }
 
@@ -749,9 +749,9 @@ mod tests {
         assert_eq!(o.rewrite.as_deref(), Some("/new/a"));
         assert_eq!(o.set_headers, vec![("X-Seen".to_string(), "abc".to_string())]);
         let o = run(&s, &req("GET", "/moved")).unwrap();
-        assert_eq!(o.action, Action::Redirect { url: "https://example.com/".into(), status: 301 });
+        assert_eq!(o.action, RuleAction::Redirect { url: "https://example.com/".into(), status: 301 });
         assert_eq!(o.rewrite, None, "each request starts clean");
-        assert_eq!(run(&s, &req("GET", "/legacy")).unwrap().action, Action::Route("legacy.internal".into()));
+        assert_eq!(run(&s, &req("GET", "/legacy")).unwrap().action, RuleAction::Route("legacy.internal".into()));
     }
 
     #[test]
@@ -784,7 +784,7 @@ mod tests {
         assert!(e.message.contains("instruction budget"), "{e}");
         // The VM is still usable for the next request.
         let ok = Script::new("return nil").unwrap();
-        assert_eq!(run(&ok, &req("GET", "/")).unwrap().action, Action::Pass);
+        assert_eq!(run(&ok, &req("GET", "/")).unwrap().action, RuleAction::Pass);
         assert!(run(&s, &req("GET", "/")).is_err());
     }
 
@@ -820,7 +820,7 @@ mod tests {
             std::thread::sleep(Duration::from_millis(10));
         }
         let ok = run(&native, &req("GET", "/api/a/b/c/admin")).unwrap();
-        assert_eq!(ok.action, Action::Deny { status: 403, message: "no admin".into() });
+        assert_eq!(ok.action, RuleAction::Deny { status: 403, message: "no admin".into() });
         // A second overrun soon after suspends for twice as long.
         assert_eq!(run(&native, &req("GET", &long)).unwrap_err().kind, FailureKind::Overrun);
         let until = native.breaker.until.load(Ordering::Relaxed) - clock_ms();

@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 
 use super::pattern::{self, Budget, MatchError, Pattern};
-use super::{Action, Outcome, RequestView, RuleError};
+use super::{Outcome, RequestView, RuleAction, RuleError};
 
 /// A rule compiled to a tree evaluated here.
 #[derive(Debug)]
@@ -226,9 +226,9 @@ impl Program {
 }
 
 /// The action a returned value asks for, converted as the VM path converts its table.
-fn decision(v: Val<'_>) -> Result<Result<Action, RuleError>, Defer> {
+fn decision(v: Val<'_>) -> Result<Result<RuleAction, RuleError>, Defer> {
     let Val::Decision(kind, fields) = v else {
-        return Ok(Ok(Action::Pass));
+        return Ok(Ok(RuleAction::Pass));
     };
     let [first, second] = *fields;
     let status = |v: &Val<'_>| match v {
@@ -244,14 +244,14 @@ fn decision(v: Val<'_>) -> Result<Result<Action, RuleError>, Defer> {
     Ok(match kind {
         Builtin::Deny => {
             let status = super::deny_status(status(&first)?);
-            Ok(Action::Deny { status, message: text(second)?.unwrap_or_else(|| super::DENIED.to_string()) })
+            Ok(RuleAction::Deny { status, message: text(second)?.unwrap_or_else(|| super::DENIED.to_string()) })
         }
         Builtin::Redirect => {
             let status = super::redirect_status(status(&second)?);
-            text(first)?.map(|url| Action::Redirect { url, status }).ok_or_else(super::redirect_needs_url)
+            text(first)?.map(|url| RuleAction::Redirect { url, status }).ok_or_else(super::redirect_needs_url)
         }
-        Builtin::Route => text(first)?.map(Action::Route).ok_or_else(super::route_needs_name),
-        Builtin::SetHeader | Builtin::Rewrite => Ok(Action::Pass),
+        Builtin::Route => text(first)?.map(RuleAction::Route).ok_or_else(super::route_needs_name),
+        Builtin::SetHeader | Builtin::Rewrite => Ok(RuleAction::Pass),
     })
 }
 
@@ -1093,7 +1093,7 @@ mod tests {
         // `not` binds tighter than `==`: (not "GET") == false, which is true.
         let s = Script::new("if not req.method == false then return deny(401) end").unwrap();
         assert!(compile(&s.source).is_some());
-        assert_eq!(run(&s, &view).unwrap().action, Action::Deny { status: 401, message: "denied".into() });
+        assert_eq!(run(&s, &view).unwrap().action, RuleAction::Deny { status: 401, message: "denied".into() });
         assert_eq!(run(&s, &view), run_in_vm(&s, &view));
     }
 
@@ -1108,7 +1108,7 @@ mod tests {
         for (path, teapot) in [("/a", true), ("/", false), ("/ab", false)] {
             let view = RequestView { method: "GET", path, query: "", host: "h", remote: None, headers: &[] };
             let o = run(&s, &view).unwrap();
-            assert_eq!(matches!(o.action, Action::Deny { status: 418, .. }), teapot, "{path}");
+            assert_eq!(matches!(o.action, RuleAction::Deny { status: 418, .. }), teapot, "{path}");
             assert_eq!(Ok(o), run_in_vm(&s, &view));
         }
     }
@@ -1128,7 +1128,7 @@ mod tests {
         // A local holding a decision is one table: equal to itself, unlike two calls.
         let s = Script::new("local d = deny(401)\nif d == d and deny() ~= deny() then return d end").unwrap();
         assert_eq!(s.engine(), "native");
-        assert_eq!(run(&s, &view).unwrap().action, Action::Deny { status: 401, message: "denied".into() });
+        assert_eq!(run(&s, &view).unwrap().action, RuleAction::Deny { status: 401, message: "denied".into() });
         // Out of its block a name is a global again, which only the VM knows about.
         assert_eq!(Script::new("if false then local w = 1 end\nreturn deny(403, w)").unwrap().engine(), "lua");
     }
@@ -1367,10 +1367,12 @@ mod tests {
                 clean(p);
             }
             match &mut o.action {
-                Action::Deny { message: text, .. } | Action::Redirect { url: text, .. } | Action::Route(text) => {
-                    clean(text)
+                RuleAction::Deny { message: text, .. }
+                | RuleAction::Redirect { url: text, .. }
+                | RuleAction::Route(text) => {
+                    clean(text);
                 }
-                Action::Pass => {}
+                RuleAction::Pass => {}
             }
             o
         })
@@ -1423,11 +1425,11 @@ mod tests {
                     let kind = match &decided {
                         Err(_) => 0,
                         Ok(o) => match o.action {
-                            Action::Pass if o.set_headers.is_empty() && o.rewrite.is_none() => 1,
-                            Action::Pass => 2,
-                            Action::Deny { .. } => 3,
-                            Action::Redirect { .. } => 4,
-                            Action::Route(_) => 5,
+                            RuleAction::Pass if o.set_headers.is_empty() && o.rewrite.is_none() => 1,
+                            RuleAction::Pass => 2,
+                            RuleAction::Deny { .. } => 3,
+                            RuleAction::Redirect { .. } => 4,
+                            RuleAction::Route(_) => 5,
                         },
                     };
                     kinds[kind] += 1;

@@ -2,9 +2,6 @@
 //! a plan applied as one store transaction guarded by those revisions.
 
 use std::collections::HashMap;
-use std::collections::hash_map::RandomState;
-use std::hash::{BuildHasher, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use berth_core::{Allocation, App, Desired, Instance, InstanceState, Level, Millis, NodeStatus};
 use berth_plan::{Action, Snapshot, deploy};
@@ -50,11 +47,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
 
 /// A short random id: unique enough for instances, readable in a table.
 pub(crate) fn random_suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut h = RandomState::new().build_hasher();
-    h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    format!("{:010x}", h.finish() & 0xff_ffff_ffff)
+    format!("{:010x}", rand::random::<u64>() & 0xff_ffff_ffff)
 }
 
 pub(crate) fn apply(

@@ -55,8 +55,5 @@ impl Execs {
 }
 
 pub(crate) fn new_id() -> String {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
-    format!("x{:016x}", h.finish())
+    format!("x{:016x}", rand::random::<u64>())
 }

@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use berth_core::Millis;
 use berth_store::{RedbStore, State, Store, StoreError};
@@ -111,10 +111,8 @@ impl Shared {
     }
 }
 
-/// Locks a mutex whose data stays consistent even if a holder panicked (every write is one insert).
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use berth_core::lock;
+pub use berth_core::now_ms;
 
 impl Shared {
     /// Every instance record, without revisions.
@@ -134,10 +132,6 @@ impl Shared {
 /// A domain as the routers match it: lower case, no leading or trailing dot.
 pub fn normal_domain(domain: &str) -> String {
     domain.trim_matches('.').to_ascii_lowercase()
-}
-
-pub fn now_ms() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
 }
 
 /// A running control plane.

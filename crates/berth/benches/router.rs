@@ -31,6 +31,7 @@ const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 fn own_session(cmd: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: setsid is async-signal-safe and touches nothing of the parent's.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| nix::unistd::setsid().map(|_| ()).map_err(std::io::Error::from));
     }

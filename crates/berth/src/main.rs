@@ -22,6 +22,7 @@ fn main() -> ExitCode {
         // instead of panicking on the failed write. Long-running platform processes keep
         // ignoring SIGPIPE: a closed socket must not kill a server.
         // SAFETY: set before any thread starts; the default action needs no handler state.
+        #[allow(unsafe_code)]
         unsafe {
             let _ = nix::sys::signal::signal(nix::sys::signal::Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl);
         }

@@ -15,7 +15,7 @@ use tokio::task::JoinHandle;
 use super::session::Session;
 use super::{Driver, DriverError, Fut, Handle, Runtime};
 use crate::lock;
-use crate::logs::{LogSink, Origin};
+use crate::logs::{LogBuffers, Origin};
 use crate::metrics::Reading;
 
 #[derive(Default)]
@@ -94,7 +94,7 @@ impl Runtime for FakeDriver {
         let last: Vec<String> = self.last_lines.iter().rev().take(lines).rev().cloned().collect();
         Box::pin(async move { last })
     }
-    fn collect_logs(&self, _: &Handle, _: Origin, _: LogSink, _: watch::Receiver<bool>, _: &Path) -> JoinHandle<()> {
+    fn collect_logs(&self, _: &Handle, _: Origin, _: LogBuffers, _: watch::Receiver<bool>, _: &Path) -> JoinHandle<()> {
         tokio::spawn(async {})
     }
     fn read_usage<'a>(&'a self, _: &'a Handle) -> Fut<'a, Option<Reading>> {

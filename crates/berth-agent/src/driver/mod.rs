@@ -18,7 +18,7 @@ use berth_core::spec::{DriverKind, NetworkMode};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::logs::{LogSink, Origin};
+use crate::logs::{LogBuffers, Origin};
 use crate::metrics::Reading;
 pub(crate) use session::Fut;
 use session::Session;
@@ -66,7 +66,7 @@ pub(crate) trait Runtime: Send + Sync + 'static {
         &self,
         handle: &Handle,
         origin: Origin,
-        sink: LogSink,
+        sink: LogBuffers,
         ended: watch::Receiver<bool>,
         cursors: &Path,
     ) -> JoinHandle<()>;
@@ -116,7 +116,7 @@ impl Driver {
     }
 
     pub fn remove_leftovers(&self, instance: &str, cursors: &Path) {
-        self.0.remove_leftovers(instance, cursors)
+        self.0.remove_leftovers(instance, cursors);
     }
 
     /// The last lines an ended instance wrote, for its failure report (cut to 200 bytes each).
@@ -134,7 +134,7 @@ impl Driver {
         &self,
         handle: &Handle,
         origin: Origin,
-        sink: LogSink,
+        sink: LogBuffers,
         ended: watch::Receiver<bool>,
         cursors: &Path,
     ) -> JoinHandle<()> {

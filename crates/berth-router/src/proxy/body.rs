@@ -56,9 +56,8 @@ pub(super) async fn read_request_body<S: AsyncRead + Unpin>(
             // A client's chunk lines must end in CRLF: a bare LF is how smuggling starts.
             let mut decoder = h1::Chunked::strict();
             loop {
-                let used = match decoder.decode(buf.filled(), body) {
-                    Ok(used) => used,
-                    Err(_) => return Ok(BodyRead::Refused(400)),
+                let Ok(used) = decoder.decode(buf.filled(), body) else {
+                    return Ok(BodyRead::Refused(400));
                 };
                 buf.consume(used);
                 if body.len() > max_body {

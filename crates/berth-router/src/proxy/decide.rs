@@ -86,14 +86,14 @@ impl Proxy {
                 }
                 Ok(outcome) => {
                     match outcome.action {
-                        Action::Pass => {}
-                        Action::Deny { status, message } => {
+                        RuleAction::Pass => {}
+                        RuleAction::Deny { status, message } => {
                             let status = if StatusCode::from_u16(status).is_ok() { status } else { 403 };
                             cluster.metrics.denied.fetch_add(1, Ordering::Relaxed);
                             cluster.metrics.observe(status, started.elapsed());
                             return Decision::Local(Local::json(status, serde_json::json!({"error": message})));
                         }
-                        Action::Redirect { url, status } => {
+                        RuleAction::Redirect { url, status } => {
                             let status = if StatusCode::from_u16(status).is_ok() { status } else { 302 };
                             cluster.metrics.observe(status, started.elapsed());
                             let ok = HeaderValue::from_str(&url).is_ok();
@@ -101,7 +101,7 @@ impl Proxy {
                             local.location = ok.then_some(url);
                             return Decision::Local(local);
                         }
-                        Action::Route(name) => match table.by_route_name(&name) {
+                        RuleAction::Route(name) => match table.by_route_name(&name) {
                             Some(c) => cluster = c.clone(),
                             None => {
                                 return Decision::Local(Local::json(
@@ -124,7 +124,7 @@ impl Proxy {
         if let Some(l) = log.as_mut() {
             l.cluster = Some(cluster.clone());
         }
-        Decision::Forward(Plan { cluster, rewrite, set_headers, key })
+        Decision::Forward(Forwarding { cluster, rewrite, set_headers, key })
     }
 }
 

@@ -14,7 +14,7 @@ impl Proxy {
     pub async fn forward<'p>(
         &self,
         pool: &Pool,
-        plan: &Plan,
+        plan: &Forwarding,
         request: upstream::Request<'_>,
         mut pump: Option<&mut (dyn BodyPump + 'p)>,
         started: Instant,

@@ -47,7 +47,7 @@ use crate::access_log::{AccessLog, Ending};
 use crate::balance;
 use crate::h1::{self, ClientBody, Forward, Framing, Head};
 use crate::metrics::ClusterMetrics;
-use crate::rules::{self, Action, RequestView};
+use crate::rules::{self, RequestView, RuleAction};
 use crate::table::{Cluster, ServerState, Table};
 use crate::upstream::{self, BodyPump, Buf, Pool, PumpError};
 
@@ -121,7 +121,7 @@ impl Local {
 }
 
 /// Where routing sends a request that the router does not answer itself.
-pub struct Plan {
+pub struct Forwarding {
     pub cluster: Arc<Cluster>,
     pub rewrite: Option<String>,
     pub set_headers: Vec<(String, String)>,
@@ -131,7 +131,7 @@ pub struct Plan {
 
 pub enum Decision {
     Local(Local),
-    Forward(Plan),
+    Forward(Forwarding),
 }
 
 /// A response head from an upstream, with the request counted in flight until it is dropped.

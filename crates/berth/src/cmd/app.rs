@@ -375,7 +375,7 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     match ctx.format {
                         Format::Json => println!("{}", output::json(&spec.environment)?),
                         Format::Table => {
-                            spec.environment.iter().for_each(|(k, v)| println!("{k}={}", output::visible(v)))
+                            spec.environment.iter().for_each(|(k, v)| println!("{k}={}", output::visible(v)));
                         }
                     }
                     return Ok(ExitCode::SUCCESS);
@@ -739,7 +739,7 @@ async fn rules(client: &berth_api::Client, id: &str, action: RulesAction, ctx: &
                     println!(
                         "rules for {id} set (version {}, {engine}; {on_error}); routers apply them within a second",
                         script.version()
-                    )
+                    );
                 }
             }
         }

@@ -439,7 +439,7 @@ pub async fn follow(
                             .filter(|f| *f != d.version)
                             .map(|f| format!(" (from v{f})"))
                             .unwrap_or_default();
-                        eprintln!("{id} v{}{from}: {text} in {took:.1}s", d.version)
+                        eprintln!("{id} v{}{from}: {text} in {took:.1}s", d.version);
                     }
                 }
                 return Ok((failure.is_none(), status));

@@ -6,7 +6,7 @@ use std::time::Duration;
 use berth_api::LogStream;
 use futures_util::StreamExt;
 
-use crate::logs::{LogSink, Origin};
+use crate::logs::{LogBuffers, Origin};
 use crate::now_ms;
 
 /// Follows a container's log stream (stdout and stderr, with the engine's timestamps) until the
@@ -16,7 +16,7 @@ pub async fn follow_container(
     docker: bollard::Docker,
     container: String,
     origin: Origin,
-    sink: LogSink,
+    sink: LogBuffers,
     cursor: PathBuf,
 ) {
     let since_ms: i64 =

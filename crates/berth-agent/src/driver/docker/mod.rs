@@ -27,7 +27,7 @@ use tokio::task::JoinHandle;
 
 use super::session::Session;
 use super::{DriverError, Exit, Fut, Handle, Runtime};
-use crate::logs::{LogSink, Origin};
+use crate::logs::{LogBuffers, Origin};
 use crate::metrics::Reading;
 
 pub const LABEL_INSTANCE: &str = "berth.instance";
@@ -303,7 +303,7 @@ impl Runtime for DockerDriver {
         &self,
         handle: &Handle,
         origin: Origin,
-        sink: LogSink,
+        sink: LogBuffers,
         _ended: watch::Receiver<bool>,
         cursors: &Path,
     ) -> JoinHandle<()> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use berth_api::LogStream;
 use tokio::sync::watch;
 
-use crate::logs::{LogSink, MAX_LINE, Origin};
+use crate::logs::{LogBuffers, MAX_LINE, Origin};
 use crate::now_ms;
 
 /// How often the output files are read.
@@ -18,7 +18,7 @@ const TRUNCATE_AT: u64 = 8 << 20;
 
 /// Follows an exec instance's output files until `ended` turns true, then reads what is left.
 /// Offsets are kept beside the files, so a restarted agent goes on where it stopped.
-pub async fn follow_files(dir: PathBuf, origin: Origin, sink: LogSink, mut ended: watch::Receiver<bool>) {
+pub async fn follow_files(dir: PathBuf, origin: Origin, sink: LogBuffers, mut ended: watch::Receiver<bool>) {
     let offsets_path = dir.join("log-offsets.json");
     let mut offsets: BTreeMap<String, u64> =
         std::fs::read(&offsets_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
@@ -96,7 +96,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("stdout.log"), "one\ntwo\n").unwrap();
         std::fs::write(dir.path().join("log-offsets.json"), r#"{"stdout": 4}"#).unwrap();
-        let sink = LogSink::default();
+        let sink = LogBuffers::default();
         let (_tx, rx) = watch::channel(true);
         follow_files(dir.path().to_path_buf(), origin("x"), sink.clone(), rx).await;
         let lines: Vec<String> = sink.take_batch().lines.into_iter().map(|l| l.line).collect();

@@ -24,7 +24,7 @@ use tokio::task::JoinHandle;
 
 use super::session::Session;
 use super::{DriverError, Exit, Fut, Handle, Runtime};
-use crate::logs::{LogSink, Origin};
+use crate::logs::{LogBuffers, Origin};
 use crate::metrics::Reading;
 
 /// Environment variables passed through from the agent to every process.
@@ -244,7 +244,7 @@ impl Runtime for ExecDriver {
         Box::pin(ExecDriver::stop(self, handle, grace))
     }
     fn remove_leftovers(&self, instance: &str, _cursors: &Path) {
-        self.remove(instance)
+        self.remove(instance);
     }
     fn tail<'a>(&'a self, handle: &'a Handle, lines: usize) -> Fut<'a, Vec<String>> {
         Box::pin(ExecDriver::tail(self, handle, lines))
@@ -253,7 +253,7 @@ impl Runtime for ExecDriver {
         &self,
         handle: &Handle,
         origin: Origin,
-        sink: LogSink,
+        sink: LogBuffers,
         ended: watch::Receiver<bool>,
         _cursors: &Path,
     ) -> JoinHandle<()> {
