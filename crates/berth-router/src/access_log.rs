@@ -6,7 +6,6 @@
 //! taking lines at [`SHARD_CAP`] and counts what it drops.
 
 use std::cell::Cell;
-use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -16,6 +15,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use berth_core::{lock, now_ms};
+use berth_logfile::{Naming, RotatingFile};
 
 /// Lines wait at most this long in memory.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -26,11 +26,7 @@ pub const SHARD_CAP: usize = 4 * 1024 * 1024;
 
 /// Size limit of the log file and how many files are kept (the current one included): the log
 /// never takes more than `bytes` x `files` on disk.
-#[derive(Debug, Clone, Copy)]
-pub struct LogLimit {
-    pub bytes: u64,
-    pub files: usize,
-}
+pub use berth_logfile::Limit as LogLimit;
 
 /// The open access log, shared by every worker.
 pub struct AccessLog {
@@ -68,9 +64,9 @@ impl AccessLog {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
-        let file = open_append(path)?;
+        let file = RotatingFile::open(Naming::Suffixed(path.to_path_buf()), limit)?;
         let log = Arc::new(AccessLog::unwritten(shards));
-        let writer = Writer { log: log.clone(), path: path.to_path_buf(), limit, size: file_len(&file), file };
+        let writer = Writer { log: log.clone(), path: path.to_path_buf(), file };
         let handle = std::thread::Builder::new().name("berth-access-log".into()).spawn(move || writer.run())?;
         *lock(&log.writer) = Some(handle);
         Ok(log)
@@ -161,9 +157,7 @@ impl Drop for AccessLog {
 struct Writer {
     log: Arc<AccessLog>,
     path: PathBuf,
-    limit: LogLimit,
-    file: File,
-    size: u64,
+    file: RotatingFile,
 }
 
 impl Writer {
@@ -177,7 +171,7 @@ impl Writer {
             for shard in &log.shards {
                 std::mem::swap(&mut *lock(shard), &mut spare);
                 if !spare.is_empty() {
-                    if let Err(e) = self.write(&spare) {
+                    if let Err(e) = self.file.write_lines(&spare) {
                         tracing::error!(path = %self.path.display(), error = %e, "cannot write the access log");
                     }
                     spare.clear();
@@ -193,60 +187,11 @@ impl Writer {
             }
         }
     }
-
-    /// Appends whole lines, rotating when the file reaches its limit: no file passes the limit by
-    /// more than one line.
-    fn write(&mut self, mut bytes: &[u8]) -> std::io::Result<()> {
-        while !bytes.is_empty() {
-            let room = self.limit.bytes.saturating_sub(self.size) as usize;
-            if bytes.len() <= room {
-                self.file.write_all(bytes)?;
-                self.size += bytes.len() as u64;
-                bytes = &[];
-            } else {
-                // Up to the end of the line that crosses the limit.
-                let from = room.saturating_sub(1).min(bytes.len() - 1);
-                let cut = memchr::memchr(b'\n', &bytes[from..]).map_or(bytes.len(), |i| from + i + 1);
-                self.file.write_all(&bytes[..cut])?;
-                bytes = &bytes[cut..];
-                self.size += cut as u64;
-            }
-            if self.size >= self.limit.bytes {
-                rotate(&self.path, self.limit.files)?;
-                self.file = open_append(&self.path)?;
-                self.size = 0;
-            }
-        }
-        Ok(())
-    }
-}
-
-fn open_append(path: &Path) -> std::io::Result<File> {
-    OpenOptions::new().create(true).append(true).open(path)
-}
-
-fn file_len(file: &File) -> u64 {
-    file.metadata().map_or(0, |m| m.len())
 }
 
 /// `access.log`, then `access.log.1` (newest rotated) up to `access.log.N-1`.
 pub fn rotated(path: &Path, n: usize) -> PathBuf {
-    if n == 0 {
-        return path.to_path_buf();
-    }
-    let mut name = path.as_os_str().to_os_string();
-    name.push(format!(".{n}"));
-    PathBuf::from(name)
-}
-
-/// Shifts the rotated files up by one, dropping the oldest, and moves the current one to `.1`.
-fn rotate(path: &Path, files: usize) -> std::io::Result<()> {
-    let keep = files.max(1);
-    let _ = std::fs::remove_file(rotated(path, keep - 1));
-    for n in (1..keep.saturating_sub(1)).rev() {
-        let _ = std::fs::rename(rotated(path, n), rotated(path, n + 1));
-    }
-    if keep > 1 { std::fs::rename(path, rotated(path, 1)) } else { std::fs::remove_file(path) }
+    Naming::Suffixed(path.to_path_buf()).path(n)
 }
 
 /// `text` as a JSON string: quotes, backslashes and control characters escaped.

@@ -4,12 +4,13 @@
 //! Layout: `logs/GROUP/NAME/current.jsonl`, then `1.jsonl` (newest rotated) up to `N-1.jsonl`.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom, Write};
-use std::path::{Path, PathBuf};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use berth_api::LogLine;
+use berth_logfile::{Limit, Naming, RotatingFile};
 use tokio::sync::broadcast;
 
 use crate::lock;
@@ -28,9 +29,7 @@ impl Default for LogLimits {
 }
 
 struct AppLog {
-    dir: PathBuf,
-    file: File,
-    size: u64,
+    file: RotatingFile,
     live: broadcast::Sender<Arc<LogLine>>,
 }
 
@@ -63,10 +62,6 @@ pub(crate) struct LogStore {
     pub dropped: Mutex<HashMap<String, u64>>,
 }
 
-fn rotated(dir: &Path, n: usize) -> PathBuf {
-    if n == 0 { dir.join("current.jsonl") } else { dir.join(format!("{n}.jsonl")) }
-}
-
 impl LogStore {
     pub fn new(root: PathBuf, limits: LogLimits) -> Self {
         LogStore { root, limits, apps: Mutex::default(), dropped: Mutex::default() }
@@ -79,10 +74,10 @@ impl LogStore {
         }
         let dir = self.root.join(app);
         std::fs::create_dir_all(&dir)?;
-        let file = OpenOptions::new().create(true).append(true).open(rotated(&dir, 0))?;
-        let size = file.metadata()?.len();
+        let limit = Limit { bytes: self.limits.file_bytes, files: self.limits.files };
+        let file = RotatingFile::open(Naming::Numbered { dir, ext: "jsonl".into() }, limit)?;
         let (live, _) = broadcast::channel(4096);
-        let log = Arc::new(Mutex::new(AppLog { dir, file, size, live }));
+        let log = Arc::new(Mutex::new(AppLog { file, live }));
         apps.insert(app.to_string(), log.clone());
         Ok(log)
     }
@@ -96,39 +91,12 @@ impl LogStore {
         for line in lines {
             serde_json::to_writer(&mut buf, line).map_err(std::io::Error::other)?;
             buf.push(b'\n');
-            if log.size + buf.len() as u64 >= self.limits.file_bytes {
-                log.file.write_all(&buf)?;
-                log.size += buf.len() as u64;
-                buf.clear();
-                self.rotate(&mut log)?;
-            } else if buf.len() >= 64 * 1024 {
-                log.file.write_all(&buf)?;
-                log.size += buf.len() as u64;
-                buf.clear();
-            }
         }
-        log.file.write_all(&buf)?;
-        log.size += buf.len() as u64;
+        log.file.write_lines(&buf)?;
         for line in lines {
             // No reader is fine: the send only fails when nobody follows.
             let _ = log.live.send(Arc::new(line.clone()));
         }
-        Ok(())
-    }
-
-    fn rotate(&self, log: &mut AppLog) -> std::io::Result<()> {
-        let keep = self.limits.files.max(1);
-        let _ = std::fs::remove_file(rotated(&log.dir, keep - 1));
-        for n in (1..keep.saturating_sub(1)).rev() {
-            let _ = std::fs::rename(rotated(&log.dir, n), rotated(&log.dir, n + 1));
-        }
-        if keep > 1 {
-            std::fs::rename(rotated(&log.dir, 0), rotated(&log.dir, 1))?;
-        } else {
-            std::fs::remove_file(rotated(&log.dir, 0))?;
-        }
-        log.file = OpenOptions::new().create(true).append(true).open(rotated(&log.dir, 0))?;
-        log.size = 0;
         Ok(())
     }
 
@@ -139,8 +107,8 @@ impl LogStore {
         let log = lock(&log);
         let mut files = Vec::new();
         for n in (0..self.limits.files.max(1)).rev() {
-            if let Ok(f) = File::open(rotated(&log.dir, n)) {
-                let len = if n == 0 { log.size } else { f.metadata()?.len() };
+            if let Ok(f) = File::open(log.file.naming().path(n)) {
+                let len = if n == 0 { log.file.size() } else { f.metadata()?.len() };
                 files.push((f, len));
             }
         }
