@@ -52,3 +52,21 @@ pub struct LogQuery {
     #[serde(default)]
     pub follow: bool,
 }
+
+/// An output (a log sink, a webhook, an Alertmanager) and whether it can be reached
+/// (`GET /v1/outputs`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OutputStatus {
+    /// As written in a flag or a spec: `syslog+tcp://HOST:PORT`, `http://...`, `alertmanager+http://...`.
+    pub output: String,
+    /// `logs` or `alerts`.
+    pub carries: String,
+    /// Server-wide (a flag), or the apps whose spec names it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub apps: Vec<String>,
+    /// Whether its last check could connect to it.
+    pub healthy: bool,
+    pub checked_at: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}

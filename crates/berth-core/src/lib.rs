@@ -3,15 +3,15 @@
 pub mod duration;
 pub mod hosts;
 pub mod model;
+pub mod output;
 mod process;
 pub mod reason;
 pub mod retry;
-pub mod sink;
 pub mod spec;
 
 pub use duration::Dur;
 pub use model::*;
+pub use output::{Carries, Output};
 pub use process::{lock, now_ms};
 pub use reason::{Exit, Reason};
-pub use sink::LogSink;
 pub use spec::{AlertMetric, AlertRule, AppSpec, SpecError, SpecErrors, Strategy};

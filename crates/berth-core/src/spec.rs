@@ -67,13 +67,14 @@ pub struct AppSpec {
     /// slow start off), so caches and JITs warm before the instance takes its full load.
     #[serde(default = "default_slow_start")]
     pub slow_start: Dur,
-    /// Where the app's log lines are forwarded, besides Berth's own store (see `LogSink`).
+    /// Where the app's log lines are forwarded, besides Berth's own store (see `Output`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_sinks: Vec<String>,
     /// Threshold alerts on the app's metrics.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<AlertRule>,
-    /// Webhooks the app's alerts are posted to, besides the server-wide ones.
+    /// Where the app's alerts go besides the server-wide outputs: `http://...` webhooks or
+    /// `alertmanager+http://HOST:PORT` (see `Output`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alert_webhooks: Vec<String>,
 }
@@ -850,8 +851,8 @@ impl AppSpec {
             }
         }
         for (i, hook) in self.alert_webhooks.iter().enumerate() {
-            if !hook.starts_with("http://") {
-                fail(&format!("alert_webhooks[{i}]"), format!("`{hook}` must be an http:// URL"));
+            if let Err(why) = crate::Output::parse_alerts(hook) {
+                fail(&format!("alert_webhooks[{i}]"), why);
             }
         }
         for (i, rule) in self.alerts.iter().enumerate() {
@@ -860,7 +861,7 @@ impl AppSpec {
             }
         }
         for (i, sink) in self.log_sinks.iter().enumerate() {
-            if let Err(why) = crate::LogSink::parse(sink) {
+            if let Err(why) = crate::Output::parse_logs(sink) {
                 fail(&format!("log_sinks[{i}]"), why);
             }
         }
@@ -1280,7 +1281,7 @@ upgrade:
 # log_sinks: [syslog+tcp://127.0.0.1:514, http://127.0.0.1:9880/logs]   # forward logs there too
 # alerts:                      # cpu, memory (% of limit), restarts, 5xx_rate (%), latency (ms)
 #   - {{metric: cpu, above: 80, for: 1m}}
-# alert_webhooks: [http://chat.example.com/hooks/berth]
+# alert_webhooks: [http://chat.example.com/hooks/berth]   # or alertmanager+http://HOST:9093
 "#
     )
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use berth_api::{LogLine, LogStream};
-use berth_core::LogSink;
+use berth_core::Output;
 use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{Notify, watch};
@@ -26,7 +26,7 @@ struct Queues {
 
 /// One sink: its queue, its counters and the task that drains it.
 pub(crate) struct Forwarder {
-    pub sink: LogSink,
+    pub sink: Output,
     queues: Mutex<Queues>,
     ready: Notify,
     pub sent: AtomicU64,
@@ -45,7 +45,7 @@ pub(crate) struct SinkStatus {
 }
 
 impl Forwarder {
-    fn new(sink: LogSink) -> Self {
+    fn new(sink: Output) -> Self {
         Forwarder {
             sink,
             queues: Mutex::default(),
@@ -96,18 +96,18 @@ impl Forwarder {
 /// Every sink in use, created on first use.
 #[derive(Default)]
 pub(crate) struct Forwarders {
-    by_sink: Mutex<HashMap<LogSink, Arc<Forwarder>>>,
+    by_sink: Mutex<HashMap<Output, Arc<Forwarder>>>,
     /// Sinks every app's lines go to (`--log-sink`).
-    pub global: Vec<LogSink>,
+    pub global: Vec<Output>,
     http: reqwest::Client,
 }
 
 impl Forwarders {
-    pub fn new(global: Vec<LogSink>) -> Self {
+    pub fn new(global: Vec<Output>) -> Self {
         Forwarders { global, ..Default::default() }
     }
 
-    fn forwarder(&self, sink: &LogSink, shutdown: &watch::Receiver<bool>) -> Arc<Forwarder> {
+    fn forwarder(&self, sink: &Output, shutdown: &watch::Receiver<bool>) -> Arc<Forwarder> {
         let mut by_sink = lock(&self.by_sink);
         if let Some(f) = by_sink.get(sink) {
             return f.clone();
@@ -120,8 +120,8 @@ impl Forwarders {
 
     /// Hands an app's new lines to the server-wide sinks and the app's own.
     pub fn forward(&self, app: &str, app_sinks: &[String], lines: &[LogLine], shutdown: &watch::Receiver<bool>) {
-        let own = app_sinks.iter().filter_map(|s| LogSink::parse(s).ok());
-        let mut sinks: Vec<LogSink> = self.global.iter().cloned().chain(own).collect();
+        let own = app_sinks.iter().filter_map(|s| Output::parse_logs(s).ok());
+        let mut sinks: Vec<Output> = self.global.iter().cloned().chain(own).collect();
         sinks.dedup();
         if sinks.is_empty() {
             return;
@@ -162,9 +162,11 @@ async fn drain(f: Arc<Forwarder>, http: reqwest::Client, mut shutdown: watch::Re
             }
         }
         let sent = match &f.sink {
-            LogSink::Syslog { addr, udp: false } => send_syslog_tcp(&mut conn, addr, &batch).await,
-            LogSink::Syslog { addr, udp: true } => send_syslog_udp(&mut udp, addr, &batch).await,
-            LogSink::Http { url } => send_http(&http, url, &batch).await,
+            Output::Syslog { addr, udp: false } => send_syslog_tcp(&mut conn, addr, &batch).await,
+            Output::Syslog { addr, udp: true } => send_syslog_udp(&mut udp, addr, &batch).await,
+            Output::Http { url } => send_http(&http, url, &batch).await,
+            // Log outputs are parsed as such: an alert output never gets here.
+            Output::Webhook { .. } | Output::Alertmanager { .. } => Err("not a log output".into()),
         };
         match sent {
             Ok(()) => {
@@ -297,7 +299,7 @@ mod tests {
 
     #[test]
     fn a_flooding_app_loses_its_own_lines_and_others_keep_their_turn() {
-        let f = Forwarder::new(LogSink::Http { url: "http://x/y".into() });
+        let f = Forwarder::new(Output::Http { url: "http://x/y".into() });
         let flood: Vec<Arc<LogLine>> = (0..PER_APP + 5).map(|i| Arc::new(line("loud", &i.to_string()))).collect();
         f.push("loud", &flood);
         f.push("quiet", &[Arc::new(line("quiet", "hi"))]);

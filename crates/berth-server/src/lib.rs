@@ -9,6 +9,7 @@ mod forward;
 mod hosts;
 mod http;
 mod logs;
+mod outputs;
 mod reconciler;
 mod routes;
 mod usage;
@@ -49,7 +50,7 @@ pub struct ServerConfig {
     pub api_addr: String,
     pub tuning: Tuning,
     /// Sinks every app's log lines are forwarded to.
-    pub log_sinks: Vec<berth_core::LogSink>,
+    pub log_sinks: Vec<berth_core::Output>,
     pub alerts: AlertConfig,
     /// Every app answers as `NAME.GROUP.<domain>` on the routers; those names are its own.
     pub domain: String,
@@ -72,6 +73,8 @@ pub(crate) struct Shared {
     pub usage: Arc<usage::UsageStore>,
     pub alerts: Arc<Mutex<alerts::AlertState>>,
     pub alert_config: AlertConfig,
+    /// Each output's last health check, by its name (`outputs.rs`).
+    pub outputs: Arc<Mutex<std::collections::BTreeMap<String, berth_api::OutputStatus>>>,
     /// Turns true when the server stops; background tasks started on demand watch it.
     pub shutdown: watch::Receiver<bool>,
     pub started_at: Millis,
@@ -87,7 +90,7 @@ impl Shared {
         store: Arc<dyn Store>,
         tuning: Tuning,
         log_dir: PathBuf,
-        log_sinks: Vec<berth_core::LogSink>,
+        log_sinks: Vec<berth_core::Output>,
         alert_config: AlertConfig,
         shutdown: watch::Receiver<bool>,
         domain: String,
@@ -98,6 +101,7 @@ impl Shared {
             usage: Arc::default(),
             alerts: Arc::default(),
             alert_config,
+            outputs: Arc::default(),
             shutdown,
             state: State::new(store)?,
             heartbeats: Arc::default(),
@@ -181,9 +185,10 @@ impl Server {
             }
         });
         let alerting = tokio::spawn(alerts::run(shared.clone(), shutdown_rx.clone()));
+        let checking = tokio::spawn(outputs::run(shared.clone(), shutdown_rx.clone()));
         let reconcile = tokio::spawn(reconciler::run(shared, shutdown_rx));
         tracing::info!(%addr, "berth server listening");
-        Ok(Server { addr, shutdown, tasks: vec![http, reconcile, alerting] })
+        Ok(Server { addr, shutdown, tasks: vec![http, reconcile, alerting, checking] })
     }
 
     pub async fn stop(self) {

@@ -314,6 +314,15 @@ pub(crate) fn exposition(shared: &Shared) -> Result<String, berth_store::StoreEr
         f.sample("berth_instances", &[("state", state.as_str())], n as f64);
     }
 
+    f.head("berth_output_up", "gauge", "Whether an output (log sink, webhook, Alertmanager) answered its last check.");
+    for o in lock(&shared.outputs).values() {
+        f.sample(
+            "berth_output_up",
+            &[("output", o.output.as_str()), ("carries", o.carries.as_str())],
+            f64::from(u8::from(o.healthy)),
+        );
+    }
+
     f.head("berth_deployments", "gauge", "Apps by the state of their latest deployment.");
     let mut by_state: BTreeMap<&str, usize> = BTreeMap::new();
     for app in &apps {

@@ -183,3 +183,39 @@ async fn a_stuck_sink_and_a_flooding_app_do_not_delay_another_app() {
     assert_eq!(stuck_status["sent"], 0, "{sinks}");
     assert!(stuck_status["dropped"].as_u64().unwrap() > 0, "the flood past the stuck sink's bound is counted: {sinks}");
 }
+
+/// Every output is checked where it sends: an unreachable log sink is known (unhealthy, with why,
+/// an event and `berth_output_up 0`) before a line is lost to it; a reachable Alertmanager is up.
+#[tokio::test(flavor = "multi_thread")]
+async fn outputs_that_cannot_be_reached_are_told() {
+    let closed = free_port();
+    let alertmanager = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let am_port = alertmanager.local_addr().unwrap().port();
+    let sink = format!("syslog+tcp://127.0.0.1:{closed}");
+    let am = format!("alertmanager+http://127.0.0.1:{am_port}");
+    let args = ["--log-sink".to_string(), sink.clone(), "--alert-webhook".to_string(), am.clone()];
+    let p = Platform::start_args(BERTH.as_ref(), "exec", &args).await;
+    let outputs: Vec<Value> = wait_until("both outputs checked", Duration::from_secs(10), || async {
+        let all: Vec<Value> = serde_json::from_value(p.get("/v1/outputs").await.ok()?).ok()?;
+        (all.len() == 2).then_some(all)
+    })
+    .await;
+    let find = |name: &str| outputs.iter().find(|o| o["output"] == name).cloned().unwrap_or_default();
+    let (down, up) = (find(&sink), find(&am));
+    assert_eq!((down["healthy"].as_bool(), down["carries"].as_str()), (Some(false), Some("logs")), "{down}");
+    assert!(down["error"].as_str().unwrap_or_default().contains(&format!("connect 127.0.0.1:{closed}")), "{down}");
+    assert_eq!((up["healthy"].as_bool(), up["carries"].as_str()), (Some(true), Some("alerts")), "{up}");
+    let events = p.cli_ok(&["events", "-o", "json", "-n", "100"]).await;
+    assert!(events.contains("output.unreachable") && events.contains(&sink), "{events}");
+    let metrics = reqwest::get(format!("{}/metrics", p.api)).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains(&format!("berth_output_up{{output=\"{sink}\",carries=\"logs\"}} 0")), "{metrics}");
+    // A spec names its own outputs the same way, and one that cannot carry what it is given for
+    // is refused where it is written.
+    let bad = chat_spec("bad", "--chatter-ms, \"1000\"", "log_sinks: [\"alertmanager+http://127.0.0.1:9093\"]\n");
+    let out = p.cli(&["deploy", "-f", &p.write("bad.yaml", &bad)]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("log_sinks[0]") && err.contains("takes alert notices, not log lines"),
+        "{err}"
+    );
+}

@@ -9,7 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use berth_api::{Alert, AlertStatus, InstanceUsage};
-use berth_core::{AlertRule, App, Millis};
+use berth_core::{AlertRule, App, Millis, Output};
 use tokio::sync::watch;
 
 pub(crate) use evaluate::AlertState;
@@ -20,10 +20,8 @@ use crate::{Shared, lock, now_ms};
 /// How alerts are sent.
 #[derive(Debug, Clone)]
 pub struct AlertConfig {
-    /// Every alert goes here (`--alert-webhook`).
-    pub webhooks: Vec<String>,
-    /// Prometheus Alertmanager base URL (`--alertmanager`).
-    pub alertmanager: Option<String>,
+    /// Every alert goes to these (`--alert-webhook`, `--alertmanager`): webhooks and Alertmanagers.
+    pub outputs: Vec<Output>,
     /// Threshold rules for every app (`--alert-rule`).
     pub rules: Vec<AlertRule>,
     /// A firing alert is sent again this often.
@@ -34,8 +32,7 @@ pub struct AlertConfig {
 impl Default for AlertConfig {
     fn default() -> Self {
         AlertConfig {
-            webhooks: Vec::new(),
-            alertmanager: None,
+            outputs: Vec::new(),
             rules: Vec::new(),
             repeat: Duration::from_secs(4 * 3600),
             interval: Duration::from_secs(1),
@@ -62,26 +59,25 @@ pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
                 continue;
             }
         };
-        for (alert, webhooks) in notices {
+        for (alert, app_outputs) in notices {
             match alert.status {
                 AlertStatus::Firing => tracing::warn!(alert = %alert.id, text = %alert.text, "alert firing"),
                 AlertStatus::Resolved => tracing::info!(alert = %alert.id, "alert resolved"),
             }
-            for hook in config.webhooks.iter().chain(webhooks.iter()) {
-                tokio::spawn(post_webhook(http.clone(), hook.clone(), alert.clone()));
-            }
-            if let Some(am) = &config.alertmanager {
-                tokio::spawn(post_alertmanager(http.clone(), am.clone(), vec![alert.clone()]));
+            // An app's own outputs were checked when its spec was accepted.
+            let own = app_outputs.iter().filter_map(|o| Output::parse_alerts(o).ok());
+            for output in config.outputs.iter().cloned().chain(own) {
+                tokio::spawn(send(http.clone(), output, vec![alert.clone()]));
             }
         }
         // Alertmanager forgets alerts not sent again for a while: resend what fires.
-        if let Some(am) = &config.alertmanager
-            && now - last_am_push >= 30_000
-        {
+        if now - last_am_push >= 30_000 {
             last_am_push = now;
             let firing: Vec<Alert> = lock(&shared.alerts).firing.values().map(|(a, _)| a.clone()).collect();
-            if !firing.is_empty() {
-                tokio::spawn(post_alertmanager(http.clone(), am.clone(), firing));
+            for output in config.outputs.iter().filter(|o| matches!(o, Output::Alertmanager { .. })) {
+                if !firing.is_empty() {
+                    tokio::spawn(send(http.clone(), output.clone(), firing.clone()));
+                }
             }
         }
     }
@@ -171,6 +167,20 @@ fn traffic_window(shared: &Shared, now: Millis) -> HashMap<String, Traffic> {
         out.insert(app, Traffic { total, errors, ms, rule_failures });
     }
     out
+}
+
+/// Sends notices to one alert output.
+async fn send(http: reqwest::Client, output: Output, alerts: Vec<Alert>) {
+    match output {
+        Output::Webhook { url } => {
+            for alert in alerts {
+                post_webhook(http.clone(), url.clone(), alert).await;
+            }
+        }
+        Output::Alertmanager { url } => post_alertmanager(http, url, alerts).await,
+        // Parsed as alert outputs: these never reach here.
+        Output::Syslog { .. } | Output::Http { .. } => {}
+    }
 }
 
 /// Posts an alert as JSON; a few tries with backoff, then it is logged as lost.

@@ -105,3 +105,10 @@ pub(crate) async fn query(
         .body(body)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
+
+/// `GET /v1/outputs`: every output in use (log sinks, webhooks, Alertmanagers), with whether its
+/// last check could reach it.
+pub(crate) async fn outputs(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    let all: Vec<berth_api::OutputStatus> = crate::lock(&shared.outputs).values().cloned().collect();
+    Ok(indexed(shared.state.store().revision(), &all))
+}

@@ -39,6 +39,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/logs/sinks", get(logs::sinks))
         .route("/v1/usage", get(usage::all))
         .route("/v1/alerts", get(alerts::list))
+        .route("/v1/outputs", get(logs::outputs))
         .route("/v1/apps/{group}/{name}/usage", get(usage::one_app))
         .route("/v1/apps/{group}/{name}/usage/history", get(usage::history))
         .route("/v1/nodes/{id}/metrics", post(usage::ingest))

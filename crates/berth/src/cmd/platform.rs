@@ -145,14 +145,16 @@ pub struct ServerOptions {
     log_files: u16,
     /// Forward every app's log lines here too (repeatable): syslog+tcp://HOST:PORT,
     /// syslog+udp://HOST:PORT or http://HOST:PORT/PATH (JSON lines).
-    #[arg(long = "log-sink", value_parser = berth_core::LogSink::parse)]
-    log_sinks: Vec<berth_core::LogSink>,
-    /// Post every alert here as JSON (repeatable; apps add their own with `alert_webhooks`).
-    #[arg(long = "alert-webhook", value_parser = parse_http_url)]
-    alert_webhooks: Vec<String>,
-    /// Send alerts to this Prometheus Alertmanager too (its v2 API), e.g. http://127.0.0.1:9093.
-    #[arg(long, value_parser = parse_http_url)]
-    alertmanager: Option<String>,
+    #[arg(long = "log-sink", value_parser = berth_core::Output::parse_logs)]
+    log_sinks: Vec<berth_core::Output>,
+    /// Send every alert here (repeatable; apps add their own with `alert_webhooks`):
+    /// http://HOST/PATH posts each as JSON, alertmanager+http://HOST:PORT uses Alertmanager's v2 API.
+    #[arg(long = "alert-webhook", value_parser = berth_core::Output::parse_alerts)]
+    alert_webhooks: Vec<berth_core::Output>,
+    /// Send alerts to this Prometheus Alertmanager too (its v2 API), e.g. http://127.0.0.1:9093;
+    /// the same as --alert-webhook alertmanager+URL.
+    #[arg(long, value_parser = parse_alertmanager)]
+    alertmanager: Option<berth_core::Output>,
     /// A threshold rule for every app (repeatable): METRIC>VALUE[/FOR], e.g. cpu>90/5m.
     #[arg(long = "alert-rule", value_parser = berth_core::AlertRule::parse)]
     alert_rules: Vec<berth_core::AlertRule>,
@@ -175,12 +177,9 @@ fn parse_domain(text: &str) -> Result<String, String> {
     if ok { Ok(domain) } else { Err(format!("`{text}` is not a domain name")) }
 }
 
-fn parse_http_url(text: &str) -> Result<String, String> {
-    if text.starts_with("http://") && text.len() > "http://".len() {
-        Ok(text.to_string())
-    } else {
-        Err(format!("`{text}` must be an http:// URL"))
-    }
+fn parse_alertmanager(text: &str) -> Result<berth_core::Output, String> {
+    let named = if text.starts_with("alertmanager+") { text.to_string() } else { format!("alertmanager+{text}") };
+    berth_core::Output::parse_alerts(&named)
 }
 
 fn parse_size(text: &str) -> Result<u64, String> {
@@ -211,8 +210,7 @@ impl ServerOptions {
             },
             log_sinks: self.log_sinks.clone(),
             alerts: berth_server::AlertConfig {
-                webhooks: self.alert_webhooks.clone(),
-                alertmanager: self.alertmanager.clone(),
+                outputs: self.alert_webhooks.iter().chain(&self.alertmanager).cloned().collect(),
                 rules: self.alert_rules.clone(),
                 repeat: self.alert_repeat.as_duration(),
                 ..Default::default()
