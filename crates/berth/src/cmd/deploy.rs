@@ -234,7 +234,7 @@ pub async fn finish(client: &Client, resp: DeployResponse, wait: &WaitArgs, ctx:
     };
     match ctx.format {
         Format::Json => println!("{}", output::json(&status)?),
-        Format::Table => println!("{}", super::app::status_table(&status)),
+        Format::Table => println!("{}", super::status::status_table(&status)),
     }
     Ok(if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -8,6 +8,7 @@ mod exec;
 mod node;
 mod platform;
 mod spec;
+mod status;
 mod top;
 
 use std::path::PathBuf;
