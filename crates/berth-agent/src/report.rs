@@ -30,16 +30,16 @@ impl Reporter {
 /// Folds a newer report into an older one, keeping facts the newer one does not repeat.
 fn merge(old: InstanceReport, new: InstanceReport) -> InstanceReport {
     // The words and the data of a reason travel together.
-    let (reason, cause) = if new.reason.is_some() { (new.reason, new.cause) } else { (old.reason, old.cause) };
-    InstanceReport {
-        handle: new.handle.or(old.handle),
-        started_at: new.started_at.or(old.started_at),
-        exit_code: new.exit_code.or(old.exit_code),
-        reason,
-        cause,
-        oom_killed: new.oom_killed || old.oom_killed,
-        ..new
+    let (old, mut new) = (old.observed, new);
+    let seen = &mut new.observed;
+    if seen.reason.is_none() {
+        (seen.reason, seen.cause) = (old.reason, old.cause);
     }
+    seen.handle = seen.handle.take().or(old.handle);
+    seen.started_at = seen.started_at.or(old.started_at);
+    seen.exit_code = seen.exit_code.or(old.exit_code);
+    seen.oom_killed |= old.oom_killed;
+    new
 }
 
 pub fn spawn(

@@ -17,25 +17,13 @@ use berth_probe as health;
 use crate::now_ms;
 
 pub(crate) fn report(id: &str, state: InstanceState) -> InstanceReport {
-    InstanceReport {
-        id: id.to_string(),
-        state,
-        healthy: None,
-        exit_code: None,
-        oom_killed: false,
-        reason: None,
-        handle: None,
-        started_at: None,
-        finished_at: None,
-        last_log: Vec::new(),
-        taken_ports: Vec::new(),
-        cause: None,
-    }
+    InstanceReport::new(id, state)
 }
 
 /// A failed start because another process holds some of the instance's ports.
 fn port_taken(id: &str, held: Vec<u16>) -> InstanceReport {
-    InstanceReport { finished_at: Some(now_ms()), taken_ports: held.clone(), ..report(id, InstanceState::Failed) }
+    InstanceReport { taken_ports: held.clone(), ..report(id, InstanceState::Failed) }
+        .finished(now_ms())
         .because(Reason::PortsTaken { ports: held })
 }
 
@@ -82,7 +70,7 @@ async fn run(
             let started = tokio::select! {
                 started = driver.start(a, &env) => started,
                 _ = stop.changed() => {
-                    reports.send(InstanceReport { finished_at: Some(now_ms()), ..report(id, InstanceState::Stopped) }.because(Reason::StoppedBeforeStart));
+                    reports.send(report(id, InstanceState::Stopped).finished(now_ms()).because(Reason::StoppedBeforeStart));
                     return;
                 }
             };
@@ -99,7 +87,8 @@ async fn run(
                         return;
                     }
                     reports.send(
-                        InstanceReport { finished_at: Some(now_ms()), ..report(id, InstanceState::Failed) }
+                        report(id, InstanceState::Failed)
+                            .finished(now_ms())
                             .because(Reason::StartFailed { error: e.to_string() }),
                     );
                     driver.remove_leftovers(id, &services.cursors);
@@ -111,12 +100,10 @@ async fn run(
     // Reachable by `exec` while it runs.
     crate::lock(&services.live)
         .insert(id.to_string(), (driver.clone(), handle.clone(), instance_env(a, driver.kind())));
-    let started_at = if was_adopted { a.instance.started_at.unwrap_or_else(now_ms) } else { now_ms() };
-    let base = InstanceReport {
-        handle: Some(handle.id.clone()),
-        started_at: Some(started_at),
-        ..report(id, InstanceState::Starting)
-    };
+    let started_at = if was_adopted { a.instance.observed.started_at.unwrap_or_else(now_ms) } else { now_ms() };
+    let mut base = report(id, InstanceState::Starting);
+    base.observed.handle = Some(handle.id.clone());
+    base.observed.started_at = Some(started_at);
     match &a.spec.health {
         None => reports.send(InstanceReport { state: InstanceState::Running, ..base.clone() }),
         // An adopted instance keeps its state until its health says otherwise.
@@ -178,25 +165,21 @@ async fn run_to_end(
             if !held.is_empty() {
                 services.taken.add(&held);
                 let taken = port_taken(id, held);
-                reports.send(InstanceReport {
-                    exit_code: exit.exit_code,
-                    last_log,
-                    reason: taken.reason,
-                    cause: taken.cause,
-                    finished_at: taken.finished_at,
-                    taken_ports: taken.taken_ports,
-                    ..base.clone().with_state(InstanceState::Failed)
-                });
+                let mut failed = base.clone().with_state(InstanceState::Failed).last_log(last_log);
+                failed.observed.exit_code = exit.exit_code;
+                failed.observed.reason = taken.observed.reason;
+                failed.observed.cause = taken.observed.cause;
+                failed.observed.finished_at = taken.observed.finished_at;
+                failed.taken_ports = taken.taken_ports;
+                reports.send(failed);
             } else {
                 reports.send(
-                    InstanceReport {
-                        exit_code: exit.exit_code,
-                        oom_killed: exit.oom_killed,
-                        last_log,
-                        finished_at: Some(now_ms()),
-                        ..base.clone().with_state(InstanceState::Failed)
-                    }
-                    .because(Reason::Exited(exit)),
+                    base.clone()
+                        .with_state(InstanceState::Failed)
+                        .exited(&exit)
+                        .last_log(last_log)
+                        .finished(now_ms())
+                        .because(Reason::Exited(exit)),
                 );
             }
             // Clear what the runtime keeps of it (a stopped container).
@@ -208,7 +191,14 @@ async fn run_to_end(
             if let Err(e) = driver.stop(handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
             }
-            reports.send(InstanceReport { healthy: Some(false), last_log, finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Failed) }.because(Reason::Unhealthy { result: why }));
+            reports.send(
+                base.clone()
+                    .with_state(InstanceState::Failed)
+                    .healthy(Some(false))
+                    .last_log(last_log)
+                    .finished(now_ms())
+                    .because(Reason::Unhealthy { result: why }),
+            );
         }
         _ = stop.changed() => {
             // Routers stop choosing a stopping instance at once; what they already sent finishes
@@ -219,7 +209,7 @@ async fn run_to_end(
             if let Err(e) = driver.stop(handle, grace).await {
                 tracing::warn!(instance = id, error = %e, "stop failed");
             }
-            reports.send(InstanceReport { finished_at: Some(now_ms()), ..base.clone().with_state(InstanceState::Stopped) });
+            reports.send(base.clone().with_state(InstanceState::Stopped).finished(now_ms()));
         }
     }
 }
@@ -271,17 +261,6 @@ const REASON_EVERY: Duration = Duration::from_secs(10);
 /// Lines of output kept with a failed instance, for `status` to show why it died.
 const LAST_LOG_LINES: usize = 10;
 
-trait WithState {
-    fn with_state(self, state: InstanceState) -> Self;
-}
-
-impl WithState for InstanceReport {
-    fn with_state(mut self, state: InstanceState) -> Self {
-        self.state = state;
-        self
-    }
-}
-
 /// Probes until the instance fails its check `max_failures` times in a row; never returns
 /// when there is no check. Failures inside the grace period do not count until the first pass.
 async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport, was_adopted: bool) -> String {
@@ -293,7 +272,7 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
     };
     let host = a.instance.host.clone();
     let begun = Instant::now();
-    let mut passed_once = was_adopted && a.instance.healthy == Some(true);
+    let mut passed_once = was_adopted && a.instance.observed.healthy == Some(true);
     let mut healthy_said: Option<bool> = None;
     let mut failures = 0u32;
     // The last failure said, so that a check failing the same way is not reported every probe.
@@ -305,10 +284,7 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                 passed_once = true;
                 reason_said = None;
                 if healthy_said != Some(true) {
-                    reports.send(InstanceReport {
-                        healthy: Some(true),
-                        ..base.clone().with_state(InstanceState::Running)
-                    });
+                    reports.send(base.clone().with_state(InstanceState::Running).healthy(Some(true)));
                     healthy_said = Some(true);
                 }
             }
@@ -318,9 +294,11 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                 let stale = reason_said.as_ref().is_none_or(|(k, at)| *k != kind || at.elapsed() >= REASON_EVERY);
                 if stale {
                     let state = if passed_once { InstanceState::Running } else { InstanceState::Starting };
-                    let healthy = passed_once.then_some(false).or(base.healthy);
+                    let healthy = passed_once.then_some(false).or(base.observed.healthy);
                     reports.send(
-                        InstanceReport { healthy, ..base.clone().with_state(state) }
+                        base.clone()
+                            .with_state(state)
+                            .healthy(healthy)
                             .because(Reason::HealthCheck { result: why.to_string() }),
                     );
                     reason_said = Some((kind, Instant::now()));
@@ -335,10 +313,7 @@ async fn watch_health(a: &Assignment, reports: &Reporter, base: &InstanceReport,
                         return format!("health check failed {failures} time(s) in a row: {why}");
                     }
                     if healthy_said != Some(false) && passed_once {
-                        reports.send(InstanceReport {
-                            healthy: Some(false),
-                            ..base.clone().with_state(InstanceState::Running)
-                        });
+                        reports.send(base.clone().with_state(InstanceState::Running).healthy(Some(false)));
                         healthy_said = Some(false);
                     }
                 }
@@ -400,9 +375,9 @@ mod tests {
         fake.exit("a", Exit { exit_code: Some(3), ..Default::default() });
         let failed = next(&mut reports).await;
         assert_eq!(failed.state, InstanceState::Failed);
-        assert_eq!(failed.cause, Some(Reason::Exited(Exit { exit_code: Some(3), ..Default::default() })));
+        assert_eq!(failed.observed.cause, Some(Reason::Exited(Exit { exit_code: Some(3), ..Default::default() })));
         assert_eq!(
-            (failed.reason.as_deref(), failed.last_log.as_slice()),
+            (failed.observed.reason.as_deref(), failed.observed.last_log.as_slice()),
             (Some("exited with code 3"), &["boom".to_string()][..])
         );
         assert_eq!(done.recv().await.as_deref(), Some("a"));

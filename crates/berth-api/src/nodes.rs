@@ -36,37 +36,51 @@ pub struct Assignments {
 pub struct InstanceReport {
     pub id: String,
     pub state: InstanceState,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub healthy: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub exit_code: Option<i64>,
-    #[serde(default)]
-    pub oom_killed: bool,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub reason: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handle: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub started_at: Option<Millis>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub finished_at: Option<Millis>,
-    /// The last lines a failed instance wrote.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub last_log: Vec<String>,
+    #[serde(flatten)]
+    pub observed: berth_core::Observed,
     /// The instance could not start because another process holds these of its host ports:
     /// a placement failure, not a crash of the app.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub taken_ports: Vec<u16>,
-    /// `reason` as data. Absent from an older agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cause: Option<berth_core::Reason>,
 }
 
 impl InstanceReport {
+    /// A report of the instance's state, saying nothing else yet.
+    pub fn new(id: &str, state: InstanceState) -> Self {
+        InstanceReport { id: id.to_string(), state, observed: Default::default(), taken_ports: Vec::new() }
+    }
+
+    pub fn with_state(mut self, state: InstanceState) -> Self {
+        self.state = state;
+        self
+    }
+
+    pub fn healthy(mut self, healthy: Option<bool>) -> Self {
+        self.observed.healthy = healthy;
+        self
+    }
+
+    pub fn finished(mut self, at: Millis) -> Self {
+        self.observed.finished_at = Some(at);
+        self
+    }
+
+    /// The last lines it wrote, for a failure.
+    pub fn last_log(mut self, lines: Vec<String>) -> Self {
+        self.observed.last_log = lines;
+        self
+    }
+
+    /// How it ended: its code, and an OOM kill.
+    pub fn exited(mut self, exit: &berth_core::Exit) -> Self {
+        self.observed.exit_code = exit.exit_code;
+        self.observed.oom_killed = exit.oom_killed;
+        self
+    }
+
     /// Says why, in data and in words.
     pub fn because(mut self, why: berth_core::Reason) -> Self {
-        self.reason = Some(why.to_string());
-        self.cause = Some(why);
+        self.observed.because(why);
         self
     }
 }

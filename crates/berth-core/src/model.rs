@@ -328,6 +328,27 @@ pub struct Instance {
     pub host_ports: Vec<u16>,
     /// Address of the node, where `host_ports` answer.
     pub host: String,
+    /// What its node reports of it: health, exit, reason, handle, times, last lines.
+    #[serde(flatten)]
+    pub observed: Observed,
+    pub created_at: Millis,
+    /// Since when it has been running and healthy without a break.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub healthy_since: Option<Millis>,
+    /// Healthy for the app's `min_healthy_time`: takes traffic and counts toward deployments.
+    #[serde(default)]
+    pub in_service: bool,
+    /// Its version's cpu and memory, recorded when placed, so that a node's use counts an old
+    /// version's instance at its own size during a deployment. Absent on instances placed by an
+    /// older server: they count at their app's current spec.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocated: Option<Allocation>,
+}
+
+/// What a node observes of an instance: the part of its record an agent reports
+/// (`InstanceReport`) and the server keeps (`Instance`), one definition for both.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Observed {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub healthy: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -337,43 +358,61 @@ pub struct Instance {
     /// Why the instance is failed or stopped, for people.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
-    pub created_at: Millis,
+    /// `reason` as data, with its kind. Absent for reasons from an older agent or server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cause: Option<crate::Reason>,
+    /// The runtime's own handle (container id, pid).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Millis>,
-    /// The runtime's own handle (container id, pid).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub handle: Option<String>,
-    /// Since when it has been running and healthy without a break.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub healthy_since: Option<Millis>,
-    /// Healthy for the app's `min_healthy_time`: takes traffic and counts toward deployments.
-    #[serde(default)]
-    pub in_service: bool,
     /// The last lines it wrote, when it failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub last_log: Vec<String>,
-    /// Its version's cpu and memory, recorded when placed, so that a node's use counts an old
-    /// version's instance at its own size during a deployment. Absent on instances placed by an
-    /// older server: they count at their app's current spec.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub allocated: Option<Allocation>,
-    /// `reason` as data, with its kind. Absent for reasons from an older agent or server.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cause: Option<crate::Reason>,
+}
+
+impl Observed {
+    /// Says why, in data (`cause`) and in words (`reason`).
+    pub fn because(&mut self, why: crate::Reason) {
+        self.reason = Some(why.to_string());
+        self.cause = Some(why);
+    }
+
+    /// Takes what a node newly says (`news`) of an instance that is `live` or not: its health as
+    /// said, facts it does not repeat kept, a reason replaced by a new one or cleared once a live
+    /// instance's check passes again, and at most 20 last lines.
+    pub fn take_news(&mut self, news: &Observed, live: bool) {
+        self.healthy = news.healthy;
+        self.exit_code = news.exit_code.or(self.exit_code);
+        self.oom_killed |= news.oom_killed;
+        if news.reason.is_some() {
+            self.reason.clone_from(&news.reason);
+            self.cause.clone_from(&news.cause);
+        } else if news.healthy == Some(true) && live {
+            // Its check passes again: the failure it was showing is over.
+            self.reason = None;
+            self.cause = None;
+        }
+        if !news.last_log.is_empty() {
+            self.last_log = news.last_log.iter().take(20).cloned().collect();
+        }
+        self.handle = news.handle.clone().or(self.handle.take());
+        self.started_at = news.started_at.or(self.started_at);
+        self.finished_at = news.finished_at.or(self.finished_at);
+    }
 }
 
 impl Instance {
     /// Says why, in data (`cause`) and in words (`reason`).
     pub fn set_reason(&mut self, why: crate::Reason) {
-        self.reason = Some(why.to_string());
-        self.cause = Some(why);
+        self.observed.because(why);
     }
 
     pub fn clear_reason(&mut self) {
-        self.reason = None;
-        self.cause = None;
+        self.observed.reason = None;
+        self.observed.cause = None;
     }
 
     /// `host:port` where the first port answers.
@@ -383,7 +422,7 @@ impl Instance {
 
     /// Running and not known unhealthy (it may still be serving its `min_healthy_time`).
     pub fn is_up(&self) -> bool {
-        self.state == InstanceState::Running && self.healthy != Some(false)
+        self.state == InstanceState::Running && self.observed.healthy != Some(false)
     }
 
     /// Ready for traffic: up, and up long enough to be put in service.
@@ -496,6 +535,27 @@ pub struct Event {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_s_news_keeps_what_it_does_not_repeat() {
+        let mut seen =
+            Observed { handle: Some("c1".into()), started_at: Some(5), exit_code: Some(3), ..Default::default() };
+        seen.because(crate::Reason::HealthCheck { result: "GET / answered 503".into() });
+        // Healthy again, saying nothing else: the reason goes, the facts stay.
+        seen.take_news(&Observed { healthy: Some(true), ..Default::default() }, true);
+        assert_eq!((seen.reason.as_deref(), seen.cause.as_ref()), (None, None));
+        assert_eq!((seen.handle.as_deref(), seen.started_at, seen.exit_code), (Some("c1"), Some(5), Some(3)));
+        // A new reason replaces it, with its data; last lines are kept to 20.
+        let mut news =
+            Observed { last_log: (0..30).map(|i| i.to_string()).collect(), oom_killed: true, ..Default::default() };
+        news.because(crate::Reason::Exited(crate::Exit { exit_code: Some(137), oom_killed: true, detail: None }));
+        seen.take_news(&news, false);
+        assert_eq!(seen.reason.as_deref(), Some("OOM-killed: over its memory limit"));
+        assert!(seen.oom_killed && seen.last_log.len() == 20);
+        // A live instance stays unhealthy with its reason until its check passes.
+        seen.take_news(&Observed { healthy: Some(false), ..Default::default() }, true);
+        assert!(seen.reason.is_some());
+    }
 
     #[test]
     fn backoff_follows_marathon() {

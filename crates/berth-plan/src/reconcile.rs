@@ -213,7 +213,7 @@ fn reconcile_app(
         let steady_since = live
             .iter()
             .filter(|i| i.is_ready() && i.created_at > app.backoff.last_failure_at)
-            .filter_map(|i| i.started_at)
+            .filter_map(|i| i.observed.started_at)
             .min();
         match steady_since {
             Some(t) if now - t >= settings.backoff_reset_ms => {
@@ -343,7 +343,7 @@ fn admit_and_expire(app: &App, live: &[&Instance], now: Millis, plan: &mut Plan)
     let upgrade = &app.spec.upgrade;
     for inst in live.iter().filter(|i| !i.in_service) {
         if inst.is_up() {
-            let since = inst.healthy_since.or(inst.started_at).unwrap_or(now);
+            let since = inst.healthy_since.or(inst.observed.started_at).unwrap_or(now);
             let at = since + upgrade.min_healthy_time.as_millis() as i64;
             if now >= at {
                 plan.actions.push(Action::Admit { instance: inst.id.clone() });
@@ -366,7 +366,7 @@ fn admit_and_expire(app: &App, live: &[&Instance], now: Millis, plan: &mut Plan)
 fn forget_old_terminal(instances: &[&Instance], keep: usize, plan: &mut Plan) {
     let mut terminal: Vec<&Instance> = instances.iter().copied().filter(|i| i.state.is_terminal()).collect();
     if terminal.len() > keep {
-        terminal.sort_by_key(|i| std::cmp::Reverse(i.finished_at.unwrap_or(i.created_at)));
+        terminal.sort_by_key(|i| std::cmp::Reverse(i.observed.finished_at.unwrap_or(i.created_at)));
         plan.actions.extend(terminal.into_iter().skip(keep).map(|i| Action::Forget { instance: i.id.clone() }));
     }
 }

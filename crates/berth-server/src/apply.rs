@@ -82,19 +82,11 @@ pub(crate) fn apply(
                     desired: Desired::Run,
                     host_ports: placement.host_ports.clone(),
                     host: placement.host.clone(),
-                    healthy: None,
-                    exit_code: None,
-                    oom_killed: false,
-                    reason: None,
+                    observed: Default::default(),
                     created_at: now,
-                    started_at: None,
-                    finished_at: None,
-                    handle: None,
                     healthy_since: None,
                     in_service: false,
-                    last_log: Vec::new(),
                     allocated: Some(Allocation::of(&a.spec)),
-                    cause: None,
                 };
                 txn = guard_app(txn, app).expect(instance_key(&id), 0).put(instance_key(&id), encode(&inst));
                 let msg = format!(
@@ -174,8 +166,8 @@ pub(crate) fn apply(
                 let mut next = (*inst).clone();
                 next.state = InstanceState::Failed;
                 next.set_reason(reason.clone());
-                next.finished_at = Some(now);
-                next.healthy = None;
+                next.observed.finished_at = Some(now);
+                next.observed.healthy = None;
                 txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
                 let subject = Subject::instance(&inst.app, instance, &inst.node);
                 txn = state.with_event(txn, now, Level::Error, "instance.failed", subject, reason.to_string());

@@ -9,7 +9,7 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<&ber
     // Live first (oldest first), then the recently ended (newest first).
     mine.sort_by_key(|i| {
         let live = i.state.is_live();
-        (!live, if live { i.created_at } else { -i.finished_at.unwrap_or(i.created_at) })
+        (!live, if live { i.created_at } else { -i.observed.finished_at.unwrap_or(i.created_at) })
     });
     let current_ready =
         mine.iter().filter(|i| app.is_current(i.version) && i.desired == Desired::Run && i.is_ready()).count();
@@ -19,15 +19,15 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<&ber
         let last = mine
             .iter()
             .filter(|i| i.state == InstanceState::Failed)
-            .max_by_key(|i| i.finished_at.unwrap_or(i.created_at));
+            .max_by_key(|i| i.observed.finished_at.unwrap_or(i.created_at));
         CrashLoop {
             failures: app.backoff.failures,
             next_launch_at: app.backoff.not_before,
             instance: last.map(|i| i.id.clone()),
-            reason: last.and_then(|i| i.reason.clone()),
-            exit_code: last.and_then(|i| i.exit_code),
-            oom_killed: last.is_some_and(|i| i.oom_killed),
-            last_log: last.map(|i| i.last_log.clone()).unwrap_or_default(),
+            reason: last.and_then(|i| i.observed.reason.clone()),
+            exit_code: last.and_then(|i| i.observed.exit_code),
+            oom_killed: last.is_some_and(|i| i.observed.oom_killed),
+            last_log: last.map(|i| i.observed.last_log.clone()).unwrap_or_default(),
         }
     });
     AppStatus {

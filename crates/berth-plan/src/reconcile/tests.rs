@@ -47,19 +47,11 @@ fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
         desired: Desired::Run,
         host_ports: vec![31000 + id.len() as u16],
         host: "127.0.0.1".into(),
-        healthy: None,
-        exit_code: None,
-        oom_killed: false,
-        reason: None,
+        observed: berth_core::Observed { started_at: Some(0), ..Default::default() },
         created_at: 0,
-        started_at: Some(0),
-        finished_at: None,
-        handle: None,
         healthy_since: Some(0),
         in_service: state == InstanceState::Running,
-        last_log: vec![],
         allocated: None,
-        cause: None,
     }
 }
 
@@ -124,7 +116,7 @@ fn failed_instances_are_replaced_after_backoff() {
     let mut a = app(1, 1, "");
     a.backoff = Backoff { failures: 1, not_before: 3_000, last_failure_at: 2_000 };
     let mut dead = inst("a", 1, InstanceState::Failed);
-    dead.finished_at = Some(2_000);
+    dead.observed.finished_at = Some(2_000);
     let snap = Snapshot { apps: vec![a], instances: vec![dead], nodes: vec![node("n1")] };
     let early = run(&snap, 2_500);
     assert_eq!(places(&early), 0);
@@ -240,7 +232,7 @@ fn old_terminal_records_are_forgotten() {
     let mut instances: Vec<Instance> = (0..15)
         .map(|n| {
             let mut i = inst(&format!("x{n}"), 1, InstanceState::Failed);
-            i.finished_at = Some(n);
+            i.observed.finished_at = Some(n);
             i
         })
         .collect();
@@ -428,7 +420,7 @@ fn simulate_crash_loop(healthy: u32, failing: u32, fail_after_ms: i64, seconds: 
         .map(|i| {
             let mut x = inst(&format!("h{i}"), 1, InstanceState::Running);
             x.created_at = -600_000;
-            x.started_at = Some(-600_000);
+            x.observed.started_at = Some(-600_000);
             x.healthy_since = Some(-600_000);
             x
         })
@@ -444,7 +436,7 @@ fn simulate_crash_loop(healthy: u32, failing: u32, fail_after_ms: i64, seconds: 
         for x in instances.iter_mut().filter(|x| x.id.starts_with('f') && x.state.is_live()) {
             if now >= x.created_at + fail_after_ms {
                 x.state = InstanceState::Failed;
-                x.finished_at = Some(now);
+                x.observed.finished_at = Some(now);
                 a.backoff = a.backoff.after_failure(now);
             }
         }
@@ -455,7 +447,8 @@ fn simulate_crash_loop(healthy: u32, failing: u32, fail_after_ms: i64, seconds: 
                     n += 1;
                     let mut x = inst(&format!("f{n}"), 1, InstanceState::Running);
                     x.host_ports = placement.host_ports;
-                    (x.created_at, x.started_at, x.healthy_since, x.in_service) = (now, Some(now), None, false);
+                    (x.created_at, x.observed.started_at, x.healthy_since, x.in_service) =
+                        (now, Some(now), None, false);
                     instances.push(x);
                     launches.push(now);
                 }
@@ -506,7 +499,7 @@ fn a_replacement_that_stays_healthy_ends_the_backoff() {
     let mut old = inst("old", 1, InstanceState::Running);
     old.created_at = -100_000;
     let mut fresh = inst("fresh", 1, InstanceState::Running);
-    (fresh.created_at, fresh.started_at) = (9_000, Some(9_000));
+    (fresh.created_at, fresh.observed.started_at) = (9_000, Some(9_000));
     let reset = |plan: &Plan| has(plan, |a| matches!(a, Action::ResetBackoff { .. }));
     let snap = Snapshot { apps: vec![a.clone()], instances: vec![old.clone()], nodes: vec![node("n1")] };
     assert!(!reset(&live_run(&snap, 100_000)), "a sibling healthy all along does not end it");

@@ -146,9 +146,10 @@ pub(super) async fn assignments(
 
 fn failure_text(inst: &Instance) -> String {
     // The agent's own words when it gave some; an OOM kill says so whatever else was said.
-    let exit = berth_core::Exit { exit_code: inst.exit_code, oom_killed: inst.oom_killed, detail: None };
-    match &inst.reason {
-        Some(reason) if !inst.oom_killed => reason.clone(),
+    let exit =
+        berth_core::Exit { exit_code: inst.observed.exit_code, oom_killed: inst.observed.oom_killed, detail: None };
+    match &inst.observed.reason {
+        Some(reason) if !inst.observed.oom_killed => reason.clone(),
         _ => exit.to_string(),
     }
 }
@@ -175,24 +176,9 @@ pub(super) async fn reports(
             }
             let before = inst.clone();
             inst.state = report.state;
-            inst.healthy = report.healthy;
-            inst.exit_code = report.exit_code.or(inst.exit_code);
-            inst.oom_killed |= report.oom_killed;
-            if report.reason.is_some() {
-                inst.reason = report.reason.clone();
-                inst.cause = report.cause.clone();
-            } else if report.healthy == Some(true) && inst.state.is_live() {
-                // Its check passes again: the failure it was showing is over.
-                inst.clear_reason();
-            }
-            if !report.last_log.is_empty() {
-                inst.last_log = report.last_log.iter().take(20).cloned().collect();
-            }
-            inst.handle = report.handle.clone().or(inst.handle);
-            inst.started_at = report.started_at.or(inst.started_at);
-            inst.finished_at = report.finished_at.or(inst.finished_at);
-            if inst.state.is_terminal() && inst.finished_at.is_none() {
-                inst.finished_at = Some(now);
+            inst.observed.take_news(&report.observed, inst.state.is_live());
+            if inst.state.is_terminal() && inst.observed.finished_at.is_none() {
+                inst.observed.finished_at = Some(now);
             }
             // A break in health restarts the min_healthy_time clock.
             if !inst.is_up() {
@@ -215,7 +201,7 @@ pub(super) async fn reports(
                     InstanceState::Failed if port_taken => {
                         (Level::Warn, "instance.port_taken", format!("{}; placing it again", failure_text(&inst)))
                     }
-                    InstanceState::Failed if inst.oom_killed => {
+                    InstanceState::Failed if inst.observed.oom_killed => {
                         (Level::Error, "instance.oom_killed", failure_text(&inst))
                     }
                     InstanceState::Failed => (Level::Error, "instance.failed", failure_text(&inst)),
@@ -225,9 +211,11 @@ pub(super) async fn reports(
                     InstanceState::Starting => {
                         (Level::Info, "instance.starting", "started; waiting for health".to_string())
                     }
-                    InstanceState::Stopped => {
-                        (Level::Info, "instance.stopped", inst.reason.clone().unwrap_or_else(|| "stopped".into()))
-                    }
+                    InstanceState::Stopped => (
+                        Level::Info,
+                        "instance.stopped",
+                        inst.observed.reason.clone().unwrap_or_else(|| "stopped".into()),
+                    ),
                     InstanceState::Staging => continue,
                 };
                 txn = shared.state.with_event(txn, now, level, kind, subject, msg);

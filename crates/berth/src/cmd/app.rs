@@ -161,7 +161,7 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
             .instances
             .iter()
             .filter(|v| v.instance.state.is_terminal())
-            .max_by_key(|v| v.instance.finished_at.unwrap_or(v.instance.created_at));
+            .max_by_key(|v| v.instance.observed.finished_at.unwrap_or(v.instance.created_at));
         match last {
             Some(v) => args.instance = Some(v.instance.id.clone()),
             None => anyhow::bail!("{id} has no ended instance: none has been replaced yet"),

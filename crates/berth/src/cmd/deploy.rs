@@ -364,7 +364,7 @@ pub async fn follow(
                     (s, _) => s.to_string(),
                 };
                 let detail = if inst.state.is_terminal() || inst.desired == Desired::Stop {
-                    inst.reason.clone().unwrap_or_default()
+                    inst.observed.reason.clone().unwrap_or_default()
                 } else {
                     view.address.clone().unwrap_or_default()
                 };

@@ -49,7 +49,7 @@ pub fn status_table(s: &AppStatus) -> String {
     let mut shown: Vec<&berth_api::InstanceView> = s.instances.iter().filter(|v| v.instance.state.is_live()).collect();
     let mut ended: Vec<&berth_api::InstanceView> =
         s.instances.iter().filter(|v| v.instance.state.is_terminal()).collect();
-    ended.sort_by_key(|v| std::cmp::Reverse(v.instance.finished_at.unwrap_or(v.instance.created_at)));
+    ended.sort_by_key(|v| std::cmp::Reverse(v.instance.observed.finished_at.unwrap_or(v.instance.created_at)));
     let older = ended.len().saturating_sub(ENDED_SHOWN);
     shown.extend(ended.into_iter().take(ENDED_SHOWN));
     let rows = shown
@@ -60,7 +60,7 @@ pub fn status_table(s: &AppStatus) -> String {
             if i.state.is_live() && i.desired == berth_core::Desired::Stop {
                 state.push_str(" (stopping)");
             }
-            if i.healthy == Some(false) {
+            if i.observed.healthy == Some(false) {
                 state.push_str(" (unhealthy)");
             } else if i.is_up() && !i.in_service {
                 state.push_str(" (warming)");
@@ -71,13 +71,13 @@ pub fn status_table(s: &AppStatus) -> String {
                 format!("v{}", i.version),
                 i.node.clone(),
                 v.address.clone().unwrap_or_else(|| "-".into()),
-                ago(i.started_at.unwrap_or(i.created_at)),
+                ago(i.observed.started_at.unwrap_or(i.created_at)),
                 // Why it ended, or while it starts or is unhealthy, why its check fails.
-                output::visible(i.reason.as_deref().unwrap_or_default()).into_owned(),
+                output::visible(i.observed.reason.as_deref().unwrap_or_default()).into_owned(),
             ];
             if output::wide() {
                 row.push(i.driver.to_string());
-                row.push(i.handle.clone().unwrap_or_else(|| "-".into()));
+                row.push(i.observed.handle.clone().unwrap_or_else(|| "-".into()));
                 row.push(i.host_ports.iter().map(u16::to_string).collect::<Vec<_>>().join(","));
                 row.push(ago(i.created_at));
             }
