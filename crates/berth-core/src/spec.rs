@@ -434,8 +434,8 @@ impl Constraint {
                 ConstraintOp::NAMES.join(", ")
             )
         })?;
-        let needs_value =
-            matches!(op, ConstraintOp::Cluster | ConstraintOp::Like | ConstraintOp::Unlike | ConstraintOp::MaxPer);
+        // CLUSTER alone pins the app to wherever its first instance goes.
+        let needs_value = matches!(op, ConstraintOp::Like | ConstraintOp::Unlike | ConstraintOp::MaxPer);
         match (&value, needs_value) {
             (None, true) => {
                 return Err(format!("constraint `{text}`: {} needs a value", op.name()));
@@ -450,6 +450,13 @@ impl Constraint {
             && v.parse::<u32>().map_or(true, |n| n == 0)
         {
             return Err(format!("constraint `{text}`: {} takes a positive number, not `{v}`", op.name()));
+        }
+        if matches!(op, ConstraintOp::Like | ConstraintOp::Unlike)
+            && let Some(v) = &value
+            && let Err(e) = regex::Regex::new(&format!("^(?:{v})$"))
+        {
+            let why = e.to_string().lines().last().unwrap_or_default().trim().to_string();
+            return Err(format!("constraint `{text}`: `{v}` is not a regular expression ({why})"));
         }
         Ok(Constraint { field: field.to_string(), op, value })
     }

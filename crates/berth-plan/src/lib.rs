@@ -1,6 +1,7 @@
 //! Pure planning: from a snapshot of desired and actual state and `now`, the actions that move
 //! actual toward desired, each with its reason. No I/O, no clock.
 
+pub mod constraints;
 pub mod deploy;
 pub mod place;
 pub mod preview;

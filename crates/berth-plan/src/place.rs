@@ -4,7 +4,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use berth_core::reason::{NodeRejection, Rejection, Unplaceable};
-use berth_core::spec::{ConstraintOp, DriverKind, NetworkMode};
+use berth_core::spec::{DriverKind, NetworkMode};
+
+use crate::constraints::Spread;
 use berth_core::{Allocation, AppSpec, Instance, Node, NodeStatus};
 
 /// A decided placement.
@@ -72,9 +74,10 @@ pub fn place(
     let empty = NodeUsage::default();
     let mut best: Option<(Placement, (usize, u64))> = None;
     let mut refused = Vec::new();
+    let spread = Spread::of(app, &spec.constraints, nodes, usage);
     for node in nodes {
         let used = usage.get(&node.id).unwrap_or(&empty);
-        match feasible(app, spec, node, used) {
+        match feasible(spec, node, used, &spread) {
             Ok(placement) => {
                 // Spread the app first, then prefer the least loaded node (per mille of cpu + memory).
                 let same_app = used.per_app.get(app).copied().unwrap_or(0);
@@ -99,7 +102,7 @@ fn load_per_mille(node: &Node, used: &NodeUsage) -> u64 {
     ((cpu + mem) * 500.0) as u64
 }
 
-fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<Placement, Rejection> {
+fn feasible(spec: &AppSpec, node: &Node, used: &NodeUsage, spread: &Spread) -> Result<Placement, Rejection> {
     if node.status != NodeStatus::Ready {
         return Err(Rejection::NodeDown);
     }
@@ -112,37 +115,8 @@ fn feasible(app: &str, spec: &AppSpec, node: &Node, used: &NodeUsage) -> Result<
     if used.memory + memory > node.resources.memory {
         return Err(Rejection::Memory { free: node.resources.memory.saturating_sub(used.memory), needed: memory });
     }
-    let on_node = used.per_app.get(app).copied().unwrap_or(0);
-    for c in &spec.constraints {
-        let value = match c.field.as_str() {
-            "hostname" => Some(node.hostname.as_str()),
-            field => node.labels.get(field).map(String::as_str),
-        };
-        match c.op {
-            ConstraintOp::Unique if c.field == "hostname" && on_node > 0 => {
-                return Err(Rejection::Constraint {
-                    constraint: c.to_string(),
-                    found: "an instance already runs here".into(),
-                });
-            }
-            ConstraintOp::MaxPer if c.field == "hostname" => {
-                let max: usize = c.value.as_deref().and_then(|v| v.parse().ok()).unwrap_or(1);
-                if on_node >= max {
-                    return Err(Rejection::Constraint {
-                        constraint: c.to_string(),
-                        found: format!("{on_node} instance(s) already here"),
-                    });
-                }
-            }
-            ConstraintOp::Cluster if value != c.value.as_deref() => {
-                return Err(Rejection::Constraint {
-                    constraint: c.to_string(),
-                    found: format!("node has {}", value.unwrap_or("no such field")),
-                });
-            }
-            // UNIQUE and MAX_PER on other fields, GROUP_BY, LIKE and UNLIKE are parsed but not yet enforced.
-            _ => {}
-        }
+    if let Err((c, found)) = spread.check(node) {
+        return Err(Rejection::Constraint { constraint: c.to_string(), found });
     }
     let wanted = ports_needed(spec, driver);
     let (low, high) = node.resources.ports;

@@ -229,6 +229,21 @@ impl Platform {
         self.process("berth-agent.log", &args)
     }
 
+    /// Another node: a `berth agent` of its own (data dir, host-port block, `--hostname NAME`)
+    /// joined to this platform's server, with `extra` flags (`--label rack=r1`). It stops when
+    /// the returned child is dropped; its output goes to `agent-NAME.log`.
+    pub fn add_agent(&self, name: &str, extra: &[&str]) -> Child {
+        let data = self.dir.path().join("agents").join(name);
+        let ports = port_block();
+        let mut args: Vec<String> = vec!["agent".into(), "--data-dir".into(), data.display().to_string()];
+        let ports = format!("{}-{}", ports.0, ports.1);
+        args.extend(
+            ["--driver", &self.driver, "--pull", "never", "--ports", &ports, "--hostname", name].map(String::from),
+        );
+        args.extend(extra.iter().map(|x| x.to_string()));
+        self.process(&format!("agent-{name}.log"), &args)
+    }
+
     /// Split mode: starts the agent again (after `kill_agent`); it keeps its node id.
     pub fn restart_agent(&mut self) {
         let agent = self.agent_process();

@@ -72,6 +72,14 @@ fn constraints_accept_a_single_string_and_marathon_lists() {
 }
 
 #[test]
+fn cluster_may_pin_and_patterns_must_compile() {
+    assert_eq!(Constraint::parse("rack:CLUSTER").unwrap().value, None, "pinned by the first placement");
+    let err = Constraint::parse("rack:LIKE:r[0").unwrap_err();
+    assert!(err.contains("`r[0` is not a regular expression"), "{err}");
+    assert!(Constraint::parse("rack:UNLIKE:r(0|1)").is_ok());
+}
+
+#[test]
 fn bad_constraint_operator_is_named_with_a_suggestion() {
     let errs = errors("group: g\nname: n\nimage: i\nconstraints:\n  - hostname:UNIQE\n");
     assert!(errs[0].to_string().contains("did you mean `UNIQUE`"), "{}", errs[0]);

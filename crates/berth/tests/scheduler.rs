@@ -1,0 +1,93 @@
+//! The cluster scheduler end to end: a server and three agents as separate processes, each its
+//! own `--hostname` and `--label`s, and the constraints people write (issue 14).
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use berth_testkit::{Platform, wait_until};
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+/// hostname -> node id, once `n` nodes are ready.
+async fn nodes(p: &Platform, n: usize) -> BTreeMap<String, String> {
+    wait_until("every node ready", Duration::from_secs(20), || async {
+        let all: Vec<Value> = serde_json::from_value(p.get("/v1/nodes").await.ok()?).ok()?;
+        let ready: BTreeMap<String, String> = all
+            .iter()
+            .filter(|n| n["status"] == "ready")
+            .map(|n| {
+                (
+                    n["hostname"].as_str().unwrap_or_default().to_string(),
+                    n["id"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        (ready.len() == n).then_some(ready)
+    })
+    .await
+}
+
+/// How many live instances of `app` run on each hostname.
+async fn spread(p: &Platform, app: &str, hosts: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for inst in p.live(app).await {
+        let node = inst["node"].as_str().unwrap_or_default();
+        let host = hosts.iter().find(|(_, id)| *id == node).map(|(h, _)| h.clone()).unwrap_or_default();
+        *out.entry(host).or_default() += 1;
+    }
+    out
+}
+
+fn spec(name: &str, instances: u32, constraints: &str) -> String {
+    format!(
+        "group: ops\nname: {name}\ndriver: exec\ncommand: [sleep, \"300\"]\ninstances: {instances}\nconstraints: {constraints}\nupgrade:\n  min_healthy_time: 0s\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_constraint_is_enforced_on_any_label() {
+    let agent = ["--hostname".to_string(), "h0".to_string(), "--label".to_string(), "rack=r0".to_string()];
+    let p = Platform::start_split_args(BERTH.as_ref(), "exec", &[], &agent).await;
+    let _h1 = p.add_agent("h1", &["--label", "rack=r1"]);
+    let _h2 = p.add_agent("h2", &["--label", "rack=r1"]);
+    let hosts = nodes(&p, 3).await;
+
+    // LIKE: all four on the r1 nodes (before, two of four landed on r0).
+    p.cli_ok(&["deploy", "-f", &p.write("like.yaml", &spec("like", 4, "[\"rack:LIKE:r1\"]")), "--timeout", "30"]).await;
+    let on = spread(&p, "like", &hosts).await;
+    assert_eq!(on.get("h0"), None, "{on:?}");
+    assert_eq!(on.values().sum::<usize>(), 4, "{on:?}");
+
+    // GROUP_BY: the racks hold two each, whatever the nodes per rack.
+    p.cli_ok(&["deploy", "-f", &p.write("even.yaml", &spec("even", 4, "[\"rack:GROUP_BY\"]")), "--timeout", "30"])
+        .await;
+    let on = spread(&p, "even", &hosts).await;
+    assert_eq!(on.get("h0"), Some(&2), "{on:?}");
+    assert_eq!(on.get("h1").unwrap_or(&0) + on.get("h2").unwrap_or(&0), 2, "{on:?}");
+
+    // UNLIKE and MAX_PER on a label, in one spec: never r0, at most one per rack.
+    let both = spec("capped", 2, "[\"rack:UNLIKE:r0\", \"rack:MAX_PER:1\"]");
+    p.cli_ok(&["deploy", "-f", &p.write("capped.yaml", &both), "--no-wait"]).await;
+    let waiting = wait_until("one instance placed, one refused", Duration::from_secs(20), || async {
+        let status = p.status("capped").await;
+        (p.live("capped").await.len() == 1 && status["waiting"]["kind"] == "unplaceable").then_some(status)
+    })
+    .await;
+    let nodes_said = &waiting["waiting"]["why"]["nodes"];
+    let said: Vec<String> =
+        nodes_said.as_array().unwrap().iter().map(|n| n["found"].as_str().unwrap_or_default().to_string()).collect();
+    assert!(said.iter().any(|f| f.contains("rack r0")), "h0 refused for its rack: {said:?}");
+    assert!(
+        said.iter().any(|f| f.contains("rack r1 already runs 1")),
+        "the other r1 node refused by MAX_PER: {said:?}"
+    );
+    assert_eq!(spread(&p, "capped", &hosts).await.get("h0"), None);
+
+    // CLUSTER alone pins the app to the rack of its first instance.
+    p.cli_ok(&["deploy", "-f", &p.write("pinned.yaml", &spec("pinned", 3, "[\"rack:CLUSTER\"]")), "--timeout", "30"])
+        .await;
+    let on = spread(&p, "pinned", &hosts).await;
+    let racks: std::collections::BTreeSet<&str> = on.keys().map(|h| if h == "h0" { "r0" } else { "r1" }).collect();
+    assert_eq!(racks.len(), 1, "one rack: {on:?}");
+}
