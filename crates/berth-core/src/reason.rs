@@ -184,18 +184,64 @@ impl fmt::Display for NodeRejection {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Unplaceable {
     NoReadyNode,
-    /// Every ready node refused, each for its reason.
+    /// Every ready node refused: how many for each kind of reason, most first, and the first
+    /// few nodes with their own words, so that 10,000 nodes do not make 10,000 lines.
     Refused {
+        filtered: Vec<Filtered>,
         nodes: Vec<NodeRejection>,
     },
 }
 
+/// Nodes refused for one kind of reason: a resource, or one constraint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filtered {
+    pub reason: String,
+    pub nodes: usize,
+}
+
+/// Nodes kept as examples of a refusal.
+const EXAMPLES: usize = 10;
+
+impl Rejection {
+    /// The kind of reason, for counting nodes: `memory`, or a constraint as written.
+    pub fn class(&self) -> String {
+        match self {
+            Rejection::NodeDown => "node down".into(),
+            Rejection::NoDriver { .. } => "driver".into(),
+            Rejection::Cpu { .. } => "cpu".into(),
+            Rejection::Memory { .. } => "memory".into(),
+            Rejection::Constraint { constraint, .. } => constraint.clone(),
+            Rejection::Ports { .. } => "ports".into(),
+        }
+    }
+}
+
 impl Unplaceable {
-    /// One line per node, for people.
+    /// Every node refused, each for its reason.
+    pub fn refused(all: Vec<NodeRejection>) -> Unplaceable {
+        let mut counts: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+        for r in &all {
+            *counts.entry(r.why.class()).or_default() += 1;
+        }
+        let mut filtered: Vec<Filtered> =
+            counts.into_iter().map(|(reason, nodes)| Filtered { reason, nodes }).collect();
+        filtered.sort_by(|a, b| b.nodes.cmp(&a.nodes).then_with(|| a.reason.cmp(&b.reason)));
+        Unplaceable::Refused { filtered, nodes: all.into_iter().take(EXAMPLES).collect() }
+    }
+
+    /// For people: the node's own line when one refused, else one line per kind of reason.
     pub fn lines(&self) -> Vec<String> {
         match self {
             Unplaceable::NoReadyNode => vec!["no ready node".into()],
-            Unplaceable::Refused { nodes } => nodes.iter().map(ToString::to_string).collect(),
+            Unplaceable::Refused { filtered, nodes } if filtered.iter().map(|f| f.nodes).sum::<usize>() > 1 => filtered
+                .iter()
+                .map(|f| {
+                    let s = if f.nodes == 1 { "" } else { "s" };
+                    let example = nodes.iter().find(|n| n.why.class() == f.reason).map(|n| format!(" (e.g. {n})"));
+                    format!("{} node{s} filtered by {}{}", f.nodes, f.reason, example.unwrap_or_default())
+                })
+                .collect(),
+            Unplaceable::Refused { nodes, .. } => nodes.iter().map(ToString::to_string).collect(),
         }
     }
 }
@@ -222,12 +268,7 @@ impl Waiting {
         match (self, other) {
             (Waiting::Backoff { failures: a, .. }, Waiting::Backoff { failures: b, .. }) => a == b,
             (Waiting::Unplaceable { why: a }, Waiting::Unplaceable { why: b }) => match (a, b) {
-                (Unplaceable::Refused { nodes: a }, Unplaceable::Refused { nodes: b }) => {
-                    let kinds = |n: &[NodeRejection]| -> Vec<(String, std::mem::Discriminant<Rejection>)> {
-                        n.iter().map(|r| (r.node.clone(), std::mem::discriminant(&r.why))).collect()
-                    };
-                    kinds(a) == kinds(b)
-                }
+                (Unplaceable::Refused { filtered: a, .. }, Unplaceable::Refused { filtered: b, .. }) => a == b,
                 (a, b) => a == b,
             },
             _ => false,
@@ -271,9 +312,8 @@ mod tests {
         let backoff = |failures, next_in_ms| Waiting::Backoff { failures, next_in_ms };
         assert!(backoff(2, 900).same_news(&backoff(2, 300)), "a countdown is not news");
         assert!(!backoff(2, 900).same_news(&backoff(3, 900)));
-        let refused = |why| Waiting::Unplaceable {
-            why: Unplaceable::Refused { nodes: vec![NodeRejection { node: "h1".into(), why }] },
-        };
+        let refused =
+            |why| Waiting::Unplaceable { why: Unplaceable::refused(vec![NodeRejection { node: "h1".into(), why }]) };
         let memory = |free| refused(Rejection::Memory { free, needed: 512 });
         assert!(memory(100).same_news(&memory(200)));
         assert!(!memory(100).same_news(&refused(Rejection::NodeDown)));
@@ -284,6 +324,32 @@ mod tests {
             json["why"]["nodes"][0],
             serde_json::json!({"node": "h1", "kind": "memory", "free": 100, "needed": 512})
         );
+    }
+
+    #[test]
+    fn many_refusing_nodes_are_counted_by_reason() {
+        let unique = |n: usize| NodeRejection {
+            node: format!("h{n}"),
+            why: Rejection::Constraint {
+                constraint: "hostname:UNIQUE".into(),
+                found: "hostname h already runs one".into(),
+            },
+        };
+        let memory =
+            |n: usize| NodeRejection { node: format!("m{n}"), why: Rejection::Memory { free: 10, needed: 64 } };
+        let many = Unplaceable::refused((0..3).map(unique).chain((0..2).map(memory)).collect());
+        let lines = many.lines();
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[0].starts_with("3 nodes filtered by hostname:UNIQUE (e.g. h0: "), "{lines:?}");
+        assert!(lines[1].starts_with("2 nodes filtered by memory"), "{lines:?}");
+        let Unplaceable::Refused { filtered, nodes } = &many else { panic!("refused") };
+        assert_eq!((filtered[0].nodes, nodes.len()), (3, 5));
+        // 20,000 nodes keep ten examples and the counts.
+        let huge = Unplaceable::refused((0..20_000).map(memory).collect());
+        let Unplaceable::Refused { filtered, nodes } = &huge else { panic!("refused") };
+        assert_eq!((filtered.len(), filtered[0].nodes, nodes.len()), (1, 20_000, 10));
+        // A few nodes keep their own lines.
+        assert_eq!(Unplaceable::refused(vec![memory(1)]).lines(), ["m1: memory: 10 MiB free, 64 needed"]);
     }
 
     #[test]

@@ -92,7 +92,7 @@ pub fn place(
     match best {
         Some((placement, _)) => Ok(placement),
         None if nodes.is_empty() => Err(Unplaceable::NoReadyNode),
-        None => Err(Unplaceable::Refused { nodes: refused }),
+        None => Err(Unplaceable::refused(refused)),
     }
 }
 
@@ -190,7 +190,7 @@ mod tests {
             Allocation::of(&s),
             &[30004, 30005],
         );
-        let Unplaceable::Refused { nodes: refused } = place("g/web", &s, &nodes, &usage).unwrap_err() else {
+        let Unplaceable::Refused { nodes: refused, .. } = place("g/web", &s, &nodes, &usage).unwrap_err() else {
             panic!("two nodes refuse, each with its reason")
         };
         assert_eq!(refused.len(), 2);

@@ -1,5 +1,6 @@
 //! `berth deploy` and the live progress every changing command shows.
 
+use berth_core::reason::Waiting;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -315,6 +316,10 @@ fn tally(status: &AppStatus) -> Tally {
     t
 }
 
+/// How long nothing may be placeable, with nothing leaving to make room, before a deploy says so
+/// and stops waiting.
+const UNPLACEABLE_GRACE: Duration = Duration::from_secs(5);
+
 /// Shows a deployment's progress until it ends: true when it succeeded (or its canary is up).
 /// A deployment that failed, rolled back or timed out is false.
 pub async fn follow(
@@ -331,6 +336,8 @@ pub async fn follow(
     let mut following = started_at;
     let mut failure: Option<String> = None;
     let mut outage = false;
+    // Since when nothing could be placed, nothing moved, and nothing was leaving to make room.
+    let mut stuck: Option<(Instant, (usize, usize, usize))> = None;
     loop {
         let asked =
             if index == 0 { client.app(id).await } else { client.app_after(id, index, Duration::from_secs(1)).await };
@@ -413,6 +420,32 @@ pub async fn follow(
         }
         pb.set_message(msg);
         let took = clock.elapsed().as_secs_f64();
+        // Say so at once when what is left cannot be placed, instead of waiting out the timeout.
+        let unplaceable = match &status.waiting {
+            Some(Waiting::Unplaceable { why }) if t.draining == 0 && d.state == DeploymentState::Running => Some(why),
+            _ => None,
+        };
+        let counts = (t.healthy, t.starting, t.old);
+        stuck = match (unplaceable, stuck) {
+            (Some(_), Some((since, was))) if was == counts => Some((since, was)),
+            (Some(_), _) => Some((Instant::now(), counts)),
+            (None, _) => None,
+        };
+        if let (Some(why), Some((since, _))) = (unplaceable, stuck)
+            && since.elapsed() >= UNPLACEABLE_GRACE
+        {
+            pb.finish_and_clear();
+            let placed = t.healthy + t.starting;
+            eprintln!("{id} v{}: {} wanted, {placed} placed; no node can take the rest:", d.version, status.desired);
+            for line in why.lines() {
+                eprintln!("  - {line}");
+            }
+            eprintln!(
+                "the deployment goes on and places them when room appears: add nodes, free some, or change the spec; `berth app {} watch` follows it",
+                status.name
+            );
+            return Ok((false, status));
+        }
         match d.state {
             DeploymentState::Running => {
                 if let Some(n) = d.canary
