@@ -63,6 +63,11 @@ pub struct AppSpec {
     /// How routers spread requests over the instances.
     #[serde(default)]
     pub balance: Balance,
+    /// Where instances go among the nodes that can take them: `spread` (the default: the node
+    /// with the fewest of the app's instances, then the least loaded) or `binpack` (the fullest
+    /// node that still fits, leaving whole nodes free).
+    #[serde(default, skip_serializing_if = "PlacementStrategy::is_spread")]
+    pub placement: PlacementStrategy,
     /// A new instance's share of requests ramps up to its full weight over this long (`0s` turns
     /// slow start off), so caches and JITs warm before the instance takes its full load.
     #[serde(default = "default_slow_start")]
@@ -217,6 +222,20 @@ fn default_drain_timeout() -> Dur {
 }
 pub fn default_slow_start() -> Dur {
     Dur::secs(5)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementStrategy {
+    #[default]
+    Spread,
+    Binpack,
+}
+
+impl PlacementStrategy {
+    fn is_spread(&self) -> bool {
+        *self == PlacementStrategy::Spread
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -1265,7 +1284,9 @@ environment:
   APP_ENV: production
 # zones: [default]               # router zones that publish the app
 # services: [{name}.example.com] # host names the router serves it under
-# constraints: [hostname:UNIQUE] # at most one instance per node
+# constraints: [hostname:UNIQUE] # at most one instance per node; also CLUSTER, GROUP_BY, LIKE,
+#                                # UNLIKE, MAX_PER on hostname or any agent --label (rack:GROUP_BY)
+# placement: spread              # or binpack: fill the fullest node that fits first
 # balance: round_robin           # or least_conn, hash:header:X-User, hash:cookie:session, hash:ip
 # slow_start: 5s                 # a new instance ramps up to its full share of requests (0s: off)
 health:

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use berth_core::reason::{NodeRejection, Rejection, Unplaceable};
-use berth_core::spec::{DriverKind, NetworkMode};
+use berth_core::spec::{DriverKind, NetworkMode, PlacementStrategy};
 
 use crate::constraints::Spread;
 use berth_core::{Allocation, AppSpec, Instance, Node, NodeStatus};
@@ -72,18 +72,17 @@ pub fn place(
     usage: &HashMap<String, NodeUsage>,
 ) -> Result<Placement, Unplaceable> {
     let empty = NodeUsage::default();
-    let mut best: Option<(Placement, (usize, u64))> = None;
+    let mut best: Option<(Placement, Score)> = None;
     let mut refused = Vec::new();
     let spread = Spread::of(app, &spec.constraints, nodes, usage);
+    let held = Allocation::of(spec);
     for node in nodes {
         let used = usage.get(&node.id).unwrap_or(&empty);
         match feasible(spec, node, used, &spread) {
             Ok(placement) => {
-                // Spread the app first, then prefer the least loaded node (per mille of cpu + memory).
-                let same_app = used.per_app.get(app).copied().unwrap_or(0);
-                let load = load_per_mille(node, used);
-                if best.as_ref().is_none_or(|(_, score)| (same_app, load) < *score) {
-                    best = Some((placement, (same_app, load)));
+                let score = score(spec.placement, node, used, app, held);
+                if best.as_ref().is_none_or(|(_, s)| score < *s) {
+                    best = Some((placement, score));
                 }
             }
             Err(why) => refused.push(NodeRejection { node: node.hostname.clone(), why }),
@@ -96,9 +95,24 @@ pub fn place(
     }
 }
 
-fn load_per_mille(node: &Node, used: &NodeUsage) -> u64 {
-    let cpu = if node.resources.cpu > 0.0 { used.cpu / node.resources.cpu } else { 0.0 };
-    let mem = if node.resources.memory > 0 { used.memory as f64 / node.resources.memory as f64 } else { 0.0 };
+/// A feasible node's rank: lower is better. Ties go to the node id, so the same state always
+/// gives the same choice.
+type Score = (usize, i64, String);
+
+/// Spread: the fewest of the app's instances first, then the least loaded after placing.
+/// Binpack: the most loaded after placing, so that whole nodes stay free.
+fn score(strategy: PlacementStrategy, node: &Node, used: &NodeUsage, app: &str, held: Allocation) -> Score {
+    let load = load_per_mille(node, used.cpu + held.cpu, used.memory + held.memory) as i64;
+    match strategy {
+        PlacementStrategy::Spread => (used.per_app.get(app).copied().unwrap_or(0), load, node.id.clone()),
+        PlacementStrategy::Binpack => (0, -load, node.id.clone()),
+    }
+}
+
+/// Per mille of cpu plus per mille of memory in use.
+fn load_per_mille(node: &Node, cpu: f64, memory: u64) -> u64 {
+    let cpu = if node.resources.cpu > 0.0 { cpu / node.resources.cpu } else { 0.0 };
+    let mem = if node.resources.memory > 0 { memory as f64 / node.resources.memory as f64 } else { 0.0 };
     ((cpu + mem) * 500.0) as u64
 }
 
@@ -197,6 +211,38 @@ mod tests {
         assert_eq!(refused[0].why, Rejection::Cpu { free: 0.0, needed: 0.5 });
         assert!(refused[0].to_string().ends_with("cpu: 0.00 free, 0.5 needed"), "{refused:?}");
         assert_eq!(place("g/web", &s, &[], &usage), Err(Unplaceable::NoReadyNode));
+    }
+
+    /// Places `n` instances one after another, as a reconcile pass does.
+    fn place_n(s: &AppSpec, nodes: &[&Node], n: usize) -> Vec<String> {
+        let mut usage: HashMap<String, NodeUsage> = HashMap::new();
+        (0..n)
+            .map(|_| {
+                let p = place("g/web", s, nodes, &usage).unwrap();
+                usage.entry(p.node.clone()).or_default().add("g/web", Allocation::of(s), &p.host_ports);
+                p.node
+            })
+            .collect()
+    }
+
+    #[test]
+    fn binpack_fills_a_node_before_the_next_and_spread_alternates() {
+        let (a, b) = (node("a", 4.0), node("b", 4.0));
+        let packed = place_n(&spec("placement: binpack\n"), &[&a, &b], 3);
+        assert_eq!(packed, ["a", "a", "a"], "the fullest node that fits");
+        let spread = place_n(&spec(""), &[&a, &b], 4);
+        assert_eq!(spread, ["a", "b", "a", "b"]);
+        // Full at 1 cpu (two of 0.5): binpack then moves to the next node.
+        let (c, d) = (node("c", 1.0), node("d", 1.0));
+        assert_eq!(place_n(&spec("placement: binpack\n"), &[&c, &d], 3), ["c", "c", "d"]);
+    }
+
+    #[test]
+    fn the_same_state_gives_the_same_choice_whatever_the_node_order() {
+        let (a, b, c) = (node("a", 2.0), node("b", 2.0), node("c", 2.0));
+        for s in [spec(""), spec("placement: binpack\n")] {
+            assert_eq!(place_n(&s, &[&a, &b, &c], 5), place_n(&s, &[&c, &a, &b], 5));
+        }
     }
 
     #[test]

@@ -94,7 +94,8 @@ async fn every_constraint_is_enforced_on_any_label() {
     // Four with hostname:UNIQUE on three nodes cannot all be placed: deploy says so at once with
     // the counts, instead of waiting out its timeout.
     let began = std::time::Instant::now();
-    let out = p.cli(&["deploy", "-f", &p.write("four.yaml", &spec("four", 4, "hostname:UNIQUE")), "--timeout", "120"]).await;
+    let out =
+        p.cli(&["deploy", "-f", &p.write("four.yaml", &spec("four", 4, "hostname:UNIQUE")), "--timeout", "120"]).await;
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(began.elapsed() < Duration::from_secs(60), "it did not wait out the timeout: {:?}", began.elapsed());

@@ -200,6 +200,17 @@ fn an_old_version_counts_at_what_it_was_placed_with() {
 }
 
 #[test]
+fn scaling_up_moves_no_running_instance() {
+    let running: Vec<Instance> = ["a", "bb"].iter().map(|id| inst(id, 1, InstanceState::Running)).collect();
+    let mut app = app(4, 1, "");
+    app.deployment = Some(Deployment::start(DeploymentKind::Scale, None, 1, 0));
+    let snap = Snapshot { apps: vec![app], instances: running, nodes: vec![node("n1"), node("n2")] };
+    let plan = run(&snap, 2_000);
+    assert_eq!(places(&plan), 2);
+    assert!(stops(&plan).is_empty(), "{:?}", plan.actions);
+}
+
+#[test]
 fn destroy_stops_everything_then_removes() {
     let mut a = app(2, 1, "");
     a.destroying = true;
