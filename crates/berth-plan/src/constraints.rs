@@ -5,8 +5,9 @@
 //! - `UNIQUE`: at most one instance per value of the attribute.
 //! - `CLUSTER:v`: only where the attribute is `v`; `CLUSTER` alone: wherever the app's first
 //!   instance went (it pins the value).
-//! - `GROUP_BY[:n]`: spread evenly over the attribute's values (`n` of them expected): a node
-//!   qualifies while its value holds no more instances than the emptiest value.
+//! - `GROUP_BY[:n]`: spread evenly over the attribute's values (`n` of them expected): among the
+//!   nodes that can take the instance, those whose value holds the fewest instances qualify (a
+//!   value whose nodes are all full does not hold the others back).
 //! - `LIKE:re` / `UNLIKE:re`: the value matches (does not match) the regex, whole.
 //! - `MAX_PER:n`: at most `n` instances per value.
 //!
@@ -67,7 +68,8 @@ impl<'a> Spread<'a> {
         self.counts.get(field).and_then(|c| c.get(value)).copied().unwrap_or(0)
     }
 
-    /// The first constraint the node fails, with what the node has, or `Ok` when it meets them all.
+    /// The first constraint the node fails, with what the node has, or `Ok` when it meets them
+    /// all; `GROUP_BY` only checks that the node has the attribute (see `even`).
     pub fn check(&self, node: &Node) -> Result<(), (&'a Constraint, String)> {
         for (c, regex) in self.constraints.iter().zip(&self.regexes) {
             if let Err(found) = self.check_one(c, regex.as_ref(), node) {
@@ -108,25 +110,44 @@ impl<'a> Spread<'a> {
                     }
                 }
             },
-            ConstraintOp::GroupBy => {
-                let known = self.values.get(field);
-                let seen = known.map_or(0, BTreeSet::len);
-                // Values expected but not offered by any node hold none of the app's instances.
-                let emptiest = if number().is_some_and(|n| n > seen) {
-                    0
-                } else {
-                    known.into_iter().flatten().map(|v| self.count(field, v)).min().unwrap_or(0)
-                };
-                if here > emptiest {
-                    Err(format!("{field} {value} runs {here}, another value runs {emptiest}"))
-                } else {
-                    Ok(())
-                }
-            }
+            ConstraintOp::GroupBy => Ok(()),
             ConstraintOp::Like if !regex.is_some_and(|r| r.is_match(value)) => Err(format!("node has {field} {value}")),
             ConstraintOp::Unlike if regex.is_none_or(|r| r.is_match(value)) => Err(format!("node has {field} {value}")),
             _ => Ok(()),
         }
+    }
+}
+
+impl Spread<'_> {
+    pub fn has_group_by(&self) -> bool {
+        self.constraints.iter().any(|c| c.op == ConstraintOp::GroupBy)
+    }
+
+    /// `GROUP_BY`: of `candidates` (the nodes that can take the instance otherwise), the ones
+    /// whose value holds the fewest of the app's instances; the others with why. Values expected
+    /// (`GROUP_BY:n`) but offered by no node count as holding none.
+    pub fn even<'n>(&self, candidates: &[&'n Node]) -> (Vec<&'n Node>, Vec<(&'n Node, &Constraint, String)>) {
+        let mut kept: Vec<&Node> = candidates.to_vec();
+        let mut refused = Vec::new();
+        for c in self.constraints.iter().filter(|c| c.op == ConstraintOp::GroupBy) {
+            let field = c.field.as_str();
+            let offered = self.values.get(field).map_or(0, BTreeSet::len);
+            let expected = c.value.as_deref().and_then(|v| v.parse::<usize>().ok()).unwrap_or(0);
+            let floor = if expected > offered {
+                0
+            } else {
+                kept.iter().filter_map(|n| attribute(n, field)).map(|v| self.count(field, v)).min().unwrap_or(0)
+            };
+            kept.retain(|n| {
+                let value = attribute(n, field).unwrap_or_default();
+                let here = self.count(field, value);
+                if here > floor {
+                    refused.push((*n, c, format!("{field} {value} runs {here}, another value runs {floor}")));
+                }
+                here <= floor
+            });
+        }
+        (kept, refused)
     }
 }
 
@@ -174,7 +195,8 @@ mod tests {
         let cs = parse(constraints);
         let refs: Vec<&Node> = nodes.iter().collect();
         let spread = Spread::of("g/web", &cs, &refs, usage);
-        nodes.iter().filter(|n| spread.check(n).is_ok()).map(|n| n.id.clone()).collect()
+        let passing: Vec<&Node> = refs.iter().copied().filter(|n| spread.check(n).is_ok()).collect();
+        spread.even(&passing).0.iter().map(|n| n.id.clone()).collect()
     }
 
     fn racks() -> Vec<Node> {
@@ -199,6 +221,18 @@ mod tests {
         let usage = running(&[("b", 1)]);
         assert_eq!(allowed("rack:UNLIKE:r0,rack:MAX_PER:2", &racks(), &usage), ["b", "c"], "d has no rack for MAX_PER");
         assert_eq!(allowed("rack:UNLIKE:r0,rack:MAX_PER:1", &racks(), &usage), Vec::<String>::new());
+    }
+
+    #[test]
+    fn group_by_is_not_held_back_by_a_value_with_no_room() {
+        // r0's only node cannot take more (it is not a candidate): r1 keeps filling.
+        let nodes = racks();
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let cs = parse("rack:GROUP_BY");
+        let usage = running(&[("a", 1), ("b", 1), ("c", 1)]);
+        let spread = Spread::of("g/web", &cs, &refs, &usage);
+        let (kept, refused) = spread.even(&[&nodes[1], &nodes[2]]);
+        assert_eq!(kept.len(), 2, "{refused:?}");
     }
 
     #[test]

@@ -76,16 +76,30 @@ pub fn place(
     let mut refused = Vec::new();
     let spread = Spread::of(app, &spec.constraints, nodes, usage);
     let held = Allocation::of(spec);
+    let mut candidates: Vec<(Placement, &Node)> = Vec::new();
     for node in nodes {
         let used = usage.get(&node.id).unwrap_or(&empty);
         match feasible(spec, node, used, &spread) {
-            Ok(placement) => {
-                let score = score(spec.placement, node, used, app, held);
-                if best.as_ref().is_none_or(|(_, s)| score < *s) {
-                    best = Some((placement, score));
-                }
-            }
+            Ok(placement) => candidates.push((placement, node)),
             Err(why) => refused.push(NodeRejection { node: node.hostname.clone(), why }),
+        }
+    }
+    // GROUP_BY weighs the values of the nodes that have room, so it runs on the candidates.
+    if spread.has_group_by() {
+        let fit: Vec<&Node> = candidates.iter().map(|(_, n)| *n).collect();
+        let (_, uneven) = spread.even(&fit);
+        let out: std::collections::HashSet<&str> = uneven.iter().map(|(n, _, _)| n.id.as_str()).collect();
+        candidates.retain(|(_, n)| !out.contains(n.id.as_str()));
+        for (node, c, found) in uneven {
+            let why = Rejection::Constraint { constraint: c.to_string(), found };
+            refused.push(NodeRejection { node: node.hostname.clone(), why });
+        }
+    }
+    for (placement, node) in candidates {
+        let used = usage.get(&node.id).unwrap_or(&empty);
+        let score = score(spec.placement, node, used, app, held);
+        if best.as_ref().is_none_or(|(_, s)| score < *s) {
+            best = Some((placement, score));
         }
     }
     match best {

@@ -2,6 +2,7 @@
 
 mod alerts;
 mod app;
+mod bench;
 mod deploy;
 mod events;
 mod exec;
@@ -78,6 +79,11 @@ pub enum Command {
     Top(top::TopArgs),
     /// Alerts firing now, and the ones that fired lately.
     Alerts,
+    /// Measure parts of Berth in this process: `bench schedule --nodes N --instances M`.
+    Bench {
+        #[command(subcommand)]
+        action: bench::BenchAction,
+    },
 }
 
 /// Where the spec is read from when `-f` is not given.
@@ -148,6 +154,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args, &ctx).await,
         Command::Top(args) => top::run(args, None, &ctx).await,
         Command::Alerts => alerts::run(&ctx).await,
+        Command::Bench { action } => bench::run(action, &ctx),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());

@@ -1,0 +1,135 @@
+//! `berth bench schedule`: the real scheduler (`berth_plan::place`) in this process, on one
+//! core, against simulated nodes: varied sizes, rack and zone labels, some already busy. It
+//! places instances one at a time, as a reconcile pass does, and says how fast.
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::ExitCode;
+use std::time::Instant;
+
+use berth_core::spec::DriverKind;
+use berth_core::{Allocation, AppSpec, Node, NodeStatus, Resources};
+use berth_plan::place::{self, NodeUsage};
+use serde::Serialize;
+
+use super::Ctx;
+use crate::output::Format;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum BenchAction {
+    /// Place instances with the real scheduler on simulated nodes and report placements per second.
+    Schedule(ScheduleArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ScheduleArgs {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    /// Instances to place.
+    #[arg(long, default_value_t = 10_000)]
+    instances: usize,
+    /// Give the app two constraints besides the default spread: rack:GROUP_BY and zone:LIKE:z[01].
+    #[arg(long)]
+    constraints: bool,
+}
+
+#[derive(Debug, Serialize)]
+struct ScheduleReport {
+    nodes: usize,
+    instances: usize,
+    placed: usize,
+    constraints: bool,
+    placements_per_sec: f64,
+    seconds: f64,
+    peak_rss_mib: f64,
+}
+
+pub fn run(action: BenchAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    match action {
+        BenchAction::Schedule(args) => schedule(&args, ctx),
+    }
+}
+
+/// Nodes of varied sizes (8 to 64 cores, 16 to 256 GiB), on 20 racks in 3 zones; one in ten
+/// already three quarters full. Deterministic: the same arguments give the same cluster.
+fn cluster(n: usize) -> (Vec<Node>, HashMap<String, NodeUsage>) {
+    let mut nodes = Vec::with_capacity(n);
+    let mut usage = HashMap::new();
+    for i in 0..n {
+        let size = 1u64 << (i % 4);
+        let node = Node {
+            id: format!("node-{i:06}"),
+            hostname: format!("host-{i:06}"),
+            address: "127.0.0.1".into(),
+            resources: Resources { cpu: 8.0 * size as f64, memory: 16_384 * size, ports: (20_000, 29_999) },
+            labels: BTreeMap::from([("rack".into(), format!("r{}", i % 20)), ("zone".into(), format!("z{}", i % 3))]),
+            drivers: vec![DriverKind::Docker, DriverKind::Exec],
+            status: NodeStatus::Ready,
+            registered_at: 0,
+            last_heartbeat: 0,
+            taken_ports: Default::default(),
+        };
+        if i % 10 == 0 {
+            let busy = Allocation { cpu: node.resources.cpu * 0.75, memory: node.resources.memory * 3 / 4 };
+            usage.entry(node.id.clone()).or_insert_with(NodeUsage::default).add("other/busy", busy, &[]);
+        }
+        nodes.push(node);
+    }
+    (nodes, usage)
+}
+
+fn schedule(args: &ScheduleArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let constraints = if args.constraints { "constraints: [rack:GROUP_BY, \"zone:LIKE:z[01]\"]\n" } else { "" };
+    let spec = AppSpec::from_yaml(
+        &format!("group: bench\nname: web\nimage: web:1\nports: [8080]\ncpu: 0.25\nmemory: 256\n{constraints}"),
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("the benchmark's own spec: {e}"))?;
+    let (nodes, mut usage) = cluster(args.nodes);
+    let refs: Vec<&Node> = nodes.iter().collect();
+    let held = Allocation::of(&spec);
+    let began = Instant::now();
+    let mut placed = 0;
+    for _ in 0..args.instances {
+        match place::place("bench/web", &spec, &refs, &usage) {
+            Ok(p) => {
+                usage.entry(p.node).or_default().add("bench/web", held, &p.host_ports);
+                placed += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    let seconds = began.elapsed().as_secs_f64();
+    let report = ScheduleReport {
+        nodes: args.nodes,
+        instances: args.instances,
+        placed,
+        constraints: args.constraints,
+        placements_per_sec: placed as f64 / seconds.max(1e-9),
+        seconds,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    match ctx.format {
+        Format::Json => println!("{}", serde_json::to_string(&report)?),
+        Format::Table => println!(
+            "{} of {} instances placed on {} nodes{} in {:.2} s: {:.0} placements/s on one core, peak RSS {:.0} MiB",
+            report.placed,
+            report.instances,
+            report.nodes,
+            if report.constraints { " (spread, rack:GROUP_BY, zone:LIKE)" } else { " (spread)" },
+            report.seconds,
+            report.placements_per_sec,
+            report.peak_rss_mib
+        ),
+    }
+    Ok(if placed == args.instances { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// This process's peak resident memory, from /proc.
+fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|l| l.split_whitespace().nth(1).and_then(|kib| kib.parse::<f64>().ok()))
+        .map_or(0.0, |kib| kib / 1024.0)
+}
