@@ -64,7 +64,16 @@ impl<'a> Spread<'a> {
         Spread { constraints, counts, values, regexes }
     }
 
-    fn count(&self, field: &str, value: &str) -> usize {
+    /// One more of the app's instances went to `node`.
+    pub fn record(&mut self, node: &Node) {
+        for (field, counts) in &mut self.counts {
+            if let Some(value) = attribute(node, field) {
+                *counts.entry(value.to_string()).or_default() += 1;
+            }
+        }
+    }
+
+    pub fn count(&self, field: &str, value: &str) -> usize {
         self.counts.get(field).and_then(|c| c.get(value)).copied().unwrap_or(0)
     }
 

@@ -1,12 +1,12 @@
 //! Placement: which node runs a new instance. Feasibility filters record why each node was
 //! rejected; ranking spreads an app's instances and then the load.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use berth_core::reason::{NodeRejection, Rejection, Unplaceable};
-use berth_core::spec::{DriverKind, NetworkMode, PlacementStrategy};
+use berth_core::spec::{ConstraintOp, DriverKind, NetworkMode, PlacementStrategy};
 
-use crate::constraints::Spread;
+use crate::constraints::{Spread, attribute};
 use berth_core::{Allocation, AppSpec, Instance, Node, NodeStatus};
 
 /// A decided placement.
@@ -71,55 +71,195 @@ pub fn place(
     nodes: &[&Node],
     usage: &HashMap<String, NodeUsage>,
 ) -> Result<Placement, Unplaceable> {
-    let empty = NodeUsage::default();
-    let mut best: Option<(Placement, Score)> = None;
-    let mut refused = Vec::new();
-    let spread = Spread::of(app, &spec.constraints, nodes, usage);
-    let held = Allocation::of(spec);
-    let mut candidates: Vec<(Placement, &Node)> = Vec::new();
-    for node in nodes {
-        let used = usage.get(&node.id).unwrap_or(&empty);
-        match feasible(spec, node, used, &spread) {
-            Ok(placement) => candidates.push((placement, node)),
-            Err(why) => refused.push(NodeRejection { node: node.hostname.clone(), why }),
+    Placer::new(app, spec, nodes, usage).place(usage)
+}
+
+/// Clusters up to this size are ranked whole; beyond it a placement ranks a sample.
+const RANK_ALL_UP_TO: usize = 256;
+
+/// Places the instances one app needs in a pass, as Nomad's scheduler does: what its
+/// constraints count is computed once and kept up to date, and in a large cluster a placement
+/// ranks the first few feasible nodes from a point that moves on with every placement (about
+/// twice log2 of the node count), instead of every node. GROUP_BY still weighs every node.
+/// Deterministic: the same state and the same order of calls give the same placements.
+pub struct Placer<'a> {
+    app: &'a str,
+    spec: &'a AppSpec,
+    nodes: &'a [&'a Node],
+    spread: Spread<'a>,
+    held: Allocation,
+    cursor: usize,
+    /// For one GROUP_BY: its field, and the nodes (by index) offering each value.
+    groups: Option<(&'a str, BTreeMap<&'a str, Vec<usize>>)>,
+    /// Nodes not yet refused, by index. Within a pass a refusal lasts: the app's placements only
+    /// take room and add to the counts its constraints cap, so a refused node is not looked at
+    /// again (a filling cluster does not slow every placement down).
+    alive: Vec<usize>,
+    refused: Vec<bool>,
+}
+
+impl<'a> Placer<'a> {
+    pub fn new(app: &'a str, spec: &'a AppSpec, nodes: &'a [&'a Node], usage: &HashMap<String, NodeUsage>) -> Self {
+        let spread = Spread::of(app, &spec.constraints, nodes, usage);
+        let group_bys: Vec<&str> =
+            spec.constraints.iter().filter(|c| c.op == ConstraintOp::GroupBy).map(|c| c.field.as_str()).collect();
+        let groups = match group_bys.as_slice() {
+            [field] => {
+                let mut by_value: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+                for (i, node) in nodes.iter().enumerate() {
+                    if let Some(value) = attribute(node, field) {
+                        by_value.entry(value).or_default().push(i);
+                    }
+                }
+                Some((*field, by_value))
+            }
+            _ => None,
+        };
+        let alive = (0..nodes.len()).collect();
+        let refused = vec![false; nodes.len()];
+        Placer { app, spec, nodes, spread, held: Allocation::of(spec), cursor: 0, groups, alive, refused }
+    }
+
+    fn sample(&self) -> usize {
+        let n = self.nodes.len();
+        if n <= RANK_ALL_UP_TO || (self.spread.has_group_by() && self.groups.is_none()) {
+            n
+        } else {
+            2 * (usize::BITS - n.leading_zeros()) as usize
         }
     }
-    // GROUP_BY weighs the values of the nodes that have room, so it runs on the candidates.
-    if spread.has_group_by() {
-        let fit: Vec<&Node> = candidates.iter().map(|(_, n)| *n).collect();
-        let (_, uneven) = spread.even(&fit);
-        let out: std::collections::HashSet<&str> = uneven.iter().map(|(n, _, _)| n.id.as_str()).collect();
-        candidates.retain(|(_, n)| !out.contains(n.id.as_str()));
+
+    /// One GROUP_BY: feasible nodes of the emptiest values first (the fewest of the app's
+    /// instances), so only the nodes of those values are looked at.
+    fn group_candidates(
+        &mut self,
+        usage: &HashMap<String, NodeUsage>,
+        wanted: usize,
+    ) -> Option<Vec<(Placement, &'a Node)>> {
+        let (field, mut by_value) = self.groups.take()?;
+        let empty = NodeUsage::default();
+        let mut values: Vec<(usize, &str)> = by_value.keys().map(|v| (self.spread.count(field, v), *v)).collect();
+        values.sort_unstable();
+        let mut found = Vec::new();
+        let mut floor = None;
+        for (count, value) in values {
+            if floor.is_some_and(|f| count > f) || found.len() >= wanted {
+                break;
+            }
+            let Some(members) = by_value.get_mut(value) else { continue };
+            for k in 0..members.len() {
+                let i = members[(self.cursor + k) % members.len()];
+                let node = self.nodes[i];
+                let used = usage.get(&node.id).unwrap_or(&empty);
+                match feasible(self.spec, node, used, &self.spread) {
+                    Ok(placement) => {
+                        floor = Some(count);
+                        found.push((placement, node));
+                        if found.len() >= wanted {
+                            break;
+                        }
+                    }
+                    Err(_) => self.refused[i] = true,
+                }
+            }
+            members.retain(|i| !self.refused[*i]);
+        }
+        by_value.retain(|_, members| !members.is_empty());
+        self.groups = Some((field, by_value));
+        // GROUP_BY:n with fewer values offered than expected: the missing ones hold none.
+        Some(found.into_iter().filter(|(_, node)| self.spread.even(&[*node]).1.is_empty()).collect())
+    }
+
+    /// A node for one more instance, given the nodes' use now (with the instances this placer
+    /// already placed); or why none fits.
+    pub fn place(&mut self, usage: &HashMap<String, NodeUsage>) -> Result<Placement, Unplaceable> {
+        let empty = NodeUsage::default();
+        let n = self.nodes.len();
+        if n == 0 {
+            return Err(Unplaceable::NoReadyNode);
+        }
+        let wanted = self.sample();
+        let grouped = self.group_candidates(usage, wanted);
+        let mut candidates: Vec<(Placement, &Node)> = Vec::with_capacity(wanted.min(64));
+        match grouped {
+            Some(found) => candidates = found,
+            None => {
+                let live = self.alive.len();
+                for k in 0..live {
+                    let i = self.alive[(self.cursor + k) % live];
+                    let node = self.nodes[i];
+                    let used = usage.get(&node.id).unwrap_or(&empty);
+                    match feasible(self.spec, node, used, &self.spread) {
+                        Ok(placement) => {
+                            candidates.push((placement, node));
+                            if candidates.len() >= wanted {
+                                break;
+                            }
+                        }
+                        Err(_) => self.refused[i] = true,
+                    }
+                }
+                let refused = &self.refused;
+                self.alive.retain(|i| !refused[*i]);
+            }
+        }
+        // GROUP_BY weighs the values of the nodes that have room, so it runs on the candidates.
+        let mut uneven = Vec::new();
+        if self.spread.has_group_by() && self.groups.is_none() {
+            let fit: Vec<&Node> = candidates.iter().map(|(_, node)| *node).collect();
+            uneven = self.spread.even(&fit).1;
+            let out: std::collections::HashSet<&str> = uneven.iter().map(|(node, _, _)| node.id.as_str()).collect();
+            candidates.retain(|(_, node)| !out.contains(node.id.as_str()));
+        }
+        let mut best: Option<(Placement, &Node, Score)> = None;
+        for (placement, node) in candidates {
+            let used = usage.get(&node.id).unwrap_or(&empty);
+            let score = score(self.spec.placement, node, used, self.app, self.held);
+            if best.as_ref().is_none_or(|(_, _, s)| score < *s) {
+                best = Some((placement, node, score));
+            }
+        }
+        if let Some((placement, node, _)) = best {
+            self.spread.record(node);
+            self.cursor = (self.cursor + 1) % n;
+            return Ok(placement);
+        }
+        // Nothing fits: now say why, node by node (the only time the words are needed).
+        if self.groups.is_some() {
+            let fit: Vec<&Node> = self
+                .nodes
+                .iter()
+                .copied()
+                .filter(|node| feasible(self.spec, node, usage.get(&node.id).unwrap_or(&empty), &self.spread).is_ok())
+                .collect();
+            uneven = self.spread.even(&fit).1;
+        }
+        let mut refused = Vec::new();
+        for node in self.nodes {
+            let used = usage.get(&node.id).unwrap_or(&empty);
+            if let Err(why) = feasible(self.spec, node, used, &self.spread) {
+                refused.push(NodeRejection { node: node.hostname.clone(), why });
+            }
+        }
         for (node, c, found) in uneven {
             let why = Rejection::Constraint { constraint: c.to_string(), found };
             refused.push(NodeRejection { node: node.hostname.clone(), why });
         }
-    }
-    for (placement, node) in candidates {
-        let used = usage.get(&node.id).unwrap_or(&empty);
-        let score = score(spec.placement, node, used, app, held);
-        if best.as_ref().is_none_or(|(_, s)| score < *s) {
-            best = Some((placement, score));
-        }
-    }
-    match best {
-        Some((placement, _)) => Ok(placement),
-        None if nodes.is_empty() => Err(Unplaceable::NoReadyNode),
-        None => Err(Unplaceable::refused(refused)),
+        Err(Unplaceable::refused(refused))
     }
 }
 
 /// A feasible node's rank: lower is better. Ties go to the node id, so the same state always
 /// gives the same choice.
-type Score = (usize, i64, String);
+type Score<'n> = (usize, i64, &'n str);
 
 /// Spread: the fewest of the app's instances first, then the least loaded after placing.
 /// Binpack: the most loaded after placing, so that whole nodes stay free.
-fn score(strategy: PlacementStrategy, node: &Node, used: &NodeUsage, app: &str, held: Allocation) -> Score {
+fn score<'n>(strategy: PlacementStrategy, node: &'n Node, used: &NodeUsage, app: &str, held: Allocation) -> Score<'n> {
     let load = load_per_mille(node, used.cpu + held.cpu, used.memory + held.memory) as i64;
     match strategy {
-        PlacementStrategy::Spread => (used.per_app.get(app).copied().unwrap_or(0), load, node.id.clone()),
-        PlacementStrategy::Binpack => (0, -load, node.id.clone()),
+        PlacementStrategy::Spread => (used.per_app.get(app).copied().unwrap_or(0), load, node.id.as_str()),
+        PlacementStrategy::Binpack => (0, -load, node.id.as_str()),
     }
 }
 
@@ -249,6 +389,44 @@ mod tests {
         // Full at 1 cpu (two of 0.5): binpack then moves to the next node.
         let (c, d) = (node("c", 1.0), node("d", 1.0));
         assert_eq!(place_n(&spec("placement: binpack\n"), &[&c, &d], 3), ["c", "c", "d"]);
+    }
+
+    #[test]
+    fn a_large_cluster_ranks_a_sample_and_still_spreads_evenly() {
+        let nodes: Vec<Node> = (0..1000).map(|i| node(&format!("n{i:04}"), 8.0)).collect();
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let s = spec("");
+        let mut usage: HashMap<String, NodeUsage> = HashMap::new();
+        let mut placer = Placer::new("g/web", &s, &refs, &usage);
+        for _ in 0..2000 {
+            let p = placer.place(&usage).unwrap();
+            usage.entry(p.node.clone()).or_default().add("g/web", Allocation::of(&s), &p.host_ports);
+        }
+        let per_node: Vec<usize> = nodes.iter().map(|n| usage.get(&n.id).map_or(0, |u| u.per_app["g/web"])).collect();
+        assert_eq!((per_node.iter().min(), per_node.iter().max()), (Some(&2), Some(&2)), "two on every node");
+    }
+
+    #[test]
+    fn group_by_spreads_over_racks_of_any_size_and_goes_on_when_one_is_full() {
+        let mut nodes: Vec<Node> = Vec::new();
+        for (i, rack) in ["r0", "r1", "r1", "r1", "r1", "r1", "r2", "r2"].iter().enumerate() {
+            let mut n = node(&format!("n{i}"), if *rack == "r0" { 1.0 } else { 8.0 });
+            n.labels.insert("rack".into(), rack.to_string());
+            nodes.push(n);
+        }
+        let refs: Vec<&Node> = nodes.iter().collect();
+        let s = spec("constraints: rack:GROUP_BY\n");
+        let mut usage: HashMap<String, NodeUsage> = HashMap::new();
+        let mut placer = Placer::new("g/web", &s, &refs, &usage);
+        let mut per_rack: BTreeMap<String, usize> = BTreeMap::new();
+        for _ in 0..12 {
+            let p = placer.place(&usage).unwrap();
+            let rack = nodes.iter().find(|n| n.id == p.node).unwrap().labels["rack"].clone();
+            *per_rack.entry(rack).or_default() += 1;
+            usage.entry(p.node.clone()).or_default().add("g/web", Allocation::of(&s), &p.host_ports);
+        }
+        // r0's one node takes two (1 cpu of 0.5 each); then r1 and r2 share the rest evenly.
+        assert_eq!(per_rack, BTreeMap::from([("r0".into(), 2), ("r1".into(), 5), ("r2".into(), 5)]));
     }
 
     #[test]

@@ -141,8 +141,9 @@ fn fit(
     count: u32,
 ) -> (u32, Option<Unplaceable>) {
     let mut placed = 0;
+    let mut placer = place::Placer::new(id, spec, ready, &usage);
     for _ in 0..count {
-        match place::place(id, spec, ready, &usage) {
+        match placer.place(&usage) {
             Ok(p) => {
                 usage.entry(p.node.clone()).or_default().add(id, Allocation::of(spec), &p.host_ports);
                 placed += 1;

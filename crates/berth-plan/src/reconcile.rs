@@ -318,8 +318,9 @@ fn reconcile_app(
         });
         return;
     }
+    let mut placer = place::Placer::new(id, &app.spec, nodes, usage);
     for placed in 0..start {
-        match place::place(id, &app.spec, nodes, usage) {
+        match placer.place(usage) {
             Ok(placement) => {
                 usage.entry(placement.node.clone()).or_default().add(
                     id,

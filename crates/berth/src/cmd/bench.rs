@@ -81,7 +81,7 @@ fn cluster(n: usize) -> (Vec<Node>, HashMap<String, NodeUsage>) {
 fn schedule(args: &ScheduleArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let constraints = if args.constraints { "constraints: [rack:GROUP_BY, \"zone:LIKE:z[01]\"]\n" } else { "" };
     let spec = AppSpec::from_yaml(
-        &format!("group: bench\nname: web\nimage: web:1\nports: [8080]\ncpu: 0.25\nmemory: 256\n{constraints}"),
+        &format!("group: bench\nname: web\nimage: web:1\nports: [8080]\ncpu: 0.1\nmemory: 128\n{constraints}"),
         None,
     )
     .map_err(|e| anyhow::anyhow!("the benchmark's own spec: {e}"))?;
@@ -90,8 +90,9 @@ fn schedule(args: &ScheduleArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let held = Allocation::of(&spec);
     let began = Instant::now();
     let mut placed = 0;
+    let mut placer = place::Placer::new("bench/web", &spec, &refs, &usage);
     for _ in 0..args.instances {
-        match place::place("bench/web", &spec, &refs, &usage) {
+        match placer.place(&usage) {
             Ok(p) => {
                 usage.entry(p.node).or_default().add("bench/web", held, &p.host_ports);
                 placed += 1;
