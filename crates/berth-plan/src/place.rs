@@ -23,7 +23,10 @@ pub struct Placement {
 pub struct NodeUsage {
     pub cpu: f64,
     pub memory: u64,
-    pub ports: BTreeSet<u16>,
+    ports: BTreeSet<u16>,
+    /// From a start port, the first one not in `ports` (at or after it): kept up to date as
+    /// ports are added, so finding free ports does not walk past every used one each time.
+    first_free: std::cell::Cell<Option<(u16, u16)>>,
     /// Live instances per app on this node.
     pub per_app: HashMap<String, usize>,
 }
@@ -32,8 +35,40 @@ impl NodeUsage {
     pub fn add(&mut self, app: &str, held: Allocation, host_ports: &[u16]) {
         self.cpu += held.cpu;
         self.memory += held.memory;
-        self.ports.extend(host_ports.iter().copied());
+        self.add_ports(host_ports);
         *self.per_app.entry(app.to_string()).or_default() += 1;
+    }
+
+    pub fn add_ports(&mut self, ports: &[u16]) {
+        self.ports.extend(ports.iter().copied());
+        if let Some((from, mut next)) = self.first_free.get() {
+            while self.ports.contains(&next) && next < u16::MAX {
+                next += 1;
+            }
+            self.first_free.set(Some((from, next)));
+        }
+    }
+
+    pub fn holds(&self, port: u16) -> bool {
+        self.ports.contains(&port)
+    }
+
+    /// The first port at or after `from` that no instance holds.
+    fn first_free_from(&self, from: u16) -> u16 {
+        if let Some((start, next)) = self.first_free.get()
+            && start == from
+        {
+            return next;
+        }
+        let mut next = from;
+        for p in self.ports.range(from..) {
+            if *p != next {
+                break;
+            }
+            next = next.saturating_add(1);
+        }
+        self.first_free.set(Some((from, next)));
+        next
     }
 }
 
@@ -48,7 +83,7 @@ pub fn usage<'a>(
         let entry = out.entry(inst.node.clone()).or_default();
         match inst.allocated.or_else(|| spec_of(&inst.app).map(Allocation::of)) {
             Some(held) => entry.add(&inst.app, held, &inst.host_ports),
-            None => entry.ports.extend(inst.host_ports.iter().copied()),
+            None => entry.add_ports(&inst.host_ports),
         }
     }
     out
@@ -288,8 +323,10 @@ fn feasible(spec: &AppSpec, node: &Node, used: &NodeUsage, spread: &Spread) -> R
     }
     let wanted = ports_needed(spec, driver);
     let (low, high) = node.resources.ports;
-    let free = |p: &u16| !used.ports.contains(p) && !node.taken_ports.contains(p);
-    let host_ports: Vec<u16> = (low..=high).filter(free).take(wanted).collect();
+    let free = |p: &u16| !used.holds(*p) && !node.taken_ports.contains(p);
+    // Ports below the first free one are all in use: no need to look at them again.
+    let start = used.first_free_from(low).max(low);
+    let host_ports: Vec<u16> = (start..=high).filter(free).take(wanted).collect();
     if host_ports.len() < wanted {
         let held = node.taken_ports.range(low..=high).count();
         return Err(Rejection::Ports { free: host_ports.len(), low, high, held, needed: wanted });
@@ -459,9 +496,19 @@ mod tests {
         let why = place("g/web", &spec(""), &[&exec_only], &HashMap::new()).unwrap_err().lines();
         assert!(why[0].contains("driver"), "{why:?}");
         let mut full = NodeUsage::default();
-        full.ports.extend(30000..=30008);
+        full.add_ports(&(30000..=30008).collect::<Vec<_>>());
         let why = place("g/web", &spec(""), &[&a], &HashMap::from([("a".to_string(), full)])).unwrap_err().lines();
         assert!(why[0].contains("ports: 1 free"), "{why:?}");
+    }
+
+    #[test]
+    fn the_first_free_port_is_kept_as_ports_are_taken() {
+        let mut u = NodeUsage::default();
+        u.add_ports(&[5, 6, 8]);
+        assert_eq!(u.first_free_from(5), 7);
+        u.add_ports(&[7]);
+        assert_eq!(u.first_free_from(5), 9, "8 was taken already");
+        assert_eq!(u.first_free_from(3), 3, "another start is looked up afresh");
     }
 
     #[test]
