@@ -100,4 +100,18 @@ async fn every_constraint_is_enforced_on_any_label() {
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(began.elapsed() < Duration::from_secs(60), "it did not wait out the timeout: {:?}", began.elapsed());
     assert!(err.contains("4 wanted, 3 placed") && err.contains("3 nodes filtered by hostname:UNIQUE"), "{err}");
+    // `app NAME why` says the same whenever asked, and as data.
+    let why = p.cli_ok(&["app", "four", "why"]).await;
+    assert!(
+        why.contains("3 of 4 wanted instance(s) placed") && why.contains("3 nodes filtered by hostname:UNIQUE"),
+        "{why}"
+    );
+    let data: Value = serde_json::from_str(&p.cli_ok(&["app", "four", "why", "-o", "json"]).await).unwrap();
+    assert_eq!(
+        data["waiting"]["why"]["filtered"][0],
+        serde_json::json!({"reason": "hostname:UNIQUE", "nodes": 3}),
+        "{data}"
+    );
+    let fine = p.cli_ok(&["app", "like", "why"]).await;
+    assert!(fine.contains("nothing waits: 4 of 4"), "{fine}");
 }

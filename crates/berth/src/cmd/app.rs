@@ -110,6 +110,9 @@ pub enum AppAction {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Why instances the app wants are not placed: nodes counted per reason, or the launch
+    /// backoff, as the scheduler said on its last pass.
+    Why,
     /// Follow the deployment in progress (again, after a Ctrl-C) until it ends.
     Watch {
         #[command(flatten)]
@@ -457,6 +460,32 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             let result = client.exec(target, command).await?;
             println!("{}", output::json(&result)?);
             Ok(super::exec::exit_status(&result))
+        }
+        AppAction::Why => {
+            let app = client.app(&id).await?.value;
+            let live = app.instances.iter().filter(|v| v.instance.state.is_live()).count();
+            match ctx.format {
+                Format::Json => println!(
+                    "{}",
+                    output::json(
+                        &serde_json::json!({"app": id, "wanted": app.desired, "live": live, "waiting": app.waiting})
+                    )?
+                ),
+                Format::Table => match (&app.waiting, &app.pending) {
+                    (Some(berth_core::reason::Waiting::Unplaceable { why }), _) => {
+                        println!(
+                            "{id}: {live} of {} wanted instance(s) placed; no node can take the rest:",
+                            app.desired
+                        );
+                        for line in why.lines() {
+                            println!("  - {line}");
+                        }
+                    }
+                    (Some(_), Some(pending)) => println!("{id}: {pending}"),
+                    _ => println!("{id}: nothing waits: {live} of {} wanted instance(s) are placed", app.desired),
+                },
+            }
+            Ok(ExitCode::SUCCESS)
         }
         AppAction::Watch { wait } => {
             let app = client.app(&id).await?.value;
