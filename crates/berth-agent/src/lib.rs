@@ -384,11 +384,11 @@ async fn attach_exec(client: Client, node: String, found: Option<runner::LiveEnt
 }
 
 fn failed(id: &str, why: Reason) -> InstanceReport {
-    runner::report(id, InstanceState::Failed).because(why)
+    InstanceReport::new(id, InstanceState::Failed).because(why)
 }
 
 fn stopped(id: &str) -> InstanceReport {
-    runner::report(id, InstanceState::Stopped)
+    InstanceReport::new(id, InstanceState::Stopped)
 }
 
 pub(crate) use berth_core::{lock, now_ms};

@@ -16,13 +16,9 @@ use berth_probe as health;
 
 use crate::now_ms;
 
-pub(crate) fn report(id: &str, state: InstanceState) -> InstanceReport {
-    InstanceReport::new(id, state)
-}
-
 /// A failed start because another process holds some of the instance's ports.
 fn port_taken(id: &str, held: Vec<u16>) -> InstanceReport {
-    InstanceReport { taken_ports: held.clone(), ..report(id, InstanceState::Failed) }
+    InstanceReport { taken_ports: held.clone(), ..InstanceReport::new(id, InstanceState::Failed) }
         .finished(now_ms())
         .because(Reason::PortsTaken { ports: held })
 }
@@ -70,7 +66,7 @@ async fn run(
             let started = tokio::select! {
                 started = driver.start(a, &env) => started,
                 _ = stop.changed() => {
-                    reports.send(report(id, InstanceState::Stopped).finished(now_ms()).because(Reason::StoppedBeforeStart));
+                    reports.send(InstanceReport::new(id, InstanceState::Stopped).finished(now_ms()).because(Reason::StoppedBeforeStart));
                     return;
                 }
             };
@@ -87,7 +83,7 @@ async fn run(
                         return;
                     }
                     reports.send(
-                        report(id, InstanceState::Failed)
+                        InstanceReport::new(id, InstanceState::Failed)
                             .finished(now_ms())
                             .because(Reason::StartFailed { error: e.to_string() }),
                     );
@@ -101,7 +97,7 @@ async fn run(
     crate::lock(&services.live)
         .insert(id.to_string(), (driver.clone(), handle.clone(), instance_env(a, driver.kind())));
     let started_at = if was_adopted { a.instance.observed.started_at.unwrap_or_else(now_ms) } else { now_ms() };
-    let mut base = report(id, InstanceState::Starting);
+    let mut base = InstanceReport::new(id, InstanceState::Starting);
     base.observed.handle = Some(handle.id.clone());
     base.observed.started_at = Some(started_at);
     match &a.spec.health {
