@@ -7,10 +7,11 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
-    AlertList, AppStatus, Assignments, ChangeOptions, ClientError, DeployRequest, DeployResponse, DrainStatus,
-    ErrorBody, ExecRequest, ExecResult, HeartbeatRequest, InstanceReport, InstanceView, LogBatch, LogLine, LogQuery,
-    MetricsReport, NodeView, RegisterRequest, ReportRequest, RouteSnapshot, RouterReport, RouterView, RuleOnError,
-    RuleScript, RuleTarget, ScaleRequest, StaticUpstream, UpgradeRequest, UpstreamRequest, Usage, exec_stream,
+    AlertList, AppStatus, Assignments, ChangeOptions, ClientError, DeployRequest, DeployResponse, DrainRequest,
+    DrainStatus, EligibilityRequest, ErrorBody, ExecRequest, ExecResult, HeartbeatRequest, InstanceReport,
+    InstanceView, LogBatch, LogLine, LogQuery, MetricsReport, NodeDetail, NodeView, RegisterRequest, ReportRequest,
+    RouteSnapshot, RouterReport, RouterView, RuleOnError, RuleScript, RuleTarget, ScaleRequest, StaticUpstream,
+    UpgradeRequest, UpstreamRequest, Usage, exec_stream,
 };
 
 /// Header carrying the store revision a response reflects; pass it back as `?index=` to block
@@ -305,6 +306,24 @@ impl Client {
 
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
         Ok(self.get("/v1/nodes").await?.value)
+    }
+
+    /// A node by id or hostname, with its live instances.
+    pub async fn node(&self, node: &str) -> Result<NodeDetail, ClientError> {
+        Ok(self.get(&format!("/v1/nodes/{node}")).await?.value)
+    }
+
+    /// A blocking read of a node: returns once the store moves past `index` or `wait` passes.
+    pub async fn node_after(&self, node: &str, index: u64, wait: Duration) -> Result<Indexed<NodeDetail>, ClientError> {
+        self.get_after(&format!("/v1/nodes/{node}"), index, wait).await
+    }
+
+    pub async fn drain_node(&self, node: &str, req: &DrainRequest) -> Result<NodeDetail, ClientError> {
+        Ok(self.post(&format!("/v1/nodes/{node}/drain"), req).await?.value)
+    }
+
+    pub async fn set_eligibility(&self, node: &str, eligible: bool) -> Result<NodeDetail, ClientError> {
+        Ok(self.post(&format!("/v1/nodes/{node}/eligibility"), &EligibilityRequest { eligible }).await?.value)
     }
 
     pub async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, ClientError> {

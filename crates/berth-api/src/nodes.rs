@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use berth_core::spec::DriverKind;
-use berth_core::{AppSpec, Instance, InstanceState, Millis, Node, Resources};
+use berth_core::{AppSpec, Dur, Instance, InstanceState, Millis, Node, NodeState, Resources};
 use serde::{Deserialize, Serialize};
 
 /// What an agent says about itself when it joins.
@@ -103,9 +103,38 @@ pub struct ReportRequest {
 pub struct NodeView {
     #[serde(flatten)]
     pub node: Node,
+    /// Ready, draining, ineligible or down.
+    pub state: NodeState,
     /// Resources promised to live instances.
     pub allocated: AllocatedResources,
+    /// Resources the live instances use, from their latest samples.
+    #[serde(default)]
+    pub used: AllocatedResources,
     pub instances: usize,
+}
+
+/// `GET /v1/nodes/{node}`: a node and what runs on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeDetail {
+    #[serde(flatten)]
+    pub view: NodeView,
+    /// Its live instances.
+    pub live: Vec<crate::InstanceView>,
+}
+
+/// `POST /v1/nodes/{node}/drain`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DrainRequest {
+    /// What is still on the node this long after the drain began is stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Dur>,
+}
+
+/// `POST /v1/nodes/{node}/eligibility`: made eligible, a node takes new instances again (and a
+/// running drain is cancelled).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EligibilityRequest {
+    pub eligible: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

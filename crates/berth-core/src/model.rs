@@ -448,6 +448,81 @@ pub enum NodeStatus {
     Down,
 }
 
+/// Whether new instances may be placed on a node: an operator's choice, kept across the agent's
+/// restarts and re-registrations.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Eligibility {
+    #[default]
+    Eligible,
+    Ineligible,
+}
+
+impl fmt::Display for Eligibility {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Eligibility::Eligible => "eligible",
+            Eligibility::Ineligible => "ineligible",
+        })
+    }
+}
+
+/// How a drain went, or goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainState {
+    /// Instances are being moved off.
+    Running,
+    /// Every instance moved off.
+    Complete,
+    /// The deadline came first: what was left was stopped.
+    DeadlineReached,
+    /// Made eligible again before it ended.
+    Cancelled,
+}
+
+/// A drain: every instance moved off a node through the deployment gates (a replacement is in
+/// service elsewhere before the instance it replaces leaves).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Drain {
+    pub state: DrainState,
+    pub started_at: Millis,
+    /// What is left is stopped at this time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_at: Option<Millis>,
+    /// Live instances on the node when the drain began.
+    pub instances: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Millis>,
+}
+
+impl Drain {
+    pub fn is_running(&self) -> bool {
+        self.state == DrainState::Running
+    }
+}
+
+/// A node as people see it: down, draining, ineligible or ready.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeState {
+    Ready,
+    Draining,
+    Ineligible,
+    Down,
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            NodeState::Ready => "ready",
+            NodeState::Draining => "draining",
+            NodeState::Ineligible => "ineligible",
+            NodeState::Down => "down",
+        })
+    }
+}
+
 /// A machine in the pool, as its agent registered it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Node {
@@ -467,9 +542,27 @@ pub struct Node {
     /// never handed to an instance until the agent finds them free again.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub taken_ports: BTreeSet<u16>,
+    #[serde(default)]
+    pub eligibility: Eligibility,
+    /// The last drain, running or ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<Drain>,
 }
 
 impl Node {
+    pub fn state(&self) -> NodeState {
+        match self.status {
+            NodeStatus::Down => NodeState::Down,
+            NodeStatus::Ready if self.is_draining() => NodeState::Draining,
+            NodeStatus::Ready if self.eligibility == Eligibility::Ineligible => NodeState::Ineligible,
+            NodeStatus::Ready => NodeState::Ready,
+        }
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.drain.as_ref().is_some_and(Drain::is_running)
+    }
+
     /// The driver this node uses for `spec`, or why it cannot run it.
     pub fn driver_for(&self, spec: &AppSpec) -> Result<DriverKind, NoDriver> {
         match spec.driver {
@@ -592,6 +685,8 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            eligibility: Default::default(),
+            drain: None,
         };
         assert!(node.driver_for(&spec).is_err(), "image-only app needs docker");
         node.drivers = vec![DriverKind::Docker, DriverKind::Exec];

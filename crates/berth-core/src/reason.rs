@@ -35,6 +35,14 @@ pub enum Reason {
     NodeLost {
         node: String,
     },
+    /// Its node is drained, and a replacement is in service elsewhere.
+    NodeDrained {
+        node: String,
+    },
+    /// Its node's drain reached its deadline before it could move.
+    DrainDeadline {
+        node: String,
+    },
     /// It ended on its own.
     Exited(Exit),
     /// Another process on the node holds some of its host ports.
@@ -72,6 +80,8 @@ impl fmt::Display for Reason {
             Reason::StopRequested => f.write_str("stopped on request"),
             Reason::StoppedBeforeStart => f.write_str("stopped before it started"),
             Reason::NodeLost { node } => write!(f, "node {node} lost"),
+            Reason::NodeDrained { node } => write!(f, "moved off node {node}, which is draining"),
+            Reason::DrainDeadline { node } => write!(f, "node {node}'s drain reached its deadline"),
             Reason::Exited(exit) => exit.fmt(f),
             Reason::PortsTaken { ports } => {
                 let list: Vec<String> = ports.iter().map(u16::to_string).collect();
@@ -121,6 +131,10 @@ impl fmt::Display for Exit {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Rejection {
     NodeDown,
+    /// Its instances are being moved off.
+    Draining,
+    /// An operator marked it ineligible for new instances.
+    Ineligible,
     NoDriver {
         why: NoDriver,
     },
@@ -152,6 +166,8 @@ impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Rejection::NodeDown => f.write_str("node is down"),
+            Rejection::Draining => f.write_str("node is draining"),
+            Rejection::Ineligible => f.write_str("node is ineligible"),
             Rejection::NoDriver { why } => why.fmt(f),
             Rejection::Cpu { free, needed } => write!(f, "cpu: {free:.2} free, {needed} needed"),
             Rejection::Memory { free, needed } => write!(f, "memory: {free} MiB free, {needed} needed"),
@@ -207,6 +223,8 @@ impl Rejection {
     pub fn class(&self) -> String {
         match self {
             Rejection::NodeDown => "node down".into(),
+            Rejection::Draining => "draining".into(),
+            Rejection::Ineligible => "ineligible".into(),
             Rejection::NoDriver { .. } => "driver".into(),
             Rejection::Cpu { .. } => "cpu".into(),
             Rejection::Memory { .. } => "memory".into(),

@@ -182,6 +182,8 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            eligibility: Default::default(),
+            drain: None,
         }
     }
 

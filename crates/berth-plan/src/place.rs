@@ -7,7 +7,7 @@ use berth_core::reason::{NodeRejection, Rejection, Unplaceable};
 use berth_core::spec::{ConstraintOp, DriverKind, NetworkMode, PlacementStrategy};
 
 use crate::constraints::{Spread, attribute};
-use berth_core::{Allocation, AppSpec, Instance, Node, NodeStatus};
+use berth_core::{Allocation, AppSpec, Eligibility, Instance, Node, NodeStatus};
 
 /// A decided placement.
 #[derive(Debug, Clone, PartialEq)]
@@ -309,6 +309,12 @@ fn feasible(spec: &AppSpec, node: &Node, used: &NodeUsage, spread: &Spread) -> R
     if node.status != NodeStatus::Ready {
         return Err(Rejection::NodeDown);
     }
+    if node.is_draining() {
+        return Err(Rejection::Draining);
+    }
+    if node.eligibility == Eligibility::Ineligible {
+        return Err(Rejection::Ineligible);
+    }
     let driver = node.driver_for(spec).map_err(|why| Rejection::NoDriver { why })?;
     let cpu = spec.cpu.unwrap_or(0.0);
     if used.cpu + cpu > node.resources.cpu + 1e-9 {
@@ -352,6 +358,8 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            eligibility: Default::default(),
+            drain: None,
         }
     }
 

@@ -2,8 +2,10 @@
 
 use std::collections::HashMap;
 
+use std::collections::HashSet;
+
 use berth_core::{
-    Allocation, App, DeploymentState, Desired, Instance, InstanceState, Millis, Node, NodeStatus, Reason,
+    Allocation, App, DeploymentState, Desired, DrainState, Instance, InstanceState, Millis, Node, NodeStatus, Reason,
 };
 
 use berth_core::reason::Waiting;
@@ -84,6 +86,14 @@ pub enum Action {
     NodeDown {
         node: String,
     },
+    /// A node's drain ends: nothing is left on it, or its deadline came (what was left is
+    /// stopped by the same plan).
+    EndDrain {
+        node: String,
+        state: DrainState,
+        /// Live instances still on the node.
+        left: usize,
+    },
     /// Drop a terminal instance record nobody needs any more.
     Forget {
         instance: String,
@@ -149,6 +159,7 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
         }
     }
     let alive = |i: &&Instance| !failed_now.contains(&i.id.as_str());
+    let draining = drains(snapshot, &lost_nodes, |i| alive(&i), now, &mut plan);
 
     let specs: HashMap<String, &berth_core::AppSpec> = snapshot.apps.iter().map(|a| (a.id(), &a.spec)).collect();
     let mut usage = place::usage(snapshot.instances.iter().filter(alive), |app| specs.get(app).copied());
@@ -166,7 +177,7 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     for app in &snapshot.apps {
         let id = app.id();
         let instances = by_app.remove(id.as_str()).unwrap_or_default();
-        reconcile_app(app, &id, &instances, &ready_nodes, &mut usage, now, settings, &mut plan);
+        reconcile_app(app, &id, &instances, &ready_nodes, &draining, &mut usage, now, settings, &mut plan);
     }
     // Instances whose app is gone.
     for (_, instances) in by_app {
@@ -181,12 +192,73 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     plan
 }
 
+/// Ends the drains with nothing left to move, and those past their deadline (stopping what is
+/// left); returns the nodes still draining. A node lost in this pass is left to the next, which
+/// finds it down with nothing live.
+fn drains<'s>(
+    snapshot: &'s Snapshot,
+    lost: &[&str],
+    alive: impl Fn(&Instance) -> bool,
+    now: Millis,
+    plan: &mut Plan,
+) -> HashSet<&'s str> {
+    let mut draining = HashSet::new();
+    for node in snapshot.nodes.iter().filter(|n| n.is_draining() && !lost.contains(&n.id.as_str())) {
+        let left: Vec<&Instance> =
+            snapshot.instances.iter().filter(|i| i.node == node.id && i.state.is_live() && alive(i)).collect();
+        let deadline = node.drain.as_ref().and_then(|d| d.deadline_at);
+        let state = if left.is_empty() {
+            DrainState::Complete
+        } else if deadline.is_some_and(|at| now >= at) {
+            for inst in left.iter().filter(|i| wanted(i)) {
+                let reason = Reason::DrainDeadline { node: node.hostname.clone() };
+                plan.actions.push(Action::Stop { instance: inst.id.clone(), reason });
+            }
+            DrainState::DeadlineReached
+        } else {
+            if let Some(at) = deadline {
+                plan.check_by(at);
+            }
+            draining.insert(node.id.as_str());
+            continue;
+        };
+        plan.actions.push(Action::EndDrain { node: node.id.clone(), state, left: left.len() });
+    }
+    draining
+}
+
+/// Drain: instances on draining nodes leave as an old version's do in a rolling step that keeps
+/// all `target` instances ready (at least one replacement starts however tight the room), so a
+/// replacement is in service before the instance it replaces is stopped. Returns the stops and how
+/// many replacements to start.
+fn migrate<'i>(
+    target: usize,
+    staying: &[&'i Instance],
+    moving: &[&'i Instance],
+    max_over: f64,
+) -> (Vec<(&'i Instance, Reason)>, usize) {
+    let drained = |i: &Instance| Reason::NodeDrained { node: i.node.clone() };
+    let (ready, unready): (Vec<&Instance>, Vec<&Instance>) = moving.iter().partition(|i| i.is_ready());
+    let counts = Counts {
+        target,
+        new_live: staying.len(),
+        old_live: moving.len(),
+        ready: ready.len() + staying.iter().filter(|i| i.is_ready()).count(),
+        old_ready: ready.len(),
+    };
+    let step = rolling::step(counts, 1.0, max_over);
+    let mut stops: Vec<(&Instance, Reason)> = unready.into_iter().map(|i| (i, drained(i))).collect();
+    stops.extend(ready.into_iter().take(step.stop_ready_old).map(|i| (i, drained(i))));
+    (stops, step.start_new)
+}
+
 #[allow(clippy::too_many_arguments)]
 fn reconcile_app(
     app: &App,
     id: &str,
     instances: &[&Instance],
     nodes: &[&Node],
+    draining: &HashSet<&str>,
     usage: &mut HashMap<String, place::NodeUsage>,
     now: Millis,
     settings: Settings,
@@ -249,7 +321,13 @@ fn reconcile_app(
     let canary = active.and_then(|d| d.canary).map(|n| n as usize);
     let blue_green_pending = active.is_some_and(|d| d.blue_green && d.switched_at.is_none());
 
-    if old.is_empty() {
+    let moving: Vec<&Instance> = new.iter().copied().filter(|i| draining.contains(i.node.as_str())).collect();
+    if old.is_empty() && !moving.is_empty() {
+        let staying: Vec<&Instance> = new.iter().copied().filter(|i| !draining.contains(i.node.as_str())).collect();
+        let (drained, replacements) = migrate(target, &staying, &moving, app.spec.upgrade.max_over_capacity);
+        stops.extend(drained);
+        start = replacements;
+    } else if old.is_empty() {
         if new.len() > target {
             // Scale down: drop the least useful first (not started, then not ready, then newest).
             let mut extra = new.clone();

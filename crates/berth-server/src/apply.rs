@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 
-use berth_core::{Allocation, App, Desired, Instance, InstanceState, Level, Millis, NodeStatus};
+use berth_core::{Allocation, App, Desired, DrainState, Instance, InstanceState, Level, Millis, NodeStatus};
 use berth_plan::{Action, Snapshot, deploy};
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
@@ -189,6 +189,24 @@ pub(crate) fn apply(
                     Subject::node(node),
                     format!("no heartbeat for {since}s"),
                 );
+            }
+            Action::EndDrain { node, state: outcome, left } => {
+                let Some(n) = snapshot.nodes.iter().find(|n| &n.id == node) else {
+                    continue;
+                };
+                let mut next = n.clone();
+                let Some(drain) = next.drain.as_mut() else { continue };
+                drain.state = *outcome;
+                drain.ended_at = Some(now);
+                let (level, msg) = match outcome {
+                    DrainState::DeadlineReached => {
+                        (Level::Warn, format!("drain deadline reached: {left} instance(s) left were stopped"))
+                    }
+                    _ => (Level::Info, format!("drained: {} instance(s) moved off", drain.instances)),
+                };
+                let rev = revisions.nodes.get(node).copied().unwrap_or(0);
+                txn = txn.expect(node_key(node), rev).put(node_key(node), encode(&next));
+                txn = state.with_event(txn, now, level, "node.drained", Subject::node(node), msg);
             }
             Action::Forget { instance } => {
                 txn = guard_instance(txn, instance).delete(instance_key(instance));

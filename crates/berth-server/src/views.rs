@@ -1,7 +1,9 @@
 //! Builds the API's views of apps and nodes from stored records.
 
 use berth_api::{AllocatedResources, AppStatus, Counts, CrashLoop, InstanceView, NodeView};
-use berth_core::{App, Desired, Instance, InstanceState, Node};
+use std::collections::HashMap;
+
+use berth_core::{Allocation, App, Desired, Instance, InstanceState, Node};
 
 pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<&berth_plan::Pending>) -> AppStatus {
     let id = app.id();
@@ -53,14 +55,26 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<&ber
     }
 }
 
-pub(crate) fn node_view(node: Node, instances: &[Instance], specs: &dyn Fn(&str) -> Option<(f64, u64)>) -> NodeView {
+/// A node with what its live instances hold (each at what it was placed with, or, placed before
+/// that was recorded, at its app's spec) and use (`used`: instance id to cpu cores and MiB).
+pub(crate) fn node_view(
+    node: Node,
+    instances: &[Instance],
+    specs: &dyn Fn(&str) -> Option<Allocation>,
+    used: &HashMap<String, (f64, u64)>,
+) -> NodeView {
     let live: Vec<&Instance> = instances.iter().filter(|i| i.node == node.id && i.state.is_live()).collect();
     let mut allocated = AllocatedResources::default();
+    let mut in_use = AllocatedResources::default();
     for inst in &live {
-        if let Some((cpu, memory)) = specs(&inst.app) {
-            allocated.cpu += cpu;
-            allocated.memory += memory;
+        if let Some(held) = inst.allocated.or_else(|| specs(&inst.app)) {
+            allocated.cpu += held.cpu;
+            allocated.memory += held.memory;
+        }
+        if let Some((cpu, memory)) = used.get(&inst.id) {
+            in_use.cpu += cpu;
+            in_use.memory += memory;
         }
     }
-    NodeView { instances: live.len(), allocated, node }
+    NodeView { instances: live.len(), state: node.state(), allocated, used: in_use, node }
 }

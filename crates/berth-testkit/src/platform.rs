@@ -478,6 +478,23 @@ impl Platform {
         self.wait_ready().await;
     }
 
+    /// hostname -> node id of the nodes in state `ready`, once there are `n` of them.
+    pub async fn ready_nodes(&self, n: usize) -> std::collections::BTreeMap<String, String> {
+        wait_until("every node ready", Duration::from_secs(20), || async {
+            let all: Vec<Value> = serde_json::from_value(self.get("/v1/nodes").await.ok()?).ok()?;
+            let ready: std::collections::BTreeMap<String, String> = all
+                .iter()
+                .filter(|n| n["state"] == "ready")
+                .map(|n| {
+                    let field = |k: &str| n[k].as_str().unwrap_or_default().to_string();
+                    (field("hostname"), field("id"))
+                })
+                .collect();
+            (ready.len() == n).then_some(ready)
+        })
+        .await
+    }
+
     /// Live (staging, starting, running) instances of `app`, by id.
     pub async fn live(&self, app: &str) -> Vec<Value> {
         let s = self.status(app).await;

@@ -9,25 +9,6 @@ use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
-/// hostname -> node id, once `n` nodes are ready.
-async fn nodes(p: &Platform, n: usize) -> BTreeMap<String, String> {
-    wait_until("every node ready", Duration::from_secs(20), || async {
-        let all: Vec<Value> = serde_json::from_value(p.get("/v1/nodes").await.ok()?).ok()?;
-        let ready: BTreeMap<String, String> = all
-            .iter()
-            .filter(|n| n["status"] == "ready")
-            .map(|n| {
-                (
-                    n["hostname"].as_str().unwrap_or_default().to_string(),
-                    n["id"].as_str().unwrap_or_default().to_string(),
-                )
-            })
-            .collect();
-        (ready.len() == n).then_some(ready)
-    })
-    .await
-}
-
 /// How many live instances of `app` run on each hostname.
 async fn spread(p: &Platform, app: &str, hosts: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -51,7 +32,7 @@ async fn every_constraint_is_enforced_on_any_label() {
     let p = Platform::start_split_args(BERTH.as_ref(), "exec", &[], &agent).await;
     let _h1 = p.add_agent("h1", &["--label", "rack=r1"]);
     let _h2 = p.add_agent("h2", &["--label", "rack=r1"]);
-    let hosts = nodes(&p, 3).await;
+    let hosts = p.ready_nodes(3).await;
 
     // LIKE: all four on the r1 nodes (before, two of four landed on r0).
     p.cli_ok(&["deploy", "-f", &p.write("like.yaml", &spec("like", 4, "[\"rack:LIKE:r1\"]")), "--timeout", "30"]).await;

@@ -17,6 +17,8 @@ fn node(id: &str) -> Node {
         registered_at: 0,
         last_heartbeat: 1_000,
         taken_ports: Default::default(),
+        eligibility: Default::default(),
+        drain: None,
     }
 }
 
@@ -517,4 +519,97 @@ fn a_replacement_that_stays_healthy_ends_the_backoff() {
     let snap = Snapshot { apps: vec![a], instances: vec![old, fresh], nodes: vec![node("n1")] };
     assert!(!reset(&live_run(&snap, 30_000)), "not before 30 s of health");
     assert!(reset(&live_run(&snap, 39_000)), "the relaunched slot healthy for 30 s ends it");
+}
+
+fn draining(mut n: Node, deadline_at: Option<Millis>) -> Node {
+    n.eligibility = berth_core::Eligibility::Ineligible;
+    n.drain = Some(berth_core::Drain {
+        state: DrainState::Running,
+        started_at: 0,
+        deadline_at,
+        instances: 0,
+        ended_at: None,
+    });
+    n
+}
+
+/// Plays a drain out: stopped instances leave at once, placed ones are ready two rounds later.
+/// Returns the fewest ready instances seen and the drain's end.
+fn simulate_drain(target: u32, max_over: f64) -> (usize, Option<(DrainState, usize)>, Snapshot) {
+    let mut snap = Snapshot {
+        apps: vec![app(target, 1, &format!("upgrade: {{max_over_capacity: {max_over}}}"))],
+        instances: (0..target).map(|k| inst(&format!("i{k}"), 1, InstanceState::Running)).collect(),
+        nodes: vec![draining(node("n1"), None), node("n2")],
+    };
+    let mut fewest_ready = usize::MAX;
+    for round in 0..50 {
+        let plan = run(&snap, 2_000);
+        for action in &plan.actions {
+            match action {
+                Action::Stop { instance, reason } => {
+                    assert!(matches!(reason, Reason::NodeDrained { .. }), "{reason:?}");
+                    snap.instances.retain(|i| &i.id != instance);
+                }
+                Action::Place { placement, .. } => {
+                    assert_eq!(placement.node, "n2", "nothing goes back on a draining node");
+                    let mut i = inst(&format!("r{round}-{}", snap.instances.len()), 1, InstanceState::Running);
+                    i.node = placement.node.clone();
+                    i.in_service = false;
+                    i.created_at = round;
+                    snap.instances.push(i);
+                }
+                Action::EndDrain { state, left, .. } => return (fewest_ready, Some((*state, *left)), snap),
+                _ => {}
+            }
+        }
+        // Counted once the stops are done, before any newcomer becomes ready.
+        fewest_ready = fewest_ready.min(snap.instances.iter().filter(|i| i.is_ready()).count());
+        for i in snap.instances.iter_mut().filter(|i| i.created_at < round) {
+            i.in_service = true;
+        }
+    }
+    (fewest_ready, None, snap)
+}
+
+#[test]
+fn a_drain_moves_every_instance_with_no_ready_capacity_lost() {
+    for (target, max_over) in [(1, 0.0), (3, 0.0), (3, 1.0), (5, 0.2)] {
+        let (fewest_ready, end, snap) = simulate_drain(target, max_over);
+        assert_eq!(fewest_ready, target as usize, "{target} at {max_over}: capacity kept");
+        assert_eq!(end, Some((DrainState::Complete, 0)), "{target} at {max_over}");
+        assert!(snap.instances.iter().all(|i| i.node == "n2"));
+        assert_eq!(snap.instances.len(), target as usize);
+    }
+}
+
+#[test]
+fn a_drain_past_its_deadline_stops_what_is_left() {
+    let mut snap = Snapshot {
+        apps: vec![app(2, 1, "")],
+        instances: vec![inst("a", 1, InstanceState::Running), inst("b", 1, InstanceState::Running)],
+        nodes: vec![draining(node("n1"), Some(5_000)), node("n2")],
+    };
+    let before = run(&snap, 2_000);
+    assert_eq!(before.check_at.map(|at| at <= 5_000), Some(true), "the deadline is checked");
+    assert!(!has(&before, |a| matches!(a, Action::EndDrain { .. })));
+    snap.nodes[1].status = NodeStatus::Down;
+    snap.nodes[1].last_heartbeat = 10_000;
+    let plan = run(&snap, 6_000);
+    let deadline_stops =
+        plan.actions.iter().filter(|a| matches!(a, Action::Stop { reason: Reason::DrainDeadline { .. }, .. })).count();
+    assert_eq!(deadline_stops, 2, "{plan:?}");
+    assert!(has(&plan, |a| matches!(a, Action::EndDrain { state: DrainState::DeadlineReached, left: 2, .. })));
+}
+
+#[test]
+fn ineligible_and_draining_nodes_take_no_new_instance() {
+    let mut n1 = node("n1");
+    n1.eligibility = berth_core::Eligibility::Ineligible;
+    let snap = Snapshot { apps: vec![app(1, 1, "")], instances: vec![], nodes: vec![n1, draining(node("n2"), None)] };
+    let plan = run(&snap, 2_000);
+    assert_eq!(places(&plan), 0);
+    let why = plan.pending[0].why.to_string();
+    assert!(why.contains("ineligible") && why.contains("draining"), "{why}");
+    // A drain with nothing on the node ends at once.
+    assert!(has(&plan, |a| matches!(a, Action::EndDrain { state: DrainState::Complete, left: 0, .. })));
 }

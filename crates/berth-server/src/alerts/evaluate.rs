@@ -382,6 +382,8 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            eligibility: Default::default(),
+            drain: None,
         }];
         world.events = vec![Event {
             seq: 1,

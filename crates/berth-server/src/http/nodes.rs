@@ -6,8 +6,13 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
-use berth_api::{Assignment, Assignments, HeartbeatRequest, RegisterRequest, ReportRequest};
-use berth_core::{App, AppSpec, Instance, InstanceState, Level, Node, NodeStatus};
+use berth_api::{
+    Assignment, Assignments, DrainRequest, EligibilityRequest, HeartbeatRequest, InstanceView, NodeDetail, NodeView,
+    RegisterRequest, ReportRequest,
+};
+use berth_core::{
+    Allocation, App, AppSpec, Drain, DrainState, Eligibility, Instance, InstanceState, Level, Node, NodeStatus,
+};
 use berth_store::Txn;
 use berth_store::state::{Subject, app_key, encode, instance_key, node_key};
 
@@ -20,20 +25,139 @@ use crate::{Shared, lock, now_ms, views};
 
 pub(super) async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
+    let nodes = node_views(&shared, shared.state.nodes()?.into_iter().map(|n| n.value).collect())?;
+    Ok(indexed(index, &nodes.into_iter().map(|(view, _)| view).collect::<Vec<_>>()))
+}
+
+/// Views of the given nodes, each with its live instances.
+fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<(NodeView, Vec<Instance>)>, ApiError> {
     let instances = shared.instances()?;
-    let specs: HashMap<String, (f64, u64)> = shared
-        .state
-        .apps()?
+    let specs: HashMap<String, Allocation> =
+        shared.state.apps()?.into_iter().map(|a| (a.value.id(), Allocation::of(&a.value.spec))).collect();
+    let used: HashMap<String, (f64, u64)> = shared
+        .usage
+        .current(now_ms())
         .into_iter()
-        .map(|a| (a.value.id(), (a.value.spec.cpu.unwrap_or(0.0), a.value.spec.memory.unwrap_or(0))))
+        .map(|(id, u)| (id, (u.cpu_percent / 100.0, u.memory_bytes >> 20)))
         .collect();
-    let nodes: Vec<_> = shared
-        .state
-        .nodes()?
+    Ok(nodes
         .into_iter()
-        .map(|n| views::node_view(shared.with_heartbeat(n.value), &instances, &|app| specs.get(app).copied()))
-        .collect();
-    Ok(indexed(index, &nodes))
+        .map(|n| {
+            let view = views::node_view(shared.with_heartbeat(n), &instances, &|app| specs.get(app).copied(), &used);
+            let live = instances.iter().filter(|i| i.node == view.node.id && i.state.is_live()).cloned().collect();
+            (view, live)
+        })
+        .collect())
+}
+
+/// A node named by id, or by hostname when that names one node.
+fn find_node(shared: &Shared, name: &str) -> Result<berth_store::state::Versioned<Node>, ApiError> {
+    if let Some(node) = shared.state.node(name)? {
+        return Ok(node);
+    }
+    let mut by_host: Vec<_> = shared.state.nodes()?.into_iter().filter(|n| n.value.hostname == name).collect();
+    match by_host.len() {
+        1 => Ok(by_host.remove(0)),
+        0 => Err(ApiError::not_found(&format!("node {name}"))),
+        n => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{n} nodes have hostname {name}: name one by id (berth node ls)"),
+        )),
+    }
+}
+
+fn detail(shared: &Shared, node: Node) -> Result<NodeDetail, ApiError> {
+    let Some((view, live)) = node_views(shared, vec![node])?.pop() else {
+        return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "node view missing"));
+    };
+    Ok(NodeDetail { view, live: live.into_iter().map(InstanceView::from).collect() })
+}
+
+pub(super) async fn node_detail(
+    AxState(shared): AxState<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<WaitQuery>,
+) -> ApiResult<Response> {
+    let index = wait_for(&shared, &q).await?;
+    let node = find_node(&shared, &name)?.value;
+    Ok(indexed(index, &detail(&shared, node)?))
+}
+
+/// Starts a drain: the node takes no new instance, and the reconciler moves its instances off
+/// through the deployment gates. Draining a draining node changes only its deadline.
+pub(super) async fn drain(
+    AxState(shared): AxState<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: DrainRequest = if body.is_empty() { DrainRequest::default() } else { parse_json(&body)? };
+    let (index, node) = cas::retry(&shared.state, &format!("node {name}"), || {
+        let current = find_node(&shared, &name)?;
+        let mut node = current.value.clone();
+        if node.status == NodeStatus::Down {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("node {} is down: its instances were already moved", node.hostname),
+            ));
+        }
+        let now = now_ms();
+        let deadline_at = req.deadline.map(|d| now + d.as_millis() as i64);
+        let live = shared.instances()?.iter().filter(|i| i.node == node.id && i.state.is_live()).count();
+        let msg = match node.drain.as_mut().filter(|d| d.is_running()) {
+            Some(running) => {
+                running.deadline_at = deadline_at;
+                format!("drain deadline now {}", req.deadline.map_or("none".into(), |d| d.to_string()))
+            }
+            None => {
+                node.drain = Some(Drain {
+                    state: DrainState::Running,
+                    started_at: now,
+                    deadline_at,
+                    instances: live,
+                    ended_at: None,
+                });
+                let deadline = req.deadline.map_or(String::new(), |d| format!(", deadline {d}"));
+                format!("draining: {live} instance(s) to move{deadline}")
+            }
+        };
+        node.eligibility = Eligibility::Ineligible;
+        let key = node_key(&node.id);
+        let txn = Txn::default().expect(key.clone(), current.mod_revision).put(key, encode(&node));
+        let txn = shared.state.with_event(txn, now, Level::Info, "node.draining", Subject::node(&node.id), msg);
+        Ok(Attempt::Write(txn, node))
+    })?;
+    Ok(indexed(index, &detail(&shared, node)?))
+}
+
+/// Marks a node eligible for new instances (cancelling a running drain) or ineligible.
+pub(super) async fn eligibility(
+    AxState(shared): AxState<Shared>,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: EligibilityRequest = parse_json(&body)?;
+    let (index, node) = cas::retry(&shared.state, &format!("node {name}"), || {
+        let current = find_node(&shared, &name)?;
+        let mut node = current.value.clone();
+        let now = now_ms();
+        let eligibility = if req.eligible { Eligibility::Eligible } else { Eligibility::Ineligible };
+        let cancel = req.eligible && node.is_draining();
+        if node.eligibility == eligibility && !cancel {
+            return Ok(Attempt::Done(node));
+        }
+        node.eligibility = eligibility;
+        let mut msg = format!("{eligibility}");
+        if let Some(drain) = node.drain.as_mut().filter(|_| cancel) {
+            drain.state = DrainState::Cancelled;
+            drain.ended_at = Some(now);
+            msg.push_str("; drain cancelled");
+        }
+        let key = node_key(&node.id);
+        let txn = Txn::default().expect(key.clone(), current.mod_revision).put(key, encode(&node));
+        let txn = shared.state.with_event(txn, now, Level::Info, "node.eligibility", Subject::node(&node.id), msg);
+        Ok(Attempt::Write(txn, node))
+    })?;
+    Ok(indexed(index, &detail(&shared, node)?))
 }
 
 pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Response> {
@@ -60,6 +184,9 @@ pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> A
             last_heartbeat: now,
             // The agent's next heartbeat says which are still held.
             taken_ports: existing.as_ref().map(|v| v.value.taken_ports.clone()).unwrap_or_default(),
+            // An operator's choices outlive the agent's restarts.
+            eligibility: existing.as_ref().map(|v| v.value.eligibility).unwrap_or_default(),
+            drain: existing.as_ref().and_then(|v| v.value.drain.clone()),
         };
         let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
         let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();

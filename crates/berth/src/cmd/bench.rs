@@ -68,6 +68,8 @@ fn cluster(n: usize) -> (Vec<Node>, HashMap<String, NodeUsage>) {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            eligibility: Default::default(),
+            drain: None,
         };
         if i % 10 == 0 {
             let busy = Allocation { cpu: node.resources.cpu * 0.75, memory: node.resources.memory * 3 / 4 };

@@ -272,7 +272,7 @@ async fn wait_for_routers(client: &Client) -> anyhow::Result<()> {
     }
 }
 
-fn progress_bar() -> ProgressBar {
+pub(crate) fn progress_bar() -> ProgressBar {
     let pb = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
     pb.set_style(
         ProgressStyle::with_template("{spinner} {elapsed:>4} {msg}")
@@ -283,7 +283,7 @@ fn progress_bar() -> ProgressBar {
 }
 
 /// A line above the spinner; printed even when stderr is not a terminal (the spinner is not).
-fn say(pb: &ProgressBar, line: String) {
+pub(crate) fn say(pb: &ProgressBar, line: String) {
     pb.suspend(|| eprintln!("{line}"));
 }
 
