@@ -52,6 +52,8 @@ pub struct AgentConfig {
     pub memory: Option<u64>,
     pub ports: (u16, u16),
     pub labels: BTreeMap<String, String>,
+    /// The pool the node joins.
+    pub pool: String,
     pub driver: DriverChoice,
     pub pull: PullPolicy,
     pub heartbeat: Duration,
@@ -129,6 +131,7 @@ impl Agent {
                 ports: config.ports,
             },
             labels: config.labels.clone(),
+            pool: config.pool.clone(),
             drivers: kinds.clone(),
         };
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -2,16 +2,17 @@
 
 use std::time::Duration;
 
-use berth_core::{AppSpec, AppVersion, Event, Node};
+use berth_core::{AppSpec, AppVersion, Event, Node, Pools};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::{
     AlertList, AppStatus, Assignments, ChangeOptions, ClientError, DeployRequest, DeployResponse, DrainRequest,
-    DrainStatus, EligibilityRequest, ErrorBody, ExecRequest, ExecResult, HeartbeatRequest, InstanceReport,
-    InstanceView, LogBatch, LogLine, LogQuery, MetricsReport, NodeDetail, NodeView, RegisterRequest, ReportRequest,
-    RouteSnapshot, RouterReport, RouterView, RuleOnError, RuleScript, RuleTarget, ScaleRequest, StaticUpstream,
-    UpgradeRequest, UpstreamRequest, Usage, exec_stream,
+    DrainStatus, EligibilityRequest, ErrorBody, ExecRequest, ExecResult, GroupPoolsRequest, HeartbeatRequest,
+    InstanceReport, InstanceView, LogBatch, LogLine, LogQuery, MetricsReport, NodeDetail, NodeView,
+    PoolSettingsRequest, PoolView, RegisterRequest, ReportRequest, RouteSnapshot, RouterReport, RouterView,
+    RuleOnError, RuleScript, RuleTarget, ScaleRequest, StaticUpstream, UpgradeRequest, UpstreamRequest, Usage,
+    exec_stream,
 };
 
 /// Header carrying the store revision a response reflects; pass it back as `?index=` to block
@@ -316,6 +317,19 @@ impl Client {
     /// A blocking read of a node: returns once the store moves past `index` or `wait` passes.
     pub async fn node_after(&self, node: &str, index: u64, wait: Duration) -> Result<Indexed<NodeDetail>, ClientError> {
         self.get_after(&format!("/v1/nodes/{node}"), index, wait).await
+    }
+
+    pub async fn pools(&self) -> Result<Vec<PoolView>, ClientError> {
+        Ok(self.get("/v1/pools").await?.value)
+    }
+
+    /// Binds `group` to `pools` (none: unbinds it); answers with every pool's setting.
+    pub async fn set_group_pools(&self, group: &str, pools: Vec<String>) -> Result<Pools, ClientError> {
+        Ok(self.put(&format!("/v1/pools/groups/{group}"), &GroupPoolsRequest { pools }).await?.value)
+    }
+
+    pub async fn set_pool(&self, pool: &str, req: &PoolSettingsRequest) -> Result<Pools, ClientError> {
+        Ok(self.put(&format!("/v1/pools/{pool}"), req).await?.value)
     }
 
     pub async fn drain_node(&self, node: &str, req: &DrainRequest) -> Result<NodeDetail, ClientError> {

@@ -16,6 +16,13 @@ pub struct RegisterRequest {
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
     pub drivers: Vec<DriverKind>,
+    /// The pool it joins; an older agent's node is in the shared pool.
+    #[serde(default = "shared_pool")]
+    pub pool: String,
+}
+
+fn shared_pool() -> String {
+    berth_core::SHARED_POOL.to_string()
 }
 
 /// An instance a node must run (or stop), with the spec of its version.
@@ -141,4 +148,43 @@ pub struct EligibilityRequest {
 pub struct AllocatedResources {
     pub cpu: f64,
     pub memory: u64,
+}
+
+/// `GET /v1/pools`: each pool with its nodes, the groups bound to it and its capacity.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PoolView {
+    pub name: String,
+    /// Nodes in the pool, and how many of them are ready.
+    pub nodes: usize,
+    pub ready: usize,
+    /// Groups that place here first.
+    pub groups: Vec<String>,
+    pub cpu_oversubscription: f64,
+    /// Cores: promised to live instances, used by them, what the nodes have, and what placement
+    /// may promise (what they have times the over-subscription).
+    pub cpu: PoolCapacity,
+    /// MiB: promised, used, what the nodes have (never over-subscribed).
+    pub memory: PoolCapacity,
+    /// Live instances placed here borrowed from another group's full pools.
+    pub borrowed: usize,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolCapacity {
+    pub allocated: f64,
+    pub used: f64,
+    pub capacity: f64,
+    pub placeable: f64,
+}
+
+/// `PUT /v1/pools/groups/{group}`: the pools a group places in first (none: the shared pool).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GroupPoolsRequest {
+    pub pools: Vec<String>,
+}
+
+/// `PUT /v1/pools/{pool}`: how far the pool's cpu may be promised beyond what its nodes have.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct PoolSettingsRequest {
+    pub cpu_oversubscription: f64,
 }

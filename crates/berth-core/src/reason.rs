@@ -135,6 +135,11 @@ pub enum Rejection {
     Draining,
     /// An operator marked it ineligible for new instances.
     Ineligible,
+    /// It is in a pool the app's group does not place in (`wanted`: the group's pools).
+    Pool {
+        pool: String,
+        wanted: String,
+    },
     NoDriver {
         why: NoDriver,
     },
@@ -168,6 +173,7 @@ impl fmt::Display for Rejection {
             Rejection::NodeDown => f.write_str("node is down"),
             Rejection::Draining => f.write_str("node is draining"),
             Rejection::Ineligible => f.write_str("node is ineligible"),
+            Rejection::Pool { pool, wanted } => write!(f, "in pool {pool}; the group places in {wanted}"),
             Rejection::NoDriver { why } => why.fmt(f),
             Rejection::Cpu { free, needed } => write!(f, "cpu: {free:.2} free, {needed} needed"),
             Rejection::Memory { free, needed } => write!(f, "memory: {free} MiB free, {needed} needed"),
@@ -225,6 +231,7 @@ impl Rejection {
             Rejection::NodeDown => "node down".into(),
             Rejection::Draining => "draining".into(),
             Rejection::Ineligible => "ineligible".into(),
+            Rejection::Pool { .. } => "pool".into(),
             Rejection::NoDriver { .. } => "driver".into(),
             Rejection::Cpu { .. } => "cpu".into(),
             Rejection::Memory { .. } => "memory".into(),

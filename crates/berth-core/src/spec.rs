@@ -942,7 +942,8 @@ impl AppSpec {
     }
 }
 
-fn check_label(value: &str) -> Result<(), String> {
+/// A DNS label: what group, app and pool names must be.
+pub fn check_label(value: &str) -> Result<(), String> {
     let ok_chars = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if value.is_empty() {
         Err("must not be empty".into())

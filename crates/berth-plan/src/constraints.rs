@@ -25,6 +25,7 @@ use crate::place::NodeUsage;
 pub fn attribute<'a>(node: &'a Node, field: &str) -> Option<&'a str> {
     match field {
         "hostname" => Some(node.hostname.as_str()),
+        "pool" => Some(node.pool.as_str()),
         _ => node.labels.get(field).map(String::as_str),
     }
 }
@@ -182,6 +183,7 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            pool: berth_core::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
         }

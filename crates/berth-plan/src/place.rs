@@ -1,13 +1,13 @@
 //! Placement: which node runs a new instance. Feasibility filters record why each node was
 //! rejected; ranking spreads an app's instances and then the load.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use berth_core::reason::{NodeRejection, Rejection, Unplaceable};
 use berth_core::spec::{ConstraintOp, DriverKind, NetworkMode, PlacementStrategy};
 
 use crate::constraints::{Spread, attribute};
-use berth_core::{Allocation, AppSpec, Eligibility, Instance, Node, NodeStatus};
+use berth_core::{Allocation, AppSpec, Eligibility, Instance, Node, NodeStatus, Pools, SHARED_POOL};
 
 /// A decided placement.
 #[derive(Debug, Clone, PartialEq)]
@@ -16,6 +16,8 @@ pub struct Placement {
     pub host: String,
     pub driver: DriverKind,
     pub host_ports: Vec<u16>,
+    /// On a node of the shared pool, borrowed because the app's own pools were full.
+    pub borrowed: bool,
 }
 
 /// Usage of one node by live instances, tracked while a plan places several instances.
@@ -105,18 +107,28 @@ pub fn place(
     spec: &AppSpec,
     nodes: &[&Node],
     usage: &HashMap<String, NodeUsage>,
+    pools: &Pools,
 ) -> Result<Placement, Unplaceable> {
-    Placer::new(app, spec, nodes, usage).place(usage)
+    Placer::new(app, spec, nodes, usage, pools).place(usage)
 }
 
 /// Clusters up to this size are ranked whole; beyond it a placement ranks a sample.
 const RANK_ALL_UP_TO: usize = 256;
 
+/// Nodes of the app's own pools: tried first.
+const OWN: usize = 0;
+/// The shared pool, borrowed from when the app's own pools are full.
+const BORROWED: usize = 1;
+/// Nodes in pools the app may not use.
+const OUTSIDE: usize = 2;
+
 /// Places the instances one app needs in a pass, as Nomad's scheduler does: what its
 /// constraints count is computed once and kept up to date, and in a large cluster a placement
 /// ranks the first few feasible nodes from a point that moves on with every placement (about
 /// twice log2 of the node count), instead of every node. GROUP_BY still weighs every node.
-/// Deterministic: the same state and the same order of calls give the same placements.
+/// Nodes of the app's own pools come first; only when none of them fits does it borrow from the
+/// shared pool. Deterministic: the same state and the same order of calls give the same
+/// placements.
 pub struct Placer<'a> {
     app: &'a str,
     spec: &'a AppSpec,
@@ -124,24 +136,50 @@ pub struct Placer<'a> {
     spread: Spread<'a>,
     held: Allocation,
     cursor: usize,
-    /// For one GROUP_BY: its field, and the nodes (by index) offering each value.
+    /// For one GROUP_BY: its field, and the nodes (by index) of the app's own pools offering
+    /// each value.
     groups: Option<(&'a str, BTreeMap<&'a str, Vec<usize>>)>,
-    /// Nodes not yet refused, by index. Within a pass a refusal lasts: the app's placements only
-    /// take room and add to the counts its constraints cap, so a refused node is not looked at
-    /// again (a filling cluster does not slow every placement down).
-    alive: Vec<usize>,
+    /// Per tier (own pools, then borrowed), the nodes not yet refused, by index. Within a pass a
+    /// refusal lasts: the app's placements only take room and add to the counts its constraints
+    /// cap, so a refused node is not looked at again (a filling cluster does not slow every
+    /// placement down).
+    tiers: [Vec<usize>; 2],
+    tier_of: Vec<usize>,
     refused: Vec<bool>,
+    /// Each node's cpu for placement: what it has times its pool's over-subscription.
+    cpu: Vec<f64>,
+    /// The pools the app places in, for saying why the others were not used.
+    own_pools: Vec<&'a str>,
 }
 
 impl<'a> Placer<'a> {
-    pub fn new(app: &'a str, spec: &'a AppSpec, nodes: &'a [&'a Node], usage: &HashMap<String, NodeUsage>) -> Self {
+    pub fn new(
+        app: &'a str,
+        spec: &'a AppSpec,
+        nodes: &'a [&'a Node],
+        usage: &HashMap<String, NodeUsage>,
+        pools: &'a Pools,
+    ) -> Self {
         let spread = Spread::of(app, &spec.constraints, nodes, usage);
+        let (own_pools, borrow) = pools.of_group(&spec.group);
+        let tier_of: Vec<usize> = nodes
+            .iter()
+            .map(|n| {
+                if own_pools.contains(&n.pool.as_str()) {
+                    OWN
+                } else if borrow && n.pool == SHARED_POOL {
+                    BORROWED
+                } else {
+                    OUTSIDE
+                }
+            })
+            .collect();
         let group_bys: Vec<&str> =
             spec.constraints.iter().filter(|c| c.op == ConstraintOp::GroupBy).map(|c| c.field.as_str()).collect();
         let groups = match group_bys.as_slice() {
             [field] => {
                 let mut by_value: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-                for (i, node) in nodes.iter().enumerate() {
+                for (i, node) in nodes.iter().enumerate().filter(|(i, _)| tier_of[*i] == OWN) {
                     if let Some(value) = attribute(node, field) {
                         by_value.entry(value).or_default().push(i);
                     }
@@ -150,9 +188,24 @@ impl<'a> Placer<'a> {
             }
             _ => None,
         };
-        let alive = (0..nodes.len()).collect();
+        let tier = |t: usize| (0..nodes.len()).filter(|i| tier_of[*i] == t).collect();
+        let tiers = [tier(OWN), tier(BORROWED)];
         let refused = vec![false; nodes.len()];
-        Placer { app, spec, nodes, spread, held: Allocation::of(spec), cursor: 0, groups, alive, refused }
+        let cpu = nodes.iter().map(|n| n.resources.cpu * pools.cpu_factor(&n.pool)).collect();
+        Placer {
+            app,
+            spec,
+            nodes,
+            spread,
+            held: Allocation::of(spec),
+            cursor: 0,
+            groups,
+            tiers,
+            tier_of,
+            refused,
+            cpu,
+            own_pools,
+        }
     }
 
     fn sample(&self) -> usize {
@@ -164,123 +217,138 @@ impl<'a> Placer<'a> {
         }
     }
 
+    fn check(&self, i: usize, usage: &HashMap<String, NodeUsage>) -> Result<Placement, Rejection> {
+        let node = self.nodes[i];
+        if self.tier_of[i] == OUTSIDE {
+            return Err(Rejection::Pool { pool: node.pool.clone(), wanted: self.own_pools.join(",") });
+        }
+        let empty = NodeUsage::default();
+        let used = usage.get(&node.id).unwrap_or(&empty);
+        feasible(self.spec, node, self.cpu[i], used, &self.spread)
+    }
+
     /// One GROUP_BY: feasible nodes of the emptiest values first (the fewest of the app's
     /// instances), so only the nodes of those values are looked at.
-    fn group_candidates(
-        &mut self,
-        usage: &HashMap<String, NodeUsage>,
-        wanted: usize,
-    ) -> Option<Vec<(Placement, &'a Node)>> {
-        let (field, mut by_value) = self.groups.take()?;
-        let empty = NodeUsage::default();
+    fn group_candidates(&mut self, usage: &HashMap<String, NodeUsage>, wanted: usize) -> Vec<(Placement, usize)> {
+        let Some((field, mut by_value)) = self.groups.take() else { return Vec::new() };
         let mut values: Vec<(usize, &str)> = by_value.keys().map(|v| (self.spread.count(field, v), *v)).collect();
         values.sort_unstable();
         let mut found = Vec::new();
         let mut floor = None;
+        let mut emptied = false;
         for (count, value) in values {
             if floor.is_some_and(|f| count > f) || found.len() >= wanted {
                 break;
             }
             let Some(members) = by_value.get_mut(value) else { continue };
+            let mut any_refused = false;
             for k in 0..members.len() {
                 let i = members[(self.cursor + k) % members.len()];
-                let node = self.nodes[i];
-                let used = usage.get(&node.id).unwrap_or(&empty);
-                match feasible(self.spec, node, used, &self.spread) {
+                match self.check(i, usage) {
                     Ok(placement) => {
                         floor = Some(count);
-                        found.push((placement, node));
+                        found.push((placement, i));
                         if found.len() >= wanted {
                             break;
                         }
                     }
-                    Err(_) => self.refused[i] = true,
+                    Err(_) => {
+                        self.refused[i] = true;
+                        any_refused = true;
+                    }
                 }
             }
-            members.retain(|i| !self.refused[*i]);
+            if any_refused {
+                members.retain(|i| !self.refused[*i]);
+                emptied |= members.is_empty();
+            }
         }
-        by_value.retain(|_, members| !members.is_empty());
+        if emptied {
+            by_value.retain(|_, members| !members.is_empty());
+        }
         self.groups = Some((field, by_value));
         // GROUP_BY:n with fewer values offered than expected: the missing ones hold none.
-        Some(found.into_iter().filter(|(_, node)| self.spread.even(&[*node]).1.is_empty()).collect())
+        found.into_iter().filter(|(_, i)| self.spread.even(&[self.nodes[*i]]).1.is_empty()).collect()
+    }
+
+    /// Up to `wanted` feasible nodes of one tier, from the cursor on.
+    fn scan(&mut self, tier: usize, usage: &HashMap<String, NodeUsage>, wanted: usize) -> Vec<(Placement, usize)> {
+        let mut candidates = Vec::with_capacity(wanted.min(64));
+        let live = self.tiers[tier].len();
+        let mut any_refused = false;
+        for k in 0..live {
+            let i = self.tiers[tier][(self.cursor + k) % live];
+            match self.check(i, usage) {
+                Ok(placement) => {
+                    candidates.push((placement, i));
+                    if candidates.len() >= wanted {
+                        break;
+                    }
+                }
+                Err(_) => {
+                    self.refused[i] = true;
+                    any_refused = true;
+                }
+            }
+        }
+        // Only when this scan refused one: a pass over every node is what a placement must not cost.
+        if any_refused {
+            let refused = &self.refused;
+            self.tiers[tier].retain(|i| !refused[*i]);
+        }
+        candidates
     }
 
     /// A node for one more instance, given the nodes' use now (with the instances this placer
     /// already placed); or why none fits.
     pub fn place(&mut self, usage: &HashMap<String, NodeUsage>) -> Result<Placement, Unplaceable> {
-        let empty = NodeUsage::default();
         let n = self.nodes.len();
         if n == 0 {
             return Err(Unplaceable::NoReadyNode);
         }
         let wanted = self.sample();
-        let grouped = self.group_candidates(usage, wanted);
-        let mut candidates: Vec<(Placement, &Node)> = Vec::with_capacity(wanted.min(64));
-        match grouped {
-            Some(found) => candidates = found,
-            None => {
-                let live = self.alive.len();
-                for k in 0..live {
-                    let i = self.alive[(self.cursor + k) % live];
-                    let node = self.nodes[i];
-                    let used = usage.get(&node.id).unwrap_or(&empty);
-                    match feasible(self.spec, node, used, &self.spread) {
-                        Ok(placement) => {
-                            candidates.push((placement, node));
-                            if candidates.len() >= wanted {
-                                break;
-                            }
-                        }
-                        Err(_) => self.refused[i] = true,
-                    }
-                }
-                let refused = &self.refused;
-                self.alive.retain(|i| !refused[*i]);
+        for tier in [OWN, BORROWED] {
+            let indexed = tier == OWN && self.groups.is_some();
+            let mut candidates =
+                if indexed { self.group_candidates(usage, wanted) } else { self.scan(tier, usage, wanted) };
+            // GROUP_BY weighs the values of the nodes that have room, so it runs on the candidates.
+            if self.spread.has_group_by() && !indexed {
+                let fit: Vec<&Node> = candidates.iter().map(|(_, i)| self.nodes[*i]).collect();
+                let out: HashSet<&str> = self.spread.even(&fit).1.iter().map(|(node, _, _)| node.id.as_str()).collect();
+                candidates.retain(|(_, i)| !out.contains(self.nodes[*i].id.as_str()));
+            }
+            let best = candidates
+                .into_iter()
+                .map(|(placement, i)| {
+                    let used = usage.get(&self.nodes[i].id);
+                    (score(self.spec.placement, self.nodes[i], self.cpu[i], used, self.app, self.held), placement, i)
+                })
+                .min_by(|a, b| a.0.cmp(&b.0));
+            if let Some((_, mut placement, i)) = best {
+                self.spread.record(self.nodes[i]);
+                self.cursor = (self.cursor + 1) % n;
+                placement.borrowed = tier == BORROWED;
+                return Ok(placement);
             }
         }
-        // GROUP_BY weighs the values of the nodes that have room, so it runs on the candidates.
-        let mut uneven = Vec::new();
-        if self.spread.has_group_by() && self.groups.is_none() {
-            let fit: Vec<&Node> = candidates.iter().map(|(_, node)| *node).collect();
-            uneven = self.spread.even(&fit).1;
-            let out: std::collections::HashSet<&str> = uneven.iter().map(|(node, _, _)| node.id.as_str()).collect();
-            candidates.retain(|(_, node)| !out.contains(node.id.as_str()));
-        }
-        let mut best: Option<(Placement, &Node, Score)> = None;
-        for (placement, node) in candidates {
-            let used = usage.get(&node.id).unwrap_or(&empty);
-            let score = score(self.spec.placement, node, used, self.app, self.held);
-            if best.as_ref().is_none_or(|(_, _, s)| score < *s) {
-                best = Some((placement, node, score));
-            }
-        }
-        if let Some((placement, node, _)) = best {
-            self.spread.record(node);
-            self.cursor = (self.cursor + 1) % n;
-            return Ok(placement);
-        }
-        // Nothing fits: now say why, node by node (the only time the words are needed).
-        if self.groups.is_some() {
-            let fit: Vec<&Node> = self
-                .nodes
-                .iter()
-                .copied()
-                .filter(|node| feasible(self.spec, node, usage.get(&node.id).unwrap_or(&empty), &self.spread).is_ok())
-                .collect();
-            uneven = self.spread.even(&fit).1;
-        }
+        Err(self.why(usage))
+    }
+
+    /// Nothing fits: now say why, node by node (the only time the words are needed).
+    fn why(&self, usage: &HashMap<String, NodeUsage>) -> Unplaceable {
         let mut refused = Vec::new();
-        for node in self.nodes {
-            let used = usage.get(&node.id).unwrap_or(&empty);
-            if let Err(why) = feasible(self.spec, node, used, &self.spread) {
-                refused.push(NodeRejection { node: node.hostname.clone(), why });
+        let mut fit = Vec::new();
+        for i in 0..self.nodes.len() {
+            match self.check(i, usage) {
+                Ok(_) => fit.push(self.nodes[i]),
+                Err(why) => refused.push(NodeRejection { node: self.nodes[i].hostname.clone(), why }),
             }
         }
-        for (node, c, found) in uneven {
+        for (node, c, found) in self.spread.even(&fit).1 {
             let why = Rejection::Constraint { constraint: c.to_string(), found };
             refused.push(NodeRejection { node: node.hostname.clone(), why });
         }
-        Err(Unplaceable::refused(refused))
+        Unplaceable::refused(refused)
     }
 }
 
@@ -290,22 +358,32 @@ type Score<'n> = (usize, i64, &'n str);
 
 /// Spread: the fewest of the app's instances first, then the least loaded after placing.
 /// Binpack: the most loaded after placing, so that whole nodes stay free.
-fn score<'n>(strategy: PlacementStrategy, node: &'n Node, used: &NodeUsage, app: &str, held: Allocation) -> Score<'n> {
-    let load = load_per_mille(node, used.cpu + held.cpu, used.memory + held.memory) as i64;
+fn score<'n>(
+    strategy: PlacementStrategy,
+    node: &'n Node,
+    cpu: f64,
+    used: Option<&NodeUsage>,
+    app: &str,
+    held: Allocation,
+) -> Score<'n> {
+    let (used_cpu, used_memory, mine) =
+        used.map_or((0.0, 0, 0), |u| (u.cpu, u.memory, u.per_app.get(app).copied().unwrap_or(0)));
+    let load = load_per_mille(cpu, node.resources.memory, used_cpu + held.cpu, used_memory + held.memory) as i64;
     match strategy {
-        PlacementStrategy::Spread => (used.per_app.get(app).copied().unwrap_or(0), load, node.id.as_str()),
+        PlacementStrategy::Spread => (mine, load, node.id.as_str()),
         PlacementStrategy::Binpack => (0, -load, node.id.as_str()),
     }
 }
 
-/// Per mille of cpu plus per mille of memory in use.
-fn load_per_mille(node: &Node, cpu: f64, memory: u64) -> u64 {
-    let cpu = if node.resources.cpu > 0.0 { cpu / node.resources.cpu } else { 0.0 };
-    let mem = if node.resources.memory > 0 { memory as f64 / node.resources.memory as f64 } else { 0.0 };
+/// Per mille of cpu plus per mille of memory in use, of what a node offers.
+fn load_per_mille(cpu_capacity: f64, memory_capacity: u64, cpu: f64, memory: u64) -> u64 {
+    let cpu = if cpu_capacity > 0.0 { cpu / cpu_capacity } else { 0.0 };
+    let mem = if memory_capacity > 0 { memory as f64 / memory_capacity as f64 } else { 0.0 };
     ((cpu + mem) * 500.0) as u64
 }
 
-fn feasible(spec: &AppSpec, node: &Node, used: &NodeUsage, spread: &Spread) -> Result<Placement, Rejection> {
+/// Whether `node` can take one more instance of `spec`, its cpu counted as `cpu`.
+fn feasible(spec: &AppSpec, node: &Node, cpu: f64, used: &NodeUsage, spread: &Spread) -> Result<Placement, Rejection> {
     if node.status != NodeStatus::Ready {
         return Err(Rejection::NodeDown);
     }
@@ -316,9 +394,9 @@ fn feasible(spec: &AppSpec, node: &Node, used: &NodeUsage, spread: &Spread) -> R
         return Err(Rejection::Ineligible);
     }
     let driver = node.driver_for(spec).map_err(|why| Rejection::NoDriver { why })?;
-    let cpu = spec.cpu.unwrap_or(0.0);
-    if used.cpu + cpu > node.resources.cpu + 1e-9 {
-        return Err(Rejection::Cpu { free: (node.resources.cpu - used.cpu).max(0.0), needed: cpu });
+    let needed = spec.cpu.unwrap_or(0.0);
+    if used.cpu + needed > cpu + 1e-9 {
+        return Err(Rejection::Cpu { free: (cpu - used.cpu).max(0.0), needed });
     }
     let memory = spec.memory.unwrap_or(0);
     if used.memory + memory > node.resources.memory {
@@ -337,7 +415,7 @@ fn feasible(spec: &AppSpec, node: &Node, used: &NodeUsage, spread: &Spread) -> R
         let held = node.taken_ports.range(low..=high).count();
         return Err(Rejection::Ports { free: host_ports.len(), low, high, held, needed: wanted });
     }
-    Ok(Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports })
+    Ok(Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports, borrowed: false })
 }
 
 #[cfg(test)]
@@ -346,7 +424,17 @@ mod tests {
     use berth_core::Resources;
     use std::collections::BTreeMap;
 
-    fn node(id: &str, cpu: f64) -> Node {
+    /// Placement with no pools set: every node is in the shared pool.
+    fn place(
+        app: &str,
+        spec: &AppSpec,
+        nodes: &[&Node],
+        usage: &HashMap<String, NodeUsage>,
+    ) -> Result<Placement, Unplaceable> {
+        super::place(app, spec, nodes, usage, &Pools::default())
+    }
+
+    pub(super) fn node(id: &str, cpu: f64) -> Node {
         Node {
             id: id.into(),
             hostname: format!("host-{id}"),
@@ -358,6 +446,7 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            pool: berth_core::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
         }
@@ -442,7 +531,8 @@ mod tests {
         let refs: Vec<&Node> = nodes.iter().collect();
         let s = spec("");
         let mut usage: HashMap<String, NodeUsage> = HashMap::new();
-        let mut placer = Placer::new("g/web", &s, &refs, &usage);
+        let pools = Pools::default();
+        let mut placer = Placer::new("g/web", &s, &refs, &usage, &pools);
         for _ in 0..2000 {
             let p = placer.place(&usage).unwrap();
             usage.entry(p.node.clone()).or_default().add("g/web", Allocation::of(&s), &p.host_ports);
@@ -462,7 +552,8 @@ mod tests {
         let refs: Vec<&Node> = nodes.iter().collect();
         let s = spec("constraints: rack:GROUP_BY\n");
         let mut usage: HashMap<String, NodeUsage> = HashMap::new();
-        let mut placer = Placer::new("g/web", &s, &refs, &usage);
+        let pools = Pools::default();
+        let mut placer = Placer::new("g/web", &s, &refs, &usage, &pools);
         let mut per_rack: BTreeMap<String, usize> = BTreeMap::new();
         for _ in 0..12 {
             let p = placer.place(&usage).unwrap();
@@ -529,5 +620,90 @@ mod tests {
         a.taken_ports.extend(30003..=30009);
         let why = place("g/web", &s, &[&a], &HashMap::new()).unwrap_err().lines();
         assert!(why[0].contains("ports: 1 free in 30000-30009 (9 held by other processes), 2 needed"), "{why:?}");
+    }
+}
+
+#[cfg(test)]
+mod pool_tests {
+    use super::*;
+
+    fn node(id: &str, pool: &str, cpu: f64) -> Node {
+        Node { hostname: id.into(), pool: pool.into(), ..super::tests::node(id, cpu) }
+    }
+
+    fn spec(group: &str) -> AppSpec {
+        AppSpec::from_yaml(
+            &format!("group: {group}\nname: web\ndriver: exec\ncommand: [x]\ncpu: 0.5\nmemory: 10\n"),
+            None,
+        )
+        .unwrap()
+    }
+
+    /// Places `n` instances in one pass; each as (node, borrowed), or the refusal that stopped it.
+    fn place_n(s: &AppSpec, nodes: &[&Node], pools: &Pools, n: usize) -> (Vec<(String, bool)>, Option<Unplaceable>) {
+        let mut usage: HashMap<String, NodeUsage> = HashMap::new();
+        let mut placer = Placer::new("g/web", s, nodes, &usage, pools);
+        let mut out = Vec::new();
+        for _ in 0..n {
+            match placer.place(&usage) {
+                Ok(p) => {
+                    usage.entry(p.node.clone()).or_default().add("g/web", Allocation::of(s), &p.host_ports);
+                    out.push((p.node, p.borrowed));
+                }
+                Err(why) => return (out, Some(why)),
+            }
+        }
+        (out, None)
+    }
+
+    #[test]
+    fn a_bound_group_fills_its_pools_then_borrows_from_the_shared_one_and_never_takes_another() {
+        let (web, shared, batch) = (node("web1", "web", 1.0), node("any1", SHARED_POOL, 1.0), node("b1", "batch", 8.0));
+        let nodes = [&batch, &shared, &web];
+        let pools = Pools { groups: BTreeMap::from([("shop".into(), vec!["web".into()])]), ..Default::default() };
+        let (placed, why) = place_n(&spec("shop"), &nodes, &pools, 5);
+        assert_eq!(
+            placed,
+            [("web1".into(), false), ("web1".into(), false), ("any1".into(), true), ("any1".into(), true)],
+            "its own pool first (1 cpu: two of 0.5), then the shared pool, borrowed"
+        );
+        let why = why.expect("the fifth does not fit").lines().join("\n");
+        assert!(why.contains("in pool batch; the group places in web"), "{why}");
+    }
+
+    #[test]
+    fn an_unbound_group_stays_in_the_shared_pool() {
+        let (shared, batch) = (node("any1", SHARED_POOL, 1.0), node("b1", "batch", 8.0));
+        let (placed, why) = place_n(&spec("shop"), &[&batch, &shared], &Pools::default(), 3);
+        assert_eq!(placed, [("any1".into(), false), ("any1".into(), false)]);
+        let Some(Unplaceable::Refused { filtered, .. }) = why else { panic!("refused") };
+        let classes: Vec<&str> = filtered.iter().map(|f| f.reason.as_str()).collect();
+        assert_eq!(classes, ["cpu", "pool"], "{filtered:?}");
+        // A group bound to the shared pool itself does not borrow: it is home.
+        let pools = Pools { groups: BTreeMap::from([("shop".into(), vec![SHARED_POOL.into()])]), ..Default::default() };
+        assert!(place_n(&spec("shop"), &[&shared], &pools, 1).0.iter().all(|(_, borrowed)| !borrowed));
+    }
+
+    #[test]
+    fn a_pool_over_subscribed_promises_more_cpu_than_its_nodes_have() {
+        let web = node("web1", "web", 1.0);
+        let mut pools = Pools { groups: BTreeMap::from([("shop".into(), vec!["web".into()])]), ..Default::default() };
+        assert_eq!(place_n(&spec("shop"), &[&web], &pools, 10).0.len(), 2, "1 cpu: two of 0.5");
+        pools.cpu_oversubscription.insert("web".into(), 2.0);
+        let (placed, why) = place_n(&spec("shop"), &[&web], &pools, 10);
+        assert_eq!(placed.len(), 4, "at 2x, 1 cpu takes four of 0.5");
+        let why = why.expect("the fifth does not fit").lines().join("\n");
+        assert!(why.contains("cpu: 0.00 free"), "{why}");
+    }
+
+    #[test]
+    fn pool_is_an_attribute_constraints_can_name() {
+        let (a, b) = (node("a", SHARED_POOL, 4.0), node("b", SHARED_POOL, 4.0));
+        let s = AppSpec::from_yaml(
+            "group: g\nname: web\ndriver: exec\ncommand: [x]\ncpu: 0.5\nconstraints: [\"pool:LIKE:default\", \"hostname:UNIQUE\"]\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(place_n(&s, &[&a, &b], &Pools::default(), 3).0.len(), 2);
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use berth_core::spec::Strategy;
-use berth_core::{Allocation, App, AppSpec, DeploymentKind, Instance, Node, NodeStatus};
+use berth_core::{Allocation, App, AppSpec, DeploymentKind, Instance, Node, NodeStatus, Pools};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -88,6 +88,7 @@ pub fn preview<'a>(
     nodes: &[Node],
     instances: &'a [Instance],
     spec_of: impl Fn(&str) -> Option<&'a AppSpec>,
+    pools: &Pools,
 ) -> Preview {
     let id = spec.id();
     let changes = match current {
@@ -104,11 +105,11 @@ pub fn preview<'a>(
     let ready: Vec<&Node> = nodes.iter().filter(|n| n.status == NodeStatus::Ready).collect();
     // In the end the new version's instances replace this app's: count everything else as it is.
     let others = place::usage(instances.iter().filter(|i| i.app != id), &spec_of);
-    let (placeable, why_unplaceable) = fit(&id, spec, &ready, others, spec.instances);
+    let (placeable, why_unplaceable) = fit(&id, spec, &ready, others, spec.instances, pools);
     let first_step = first_step(current.filter(|_| new_version), spec).map(|(start, stop)| {
         // At the peak, every instance now (this app's old ones too) still holds what it has.
         let all = place::usage(instances.iter(), &spec_of);
-        let (placeable, why_unplaceable) = fit(&id, spec, &ready, all, start);
+        let (placeable, why_unplaceable) = fit(&id, spec, &ready, all, start, pools);
         let stalls = match spec.upgrade.strategy {
             // Blue-green stops nothing old before every new instance is healthy.
             Strategy::BlueGreen => placeable < start,
@@ -139,9 +140,10 @@ fn fit(
     ready: &[&Node],
     mut usage: HashMap<String, NodeUsage>,
     count: u32,
+    pools: &Pools,
 ) -> (u32, Option<Unplaceable>) {
     let mut placed = 0;
-    let mut placer = place::Placer::new(id, spec, ready, &usage);
+    let mut placer = place::Placer::new(id, spec, ready, &usage, pools);
     for _ in 0..count {
         match placer.place(&usage) {
             Ok(p) => {
@@ -292,6 +294,7 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            pool: berth_core::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
         }
@@ -309,12 +312,15 @@ mod tests {
     #[test]
     fn a_deploy_that_undoes_a_scale_is_flagged() {
         let current = app(spec("instances: 2\n"), 3, DeploymentKind::Scale);
-        let p = preview(Some(&current), &spec("instances: 2\n"), &[node(4096)], &[], |_| None);
+        let p = preview(Some(&current), &spec("instances: 2\n"), &[node(4096)], &[], |_| None, &Pools::default());
         assert!(p.resets_scale && !p.new_version && p.changes_anything(), "{p:?}");
         assert_eq!(p.instances, (3, 2));
         assert_eq!(p.steps, ["stop 1 instance(s), draining each first"]);
         let after_update = app(spec("instances: 2\n"), 3, DeploymentKind::Update);
-        assert!(!preview(Some(&after_update), &spec("instances: 2\n"), &[node(4096)], &[], |_| None).resets_scale);
+        assert!(
+            !preview(Some(&after_update), &spec("instances: 2\n"), &[node(4096)], &[], |_| None, &Pools::default())
+                .resets_scale
+        );
     }
 
     fn running(app: &str, n: usize) -> Vec<Instance> {
@@ -338,7 +344,7 @@ mod tests {
         let old = running("g/web", 3);
         let strict =
             spec("instances: 3\ncommand: [serve]\nupgrade:\n  min_health_capacity: 1.0\n  max_over_capacity: 0\n");
-        let p = preview(Some(&current), &strict, &[node(1600)], &old, |_| Some(&current.spec));
+        let p = preview(Some(&current), &strict, &[node(1600)], &old, |_| Some(&current.spec), &Pools::default());
         assert_eq!(p.placeable, 3, "in the end all fit");
         let first = p.first_step.expect("a new version has a first step");
         assert_eq!((first.start, first.stop, first.placeable, first.stalls), (1, 0, 0, true), "{first:?}");
@@ -347,27 +353,37 @@ mod tests {
         // Allowed to go down to two healthy, it stops one old instance and makes room.
         let loose =
             spec("instances: 3\ncommand: [serve]\nupgrade:\n  min_health_capacity: 0.5\n  max_over_capacity: 0\n");
-        let first = preview(Some(&current), &loose, &[node(1600)], &old, |_| Some(&current.spec)).first_step.unwrap();
+        let first = preview(Some(&current), &loose, &[node(1600)], &old, |_| Some(&current.spec), &Pools::default())
+            .first_step
+            .unwrap();
         assert!(first.stop > 0 && !first.stalls, "{first:?}");
 
         // Blue-green needs every new instance beside every old one.
         let bg = spec("instances: 3\ncommand: [serve]\nupgrade:\n  strategy: blue-green\n");
-        let first = preview(Some(&current), &bg, &[node(3100)], &old, |_| Some(&current.spec)).first_step.unwrap();
+        let first = preview(Some(&current), &bg, &[node(3100)], &old, |_| Some(&current.spec), &Pools::default())
+            .first_step
+            .unwrap();
         assert_eq!((first.start, first.placeable, first.stalls), (3, 3, false), "{first:?}");
-        let first = preview(Some(&current), &bg, &[node(2600)], &old, |_| Some(&current.spec)).first_step.unwrap();
+        let first = preview(Some(&current), &bg, &[node(2600)], &old, |_| Some(&current.spec), &Pools::default())
+            .first_step
+            .unwrap();
         assert_eq!((first.placeable, first.stalls), (2, true), "{first:?}");
 
         // A scale makes no new version, so there is no replacement step.
-        assert!(preview(Some(&current), &spec("instances: 4\n"), &[node(4096)], &old, |_| None).first_step.is_none());
+        assert!(
+            preview(Some(&current), &spec("instances: 4\n"), &[node(4096)], &old, |_| None, &Pools::default())
+                .first_step
+                .is_none()
+        );
     }
 
     #[test]
     fn no_change_and_placement_are_told() {
         let current = app(spec("instances: 2\n"), 2, DeploymentKind::Update);
-        let same = preview(Some(&current), &spec("instances: 2\n"), &[node(4096)], &[], |_| None);
+        let same = preview(Some(&current), &spec("instances: 2\n"), &[node(4096)], &[], |_| None, &Pools::default());
         assert!(!same.changes_anything());
         // 3 x 512 MiB on a 1200 MiB node: two fit.
-        let p = preview(None, &spec("instances: 3\n"), &[node(1200)], &[], |_| None);
+        let p = preview(None, &spec("instances: 3\n"), &[node(1200)], &[], |_| None, &Pools::default());
         assert_eq!(p.placeable, 2);
         assert!(p.unplaceable[0].contains("memory"), "{:?}", p.unplaceable);
         assert!(p.steps[0].starts_with("start 3 instance(s)"));

@@ -5,7 +5,8 @@ use std::collections::HashMap;
 use std::collections::HashSet;
 
 use berth_core::{
-    Allocation, App, DeploymentState, Desired, DrainState, Instance, InstanceState, Millis, Node, NodeStatus, Reason,
+    Allocation, App, DeploymentState, Desired, DrainState, Instance, InstanceState, Millis, Node, NodeStatus, Pools,
+    Reason,
 };
 
 use berth_core::reason::Waiting;
@@ -20,6 +21,7 @@ pub struct Snapshot {
     pub apps: Vec<App>,
     pub instances: Vec<Instance>,
     pub nodes: Vec<Node>,
+    pub pools: Pools,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -177,7 +179,17 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     for app in &snapshot.apps {
         let id = app.id();
         let instances = by_app.remove(id.as_str()).unwrap_or_default();
-        reconcile_app(app, &id, &instances, &ready_nodes, &draining, &mut usage, now, settings, &mut plan);
+        reconcile_app(
+            app,
+            &id,
+            &instances,
+            (&ready_nodes, &snapshot.pools),
+            &draining,
+            &mut usage,
+            now,
+            settings,
+            &mut plan,
+        );
     }
     // Instances whose app is gone.
     for (_, instances) in by_app {
@@ -257,7 +269,7 @@ fn reconcile_app(
     app: &App,
     id: &str,
     instances: &[&Instance],
-    nodes: &[&Node],
+    (nodes, pools): (&[&Node], &Pools),
     draining: &HashSet<&str>,
     usage: &mut HashMap<String, place::NodeUsage>,
     now: Millis,
@@ -329,9 +341,12 @@ fn reconcile_app(
         start = replacements;
     } else if old.is_empty() {
         if new.len() > target {
-            // Scale down: drop the least useful first (not started, then not ready, then newest).
+            // Scale down: drop the least useful first (not started, then not ready, then those
+            // borrowing another pool's room, then newest).
             let mut extra = new.clone();
-            extra.sort_by_key(|i| (i.state == InstanceState::Running, i.is_ready(), std::cmp::Reverse(i.created_at)));
+            extra.sort_by_key(|i| {
+                (i.state == InstanceState::Running, i.is_ready(), !i.borrowed, std::cmp::Reverse(i.created_at))
+            });
             stops.extend(extra.into_iter().take(new.len() - target).map(|i| (i, Reason::ScaledDown)));
         } else {
             start = target - new.len();
@@ -396,7 +411,7 @@ fn reconcile_app(
         });
         return;
     }
-    let mut placer = place::Placer::new(id, &app.spec, nodes, usage);
+    let mut placer = place::Placer::new(id, &app.spec, nodes, usage, pools);
     for placed in 0..start {
         match placer.place(usage) {
             Ok(placement) => {

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 
 use berth_core::{Allocation, App, Desired, DrainState, Instance, InstanceState, Level, Millis, NodeStatus};
 use berth_plan::{Action, Snapshot, deploy};
-use berth_store::state::{Subject, app_key, encode, instance_key, node_key, version_key};
+use berth_store::state::{POOLS_KEY, Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
 
 use crate::{Shared, deployments};
@@ -16,6 +16,7 @@ pub(crate) struct Revisions {
     pub apps: HashMap<String, u64>,
     pub instances: HashMap<String, u64>,
     pub nodes: HashMap<String, u64>,
+    pub pools: u64,
 }
 
 pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreError> {
@@ -30,7 +31,9 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
             n
         })
         .collect();
+    let pools = state.pools()?;
     let revisions = Revisions {
+        pools: pools.mod_revision,
         apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
         instances: instances.iter().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
         nodes: nodes.iter().map(|n| (n.value.id.clone(), n.mod_revision)).collect(),
@@ -40,6 +43,7 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
             apps: apps.into_iter().map(|v| v.value).collect(),
             instances: instances.into_iter().map(|v| v.value).collect(),
             nodes: nodes.into_iter().map(|v| v.value).collect(),
+            pools: pools.value,
         },
         revisions,
     ))
@@ -87,8 +91,13 @@ pub(crate) fn apply(
                     healthy_since: None,
                     in_service: false,
                     allocated: Some(Allocation::of(&a.spec)),
+                    borrowed: placement.borrowed,
                 };
-                txn = guard_app(txn, app).expect(instance_key(&id), 0).put(instance_key(&id), encode(&inst));
+                // Placed by the pools as they were read: a change to them meanwhile plans again.
+                txn = guard_app(txn, app)
+                    .expect(POOLS_KEY, revisions.pools)
+                    .expect(instance_key(&id), 0)
+                    .put(instance_key(&id), encode(&inst));
                 let msg = format!(
                     "placed v{version} on {} ({}, ports {:?})",
                     placement.node, placement.driver, placement.host_ports

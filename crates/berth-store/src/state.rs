@@ -1,12 +1,12 @@
 //! Typed access to the store: the key layout and JSON encoding of Berth's records live here only.
 //!
 //! Layout: `apps/GROUP/NAME`, `versions/GROUP/NAME/VVVVVVVVVV`, `instances/ID`, `nodes/ID`,
-//! `events/SSSSSSSSSSSSSSSSSSSS`. Values are JSON.
+//! `events/SSSSSSSSSSSSSSSSSSSS`, `config/pools`. Values are JSON.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use berth_core::{App, AppVersion, Event, Instance, Level, Millis, Node};
+use berth_core::{App, AppVersion, Event, Instance, Level, Millis, Node, Pools};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -42,6 +42,8 @@ pub fn host_key(host: &str) -> String {
 pub fn rules_key(kind: &str, name: &str) -> String {
     format!("rules/{kind}/{name}")
 }
+/// The pools' settings: one record, so a change to them is one compare-and-swap.
+pub const POOLS_KEY: &str = "config/pools";
 fn event_key(seq: u64) -> String {
     format!("events/{seq:020}")
 }
@@ -107,6 +109,10 @@ impl State {
     }
     pub fn node(&self, id: &str) -> Result<Option<Versioned<Node>>, StoreError> {
         self.get(&node_key(id))
+    }
+    /// The pools' settings (revision 0: never set).
+    pub fn pools(&self) -> Result<Versioned<Pools>, StoreError> {
+        Ok(self.get(POOLS_KEY)?.unwrap_or(Versioned { value: Pools::default(), mod_revision: 0 }))
     }
 
     /// Raw JSON records under a prefix, for record kinds defined outside core (upstreams, rules).

@@ -96,3 +96,73 @@ async fn every_constraint_is_enforced_on_any_label() {
     let fine = p.cli_ok(&["app", "like", "why"]).await;
     assert!(fine.contains("nothing waits: 4 of 4"), "{fine}");
 }
+
+/// An instance of 0.5 cpu.
+fn half_cpu(group: &str, name: &str, instances: u32) -> String {
+    format!(
+        "group: {group}\nname: {name}\ndriver: exec\ncommand: [sleep, \"300\"]\ninstances: {instances}\ncpu: 0.5\n\
+         upgrade:\n  min_healthy_time: 0s\n"
+    )
+}
+
+/// Pools (issue 14 item 4): four agents of one core each, in pools `web` (two), `default` and
+/// `batch`. A group bound to `web` fills it, then borrows from the shared pool, never from
+/// `batch`; over-subscribing `web` lets it take more; an unbound group stays in `default`.
+#[tokio::test(flavor = "multi_thread")]
+async fn groups_place_in_their_pools_first_and_borrow_from_the_shared_one() {
+    let agent: Vec<String> = ["--hostname", "w0", "--pool", "web", "--cpu", "1"].map(String::from).to_vec();
+    let p = Platform::start_split_args(BERTH.as_ref(), "exec", &[], &agent).await;
+    let _w1 = p.add_agent("w1", &["--pool", "web", "--cpu", "1"]);
+    let _s0 = p.add_agent("s0", &["--cpu", "1"]);
+    let _b0 = p.add_agent("b0", &["--pool", "batch", "--cpu", "1"]);
+    let hosts = p.ready_nodes(4).await;
+    let nodes: Value = serde_json::from_str(&p.cli_ok(&["node", "ls", "-o", "json"]).await).unwrap();
+    let pool_of =
+        |host: &str| nodes.as_array().unwrap().iter().find(|n| n["hostname"] == host).unwrap()["pool"].clone();
+    assert_eq!((pool_of("w0"), pool_of("s0"), pool_of("b0")), ("web".into(), "default".into(), "batch".into()));
+
+    p.cli_ok(&["pool", "set", "shop", "web"]).await;
+    // Four fill web's two cores; the fifth and sixth borrow s0's; b0 is another business's.
+    p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &half_cpu("shop", "cart", 6)), "--timeout", "30"]).await;
+    let on = spread(&p, "cart", &hosts).await;
+    assert_eq!(on, BTreeMap::from([("w0".into(), 2), ("w1".into(), 2), ("s0".into(), 2)]), "{on:?}");
+    let borrowed: Vec<String> = p
+        .live("cart")
+        .await
+        .iter()
+        .filter(|i| i["borrowed"] == true)
+        .map(|i| i["node"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(borrowed, [hosts["s0"].clone(), hosts["s0"].clone()], "the two on s0 say they borrow");
+    let status = p.cli_ok(&["app", "cart", "status"]).await;
+    assert_eq!(status.matches("(borrowed)").count(), 2, "{status}");
+    let pools: Value = serde_json::from_str(&p.cli_ok(&["pool", "ls", "-o", "json"]).await).unwrap();
+    let pool = |name: &str| pools.as_array().unwrap().iter().find(|p| p["name"] == name).unwrap().clone();
+    assert_eq!(pool("web")["cpu"]["allocated"], 2.0, "{pools}");
+    assert_eq!(pool("web")["groups"], serde_json::json!(["shop"]), "{pools}");
+    assert_eq!(pool("default")["borrowed"], 2, "{pools}");
+    assert_eq!(pool("batch")["cpu"]["allocated"], 0.0, "{pools}");
+
+    // The seventh has nowhere to go, and says why per kind of node.
+    let out = p.cli(&["app", "cart", "scale", "7", "--timeout", "30"]).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("3 nodes filtered by cpu") && stderr.contains("1 node filtered by pool"), "{stderr}");
+
+    // Over-subscribed at 2x, web's two cores take four more: the seventh lands in web.
+    p.cli_ok(&["pool", "oversubscribe", "web", "2"]).await;
+    wait_until("the seventh placed in web", Duration::from_secs(20), || async {
+        let on = spread(&p, "cart", &hosts).await;
+        (on.get("w0").unwrap_or(&0) + on.get("w1").unwrap_or(&0) == 5).then_some(())
+    })
+    .await;
+    let bad = p.cli(&["pool", "oversubscribe", "web", "0"]).await;
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("cpu_oversubscription: 0 is not in (0, 10]"));
+
+    // Scaling down gives borrowed room back first; an unbound group stays in the shared pool.
+    p.cli_ok(&["app", "cart", "scale", "5", "--timeout", "30"]).await;
+    assert_eq!(spread(&p, "cart", &hosts).await.get("s0"), None, "the borrowed ones went first");
+    p.cli_ok(&["deploy", "-f", &p.write("tool.yaml", &half_cpu("ops", "tool", 1)), "--timeout", "30"]).await;
+    assert_eq!(spread(&p, "tool", &hosts).await, BTreeMap::from([("s0".into(), 1)]));
+}

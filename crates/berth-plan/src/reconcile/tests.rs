@@ -17,6 +17,7 @@ fn node(id: &str) -> Node {
         registered_at: 0,
         last_heartbeat: 1_000,
         taken_ports: Default::default(),
+        pool: berth_core::SHARED_POOL.into(),
         eligibility: Default::default(),
         drain: None,
     }
@@ -54,6 +55,7 @@ fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
         healthy_since: Some(0),
         in_service: state == InstanceState::Running,
         allocated: None,
+        borrowed: false,
     }
 }
 
@@ -77,7 +79,8 @@ fn stops(plan: &Plan) -> Vec<&str> {
 
 #[test]
 fn places_missing_instances_on_distinct_ports() {
-    let snap = Snapshot { apps: vec![app(3, 1, "")], instances: vec![], nodes: vec![node("n1")] };
+    let snap =
+        Snapshot { apps: vec![app(3, 1, "")], instances: vec![], nodes: vec![node("n1")], pools: Default::default() };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 3);
     let mut ports: Vec<u16> = plan
@@ -98,6 +101,7 @@ fn steady_state_plans_nothing() {
         apps: vec![app(2, 1, "")],
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Starting)],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     let plan = run(&snap, 2_000);
     assert!(plan.actions.is_empty(), "{plan:?}");
@@ -109,6 +113,7 @@ fn scale_down_stops_the_least_useful_first() {
         apps: vec![app(1, 1, "")],
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Staging)],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     assert_eq!(stops(&run(&snap, 2_000)), ["bb"]);
 }
@@ -119,7 +124,7 @@ fn failed_instances_are_replaced_after_backoff() {
     a.backoff = Backoff { failures: 1, not_before: 3_000, last_failure_at: 2_000 };
     let mut dead = inst("a", 1, InstanceState::Failed);
     dead.observed.finished_at = Some(2_000);
-    let snap = Snapshot { apps: vec![a], instances: vec![dead], nodes: vec![node("n1")] };
+    let snap = Snapshot { apps: vec![a], instances: vec![dead], nodes: vec![node("n1")], pools: Default::default() };
     let early = run(&snap, 2_500);
     assert_eq!(places(&early), 0);
     assert_eq!(early.check_at, Some(3_000));
@@ -137,6 +142,7 @@ fn lost_node_fails_its_instances_and_they_move() {
         apps: vec![app(1, 1, "")],
         instances: vec![inst("a", 1, InstanceState::Running)],
         nodes: vec![n1, n2],
+        pools: Default::default(),
     };
     let plan = run(&snap, 20_000);
     assert!(plan.actions.contains(&Action::NodeDown { node: "n1".into() }));
@@ -156,7 +162,7 @@ fn lost_node_fails_its_instances_and_they_move() {
 fn heartbeat_grace_protects_nodes_after_server_restart() {
     let mut n1 = node("n1");
     n1.last_heartbeat = 0;
-    let snap = Snapshot { apps: vec![], instances: vec![], nodes: vec![n1] };
+    let snap = Snapshot { apps: vec![], instances: vec![], nodes: vec![n1], pools: Default::default() };
     let plan = reconcile(&snap, 20_000, Settings { heartbeat_grace_until: 19_000, ..Settings::default() });
     assert!(plan.actions.is_empty());
     assert_eq!(plan.check_at, Some(34_000));
@@ -170,6 +176,7 @@ fn rolling_upgrade_keeps_capacity() {
         apps: vec![app(4, 2, "upgrade:\n  max_over_capacity: 0\n")],
         instances: old.clone(),
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 1, "1/0 starts one extra");
@@ -191,6 +198,7 @@ fn an_old_version_counts_at_what_it_was_placed_with() {
         apps: vec![app(1, 2, "memory: 3000\nupgrade:\n  max_over_capacity: 0\n")],
         instances: vec![old.clone()],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     assert_eq!(places(&run(&snap, 2_000)), 1);
     // An instance placed by an older server, with nothing recorded, counts at its app's spec.
@@ -206,7 +214,12 @@ fn scaling_up_moves_no_running_instance() {
     let running: Vec<Instance> = ["a", "bb"].iter().map(|id| inst(id, 1, InstanceState::Running)).collect();
     let mut app = app(4, 1, "");
     app.deployment = Some(Deployment::start(DeploymentKind::Scale, None, 1, 0));
-    let snap = Snapshot { apps: vec![app], instances: running, nodes: vec![node("n1"), node("n2")] };
+    let snap = Snapshot {
+        apps: vec![app],
+        instances: running,
+        nodes: vec![node("n1"), node("n2")],
+        pools: Default::default(),
+    };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 2);
     assert!(stops(&plan).is_empty(), "{:?}", plan.actions);
@@ -220,12 +233,17 @@ fn destroy_stops_everything_then_removes() {
         apps: vec![a.clone()],
         instances: vec![inst("a", 1, InstanceState::Running)],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     let plan = run(&snap, 2_000);
     assert_eq!(stops(&plan), ["a"]);
     assert!(!plan.actions.contains(&Action::RemoveApp { app: "g/web".into() }));
-    let snap =
-        Snapshot { apps: vec![a], instances: vec![inst("a", 1, InstanceState::Stopped)], nodes: vec![node("n1")] };
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: vec![inst("a", 1, InstanceState::Stopped)],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+    };
     let plan = run(&snap, 2_000);
     assert!(plan.actions.contains(&Action::RemoveApp { app: "g/web".into() }));
     assert!(plan.actions.contains(&Action::Forget { instance: "a".into() }));
@@ -233,7 +251,12 @@ fn destroy_stops_everything_then_removes() {
 
 #[test]
 fn unplaceable_instances_say_why() {
-    let snap = Snapshot { apps: vec![app(2, 1, "cpu: 3\n")], instances: vec![], nodes: vec![node("n1")] };
+    let snap = Snapshot {
+        apps: vec![app(2, 1, "cpu: 3\n")],
+        instances: vec![],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+    };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 1);
     assert_eq!(plan.pending[0].missing, 1);
@@ -250,7 +273,7 @@ fn old_terminal_records_are_forgotten() {
         })
         .collect();
     instances.push(inst("live", 1, InstanceState::Running));
-    let snap = Snapshot { apps: vec![app(1, 1, "")], instances, nodes: vec![node("n1")] };
+    let snap = Snapshot { apps: vec![app(1, 1, "")], instances, nodes: vec![node("n1")], pools: Default::default() };
     let forgotten = run(&snap, 2_000).actions.iter().filter(|a| matches!(a, Action::Forget { .. })).count();
     assert_eq!(forgotten, 5);
 }
@@ -274,7 +297,12 @@ fn a_new_instance_takes_traffic_only_after_min_healthy_time() {
     let mut fresh = inst("a", 1, InstanceState::Running);
     fresh.in_service = false;
     fresh.healthy_since = Some(1_000);
-    let snap = Snapshot { apps: vec![app(1, 1, "")], instances: vec![fresh], nodes: vec![node("n1")] };
+    let snap = Snapshot {
+        apps: vec![app(1, 1, "")],
+        instances: vec![fresh],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+    };
     let early = live_run(&snap, 5_000);
     assert!(!has(&early, |a| matches!(a, Action::Admit { .. })), "{early:?}");
     assert_eq!(early.check_at, Some(11_000), "checks again when the 10 s default is up");
@@ -288,6 +316,7 @@ fn an_instance_never_healthy_by_its_deadline_is_expired() {
         apps: vec![app(1, 1, "upgrade:\n  healthy_deadline: 30s\n")],
         instances: vec![stuck],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     assert!(!has(&live_run(&snap, 29_999), |a| matches!(a, Action::Expire { .. })));
     let plan = live_run(&snap, 30_000);
@@ -304,6 +333,7 @@ fn a_deployment_ends_when_every_new_instance_is_in_service() {
         apps: vec![a],
         instances: vec![inst("a", 2, InstanceState::Running), inst("bb", 1, InstanceState::Running)],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     let ended = |p: &Plan| has(p, |a| matches!(a, Action::EndDeployment { state: DeploymentState::Succeeded, .. }));
     assert!(!ended(&live_run(&snap, 1_000)), "an old instance is still there");
@@ -326,7 +356,8 @@ fn a_failing_deployment_rolls_back_to_the_stable_version() {
     let d = a.deployment.as_mut().unwrap();
     d.failures = 4;
     d.last_failure = Some("exited with code 3".into());
-    let snap = Snapshot { apps: vec![a.clone()], instances: vec![], nodes: vec![node("n1")] };
+    let snap =
+        Snapshot { apps: vec![a.clone()], instances: vec![], nodes: vec![node("n1")], pools: Default::default() };
     let plan = live_run(&snap, 1_000);
     assert!(
         has(&plan, |x| matches!(x, Action::AutoRollback { to_version: 2, reason, .. } if reason.contains("code 3"))),
@@ -348,6 +379,7 @@ fn a_deployment_with_no_progress_fails_at_its_deadline() {
         apps: vec![a],
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 2, InstanceState::Starting)],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     let before = live_run(&snap, 20_999);
     assert!(!has(&before, |x| matches!(x, Action::AutoRollback { .. })));
@@ -361,7 +393,7 @@ fn a_rollback_that_fails_does_not_roll_back_again() {
     a.alike = vec![1];
     a.stable_version = Some(1);
     a.deployment.as_mut().unwrap().failures = 3;
-    let snap = Snapshot { apps: vec![a], instances: vec![], nodes: vec![node("n1")] };
+    let snap = Snapshot { apps: vec![a], instances: vec![], nodes: vec![node("n1")], pools: Default::default() };
     let plan = live_run(&snap, 1_000);
     assert!(!has(&plan, |x| matches!(x, Action::AutoRollback { .. })));
     assert!(has(&plan, |x| matches!(x, Action::EndDeployment { state: DeploymentState::Failed, .. })));
@@ -375,6 +407,7 @@ fn instances_of_an_alike_version_are_current() {
         apps: vec![a],
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Running)],
         nodes: vec![node("n1")],
+        pools: Default::default(),
     };
     let plan = live_run(&snap, 1_000);
     assert!(plan.actions.is_empty(), "rolling back to v1's spec keeps v1's instances: {plan:?}");
@@ -385,7 +418,7 @@ fn a_canary_grows_to_its_share_and_waits() {
     let mut a = deploying(app(4, 2, "upgrade:\n  progress_deadline: 5s\n"), 1, 0);
     a.deployment.as_mut().unwrap().canary = Some(1);
     let old: Vec<Instance> = ["a", "bb", "ccc", "dddd"].iter().map(|id| inst(id, 1, InstanceState::Running)).collect();
-    let snap = Snapshot { apps: vec![a], instances: old.clone(), nodes: vec![node("n1")] };
+    let snap = Snapshot { apps: vec![a], instances: old.clone(), nodes: vec![node("n1")], pools: Default::default() };
     let plan = live_run(&snap, 1_000);
     assert_eq!(places(&plan), 1);
     assert!(stops(&plan).is_empty());
@@ -401,7 +434,8 @@ fn blue_green_switches_at_once_and_keeps_the_old_set_for_the_window() {
     let mut a = deploying(app(2, 2, "upgrade:\n  strategy: blue-green\n  rollback_window: 60s\n"), 1, 0);
     a.deployment.as_mut().unwrap().blue_green = true;
     let old = vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Running)];
-    let snap = Snapshot { apps: vec![a.clone()], instances: old.clone(), nodes: vec![node("n1")] };
+    let snap =
+        Snapshot { apps: vec![a.clone()], instances: old.clone(), nodes: vec![node("n1")], pools: Default::default() };
     let plan = live_run(&snap, 1_000);
     assert_eq!(places(&plan), 2, "a whole new set");
     assert!(stops(&plan).is_empty());
@@ -417,7 +451,7 @@ fn blue_green_switches_at_once_and_keeps_the_old_set_for_the_window() {
     d.switched_at = Some(2_000);
     d.state = DeploymentState::Succeeded;
     assert!(!a.serves(1) && a.serves(2), "after the switch only the new set");
-    let snap = Snapshot { apps: vec![a], instances: both, nodes: vec![node("n1")] };
+    let snap = Snapshot { apps: vec![a], instances: both, nodes: vec![node("n1")], pools: Default::default() };
     let kept = live_run(&snap, 30_000);
     assert!(stops(&kept).is_empty(), "old set kept inside the window: {kept:?}");
     assert!(stops(&live_run(&snap, 61_999)).is_empty());
@@ -453,7 +487,12 @@ fn simulate_crash_loop(healthy: u32, failing: u32, fail_after_ms: i64, seconds: 
                 a.backoff = a.backoff.after_failure(now);
             }
         }
-        let snap = Snapshot { apps: vec![a.clone()], instances: instances.clone(), nodes: vec![node.clone()] };
+        let snap = Snapshot {
+            apps: vec![a.clone()],
+            instances: instances.clone(),
+            nodes: vec![node.clone()],
+            pools: Default::default(),
+        };
         for action in reconcile(&snap, now, settings).actions {
             match action {
                 Action::Place { placement, .. } => {
@@ -514,9 +553,15 @@ fn a_replacement_that_stays_healthy_ends_the_backoff() {
     let mut fresh = inst("fresh", 1, InstanceState::Running);
     (fresh.created_at, fresh.observed.started_at) = (9_000, Some(9_000));
     let reset = |plan: &Plan| has(plan, |a| matches!(a, Action::ResetBackoff { .. }));
-    let snap = Snapshot { apps: vec![a.clone()], instances: vec![old.clone()], nodes: vec![node("n1")] };
+    let snap = Snapshot {
+        apps: vec![a.clone()],
+        instances: vec![old.clone()],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+    };
     assert!(!reset(&live_run(&snap, 100_000)), "a sibling healthy all along does not end it");
-    let snap = Snapshot { apps: vec![a], instances: vec![old, fresh], nodes: vec![node("n1")] };
+    let snap =
+        Snapshot { apps: vec![a], instances: vec![old, fresh], nodes: vec![node("n1")], pools: Default::default() };
     assert!(!reset(&live_run(&snap, 30_000)), "not before 30 s of health");
     assert!(reset(&live_run(&snap, 39_000)), "the relaunched slot healthy for 30 s ends it");
 }
@@ -540,6 +585,7 @@ fn simulate_drain(target: u32, max_over: f64) -> (usize, Option<(DrainState, usi
         apps: vec![app(target, 1, &format!("upgrade: {{max_over_capacity: {max_over}}}"))],
         instances: (0..target).map(|k| inst(&format!("i{k}"), 1, InstanceState::Running)).collect(),
         nodes: vec![draining(node("n1"), None), node("n2")],
+        pools: Default::default(),
     };
     let mut fewest_ready = usize::MAX;
     for round in 0..50 {
@@ -588,6 +634,7 @@ fn a_drain_past_its_deadline_stops_what_is_left() {
         apps: vec![app(2, 1, "")],
         instances: vec![inst("a", 1, InstanceState::Running), inst("b", 1, InstanceState::Running)],
         nodes: vec![draining(node("n1"), Some(5_000)), node("n2")],
+        pools: Default::default(),
     };
     let before = run(&snap, 2_000);
     assert_eq!(before.check_at.map(|at| at <= 5_000), Some(true), "the deadline is checked");
@@ -605,11 +652,32 @@ fn a_drain_past_its_deadline_stops_what_is_left() {
 fn ineligible_and_draining_nodes_take_no_new_instance() {
     let mut n1 = node("n1");
     n1.eligibility = berth_core::Eligibility::Ineligible;
-    let snap = Snapshot { apps: vec![app(1, 1, "")], instances: vec![], nodes: vec![n1, draining(node("n2"), None)] };
+    let snap = Snapshot {
+        apps: vec![app(1, 1, "")],
+        instances: vec![],
+        nodes: vec![n1, draining(node("n2"), None)],
+        pools: Default::default(),
+    };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 0);
     let why = plan.pending[0].why.to_string();
     assert!(why.contains("ineligible") && why.contains("draining"), "{why}");
     // A drain with nothing on the node ends at once.
     assert!(has(&plan, |a| matches!(a, Action::EndDrain { state: DrainState::Complete, left: 0, .. })));
+}
+
+#[test]
+fn scale_down_gives_borrowed_room_back_first() {
+    let mut borrowed = inst("b", 1, InstanceState::Running);
+    borrowed.borrowed = true;
+    borrowed.created_at = -5;
+    let mut newer = inst("n", 1, InstanceState::Running);
+    newer.created_at = 10;
+    let snap = Snapshot {
+        apps: vec![app(1, 1, "")],
+        instances: vec![borrowed, newer],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+    };
+    assert_eq!(stops(&run(&snap, 2_000)), ["b"], "the borrowed one goes, though older");
 }

@@ -382,6 +382,7 @@ mod tests {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            pool: berth_core::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
         }];

@@ -148,9 +148,11 @@ pub(super) async fn plan(AxState(shared): AxState<Shared>, headers: HeaderMap, b
     let current = shared.state.app(&id)?.map(|v| v.value);
     let nodes: Vec<Node> = shared.state.nodes()?.into_iter().map(|n| shared.with_heartbeat(n.value)).collect();
     let instances = shared.instances()?;
+    let pools = shared.state.pools()?.value;
     let apps: HashMap<String, AppSpec> =
         shared.state.apps()?.into_iter().map(|a| (a.value.id(), a.value.spec)).collect();
-    let preview = berth_plan::preview::preview(current.as_ref(), &spec, &nodes, &instances, |app| apps.get(app));
+    let preview =
+        berth_plan::preview::preview(current.as_ref(), &spec, &nodes, &instances, |app| apps.get(app), &pools);
     let mut out =
         serde_json::to_value(&preview).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     // What a deploy would be refused for.

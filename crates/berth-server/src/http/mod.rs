@@ -11,6 +11,7 @@ mod exec;
 mod instances;
 mod logs;
 mod nodes;
+mod pools;
 mod routes;
 mod usage;
 
@@ -18,7 +19,7 @@ use axum::Router;
 use axum::extract::State as AxState;
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::Shared;
 use error::{ApiError, indexed, json_errors};
@@ -57,6 +58,9 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/routers/{id}", post(routes::router_report))
         .route("/v1/nodes", get(nodes::list_nodes).post(nodes::register))
         .route("/v1/nodes/{id}", get(nodes::node_detail))
+        .route("/v1/pools", get(pools::list))
+        .route("/v1/pools/groups/{group}", put(pools::set_group))
+        .route("/v1/pools/{pool}", put(pools::set_pool))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/nodes/{id}/eligibility", post(nodes::eligibility))
         .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))

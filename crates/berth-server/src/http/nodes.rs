@@ -165,6 +165,9 @@ pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> A
     if req.id.is_empty() || req.id.contains('/') {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "id: must be non-empty and contain no /"));
     }
+    if let Err(why) = berth_core::spec::check_label(&req.pool) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("pool: {why}")));
+    }
     if req.resources.ports.0 > req.resources.ports.1 {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "resources.ports: the range is empty"));
     }
@@ -178,6 +181,7 @@ pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> A
             address: req.address.clone(),
             resources: req.resources.clone(),
             labels: req.labels.clone(),
+            pool: req.pool.clone(),
             drivers: req.drivers.clone(),
             status: NodeStatus::Ready,
             registered_at: existing.as_ref().map_or(now, |v| v.value.registered_at),
@@ -191,12 +195,13 @@ pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> A
         let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
         let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();
         let msg = format!(
-            "{} at {} ({} cpu, {} MiB, drivers {})",
+            "{} at {} ({} cpu, {} MiB, drivers {}, pool {})",
             node.hostname,
             node.address,
             node.resources.cpu,
             node.resources.memory,
-            drivers.join(",")
+            drivers.join(","),
+            node.pool
         );
         let txn = Txn::default().expect(node_key(&node.id), rev).put(node_key(&node.id), encode(&node));
         let txn = shared.state.with_event(txn, now, Level::Info, kind, Subject::node(&node.id), msg);

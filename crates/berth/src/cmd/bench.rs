@@ -51,7 +51,8 @@ pub fn run(action: BenchAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 /// Nodes of varied sizes (8 to 64 cores, 16 to 256 GiB), on 20 racks in 3 zones; one in ten
-/// already three quarters full. Deterministic: the same arguments give the same cluster.
+/// already three quarters full, one in five in another business's pool (`batch`, which the
+/// benchmark's app may not use). Deterministic: the same arguments give the same cluster.
 fn cluster(n: usize) -> (Vec<Node>, HashMap<String, NodeUsage>) {
     let mut nodes = Vec::with_capacity(n);
     let mut usage = HashMap::new();
@@ -68,6 +69,7 @@ fn cluster(n: usize) -> (Vec<Node>, HashMap<String, NodeUsage>) {
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
+            pool: if i % 5 == 4 { "batch".into() } else { berth_core::SHARED_POOL.into() },
             eligibility: Default::default(),
             drain: None,
         };
@@ -92,7 +94,8 @@ fn schedule(args: &ScheduleArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let held = Allocation::of(&spec);
     let began = Instant::now();
     let mut placed = 0;
-    let mut placer = place::Placer::new("bench/web", &spec, &refs, &usage);
+    let pools = berth_core::Pools::default();
+    let mut placer = place::Placer::new("bench/web", &spec, &refs, &usage, &pools);
     for _ in 0..args.instances {
         match placer.place(&usage) {
             Ok(p) => {

@@ -8,6 +8,7 @@ mod events;
 mod exec;
 mod node;
 mod platform;
+mod pool;
 mod spec;
 mod status;
 mod top;
@@ -67,6 +68,11 @@ pub enum Command {
     Node {
         #[command(subcommand)]
         action: node::NodeAction,
+    },
+    /// Pools of nodes: which groups place where first, and each pool's cpu over-subscription.
+    Pool {
+        #[command(subcommand)]
+        action: pool::PoolAction,
     },
     /// Shell completion for berth: `berth completion bash > /etc/bash_completion.d/berth`.
     Completion {
@@ -151,6 +157,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Plan(args) => deploy::plan(args, &ctx).await,
         Command::App(args) => app::run(args, &ctx).await,
         Command::Node { action } => node::run(action, &ctx).await,
+        Command::Pool { action } => pool::run(action, &ctx).await,
         Command::Events(args) => events::run(args, &ctx).await,
         Command::Top(args) => top::run(args, None, &ctx).await,
         Command::Alerts => alerts::run(&ctx).await,

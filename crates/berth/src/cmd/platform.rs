@@ -43,6 +43,11 @@ fn parse_range(text: &str) -> Result<(u16, u16), String> {
     Ok((low, high))
 }
 
+/// A pool's name: what `berth pool set` and constraints on `pool` name it by.
+fn parse_pool(text: &str) -> Result<String, String> {
+    berth_core::spec::check_label(text).map(|()| text.to_string())
+}
+
 fn parse_label(text: &str) -> Result<(String, String), String> {
     let (k, v) = text.split_once('=').ok_or_else(|| format!("`{text}` is not KEY=VALUE"))?;
     if k.is_empty() {
@@ -78,6 +83,9 @@ pub struct NodeOptions {
     /// A KEY=VALUE label for constraints; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
+    /// The pool this node joins: groups bound to it place here first (`berth pool set`).
+    #[arg(long, value_parser = parse_pool, default_value = berth_core::SHARED_POOL)]
+    pool: String,
     /// Name of this node (default: the machine's hostname).
     #[arg(long)]
     hostname: Option<String>,
@@ -110,6 +118,7 @@ impl NodeOptions {
             memory: self.memory,
             ports: self.ports,
             labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
+            pool: self.pool.clone(),
             driver: match self.driver {
                 DriverArg::Auto => DriverChoice::Auto,
                 DriverArg::Docker => DriverChoice::Docker,

@@ -65,6 +65,10 @@ pub fn status_table(s: &AppStatus) -> String {
             } else if i.is_up() && !i.in_service {
                 state.push_str(" (warming)");
             }
+            // Placed in the shared pool because its group's pools were full.
+            if i.borrowed && i.state.is_live() {
+                state.push_str(" (borrowed)");
+            }
             let mut row = vec![
                 i.id.clone(),
                 state,

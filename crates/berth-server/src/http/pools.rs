@@ -1,0 +1,150 @@
+//! `/v1/pools`: which groups place in which pools, each pool's cpu over-subscription, and what
+//! each pool holds.
+
+use std::collections::{BTreeMap, HashMap};
+
+use axum::body::Bytes;
+use axum::extract::{Path, State as AxState};
+use axum::http::StatusCode;
+use axum::response::Response;
+use berth_api::{GroupPoolsRequest, PoolCapacity, PoolSettingsRequest, PoolView};
+use berth_core::spec::check_label;
+use berth_core::{Allocation, Level, NodeStatus, Pools, SHARED_POOL};
+use berth_store::Txn;
+use berth_store::state::{POOLS_KEY, Subject, encode};
+
+use super::cas::{self, Attempt};
+use super::error::{ApiError, ApiResult, indexed, parse_json};
+use crate::{Shared, now_ms};
+
+/// Over-subscription beyond this is a typo more likely than a plan.
+const MAX_OVERSUBSCRIPTION: f64 = 10.0;
+
+pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    let index = shared.state.store().revision();
+    let pools = shared.state.pools()?.value;
+    let nodes = shared.state.nodes()?;
+    let instances = shared.instances()?;
+    let specs: HashMap<String, Allocation> =
+        shared.state.apps()?.into_iter().map(|a| (a.value.id(), Allocation::of(&a.value.spec))).collect();
+    let used = shared.usage.current(now_ms());
+
+    let mut views: BTreeMap<String, PoolView> = BTreeMap::new();
+    let view = |name: &str| PoolView {
+        name: name.to_string(),
+        nodes: 0,
+        ready: 0,
+        groups: pools.groups.iter().filter(|(_, p)| p.iter().any(|p| p == name)).map(|(g, _)| g.clone()).collect(),
+        cpu_oversubscription: pools.cpu_factor(name),
+        cpu: PoolCapacity::default(),
+        memory: PoolCapacity::default(),
+        borrowed: 0,
+    };
+    // Every pool a node is in, a group is bound to, or a factor is set for; the shared one always.
+    let named = std::iter::once(SHARED_POOL)
+        .chain(pools.groups.values().flatten().map(String::as_str))
+        .chain(pools.cpu_oversubscription.keys().map(String::as_str));
+    for name in named {
+        views.entry(name.to_string()).or_insert_with(|| view(name));
+    }
+    let mut pool_of: HashMap<&str, &str> = HashMap::new();
+    for node in &nodes {
+        let n = &node.value;
+        pool_of.insert(n.id.as_str(), n.pool.as_str());
+        let v = views.entry(n.pool.clone()).or_insert_with(|| view(&n.pool));
+        v.nodes += 1;
+        if n.status == NodeStatus::Ready {
+            v.ready += 1;
+        }
+        v.cpu.capacity += n.resources.cpu;
+        v.cpu.placeable += n.resources.cpu * pools.cpu_factor(&n.pool);
+        v.memory.capacity += n.resources.memory as f64;
+        v.memory.placeable += n.resources.memory as f64;
+    }
+    for inst in instances.iter().filter(|i| i.state.is_live()) {
+        let Some(v) = pool_of.get(inst.node.as_str()).and_then(|p| views.get_mut(*p)) else { continue };
+        if let Some(held) = inst.allocated.or_else(|| specs.get(&inst.app).copied()) {
+            v.cpu.allocated += held.cpu;
+            v.memory.allocated += held.memory as f64;
+        }
+        if let Some(u) = used.get(&inst.id) {
+            v.cpu.used += u.cpu_percent / 100.0;
+            v.memory.used += (u.memory_bytes >> 20) as f64;
+        }
+        if inst.borrowed {
+            v.borrowed += 1;
+        }
+    }
+    Ok(indexed(index, &views.into_values().collect::<Vec<_>>()))
+}
+
+/// Binds a group to the pools its apps place in first; an empty list unbinds it (back to the
+/// shared pool). Instances already placed stay where they are.
+pub(super) async fn set_group(
+    AxState(shared): AxState<Shared>,
+    Path(group): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: GroupPoolsRequest = parse_json(&body)?;
+    check_label(&group).map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, format!("group: {why}")))?;
+    for (i, pool) in req.pools.iter().enumerate() {
+        check_label(pool).map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, format!("pools[{i}]: {why}")))?;
+    }
+    let mut wanted = req.pools.clone();
+    wanted.dedup();
+    write(&shared, |pools| {
+        let msg = if wanted.is_empty() {
+            pools.groups.remove(&group).map(|_| format!("group {group} places in the shared pool again"))
+        } else if pools.groups.get(&group) == Some(&wanted) {
+            None
+        } else {
+            let msg = format!("group {group} places in pool(s) {} first", wanted.join(", "));
+            pools.groups.insert(group.clone(), wanted.clone());
+            Some(msg)
+        };
+        Ok(msg)
+    })
+}
+
+/// Sets a pool's cpu over-subscription: 1.5 lets its nodes take instances asking half again
+/// the cores they have (Wepiao's 70 % allocated against 30 % used).
+pub(super) async fn set_pool(
+    AxState(shared): AxState<Shared>,
+    Path(pool): Path<String>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: PoolSettingsRequest = parse_json(&body)?;
+    check_label(&pool).map_err(|why| ApiError::new(StatusCode::BAD_REQUEST, format!("pool: {why}")))?;
+    let factor = req.cpu_oversubscription;
+    if !(factor.is_finite() && factor > 0.0 && factor <= MAX_OVERSUBSCRIPTION) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("cpu_oversubscription: {factor} is not in (0, {MAX_OVERSUBSCRIPTION}]"),
+        ));
+    }
+    write(&shared, |pools| {
+        if pools.cpu_factor(&pool) == factor {
+            return Ok(None);
+        }
+        if factor == 1.0 {
+            pools.cpu_oversubscription.remove(&pool);
+        } else {
+            pools.cpu_oversubscription.insert(pool.clone(), factor);
+        }
+        Ok(Some(format!("pool {pool}: cpu over-subscription {factor}")))
+    })
+}
+
+/// Changes the pools' record with `change` (which says what it did, or nothing when nothing
+/// changed), guarded by the revision read, with an event; answers with the record.
+fn write(shared: &Shared, change: impl Fn(&mut Pools) -> ApiResult<Option<String>>) -> ApiResult<Response> {
+    let (index, pools) = cas::retry(&shared.state, "the pools' settings", || {
+        let current = shared.state.pools()?;
+        let mut pools = current.value.clone();
+        let Some(msg) = change(&mut pools)? else { return Ok(Attempt::Done(pools)) };
+        let txn = Txn::default().expect(POOLS_KEY, current.mod_revision).put(POOLS_KEY, encode(&pools));
+        let txn = shared.state.with_event(txn, now_ms(), Level::Info, "pool.changed", Subject::default(), msg);
+        Ok(Attempt::Write(txn, pools))
+    })?;
+    Ok(indexed(index, &pools))
+}
