@@ -39,6 +39,9 @@ pub enum DriverChoice {
     Auto,
     Docker,
     Exec,
+    /// Instances kept in memory only, running until stopped: for `berth bench cluster`, which
+    /// measures the control plane with many nodes on one machine.
+    Simulated,
 }
 
 #[derive(Debug, Clone)]
@@ -117,6 +120,9 @@ impl Agent {
         }
         if matches!(config.driver, DriverChoice::Auto | DriverChoice::Exec) {
             drivers.push(Driver::new(ExecDriver::new(dir.clone())));
+        }
+        if config.driver == DriverChoice::Simulated {
+            drivers.push(driver::fake::FakeDriver::default().driver());
         }
         let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
 

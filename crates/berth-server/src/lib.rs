@@ -83,7 +83,13 @@ pub(crate) struct Shared {
     pub domain: String,
     /// Commands on their way to instances and back.
     pub execs: Arc<exec::Execs>,
+    /// The instance records as of a store revision, decoded once for every reader of that
+    /// revision: a hundred agents woken by one write share one decode instead of a hundred.
+    instances_cache: Arc<Mutex<Option<(u64, Instances)>>>,
 }
+
+/// Instance records shared by the readers of one store revision.
+pub(crate) type Instances = Arc<Vec<berth_core::Instance>>;
 
 impl Shared {
     pub fn new(
@@ -111,6 +117,7 @@ impl Shared {
             tuning,
             domain,
             execs: Arc::default(),
+            instances_cache: Arc::default(),
         })
     }
 }
@@ -119,9 +126,22 @@ pub(crate) use berth_core::lock;
 pub use berth_core::now_ms;
 
 impl Shared {
-    /// Every instance record, without revisions.
-    pub(crate) fn instances(&self) -> Result<Vec<berth_core::Instance>, StoreError> {
-        Ok(self.state.instances()?.into_iter().map(|v| v.value).collect())
+    /// Every instance record, without revisions, at least as new as the store's revision when
+    /// called.
+    pub(crate) fn instances(&self) -> Result<Instances, StoreError> {
+        // Read before the records: what is cached under a revision is at least that new.
+        let revision = self.state.store().revision();
+        if let Some((at, cached)) = lock(&self.instances_cache).as_ref()
+            && *at == revision
+        {
+            return Ok(cached.clone());
+        }
+        let fresh: Instances = Arc::new(self.state.instances()?.into_iter().map(|v| v.value).collect());
+        let mut cache = lock(&self.instances_cache);
+        if cache.as_ref().is_none_or(|(at, _)| *at < revision) {
+            *cache = Some((revision, fresh.clone()));
+        }
+        Ok(fresh)
     }
 
     /// Heartbeats kept in memory, folded into node records.

@@ -1,5 +1,6 @@
-//! A driver for tests: its instances are entries in memory that run until the test ends them or
-//! the agent stops them, so supervisors can be tested without an engine or a process.
+//! A driver whose instances are entries in memory that run until a test ends them or
+//! the agent stops them: supervisors are tested without an engine or a process, and `berth bench
+//! cluster` runs many simulated nodes on one machine.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -34,6 +35,7 @@ pub(crate) struct FakeDriver {
 }
 
 impl FakeDriver {
+    #[cfg(test)]
     /// A fake whose instances' last lines (`tail`) are these.
     pub(crate) fn with_last_lines(lines: &[&str]) -> FakeDriver {
         FakeDriver { last_lines: lines.iter().map(|l| l.to_string()).collect(), ..FakeDriver::default() }
@@ -43,6 +45,7 @@ impl FakeDriver {
         Driver::new(self.clone())
     }
 
+    #[cfg(test)]
     /// Ends a running instance as if its process exited so.
     pub(crate) fn exit(&self, instance: &str, exit: Exit) {
         if let Some(tx) = lock(&self.state).exits.get(instance) {
@@ -50,10 +53,12 @@ impl FakeDriver {
         }
     }
 
+    #[cfg(test)]
     pub(crate) fn started(&self) -> Vec<String> {
         lock(&self.state).started.clone()
     }
 
+    #[cfg(test)]
     pub(crate) fn stopped(&self) -> Vec<String> {
         lock(&self.state).stopped.clone()
     }

@@ -3,7 +3,6 @@
 
 pub mod docker;
 pub mod exec;
-#[cfg(test)]
 pub(crate) mod fake;
 pub(crate) mod session;
 

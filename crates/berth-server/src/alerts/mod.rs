@@ -94,9 +94,9 @@ fn evaluate_now(
     let nodes: Vec<_> = shared.state.nodes()?.into_iter().map(|n| n.value).collect();
     let live: HashSet<String> = shared
         .instances()?
-        .into_iter()
+        .iter()
         .filter(|i| i.state.is_live() && i.desired == berth_core::Desired::Run)
-        .map(|i| i.id)
+        .map(|i| i.id.clone())
         .collect();
     // Only instances that still run: an ended one's last sample says nothing about now.
     let usage: Vec<InstanceUsage> =

@@ -255,7 +255,7 @@ pub(super) async fn assignments(
     shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
     let mut specs: HashMap<(String, u64), AppSpec> = HashMap::new();
     let mut out = Vec::new();
-    for inst in shared.state.instances()?.into_iter().map(|v| v.value) {
+    for inst in shared.instances()?.iter() {
         if inst.node != id || !inst.state.is_live() {
             continue;
         }
@@ -271,7 +271,7 @@ pub(super) async fn assignments(
             };
             specs.insert(key.clone(), spec);
         }
-        out.push(Assignment { spec: specs[&key].clone(), instance: inst });
+        out.push(Assignment { spec: specs[&key].clone(), instance: inst.clone() });
     }
     Ok(indexed(index, &Assignments { index, assignments: out }))
 }

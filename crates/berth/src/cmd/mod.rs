@@ -161,7 +161,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args, &ctx).await,
         Command::Top(args) => top::run(args, None, &ctx).await,
         Command::Alerts => alerts::run(&ctx).await,
-        Command::Bench { action } => bench::run(action, &ctx),
+        Command::Bench { action } => bench::run(action, &ctx).await,
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());

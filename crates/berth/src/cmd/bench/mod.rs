@@ -1,6 +1,9 @@
 //! `berth bench schedule`: the real scheduler (`berth_plan::place`) in this process, on one
 //! core, against simulated nodes: varied sizes, rack and zone labels, some already busy. It
 //! places instances one at a time, as a reconcile pass does, and says how fast.
+//! `berth bench cluster`: the whole path, a real server and many simulated agents.
+
+mod cluster;
 
 use std::collections::{BTreeMap, HashMap};
 use std::process::ExitCode;
@@ -18,6 +21,9 @@ use crate::output::Format;
 pub enum BenchAction {
     /// Place instances with the real scheduler on simulated nodes and report placements per second.
     Schedule(ScheduleArgs),
+    /// A real server and N simulated agents: time from deploy to M instances running, and the
+    /// server's memory.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -44,9 +50,10 @@ struct ScheduleReport {
     peak_rss_mib: f64,
 }
 
-pub fn run(action: BenchAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+pub async fn run(action: BenchAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     match action {
         BenchAction::Schedule(args) => schedule(&args, ctx),
+        BenchAction::Cluster(args) => cluster::cluster(&args, ctx).await,
     }
 }
 
@@ -133,9 +140,20 @@ fn schedule(args: &ScheduleArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 /// This process's peak resident memory, from /proc.
 fn peak_rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
+    status_mib("/proc/self/status", "VmHWM:")
+}
+
+/// A process's resident memory now and at its peak, in MiB.
+fn peak_rss_of(pid: u32) -> (f64, f64) {
+    let path = format!("/proc/{pid}/status");
+    (status_mib(&path, "VmRSS:"), status_mib(&path, "VmHWM:"))
+}
+
+/// One `kB` field of a /proc status file, in MiB (0 when unreadable).
+fn status_mib(path: &str, field: &str) -> f64 {
+    std::fs::read_to_string(path)
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("VmHWM:")).map(str::to_string))
+        .and_then(|s| s.lines().find(|l| l.starts_with(field)).map(str::to_string))
         .and_then(|l| l.split_whitespace().nth(1).and_then(|kib| kib.parse::<f64>().ok()))
         .map_or(0.0, |kib| kib / 1024.0)
 }

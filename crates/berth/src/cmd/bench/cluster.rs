@@ -1,0 +1,202 @@
+//! `berth bench cluster`: the whole control-plane path with many nodes on one machine. A real
+//! `berth server` process (in its own session) and N agents in this process, each the real agent
+//! code with the simulated driver (instances kept in memory), its own data dir and port range. It
+//! deploys one app of M instances through the API and reports how long until all M run, and the
+//! server's memory.
+
+use std::collections::BTreeMap;
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use berth_agent::{Agent, AgentConfig, DriverChoice, PullPolicy};
+use berth_api::{ChangeOptions, Client};
+use berth_core::{AppSpec, SHARED_POOL};
+use serde::Serialize;
+
+use super::peak_rss_of;
+use crate::cmd::Ctx;
+use crate::output::Format;
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    /// Simulated agents, each a node.
+    #[arg(long, default_value_t = 100)]
+    agents: usize,
+    /// Instances of the one app deployed.
+    #[arg(long, default_value_t = 10_000)]
+    instances: u32,
+    /// Give up after this many seconds (exit code 1).
+    #[arg(long, default_value_t = 600)]
+    timeout: u64,
+}
+
+#[derive(Debug, Serialize)]
+struct ClusterReport {
+    agents: usize,
+    instances: u32,
+    running: usize,
+    /// From the deploy request to every instance running and in service.
+    seconds_to_running: f64,
+    /// The server's resident memory at the end, and its peak.
+    server_rss_mib: f64,
+    server_peak_rss_mib: f64,
+    /// What the server's data dir holds on disk.
+    store_mib: f64,
+}
+
+/// Ports per simulated node: room for its share of instances, twice over.
+fn port_range(k: usize, per_node: usize) -> (u16, u16) {
+    let width = (per_node * 2).max(16);
+    let low = 20_000 + k * width;
+    (low as u16, (low + width - 1).min(u16::MAX as usize) as u16)
+}
+
+pub async fn cluster(args: &ClusterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let per_node = (args.instances as usize).div_ceil(args.agents.max(1));
+    anyhow::ensure!(
+        20_000 + args.agents * (per_node * 2).max(16) <= u16::MAX as usize,
+        "{} agents with {per_node} instances each need more host ports than exist",
+        args.agents
+    );
+    let dir = tempfile::tempdir()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let api = format!("127.0.0.1:{port}");
+    let log = std::fs::File::create(dir.path().join("server.log"))?;
+    // The server under test in its own session, as every process under test is started.
+    let mut server = tokio::process::Command::new("setsid")
+        .arg(std::env::current_exe()?)
+        .args(["server", "--data-dir"])
+        .arg(dir.path().join("server"))
+        .args(["--api", &api, "--domain", "bench.test"])
+        .env("BERTH_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()?;
+    let pid = server.id().ok_or_else(|| anyhow::anyhow!("the server exited at once"))?;
+    let result = run(args, dir.path(), &format!("http://{api}"), per_node, pid, ctx).await;
+    let _ = server.start_kill();
+    let _ = server.wait().await;
+    if result.is_err() {
+        let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(20).collect();
+        eprintln!("server log, last lines:\n{}", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
+    }
+    result
+}
+
+async fn run(
+    args: &ClusterArgs,
+    dir: &std::path::Path,
+    server: &str,
+    per_node: usize,
+    pid: u32,
+    ctx: &Ctx,
+) -> anyhow::Result<ExitCode> {
+    let client = Client::new(server)?;
+    let began = Instant::now();
+    let deadline = began + Duration::from_secs(args.timeout);
+    let progress = |line: String| {
+        if ctx.format == Format::Table {
+            eprintln!("{:>6.1}s {line}", began.elapsed().as_secs_f64());
+        }
+    };
+    // The server first, so that no agent starts by failing to register.
+    while client.nodes().await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the server did not answer in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut agents = Vec::with_capacity(args.agents);
+    for k in 0..args.agents {
+        let config = AgentConfig {
+            server: server.to_string(),
+            data_dir: dir.join("agents").join(k.to_string()),
+            hostname: format!("sim-{k:04}"),
+            address: "127.0.0.1".into(),
+            cpu: Some(16.0),
+            memory: Some(65_536),
+            ports: port_range(k, per_node),
+            labels: BTreeMap::new(),
+            pool: SHARED_POOL.into(),
+            driver: DriverChoice::Simulated,
+            pull: PullPolicy::Never,
+            heartbeat: Duration::from_secs(2),
+            metrics_interval: Duration::from_secs(5),
+        };
+        agents.push(Agent::start(config).await?);
+    }
+    loop {
+        let ready = client.nodes().await.map(|n| n.iter().filter(|n| n.state == berth_core::NodeState::Ready).count());
+        if ready.as_ref().is_ok_and(|r| *r == args.agents) {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "{} of {} agents ready in time", ready.unwrap_or(0), args.agents);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    progress(format!("{} agents ready", args.agents));
+
+    let spec = AppSpec::from_yaml(
+        &format!(
+            "group: bench\nname: sim\ndriver: exec\ncommand: [sleep, \"3600\"]\ninstances: {}\ncpu: 0.01\nmemory: 8\n\
+             upgrade:\n  min_healthy_time: 0s\n",
+            args.instances
+        ),
+        None,
+    )
+    .map_err(|e| anyhow::anyhow!("the benchmark's own spec: {e}"))?;
+    let started = Instant::now();
+    client.deploy(&spec, ChangeOptions::default()).await?;
+    let mut said = 0;
+    let running = loop {
+        let status = client.app(&spec.id()).await?.value;
+        let running = status.instances.iter().filter(|i| i.instance.is_ready()).count();
+        if status.deployed {
+            break running;
+        }
+        if running >= said + (args.instances as usize / 10).max(1) {
+            progress(format!("{running} of {} running", args.instances));
+            said = running;
+        }
+        if Instant::now() >= deadline {
+            break running;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let seconds = started.elapsed().as_secs_f64();
+    let (rss, peak) = peak_rss_of(pid);
+    let store_mib = dir_bytes(&dir.join("server")) as f64 / (1 << 20) as f64;
+    for agent in agents {
+        agent.stop().await;
+    }
+    let report = ClusterReport {
+        agents: args.agents,
+        instances: args.instances,
+        running,
+        seconds_to_running: seconds,
+        server_rss_mib: rss,
+        server_peak_rss_mib: peak,
+        store_mib,
+    };
+    match ctx.format {
+        Format::Json => println!("{}", serde_json::to_string(&report)?),
+        Format::Table => println!(
+            "{} of {} instances running on {} simulated agents {:.1} s after the deploy; server RSS {:.0} MiB (peak {:.0} MiB), store {:.0} MiB on disk",
+            report.running, report.instances, report.agents, report.seconds_to_running, rss, peak, store_mib
+        ),
+    }
+    Ok(if running == args.instances as usize { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Bytes of the files under `dir`, recursively.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
