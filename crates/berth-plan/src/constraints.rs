@@ -13,13 +13,15 @@
 //!
 //! A node without the attribute fails every operator but `UNLIKE`, as in Marathon.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
+
+use rustc_hash::FxHashMap;
 
 use berth_core::Node;
 use berth_core::spec::{Constraint, ConstraintOp};
 use regex::Regex;
 
-use crate::place::NodeUsage;
+use crate::place::Usage;
 
 /// A node's value of `field`.
 pub fn attribute<'a>(node: &'a Node, field: &str) -> Option<&'a str> {
@@ -34,15 +36,15 @@ pub fn attribute<'a>(node: &'a Node, field: &str) -> Option<&'a str> {
 /// the values the nodes offer; with each regex compiled once.
 pub struct Spread<'a> {
     constraints: &'a [Constraint],
-    counts: HashMap<&'a str, HashMap<String, usize>>,
-    values: HashMap<&'a str, BTreeSet<String>>,
+    counts: FxHashMap<&'a str, FxHashMap<String, usize>>,
+    values: FxHashMap<&'a str, BTreeSet<String>>,
     regexes: Vec<Option<Regex>>,
 }
 
 impl<'a> Spread<'a> {
-    pub fn of(app: &str, constraints: &'a [Constraint], nodes: &[&Node], usage: &HashMap<String, NodeUsage>) -> Self {
-        let mut counts: HashMap<&str, HashMap<String, usize>> = HashMap::new();
-        let mut values: HashMap<&str, BTreeSet<String>> = HashMap::new();
+    pub fn of(app: &str, constraints: &'a [Constraint], nodes: &[&Node], usage: &Usage) -> Self {
+        let mut counts: FxHashMap<&str, FxHashMap<String, usize>> = FxHashMap::default();
+        let mut values: FxHashMap<&str, BTreeSet<String>> = FxHashMap::default();
         let fields: BTreeSet<&str> = constraints.iter().map(|c| c.field.as_str()).collect();
         for field in fields {
             for node in nodes {
@@ -69,7 +71,13 @@ impl<'a> Spread<'a> {
     pub fn record(&mut self, node: &Node) {
         for (field, counts) in &mut self.counts {
             if let Some(value) = attribute(node, field) {
-                *counts.entry(value.to_string()).or_default() += 1;
+                // A value seen before (nearly always) costs no allocation.
+                match counts.get_mut(value) {
+                    Some(n) => *n += 1,
+                    None => {
+                        counts.insert(value.to_string(), 1);
+                    }
+                }
             }
         }
     }
@@ -94,12 +102,13 @@ impl<'a> Spread<'a> {
         let Some(value) = attribute(node, field) else {
             return if c.op == ConstraintOp::Unlike { Ok(()) } else { Err(format!("node has no {field}")) };
         };
-        let here = self.count(field, value);
+        // Counted only for the operators that cap a value: the lookup is most of a check's cost.
+        let here = || self.count(field, value);
         let number = || c.value.as_deref().and_then(|v| v.parse::<usize>().ok());
         match c.op {
-            ConstraintOp::Unique if here > 0 => Err(format!("{field} {value} already runs one")),
-            ConstraintOp::MaxPer if here >= number().unwrap_or(1) => {
-                Err(format!("{field} {value} already runs {here}"))
+            ConstraintOp::Unique if here() > 0 => Err(format!("{field} {value} already runs one")),
+            ConstraintOp::MaxPer if here() >= number().unwrap_or(1) => {
+                Err(format!("{field} {value} already runs {}", here()))
             }
             ConstraintOp::Cluster => match c.value.as_deref() {
                 Some(wanted) if wanted != value => Err(format!("node has {field} {value}")),
@@ -131,6 +140,15 @@ impl<'a> Spread<'a> {
 impl Spread<'_> {
     pub fn has_group_by(&self) -> bool {
         self.constraints.iter().any(|c| c.op == ConstraintOp::GroupBy)
+    }
+
+    /// Some `GROUP_BY:n` expects more values than the nodes offer: the missing ones hold none, so
+    /// `even` may refuse even a lone candidate.
+    pub fn expects_missing_values(&self) -> bool {
+        self.constraints.iter().filter(|c| c.op == ConstraintOp::GroupBy).any(|c| {
+            let offered = self.values.get(c.field.as_str()).map_or(0, BTreeSet::len);
+            c.value.as_deref().and_then(|v| v.parse::<usize>().ok()).is_some_and(|expected| expected > offered)
+        })
     }
 
     /// `GROUP_BY`: of `candidates` (the nodes that can take the instance otherwise), the ones
@@ -169,6 +187,8 @@ mod tests {
     use berth_core::spec::DriverKind;
     use proptest::prelude::*;
 
+    use crate::place::NodeUsage;
+
     use super::*;
 
     fn node(id: &str, labels: &[(&str, &str)]) -> Node {
@@ -193,7 +213,7 @@ mod tests {
         text.split(',').map(|c| Constraint::parse(c).unwrap()).collect()
     }
 
-    fn running(per_node: &[(&str, usize)]) -> HashMap<String, NodeUsage> {
+    fn running(per_node: &[(&str, usize)]) -> Usage {
         per_node
             .iter()
             .map(|(n, k)| {
@@ -204,7 +224,7 @@ mod tests {
             .collect()
     }
 
-    fn allowed(constraints: &str, nodes: &[Node], usage: &HashMap<String, NodeUsage>) -> Vec<String> {
+    fn allowed(constraints: &str, nodes: &[Node], usage: &Usage) -> Vec<String> {
         let cs = parse(constraints);
         let refs: Vec<&Node> = nodes.iter().collect();
         let spread = Spread::of("g/web", &cs, &refs, usage);
@@ -218,7 +238,7 @@ mod tests {
 
     #[test]
     fn every_operator_on_a_label() {
-        let none = HashMap::new();
+        let none = Usage::default();
         assert_eq!(allowed("rack:LIKE:r1", &racks(), &none), ["b", "c"]);
         assert_eq!(allowed("rack:UNLIKE:r1", &racks(), &none), ["a", "d"], "no rack at all passes UNLIKE");
         assert_eq!(allowed("rack:CLUSTER:r0", &racks(), &none), ["a"]);
@@ -250,7 +270,7 @@ mod tests {
 
     #[test]
     fn cluster_without_a_value_pins_the_first_placement() {
-        assert_eq!(allowed("rack:CLUSTER", &racks(), &HashMap::new()), ["a", "b", "c"], "any rack first");
+        assert_eq!(allowed("rack:CLUSTER", &racks(), &Usage::default()), ["a", "b", "c"], "any rack first");
         assert_eq!(allowed("rack:CLUSTER", &racks(), &running(&[("c", 1)])), ["b", "c"], "then r1 only");
     }
 
@@ -270,7 +290,7 @@ mod tests {
         fn placements_keep_every_operator(racks in 1usize..5, nodes in 1usize..12, picks in proptest::collection::vec(0usize..1000, 1..30)) {
             let nodes: Vec<Node> = (0..nodes).map(|i| node(&format!("n{i}"), &[("rack", &format!("r{}", i % racks))])).collect();
             for constraints in ["rack:GROUP_BY", "rack:UNIQUE", "rack:MAX_PER:2"] {
-                let mut usage: HashMap<String, NodeUsage> = HashMap::new();
+                let mut usage: Usage = Usage::default();
                 for pick in &picks {
                     let ok = allowed(constraints, &nodes, &usage);
                     if ok.is_empty() {

@@ -2,8 +2,6 @@
 //! spec's changes field by field, whether it resets a count set by `scale`, the deployment's
 //! steps, and whether every instance can be placed now.
 
-use std::collections::HashMap;
-
 use berth_core::spec::Strategy;
 use berth_core::{Allocation, App, AppSpec, DeploymentKind, Instance, Node, NodeStatus, Pools};
 use serde::Serialize;
@@ -11,7 +9,7 @@ use serde_json::Value;
 
 use berth_core::reason::Unplaceable;
 
-use crate::place::{self, NodeUsage};
+use crate::place::{self, Usage};
 use crate::rolling;
 
 /// One field that changes, by its dotted path (`health.interval`, `environment.TZ`).
@@ -138,7 +136,7 @@ fn fit(
     id: &str,
     spec: &AppSpec,
     ready: &[&Node],
-    mut usage: HashMap<String, NodeUsage>,
+    mut usage: Usage,
     count: u32,
     pools: &Pools,
 ) -> (u32, Option<Unplaceable>) {

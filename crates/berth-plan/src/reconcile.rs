@@ -271,7 +271,7 @@ fn reconcile_app(
     instances: &[&Instance],
     (nodes, pools): (&[&Node], &Pools),
     draining: &HashSet<&str>,
-    usage: &mut HashMap<String, place::NodeUsage>,
+    usage: &mut place::Usage,
     now: Millis,
     settings: Settings,
     plan: &mut Plan,

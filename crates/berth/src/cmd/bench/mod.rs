@@ -5,13 +5,13 @@
 
 mod cluster;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use berth_core::spec::DriverKind;
 use berth_core::{Allocation, AppSpec, Node, NodeStatus, Resources};
-use berth_plan::place::{self, NodeUsage};
+use berth_plan::place::{self, NodeUsage, Usage};
 use serde::Serialize;
 
 use super::Ctx;
@@ -60,9 +60,9 @@ pub async fn run(action: BenchAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 /// Nodes of varied sizes (8 to 64 cores, 16 to 256 GiB), on 20 racks in 3 zones; one in ten
 /// already three quarters full, one in five in another business's pool (`batch`, which the
 /// benchmark's app may not use). Deterministic: the same arguments give the same cluster.
-fn cluster(n: usize) -> (Vec<Node>, HashMap<String, NodeUsage>) {
+fn cluster(n: usize) -> (Vec<Node>, Usage) {
     let mut nodes = Vec::with_capacity(n);
-    let mut usage = HashMap::new();
+    let mut usage = Usage::default();
     for i in 0..n {
         let size = 1u64 << (i % 4);
         let node = Node {
