@@ -89,17 +89,29 @@ impl<'a> Spread<'a> {
     /// The first constraint the node fails, with what the node has, or `Ok` when it meets them
     /// all; `GROUP_BY` only checks that the node has the attribute (see `even`).
     pub fn check(&self, node: &Node) -> Result<(), (&'a Constraint, String)> {
-        for (c, regex) in self.constraints.iter().zip(&self.regexes) {
-            if let Err(found) = self.check_one(c, regex.as_ref(), node) {
+        let values: Vec<Option<&str>> = self.values_of(node).collect();
+        self.check_values(&values)
+    }
+
+    /// The node's value of each constraint's field, in the constraints' order: what
+    /// `check_values` takes, so that a placer reads each node's attributes once per pass.
+    pub fn values_of<'n>(&self, node: &'n Node) -> impl Iterator<Item = Option<&'n str>> + use<'n, 'a, '_> {
+        self.constraints.iter().map(move |c| attribute(node, &c.field))
+    }
+
+    /// As `check`, for a node whose values are `values` (from `values_of`).
+    pub fn check_values(&self, values: &[Option<&str>]) -> Result<(), (&'a Constraint, String)> {
+        for ((c, regex), value) in self.constraints.iter().zip(&self.regexes).zip(values) {
+            if let Err(found) = self.check_one(c, regex.as_ref(), *value) {
                 return Err((c, found));
             }
         }
         Ok(())
     }
 
-    fn check_one(&self, c: &Constraint, regex: Option<&Regex>, node: &Node) -> Result<(), String> {
+    fn check_one(&self, c: &Constraint, regex: Option<&Regex>, value: Option<&str>) -> Result<(), String> {
         let field = c.field.as_str();
-        let Some(value) = attribute(node, field) else {
+        let Some(value) = value else {
             return if c.op == ConstraintOp::Unlike { Ok(()) } else { Err(format!("node has no {field}")) };
         };
         // Counted only for the operators that cap a value: the lookup is most of a check's cost.

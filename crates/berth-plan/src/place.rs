@@ -156,6 +156,9 @@ pub struct Placer<'a> {
     cpu: Vec<f64>,
     /// The pools the app places in, for saying why the others were not used.
     own_pools: Vec<&'a str>,
+    /// Each node's value of each constraint's field (node by node, constraints in order), read
+    /// once: looking them up for every check was most of a constrained placement's cost.
+    values: Vec<Option<&'a str>>,
 }
 
 impl<'a> Placer<'a> {
@@ -192,6 +195,7 @@ impl<'a> Placer<'a> {
         let tiers = [tier(OWN), tier(BORROWED)];
         let refused = vec![false; nodes.len()];
         let cpu = nodes.iter().map(|n| n.resources.cpu * pools.cpu_factor(&n.pool)).collect();
+        let values = nodes.iter().flat_map(|n| spread.values_of(n)).collect();
         Placer {
             app,
             spec,
@@ -205,6 +209,7 @@ impl<'a> Placer<'a> {
             refused,
             cpu,
             own_pools,
+            values,
         }
     }
 
@@ -217,19 +222,20 @@ impl<'a> Placer<'a> {
         }
     }
 
-    fn check(&self, i: usize, usage: &Usage) -> Result<Placement, Rejection> {
+    fn check(&self, i: usize, usage: &Usage) -> Result<DriverKind, Rejection> {
         let node = self.nodes[i];
         if self.tier_of[i] == OUTSIDE {
             return Err(Rejection::Pool { pool: node.pool.clone(), wanted: self.own_pools.join(",") });
         }
         let empty = NodeUsage::default();
         let used = usage.get(&node.id).unwrap_or(&empty);
-        feasible(self.spec, node, self.cpu[i], used, &self.spread)
+        let k = self.spec.constraints.len();
+        feasible(self.spec, node, self.cpu[i], used, (&self.spread, &self.values[i * k..(i + 1) * k]))
     }
 
     /// One GROUP_BY: feasible nodes of the emptiest values first (the fewest of the app's
     /// instances), so only the nodes of those values are looked at.
-    fn group_candidates(&mut self, usage: &Usage, wanted: usize) -> Vec<(Placement, usize)> {
+    fn group_candidates(&mut self, usage: &Usage, wanted: usize) -> Vec<(DriverKind, usize)> {
         let Some((field, mut by_value)) = self.groups.take() else { return Vec::new() };
         let mut values: Vec<(usize, &str)> = by_value.keys().map(|v| (self.spread.count(field, v), *v)).collect();
         values.sort_unstable();
@@ -245,9 +251,9 @@ impl<'a> Placer<'a> {
             for k in 0..members.len() {
                 let i = members[(self.cursor + k) % members.len()];
                 match self.check(i, usage) {
-                    Ok(placement) => {
+                    Ok(driver) => {
                         floor = Some(count);
-                        found.push((placement, i));
+                        found.push((driver, i));
                         if found.len() >= wanted {
                             break;
                         }
@@ -275,15 +281,15 @@ impl<'a> Placer<'a> {
     }
 
     /// Up to `wanted` feasible nodes of one tier, from the cursor on.
-    fn scan(&mut self, tier: usize, usage: &Usage, wanted: usize) -> Vec<(Placement, usize)> {
+    fn scan(&mut self, tier: usize, usage: &Usage, wanted: usize) -> Vec<(DriverKind, usize)> {
         let mut candidates = Vec::with_capacity(wanted.min(64));
         let live = self.tiers[tier].len();
         let mut any_refused = false;
         for k in 0..live {
             let i = self.tiers[tier][(self.cursor + k) % live];
             match self.check(i, usage) {
-                Ok(placement) => {
-                    candidates.push((placement, i));
+                Ok(driver) => {
+                    candidates.push((driver, i));
                     if candidates.len() >= wanted {
                         break;
                     }
@@ -322,13 +328,16 @@ impl<'a> Placer<'a> {
             }
             let best = candidates
                 .into_iter()
-                .map(|(placement, i)| {
+                .map(|(driver, i)| {
                     let used = usage.get(&self.nodes[i].id);
-                    (score(self.spec.placement, self.nodes[i], self.cpu[i], used, self.app, self.held), placement, i)
+                    (score(self.spec.placement, self.nodes[i], self.cpu[i], used, self.app, self.held), driver, i)
                 })
                 .min_by(|a, b| a.0.cmp(&b.0));
-            if let Some((_, mut placement, i)) = best {
-                self.spread.record(self.nodes[i]);
+            if let Some((_, driver, i)) = best {
+                let node = self.nodes[i];
+                let empty = NodeUsage::default();
+                let mut placement = placement(self.spec, node, driver, usage.get(&node.id).unwrap_or(&empty));
+                self.spread.record(node);
                 self.cursor = (self.cursor + 1) % n;
                 placement.borrowed = tier == BORROWED;
                 return Ok(placement);
@@ -386,7 +395,13 @@ fn load_per_mille(cpu_capacity: f64, memory_capacity: u64, cpu: f64, memory: u64
 }
 
 /// Whether `node` can take one more instance of `spec`, its cpu counted as `cpu`.
-fn feasible(spec: &AppSpec, node: &Node, cpu: f64, used: &NodeUsage, spread: &Spread) -> Result<Placement, Rejection> {
+fn feasible(
+    spec: &AppSpec,
+    node: &Node,
+    cpu: f64,
+    used: &NodeUsage,
+    (spread, values): (&Spread, &[Option<&str>]),
+) -> Result<DriverKind, Rejection> {
     if node.status != NodeStatus::Ready {
         return Err(Rejection::NodeDown);
     }
@@ -405,7 +420,7 @@ fn feasible(spec: &AppSpec, node: &Node, cpu: f64, used: &NodeUsage, spread: &Sp
     if used.memory + memory > node.resources.memory {
         return Err(Rejection::Memory { free: node.resources.memory.saturating_sub(used.memory), needed: memory });
     }
-    if let Err((c, found)) = spread.check(node) {
+    if let Err((c, found)) = spread.check_values(values) {
         return Err(Rejection::Constraint { constraint: c.to_string(), found });
     }
     let wanted = ports_needed(spec, driver);
@@ -413,12 +428,22 @@ fn feasible(spec: &AppSpec, node: &Node, cpu: f64, used: &NodeUsage, spread: &Sp
     let free = |p: &u16| !used.holds(*p) && !node.taken_ports.contains(p);
     // Ports below the first free one are all in use: no need to look at them again.
     let start = used.first_free_from(low).max(low);
-    let host_ports: Vec<u16> = (start..=high).filter(free).take(wanted).collect();
-    if host_ports.len() < wanted {
+    // Counted, not collected: only the node chosen gets its ports (and its `Placement`).
+    let found = (start..=high).filter(free).take(wanted).count();
+    if found < wanted {
         let held = node.taken_ports.range(low..=high).count();
-        return Err(Rejection::Ports { free: host_ports.len(), low, high, held, needed: wanted });
+        return Err(Rejection::Ports { free: found, low, high, held, needed: wanted });
     }
-    Ok(Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports, borrowed: false })
+    Ok(driver)
+}
+
+/// The placement of one instance of `spec` on a node `feasible` accepted with `driver`.
+fn placement(spec: &AppSpec, node: &Node, driver: DriverKind, used: &NodeUsage) -> Placement {
+    let (low, high) = node.resources.ports;
+    let free = |p: &u16| !used.holds(*p) && !node.taken_ports.contains(p);
+    let start = used.first_free_from(low).max(low);
+    let host_ports = (start..=high).filter(free).take(ports_needed(spec, driver)).collect();
+    Placement { node: node.id.clone(), host: node.address.clone(), driver, host_ports, borrowed: false }
 }
 
 #[cfg(test)]
