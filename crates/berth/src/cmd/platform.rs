@@ -83,10 +83,6 @@ pub struct NodeOptions {
     /// A KEY=VALUE label for constraints; repeatable.
     #[arg(long = "label", value_parser = parse_label)]
     labels: Vec<(String, String)>,
-    /// The failure zone this node is in: the `zone` attribute constraints name
-    /// (`zone:GROUP_BY`); the same as `--label zone=ZONE`.
-    #[arg(long)]
-    zone: Option<String>,
     /// The pool this node joins: groups bound to it place here first (`berth pool set`).
     #[arg(long, value_parser = parse_pool, default_value = berth_core::SHARED_POOL)]
     pool: String,
@@ -99,19 +95,6 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    /// `--label`s, with `--zone` as the label `zone`.
-    fn labels(&self) -> anyhow::Result<BTreeMap<String, String>> {
-        let mut labels: BTreeMap<String, String> = self.labels.iter().cloned().collect();
-        if let Some(zone) = &self.zone {
-            anyhow::ensure!(!zone.is_empty(), "--zone: empty");
-            if let Some(other) = labels.get("zone").filter(|z| *z != zone) {
-                anyhow::bail!("--zone {zone} and --label zone={other} disagree: give one");
-            }
-            labels.insert("zone".into(), zone.clone());
-        }
-        Ok(labels)
-    }
-
     fn config(&self, server: &str, data_dir: PathBuf) -> anyhow::Result<AgentConfig> {
         if let Some(cpu) = self.cpu {
             anyhow::ensure!(cpu.is_finite() && cpu > 0.0, "--cpu: {cpu} is not a positive number of cores");
@@ -134,7 +117,7 @@ impl NodeOptions {
             cpu: self.cpu,
             memory: self.memory,
             ports: self.ports,
-            labels: self.labels()?,
+            labels: self.labels.iter().cloned().collect::<BTreeMap<_, _>>(),
             pool: self.pool.clone(),
             driver: match self.driver {
                 DriverArg::Auto => DriverChoice::Auto,
