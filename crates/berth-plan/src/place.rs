@@ -247,27 +247,10 @@ impl<'a> Placer<'a> {
                 break;
             }
             let Some(members) = by_value.get_mut(value) else { continue };
-            let mut any_refused = false;
-            for k in 0..members.len() {
-                let i = members[(self.cursor + k) % members.len()];
-                match self.check(i, usage) {
-                    Ok(driver) => {
-                        floor = Some(count);
-                        found.push((driver, i));
-                        if found.len() >= wanted {
-                            break;
-                        }
-                    }
-                    Err(_) => {
-                        self.refused[i] = true;
-                        any_refused = true;
-                    }
-                }
+            if self.gather(members, usage, wanted, &mut found) > 0 {
+                floor = Some(count);
             }
-            if any_refused {
-                members.retain(|i| !self.refused[*i]);
-                emptied |= members.is_empty();
-            }
+            emptied |= members.is_empty();
         }
         if emptied {
             by_value.retain(|_, members| !members.is_empty());
@@ -283,29 +266,42 @@ impl<'a> Placer<'a> {
     /// Up to `wanted` feasible nodes of one tier, from the cursor on.
     fn scan(&mut self, tier: usize, usage: &Usage, wanted: usize) -> Vec<(DriverKind, usize)> {
         let mut candidates = Vec::with_capacity(wanted.min(64));
-        let live = self.tiers[tier].len();
+        let mut members = std::mem::take(&mut self.tiers[tier]);
+        self.gather(&mut members, usage, wanted, &mut candidates);
+        self.tiers[tier] = members;
+        candidates
+    }
+
+    /// Feasible nodes of `members` (by index, from the cursor on) into `out` until it holds
+    /// `wanted`; returns how many it added. The nodes it refuses are marked and dropped from
+    /// `members`, only when there are some: a pass over every node is what a placement must
+    /// not cost.
+    fn gather(
+        &mut self,
+        members: &mut Vec<usize>,
+        usage: &Usage,
+        wanted: usize,
+        out: &mut Vec<(DriverKind, usize)>,
+    ) -> usize {
+        let before = out.len();
         let mut any_refused = false;
-        for k in 0..live {
-            let i = self.tiers[tier][(self.cursor + k) % live];
+        for k in 0..members.len() {
+            if out.len() >= wanted {
+                break;
+            }
+            let i = members[(self.cursor + k) % members.len()];
             match self.check(i, usage) {
-                Ok(driver) => {
-                    candidates.push((driver, i));
-                    if candidates.len() >= wanted {
-                        break;
-                    }
-                }
+                Ok(driver) => out.push((driver, i)),
                 Err(_) => {
                     self.refused[i] = true;
                     any_refused = true;
                 }
             }
         }
-        // Only when this scan refused one: a pass over every node is what a placement must not cost.
         if any_refused {
-            let refused = &self.refused;
-            self.tiers[tier].retain(|i| !refused[*i]);
+            members.retain(|i| !self.refused[*i]);
         }
-        candidates
+        out.len() - before
     }
 
     /// A node for one more instance, given the nodes' use now (with the instances this placer
