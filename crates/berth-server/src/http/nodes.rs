@@ -30,7 +30,7 @@ pub(super) async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Re
 }
 
 /// Views of the given nodes, each with its live instances.
-fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<(NodeView, Vec<Instance>)>, ApiError> {
+pub(super) fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<(NodeView, Vec<Instance>)>, ApiError> {
     let instances = shared.instances()?;
     let specs: HashMap<String, Allocation> =
         shared.state.apps()?.into_iter().map(|a| (a.value.id(), Allocation::of(&a.value.spec))).collect();
@@ -91,16 +91,13 @@ pub(super) async fn drain(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: DrainRequest = if body.is_empty() { DrainRequest::default() } else { parse_json(&body)? };
-    let (index, node) = cas::retry(&shared.state, &format!("node {name}"), || {
-        let current = find_node(&shared, &name)?;
-        let mut node = current.value.clone();
+    change_node(&shared, &name, "node.draining", |node, now| {
         if node.status == NodeStatus::Down {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
                 format!("node {} is down: its instances were already moved", node.hostname),
             ));
         }
-        let now = now_ms();
         let deadline_at = req.deadline.map(|d| now + d.as_millis() as i64);
         let live = shared.instances()?.iter().filter(|i| i.node == node.id && i.state.is_live()).count();
         let msg = match node.drain.as_mut().filter(|d| d.is_running()) {
@@ -121,12 +118,8 @@ pub(super) async fn drain(
             }
         };
         node.eligibility = Eligibility::Ineligible;
-        let key = node_key(&node.id);
-        let txn = Txn::default().expect(key.clone(), current.mod_revision).put(key, encode(&node));
-        let txn = shared.state.with_event(txn, now, Level::Info, "node.draining", Subject::node(&node.id), msg);
-        Ok(Attempt::Write(txn, node))
-    })?;
-    Ok(indexed(index, &detail(&shared, node)?))
+        Ok(Some(msg))
+    })
 }
 
 /// Marks a node eligible for new instances (cancelling a running drain) or ineligible.
@@ -136,14 +129,11 @@ pub(super) async fn eligibility(
     body: Bytes,
 ) -> ApiResult<Response> {
     let req: EligibilityRequest = parse_json(&body)?;
-    let (index, node) = cas::retry(&shared.state, &format!("node {name}"), || {
-        let current = find_node(&shared, &name)?;
-        let mut node = current.value.clone();
-        let now = now_ms();
+    change_node(&shared, &name, "node.eligibility", |node, now| {
         let eligibility = if req.eligible { Eligibility::Eligible } else { Eligibility::Ineligible };
         let cancel = req.eligible && node.is_draining();
         if node.eligibility == eligibility && !cancel {
-            return Ok(Attempt::Done(node));
+            return Ok(None);
         }
         node.eligibility = eligibility;
         let mut msg = format!("{eligibility}");
@@ -152,12 +142,29 @@ pub(super) async fn eligibility(
             drain.ended_at = Some(now);
             msg.push_str("; drain cancelled");
         }
+        Ok(Some(msg))
+    })
+}
+
+/// An operator's change to a node's record: `change` edits a copy and says what it did (nothing:
+/// no write), committed guarded by the revision read, with a `kind` event; answers with the node.
+fn change_node(
+    shared: &Shared,
+    name: &str,
+    kind: &str,
+    change: impl Fn(&mut Node, berth_core::Millis) -> ApiResult<Option<String>>,
+) -> ApiResult<Response> {
+    let (index, node) = cas::retry(&shared.state, &format!("node {name}"), || {
+        let current = find_node(shared, name)?;
+        let mut node = current.value.clone();
+        let now = now_ms();
+        let Some(msg) = change(&mut node, now)? else { return Ok(Attempt::Done(node)) };
         let key = node_key(&node.id);
         let txn = Txn::default().expect(key.clone(), current.mod_revision).put(key, encode(&node));
-        let txn = shared.state.with_event(txn, now, Level::Info, "node.eligibility", Subject::node(&node.id), msg);
+        let txn = shared.state.with_event(txn, now, Level::Info, kind, Subject::node(&node.id), msg);
         Ok(Attempt::Write(txn, node))
     })?;
-    Ok(indexed(index, &detail(&shared, node)?))
+    Ok(indexed(index, &detail(shared, node)?))
 }
 
 pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Response> {

@@ -1,7 +1,7 @@
 //! `/v1/pools`: which groups place in which pools, each pool's cpu over-subscription, and what
 //! each pool holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::body::Bytes;
 use axum::extract::{Path, State as AxState};
@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use berth_api::{GroupPoolsRequest, PoolCapacity, PoolSettingsRequest, PoolView};
 use berth_core::spec::check_label;
-use berth_core::{Allocation, Level, NodeStatus, Pools, SHARED_POOL};
+use berth_core::{Level, NodeStatus, Pools, SHARED_POOL};
 use berth_store::Txn;
 use berth_store::state::{POOLS_KEY, Subject, encode};
 
@@ -23,11 +23,8 @@ const MAX_OVERSUBSCRIPTION: f64 = 10.0;
 pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
     let pools = shared.state.pools()?.value;
-    let nodes = shared.state.nodes()?;
-    let instances = shared.instances()?;
-    let specs: HashMap<String, Allocation> =
-        shared.state.apps()?.into_iter().map(|a| (a.value.id(), Allocation::of(&a.value.spec))).collect();
-    let used = shared.usage.current(now_ms());
+    // Each node's allocated and used as `berth node ls` counts them, summed per pool.
+    let nodes = super::nodes::node_views(&shared, shared.state.nodes()?.into_iter().map(|n| n.value).collect())?;
 
     let mut views: BTreeMap<String, PoolView> = BTreeMap::new();
     let view = |name: &str| PoolView {
@@ -47,10 +44,8 @@ pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response
     for name in named {
         views.entry(name.to_string()).or_insert_with(|| view(name));
     }
-    let mut pool_of: HashMap<&str, &str> = HashMap::new();
-    for node in &nodes {
-        let n = &node.value;
-        pool_of.insert(n.id.as_str(), n.pool.as_str());
+    for (node, live) in &nodes {
+        let n = &node.node;
         let v = views.entry(n.pool.clone()).or_insert_with(|| view(&n.pool));
         v.nodes += 1;
         if n.status == NodeStatus::Ready {
@@ -58,22 +53,13 @@ pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response
         }
         v.cpu.capacity += n.resources.cpu;
         v.cpu.placeable += n.resources.cpu * pools.cpu_factor(&n.pool);
+        v.cpu.allocated += node.allocated.cpu;
+        v.cpu.used += node.used.cpu;
         v.memory.capacity += n.resources.memory as f64;
         v.memory.placeable += n.resources.memory as f64;
-    }
-    for inst in instances.iter().filter(|i| i.state.is_live()) {
-        let Some(v) = pool_of.get(inst.node.as_str()).and_then(|p| views.get_mut(*p)) else { continue };
-        if let Some(held) = inst.allocated.or_else(|| specs.get(&inst.app).copied()) {
-            v.cpu.allocated += held.cpu;
-            v.memory.allocated += held.memory as f64;
-        }
-        if let Some(u) = used.get(&inst.id) {
-            v.cpu.used += u.cpu_percent / 100.0;
-            v.memory.used += (u.memory_bytes >> 20) as f64;
-        }
-        if inst.borrowed {
-            v.borrowed += 1;
-        }
+        v.memory.allocated += node.allocated.memory as f64;
+        v.memory.used += node.used.memory as f64;
+        v.borrowed += live.iter().filter(|i| i.borrowed).count();
     }
     Ok(indexed(index, &views.into_values().collect::<Vec<_>>()))
 }
