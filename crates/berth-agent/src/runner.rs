@@ -65,7 +65,12 @@ async fn run(
             let env = instance_env(a, driver.kind());
             let started = tokio::select! {
                 started = driver.start(a, &env) => started,
-                _ = stop.changed() => {
+                changed = stop.changed() => {
+                    if changed.is_err() {
+                        // The agent is going away: whatever the start left, the next agent adopts
+                        // or clears as a survivor.
+                        return;
+                    }
                     reports.send(InstanceReport::new(id, InstanceState::Stopped).finished(now_ms()).because(Reason::StoppedBeforeStart));
                     return;
                 }
@@ -112,14 +117,24 @@ async fn run(
     let collector = driver.collect_logs(&handle, origin, services.logs.clone(), ended_rx.clone(), &services.cursors);
     let sampler =
         tokio::spawn(sample(driver.clone(), handle.clone(), a.instance.app.clone(), services.clone(), ended_rx));
-    run_to_end(a, driver, &handle, reports, stop, services, &base, was_adopted, grace).await;
+    let ended = run_to_end(a, driver, &handle, reports, stop, services, &base, was_adopted, grace).await;
     // The last lines are read before the collector goes.
     let _ = ended_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), collector).await;
     sampler.abort();
-    // Its last lines are reported and its output collected: nothing of it is needed any more.
     crate::lock(&services.live).remove(id);
-    driver.remove_leftovers(id, &services.cursors);
+    // Its last lines are reported and its output collected: nothing of it is needed any more.
+    // One left running keeps what the next agent needs to adopt it (its proc.json, its cursors).
+    if ended == Ended::Yes {
+        driver.remove_leftovers(id, &services.cursors);
+    }
+}
+
+/// Whether the instance ended, or was left running because the agent is going away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ended {
+    Yes,
+    LeftRunning,
 }
 
 /// Samples the instance's resource use every interval until it ends.
@@ -146,7 +161,7 @@ async fn run_to_end(
     base: &InstanceReport,
     was_adopted: bool,
     grace: Duration,
-) {
+) -> Ended {
     let id = a.instance.id.as_str();
     let exited = driver.wait(handle);
     let unhealthy = watch_health(a, reports, base, was_adopted);
@@ -196,7 +211,12 @@ async fn run_to_end(
                     .because(Reason::Unhealthy { result: why }),
             );
         }
-        _ = stop.changed() => {
+        changed = stop.changed() => {
+            if changed.is_err() {
+                // The agent is going away, not the instance: instances outlive Berth, and the
+                // next agent adopts it. Stopping it here would also drain every instance at once.
+                return Ended::LeftRunning;
+            }
             // Routers stop choosing a stopping instance at once; what they already sent finishes
             // before the signal.
             if !a.instance.host_ports.is_empty() {
@@ -208,6 +228,7 @@ async fn run_to_end(
             reports.send(base.clone().with_state(InstanceState::Stopped).finished(now_ms()));
         }
     }
+    Ended::Yes
 }
 
 /// What every supervisor shares: the control plane, the log buffers, and where cursors live.
@@ -395,5 +416,24 @@ mod tests {
         assert_eq!(next(&mut reports).await.state, InstanceState::Stopped);
         assert_eq!(done.recv().await.as_deref(), Some("b"));
         assert_eq!(fake.stopped(), ["b"]);
+        assert_eq!(fake.cleared(), ["b"]);
+    }
+
+    #[tokio::test]
+    async fn an_agent_going_away_leaves_its_instances_running_for_the_next_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = FakeDriver::default();
+        let (reporter, mut reports) = Reporter::capture();
+        let (stop_tx, stop) = watch::channel(false);
+        let (done_tx, mut done) = mpsc::unbounded_channel();
+        let sv = services(dir.path());
+        tokio::spawn(supervise(assignment("c"), fake.driver(), None, reporter, stop, done_tx, sv.clone()));
+        assert_eq!(next(&mut reports).await.state, InstanceState::Running);
+        // What the agent's shutdown does: its end of every instance's stop channel goes.
+        drop(stop_tx);
+        assert_eq!(done.recv().await.as_deref(), Some("c"));
+        assert!(fake.stopped().is_empty(), "left running, not stopped: {:?}", fake.stopped());
+        assert!(reports.try_recv().is_err(), "nothing reported: the instance did not change");
+        assert!(fake.cleared().is_empty(), "what adoption needs is kept: {:?}", fake.cleared());
     }
 }

@@ -24,6 +24,8 @@ struct State {
     exits: HashMap<String, watch::Sender<Option<Exit>>>,
     started: Vec<String>,
     stopped: Vec<String>,
+    /// Instances whose leftovers were removed.
+    cleared: Vec<String>,
 }
 
 /// The test's side of a fake driver.
@@ -62,6 +64,11 @@ impl FakeDriver {
     pub(crate) fn stopped(&self) -> Vec<String> {
         lock(&self.state).stopped.clone()
     }
+
+    #[cfg(test)]
+    pub(crate) fn cleared(&self) -> Vec<String> {
+        lock(&self.state).cleared.clone()
+    }
 }
 
 impl Runtime for FakeDriver {
@@ -94,7 +101,9 @@ impl Runtime for FakeDriver {
         }
         Box::pin(async { Ok(()) })
     }
-    fn remove_leftovers(&self, _: &str, _: &Path) {}
+    fn remove_leftovers(&self, instance: &str, _: &Path) {
+        lock(&self.state).cleared.push(instance.to_string());
+    }
     fn tail<'a>(&'a self, _: &'a Handle, lines: usize) -> Fut<'a, Vec<String>> {
         let last: Vec<String> = self.last_lines.iter().rev().take(lines).rev().cloned().collect();
         Box::pin(async move { last })
