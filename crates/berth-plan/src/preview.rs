@@ -80,14 +80,19 @@ impl Preview {
 
 /// The preview of deploying `spec` over `current` (none: a new app), given the nodes, every
 /// instance now, and the spec each app's instances run.
-pub fn preview<'a>(
+pub fn preview<'a, I>(
     current: Option<&App>,
     spec: &AppSpec,
     nodes: &[Node],
-    instances: &'a [Instance],
+    instances: I,
     spec_of: impl Fn(&str) -> Option<&'a AppSpec>,
     pools: &Pools,
-) -> Preview {
+) -> Preview
+where
+    I: IntoIterator<Item = &'a Instance>,
+    I::IntoIter: Clone,
+{
+    let instances = instances.into_iter();
     let id = spec.id();
     let changes = match current {
         Some(app) => diff(&app.spec, spec),
@@ -102,11 +107,11 @@ pub fn preview<'a>(
 
     let ready: Vec<&Node> = nodes.iter().filter(|n| n.status == NodeStatus::Ready).collect();
     // In the end the new version's instances replace this app's: count everything else as it is.
-    let others = place::usage(instances.iter().filter(|i| i.app != id), &spec_of);
+    let others = place::usage(instances.clone().filter(|i| i.app != id), &spec_of);
     let (placeable, why_unplaceable) = fit(&id, spec, &ready, others, spec.instances, pools);
     let first_step = first_step(current.filter(|_| new_version), spec).map(|(start, stop)| {
         // At the peak, every instance now (this app's old ones too) still holds what it has.
-        let all = place::usage(instances.iter(), &spec_of);
+        let all = place::usage(instances, &spec_of);
         let (placeable, why_unplaceable) = fit(&id, spec, &ready, all, start, pools);
         let stalls = match spec.upgrade.strategy {
             // Blue-green stops nothing old before every new instance is healthy.

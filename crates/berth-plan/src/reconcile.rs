@@ -34,11 +34,21 @@ pub struct Settings {
     pub keep_terminal: usize,
     /// An instance ready for this long resets its app's launch backoff.
     pub backoff_reset_ms: i64,
+    /// New instances placed in one pass at most; the next pass, at once, places more. One
+    /// transaction of 10,000 new records would hold them all in memory at once, and agents start
+    /// the first ones while later ones are still being placed.
+    pub max_placements: usize,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { node_timeout_ms: 15_000, heartbeat_grace_until: 0, keep_terminal: 10, backoff_reset_ms: 30_000 }
+        Settings {
+            node_timeout_ms: 15_000,
+            heartbeat_grace_until: 0,
+            keep_terminal: 10,
+            backoff_reset_ms: 30_000,
+            max_placements: 1_000,
+        }
     }
 }
 
@@ -123,6 +133,8 @@ pub struct Plan {
     pub pending: Vec<Pending>,
     /// Reconcile again no later than this, even if nothing changes.
     pub check_at: Option<Millis>,
+    /// Instances this plan places.
+    placed: usize,
 }
 
 impl Plan {
@@ -413,6 +425,11 @@ fn reconcile_app(
     }
     let mut placer = place::Placer::new(id, &app.spec, nodes, usage, pools);
     for placed in 0..start {
+        if plan.placed == settings.max_placements {
+            // The rest in the next pass, which comes at once.
+            plan.check_by(now);
+            break;
+        }
         match placer.place(usage) {
             Ok(placement) => {
                 usage.entry(placement.node.clone()).or_default().add(
@@ -421,6 +438,7 @@ fn reconcile_app(
                     &placement.host_ports,
                 );
                 plan.actions.push(Action::Place { app: id.to_string(), version: app.version, placement });
+                plan.placed += 1;
             }
             Err(why) => {
                 let why = Waiting::Unplaceable { why };

@@ -35,13 +35,13 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
     let revisions = Revisions {
         pools: pools.mod_revision,
         apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
-        instances: instances.iter().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
+        instances: instances.versioned().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
         nodes: nodes.iter().map(|n| (n.value.id.clone(), n.mod_revision)).collect(),
     };
     Ok((
         Snapshot {
             apps: apps.into_iter().map(|v| v.value).collect(),
-            instances: instances.into_iter().map(|v| v.value).collect(),
+            instances: instances.iter().cloned().collect(),
             nodes: nodes.into_iter().map(|v| v.value).collect(),
             pools: pools.value,
         },

@@ -83,13 +83,7 @@ pub(crate) struct Shared {
     pub domain: String,
     /// Commands on their way to instances and back.
     pub execs: Arc<exec::Execs>,
-    /// The instance records as of a store revision, decoded once for every reader of that
-    /// revision: a hundred agents woken by one write share one decode instead of a hundred.
-    instances_cache: Arc<Mutex<Option<(u64, Instances)>>>,
 }
-
-/// Instance records shared by the readers of one store revision.
-pub(crate) type Instances = Arc<Vec<berth_core::Instance>>;
 
 impl Shared {
     pub fn new(
@@ -117,7 +111,6 @@ impl Shared {
             tuning,
             domain,
             execs: Arc::default(),
-            instances_cache: Arc::default(),
         })
     }
 }
@@ -126,22 +119,10 @@ pub(crate) use berth_core::lock;
 pub use berth_core::now_ms;
 
 impl Shared {
-    /// Every instance record, without revisions, at least as new as the store's revision when
-    /// called.
-    pub(crate) fn instances(&self) -> Result<Instances, StoreError> {
-        // Read before the records: what is cached under a revision is at least that new.
-        let revision = self.state.store().revision();
-        if let Some((at, cached)) = lock(&self.instances_cache).as_ref()
-            && *at == revision
-        {
-            return Ok(cached.clone());
-        }
-        let fresh: Instances = Arc::new(self.state.instances()?.into_iter().map(|v| v.value).collect());
-        let mut cache = lock(&self.instances_cache);
-        if cache.as_ref().is_none_or(|(at, _)| *at < revision) {
-            *cache = Some((revision, fresh.clone()));
-        }
-        Ok(fresh)
+    /// Every instance record, at least as new as the store's revision when called, shared with
+    /// every other reader of that revision.
+    pub(crate) fn instances(&self) -> Result<berth_store::state::InstanceSet, StoreError> {
+        self.state.instances()
     }
 
     /// Heartbeats kept in memory, folded into node records.
@@ -195,7 +176,9 @@ impl Server {
         let app = http::router(shared.clone());
         let mut http_shutdown = shutdown_rx.clone();
         let http = tokio::spawn(async move {
-            let served = axum::serve(listener, app)
+            // As a make-service the router is shared by every connection; served as it is, axum
+            // would rebuild its route table for each one (18 KB a connection, 100 agents).
+            let served = axum::serve(listener, app.into_make_service())
                 .with_graceful_shutdown(async move {
                     let _ = http_shutdown.wait_for(|stop| *stop).await;
                 })

@@ -144,18 +144,18 @@ pub(crate) fn usage(shared: &Shared, only_app: Option<&str>) -> Result<Usage, be
     let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
     let instances = shared.instances()?;
     let current = shared.usage.current(now_ms());
-    usage_of(shared, &apps, &instances, &current, only_app)
+    usage_of(shared, &apps, instances.iter(), &current, only_app)
 }
 
 /// `usage` over records and samples the caller already holds.
-fn usage_of(
+fn usage_of<'a>(
     shared: &Shared,
     apps: &[App],
-    instances: &[Instance],
+    instances: impl IntoIterator<Item = &'a Instance>,
     current: &HashMap<String, InstanceUsage>,
     only_app: Option<&str>,
 ) -> Result<Usage, berth_store::StoreError> {
-    let instances: Vec<&Instance> = instances.iter().filter(|i| i.state.is_live()).collect();
+    let instances: Vec<&Instance> = instances.into_iter().filter(|i| i.state.is_live()).collect();
     let nodes = shared.state.nodes()?;
     let restarts = shared.usage.restarts();
     let spec_of: HashMap<String, &App> = apps.iter().map(|a| (a.id(), a)).collect();
@@ -295,7 +295,7 @@ pub(crate) fn exposition(shared: &Shared) -> Result<String, berth_store::StoreEr
     let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
     let instances = shared.instances()?;
     let current = shared.usage.current(now_ms());
-    let u = usage_of(shared, &apps, &instances, &current, None)?;
+    let u = usage_of(shared, &apps, instances.iter(), &current, None)?;
     let mut out = String::new();
     let mut f = Family { out: &mut out };
 

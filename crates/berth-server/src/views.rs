@@ -5,9 +5,13 @@ use std::collections::HashMap;
 
 use berth_core::{Allocation, App, Desired, Instance, InstanceState, Node};
 
-pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<&berth_plan::Pending>) -> AppStatus {
+pub(crate) fn app_status<'a>(
+    app: &App,
+    instances: impl IntoIterator<Item = &'a Instance>,
+    pending: Option<&berth_plan::Pending>,
+) -> AppStatus {
     let id = app.id();
-    let mut mine: Vec<&Instance> = instances.iter().filter(|i| i.app == id).collect();
+    let mut mine: Vec<&Instance> = instances.into_iter().filter(|i| i.app == id).collect();
     // Live first (oldest first), then the recently ended (newest first).
     mine.sort_by_key(|i| {
         let live = i.state.is_live();
@@ -57,13 +61,13 @@ pub(crate) fn app_status(app: &App, instances: &[Instance], pending: Option<&ber
 
 /// A node with what its live instances hold (each at what it was placed with, or, placed before
 /// that was recorded, at its app's spec) and use (`used`: instance id to cpu cores and MiB).
-pub(crate) fn node_view(
+pub(crate) fn node_view<'a>(
     node: Node,
-    instances: &[Instance],
+    instances: impl IntoIterator<Item = &'a Instance>,
     specs: &dyn Fn(&str) -> Option<Allocation>,
     used: &HashMap<String, (f64, u64)>,
 ) -> NodeView {
-    let live: Vec<&Instance> = instances.iter().filter(|i| i.node == node.id && i.state.is_live()).collect();
+    let live: Vec<&Instance> = instances.into_iter().filter(|i| i.node == node.id && i.state.is_live()).collect();
     let mut allocated = AllocatedResources::default();
     let mut in_use = AllocatedResources::default();
     for inst in &live {

@@ -25,6 +25,25 @@ fn put_get_list_delete() {
 }
 
 #[test]
+fn list_from_reads_one_page_after_a_key() {
+    for (name, store, _dir) in backends() {
+        let txn =
+            ["e/1", "e/2", "e/3", "e/4", "f/1", "d/9"].iter().fold(Txn::default(), |t, k| t.put(*k, b"x".to_vec()));
+        store.commit(txn).unwrap();
+        let keys = |after: &str, limit: usize| -> Vec<String> {
+            store.list_from("e/", after, limit).unwrap().into_iter().map(|e| e.key).collect()
+        };
+        assert_eq!(keys("", 10), ["e/1", "e/2", "e/3", "e/4"], "{name}: from the first");
+        assert_eq!(keys("e/2", 10), ["e/3", "e/4"], "{name}: strictly after");
+        assert_eq!(keys("e/1", 2), ["e/2", "e/3"], "{name}: at most limit");
+        assert_eq!(keys("e/25", 10), ["e/3", "e/4"], "{name}: after a key that is not there");
+        assert!(keys("e/4", 10).is_empty(), "{name}: nothing after the last");
+        assert!(keys("e/1", 0).is_empty(), "{name}");
+        assert_eq!(keys("a", 1), ["e/1"], "{name}: a key before the prefix starts at the prefix");
+    }
+}
+
+#[test]
 fn failed_compare_applies_nothing() {
     for (name, store, _dir) in backends() {
         let rev = store.commit(Txn::default().put("k", b"v1".to_vec())).unwrap();

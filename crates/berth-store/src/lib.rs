@@ -70,8 +70,13 @@ impl Txn {
 /// The storage seam. A commit that returns `Ok` is durable: it survives SIGKILL and power loss.
 pub trait Store: Send + Sync + 'static {
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
+    /// Keys that start with `prefix` and sort after `after` (`""`: from the first), in key order,
+    /// at most `limit` of them: a page read without reading what comes before it.
+    fn list_from(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<Entry>, StoreError>;
     /// Every key that starts with `prefix`, in key order.
-    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError>;
+    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+        self.list_from(prefix, "", usize::MAX)
+    }
     /// Applies `txn` atomically and returns the new revision, or `Conflict` when a compare fails.
     fn commit(&self, txn: Txn) -> Result<u64, StoreError>;
     /// The revision of the last commit.

@@ -35,12 +35,15 @@ impl Store for MemoryStore {
         Ok(self.lock().data.get(key).map(|(rev, v)| Entry { key: key.into(), value: v.clone(), mod_revision: *rev }))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    fn list_from(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        use std::ops::Bound;
         let inner = self.lock();
+        let start = if after >= prefix { Bound::Excluded(after) } else { Bound::Included(prefix) };
         Ok(inner
             .data
-            .range(prefix.to_string()..)
+            .range::<str, _>((start, Bound::Unbounded))
             .take_while(|(k, _)| k.starts_with(prefix))
+            .take(limit)
             .map(|(k, (rev, v))| Entry { key: k.clone(), value: v.clone(), mod_revision: *rev })
             .collect())
     }

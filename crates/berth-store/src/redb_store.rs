@@ -47,14 +47,16 @@ impl Store for RedbStore {
         }))
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<Entry>, StoreError> {
+    fn list_from(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        use std::ops::Bound;
         let txn = self.db.begin_read().map_err(backend)?;
         let table = txn.open_table(KV).map_err(backend)?;
         let mut out = Vec::new();
-        for item in table.range(prefix..).map_err(backend)? {
+        let start = if after >= prefix { Bound::Excluded(after) } else { Bound::Included(prefix) };
+        for item in table.range::<&str>((start, Bound::Unbounded)).map_err(backend)? {
             let (k, v) = item.map_err(backend)?;
             let key = k.value();
-            if !key.starts_with(prefix) {
+            if !key.starts_with(prefix) || out.len() == limit {
                 break;
             }
             let (rev, bytes) = v.value();

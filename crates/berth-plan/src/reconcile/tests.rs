@@ -96,6 +96,39 @@ fn places_missing_instances_on_distinct_ports() {
 }
 
 #[test]
+fn a_large_placement_is_split_across_passes_that_follow_at_once() {
+    let mut snap = Snapshot {
+        apps: vec![app(7, 1, "")],
+        instances: vec![],
+        nodes: vec![node("n1"), node("n2")],
+        pools: Default::default(),
+    };
+    let settings = Settings { heartbeat_grace_until: 0, max_placements: 3, ..Settings::default() };
+    let mut per_pass = Vec::new();
+    for pass in 0..5 {
+        let plan = reconcile(&snap, 2_000, settings);
+        if places(&plan) == 0 {
+            assert!(plan.check_at.is_none_or(|at| at > 2_000), "nothing left to place: no pass at once");
+            break;
+        }
+        per_pass.push(places(&plan));
+        assert!(plan.pending.is_empty(), "held back for the next pass is not unplaceable: {:?}", plan.pending);
+        if snap.instances.len() + places(&plan) < 7 {
+            assert_eq!(plan.check_at, Some(2_000), "the next pass comes at once");
+        }
+        for (k, action) in plan.actions.iter().enumerate() {
+            if let Action::Place { placement, .. } = action {
+                let mut i = inst(&format!("p{pass}-{k}"), 1, InstanceState::Staging);
+                i.node = placement.node.clone();
+                i.host_ports = placement.host_ports.clone();
+                snap.instances.push(i);
+            }
+        }
+    }
+    assert_eq!(per_pass, [3, 3, 1]);
+}
+
+#[test]
 fn steady_state_plans_nothing() {
     let snap = Snapshot {
         apps: vec![app(2, 1, "")],

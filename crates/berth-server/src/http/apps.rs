@@ -28,7 +28,7 @@ fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
     let app = shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).get(id).cloned();
-    Ok(views::app_status(&app.value, &instances, pending.as_ref()))
+    Ok(views::app_status(&app.value, instances.iter(), pending.as_ref()))
 }
 
 pub(super) async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
@@ -41,7 +41,7 @@ pub(super) async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Res
         .into_iter()
         .map(|a| {
             let id = a.value.id();
-            views::app_status(&a.value, &instances, pending.get(&id))
+            views::app_status(&a.value, instances.iter(), pending.get(&id))
         })
         .collect();
     Ok(indexed(index, &apps))
@@ -152,7 +152,7 @@ pub(super) async fn plan(AxState(shared): AxState<Shared>, headers: HeaderMap, b
     let apps: HashMap<String, AppSpec> =
         shared.state.apps()?.into_iter().map(|a| (a.value.id(), a.value.spec)).collect();
     let preview =
-        berth_plan::preview::preview(current.as_ref(), &spec, &nodes, &instances, |app| apps.get(app), &pools);
+        berth_plan::preview::preview(current.as_ref(), &spec, &nodes, instances.iter(), |app| apps.get(app), &pools);
     let mut out =
         serde_json::to_value(&preview).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     // What a deploy would be refused for.

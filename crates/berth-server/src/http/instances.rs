@@ -81,6 +81,6 @@ pub(super) async fn stop_instance(
 
 pub(super) async fn list_instances(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
-    let all: Vec<InstanceView> = shared.state.instances()?.into_iter().map(|v| v.value.into()).collect();
+    let all: Vec<InstanceView> = shared.instances()?.iter().cloned().map(InstanceView::from).collect();
     Ok(indexed(index, &all))
 }

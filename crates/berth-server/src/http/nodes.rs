@@ -43,7 +43,8 @@ pub(super) fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<(NodeV
     Ok(nodes
         .into_iter()
         .map(|n| {
-            let view = views::node_view(shared.with_heartbeat(n), &instances, &|app| specs.get(app).copied(), &used);
+            let view =
+                views::node_view(shared.with_heartbeat(n), instances.iter(), &|app| specs.get(app).copied(), &used);
             let live = instances.iter().filter(|i| i.node == view.node.id && i.state.is_live()).cloned().collect();
             (view, live)
         })
