@@ -22,6 +22,8 @@ use crate::metrics::Reading;
 #[derive(Default)]
 struct State {
     exits: HashMap<String, watch::Sender<Option<Exit>>>,
+    /// When each was started, for its simulated readings.
+    started_at: HashMap<String, i64>,
     started: Vec<String>,
     stopped: Vec<String>,
     /// Instances whose leftovers were removed.
@@ -80,6 +82,7 @@ impl Runtime for FakeDriver {
         let mut state = lock(&self.state);
         state.started.push(id.clone());
         state.exits.insert(id.clone(), watch::channel(None).0);
+        state.started_at.insert(id.clone(), berth_core::now_ms());
         Box::pin(async move { Ok(Handle { id: format!("fake-{id}"), instance: id }) })
     }
     fn wait<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Exit> {
@@ -111,8 +114,25 @@ impl Runtime for FakeDriver {
     fn collect_logs(&self, _: &Handle, _: Origin, _: LogBuffers, _: watch::Receiver<bool>, _: &Path) -> JoinHandle<()> {
         tokio::spawn(async {})
     }
-    fn read_usage<'a>(&'a self, _: &'a Handle) -> Fut<'a, Option<Reading>> {
-        Box::pin(async { None })
+    /// What a process at 1 % of a core and 8 MiB reads: the server takes a simulated node's
+    /// samples as it takes a real one's.
+    fn read_usage<'a>(&'a self, handle: &'a Handle) -> Fut<'a, Option<Reading>> {
+        let started_at = lock(&self.state).started_at.get(&handle.instance).copied();
+        Box::pin(async move {
+            let now = berth_core::now_ms();
+            let cpu_seconds = (now - started_at?) as f64 / 1000.0 * 0.01;
+            Some(Reading {
+                taken_at: now,
+                cpu_seconds,
+                memory_bytes: 8 << 20,
+                memory_limit_bytes: Some(8 << 20),
+                rss_bytes: Some(8 << 20),
+                block_read_bytes: 0,
+                block_write_bytes: 0,
+                net_rx_bytes: None,
+                net_tx_bytes: None,
+            })
+        })
     }
     fn run_collected<'a>(
         &'a self,

@@ -28,6 +28,10 @@ pub struct ClusterArgs {
     /// Give up after this many seconds (exit code 1).
     #[arg(long, default_value_t = 600)]
     timeout: u64,
+    /// Once all run, keep going this long (agents heartbeat, report and send metrics) and measure
+    /// the server's memory again.
+    #[arg(long, default_value_t = 30)]
+    settle: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -37,9 +41,15 @@ struct ClusterReport {
     running: usize,
     /// From the deploy request to every instance running and in service.
     seconds_to_running: f64,
-    /// The server's resident memory at the end, and its peak.
+    /// The server's resident memory when all run, and its peak until then.
     server_rss_mib: f64,
     server_peak_rss_mib: f64,
+    /// `settle` seconds later: its resident memory and its peak.
+    settle_seconds: u64,
+    server_settled_rss_mib: f64,
+    server_settled_peak_rss_mib: f64,
+    /// Instances whose resource samples reached the server, at the end.
+    instances_sampled: usize,
     /// What the server's data dir holds on disk.
     store_mib: f64,
 }
@@ -165,6 +175,12 @@ async fn run(
     };
     let seconds = started.elapsed().as_secs_f64();
     let (rss, peak) = peak_rss_of(pid);
+    if args.settle > 0 && running == args.instances as usize {
+        progress(format!("all running; server RSS {rss:.0} MiB; settling for {} s", args.settle));
+        tokio::time::sleep(Duration::from_secs(args.settle)).await;
+    }
+    let (settled_rss, settled_peak) = peak_rss_of(pid);
+    let sampled = client.usage(Some(&spec.id())).await.map_or(0, |u| u.instances.len());
     let store_mib = dir_bytes(&dir.join("server")) as f64 / (1 << 20) as f64;
     for agent in agents {
         agent.stop().await;
@@ -176,13 +192,26 @@ async fn run(
         seconds_to_running: seconds,
         server_rss_mib: rss,
         server_peak_rss_mib: peak,
+        settle_seconds: args.settle,
+        server_settled_rss_mib: settled_rss,
+        server_settled_peak_rss_mib: settled_peak,
+        instances_sampled: sampled,
         store_mib,
     };
     match ctx.format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table => println!(
-            "{} of {} instances running on {} simulated agents {:.1} s after the deploy; server RSS {:.0} MiB (peak {:.0} MiB), store {:.0} MiB on disk",
-            report.running, report.instances, report.agents, report.seconds_to_running, rss, peak, store_mib
+            "{} of {} instances running on {} simulated agents {:.1} s after the deploy; server RSS {:.0} MiB (peak {:.0} MiB), {} s later {:.0} MiB (peak {:.0} MiB); store {:.0} MiB on disk",
+            report.running,
+            report.instances,
+            report.agents,
+            report.seconds_to_running,
+            rss,
+            peak,
+            args.settle,
+            settled_rss,
+            settled_peak,
+            store_mib
         ),
     }
     Ok(if running == args.instances as usize { ExitCode::SUCCESS } else { ExitCode::FAILURE })

@@ -1,0 +1,37 @@
+//! `berth bench cluster` end to end, small: a real server, simulated agents, every instance
+//! running, and their samples reaching the server as a real agent's do.
+
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+#[test]
+fn bench_cluster_runs_every_instance_through_a_real_server() {
+    let out = std::process::Command::new(BERTH)
+        .args([
+            "bench",
+            "cluster",
+            "--agents",
+            "4",
+            "--instances",
+            "40",
+            "--settle",
+            "6",
+            "--timeout",
+            "60",
+            "-o",
+            "json",
+        ])
+        .output()
+        .expect("berth runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_str(stdout.trim()).expect("one JSON report");
+    assert_eq!((report["agents"].as_u64(), report["running"].as_u64()), (Some(4), Some(40)), "{report}");
+    assert!(report["seconds_to_running"].as_f64().is_some_and(|s| s > 0.0), "{report}");
+    for field in ["server_rss_mib", "server_peak_rss_mib", "server_settled_rss_mib"] {
+        assert!(report[field].as_f64().is_some_and(|m| m > 1.0), "{field}: {report}");
+    }
+    // Agents send samples every 5 s; six seconds of settling sees at least one round.
+    assert_eq!(report["instances_sampled"].as_u64(), Some(40), "{report}");
+}
