@@ -11,7 +11,8 @@ use clap::Parser;
 use crate::cmd::Cli;
 
 // The router allocates a little per request on every core; glibc's allocator showed up at ~8 %
-// of its CPU under load, mimalloc's per-thread heaps do not.
+// of its CPU under load, mimalloc's per-thread heaps do not. Built without its transparent huge
+// pages (`no_thp`): a server with 10,000 instances held 20-30 MiB more in part-used 2 MiB pages.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
