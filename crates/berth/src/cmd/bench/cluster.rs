@@ -13,7 +13,7 @@ use berth_api::{ChangeOptions, Client};
 use berth_core::{AppSpec, SHARED_POOL};
 use serde::Serialize;
 
-use super::peak_rss_of;
+use super::{cpu_seconds_of, peak_rss_of};
 use crate::cmd::Ctx;
 use crate::output::Format;
 
@@ -44,8 +44,12 @@ struct ClusterReport {
     /// The server's resident memory when all run, and its peak until then.
     server_rss_mib: f64,
     server_peak_rss_mib: f64,
-    /// `settle` seconds later: its resident memory and its peak.
+    /// The server's CPU time from the deploy request to all running.
+    server_cpu_seconds: f64,
+    /// `settle` seconds later: its resident memory and its peak, and the share of one core it
+    /// used meanwhile (100 = one core).
     settle_seconds: u64,
+    server_settled_cpu_percent: f64,
     server_settled_rss_mib: f64,
     server_settled_peak_rss_mib: f64,
     /// Instances whose resource samples reached the server, at the end.
@@ -156,6 +160,7 @@ async fn run(
     )
     .map_err(|e| anyhow::anyhow!("the benchmark's own spec: {e}"))?;
     let started = Instant::now();
+    let cpu_before = cpu_seconds_of(pid);
     client.deploy(&spec, ChangeOptions::default()).await?;
     let mut said = 0;
     let running = loop {
@@ -175,11 +180,14 @@ async fn run(
     };
     let seconds = started.elapsed().as_secs_f64();
     let (rss, peak) = peak_rss_of(pid);
+    let cpu_running = cpu_seconds_of(pid);
+    let settle_started = Instant::now();
     if args.settle > 0 && running == args.instances as usize {
         progress(format!("all running; server RSS {rss:.0} MiB; settling for {} s", args.settle));
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
     }
     let (settled_rss, settled_peak) = peak_rss_of(pid);
+    let settled_cpu = (cpu_seconds_of(pid) - cpu_running) / settle_started.elapsed().as_secs_f64().max(0.001) * 100.0;
     let sampled = client.usage(Some(&spec.id())).await.map_or(0, |u| u.instances.len());
     let store_mib = dir_bytes(&dir.join("server")) as f64 / (1 << 20) as f64;
     for agent in agents {
@@ -192,7 +200,9 @@ async fn run(
         seconds_to_running: seconds,
         server_rss_mib: rss,
         server_peak_rss_mib: peak,
+        server_cpu_seconds: cpu_running - cpu_before,
         settle_seconds: args.settle,
+        server_settled_cpu_percent: settled_cpu,
         server_settled_rss_mib: settled_rss,
         server_settled_peak_rss_mib: settled_peak,
         instances_sampled: sampled,
@@ -201,16 +211,18 @@ async fn run(
     match ctx.format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
         Format::Table => println!(
-            "{} of {} instances running on {} simulated agents {:.1} s after the deploy; server RSS {:.0} MiB (peak {:.0} MiB), {} s later {:.0} MiB (peak {:.0} MiB); store {:.0} MiB on disk",
+            "{} of {} instances running on {} simulated agents {:.1} s after the deploy (server CPU {:.1} s); server RSS {:.0} MiB (peak {:.0} MiB); {} s later {:.0} MiB (peak {:.0} MiB) at {:.1} % of a core; store {:.0} MiB on disk",
             report.running,
             report.instances,
             report.agents,
             report.seconds_to_running,
+            report.server_cpu_seconds,
             rss,
             peak,
             args.settle,
             settled_rss,
             settled_peak,
+            settled_cpu,
             store_mib
         ),
     }

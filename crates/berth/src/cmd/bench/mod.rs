@@ -149,6 +149,17 @@ fn peak_rss_of(pid: u32) -> (f64, f64) {
     (status_mib(&path, "VmRSS:"), status_mib(&path, "VmHWM:"))
 }
 
+/// CPU time a process has used (user and system), in seconds (0 when unreadable).
+fn cpu_seconds_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    let Some((_, rest)) = stat.rsplit_once(')') else { return 0.0 };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the command: state is the first field, utime the 12th, stime the 13th, in USER_HZ
+    // (which Linux fixes at 100).
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
 /// One `kB` field of a /proc status file, in MiB (0 when unreadable).
 fn status_mib(path: &str, field: &str) -> f64 {
     std::fs::read_to_string(path)
