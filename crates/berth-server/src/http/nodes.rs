@@ -26,11 +26,11 @@ use crate::{Shared, lock, now_ms, views};
 pub(super) async fn list_nodes(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
     let nodes = node_views(&shared, shared.state.nodes()?.into_iter().map(|n| n.value).collect())?;
-    Ok(indexed(index, &nodes.into_iter().map(|(view, _)| view).collect::<Vec<_>>()))
+    Ok(indexed(index, &nodes))
 }
 
-/// Views of the given nodes, each with its live instances.
-pub(super) fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<(NodeView, Vec<Instance>)>, ApiError> {
+/// Views of the given nodes, each with what its live instances hold and use.
+pub(super) fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<NodeView>, ApiError> {
     let instances = shared.instances()?;
     let specs: HashMap<String, Allocation> =
         shared.state.apps()?.into_iter().map(|a| (a.value.id(), Allocation::of(&a.value.spec))).collect();
@@ -40,13 +40,16 @@ pub(super) fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<(NodeV
         .into_iter()
         .map(|(id, u)| (id, (u.cpu_percent / 100.0, u.memory_bytes >> 20)))
         .collect();
+    // Grouped once: a node list is one pass over the instances, not one per node.
+    let mut live: HashMap<&str, Vec<&Instance>> = HashMap::new();
+    for inst in instances.iter().filter(|i| i.state.is_live()) {
+        live.entry(inst.node.as_str()).or_default().push(inst);
+    }
     Ok(nodes
         .into_iter()
         .map(|n| {
-            let view =
-                views::node_view(shared.with_heartbeat(n), instances.iter(), &|app| specs.get(app).copied(), &used);
-            let live = instances.iter().filter(|i| i.node == view.node.id && i.state.is_live()).cloned().collect();
-            (view, live)
+            let mine = live.get(n.id.as_str()).map(Vec::as_slice).unwrap_or_default();
+            views::node_view(shared.with_heartbeat(n), mine.iter().copied(), &|app| specs.get(app).copied(), &used)
         })
         .collect())
 }
@@ -68,10 +71,18 @@ fn find_node(shared: &Shared, name: &str) -> Result<berth_store::state::Versione
 }
 
 fn detail(shared: &Shared, node: Node) -> Result<NodeDetail, ApiError> {
-    let Some((view, live)) = node_views(shared, vec![node])?.pop() else {
+    let id = node.id.clone();
+    let Some(view) = node_views(shared, vec![node])?.pop() else {
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "node view missing"));
     };
-    Ok(NodeDetail { view, live: live.into_iter().map(InstanceView::from).collect() })
+    let live = shared
+        .instances()?
+        .iter()
+        .filter(|i| i.node == id && i.state.is_live())
+        .cloned()
+        .map(InstanceView::from)
+        .collect();
+    Ok(NodeDetail { view, live })
 }
 
 pub(super) async fn node_detail(

@@ -1,7 +1,7 @@
 //! `/v1/pools`: which groups place in which pools, each pool's cpu over-subscription, and what
 //! each pool holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use axum::body::Bytes;
 use axum::extract::{Path, State as AxState};
@@ -44,7 +44,12 @@ pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response
     for name in named {
         views.entry(name.to_string()).or_insert_with(|| view(name));
     }
-    for (node, live) in &nodes {
+    let instances = shared.instances()?;
+    let mut borrowed: HashMap<&str, usize> = HashMap::new();
+    for inst in instances.iter().filter(|i| i.borrowed && i.state.is_live()) {
+        *borrowed.entry(inst.node.as_str()).or_default() += 1;
+    }
+    for node in &nodes {
         let n = &node.node;
         let v = views.entry(n.pool.clone()).or_insert_with(|| view(&n.pool));
         v.nodes += 1;
@@ -59,7 +64,7 @@ pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response
         v.memory.placeable += n.resources.memory as f64;
         v.memory.allocated += node.allocated.memory as f64;
         v.memory.used += node.used.memory as f64;
-        v.borrowed += live.iter().filter(|i| i.borrowed).count();
+        v.borrowed += borrowed.get(n.id.as_str()).copied().unwrap_or(0);
     }
     Ok(indexed(index, &views.into_values().collect::<Vec<_>>()))
 }

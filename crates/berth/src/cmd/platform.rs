@@ -56,7 +56,7 @@ fn parse_label(text: &str) -> Result<(String, String), String> {
     Ok((k.to_string(), v.to_string()))
 }
 
-fn parse_dur(text: &str) -> Result<Dur, String> {
+pub(crate) fn parse_dur(text: &str) -> Result<Dur, String> {
     Dur::parse(text)
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use berth_agent::{Agent, AgentConfig, DriverChoice, PullPolicy};
 use berth_api::{ChangeOptions, Client};
-use berth_core::{AppSpec, SHARED_POOL};
+use berth_core::{AppSpec, NodeStatus, SHARED_POOL};
 use serde::Serialize;
 
 use super::{cpu_seconds_of, peak_rss_of};
@@ -32,6 +32,13 @@ pub struct ClusterArgs {
     /// the server's memory again.
     #[arg(long, default_value_t = 30)]
     settle: u64,
+    /// Then stop this many agents at once, as machines that die (no more heartbeats or reports),
+    /// and measure until the server has noticed and every instance runs again elsewhere.
+    #[arg(long, default_value_t = 0)]
+    kill: usize,
+    /// The server's `--node-timeout` (how long a silent node stays ready).
+    #[arg(long, value_parser = crate::cmd::platform::parse_dur, default_value = "15s")]
+    node_timeout: berth_core::Dur,
 }
 
 #[derive(Debug, Serialize)]
@@ -54,8 +61,20 @@ struct ClusterReport {
     server_settled_peak_rss_mib: f64,
     /// Instances whose resource samples reached the server, at the end.
     instances_sampled: usize,
+    /// Agents stopped at once after settling (`--kill`), and from then: when the server first
+    /// counted fewer instances ready, and when all were ready again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    loss: Option<LossReport>,
     /// What the server's data dir holds on disk.
     store_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct LossReport {
+    killed: usize,
+    instances_lost: usize,
+    seconds_to_notice: Option<f64>,
+    seconds_to_heal: Option<f64>,
 }
 
 /// Ports per simulated node: room for its share of instances, twice over.
@@ -81,7 +100,7 @@ pub async fn cluster(args: &ClusterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> 
         .arg(std::env::current_exe()?)
         .args(["server", "--data-dir"])
         .arg(dir.path().join("server"))
-        .args(["--api", &api, "--domain", "bench.test"])
+        .args(["--api", &api, "--domain", "bench.test", "--node-timeout", &args.node_timeout.to_string()])
         .env("BERTH_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
@@ -189,6 +208,11 @@ async fn run(
     let (settled_rss, settled_peak) = peak_rss_of(pid);
     let settled_cpu = (cpu_seconds_of(pid) - cpu_running) / settle_started.elapsed().as_secs_f64().max(0.001) * 100.0;
     let sampled = client.usage(Some(&spec.id())).await.map_or(0, |u| u.instances.len());
+    let loss = if args.kill > 0 && running == args.instances as usize {
+        Some(lose_agents(&client, &spec.id(), &mut agents, args.kill, deadline, &progress).await?)
+    } else {
+        None
+    };
     let store_mib = dir_bytes(&dir.join("server")) as f64 / (1 << 20) as f64;
     for agent in agents {
         agent.stop().await;
@@ -206,27 +230,91 @@ async fn run(
         server_settled_rss_mib: settled_rss,
         server_settled_peak_rss_mib: settled_peak,
         instances_sampled: sampled,
+        loss,
         store_mib,
     };
     match ctx.format {
         Format::Json => println!("{}", serde_json::to_string(&report)?),
-        Format::Table => println!(
-            "{} of {} instances running on {} simulated agents {:.1} s after the deploy (server CPU {:.1} s); server RSS {:.0} MiB (peak {:.0} MiB); {} s later {:.0} MiB (peak {:.0} MiB) at {:.1} % of a core; store {:.0} MiB on disk",
-            report.running,
-            report.instances,
-            report.agents,
-            report.seconds_to_running,
-            report.server_cpu_seconds,
-            rss,
-            peak,
-            args.settle,
-            settled_rss,
-            settled_peak,
-            settled_cpu,
-            store_mib
-        ),
+        Format::Table => {
+            println!(
+                "{} of {} instances running on {} simulated agents {:.1} s after the deploy (server CPU {:.1} s); server RSS {:.0} MiB (peak {:.0} MiB); {} s later {:.0} MiB (peak {:.0} MiB) at {:.1} % of a core; store {:.0} MiB on disk",
+                report.running,
+                report.instances,
+                report.agents,
+                report.seconds_to_running,
+                report.server_cpu_seconds,
+                rss,
+                peak,
+                args.settle,
+                settled_rss,
+                settled_peak,
+                settled_cpu,
+                store_mib
+            );
+            if let Some(loss) = &report.loss {
+                let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("after {s:.1} s"));
+                println!(
+                    "{} agents stopped with {} instances: noticed {}, all running again {}",
+                    loss.killed,
+                    loss.instances_lost,
+                    secs(loss.seconds_to_notice),
+                    secs(loss.seconds_to_heal)
+                );
+            }
+        }
     }
-    Ok(if running == args.instances as usize { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    let healed = report.loss.as_ref().is_none_or(|l| l.seconds_to_heal.is_some());
+    Ok(if running == args.instances as usize && healed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Stops `kill` agents at once and follows the app until every instance is ready again.
+async fn lose_agents(
+    client: &Client,
+    app: &str,
+    agents: &mut Vec<Agent>,
+    kill: usize,
+    deadline: Instant,
+    progress: &impl Fn(String),
+) -> anyhow::Result<LossReport> {
+    let victims: Vec<Agent> = agents.drain(..kill.min(agents.len())).collect();
+    let killed = victims.len();
+    let nodes: std::collections::HashSet<String> = victims.iter().map(|a| a.node_id.clone()).collect();
+    let before = client.app(app).await?.value;
+    let instances_lost =
+        before.instances.iter().filter(|v| v.instance.is_ready() && nodes.contains(&v.instance.node)).count();
+    let wanted = before.desired as usize;
+    let killed_at = Instant::now();
+    let stopping: Vec<_> = victims.into_iter().map(|a| tokio::spawn(a.stop())).collect();
+    for stop in stopping {
+        let _ = stop.await;
+    }
+    progress(format!("{killed} agents stopped, holding {instances_lost} instances"));
+    // Noticed: the server marked every stopped node lost. Healed: then, the app is deployed
+    // again (all its instances ready, none of them left on a lost node). A replacement can be
+    // ready before the next look, so the count of ready instances cannot tell.
+    let mut noticed = None;
+    let mut healed = None;
+    while Instant::now() < deadline {
+        if noticed.is_none() {
+            let down = client
+                .nodes()
+                .await?
+                .iter()
+                .filter(|n| nodes.contains(&n.node.id) && n.node.status == NodeStatus::Down)
+                .count();
+            if down == killed {
+                noticed = Some(killed_at.elapsed().as_secs_f64());
+                progress(format!("the server marked the {killed} nodes lost"));
+            }
+        }
+        if noticed.is_some() && client.app(app).await?.value.deployed {
+            healed = Some(killed_at.elapsed().as_secs_f64());
+            progress(format!("healed: {wanted} of {wanted} running again"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    Ok(LossReport { killed, instances_lost, seconds_to_notice: noticed, seconds_to_heal: healed })
 }
 
 /// Bytes of the files under `dir`, recursively.
