@@ -19,6 +19,8 @@ const KEEP_COARSE: usize = 720;
 
 const KEEP_MS: i64 = 3 * 3_600_000;
 
+const PRUNE_EVERY_MS: i64 = 60_000;
+
 /// The fine window's span.
 const FINE_MS: i64 = 3_600_000;
 
@@ -28,6 +30,9 @@ const STALE_MS: i64 = 30_000;
 #[derive(Default)]
 pub(crate) struct UsageStore {
     tracks: Mutex<HashMap<String, Track>>,
+    /// When tracks gone quiet were last dropped: once a minute, not at each of a thousand
+    /// agents' reports.
+    pruned_at: Mutex<Millis>,
     /// Failures per app since the server started (each one a restart).
     restarts: Mutex<HashMap<String, u64>>,
 }
@@ -70,7 +75,12 @@ impl UsageStore {
     pub fn record(&self, node: &str, samples: Vec<InstanceSample>) {
         let mut tracks = lock(&self.tracks);
         let now = now_ms();
-        tracks.retain(|_, t| now - t.latest.t < KEEP_MS);
+        let mut pruned_at = lock(&self.pruned_at);
+        if now - *pruned_at >= PRUNE_EVERY_MS {
+            tracks.retain(|_, t| now - t.latest.t < KEEP_MS);
+            *pruned_at = now;
+        }
+        drop(pruned_at);
         for s in samples {
             let point = Point::of(&s);
             let Some(track) = tracks.get_mut(&s.instance) else {

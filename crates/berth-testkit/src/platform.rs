@@ -533,7 +533,12 @@ impl Drop for Platform {
                 }
             }
         }
-        if let Ok(entries) = std::fs::read_dir(self.data_dir().join("agent/exec")) {
+        // The platform's own agent, and every agent a test added (`add_agent`).
+        let mut exec_dirs = vec![self.data_dir().join("agent/exec")];
+        if let Ok(added) = std::fs::read_dir(self.dir.path().join("agents")) {
+            exec_dirs.extend(added.flatten().map(|a| a.path().join("agent/exec")));
+        }
+        for entries in exec_dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()) {
             for entry in entries.flatten() {
                 let Ok(text) = std::fs::read_to_string(entry.path().join("proc.json")) else {
                     continue;
