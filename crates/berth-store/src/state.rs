@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use berth_core::{App, AppVersion, Event, Instance, Level, Millis, Node, Pools};
+use berth_core::{App, AppVersion, Event, Instance, Level, Millis, Node, Pools, lock};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -101,11 +101,6 @@ impl InstanceSet {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update under these locks is a plain assignment or insert: a panic cannot leave them half-done.
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn decode<T: DeserializeOwned>(entry: Entry) -> Result<Versioned<T>, StoreError> {
