@@ -53,10 +53,11 @@ struct ClusterReport {
     server_peak_rss_mib: f64,
     /// The server's CPU time from the deploy request to all running.
     server_cpu_seconds: f64,
-    /// `settle` seconds later: its resident memory and its peak, and the share of one core it
-    /// used meanwhile (100 = one core).
+    /// `settle` seconds later: its resident memory and its peak, the share of one core it used
+    /// meanwhile (100 = one core), and how many store writes it made meanwhile.
     settle_seconds: u64,
     server_settled_cpu_percent: f64,
+    store_writes_settled: u64,
     server_settled_rss_mib: f64,
     server_settled_peak_rss_mib: f64,
     /// Instances whose resource samples reached the server, at the end.
@@ -80,14 +81,20 @@ struct LossReport {
 /// Ports per simulated node: room for its share of instances, twice over.
 fn port_range(k: usize, per_node: usize) -> (u16, u16) {
     let width = (per_node * 2).max(16);
-    let low = 20_000 + k * width;
+    let low = FIRST_PORT + k * width;
     (low as u16, (low + width - 1).min(u16::MAX as usize) as u16)
 }
+
+/// Below Linux's ephemeral range (32768 and up): the agents' own connections to the server take
+/// ephemeral ports, and an instance's port one of them holds is skipped as taken, which writes
+/// the node again. Real nodes have their own addresses; here they share one.
+const FIRST_PORT: usize = 2_000;
+const LAST_PORT: usize = 32_767;
 
 pub async fn cluster(args: &ClusterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let per_node = (args.instances as usize).div_ceil(args.agents.max(1));
     anyhow::ensure!(
-        20_000 + args.agents * (per_node * 2).max(16) <= u16::MAX as usize,
+        FIRST_PORT + args.agents * (per_node * 2).max(16) <= LAST_PORT + 1,
         "{} agents with {per_node} instances each need more host ports than exist",
         args.agents
     );
@@ -201,6 +208,7 @@ async fn run(
     let (rss, peak) = peak_rss_of(pid);
     let cpu_running = cpu_seconds_of(pid);
     let settle_started = Instant::now();
+    let revision_running = client.app(&spec.id()).await?.index;
     if args.settle > 0 && running == args.instances as usize {
         progress(format!("all running; server RSS {rss:.0} MiB; settling for {} s", args.settle));
         tokio::time::sleep(Duration::from_secs(args.settle)).await;
@@ -208,6 +216,7 @@ async fn run(
     let (settled_rss, settled_peak) = peak_rss_of(pid);
     let settled_cpu = (cpu_seconds_of(pid) - cpu_running) / settle_started.elapsed().as_secs_f64().max(0.001) * 100.0;
     let sampled = client.usage(Some(&spec.id())).await.map_or(0, |u| u.instances.len());
+    let writes_settled = client.app(&spec.id()).await?.index.saturating_sub(revision_running);
     let loss = if args.kill > 0 && running == args.instances as usize {
         Some(lose_agents(&client, &spec.id(), &mut agents, args.kill, deadline, &progress).await?)
     } else {
@@ -227,6 +236,7 @@ async fn run(
         server_cpu_seconds: cpu_running - cpu_before,
         settle_seconds: args.settle,
         server_settled_cpu_percent: settled_cpu,
+        store_writes_settled: writes_settled,
         server_settled_rss_mib: settled_rss,
         server_settled_peak_rss_mib: settled_peak,
         instances_sampled: sampled,
