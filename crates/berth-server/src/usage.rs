@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, Ordering};
 
 use berth_api::{AppUsage, CapacityUsage, InstanceSample, InstanceUsage, Usage};
 use berth_core::{App, Instance, InstanceState, Millis};
@@ -31,8 +32,8 @@ const STALE_MS: i64 = 30_000;
 pub(crate) struct UsageStore {
     tracks: Mutex<HashMap<String, Track>>,
     /// When tracks gone quiet were last dropped: once a minute, not at each of a thousand
-    /// agents' reports.
-    pruned_at: Mutex<Millis>,
+    /// agents' reports. Read and written under the `tracks` lock.
+    pruned_at: AtomicI64,
     /// Failures per app since the server started (each one a restart).
     restarts: Mutex<HashMap<String, u64>>,
 }
@@ -75,12 +76,10 @@ impl UsageStore {
     pub fn record(&self, node: &str, samples: Vec<InstanceSample>) {
         let mut tracks = lock(&self.tracks);
         let now = now_ms();
-        let mut pruned_at = lock(&self.pruned_at);
-        if now - *pruned_at >= PRUNE_EVERY_MS {
+        if now - self.pruned_at.load(Ordering::Relaxed) >= PRUNE_EVERY_MS {
             tracks.retain(|_, t| now - t.latest.t < KEEP_MS);
-            *pruned_at = now;
+            self.pruned_at.store(now, Ordering::Relaxed);
         }
-        drop(pruned_at);
         for s in samples {
             let point = Point::of(&s);
             let Some(track) = tracks.get_mut(&s.instance) else {
