@@ -47,3 +47,13 @@ fn bench_cluster_runs_every_instance_through_a_real_server() {
     let heal = loss["seconds_to_heal"].as_f64().expect("healed");
     assert!(notice <= heal, "{report}");
 }
+
+#[test]
+fn bench_cluster_refuses_to_kill_every_agent() {
+    let out = std::process::Command::new(BERTH)
+        .args(["bench", "cluster", "--agents", "4", "--instances", "8", "--kill", "4"])
+        .output()
+        .expect("berth runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--kill 4: at most 3 of --agents 4 can die"), "{err}");
+}

@@ -92,6 +92,13 @@ const FIRST_PORT: usize = 2_000;
 const LAST_PORT: usize = 32_767;
 
 pub async fn cluster(args: &ClusterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    anyhow::ensure!(
+        args.kill < args.agents,
+        "--kill {}: at most {} of --agents {} can die, or nothing is left to run their instances",
+        args.kill,
+        args.agents.saturating_sub(1),
+        args.agents
+    );
     let per_node = (args.instances as usize).div_ceil(args.agents.max(1));
     anyhow::ensure!(
         FIRST_PORT + args.agents * (per_node * 2).max(16) <= LAST_PORT + 1,
@@ -286,7 +293,7 @@ async fn lose_agents(
     deadline: Instant,
     progress: &impl Fn(String),
 ) -> anyhow::Result<LossReport> {
-    let victims: Vec<Agent> = agents.drain(..kill.min(agents.len())).collect();
+    let victims: Vec<Agent> = agents.drain(..kill).collect();
     let killed = victims.len();
     let nodes: std::collections::HashSet<String> = victims.iter().map(|a| a.node_id.clone()).collect();
     let before = client.app(app).await?.value;
