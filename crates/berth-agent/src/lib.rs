@@ -184,6 +184,14 @@ impl Agent {
     }
 }
 
+/// The interval the server asked for, within sane bounds; `fallback` when it gave none.
+fn beat_interval(asked_ms: u64, fallback: Duration) -> Duration {
+    if asked_ms == 0 {
+        return fallback;
+    }
+    Duration::from_millis(asked_ms).clamp(Duration::from_millis(100), Duration::from_secs(300))
+}
+
 async fn register(client: &Client, req: &RegisterRequest, shutdown: &mut watch::Receiver<bool>) -> bool {
     let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(3));
     loop {
@@ -256,8 +264,12 @@ async fn run(
         }
     });
 
-    let mut beat = tokio::time::interval(heartbeat);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The server says how often to beat (it spaces beats out as the cluster grows); until it
+    // has, the configured interval. Each wait is cut by up to a tenth at random, so that beats
+    // never come late and agents started together drift apart.
+    let mut interval = heartbeat;
+    let next_beat = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(next_beat);
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<String>();
     let mut sync = sync::Sync::new(survivors.iter().map(|(id, (_, d))| (id.clone(), d.kind())));
     let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
@@ -266,15 +278,17 @@ async fn run(
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            _ = beat.tick() => {
+            _ = &mut next_beat => {
                 let beat = HeartbeatRequest { taken_ports: Some(services.taken.recheck()) };
-                if let Err(e) = client.heartbeat(&node, &beat).await {
-                    if matches!(e.status(), Some(404 | 410)) {
+                match client.heartbeat(&node, &beat).await {
+                    Ok(reply) => interval = beat_interval(reply.interval_ms, heartbeat),
+                    Err(e) if matches!(e.status(), Some(404 | 410)) => {
                         register(&client, &req, &mut shutdown).await;
-                    } else {
-                        tracing::warn!(error = %e, "heartbeat failed");
                     }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
                 }
+                let wait = interval.mul_f64(1.0 - rand::random::<f64>() / 10.0);
+                next_beat.as_mut().reset(tokio::time::Instant::now() + wait);
             }
             _ = re_register.notified() => {
                 register(&client, &req, &mut shutdown).await;

@@ -8,8 +8,8 @@ use serde::de::DeserializeOwned;
 
 use crate::{
     AlertList, AppStatus, Assignments, ChangeOptions, ClientError, DeployRequest, DeployResponse, DrainRequest,
-    DrainStatus, EligibilityRequest, ErrorBody, ExecRequest, ExecResult, GroupPoolsRequest, HeartbeatRequest,
-    InstanceReport, InstanceView, LogBatch, LogLine, LogQuery, MetricsReport, NodeDetail, NodeView,
+    DrainStatus, EligibilityRequest, ErrorBody, ExecRequest, ExecResult, GroupPoolsRequest, HeartbeatReply,
+    HeartbeatRequest, InstanceReport, InstanceView, LogBatch, LogLine, LogQuery, MetricsReport, NodeDetail, NodeView,
     PoolSettingsRequest, PoolView, RegisterRequest, ReportRequest, RouteSnapshot, RouterReport, RouterView,
     RuleOnError, RuleScript, RuleTarget, ScaleRequest, StaticUpstream, UpgradeRequest, UpstreamRequest, Usage,
     exec_stream,
@@ -357,9 +357,8 @@ impl Client {
         Ok(self.post("/v1/nodes", req).await?.value)
     }
 
-    pub async fn heartbeat(&self, node: &str, beat: &HeartbeatRequest) -> Result<(), ClientError> {
-        self.post::<_, serde_json::Value>(&format!("/v1/nodes/{node}/heartbeat"), beat).await?;
-        Ok(())
+    pub async fn heartbeat(&self, node: &str, beat: &HeartbeatRequest) -> Result<HeartbeatReply, ClientError> {
+        Ok(self.post(&format!("/v1/nodes/{node}/heartbeat"), beat).await?.value)
     }
 
     pub async fn assignments(&self, node: &str, index: u64, wait: Duration) -> Result<Assignments, ClientError> {

@@ -101,6 +101,17 @@ pub struct HeartbeatRequest {
     pub taken_ports: Option<Vec<u16>>,
 }
 
+/// The server's answer to a heartbeat: when to beat next. The server spaces beats out as the
+/// cluster grows, and times a node out only after it missed several.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeartbeatReply {
+    pub ok: bool,
+    /// Beat again within this many milliseconds.
+    pub interval_ms: u64,
+    /// A node silent this long is cut off.
+    pub timeout_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReportRequest {
     pub reports: Vec<InstanceReport>,

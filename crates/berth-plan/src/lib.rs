@@ -3,6 +3,7 @@
 
 pub mod constraints;
 pub mod deploy;
+pub mod heartbeat;
 pub mod place;
 pub mod preview;
 pub mod reconcile;

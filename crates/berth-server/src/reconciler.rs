@@ -77,8 +77,11 @@ pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// One reconcile: returns when to check again.
-fn pass(shared: &Shared, now: i64, settings: Settings) -> Result<Option<i64>, StoreError> {
+fn pass(shared: &Shared, now: i64, mut settings: Settings) -> Result<Option<i64>, StoreError> {
     let (snapshot, revisions) = apply::snapshot(shared)?;
+    // Agents are told to beat further apart in a large cluster; the timeout follows.
+    settings.node_timeout_ms =
+        berth_plan::heartbeat::schedule(snapshot.nodes.len(), settings.node_timeout_ms).timeout_ms;
     let plan = reconcile(&snapshot, now, settings);
     if !plan.actions.is_empty() {
         apply::apply(shared, &snapshot, &revisions, &plan.actions, now)?;

@@ -7,8 +7,8 @@ use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
 use berth_api::{
-    Assignment, Assignments, DrainRequest, EligibilityRequest, HeartbeatRequest, InstanceView, NodeDetail, NodeView,
-    RegisterRequest, ReportRequest,
+    Assignment, Assignments, DrainRequest, EligibilityRequest, HeartbeatReply, HeartbeatRequest, InstanceView,
+    NodeDetail, NodeView, RegisterRequest, ReportRequest,
 };
 use berth_core::{
     Allocation, App, AppSpec, Drain, DrainState, Eligibility, Instance, InstanceState, Level, Node, NodeStatus,
@@ -236,6 +236,8 @@ pub(super) async fn heartbeat(
     body: Bytes,
 ) -> ApiResult<Response> {
     let beat: HeartbeatRequest = if body.is_empty() { HeartbeatRequest::default() } else { parse_json(&body)? };
+    let nodes = lock(&shared.heartbeats).len();
+    let schedule = berth_plan::heartbeat::schedule(nodes, shared.tuning.node_timeout.as_millis() as i64);
     let (index, ()) = cas::retry(&shared.state, &format!("node {id}"), || {
         let node = shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
         let now = now_ms();
@@ -262,7 +264,12 @@ pub(super) async fn heartbeat(
         }
         Ok(Attempt::Write(txn, ()))
     })?;
-    Ok(indexed(index, &serde_json::json!({"ok": true})))
+    let reply = HeartbeatReply {
+        ok: true,
+        interval_ms: schedule.interval_ms.unsigned_abs(),
+        timeout_ms: schedule.timeout_ms.unsigned_abs(),
+    };
+    Ok(indexed(index, &reply))
 }
 
 pub(super) async fn assignments(

@@ -40,3 +40,35 @@ async fn every_documented_route_is_served() {
     }
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_heartbeat_reply_says_when_to_beat_next_from_the_node_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let tuning = Tuning { node_timeout: std::time::Duration::from_secs(3), ..Tuning::default() };
+    let server = Server::start(ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        api_addr: "127.0.0.1:0".into(),
+        tuning,
+        log_sinks: vec![],
+        alerts: Default::default(),
+        domain: "berth.local".into(),
+        insecure_unauthenticated: false,
+    })
+    .await
+    .unwrap();
+    let client = berth_api::Client::new(&format!("http://{}", server.addr)).unwrap();
+    let node = berth_api::RegisterRequest {
+        id: "n1".into(),
+        hostname: "n1".into(),
+        address: "127.0.0.1".into(),
+        resources: berth_core::Resources { cpu: 1.0, memory: 512, ports: (30_000, 30_010) },
+        labels: Default::default(),
+        pool: berth_core::SHARED_POOL.into(),
+        drivers: vec![],
+    };
+    client.register(&node).await.unwrap();
+    let reply = client.heartbeat("n1", &Default::default()).await.unwrap();
+    // Three beats per timeout: a node is cut off only after missing three in a row.
+    assert_eq!((reply.interval_ms, reply.timeout_ms), (1_000, 3_000), "{reply:?}");
+    server.stop().await;
+}
