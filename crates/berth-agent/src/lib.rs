@@ -280,12 +280,14 @@ async fn run(
             _ = shutdown.changed() => return,
             _ = &mut next_beat => {
                 let beat = HeartbeatRequest { taken_ports: Some(services.taken.recheck()) };
-                match client.heartbeat(&node, &beat).await {
-                    Ok(reply) => interval = beat_interval(reply.interval_ms, heartbeat),
-                    Err(e) if matches!(e.status(), Some(404 | 410)) => {
+                // Bounded: a link that drops packets silently must not hold the loop.
+                match tokio::time::timeout(interval, client.heartbeat(&node, &beat)).await {
+                    Ok(Ok(reply)) => interval = beat_interval(reply.interval_ms, heartbeat),
+                    Ok(Err(e)) if matches!(e.status(), Some(404 | 410)) => {
                         register(&client, &req, &mut shutdown).await;
                     }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                    Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
+                    Err(_) => tracing::warn!(after = ?interval, "heartbeat unanswered"),
                 }
                 let wait = interval.mul_f64(1.0 - rand::random::<f64>() / 10.0);
                 next_beat.as_mut().reset(tokio::time::Instant::now() + wait);

@@ -70,7 +70,12 @@ pub fn spawn(
             }
             let batch: Vec<InstanceReport> = pending.values().cloned().collect();
             let node_id = node.borrow().clone();
-            match client.report(&node_id, batch.clone()).await {
+            // Bounded: a link that drops packets silently must not hold the reports back.
+            let sent = tokio::time::timeout(Duration::from_secs(10), client.report(&node_id, batch.clone())).await;
+            match sent.unwrap_or_else(|_| {
+                let why = "no answer in 10s".to_string();
+                Err(berth_api::ClientError::Unreachable { url: client.base().to_string(), why })
+            }) {
                 Ok(()) => {
                     retry.succeeded();
                     for sent in batch {

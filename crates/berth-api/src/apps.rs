@@ -10,11 +10,21 @@ pub struct InstanceView {
     pub instance: Instance,
     /// `host:port` where the first port answers.
     pub address: Option<String>,
+    /// Its node is disconnected: `state` is the last one known, and routers send it nothing.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unreachable: bool,
+}
+
+impl InstanceView {
+    /// `instance`, on a node that is disconnected when `unreachable`.
+    pub fn new(instance: Instance, unreachable: bool) -> Self {
+        InstanceView { address: instance.address(), unreachable: unreachable && instance.state.is_live(), instance }
+    }
 }
 
 impl From<Instance> for InstanceView {
     fn from(instance: Instance) -> Self {
-        InstanceView { address: instance.address(), instance }
+        InstanceView::new(instance, false)
     }
 }
 
@@ -28,12 +38,20 @@ pub struct Counts {
     pub stopped: usize,
     /// Live instances the platform is stopping.
     pub stopping: usize,
+    /// Live instances on disconnected nodes, in no other count: nothing says what they are doing.
+    #[serde(default)]
+    pub unknown: usize,
 }
 
 impl Counts {
-    pub fn of<'a>(instances: impl Iterator<Item = &'a Instance>) -> Counts {
+    /// Counts `instances`; those for which `unreachable` holds count as unknown while live.
+    pub fn of<'a>(instances: impl Iterator<Item = &'a Instance>, unreachable: impl Fn(&Instance) -> bool) -> Counts {
         let mut c = Counts::default();
         for i in instances {
+            if i.state.is_live() && unreachable(i) {
+                c.unknown += 1;
+                continue;
+            }
             if i.state.is_live() && i.desired == berth_core::Desired::Stop {
                 c.stopping += 1;
                 continue;

@@ -30,6 +30,9 @@ impl Dur {
     pub fn as_millis(self) -> u64 {
         self.0
     }
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
 
     /// Parses `250ms`, `10s`, `1m30s`, `2h`; a bare number is seconds.
     pub fn parse(text: &str) -> Result<Self, String> {

@@ -448,7 +448,10 @@ pub struct Resources {
 #[serde(rename_all = "lowercase")]
 pub enum NodeStatus {
     Ready,
-    Down,
+    /// Silent past the node timeout: dead or cut off, the server cannot tell. Its instances are
+    /// replaced (after their app's `max_disconnect`); if it comes back, one set survives.
+    #[serde(alias = "down")]
+    Disconnected,
 }
 
 /// The shared pool: nodes started without `--pool`, where unbound groups place and from which
@@ -541,14 +544,15 @@ impl Drain {
     }
 }
 
-/// A node as people see it: down, draining, ineligible or ready.
+/// A node as people see it: disconnected, draining, ineligible or ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum NodeState {
     Ready,
     Draining,
     Ineligible,
-    Down,
+    #[serde(alias = "down")]
+    Disconnected,
 }
 
 impl fmt::Display for NodeState {
@@ -557,7 +561,7 @@ impl fmt::Display for NodeState {
             NodeState::Ready => "ready",
             NodeState::Draining => "draining",
             NodeState::Ineligible => "ineligible",
-            NodeState::Down => "down",
+            NodeState::Disconnected => "disconnected",
         })
     }
 }
@@ -589,12 +593,21 @@ pub struct Node {
     /// The last drain, running or ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub drain: Option<Drain>,
+    /// When it was last marked disconnected (kept once it is back: instances older than this
+    /// lived through the cut, and are the first to go when one set of two must).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disconnected_at: Option<Millis>,
 }
 
 impl Node {
+    /// Whether `inst`, placed on this node, was there when the node was last cut off.
+    pub fn was_cut_off_under(&self, inst: &Instance) -> bool {
+        self.disconnected_at.is_some_and(|at| at > inst.created_at)
+    }
+
     pub fn state(&self) -> NodeState {
         match self.status {
-            NodeStatus::Down => NodeState::Down,
+            NodeStatus::Disconnected => NodeState::Disconnected,
             NodeStatus::Ready if self.is_draining() => NodeState::Draining,
             NodeStatus::Ready if self.eligibility == Eligibility::Ineligible => NodeState::Ineligible,
             NodeStatus::Ready => NodeState::Ready,
@@ -730,6 +743,7 @@ mod tests {
             pool: crate::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
+            disconnected_at: None,
         };
         assert!(node.driver_for(&spec).is_err(), "image-only app needs docker");
         node.drivers = vec![DriverKind::Docker, DriverKind::Exec];

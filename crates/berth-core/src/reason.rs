@@ -31,8 +31,16 @@ pub enum Reason {
     StopRequested,
     /// Told to stop while it was being started.
     StoppedBeforeStart,
-    /// Its node stopped heartbeating.
+    /// Its node stopped heartbeating (records from before nodes were told disconnected).
     NodeLost {
+        node: String,
+    },
+    /// Its node was cut off and came back; a replacement placed meanwhile is in service.
+    ReplacedWhileDisconnected {
+        node: String,
+    },
+    /// Its node was cut off and came back with it in service before its replacement was.
+    OriginalBack {
         node: String,
     },
     /// Its node is drained, and a replacement is in service elsewhere.
@@ -80,6 +88,12 @@ impl fmt::Display for Reason {
             Reason::StopRequested => f.write_str("stopped on request"),
             Reason::StoppedBeforeStart => f.write_str("stopped before it started"),
             Reason::NodeLost { node } => write!(f, "node {node} lost"),
+            Reason::ReplacedWhileDisconnected { node } => {
+                write!(f, "replaced while node {node} was disconnected, and the replacement is in service")
+            }
+            Reason::OriginalBack { node } => {
+                write!(f, "node {node} is back, with the instance this one replaced in service")
+            }
             Reason::NodeDrained { node } => write!(f, "moved off node {node}, which is draining"),
             Reason::DrainDeadline { node } => write!(f, "node {node}'s drain reached its deadline"),
             Reason::Exited(exit) => exit.fmt(f),
@@ -130,7 +144,9 @@ impl fmt::Display for Exit {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Rejection {
-    NodeDown,
+    /// Silent past the node timeout.
+    #[serde(alias = "node_down")]
+    Disconnected,
     /// Its instances are being moved off.
     Draining,
     /// An operator marked it ineligible for new instances.
@@ -170,7 +186,7 @@ pub enum Rejection {
 impl fmt::Display for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Rejection::NodeDown => f.write_str("node is down"),
+            Rejection::Disconnected => f.write_str("node is disconnected"),
             Rejection::Draining => f.write_str("node is draining"),
             Rejection::Ineligible => f.write_str("node is ineligible"),
             Rejection::Pool { pool, wanted } => write!(f, "in pool {pool}; the group places in {wanted}"),
@@ -228,7 +244,7 @@ impl Rejection {
     /// The kind of reason, for counting nodes: `memory`, or a constraint as written.
     pub fn class(&self) -> String {
         match self {
-            Rejection::NodeDown => "node down".into(),
+            Rejection::Disconnected => "node disconnected".into(),
             Rejection::Draining => "draining".into(),
             Rejection::Ineligible => "ineligible".into(),
             Rejection::Pool { .. } => "pool".into(),
@@ -341,7 +357,7 @@ mod tests {
             |why| Waiting::Unplaceable { why: Unplaceable::refused(vec![NodeRejection { node: "h1".into(), why }]) };
         let memory = |free| refused(Rejection::Memory { free, needed: 512 });
         assert!(memory(100).same_news(&memory(200)));
-        assert!(!memory(100).same_news(&refused(Rejection::NodeDown)));
+        assert!(!memory(100).same_news(&refused(Rejection::Disconnected)));
         assert!(!memory(100).same_news(&backoff(1, 10)));
         assert_eq!(memory(100).to_string(), "h1: memory: 100 MiB free, 512 needed");
         let json = serde_json::to_value(memory(100)).unwrap();

@@ -72,6 +72,12 @@ pub struct AppSpec {
     /// slow start off), so caches and JITs warm before the instance takes its full load.
     #[serde(default = "default_slow_start")]
     pub slow_start: Dur,
+    /// How long instances on a node cut off from the server are kept, counted as running,
+    /// before replacements are placed elsewhere (as Nomad's `max_client_disconnect`): for apps
+    /// whose instances should ride out a flaky link rather than move. `0s`, the default,
+    /// replaces them as soon as the node is marked disconnected.
+    #[serde(default, skip_serializing_if = "Dur::is_zero")]
+    pub max_disconnect: Dur,
     /// Where the app's log lines are forwarded, besides Berth's own store (see `Output`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub log_sinks: Vec<String>,
@@ -1290,6 +1296,7 @@ environment:
 # placement: spread              # or binpack: fill the fullest node that fits first
 # balance: round_robin           # or least_conn, hash:header:X-User, hash:cookie:session, hash:ip
 # slow_start: 5s                 # a new instance ramps up to its full share of requests (0s: off)
+# max_disconnect: 0s             # keep instances of a node cut off this long before replacing them
 health:
   http: /               # or `tcp: true`
   interval: 10s

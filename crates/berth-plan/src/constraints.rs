@@ -218,6 +218,7 @@ mod tests {
             pool: berth_core::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
+            disconnected_at: None,
         }
     }
 

@@ -399,7 +399,7 @@ fn feasible(
     (spread, values): (&Spread, &[Option<&str>]),
 ) -> Result<DriverKind, Rejection> {
     if node.status != NodeStatus::Ready {
-        return Err(Rejection::NodeDown);
+        return Err(Rejection::Disconnected);
     }
     if node.is_draining() {
         return Err(Rejection::Draining);
@@ -468,6 +468,7 @@ mod tests {
             pool: berth_core::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
+            disconnected_at: None,
         }
     }
 

@@ -90,12 +90,8 @@ pub enum Action {
     Switch {
         app: String,
     },
-    /// An instance that can no longer be reached (its node is lost) is failed.
-    Fail {
-        instance: String,
-        reason: Reason,
-    },
-    NodeDown {
+    /// A node silent past the timeout is marked disconnected (dead or cut off: nothing tells).
+    NodeDisconnected {
         node: String,
     },
     /// A node's drain ends: nothing is left on it, or its deadline came (what was left is
@@ -151,37 +147,62 @@ fn wanted(i: &Instance) -> bool {
 pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     let mut plan = Plan::default();
 
-    // Nodes that stopped heartbeating are lost, and so is what ran on them.
-    let mut lost_nodes = Vec::new();
+    // Nodes that stopped heartbeating are disconnected: dead or cut off, nothing tells which.
+    let mut cut_off_now = Vec::new();
     for node in &snapshot.nodes {
         let last = node.last_heartbeat.max(settings.heartbeat_grace_until);
         if node.status == NodeStatus::Ready {
             if now - last >= settings.node_timeout_ms {
-                plan.actions.push(Action::NodeDown { node: node.id.clone() });
-                lost_nodes.push(node.id.as_str());
+                plan.actions.push(Action::NodeDisconnected { node: node.id.clone() });
+                cut_off_now.push(node.id.as_str());
             } else {
                 plan.check_by(last + settings.node_timeout_ms);
             }
         }
     }
-    let mut failed_now = Vec::new();
-    for inst in &snapshot.instances {
-        if inst.state.is_live() && lost_nodes.contains(&inst.node.as_str()) {
-            plan.actions
-                .push(Action::Fail { instance: inst.id.clone(), reason: Reason::NodeLost { node: inst.node.clone() } });
-            failed_now.push(inst.id.as_str());
+    let specs: HashMap<String, &berth_core::AppSpec> = snapshot.apps.iter().map(|a| (a.id(), &a.spec)).collect();
+    // What runs there is out of reach: left as it was (the agent keeps it running), counted as
+    // running for its app's `max_disconnect`, then left out so that replacements are placed. If
+    // the node comes back, the scale-down below picks one set of the two.
+    let cut_off: HashMap<&str, Millis> = snapshot
+        .nodes
+        .iter()
+        .filter_map(|n| match n.status {
+            NodeStatus::Disconnected => Some((n.id.as_str(), n.disconnected_at.unwrap_or(n.last_heartbeat))),
+            NodeStatus::Ready if cut_off_now.contains(&n.id.as_str()) => Some((n.id.as_str(), now)),
+            NodeStatus::Ready => None,
+        })
+        .collect();
+    let mut out_of_reach: HashSet<&str> = HashSet::new();
+    for inst in snapshot.instances.iter().filter(|i| i.state.is_live()) {
+        let Some(since) = cut_off.get(inst.node.as_str()) else { continue };
+        let wait = specs.get(&inst.app).map_or(0, |s| s.max_disconnect.as_millis() as i64);
+        if now >= since + wait {
+            out_of_reach.insert(inst.id.as_str());
+        } else {
+            plan.check_by(since + wait);
         }
     }
-    let alive = |i: &&Instance| !failed_now.contains(&i.id.as_str());
-    let draining = drains(snapshot, &lost_nodes, |i| alive(&i), now, &mut plan);
+    let alive = |i: &&Instance| !out_of_reach.contains(i.id.as_str());
+    let draining = drains(snapshot, &cut_off_now, |i| alive(&i), now, &mut plan);
 
-    let specs: HashMap<String, &berth_core::AppSpec> = snapshot.apps.iter().map(|a| (a.id(), &a.spec)).collect();
     let mut usage = place::usage(snapshot.instances.iter().filter(alive), |app| specs.get(app).copied());
     let ready_nodes: Vec<&Node> = snapshot
         .nodes
         .iter()
-        .filter(|n| n.status == NodeStatus::Ready && !lost_nodes.contains(&n.id.as_str()))
+        .filter(|n| n.status == NodeStatus::Ready && !cut_off_now.contains(&n.id.as_str()))
         .collect();
+    // Instances that lived through their node's cut: the first to go when the app has one set
+    // too many (they came back beside their replacements).
+    let survivors: HashSet<&str> = {
+        let back: HashMap<&str, &Node> = ready_nodes.iter().map(|n| (n.id.as_str(), *n)).collect();
+        snapshot
+            .instances
+            .iter()
+            .filter(|i| i.state.is_live() && back.get(i.node.as_str()).is_some_and(|n| n.was_cut_off_under(i)))
+            .map(|i| i.id.as_str())
+            .collect()
+    };
 
     let mut by_app: HashMap<&str, Vec<&Instance>> = HashMap::new();
     for inst in snapshot.instances.iter().filter(alive) {
@@ -196,7 +217,7 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
             &id,
             &instances,
             (&ready_nodes, &snapshot.pools),
-            &draining,
+            (&draining, &survivors),
             &mut usage,
             now,
             settings,
@@ -282,7 +303,7 @@ fn reconcile_app(
     id: &str,
     instances: &[&Instance],
     (nodes, pools): (&[&Node], &Pools),
-    draining: &HashSet<&str>,
+    (draining, survivors): (&HashSet<&str>, &HashSet<&str>),
     usage: &mut place::Usage,
     now: Millis,
     settings: Settings,
@@ -354,12 +375,24 @@ fn reconcile_app(
     } else if old.is_empty() {
         if new.len() > target {
             // Scale down: drop the least useful first (not started, then not ready, then those
-            // borrowing another pool's room, then newest).
+            // back from a cut node beside their replacements, then those borrowing another
+            // pool's room, then newest). So when a cut node is back, its instances stay only if
+            // their replacements are not in service yet, and never both sets go.
             let mut extra = new.clone();
+            let survived = |i: &Instance| survivors.contains(i.id.as_str());
             extra.sort_by_key(|i| {
-                (i.state == InstanceState::Running, i.is_ready(), !i.borrowed, std::cmp::Reverse(i.created_at))
+                let ready = (i.state == InstanceState::Running, i.is_ready());
+                (ready, !survived(i), !i.borrowed, std::cmp::Reverse(i.created_at))
             });
-            stops.extend(extra.into_iter().take(new.len() - target).map(|i| (i, Reason::ScaledDown)));
+            let back = new.iter().find(|i| survived(i)).map(|i| i.node.clone());
+            stops.extend(extra.into_iter().take(new.len() - target).map(|i| {
+                let reason = match &back {
+                    Some(_) if survived(i) => Reason::ReplacedWhileDisconnected { node: i.node.clone() },
+                    Some(node) => Reason::OriginalBack { node: node.clone() },
+                    None => Reason::ScaledDown,
+                };
+                (i, reason)
+            }));
         } else {
             start = target - new.len();
         }

@@ -168,35 +168,26 @@ pub(crate) fn apply(
                 let effects = deploy::switch(a, now);
                 txn = deployments::write(state, txn, app, effects, now)?;
             }
-            Action::Fail { instance, reason } => {
-                let Some(inst) = instances.get(instance.as_str()) else {
-                    continue;
-                };
-                let mut next = (*inst).clone();
-                next.state = InstanceState::Failed;
-                next.set_reason(reason.clone());
-                next.observed.finished_at = Some(now);
-                next.observed.healthy = None;
-                txn = guard_instance(txn, instance).put(instance_key(instance), encode(&next));
-                let subject = Subject::instance(&inst.app, instance, &inst.node);
-                txn = state.with_event(txn, now, Level::Error, "instance.failed", subject, reason.to_string());
-            }
-            Action::NodeDown { node } => {
+            Action::NodeDisconnected { node } => {
                 let Some(n) = snapshot.nodes.iter().find(|n| &n.id == node) else {
                     continue;
                 };
                 let mut next = n.clone();
-                next.status = NodeStatus::Down;
+                next.status = NodeStatus::Disconnected;
+                next.disconnected_at = Some(now);
                 let rev = revisions.nodes.get(node).copied().unwrap_or(0);
                 txn = txn.expect(node_key(node), rev).put(node_key(node), encode(&next));
                 let since = (now - n.last_heartbeat) / 1000;
+                let live = snapshot.instances.iter().filter(|i| &i.node == node && i.state.is_live()).count();
                 txn = state.with_event(
                     txn,
                     now,
                     Level::Error,
-                    "node.lost",
+                    "node.disconnected",
                     Subject::node(node),
-                    format!("no heartbeat for {since}s"),
+                    format!(
+                        "no heartbeat for {since}s: dead or cut off; its {live} live instance(s) are replaced once their app's max_disconnect is over"
+                    ),
                 );
             }
             Action::EndDrain { node, state: outcome, left } => {

@@ -126,6 +126,16 @@ impl Shared {
     }
 
     /// Heartbeats kept in memory, folded into node records.
+    /// The nodes marked disconnected.
+    pub(crate) fn cut_off_nodes(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        let nodes = self.state.nodes()?;
+        Ok(nodes
+            .into_iter()
+            .filter(|n| n.value.status == berth_core::NodeStatus::Disconnected)
+            .map(|n| n.value.id)
+            .collect())
+    }
+
     pub(crate) fn with_heartbeat(&self, mut node: berth_core::Node) -> berth_core::Node {
         if let Some(beat) = lock(&self.heartbeats).get(&node.id) {
             node.last_heartbeat = node.last_heartbeat.max(*beat);

@@ -11,6 +11,8 @@ use crate::Shared;
 pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreError> {
     let index = shared.state.store().revision();
     let instances = shared.instances()?;
+    // Nothing is sent to a disconnected node's instances: nothing says they still answer.
+    let cut_off = shared.cut_off_nodes()?;
     let claims = crate::hosts::all(&shared.state)?;
     // A name serves its claimant only (an app rolled back to a spec naming a host another has
     // taken since does not get it back).
@@ -30,7 +32,10 @@ pub(crate) fn route_snapshot(shared: &Shared) -> Result<RouteSnapshot, StoreErro
                     version: i.version,
                     host: i.host.clone(),
                     host_ports: i.host_ports.clone(),
-                    ready: i.desired == Desired::Run && i.is_ready() && app.serves(i.version),
+                    ready: i.desired == Desired::Run
+                        && i.is_ready()
+                        && app.serves(i.version)
+                        && !cut_off.contains(&i.node),
                     draining: i.desired == Desired::Stop,
                 })
                 .collect();

@@ -1,15 +1,19 @@
 //! Builds the API's views of apps and nodes from stored records.
 
 use berth_api::{AllocatedResources, AppStatus, Counts, CrashLoop, InstanceView, NodeView};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use berth_core::{Allocation, App, Desired, Instance, InstanceState, Node};
 
+/// `app` with its instances; those on the `cut_off` nodes show as unreachable, and count as
+/// neither ready nor live until their node is back.
 pub(crate) fn app_status<'a>(
     app: &App,
     instances: impl IntoIterator<Item = &'a Instance>,
     pending: Option<&berth_plan::Pending>,
+    cut_off: &HashSet<String>,
 ) -> AppStatus {
+    let unreachable = |i: &Instance| cut_off.contains(&i.node);
     let id = app.id();
     let mut mine: Vec<&Instance> = instances.into_iter().filter(|i| i.app == id).collect();
     // Live first (oldest first), then the recently ended (newest first).
@@ -17,10 +21,13 @@ pub(crate) fn app_status<'a>(
         let live = i.state.is_live();
         (!live, if live { i.created_at } else { -i.observed.finished_at.unwrap_or(i.created_at) })
     });
-    let current_ready =
-        mine.iter().filter(|i| app.is_current(i.version) && i.desired == Desired::Run && i.is_ready()).count();
-    let others_live =
-        mine.iter().any(|i| i.state.is_live() && (!app.is_current(i.version) || i.desired == Desired::Stop));
+    let current_ready = mine
+        .iter()
+        .filter(|i| app.is_current(i.version) && i.desired == Desired::Run && i.is_ready() && !unreachable(i))
+        .count();
+    let others_live = mine
+        .iter()
+        .any(|i| i.state.is_live() && !unreachable(i) && (!app.is_current(i.version) || i.desired == Desired::Stop));
     let crash_loop = app.backoff.crash_looping().then(|| {
         let last = mine
             .iter()
@@ -44,7 +51,7 @@ pub(crate) fn app_status<'a>(
         desired: app.instances,
         image: app.spec.image.clone(),
         spec: app.spec.clone(),
-        counts: Counts::of(mine.iter().copied()),
+        counts: Counts::of(mine.iter().copied(), unreachable),
         deployed: !app.destroying && current_ready == app.instances as usize && !others_live,
         destroying: app.destroying,
         deployment: app.deployment.clone(),
@@ -52,7 +59,7 @@ pub(crate) fn app_status<'a>(
         alike: app.alike.clone(),
         pending: pending.map(|p| format!("{} instance(s) waiting: {}", p.missing, p.why)),
         waiting: pending.map(|p| p.why.clone()),
-        instances: mine.into_iter().cloned().map(InstanceView::from).collect(),
+        instances: mine.into_iter().map(|i| InstanceView::new(i.clone(), unreachable(i))).collect(),
         created_at: app.created_at,
         updated_at: app.updated_at,
         id,

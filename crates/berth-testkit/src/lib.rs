@@ -2,12 +2,14 @@
 //! Engine API, starts `berth up` as a real process on free loopback ports, and waits with deadlines.
 
 pub mod image;
+pub mod link;
 pub mod load;
 pub mod platform;
 pub mod procfs;
 pub mod receiver;
 
 pub use image::{TestImages, docker_or_skip, node_containers, test_images};
+pub use link::Link;
 pub use load::{Load, LoadReport};
 pub use platform::{Platform, free_port, wait_until};
 pub use receiver::Receiver;

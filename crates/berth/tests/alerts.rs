@@ -142,7 +142,7 @@ async fn a_lost_node_alerts_and_resolves_when_it_returns() {
         wait_until("the node-lost alert", Duration::from_secs(30), || async { posted(&hooks, "node_lost", "firing") })
             .await;
     assert_eq!(lost["node"], p.node_id.as_str(), "{lost}");
-    assert!(lost["text"].as_str().unwrap().contains("is lost"), "{lost}");
+    assert!(lost["text"].as_str().unwrap().contains("is disconnected"), "{lost}");
     p.restart_agent();
     let back = wait_until("the node-lost alert to resolve", Duration::from_secs(30), || async {
         posted(&hooks, "node_lost", "resolved")

@@ -20,6 +20,7 @@ fn node(id: &str) -> Node {
         pool: berth_core::SHARED_POOL.into(),
         eligibility: Default::default(),
         drain: None,
+        disconnected_at: None,
     }
 }
 
@@ -165,8 +166,28 @@ fn failed_instances_are_replaced_after_backoff() {
     assert_eq!(places(&run(&snap, 3_000)), 1);
 }
 
+fn placed_on(plan: &Plan) -> Vec<&str> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Place { placement, .. } => Some(placement.node.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn stops_why(plan: &Plan) -> Vec<(&str, &Reason)> {
+    plan.actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Stop { instance, reason } => Some((instance.as_str(), reason)),
+            _ => None,
+        })
+        .collect()
+}
+
 #[test]
-fn lost_node_fails_its_instances_and_they_move() {
+fn a_silent_node_is_disconnected_and_its_instances_are_replaced_not_failed() {
     let mut n1 = node("n1");
     n1.last_heartbeat = 0;
     let mut n2 = node("n2");
@@ -178,17 +199,107 @@ fn lost_node_fails_its_instances_and_they_move() {
         pools: Default::default(),
     };
     let plan = run(&snap, 20_000);
-    assert!(plan.actions.contains(&Action::NodeDown { node: "n1".into() }));
-    assert!(plan.actions.iter().any(|a| matches!(a, Action::Fail { instance, .. } if instance == "a")));
-    let placed: Vec<_> = plan
-        .actions
-        .iter()
-        .filter_map(|a| match a {
-            Action::Place { placement, .. } => Some(placement.node.as_str()),
-            _ => None,
-        })
-        .collect();
-    assert_eq!(placed, ["n2"]);
+    assert!(plan.actions.contains(&Action::NodeDisconnected { node: "n1".into() }));
+    // The instance is left as it was: the agent may well be running it still.
+    assert!(!plan.actions.iter().any(|a| matches!(a, Action::Stop { .. } | Action::Expire { .. })), "{plan:?}");
+    assert_eq!(placed_on(&plan), ["n2"]);
+}
+
+/// `a` on n1, cut off at 20 s, with n2 ready beside it; the app waits `max_disconnect`.
+fn cut_off(extra: &str) -> Snapshot {
+    let mut n1 = node("n1");
+    n1.status = NodeStatus::Disconnected;
+    n1.last_heartbeat = 5_000;
+    n1.disconnected_at = Some(20_000);
+    let mut n2 = node("n2");
+    n2.last_heartbeat = 60_000;
+    Snapshot {
+        apps: vec![app(1, 1, extra)],
+        instances: vec![inst("a", 1, InstanceState::Running)],
+        nodes: vec![n1, n2],
+        pools: Default::default(),
+    }
+}
+
+#[test]
+fn max_disconnect_keeps_the_originals_until_it_is_over() {
+    let snap = cut_off("max_disconnect: 30s\n");
+    let early = run(&snap, 25_000);
+    assert_eq!(places(&early), 0, "{early:?}");
+    assert_eq!(early.check_at.map(|at| at <= 50_000), Some(true), "the end of the wait is checked");
+    assert_eq!(placed_on(&run(&snap, 50_000)), ["n2"]);
+    // Without it, the replacement comes as soon as the node is disconnected.
+    assert_eq!(placed_on(&run(&cut_off(""), 25_000)), ["n2"]);
+}
+
+/// n1 back at 40 s after its cut at 20 s, with its original `a` and the replacement `rep` (in
+/// the state given) on n2.
+fn back(replacement: InstanceState, ready: bool) -> Snapshot {
+    let mut snap = cut_off("");
+    snap.nodes[0].status = NodeStatus::Ready;
+    snap.nodes[0].last_heartbeat = 40_000;
+    let mut rep = inst("rep", 1, replacement);
+    rep.node = "n2".into();
+    rep.created_at = 21_000;
+    rep.healthy_since = ready.then_some(25_000);
+    rep.in_service = ready;
+    snap.instances.push(rep);
+    snap
+}
+
+#[test]
+fn a_node_back_loses_its_originals_when_their_replacements_are_in_service() {
+    let plan = run(&back(InstanceState::Running, true), 40_000);
+    assert_eq!(stops_why(&plan), [("a", &Reason::ReplacedWhileDisconnected { node: "n1".into() })], "{plan:?}");
+    assert_eq!(places(&plan), 0);
+}
+
+#[test]
+fn a_node_back_keeps_its_originals_when_their_replacements_are_not_in_service() {
+    for state in [InstanceState::Staging, InstanceState::Starting] {
+        let plan = run(&back(state, false), 40_000);
+        assert_eq!(stops_why(&plan), [("rep", &Reason::OriginalBack { node: "n1".into() })], "{state:?}: {plan:?}");
+    }
+}
+
+proptest::proptest! {
+    /// However many instances of each set are ready when the node comes back, the app is cut
+    /// back to its count, keeping every ready instance it can, and the originals go first.
+    #[test]
+    fn one_set_survives_a_node_coming_back(
+        originals in proptest::collection::vec(proptest::bool::ANY, 1..5),
+        replacements in proptest::collection::vec(0u8..3, 1..5),
+    ) {
+        let n = originals.len().min(replacements.len());
+        let mut snap = back(InstanceState::Running, true);
+        snap.apps[0].instances = n as u32;
+        snap.instances.clear();
+        for (k, ready) in originals.iter().take(n).enumerate() {
+            let mut o = inst(&format!("o{k}"), 1, InstanceState::Running);
+            o.created_at = 1_000;
+            o.healthy_since = ready.then_some(2_000);
+            o.in_service = *ready;
+            snap.instances.push(o);
+        }
+        for (k, state) in replacements.iter().take(n).enumerate() {
+            let state = [InstanceState::Staging, InstanceState::Starting, InstanceState::Running][*state as usize];
+            let mut r = inst(&format!("r{k}"), 1, state);
+            r.node = "n2".into();
+            r.created_at = 21_000;
+            r.in_service = state == InstanceState::Running;
+            snap.instances.push(r);
+        }
+        let plan = run(&snap, 40_000);
+        let stopped = stops(&plan);
+        proptest::prop_assert_eq!(stopped.len(), n, "{:?}", plan);
+        let kept: Vec<&Instance> = snap.instances.iter().filter(|i| !stopped.contains(&i.id.as_str())).collect();
+        let ready_total = snap.instances.iter().filter(|i| i.is_ready()).count();
+        proptest::prop_assert_eq!(kept.iter().filter(|i| i.is_ready()).count(), ready_total.min(n));
+        // Ready replacements are kept before ready originals.
+        let ready_replacements = snap.instances.iter().filter(|i| i.node == "n2" && i.is_ready()).count();
+        let kept_replacements = kept.iter().filter(|i| i.node == "n2" && i.is_ready()).count();
+        proptest::prop_assert_eq!(kept_replacements, ready_replacements);
+    }
 }
 
 #[test]
@@ -672,7 +783,7 @@ fn a_drain_past_its_deadline_stops_what_is_left() {
     let before = run(&snap, 2_000);
     assert_eq!(before.check_at.map(|at| at <= 5_000), Some(true), "the deadline is checked");
     assert!(!has(&before, |a| matches!(a, Action::EndDrain { .. })));
-    snap.nodes[1].status = NodeStatus::Down;
+    snap.nodes[1].status = NodeStatus::Disconnected;
     snap.nodes[1].last_heartbeat = 10_000;
     let plan = run(&snap, 6_000);
     let deadline_stops =

@@ -176,7 +176,7 @@ pub(crate) fn evaluate(input: &Input, state: &mut AlertState, now: Millis) -> Ev
             }
         }
     }
-    for n in input.nodes.iter().filter(|n| n.status == NodeStatus::Down) {
+    for n in input.nodes.iter().filter(|n| n.status == NodeStatus::Disconnected) {
         out.seen.push(Seen {
             id: format!("node:{}:node_lost", n.id),
             name: "node_lost".into(),
@@ -184,7 +184,7 @@ pub(crate) fn evaluate(input: &Input, state: &mut AlertState, now: Millis) -> Ev
             node: Some(n.id.clone()),
             value: None,
             threshold: None,
-            text: format!("node {} ({}) is lost: no heartbeat", n.id, n.hostname),
+            text: format!("node {} ({}) is disconnected: no heartbeat", n.id, n.hostname),
             one_shot: false,
             webhooks: Vec::new(),
         });
@@ -378,13 +378,14 @@ mod tests {
             resources: Resources { cpu: 1.0, memory: 1, ports: (1, 2) },
             labels: Default::default(),
             drivers: Vec::new(),
-            status: NodeStatus::Down,
+            status: NodeStatus::Disconnected,
             registered_at: 0,
             last_heartbeat: 0,
             taken_ports: Default::default(),
             pool: berth_core::SHARED_POOL.into(),
             eligibility: Default::default(),
             drain: None,
+            disconnected_at: None,
         }];
         world.events = vec![Event {
             seq: 1,

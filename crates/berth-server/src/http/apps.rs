@@ -28,20 +28,21 @@ fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
     let app = shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).get(id).cloned();
-    Ok(views::app_status(&app.value, instances.iter(), pending.as_ref()))
+    Ok(views::app_status(&app.value, instances.iter(), pending.as_ref(), &shared.cut_off_nodes()?))
 }
 
 pub(super) async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).clone();
+    let cut_off = shared.cut_off_nodes()?;
     let apps: Vec<AppStatus> = shared
         .state
         .apps()?
         .into_iter()
         .map(|a| {
             let id = a.value.id();
-            views::app_status(&a.value, instances.iter(), pending.get(&id))
+            views::app_status(&a.value, instances.iter(), pending.get(&id), &cut_off)
         })
         .collect();
     Ok(indexed(index, &apps))

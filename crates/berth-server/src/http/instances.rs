@@ -81,6 +81,8 @@ pub(super) async fn stop_instance(
 
 pub(super) async fn list_instances(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
-    let all: Vec<InstanceView> = shared.instances()?.iter().cloned().map(InstanceView::from).collect();
+    let cut_off = shared.cut_off_nodes()?;
+    let all: Vec<InstanceView> =
+        shared.instances()?.iter().map(|i| InstanceView::new(i.clone(), cut_off.contains(&i.node))).collect();
     Ok(indexed(index, &all))
 }

@@ -79,8 +79,7 @@ fn detail(shared: &Shared, node: Node) -> Result<NodeDetail, ApiError> {
         .instances()?
         .iter()
         .filter(|i| i.node == id && i.state.is_live())
-        .cloned()
-        .map(InstanceView::from)
+        .map(|i| InstanceView::new(i.clone(), view.node.status == NodeStatus::Disconnected))
         .collect();
     Ok(NodeDetail { view, live })
 }
@@ -104,10 +103,10 @@ pub(super) async fn drain(
 ) -> ApiResult<Response> {
     let req: DrainRequest = if body.is_empty() { DrainRequest::default() } else { parse_json(&body)? };
     change_node(&shared, &name, "node.draining", |node, now| {
-        if node.status == NodeStatus::Down {
+        if node.status == NodeStatus::Disconnected {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
-                format!("node {} is down: its instances were already moved", node.hostname),
+                format!("node {} is disconnected: its instances are already being replaced", node.hostname),
             ));
         }
         let deadline_at = req.deadline.map(|d| now + d.as_millis() as i64);
@@ -210,6 +209,7 @@ pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> A
             // An operator's choices outlive the agent's restarts.
             eligibility: existing.as_ref().map(|v| v.value.eligibility).unwrap_or_default(),
             drain: existing.as_ref().and_then(|v| v.value.drain.clone()),
+            disconnected_at: existing.as_ref().and_then(|v| v.value.disconnected_at),
         };
         let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
         let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();
@@ -241,27 +241,35 @@ pub(super) async fn heartbeat(
     let (index, ()) = cas::retry(&shared.state, &format!("node {id}"), || {
         let node = shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
         let now = now_ms();
-        if node.value.status == NodeStatus::Down {
-            // A lost node is back: it must register again so its record and resources are fresh.
-            return Err(ApiError::new(StatusCode::GONE, format!("node {id} was marked lost; register again")));
-        }
         lock(&shared.heartbeats).insert(id.clone(), now);
-        let Some(taken) = beat.taken_ports.as_ref().map(|t| t.iter().copied().collect::<BTreeSet<u16>>()) else {
-            return Ok(Attempt::Done(()));
-        };
-        if taken == node.value.taken_ports {
-            return Ok(Attempt::Done(()));
-        }
-        // Only what changed is written: most heartbeats touch nothing in the store.
-        let freed: Vec<String> = node.value.taken_ports.difference(&taken).map(u16::to_string).collect();
         let mut next = node.value.clone();
-        next.taken_ports = taken;
-        let mut txn = Txn::default().expect(node_key(&id), node.mod_revision).put(node_key(&id), encode(&next));
-        if !freed.is_empty() {
-            let msg =
-                format!("port(s) {} no longer held by another process: free for instances again", freed.join(", "));
-            txn = shared.state.with_event(txn, now, Level::Info, "node.ports_freed", Subject::node(&id), msg);
+        let mut txn = Txn::default();
+        if next.status == NodeStatus::Disconnected {
+            // Back from a cut: the reconciler keeps one set of its instances and their replacements.
+            next.status = NodeStatus::Ready;
+            let away = (now - node.value.disconnected_at.unwrap_or(node.value.last_heartbeat)) / 1000;
+            let msg = format!("heartbeating again, {away}s after it was marked disconnected");
+            txn = shared.state.with_event(txn, now, Level::Info, "node.reconnected", Subject::node(&id), msg);
         }
+        let taken = beat.taken_ports.as_ref().map(|t| t.iter().copied().collect::<BTreeSet<u16>>());
+        if let Some(taken) = taken.filter(|t| *t != next.taken_ports) {
+            // Only what changed is written: most heartbeats touch nothing in the store.
+            let freed: Vec<String> = next.taken_ports.difference(&taken).map(u16::to_string).collect();
+            next.taken_ports = taken;
+            if !freed.is_empty() {
+                let msg =
+                    format!("port(s) {} no longer held by another process: free for instances again", freed.join(", "));
+                txn = shared.state.with_event(txn, now, Level::Info, "node.ports_freed", Subject::node(&id), msg);
+            }
+        }
+        if next == node.value {
+            return Ok(Attempt::Done(()));
+        }
+        if next.status != node.value.status {
+            // The record's heartbeat says when it came back; in between, the in-memory ones do.
+            next.last_heartbeat = now;
+        }
+        let txn = txn.expect(node_key(&id), node.mod_revision).put(node_key(&id), encode(&next));
         Ok(Attempt::Write(txn, ()))
     })?;
     let reply = HeartbeatReply {

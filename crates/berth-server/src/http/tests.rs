@@ -2,23 +2,26 @@
 
 use crate::{Server, ServerConfig, Tuning};
 
+async fn start(dir: &tempfile::TempDir, tuning: Tuning) -> Server {
+    let config = ServerConfig {
+        data_dir: dir.path().to_path_buf(),
+        api_addr: "127.0.0.1:0".into(),
+        tuning,
+        log_sinks: vec![],
+        alerts: Default::default(),
+        domain: "berth.local".into(),
+        insecure_unauthenticated: false,
+    };
+    Server::start(config).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn every_documented_route_is_served() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml")).expect("openapi.yaml");
     let doc: serde_json::Value = serde_saphyr::from_str(&doc).expect("openapi.yaml is valid YAML");
     let dir = tempfile::tempdir().unwrap();
-    let server = Server::start(ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        api_addr: "127.0.0.1:0".into(),
-        tuning: Tuning::default(),
-        log_sinks: vec![],
-        alerts: Default::default(),
-        domain: "berth.local".into(),
-        insecure_unauthenticated: false,
-    })
-    .await
-    .unwrap();
+    let server = start(&dir, Tuning::default()).await;
     let http = reqwest::Client::new();
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 12, "{} paths documented", paths.len());
@@ -44,18 +47,7 @@ async fn every_documented_route_is_served() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_heartbeat_reply_says_when_to_beat_next_from_the_node_timeout() {
     let dir = tempfile::tempdir().unwrap();
-    let tuning = Tuning { node_timeout: std::time::Duration::from_secs(3), ..Tuning::default() };
-    let server = Server::start(ServerConfig {
-        data_dir: dir.path().to_path_buf(),
-        api_addr: "127.0.0.1:0".into(),
-        tuning,
-        log_sinks: vec![],
-        alerts: Default::default(),
-        domain: "berth.local".into(),
-        insecure_unauthenticated: false,
-    })
-    .await
-    .unwrap();
+    let server = start(&dir, Tuning { node_timeout: std::time::Duration::from_secs(3), ..Tuning::default() }).await;
     let client = berth_api::Client::new(&format!("http://{}", server.addr)).unwrap();
     let node = berth_api::RegisterRequest {
         id: "n1".into(),

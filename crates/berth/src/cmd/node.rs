@@ -140,6 +140,9 @@ fn show(detail: &NodeDetail, ctx: &Ctx) -> anyhow::Result<()> {
                 .map(|v| {
                     let i = &v.instance;
                     let mut state = i.state.to_string();
+                    if v.unreachable {
+                        state = format!("unknown (last {})", i.state);
+                    }
                     if i.desired == berth_core::Desired::Stop {
                         state.push_str(" (stopping)");
                     }

@@ -9,12 +9,16 @@ const ENDED_SHOWN: usize = 3;
 
 pub fn status_table(s: &AppStatus) -> String {
     let mut out = format!(
-        "{} v{}  {}  {}/{} running{}\n",
+        "{} v{}  {}  {}/{} running{}{}\n",
         s.id,
         s.version,
         s.image.as_deref().unwrap_or("(exec)"),
         s.counts.running,
         s.desired,
+        match s.counts.unknown {
+            0 => String::new(),
+            n => format!(", {n} unknown on disconnected nodes"),
+        },
         s.pending.as_ref().map(|p| format!("\npending: {p}")).unwrap_or_default()
     );
     if let Some(d) = &s.deployment {
@@ -57,6 +61,10 @@ pub fn status_table(s: &AppStatus) -> String {
         .map(|v| {
             let i = &v.instance;
             let mut state = i.state.to_string();
+            if v.unreachable {
+                // Its node is disconnected: what it does now is unknown.
+                state = format!("unknown (last {})", i.state);
+            }
             if i.state.is_live() && i.desired == berth_core::Desired::Stop {
                 state.push_str(" (stopping)");
             }

@@ -317,11 +317,11 @@ async fn lose_agents(
                 .nodes()
                 .await?
                 .iter()
-                .filter(|n| nodes.contains(&n.node.id) && n.node.status == NodeStatus::Down)
+                .filter(|n| nodes.contains(&n.node.id) && n.node.status == NodeStatus::Disconnected)
                 .count();
             if down == killed {
                 noticed = Some(killed_at.elapsed().as_secs_f64());
-                progress(format!("the server marked the {killed} nodes lost"));
+                progress(format!("the server marked the {killed} nodes disconnected"));
             }
         }
         if noticed.is_some() && client.app(app).await?.value.deployed {

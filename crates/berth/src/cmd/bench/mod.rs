@@ -79,6 +79,7 @@ fn cluster(n: usize) -> (Vec<Node>, Usage) {
             pool: if i % 5 == 4 { "batch".into() } else { berth_core::SHARED_POOL.into() },
             eligibility: Default::default(),
             drain: None,
+            disconnected_at: None,
         };
         if i % 10 == 0 {
             let busy = Allocation { cpu: node.resources.cpu * 0.75, memory: node.resources.memory * 3 / 4 };

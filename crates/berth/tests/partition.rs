@@ -1,0 +1,125 @@
+//! A partition is not a death (issue 15): an agent cut off from the server by a TCP link the test
+//! controls keeps its instance running; the server marks the node disconnected and replaces the
+//! instance elsewhere; when the link is back exactly one of the two survives. An app with
+//! `max_disconnect` keeps its original through a short cut instead.
+
+use std::time::Duration;
+
+use berth_testkit::{Link, Platform, wait_until};
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn cart(extra: &str) -> String {
+    let bin = berth_testkit::image::testapp_binary();
+    format!(
+        "group: shop\nname: cart\ndriver: exec\ninstances: 1\ncommand: [{}, --version, v1]\n\
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n\
+         upgrade:\n  min_healthy_time: 300ms\n{extra}",
+        bin.display()
+    )
+}
+
+/// A server (3 s node timeout), its own agent `h0`, and an agent `far` that reaches the server
+/// only through `link`; `cart` runs on `far` alone.
+async fn cart_on_far(extra: &str) -> (Platform, Link, tokio::process::Child, Value) {
+    let server = ["--node-timeout".to_string(), "3s".to_string()];
+    let agent = ["--hostname".to_string(), "h0".to_string()];
+    let p = Platform::start_split_args(BERTH.as_ref(), "exec", &server, &agent).await;
+    let link = Link::start(p.api.trim_start_matches("http://")).await;
+    let far = p.add_agent("far", &["--server", &format!("http://{}", link.addr)]);
+    let hosts = p.ready_nodes(2).await;
+    p.cli_ok(&["node", "ineligible", "h0"]).await;
+    p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &cart(extra)), "--timeout", "60"]).await;
+    p.cli_ok(&["node", "eligible", "h0"]).await;
+    let live = p.live("cart").await;
+    assert_eq!(live.len(), 1, "{live:?}");
+    assert_eq!(live[0]["node"], hosts["far"].as_str(), "placed on far: {live:?}");
+    (p, link, far, live[0].clone())
+}
+
+async fn answers(address: &str) -> bool {
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    client.get(format!("http://{address}/health")).send().await.is_ok_and(|r| r.status().is_success())
+}
+
+async fn node_state(p: &Platform, host: &str) -> String {
+    let node: Value = serde_json::from_str(&p.cli_ok(&["node", "status", host, "-o", "json"]).await).unwrap();
+    node["state"].as_str().unwrap_or_default().to_string()
+}
+
+fn by_id<'a>(status: &'a Value, id: &Value) -> Option<&'a Value> {
+    status["instances"].as_array()?.iter().find(|i| i["id"] == *id)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cut_off_node_is_replaced_and_one_set_survives_when_it_is_back() {
+    let (p, link, _far, original) = cart_on_far("").await;
+    let address = original["address"].as_str().unwrap().to_string();
+    link.cut();
+
+    // Disconnected, and the app deployed again on h0, with the original still running out there.
+    let status = wait_until("cart replaced on h0", Duration::from_secs(30), || async {
+        let s = p.status("cart").await;
+        let cut_off = by_id(&s, &original["id"])?["unreachable"] == true;
+        (cut_off && s["deployed"] == true).then_some(s)
+    })
+    .await;
+    assert_eq!(node_state(&p, "far").await, "disconnected");
+    let o = by_id(&status, &original["id"]).expect("the original is still listed");
+    assert_eq!((o["unreachable"].as_bool(), o["state"].as_str()), (Some(true), Some("running")), "{o}");
+    assert_eq!(status["counts"]["unknown"], 1, "{status}");
+    let replacement = p.live("cart").await.into_iter().find(|i| i["id"] != original["id"]).expect("a replacement");
+    assert_ne!(replacement["node"], original["node"]);
+    assert!(answers(&address).await, "a partition is not a death: the agent keeps its instance running");
+    let shown = p.cli_ok(&["app", "cart", "status"]).await;
+    assert!(shown.contains("unknown (last running)") && shown.contains("1 unknown on disconnected nodes"), "{shown}");
+
+    // Back: the replacement is in service, so the original goes, through its agent.
+    link.restore();
+    wait_until("far back with the original stopped", Duration::from_secs(30), || async {
+        let s = p.status("cart").await;
+        let o = by_id(&s, &original["id"])?;
+        (o["state"] == "stopped").then_some(())
+    })
+    .await;
+    assert_eq!(node_state(&p, "far").await, "ready");
+    let s = p.status("cart").await;
+    let o = by_id(&s, &original["id"]).unwrap();
+    assert!(o["reason"].as_str().unwrap_or_default().contains("replaced while node"), "{o}");
+    let live = p.live("cart").await;
+    assert_eq!(live.len(), 1, "exactly one set: {live:?}");
+    assert_eq!(live[0]["id"], replacement["id"], "the replacement stays");
+    assert_eq!(s["deployed"], true, "{s}");
+    assert!(!answers(&address).await, "the original's process is gone");
+    let events = p.cli_ok(&["events", "-o", "json"]).await;
+    assert!(events.contains("node.disconnected") && events.contains("node.reconnected"), "{events}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn max_disconnect_keeps_the_original_through_a_short_cut() {
+    let (p, link, _far, original) = cart_on_far("max_disconnect: 5m\n").await;
+    link.cut();
+    wait_until("far disconnected", Duration::from_secs(30), || async {
+        (node_state(&p, "far").await == "disconnected").then_some(())
+    })
+    .await;
+    // The pass that marks the node disconnected is the one that would place a replacement: none
+    // came, and none comes while the cut lasts.
+    for _ in 0..10 {
+        let s = p.status("cart").await;
+        assert_eq!(p.live("cart").await.len(), 1, "no replacement within max_disconnect: {s}");
+        assert_eq!(s["counts"]["unknown"], 1, "{s}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    link.restore();
+    let s = wait_until("cart deployed again", Duration::from_secs(30), || async {
+        let s = p.status("cart").await;
+        (s["deployed"] == true).then_some(s)
+    })
+    .await;
+    let live = p.live("cart").await;
+    assert_eq!(live.len(), 1, "{s}");
+    assert_eq!(live[0]["id"], original["id"], "the original is kept: {s}");
+    assert!(answers(live[0]["address"].as_str().unwrap()).await);
+}
