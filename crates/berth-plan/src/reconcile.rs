@@ -43,7 +43,7 @@ pub struct Settings {
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            node_timeout_ms: 15_000,
+            node_timeout_ms: 5_000,
             heartbeat_grace_until: 0,
             keep_terminal: 10,
             backoff_reset_ms: 30_000,

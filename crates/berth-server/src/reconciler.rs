@@ -27,7 +27,7 @@ pub struct Tuning {
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {
-            node_timeout: Duration::from_secs(15),
+            node_timeout: Duration::from_secs(5),
             idle_interval: Duration::from_secs(5),
             keep_events: 10_000,
             logs: crate::logs::LogLimits::default(),

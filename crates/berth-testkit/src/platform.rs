@@ -244,6 +244,14 @@ impl Platform {
         self.process(&format!("agent-{name}.log"), &args)
     }
 
+    /// A machine dies: SIGKILL of the agent `add_agent(name)` started and of every exec
+    /// instance it started, all at once.
+    pub async fn kill_machine(&self, name: &str, agent: &mut Child) {
+        let _ = agent.start_kill();
+        kill_exec_instances(&self.dir.path().join("agents").join(name).join("agent/exec"));
+        let _ = agent.wait().await;
+    }
+
     /// Split mode: starts the agent again (after `kill_agent`); it keeps its node id.
     pub fn restart_agent(&mut self) {
         let agent = self.agent_process();
@@ -534,22 +542,27 @@ impl Drop for Platform {
             }
         }
         // The platform's own agent, and every agent a test added (`add_agent`).
-        let mut exec_dirs = vec![self.data_dir().join("agent/exec")];
+        kill_exec_instances(&self.data_dir().join("agent/exec"));
         if let Ok(added) = std::fs::read_dir(self.dir.path().join("agents")) {
-            exec_dirs.extend(added.flatten().map(|a| a.path().join("agent/exec")));
-        }
-        for entries in exec_dirs.iter().filter_map(|d| std::fs::read_dir(d).ok()) {
-            for entry in entries.flatten() {
-                let Ok(text) = std::fs::read_to_string(entry.path().join("proc.json")) else {
-                    continue;
-                };
-                let Ok(state) = serde_json::from_str::<Value>(&text) else {
-                    continue;
-                };
-                if let Some(pid) = state["pid"].as_i64().filter(|p| *p > 1) {
-                    let _ = std::process::Command::new("kill").args(["-9", "--", &format!("-{pid}")]).output();
-                }
+            for agent in added.flatten() {
+                kill_exec_instances(&agent.path().join("agent/exec"));
             }
+        }
+    }
+}
+
+/// SIGKILL to the process group of every exec instance whose state is under `dir`.
+fn kill_exec_instances(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for entry in entries.flatten() {
+        let Ok(text) = std::fs::read_to_string(entry.path().join("proc.json")) else {
+            continue;
+        };
+        let Ok(state) = serde_json::from_str::<Value>(&text) else {
+            continue;
+        };
+        if let Some(pid) = state["pid"].as_i64().filter(|p| *p > 1) {
+            let _ = std::process::Command::new("kill").args(["-9", "--", &format!("-{pid}")]).output();
         }
     }
 }

@@ -60,8 +60,13 @@ fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
     }
 }
 
+/// The tests' times are written for a 15 s node timeout.
+fn settings() -> Settings {
+    Settings { heartbeat_grace_until: 0, node_timeout_ms: 15_000, ..Settings::default() }
+}
+
 fn run(snapshot: &Snapshot, now: Millis) -> Plan {
-    reconcile(snapshot, now, Settings { heartbeat_grace_until: 0, ..Settings::default() })
+    reconcile(snapshot, now, settings())
 }
 
 fn places(plan: &Plan) -> usize {
@@ -104,7 +109,7 @@ fn a_large_placement_is_split_across_passes_that_follow_at_once() {
         nodes: vec![node("n1"), node("n2")],
         pools: Default::default(),
     };
-    let settings = Settings { heartbeat_grace_until: 0, max_placements: 3, ..Settings::default() };
+    let settings = Settings { max_placements: 3, ..settings() };
     let mut per_pass = Vec::new();
     for pass in 0..5 {
         let plan = reconcile(&snap, 2_000, settings);
@@ -307,7 +312,7 @@ fn heartbeat_grace_protects_nodes_after_server_restart() {
     let mut n1 = node("n1");
     n1.last_heartbeat = 0;
     let snap = Snapshot { apps: vec![], instances: vec![], nodes: vec![n1], pools: Default::default() };
-    let plan = reconcile(&snap, 20_000, Settings { heartbeat_grace_until: 19_000, ..Settings::default() });
+    let plan = reconcile(&snap, 20_000, Settings { heartbeat_grace_until: 19_000, ..settings() });
     assert!(plan.actions.is_empty());
     assert_eq!(plan.check_at, Some(34_000));
 }
@@ -424,7 +429,7 @@ fn old_terminal_records_are_forgotten() {
 
 /// Planning late in time with nodes that kept heartbeating.
 fn live_run(snapshot: &Snapshot, now: Millis) -> Plan {
-    reconcile(snapshot, now, Settings { heartbeat_grace_until: now, ..Settings::default() })
+    reconcile(snapshot, now, Settings { heartbeat_grace_until: now, ..settings() })
 }
 
 fn deploying(mut a: App, from: u64, now: Millis) -> App {
@@ -616,7 +621,7 @@ fn simulate_crash_loop(healthy: u32, failing: u32, fail_after_ms: i64, seconds: 
             x
         })
         .collect();
-    let settings = Settings { heartbeat_grace_until: 0, ..Settings::default() };
+    let settings = settings();
     let mut launches = Vec::new();
     let mut n = 0;
     let mut node = node("n1");

@@ -142,8 +142,10 @@ pub struct ServerOptions {
     /// Address of the /v1 API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     api: String,
-    /// A node silent this long is lost and its instances move.
-    #[arg(long, value_parser = parse_dur, default_value = "15s")]
+    /// A node silent this long is disconnected, and its instances are replaced (after their
+    /// app's `max_disconnect`). Agents beat three times per timeout; in a cluster too large for
+    /// that at 250 beats a second, beats come further apart and the timeout stretches.
+    #[arg(long, value_parser = parse_dur, default_value = "5s")]
     node_timeout: Dur,
     /// Size of one app log file before it rotates (`64KiB`, `8MiB`, or bytes).
     #[arg(long, value_parser = parse_size, default_value = "8MiB")]

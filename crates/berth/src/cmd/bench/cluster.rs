@@ -37,7 +37,7 @@ pub struct ClusterArgs {
     #[arg(long, default_value_t = 0)]
     kill: usize,
     /// The server's `--node-timeout` (how long a silent node stays ready).
-    #[arg(long, value_parser = crate::cmd::platform::parse_dur, default_value = "15s")]
+    #[arg(long, value_parser = crate::cmd::platform::parse_dur, default_value = "5s")]
     node_timeout: berth_core::Dur,
 }
 

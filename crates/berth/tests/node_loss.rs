@@ -1,4 +1,6 @@
-//! A partition is not a death (issue 15): an agent cut off from the server by a TCP link the test
+//! Machines that fail (issue 15). A machine that dies (its agent and instances killed at once)
+//! is healed at the default settings under constant load through the router, with no failed
+//! request. A partition is not a death: an agent cut off from the server by a TCP link the test
 //! controls keeps its instance running; the server marks the node disconnected and replaces the
 //! instance elsewhere; when the link is back exactly one of the two survives. An app with
 //! `max_disconnect` keeps its original through a short cut instead.
@@ -10,10 +12,10 @@ use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
-fn cart(extra: &str) -> String {
+fn cart(instances: u32, extra: &str) -> String {
     let bin = berth_testkit::image::testapp_binary();
     format!(
-        "group: shop\nname: cart\ndriver: exec\ninstances: 1\ncommand: [{}, --version, v1]\n\
+        "group: shop\nname: cart\ndriver: exec\ninstances: {instances}\ncommand: [{}, --version, v1]\nservices: [cart.test]\n\
          health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n\
          upgrade:\n  min_healthy_time: 300ms\n{extra}",
         bin.display()
@@ -30,7 +32,7 @@ async fn cart_on_far(extra: &str) -> (Platform, Link, tokio::process::Child, Val
     let far = p.add_agent("far", &["--server", &format!("http://{}", link.addr)]);
     let hosts = p.ready_nodes(2).await;
     p.cli_ok(&["node", "ineligible", "h0"]).await;
-    p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &cart(extra)), "--timeout", "60"]).await;
+    p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &cart(1, extra)), "--timeout", "60"]).await;
     p.cli_ok(&["node", "eligible", "h0"]).await;
     let live = p.live("cart").await;
     assert_eq!(live.len(), 1, "{live:?}");
@@ -46,6 +48,44 @@ async fn answers(address: &str) -> bool {
 async fn node_state(p: &Platform, host: &str) -> String {
     let node: Value = serde_json::from_str(&p.cli_ok(&["node", "status", host, "-o", "json"]).await).unwrap();
     node["state"].as_str().unwrap_or_default().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_machine_is_healed_at_the_defaults_with_no_failed_request() {
+    let agent = ["--hostname".to_string(), "h0".to_string()];
+    let p = Platform::start_split_args(BERTH.as_ref(), "exec", &[], &agent).await;
+    let mut h1 = p.add_agent("h1", &[]);
+    let _h2 = p.add_agent("h2", &[]);
+    let hosts = p.ready_nodes(3).await;
+    p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &cart(3, "")), "--timeout", "60"]).await;
+    let live = p.live("cart").await;
+    let doomed: Vec<Value> = live.iter().filter(|i| i["node"] == hosts["h1"].as_str()).cloned().collect();
+    assert_eq!(doomed.len(), 1, "spread puts one on each node: {live:?}");
+    let load = berth_testkit::Load::start(&p.http, "cart.test", 4, Some(Duration::from_millis(5)));
+    wait_until("traffic to flow", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 50).then_some(())
+    })
+    .await;
+
+    p.kill_machine("h1", &mut h1).await;
+    wait_until("h1 disconnected and cart whole again", Duration::from_secs(30), || async {
+        let s = p.status("cart").await;
+        let cut_off = by_id(&s, &doomed[0]["id"])?["unreachable"] == true;
+        (cut_off && s["deployed"] == true).then_some(())
+    })
+    .await;
+    assert_eq!(node_state(&p, "h1").await, "disconnected");
+    let live = p.live("cart").await;
+    let elsewhere = live.iter().filter(|i| i["node"] != hosts["h1"].as_str() && i["in_service"] == true).count();
+    assert_eq!(elsewhere, 3, "three in service on the two machines left: {live:?}");
+    // The router retried what the dead instance refused on the others, then stopped sending it
+    // anything once the node was disconnected.
+    load.mark();
+    wait_until("traffic after the heal", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 50).then_some(())
+    })
+    .await;
+    load.finish().await.assert_clean(200);
 }
 
 fn by_id<'a>(status: &'a Value, id: &Value) -> Option<&'a Value> {
