@@ -1,6 +1,7 @@
 //! The node agent: joins the pool, heartbeats, follows its assignments through a blocking watch,
 //! and runs each instance through a driver.
 
+mod credential;
 pub mod driver;
 pub mod logs;
 pub mod metrics;
@@ -30,6 +31,12 @@ pub enum AgentError {
     DataDir(PathBuf, std::io::Error),
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(
+        "no credential in {0} and no join token: pass --join-token-file FILE or --join-token TOKEN (the server keeps its token in <data-dir>/join.token)"
+    )]
+    NoJoinToken(PathBuf),
+    #[error("the server refused this agent: {0}")]
+    Refused(String),
 }
 
 /// Which drivers the node offers.
@@ -62,6 +69,8 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// How often each instance's resource use is sampled.
     pub metrics_interval: Duration,
+    /// The server's join token, presented once when the data dir holds no credential yet.
+    pub join_token: Option<String>,
 }
 
 /// A running agent.
@@ -70,6 +79,8 @@ pub struct Agent {
     pub drivers: Vec<DriverKind>,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Why the server refused this agent's credential, once it did (revoked by `berth node rm`).
+    refused: watch::Receiver<Option<String>>,
 }
 
 fn node_id(data_dir: &std::path::Path) -> Result<String, AgentError> {
@@ -127,6 +138,8 @@ impl Agent {
         let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
 
         let client = Client::new(&config.server)?;
+        let credential = credential::load_or_join(&client, &dir, &id, config.join_token.as_deref()).await?;
+        let client = client.with_credential(credential);
         let register = RegisterRequest {
             id: id.clone(),
             hostname: config.hostname.clone(),
@@ -165,14 +178,34 @@ impl Agent {
             live: runner::LiveInstances::default(),
         };
         let execs = tokio::spawn(run_execs(client.clone(), id.clone(), services.live.clone(), shutdown_rx.clone()));
-        let main = tokio::spawn(run(client, register, drivers, reporter, config.heartbeat, services, shutdown_rx));
+        let (refused_tx, refused) = watch::channel(None);
+        let main = tokio::spawn(run(
+            client,
+            register,
+            drivers,
+            reporter,
+            config.heartbeat,
+            services,
+            (shutdown_rx, refused_tx),
+        ));
         tracing::info!(node = %id, drivers = ?kinds, "berth agent started");
         Ok(Agent {
             node_id: id,
             drivers: kinds,
             shutdown,
             tasks: vec![main, report_task, shipper, metrics_shipper, execs],
+            refused,
         })
+    }
+
+    /// Waits until the server refuses this agent's credential, and says why. An agent refused
+    /// stops following its assignments; its process should exit non-zero rather than retry.
+    pub async fn refused(&mut self) -> String {
+        match self.refused.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            // The agent's loop ended without a refusal: wait for the caller's own signal.
+            Err(_) => std::future::pending().await,
+        }
     }
 
     /// Stops the agent's loops. Instances keep running; a new agent adopts them.
@@ -192,11 +225,28 @@ fn beat_interval(asked_ms: u64, fallback: Duration) -> Duration {
     Duration::from_millis(asked_ms).clamp(Duration::from_millis(100), Duration::from_secs(300))
 }
 
-async fn register(client: &Client, req: &RegisterRequest, shutdown: &mut watch::Receiver<bool>) -> bool {
+/// Whether a refusal is about who the agent is: retrying cannot help.
+fn is_refusal(e: &ClientError) -> bool {
+    matches!(e.status(), Some(401 | 403))
+}
+
+/// Registers, retrying while the server cannot be reached; false once stopping or refused (said
+/// on `refused`).
+async fn register(
+    client: &Client,
+    req: &RegisterRequest,
+    shutdown: &mut watch::Receiver<bool>,
+    refused: &watch::Sender<Option<String>>,
+) -> bool {
     let mut retry = Retry::new(Duration::from_millis(100), Duration::from_secs(3));
     loop {
         match client.register(req).await {
             Ok(_) => return true,
+            Err(e) if is_refusal(&e) => {
+                tracing::error!(error = %e, "the server refused this agent");
+                refused.send_replace(Some(e.to_string()));
+                return false;
+            }
             Err(e) => tracing::warn!(error = %e, "registering with the server failed; retrying"),
         }
         tokio::select! {
@@ -213,9 +263,10 @@ async fn run(
     reporter: report::Reporter,
     heartbeat: Duration,
     services: runner::Services,
-    mut shutdown: watch::Receiver<bool>,
+    // Turns true when the agent stops; says why when the server refuses it.
+    (mut shutdown, refused): (watch::Receiver<bool>, watch::Sender<Option<String>>),
 ) {
-    if !register(&client, &req, &mut shutdown).await {
+    if !register(&client, &req, &mut shutdown, &refused).await {
         return;
     }
     let node = req.id.clone();
@@ -283,8 +334,15 @@ async fn run(
                 // Bounded: a link that drops packets silently must not hold the loop.
                 match tokio::time::timeout(interval, client.heartbeat(&node, &beat)).await {
                     Ok(Ok(reply)) => interval = beat_interval(reply.interval_ms, heartbeat),
+                    Ok(Err(e)) if is_refusal(&e) => {
+                        tracing::error!(error = %e, "the server refused this agent");
+                        refused.send_replace(Some(e.to_string()));
+                        return;
+                    }
                     Ok(Err(e)) if matches!(e.status(), Some(404 | 410)) => {
-                        register(&client, &req, &mut shutdown).await;
+                        if !register(&client, &req, &mut shutdown, &refused).await {
+                            return;
+                        }
                     }
                     Ok(Err(e)) => tracing::warn!(error = %e, "heartbeat failed"),
                     Err(_) => tracing::warn!(after = ?interval, "heartbeat unanswered"),
@@ -293,7 +351,9 @@ async fn run(
                 next_beat.as_mut().reset(tokio::time::Instant::now() + wait);
             }
             _ = re_register.notified() => {
-                register(&client, &req, &mut shutdown).await;
+                if !register(&client, &req, &mut shutdown, &refused).await {
+                    return;
+                }
             }
             Some(id) = done_rx.recv() => {
                 stops.remove(&id);

@@ -9,10 +9,10 @@ use serde::de::DeserializeOwned;
 use crate::{
     AlertList, AppStatus, Assignments, ChangeOptions, ClientError, DeployRequest, DeployResponse, DrainRequest,
     DrainStatus, EligibilityRequest, ErrorBody, ExecRequest, ExecResult, GroupPoolsRequest, HeartbeatReply,
-    HeartbeatRequest, InstanceReport, InstanceView, LogBatch, LogLine, LogQuery, MetricsReport, NodeDetail, NodeView,
-    PoolSettingsRequest, PoolView, RegisterRequest, ReportRequest, RouteSnapshot, RouterReport, RouterView,
-    RuleOnError, RuleScript, RuleTarget, ScaleRequest, StaticUpstream, UpgradeRequest, UpstreamRequest, Usage,
-    exec_stream,
+    HeartbeatRequest, InstanceReport, InstanceView, JoinReply, JoinRequest, LogBatch, LogLine, LogQuery, MetricsReport,
+    NodeDetail, NodeView, PoolSettingsRequest, PoolView, RegisterRequest, ReportRequest, RouteSnapshot, RouterReport,
+    RouterView, RuleOnError, RuleScript, RuleTarget, ScaleRequest, StaticUpstream, UpgradeRequest, UpstreamRequest,
+    Usage, exec_stream,
 };
 
 /// Header carrying the store revision a response reflects; pass it back as `?index=` to block
@@ -24,6 +24,8 @@ pub const INDEX_HEADER: &str = "x-berth-index";
 pub struct Client {
     base: String,
     http: reqwest::Client,
+    /// An agent's or router's own credential (`ID.SECRET`), sent as the bearer.
+    credential: Option<String>,
 }
 
 /// A response body with the store index it reflects.
@@ -39,7 +41,26 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| ClientError::Unreachable { url: base.into(), why: e.to_string() })?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), http })
+        Ok(Client { base: base.trim_end_matches('/').to_string(), http, credential: None })
+    }
+
+    /// This client, sending `credential` (from `join`) with every request.
+    pub fn with_credential(mut self, credential: String) -> Self {
+        self.credential = Some(credential);
+        self
+    }
+
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credential {
+            Some(c) => req.bearer_auth(c),
+            None => req,
+        }
+    }
+
+    /// Presents the server's join token and gets a credential of one's own.
+    pub async fn join(&self, token: &str, req: &JoinRequest) -> Result<JoinReply, ClientError> {
+        let url = format!("{}/v1/join", self.base);
+        Ok(self.send(self.http.post(&url).bearer_auth(token).json(req), &url).await?.value)
     }
 
     pub fn base(&self) -> &str {
@@ -51,6 +72,7 @@ impl Client {
         req: reqwest::RequestBuilder,
         url: &str,
     ) -> Result<Indexed<T>, ClientError> {
+        let req = if self.credential.is_some() { self.authorized(req) } else { req };
         let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
         let status = resp.status();
         let index =
@@ -140,8 +162,7 @@ impl Client {
         let url = format!("{}{path}", self.base);
         let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
         let resp = self
-            .http
-            .post(&url)
+            .authorized(self.http.post(&url))
             .header(reqwest::header::CONNECTION, "upgrade")
             .header(reqwest::header::UPGRADE, exec_stream::PROTOCOL)
             .json(body)
@@ -224,7 +245,7 @@ impl Client {
         let full = reqwest::Url::parse_with_params(&url, &params)
             .map_err(|e| ClientError::Unreachable { url: url.clone(), why: e.to_string() })?;
         let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
-        let mut resp = self.http.get(full).send().await.map_err(unreachable)?;
+        let mut resp = self.authorized(self.http.get(full)).send().await.map_err(unreachable)?;
         if !resp.status().is_success() {
             let status = resp.status();
             let bytes = resp.bytes().await.map_err(unreachable)?;
@@ -334,6 +355,12 @@ impl Client {
 
     pub async fn drain_node(&self, node: &str, req: &DrainRequest) -> Result<NodeDetail, ClientError> {
         Ok(self.post(&format!("/v1/nodes/{node}/drain"), req).await?.value)
+    }
+
+    /// Removes a node and revokes its credential (`force`: even with live instances).
+    pub async fn remove_node(&self, node: &str, force: bool) -> Result<Node, ClientError> {
+        let url = format!("{}/v1/nodes/{node}?force={force}", self.base);
+        Ok(self.send(self.http.delete(&url), &url).await?.value)
     }
 
     pub async fn set_eligibility(&self, node: &str, eligible: bool) -> Result<NodeDetail, ClientError> {

@@ -199,3 +199,27 @@ pub struct GroupPoolsRequest {
 pub struct PoolSettingsRequest {
     pub cpu_oversubscription: f64,
 }
+
+/// What joins the cluster: an agent (a node) or a router.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Member {
+    Agent,
+    Router,
+}
+
+/// `POST /v1/join`, with the server's join token as the bearer: asks for a credential of its own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinRequest {
+    /// The node id (or router id) the credential acts as.
+    pub id: String,
+    pub kind: Member,
+}
+
+/// The credential `JoinRequest` asked for: `ID.SECRET`, sent as the bearer from then on. The
+/// server keeps only a digest of it; this is the one time it is shown.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinReply {
+    pub id: String,
+    pub credential: String,
+}

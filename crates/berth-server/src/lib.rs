@@ -27,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use alerts::AlertConfig;
+pub use http::credentials::JOIN_TOKEN_FILE;
 pub use logs::LogLimits;
 pub use reconciler::Tuning;
 
@@ -38,6 +39,8 @@ pub enum ServerError {
     Store(#[from] StoreError),
     #[error("cannot listen on {0}: {1}")]
     Listen(String, std::io::Error),
+    #[error("join token: {0}")]
+    JoinToken(#[from] http::credentials::JoinTokenError),
     #[error(
         "--api {0} is not a loopback address, and the API has no credentials yet: anyone who reaches it could deploy and run commands. Keep it on 127.0.0.1, or pass --insecure-unauthenticated on a network you trust"
     )]
@@ -56,6 +59,11 @@ pub struct ServerConfig {
     pub domain: String,
     /// Serve the API beyond loopback although it has no credentials.
     pub insecure_unauthenticated: bool,
+    /// The secret agents join with (`--join-token`); none: the one kept in `join_token_file`,
+    /// made at first start.
+    pub join_token: Option<String>,
+    /// Where a made join token is kept (`<data-dir>/join.token`).
+    pub join_token_file: PathBuf,
 }
 
 /// Shared by handlers and the reconcile loop.
@@ -83,6 +91,8 @@ pub(crate) struct Shared {
     pub domain: String,
     /// Commands on their way to instances and back.
     pub execs: Arc<exec::Execs>,
+    /// SHA-256 of the join token, hex.
+    pub join_digest: Arc<str>,
 }
 
 impl Shared {
@@ -111,6 +121,7 @@ impl Shared {
             tuning,
             domain,
             execs: Arc::default(),
+            join_digest: Arc::from(""),
         })
     }
 }
@@ -152,6 +163,8 @@ pub fn normal_domain(domain: &str) -> String {
 /// A running control plane.
 pub struct Server {
     pub addr: SocketAddr,
+    /// The secret agents join with.
+    pub join_token: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
@@ -171,8 +184,9 @@ impl Server {
         let listener =
             TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
+        let join_token = http::credentials::join_token(&config.join_token_file, config.join_token.clone())?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Shared::new(
+        let mut shared = Shared::new(
             store,
             config.tuning,
             config.data_dir.join("logs"),
@@ -181,6 +195,7 @@ impl Server {
             shutdown_rx.clone(),
             normal_domain(&config.domain),
         )?;
+        shared.join_digest = Arc::from(http::credentials::digest(&join_token));
         hosts::backfill(&shared.state, &shared.domain, now_ms())?;
 
         let app = http::router(shared.clone());
@@ -201,7 +216,7 @@ impl Server {
         let checking = tokio::spawn(outputs::run(shared.clone(), shutdown_rx.clone()));
         let reconcile = tokio::spawn(reconciler::run(shared, shutdown_rx));
         tracing::info!(%addr, "berth server listening");
-        Ok(Server { addr, shutdown, tasks: vec![http, reconcile, alerting, checking] })
+        Ok(Server { addr, join_token, shutdown, tasks: vec![http, reconcile, alerting, checking] })
     }
 
     pub async fn stop(self) {

@@ -174,6 +174,16 @@ impl Platform {
         self.dir.path().join("data")
     }
 
+    /// The file with the join token the server is started with and its agents join with.
+    pub fn join_token_file(&self) -> PathBuf {
+        let path = self.dir.path().join("join.token");
+        if !path.exists() {
+            let token = format!("test-join-{}-{}", std::process::id(), self.api_addr.replace([':', '.'], "-"));
+            std::fs::write(&path, token).expect("write the join token");
+        }
+        path
+    }
+
     fn process(&self, log_name: &str, args: &[String]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
@@ -196,8 +206,9 @@ impl Platform {
         let data = self.data_dir().display().to_string();
         let strings = |xs: &[&str]| xs.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let router = strings(&["--http", &self.http, "--router-admin", &self.admin, "--domain", "berth.test"]);
+        let token = self.join_token_file().display().to_string();
         if self.split.is_none() {
-            let mut args = strings(&["up", "--data-dir", &data, "--api", &self.api_addr]);
+            let mut args = strings(&["up", "--data-dir", &data, "--api", &self.api_addr, "--join-token-file", &token]);
             args.extend(self.node_args());
             args.extend(router);
             args.extend(self.extra.iter().cloned());
@@ -205,6 +216,9 @@ impl Platform {
             return;
         }
         let mut server = strings(&["server", "--data-dir", &data, "--api", &self.api_addr, "--domain", "berth.test"]);
+        if !self.extra.iter().any(|a| a.starts_with("--join-token")) {
+            server.extend(strings(&["--join-token-file", &token]));
+        }
         server.extend(self.extra.iter().cloned());
         self.child = Some(self.process("berth-server.log", &server));
         if self.split.as_ref().is_some_and(Vec::is_empty) {
@@ -225,6 +239,9 @@ impl Platform {
     fn agent_process(&self) -> Child {
         let mut args: Vec<String> = vec!["agent".into(), "--data-dir".into(), self.data_dir().display().to_string()];
         args.extend(self.node_args());
+        if !self.agent_extra.iter().any(|a| a.starts_with("--join-token")) {
+            args.extend(["--join-token-file".to_string(), self.join_token_file().display().to_string()]);
+        }
         args.extend(self.agent_extra.iter().cloned());
         self.process("berth-agent.log", &args)
     }
@@ -240,6 +257,9 @@ impl Platform {
         args.extend(
             ["--driver", &self.driver, "--pull", "never", "--ports", &ports, "--hostname", name].map(String::from),
         );
+        if !extra.iter().any(|a| a.starts_with("--join-token")) {
+            args.extend(["--join-token-file".to_string(), self.join_token_file().display().to_string()]);
+        }
         args.extend(extra.iter().map(|x| x.to_string()));
         self.process(&format!("agent-{name}.log"), &args)
     }

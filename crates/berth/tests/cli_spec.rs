@@ -133,7 +133,7 @@ fn colour_in_logs_follows_color_and_the_terminal() {
     let dir = tempfile::tempdir().unwrap();
     let stderr_of = |color: Option<&str>| {
         let mut cmd = Command::new(BERTH);
-        cmd.args(["agent", "--server", "http://127.0.0.1:9", "--driver", "exec", "--data-dir"])
+        cmd.args(["agent", "--server", "http://127.0.0.1:9", "--join-token", "t", "--driver", "exec", "--data-dir"])
             .arg(dir.path())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped());
@@ -141,7 +141,7 @@ fn colour_in_logs_follows_color_and_the_terminal() {
             cmd.args(["--color", c]);
         }
         let mut child = cmd.spawn().unwrap();
-        // It logs its failed registration at once, then retries: a few lines are enough.
+        // It logs its failed join at once, then retries: a few lines are enough.
         let mut stderr = child.stderr.take().unwrap();
         let reader = std::thread::spawn(move || {
             let mut buf = vec![0u8; 4096];

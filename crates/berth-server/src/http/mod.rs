@@ -5,6 +5,7 @@
 mod alerts;
 mod apps;
 mod cas;
+pub(crate) mod credentials;
 mod error;
 mod events;
 mod exec;
@@ -25,7 +26,10 @@ use crate::Shared;
 use error::{ApiError, indexed, json_errors};
 
 pub(crate) fn router(shared: Shared) -> Router {
+    // What only agents call takes an agent's own credential, acting as the node in the path.
+    let agent = axum::middleware::from_fn_with_state(shared.clone(), credentials::agents_only);
     Router::new()
+        .route("/v1/join", post(credentials::join))
         .route("/v1/health", get(health))
         .route("/v1/apps", get(apps::list_apps))
         .route("/v1/plan", post(apps::plan))
@@ -43,29 +47,32 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/outputs", get(logs::outputs))
         .route("/v1/apps/{group}/{name}/usage", get(usage::one_app))
         .route("/v1/apps/{group}/{name}/usage/history", get(usage::history))
-        .route("/v1/nodes/{id}/metrics", post(usage::ingest))
+        .route("/v1/nodes/{id}/metrics", post(usage::ingest).route_layer(agent.clone()))
         .route("/metrics", get(usage::prometheus))
-        .route("/v1/nodes/{id}/logs", post(logs::ingest).layer(axum::extract::DefaultBodyLimit::max(16 << 20)))
+        .route(
+            "/v1/nodes/{id}/logs",
+            post(logs::ingest).layer(axum::extract::DefaultBodyLimit::max(16 << 20)).route_layer(agent.clone()),
+        )
         .route("/v1/instances", get(instances::list_instances))
         .route("/v1/instances/{id}/restart", post(instances::restart_instance))
         .route("/v1/instances/{id}/stop", post(instances::stop_instance))
         .route("/v1/instances/{id}/exec", post(exec::run))
-        .route("/v1/nodes/{id}/execs", get(exec::take))
-        .route("/v1/nodes/{id}/execs/{exec}", post(exec::answer))
-        .route("/v1/nodes/{id}/execs/{exec}/stream", post(exec::attach))
+        .route("/v1/nodes/{id}/execs", get(exec::take).route_layer(agent.clone()))
+        .route("/v1/nodes/{id}/execs/{exec}", post(exec::answer).route_layer(agent.clone()))
+        .route("/v1/nodes/{id}/execs/{exec}/stream", post(exec::attach).route_layer(agent.clone()))
         .route("/v1/instances/{id}/drain", get(routes::drain_status))
         .route("/v1/routers", get(routes::list_routers))
         .route("/v1/routers/{id}", post(routes::router_report))
-        .route("/v1/nodes", get(nodes::list_nodes).post(nodes::register))
-        .route("/v1/nodes/{id}", get(nodes::node_detail))
+        .route("/v1/nodes", get(nodes::list_nodes).merge(post(nodes::register).route_layer(agent.clone())))
+        .route("/v1/nodes/{id}", get(nodes::node_detail).delete(nodes::remove))
         .route("/v1/pools", get(pools::list))
         .route("/v1/pools/groups/{group}", put(pools::set_group))
         .route("/v1/pools/{pool}", put(pools::set_pool))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))
         .route("/v1/nodes/{id}/eligibility", post(nodes::eligibility))
-        .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat))
-        .route("/v1/nodes/{id}/assignments", get(nodes::assignments))
-        .route("/v1/nodes/{id}/reports", post(nodes::reports))
+        .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat).route_layer(agent.clone()))
+        .route("/v1/nodes/{id}/assignments", get(nodes::assignments).route_layer(agent.clone()))
+        .route("/v1/nodes/{id}/reports", post(nodes::reports).route_layer(agent))
         .route("/v1/events", get(events::events))
         .route("/v1/routes", get(routes::routes))
         .route("/v1/upstreams", get(routes::list_upstreams))

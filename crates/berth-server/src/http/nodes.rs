@@ -3,7 +3,7 @@
 use std::collections::{BTreeSet, HashMap};
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State as AxState};
+use axum::extract::{Extension, Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
 use berth_api::{
@@ -19,6 +19,7 @@ use berth_store::state::{Subject, app_key, encode, instance_key, node_key};
 use berth_plan::deploy;
 
 use super::cas::{self, Attempt};
+use super::credentials;
 use super::error::{ApiError, ApiResult, WaitQuery, indexed, parse_json, wait_for};
 use crate::deployments;
 use crate::{Shared, lock, now_ms, views};
@@ -178,10 +179,73 @@ fn change_node(
     Ok(indexed(index, &detail(shared, node)?))
 }
 
-pub(super) async fn register(AxState(shared): AxState<Shared>, body: Bytes) -> ApiResult<Response> {
+/// `?force=true` on `DELETE /v1/nodes/{node}`.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(super) struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+/// `DELETE /v1/nodes/{node}` (`berth node rm`): the node's record goes, and so do the records of
+/// its live instances (replaced elsewhere); its credential is revoked, so its agent is refused
+/// from then on and exits. A node still connected with live instances is refused unless
+/// `force` (drain it first): its agent would leave them running, out of Berth's sight.
+pub(super) async fn remove(
+    AxState(shared): AxState<Shared>,
+    Path(name): Path<String>,
+    Query(q): Query<RemoveQuery>,
+) -> ApiResult<Response> {
+    let (index, node) = cas::retry(&shared.state, &format!("node {name}"), || {
+        let current = find_node(&shared, &name)?;
+        let node = current.value.clone();
+        let instances = shared.instances()?;
+        let live: Vec<&berth_store::state::Versioned<Instance>> =
+            instances.versioned().filter(|i| i.value.node == node.id && i.value.state.is_live()).collect();
+        if node.status == NodeStatus::Ready && !live.is_empty() && !q.force {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "node {} is connected with {} live instance(s): drain it first (berth node drain {}), or force",
+                    node.hostname,
+                    live.len(),
+                    node.hostname
+                ),
+            ));
+        }
+        let now = now_ms();
+        let mut txn = Txn::default()
+            .expect(node_key(&node.id), current.mod_revision)
+            .delete(node_key(&node.id))
+            .delete(credentials::credential_key(&node.id))
+            .put(credentials::revoked_key(&node.id), encode(&credentials::Revoked { at: now }));
+        for inst in &live {
+            let key = instance_key(&inst.value.id);
+            txn = txn.expect(key.clone(), inst.mod_revision).delete(key);
+        }
+        let msg = format!(
+            "{} removed and its credential revoked; {} live instance record(s) dropped",
+            node.hostname,
+            live.len()
+        );
+        let txn = shared.state.with_event(txn, now, Level::Warn, "node.removed", Subject::node(&node.id), msg);
+        Ok(Attempt::Write(txn, node))
+    })?;
+    lock(&shared.heartbeats).remove(&node.id);
+    Ok(indexed(index, &node))
+}
+
+pub(super) async fn register(
+    AxState(shared): AxState<Shared>,
+    Extension(caller): Extension<credentials::Caller>,
+    body: Bytes,
+) -> ApiResult<Response> {
     let req: RegisterRequest = parse_json(&body)?;
     if req.id.is_empty() || req.id.contains('/') {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "id: must be non-empty and contain no /"));
+    }
+    if req.id != caller.id {
+        let why = format!("the credential of node {} cannot register node {}", caller.id, req.id);
+        return Err(ApiError::new(StatusCode::FORBIDDEN, why));
     }
     if let Err(why) = berth_core::spec::check_label(&req.pool) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("pool: {why}")));

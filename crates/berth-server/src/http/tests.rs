@@ -11,6 +11,8 @@ async fn start(dir: &tempfile::TempDir, tuning: Tuning) -> Server {
         alerts: Default::default(),
         domain: "berth.local".into(),
         insecure_unauthenticated: false,
+        join_token: Some("test-join-token".into()),
+        join_token_file: dir.path().join("join.token"),
     };
     Server::start(config).await.unwrap()
 }
@@ -49,6 +51,11 @@ async fn a_heartbeat_reply_says_when_to_beat_next_from_the_node_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, Tuning { node_timeout: std::time::Duration::from_secs(3), ..Tuning::default() }).await;
     let client = berth_api::Client::new(&format!("http://{}", server.addr)).unwrap();
+    let joined = client
+        .join("test-join-token", &berth_api::JoinRequest { id: "n1".into(), kind: berth_api::Member::Agent })
+        .await
+        .unwrap();
+    let client = client.with_credential(joined.credential);
     let node = berth_api::RegisterRequest {
         id: "n1".into(),
         hostname: "n1".into(),

@@ -1,4 +1,4 @@
-//! `berth node`: list nodes, show one, drain it, make it (in)eligible.
+//! `berth node`: list nodes, show one, drain it, make it (in)eligible, remove it.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -33,6 +33,15 @@ pub enum NodeAction {
     Eligible { node: String },
     /// Place no new instance on a node; what runs there stays.
     Ineligible { node: String },
+    /// Remove a node and revoke its credential: its agent is refused from then on and exits.
+    /// A node still connected with live instances is refused (drain it first) unless --force.
+    Rm {
+        node: String,
+        /// Remove it even with live instances: they are replaced elsewhere, and what its agent
+        /// leaves running there is out of Berth's sight.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
@@ -67,6 +76,16 @@ pub async fn run(action: NodeAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         }
         NodeAction::Ineligible { node } => {
             show(&client.set_eligibility(&node, false).await?, ctx)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        NodeAction::Rm { node, force } => {
+            let removed = client.remove_node(&node, force).await?;
+            match ctx.format {
+                Format::Json => println!("{}", output::json(&removed)?),
+                Format::Table => {
+                    println!("removed node {} ({}); its credential is revoked", removed.hostname, removed.id);
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -60,6 +60,36 @@ pub(crate) fn parse_dur(text: &str) -> Result<Dur, String> {
     Dur::parse(text)
 }
 
+/// The secret agents join the cluster with.
+#[derive(Debug, clap::Args)]
+pub struct JoinTokenOptions {
+    /// The cluster's join secret. A server without one makes one at first start and keeps it in
+    /// <data-dir>/join.token (mode 0600); an agent presents it once and keeps a credential of its own.
+    #[arg(long = "join-token", env = "BERTH_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Read the join token from this file (its first line), so that it does not show in `ps`.
+    #[arg(long = "join-token-file", conflicts_with = "join_token")]
+    join_token_file: Option<PathBuf>,
+}
+
+impl JoinTokenOptions {
+    fn token(&self) -> anyhow::Result<Option<String>> {
+        read_token(self.join_token.as_ref(), self.join_token_file.as_deref(), "--join-token-file")
+    }
+}
+
+/// A secret given on the command line, or the first line of a file.
+fn read_token(given: Option<&String>, file: Option<&std::path::Path>, flag: &str) -> anyhow::Result<Option<String>> {
+    let Some(path) = file else {
+        return Ok(given.cloned());
+    };
+    let text = super::read_capped(path, 4096, "a token file").context(flag.to_string())?;
+    match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
+        Some(token) => Ok(Some(token.to_string())),
+        None => anyhow::bail!("{flag} {}: the file is empty", path.display()),
+    }
+}
+
 #[derive(Debug, clap::Args)]
 pub struct NodeOptions {
     /// Address this node's instances answer on; published ports bind to it.
@@ -95,7 +125,7 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    fn config(&self, server: &str, data_dir: PathBuf) -> anyhow::Result<AgentConfig> {
+    fn config(&self, server: &str, data_dir: PathBuf, join_token: Option<String>) -> anyhow::Result<AgentConfig> {
         if let Some(cpu) = self.cpu {
             anyhow::ensure!(cpu.is_finite() && cpu > 0.0, "--cpu: {cpu} is not a positive number of cores");
         }
@@ -130,6 +160,7 @@ impl NodeOptions {
             },
             heartbeat: Duration::from_secs(2),
             metrics_interval: self.metrics_interval.as_duration().max(Duration::from_millis(200)),
+            join_token,
         })
     }
 }
@@ -179,6 +210,8 @@ pub struct ServerOptions {
     /// commands): only on a network you trust.
     #[arg(long)]
     insecure_unauthenticated: bool,
+    #[command(flatten)]
+    join: JoinTokenOptions,
 }
 
 fn parse_domain(text: &str) -> Result<String, String> {
@@ -208,8 +241,10 @@ fn parse_size(text: &str) -> Result<u64, String> {
 }
 
 impl ServerOptions {
-    fn config(&self) -> ServerConfig {
-        ServerConfig {
+    fn config(&self) -> anyhow::Result<ServerConfig> {
+        Ok(ServerConfig {
+            join_token: self.join.token()?,
+            join_token_file: self.data_dir.join(berth_server::JOIN_TOKEN_FILE),
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
             domain: self.domain.clone(),
@@ -226,7 +261,7 @@ impl ServerOptions {
                 repeat: self.alert_repeat.as_duration(),
                 ..Default::default()
             },
-        }
+        })
     }
 }
 
@@ -277,14 +312,7 @@ pub struct RouterOptions {
 
 impl RouterOptions {
     fn token(&self) -> anyhow::Result<Option<String>> {
-        let Some(path) = &self.admin_token_file else {
-            return Ok(self.admin_token.clone());
-        };
-        let text = super::read_capped(path, 4096, "a token file").context("--admin-token-file")?;
-        match text.lines().next().map(str::trim).filter(|t| !t.is_empty()) {
-            Some(token) => Ok(Some(token.to_string())),
-            None => anyhow::bail!("--admin-token-file {}: the file is empty", path.display()),
-        }
+        read_token(self.admin_token.as_ref(), self.admin_token_file.as_deref(), "--admin-token-file")
     }
 
     fn config(
@@ -352,11 +380,13 @@ pub struct ServerArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct AgentArgs {
-    /// Where the agent keeps its node id and process state.
+    /// Where the agent keeps its node id, its credential and process state.
     #[arg(long, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
     #[command(flatten)]
     node: NodeOptions,
+    #[command(flatten)]
+    join: JoinTokenOptions,
 }
 
 async fn until_signal() {
@@ -375,9 +405,11 @@ async fn until_signal() {
 }
 
 pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::start(args.server.config()).await.context("starting the server")?;
+    let server = Server::start(args.server.config()?).await.context("starting the server")?;
     let url = format!("http://{}", server.addr);
-    let agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"))?)
+    // Its own agent joins as any other, with the server's token handed over in memory.
+    let token = Some(server.join_token.clone());
+    let mut agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"), token)?)
         .await
         .context("starting the agent")?;
     let router = if args.no_router {
@@ -400,32 +432,50 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         drivers.join(", "),
         args.server.data_dir.display()
     );
-    until_signal().await;
+    let refused = tokio::select! {
+        () = until_signal() => None,
+        why = agent.refused() => Some(why),
+    };
     eprintln!("stopping; instances keep running and are adopted on the next start");
     if let Some(r) = router {
         r.stop().await;
     }
     agent.stop().await;
     server.stop().await;
-    Ok(ExitCode::SUCCESS)
+    match refused {
+        Some(why) => anyhow::bail!("the agent was refused: {why}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
-    let server = Server::start(args.server.config()).await.context("starting the server")?;
+    let server = Server::start(args.server.config()?).await.context("starting the server")?;
     eprintln!("Berth server: API http://{}, data in {}", server.addr, args.server.data_dir.display());
+    if args.server.join.join_token.is_none() && args.server.join.join_token_file.is_none() {
+        let file = args.server.data_dir.join(berth_server::JOIN_TOKEN_FILE);
+        eprintln!("Agents join with the token in {} (berth agent --join-token-file FILE)", file.display());
+    }
     until_signal().await;
     server.stop().await;
     Ok(ExitCode::SUCCESS)
 }
 
 pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let agent = Agent::start(args.node.config(&ctx.server, args.data_dir.join("agent"))?)
+    let token = args.join.token()?;
+    let mut agent = Agent::start(args.node.config(&ctx.server, args.data_dir.join("agent"), token)?)
         .await
         .context("starting the agent")?;
     eprintln!("Berth agent: node {} joined {}", agent.node_id, ctx.server);
-    until_signal().await;
+    let refused = tokio::select! {
+        () = until_signal() => None,
+        why = agent.refused() => Some(why),
+    };
     agent.stop().await;
-    Ok(ExitCode::SUCCESS)
+    match refused {
+        // Retrying cannot help a revoked or wrong credential: exit non-zero and say why.
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
 
 pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {

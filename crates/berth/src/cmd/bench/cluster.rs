@@ -4,6 +4,7 @@
 //! deploys one app of M instances through the API and reports how long until all M run, and the
 //! server's memory.
 
+use anyhow::Context;
 use std::collections::BTreeMap;
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -154,6 +155,9 @@ async fn run(
         anyhow::ensure!(Instant::now() < deadline, "the server did not answer in time");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The server made its join token at start, as a user's does; the agents join with it.
+    let token_file = dir.join("server").join(berth_server::JOIN_TOKEN_FILE);
+    let token = std::fs::read_to_string(&token_file).with_context(|| format!("{}", token_file.display()))?;
     let mut agents = Vec::with_capacity(args.agents);
     for k in 0..args.agents {
         let config = AgentConfig {
@@ -170,6 +174,7 @@ async fn run(
             pull: PullPolicy::Never,
             heartbeat: Duration::from_secs(2),
             metrics_interval: Duration::from_secs(5),
+            join_token: Some(token.trim().to_string()),
         };
         agents.push(Agent::start(config).await?);
     }
