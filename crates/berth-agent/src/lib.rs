@@ -1,7 +1,6 @@
 //! The node agent: joins the pool, heartbeats, follows its assignments through a blocking watch,
 //! and runs each instance through a driver.
 
-mod credential;
 pub mod driver;
 pub mod logs;
 pub mod metrics;
@@ -31,12 +30,8 @@ pub enum AgentError {
     DataDir(PathBuf, std::io::Error),
     #[error(transparent)]
     Client(#[from] ClientError),
-    #[error(
-        "no credential in {0} and no join token: pass --join-token-file FILE or --join-token TOKEN (the server keeps its token in <data-dir>/join.token)"
-    )]
-    NoJoinToken(PathBuf),
-    #[error("the server refused this agent: {0}")]
-    Refused(String),
+    #[error(transparent)]
+    Join(#[from] berth_api::join::JoinError),
 }
 
 /// Which drivers the node offers.
@@ -138,7 +133,9 @@ impl Agent {
         let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
 
         let client = Client::new(&config.server)?;
-        let credential = credential::load_or_join(&client, &dir, &id, config.join_token.as_deref()).await?;
+        let file = dir.join(berth_api::join::CREDENTIAL_FILE);
+        let token = config.join_token.as_deref();
+        let credential = berth_api::join::load_or_join(&client, &file, &id, berth_api::Member::Agent, token).await?;
         let client = client.with_credential(credential);
         let register = RegisterRequest {
             id: id.clone(),

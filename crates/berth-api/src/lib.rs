@@ -7,6 +7,7 @@ mod client;
 mod error;
 mod exec;
 pub mod exec_stream;
+pub mod join;
 mod logs;
 mod nodes;
 mod routes;

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use berth_api::Client;
+use berth_api::{Client, Member};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -55,12 +55,18 @@ pub enum RouterError {
     AccessLog(PathBuf, std::io::Error),
     #[error(transparent)]
     Client(#[from] berth_api::ClientError),
+    #[error(transparent)]
+    Join(#[from] berth_api::join::JoinError),
 }
 
 #[derive(Debug, Clone)]
 pub struct RouterConfig {
     /// The control plane to follow.
     pub server: String,
+    /// Where the router keeps its credential, got once with `join_token`.
+    pub credential_file: PathBuf,
+    /// The server's join token, presented when there is no credential yet.
+    pub join_token: Option<String>,
     pub http: String,
     pub admin: String,
     pub admin_token: Option<String>,
@@ -381,7 +387,15 @@ impl Router {
             ),
             None => None,
         };
+        // A router is known by its credential once it has one; its first id names its machine
+        // and admin port.
         let client = Client::new(&config.server)?;
+        let first_id = format!("{}-{}", host_name(), admin_addr.port());
+        let token = config.join_token.as_deref();
+        let credential =
+            berth_api::join::load_or_join(&client, &config.credential_file, &first_id, Member::Router, token).await?;
+        let router_id = berth_api::join::credential_id(&credential).unwrap_or(&first_id).to_string();
+        let client = client.with_credential(credential);
         let proxy = Arc::new(Proxy::new(access.clone()).with_max_body(config.max_body));
         let registry = Arc::new(Registry::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
@@ -407,7 +421,6 @@ impl Router {
             }
             _ => None,
         };
-        let router_id = format!("{}-{}", host_name(), admin_addr.port());
         tasks.push(tokio::spawn(discovery::report(
             client.clone(),
             router_id,

@@ -181,10 +181,11 @@ impl Server {
         }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("state.redb"))?);
+        // Made before the port opens: whoever sees the port answer finds the token file there.
+        let join_token = http::credentials::join_token(&config.join_token_file, config.join_token.clone())?;
         let listener =
             TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
-        let join_token = http::credentials::join_token(&config.join_token_file, config.join_token.clone())?;
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut shared = Shared::new(
             store,

@@ -223,7 +223,7 @@ impl Platform {
         self.child = Some(self.process("berth-server.log", &server));
         if self.split.as_ref().is_some_and(Vec::is_empty) {
             let agent = self.agent_process();
-            let mut router_args = strings(&["router"]);
+            let mut router_args = strings(&["router", "--data-dir", &data, "--join-token-file", &token]);
             router_args.extend(router);
             let children = vec![agent, self.process("berth-router.log", &router_args)];
             self.split = Some(children);

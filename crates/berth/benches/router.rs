@@ -174,7 +174,10 @@ async fn throughput(rounds: usize, seconds: u64) {
     wait_port(api);
     guard.0.push(
         own_session(&mut Command::new(BERTH))
-            .args(["router", "--server", &format!("http://127.0.0.1:{api}")])
+            .args(["router", "--server", &format!("http://127.0.0.1:{api}"), "--join-token-file"])
+            .arg(dir.path().join("berth/join.token"))
+            .arg("--data-dir")
+            .arg(dir.path().join("router"))
             .args(["--http", &format!("127.0.0.1:{http}"), "--router-admin", &format!("127.0.0.1:{admin}")])
             .env("TOKIO_WORKER_THREADS", "2")
             .stderr(Stdio::null())
@@ -196,7 +199,10 @@ async fn throughput(rounds: usize, seconds: u64) {
     ));
     guard.0.push(
         own_session(&mut Command::new(BERTH))
-            .args(["router", "--server", &format!("http://127.0.0.1:{api}")])
+            .args(["router", "--server", &format!("http://127.0.0.1:{api}"), "--join-token-file"])
+            .arg(dir.path().join("berth/join.token"))
+            .arg("--data-dir")
+            .arg(dir.path().join("router-log"))
             .args(["--http", &format!("127.0.0.1:{http_log}"), "--router-admin", &format!("127.0.0.1:{admin_log}")])
             .arg("--access-log")
             .arg(dir.path().join("router-access.log"))

@@ -72,6 +72,25 @@ async fn agents_join_with_the_token_and_act_only_as_themselves() {
         .unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     assert!(resp.text().await.unwrap().contains("wrong join token"));
+    // Routers too: the split platform's router joined and keeps its own.
+    let router = std::fs::read_to_string(p.data_dir().join("router/credential")).unwrap();
+    let api = p.api.clone();
+    let routes = |bearer: Option<String>| {
+        let url = format!("{api}/v1/routes");
+        async move {
+            let mut req = reqwest::Client::new().get(url);
+            if let Some(b) = bearer {
+                req = req.bearer_auth(b);
+            }
+            let resp = req.send().await.unwrap();
+            (resp.status().as_u16(), resp.text().await.unwrap())
+        }
+    };
+    let (status, body) = routes(None).await;
+    assert!(status == 401 && body.contains("for routers"), "{status} {body}");
+    let (status, body) = routes(Some(credential.clone())).await;
+    assert!(status == 401 && body.contains("not a Router's"), "an agent's credential is not a router's: {body}");
+    assert_eq!(routes(Some(router)).await.0, 200);
     // The user-facing API is unchanged by this (its own credentials are issue 17).
     assert!(p.get("/v1/nodes").await.is_ok());
 }

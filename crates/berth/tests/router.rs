@@ -345,13 +345,26 @@ async fn a_deploy_returns_once_every_live_router_routes_it() {
     assert_eq!(status, 200, "the first request after deploy: {body}");
 
     // A router that reports an old index for as long as the deploy runs holds it up, then is named.
+    // It joins as any router does, with the join token.
+    let token = std::fs::read_to_string(p.join_token_file()).unwrap();
+    let joined: Value = reqwest::Client::new()
+        .post(format!("{}/v1/join", p.api))
+        .bearer_auth(token.trim())
+        .json(&serde_json::json!({"id": "stale-router", "kind": "router"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let credential = joined["credential"].as_str().expect("a credential").to_string();
     let stale = tokio::spawn({
         let url = format!("{}/v1/routers/stale-router", p.api);
         async move {
             let client = reqwest::Client::new();
             let report = serde_json::json!({"index": 1, "zone": "default", "admin": "127.0.0.1:9"});
             loop {
-                let _ = client.post(&url).json(&report).send().await;
+                let _ = client.post(&url).bearer_auth(&credential).json(&report).send().await;
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

@@ -129,35 +129,35 @@ fn refuse(why: String) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, why)
 }
 
-/// Checks the bearer credential of an agent's request: a known, unrevoked agent credential whose
-/// secret matches, acting as the node in the path (when the path names one). The caller goes
-/// into the request's extensions.
-pub async fn agents_only(
-    AxState(shared): AxState<Shared>,
+/// Checks the bearer credential of a request only `kind` makes: a known, unrevoked credential
+/// of that kind whose secret matches, acting as the member in the path (when the path names
+/// one). The caller goes into the request's extensions.
+pub async fn members_only(
+    AxState((shared, kind)): AxState<(Shared, Member)>,
     params: RawPathParams,
     mut req: Request,
     next: Next,
 ) -> Response {
     let Some(bearer) = bearer(req.headers()) else {
-        return refuse(
-            "no credential: this endpoint is for agents, which join with the server's join token \
-             (berth agent --join-token-file; the server keeps it in <data-dir>/join.token)"
-                .into(),
-        )
-        .into_response();
+        let who = match kind {
+            Member::Agent => "agents, which join with the server's join token (berth agent --join-token-file",
+            Member::Router => "routers, which join with the server's join token (berth router --join-token-file",
+        };
+        let why = format!("no credential: this endpoint is for {who}; the server keeps it in <data-dir>/join.token)");
+        return refuse(why).into_response();
     };
     let caller = match check(&shared, bearer) {
         Ok(caller) => caller,
         Err(refused) => return refused.into_response(),
     };
-    if caller.kind != Member::Agent {
-        return refuse(format!("credential {}: a {:?} credential, not an agent's", caller.id, caller.kind))
-            .into_response();
+    if caller.kind != kind {
+        let why = format!("credential {}: a {:?} credential, not a {kind:?}'s", caller.id, caller.kind);
+        return refuse(why).into_response();
     }
-    if let Some((_, node)) = params.iter().find(|(name, _)| *name == "id")
-        && node != caller.id
+    if let Some((_, id)) = params.iter().find(|(name, _)| *name == "id")
+        && id != caller.id
     {
-        let why = format!("the credential of node {} cannot act for node {node}", caller.id);
+        let why = format!("the credential of {} cannot act for {id}", caller.id);
         return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
     req.extensions_mut().insert(caller);
@@ -186,8 +186,8 @@ pub(crate) async fn join(AxState(shared): AxState<Shared>, headers: HeaderMap, b
         ));
     }
     let req: JoinRequest = parse_json(&body)?;
-    if req.id.is_empty() || req.id.contains('/') || req.id.contains('.') {
-        return Err(ApiError::new(StatusCode::BAD_REQUEST, "id: must be non-empty and contain no / or ."));
+    if req.id.is_empty() || req.id.contains('/') || req.id.chars().any(char::is_whitespace) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "id: must be non-empty, with no / and no spaces"));
     }
     let now = now_ms();
     let (credential, record) = mint(&req.id, req.kind, now);

@@ -22,12 +22,15 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post, put};
 
+use berth_api::Member;
+
 use crate::Shared;
 use error::{ApiError, indexed, json_errors};
 
 pub(crate) fn router(shared: Shared) -> Router {
     // What only agents call takes an agent's own credential, acting as the node in the path.
-    let agent = axum::middleware::from_fn_with_state(shared.clone(), credentials::agents_only);
+    let agent = axum::middleware::from_fn_with_state((shared.clone(), Member::Agent), credentials::members_only);
+    let router = axum::middleware::from_fn_with_state((shared.clone(), Member::Router), credentials::members_only);
     Router::new()
         .route("/v1/join", post(credentials::join))
         .route("/v1/health", get(health))
@@ -62,7 +65,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/nodes/{id}/execs/{exec}/stream", post(exec::attach).route_layer(agent.clone()))
         .route("/v1/instances/{id}/drain", get(routes::drain_status))
         .route("/v1/routers", get(routes::list_routers))
-        .route("/v1/routers/{id}", post(routes::router_report))
+        .route("/v1/routers/{id}", post(routes::router_report).route_layer(router.clone()))
         .route("/v1/nodes", get(nodes::list_nodes).merge(post(nodes::register).route_layer(agent.clone())))
         .route("/v1/nodes/{id}", get(nodes::node_detail).delete(nodes::remove))
         .route("/v1/pools", get(pools::list))
@@ -74,7 +77,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/nodes/{id}/assignments", get(nodes::assignments).route_layer(agent.clone()))
         .route("/v1/nodes/{id}/reports", post(nodes::reports).route_layer(agent))
         .route("/v1/events", get(events::events))
-        .route("/v1/routes", get(routes::routes))
+        .route("/v1/routes", get(routes::routes).route_layer(router))
         .route("/v1/upstreams", get(routes::list_upstreams))
         .route("/v1/upstreams/{name}", axum::routing::put(routes::put_upstream).delete(routes::delete_upstream))
         .route(

@@ -315,14 +315,19 @@ impl RouterOptions {
         read_token(self.admin_token.as_ref(), self.admin_token_file.as_deref(), "--admin-token-file")
     }
 
+    /// The router's configuration; `(dir, token)`: where it keeps its credential, and the join
+    /// token it gets one with.
     fn config(
         &self,
         server: &str,
         default_log: Option<PathBuf>,
         domain: Option<String>,
+        (dir, join_token): (PathBuf, Option<String>),
     ) -> anyhow::Result<RouterConfig> {
         Ok(RouterConfig {
             server: server.to_string(),
+            credential_file: dir.join(berth_api::join::CREDENTIAL_FILE),
+            join_token,
             http: self.http.clone(),
             admin: self.admin.clone(),
             admin_token: self.token()?,
@@ -365,8 +370,13 @@ pub struct UpArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RouterArgs {
+    /// Where the router keeps its credential (in `router/`).
+    #[arg(long, default_value_os_t = default_data_dir())]
+    data_dir: PathBuf,
     #[command(flatten)]
     router: RouterOptions,
+    #[command(flatten)]
+    join: JoinTokenOptions,
     /// Every app also answers as NAME.GROUP.<domain> (default: the server's `--domain`).
     #[arg(long, value_parser = parse_domain)]
     domain: Option<String>,
@@ -416,7 +426,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         None
     } else {
         let log = args.server.data_dir.join("router/access.log");
-        Some(Router::start(args.router.config(&url, Some(log), None)?).await.context("starting the router")?)
+        let joining = (args.server.data_dir.join("router"), Some(server.join_token.clone()));
+        Some(Router::start(args.router.config(&url, Some(log), None, joining)?).await.context("starting the router")?)
     };
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
     let routing = router
@@ -479,8 +490,10 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 }
 
 pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
-    let router =
-        Router::start(args.router.config(&ctx.server, None, args.domain)?).await.context("starting the router")?;
+    let joining = (args.data_dir.join("router"), args.join.token()?);
+    let router = Router::start(args.router.config(&ctx.server, None, args.domain, joining)?)
+        .await
+        .context("starting the router")?;
     eprintln!(
         "Berth router: http://{} (admin http://{}), following {}",
         router.http_addr, router.admin_addr, ctx.server
