@@ -553,6 +553,8 @@ pub enum NodeState {
     Ineligible,
     #[serde(alias = "down")]
     Disconnected,
+    /// Put aside by the server for failing apps that run healthy elsewhere.
+    Quarantined,
 }
 
 impl fmt::Display for NodeState {
@@ -562,6 +564,7 @@ impl fmt::Display for NodeState {
             NodeState::Draining => "draining",
             NodeState::Ineligible => "ineligible",
             NodeState::Disconnected => "disconnected",
+            NodeState::Quarantined => "quarantined",
         })
     }
 }
@@ -597,6 +600,25 @@ pub struct Node {
     /// lived through the cut, and are the first to go when one set of two must).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disconnected_at: Option<Millis>,
+    /// The last time it was put aside for failing apps that run healthy elsewhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quarantine: Option<Quarantine>,
+}
+
+/// A node put aside by the server: made ineligible and drained, until an operator makes it
+/// eligible again (`released_at`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Quarantine {
+    pub at: Millis,
+    pub why: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub released_at: Option<Millis>,
+}
+
+impl Quarantine {
+    pub fn is_active(&self) -> bool {
+        self.released_at.is_none()
+    }
 }
 
 impl Node {
@@ -605,9 +627,19 @@ impl Node {
         self.disconnected_at.is_some_and(|at| at > inst.created_at)
     }
 
+    /// Whether the server may put it aside: an eligible node, not draining, not aside already.
+    pub fn can_be_quarantined(&self) -> bool {
+        self.eligibility == Eligibility::Eligible && !self.is_draining() && !self.is_quarantined()
+    }
+
+    pub fn is_quarantined(&self) -> bool {
+        self.quarantine.as_ref().is_some_and(Quarantine::is_active)
+    }
+
     pub fn state(&self) -> NodeState {
         match self.status {
             NodeStatus::Disconnected => NodeState::Disconnected,
+            NodeStatus::Ready if self.is_quarantined() => NodeState::Quarantined,
             NodeStatus::Ready if self.is_draining() => NodeState::Draining,
             NodeStatus::Ready if self.eligibility == Eligibility::Ineligible => NodeState::Ineligible,
             NodeStatus::Ready => NodeState::Ready,
@@ -744,6 +776,7 @@ mod tests {
             eligibility: Default::default(),
             drain: None,
             disconnected_at: None,
+            quarantine: None,
         };
         assert!(node.driver_for(&spec).is_err(), "image-only app needs docker");
         node.drivers = vec![DriverKind::Docker, DriverKind::Exec];

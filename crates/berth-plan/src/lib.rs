@@ -6,6 +6,7 @@ pub mod deploy;
 pub mod heartbeat;
 pub mod place;
 pub mod preview;
+pub mod quarantine;
 pub mod reconcile;
 pub mod rolling;
 

@@ -469,6 +469,7 @@ mod tests {
             eligibility: Default::default(),
             drain: None,
             disconnected_at: None,
+            quarantine: None,
         }
     }
 

@@ -301,6 +301,7 @@ mod tests {
             eligibility: Default::default(),
             drain: None,
             disconnected_at: None,
+            quarantine: None,
         }
     }
 

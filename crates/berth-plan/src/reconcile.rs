@@ -38,6 +38,8 @@ pub struct Settings {
     /// transaction of 10,000 new records would hold them all in memory at once, and agents start
     /// the first ones while later ones are still being placed.
     pub max_placements: usize,
+    /// When a node is put aside for failing apps that run healthy elsewhere.
+    pub quarantine: crate::quarantine::Rules,
 }
 
 impl Default for Settings {
@@ -48,6 +50,7 @@ impl Default for Settings {
             keep_terminal: 10,
             backoff_reset_ms: 30_000,
             max_placements: 1_000,
+            quarantine: crate::quarantine::Rules::default(),
         }
     }
 }
@@ -93,6 +96,12 @@ pub enum Action {
     /// A node silent past the timeout is marked disconnected (dead or cut off: nothing tells).
     NodeDisconnected {
         node: String,
+    },
+    /// A node where apps that run healthy elsewhere keep failing is put aside: made ineligible
+    /// and drained, through the gates.
+    Quarantine {
+        node: String,
+        why: String,
     },
     /// A node's drain ends: nothing is left on it, or its deadline came (what was left is
     /// stopped by the same plan).
@@ -158,6 +167,12 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
             } else {
                 plan.check_by(last + settings.node_timeout_ms);
             }
+        }
+    }
+    for bad in crate::quarantine::bad_nodes(&snapshot.nodes, &snapshot.instances, now, &settings.quarantine) {
+        if !cut_off_now.contains(&bad.node.as_str()) {
+            let why = bad.why(&settings.quarantine);
+            plan.actions.push(Action::Quarantine { node: bad.node, why });
         }
     }
     let specs: HashMap<String, &berth_core::AppSpec> = snapshot.apps.iter().map(|a| (a.id(), &a.spec)).collect();
@@ -517,4 +532,4 @@ fn forget_old_terminal(instances: &[&Instance], keep: usize, plan: &mut Plan) {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

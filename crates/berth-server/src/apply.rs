@@ -3,7 +3,10 @@
 
 use std::collections::HashMap;
 
-use berth_core::{Allocation, App, Desired, DrainState, Instance, InstanceState, Level, Millis, NodeStatus};
+use berth_core::{
+    Allocation, App, Desired, Drain, DrainState, Eligibility, Instance, InstanceState, Level, Millis, NodeStatus,
+    Quarantine,
+};
 use berth_plan::{Action, Snapshot, deploy};
 use berth_store::state::{POOLS_KEY, Subject, app_key, encode, instance_key, node_key, version_key};
 use berth_store::{StoreError, Txn};
@@ -189,6 +192,29 @@ pub(crate) fn apply(
                         "no heartbeat for {since}s: dead or cut off; its {live} live instance(s) are replaced once their app's max_disconnect is over"
                     ),
                 );
+            }
+            Action::Quarantine { node, why } => {
+                let Some(n) = snapshot.nodes.iter().find(|n| &n.id == node) else {
+                    continue;
+                };
+                let mut next = n.clone();
+                let live = snapshot.instances.iter().filter(|i| &i.node == node && i.state.is_live()).count();
+                next.eligibility = Eligibility::Ineligible;
+                next.drain = Some(Drain {
+                    state: DrainState::Running,
+                    started_at: now,
+                    deadline_at: None,
+                    instances: live,
+                    ended_at: None,
+                });
+                next.quarantine = Some(Quarantine { at: now, why: why.clone(), released_at: None });
+                let rev = revisions.nodes.get(node).copied().unwrap_or(0);
+                txn = txn.expect(node_key(node), rev).put(node_key(node), encode(&next));
+                let msg = format!(
+                    "quarantined: {why}; its {live} instance(s) move off through the gates (berth node eligible {} brings it back)",
+                    n.hostname
+                );
+                txn = state.with_event(txn, now, Level::Error, "node.quarantined", Subject::node(node), msg);
             }
             Action::EndDrain { node, state: outcome, left } => {
                 let Some(n) = snapshot.nodes.iter().find(|n| &n.id == node) else {

@@ -24,12 +24,15 @@ struct Config {
     /// Serve nothing: say whether stdin is a terminal, echo its lines, and exit with
     /// `--exit-code` at its end (for `berth app NAME exec -it`).
     echo_stdin: bool,
+    /// Exit at once with `--exit-code` when this path exists (relative to the working
+    /// directory): a broken machine, for tests of bad nodes.
+    fail_if_exists: Option<String>,
 }
 
 fn usage(problem: &str) -> ! {
     eprintln!(
         "berth-testapp: {problem}\nusage: berth-testapp [--port N] [--version V] [--start-delay-ms N] \
-         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N] [--chatter-ms N] [--chatter-lines N] [--burn-cpu] [--echo-stdin]"
+         [--crash-after-ms N] [--exit-code N] [--fail-health] [--alloc-mb N] [--chatter-ms N] [--chatter-lines N] [--burn-cpu] [--echo-stdin] [--fail-if-exists PATH]"
     );
     std::process::exit(2)
 }
@@ -48,6 +51,7 @@ fn parse() -> Config {
         chatter_lines: 1,
         burn_cpu: false,
         echo_stdin: false,
+        fail_if_exists: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(flag) = args.next() {
@@ -67,6 +71,7 @@ fn parse() -> Config {
             "--chatter-lines" => c.chatter_lines = number("--chatter-lines", value("--chatter-lines")),
             "--burn-cpu" => c.burn_cpu = true,
             "--echo-stdin" => c.echo_stdin = true,
+            "--fail-if-exists" => c.fail_if_exists = Some(value("--fail-if-exists")),
             other => usage(&format!("unknown flag {other}")),
         }
     }
@@ -75,6 +80,10 @@ fn parse() -> Config {
 
 fn main() {
     let config = Arc::new(parse());
+    if let Some(path) = config.fail_if_exists.as_deref().filter(|p| std::path::Path::new(p).exists()) {
+        eprintln!("{path} exists: this machine is broken");
+        std::process::exit(config.exit_code);
+    }
     if config.echo_stdin {
         echo_stdin(config.exit_code);
     }

@@ -163,3 +163,55 @@ async fn max_disconnect_keeps_the_original_through_a_short_cut() {
     assert_eq!(live[0]["id"], original["id"], "the original is kept: {s}");
     assert!(answers(live[0]["address"].as_str().unwrap()).await);
 }
+
+/// Bad nodes leave by themselves: on `bad` every instance fails (its "disk" is broken), while
+/// the same apps run healthy on h0; the server puts `bad` aside with the reason, moves what ran
+/// there through the gates, raises an alert, and `berth node eligible` brings it back.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_failing_every_instance_is_quarantined_while_a_healthy_node_takes_them() {
+    let agent = ["--hostname".to_string(), "h0".to_string()];
+    let p = Platform::start_split_args(BERTH.as_ref(), "exec", &[], &agent).await;
+    let _bad = p.add_agent("bad", &[]);
+    let hosts = p.ready_nodes(2).await;
+    // Instances run in <agent data>/agent/exec/<id>: this file breaks bad's alone.
+    std::fs::write(p.dir.path().join("agents/bad/agent/BROKEN"), "").unwrap();
+    let bin = berth_testkit::image::testapp_binary();
+    for name in ["cart", "api"] {
+        let spec = format!(
+            "group: shop\nname: {name}\ndriver: exec\ninstances: 2\ncommand: [{}, --fail-if-exists, ../../BROKEN]\n\
+             health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 0s\n",
+            bin.display()
+        );
+        p.cli_ok(&["deploy", "-f", &p.write(&format!("{name}.yaml"), &spec), "--no-wait"]).await;
+    }
+    let state = wait_until("bad quarantined", Duration::from_secs(60), || async {
+        let state = node_state(&p, "bad").await;
+        (state == "quarantined").then_some(state)
+    })
+    .await;
+    assert_eq!(state, "quarantined");
+    let node: Value = serde_json::from_str(&p.cli_ok(&["node", "status", "bad", "-o", "json"]).await).unwrap();
+    let why = node["quarantine"]["why"].as_str().unwrap_or_default();
+    assert!(why.contains("2 apps") && why.contains("shop/cart") && why.contains("shop/api"), "{node}");
+    // Everything runs on h0, healthy.
+    for app in ["cart", "api"] {
+        wait_until("the app whole on h0", Duration::from_secs(30), || async {
+            let live = p.live(app).await;
+            let on_h0 = live.iter().filter(|i| i["node"] == hosts["h0"].as_str() && i["in_service"] == true).count();
+            (on_h0 == 2 && live.len() == 2).then_some(())
+        })
+        .await;
+    }
+    let events = p.cli_ok(&["events", "-o", "json"]).await;
+    assert!(events.contains("node.quarantined"), "{events}");
+    let alerts = p.cli_ok(&["alerts", "-o", "json"]).await;
+    assert!(alerts.contains("node_quarantined"), "{alerts}");
+    // Fixed, and brought back by an operator: failures before now are forgiven.
+    std::fs::remove_file(p.dir.path().join("agents/bad/agent/BROKEN")).unwrap();
+    p.cli_ok(&["node", "eligible", "bad"]).await;
+    assert_eq!(node_state(&p, "bad").await, "ready");
+    p.cli_ok(&["app", "cart", "scale", "4", "--timeout", "60"]).await;
+    let live = p.live("cart").await;
+    assert!(live.iter().any(|i| i["node"] == hosts["bad"].as_str()), "bad takes instances again: {live:?}");
+    assert_eq!(node_state(&p, "bad").await, "ready", "and is not put aside again");
+}

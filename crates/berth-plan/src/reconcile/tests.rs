@@ -5,7 +5,7 @@ use berth_core::{AppSpec, Backoff, Deployment, DeploymentKind, DeploymentState, 
 
 use super::*;
 
-fn node(id: &str) -> Node {
+pub(crate) fn node(id: &str) -> Node {
     Node {
         id: id.into(),
         hostname: id.into(),
@@ -21,6 +21,7 @@ fn node(id: &str) -> Node {
         eligibility: Default::default(),
         drain: None,
         disconnected_at: None,
+        quarantine: None,
     }
 }
 
@@ -40,7 +41,7 @@ fn app(instances: u32, version: u64, extra: &str) -> App {
     }
 }
 
-fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
+pub(crate) fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
     Instance {
         id: id.into(),
         app: "g/web".into(),
@@ -829,4 +830,35 @@ fn scale_down_gives_borrowed_room_back_first() {
         pools: Default::default(),
     };
     assert_eq!(stops(&run(&snap, 2_000)), ["b"], "the borrowed one goes, though older");
+}
+
+#[test]
+fn a_node_failing_apps_that_run_healthy_elsewhere_is_quarantined() {
+    let mut second = app(1, 1, "");
+    second.spec.name = "api".into();
+    let mut instances = Vec::new();
+    for (app_id, tag) in [("g/web", "w"), ("g/api", "a")] {
+        let mut ok = inst(&format!("{tag}-ok"), 1, InstanceState::Running);
+        ok.app = app_id.into();
+        ok.node = "n2".into();
+        instances.push(ok);
+        for k in 0..3 {
+            let mut failed = inst(&format!("{tag}-{k}"), 1, InstanceState::Failed);
+            failed.app = app_id.into();
+            failed.observed.finished_at = Some(1_500);
+            instances.push(failed);
+        }
+    }
+    let mut n2 = node("n2");
+    n2.last_heartbeat = 2_000;
+    let snap = Snapshot {
+        apps: vec![app(1, 1, ""), second],
+        instances,
+        nodes: vec![node("n1"), n2],
+        pools: Default::default(),
+    };
+    let plan = run(&snap, 2_000);
+    let quarantined: Vec<&Action> = plan.actions.iter().filter(|a| matches!(a, Action::Quarantine { .. })).collect();
+    assert_eq!(quarantined.len(), 1, "{plan:?}");
+    assert!(matches!(quarantined[0], Action::Quarantine { node, why } if node == "n1" && why.contains("2 apps")));
 }

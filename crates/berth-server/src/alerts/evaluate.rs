@@ -176,18 +176,27 @@ pub(crate) fn evaluate(input: &Input, state: &mut AlertState, now: Millis) -> Ev
             }
         }
     }
-    for n in input.nodes.iter().filter(|n| n.status == NodeStatus::Disconnected) {
-        out.seen.push(Seen {
-            id: format!("node:{}:node_lost", n.id),
-            name: "node_lost".into(),
-            app: None,
-            node: Some(n.id.clone()),
-            value: None,
-            threshold: None,
-            text: format!("node {} ({}) is disconnected: no heartbeat", n.id, n.hostname),
-            one_shot: false,
-            webhooks: Vec::new(),
-        });
+    // A node alert fires while the node is in the state, and resolves when it leaves it.
+    let node_alert = |n: &berth_core::Node, name: &str, text: String| Seen {
+        id: format!("node:{}:{name}", n.id),
+        name: name.into(),
+        app: None,
+        node: Some(n.id.clone()),
+        value: None,
+        threshold: None,
+        text,
+        one_shot: false,
+        webhooks: Vec::new(),
+    };
+    for n in input.nodes {
+        if n.status == NodeStatus::Disconnected {
+            let text = format!("node {} ({}) is disconnected: no heartbeat", n.id, n.hostname);
+            out.seen.push(node_alert(n, "node_lost", text));
+        }
+        if let Some(q) = n.quarantine.as_ref().filter(|q| q.is_active()) {
+            let text = format!("node {} ({}) is quarantined: {}", n.id, n.hostname, q.why);
+            out.seen.push(node_alert(n, "node_quarantined", text));
+        }
     }
     // OOM kills are events: each one alerts once.
     for e in input.events.iter().filter(|e| e.kind == "instance.oom_killed") {
@@ -386,7 +395,13 @@ mod tests {
             eligibility: Default::default(),
             drain: None,
             disconnected_at: None,
+            quarantine: None,
         }];
+        let mut aside = world.nodes[0].clone();
+        aside.id = "n2".into();
+        aside.status = NodeStatus::Ready;
+        aside.quarantine = Some(berth_core::Quarantine { at: 0, why: "apps fail here".into(), released_at: None });
+        world.nodes.push(aside);
         world.events = vec![Event {
             seq: 1,
             time: 0,
@@ -398,8 +413,9 @@ mod tests {
             message: "OOM-killed: over its memory limit".into(),
         }];
         let e = world.evaluate(&mut AlertState::default(), 0);
-        assert_eq!(names(&e), ["crash_loop", "node_lost", "oom_killed"]);
-        assert!(e.seen[2].one_shot);
+        assert_eq!(names(&e), ["crash_loop", "node_lost", "node_quarantined", "oom_killed"]);
+        assert!(e.seen[2].text.contains("is quarantined: apps fail here"), "{:?}", e.seen[2]);
+        assert!(e.seen[3].one_shot);
     }
 
     #[test]

@@ -144,11 +144,17 @@ pub(super) async fn eligibility(
     change_node(&shared, &name, "node.eligibility", |node, now| {
         let eligibility = if req.eligible { Eligibility::Eligible } else { Eligibility::Ineligible };
         let cancel = req.eligible && node.is_draining();
-        if node.eligibility == eligibility && !cancel {
+        let release = req.eligible && node.is_quarantined();
+        if node.eligibility == eligibility && !cancel && !release {
             return Ok(None);
         }
         node.eligibility = eligibility;
         let mut msg = format!("{eligibility}");
+        if let Some(q) = node.quarantine.as_mut().filter(|_| release) {
+            // Failures from before now are forgiven: only new ones can put it aside again.
+            q.released_at = Some(now);
+            msg.push_str("; quarantine lifted");
+        }
         if let Some(drain) = node.drain.as_mut().filter(|_| cancel) {
             drain.state = DrainState::Cancelled;
             drain.ended_at = Some(now);
@@ -274,6 +280,7 @@ pub(super) async fn register(
             eligibility: existing.as_ref().map(|v| v.value.eligibility).unwrap_or_default(),
             drain: existing.as_ref().and_then(|v| v.value.drain.clone()),
             disconnected_at: existing.as_ref().and_then(|v| v.value.disconnected_at),
+            quarantine: existing.as_ref().and_then(|v| v.value.quarantine.clone()),
         };
         let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
         let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();

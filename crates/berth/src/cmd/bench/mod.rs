@@ -80,6 +80,7 @@ fn cluster(n: usize) -> (Vec<Node>, Usage) {
             eligibility: Default::default(),
             drain: None,
             disconnected_at: None,
+            quarantine: None,
         };
         if i % 10 == 0 {
             let busy = Allocation { cpu: node.resources.cpu * 0.75, memory: node.resources.memory * 3 / 4 };
