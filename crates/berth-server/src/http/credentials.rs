@@ -104,8 +104,15 @@ fn check_token(token: String) -> Result<String, JoinTokenError> {
     Ok(token)
 }
 
+/// Lower-case hex, into one string: every agent request digests its credential.
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0xf)]));
+    }
+    out
 }
 
 pub fn digest(secret: &str) -> String {
@@ -243,6 +250,12 @@ mod tests {
         assert_eq!(join_token(&path, Some("given".into())).unwrap(), "given");
         assert!(matches!(join_token(&path, Some(String::new())), Err(JoinTokenError::Empty)));
         assert!(matches!(join_token(&path, Some("a b".into())), Err(JoinTokenError::Whitespace)));
+    }
+
+    #[test]
+    fn hex_is_two_lower_case_digits_a_byte() {
+        assert_eq!(hex(&[0x00, 0x0f, 0xa5, 0xff]), "000fa5ff");
+        assert_eq!(digest("abc"), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
