@@ -104,6 +104,35 @@ pub(crate) struct Parts {
     pub execs: Arc<exec::Execs>,
     /// SHA-256 of the join token, hex.
     pub join_digest: Arc<str>,
+    /// Credentials and heartbeats already checked against the store at a revision: while the
+    /// store has not moved, the same answer holds without reading it again.
+    pub seen: Mutex<Seen>,
+}
+
+/// What agents' requests last found in the store, valid while its revision stays the same.
+#[derive(Default)]
+pub(crate) struct Seen {
+    pub revision: u64,
+    /// Member id to its credential record.
+    pub credentials: HashMap<String, http::credentials::Credential>,
+    /// Node id to the ports its last heartbeat said were taken, once the node's record agreed.
+    pub beats: HashMap<String, Option<Vec<u16>>>,
+}
+
+impl Seen {
+    /// What was seen as of `revision`, forgetting all of it when the store moved past it; none
+    /// when `revision` is older than what is kept (that knowledge is stale already).
+    pub fn at(&mut self, revision: u64) -> Option<&mut Self> {
+        if revision < self.revision {
+            return None;
+        }
+        if revision > self.revision {
+            self.revision = revision;
+            self.credentials.clear();
+            self.beats.clear();
+        }
+        Some(self)
+    }
 }
 
 impl Shared {
@@ -133,6 +162,7 @@ impl Shared {
             domain,
             execs: Arc::default(),
             join_digest: Arc::from(join_digest),
+            seen: Mutex::default(),
         })))
     }
 }
@@ -235,5 +265,20 @@ impl Server {
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod seen_tests {
+    use super::Seen;
+
+    #[test]
+    fn what_was_seen_holds_until_the_store_moves_and_stale_knowledge_is_not_kept() {
+        let mut seen = Seen::default();
+        seen.at(5).unwrap().beats.insert("n1".into(), None);
+        assert!(seen.at(5).unwrap().beats.contains_key("n1"));
+        assert!(seen.at(4).is_none(), "read before what is kept: not recorded");
+        assert!(seen.at(5).unwrap().beats.contains_key("n1"), "and it cleared nothing");
+        assert!(seen.at(6).unwrap().beats.is_empty(), "any write forgets it all");
     }
 }

@@ -19,7 +19,7 @@ use berth_store::state::{Subject, encode};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult, indexed, parse_json};
-use crate::{Shared, now_ms};
+use crate::{Shared, lock, now_ms};
 
 /// Where a server keeps the join token it generated.
 pub const JOIN_TOKEN_FILE: &str = "join.token";
@@ -216,7 +216,21 @@ fn check(shared: &Shared, bearer: &str) -> Result<Caller, ApiError> {
     let Some((id, secret)) = bearer.rsplit_once('.') else {
         return Err(refuse("malformed credential: expected ID.SECRET, as /v1/join hands out".into()));
     };
+    // Read before the record: a change in between clears what is kept below at the next look.
+    let revision = shared.state.store().revision();
+    let known = lock(&shared.seen).at(revision).and_then(|seen| seen.credentials.get(id).cloned());
+    if let Some(known) = known {
+        return match digest(secret) == known.digest {
+            true => Ok(Caller { id: known.id, kind: known.kind }),
+            false => Err(refuse(format!("wrong credential for {id}"))),
+        };
+    }
     let stored = shared.state.record::<Credential>(&credential_key(id))?;
+    if let Some(found) = &stored
+        && let Some(seen) = lock(&shared.seen).at(revision)
+    {
+        seen.credentials.insert(id.to_string(), found.value.clone());
+    }
     let Some(stored) = stored else {
         let revoked = shared.state.record::<Revoked>(&revoked_key(id))?;
         return Err(match revoked {

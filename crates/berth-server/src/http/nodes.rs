@@ -309,7 +309,21 @@ pub(super) async fn heartbeat(
     let beat: HeartbeatRequest = if body.is_empty() { HeartbeatRequest::default() } else { parse_json(&body)? };
     let nodes = lock(&shared.heartbeats).len();
     let schedule = berth_plan::heartbeat::schedule(nodes, shared.tuning.node_timeout.as_millis() as i64);
-    let (index, ()) = cas::retry(&shared.state, &format!("node {id}"), || {
+    let reply = HeartbeatReply {
+        ok: true,
+        interval_ms: schedule.interval_ms.unsigned_abs(),
+        timeout_ms: schedule.timeout_ms.unsigned_abs(),
+    };
+    // Most beats change nothing: when the store has not moved since this node's last beat was
+    // checked against its record, and the beat says the same, the answer is the same.
+    let taken = beat.taken_ports.as_ref().map(|t| t.iter().copied().collect::<BTreeSet<u16>>());
+    let said: Option<Vec<u16>> = taken.as_ref().map(|t| t.iter().copied().collect());
+    let revision = shared.state.store().revision();
+    if lock(&shared.seen).at(revision).is_some_and(|seen| seen.beats.get(&id) == Some(&said)) {
+        lock(&shared.heartbeats).insert(id, now_ms());
+        return Ok(indexed(revision, &reply));
+    }
+    let (index, wrote) = cas::retry(&shared.state, &format!("node {id}"), || {
         let node = shared.state.node(&id)?.ok_or_else(|| ApiError::not_found(&format!("node {id}")))?;
         let now = now_ms();
         lock(&shared.heartbeats).insert(id.clone(), now);
@@ -322,8 +336,7 @@ pub(super) async fn heartbeat(
             let msg = format!("heartbeating again, {away}s after it was marked disconnected");
             txn = shared.state.with_event(txn, now, Level::Info, "node.reconnected", Subject::node(&id), msg);
         }
-        let taken = beat.taken_ports.as_ref().map(|t| t.iter().copied().collect::<BTreeSet<u16>>());
-        if let Some(taken) = taken.filter(|t| *t != next.taken_ports) {
+        if let Some(taken) = taken.clone().filter(|t| *t != next.taken_ports) {
             // Only what changed is written: most heartbeats touch nothing in the store.
             let freed: Vec<String> = next.taken_ports.difference(&taken).map(u16::to_string).collect();
             next.taken_ports = taken;
@@ -334,20 +347,20 @@ pub(super) async fn heartbeat(
             }
         }
         if next == node.value {
-            return Ok(Attempt::Done(()));
+            return Ok(Attempt::Done(false));
         }
         if next.status != node.value.status {
             // The record's heartbeat says when it came back; in between, the in-memory ones do.
             next.last_heartbeat = now;
         }
         let txn = txn.expect(node_key(&id), node.mod_revision).put(node_key(&id), encode(&next));
-        Ok(Attempt::Write(txn, ()))
+        Ok(Attempt::Write(txn, true))
     })?;
-    let reply = HeartbeatReply {
-        ok: true,
-        interval_ms: schedule.interval_ms.unsigned_abs(),
-        timeout_ms: schedule.timeout_ms.unsigned_abs(),
-    };
+    // The record agrees with this beat as of the revision read before it (nothing written), or
+    // as of its own commit: a later write anywhere clears this.
+    if let Some(seen) = lock(&shared.seen).at(if wrote { index } else { revision }) {
+        seen.beats.insert(id, said);
+    }
     Ok(indexed(index, &reply))
 }
 
