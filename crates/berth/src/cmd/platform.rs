@@ -175,7 +175,7 @@ pub struct ServerOptions {
     api: String,
     /// A node silent this long is disconnected, and its instances are replaced (after their
     /// app's `max_disconnect`). Agents beat three times per timeout; in a cluster too large for
-    /// that at 200 beats a second, beats come further apart and the timeout stretches.
+    /// that at 250 beats a second, beats come further apart and the timeout stretches.
     #[arg(long, value_parser = parse_dur, default_value = "5s")]
     node_timeout: Dur,
     /// Size of one app log file before it rotates (`64KiB`, `8MiB`, or bytes).
