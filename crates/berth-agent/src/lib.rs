@@ -327,7 +327,13 @@ async fn run(
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = &mut next_beat => {
-                let beat = HeartbeatRequest { taken_ports: Some(services.taken.recheck()) };
+                let mut down = Vec::new();
+                for d in &drivers {
+                    if !d.answers().await {
+                        down.push(d.kind());
+                    }
+                }
+                let beat = HeartbeatRequest { taken_ports: Some(services.taken.recheck()), drivers_down: Some(down) };
                 // Bounded: a link that drops packets silently must not hold the loop.
                 match tokio::time::timeout(interval, client.heartbeat(&node, &beat)).await {
                     Ok(Ok(reply)) => interval = beat_interval(reply.interval_ms, heartbeat),

@@ -99,6 +99,10 @@ pub struct HeartbeatRequest {
     /// older agent, which leaves the node's record as it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub taken_ports: Option<Vec<u16>>,
+    /// The node's drivers whose engine did not answer (Docker stopped, its socket gone).
+    /// Absent from an older agent, which leaves the node's record as it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drivers_down: Option<Vec<berth_core::spec::DriverKind>>,
 }
 
 /// The server's answer to a heartbeat: when to beat next. The server spaces beats out as the

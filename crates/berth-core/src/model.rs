@@ -603,6 +603,10 @@ pub struct Node {
     /// The last time it was put aside for failing apps that run healthy elsewhere.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quarantine: Option<Quarantine>,
+    /// Drivers whose engine stopped answering, as its agent last found them: nothing new is
+    /// placed on them until they answer again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub drivers_down: BTreeSet<DriverKind>,
 }
 
 /// A node put aside by the server: made ineligible and drained, until an operator makes it
@@ -777,6 +781,7 @@ mod tests {
             drain: None,
             disconnected_at: None,
             quarantine: None,
+            drivers_down: Default::default(),
         };
         assert!(node.driver_for(&spec).is_err(), "image-only app needs docker");
         node.drivers = vec![DriverKind::Docker, DriverKind::Exec];

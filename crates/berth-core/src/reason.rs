@@ -149,6 +149,10 @@ pub enum Rejection {
     Disconnected,
     /// Its instances are being moved off.
     Draining,
+    /// The engine behind the driver the app needs there stopped answering.
+    DriverDown {
+        driver: crate::spec::DriverKind,
+    },
     /// An operator marked it ineligible for new instances.
     Ineligible,
     /// It is in a pool the app's group does not place in (`wanted`: the group's pools).
@@ -188,6 +192,7 @@ impl fmt::Display for Rejection {
         match self {
             Rejection::Disconnected => f.write_str("node is disconnected"),
             Rejection::Draining => f.write_str("node is draining"),
+            Rejection::DriverDown { driver } => write!(f, "the node's {driver} engine does not answer"),
             Rejection::Ineligible => f.write_str("node is ineligible"),
             Rejection::Pool { pool, wanted } => write!(f, "in pool {pool}; the group places in {wanted}"),
             Rejection::NoDriver { why } => why.fmt(f),
@@ -246,6 +251,7 @@ impl Rejection {
         match self {
             Rejection::Disconnected => "node disconnected".into(),
             Rejection::Draining => "draining".into(),
+            Rejection::DriverDown { driver } => format!("{driver} down"),
             Rejection::Ineligible => "ineligible".into(),
             Rejection::Pool { .. } => "pool".into(),
             Rejection::NoDriver { .. } => "driver".into(),

@@ -408,6 +408,9 @@ fn feasible(
         return Err(Rejection::Ineligible);
     }
     let driver = node.driver_for(spec).map_err(|why| Rejection::NoDriver { why })?;
+    if node.drivers_down.contains(&driver) {
+        return Err(Rejection::DriverDown { driver });
+    }
     let needed = spec.cpu.unwrap_or(0.0);
     if used.cpu + needed > cpu + 1e-9 {
         return Err(Rejection::Cpu { free: (cpu - used.cpu).max(0.0), needed });
@@ -470,6 +473,7 @@ mod tests {
             drain: None,
             disconnected_at: None,
             quarantine: None,
+            drivers_down: Default::default(),
         }
     }
 
@@ -479,6 +483,17 @@ mod tests {
             None,
         )
         .unwrap()
+    }
+
+    #[test]
+    fn a_node_whose_engine_does_not_answer_takes_nothing_for_it() {
+        let mut down = node("a", 4.0);
+        down.drivers_down.insert(DriverKind::Docker);
+        let up = node("b", 4.0);
+        let placed = place("g/web", &spec(""), &[&down, &up], &Usage::default()).unwrap();
+        assert_eq!(placed.node, "b");
+        let why = place("g/web", &spec(""), &[&down], &Usage::default()).unwrap_err().to_string();
+        assert!(why.contains("docker engine does not answer"), "{why}");
     }
 
     #[test]

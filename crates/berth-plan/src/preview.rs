@@ -302,6 +302,7 @@ mod tests {
             drain: None,
             disconnected_at: None,
             quarantine: None,
+            drivers_down: Default::default(),
         }
     }
 

@@ -109,14 +109,18 @@ pub(crate) struct Parts {
     pub seen: Mutex<Seen>,
 }
 
+/// What a heartbeat says: the ports taken and the drivers down.
+pub(crate) type Beat = (Option<Vec<u16>>, Option<Vec<berth_core::spec::DriverKind>>);
+
 /// What agents' requests last found in the store, valid while its revision stays the same.
 #[derive(Default)]
 pub(crate) struct Seen {
     pub revision: u64,
     /// Member id to its credential record.
     pub credentials: HashMap<String, http::credentials::Credential>,
-    /// Node id to the ports its last heartbeat said were taken, once the node's record agreed.
-    pub beats: HashMap<String, Option<Vec<u16>>>,
+    /// Node id to what its last heartbeat said (ports taken, drivers down), once the node's
+    /// record agreed.
+    pub beats: HashMap<String, Beat>,
 }
 
 impl Seen {
@@ -275,7 +279,7 @@ mod seen_tests {
     #[test]
     fn what_was_seen_holds_until_the_store_moves_and_stale_knowledge_is_not_kept() {
         let mut seen = Seen::default();
-        seen.at(5).unwrap().beats.insert("n1".into(), None);
+        seen.at(5).unwrap().beats.insert("n1".into(), (None, None));
         assert!(seen.at(5).unwrap().beats.contains_key("n1"));
         assert!(seen.at(4).is_none(), "read before what is kept: not recorded");
         assert!(seen.at(5).unwrap().beats.contains_key("n1"), "and it cleared nothing");

@@ -185,6 +185,10 @@ impl Platform {
     }
 
     fn process(&self, log_name: &str, args: &[String]) -> Child {
+        self.process_env(log_name, args, &[])
+    }
+
+    fn process_env(&self, log_name: &str, args: &[String], env: &[(&str, &str)]) -> Child {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -194,6 +198,7 @@ impl Platform {
             .args(args)
             .env("BERTH_LOG", "info,berth_agent=debug")
             .env("BERTH_SERVER", &self.api)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -250,6 +255,11 @@ impl Platform {
     /// joined to this platform's server, with `extra` flags (`--label rack=r1`). It stops when
     /// the returned child is dropped; its output goes to `agent-NAME.log`.
     pub fn add_agent(&self, name: &str, extra: &[&str]) -> Child {
+        self.add_agent_env(name, extra, &[])
+    }
+
+    /// As `add_agent`, with more environment for the agent (`DOCKER_HOST`).
+    pub fn add_agent_env(&self, name: &str, extra: &[&str], env: &[(&str, &str)]) -> Child {
         let data = self.dir.path().join("agents").join(name);
         let ports = port_block();
         let mut args: Vec<String> = vec!["agent".into(), "--data-dir".into(), data.display().to_string()];
@@ -261,7 +271,7 @@ impl Platform {
             args.extend(["--join-token-file".to_string(), self.join_token_file().display().to_string()]);
         }
         args.extend(extra.iter().map(|x| x.to_string()));
-        self.process(&format!("agent-{name}.log"), &args)
+        self.process_env(&format!("agent-{name}.log"), &args, env)
     }
 
     /// A machine dies: SIGKILL of the agent `add_agent(name)` started and of every exec

@@ -3,7 +3,8 @@
 //! request. A partition is not a death: an agent cut off from the server by a TCP link the test
 //! controls keeps its instance running; the server marks the node disconnected and replaces the
 //! instance elsewhere; when the link is back exactly one of the two survives. An app with
-//! `max_disconnect` keeps its original through a short cut instead.
+//! `max_disconnect` keeps its original through a short cut instead. Bad nodes leave by
+//! themselves, and a node whose engine stops answering takes nothing new for it.
 
 use std::time::Duration;
 
@@ -214,4 +215,56 @@ async fn a_node_failing_every_instance_is_quarantined_while_a_healthy_node_takes
     let live = p.live("cart").await;
     assert!(live.iter().any(|i| i["node"] == hosts["bad"].as_str()), "bad takes instances again: {live:?}");
     assert_eq!(node_state(&p, "bad").await, "ready", "and is not put aside again");
+}
+
+/// The drivers `dock` says are down, as `node status -o json` shows them.
+async fn drivers_down(p: &Platform) -> Option<Vec<String>> {
+    let node: Value = serde_json::from_str(&p.cli_ok(&["node", "status", "dock", "-o", "json"]).await).unwrap();
+    node["drivers_down"].as_array().map(|d| d.iter().filter_map(|k| k.as_str().map(String::from)).collect())
+}
+
+/// A node whose engine stops answering says so in `node ls`, takes nothing new for that driver,
+/// and is placeable again once the engine answers. The agent reaches the real Docker engine
+/// through a socket link the test cuts.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_whose_engine_stops_answering_says_so_and_takes_nothing_for_it() {
+    if berth_testkit::docker_or_skip("a_node_whose_engine_stops_answering").await.is_none() {
+        return;
+    }
+    let agent = ["--hostname".to_string(), "h0".to_string()];
+    // Both nodes run Docker; the app is pinned to dock, whose engine the test cuts off.
+    let p = Platform::start_split_args(BERTH.as_ref(), "docker", &[], &agent).await;
+    let engine = std::env::var("DOCKER_HOST").ok().and_then(|h| h.strip_prefix("unix://").map(String::from));
+    let link = Link::start_unix(&engine.unwrap_or_else(|| "/var/run/docker.sock".into()), p.dir.path()).await;
+    let host = format!("unix://{}", link.addr);
+    let _dock = p.add_agent_env("dock", &[], &[("DOCKER_HOST", host.as_str())]);
+    p.ready_nodes(2).await;
+    assert_eq!(drivers_down(&p).await, None::<Vec<String>>, "the engine answers at first");
+
+    link.cut();
+    wait_until("dock's engine said down", Duration::from_secs(20), || async {
+        (drivers_down(&p).await == Some(vec!["docker".to_string()])).then_some(())
+    })
+    .await;
+    let table = p.cli_ok(&["node", "ls"]).await;
+    assert!(table.contains("(docker down)"), "{table}");
+    let spec = "group: shop\nname: boxed\nimage: berth-test/none:1\nconstraints: [\"hostname:CLUSTER:dock\"]\n";
+    p.cli_ok(&["deploy", "-f", &p.write("boxed.yaml", spec), "--no-wait"]).await;
+    let status = wait_until("boxed pending", Duration::from_secs(20), || async {
+        let s = p.status("boxed").await;
+        s["pending"].as_str().is_some().then_some(s)
+    })
+    .await;
+    assert!(status["pending"].as_str().unwrap().contains("docker engine does not answer"), "{status}");
+    assert!(p.live("boxed").await.is_empty(), "nothing placed: {status}");
+    let events = p.cli_ok(&["events", "-o", "json"]).await;
+    assert!(events.contains("node.driver_down"), "{events}");
+
+    p.cli_ok(&["app", "boxed", "destroy"]).await;
+    link.restore();
+    wait_until("dock's engine back", Duration::from_secs(20), || async {
+        drivers_down(&p).await.is_none().then_some(())
+    })
+    .await;
+    assert!(p.cli_ok(&["events", "-o", "json"]).await.contains("node.driver_back"));
 }

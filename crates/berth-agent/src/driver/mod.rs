@@ -87,6 +87,10 @@ pub(crate) trait Runtime: Send + Sync + 'static {
     ) -> Fut<'a, Result<Session, String>>;
     /// Instances that outlived the agent.
     fn survivors(&self) -> Fut<'_, Result<Vec<Handle>, DriverError>>;
+    /// Whether the engine behind the driver answers (a driver without one always does).
+    fn ping(&self) -> Fut<'_, Result<(), DriverError>> {
+        Box::pin(async { Ok(()) })
+    }
 }
 
 /// One of the node's drivers.
@@ -171,6 +175,11 @@ impl Driver {
     }
 
     /// Instances that outlived the agent, by instance id.
+    /// Whether its engine answers within a second.
+    pub async fn answers(&self) -> bool {
+        matches!(tokio::time::timeout(Duration::from_secs(1), self.0.ping()).await, Ok(Ok(())))
+    }
+
     pub async fn survivors(&self) -> Result<Vec<Handle>, DriverError> {
         self.0.survivors().await
     }

@@ -22,6 +22,7 @@ pub(crate) fn node(id: &str) -> Node {
         drain: None,
         disconnected_at: None,
         quarantine: None,
+        drivers_down: Default::default(),
     }
 }
 

@@ -396,6 +396,7 @@ mod tests {
             drain: None,
             disconnected_at: None,
             quarantine: None,
+            drivers_down: Default::default(),
         }];
         let mut aside = world.nodes[0].clone();
         aside.id = "n2".into();

@@ -10,6 +10,7 @@ use berth_api::{
     Assignment, Assignments, DrainRequest, EligibilityRequest, HeartbeatReply, HeartbeatRequest, InstanceView,
     NodeDetail, NodeView, RegisterRequest, ReportRequest,
 };
+use berth_core::spec::DriverKind;
 use berth_core::{
     Allocation, App, AppSpec, Drain, DrainState, Eligibility, Instance, InstanceState, Level, Node, NodeStatus,
 };
@@ -281,6 +282,8 @@ pub(super) async fn register(
             drain: existing.as_ref().and_then(|v| v.value.drain.clone()),
             disconnected_at: existing.as_ref().and_then(|v| v.value.disconnected_at),
             quarantine: existing.as_ref().and_then(|v| v.value.quarantine.clone()),
+            // The agent's next heartbeat says which engines answer.
+            drivers_down: existing.as_ref().map(|v| v.value.drivers_down.clone()).unwrap_or_default(),
         };
         let kind = if existing.is_some() { "node.rejoined" } else { "node.registered" };
         let drivers: Vec<String> = node.drivers.iter().map(|d| d.to_string()).collect();
@@ -317,7 +320,9 @@ pub(super) async fn heartbeat(
     // Most beats change nothing: when the store has not moved since this node's last beat was
     // checked against its record, and the beat says the same, the answer is the same.
     let taken = beat.taken_ports.as_ref().map(|t| t.iter().copied().collect::<BTreeSet<u16>>());
-    let said: Option<Vec<u16>> = taken.as_ref().map(|t| t.iter().copied().collect());
+    let down = beat.drivers_down.as_ref().map(|d| d.iter().copied().collect::<BTreeSet<DriverKind>>());
+    let said =
+        (taken.as_ref().map(|t| t.iter().copied().collect()), down.as_ref().map(|d| d.iter().copied().collect()));
     let revision = shared.state.store().revision();
     if lock(&shared.seen).at(revision).is_some_and(|seen| seen.beats.get(&id) == Some(&said)) {
         lock(&shared.heartbeats).insert(id, now_ms());
@@ -345,6 +350,21 @@ pub(super) async fn heartbeat(
                     format!("port(s) {} no longer held by another process: free for instances again", freed.join(", "));
                 txn = shared.state.with_event(txn, now, Level::Info, "node.ports_freed", Subject::node(&id), msg);
             }
+        }
+        if let Some(down) = down.clone().filter(|d| *d != next.drivers_down) {
+            let (lost, back): (Vec<_>, Vec<_>) = (
+                down.difference(&next.drivers_down).map(ToString::to_string).collect(),
+                next.drivers_down.difference(&down).map(ToString::to_string).collect(),
+            );
+            if !lost.is_empty() {
+                let msg = format!("{} engine not answering: no new instance goes to it here", lost.join(", "));
+                txn = shared.state.with_event(txn, now, Level::Error, "node.driver_down", Subject::node(&id), msg);
+            }
+            if !back.is_empty() {
+                let msg = format!("{} engine answering again", back.join(", "));
+                txn = shared.state.with_event(txn, now, Level::Info, "node.driver_back", Subject::node(&id), msg);
+            }
+            next.drivers_down = down;
         }
         if next == node.value {
             return Ok(Attempt::Done(false));

@@ -196,7 +196,11 @@ fn nodes_table(nodes: &[NodeView]) -> String {
                 n.node.id.clone(),
                 n.node.hostname.clone(),
                 n.node.address.clone(),
-                n.state.to_string(),
+                // An engine that stopped answering says so beside the state.
+                match n.node.drivers_down.iter().map(ToString::to_string).collect::<Vec<_>>() {
+                    down if down.is_empty() => n.state.to_string(),
+                    down => format!("{} ({} down)", n.state, down.join(", ")),
+                },
                 drivers.join(","),
                 format!("{:.2}/{:.2}/{}", n.allocated.cpu, n.used.cpu, n.node.resources.cpu),
                 format!("{}/{}/{} MiB", n.allocated.memory, n.used.memory, n.node.resources.memory),

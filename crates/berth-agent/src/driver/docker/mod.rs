@@ -333,4 +333,7 @@ impl Runtime for DockerDriver {
     fn survivors(&self) -> Fut<'_, Result<Vec<Handle>, DriverError>> {
         Box::pin(DockerDriver::survivors(self))
     }
+    fn ping(&self) -> Fut<'_, Result<(), DriverError>> {
+        Box::pin(async move { self.docker.ping().await.map(|_| ()).map_err(engine) })
+    }
 }

@@ -81,6 +81,7 @@ fn cluster(n: usize) -> (Vec<Node>, Usage) {
             drain: None,
             disconnected_at: None,
             quarantine: None,
+            drivers_down: Default::default(),
         };
         if i % 10 == 0 {
             let busy = Allocation { cpu: node.resources.cpu * 0.75, memory: node.resources.memory * 3 / 4 };
