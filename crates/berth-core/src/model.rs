@@ -539,6 +539,11 @@ pub struct Drain {
 }
 
 impl Drain {
+    /// A drain begun at `now` of the node's `instances` live ones, with its deadline if any.
+    pub fn started(now: Millis, deadline_at: Option<Millis>, instances: usize) -> Drain {
+        Drain { state: DrainState::Running, started_at: now, deadline_at, instances, ended_at: None }
+    }
+
     pub fn is_running(&self) -> bool {
         self.state == DrainState::Running
     }

@@ -200,13 +200,7 @@ pub(crate) fn apply(
                 let mut next = n.clone();
                 let live = snapshot.instances.iter().filter(|i| &i.node == node && i.state.is_live()).count();
                 next.eligibility = Eligibility::Ineligible;
-                next.drain = Some(Drain {
-                    state: DrainState::Running,
-                    started_at: now,
-                    deadline_at: None,
-                    instances: live,
-                    ended_at: None,
-                });
+                next.drain = Some(Drain::started(now, None, live));
                 next.quarantine = Some(Quarantine { at: now, why: why.clone(), released_at: None });
                 let rev = revisions.nodes.get(node).copied().unwrap_or(0);
                 txn = txn.expect(node_key(node), rev).put(node_key(node), encode(&next));

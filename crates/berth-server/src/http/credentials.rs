@@ -210,41 +210,45 @@ pub(crate) async fn join(AxState(shared): AxState<Shared>, headers: HeaderMap, b
 }
 
 fn check(shared: &Shared, bearer: &str) -> Result<Caller, ApiError> {
-    if is_join_token(shared, bearer) {
-        return Err(refuse("the join token is for joining (POST /v1/join), not a credential".into()));
-    }
+    // A refusal first says whether the bearer was the join token; a credential that checks out
+    // never pays for that second digest.
+    let refused = |why: String| {
+        if is_join_token(shared, bearer) {
+            return refuse("the join token is for joining (POST /v1/join), not a credential".into());
+        }
+        refuse(why)
+    };
     let Some((id, secret)) = bearer.rsplit_once('.') else {
-        return Err(refuse("malformed credential: expected ID.SECRET, as /v1/join hands out".into()));
+        return Err(refused("malformed credential: expected ID.SECRET, as /v1/join hands out".into()));
     };
     // Read before the record: a change in between clears what is kept below at the next look.
     let revision = shared.state.store().revision();
     let known = lock(&shared.seen).at(revision).and_then(|seen| seen.credentials.get(id).cloned());
-    if let Some(known) = known {
-        return match digest(secret) == known.digest {
-            true => Ok(Caller { id: known.id, kind: known.kind }),
-            false => Err(refuse(format!("wrong credential for {id}"))),
-        };
-    }
-    let stored = shared.state.record::<Credential>(&credential_key(id))?;
-    if let Some(found) = &stored
-        && let Some(seen) = lock(&shared.seen).at(revision)
-    {
-        seen.credentials.insert(id.to_string(), found.value.clone());
-    }
-    let Some(stored) = stored else {
-        let revoked = shared.state.record::<Revoked>(&revoked_key(id))?;
-        return Err(match revoked {
-            Some(r) => refuse(format!(
-                "the credential of {id} was revoked (berth node rm) at {}; join again with the join token after removing the agent's credential file",
-                chrono::DateTime::from_timestamp_millis(r.value.at).map(|t| t.to_rfc3339()).unwrap_or_default()
-            )),
-            None => refuse(format!("unknown credential: {id} never joined this server (join with its join token)")),
-        });
+    let known = match known {
+        Some(known) => known,
+        None => match shared.state.record::<Credential>(&credential_key(id))? {
+            Some(found) => {
+                if let Some(seen) = lock(&shared.seen).at(revision) {
+                    seen.credentials.insert(id.to_string(), found.value.clone());
+                }
+                found.value
+            }
+            None => {
+                let why = match shared.state.record::<Revoked>(&revoked_key(id))? {
+                    Some(r) => format!(
+                        "the credential of {id} was revoked (berth node rm) at {}; join again with the join token after removing the agent's credential file",
+                        chrono::DateTime::from_timestamp_millis(r.value.at).map(|t| t.to_rfc3339()).unwrap_or_default()
+                    ),
+                    None => format!("unknown credential: {id} never joined this server (join with its join token)"),
+                };
+                return Err(refused(why));
+            }
+        },
     };
-    if digest(secret) != stored.value.digest {
-        return Err(refuse(format!("wrong credential for {id}")));
+    if digest(secret) != known.digest {
+        return Err(refused(format!("wrong credential for {id}")));
     }
-    Ok(Caller { id: stored.value.id, kind: stored.value.kind })
+    Ok(Caller { id: known.id, kind: known.kind })
 }
 
 #[cfg(test)]

@@ -119,13 +119,7 @@ pub(super) async fn drain(
                 format!("drain deadline now {}", req.deadline.map_or("none".into(), |d| d.to_string()))
             }
             None => {
-                node.drain = Some(Drain {
-                    state: DrainState::Running,
-                    started_at: now,
-                    deadline_at,
-                    instances: live,
-                    ended_at: None,
-                });
+                node.drain = Some(Drain::started(now, deadline_at, live));
                 let deadline = req.deadline.map_or(String::new(), |d| format!(", deadline {d}"));
                 format!("draining: {live} instance(s) to move{deadline}")
             }
