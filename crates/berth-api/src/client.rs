@@ -114,6 +114,19 @@ impl Client {
         self.send(self.http.put(&url).json(body), &url).await
     }
 
+    /// The server's own metrics, in Prometheus' text format (`GET /metrics`).
+    pub async fn metrics_text(&self) -> Result<String, ClientError> {
+        let url = format!("{}/metrics", self.base);
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
+        let resp = self.authorized(self.http.get(&url)).send().await.map_err(unreachable)?;
+        let status = resp.status();
+        let bytes = resp.bytes().await.map_err(unreachable)?;
+        if !status.is_success() {
+            return Err(refusal(status, &bytes));
+        }
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
     pub async fn health(&self) -> Result<serde_json::Value, ClientError> {
         Ok(self.get("/v1/health").await?.value)
     }

@@ -107,7 +107,14 @@ pub(crate) struct Parts {
     /// Credentials and heartbeats already checked against the store at a revision: while the
     /// store has not moved, the same answer holds without reading it again.
     pub seen: Mutex<Seen>,
+    /// Requests answered since start, per method, route and status class (`/metrics`): how hard
+    /// the agents and clients press on the server, as after a restart.
+    pub requests: Mutex<RequestCounts>,
 }
+
+/// Requests by route template (`/v1/nodes/{id}/heartbeat`, or `unmatched`), then by method and
+/// status class (2 for 2xx, ...). Looked up by the route's text: counting allocates nothing.
+pub(crate) type RequestCounts = HashMap<String, HashMap<(axum::http::Method, u16), u64>>;
 
 /// What a heartbeat says: the ports taken and the drivers down.
 pub(crate) type Beat = (Option<Vec<u16>>, Option<Vec<berth_core::spec::DriverKind>>);
@@ -167,6 +174,7 @@ impl Shared {
             execs: Arc::default(),
             join_digest: Arc::from(join_digest),
             seen: Mutex::default(),
+            requests: Mutex::default(),
         })))
     }
 }

@@ -553,6 +553,24 @@ pub(crate) fn exposition(shared: &Shared) -> Result<String, berth_store::StoreEr
             f.sample("berth_router_access_log_dropped_total", &[("router", router)], report.access_log_dropped as f64);
         }
     }
+    f.head(
+        "berth_server_requests_total",
+        "counter",
+        "Requests the server answered, per method, route and status class.",
+    );
+    let mut requests: Vec<(String, axum::http::Method, u16, u64)> = lock(&shared.requests)
+        .iter()
+        .flat_map(|(route, counts)| counts.iter().map(|((m, c), n)| (route.clone(), m.clone(), *c, *n)))
+        .collect();
+    requests.sort_by(|a, b| (&a.0, a.1.as_str(), a.2).cmp(&(&b.0, b.1.as_str(), b.2)));
+    for (route, method, class, n) in &requests {
+        let code = format!("{class}xx");
+        f.sample(
+            "berth_server_requests_total",
+            &[("method", method.as_str()), ("route", route), ("code", &code)],
+            *n as f64,
+        );
+    }
     Ok(out)
 }
 

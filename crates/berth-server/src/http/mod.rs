@@ -90,7 +90,28 @@ pub(crate) fn router(shared: Shared) -> Router {
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/openapi.yaml") })
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
         .with_state(shared)
+}
+
+/// Counts every answer by method, route template and status class, for `/metrics`.
+async fn count_requests(
+    AxState(shared): AxState<Shared>,
+    route: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let method = req.method().clone();
+    let response = next.run(req).await;
+    let class = response.status().as_u16() / 100;
+    let route = route.as_ref().map_or("unmatched", |r| r.as_str());
+    let mut counts = crate::lock(&shared.requests);
+    let by_route = match counts.get_mut(route) {
+        Some(found) => found,
+        None => counts.entry(route.to_string()).or_default(),
+    };
+    *by_route.entry((method, class)).or_default() += 1;
+    response
 }
 
 async fn health(AxState(shared): AxState<Shared>) -> Response {

@@ -71,3 +71,27 @@ async fn a_heartbeat_reply_says_when_to_beat_next_from_the_node_timeout() {
     assert_eq!((reply.interval_ms, reply.timeout_ms), (1_000, 3_000), "{reply:?}");
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn metrics_count_requests_by_route_method_and_status_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, Tuning::default()).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.addr);
+    for _ in 0..3 {
+        assert!(http.get(format!("{base}/v1/health")).send().await.unwrap().status().is_success());
+    }
+    // No credential: refused, and counted as such under the route's template.
+    let refused = http.post(format!("{base}/v1/nodes/n1/heartbeat")).body("{}").send().await.unwrap();
+    assert_eq!(refused.status().as_u16(), 401);
+    assert_eq!(http.get(format!("{base}/v1/nope")).send().await.unwrap().status().as_u16(), 404);
+    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    for line in [
+        "berth_server_requests_total{method=\"GET\",route=\"/v1/health\",code=\"2xx\"} 3",
+        "berth_server_requests_total{method=\"POST\",route=\"/v1/nodes/{id}/heartbeat\",code=\"4xx\"} 1",
+        "berth_server_requests_total{method=\"GET\",route=\"unmatched\",code=\"4xx\"} 1",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
+    }
+    server.stop().await;
+}

@@ -37,6 +37,11 @@ pub struct ClusterArgs {
     /// and measure until the server has noticed and every instance runs again elsewhere.
     #[arg(long, default_value_t = 0)]
     kill: usize,
+    /// After the settle, kill the server (SIGKILL), keep it down this long, start it again on the
+    /// same data dir and port, and follow the agents' return: requests per second at the server,
+    /// nodes wrongly marked disconnected, instances replaced.
+    #[arg(long, value_parser = crate::cmd::platform::parse_dur)]
+    restart_server: Option<berth_core::Dur>,
     /// The server's `--node-timeout` (how long a silent node stays ready).
     #[arg(long, value_parser = crate::cmd::platform::parse_dur, default_value = "5s")]
     node_timeout: berth_core::Dur,
@@ -67,8 +72,28 @@ struct ClusterReport {
     /// counted fewer instances ready, and when all were ready again.
     #[serde(skip_serializing_if = "Option::is_none")]
     loss: Option<LossReport>,
+    /// The server killed and started again after settling (`--restart-server`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    restart: Option<RestartReport>,
     /// What the server's data dir holds on disk.
     store_mib: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct RestartReport {
+    down_seconds: f64,
+    /// Requests per second the server answered while settled, before it was killed (its own
+    /// `berth_server_requests_total`, less the bench's scrapes).
+    requests_per_second_before: f64,
+    /// Its busiest quarter second, as a rate per second, from its restart until a node timeout
+    /// (as stretched for this many nodes) and 5 s more had passed.
+    requests_per_second_peak: f64,
+    /// From the restart until every node had heartbeat to the new server.
+    seconds_to_all_beating: Option<f64>,
+    /// Nodes the restarted server marked disconnected meanwhile: it owes each a full timeout.
+    nodes_marked_disconnected: usize,
+    /// Instances ready before the kill and not after: the restart should replace none.
+    instances_replaced: usize,
 }
 
 #[derive(Debug, Serialize)]
@@ -108,24 +133,11 @@ pub async fn cluster(args: &ClusterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> 
     );
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let api = format!("127.0.0.1:{port}");
-    let log = std::fs::File::create(dir.path().join("server.log"))?;
-    // The server under test in its own session, as every process under test is started.
-    let mut server = tokio::process::Command::new("setsid")
-        .arg(std::env::current_exe()?)
-        .args(["server", "--data-dir"])
-        .arg(dir.path().join("server"))
-        .args(["--api", &api, "--domain", "bench.test", "--node-timeout", &args.node_timeout.to_string()])
-        .env("BERTH_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true)
-        .spawn()?;
-    let pid = server.id().ok_or_else(|| anyhow::anyhow!("the server exited at once"))?;
-    let result = run(args, dir.path(), &format!("http://{api}"), per_node, pid, ctx).await;
-    let _ = server.start_kill();
-    let _ = server.wait().await;
+    let mut server =
+        ServerProcess { dir: dir.path().to_path_buf(), api: format!("127.0.0.1:{port}"), args, child: None };
+    server.start()?;
+    let result = run(args, dir.path(), &format!("http://{}", server.api), per_node, &mut server, ctx).await;
+    server.kill().await;
     if result.is_err() {
         let log = std::fs::read_to_string(dir.path().join("server.log")).unwrap_or_default();
         let tail: Vec<&str> = log.lines().rev().take(20).collect();
@@ -134,14 +146,56 @@ pub async fn cluster(args: &ClusterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> 
     result
 }
 
+/// The `berth server` under test, started the same way each time, on the same port and data dir.
+struct ServerProcess<'a> {
+    dir: std::path::PathBuf,
+    api: String,
+    args: &'a ClusterArgs,
+    child: Option<(tokio::process::Child, u32)>,
+}
+
+impl ServerProcess<'_> {
+    fn start(&mut self) -> anyhow::Result<u32> {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("server.log"))?;
+        // In its own session, as every process under test is started.
+        let child = tokio::process::Command::new("setsid")
+            .arg(std::env::current_exe()?)
+            .args(["server", "--data-dir"])
+            .arg(self.dir.join("server"))
+            .args(["--api", &self.api, "--domain", "bench.test", "--node-timeout", &self.args.node_timeout.to_string()])
+            .env("BERTH_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()?;
+        let pid = child.id().ok_or_else(|| anyhow::anyhow!("the server exited at once"))?;
+        self.child = Some((child, pid));
+        Ok(pid)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, |(_, pid)| *pid)
+    }
+
+    /// SIGKILL, as a machine that loses power: nothing is flushed on the way out.
+    async fn kill(&mut self) {
+        if let Some((mut child, _)) = self.child.take() {
+            let _ = child.start_kill();
+            let _ = child.wait().await;
+        }
+    }
+}
+
 async fn run(
     args: &ClusterArgs,
     dir: &std::path::Path,
     server: &str,
     per_node: usize,
-    pid: u32,
+    server_process: &mut ServerProcess<'_>,
     ctx: &Ctx,
 ) -> anyhow::Result<ExitCode> {
+    let pid = server_process.pid();
     let client = Client::new(server)?;
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.timeout);
@@ -229,6 +283,23 @@ async fn run(
     let settled_cpu = (cpu_seconds_of(pid) - cpu_running) / settle_started.elapsed().as_secs_f64().max(0.001) * 100.0;
     let sampled = client.usage(Some(&spec.id())).await.map_or(0, |u| u.instances.len());
     let writes_settled = client.app(&spec.id()).await?.index.saturating_sub(revision_running);
+    let restart = match args.restart_server {
+        Some(down) if running == args.instances as usize => {
+            let steps = (spec.id(), args.agents, args.node_timeout);
+            Some(
+                restart_server(
+                    &client,
+                    (&steps.0, steps.1, steps.2),
+                    server_process,
+                    down.as_duration(),
+                    deadline,
+                    &progress,
+                )
+                .await?,
+            )
+        }
+        _ => None,
+    };
     let loss = if args.kill > 0 && running == args.instances as usize {
         Some(lose_agents(&client, &spec.id(), &mut agents, args.kill, deadline, &progress).await?)
     } else {
@@ -253,6 +324,7 @@ async fn run(
         server_settled_peak_rss_mib: settled_peak,
         instances_sampled: sampled,
         loss,
+        restart,
         store_mib,
     };
     match ctx.format {
@@ -273,6 +345,17 @@ async fn run(
                 settled_cpu,
                 store_mib
             );
+            if let Some(r) = &report.restart {
+                println!(
+                    "server down {:.1} s and back: {:.0} requests/s before, at most {:.0}/s after; every node beating again {}; {} node(s) marked disconnected, {} instance(s) replaced",
+                    r.down_seconds,
+                    r.requests_per_second_before,
+                    r.requests_per_second_peak,
+                    r.seconds_to_all_beating.map_or("never".to_string(), |s| format!("after {s:.1} s")),
+                    r.nodes_marked_disconnected,
+                    r.instances_replaced
+                );
+            }
             if let Some(loss) = &report.loss {
                 let secs = |s: Option<f64>| s.map_or("never".to_string(), |s| format!("after {s:.1} s"));
                 println!(
@@ -285,8 +368,77 @@ async fn run(
             }
         }
     }
-    let healed = report.loss.as_ref().is_none_or(|l| l.seconds_to_heal.is_some());
+    let healed = report.loss.as_ref().is_none_or(|l| l.seconds_to_heal.is_some())
+        && report.restart.as_ref().is_none_or(|r| r.seconds_to_all_beating.is_some());
     Ok(if running == args.instances as usize && healed { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Requests the server has answered since it started, less its scrapes of `/metrics`.
+async fn requests_answered(client: &Client) -> anyhow::Result<f64> {
+    let text = client.metrics_text().await?;
+    Ok(text
+        .lines()
+        .filter(|l| l.starts_with("berth_server_requests_total{") && !l.contains("route=\"/metrics\""))
+        .filter_map(|l| l.rsplit_once(' ').and_then(|(_, v)| v.parse::<f64>().ok()))
+        .sum())
+}
+
+/// Kills the server, keeps it down for `down`, starts it again and follows the agents' return.
+async fn restart_server(
+    client: &Client,
+    (app, agents, node_timeout): (&str, usize, berth_core::Dur),
+    process: &mut ServerProcess<'_>,
+    down: Duration,
+    deadline: Instant,
+    progress: &impl Fn(String),
+) -> anyhow::Result<RestartReport> {
+    let ready = |status: &berth_api::AppStatus| -> std::collections::HashSet<String> {
+        status.instances.iter().filter(|v| v.instance.is_ready()).map(|v| v.instance.id.clone()).collect()
+    };
+    let before = ready(&client.app(app).await?.value);
+    let (first, counted) = (Instant::now(), requests_answered(client).await?);
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let rate_before = (requests_answered(client).await? - counted) / first.elapsed().as_secs_f64();
+    process.kill().await;
+    progress(format!("server killed at {rate_before:.0} requests/s; down for {down:?}"));
+    tokio::time::sleep(down).await;
+    let restarted_ms = berth_core::now_ms();
+    process.start()?;
+    let restarted = Instant::now();
+    let timeout = berth_plan::heartbeat::schedule(agents, node_timeout.as_millis() as i64).timeout_ms;
+    let follow_until = (restarted + Duration::from_millis(timeout as u64 + 5_000)).min(deadline);
+    let (mut peak, mut last) = (0.0f64, (restarted, 0.0));
+    let mut all_beating = None;
+    let mut disconnected = std::collections::HashSet::new();
+    // Counted in quarter seconds: agents that all retried on the same beat would land in one.
+    let mut looks = 0u64;
+    while Instant::now() < follow_until {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let Ok(answered) = requests_answered(client).await else { continue };
+        let now = Instant::now();
+        peak = peak.max((answered - last.1) / now.duration_since(last.0).as_secs_f64().max(0.001));
+        last = (now, answered);
+        looks += 1;
+        if !looks.is_multiple_of(4) {
+            continue;
+        }
+        let Ok(nodes) = client.nodes().await else { continue };
+        disconnected
+            .extend(nodes.iter().filter(|n| n.node.status == NodeStatus::Disconnected).map(|n| n.node.id.clone()));
+        if all_beating.is_none() && nodes.iter().all(|n| n.node.last_heartbeat >= restarted_ms) {
+            all_beating = Some(restarted.elapsed().as_secs_f64());
+            progress(format!("every node beating to the restarted server; peak so far {peak:.0} requests/s"));
+        }
+    }
+    let after = ready(&client.app(app).await?.value);
+    Ok(RestartReport {
+        down_seconds: down.as_secs_f64(),
+        requests_per_second_before: rate_before,
+        requests_per_second_peak: peak,
+        seconds_to_all_beating: all_beating,
+        nodes_marked_disconnected: disconnected.len(),
+        instances_replaced: before.difference(&after).count(),
+    })
 }
 
 /// Stops `kill` agents at once and follows the app until every instance is ready again.
