@@ -26,6 +26,8 @@ pub struct Client {
     http: reqwest::Client,
     /// An agent's or router's own credential (`ID.SECRET`), sent as the bearer.
     credential: Option<String>,
+    /// A bound on requests that set none of their own (`with_request_timeout`).
+    request_timeout: Option<Duration>,
 }
 
 /// A response body with the store index it reflects.
@@ -41,12 +43,20 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| ClientError::Unreachable { url: base.into(), why: e.to_string() })?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), http, credential: None })
+        Ok(Client { base: base.trim_end_matches('/').to_string(), http, credential: None, request_timeout: None })
     }
 
     /// This client, sending `credential` (from `join`) with every request.
     pub fn with_credential(mut self, credential: String) -> Self {
         self.credential = Some(credential);
+        self
+    }
+
+    /// This client, giving up on a request after `timeout` unless the request says otherwise
+    /// (a blocking read waits as long as it asked to). For agents and routers: a connection a
+    /// partition silenced would otherwise hold a request, and whatever waits on it, for good.
+    pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = Some(timeout);
         self
     }
 
@@ -73,7 +83,16 @@ impl Client {
         url: &str,
     ) -> Result<Indexed<T>, ClientError> {
         let req = if self.credential.is_some() { self.authorized(req) } else { req };
-        let resp = req.send().await.map_err(|e| ClientError::Unreachable { url: url.into(), why: root_cause(&e) })?;
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.into(), why: root_cause(&e) };
+        let resp = match self.request_timeout {
+            Some(bound) => {
+                let (http, req) = req.build_split();
+                let mut req = req.map_err(unreachable)?;
+                req.timeout_mut().get_or_insert(bound);
+                http.execute(req).await.map_err(unreachable)?
+            }
+            None => req.send().await.map_err(unreachable)?,
+        };
         let status = resp.status();
         let index =
             resp.headers().get(INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -192,7 +211,8 @@ impl Client {
     /// Commands waiting for this node's agent, after waiting up to `wait` for one.
     pub async fn execs(&self, node: &str, wait: Duration) -> Result<Vec<ExecRequest>, ClientError> {
         let secs = wait.as_secs().max(1);
-        Ok(self.get(&format!("/v1/nodes/{node}/execs?wait={secs}s")).await?.value)
+        let url = format!("{}/v1/nodes/{node}/execs?wait={secs}s", self.base);
+        Ok(self.send(self.http.get(&url).timeout(wait + Duration::from_secs(10)), &url).await?.value)
     }
 
     /// An agent's answer to a command.

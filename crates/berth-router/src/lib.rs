@@ -395,7 +395,7 @@ impl Router {
         let credential =
             berth_api::join::load_or_join(&client, &config.credential_file, &first_id, Member::Router, token).await?;
         let router_id = berth_api::join::credential_id(&credential).unwrap_or(&first_id).to_string();
-        let client = client.with_credential(credential);
+        let client = client.with_credential(credential).with_request_timeout(Duration::from_secs(15));
         let proxy = Arc::new(Proxy::new(access.clone()).with_max_body(config.max_body));
         let registry = Arc::new(Registry::default());
         let (shutdown, shutdown_rx) = watch::channel(false);

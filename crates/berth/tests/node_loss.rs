@@ -95,9 +95,29 @@ fn by_id<'a>(status: &'a Value, id: &Value) -> Option<&'a Value> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_cut_off_node_is_replaced_and_one_set_survives_when_it_is_back() {
+    one_set_survives_a_partition(Partition::Cut).await;
+}
+
+/// The same through a partition that drops packets instead of closing connections: the agent's
+/// watches and reports hang on connections that never answer again, and it must notice on its
+/// own and ask afresh once its heartbeats get through.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silenced_node_is_replaced_and_one_set_survives_when_it_is_back() {
+    one_set_survives_a_partition(Partition::Silent).await;
+}
+
+enum Partition {
+    Cut,
+    Silent,
+}
+
+async fn one_set_survives_a_partition(partition: Partition) {
     let (p, link, _far, original) = cart_on_far("").await;
     let address = original["address"].as_str().unwrap().to_string();
-    link.cut();
+    match partition {
+        Partition::Cut => link.cut(),
+        Partition::Silent => link.silence(),
+    }
 
     // Disconnected, and the app deployed again on h0, with the original still running out there.
     let status = wait_until("cart replaced on h0", Duration::from_secs(30), || async {

@@ -167,7 +167,7 @@ pub(crate) async fn take(
     let wait =
         q.wait.as_deref().and_then(|w| berth_core::Dur::parse(w).ok()).map_or(Duration::ZERO, |d| d.as_duration());
     let arrived = shared.execs.notify(&node);
-    let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(60));
+    let deadline = tokio::time::Instant::now() + wait.min(Duration::from_secs(300));
     loop {
         let taken: Vec<ExecRequest> = lock(&shared.execs.queued).remove(&node).unwrap_or_default();
         if !taken.is_empty() || tokio::time::Instant::now() >= deadline {
