@@ -3,7 +3,7 @@
 //! Layout: `apps/GROUP/NAME`, `versions/GROUP/NAME/VVVVVVVVVV`, `instances/ID`, `nodes/ID`,
 //! `events/SSSSSSSSSSSSSSSSSSSS`, `config/pools`. Values are JSON.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -73,6 +73,31 @@ struct InstanceCache {
     records: BTreeMap<String, Arc<Versioned<Instance>>>,
     /// `records` as one list, built at the first read after a change.
     listed: Option<InstanceSet>,
+    /// The ids of each node's records.
+    by_node: HashMap<String, BTreeSet<String>>,
+    /// The revision that last changed a record on each node (placed there, or moved or removed
+    /// from there); a node not listed has not changed since `read_at`.
+    node_changed: HashMap<String, u64>,
+    /// The revision the records were last read whole at.
+    read_at: u64,
+}
+
+impl InstanceCache {
+    fn touch(&mut self, node: &str, id: &str, revision: u64, present: bool) {
+        if node.is_empty() {
+            return;
+        }
+        self.node_changed.insert(node.to_string(), revision);
+        let ids = self.by_node.entry(node.to_string()).or_default();
+        if present {
+            ids.insert(id.to_string());
+        } else {
+            ids.remove(id);
+            if ids.is_empty() {
+                self.by_node.remove(node);
+            }
+        }
+    }
 }
 
 /// What a commit does to one instance record.
@@ -143,11 +168,24 @@ impl State {
         }
         // Behind a write it did not see (or never read): read the table again, once.
         let mut records = BTreeMap::new();
+        let mut by_node: HashMap<String, BTreeSet<String>> = HashMap::new();
         for entry in self.store.list(INSTANCES)? {
             let id = entry.key[INSTANCES.len()..].to_string();
-            records.insert(id, Arc::new(decode(entry)?));
+            let record: Versioned<Instance> = decode(entry)?;
+            if !record.value.node.is_empty() {
+                by_node.entry(record.value.node.clone()).or_default().insert(id.clone());
+            }
+            records.insert(id, Arc::new(record));
         }
-        *cache = InstanceCache { revision: Some(now), records, listed: None };
+        // What changed meanwhile is not known: every node counts as changed now.
+        *cache = InstanceCache {
+            revision: Some(now),
+            records,
+            listed: None,
+            by_node,
+            node_changed: HashMap::new(),
+            read_at: now,
+        };
         Ok(cache)
     }
 
@@ -185,6 +223,20 @@ impl State {
             cache.listed.get_or_insert_with(|| InstanceSet(Arc::new(cache.records.values().cloned().collect())));
         Ok(listed.clone())
     }
+    /// The records on one node, at least as new as the store's revision when called.
+    pub fn instances_on(&self, node: &str) -> Result<Vec<Arc<Versioned<Instance>>>, StoreError> {
+        let cache = self.fresh_instances()?;
+        let ids = cache.by_node.get(node).into_iter().flatten();
+        Ok(ids.filter_map(|id| cache.records.get(id).cloned()).collect())
+    }
+
+    /// The last revision that changed any record on `node` (or, for all that is known, may
+    /// have): a node's watcher wakes for its own changes only.
+    pub fn node_changed_at(&self, node: &str) -> Result<u64, StoreError> {
+        let cache = self.fresh_instances()?;
+        Ok(cache.node_changed.get(node).copied().unwrap_or(cache.read_at).max(cache.read_at))
+    }
+
     pub fn instance(&self, id: &str) -> Result<Option<Versioned<Instance>>, StoreError> {
         Ok(self.fresh_instances()?.records.get(id).map(|v| v.as_ref().clone()))
     }
@@ -282,10 +334,18 @@ impl State {
         for (id, change) in changed {
             match change {
                 Change::Put(value) => {
-                    cache.records.insert(id, Arc::new(Versioned { value: *value, mod_revision: revision }));
+                    let node = value.node.clone();
+                    let old =
+                        cache.records.insert(id.clone(), Arc::new(Versioned { value: *value, mod_revision: revision }));
+                    if let Some(old) = old.filter(|o| o.value.node != node) {
+                        cache.touch(&old.value.node, &id, revision, false);
+                    }
+                    cache.touch(&node, &id, revision, true);
                 }
                 Change::Delete => {
-                    cache.records.remove(&id);
+                    if let Some(old) = cache.records.remove(&id) {
+                        cache.touch(&old.value.node, &id, revision, false);
+                    }
                 }
                 // Read again whole, which reports it.
                 Change::Unreadable => {
@@ -356,6 +416,35 @@ mod tests {
             .versioned()
             .map(|v| (v.value.id.clone(), v.value.node.clone(), v.mod_revision))
             .collect()
+    }
+
+    fn on(state: &State, node: &str) -> Vec<String> {
+        state.instances_on(node).unwrap().iter().map(|v| v.value.id.clone()).collect()
+    }
+
+    #[test]
+    fn each_node_knows_its_records_and_when_they_last_changed() {
+        let state = State::new(Arc::new(MemoryStore::default())).unwrap();
+        let r0 = state.store().revision();
+        assert_eq!(state.node_changed_at("n1").unwrap(), r0, "before anything: as of the first read");
+        let r1 = state.commit(Txn::default().put(instance_key("a"), encode(&instance("a", "n1")))).unwrap();
+        let r2 = state.commit(Txn::default().put(instance_key("b"), encode(&instance("b", "n2")))).unwrap();
+        assert_eq!((state.node_changed_at("n1").unwrap(), state.node_changed_at("n2").unwrap()), (r1, r2));
+        // Writes elsewhere leave a node's mark where it was.
+        state.commit(Txn::default().put(node_key("n1"), b"{}".to_vec())).unwrap();
+        assert_eq!(state.node_changed_at("n1").unwrap(), r1);
+        // A record that moves changes both nodes; one deleted changes its own.
+        let r4 = state.commit(Txn::default().put(instance_key("a"), encode(&instance("a", "n2")))).unwrap();
+        assert_eq!((state.node_changed_at("n1").unwrap(), state.node_changed_at("n2").unwrap()), (r4, r4));
+        assert_eq!((on(&state, "n1"), on(&state, "n2")), (vec![], vec!["a".to_string(), "b".to_string()]));
+        let r5 = state.commit(Txn::default().delete(instance_key("b"))).unwrap();
+        assert_eq!((state.node_changed_at("n1").unwrap(), state.node_changed_at("n2").unwrap()), (r4, r5));
+        assert_eq!(on(&state, "n2"), vec!["a".to_string()]);
+        // Read whole again (a write it did not follow): every node counts as changed then.
+        state.store().commit(Txn::default().put(instance_key("c"), encode(&instance("c", "n3")))).unwrap();
+        let r6 = state.store().revision();
+        assert_eq!(state.node_changed_at("n1").unwrap(), r6);
+        assert_eq!(on(&state, "n3"), vec!["c".to_string()]);
     }
 
     #[test]

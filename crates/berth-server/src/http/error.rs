@@ -123,15 +123,34 @@ pub(crate) struct WaitQuery {
 
 /// Blocks until the store is past `index` or `wait` elapses; returns the index to answer with.
 pub(crate) async fn wait_for(shared: &Shared, q: &WaitQuery) -> ApiResult<u64> {
+    wait_until(shared, q, |_| Ok(true)).await
+}
+
+/// Blocks until, with the store past `index`, `moved(index)` says what the caller reads has
+/// changed since, or `wait` elapses; returns the index to answer with. A write wakes every
+/// waiter, and each asks `moved` (cheap) before it reads anything.
+pub(crate) async fn wait_until(
+    shared: &Shared,
+    q: &WaitQuery,
+    moved: impl Fn(u64) -> Result<bool, berth_store::StoreError>,
+) -> ApiResult<u64> {
     let store = shared.state.store();
     if let Some(index) = q.index {
         let wait = match &q.wait {
             Some(text) => Dur::parse(text).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("wait: {e}")))?,
             None => Dur::secs(30),
         };
-        let wait = wait.as_duration().min(Duration::from_secs(300));
+        let deadline = tokio::time::Instant::now() + wait.as_duration().min(Duration::from_secs(300));
         let mut rx = store.watch();
-        let _ = tokio::time::timeout(wait, rx.wait_for(|rev| *rev > index)).await;
+        loop {
+            let at = *rx.borrow_and_update();
+            if at > index && moved(index)? {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                break;
+            }
+        }
     }
     // Read the index before the data so a change in between is never missed.
     Ok(store.revision())
