@@ -68,9 +68,11 @@ else
 fi
 
 export BERTH_SERVER="http://$api"
+# The admin token berth up made at first start; it also saved it as the CLI's `local` context.
+export BERTH_TOKEN="$(cat "$state/data/admin.token")"
 "$berth" deploy -f "$state/hello.yaml" --timeout 120
 echo
-echo "Berth is up. API: http://$api   (export BERTH_SERVER=http://$api)"
+echo "Berth is up. API: http://$api; the CLI here acts as admin through its context \`local\` (berth context ls)"
 echo "demo/hello answers through the router:"
 echo "  curl -H 'Host: hello.demo.berth.local' http://${BERTH_HTTP:-127.0.0.1:8080}/"
 echo "and at each instance:"

@@ -1,5 +1,6 @@
 //! Berth's vocabulary: the app spec and the records the platform keeps. Pure types, no I/O.
 
+pub mod access;
 pub mod duration;
 pub mod hosts;
 pub mod model;

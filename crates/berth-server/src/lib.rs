@@ -28,6 +28,7 @@ use tokio::sync::watch;
 
 pub use alerts::AlertConfig;
 pub use http::credentials::JOIN_TOKEN_FILE;
+pub use http::tokens::ADMIN_TOKEN_FILE;
 pub use logs::LogLimits;
 pub use reconciler::Tuning;
 
@@ -41,8 +42,10 @@ pub enum ServerError {
     Listen(String, std::io::Error),
     #[error("join token: {0}")]
     JoinToken(#[from] http::credentials::JoinTokenError),
+    #[error("admin token: {0}")]
+    AdminToken(#[from] http::tokens::AdminTokenError),
     #[error(
-        "--api {0} is not a loopback address, and the API has no credentials yet: anyone who reaches it could deploy and run commands. Keep it on 127.0.0.1, or pass --insecure-unauthenticated on a network you trust"
+        "--api {0} is not a loopback address, and the API has no TLS yet: its tokens would cross the network in clear text, for anyone on the path to take and use. Keep it on 127.0.0.1, or pass --insecure-unauthenticated on a network you trust"
     )]
     Unauthenticated(String),
 }
@@ -64,6 +67,8 @@ pub struct ServerConfig {
     pub join_token: Option<String>,
     /// Where a made join token is kept (`<data-dir>/join.token`).
     pub join_token_file: PathBuf,
+    /// Where the admin token made at first start is written (`<data-dir>/admin.token`).
+    pub admin_token_file: PathBuf,
 }
 
 /// Shared by handlers and the reconcile loop. One allocation behind an `Arc`: axum clones the
@@ -125,6 +130,8 @@ pub(crate) struct Seen {
     pub revision: u64,
     /// Member id to its credential record.
     pub credentials: HashMap<String, http::credentials::Credential>,
+    /// API token id to its record.
+    pub tokens: HashMap<String, http::tokens::ApiToken>,
     /// Node id to what its last heartbeat said (ports taken, drivers down), once the node's
     /// record agreed.
     pub beats: HashMap<String, Beat>,
@@ -140,6 +147,7 @@ impl Seen {
         if revision > self.revision {
             self.revision = revision;
             self.credentials.clear();
+            self.tokens.clear();
             self.beats.clear();
         }
         Some(self)
@@ -250,6 +258,9 @@ impl Server {
             (normal_domain(&config.domain), http::credentials::digest(&join_token)),
         )?;
         hosts::backfill(&shared.state, &shared.domain, now_ms())?;
+        if http::tokens::bootstrap(&shared, &config.admin_token_file)? {
+            tracing::info!(path = %config.admin_token_file.display(), "admin token written");
+        }
 
         let app = http::router(shared.clone());
         let mut http_shutdown = shutdown_rx.clone();

@@ -174,6 +174,35 @@ impl Platform {
         self.dir.path().join("data")
     }
 
+    /// The CLI's contexts for this platform (`BERTH_CONFIG`): `berth up` saves its own there,
+    /// never in the HOME of whoever runs the tests.
+    pub fn cli_config(&self) -> PathBuf {
+        self.dir.path().join("cli-config.toml")
+    }
+
+    /// The admin token the server made at first start (`<data-dir>/admin.token`).
+    pub fn admin_token(&self) -> String {
+        let path = self.data_dir().join("admin.token");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    }
+
+    /// What the CLI is run with here: the contexts file and the admin token, when there is one.
+    fn cli_env(&self) -> Vec<(&'static str, String)> {
+        let mut env = vec![("BERTH_CONFIG", self.cli_config().display().to_string())];
+        if let Ok(token) = std::fs::read_to_string(self.data_dir().join("admin.token")) {
+            env.push(("BERTH_TOKEN", token.trim().to_string()));
+        }
+        env
+    }
+
+    /// A request builder to this platform with the admin token.
+    fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match std::fs::read_to_string(self.data_dir().join("admin.token")) {
+            Ok(token) => req.bearer_auth(token.trim()),
+            Err(_) => req,
+        }
+    }
+
     /// The file with the join token the server is started with and its agents join with.
     pub fn join_token_file(&self) -> PathBuf {
         let path = self.dir.path().join("join.token");
@@ -198,6 +227,7 @@ impl Platform {
             .args(args)
             .env("BERTH_LOG", "info,berth_agent=debug")
             .env("BERTH_SERVER", &self.api)
+            .env("BERTH_CONFIG", self.cli_config())
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log file"))
@@ -350,10 +380,18 @@ impl Platform {
 
     /// GET a `/v1` path and decode the JSON body; `Err` carries the status and body.
     pub async fn get(&self, path: &str) -> Result<Value, String> {
-        let resp = self.client.get(format!("{}{path}", self.api)).send().await.map_err(|e| e.to_string())?;
+        let resp =
+            self.authed(self.client.get(format!("{}{path}", self.api))).send().await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let body: Value = resp.json().await.map_err(|e| e.to_string())?;
         if status.is_success() { Ok(body) } else { Err(format!("{status}: {body}")) }
+    }
+
+    /// GET of a text from the API (`/metrics`), as admin.
+    pub async fn get_text(&self, path: &str) -> String {
+        let resp = self.authed(self.client.get(format!("{}{path}", self.api))).send().await.expect("the API answers");
+        assert!(resp.status().is_success(), "GET {path}: {}", resp.status());
+        resp.text().await.expect("a text")
     }
 
     /// GET from the router's admin API.
@@ -366,8 +404,7 @@ impl Platform {
     pub async fn admin_request(&self, method: &str, path: &str, body: &str) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let resp = self
-            .client
-            .request(method, format!("http://{}{path}", self.admin))
+            .authed(self.client.request(method, format!("http://{}{path}", self.admin)))
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
@@ -394,8 +431,7 @@ impl Platform {
     pub async fn request(&self, method: &str, path: &str, content_type: &str, body: &str) -> (u16, Value) {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("method");
         let resp = self
-            .client
-            .request(method, format!("{}{path}", self.api))
+            .authed(self.client.request(method, format!("{}{path}", self.api)))
             .header("content-type", content_type)
             .body(body.to_string())
             .send()
@@ -420,6 +456,7 @@ impl Platform {
         Command::new("script")
             .args(["-qec", line, "/dev/null"])
             .env("BERTH_SERVER", &self.api)
+            .envs(self.cli_env())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -432,6 +469,7 @@ impl Platform {
         Command::new(&self.bin)
             .args(args)
             .env("BERTH_SERVER", &self.api)
+            .envs(self.cli_env())
             .current_dir(self.dir.path())
             .stdin(Stdio::null())
             .output()
@@ -445,6 +483,7 @@ impl Platform {
         let mut child = Command::new(&self.bin)
             .args(args)
             .env("BERTH_SERVER", &self.api)
+            .envs(self.cli_env())
             .current_dir(self.dir.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

@@ -1,6 +1,7 @@
 //! `berth`: the one binary. Platform processes (`up`, `server`, `agent`) and the CLI.
 
 mod cmd;
+mod context;
 mod output;
 mod terminal;
 

@@ -159,8 +159,8 @@ fn colour_in_logs_follows_color_and_the_terminal() {
     assert!(!stderr_of(Some("never")).contains('\x1b'));
 }
 
-/// The API deploys commands and has no credentials yet: it does not listen beyond loopback
-/// unless told to, and says why (checked before anything listens).
+/// The API's tokens would cross the network in clear text until TLS lands: it does not listen
+/// beyond loopback unless told to, and says why (checked before anything listens).
 #[test]
 fn the_api_stays_on_loopback_unless_told() {
     let dir = tempfile::tempdir().unwrap();

@@ -207,7 +207,7 @@ async fn outputs_that_cannot_be_reached_are_told() {
     assert_eq!((up["healthy"].as_bool(), up["carries"].as_str()), (Some(true), Some("alerts")), "{up}");
     let events = p.cli_ok(&["events", "-o", "json", "-n", "100"]).await;
     assert!(events.contains("output.unreachable") && events.contains(&sink), "{events}");
-    let metrics = reqwest::get(format!("{}/metrics", p.api)).await.unwrap().text().await.unwrap();
+    let metrics = p.get_text("/metrics").await;
     assert!(metrics.contains(&format!("berth_output_up{{output=\"{sink}\",carries=\"logs\"}} 0")), "{metrics}");
     // A spec names its own outputs the same way, and one that cannot carry what it is given for
     // is refused where it is written.

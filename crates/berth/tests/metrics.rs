@@ -63,7 +63,17 @@ async fn exec_use_shows_in_top_and_metrics_pass_promtool_and_prometheus() {
     assert!(table.contains("cluster") && table.contains("lab/burn"), "{table}");
 
     // Prometheus' exposition format, checked by Prometheus' own linter.
-    let text = reqwest::get(format!("{}/metrics", p.api)).await.unwrap().text().await.unwrap();
+    let unauthenticated = reqwest::get(format!("{}/metrics", p.api)).await.unwrap();
+    assert_eq!(unauthenticated.status().as_u16(), 401, "metrics name apps and nodes: a token reads them");
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", p.api))
+        .bearer_auth(p.admin_token())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(text.contains("berth_apps 1"), "{text}");
     assert!(text.contains("berth_instances{state=\"running\"} 1"), "{text}");
     assert!(text.contains("berth_app_cpu_percent{app=\"lab/burn\"}"), "{text}");
@@ -113,7 +123,9 @@ async fn prometheus_scrapes(p: &Platform) {
         &config,
         format!(
             "global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: berth\n    metrics_path: /metrics\n    \
-             static_configs:\n      - targets: ['{target}']\n"
+             authorization:\n      credentials_file: {}\n    \
+             static_configs:\n      - targets: ['{target}']\n",
+            p.data_dir().join("admin.token").display()
         ),
     )
     .unwrap();
@@ -182,6 +194,7 @@ async fn top_into_a_pipe_is_plain_and_ends_and_q_quits_on_a_terminal() {
     let mut watch = tokio::process::Command::new(BERTH)
         .args(["top", "--watch", "--every", "1"])
         .env("BERTH_SERVER", &p.api)
+        .env("BERTH_TOKEN", p.admin_token())
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)
         .spawn()

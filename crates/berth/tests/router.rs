@@ -370,7 +370,7 @@ async fn a_deploy_returns_once_every_live_router_routes_it() {
         }
     });
     wait_until("the stale router to be listed", Duration::from_secs(5), || async {
-        let routers: Value = reqwest::get(format!("{}/v1/routers", p.api)).await.ok()?.json().await.ok()?;
+        let routers: Value = p.get("/v1/routers").await.ok()?;
         routers.as_array()?.iter().any(|r| r["id"] == "stale-router" && r["live"] == true).then_some(())
     })
     .await;

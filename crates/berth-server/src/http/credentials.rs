@@ -78,20 +78,22 @@ pub fn join_token(path: &Path, given: Option<String>) -> Result<String, JoinToke
         Err(e) => return Err(JoinTokenError::Io(path, e)),
     }
     let token = format!("berth-join-{}", hex(&rand::random::<[u8; 32]>()));
-    // Written aside then renamed: a crash leaves no half token behind.
-    let tmp = path.with_extension("tmp");
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(|e| JoinTokenError::Io(dir.to_path_buf(), e))?;
-    }
-    let write = || -> std::io::Result<()> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(format!("{token}\n").as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)
-    };
-    write().map_err(|e| JoinTokenError::Io(path.clone(), e))?;
+    write_private(&path, &token).map_err(|e| JoinTokenError::Io(path.clone(), e))?;
     Ok(token)
+}
+
+/// Writes a secret to `path`, readable by its owner only (0600): aside, then renamed, so a crash
+/// leaves no half secret behind.
+pub(crate) fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    f.write_all(format!("{secret}\n").as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 fn check_token(token: String) -> Result<String, JoinTokenError> {
@@ -105,7 +107,7 @@ fn check_token(token: String) -> Result<String, JoinTokenError> {
 }
 
 /// Lower-case hex, into one string: every agent request digests its credential.
-fn hex(bytes: &[u8]) -> String {
+pub(crate) fn hex(bytes: &[u8]) -> String {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(bytes.len() * 2);
     for b in bytes {
@@ -153,14 +155,10 @@ pub async fn members_only(
         let why = format!("no credential: this endpoint is for {who}; the server keeps it in <data-dir>/join.token)");
         return refuse(why).into_response();
     };
-    let caller = match check(&shared, bearer) {
+    let caller = match check_member(&shared, bearer, kind) {
         Ok(caller) => caller,
         Err(refused) => return refused.into_response(),
     };
-    if caller.kind != kind {
-        let why = format!("credential {}: a {:?} credential, not a {kind:?}'s", caller.id, caller.kind);
-        return refuse(why).into_response();
-    }
     if let Some((_, id)) = params.iter().find(|(name, _)| *name == "id")
         && id != caller.id
     {
@@ -171,7 +169,7 @@ pub async fn members_only(
     next.run(req).await
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(axum::http::header::AUTHORIZATION)?.to_str().ok()?;
     Some(value.strip_prefix("Bearer ")?.trim())
 }
@@ -207,6 +205,15 @@ pub(crate) async fn join(AxState(shared): AxState<Shared>, headers: HeaderMap, b
     let txn = shared.state.with_event(txn, now, Level::Info, "member.joined", subject, msg);
     let index = shared.state.commit(txn)?;
     Ok(indexed(index, &JoinReply { id: req.id, credential }))
+}
+
+/// A member's credential of the `kind` expected.
+pub(crate) fn check_member(shared: &Shared, bearer: &str, kind: Member) -> Result<Caller, ApiError> {
+    let caller = check(shared, bearer)?;
+    if caller.kind != kind {
+        return Err(refuse(format!("credential {}: a {:?} credential, not a {kind:?}'s", caller.id, caller.kind)));
+    }
+    Ok(caller)
 }
 
 fn check(shared: &Shared, bearer: &str) -> Result<Caller, ApiError> {

@@ -14,6 +14,7 @@ mod logs;
 mod nodes;
 mod pools;
 mod routes;
+pub(crate) mod tokens;
 mod usage;
 
 use axum::Router;
@@ -90,6 +91,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         )
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/openapi.yaml") })
         .layer(axum::middleware::map_response(json_errors))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), tokens::authenticate))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
         .with_state(shared)
 }

@@ -13,8 +13,13 @@ async fn start(dir: &tempfile::TempDir, tuning: Tuning) -> Server {
         insecure_unauthenticated: false,
         join_token: Some("test-join-token".into()),
         join_token_file: dir.path().join("join.token"),
+        admin_token_file: dir.path().join("admin.token"),
     };
     Server::start(config).await.unwrap()
+}
+
+fn admin_token(dir: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("admin.token")).unwrap().trim().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -32,8 +37,14 @@ async fn every_documented_route_is_served() {
         for method in ops.as_object().unwrap().keys().filter(|k| *k != "parameters") {
             let url = format!("http://{}{concrete}", server.addr);
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let resp =
-                http.request(m, &url).header("content-type", "application/json").body("{}").send().await.unwrap();
+            let resp = http
+                .request(m, &url)
+                .bearer_auth(admin_token(&dir))
+                .header("content-type", "application/json")
+                .body("{}")
+                .send()
+                .await
+                .unwrap();
             let status = resp.status().as_u16();
             let body: serde_json::Value = resp.json().await.unwrap_or_default();
             assert_ne!(status, 405, "{method} {path} is documented but not allowed");
@@ -85,7 +96,8 @@ async fn metrics_count_requests_by_route_method_and_status_class() {
     let refused = http.post(format!("{base}/v1/nodes/n1/heartbeat")).body("{}").send().await.unwrap();
     assert_eq!(refused.status().as_u16(), 401);
     assert_eq!(http.get(format!("{base}/v1/nope")).send().await.unwrap().status().as_u16(), 404);
-    let text = http.get(format!("{base}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text =
+        http.get(format!("{base}/metrics")).bearer_auth(admin_token(&dir)).send().await.unwrap().text().await.unwrap();
     for line in [
         "berth_server_requests_total{method=\"GET\",route=\"/v1/health\",code=\"2xx\"} 3",
         "berth_server_requests_total{method=\"POST\",route=\"/v1/nodes/{id}/heartbeat\",code=\"4xx\"} 1",
@@ -94,4 +106,46 @@ async fn metrics_count_requests_by_route_method_and_status_class() {
         assert!(text.lines().any(|l| l == line), "{line} missing from:\n{text}");
     }
     server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_but_health_and_join_needs_a_token_and_the_first_start_writes_the_admins() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, Tuning::default()).await;
+    let http = reqwest::Client::new();
+    let base = format!("http://{}", server.addr);
+    let token = admin_token(&dir);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(dir.path().join("admin.token")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "only its owner reads the admin token");
+    assert!(http.get(format!("{base}/v1/health")).send().await.unwrap().status().is_success());
+    let (id, _) = token.rsplit_once('.').unwrap();
+    for (bearer, status, says) in [
+        (None, 401, "no token: pass --token or set BERTH_TOKEN".to_string()),
+        (Some("garbage".to_string()), 401, "malformed token".into()),
+        (Some(format!("{id}.wrong")), 401, format!("wrong secret for token {id}")),
+        (Some("tok-000000000000.x".to_string()), 401, "unknown token tok-000000000000".into()),
+        (Some(token.clone()), 200, String::new()),
+    ] {
+        for path in ["/v1/apps", "/metrics", "/v1/nodes", "/v1/events"] {
+            let req = http.get(format!("{base}{path}"));
+            let req = match &bearer {
+                Some(b) => req.bearer_auth(b),
+                None => req,
+            };
+            let resp = req.send().await.unwrap();
+            assert_eq!(resp.status().as_u16(), status, "{path} with {bearer:?}");
+            let text = resp.text().await.unwrap();
+            assert!(text.contains(&says), "{path} with {bearer:?}: {text}");
+        }
+    }
+    let deleted = http.delete(format!("{base}/v1/apps/g/n")).send().await.unwrap();
+    assert_eq!(deleted.status().as_u16(), 401, "a change without a token changes nothing");
+    server.stop().await;
+    // A restart keeps the token: it is made once.
+    let again = start(&dir, Tuning::default()).await;
+    assert_eq!(admin_token(&dir), token);
+    let resp = http.get(format!("http://{}/v1/apps", again.addr)).bearer_auth(&token).send().await.unwrap();
+    assert!(resp.status().is_success());
+    again.stop().await;
 }

@@ -3,6 +3,7 @@
 mod alerts;
 mod app;
 mod bench;
+mod context;
 mod deploy;
 mod events;
 mod exec;
@@ -23,9 +24,12 @@ use crate::output::Format;
 #[derive(Debug, Parser)]
 #[command(name = "berth", version, about = "Berth: a private container cloud in one binary")]
 pub struct Cli {
-    /// The Berth server's API.
-    #[arg(long, global = true, env = "BERTH_SERVER", default_value = "http://127.0.0.1:7070")]
-    pub server: String,
+    /// The Berth server's API [default: the current context's, else http://127.0.0.1:7070].
+    #[arg(long, global = true, env = "BERTH_SERVER")]
+    pub server: Option<String>,
+    /// The API token to act with [default: the current context's, for its server].
+    #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Output: a table for people (wide: with more columns), json or yaml for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = crate::output::Output::Table)]
     pub output: crate::output::Output,
@@ -85,6 +89,11 @@ pub enum Command {
     Top(top::TopArgs),
     /// Alerts firing now, and the ones that fired lately.
     Alerts,
+    /// The clusters this CLI knows (server and token each) and the one in use.
+    Context {
+        #[command(subcommand)]
+        action: context::ContextAction,
+    },
     /// Measure parts of Berth in this process: `bench schedule --nodes N --instances M`.
     Bench {
         #[command(subcommand)]
@@ -145,7 +154,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     };
     tracing_subscriber::fmt().with_env_filter(env_filter).with_writer(std::io::stderr).with_ansi(ansi).init();
 
-    let ctx = Ctx { server: cli.server.clone(), format: cli.output.apply() };
+    let contexts = match crate::context::path() {
+        Some(path) => crate::context::Config::load(&path)?,
+        None => crate::context::Config::default(),
+    };
+    let (server, token) = crate::context::resolve(cli.server.as_deref(), cli.token.as_deref(), &contexts);
+    let ctx = Ctx { server, token, format: cli.output.apply() };
     match cli.command {
         Command::Up(args) => platform::up(*args).await,
         Command::Server(args) => platform::server(*args).await,
@@ -162,6 +176,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Top(args) => top::run(args, None, &ctx).await,
         Command::Alerts => alerts::run(&ctx).await,
         Command::Bench { action } => bench::run(action, &ctx).await,
+        Command::Context { action } => context::run(action, &ctx),
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());
@@ -180,12 +195,18 @@ impl Command {
 /// What every client command needs.
 pub struct Ctx {
     pub server: String,
+    /// The API token to send, if any.
+    pub token: Option<String>,
     pub format: Format,
 }
 
 impl Ctx {
     pub fn client(&self) -> anyhow::Result<berth_api::Client> {
-        Ok(berth_api::Client::new(&self.server)?)
+        let client = berth_api::Client::new(&self.server)?;
+        Ok(match &self.token {
+            Some(token) => client.with_credential(token.clone()),
+            None => client,
+        })
     }
 }
 

@@ -206,8 +206,8 @@ pub struct ServerOptions {
     /// Every app answers as NAME.GROUP.<domain> on the routers; those names are reserved to it.
     #[arg(long, default_value = "berth.local", value_parser = parse_domain)]
     domain: String,
-    /// Let --api listen beyond loopback although the API has no credentials yet (it deploys
-    /// commands): only on a network you trust.
+    /// Let --api listen beyond loopback although the API has no TLS yet (its tokens would
+    /// cross the network in clear text): only on a network you trust.
     #[arg(long)]
     insecure_unauthenticated: bool,
     #[command(flatten)]
@@ -245,6 +245,7 @@ impl ServerOptions {
         Ok(ServerConfig {
             join_token: self.join.token()?,
             join_token_file: self.data_dir.join(berth_server::JOIN_TOKEN_FILE),
+            admin_token_file: self.data_dir.join(berth_server::ADMIN_TOKEN_FILE),
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
             domain: self.domain.clone(),
@@ -443,6 +444,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         drivers.join(", "),
         args.server.data_dir.display()
     );
+    save_local_context(&url, &args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE));
     let refused = tokio::select! {
         () = until_signal() => None,
         why = agent.refused() => Some(why),
@@ -459,9 +461,36 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// Saves this machine's platform as the CLI's `local` context, made current, so that the CLI
+/// works here with no flag. Said, not fatal, when it cannot be.
+fn save_local_context(url: &str, admin_token_file: &std::path::Path) {
+    let save = || -> anyhow::Result<std::path::PathBuf> {
+        let path = crate::context::path().ok_or_else(|| anyhow::anyhow!("no HOME to keep it in"))?;
+        let token = std::fs::read_to_string(admin_token_file)
+            .with_context(|| format!("cannot read {}", admin_token_file.display()))?;
+        let mut config = crate::context::Config::load(&path)?;
+        let local = crate::context::Context { server: url.to_string(), token: Some(token.trim().to_string()) };
+        config.contexts.insert("local".into(), local);
+        config.current = Some("local".into());
+        config.save(&path)?;
+        Ok(path)
+    };
+    match save() {
+        Ok(path) => eprintln!("The CLI acts here as admin: context `local` saved in {}", path.display()),
+        Err(e) => eprintln!(
+            "The CLI's context was not saved ({e:#}); pass --token with the token in {}",
+            admin_token_file.display()
+        ),
+    }
+}
+
 pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     let server = Server::start(args.server.config()?).await.context("starting the server")?;
     eprintln!("Berth server: API http://{}, data in {}", server.addr, args.server.data_dir.display());
+    let admin = args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE);
+    if admin.exists() {
+        eprintln!("The admin token is in {} (berth --token, BERTH_TOKEN, or berth context add)", admin.display());
+    }
     if args.server.join.join_token.is_none() && args.server.join.join_token_file.is_none() {
         let file = args.server.data_dir.join(berth_server::JOIN_TOKEN_FILE);
         eprintln!("Agents join with the token in {} (berth agent --join-token-file FILE)", file.display());

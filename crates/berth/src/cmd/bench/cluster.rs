@@ -196,7 +196,8 @@ async fn run(
     ctx: &Ctx,
 ) -> anyhow::Result<ExitCode> {
     let pid = server_process.pid();
-    let client = Client::new(server)?;
+    // The server writes its admin token before its port opens; the bench acts as admin.
+    let admin_token_file = dir.join("server").join(berth_server::ADMIN_TOKEN_FILE);
     let began = Instant::now();
     let deadline = began + Duration::from_secs(args.timeout);
     let progress = |line: String| {
@@ -205,10 +206,16 @@ async fn run(
         }
     };
     // The server first, so that no agent starts by failing to register.
-    while client.nodes().await.is_err() {
+    let client = loop {
+        if let Ok(token) = std::fs::read_to_string(&admin_token_file) {
+            let client = Client::new(server)?.with_credential(token.trim().to_string());
+            if client.nodes().await.is_ok() {
+                break client;
+            }
+        }
         anyhow::ensure!(Instant::now() < deadline, "the server did not answer in time");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
     // The server made its join token at start, as a user's does; the agents join with it.
     let token_file = dir.join("server").join(berth_server::JOIN_TOKEN_FILE);
     let token = std::fs::read_to_string(&token_file).with_context(|| format!("{}", token_file.display()))?;
