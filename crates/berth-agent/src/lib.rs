@@ -373,7 +373,10 @@ async fn run(
                 }
                 beats_failing = failed;
                 match answered {
-                    Ok(Ok(reply)) => interval = beat_interval(reply.interval_ms, heartbeat),
+                    Ok(Ok(reply)) => {
+                        interval = beat_interval(reply.interval_ms, heartbeat);
+                        services.metrics.space_out(reply.metrics_every_ms.min(300_000));
+                    }
                     Ok(Err(e)) if is_refusal(&e) => {
                         tracing::error!(error = %e, "the server refused this agent");
                         refused.send_replace(Some(e.to_string()));

@@ -13,9 +13,20 @@ use tokio::sync::watch;
 #[derive(Clone, Default)]
 pub struct MetricsSink {
     latest: Arc<Mutex<HashMap<String, InstanceSample>>>,
+    /// The least time between two reports, as the server last asked (ms; 0: none asked).
+    spacing_ms: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl MetricsSink {
+    /// What the server asked in its heartbeat reply: a large cluster spaces reports out.
+    pub fn space_out(&self, ms: u64) {
+        self.spacing_ms.store(ms, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn every(&self, configured: Duration) -> Duration {
+        configured.max(Duration::from_millis(self.spacing_ms.load(std::sync::atomic::Ordering::Relaxed)))
+    }
+
     pub fn record(&self, sample: InstanceSample) {
         lock(&self.latest).insert(sample.instance.clone(), sample);
     }
@@ -35,7 +46,7 @@ pub async fn ship(
 ) {
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
+            _ = tokio::time::sleep(sink.every(interval)) => {}
             _ = shutdown.changed() => return,
         }
         let samples = sink.take();

@@ -114,6 +114,9 @@ pub struct HeartbeatReply {
     pub interval_ms: u64,
     /// A node silent this long is cut off.
     pub timeout_ms: u64,
+    /// Send metric reports at most this often (0: as configured); a large cluster spaces them.
+    #[serde(default)]
+    pub metrics_every_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -27,6 +27,16 @@ pub fn schedule(nodes: usize, configured_timeout_ms: i64) -> Schedule {
     Schedule { interval_ms, timeout_ms: configured_timeout_ms.max(interval_ms.saturating_mul(BEATS_PER_TIMEOUT)) }
 }
 
+/// The most metric reports per second the server asks for: each agent sends its instances'
+/// latest samples in one report, every 5 s by default; a large cluster spaces them out further.
+pub const MAX_METRIC_REPORTS_PER_SECOND: i64 = 100;
+
+/// The least time between two metric reports of one agent in a cluster of `nodes` (0: as often
+/// as the agent is configured to).
+pub fn metrics_spacing_ms(nodes: usize) -> i64 {
+    i64::try_from(nodes).unwrap_or(i64::MAX).saturating_mul(1000) / MAX_METRIC_REPORTS_PER_SECOND
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -40,6 +50,13 @@ mod tests {
         assert_eq!(schedule(1, 30), Schedule { interval_ms: MIN_INTERVAL_MS, timeout_ms: 300 });
     }
 
+    #[test]
+    fn metric_reports_spread_out_from_500_nodes() {
+        // Under the 5 s default until 500 nodes; 1,000 nodes report every 10 s.
+        assert_eq!((metrics_spacing_ms(0), metrics_spacing_ms(100)), (0, 1_000));
+        assert_eq!((metrics_spacing_ms(500), metrics_spacing_ms(1_000)), (5_000, 10_000));
+    }
+
     proptest! {
         #[test]
         fn every_node_has_three_beats_before_its_timeout_and_the_rate_is_capped(
@@ -51,6 +68,15 @@ mod tests {
             prop_assert!(s.interval_ms * BEATS_PER_TIMEOUT <= s.timeout_ms);
             // Beats per second across the cluster, rounded as the division rounds.
             prop_assert!(nodes as i64 * 1000 / s.interval_ms <= MAX_BEATS_PER_SECOND);
+        }
+
+        #[test]
+        fn metric_reports_across_the_cluster_stay_under_the_cap(nodes in 1usize..100_000, every in 1i64..60_000) {
+            // Each agent reports every `every` ms or the spacing, whichever is longer: never more
+            // often across the cluster than the cap, unless the agents' own interval is longer.
+            let spaced = metrics_spacing_ms(nodes).max(every);
+            prop_assert!(nodes as i64 * 1000 / spaced <= MAX_METRIC_REPORTS_PER_SECOND.max(nodes as i64 * 1000 / every));
+            prop_assert!(nodes as i64 * 1000 / metrics_spacing_ms(nodes) <= MAX_METRIC_REPORTS_PER_SECOND);
         }
 
         #[test]

@@ -310,6 +310,7 @@ pub(super) async fn heartbeat(
         ok: true,
         interval_ms: schedule.interval_ms.unsigned_abs(),
         timeout_ms: schedule.timeout_ms.unsigned_abs(),
+        metrics_every_ms: berth_plan::heartbeat::metrics_spacing_ms(nodes).unsigned_abs(),
     };
     // Most beats change nothing: when the store has not moved since this node's last beat was
     // checked against its record, and the beat says the same, the answer is the same.

@@ -80,6 +80,8 @@ async fn a_heartbeat_reply_says_when_to_beat_next_from_the_node_timeout() {
     let reply = client.heartbeat("n1", &Default::default()).await.unwrap();
     // Three beats per timeout: a node is cut off only after missing three in a row.
     assert_eq!((reply.interval_ms, reply.timeout_ms), (1_000, 3_000), "{reply:?}");
+    // One node may report its metrics as often as it likes (every 10 ms would still be 100/s).
+    assert_eq!(reply.metrics_every_ms, 10, "{reply:?}");
     server.stop().await;
 }
 
