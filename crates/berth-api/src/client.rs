@@ -133,6 +133,21 @@ impl Client {
         self.send(self.http.put(&url).json(body), &url).await
     }
 
+    /// Makes an API token (admins only); the answer holds the token, shown this once.
+    pub async fn create_token(&self, req: &crate::TokenRequest) -> Result<crate::TokenCreated, ClientError> {
+        Ok(self.post("/v1/tokens", req).await?.value)
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<crate::TokenView>, ClientError> {
+        Ok(self.get("/v1/tokens").await?.value)
+    }
+
+    /// Revokes a token: it is refused from then on.
+    pub async fn revoke_token(&self, id: &str) -> Result<crate::TokenView, ClientError> {
+        let url = format!("{}/v1/tokens/{id}", self.base);
+        Ok(self.send(self.http.delete(&url), &url).await?.value)
+    }
+
     /// The server's own metrics, in Prometheus' text format (`GET /metrics`).
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);

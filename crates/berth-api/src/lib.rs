@@ -11,6 +11,7 @@ pub mod join;
 mod logs;
 mod nodes;
 mod routes;
+mod tokens;
 mod usage;
 
 pub use alerts::*;
@@ -21,4 +22,5 @@ pub use exec::*;
 pub use logs::*;
 pub use nodes::*;
 pub use routes::*;
+pub use tokens::*;
 pub use usage::*;

@@ -151,9 +151,13 @@ async fn groups_place_in_their_pools_first_and_borrow_from_the_shared_one() {
 
     // Over-subscribed at 2x, web's two cores take four more: the seventh lands in web.
     p.cli_ok(&["pool", "oversubscribe", "web", "2"]).await;
-    wait_until("the seventh placed in web", Duration::from_secs(20), || async {
+    // Placed, and the scale to seven done (in service past its min_healthy_time): a scale
+    // down in the middle of it would be refused as a deployment in progress.
+    wait_until("the seventh placed in web and in service", Duration::from_secs(30), || async {
         let on = spread(&p, "cart", &hosts).await;
-        (on.get("w0").unwrap_or(&0) + on.get("w1").unwrap_or(&0) == 5).then_some(())
+        let placed = on.get("w0").unwrap_or(&0) + on.get("w1").unwrap_or(&0) == 5;
+        let status = p.status("cart").await;
+        (placed && status["deployment"]["state"] != "running").then_some(())
     })
     .await;
     let bad = p.cli(&["pool", "oversubscribe", "web", "0"]).await;

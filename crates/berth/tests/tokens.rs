@@ -108,3 +108,95 @@ async fn contexts_switch_between_clusters_and_a_contexts_token_goes_to_its_own_s
     let out = berth(&a, &["context", "use", "nowhere"], &[]).await;
     assert!(!out.status.success() && text(&out).contains("no context nowhere; known: b, local"), "{}", text(&out));
 }
+
+/// Issue 17, item 2: roles scoped to groups. An admin makes a deployer and a viewer of `shop`;
+/// neither reaches `pay`, the viewer changes nothing, only the admin manages tokens and nodes,
+/// and a revoked or expired token is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn roles_scoped_to_groups_decide_who_does_what_and_say_why() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let bin = berth_testkit::image::testapp_binary();
+    for (group, name) in [("shop", "web"), ("pay", "api")] {
+        let spec = format!("group: {group}\nname: {name}\ndriver: exec\ncommand: [{}]\n", bin.display());
+        p.cli_ok(&["deploy", "-f", &p.write(&format!("{name}.yaml"), &spec), "--timeout", "60"]).await;
+    }
+    let made = |out: String| -> (String, String) {
+        let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+        (v["token"].as_str().unwrap().to_string(), v["id"].as_str().unwrap().to_string())
+    };
+    let out =
+        p.cli_ok(&["token", "create", "--role", "deployer", "--group", "shop", "--name", "ci", "-o", "json"]).await;
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((v["role"].as_str(), v["groups"].clone()), (Some("deployer"), serde_json::json!(["shop"])), "{v}");
+    let (deployer, deployer_id) = made(out);
+    let (viewer, _) = made(
+        p.cli_ok(&["token", "create", "--role", "viewer", "--group", "shop", "--name", "eve", "-o", "json"]).await,
+    );
+    let as_ = |token: &str| vec![("BERTH_SERVER", p.api.clone()), ("BERTH_TOKEN", token.to_string())];
+    let run = |token: String, args: Vec<&'static str>| {
+        let env = as_(&token);
+        let p = &p;
+        async move {
+            let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+            berth(p, &args, &env).await
+        }
+    };
+
+    // The deployer: its own group, yes; the other group, 403 naming the group and the role.
+    let out = run(deployer.clone(), vec!["app", "shop/web", "scale", "2", "--timeout", "60"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    for args in [
+        vec!["app", "pay/api", "status"],
+        vec!["app", "pay/api", "scale", "3"],
+        vec!["app", "pay/api", "destroy", "--yes"],
+        vec!["app", "pay/api", "logs"],
+    ] {
+        let out = run(deployer.clone(), args.clone()).await;
+        let said = text(&out);
+        assert!(!out.status.success(), "{args:?}: {said}");
+        assert!(said.contains("a deployer token of group(s) shop cannot act in group pay"), "{args:?}: {said}");
+    }
+    let listed = run(deployer.clone(), vec!["app", "ls", "-o", "json"]).await;
+    assert!(text(&listed).contains("shop/web") && !text(&listed).contains("pay/api"), "{}", text(&listed));
+    let events = run(deployer.clone(), vec!["events", "-o", "json", "-n", "500"]).await;
+    assert!(events.status.success() && text(&events).contains("shop/web"), "{}", text(&events));
+    assert!(!text(&events).contains("pay/api"), "another group's events: {}", text(&events));
+    for args in [vec!["token", "ls"], vec!["node", "drain", "x"]] {
+        let out = run(deployer.clone(), args.clone()).await;
+        assert!(text(&out).contains("only an admin token can"), "{args:?}: {}", text(&out));
+    }
+
+    // The viewer reads its group and changes nothing.
+    let out = run(viewer.clone(), vec!["app", "shop/web", "status"]).await;
+    assert!(out.status.success(), "{}", text(&out));
+    let out = run(viewer.clone(), vec!["app", "shop/web", "scale", "1"]).await;
+    assert!(text(&out).contains("a viewer token cannot change apps"), "{}", text(&out));
+    assert_eq!(p.status("shop/web").await["desired"], 2, "the viewer's scale changed nothing");
+
+    // The admin lists tokens, never their secrets, and revokes one: it is refused from then on.
+    let listed = p.cli_ok(&["token", "ls", "-o", "json"]).await;
+    let tokens: Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(tokens.as_array().map(Vec::len), Some(3), "{listed}");
+    let secret = deployer.rsplit_once('.').unwrap().1;
+    assert!(!listed.contains(secret), "{listed}");
+    p.cli_ok(&["token", "revoke", &deployer_id]).await;
+    let out = run(deployer.clone(), vec!["app", "ls"]).await;
+    assert!(text(&out).contains(&format!("unknown token {deployer_id}")), "{}", text(&out));
+    // The last admin token stays: without it nobody could make another.
+    let admin_id = p.admin_token().split_once('.').unwrap().0.to_string();
+    let out = p.cli(&["token", "revoke", &admin_id]).await;
+    assert!(text(&out).contains("is the last admin token"), "{}", text(&out));
+    // A token with a time to live stops working when it is up.
+    let (brief, brief_id) =
+        made(p.cli_ok(&["token", "create", "--role", "viewer", "--ttl", "1s", "--name", "brief", "-o", "json"]).await);
+    berth_testkit::wait_until("the brief token to expire", std::time::Duration::from_secs(10), || {
+        let run = &run;
+        let brief = brief.clone();
+        async move {
+            let out = run(brief, vec!["app", "ls"]).await;
+            text(&out).contains("has expired").then_some(())
+        }
+    })
+    .await;
+    assert!(p.cli_ok(&["events", "-n", "500"]).await.contains(&format!("token {brief_id} (brief")));
+}

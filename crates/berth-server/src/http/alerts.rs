@@ -7,11 +7,18 @@ use berth_api::AlertList;
 use super::error::{ApiResult, indexed};
 use crate::{Shared, lock};
 
-pub(crate) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+pub(crate) async fn list(
+    AxState(shared): AxState<Shared>,
+    axum::Extension(actor): axum::Extension<super::tokens::Actor>,
+) -> ApiResult<Response> {
+    let shown = |a: &&berth_api::Alert| match &a.app {
+        Some(app) => actor.sees_app(app),
+        None => actor.sees_all(),
+    };
     let state = lock(&shared.alerts);
     let list = AlertList {
-        firing: state.firing.values().map(|(a, _)| a.clone()).collect(),
-        recent: state.recent.iter().cloned().collect(),
+        firing: state.firing.values().map(|(a, _)| a).filter(shown).cloned().collect(),
+        recent: state.recent.iter().filter(shown).cloned().collect(),
     };
     drop(state);
     Ok(indexed(shared.state.store().revision(), &list))

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -16,6 +17,7 @@ use serde::Deserialize;
 
 use super::cas::{self, Attempt};
 use super::error::{ApiError, ApiResult, WaitQuery, indexed, parse_json, wait_for};
+use super::tokens::Actor;
 use berth_plan::deploy::{self, Change, ChangeOptions, Refusal, RollbackRefusal};
 
 use crate::{Shared, deployments, lock, now_ms, views};
@@ -31,7 +33,10 @@ fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
     Ok(views::app_status(&app.value, instances.iter(), pending.as_ref(), &shared.cut_off_nodes()?))
 }
 
-pub(super) async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+pub(super) async fn list_apps(
+    AxState(shared): AxState<Shared>,
+    Extension(actor): Extension<Actor>,
+) -> ApiResult<Response> {
     let index = shared.state.store().revision();
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).clone();
@@ -40,6 +45,7 @@ pub(super) async fn list_apps(AxState(shared): AxState<Shared>) -> ApiResult<Res
         .state
         .apps()?
         .into_iter()
+        .filter(|a| actor.grant().sees(&a.value.spec.group))
         .map(|a| {
             let id = a.value.id();
             views::app_status(&a.value, instances.iter(), pending.get(&id), &cut_off)

@@ -1,5 +1,6 @@
 //! `/v1/events`: the event log, with blocking reads.
 
+use axum::Extension;
 use axum::extract::{Query, State as AxState};
 use axum::response::Response;
 use serde::Deserialize;
@@ -16,8 +17,29 @@ pub(super) struct EventsQuery {
     wait: Option<String>,
 }
 
-pub(super) async fn events(AxState(shared): AxState<Shared>, Query(q): Query<EventsQuery>) -> ApiResult<Response> {
+pub(super) async fn events(
+    AxState(shared): AxState<Shared>,
+    Extension(actor): Extension<super::tokens::Actor>,
+    Query(q): Query<EventsQuery>,
+) -> ApiResult<Response> {
     let index = wait_for(&shared, &WaitQuery { index: q.index, wait: q.wait.clone() }).await?;
-    let events = shared.state.events(q.after, q.limit.unwrap_or(200).min(10_000))?;
-    Ok(indexed(index, &events))
+    let limit = q.limit.unwrap_or(200).min(10_000);
+    if actor.sees_all() {
+        return Ok(indexed(index, &shared.state.events(q.after, limit)?));
+    }
+    // A token of some groups sees their apps' events only: pages are read until enough are
+    // found or none are left, so that a follower's cursor always moves on.
+    let mut seen = Vec::new();
+    let mut after = q.after;
+    loop {
+        let page = shared.state.events(after, limit)?;
+        let Some(last) = page.last().map(|e| e.seq) else { break };
+        after = last;
+        seen.extend(page.into_iter().filter(|e| e.app.as_deref().is_some_and(|a| actor.sees_app(a))));
+        if seen.len() >= limit {
+            seen.truncate(limit);
+            break;
+        }
+    }
+    Ok(indexed(index, &seen))
 }

@@ -1,5 +1,6 @@
 //! `/v1/instances`: the list, and one instance restarted or stopped.
 
+use axum::Extension;
 use axum::extract::{Path, Query, State as AxState};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -79,10 +80,17 @@ pub(super) async fn stop_instance(
     Ok(indexed(index, &value))
 }
 
-pub(super) async fn list_instances(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+pub(super) async fn list_instances(
+    AxState(shared): AxState<Shared>,
+    Extension(actor): Extension<super::tokens::Actor>,
+) -> ApiResult<Response> {
     let index = shared.state.store().revision();
     let cut_off = shared.cut_off_nodes()?;
-    let all: Vec<InstanceView> =
-        shared.instances()?.iter().map(|i| InstanceView::new(i.clone(), cut_off.contains(&i.node))).collect();
+    let all: Vec<InstanceView> = shared
+        .instances()?
+        .iter()
+        .filter(|i| actor.sees_app(&i.app))
+        .map(|i| InstanceView::new(i.clone(), cut_off.contains(&i.node)))
+        .collect();
     Ok(indexed(index, &all))
 }

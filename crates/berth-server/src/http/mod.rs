@@ -34,6 +34,8 @@ pub(crate) fn router(shared: Shared) -> Router {
     let router = axum::middleware::from_fn_with_state((shared.clone(), Member::Router), credentials::members_only);
     Router::new()
         .route("/v1/join", post(credentials::join))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/health", get(health))
         .route("/v1/apps", get(apps::list_apps))
         .route("/v1/plan", post(apps::plan))

@@ -5,21 +5,24 @@
 //! `<data-dir>/admin.token` (mode 0600), as it does its join token. Agents and routers use their
 //! own credentials (`credentials.rs`) on their own endpoints.
 
-use std::path::Path;
+use std::path::Path as FsPath;
 
-use axum::extract::{MatchedPath, Request, State as AxState};
+use axum::Extension;
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Request, State as AxState};
 use axum::http::{Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use berth_core::access::Role;
+use berth_core::access::{Grant, Need, Role, Scope};
 use berth_core::{Level, Millis};
 use berth_store::Txn;
 use berth_store::state::{Subject, encode};
 use serde::{Deserialize, Serialize};
 
 use super::credentials::{bearer, digest, hex};
-use super::error::ApiError;
+use super::error::{ApiError, ApiResult, indexed, parse_json};
 use crate::{Shared, lock, now_ms};
+use berth_api::{TokenCreated, TokenRequest, TokenView};
 
 /// Where a server writes the admin token it made at first start.
 pub const ADMIN_TOKEN_FILE: &str = "admin.token";
@@ -83,7 +86,7 @@ pub fn mint(name: &str, role: Role, groups: Vec<String>, now: Millis, ttl_ms: Op
 /// At first start (no token in the store), the admin token: the one at `path` when a crash came
 /// between writing it and keeping its record, else a new one written there first (mode 0600,
 /// aside then renamed). Returns the path when a token was made or taken up.
-pub fn bootstrap(shared: &Shared, path: &Path) -> Result<bool, AdminTokenError> {
+pub fn bootstrap(shared: &Shared, path: &FsPath) -> Result<bool, AdminTokenError> {
     if !shared.state.records::<ApiToken>("tokens/")?.is_empty() {
         return Ok(false);
     }
@@ -128,12 +131,28 @@ enum Needs {
     Member,
     /// A user's token, or a member's credential: agents ask whether an instance is drained;
     /// routers carry their admin API's changes to static upstreams and rules.
-    TokenOr(berth_api::Member),
-    Token,
+    TokenOr(berth_api::Member, Need, Of),
+    Token(Need, Of),
 }
 
-/// Everything needs a token unless listed here: a route added later is closed by default.
+/// Where a request's group comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Of {
+    /// The `{group}` in its path.
+    Group,
+    /// The app of the instance `{id}` in its path.
+    Instance,
+    /// No one group: every token may ask, and lists are filtered to the token's groups.
+    Any,
+    /// Every group at once, unfiltered.
+    Every,
+}
+
+/// Everything needs an admin token unless listed here: a route added later is closed by default.
 fn needs(method: &Method, route: &str) -> Needs {
+    use Need::{Admin, Change, Read};
+    let read = method == Method::GET;
+    let change = if read { Read } else { Change };
     match (method, route) {
         (_, "/v1/health" | "/v1/join") => Needs::Nothing,
         (&Method::POST, "/v1/nodes" | "/v1/routers/{id}") | (&Method::GET, "/v1/routes") => Needs::Member,
@@ -148,17 +167,35 @@ fn needs(method: &Method, route: &str) -> Needs {
             | "/v1/nodes/{id}/execs/{exec}"
             | "/v1/nodes/{id}/execs/{exec}/stream",
         ) => Needs::Member,
-        (&Method::GET, "/v1/instances/{id}/drain") => Needs::TokenOr(berth_api::Member::Agent),
+        (&Method::GET, "/v1/instances/{id}/drain") => Needs::TokenOr(berth_api::Member::Agent, Read, Of::Instance),
+        (_, "/v1/apps/{group}/{name}/rules") => Needs::TokenOr(berth_api::Member::Router, change, Of::Group),
+        (_, "/v1/upstreams" | "/v1/upstreams/{name}" | "/v1/upstreams/{name}/rules") => {
+            Needs::TokenOr(berth_api::Member::Router, if read { Read } else { Admin }, Of::Any)
+        }
+        (_, r) if r.starts_with("/v1/apps/{group}/{name}") => Needs::Token(change, Of::Group),
+        (&Method::POST, "/v1/instances/{id}/restart" | "/v1/instances/{id}/stop" | "/v1/instances/{id}/exec") => {
+            Needs::Token(Change, Of::Instance)
+        }
+        (&Method::GET, "/metrics" | "/v1/nodes/{id}") => Needs::Token(Read, Of::Every),
         (
-            _,
-            "/v1/upstreams" | "/v1/upstreams/{name}" | "/v1/upstreams/{name}/rules" | "/v1/apps/{group}/{name}/rules",
-        ) => Needs::TokenOr(berth_api::Member::Router),
-        _ => Needs::Token,
+            &Method::GET,
+            "/v1/apps" | "/v1/instances" | "/v1/events" | "/v1/usage" | "/v1/alerts" | "/v1/nodes" | "/v1/pools"
+            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs",
+        ) => Needs::Token(Read, Of::Any),
+        // A plan changes nothing; the spec it reads names its own group.
+        (&Method::POST, "/v1/plan") => Needs::Token(Read, Of::Any),
+        _ => Needs::Token(Admin, Of::Any),
     }
 }
 
-/// Checks every request's token, but for the routes that need none or a member's credential.
-/// The actor goes into the request's extensions.
+/// The value of `{name}` in `path`, matched against the route `template`.
+fn path_param<'p>(template: &str, path: &'p str, name: &str) -> Option<&'p str> {
+    let wanted = format!("{{{name}}}");
+    template.split('/').zip(path.split('/')).find(|(t, _)| *t == wanted).map(|(_, v)| v)
+}
+
+/// Checks every request's token, and what its role and groups allow, but for the routes that
+/// need none or a member's credential. The actor goes into the request's extensions.
 pub async fn authenticate(
     AxState(shared): AxState<Shared>,
     route: Option<MatchedPath>,
@@ -166,14 +203,16 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let route = route.as_ref().map_or("", |r| r.as_str());
-    let need = needs(req.method(), route);
-    if route.is_empty() || matches!(need, Needs::Nothing | Needs::Member) {
-        return next.run(req).await;
-    }
+    let (need, of, member) = match needs(req.method(), route) {
+        _ if route.is_empty() => return next.run(req).await,
+        Needs::Nothing | Needs::Member => return next.run(req).await,
+        Needs::TokenOr(member, need, of) => (need, of, Some(member)),
+        Needs::Token(need, of) => (need, of, None),
+    };
     let Some(token) = bearer(req.headers()) else {
         return refuse("no token: pass --token or set BERTH_TOKEN (the server wrote its admin token to <data-dir>/admin.token; `berth up` saves it in the CLI's context)").into_response();
     };
-    if let Needs::TokenOr(member) = need
+    if let Some(member) = member
         && !token.starts_with("tok-")
     {
         return match super::credentials::check_member(&shared, token, member) {
@@ -184,13 +223,127 @@ pub async fn authenticate(
             Err(refused) => refused.into_response(),
         };
     }
-    match check(&shared, token, now_ms()) {
-        Ok(actor) => {
-            req.extensions_mut().insert(actor);
-            next.run(req).await
-        }
-        Err(refused) => refused.into_response(),
+    let actor = match check(&shared, token, now_ms()) {
+        Ok(actor) => actor,
+        Err(refused) => return refused.into_response(),
+    };
+    let path = req.uri().path().to_string();
+    let group = match of {
+        Of::Group => path_param(route, &path, "group").map(str::to_string),
+        Of::Instance => match path_param(route, &path, "id").map(|id| shared.state.instance(id)) {
+            Some(Ok(Some(found))) => found.value.app.split_once('/').map(|(g, _)| g.to_string()),
+            Some(Err(e)) => return ApiError::from(e).into_response(),
+            // No such instance: the handler says so.
+            _ => None,
+        },
+        Of::Any | Of::Every => None,
+    };
+    let scope = match (&group, of) {
+        (Some(g), _) => Scope::Group(g),
+        (None, Of::Every) => Scope::Every,
+        _ => Scope::Any,
+    };
+    if let Err(denied) = actor.grant().allows(need, scope) {
+        let why = format!("token {} ({}): {denied}", actor.id, actor.name);
+        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
+    req.extensions_mut().insert(actor);
+    next.run(req).await
+}
+
+impl Actor {
+    pub fn grant(&self) -> Grant<'_> {
+        Grant { role: self.role, groups: &self.groups }
+    }
+
+    /// Whether what belongs to app `GROUP/NAME` is shown to this token.
+    pub fn sees_app(&self, app: &str) -> bool {
+        self.grant().sees(app.split_once('/').map_or(app, |(group, _)| group))
+    }
+
+    /// Whether what belongs to no app (a node's news) is shown: to tokens of every group.
+    pub fn sees_all(&self) -> bool {
+        self.role == Role::Admin || self.groups.is_empty()
+    }
+}
+
+fn view(t: &ApiToken) -> TokenView {
+    TokenView {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        role: t.role,
+        groups: t.groups.clone(),
+        created_at: t.created_at,
+        expires_at: t.expires_at,
+    }
+}
+
+/// `POST /v1/tokens`: a new token, its secret in the answer only.
+pub(crate) async fn create(
+    AxState(shared): AxState<Shared>,
+    Extension(actor): Extension<Actor>,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let req: TokenRequest = parse_json(&body)?;
+    let bad = |why: String| ApiError::new(StatusCode::BAD_REQUEST, why);
+    berth_core::spec::check_label(&req.name).map_err(|e| bad(format!("name: {e}")))?;
+    for group in &req.groups {
+        berth_core::spec::check_label(group).map_err(|e| bad(format!("groups: {group}: {e}")))?;
+    }
+    if req.role == Role::Admin && !req.groups.is_empty() {
+        return Err(bad("groups: an admin token acts in every group; give deployer or viewer for a group".into()));
+    }
+    let now = now_ms();
+    let ttl = req.ttl_seconds.map(|s| i64::try_from(s.saturating_mul(1000)).unwrap_or(i64::MAX));
+    let (token, record) = mint(&req.name, req.role, req.groups.clone(), now, ttl);
+    let msg = format!(
+        "token {} ({}, {}{}) made by {} ({})",
+        record.id,
+        record.name,
+        record.role,
+        if record.groups.is_empty() { String::new() } else { format!(" of {}", record.groups.join(", ")) },
+        actor.id,
+        actor.name
+    );
+    let txn = Txn::default().put(token_key(&record.id), encode(&record));
+    let txn = shared.state.with_event(txn, now, Level::Info, "token.created", Subject::default(), msg);
+    let index = shared.state.commit(txn)?;
+    Ok(indexed(index, &TokenCreated { token, view: view(&record) }))
+}
+
+/// `GET /v1/tokens`: every token, never a secret.
+pub(crate) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
+    let revision = shared.state.store().revision();
+    let tokens: Vec<TokenView> = shared.state.records::<ApiToken>("tokens/")?.iter().map(|t| view(&t.value)).collect();
+    Ok(indexed(revision, &tokens))
+}
+
+/// `DELETE /v1/tokens/{id}`: refused from then on. The last admin token stays: without it
+/// nobody could make another.
+pub(crate) async fn revoke(
+    AxState(shared): AxState<Shared>,
+    Extension(actor): Extension<Actor>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let now = now_ms();
+    let all = shared.state.records::<ApiToken>("tokens/")?;
+    let Some(found) = all.iter().find(|t| t.value.id == id) else {
+        return Err(ApiError::not_found(&format!("token {id}")));
+    };
+    let admins = all.iter().filter(|t| t.value.role == Role::Admin && t.value.expires_at.is_none_or(|at| at > now));
+    if found.value.role == Role::Admin && admins.count() <= 1 {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "token {id} is the last admin token: make another (berth token create --role admin) before revoking it"
+            ),
+        ));
+    }
+    let msg = format!("token {id} ({}) revoked by {} ({})", found.value.name, actor.id, actor.name);
+    let txn = Txn::default().expect(token_key(&id), found.mod_revision).delete(token_key(&id));
+    let txn = shared.state.with_event(txn, now, Level::Info, "token.revoked", Subject::default(), msg);
+    let index = shared.state.commit(txn)?;
+    Ok(indexed(index, &view(&found.value)))
 }
 
 fn refuse(why: &str) -> ApiError {
@@ -232,20 +385,36 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_route_needs_a_token_unless_listed() {
+    fn every_route_needs_an_admin_token_unless_listed() {
+        use Need::{Admin, Change, Read};
         assert_eq!(needs(&Method::GET, "/v1/health"), Needs::Nothing);
         assert_eq!(needs(&Method::POST, "/v1/join"), Needs::Nothing);
-        assert_eq!(needs(&Method::GET, "/v1/nodes"), Needs::Token);
+        assert_eq!(needs(&Method::GET, "/v1/nodes"), Needs::Token(Read, Of::Any));
         assert_eq!(needs(&Method::POST, "/v1/nodes"), Needs::Member);
         assert_eq!(needs(&Method::POST, "/v1/nodes/{id}/heartbeat"), Needs::Member);
         assert_eq!(needs(&Method::GET, "/v1/routes"), Needs::Member);
         assert_eq!(needs(&Method::POST, "/v1/routers/{id}"), Needs::Member);
-        assert_eq!(needs(&Method::GET, "/v1/routers"), Needs::Token);
-        assert_eq!(needs(&Method::GET, "/v1/instances/{id}/drain"), Needs::TokenOr(berth_api::Member::Agent));
-        assert_eq!(needs(&Method::PUT, "/v1/upstreams/{name}"), Needs::TokenOr(berth_api::Member::Router));
-        assert_eq!(needs(&Method::DELETE, "/v1/apps/{group}/{name}"), Needs::Token);
-        assert_eq!(needs(&Method::GET, "/metrics"), Needs::Token);
-        assert_eq!(needs(&Method::GET, "/v1/some/route/added/later"), Needs::Token);
+        assert_eq!(needs(&Method::GET, "/v1/routers"), Needs::Token(Read, Of::Any));
+        let drain = Needs::TokenOr(berth_api::Member::Agent, Read, Of::Instance);
+        assert_eq!(needs(&Method::GET, "/v1/instances/{id}/drain"), drain);
+        let upstream = Needs::TokenOr(berth_api::Member::Router, Admin, Of::Any);
+        assert_eq!(needs(&Method::PUT, "/v1/upstreams/{name}"), upstream);
+        assert_eq!(needs(&Method::DELETE, "/v1/apps/{group}/{name}"), Needs::Token(Change, Of::Group));
+        assert_eq!(needs(&Method::GET, "/v1/apps/{group}/{name}/logs"), Needs::Token(Read, Of::Group));
+        assert_eq!(needs(&Method::POST, "/v1/instances/{id}/exec"), Needs::Token(Change, Of::Instance));
+        assert_eq!(needs(&Method::GET, "/metrics"), Needs::Token(Read, Of::Every));
+        assert_eq!(needs(&Method::POST, "/v1/nodes/{id}/drain"), Needs::Token(Admin, Of::Any));
+        assert_eq!(needs(&Method::PUT, "/v1/pools/groups/{group}"), Needs::Token(Admin, Of::Any));
+        assert_eq!(needs(&Method::POST, "/v1/tokens"), Needs::Token(Admin, Of::Any));
+        assert_eq!(needs(&Method::GET, "/v1/some/route/added/later"), Needs::Token(Admin, Of::Any));
+    }
+
+    #[test]
+    fn path_params_come_from_the_route_template() {
+        let route = "/v1/apps/{group}/{name}/scale";
+        assert_eq!(path_param(route, "/v1/apps/shop/web/scale", "group"), Some("shop"));
+        assert_eq!(path_param(route, "/v1/apps/shop/web/scale", "name"), Some("web"));
+        assert_eq!(path_param(route, "/v1/apps/shop/web/scale", "id"), None);
     }
 
     #[test]

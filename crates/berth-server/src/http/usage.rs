@@ -1,6 +1,7 @@
 //! Resource use: agents post samples; people read use per app, node and cluster, history, and
 //! Prometheus' `/metrics`.
 
+use axum::Extension;
 use axum::body::Bytes;
 use axum::extract::{Path, State as AxState};
 use axum::http::header;
@@ -23,8 +24,14 @@ pub(crate) async fn ingest(
     Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
 }
 
-pub(crate) async fn all(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
-    Ok(indexed(shared.state.store().revision(), &usage(&shared, None)?))
+pub(crate) async fn all(
+    AxState(shared): AxState<Shared>,
+    Extension(actor): Extension<super::tokens::Actor>,
+) -> ApiResult<Response> {
+    let mut all = usage(&shared, None)?;
+    all.apps.retain(|a| actor.sees_app(&a.app));
+    all.instances.retain(|i| actor.sees_app(&i.app));
+    Ok(indexed(shared.state.store().revision(), &all))
 }
 
 pub(crate) async fn one_app(

@@ -12,6 +12,7 @@ mod platform;
 mod pool;
 mod spec;
 mod status;
+mod token;
 mod top;
 
 use std::path::PathBuf;
@@ -89,6 +90,11 @@ pub enum Command {
     Top(top::TopArgs),
     /// Alerts firing now, and the ones that fired lately.
     Alerts,
+    /// API tokens (admins): create with a role and groups, list, revoke.
+    Token {
+        #[command(subcommand)]
+        action: token::TokenAction,
+    },
     /// The clusters this CLI knows (server and token each) and the one in use.
     Context {
         #[command(subcommand)]
@@ -177,6 +183,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Alerts => alerts::run(&ctx).await,
         Command::Bench { action } => bench::run(action, &ctx).await,
         Command::Context { action } => context::run(action, &ctx),
+        Command::Token { action } => token::run(action, &ctx).await,
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());
