@@ -133,6 +133,25 @@ impl Client {
         self.send(self.http.put(&url).json(body), &url).await
     }
 
+    pub async fn groups(&self) -> Result<Vec<crate::GroupView>, ClientError> {
+        Ok(self.get("/v1/groups").await?.value)
+    }
+
+    /// Makes a group (`create`) or changes what is given of one (`set`, making it if need be).
+    pub async fn set_group(
+        &self,
+        name: &str,
+        req: &crate::GroupRequest,
+        create: bool,
+    ) -> Result<crate::GroupView, ClientError> {
+        if create {
+            let req = crate::GroupRequest { name: Some(name.to_string()), ..req.clone() };
+            Ok(self.post("/v1/groups", &req).await?.value)
+        } else {
+            Ok(self.put(&format!("/v1/groups/{name}"), req).await?.value)
+        }
+    }
+
     /// Makes an API token (admins only); the answer holds the token, shown this once.
     pub async fn create_token(&self, req: &crate::TokenRequest) -> Result<crate::TokenCreated, ClientError> {
         Ok(self.post("/v1/tokens", req).await?.value)

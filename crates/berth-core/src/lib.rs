@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod duration;
+pub mod groups;
 pub mod hosts;
 pub mod model;
 pub mod output;

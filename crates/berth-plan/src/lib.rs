@@ -7,6 +7,7 @@ pub mod heartbeat;
 pub mod place;
 pub mod preview;
 pub mod quarantine;
+pub mod quota;
 pub mod reconcile;
 pub mod rolling;
 

@@ -113,6 +113,7 @@ fn change_app(shared: &Shared, id: &str, change: Change, opts: &ChangeQuery) -> 
         if !decision.changed {
             return Ok(Attempt::Done((false, false, decision.app.version)));
         }
+        fits_group(shared, id, current.as_ref(), &decision.app, opts.options().canary.unwrap_or(0))?;
         let mut txn = Txn::default().expect(app_key(id), expected_rev);
         txn = deployments::write(state, txn, id, decision.effects, now)?;
         if let Change::Spec { .. } = &change {
@@ -129,6 +130,30 @@ fn change_app(shared: &Shared, id: &str, change: Change, opts: &ChangeQuery) -> 
         Ok(Attempt::Write(txn, (decision.created, true, decision.app.version)))
     })?;
     Ok(DeployResponse { created, changed, version, app: status_of(shared, id)? })
+}
+
+/// Whether the app after a change fits its group's quota and what the group allows, counting
+/// the instances a new version runs on top while it deploys. A change that asks no more than
+/// the app held before passes, so that a group over a lowered quota can still scale down.
+fn fits_group(
+    shared: &Shared,
+    id: &str,
+    before: Option<&berth_core::App>,
+    after: &berth_core::App,
+    canary: u32,
+) -> ApiResult<()> {
+    use berth_plan::quota::{Demand, surge};
+    let new_version = before.is_some_and(|b| b.version != after.version);
+    let mut spec = after.spec.clone();
+    spec.instances = after.instances;
+    let extra = surge(&spec, new_version, canary);
+    if let Some(b) = before.filter(|b| b.spec == after.spec) {
+        let (was, asks) = (Demand::of(&b.spec, b.instances), Demand::of(&spec, spec.instances + extra));
+        if asks.cpu <= was.cpu && asks.memory <= was.memory && asks.instances <= was.instances {
+            return Ok(());
+        }
+    }
+    super::groups::fits(shared, id, &spec, extra)
 }
 
 fn checked_spec(spec: AppSpec) -> ApiResult<AppSpec> {

@@ -28,6 +28,10 @@ impl ApiError {
     pub(crate) fn invalid(message: impl Into<String>, details: Vec<SpecError>) -> Self {
         ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body: ErrorBody { error: message.into(), details } }
     }
+    /// A body field at fault: 400, saying which.
+    pub(crate) fn invalid_field(field: &str, why: &str) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, format!("{field}: {why}"))
+    }
     pub(crate) fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }

@@ -9,6 +9,7 @@ pub(crate) mod credentials;
 mod error;
 mod events;
 mod exec;
+mod groups;
 mod instances;
 mod logs;
 mod nodes;
@@ -72,6 +73,8 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/nodes", get(nodes::list_nodes).merge(post(nodes::register).route_layer(agent.clone())))
         .route("/v1/nodes/{id}", get(nodes::node_detail).delete(nodes::remove))
         .route("/v1/pools", get(pools::list))
+        .route("/v1/groups", get(groups::list).post(groups::create))
+        .route("/v1/groups/{group}", put(groups::set))
         .route("/v1/pools/groups/{group}", put(pools::set_group))
         .route("/v1/pools/{pool}", put(pools::set_pool))
         .route("/v1/nodes/{id}/drain", post(nodes::drain))

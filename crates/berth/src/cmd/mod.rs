@@ -7,6 +7,7 @@ mod context;
 mod deploy;
 mod events;
 mod exec;
+mod group;
 mod node;
 mod platform;
 mod pool;
@@ -90,6 +91,11 @@ pub enum Command {
     Top(top::TopArgs),
     /// Alerts firing now, and the ones that fired lately.
     Alerts,
+    /// Groups: quotas beside usage, and what each allows (privileged, host-network).
+    Group {
+        #[command(subcommand)]
+        action: group::GroupAction,
+    },
     /// API tokens (admins): create with a role and groups, list, revoke.
     Token {
         #[command(subcommand)]
@@ -184,6 +190,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench { action } => bench::run(action, &ctx).await,
         Command::Context { action } => context::run(action, &ctx),
         Command::Token { action } => token::run(action, &ctx).await,
+        Command::Group { action } => group::run(action, &ctx).await,
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());

@@ -226,7 +226,7 @@ fn parse_alertmanager(text: &str) -> Result<berth_core::Output, String> {
     berth_core::Output::parse_alerts(&named)
 }
 
-fn parse_size(text: &str) -> Result<u64, String> {
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let (digits, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
     let n: u64 = digits.parse().map_err(|_| format!("`{text}` is not a size like 64KiB or 8MiB"))?;
