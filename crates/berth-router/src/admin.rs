@@ -212,6 +212,27 @@ fn drain(table: &Table, instance: &str, method: &Method, force: bool) -> Respons
 
 /// `Authorization: Bearer <token>`, the scheme in any case (RFC 9110 11.1), the token compared in
 /// constant time.
+fn no_caller_token() -> Response<Body> {
+    error(
+        StatusCode::UNAUTHORIZED,
+        "a change to upstreams or rules goes to the server with your own API token: send it as `X-Berth-Token: TOKEN` (or as `Authorization: Bearer TOKEN` when this router has no --admin-token)",
+    )
+}
+
+/// The caller's Berth API token: `X-Berth-Token`, or the bearer when this router has no admin
+/// token of its own (the bearer is then not this router's).
+fn caller_token(headers: &hyper::HeaderMap, router_has_token: bool) -> Option<String> {
+    if let Some(v) = headers.get("x-berth-token").and_then(|v| v.to_str().ok()) {
+        return Some(v.trim().to_string());
+    }
+    if router_has_token {
+        return None;
+    }
+    let value = headers.get(hyper::header::AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
 fn bearer_matches(headers: &hyper::HeaderMap, token: &str) -> bool {
     let Some((scheme, given)) =
         headers.get(hyper::header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().split_once(' '))
@@ -298,6 +319,10 @@ impl Admin {
         let path = req.uri().path().to_string();
         let parts: Vec<&str> = path.trim_matches('/').split('/').filter(|p| !p.is_empty()).collect();
         let table = self.proxy.table.load_full();
+        // Changes to upstreams and rules are the server's: they go there with the caller's own
+        // API token, which the server checks as it does any other, never with this router's.
+        let caller = caller_token(req.headers(), self.token.is_some());
+        let as_caller = || caller.as_ref().map(|token| self.client.clone().with_credential(token.clone()));
         let resp = match (&method, parts.as_slice()) {
             (&Method::GET, ["status"]) => reply(StatusCode::OK, status(&table)),
             (&Method::GET, ["metrics"]) => {
@@ -336,7 +361,8 @@ impl Admin {
                         ));
                     }
                 };
-                match self.client.put_upstream(&name, &parsed).await {
+                let Some(client) = as_caller() else { return Ok(no_caller_token()) };
+                match client.put_upstream(&name, &parsed).await {
                     Ok(up) => {
                         let want = format!("cls:{name}");
                         let applied = self
@@ -352,7 +378,8 @@ impl Admin {
             }
             (&Method::DELETE, ["upstream", name]) => {
                 let name = name.to_string();
-                match self.client.delete_upstream(&name).await {
+                let Some(client) = as_caller() else { return Ok(no_caller_token()) };
+                match client.delete_upstream(&name).await {
                     Ok(()) => {
                         let want = format!("cls:{name}");
                         let applied = self.applied(|t| !t.clusters.contains_key(&want)).await;
@@ -396,7 +423,8 @@ impl Admin {
                         json!({"error": format!("the script does not compile: {e}"), "line": e.line}),
                     ));
                 }
-                match self.client.set_rules(&target, &source, on_error).await {
+                let Some(client) = as_caller() else { return Ok(no_caller_token()) };
+                match client.set_rules(&target, &source, on_error).await {
                     Ok(_) => {
                         let version = rules::Script::new(&source).map(|s| s.version()).unwrap_or_default();
                         let applied = self
@@ -418,12 +446,15 @@ impl Admin {
                 }
             }
             (&Method::DELETE, ["lua", rest @ ..]) => match lua_target(rest) {
-                Some(target) => match self.client.delete_rules(&target).await {
-                    Ok(()) => reply(StatusCode::OK, json!({"deleted": target})),
-                    Err(e) => error(
-                        StatusCode::from_u16(e.status().unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY),
-                        e.to_string(),
-                    ),
+                Some(target) => match as_caller() {
+                    None => no_caller_token(),
+                    Some(client) => match client.delete_rules(&target).await {
+                        Ok(()) => reply(StatusCode::OK, json!({"deleted": target})),
+                        Err(e) => error(
+                            StatusCode::from_u16(e.status().unwrap_or(502)).unwrap_or(StatusCode::BAD_GATEWAY),
+                            e.to_string(),
+                        ),
+                    },
                 },
                 None => error(StatusCode::NOT_FOUND, "use /lua/app/GROUP/NAME or /lua/upstream/NAME"),
             },

@@ -230,19 +230,36 @@ async fn throughput(rounds: usize, seconds: u64) {
     let router_pid = [guard.0[3].id()];
     let router_log_pid = [guard.0[5].id()];
     let up_pid = [guard.0[6].id()];
-    let client = reqwest::Client::new();
-    let put = |path: String, body: String, ct: &'static str| {
+    // Changes through a router's admin API go to its server with the caller's API token: the
+    // admin tokens the two servers wrote at first start.
+    let token_of = |data: &str| {
+        let path = dir.path().join(data).join("admin.token");
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display())).trim().to_string()
+    };
+    let (token, up_token) = (token_of("berth"), token_of("berth-up"));
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("x-berth-token", token.parse().unwrap());
+    let client = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let put = |path: String, body: String, ct: &'static str, token: String| {
         let client = client.clone();
         async move {
-            let r = client.put(path).header("content-type", ct).body(body).send().await.unwrap();
+            let r = client
+                .put(path)
+                .header("content-type", ct)
+                .header("x-berth-token", token)
+                .body(body)
+                .send()
+                .await
+                .unwrap();
             assert!(r.status().is_success(), "{}", r.text().await.unwrap_or_default());
         }
     };
-    for admin in [admin, up_admin] {
+    for (admin, token) in [(admin, token.clone()), (up_admin, up_token)] {
         put(
             format!("http://127.0.0.1:{admin}/upstream/bench.test"),
             format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {origin}}}]}}"),
             "application/json",
+            token,
         )
         .await;
     }
@@ -262,6 +279,7 @@ async fn throughput(rounds: usize, seconds: u64) {
         format!("http://127.0.0.1:{admin}/upstream/evil.test"),
         format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {origin}}}]}}"),
         "application/json",
+        token.clone(),
     )
     .await;
     let evil_rule = "if req.path:find(\"^/api/.-/.-/.-/admin\") then return deny(403, \"no admin\") end\n";

@@ -126,6 +126,16 @@ async fn static_upstreams_status_and_explain() {
         .spawn()
         .unwrap();
     let body = format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {port}, \"weight\": 2}}]}}");
+    // The router passes a change on with the caller's own API token, never with its own.
+    let anonymous = reqwest::Client::new()
+        .put(format!("http://{}/upstream/legacy.test", p.admin))
+        .header("content-type", "application/json")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
+    assert!(anonymous.text().await.unwrap().contains("with your own API token"));
     let (status, answer) = p.admin_request("PUT", "/upstream/legacy.test", &body).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["applied"], true, "the admin API answers once the router applied it");

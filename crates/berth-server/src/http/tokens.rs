@@ -168,10 +168,13 @@ fn needs(method: &Method, route: &str) -> Needs {
             | "/v1/nodes/{id}/execs/{exec}/stream",
         ) => Needs::Member,
         (&Method::GET, "/v1/instances/{id}/drain") => Needs::TokenOr(berth_api::Member::Agent, Read, Of::Instance),
-        (_, "/v1/apps/{group}/{name}/rules") => Needs::TokenOr(berth_api::Member::Router, change, Of::Group),
-        (_, "/v1/upstreams" | "/v1/upstreams/{name}" | "/v1/upstreams/{name}/rules") => {
-            Needs::TokenOr(berth_api::Member::Router, if read { Read } else { Admin }, Of::Any)
+        // Routers read upstreams and rules for their admin API; changes come with the caller's
+        // own token, which the router passes on.
+        (&Method::GET, "/v1/apps/{group}/{name}/rules") => Needs::TokenOr(berth_api::Member::Router, Read, Of::Group),
+        (&Method::GET, "/v1/upstreams" | "/v1/upstreams/{name}" | "/v1/upstreams/{name}/rules") => {
+            Needs::TokenOr(berth_api::Member::Router, Read, Of::Any)
         }
+        (_, "/v1/upstreams" | "/v1/upstreams/{name}" | "/v1/upstreams/{name}/rules") => Needs::Token(Admin, Of::Any),
         (_, r) if r.starts_with("/v1/apps/{group}/{name}") => Needs::Token(change, Of::Group),
         (&Method::POST, "/v1/instances/{id}/restart" | "/v1/instances/{id}/stop" | "/v1/instances/{id}/exec") => {
             Needs::Token(Change, Of::Instance)
@@ -397,8 +400,9 @@ mod tests {
         assert_eq!(needs(&Method::GET, "/v1/routers"), Needs::Token(Read, Of::Any));
         let drain = Needs::TokenOr(berth_api::Member::Agent, Read, Of::Instance);
         assert_eq!(needs(&Method::GET, "/v1/instances/{id}/drain"), drain);
-        let upstream = Needs::TokenOr(berth_api::Member::Router, Admin, Of::Any);
-        assert_eq!(needs(&Method::PUT, "/v1/upstreams/{name}"), upstream);
+        assert_eq!(needs(&Method::GET, "/v1/upstreams"), Needs::TokenOr(berth_api::Member::Router, Read, Of::Any));
+        assert_eq!(needs(&Method::PUT, "/v1/upstreams/{name}"), Needs::Token(Admin, Of::Any));
+        assert_eq!(needs(&Method::PUT, "/v1/apps/{group}/{name}/rules"), Needs::Token(Change, Of::Group));
         assert_eq!(needs(&Method::DELETE, "/v1/apps/{group}/{name}"), Needs::Token(Change, Of::Group));
         assert_eq!(needs(&Method::GET, "/v1/apps/{group}/{name}/logs"), Needs::Token(Read, Of::Group));
         assert_eq!(needs(&Method::POST, "/v1/instances/{id}/exec"), Needs::Token(Change, Of::Instance));
