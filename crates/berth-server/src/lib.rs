@@ -208,6 +208,26 @@ impl Shared {
             .collect())
     }
 
+    /// The record at `key`, from what was already read at the store's current revision when it
+    /// can be (`kept` picks which map of `Seen`), else from the store, then kept. The revision is
+    /// read before the record: a write in between clears what is kept at the next look.
+    pub(crate) fn seen_record<T: Clone + serde::de::DeserializeOwned>(
+        &self,
+        kept: fn(&mut Seen) -> &mut HashMap<String, T>,
+        id: &str,
+        key: &str,
+    ) -> Result<Option<T>, StoreError> {
+        let revision = self.state.store().revision();
+        if let Some(known) = lock(&self.seen).at(revision).and_then(|seen| kept(seen).get(id).cloned()) {
+            return Ok(Some(known));
+        }
+        let Some(found) = self.state.record::<T>(key)? else { return Ok(None) };
+        if let Some(seen) = lock(&self.seen).at(revision) {
+            kept(seen).insert(id.to_string(), found.value.clone());
+        }
+        Ok(Some(found.value))
+    }
+
     pub(crate) fn with_heartbeat(&self, mut node: berth_core::Node) -> berth_core::Node {
         if let Some(beat) = lock(&self.heartbeats).get(&node.id) {
             node.last_heartbeat = node.last_heartbeat.max(*beat);

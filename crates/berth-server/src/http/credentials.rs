@@ -19,7 +19,7 @@ use berth_store::state::{Subject, encode};
 use serde::{Deserialize, Serialize};
 
 use super::error::{ApiError, ApiResult, indexed, parse_json};
-use crate::{Shared, lock, now_ms};
+use crate::{Shared, now_ms};
 
 /// Where a server keeps the join token it generated.
 pub const JOIN_TOKEN_FILE: &str = "join.token";
@@ -228,29 +228,15 @@ fn check(shared: &Shared, bearer: &str) -> Result<Caller, ApiError> {
     let Some((id, secret)) = bearer.rsplit_once('.') else {
         return Err(refused("malformed credential: expected ID.SECRET, as /v1/join hands out".into()));
     };
-    // Read before the record: a change in between clears what is kept below at the next look.
-    let revision = shared.state.store().revision();
-    let known = lock(&shared.seen).at(revision).and_then(|seen| seen.credentials.get(id).cloned());
-    let known = match known {
-        Some(known) => known,
-        None => match shared.state.record::<Credential>(&credential_key(id))? {
-            Some(found) => {
-                if let Some(seen) = lock(&shared.seen).at(revision) {
-                    seen.credentials.insert(id.to_string(), found.value.clone());
-                }
-                found.value
-            }
-            None => {
-                let why = match shared.state.record::<Revoked>(&revoked_key(id))? {
-                    Some(r) => format!(
-                        "the credential of {id} was revoked (berth node rm) at {}; join again with the join token after removing the agent's credential file",
-                        chrono::DateTime::from_timestamp_millis(r.value.at).map(|t| t.to_rfc3339()).unwrap_or_default()
-                    ),
-                    None => format!("unknown credential: {id} never joined this server (join with its join token)"),
-                };
-                return Err(refused(why));
-            }
-        },
+    let Some(known) = shared.seen_record(|seen| &mut seen.credentials, id, &credential_key(id))? else {
+        let why = match shared.state.record::<Revoked>(&revoked_key(id))? {
+            Some(r) => format!(
+                "the credential of {id} was revoked (berth node rm) at {}; join again with the join token after removing the agent's credential file",
+                chrono::DateTime::from_timestamp_millis(r.value.at).map(|t| t.to_rfc3339()).unwrap_or_default()
+            ),
+            None => format!("unknown credential: {id} never joined this server (join with its join token)"),
+        };
+        return Err(refused(why));
     };
     if digest(secret) != known.digest {
         return Err(refused(format!("wrong credential for {id}")));

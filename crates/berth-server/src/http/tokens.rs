@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 
 use super::credentials::{bearer, digest, hex};
 use super::error::{ApiError, ApiResult, indexed, parse_json};
-use crate::{Shared, lock, now_ms};
+use crate::{Shared, now_ms};
 use berth_api::{TokenCreated, TokenRequest, TokenView};
 
 /// Where a server writes the admin token it made at first start.
@@ -357,22 +357,8 @@ fn check(shared: &Shared, bearer: &str, now: Millis) -> Result<Actor, ApiError> 
     let Some((id, secret)) = bearer.rsplit_once('.').filter(|(id, _)| id.starts_with("tok-")) else {
         return Err(refuse("malformed token: expected tok-ID.SECRET, as `berth token create` prints it"));
     };
-    // Read before the record: a change in between clears what is kept at the next look.
-    let revision = shared.state.store().revision();
-    let known = lock(&shared.seen).at(revision).and_then(|seen| seen.tokens.get(id).cloned());
-    let known = match known {
-        Some(known) => known,
-        None => match shared.state.record::<ApiToken>(&token_key(id))? {
-            Some(found) => {
-                if let Some(seen) = lock(&shared.seen).at(revision) {
-                    seen.tokens.insert(id.to_string(), found.value.clone());
-                }
-                found.value
-            }
-            None => {
-                return Err(refuse(&format!("unknown token {id}: revoked, or never made by this server")));
-            }
-        },
+    let Some(known) = shared.seen_record(|seen| &mut seen.tokens, id, &token_key(id))? else {
+        return Err(refuse(&format!("unknown token {id}: revoked, or never made by this server")));
     };
     if digest(secret) != known.digest {
         return Err(refuse(&format!("wrong secret for token {id}")));
