@@ -49,6 +49,8 @@ async fn run(
     let id = a.instance.id.as_str();
     let grace = a.spec.stop_timeout.as_duration();
     let was_adopted = adopted.is_some();
+    // Read once: the start is given them, and `exec` runs commands with them.
+    let secrets = secrets_of(a, services).await;
     let handle = match adopted {
         Some(h) => {
             tracing::info!(instance = id, handle = %h.id, "adopted instance that outlived the agent");
@@ -62,7 +64,20 @@ async fn run(
                 reports.send(port_taken(id, held));
                 return;
             }
-            let env = instance_env(a, driver.kind());
+            let secrets = match &secrets {
+                Ok(secrets) => secrets,
+                Err(e) => {
+                    tracing::warn!(instance = id, error = %e, "cannot read the instance's secrets; not starting");
+                    let error = format!("cannot read its secrets: {e}");
+                    reports.send(
+                        InstanceReport::new(id, InstanceState::Failed)
+                            .finished(now_ms())
+                            .because(Reason::StartFailed { error }),
+                    );
+                    return;
+                }
+            };
+            let env = instance_env(a, driver.kind(), secrets);
             let started = tokio::select! {
                 started = driver.start(a, &env) => started,
                 changed = stop.changed() => {
@@ -98,9 +113,13 @@ async fn run(
             }
         }
     };
-    // Reachable by `exec` while it runs.
-    crate::lock(&services.live)
-        .insert(id.to_string(), (driver.clone(), handle.clone(), instance_env(a, driver.kind())));
+    // Reachable by `exec` while it runs, with the environment it was started with.
+    let secrets = secrets.unwrap_or_else(|e| {
+        tracing::warn!(instance = id, error = %e, "cannot read the adopted instance's secrets: commands run without them");
+        Default::default()
+    });
+    let env = instance_env(a, driver.kind(), &secrets);
+    crate::lock(&services.live).insert(id.to_string(), (driver.clone(), handle.clone(), env));
     let started_at = if was_adopted { a.instance.observed.started_at.unwrap_or_else(now_ms) } else { now_ms() };
     let mut base = InstanceReport::new(id, InstanceState::Starting);
     base.observed.handle = Some(handle.id.clone());
@@ -128,6 +147,18 @@ async fn run(
     if ended == Ended::Yes {
         driver.remove_leftovers(id, &services.cursors);
     }
+}
+
+/// The values of the secrets the instance's environment refers to, from the server (which hands
+/// them to this node's agent only, for an instance placed here); none asked when it has none.
+async fn secrets_of(
+    a: &Assignment,
+    services: &Services,
+) -> Result<std::collections::BTreeMap<String, String>, berth_api::ClientError> {
+    if a.spec.environment.values().all(|v| v.secret().is_none()) {
+        return Ok(Default::default());
+    }
+    Ok(services.client.instance_secrets(&services.node, &a.instance.id).await?.environment)
 }
 
 /// Whether the instance ended, or was left running because the agent is going away.

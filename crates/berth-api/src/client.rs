@@ -167,6 +167,26 @@ impl Client {
         Ok(self.send(self.http.delete(&url), &url).await?.value)
     }
 
+    /// Seals `value` as secret `group/name`, made or replaced.
+    pub async fn set_secret(&self, group: &str, name: &str, value: String) -> Result<crate::SecretView, ClientError> {
+        Ok(self.put(&format!("/v1/secrets/{group}/{name}"), &crate::SecretRequest { value }).await?.value)
+    }
+
+    /// Every secret the token's groups have (names and versions, never values).
+    pub async fn secrets(&self) -> Result<Vec<crate::SecretView>, ClientError> {
+        Ok(self.get("/v1/secrets").await?.value)
+    }
+
+    pub async fn delete_secret(&self, group: &str, name: &str) -> Result<crate::SecretView, ClientError> {
+        let url = format!("{}/v1/secrets/{group}/{name}", self.base);
+        Ok(self.send(self.http.delete(&url), &url).await?.value)
+    }
+
+    /// For an agent: the secret values instance `instance`, placed on `node`, starts with.
+    pub async fn instance_secrets(&self, node: &str, instance: &str) -> Result<crate::InstanceSecrets, ClientError> {
+        Ok(self.get(&format!("/v1/nodes/{node}/instances/{instance}/secrets")).await?.value)
+    }
+
     /// The server's own metrics, in Prometheus' text format (`GET /metrics`).
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
         let url = format!("{}/metrics", self.base);

@@ -12,6 +12,7 @@ pub mod join;
 mod logs;
 mod nodes;
 mod routes;
+mod secrets;
 mod tokens;
 mod usage;
 
@@ -24,5 +25,6 @@ pub use groups::*;
 pub use logs::*;
 pub use nodes::*;
 pub use routes::*;
+pub use secrets::*;
 pub use tokens::*;
 pub use usage::*;

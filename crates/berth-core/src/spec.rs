@@ -34,8 +34,10 @@ pub struct AppSpec {
     /// Container ports, in order; the first one is the instance's address.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ports: Vec<u16>,
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty", deserialize_with = "scalar_map")]
-    pub environment: BTreeMap<String, String>,
+    /// Variables by name: a value, or `{secret: NAME}`, a secret of the app's group that only the
+    /// instance's environment ever sees.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub environment: BTreeMap<String, EnvValue>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zones: Vec<String>,
     /// `host[:container_port]` names by which the router serves the app.
@@ -538,37 +540,114 @@ fn constraint_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Constraint>, D
 }
 
 /// Environment values may be written as numbers or booleans; they reach the process as text.
-fn scalar_map<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
-    struct Scalar(String);
-    impl<'de> Deserialize<'de> for Scalar {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct ScalarVisitor;
-            impl Visitor<'_> for ScalarVisitor {
-                type Value = Scalar;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a string, number or boolean")
-                }
-                fn visit_str<E: de::Error>(self, v: &str) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-                fn visit_u64<E: de::Error>(self, v: u64) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-                fn visit_i64<E: de::Error>(self, v: i64) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-                fn visit_f64<E: de::Error>(self, v: f64) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-                fn visit_bool<E: de::Error>(self, v: bool) -> Result<Scalar, E> {
-                    Ok(Scalar(v.to_string()))
-                }
-            }
-            d.deserialize_any(ScalarVisitor)
+/// One variable of an app's environment.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum EnvValue {
+    /// Text as written; numbers and booleans become their text.
+    Value(String),
+    /// The value of the app's group's secret of this name, read when an instance starts.
+    Secret { secret: String },
+}
+
+impl EnvValue {
+    /// The secret it names, if it names one.
+    pub fn secret(&self) -> Option<&str> {
+        match self {
+            EnvValue::Secret { secret } => Some(secret),
+            EnvValue::Value(_) => None,
         }
     }
-    let map = BTreeMap::<String, Scalar>::deserialize(d)?;
-    Ok(map.into_iter().map(|(k, v)| (k, v.0)).collect())
+
+    /// The plain value, if it is one.
+    pub fn value(&self) -> Option<&str> {
+        match self {
+            EnvValue::Value(v) => Some(v),
+            EnvValue::Secret { .. } => None,
+        }
+    }
+}
+
+impl From<&str> for EnvValue {
+    fn from(v: &str) -> Self {
+        EnvValue::Value(v.to_string())
+    }
+}
+
+impl From<String> for EnvValue {
+    fn from(v: String) -> Self {
+        EnvValue::Value(v)
+    }
+}
+
+impl PartialEq<&str> for EnvValue {
+    fn eq(&self, other: &&str) -> bool {
+        self.value() == Some(*other)
+    }
+}
+
+/// As `berth app env` shows it: a secret by its name, never a value.
+impl fmt::Display for EnvValue {
+    fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        match self {
+            EnvValue::Value(v) => f.write_str(v),
+            EnvValue::Secret { secret } => write!(f, "<secret {secret}>"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for EnvValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EnvVisitor;
+        impl<'de> Visitor<'de> for EnvVisitor {
+            type Value = EnvValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string, number or boolean, or {secret: NAME}")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<EnvValue, E> {
+                Ok(EnvValue::Value(v.to_string()))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Value(v.to_string()))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Value(v.to_string()))
+            }
+            fn visit_f64<E: de::Error>(self, v: f64) -> Result<EnvValue, E> {
+                Ok(EnvValue::Value(v.to_string()))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<EnvValue, E> {
+                Ok(EnvValue::Value(v.to_string()))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<EnvValue, A::Error> {
+                let mut secret = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key != "secret" {
+                        return Err(de::Error::unknown_field(&key, &["secret"]));
+                    }
+                    if secret.is_some() {
+                        return Err(de::Error::duplicate_field("secret"));
+                    }
+                    secret = Some(map.next_value::<String>()?);
+                }
+                secret.map(|secret| EnvValue::Secret { secret }).ok_or_else(|| de::Error::missing_field("secret"))
+            }
+        }
+        d.deserialize_any(EnvVisitor)
+    }
+}
+
+/// Checks a secret's name: what a DNS label allows, and underscores (`db_password`).
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    check_label(&name.replace('_', "-")).map_err(|_| {
+        if name.is_empty() {
+            "must not be empty".to_string()
+        } else if name.len() > 63 {
+            format!("`{name}` is longer than 63 characters")
+        } else {
+            format!("`{name}` must be lowercase letters, digits, and inner dashes or underscores")
+        }
+    })
 }
 
 /// One problem in a spec, located as precisely as the input allows.
@@ -786,10 +865,21 @@ impl AppSpec {
             None => {}
         }
         for (key, value) in &self.environment {
-            if let Err(why) = check_exec_string(&format!("{key}={value}")) {
-                fail(&format!("environment.{key}"), why);
+            match value {
+                EnvValue::Value(value) => {
+                    if let Err(why) = check_exec_string(&format!("{key}={value}")) {
+                        fail(&format!("environment.{key}"), why);
+                    }
+                    arg_bytes += key.len() + value.len() + 2;
+                }
+                // Its size is known where the secret is: the server checks it at deploy.
+                EnvValue::Secret { secret } => {
+                    if let Err(why) = check_secret_name(secret) {
+                        fail(&format!("environment.{key}.secret"), why);
+                    }
+                    arg_bytes += key.len() + 2;
+                }
             }
-            arg_bytes += key.len() + value.len() + 2;
         }
         if arg_bytes > MAX_EXEC_TOTAL {
             fail(

@@ -12,6 +12,7 @@ mod logs;
 mod outputs;
 mod reconciler;
 mod routes;
+mod secrets;
 mod usage;
 mod views;
 
@@ -31,6 +32,7 @@ pub use http::credentials::JOIN_TOKEN_FILE;
 pub use http::tokens::ADMIN_TOKEN_FILE;
 pub use logs::LogLimits;
 pub use reconciler::Tuning;
+pub use secrets::SECRETS_KEY_FILE;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -44,6 +46,8 @@ pub enum ServerError {
     JoinToken(#[from] http::credentials::JoinTokenError),
     #[error("admin token: {0}")]
     AdminToken(#[from] http::tokens::AdminTokenError),
+    #[error("secrets key: {0}")]
+    SecretsKey(#[from] secrets::SecretsKeyError),
     #[error(
         "--api {0} is not a loopback address, and the API has no TLS yet: its tokens would cross the network in clear text, for anyone on the path to take and use. Keep it on 127.0.0.1, or pass --insecure-unauthenticated on a network you trust"
     )]
@@ -69,6 +73,9 @@ pub struct ServerConfig {
     pub join_token_file: PathBuf,
     /// Where the admin token made at first start is written (`<data-dir>/admin.token`).
     pub admin_token_file: PathBuf,
+    /// The key secrets are sealed with, kept apart from the store (`<data-dir>/secrets.key`,
+    /// made at first start).
+    pub secrets_key_file: PathBuf,
 }
 
 /// Shared by handlers and the reconcile loop. One allocation behind an `Arc`: axum clones the
@@ -115,6 +122,8 @@ pub(crate) struct Parts {
     /// Requests answered since start, per method, route and status class (`/metrics`): how hard
     /// the agents and clients press on the server, as after a restart.
     pub requests: Mutex<RequestCounts>,
+    /// What secrets are sealed with.
+    pub secrets: secrets::SecretsKey,
 }
 
 /// Requests by route template (`/v1/nodes/{id}/heartbeat`, or `unmatched`), then by method and
@@ -162,7 +171,7 @@ impl Shared {
         log_sinks: Vec<berth_core::Output>,
         alert_config: AlertConfig,
         shutdown: watch::Receiver<bool>,
-        (domain, join_digest): (String, String),
+        (domain, join_digest, secrets): (String, String, secrets::SecretsKey),
     ) -> Result<Self, StoreError> {
         Ok(Shared(Arc::new(Parts {
             logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
@@ -183,6 +192,7 @@ impl Shared {
             join_digest: Arc::from(join_digest),
             seen: Mutex::default(),
             requests: Mutex::default(),
+            secrets,
         })))
     }
 }
@@ -236,6 +246,16 @@ impl Shared {
     }
 }
 
+/// How many secrets the store holds, and the key the first was sealed with; none when it holds
+/// none (a new key may then be made).
+fn sealed_secrets(store: &dyn Store) -> Result<Option<(usize, String)>, StoreError> {
+    let entries = store.list("secrets/")?;
+    let Some(first) = entries.first() else { return Ok(None) };
+    let record: secrets::SecretRecord = serde_json::from_slice(&first.value)
+        .map_err(|e| StoreError::Corrupt { key: first.key.clone(), why: e.to_string() })?;
+    Ok(Some((entries.len(), record.key_id)))
+}
+
 /// A domain as the routers match it: lower case, no leading or trailing dot.
 pub fn normal_domain(domain: &str) -> String {
     domain.trim_matches('.').to_ascii_lowercase()
@@ -264,6 +284,8 @@ impl Server {
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("state.redb"))?);
         // Made before the port opens: whoever sees the port answer finds the token file there.
         let join_token = http::credentials::join_token(&config.join_token_file, config.join_token.clone())?;
+        let secrets_key = secrets::SecretsKey::load_or_make(&config.secrets_key_file, sealed_secrets(&*store)?)?;
+        tracing::info!(key = secrets_key.id(), path = %config.secrets_key_file.display(), "secrets are sealed with this key");
         let listener =
             TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
@@ -275,7 +297,7 @@ impl Server {
             config.log_sinks.clone(),
             config.alerts.clone(),
             shutdown_rx.clone(),
-            (normal_domain(&config.domain), http::credentials::digest(&join_token)),
+            (normal_domain(&config.domain), http::credentials::digest(&join_token), secrets_key),
         )?;
         hosts::backfill(&shared.state, &shared.domain, now_ms())?;
         if http::tokens::bootstrap(&shared, &config.admin_token_file)? {

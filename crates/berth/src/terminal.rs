@@ -83,3 +83,25 @@ pub fn size() -> Option<berth_api::exec_stream::TermSize> {
     let ws = rustix::termios::tcgetwinsize(std::io::stdin()).ok()?;
     (ws.ws_col > 0 && ws.ws_row > 0).then_some(berth_api::exec_stream::TermSize { cols: ws.ws_col, rows: ws.ws_row })
 }
+
+/// One line typed at the terminal on stdin, not echoed (a secret's value); the prompt goes to
+/// stderr. The terminal's settings come back however the read ends.
+pub fn read_hidden(prompt: &str) -> std::io::Result<String> {
+    struct Restore(Termios);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.0);
+        }
+    }
+    let stdin = std::io::stdin();
+    let saved = termios::tcgetattr(&stdin).map_err(std::io::Error::from)?;
+    let mut quiet = saved.clone();
+    quiet.local_flags.remove(LocalFlags::ECHO);
+    termios::tcsetattr(&stdin, SetArg::TCSANOW, &quiet).map_err(std::io::Error::from)?;
+    let _restore = Restore(saved);
+    eprint!("{prompt}");
+    let mut line = String::new();
+    stdin.read_line(&mut line)?;
+    eprintln!();
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}

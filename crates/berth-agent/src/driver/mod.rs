@@ -185,11 +185,20 @@ impl Driver {
     }
 }
 
-/// The environment every instance gets: the spec's, Berth's identity, ports, and the host's TZ.
-pub fn instance_env(a: &Assignment, driver: DriverKind) -> BTreeMap<String, String> {
+/// The environment every instance gets: the spec's, its secrets' values (`secrets`, by
+/// variable), Berth's identity, ports, and the host's TZ.
+pub fn instance_env(
+    a: &Assignment,
+    driver: DriverKind,
+    secrets: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
     let spec = &a.spec;
     let inst = &a.instance;
-    let mut env = spec.environment.clone();
+    let mut env: BTreeMap<String, String> = spec
+        .environment
+        .iter()
+        .filter_map(|(k, v)| Some((k.clone(), v.value().or_else(|| secrets.get(k).map(String::as_str))?.to_string())))
+        .collect();
     env.insert("BERTH_APP".into(), spec.name.clone());
     env.insert("BERTH_GROUP".into(), spec.group.clone());
     env.insert("BERTH_INSTANCE_ID".into(), inst.id.clone());

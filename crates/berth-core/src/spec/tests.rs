@@ -168,6 +168,25 @@ fn environment_numbers_become_text() {
 }
 
 #[test]
+fn environment_refers_to_secrets_by_name_and_says_what_is_wrong_with_a_reference() {
+    let text = "group: g\nname: n\nimage: i\nenvironment:\n  DB_PASSWORD: {secret: db_password}\n  A: x\n";
+    let spec = AppSpec::from_yaml(text, None).unwrap();
+    assert_eq!(spec.environment["DB_PASSWORD"].secret(), Some("db_password"));
+    assert_eq!(spec.environment["A"], "x");
+    assert_eq!(spec.environment["DB_PASSWORD"].to_string(), "<secret db_password>");
+    let json = serde_json::to_value(&spec).unwrap();
+    assert_eq!(json["environment"]["DB_PASSWORD"], serde_json::json!({"secret": "db_password"}));
+    assert_eq!(serde_json::from_value::<AppSpec>(json).unwrap(), spec);
+
+    let bad_name = errors("group: g\nname: n\nimage: i\nenvironment:\n  X: {secret: ../etc}\n");
+    assert_eq!(bad_name[0].field, "environment.X.secret", "{bad_name:?}");
+    assert!(bad_name[0].message.contains("lowercase letters, digits"), "{}", bad_name[0]);
+    let other_key = errors("group: g\nname: n\nimage: i\nenvironment:\n  X: {secrt: a}\n");
+    assert_eq!(other_key[0].line, Some(5), "{}", other_key[0]);
+    assert!(other_key[0].to_string().contains("secret"), "{}", other_key[0]);
+}
+
+#[test]
 fn json_round_trip_keeps_the_spec() {
     let text = SEED_SAMPLE.replace("    - 8080\n", "    - 8080\n    - 8081\n");
     let spec = AppSpec::from_yaml(&text, None).unwrap();

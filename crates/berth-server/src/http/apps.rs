@@ -115,6 +115,7 @@ fn change_app(shared: &Shared, id: &str, change: Change, opts: &ChangeQuery) -> 
         }
         fits_group(shared, id, current.as_ref(), &decision.app, opts.options().canary.unwrap_or(0))?;
         let mut txn = Txn::default().expect(app_key(id), expected_rev);
+        txn = super::secrets::claim(shared, txn, &decision.app.spec)?;
         txn = deployments::write(state, txn, id, decision.effects, now)?;
         if let Change::Spec { .. } = &change {
             let owner = berth_core::hosts::HostOwner::App(id.to_string());

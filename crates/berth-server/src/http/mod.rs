@@ -15,6 +15,7 @@ mod logs;
 mod nodes;
 mod pools;
 mod routes;
+mod secrets;
 pub(crate) mod tokens;
 mod usage;
 
@@ -81,6 +82,9 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/nodes/{id}/eligibility", post(nodes::eligibility))
         .route("/v1/nodes/{id}/heartbeat", post(nodes::heartbeat).route_layer(agent.clone()))
         .route("/v1/nodes/{id}/assignments", get(nodes::assignments).route_layer(agent.clone()))
+        .route("/v1/nodes/{id}/instances/{instance}/secrets", get(secrets::for_instance).route_layer(agent.clone()))
+        .route("/v1/secrets", get(secrets::list))
+        .route("/v1/secrets/{group}/{name}", put(secrets::set).delete(secrets::delete))
         .route("/v1/nodes/{id}/reports", post(nodes::reports).route_layer(agent))
         .route("/v1/events", get(events::events))
         .route("/v1/routes", get(routes::routes).route_layer(router))

@@ -14,6 +14,7 @@ async fn start(dir: &tempfile::TempDir, tuning: Tuning) -> Server {
         join_token: Some("test-join-token".into()),
         join_token_file: dir.path().join("join.token"),
         admin_token_file: dir.path().join("admin.token"),
+        secrets_key_file: dir.path().join("secrets.key"),
     };
     Server::start(config).await.unwrap()
 }

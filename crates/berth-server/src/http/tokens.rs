@@ -160,6 +160,7 @@ fn needs(method: &Method, route: &str) -> Needs {
             _,
             "/v1/nodes/{id}/heartbeat"
             | "/v1/nodes/{id}/assignments"
+            | "/v1/nodes/{id}/instances/{instance}/secrets"
             | "/v1/nodes/{id}/reports"
             | "/v1/nodes/{id}/metrics"
             | "/v1/nodes/{id}/logs"
@@ -176,6 +177,8 @@ fn needs(method: &Method, route: &str) -> Needs {
         }
         (_, "/v1/upstreams" | "/v1/upstreams/{name}" | "/v1/upstreams/{name}/rules") => Needs::Token(Admin, Of::Any),
         (_, r) if r.starts_with("/v1/apps/{group}/{name}") => Needs::Token(change, Of::Group),
+        // A deployer sets its groups' secrets; no answer carries a value, so a viewer may list.
+        (&Method::PUT | &Method::DELETE, "/v1/secrets/{group}/{name}") => Needs::Token(Change, Of::Group),
         (&Method::POST, "/v1/instances/{id}/restart" | "/v1/instances/{id}/stop" | "/v1/instances/{id}/exec") => {
             Needs::Token(Change, Of::Instance)
         }
@@ -183,7 +186,7 @@ fn needs(method: &Method, route: &str) -> Needs {
         (
             &Method::GET,
             "/v1/apps" | "/v1/instances" | "/v1/events" | "/v1/usage" | "/v1/alerts" | "/v1/nodes" | "/v1/pools"
-            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups",
+            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups" | "/v1/secrets",
         ) => Needs::Token(Read, Of::Any),
         // A plan changes nothing; the spec it reads names its own group.
         (&Method::POST, "/v1/plan") => Needs::Token(Read, Of::Any),
@@ -396,6 +399,9 @@ mod tests {
         assert_eq!(needs(&Method::POST, "/v1/nodes/{id}/drain"), Needs::Token(Admin, Of::Any));
         assert_eq!(needs(&Method::PUT, "/v1/pools/groups/{group}"), Needs::Token(Admin, Of::Any));
         assert_eq!(needs(&Method::POST, "/v1/tokens"), Needs::Token(Admin, Of::Any));
+        assert_eq!(needs(&Method::PUT, "/v1/secrets/{group}/{name}"), Needs::Token(Change, Of::Group));
+        assert_eq!(needs(&Method::GET, "/v1/secrets"), Needs::Token(Read, Of::Any));
+        assert_eq!(needs(&Method::GET, "/v1/nodes/{id}/instances/{instance}/secrets"), Needs::Member);
         assert_eq!(needs(&Method::GET, "/v1/some/route/added/later"), Needs::Token(Admin, Of::Any));
     }
 

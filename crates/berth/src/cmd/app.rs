@@ -376,14 +376,16 @@ pub async fn run(args: AppArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                     match ctx.format {
                         Format::Json => println!("{}", output::json(&spec.environment)?),
                         Format::Table => {
-                            spec.environment.iter().for_each(|(k, v)| println!("{k}={}", output::visible(v)));
+                            spec.environment
+                                .iter()
+                                .for_each(|(k, v)| println!("{k}={}", output::visible(&v.to_string())));
                         }
                     }
                     return Ok(ExitCode::SUCCESS);
                 }
                 EnvAction::Set { pairs, change, wait } => {
                     let keys: Vec<String> = pairs.iter().map(|(k, _)| k.clone()).collect();
-                    spec.environment.extend(pairs);
+                    spec.environment.extend(pairs.into_iter().map(|(k, v)| (k, v.into())));
                     (format!("set {}", keys.join(", ")), change, wait)
                 }
                 EnvAction::Unset { keys, change, wait } => {

@@ -11,6 +11,7 @@ mod group;
 mod node;
 mod platform;
 mod pool;
+mod secret;
 mod spec;
 mod status;
 mod token;
@@ -95,6 +96,11 @@ pub enum Command {
     Group {
         #[command(subcommand)]
         action: group::GroupAction,
+    },
+    /// Secrets an app's environment refers to ({secret: NAME}): set, ls, rm; values never shown.
+    Secret {
+        #[command(subcommand)]
+        action: secret::SecretAction,
     },
     /// API tokens (admins): create with a role and groups, list, revoke.
     Token {
@@ -191,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Context { action } => context::run(action, &ctx),
         Command::Token { action } => token::run(action, &ctx).await,
         Command::Group { action } => group::run(action, &ctx).await,
+        Command::Secret { action } => secret::run(action, &ctx).await,
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());

@@ -210,6 +210,10 @@ pub struct ServerOptions {
     /// cross the network in clear text): only on a network you trust.
     #[arg(long)]
     insecure_unauthenticated: bool,
+    /// The key secrets are sealed with (made at first start when missing; default
+    /// DATA_DIR/secrets.key). Keep it, and its backups, apart from the data dir's.
+    #[arg(long, env = "BERTH_SECRETS_KEY_FILE")]
+    secrets_key_file: Option<PathBuf>,
     #[command(flatten)]
     join: JoinTokenOptions,
 }
@@ -246,6 +250,10 @@ impl ServerOptions {
             join_token: self.join.token()?,
             join_token_file: self.data_dir.join(berth_server::JOIN_TOKEN_FILE),
             admin_token_file: self.data_dir.join(berth_server::ADMIN_TOKEN_FILE),
+            secrets_key_file: self
+                .secrets_key_file
+                .clone()
+                .unwrap_or_else(|| self.data_dir.join(berth_server::SECRETS_KEY_FILE)),
             data_dir: self.data_dir.join("server"),
             api_addr: self.api.clone(),
             domain: self.domain.clone(),
