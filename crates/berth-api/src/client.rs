@@ -454,6 +454,39 @@ impl Client {
         Ok(self.post(&format!("/v1/nodes/{node}/eligibility"), &EligibilityRequest { eligible }).await?.value)
     }
 
+    /// Audit entries after `after` (or at or after `since`, ms), of `group` when given.
+    pub async fn audit(
+        &self,
+        after: u64,
+        since: Option<i64>,
+        group: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<berth_core::audit::AuditEntry>, ClientError> {
+        Ok(self.get(&Self::audit_path(after, since, group, limit)).await?.value)
+    }
+
+    /// A blocking read of the audit entries after `after`, once the store moves past `index`.
+    pub async fn audit_after(
+        &self,
+        after: u64,
+        group: Option<&str>,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<Vec<berth_core::audit::AuditEntry>>, ClientError> {
+        self.get_after(&Self::audit_path(after, None, group, 1000), index, wait).await
+    }
+
+    fn audit_path(after: u64, since: Option<i64>, group: Option<&str>, limit: usize) -> String {
+        let mut path = format!("/v1/audit?after={after}&limit={limit}");
+        if let Some(since) = since {
+            path.push_str(&format!("&since={since}"));
+        }
+        if let Some(group) = group {
+            path.push_str(&format!("&group={group}"));
+        }
+        path
+    }
+
     pub async fn events(&self, after: u64, limit: usize) -> Result<Vec<Event>, ClientError> {
         Ok(self.get(&format!("/v1/events?after={after}&limit={limit}")).await?.value)
     }

@@ -1,6 +1,7 @@
 //! Berth's vocabulary: the app spec and the records the platform keeps. Pure types, no I/O.
 
 pub mod access;
+pub mod audit;
 pub mod duration;
 pub mod groups;
 pub mod hosts;

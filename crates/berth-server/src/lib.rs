@@ -124,6 +124,8 @@ pub(crate) struct Parts {
     pub requests: Mutex<RequestCounts>,
     /// What secrets are sealed with.
     pub secrets: secrets::SecretsKey,
+    /// Unauthenticated attempts written to the audit log lately, per address.
+    pub refusals: Mutex<http::audit::Refusals>,
 }
 
 /// Requests by route template (`/v1/nodes/{id}/heartbeat`, or `unmatched`), then by method and
@@ -193,6 +195,7 @@ impl Shared {
             seen: Mutex::default(),
             requests: Mutex::default(),
             secrets,
+            refusals: Mutex::default(),
         })))
     }
 }
@@ -309,7 +312,8 @@ impl Server {
         let http = tokio::spawn(async move {
             // As a make-service the router is shared by every connection; served as it is, axum
             // would rebuild its route table for each one (18 KB a connection, 100 agents).
-            let served = axum::serve(listener, app.into_make_service())
+            // With each connection's peer address, for the audit log.
+            let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
                 .with_graceful_shutdown(async move {
                     let _ = http_shutdown.wait_for(|stop| *stop).await;
                 })

@@ -20,6 +20,8 @@ pub struct Tuning {
     pub idle_interval: Duration,
     /// Events kept in the store.
     pub keep_events: usize,
+    /// Audit entries kept, the newest.
+    pub keep_audit: usize,
     /// Log kept per app on disk.
     pub logs: crate::logs::LogLimits,
 }
@@ -30,6 +32,7 @@ impl Default for Tuning {
             node_timeout: Duration::from_secs(5),
             idle_interval: Duration::from_secs(5),
             keep_events: 10_000,
+            keep_audit: 100_000,
             logs: crate::logs::LogLimits::default(),
         }
     }
@@ -62,6 +65,11 @@ pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
             && let Err(e) = shared.state.prune_events(shared.tuning.keep_events)
         {
             tracing::warn!(error = %e, "pruning events failed");
+        }
+        if passes.is_multiple_of(500)
+            && let Err(e) = shared.state.prune_audit(shared.tuning.keep_audit)
+        {
+            tracing::warn!(error = %e, "pruning the audit log failed");
         }
         let idle = shared.tuning.idle_interval.as_millis() as i64;
         let wait_ms = next_check.map_or(idle, |at| (at - now_ms()).clamp(0, idle));

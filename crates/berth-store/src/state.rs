@@ -48,6 +48,9 @@ pub const POOLS_KEY: &str = "config/pools";
 fn event_key(seq: u64) -> String {
     format!("events/{seq:020}")
 }
+fn audit_key(seq: u64) -> String {
+    format!("audit/{seq:020}")
+}
 
 const INSTANCES: &str = "instances/";
 
@@ -56,6 +59,7 @@ const INSTANCES: &str = "instances/";
 pub struct State {
     store: Arc<dyn Store>,
     last_event_seq: Arc<AtomicU64>,
+    last_audit_seq: Arc<AtomicU64>,
     /// Held across a commit and the cache update that follows it, so that the cache moves
     /// through the revisions in order and a reader can wait out a commit in flight.
     commits: Arc<Mutex<()>>,
@@ -142,9 +146,11 @@ pub fn encode<T: Serialize>(value: &T) -> Vec<u8> {
 impl State {
     pub fn new(store: Arc<dyn Store>) -> Result<Self, StoreError> {
         let last = store.list("events/")?.last().and_then(|e| e.key["events/".len()..].parse().ok()).unwrap_or(0);
+        let last_audit = store.list("audit/")?.last().and_then(|e| e.key["audit/".len()..].parse().ok()).unwrap_or(0);
         Ok(State {
             store,
             last_event_seq: Arc::new(AtomicU64::new(last)),
+            last_audit_seq: Arc::new(AtomicU64::new(last_audit)),
             commits: Arc::default(),
             instances: Arc::default(),
         })
@@ -294,9 +300,37 @@ impl State {
         txn.put(event_key(seq), encode(&event))
     }
 
+    /// Appends an audit entry, numbered here (after every earlier one, and at least the time in
+    /// microseconds, as events are); returns its number.
+    pub fn append_audit(&self, mut entry: berth_core::audit::AuditEntry) -> Result<u64, StoreError> {
+        let floor = u64::try_from(entry.at).unwrap_or(0).saturating_mul(1000);
+        let seq = self
+            .last_audit_seq
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(floor.max(last + 1)))
+            .map_or(floor, |last| floor.max(last + 1));
+        entry.seq = seq;
+        self.commit(Txn::default().put(audit_key(seq), encode(&entry)))?;
+        Ok(seq)
+    }
+
+    /// Audit entries after `after_seq`, oldest first, at most `limit`.
+    pub fn audit(&self, after_seq: u64, limit: usize) -> Result<Vec<berth_core::audit::AuditEntry>, StoreError> {
+        let page = self.store.list_from("audit/", &audit_key(after_seq), limit)?;
+        page.into_iter().map(|e| decode(e).map(|v: Versioned<berth_core::audit::AuditEntry>| v.value)).collect()
+    }
+
+    /// Drops the oldest audit entries beyond `keep`.
+    pub fn prune_audit(&self, keep: usize) -> Result<usize, StoreError> {
+        self.prune("audit/", keep)
+    }
+
     /// Drops the oldest events beyond `keep`.
     pub fn prune_events(&self, keep: usize) -> Result<usize, StoreError> {
-        let keys: Vec<String> = self.store.list("events/")?.into_iter().map(|e| e.key).collect();
+        self.prune("events/", keep)
+    }
+
+    fn prune(&self, prefix: &str, keep: usize) -> Result<usize, StoreError> {
+        let keys: Vec<String> = self.store.list(prefix)?.into_iter().map(|e| e.key).collect();
         if keys.len() <= keep {
             return Ok(0);
         }

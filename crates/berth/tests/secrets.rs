@@ -104,7 +104,11 @@ async fn a_secret_reaches_the_instance_and_nothing_else_shows_it() {
         assert!(!bytes.windows(value.len()).any(|w| w == value.as_bytes()), "{} holds the value in clear", f.display());
     }
 
-    // Only the agent of the instance's node gets values: a user's token does not.
+    // The agent's read of the values is audited (never the values); a user's token gets none.
+    let audit: Value = serde_json::from_str(&p.cli_ok(&["audit", "-o", "json"]).await).unwrap();
+    let read = audit.as_array().unwrap().iter().find(|e| e["action"] == "secret.read").expect("the read is audited");
+    assert_eq!((read["actor"].as_str(), read["outcome"].as_str()), (Some(p.node_id.as_str()), Some("done")), "{read}");
+    assert!(!audit.to_string().contains(value), "{audit}");
     let id = p.status("web").await["instances"][0]["id"].as_str().unwrap().to_string();
     let (status, body) =
         p.request("GET", &format!("/v1/nodes/{}/instances/{id}/secrets", p.node_id), "application/json", "").await;

@@ -165,8 +165,11 @@ pub async fn members_only(
         let why = format!("the credential of {} cannot act for {id}", caller.id);
         return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
     }
-    req.extensions_mut().insert(caller);
-    next.run(req).await
+    req.extensions_mut().insert(caller.clone());
+    let mut resp = next.run(req).await;
+    // For the audit log, which writes who a member's refused or audited request came from.
+    resp.extensions_mut().insert(caller);
+    resp
 }
 
 pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {

@@ -4,6 +4,7 @@
 
 mod alerts;
 mod apps;
+pub(crate) mod audit;
 mod cas;
 pub(crate) mod credentials;
 mod error;
@@ -84,6 +85,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/nodes/{id}/assignments", get(nodes::assignments).route_layer(agent.clone()))
         .route("/v1/nodes/{id}/instances/{instance}/secrets", get(secrets::for_instance).route_layer(agent.clone()))
         .route("/v1/secrets", get(secrets::list))
+        .route("/v1/audit", get(audit::list))
         .route("/v1/secrets/{group}/{name}", put(secrets::set).delete(secrets::delete))
         .route("/v1/nodes/{id}/reports", post(nodes::reports).route_layer(agent))
         .route("/v1/events", get(events::events))
@@ -101,6 +103,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint; see docs/openapi.yaml") })
         .layer(axum::middleware::map_response(json_errors))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), tokens::authenticate))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), audit::record))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
         .with_state(shared)
 }

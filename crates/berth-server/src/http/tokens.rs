@@ -186,7 +186,7 @@ fn needs(method: &Method, route: &str) -> Needs {
         (
             &Method::GET,
             "/v1/apps" | "/v1/instances" | "/v1/events" | "/v1/usage" | "/v1/alerts" | "/v1/nodes" | "/v1/pools"
-            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups" | "/v1/secrets",
+            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups" | "/v1/secrets" | "/v1/audit",
         ) => Needs::Token(Read, Of::Any),
         // A plan changes nothing; the spec it reads names its own group.
         (&Method::POST, "/v1/plan") => Needs::Token(Read, Of::Any),
@@ -194,8 +194,13 @@ fn needs(method: &Method, route: &str) -> Needs {
     }
 }
 
+/// Whether a route is an agent's or router's own (their credential, not a user's token).
+pub(super) fn is_member_route(method: &Method, route: &str) -> bool {
+    needs(method, route) == Needs::Member
+}
+
 /// The value of `{name}` in `path`, matched against the route `template`.
-fn path_param<'p>(template: &str, path: &'p str, name: &str) -> Option<&'p str> {
+pub(super) fn path_param<'p>(template: &str, path: &'p str, name: &str) -> Option<&'p str> {
     let wanted = format!("{{{name}}}");
     template.split('/').zip(path.split('/')).find(|(t, _)| *t == wanted).map(|(_, v)| v)
 }
@@ -223,8 +228,10 @@ pub async fn authenticate(
     {
         return match super::credentials::check_member(&shared, token, member) {
             Ok(caller) => {
-                req.extensions_mut().insert(caller);
-                next.run(req).await
+                req.extensions_mut().insert(caller.clone());
+                let mut resp = next.run(req).await;
+                resp.extensions_mut().insert(caller);
+                resp
             }
             Err(refused) => refused.into_response(),
         };
@@ -251,10 +258,15 @@ pub async fn authenticate(
     };
     if let Err(denied) = actor.grant().allows(need, scope) {
         let why = format!("token {} ({}): {denied}", actor.id, actor.name);
-        return ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+        let mut refused = ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+        // For the audit log, which writes who was refused.
+        refused.extensions_mut().insert(actor);
+        return refused;
     }
-    req.extensions_mut().insert(actor);
-    next.run(req).await
+    req.extensions_mut().insert(actor.clone());
+    let mut resp = next.run(req).await;
+    resp.extensions_mut().insert(actor);
+    resp
 }
 
 impl Actor {

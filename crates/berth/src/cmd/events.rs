@@ -66,33 +66,21 @@ pub async fn run(args: EventsArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     if !args.follow {
         return Ok(ExitCode::SUCCESS);
     }
-    let mut index = 0;
-    let mut delay = Duration::from_millis(200);
-    loop {
-        // Across a restart of the server, resume after the last event seen: none is repeated.
-        let answer = match client.events_after(after, index, Duration::from_secs(30)).await {
-            Ok(a) => a,
-            Err(e) if e.status().is_none() => {
-                if delay == Duration::from_millis(200) {
-                    eprintln!("note: lost the server ({e}); reconnecting");
-                }
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(2));
-                index = 0;
-                continue;
-            }
-            Err(e) => return Err(e.into()),
-        };
-        delay = Duration::from_millis(200);
-        index = answer.index;
-        for e in answer.value {
-            after = e.seq;
-            if keep(&e) {
+    let wait = Duration::from_secs(30);
+    let fetch = |after, index| client.events_after(after, index, wait);
+    super::follow::follow(
+        after,
+        fetch,
+        |e: &Event| e.seq,
+        |e| {
+            if keep(e) {
                 match ctx.format {
-                    Format::Json => println!("{}", serde_json::to_string(&e)?),
-                    Format::Table => println!("{}", line(&e)),
+                    Format::Json => println!("{}", serde_json::to_string(e)?),
+                    Format::Table => println!("{}", line(e)),
                 }
             }
-        }
-    }
+            Ok(())
+        },
+    )
+    .await
 }

@@ -2,11 +2,13 @@
 
 mod alerts;
 mod app;
+mod audit;
 mod bench;
 mod context;
 mod deploy;
 mod events;
 mod exec;
+mod follow;
 mod group;
 mod node;
 mod platform;
@@ -92,6 +94,8 @@ pub enum Command {
     Top(top::TopArgs),
     /// Alerts firing now, and the ones that fired lately.
     Alerts,
+    /// Who changed what, from where and when, refused attempts included.
+    Audit(audit::AuditArgs),
     /// Groups: quotas beside usage, and what each allows (privileged, host-network).
     Group {
         #[command(subcommand)]
@@ -193,6 +197,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Events(args) => events::run(args, &ctx).await,
         Command::Top(args) => top::run(args, None, &ctx).await,
         Command::Alerts => alerts::run(&ctx).await,
+        Command::Audit(args) => audit::run(args, &ctx).await,
         Command::Bench { action } => bench::run(action, &ctx).await,
         Command::Context { action } => context::run(action, &ctx),
         Command::Token { action } => token::run(action, &ctx).await,
