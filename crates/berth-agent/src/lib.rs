@@ -64,6 +64,10 @@ pub struct AgentConfig {
     pub heartbeat: Duration,
     /// How often each instance's resource use is sampled.
     pub metrics_interval: Duration,
+    /// What to trust of an `https://` server (see `berth_api::join::member_trust`): a CA file,
+    /// else the CA kept when joining, else this CA fingerprint for the first join.
+    pub ca_file: Option<PathBuf>,
+    pub ca_fingerprint: Option<String>,
     /// The server's join token, presented once when the data dir holds no credential yet.
     pub join_token: Option<String>,
 }
@@ -132,8 +136,9 @@ impl Agent {
         }
         let kinds: Vec<DriverKind> = drivers.iter().map(Driver::kind).collect();
 
-        let client = Client::new(&config.server)?;
         let file = dir.join(berth_api::join::CREDENTIAL_FILE);
+        let trust = berth_api::join::member_trust(&file, config.ca_file.as_deref(), config.ca_fingerprint.as_deref())?;
+        let client = Client::with_trust(&config.server, &trust)?;
         let token = config.join_token.as_deref();
         let credential = berth_api::join::load_or_join(&client, &file, &id, berth_api::Member::Agent, token).await?;
         let client = client.with_credential(credential).with_request_timeout(REQUEST_TIMEOUT);

@@ -38,11 +38,20 @@ pub struct Indexed<T> {
 }
 
 impl Client {
+    /// A client of a plain-HTTP server (an `https://` one is refused: it needs `with_trust`).
     pub fn new(base: &str) -> Result<Self, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_trust(base, &berth_tls::Trust::Nothing)
+    }
+
+    /// A client trusting `trust` for an `https://` server: Berth's servers have Berth's CAs, so no
+    /// system roots.
+    pub fn with_trust(base: &str, trust: &berth_tls::Trust) -> Result<Self, ClientError> {
+        let unusable = |why: String| ClientError::Unreachable { url: base.into(), why };
+        let http = berth_tls::http_builder_trusting(trust)
+            .map_err(|e| unusable(e.to_string()))?
             .connect_timeout(Duration::from_secs(3))
             .build()
-            .map_err(|e| ClientError::Unreachable { url: base.into(), why: e.to_string() })?;
+            .map_err(|e| unusable(e.to_string()))?;
         Ok(Client { base: base.trim_end_matches('/').to_string(), http, credential: None, request_timeout: None })
     }
 
@@ -83,7 +92,7 @@ impl Client {
         url: &str,
     ) -> Result<Indexed<T>, ClientError> {
         let req = if self.credential.is_some() { self.authorized(req) } else { req };
-        let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.into(), why: root_cause(&e) };
+        let unreachable = |e: reqwest::Error| unreachable(url, &e);
         let resp = match self.request_timeout {
             Some(bound) => {
                 let (http, req) = req.build_split();
@@ -563,6 +572,17 @@ impl Client {
         let url = format!("{}{}", self.base, Self::rules_path(target));
         self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
         Ok(())
+    }
+}
+
+/// Why a request got no answer: an untrusted certificate apart, as retrying cannot help it.
+fn unreachable(url: &str, e: &reqwest::Error) -> ClientError {
+    let why = root_cause(e);
+    let untrusted = ["invalid peer certificate", "CA is not the one pinned"];
+    if untrusted.iter().any(|w| why.contains(w)) {
+        ClientError::Untrusted { url: url.into(), why }
+    } else {
+        ClientError::Unreachable { url: url.into(), why }
     }
 }
 

@@ -22,6 +22,11 @@ pub enum ClientError {
     Unreachable { url: String, why: String },
     #[error("unexpected answer from {url}: {why}")]
     Decode { url: String, why: String },
+    /// The server's certificate is not trusted here: retrying cannot help.
+    #[error(
+        "the Berth server at {url} is not trusted: {why}\n  trust its CA with --ca-file (BERTH_CA_FILE, or the context's ca), or pin it with --ca-fingerprint (the server prints its CA fingerprint at first start)"
+    )]
+    Untrusted { url: String, why: String },
 }
 
 impl ClientError {

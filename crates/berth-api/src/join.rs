@@ -11,6 +11,8 @@ use crate::{Client, ClientError, JoinRequest, Member};
 
 /// The file a member keeps its credential in, in its data dir.
 pub const CREDENTIAL_FILE: &str = "credential";
+/// The server's CA, as the join handed it, beside the credential.
+pub const CA_FILE: &str = "ca.pem";
 
 #[derive(Debug, thiserror::Error)]
 pub enum JoinError {
@@ -22,6 +24,29 @@ pub enum JoinError {
     Refused { id: String, why: ClientError },
     #[error("{0}: {1}")]
     File(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] berth_tls::TlsError),
+}
+
+/// What a member trusts of an `https://` server: the CA file it was given, else the CA it kept
+/// when it joined (beside `credential_file`), else the CA fingerprint it was given (for its
+/// first join), else nothing.
+pub fn member_trust(
+    credential_file: &Path,
+    ca_file: Option<&Path>,
+    fingerprint: Option<&str>,
+) -> Result<berth_tls::Trust, JoinError> {
+    if let Some(path) = ca_file {
+        return Ok(berth_tls::Trust::ca_file(path)?);
+    }
+    let kept = credential_file.with_file_name(CA_FILE);
+    if kept.exists() {
+        return Ok(berth_tls::Trust::ca_file(&kept)?);
+    }
+    match fingerprint {
+        Some(fp) => Ok(berth_tls::Trust::pinned(fp)?),
+        None => Ok(berth_tls::Trust::Nothing),
+    }
 }
 
 /// The credential in `file`, or a new one for `id` from the server when there is none. Waits
@@ -47,11 +72,18 @@ pub async fn load_or_join(
     let reply = loop {
         match client.join(token, &req).await {
             Ok(reply) => break reply,
-            Err(why @ ClientError::Api { .. }) => return Err(JoinError::Refused { id: id.to_string(), why }),
+            Err(why @ (ClientError::Api { .. } | ClientError::Untrusted { .. })) => {
+                return Err(JoinError::Refused { id: id.to_string(), why });
+            }
             Err(e) => tracing::warn!(error = %e, "joining the server failed; retrying"),
         }
         tokio::time::sleep(retry.next_delay(rand::random())).await;
     };
+    // The CA first: a crash before the credential is kept joins again, and keeps it again.
+    if let Some(ca) = &reply.ca {
+        let path = file.with_file_name(CA_FILE);
+        keep(&path, ca).map_err(|e| JoinError::File(path, e))?;
+    }
     keep(file, &reply.credential).map_err(|e| JoinError::File(file.to_path_buf(), e))?;
     tracing::info!(%id, file = %file.display(), "joined with the join token; credential kept");
     Ok(reply.credential)

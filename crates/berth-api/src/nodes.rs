@@ -229,4 +229,8 @@ pub struct JoinRequest {
 pub struct JoinReply {
     pub id: String,
     pub credential: String,
+    /// The server's CA, PEM, when it serves TLS with a CA of its own: kept beside the
+    /// credential and trusted from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }

@@ -30,7 +30,6 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tokio_rustls::rustls;
 
 use crate::access_log::AccessLog;
 pub use crate::access_log::LogLimit;
@@ -65,6 +64,10 @@ pub struct RouterConfig {
     pub server: String,
     /// Where the router keeps its credential, got once with `join_token`.
     pub credential_file: PathBuf,
+    /// What to trust of an `https://` server (see `berth_api::join::member_trust`): a CA file,
+    /// else the CA kept when joining, else this CA fingerprint for the first join.
+    pub ca_file: Option<PathBuf>,
+    pub ca_fingerprint: Option<String>,
     /// The server's join token, presented when there is no credential yet.
     pub join_token: Option<String>,
     pub http: String,
@@ -95,31 +98,7 @@ pub struct TlsConfig {
 
 /// A TLS acceptor for the certificate chain and key in PEM files, offering HTTP/2 and HTTP/1.1.
 fn tls_acceptor(tls: &TlsConfig) -> Result<TlsAcceptor, RouterError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| RouterError::Tls(format!("certificate {}: {e}", tls.cert.display())))?;
-    if certs.is_empty() {
-        return Err(RouterError::Tls(format!("certificate {}: no certificate in it", tls.cert.display())));
-    }
-    let key = PrivateKeyDer::from_pem_file(&tls.key)
-        .map_err(|e| RouterError::Tls(format!("key {}: {e}", tls.key.display())))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| RouterError::Tls(e.to_string()))?
-        .with_no_client_auth()
-        .with_single_cert(certs, key)
-        .map_err(|e| {
-            RouterError::Tls(format!(
-                "{} and {} do not make a server identity: {e}",
-                tls.cert.display(),
-                tls.key.display()
-            ))
-        })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(TlsAcceptor::from(Arc::new(config)))
+    berth_tls::acceptor(&tls.cert, &tls.key).map_err(|e| RouterError::Tls(e.to_string()))
 }
 
 pub struct Router {
@@ -389,7 +368,12 @@ impl Router {
         };
         // A router is known by its credential once it has one; its first id names its machine
         // and admin port.
-        let client = Client::new(&config.server)?;
+        let trust = berth_api::join::member_trust(
+            &config.credential_file,
+            config.ca_file.as_deref(),
+            config.ca_fingerprint.as_deref(),
+        )?;
+        let client = Client::with_trust(&config.server, &trust)?;
         let first_id = format!("{}-{}", host_name(), admin_addr.port());
         let token = config.join_token.as_deref();
         let credential =

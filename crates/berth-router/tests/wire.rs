@@ -172,7 +172,7 @@ async fn raw(addr: SocketAddr, bytes: &[u8]) -> String {
 async fn every_framing_passes_through_and_connections_are_reused() {
     let seen = Arc::new(Seen::default());
     let addr = router(origin(seen.clone(), Duration::from_secs(30)).await).await;
-    let client = reqwest::Client::builder().resolve("wire.test", addr).build().unwrap();
+    let client = berth_tls::http_builder().resolve("wire.test", addr).build().unwrap();
     let url = |path: &str| format!("http://wire.test:{}{path}", addr.port());
 
     let r = client
@@ -315,7 +315,7 @@ async fn idle_connections_the_origin_closed_are_not_used() {
     let seen = Arc::new(Seen::default());
     // The origin closes a connection idle for 100 ms: the router's pooled one goes stale.
     let addr = router(origin(seen.clone(), Duration::from_millis(100)).await).await;
-    let client = reqwest::Client::builder().resolve("wire.test", addr).build().unwrap();
+    let client = berth_tls::http_builder().resolve("wire.test", addr).build().unwrap();
     let url = format!("http://wire.test:{}/echo", addr.port());
     for round in 0..3 {
         // A POST is not retried: it succeeds only if the stale connection is never written to.
@@ -370,7 +370,7 @@ async fn a_body_over_the_limit_is_refused_and_never_forwarded() {
     let seen = Arc::new(Seen::default());
     let port = origin(seen.clone(), Duration::from_secs(30)).await;
     let (addr, _) = router_with(port, Proxy::new(None).with_max_body(1000)).await;
-    let client = reqwest::Client::builder().resolve("wire.test", addr).build().unwrap();
+    let client = berth_tls::http_builder().resolve("wire.test", addr).build().unwrap();
     let url = format!("http://wire.test:{}/echo", addr.port());
     let r = client.post(&url).body(vec![b'a'; 1000]).send().await.unwrap();
     assert_eq!(r.status(), 200, "a body at the limit passes");
@@ -611,7 +611,7 @@ async fn http2_uploads_are_held_when_small_and_streamed_when_large() {
     let received = Arc::new(Received::default());
     let port = streaming_origin(received.clone()).await;
     let addr = h2_router(port, Proxy::new(None).with_max_body(8 << 20)).await;
-    let client = reqwest::Client::builder().http2_prior_knowledge().resolve("wire.test", addr).build().unwrap();
+    let client = berth_tls::http_builder().http2_prior_knowledge().resolve("wire.test", addr).build().unwrap();
     let url = format!("http://wire.test:{}/upload", addr.port());
     for size in [1000usize, 5 << 20] {
         let body: Vec<u8> = (0..size as u32).map(|i| (i % 251) as u8).collect();

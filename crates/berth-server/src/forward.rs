@@ -94,7 +94,6 @@ impl Forwarder {
 }
 
 /// Every sink in use, created on first use.
-#[derive(Default)]
 pub(crate) struct Forwarders {
     by_sink: Mutex<HashMap<Output, Arc<Forwarder>>>,
     /// Sinks every app's lines go to (`--log-sink`).
@@ -104,7 +103,7 @@ pub(crate) struct Forwarders {
 
 impl Forwarders {
     pub fn new(global: Vec<Output>) -> Self {
-        Forwarders { global, ..Default::default() }
+        Forwarders { by_sink: Mutex::default(), global, http: berth_tls::http() }
     }
 
     fn forwarder(&self, sink: &Output, shutdown: &watch::Receiver<bool>) -> Arc<Forwarder> {

@@ -48,10 +48,42 @@ pub enum ServerError {
     AdminToken(#[from] http::tokens::AdminTokenError),
     #[error("secrets key: {0}")]
     SecretsKey(#[from] secrets::SecretsKeyError),
-    #[error(
-        "--api {0} is not a loopback address, and the API has no TLS yet: its tokens would cross the network in clear text, for anyone on the path to take and use. Keep it on 127.0.0.1, or pass --insecure-unauthenticated on a network you trust"
-    )]
-    Unauthenticated(String),
+    #[error("TLS: {0}")]
+    Tls(#[from] berth_tls::TlsError),
+}
+
+/// How the API is served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Tls {
+    /// Plain HTTP: on loopback, or beyond it when `insecure_unauthenticated` says so.
+    Off,
+    /// HTTPS with a CA of the server's own and a certificate it signs for `names` (and for
+    /// localhost and the API's address), made at first start under `dir`.
+    Own { dir: PathBuf, names: Vec<String> },
+    /// HTTPS with a chain and key of the operator's own PKI (PEM files).
+    Files { cert: PathBuf, key: PathBuf },
+}
+
+impl Tls {
+    /// What is served: tokens never cross a network in clear text unless the operator says so,
+    /// so beyond loopback `Off` is HTTPS with a CA of the server's own (beside its `data_dir`).
+    fn chosen(&self, loopback: bool, insecure: bool, data_dir: &std::path::Path) -> Tls {
+        match self {
+            Tls::Off if !loopback && !insecure => Tls::Own { dir: data_dir.with_file_name("tls"), names: vec![] },
+            other => other.clone(),
+        }
+    }
+}
+
+/// The API's TLS as it runs: what agents and people trust it by.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The CA's certificate file, when the server made its own.
+    pub ca_file: Option<PathBuf>,
+    /// `sha256:HEX` of that CA: what `berth agent --ca-fingerprint` pins.
+    pub ca_fingerprint: Option<String>,
+    /// Made at this start.
+    pub made: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -64,8 +96,10 @@ pub struct ServerConfig {
     pub alerts: AlertConfig,
     /// Every app answers as `NAME.GROUP.<domain>` on the routers; those names are its own.
     pub domain: String,
-    /// Serve the API beyond loopback although it has no credentials.
+    /// Serve the API in plain HTTP beyond loopback: tokens cross the network in clear text.
     pub insecure_unauthenticated: bool,
+    /// HTTPS, or not. Beyond loopback, `Off` becomes `Own` unless `insecure_unauthenticated`.
+    pub tls: Tls,
     /// The secret agents join with (`--join-token`); none: the one kept in `join_token_file`,
     /// made at first start.
     pub join_token: Option<String>,
@@ -126,6 +160,8 @@ pub(crate) struct Parts {
     pub secrets: secrets::SecretsKey,
     /// Unauthenticated attempts written to the audit log lately, per address.
     pub refusals: Mutex<http::audit::Refusals>,
+    /// The CA the server made for its TLS, PEM: handed to members when they join.
+    pub ca_pem: Option<String>,
 }
 
 /// Requests by route template (`/v1/nodes/{id}/heartbeat`, or `unmatched`), then by method and
@@ -165,6 +201,15 @@ impl Seen {
     }
 }
 
+/// What the server proves and checks identities with.
+pub(crate) struct Keys {
+    /// SHA-256 of the join token, hex.
+    pub join_digest: String,
+    pub secrets: secrets::SecretsKey,
+    /// The CA the server made for its TLS, PEM.
+    pub ca_pem: Option<String>,
+}
+
 impl Shared {
     pub fn new(
         store: Arc<dyn Store>,
@@ -173,8 +218,9 @@ impl Shared {
         log_sinks: Vec<berth_core::Output>,
         alert_config: AlertConfig,
         shutdown: watch::Receiver<bool>,
-        (domain, join_digest, secrets): (String, String, secrets::SecretsKey),
+        (domain, keys): (String, Keys),
     ) -> Result<Self, StoreError> {
+        let Keys { join_digest, secrets, ca_pem } = keys;
         Ok(Shared(Arc::new(Parts {
             logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
             forwarders: Arc::new(forward::Forwarders::new(log_sinks)),
@@ -196,6 +242,7 @@ impl Shared {
             requests: Mutex::default(),
             secrets,
             refusals: Mutex::default(),
+            ca_pem,
         })))
     }
 }
@@ -249,6 +296,71 @@ impl Shared {
     }
 }
 
+/// The names a made server certificate is good for: loopback's, this machine's, the API's
+/// address when it names one, and those asked for.
+fn certificate_names(api_addr: &str, asked: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = vec!["localhost".into(), "127.0.0.1".into(), "::1".into()];
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        names.push(host.trim().to_string());
+    }
+    let host = api_addr.rsplit_once(':').map_or(api_addr, |(h, _)| h).trim_matches(['[', ']']);
+    let unspecified = host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_unspecified());
+    if !host.is_empty() && !unspecified {
+        names.push(host.to_string());
+    }
+    names.extend(asked.iter().cloned());
+    names.retain(|n| !n.is_empty());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The API over TLS: each connection's handshake, then HTTP/1.1 or HTTP/2 (by ALPN), with the
+/// peer's address for the audit log. Stops taking connections when the server stops.
+async fn serve_tls(
+    listener: TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+    app: axum::Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.wait_for(|stop| *stop) => return,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(error = %e, "accepting an API connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (acceptor, app) = (acceptor.clone(), app.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %peer, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(peer));
+                tower::ServiceExt::oneshot(app.clone(), req)
+            });
+            let served = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await;
+            if let Err(e) = served {
+                tracing::debug!(error = %e, %peer, "API connection ended with an error");
+            }
+        });
+    }
+}
+
 /// How many secrets the store holds, and the key the first was sealed with; none when it holds
 /// none (a new key may then be made).
 fn sealed_secrets(store: &dyn Store) -> Result<Option<(usize, String)>, StoreError> {
@@ -267,6 +379,9 @@ pub fn normal_domain(domain: &str) -> String {
 /// A running control plane.
 pub struct Server {
     pub addr: SocketAddr,
+    /// `http` or `https`.
+    pub scheme: &'static str,
+    pub tls: Option<TlsInfo>,
     /// The secret agents join with.
     pub join_token: String,
     shutdown: watch::Sender<bool>,
@@ -280,10 +395,27 @@ impl Server {
         let loopback = std::net::ToSocketAddrs::to_socket_addrs(&config.api_addr.as_str())
             .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
             .unwrap_or(true);
-        if !loopback && !config.insecure_unauthenticated {
-            return Err(ServerError::Unauthenticated(config.api_addr.clone()));
-        }
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
+        let tls = config.tls.chosen(loopback, config.insecure_unauthenticated, &config.data_dir);
+        let (acceptor, tls_info, ca_pem) = match &tls {
+            Tls::Off => (None, None, None),
+            Tls::Files { cert, key } => {
+                let info = TlsInfo { ca_file: None, ca_fingerprint: None, made: false };
+                (Some(berth_tls::acceptor(cert, key)?), Some(info), None)
+            }
+            Tls::Own { dir, names } => {
+                let identity = berth_tls::own_identity(dir, &certificate_names(&config.api_addr, names))?;
+                let info = TlsInfo {
+                    ca_file: Some(dir.join(berth_tls::CA_FILE)),
+                    ca_fingerprint: Some(identity.ca_fingerprint.clone()),
+                    made: identity.made,
+                };
+                if identity.made {
+                    tracing::info!(ca = %identity.ca_fingerprint, dir = %dir.display(), "made a CA and a server certificate");
+                }
+                (Some(berth_tls::acceptor(&identity.cert, &identity.key)?), Some(info), Some(identity.ca_pem))
+            }
+        };
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("state.redb"))?);
         // Made before the port opens: whoever sees the port answer finds the token file there.
         let join_token = http::credentials::join_token(&config.join_token_file, config.join_token.clone())?;
@@ -300,7 +432,10 @@ impl Server {
             config.log_sinks.clone(),
             config.alerts.clone(),
             shutdown_rx.clone(),
-            (normal_domain(&config.domain), http::credentials::digest(&join_token), secrets_key),
+            (
+                normal_domain(&config.domain),
+                Keys { join_digest: http::credentials::digest(&join_token), secrets: secrets_key, ca_pem },
+            ),
         )?;
         hosts::backfill(&shared.state, &shared.domain, now_ms())?;
         if http::tokens::bootstrap(&shared, &config.admin_token_file)? {
@@ -309,24 +444,40 @@ impl Server {
 
         let app = http::router(shared.clone());
         let mut http_shutdown = shutdown_rx.clone();
-        let http = tokio::spawn(async move {
-            // As a make-service the router is shared by every connection; served as it is, axum
-            // would rebuild its route table for each one (18 KB a connection, 100 agents).
-            // With each connection's peer address, for the audit log.
-            let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async move {
-                    let _ = http_shutdown.wait_for(|stop| *stop).await;
-                })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "api server stopped");
-            }
-        });
+        let http = match acceptor {
+            Some(acceptor) => tokio::spawn(serve_tls(listener, acceptor, app, shutdown_rx.clone())),
+            None => tokio::spawn(async move {
+                // As a make-service the router is shared by every connection; served as it is, axum
+                // would rebuild its route table for each one (18 KB a connection, 100 agents).
+                // With each connection's peer address, for the audit log.
+                let served = axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                    .with_graceful_shutdown(async move {
+                        let _ = http_shutdown.wait_for(|stop| *stop).await;
+                    })
+                    .await;
+                if let Err(e) = served {
+                    tracing::error!(error = %e, "api server stopped");
+                }
+            }),
+        };
         let alerting = tokio::spawn(alerts::run(shared.clone(), shutdown_rx.clone()));
         let checking = tokio::spawn(outputs::run(shared.clone(), shutdown_rx.clone()));
         let reconcile = tokio::spawn(reconciler::run(shared, shutdown_rx));
         tracing::info!(%addr, "berth server listening");
-        Ok(Server { addr, join_token, shutdown, tasks: vec![http, reconcile, alerting, checking] })
+        let scheme = if tls_info.is_some() { "https" } else { "http" };
+        Ok(Server {
+            addr,
+            scheme,
+            tls: tls_info,
+            join_token,
+            shutdown,
+            tasks: vec![http, reconcile, alerting, checking],
+        })
+    }
+
+    /// The API's URL: `https://ADDR` or `http://ADDR`.
+    pub fn url(&self) -> String {
+        format!("{}://{}", self.scheme, self.addr)
     }
 
     pub async fn stop(self) {
@@ -334,6 +485,33 @@ impl Server {
         for task in self.tasks {
             let _ = tokio::time::timeout(Duration::from_secs(5), task).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::Tls;
+    use std::path::Path;
+
+    #[test]
+    fn beyond_loopback_the_api_is_https_unless_told_otherwise() {
+        let data = Path::new("/d/server");
+        let own = Tls::Own { dir: "/d/tls".into(), names: vec![] };
+        assert_eq!(Tls::Off.chosen(true, false, data), Tls::Off, "loopback: plain, as berth up on a laptop");
+        assert_eq!(Tls::Off.chosen(false, false, data), own);
+        assert_eq!(Tls::Off.chosen(false, true, data), Tls::Off, "--insecure-unauthenticated");
+        let files = Tls::Files { cert: "c".into(), key: "k".into() };
+        assert_eq!(files.chosen(false, false, data), files);
+    }
+
+    #[test]
+    fn a_made_certificate_names_loopback_this_machine_and_the_api_address() {
+        let names = super::certificate_names("10.1.2.3:7070", &["berth.example".into()]);
+        for name in ["localhost", "127.0.0.1", "::1", "10.1.2.3", "berth.example"] {
+            assert!(names.iter().any(|n| n == name), "{name} in {names:?}");
+        }
+        assert!(!super::certificate_names("0.0.0.0:7070", &[]).iter().any(|n| n == "0.0.0.0"));
+        assert!(super::certificate_names("[::1]:7070", &[]).iter().any(|n| n == "::1"));
     }
 }
 

@@ -61,7 +61,7 @@ impl Load {
                 let url = format!("http://{router}/");
                 let host = host.to_string();
                 tokio::spawn(async move {
-                    let client = reqwest::Client::new();
+                    let client = berth_tls::http();
                     let mut last_version: Option<String> = None;
                     while !stop.load(Ordering::Relaxed) {
                         match client.get(&url).header("host", &host).send().await {

@@ -55,7 +55,7 @@ pub fn free_port() -> u16 {
 
 /// A block of 100 host ports below the kernel's ephemeral range, free right now and never handed
 /// to another platform of this test process (tests in one binary run in parallel).
-fn port_block() -> (u16, u16) {
+pub fn port_block() -> (u16, u16) {
     use std::hash::{BuildHasher, Hasher};
     static TAKEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     for _ in 0..200 {
@@ -166,7 +166,7 @@ impl Platform {
             child: None,
             split: None,
             node_id: String::new(),
-            client: reqwest::Client::new(),
+            client: berth_tls::http(),
         }
     }
 

@@ -239,7 +239,7 @@ async fn throughput(rounds: usize, seconds: u64) {
     let (token, up_token) = (token_of("berth"), token_of("berth-up"));
     let mut headers = reqwest::header::HeaderMap::new();
     headers.insert("x-berth-token", token.parse().unwrap());
-    let client = reqwest::Client::builder().default_headers(headers).build().unwrap();
+    let client = berth_tls::http_builder().default_headers(headers).build().unwrap();
     let put = |path: String, body: String, ct: &'static str, token: String| {
         let client = client.clone();
         async move {
@@ -489,7 +489,7 @@ impl Attacker {
         // before it can fail.
         let url = format!("http://127.0.0.1:{http}/api/{}", "/".repeat(ATTACK_SLASHES));
         let task = tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            let client = berth_tls::http_builder().timeout(Duration::from_secs(30)).build().unwrap();
             let mut tick = tokio::time::interval(Duration::from_micros(1_000_000 / ATTACK_RATE));
             let mut inflight = tokio::task::JoinSet::new();
             let mut sent = 0;
@@ -528,7 +528,7 @@ async fn death_to_unrouted(trials: usize) {
     );
     let file = p.write("dies.yaml", &spec);
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
-    let client = reqwest::Client::new();
+    let client = berth_tls::http();
     let status_url = format!("http://{}/status", p.admin);
     let mut times = Vec::new();
     for _ in 0..trials {

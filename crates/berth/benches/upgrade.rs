@@ -32,7 +32,7 @@ async fn plain_start(image: &str, port: u16) -> f64 {
         .await
         .expect("docker run");
     assert!(out.status.success(), "docker run: {}", String::from_utf8_lossy(&out.stderr));
-    let client = reqwest::Client::new();
+    let client = berth_tls::http();
     let url = format!("http://127.0.0.1:{port}/health");
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {

@@ -23,6 +23,9 @@ pub struct Context {
     pub server: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
+    /// The CA (PEM) its https:// server's certificate is checked against.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<String>,
 }
 
 /// Where the contexts are kept.
@@ -71,19 +74,18 @@ impl Config {
     }
 }
 
-/// The server and token a client command uses: `--server`/`BERTH_SERVER` and
+/// The server, token and CA a client command uses: `--server`/`BERTH_SERVER` and
 /// `--token`/`BERTH_TOKEN` first, then the current context, then the local default. The
-/// context's token goes only to the context's own server.
-pub fn resolve(server: Option<&str>, token: Option<&str>, config: &Config) -> (String, Option<String>) {
+/// context's token and CA go only with the context's own server.
+pub fn resolve(server: Option<&str>, token: Option<&str>, config: &Config) -> (String, Option<String>, Option<String>) {
     let current = config.current();
     let server = server
         .map(str::to_string)
         .or_else(|| current.map(|(_, c)| c.server.clone()))
         .unwrap_or_else(|| DEFAULT_SERVER.to_string());
-    let token = token
-        .map(str::to_string)
-        .or_else(|| current.filter(|(_, c)| same_server(&c.server, &server)).and_then(|(_, c)| c.token.clone()));
-    (server, token)
+    let own = current.filter(|(_, c)| same_server(&c.server, &server)).map(|(_, c)| c);
+    let token = token.map(str::to_string).or_else(|| own.and_then(|c| c.token.clone()));
+    (server, token, own.and_then(|c| c.ca.clone()))
 }
 
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:7070";
@@ -98,19 +100,22 @@ mod tests {
 
     fn config() -> Config {
         let mut c = Config::default();
-        c.contexts.insert("prod".into(), Context { server: "https://prod:7070".into(), token: Some("tok-p.s".into()) });
+        let prod =
+            Context { server: "https://prod:7070".into(), token: Some("tok-p.s".into()), ca: Some("PEM".into()) };
+        c.contexts.insert("prod".into(), prod);
         c.current = Some("prod".into());
         c
     }
 
     #[test]
-    fn flags_win_and_a_contexts_token_goes_to_its_own_server_only() {
+    fn flags_win_and_a_contexts_token_and_ca_go_to_its_own_server_only() {
         let c = config();
-        assert_eq!(resolve(None, None, &c), ("https://prod:7070".into(), Some("tok-p.s".into())));
+        let prod = ("https://prod:7070".into(), Some("tok-p.s".into()), Some("PEM".into()));
+        assert_eq!(resolve(None, None, &c), prod);
         assert_eq!(resolve(Some("https://prod:7070/"), None, &c).1.as_deref(), Some("tok-p.s"));
-        assert_eq!(resolve(Some("http://other:7070"), None, &c), ("http://other:7070".into(), None));
+        assert_eq!(resolve(Some("http://other:7070"), None, &c), ("http://other:7070".into(), None, None));
         assert_eq!(resolve(None, Some("tok-x.y"), &c).1.as_deref(), Some("tok-x.y"));
-        assert_eq!(resolve(None, None, &Config::default()), (DEFAULT_SERVER.into(), None));
+        assert_eq!(resolve(None, None, &Config::default()), (DEFAULT_SERVER.into(), None, None));
     }
 
     #[test]

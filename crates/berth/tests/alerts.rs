@@ -120,7 +120,7 @@ async fn cpu_rule_fires_and_resolves_crash_loop_fires_and_alertmanager_receives(
     if let Some((_, port)) = am {
         let url = format!("http://127.0.0.1:{port}/api/v2/alerts");
         let alerts = wait_until("Alertmanager to hold the crash-loop alert", Duration::from_secs(30), || async {
-            let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+            let v: Value = berth_tls::http().get(&url).send().await.ok()?.json().await.ok()?;
             v.as_array()?.iter().any(|a| a["labels"]["alertname"] == "crash_loop").then_some(v)
         })
         .await;

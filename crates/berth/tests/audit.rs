@@ -70,7 +70,7 @@ async fn every_change_and_every_refused_attempt_is_in_the_audit_log() {
     let pay = p.write("pay.yaml", &spec("pay", "api", ""));
     let out = p.cli(&["--token", &ci, "deploy", "-f", &pay]).await;
     assert!(said(&out).contains("cannot act in group pay"), "{}", said(&out));
-    let http = reqwest::Client::new();
+    let http = berth_tls::http();
     let resp = http.delete(format!("{}/v1/apps/shop/web", p.api)).send().await.unwrap();
     assert_eq!(resp.status().as_u16(), 401);
     let (id, _) = ci.rsplit_once('.').unwrap();

@@ -311,7 +311,7 @@ async fn a_replaced_instance_finishes_its_in_flight_requests_before_sigterm() {
     // A 2.5 s request is on its way to v1 when v2 replaces it.
     let http = p.http.clone();
     let slow = tokio::spawn(async move {
-        let resp = reqwest::Client::new()
+        let resp = berth_tls::http()
             .get(format!("http://{http}/slow?ms=2500"))
             .header("host", "cart.test")
             .send()

@@ -164,7 +164,7 @@ async fn a_held_host_port_is_skipped_for_containers() {
     for inst in &live {
         let address = inst["address"].as_str().unwrap();
         assert!(!address.ends_with(&format!(":{held_port}")), "{live:?}");
-        let answer = reqwest::get(format!("http://{address}/")).await.expect("the container answers");
+        let answer = berth_tls::http().get(format!("http://{address}/")).send().await.expect("the container answers");
         assert_eq!(answer.status(), 200);
     }
     let events = p.cli_ok(&["events", "--app", "held"]).await;

@@ -15,7 +15,14 @@ fn spec(image: &str, instances: u32) -> String {
 }
 
 async fn body(address: &str) -> Value {
-    let text = reqwest::get(format!("http://{address}/")).await.expect("instance answers").text().await.unwrap();
+    let text = berth_tls::http()
+        .get(format!("http://{address}/"))
+        .send()
+        .await
+        .expect("instance answers")
+        .text()
+        .await
+        .unwrap();
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{address} answered {text}: {e}"))
 }
 

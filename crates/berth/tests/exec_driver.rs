@@ -22,7 +22,14 @@ fn processes(marker: &str) -> usize {
 }
 
 async fn answer(address: &str) -> Value {
-    let text = reqwest::get(format!("http://{address}/")).await.expect("instance answers").text().await.unwrap();
+    let text = berth_tls::http()
+        .get(format!("http://{address}/"))
+        .send()
+        .await
+        .expect("instance answers")
+        .text()
+        .await
+        .unwrap();
     serde_json::from_str(&text).expect("json")
 }
 

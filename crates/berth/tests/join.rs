@@ -12,8 +12,7 @@ use serde_json::Value;
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 async fn heartbeat(p: &Platform, node: &str, bearer: Option<&str>) -> (u16, Value) {
-    let mut req =
-        reqwest::Client::new().post(format!("{}/v1/nodes/{node}/heartbeat", p.api)).json(&serde_json::json!({}));
+    let mut req = berth_tls::http().post(format!("{}/v1/nodes/{node}/heartbeat", p.api)).json(&serde_json::json!({}));
     if let Some(b) = bearer {
         req = req.bearer_auth(b);
     }
@@ -63,7 +62,7 @@ async fn agents_join_with_the_token_and_act_only_as_themselves() {
     assert_eq!(status, 403, "one node's credential cannot act for another: {body}");
     assert_eq!(heartbeat(&p, &h1, Some(&credential)).await.0, 200);
     // Joining takes the token itself.
-    let resp = reqwest::Client::new()
+    let resp = berth_tls::http()
         .post(format!("{}/v1/join", p.api))
         .bearer_auth("not-the-token")
         .json(&serde_json::json!({"id": "sneaky", "kind": "agent"}))
@@ -78,7 +77,7 @@ async fn agents_join_with_the_token_and_act_only_as_themselves() {
     let routes = |bearer: Option<String>| {
         let url = format!("{api}/v1/routes");
         async move {
-            let mut req = reqwest::Client::new().get(url);
+            let mut req = berth_tls::http().get(url);
             if let Some(b) = bearer {
                 req = req.bearer_auth(b);
             }

@@ -63,9 +63,9 @@ async fn exec_use_shows_in_top_and_metrics_pass_promtool_and_prometheus() {
     assert!(table.contains("cluster") && table.contains("lab/burn"), "{table}");
 
     // Prometheus' exposition format, checked by Prometheus' own linter.
-    let unauthenticated = reqwest::get(format!("{}/metrics", p.api)).await.unwrap();
+    let unauthenticated = berth_tls::http().get(format!("{}/metrics", p.api)).send().await.unwrap();
     assert_eq!(unauthenticated.status().as_u16(), 401, "metrics name apps and nodes: a token reads them");
-    let text = reqwest::Client::new()
+    let text = berth_tls::http()
         .get(format!("{}/metrics", p.api))
         .bearer_auth(p.admin_token())
         .send()
@@ -144,14 +144,14 @@ async fn prometheus_scrapes(p: &Platform) {
     let _guard = Killed(child);
     let url = format!("http://127.0.0.1:{port}/api/v1/query?query=berth_app_instances");
     let answer = wait_until("Prometheus to have scraped Berth", Duration::from_secs(60), || async {
-        let v: Value = reqwest::get(&url).await.ok()?.json().await.ok()?;
+        let v: Value = berth_tls::http().get(&url).send().await.ok()?.json().await.ok()?;
         let result = v["data"]["result"].as_array()?.first()?.clone();
         (result["metric"]["app"] == "lab/burn").then_some(result)
     })
     .await;
     assert_eq!(answer["value"][1], "1", "{answer}");
     let health = format!("http://127.0.0.1:{port}/api/v1/targets");
-    let targets: Value = reqwest::get(&health).await.unwrap().json().await.unwrap();
+    let targets: Value = berth_tls::http().get(&health).send().await.unwrap().json().await.unwrap();
     assert_eq!(targets["data"]["activeTargets"][0]["health"], "up", "{targets}");
 }
 

@@ -42,7 +42,7 @@ async fn cart_on_far(extra: &str) -> (Platform, Link, tokio::process::Child, Val
 }
 
 async fn answers(address: &str) -> bool {
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let client = berth_tls::http_builder().timeout(Duration::from_secs(2)).build().unwrap();
     client.get(format!("http://{address}/health")).send().await.is_ok_and(|r| r.status().is_success())
 }
 

@@ -18,7 +18,7 @@ async fn versions_served(p: &Platform) -> Vec<String> {
     let mut out = Vec::new();
     for inst in p.live("roll").await {
         let addr = inst["address"].as_str().unwrap();
-        let v: Value = reqwest::get(format!("http://{addr}/")).await.unwrap().json().await.unwrap();
+        let v: Value = berth_tls::http().get(format!("http://{addr}/")).send().await.unwrap().json().await.unwrap();
         out.push(v["version"].as_str().unwrap().to_string());
     }
     out

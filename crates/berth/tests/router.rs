@@ -127,7 +127,7 @@ async fn static_upstreams_status_and_explain() {
         .unwrap();
     let body = format!("{{\"servers\": [{{\"host\": \"127.0.0.1\", \"port\": {port}, \"weight\": 2}}]}}");
     // The router passes a change on with the caller's own API token, never with its own.
-    let anonymous = reqwest::Client::new()
+    let anonymous = berth_tls::http()
         .put(format!("http://{}/upstream/legacy.test", p.admin))
         .header("content-type", "application/json")
         .body(body.clone())
@@ -197,7 +197,7 @@ async fn lua_rules_deny_rewrite_reject_bad_scripts_and_stop_endless_loops() {
     );
     let set = p.cli_ok(&["app", "web", "rules", "set", &rules]).await;
     assert!(set.contains("runs natively"), "{set}");
-    let client = reqwest::Client::new();
+    let client = berth_tls::http();
     let url = format!("http://{}/anything", p.http);
     let denied = wait_until("the rule to be applied", Duration::from_secs(5), || async {
         let r = client.delete(&url).header("host", "rules.test").send().await.ok()?;
@@ -303,7 +303,7 @@ async fn a_pathological_rule_delays_no_other_app_and_shutdown_completes() {
         let (stop, url, path) = (stop.clone(), format!("http://{}", p.http), attack_path.clone());
         let host = if i % 2 == 0 { "vm.test" } else { "native.test" };
         attackers.push(tokio::spawn(async move {
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(30)).build().unwrap();
+            let client = berth_tls::http_builder().timeout(Duration::from_secs(30)).build().unwrap();
             let mut refused = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 let r = client.get(format!("{url}{path}")).header("host", host).send().await;
@@ -316,7 +316,7 @@ async fn a_pathological_rule_delays_no_other_app_and_shutdown_completes() {
     }
     // The calm app answers every request, each within a bound far below an unbounded rule's
     // seconds (before budgets counted pattern steps, these timed out).
-    let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().unwrap();
+    let client = berth_tls::http_builder().timeout(Duration::from_secs(2)).build().unwrap();
     for i in 0..60 {
         let r = client.get(format!("http://{}/", p.http)).header("host", "calm.test").send().await;
         let status = r.map(|r| r.status().as_u16()).map_err(|e| e.to_string());
@@ -357,7 +357,7 @@ async fn a_deploy_returns_once_every_live_router_routes_it() {
     // A router that reports an old index for as long as the deploy runs holds it up, then is named.
     // It joins as any router does, with the join token.
     let token = std::fs::read_to_string(p.join_token_file()).unwrap();
-    let joined: Value = reqwest::Client::new()
+    let joined: Value = berth_tls::http()
         .post(format!("{}/v1/join", p.api))
         .bearer_auth(token.trim())
         .json(&serde_json::json!({"id": "stale-router", "kind": "router"}))
@@ -371,7 +371,7 @@ async fn a_deploy_returns_once_every_live_router_routes_it() {
     let stale = tokio::spawn({
         let url = format!("{}/v1/routers/stale-router", p.api);
         async move {
-            let client = reqwest::Client::new();
+            let client = berth_tls::http();
             let report = serde_json::json!({"index": 1, "zone": "default", "admin": "127.0.0.1:9"});
             loop {
                 let _ = client.post(&url).bearer_auth(&credential).json(&report).send().await;
@@ -467,7 +467,7 @@ async fn the_access_log_holds_every_request_and_can_be_off() {
     let log_path = p.data_dir().join("router/access.log");
     let before = std::fs::read_to_string(&log_path).unwrap_or_default().lines().count();
     const BURST: usize = 400;
-    let client = reqwest::Client::new();
+    let client = berth_tls::http();
     let sends = (0..BURST).map(|n| {
         let client = client.clone();
         let url = format!("http://{}/?burst={n}", p.http);

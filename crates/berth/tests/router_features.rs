@@ -49,7 +49,7 @@ async fn hashing_on_a_header_keeps_a_user_on_one_instance() {
     let file = p.write("h.yaml", &spec("sticky", 3, "services: [sticky.test]\nbalance: hash:header:X-User\n"));
     p.cli_ok(&["deploy", "-f", &file, "--timeout", "30"]).await;
     wait_routed(&p, "cls:lab/sticky", 3).await;
-    let client = reqwest::Client::new();
+    let client = berth_tls::http();
     let mut owner: HashMap<String, HashSet<String>> = HashMap::new();
     for round in 0..5 {
         for user in 0..20 {
@@ -97,7 +97,7 @@ async fn upgrades_http2_and_draining() {
     // HTTP/2 from the client (cleartext, prior knowledge); HTTP/1.1 to the instance.
     // In HTTP/2 the host travels as :authority, so address the app by name and resolve it here.
     let router: std::net::SocketAddr = p.http.parse().unwrap();
-    let h2 = reqwest::Client::builder().http2_prior_knowledge().resolve("up.test", router).build().unwrap();
+    let h2 = berth_tls::http_builder().http2_prior_knowledge().resolve("up.test", router).build().unwrap();
     let r = h2.get(format!("http://up.test:{}/", router.port())).send().await.unwrap();
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     assert_eq!(r.status(), 200);
@@ -148,7 +148,7 @@ async fn upgrades_http2_and_draining() {
 
     // No change through a request a web page could send: a simple POST (no or a form content
     // type), or any request under another Host name (DNS rebinding).
-    let http = reqwest::Client::new();
+    let http = berth_tls::http();
     let url = format!("http://{}/drain/{drained}", p.admin);
     for ct in [None, Some("text/plain"), Some("application/x-www-form-urlencoded")] {
         let mut req = http.post(&url).body("x");
@@ -176,7 +176,7 @@ async fn the_admin_token_comes_from_a_file() {
         &["--admin-token-file".to_string(), token_file.display().to_string()],
     )
     .await;
-    let http = reqwest::Client::new();
+    let http = berth_tls::http();
     let status = |auth: Option<&'static str>| {
         let mut req = http.get(format!("http://{}/status", p.admin));
         if let Some(auth) = auth {

@@ -28,7 +28,7 @@ async fn served_version(p: &Platform) -> String {
         status["instances"].as_array().unwrap().iter().filter(|i| i["state"] == "running").collect();
     assert_eq!(running.len(), 1, "{status:#}");
     let address = running[0]["address"].as_str().expect("address");
-    let answer: Value = reqwest::get(format!("http://{address}/")).await.unwrap().json().await.unwrap();
+    let answer: Value = berth_tls::http().get(format!("http://{address}/")).send().await.unwrap().json().await.unwrap();
     answer["version"].as_str().unwrap_or_default().to_string()
 }
 

@@ -73,7 +73,7 @@ async fn the_cli_works_after_berth_up_with_no_flag_and_a_missing_or_wrong_token_
     assert_eq!(body["desired"], 1, "nothing changed: {body}");
 
     // Straight at the API: no token, no answer but 401.
-    let raw = reqwest::Client::new();
+    let raw = berth_tls::http();
     for (method, path) in [("GET", "/v1/apps"), ("DELETE", "/v1/apps/shop/web"), ("GET", "/v1/events")] {
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let resp = raw.request(m, format!("{}{path}", p.api)).send().await.unwrap();

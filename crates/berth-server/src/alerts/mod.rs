@@ -41,7 +41,7 @@ impl Default for AlertConfig {
 }
 
 pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
-    let http = reqwest::Client::builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
+    let http = berth_tls::http_builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let config = shared.alert_config.clone();
     let mut last_am_push = 0;
     // Events from before this start were alerted on (or not) by the previous run.

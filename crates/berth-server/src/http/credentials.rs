@@ -207,7 +207,7 @@ pub(crate) async fn join(AxState(shared): AxState<Shared>, headers: HeaderMap, b
     };
     let txn = shared.state.with_event(txn, now, Level::Info, "member.joined", subject, msg);
     let index = shared.state.commit(txn)?;
-    Ok(indexed(index, &JoinReply { id: req.id, credential }))
+    Ok(indexed(index, &JoinReply { id: req.id, credential, ca: shared.ca_pem.clone() }))
 }
 
 /// A member's credential of the `kind` expected.

@@ -11,6 +11,7 @@ async fn start(dir: &tempfile::TempDir, tuning: Tuning) -> Server {
         alerts: Default::default(),
         domain: "berth.local".into(),
         insecure_unauthenticated: false,
+        tls: crate::Tls::Off,
         join_token: Some("test-join-token".into()),
         join_token_file: dir.path().join("join.token"),
         admin_token_file: dir.path().join("admin.token"),
@@ -30,7 +31,7 @@ async fn every_documented_route_is_served() {
     let doc: serde_json::Value = serde_saphyr::from_str(&doc).expect("openapi.yaml is valid YAML");
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, Tuning::default()).await;
-    let http = reqwest::Client::new();
+    let http = berth_tls::http();
     let paths = doc["paths"].as_object().expect("paths");
     assert!(paths.len() >= 12, "{} paths documented", paths.len());
     for (path, ops) in paths {
@@ -90,7 +91,7 @@ async fn a_heartbeat_reply_says_when_to_beat_next_from_the_node_timeout() {
 async fn metrics_count_requests_by_route_method_and_status_class() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, Tuning::default()).await;
-    let http = reqwest::Client::new();
+    let http = berth_tls::http();
     let base = format!("http://{}", server.addr);
     for _ in 0..3 {
         assert!(http.get(format!("{base}/v1/health")).send().await.unwrap().status().is_success());
@@ -115,7 +116,7 @@ async fn metrics_count_requests_by_route_method_and_status_class() {
 async fn every_request_but_health_and_join_needs_a_token_and_the_first_start_writes_the_admins() {
     let dir = tempfile::tempdir().unwrap();
     let server = start(&dir, Tuning::default()).await;
-    let http = reqwest::Client::new();
+    let http = berth_tls::http();
     let base = format!("http://{}", server.addr);
     let token = admin_token(&dir);
     use std::os::unix::fs::PermissionsExt;

@@ -14,8 +14,8 @@ pub enum ContextAction {
     Ls,
     /// Make NAME the current context.
     Use { name: String },
-    /// Add or replace NAME: the server of `--server URL`, the token of `--token` or `--token-file`;
-    /// it becomes current.
+    /// Add or replace NAME: the server of `--server URL`, the token of `--token` or `--token-file`,
+    /// and for an https:// server the CA of `--ca-file` (kept in the context); it becomes current.
     Add {
         name: String,
         /// A file holding its token (the server's `<data-dir>/admin.token`, say) [default: --token or BERTH_TOKEN].
@@ -58,7 +58,11 @@ pub fn run(action: ContextAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
                 None => ctx.token.clone(),
             };
             let server = ctx.server.clone();
-            config.contexts.insert(name.clone(), Context { server, token });
+            let ca = match &ctx.ca_file {
+                Some(file) => Some(super::read_capped(file, 64 << 10, "a CA file")?),
+                None => None,
+            };
+            config.contexts.insert(name.clone(), Context { server, token, ca });
             config.current = Some(name);
             config.save(&path)?;
         }

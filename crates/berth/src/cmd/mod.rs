@@ -22,6 +22,7 @@ mod top;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use crate::output::Format;
@@ -35,6 +36,10 @@ pub struct Cli {
     /// The API token to act with [default: the current context's, for its server].
     #[arg(long, global = true, env = "BERTH_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// Trust an https:// server whose certificate this CA (PEM) signed [default: the current
+    /// context's CA, for its server]. The server writes its own CA to <data-dir>/tls/ca.pem.
+    #[arg(long = "ca-file", global = true, env = "BERTH_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Output: a table for people (wide: with more columns), json or yaml for scripts.
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = crate::output::Output::Table)]
     pub output: crate::output::Output,
@@ -180,8 +185,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Some(path) => crate::context::Config::load(&path)?,
         None => crate::context::Config::default(),
     };
-    let (server, token) = crate::context::resolve(cli.server.as_deref(), cli.token.as_deref(), &contexts);
-    let ctx = Ctx { server, token, format: cli.output.apply() };
+    let (server, token, context_ca) = crate::context::resolve(cli.server.as_deref(), cli.token.as_deref(), &contexts);
+    let trust = match (&cli.ca_file, context_ca) {
+        (Some(path), _) => berth_tls::Trust::ca_file(path).context("--ca-file")?,
+        (None, Some(pem)) => berth_tls::Trust::Ca(pem),
+        (None, None) => berth_tls::Trust::Nothing,
+    };
+    let ctx = Ctx { server, token, format: cli.output.apply(), ca_file: cli.ca_file.clone(), trust };
     match cli.command {
         Command::Up(args) => platform::up(*args).await,
         Command::Server(args) => platform::server(*args).await,
@@ -224,11 +234,15 @@ pub struct Ctx {
     /// The API token to send, if any.
     pub token: Option<String>,
     pub format: Format,
+    /// `--ca-file`, for agents and routers, which also keep the CA their join handed them.
+    pub ca_file: Option<PathBuf>,
+    /// What the CLI trusts of an https:// server.
+    pub trust: berth_tls::Trust,
 }
 
 impl Ctx {
     pub fn client(&self) -> anyhow::Result<berth_api::Client> {
-        let client = berth_api::Client::new(&self.server)?;
+        let client = berth_api::Client::with_trust(&self.server, &self.trust)?;
         Ok(match &self.token {
             Some(token) => client.with_credential(token.clone()),
             None => client,
@@ -252,5 +266,15 @@ pub async fn resolve(client: &berth_api::Client, name: &str) -> anyhow::Result<S
         }
         1 => Ok(matches.into_iter().next().unwrap_or_default()),
         _ => anyhow::bail!("`{name}` is in several groups ({}); say GROUP/NAME", matches.join(", ")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every command's flags are well formed: no name used twice where options are flattened
+    /// together (`berth up` takes the server's, the node's and the router's).
+    #[test]
+    fn the_command_line_is_well_formed() {
+        <super::Cli as clap::CommandFactory>::command().debug_assert();
     }
 }

@@ -125,7 +125,14 @@ pub struct NodeOptions {
 }
 
 impl NodeOptions {
-    fn config(&self, server: &str, data_dir: PathBuf, join_token: Option<String>) -> anyhow::Result<AgentConfig> {
+    /// `trust`: the CA file and CA fingerprint the agent trusts an https:// server by.
+    fn config(
+        &self,
+        server: &str,
+        data_dir: PathBuf,
+        join_token: Option<String>,
+        trust: (Option<PathBuf>, Option<String>),
+    ) -> anyhow::Result<AgentConfig> {
         if let Some(cpu) = self.cpu {
             anyhow::ensure!(cpu.is_finite() && cpu > 0.0, "--cpu: {cpu} is not a positive number of cores");
         }
@@ -161,6 +168,8 @@ impl NodeOptions {
             heartbeat: Duration::from_secs(2),
             metrics_interval: self.metrics_interval.as_duration().max(Duration::from_millis(200)),
             join_token,
+            ca_file: trust.0,
+            ca_fingerprint: trust.1,
         })
     }
 }
@@ -206,10 +215,25 @@ pub struct ServerOptions {
     /// Every app answers as NAME.GROUP.<domain> on the routers; those names are reserved to it.
     #[arg(long, default_value = "berth.local", value_parser = parse_domain)]
     domain: String,
-    /// Let --api listen beyond loopback although the API has no TLS yet (its tokens would
-    /// cross the network in clear text): only on a network you trust.
-    #[arg(long)]
+    /// Serve plain HTTP beyond loopback (tokens would cross the network in clear text): only on
+    /// a network you trust. Without it, a server beyond loopback serves HTTPS.
+    #[arg(long, conflicts_with_all = ["tls", "api_tls_cert"])]
     insecure_unauthenticated: bool,
+    /// Serve HTTPS on loopback too, with a CA of the server's own (made at first start in
+    /// DATA_DIR/tls; its fingerprint is printed). Beyond loopback this is the default.
+    #[arg(long)]
+    tls: bool,
+    /// Serve the API's HTTPS with this certificate chain (PEM) of your own PKI, with
+    /// --api-tls-key (`berth server` also takes them as --tls-cert and --tls-key).
+    #[arg(long, requires = "api_tls_key")]
+    api_tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --api-tls-cert.
+    #[arg(long, requires = "api_tls_cert")]
+    api_tls_key: Option<PathBuf>,
+    /// A further DNS name or IP address the made server certificate is for (repeatable);
+    /// localhost, loopback, the hostname and the --api address are always in it.
+    #[arg(long = "tls-name")]
+    tls_names: Vec<String>,
     /// The key secrets are sealed with (made at first start when missing; default
     /// DATA_DIR/secrets.key). Keep it, and its backups, apart from the data dir's.
     #[arg(long, env = "BERTH_SECRETS_KEY_FILE")]
@@ -258,6 +282,13 @@ impl ServerOptions {
             api_addr: self.api.clone(),
             domain: self.domain.clone(),
             insecure_unauthenticated: self.insecure_unauthenticated,
+            tls: match (&self.api_tls_cert, &self.api_tls_key) {
+                (Some(cert), Some(key)) => berth_server::Tls::Files { cert: cert.clone(), key: key.clone() },
+                _ if self.tls || !self.tls_names.is_empty() => {
+                    berth_server::Tls::Own { dir: self.data_dir.join("tls"), names: self.tls_names.clone() }
+                }
+                _ => berth_server::Tls::Off,
+            },
             tuning: Tuning {
                 node_timeout: self.node_timeout.as_duration(),
                 logs: berth_server::LogLimits { file_bytes: self.log_file_size, files: self.log_files as usize },
@@ -325,18 +356,21 @@ impl RouterOptions {
     }
 
     /// The router's configuration; `(dir, token)`: where it keeps its credential, and the join
-    /// token it gets one with.
+    /// token it gets one with; `trust`: the CA file and fingerprint it trusts the server by.
     fn config(
         &self,
         server: &str,
         default_log: Option<PathBuf>,
         domain: Option<String>,
         (dir, join_token): (PathBuf, Option<String>),
+        trust: (Option<PathBuf>, Option<String>),
     ) -> anyhow::Result<RouterConfig> {
         Ok(RouterConfig {
             server: server.to_string(),
             credential_file: dir.join(berth_api::join::CREDENTIAL_FILE),
             join_token,
+            ca_file: trust.0,
+            ca_fingerprint: trust.1,
             http: self.http.clone(),
             admin: self.admin.clone(),
             admin_token: self.token()?,
@@ -386,6 +420,10 @@ pub struct RouterArgs {
     router: RouterOptions,
     #[command(flatten)]
     join: JoinTokenOptions,
+    /// For the first join to an https:// server: trust the CA of this SHA-256 fingerprint (the
+    /// server prints it); the CA itself comes with the join and is kept.
+    #[arg(long, env = "BERTH_CA_FINGERPRINT")]
+    ca_fingerprint: Option<String>,
     /// Every app also answers as NAME.GROUP.<domain> (default: the server's `--domain`).
     #[arg(long, value_parser = parse_domain)]
     domain: Option<String>,
@@ -395,6 +433,12 @@ pub struct RouterArgs {
 pub struct ServerArgs {
     #[command(flatten)]
     server: ServerOptions,
+    /// As --api-tls-cert: the API's certificate chain (PEM), with --tls-key.
+    #[arg(long, requires = "tls_key", conflicts_with = "api_tls_cert")]
+    tls_cert: Option<PathBuf>,
+    /// As --api-tls-key.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -406,6 +450,10 @@ pub struct AgentArgs {
     node: NodeOptions,
     #[command(flatten)]
     join: JoinTokenOptions,
+    /// For the first join to an https:// server: trust the CA of this SHA-256 fingerprint (the
+    /// server prints it); the CA itself comes with the join and is kept.
+    #[arg(long, env = "BERTH_CA_FINGERPRINT")]
+    ca_fingerprint: Option<String>,
 }
 
 async fn until_signal() {
@@ -425,18 +473,19 @@ async fn until_signal() {
 
 pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let server = Server::start(args.server.config()?).await.context("starting the server")?;
-    let url = format!("http://{}", server.addr);
-    // Its own agent joins as any other, with the server's token handed over in memory.
+    let url = server.url();
+    // Its own agent and router join as any other, with the server's token and CA handed over.
     let token = Some(server.join_token.clone());
-    let mut agent = Agent::start(args.node.config(&url, args.server.data_dir.join("agent"), token)?)
-        .await
-        .context("starting the agent")?;
+    let ca_file = server.tls.as_ref().and_then(|t| t.ca_file.clone());
+    let agent_config = args.node.config(&url, args.server.data_dir.join("agent"), token, (ca_file.clone(), None))?;
+    let mut agent = Agent::start(agent_config).await.context("starting the agent")?;
     let router = if args.no_router {
         None
     } else {
         let log = args.server.data_dir.join("router/access.log");
         let joining = (args.server.data_dir.join("router"), Some(server.join_token.clone()));
-        Some(Router::start(args.router.config(&url, Some(log), None, joining)?).await.context("starting the router")?)
+        let config = args.router.config(&url, Some(log), None, joining, (ca_file.clone(), None))?;
+        Some(Router::start(config).await.context("starting the router")?)
     };
     let drivers: Vec<String> = agent.drivers.iter().map(|d| d.to_string()).collect();
     let routing = router
@@ -452,7 +501,8 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         drivers.join(", "),
         args.server.data_dir.display()
     );
-    save_local_context(&url, &args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE));
+    say_tls(&server);
+    save_local_context(&url, &args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE), ca_file.as_deref());
     let refused = tokio::select! {
         () = until_signal() => None,
         why = agent.refused() => Some(why),
@@ -471,13 +521,19 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
 
 /// Saves this machine's platform as the CLI's `local` context, made current, so that the CLI
 /// works here with no flag. Said, not fatal, when it cannot be.
-fn save_local_context(url: &str, admin_token_file: &std::path::Path) {
+fn save_local_context(url: &str, admin_token_file: &std::path::Path, ca_file: Option<&std::path::Path>) {
     let save = || -> anyhow::Result<std::path::PathBuf> {
         let path = crate::context::path().ok_or_else(|| anyhow::anyhow!("no HOME to keep it in"))?;
         let token = std::fs::read_to_string(admin_token_file)
             .with_context(|| format!("cannot read {}", admin_token_file.display()))?;
+        let ca = match ca_file {
+            Some(file) => {
+                Some(std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?)
+            }
+            None => None,
+        };
         let mut config = crate::context::Config::load(&path)?;
-        let local = crate::context::Context { server: url.to_string(), token: Some(token.trim().to_string()) };
+        let local = crate::context::Context { server: url.to_string(), token: Some(token.trim().to_string()), ca };
         config.contexts.insert("local".into(), local);
         config.current = Some("local".into());
         config.save(&path)?;
@@ -492,9 +548,13 @@ fn save_local_context(url: &str, admin_token_file: &std::path::Path) {
     }
 }
 
-pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
+pub async fn server(mut args: ServerArgs) -> anyhow::Result<ExitCode> {
+    if args.tls_cert.is_some() {
+        (args.server.api_tls_cert, args.server.api_tls_key) = (args.tls_cert.take(), args.tls_key.take());
+    }
     let server = Server::start(args.server.config()?).await.context("starting the server")?;
-    eprintln!("Berth server: API http://{}, data in {}", server.addr, args.server.data_dir.display());
+    eprintln!("Berth server: API {}, data in {}", server.url(), args.server.data_dir.display());
+    say_tls(&server);
     let admin = args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE);
     if admin.exists() {
         eprintln!("The admin token is in {} (berth --token, BERTH_TOKEN, or berth context add)", admin.display());
@@ -508,9 +568,24 @@ pub async fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// How agents, routers and people trust the server's HTTPS, when it serves HTTPS.
+fn say_tls(server: &Server) {
+    let Some(tls) = &server.tls else { return };
+    match (&tls.ca_file, &tls.ca_fingerprint) {
+        (Some(file), Some(fingerprint)) => eprintln!(
+            "TLS: the server's CA is {} ({fingerprint}{}); agents and routers join with --ca-fingerprint {fingerprint}, people use --ca-file {} or berth context add --ca-file",
+            file.display(),
+            if tls.made { ", made now" } else { "" },
+            file.display()
+        ),
+        _ => eprintln!("TLS: with the given certificate; clients trust its CA with --ca-file"),
+    }
+}
+
 pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let token = args.join.token()?;
-    let mut agent = Agent::start(args.node.config(&ctx.server, args.data_dir.join("agent"), token)?)
+    let trust = (ctx.ca_file.clone(), args.ca_fingerprint.clone());
+    let mut agent = Agent::start(args.node.config(&ctx.server, args.data_dir.join("agent"), token, trust)?)
         .await
         .context("starting the agent")?;
     eprintln!("Berth agent: node {} joined {}", agent.node_id, ctx.server);
@@ -528,7 +603,8 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 
 pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let joining = (args.data_dir.join("router"), args.join.token()?);
-    let router = Router::start(args.router.config(&ctx.server, None, args.domain, joining)?)
+    let trust = (ctx.ca_file.clone(), args.ca_fingerprint.clone());
+    let router = Router::start(args.router.config(&ctx.server, None, args.domain, joining, trust)?)
         .await
         .context("starting the router")?;
     eprintln!(

@@ -222,6 +222,8 @@ async fn run(
     let mut agents = Vec::with_capacity(args.agents);
     for k in 0..args.agents {
         let config = AgentConfig {
+            ca_file: None,
+            ca_fingerprint: None,
             server: server.to_string(),
             data_dir: dir.join("agents").join(k.to_string()),
             hostname: format!("sim-{k:04}"),
