@@ -1,7 +1,6 @@
 //! A member's own credential (agent or router): read from its file, or got once from the
 //! server with the join token and kept in that file (mode 0600) for every later start.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -96,13 +95,5 @@ pub fn credential_id(credential: &str) -> Option<&str> {
 
 /// Written aside (0600) and renamed: a crash leaves the old file or the new, never half of one.
 fn keep(path: &Path, credential: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(credential.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    berth_tls::write_private(path, credential)
 }

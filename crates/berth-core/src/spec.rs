@@ -711,6 +711,18 @@ impl fmt::Display for SpecErrors {
 impl AppSpec {
     /// Parses and validates YAML text; `file` names the source in errors.
     pub fn from_yaml(text: &str, file: Option<&str>) -> Result<AppSpec, SpecErrors> {
+        // Read whole first, every alias followed: a document past the limits (an alias bomb,
+        // deep nesting) is refused for that alone, before anything is read twice.
+        if let Err(e) = serde_saphyr::from_str_with_options::<serde_json::Value>(text, yaml_options())
+            && past_limit(&e)
+        {
+            let mut error = yaml_error(&e, file);
+            error.message = format!(
+                "the document is past what a spec may take (50,000 values once aliases are followed, 1,000 aliases, 32 levels of nesting): {}",
+                error.message
+            );
+            return Err(SpecErrors(vec![error]));
+        }
         // Every mistake at once: after an error, the lines it is about are blanked (line numbers
         // stay) and the rest is read again, until the text parses or nothing more can be set aside.
         let mut working: Vec<String> = text.lines().map(str::to_string).collect();
@@ -718,7 +730,7 @@ impl AppSpec {
         let mut blanked: Vec<String> = Vec::new();
         let parsed = loop {
             let current = working.join("\n");
-            match serde_saphyr::from_str::<AppSpec>(&current) {
+            match serde_saphyr::from_str_with_options::<AppSpec>(&current, yaml_options()) {
                 Ok(spec) => break Some(spec),
                 Err(e) => {
                     let places = key_locations(&current);
@@ -1158,6 +1170,38 @@ fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
 /// Most errors one file reports: past this, fix some and look again.
 const MAX_ERRORS: usize = 20;
 
+/// Whether reading stopped at one of `yaml_options`' limits (under the alias or snippet that
+/// led there).
+fn past_limit(mut e: &serde_saphyr::Error) -> bool {
+    use serde_saphyr::Error;
+    while let Error::AliasError { error, .. } | Error::WithSnippet { error, .. } = e {
+        e = error;
+    }
+    matches!(
+        e,
+        Error::Budget { .. } | Error::AliasReplayLimitExceeded { .. } | Error::AliasExpansionLimitExceeded { .. }
+    )
+}
+
+/// What a spec may take to read: far more than any real spec needs, and little enough that an
+/// alias bomb or a deeply nested document is refused quickly, saying which limit it passed.
+fn yaml_options() -> serde_saphyr::Options {
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_events = 100_000;
+    budget.max_nodes = 50_000;
+    budget.max_aliases = 1_000;
+    budget.max_anchors = 1_000;
+    budget.max_recorded_anchor_events = 100_000;
+    budget.max_recorded_anchor_bytes = 4 << 20;
+    budget.max_depth = 32;
+    budget.flow_nesting_limit = 32;
+    budget.max_documents = 1;
+    budget.max_total_scalar_bytes = 4 << 20;
+    let mut options = serde_saphyr::Options::default();
+    options.budget = Some(budget);
+    options
+}
+
 /// Blanks line `at` (0-based) and the lines under it that are indented deeper: the key and its
 /// whole value. A parent left with nothing under it goes too, or its empty value would be read
 /// as a second mistake (`upgrade:` with no keys is not a mapping).
@@ -1333,7 +1377,7 @@ fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
             d.deserialize_any(TreeVisitor)
         }
     }
-    serde_saphyr::from_str::<Tree>(text).map(|t| t.0).unwrap_or_default()
+    serde_saphyr::from_str_with_options::<Tree>(text, yaml_options()).map(|t| t.0).unwrap_or_default()
 }
 
 /// The deepest key written on `line` left of `column`: the key whose value is at fault.

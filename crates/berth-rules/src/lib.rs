@@ -871,3 +871,39 @@ mod tests {
         assert!(e.message.contains("memory"), "{e}");
     }
 }
+
+/// For fuzzing (`berth-fuzz lua`): the native subset against the VM on one source.
+#[doc(hidden)]
+pub mod fuzzing {
+    use super::{RequestView, Script, native, run_in_vm};
+
+    /// Whether `source` runs natively (`Ok(true)`), or not (`Ok(false)`: no native form, or not
+    /// Lua at all, which `Script::new` refuses before any native form is made), or has a
+    /// native form that decides a request otherwise than the VM does (`Err`, saying how).
+    pub fn native_agrees(source: &str) -> Result<bool, String> {
+        let Some(program) = native::compile(source) else { return Ok(false) };
+        let Ok(script) = Script::new(source) else { return Ok(false) };
+        let headers: [(&[u8], &[u8]); 3] = [(b"X-Token", b"abc"), (b"accept", b"*/*"), (b"x-a", b"\xff")];
+        let views = [
+            RequestView { method: "GET", path: "/", query: "", host: "h.example", remote: None, headers: &[] },
+            RequestView {
+                method: "DELETE",
+                path: "/old/users/42/x.y",
+                query: "a=1&b",
+                host: "old.example.com",
+                remote: Some([10, 0, 0, 1].into()),
+                headers: &headers,
+            },
+        ];
+        for view in &views {
+            if let Ok(decided) = program.run(view) {
+                let vm = native::without_addresses(run_in_vm(&script, view));
+                let native = native::without_addresses(decided);
+                if native != vm {
+                    return Err(format!("{} {}: native {native:?}, VM {vm:?}", view.method, view.path));
+                }
+            }
+        }
+        Ok(true)
+    }
+}

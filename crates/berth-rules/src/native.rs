@@ -1026,6 +1026,35 @@ impl<'s> Parser<'s> {
     }
 }
 
+/// An outcome with the VM's table addresses (`table: 0x...`, from `tostring` of a table) made
+/// alike: they differ between two runs in the VM, the rest must not.
+pub(crate) fn without_addresses(r: Result<Outcome, RuleError>) -> Result<Outcome, RuleError> {
+    let clean = |s: &mut String| {
+        while let Some(at) = s.find("table: 0x") {
+            let hex = s[at + 9..].bytes().take_while(u8::is_ascii_hexdigit).count();
+            s.replace_range(at..at + 9 + hex, "table");
+        }
+    };
+    r.map(|mut o| {
+        for (name, value) in &mut o.set_headers {
+            clean(name);
+            clean(value);
+        }
+        if let Some(p) = &mut o.rewrite {
+            clean(p);
+        }
+        match &mut o.action {
+            RuleAction::Deny { message: text, .. }
+            | RuleAction::Redirect { url: text, .. }
+            | RuleAction::Route(text) => {
+                clean(text);
+            }
+            RuleAction::Pass => {}
+        }
+        o
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1348,34 +1377,6 @@ mod tests {
             self.scope.truncate(in_scope);
             out
         }
-    }
-
-    /// `tostring` of a table holds its address, which differs between two runs in the VM.
-    fn without_addresses(r: Result<Outcome, RuleError>) -> Result<Outcome, RuleError> {
-        let clean = |s: &mut String| {
-            while let Some(at) = s.find("table: 0x") {
-                let hex = s[at + 9..].bytes().take_while(u8::is_ascii_hexdigit).count();
-                s.replace_range(at..at + 9 + hex, "table");
-            }
-        };
-        r.map(|mut o| {
-            for (name, value) in &mut o.set_headers {
-                clean(name);
-                clean(value);
-            }
-            if let Some(p) = &mut o.rewrite {
-                clean(p);
-            }
-            match &mut o.action {
-                RuleAction::Deny { message: text, .. }
-                | RuleAction::Redirect { url: text, .. }
-                | RuleAction::Route(text) => {
-                    clean(text);
-                }
-                RuleAction::Pass => {}
-            }
-            o
-        })
     }
 
     /// Generated rules, each run natively and in the VM on the same requests: the outcomes and

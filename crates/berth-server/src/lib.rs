@@ -371,6 +371,15 @@ fn sealed_secrets(store: &dyn Store) -> Result<Option<(usize, String)>, StoreErr
     Ok(Some((entries.len(), record.key_id)))
 }
 
+/// For fuzzing (`berth-fuzz api`): what the API does with a request body it is sent.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `body` as every request body the API takes; none may panic.
+    pub fn parse_every_body(body: &[u8]) {
+        crate::http::parse_every_body(body);
+    }
+}
+
 /// A domain as the routers match it: lower case, no leading or trailing dot.
 pub fn normal_domain(domain: &str) -> String {
     domain.trim_matches('.').to_ascii_lowercase()

@@ -1,4 +1,5 @@
-//! TLS for Berth's own connections, on one provider (ring) for the whole tree: the server's and
+//! TLS for Berth's own connections, on one provider (ring) for the whole tree, and the private
+//! files keys and credentials are kept in: the server's and
 //! router's identities from PEM files, the CA and server certificate a server makes for itself
 //! at first start, and what clients (CLI, agents, routers) trust: a CA file, or, for an agent's
 //! first join, a CA named by its SHA-256 fingerprint, as `kubeadm join` pins one.
@@ -130,10 +131,10 @@ fn make_identity(dir: &Path, names: &[String]) -> Result<(), TlsError> {
 
     std::fs::create_dir_all(dir).map_err(|e| TlsError::Io(dir.to_path_buf(), e))?;
     // Keys first, the chain last: a crash before the chain is written makes them again.
-    write_private(&dir.join(CA_KEY_FILE), &issuer_key_pem(&issuer))?;
-    write_private(&dir.join(KEY_FILE), &key.serialize_pem())?;
-    write_private(&dir.join(CA_FILE), &ca.pem())?;
-    write_private(&dir.join(CERT_FILE), &format!("{}{}", cert.pem(), ca.pem()))?;
+    write_key(&dir.join(CA_KEY_FILE), &issuer_key_pem(&issuer))?;
+    write_key(&dir.join(KEY_FILE), &key.serialize_pem())?;
+    write_key(&dir.join(CA_FILE), &ca.pem())?;
+    write_key(&dir.join(CERT_FILE), &format!("{}{}", cert.pem(), ca.pem()))?;
     Ok(())
 }
 
@@ -141,17 +142,23 @@ fn issuer_key_pem(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> String {
     issuer.key().serialize_pem()
 }
 
-/// Written aside, then renamed; readable by the owner only.
-fn write_private(path: &Path, text: &str) -> Result<(), TlsError> {
+/// Writes a private file (a key, a token, a credential): readable by its owner only (0600),
+/// written aside then renamed, so that a crash leaves the old file or the new, never half.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |e| TlsError::Io(path.to_path_buf(), e);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension("tmp");
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp).map_err(io)?;
-    file.write_all(text.as_bytes()).map_err(io)?;
-    file.sync_all().map_err(io)?;
-    std::fs::rename(&tmp, path).map_err(io)
+    let mut file = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+fn write_key(path: &Path, text: &str) -> Result<(), TlsError> {
+    write_private(path, text).map_err(|e| TlsError::Io(path.to_path_buf(), e))
 }
 
 /// What a client trusts.

@@ -50,22 +50,10 @@ impl Config {
         }
     }
 
-    /// Writes the contexts to `path`, mode 0600, aside then renamed.
+    /// Writes the contexts to `path`, mode 0600, aside then renamed (they hold tokens).
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-        }
         let text = toml::to_string(self)?;
-        let tmp = path.with_extension("toml.tmp");
-        let write = || -> std::io::Result<()> {
-            let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(text.as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, path)
-        };
-        write().with_context(|| format!("cannot write {}", path.display()))
+        berth_tls::write_private(path, &text).with_context(|| format!("cannot write {}", path.display()))
     }
 
     pub fn current(&self) -> Option<(&str, &Context)> {

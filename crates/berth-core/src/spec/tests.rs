@@ -333,3 +333,28 @@ fn a_key_that_lost_its_indentation_is_told_where_it_belongs() {
     assert_eq!(errs[0].field, "interval");
     assert!(errs[0].message.contains("`interval` belongs under `health:`"), "{}", errs[0]);
 }
+
+#[test]
+fn alias_bombs_and_deep_nesting_are_refused_quickly_and_say_why() {
+    let mut bomb = String::from("group: g\nname: n\nimage: i\nx0: &x0 [a, a, a, a, a, a, a, a, a, a]\n");
+    for i in 1..9 {
+        let refs = vec![format!("*x{}", i - 1); 10].join(", ");
+        bomb.push_str(&format!("x{i}: &x{i} [{refs}]\n"));
+    }
+    bomb.push_str("command: *x8\n");
+    let started = std::time::Instant::now();
+    let errs = AppSpec::from_yaml(&bomb, Some("bomb.yaml")).expect_err("a bomb is refused");
+    assert!(started.elapsed() < std::time::Duration::from_secs(2), "refused in {:?}", started.elapsed());
+    let text = errs.to_string();
+    assert!(text.contains("bomb.yaml"), "{text}");
+    assert!(text.to_lowercase().contains("limit") || text.to_lowercase().contains("budget"), "{text}");
+
+    let deep = format!("group: g\nname: n\nimage: i\ncommand: {}x{}\n", "[".repeat(200), "]".repeat(200));
+    let text = AppSpec::from_yaml(&deep, None).expect_err("deep nesting is refused").to_string();
+    assert!(
+        text.to_lowercase().contains("limit")
+            || text.to_lowercase().contains("depth")
+            || text.to_lowercase().contains("nest"),
+        "{text}"
+    );
+}

@@ -163,7 +163,7 @@ fn checked_spec(spec: AppSpec) -> ApiResult<AppSpec> {
 }
 
 /// A spec sent as YAML (by its content type) or as a JSON `DeployRequest`, validated.
-fn spec_of_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<AppSpec> {
+pub(super) fn spec_of_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<AppSpec> {
     let is_yaml = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|ct| ct.contains("yaml"));
     if is_yaml {
         let text =

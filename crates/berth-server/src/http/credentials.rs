@@ -4,7 +4,6 @@
 //! every local user). The store keeps a SHA-256 digest of each secret, never the secret.
 //! `berth node rm` revokes a credential.
 
-use std::io::Write;
 use std::path::Path;
 
 use axum::body::Bytes;
@@ -82,18 +81,9 @@ pub fn join_token(path: &Path, given: Option<String>) -> Result<String, JoinToke
     Ok(token)
 }
 
-/// Writes a secret to `path`, readable by its owner only (0600): aside, then renamed, so a crash
-/// leaves no half secret behind.
+/// Writes a secret to `path` as a line, readable by its owner only (`berth_tls::write_private`).
 pub(crate) fn write_private(path: &Path, secret: &str) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-    f.write_all(format!("{secret}\n").as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    berth_tls::write_private(path, &format!("{secret}\n"))
 }
 
 fn check_token(token: String) -> Result<String, JoinTokenError> {

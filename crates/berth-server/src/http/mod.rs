@@ -135,3 +135,32 @@ async fn health(AxState(shared): AxState<Shared>) -> Response {
 
 #[cfg(test)]
 mod tests;
+
+/// Every request body the API parses, read from `body` as each would be: strict JSON into each
+/// body type, a deploy as YAML and as JSON, each spec checked. For fuzzing: none may panic.
+pub(crate) fn parse_every_body(body: &[u8]) {
+    use error::parse_json;
+    let bytes = axum::body::Bytes::copy_from_slice(body);
+    let _ = parse_json::<berth_api::ScaleRequest>(&bytes);
+    let _ = parse_json::<berth_api::UpgradeRequest>(&bytes);
+    let _ = parse_json::<berth_api::DrainRequest>(&bytes);
+    let _ = parse_json::<berth_api::EligibilityRequest>(&bytes);
+    let _ = parse_json::<berth_api::GroupPoolsRequest>(&bytes);
+    let _ = parse_json::<berth_api::PoolSettingsRequest>(&bytes);
+    let _ = parse_json::<berth_api::UpstreamRequest>(&bytes);
+    let _ = parse_json::<berth_api::GroupRequest>(&bytes);
+    let _ = parse_json::<berth_api::TokenRequest>(&bytes);
+    let _ = parse_json::<berth_api::SecretRequest>(&bytes);
+    let _ = parse_json::<berth_api::JoinRequest>(&bytes);
+    let _ = parse_json::<berth_api::RegisterRequest>(&bytes);
+    let _ = parse_json::<berth_api::HeartbeatRequest>(&bytes);
+    let _ = parse_json::<berth_api::ReportRequest>(&bytes);
+    let _ = parse_json::<berth_api::LogBatch>(&bytes);
+    let _ = parse_json::<berth_api::MetricsReport>(&bytes);
+    let _ = parse_json::<berth_api::ExecRequest>(&bytes);
+    for content_type in ["application/yaml", "application/json"] {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(content_type));
+        let _ = apps::spec_of_body(&headers, &bytes);
+    }
+}

@@ -194,6 +194,56 @@ fn needs(method: &Method, route: &str) -> Needs {
     }
 }
 
+/// Every name a route takes from its path, checked by its rule: groups, app and pool names are
+/// DNS labels; a secret's name may also hold underscores; ids are letters, digits, `.`, `_`
+/// and `-`, never `.` or `..` alone.
+fn checked_params(route: &str, path: &str) -> Result<(), ApiError> {
+    use berth_core::spec::{check_label, check_secret_name};
+    let bad = |param: &str, why: String| ApiError::new(StatusCode::BAD_REQUEST, format!("{param}: {why}"));
+    for (template, value) in route.split('/').zip(path.split('/')) {
+        let Some(param) = template.strip_prefix('{').and_then(|t| t.strip_suffix('}')) else { continue };
+        let value = percent_decoded(value);
+        match param {
+            "group" | "pool" => check_label(&value).map_err(|why| bad(param, why))?,
+            "name" if route.starts_with("/v1/secrets/") => check_secret_name(&value).map_err(|why| bad(param, why))?,
+            "name" if route.starts_with("/v1/apps/") => check_label(&value).map_err(|why| bad(param, why))?,
+            _ => {
+                let ok = !value.is_empty()
+                    && value.len() <= 253
+                    && value != "."
+                    && value != ".."
+                    && value.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+                if !ok {
+                    let why = format!("`{value}` must be 1-253 letters, digits, dots, dashes or underscores");
+                    return Err(bad(param, why));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A path segment as a handler sees it: `%2E%2E` is `..`.
+fn percent_decoded(segment: &str) -> String {
+    let bytes = segment.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        match (bytes[i], bytes.get(i + 1).and_then(|b| hex(*b)), bytes.get(i + 2).and_then(|b| hex(*b))) {
+            (b'%', Some(h), Some(l)) => {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Whether a route is an agent's or router's own (their credential, not a user's token).
 pub(super) fn is_member_route(method: &Method, route: &str) -> bool {
     needs(method, route) == Needs::Member
@@ -214,6 +264,10 @@ pub async fn authenticate(
     next: Next,
 ) -> Response {
     let route = route.as_ref().map_or("", |r| r.as_str());
+    // Names from outside are checked before anything uses them, a path on disk included.
+    if let Err(bad) = checked_params(route, req.uri().path()) {
+        return bad.into_response();
+    }
     let (need, of, member) = match needs(req.method(), route) {
         _ if route.is_empty() => return next.run(req).await,
         Needs::Nothing | Needs::Member => return next.run(req).await,
@@ -415,6 +469,25 @@ mod tests {
         assert_eq!(needs(&Method::GET, "/v1/secrets"), Needs::Token(Read, Of::Any));
         assert_eq!(needs(&Method::GET, "/v1/nodes/{id}/instances/{instance}/secrets"), Needs::Member);
         assert_eq!(needs(&Method::GET, "/v1/some/route/added/later"), Needs::Token(Admin, Of::Any));
+    }
+
+    #[test]
+    fn names_in_paths_are_checked_before_use() {
+        let app = "/v1/apps/{group}/{name}/logs";
+        assert!(checked_params(app, "/v1/apps/shop/web/logs").is_ok());
+        for (path, says) in [
+            ("/v1/apps/%2E%2E/web/logs", "group: `..` must be lowercase"),
+            ("/v1/apps/shop/..%2Fetc/logs", "name: `../etc` must be lowercase"),
+            ("/v1/apps/Shop/web/logs", "group: `Shop`"),
+        ] {
+            let err = checked_params(app, path).unwrap_err();
+            assert!(format!("{err:?}").contains(says), "{path}: {err:?}");
+            assert_eq!(err.into_response().status(), StatusCode::BAD_REQUEST, "{path}");
+        }
+        assert!(checked_params("/v1/secrets/{group}/{name}", "/v1/secrets/shop/db_password").is_ok());
+        assert!(checked_params("/v1/nodes/{id}", "/v1/nodes/node-1a2b").is_ok());
+        assert!(checked_params("/v1/nodes/{id}", "/v1/nodes/..").is_err());
+        assert!(checked_params("/v1/tokens/{id}", "/v1/tokens/tok-1%2F2").is_err());
     }
 
     #[test]
