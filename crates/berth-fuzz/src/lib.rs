@@ -39,18 +39,16 @@ impl Target {
         Target::ALL.into_iter().find(|t| t.name() == name)
     }
 
-    /// Runs one input: `Err` for a wrong answer (a panic is caught by the caller).
-    pub fn run(self, data: &[u8]) -> Result<(), String> {
+    /// Runs one input: whether it was accepted (went past parsing into what follows), or `Err`
+    /// for a wrong answer (a panic is caught by the caller).
+    pub fn run(self, data: &[u8]) -> Result<bool, String> {
         match self {
             Target::Spec => spec(data),
-            Target::Api => {
-                berth_server::fuzzing::parse_every_body(data);
-                Ok(())
-            }
+            Target::Api => Ok(berth_server::fuzzing::parse_every_body(data) > 0),
             Target::Http1 => http1(data),
             Target::Lua => match std::str::from_utf8(data) {
-                Ok(source) => berth_rules::fuzzing::native_agrees(source).map(|_| ()),
-                Err(_) => Ok(()),
+                Ok(source) => berth_rules::fuzzing::native_agrees(source),
+                Err(_) => Ok(false),
             },
         }
     }
@@ -74,16 +72,16 @@ impl Target {
     }
 }
 
-fn spec(data: &[u8]) -> Result<(), String> {
-    let Ok(text) = std::str::from_utf8(data) else { return Ok(()) };
-    let Ok(spec) = berth_core::AppSpec::from_yaml(text, Some("fuzz.yaml")) else { return Ok(()) };
+fn spec(data: &[u8]) -> Result<bool, String> {
+    let Ok(text) = std::str::from_utf8(data) else { return Ok(false) };
+    let Ok(spec) = berth_core::AppSpec::from_yaml(text, Some("fuzz.yaml")) else { return Ok(false) };
     // What was accepted is valid, and survives the store's JSON as it is.
     spec.validate().map_err(|e| format!("accepted, then invalid: {e}"))?;
     let json = serde_json_round_trip(&spec)?;
     if json != spec {
         return Err(format!("the JSON round trip changed the spec: {spec:?} became {json:?}"));
     }
-    Ok(())
+    Ok(true)
 }
 
 fn serde_json_round_trip(spec: &berth_core::AppSpec) -> Result<berth_core::AppSpec, String> {
@@ -91,10 +89,12 @@ fn serde_json_round_trip(spec: &berth_core::AppSpec) -> Result<berth_core::AppSp
     serde_json::from_str(&text).map_err(|e| format!("cannot read back its JSON: {e}"))
 }
 
-fn http1(data: &[u8]) -> Result<(), String> {
+fn http1(data: &[u8]) -> Result<bool, String> {
     use berth_router::h1;
     let mut head = h1::Head::default();
+    let mut accepted = false;
     if let Ok(Some(())) = h1::parse_request(data, &mut head) {
+        accepted = true;
         if head.len > data.len() {
             return Err(format!("the head is {} bytes of {}", head.len, data.len()));
         }
@@ -103,16 +103,19 @@ fn http1(data: &[u8]) -> Result<(), String> {
     }
     let mut head = h1::Head::default();
     if let Ok(Some(())) = h1::parse_response(data, &mut head) {
+        accepted = true;
         let meta = h1::meta(head.pairs(data));
         let _ = h1::response_framing(&meta, false, head.status);
     }
-    Ok(())
+    Ok(accepted)
 }
 
 /// How a run ended.
 #[derive(Debug)]
 pub struct Report {
     pub runs: u64,
+    /// Inputs the target accepted: parsed into what follows, where the deeper checks run.
+    pub accepted: u64,
     pub elapsed: Duration,
     /// The input that failed, and why.
     pub failure: Option<(Vec<u8>, String)>,
@@ -124,14 +127,14 @@ impl Report {
     }
 }
 
-/// Mutates seeds (and inputs it made) `runs` times from `seed`, running each; stops at the first
-/// failure. `progress` hears every 2^20 runs.
+/// Mutates seeds (and inputs it made, those accepted first) `runs` times from `seed`, running
+/// each; stops at the first failure. `progress` hears every 2^20 runs.
 pub fn fuzz(target: Target, runs: u64, seed: u64, progress: impl FnMut(u64)) -> Report {
     engine((target.seeds(), target.tokens()), runs, seed, |data| target.run(data), progress)
 }
 
 /// As `fuzz`, for a target of the caller's, from the spec seeds: the engine's own test.
-pub fn fuzz_with(runs: u64, seed: u64, run: impl Fn(&[u8]) -> Result<(), String>) -> Report {
+pub fn fuzz_with(runs: u64, seed: u64, run: impl Fn(&[u8]) -> Result<bool, String>) -> Report {
     engine((SPEC_SEEDS, SPEC_TOKENS), runs, seed, run, |_| {})
 }
 
@@ -139,19 +142,19 @@ fn engine(
     (seeds, tokens): (&[&str], &[&str]),
     runs: u64,
     seed: u64,
-    run: impl Fn(&[u8]) -> Result<(), String>,
+    run: impl Fn(&[u8]) -> Result<bool, String>,
     mut progress: impl FnMut(u64),
 ) -> Report {
     let mut rng = StdRng::seed_from_u64(seed);
     let seeds: Vec<Vec<u8>> = seeds.iter().map(|s| s.as_bytes().to_vec()).collect();
-    // Recent inputs that were new in length (a cheap stand-in for coverage), mutated again.
+    // Inputs mutated again: the seeds, then those accepted (a cheap stand-in for coverage).
     let mut pool: Vec<Vec<u8>> = seeds.clone();
     let started = Instant::now();
     // Quiet while inputs run: a caught panic is reported with its input, not printed per run.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|_| {}));
     let mut failure = None;
-    let mut done = 0;
+    let (mut done, mut accepted) = (0, 0);
     for i in 0..runs {
         let base = if rng.random_range(0..4) == 0 {
             &seeds[rng.random_range(0..seeds.len())]
@@ -161,8 +164,8 @@ fn engine(
         let input = mutate(&mut rng, base, &seeds, tokens);
         let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| run(&input)));
         done = i + 1;
-        match outcome {
-            Ok(Ok(())) => {}
+        let took = match outcome {
+            Ok(Ok(took)) => took,
             Ok(Err(wrong)) => {
                 failure = Some((input, wrong));
                 break;
@@ -176,8 +179,11 @@ fn engine(
                 failure = Some((input, format!("panicked: {why}")));
                 break;
             }
-        }
-        if input.len() < 4096 && rng.random_range(0..64) == 0 {
+        };
+        accepted += u64::from(took);
+        // Accepted inputs are kept to mutate again (what passed the parser reaches the checks
+        // after it), and now and then another.
+        if input.len() < 4096 && (took || rng.random_range(0..64) == 0) {
             if pool.len() < 256 {
                 pool.push(input);
             } else {
@@ -190,14 +196,19 @@ fn engine(
         }
     }
     std::panic::set_hook(hook);
-    Report { runs: done, elapsed: started.elapsed(), failure }
+    Report { runs: done, accepted, elapsed: started.elapsed(), failure }
 }
 
-/// One to eight edits of `base`.
+/// A few edits of `base`: one most often, up to eight.
 fn mutate(rng: &mut StdRng, base: &[u8], seeds: &[Vec<u8>], tokens: &[&str]) -> Vec<u8> {
     const INTERESTING: &[u8] = b"\0\r\n\t :-[]{}&*!|>'\"%\\#,?@`~\x7f\xff\xc3";
     let mut out = base.to_vec();
-    for _ in 0..rng.random_range(1..=8) {
+    let edits = match rng.random_range(0..8) {
+        0..=3 => 1,
+        4 | 5 => 2,
+        _ => rng.random_range(3..=8),
+    };
+    for _ in 0..edits {
         let at = if out.is_empty() { 0 } else { rng.random_range(0..=out.len()) };
         match rng.random_range(0..9) {
             0 if !out.is_empty() => {

@@ -21,9 +21,10 @@ fn main() -> anyhow::Result<ExitCode> {
     }
     let report = berth_fuzz::fuzz(target, runs, seed, |done| eprintln!("{}: {done} runs", target.name()));
     println!(
-        "{}: {} runs in {:.1} s ({:.0}/s), seed {seed}: {}",
+        "{}: {} runs ({} accepted) in {:.1} s ({:.0}/s), seed {seed}: {}",
         target.name(),
         report.runs,
+        report.accepted,
         report.elapsed.as_secs_f64(),
         report.per_second(),
         if report.failure.is_some() { "FAILED" } else { "no failure" }

@@ -374,9 +374,10 @@ fn sealed_secrets(store: &dyn Store) -> Result<Option<(usize, String)>, StoreErr
 /// For fuzzing (`berth-fuzz api`): what the API does with a request body it is sent.
 #[doc(hidden)]
 pub mod fuzzing {
-    /// Parses `body` as every request body the API takes; none may panic.
-    pub fn parse_every_body(body: &[u8]) {
-        crate::http::parse_every_body(body);
+    /// Parses `body` as every request body the API takes (none may panic); returns how many
+    /// read it as theirs.
+    pub fn parse_every_body(body: &[u8]) -> usize {
+        crate::http::parse_every_body(body)
     }
 }
 

@@ -138,29 +138,34 @@ mod tests;
 
 /// Every request body the API parses, read from `body` as each would be: strict JSON into each
 /// body type, a deploy as YAML and as JSON, each spec checked. For fuzzing: none may panic.
-pub(crate) fn parse_every_body(body: &[u8]) {
+/// Returns how many read it as theirs.
+pub(crate) fn parse_every_body(body: &[u8]) -> usize {
     use error::parse_json;
     let bytes = axum::body::Bytes::copy_from_slice(body);
-    let _ = parse_json::<berth_api::ScaleRequest>(&bytes);
-    let _ = parse_json::<berth_api::UpgradeRequest>(&bytes);
-    let _ = parse_json::<berth_api::DrainRequest>(&bytes);
-    let _ = parse_json::<berth_api::EligibilityRequest>(&bytes);
-    let _ = parse_json::<berth_api::GroupPoolsRequest>(&bytes);
-    let _ = parse_json::<berth_api::PoolSettingsRequest>(&bytes);
-    let _ = parse_json::<berth_api::UpstreamRequest>(&bytes);
-    let _ = parse_json::<berth_api::GroupRequest>(&bytes);
-    let _ = parse_json::<berth_api::TokenRequest>(&bytes);
-    let _ = parse_json::<berth_api::SecretRequest>(&bytes);
-    let _ = parse_json::<berth_api::JoinRequest>(&bytes);
-    let _ = parse_json::<berth_api::RegisterRequest>(&bytes);
-    let _ = parse_json::<berth_api::HeartbeatRequest>(&bytes);
-    let _ = parse_json::<berth_api::ReportRequest>(&bytes);
-    let _ = parse_json::<berth_api::LogBatch>(&bytes);
-    let _ = parse_json::<berth_api::MetricsReport>(&bytes);
-    let _ = parse_json::<berth_api::ExecRequest>(&bytes);
+    let parsed = [
+        parse_json::<berth_api::ScaleRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::UpgradeRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::DrainRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::EligibilityRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::GroupPoolsRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::PoolSettingsRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::UpstreamRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::GroupRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::TokenRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::SecretRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::JoinRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::RegisterRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::HeartbeatRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::ReportRequest>(&bytes).is_ok(),
+        parse_json::<berth_api::LogBatch>(&bytes).is_ok(),
+        parse_json::<berth_api::MetricsReport>(&bytes).is_ok(),
+        parse_json::<berth_api::ExecRequest>(&bytes).is_ok(),
+    ];
+    let mut count = parsed.iter().filter(|ok| **ok).count();
     for content_type in ["application/yaml", "application/json"] {
         let mut headers = axum::http::HeaderMap::new();
         headers.insert(axum::http::header::CONTENT_TYPE, axum::http::HeaderValue::from_static(content_type));
-        let _ = apps::spec_of_body(&headers, &bytes);
+        count += usize::from(apps::spec_of_body(&headers, &bytes).is_ok());
     }
+    count
 }
