@@ -221,6 +221,14 @@ impl State {
     pub fn versions(&self, app_id: &str) -> Result<Vec<AppVersion>, StoreError> {
         Ok(self.list(&format!("versions/{app_id}/"))?.into_iter().map(|v: Versioned<AppVersion>| v.value).collect())
     }
+    /// The spec instances of `version` run: that version's, else (its record pruned) the app's
+    /// current one; none when the app is gone.
+    pub fn spec_at(&self, app_id: &str, version: u64) -> Result<Option<berth_core::AppSpec>, StoreError> {
+        if let Some(v) = self.get::<AppVersion>(&version_key(app_id, version))? {
+            return Ok(Some(v.value.spec));
+        }
+        Ok(self.app(app_id)?.map(|app| app.value.spec))
+    }
     /// Every instance record, at least as new as the store's revision when called.
     pub fn instances(&self) -> Result<InstanceSet, StoreError> {
         let mut cache = self.fresh_instances()?;

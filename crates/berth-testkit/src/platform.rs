@@ -53,6 +53,19 @@ pub fn free_port() -> u16 {
     panic!("no port that this test process has not used already");
 }
 
+/// What the testapp instance at `address` answers on `/`: its instance, version and app.
+pub async fn instance_answer(address: &str) -> Value {
+    let text = berth_tls::http()
+        .get(format!("http://{address}/"))
+        .send()
+        .await
+        .expect("instance answers")
+        .text()
+        .await
+        .unwrap();
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{address} answered {text}: {e}"))
+}
+
 /// A block of 100 host ports below the kernel's ephemeral range, free right now and never handed
 /// to another platform of this test process (tests in one binary run in parallel).
 pub fn port_block() -> (u16, u16) {

@@ -185,8 +185,14 @@ impl Trust {
 
     /// The CA in the PEM file at `path`.
     pub fn ca_file(path: &Path) -> Result<Trust, TlsError> {
-        certs_from_pem(path)?;
-        std::fs::read_to_string(path).map(Trust::Ca).map_err(|e| TlsError::Io(path.to_path_buf(), e))
+        let pem = std::fs::read_to_string(path).map_err(|e| TlsError::Io(path.to_path_buf(), e))?;
+        let certs = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| TlsError::Certificate(path.to_path_buf(), e.to_string()))?;
+        if certs.is_empty() {
+            return Err(TlsError::NoCertificate(path.to_path_buf()));
+        }
+        Ok(Trust::Ca(pem))
     }
 }
 

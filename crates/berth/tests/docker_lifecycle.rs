@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use berth_testkit::{Platform, docker_or_skip, node_containers, test_images, wait_until};
+use berth_testkit::{Platform, docker_or_skip, instance_answer, node_containers, test_images, wait_until};
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -12,18 +12,6 @@ fn spec(image: &str, instances: u32) -> String {
         "group: shop\nname: web\nimage: {image}\ninstances: {instances}\ncpu: 0.1\nmemory: 32\nports: [8080]\n\
          health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 5s\nupgrade:\n  min_healthy_time: 0s\n"
     )
-}
-
-async fn body(address: &str) -> Value {
-    let text = berth_tls::http()
-        .get(format!("http://{address}/"))
-        .send()
-        .await
-        .expect("instance answers")
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{address} answered {text}: {e}"))
 }
 
 /// Every live instance answers at its address with its own id and the expected version.
@@ -36,7 +24,7 @@ async fn check_instances(p: &Platform, want: usize, version: &str) -> Vec<String
     let mut ids = Vec::new();
     for inst in live {
         let address = inst["address"].as_str().expect("address");
-        let answer = body(address).await;
+        let answer = instance_answer(address).await;
         assert_eq!(answer["instance"], inst["id"], "the instance at {address} is the one Berth says");
         assert_eq!(answer["version"], version);
         ids.push(inst["id"].as_str().unwrap().to_string());

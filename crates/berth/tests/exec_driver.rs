@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use berth_testkit::{Platform, wait_until};
+use berth_testkit::{Platform, instance_answer, wait_until};
 use serde_json::Value;
 
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
@@ -21,18 +21,6 @@ fn processes(marker: &str) -> usize {
     String::from_utf8_lossy(&out.stdout).lines().count()
 }
 
-async fn answer(address: &str) -> Value {
-    let text = berth_tls::http()
-        .get(format!("http://{address}/"))
-        .send()
-        .await
-        .expect("instance answers")
-        .text()
-        .await
-        .unwrap();
-    serde_json::from_str(&text).expect("json")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_instances_run_get_replaced_and_survive_a_restart() {
     let marker = format!("exec-{}", std::process::id());
@@ -42,7 +30,7 @@ async fn exec_instances_run_get_replaced_and_survive_a_restart() {
     let live = p.live("plain").await;
     assert_eq!(live.len(), 3);
     for inst in &live {
-        let a = answer(inst["address"].as_str().unwrap()).await;
+        let a = instance_answer(inst["address"].as_str().unwrap()).await;
         assert_eq!(a["instance"], inst["id"]);
         assert_eq!(a["version"], marker.as_str());
         assert_eq!(a["tz"], "Asia/Shanghai", "the spec's TZ wins over the host's");
@@ -77,7 +65,7 @@ async fn exec_instances_run_get_replaced_and_survive_a_restart() {
     })
     .await;
     assert_eq!(after[0]["id"], replacement["id"], "the same instance survives the restart");
-    assert_eq!(answer(after[0]["address"].as_str().unwrap()).await["instance"], replacement["id"]);
+    assert_eq!(instance_answer(after[0]["address"].as_str().unwrap()).await["instance"], replacement["id"]);
     // Give the reconciler a few passes to prove it does not start another copy.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(processes(&marker), 1, "no duplicate after the restart");
@@ -251,7 +239,7 @@ async fn ports_held_by_another_process_are_skipped_not_crash_looped() {
         let address = inst["address"].as_str().unwrap();
         let port: u16 = address.rsplit(':').next().unwrap().parse().unwrap();
         assert!(port != a && port != b, "an instance got held port {port}: {live:?}");
-        assert_eq!(answer(address).await["instance"], inst["id"]);
+        assert_eq!(instance_answer(address).await["instance"], inst["id"]);
     }
     let status = p.status("plain").await;
     assert!(status.get("crash_loop").is_none(), "a held port is not the app's crash: {status}");

@@ -102,8 +102,8 @@ fn subject(shared: &Shared, route: &str, path: &str) -> (Option<String>, Option<
 }
 
 fn group_of(shared: &Shared, instance: &str) -> Option<String> {
-    let inst = shared.state.instance(instance).ok()??;
-    inst.value.app.split_once('/').map(|(g, _)| g.to_string())
+    // An entry is written even when the store cannot say: without the group, then.
+    super::tokens::group_of(shared, instance).ok().flatten()
 }
 
 /// The app a route changes, and its version and count before.

@@ -398,14 +398,7 @@ pub(super) async fn assignments(
         }
         let key = (inst.app.clone(), inst.version);
         if !specs.contains_key(&key) {
-            let versions = shared.state.versions(&inst.app)?;
-            let spec = match versions.into_iter().find(|v| v.version == inst.version) {
-                Some(v) => v.spec,
-                None => match shared.state.app(&inst.app)? {
-                    Some(app) => app.value.spec,
-                    None => continue,
-                },
-            };
+            let Some(spec) = shared.state.spec_at(&inst.app, inst.version)? else { continue };
             specs.insert(key.clone(), spec);
         }
         out.push(Assignment { spec: specs[&key].clone(), instance: inst.clone() });

@@ -164,12 +164,8 @@ pub(super) async fn for_instance(
     let Some(inst) = shared.state.instance(&instance)?.map(|r| r.value).filter(|i| i.node == node) else {
         return Err(ApiError::not_found(&format!("instance {instance} on node {node}")));
     };
-    let spec = match shared.state.versions(&inst.app)?.into_iter().find(|v| v.version == inst.version) {
-        Some(v) => v.spec,
-        None => match shared.state.app(&inst.app)? {
-            Some(app) => app.value.spec,
-            None => return Err(ApiError::not_found(&format!("app {}", inst.app))),
-        },
+    let Some(spec) = shared.state.spec_at(&inst.app, inst.version)? else {
+        return Err(ApiError::not_found(&format!("app {}", inst.app)));
     };
     let mut environment = BTreeMap::new();
     for (var, value) in &spec.environment {

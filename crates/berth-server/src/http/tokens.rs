@@ -244,6 +244,11 @@ fn percent_decoded(segment: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// The group of instance `id`'s app; none when there is no such instance.
+pub(super) fn group_of(shared: &Shared, id: &str) -> Result<Option<String>, berth_store::StoreError> {
+    Ok(shared.state.instance(id)?.and_then(|found| found.value.app.split_once('/').map(|(g, _)| g.to_string())))
+}
+
 /// Whether a route is an agent's or router's own (their credential, not a user's token).
 pub(super) fn is_member_route(method: &Method, route: &str) -> bool {
     needs(method, route) == Needs::Member
@@ -297,11 +302,11 @@ pub async fn authenticate(
     let path = req.uri().path().to_string();
     let group = match of {
         Of::Group => path_param(route, &path, "group").map(str::to_string),
-        Of::Instance => match path_param(route, &path, "id").map(|id| shared.state.instance(id)) {
-            Some(Ok(Some(found))) => found.value.app.split_once('/').map(|(g, _)| g.to_string()),
+        // No such instance: the handler says so.
+        Of::Instance => match path_param(route, &path, "id").map(|id| group_of(&shared, id)) {
+            Some(Ok(group)) => group,
             Some(Err(e)) => return ApiError::from(e).into_response(),
-            // No such instance: the handler says so.
-            _ => None,
+            None => None,
         },
         Of::Any | Of::Every => None,
     };
