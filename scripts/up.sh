@@ -8,6 +8,8 @@ root=$(pwd)
 state=${BERTH_HOME:-$root/.berth}
 api=${BERTH_API:-127.0.0.1:7070}
 mkdir -p "$state"
+. scripts/needs.sh
+berth_need
 
 echo "==> building berth and the sample app"
 cargo build --release -q -p berth

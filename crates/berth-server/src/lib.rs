@@ -86,9 +86,63 @@ pub struct TlsInfo {
     pub made: bool,
 }
 
+/// Where the records are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// The embedded database, one file: one server, the default.
+    Redb(PathBuf),
+    /// An etcd cluster: what several servers share.
+    Etcd(berth_store::EtcdConfig),
+}
+
+impl StoreLocation {
+    /// `redb://PATH` or `etcd://HOST:PORT[,HOST:PORT...]` (with `prefix`, and the members'
+    /// `max_txn_ops`).
+    pub fn parse(url: &str, prefix: &str, max_txn_ops: usize) -> Result<Self, StoreError> {
+        if let Some(path) = url.strip_prefix("redb://") {
+            if path.is_empty() {
+                return Err(StoreError::Backend(format!("`{url}`: a redb store is written redb://PATH")));
+            }
+            return Ok(StoreLocation::Redb(PathBuf::from(path)));
+        }
+        if url.starts_with("etcd://") {
+            let mut config = berth_store::EtcdConfig::parse(url, prefix)?;
+            config.max_txn_ops = max_txn_ops;
+            return Ok(StoreLocation::Etcd(config));
+        }
+        Err(StoreError::Backend(format!("`{url}`: a store is redb://PATH or etcd://HOST:PORT[,HOST:PORT...]")))
+    }
+
+    /// `redb:///path` or `etcd://a:2379,...`, for messages.
+    pub fn url(&self) -> String {
+        match self {
+            StoreLocation::Redb(path) => format!("redb://{}", path.display()),
+            StoreLocation::Etcd(config) => config.url(),
+        }
+    }
+
+    fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+        Ok(match self {
+            StoreLocation::Redb(path) => {
+                if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| StoreError::Backend(format!("cannot create {}: {e}", dir.display())))?;
+                }
+                Arc::new(RedbStore::open(path)?)
+            }
+            StoreLocation::Etcd(config) => Arc::new(berth_store::EtcdStore::connect(config.clone())?),
+        })
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     pub data_dir: PathBuf,
+    /// Where the records are; none: `data_dir/state.redb`.
+    pub store: Option<StoreLocation>,
+    /// This server's name among those sharing a store; none: the one in `data_dir/server.id`,
+    /// made at first start.
+    pub server_id: Option<String>,
     pub api_addr: String,
     pub tuning: Tuning,
     /// Sinks every app's log lines are forwarded to.
@@ -296,6 +350,26 @@ impl Shared {
     }
 }
 
+/// The file a server keeps its id in, under its data dir.
+pub const SERVER_ID_FILE: &str = "server.id";
+
+/// This server's id: the one given, else the one kept in the data dir, else a new one kept there.
+fn server_id(config: &ServerConfig) -> Result<String, ServerError> {
+    if let Some(id) = &config.server_id {
+        return Ok(id.clone());
+    }
+    let path = config.data_dir.join(SERVER_ID_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => return Ok(text.trim().to_string()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(ServerError::DataDir(path, e)),
+    }
+    let id = format!("server-{:08x}", rand::random::<u32>());
+    std::fs::write(&path, format!("{id}\n")).map_err(|e| ServerError::DataDir(path, e))?;
+    Ok(id)
+}
+
 /// The names a made server certificate is good for: loopback's, this machine's, the API's
 /// address when it names one, and those asked for.
 fn certificate_names(api_addr: &str, asked: &[String]) -> Vec<String> {
@@ -426,7 +500,14 @@ impl Server {
                 (Some(berth_tls::acceptor(&identity.cert, &identity.key)?), Some(info), Some(identity.ca_pem))
             }
         };
-        let store: Arc<dyn Store> = Arc::new(RedbStore::open(&config.data_dir.join("state.redb"))?);
+        let location = config.store.clone().unwrap_or_else(|| StoreLocation::Redb(config.data_dir.join("state.redb")));
+        // The etcd client's own runtime is started and waited for from here.
+        let store = tokio::task::spawn_blocking(move || location.open().map(|s| (s, location)))
+            .await
+            .map_err(|e| StoreError::Backend(format!("opening the store: {e}")))??;
+        let (store, location) = store;
+        let server_id = server_id(&config)?;
+        tracing::info!(store = %location.url(), revision = store.revision(), server = %server_id, "store open");
         // Made before the port opens: whoever sees the port answer finds the token file there.
         let join_token = http::credentials::join_token(&config.join_token_file, config.join_token.clone())?;
         let secrets_key = secrets::SecretsKey::load_or_make(&config.secrets_key_file, sealed_secrets(&*store)?)?;
@@ -447,6 +528,10 @@ impl Server {
                 Keys { join_digest: http::credentials::digest(&join_token), secrets: secrets_key, ca_pem },
             ),
         )?;
+        if matches!(location, StoreLocation::Etcd(_)) {
+            let slot = shared.state.claim_writer_slot(&server_id)?;
+            tracing::debug!(slot, "numbering events and audit entries in this server's slot");
+        }
         hosts::backfill(&shared.state, &shared.domain, now_ms())?;
         if http::tokens::bootstrap(&shared, &config.admin_token_file)? {
             tracing::info!(path = %config.admin_token_file.display(), "admin token written");

@@ -91,10 +91,22 @@ fn pass(shared: &Shared, now: i64, mut settings: Settings) -> Result<Option<i64>
     settings.node_timeout_ms =
         berth_plan::heartbeat::schedule(snapshot.nodes.len(), settings.node_timeout_ms).timeout_ms;
     let plan = reconcile(&snapshot, now, settings);
-    if !plan.actions.is_empty() {
-        apply::apply(shared, &snapshot, &revisions, &plan.actions, now)?;
+    // A plan larger than the store takes in one transaction (etcd: 128 operations) is applied
+    // in steps: the first actions now, the rest planned again at once from what they left.
+    let mut take = plan.actions.len();
+    while take > 0 {
+        match apply::apply(shared, &snapshot, &revisions, &plan.actions[..take], now) {
+            Err(StoreError::TooLarge { .. }) if take > 1 => take /= 2,
+            applied => {
+                applied?;
+                break;
+            }
+        }
     }
     record_pending(shared, &plan.pending, now)?;
+    if take < plan.actions.len() {
+        return Ok(Some(now));
+    }
     Ok(plan.check_at)
 }
 

@@ -1,12 +1,16 @@
 //! Where Berth keeps desired state, actual state and events: an etcd-shaped `Store`
 //! (keys, revisions, conditional transactions, watch) with an embedded redb backend.
 
+#[cfg(feature = "etcd")]
+pub mod etcd;
 mod memory;
 mod redb_store;
 pub mod state;
 
 use tokio::sync::watch;
 
+#[cfg(feature = "etcd")]
+pub use etcd::{EtcdConfig, EtcdStore};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use state::State;
@@ -19,6 +23,13 @@ pub enum StoreError {
     Conflict(String),
     #[error("stored value under `{key}` is unreadable: {why}")]
     Corrupt { key: String, why: String },
+    /// The store cannot take writes now (an etcd cluster without a quorum, or out of reach);
+    /// what was read before still answers.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    /// More compares or ops in one transaction than the store takes (etcd's `--max-txn-ops`).
+    #[error("a transaction of {ops} operations is more than the store takes at once ({limit})")]
+    TooLarge { ops: usize, limit: usize },
 }
 
 /// One key and its value, with the revision that last wrote it.
@@ -31,8 +42,18 @@ pub struct Entry {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
-    Delete { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
+    Delete {
+        key: String,
+    },
+    /// Every key from `from` up to (not including) `to`.
+    DeleteRange {
+        from: String,
+        to: String,
+    },
 }
 
 /// A precondition: `key` was last written at `mod_revision` (0 means it must be absent).
@@ -56,6 +77,10 @@ impl Txn {
     }
     pub fn delete(mut self, key: impl Into<String>) -> Self {
         self.ops.push(Op::Delete { key: key.into() });
+        self
+    }
+    pub fn delete_range(mut self, from: impl Into<String>, to: impl Into<String>) -> Self {
+        self.ops.push(Op::DeleteRange { from: from.into(), to: to.into() });
         self
     }
     pub fn expect(mut self, key: impl Into<String>, mod_revision: u64) -> Self {
@@ -83,6 +108,21 @@ pub trait Store: Send + Sync + 'static {
     fn revision(&self) -> u64;
     /// Wakes whenever the revision moves; readers then re-read what they watch.
     fn watch(&self) -> watch::Receiver<u64>;
+}
+
+/// Keys in memory, each with the revision that last wrote it: the memory store's, and the etcd
+/// store's mirror.
+pub(crate) type KeyMap = std::collections::BTreeMap<String, (u64, Vec<u8>)>;
+
+/// `Store::list_from` over a `KeyMap`.
+pub(crate) fn page_of(data: &KeyMap, prefix: &str, after: &str, limit: usize) -> Vec<Entry> {
+    use std::ops::Bound;
+    let start = if after >= prefix { Bound::Excluded(after) } else { Bound::Included(prefix) };
+    data.range::<str, _>((start, Bound::Unbounded))
+        .take_while(|(k, _)| k.starts_with(prefix))
+        .take(limit)
+        .map(|(k, (rev, v))| Entry { key: k.clone(), value: v.clone(), mod_revision: *rev })
+        .collect()
 }
 
 /// Checks compares against a lookup, shared by backends.

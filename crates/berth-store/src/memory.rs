@@ -5,7 +5,7 @@ use std::sync::Mutex;
 
 use tokio::sync::watch;
 
-use crate::{Entry, Op, Store, StoreError, Txn, check_compares};
+use crate::{Entry, KeyMap, Op, Store, StoreError, Txn, check_compares, page_of};
 
 pub struct MemoryStore {
     inner: Mutex<Inner>,
@@ -14,7 +14,7 @@ pub struct MemoryStore {
 
 struct Inner {
     revision: u64,
-    data: BTreeMap<String, (u64, Vec<u8>)>,
+    data: KeyMap,
 }
 
 impl Default for MemoryStore {
@@ -36,16 +36,7 @@ impl Store for MemoryStore {
     }
 
     fn list_from(&self, prefix: &str, after: &str, limit: usize) -> Result<Vec<Entry>, StoreError> {
-        use std::ops::Bound;
-        let inner = self.lock();
-        let start = if after >= prefix { Bound::Excluded(after) } else { Bound::Included(prefix) };
-        Ok(inner
-            .data
-            .range::<str, _>((start, Bound::Unbounded))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .take(limit)
-            .map(|(k, (rev, v))| Entry { key: k.clone(), value: v.clone(), mod_revision: *rev })
-            .collect())
+        Ok(page_of(&self.lock().data, prefix, after, limit))
     }
 
     fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
@@ -63,6 +54,12 @@ impl Store for MemoryStore {
                 }
                 Op::Delete { key } => {
                     inner.data.remove(&key);
+                }
+                Op::DeleteRange { from, to } => {
+                    let keys: Vec<String> = inner.data.range(from..to).map(|(k, _)| k.clone()).collect();
+                    for key in keys {
+                        inner.data.remove(&key);
+                    }
                 }
             }
         }

@@ -92,6 +92,17 @@ impl Store for RedbStore {
                     Op::Delete { key } => {
                         kv.remove(key.as_str()).map_err(backend)?;
                     }
+                    Op::DeleteRange { from, to } => {
+                        let keys = kv
+                            .range::<&str>(from.as_str()..to.as_str())
+                            .map_err(backend)?
+                            .map(|item| item.map(|(k, _)| k.value().to_string()))
+                            .collect::<Result<Vec<_>, _>>()
+                            .map_err(backend)?;
+                        for key in keys {
+                            kv.remove(key.as_str()).map_err(backend)?;
+                        }
+                    }
                 }
             }
             meta.insert(REVISION, revision).map_err(backend)?;

@@ -13,6 +13,35 @@ use serde::de::DeserializeOwned;
 
 use crate::{Entry, Op, Store, StoreError, Txn};
 
+/// How a writer numbers events and audit entries: numbers are microseconds-ish (the time in
+/// milliseconds x 1000, then counting), and servers sharing a store each take the numbers of one
+/// residue (`slot` modulo `stride`), so two never write the same key.
+#[derive(Debug, Clone, Copy)]
+struct Numbering {
+    slot: u64,
+    stride: u64,
+}
+
+impl Default for Numbering {
+    fn default() -> Self {
+        Numbering { slot: 0, stride: 1 }
+    }
+}
+
+impl Numbering {
+    /// The first number of this writer's after `last` and at least `floor`.
+    fn next(self, last: u64, floor: u64) -> u64 {
+        let at_least = floor.max(last.saturating_add(1));
+        let offset = (self.slot + self.stride - at_least % self.stride) % self.stride;
+        at_least.saturating_add(offset)
+    }
+}
+
+/// Writers' slots, `writers/NN`: which server numbers with which residue.
+const WRITERS: &str = "writers/";
+/// Servers sharing a store at most (slots); each still numbers 15 events a millisecond.
+pub const MAX_WRITERS: u64 = 64;
+
 /// A record and the revision that last wrote it, for compare-and-swap writes.
 #[derive(Debug, Clone)]
 pub struct Versioned<T> {
@@ -60,6 +89,8 @@ pub struct State {
     store: Arc<dyn Store>,
     last_event_seq: Arc<AtomicU64>,
     last_audit_seq: Arc<AtomicU64>,
+    /// This writer's numbers for events and audit entries (see `Numbering`).
+    numbering: Arc<Mutex<Numbering>>,
     /// Held across a commit and the cache update that follows it, so that the cache moves
     /// through the revisions in order and a reader can wait out a commit in flight.
     commits: Arc<Mutex<()>>,
@@ -151,6 +182,7 @@ impl State {
             store,
             last_event_seq: Arc::new(AtomicU64::new(last)),
             last_audit_seq: Arc::new(AtomicU64::new(last_audit)),
+            numbering: Arc::default(),
             commits: Arc::default(),
             instances: Arc::default(),
         })
@@ -193,6 +225,49 @@ impl State {
             read_at: now,
         };
         Ok(cache)
+    }
+
+    /// Takes the next number of this writer's after `last` and at least `floor`.
+    fn number(&self, last: &AtomicU64, floor: u64) -> u64 {
+        let numbering = *lock(&self.numbering);
+        let mut taken = floor;
+        let _ = last.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |prev| {
+            taken = numbering.next(prev, floor);
+            Some(taken)
+        });
+        taken
+    }
+
+    /// For a store several servers share: takes this server's slot (`writers/NN` naming
+    /// `server`, kept across its restarts), so that its events and audit entries are numbered
+    /// apart from the others'. Returns the slot.
+    pub fn claim_writer_slot(&self, server: &str) -> Result<u64, StoreError> {
+        for _ in 0..8 {
+            let held = self.store.list(WRITERS)?;
+            let mine = held.iter().find(|e| e.value == server.as_bytes());
+            let slot = match mine {
+                Some(entry) => entry.key[WRITERS.len()..].parse().unwrap_or(0),
+                None => {
+                    let taken: BTreeSet<u64> =
+                        held.iter().filter_map(|e| e.key[WRITERS.len()..].parse().ok()).collect();
+                    let Some(free) = (0..MAX_WRITERS).find(|n| !taken.contains(n)) else {
+                        return Err(StoreError::Backend(format!(
+                            "{MAX_WRITERS} servers have written to this store already (keys {WRITERS}NN): remove \
+                             the ones of servers that are gone"
+                        )));
+                    };
+                    let key = format!("{WRITERS}{free:02}");
+                    match self.commit(Txn::default().expect(key.clone(), 0).put(key, server.as_bytes().to_vec())) {
+                        Ok(_) => free,
+                        Err(StoreError::Conflict(_)) => continue,
+                        Err(e) => return Err(e),
+                    }
+                }
+            };
+            *lock(&self.numbering) = Numbering { slot, stride: MAX_WRITERS };
+            return Ok(slot);
+        }
+        Err(StoreError::Conflict(WRITERS.into()))
     }
 
     /// The sequence number of the newest event written (0 before any).
@@ -291,10 +366,7 @@ impl State {
         message: String,
     ) -> Txn {
         let floor = u64::try_from(now).unwrap_or(0).saturating_mul(1000);
-        let seq = self
-            .last_event_seq
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(floor.max(last + 1)))
-            .map_or(floor, |last| floor.max(last + 1));
+        let seq = self.number(&self.last_event_seq, floor);
         let event = Event {
             seq,
             time: now,
@@ -312,13 +384,18 @@ impl State {
     /// microseconds, as events are); returns its number.
     pub fn append_audit(&self, mut entry: berth_core::audit::AuditEntry) -> Result<u64, StoreError> {
         let floor = u64::try_from(entry.at).unwrap_or(0).saturating_mul(1000);
-        let seq = self
-            .last_audit_seq
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(floor.max(last + 1)))
-            .map_or(floor, |last| floor.max(last + 1));
-        entry.seq = seq;
-        self.commit(Txn::default().put(audit_key(seq), encode(&entry)))?;
-        Ok(seq)
+        // Created, never overwritten: a number taken already (by a server that lost its slot)
+        // is passed over.
+        for _ in 0..16 {
+            let seq = self.number(&self.last_audit_seq, floor);
+            entry.seq = seq;
+            let key = audit_key(seq);
+            match self.commit(Txn::default().expect(key.clone(), 0).put(key, encode(&entry))) {
+                Err(StoreError::Conflict(_)) => continue,
+                done => return done.map(|_| seq),
+            }
+        }
+        Err(StoreError::Conflict("audit/".into()))
     }
 
     /// Audit entries after `after_seq`, oldest first, at most `limit`.
@@ -343,7 +420,11 @@ impl State {
             return Ok(0);
         }
         let drop = keys.len() - keep;
-        let txn = keys.into_iter().take(drop).fold(Txn::default(), |txn, key| txn.delete(key));
+        // One range, not a delete per key: etcd takes 128 operations in a transaction.
+        let txn = match keys.get(drop) {
+            Some(first_kept) => Txn::default().delete_range(prefix, first_kept.as_str()),
+            None => Txn::default().delete_range(prefix, format!("{prefix}\u{10ffff}")),
+        };
         self.commit(txn)?;
         Ok(drop)
     }
@@ -359,6 +440,9 @@ impl State {
                     (id.to_string(), change)
                 }),
                 Op::Delete { key } => key.strip_prefix(INSTANCES).map(|id| (id.to_string(), Change::Delete)),
+                // Which records a range held is not known here: read them again.
+                Op::DeleteRange { from, to } => (from.as_str() < "instances0" && to.as_str() > INSTANCES)
+                    .then(|| (String::new(), Change::Unreadable)),
             })
             .collect();
         let _commits = lock(&self.commits);
@@ -426,6 +510,31 @@ impl<'a> Subject<'a> {
 mod tests {
     use super::*;
     use crate::MemoryStore;
+
+    #[test]
+    fn writers_number_apart_and_in_order() {
+        let n = Numbering { slot: 3, stride: 64 };
+        assert_eq!(n.next(0, 1000), 1027, "the first number of slot 3 from the floor");
+        assert_eq!(n.next(1027, 1000), 1091, "then the next of its residue");
+        assert_eq!(n.next(1091, 5000), 5059, "the clock moved on: from the new floor");
+        assert_eq!(Numbering::default().next(7, 5), 8, "alone: every number");
+        // Two servers sharing a store take two slots, and keep theirs across restarts.
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let (a, b) = (State::new(store.clone()).unwrap(), State::new(store.clone()).unwrap());
+        assert_eq!((a.claim_writer_slot("a").unwrap(), b.claim_writer_slot("b").unwrap()), (0, 1));
+        assert_eq!(State::new(store.clone()).unwrap().claim_writer_slot("b").unwrap(), 1);
+        let mut seqs = BTreeSet::new();
+        for state in [&a, &b, &a, &b] {
+            for i in 0..50 {
+                let txn =
+                    state.with_event(Txn::default(), 1000, Level::Info, "test", Subject::app("g/a"), format!("e{i}"));
+                state.commit(txn).unwrap();
+            }
+        }
+        let events = a.events(0, 1000).unwrap();
+        seqs.extend(events.iter().map(|e| e.seq));
+        assert_eq!((events.len(), seqs.len()), (200, 200), "no event overwrote another");
+    }
 
     #[test]
     fn events_are_ordered_and_paged() {

@@ -1,6 +1,7 @@
 //! Test support: builds the static test app and its FROM-scratch images through the Docker
 //! Engine API, starts `berth up` as a real process on free loopback ports, and waits with deadlines.
 
+pub mod etcd;
 pub mod image;
 pub mod link;
 pub mod load;

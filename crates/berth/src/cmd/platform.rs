@@ -179,6 +179,20 @@ pub struct ServerOptions {
     /// Where state is kept.
     #[arg(long, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
+    /// Where the records are kept: redb://PATH (default DATA_DIR/server/state.redb, for one
+    /// server) or etcd://HOST:PORT[,HOST:PORT...] (an etcd cluster several servers share).
+    #[arg(long, env = "BERTH_STORE")]
+    store: Option<String>,
+    /// In an etcd store, every key Berth writes starts with this.
+    #[arg(long, default_value = "/berth")]
+    store_prefix: String,
+    /// The etcd members' --max-txn-ops (etcd's default is 128): larger changes are made in steps.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(16..))]
+    store_max_txn_ops: u32,
+    /// This server's name among those sharing a store (default: one made at first start and
+    /// kept in DATA_DIR/server/server.id).
+    #[arg(long)]
+    server_id: Option<String>,
     /// Address of the /v1 API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     api: String,
@@ -279,6 +293,13 @@ impl ServerOptions {
                 .clone()
                 .unwrap_or_else(|| self.data_dir.join(berth_server::SECRETS_KEY_FILE)),
             data_dir: self.data_dir.join("server"),
+            store: self
+                .store
+                .as_deref()
+                .map(|url| berth_server::StoreLocation::parse(url, &self.store_prefix, self.store_max_txn_ops as usize))
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("--store: {e}"))?,
+            server_id: self.server_id.clone(),
             api_addr: self.api.clone(),
             domain: self.domain.clone(),
             insecure_unauthenticated: self.insecure_unauthenticated,
