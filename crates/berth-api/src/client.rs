@@ -1,5 +1,7 @@
 //! The typed `/v1` client.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use berth_core::{AppSpec, AppVersion, Event, Node, Pools};
@@ -19,10 +21,45 @@ use crate::{
 /// until something newer exists.
 pub const INDEX_HEADER: &str = "x-berth-index";
 
+/// The servers a client may talk to (`--server a,b,c`), and the one it talks to now: a request
+/// that cannot connect goes to the next, and the client stays there.
+#[derive(Debug)]
+struct Servers {
+    urls: Vec<String>,
+    current: AtomicUsize,
+}
+
+impl Servers {
+    fn parse(list: &str) -> Result<Servers, ClientError> {
+        let urls: Vec<String> =
+            list.split(',').map(|u| u.trim().trim_end_matches('/').to_string()).filter(|u| !u.is_empty()).collect();
+        if urls.is_empty() {
+            return Err(ClientError::Unreachable { url: list.into(), why: "no server address given".into() });
+        }
+        Ok(Servers { urls, current: AtomicUsize::new(0) })
+    }
+
+    fn current(&self) -> &str {
+        &self.urls[self.current.load(Ordering::Relaxed) % self.urls.len()]
+    }
+
+    /// Moves on from `failed` (unless another request already did) and returns where to now.
+    fn next_after(&self, failed: &str) -> &str {
+        let at = self.current.load(Ordering::Relaxed) % self.urls.len();
+        if self.urls[at] == failed {
+            let _ = self.current.compare_exchange(at, (at + 1) % self.urls.len(), Ordering::Relaxed, Ordering::Relaxed);
+        }
+        self.current()
+    }
+}
+
+/// How long a request is sent again while no server leads (an election takes about 3 s).
+const BETWEEN_LEADERS: Duration = Duration::from_secs(15);
+
 /// A typed `/v1` client.
 #[derive(Debug, Clone)]
 pub struct Client {
-    base: String,
+    servers: Arc<Servers>,
     http: reqwest::Client,
     /// An agent's or router's own credential (`ID.SECRET`), sent as the bearer.
     credential: Option<String>,
@@ -39,6 +76,7 @@ pub struct Indexed<T> {
 
 impl Client {
     /// A client of a plain-HTTP server (an `https://` one is refused: it needs `with_trust`).
+    /// `base` may list several servers sharing a store, comma-separated.
     pub fn new(base: &str) -> Result<Self, ClientError> {
         Self::with_trust(base, &berth_tls::Trust::Nothing)
     }
@@ -52,7 +90,7 @@ impl Client {
             .connect_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| unusable(e.to_string()))?;
-        Ok(Client { base: base.trim_end_matches('/').to_string(), http, credential: None, request_timeout: None })
+        Ok(Client { servers: Arc::new(Servers::parse(base)?), http, credential: None, request_timeout: None })
     }
 
     /// This client, sending `credential` (from `join`) with every request.
@@ -78,12 +116,13 @@ impl Client {
 
     /// Presents the server's join token and gets a credential of one's own.
     pub async fn join(&self, token: &str, req: &JoinRequest) -> Result<JoinReply, ClientError> {
-        let url = format!("{}/v1/join", self.base);
+        let url = format!("{}/v1/join", self.base());
         Ok(self.send(self.http.post(&url).bearer_auth(token).json(req), &url).await?.value)
     }
 
+    /// The server requests go to now.
     pub fn base(&self) -> &str {
-        &self.base
+        self.servers.current()
     }
 
     async fn send<T: DeserializeOwned>(
@@ -93,15 +132,12 @@ impl Client {
     ) -> Result<Indexed<T>, ClientError> {
         let req = if self.credential.is_some() { self.authorized(req) } else { req };
         let unreachable = |e: reqwest::Error| unreachable(url, &e);
-        let resp = match self.request_timeout {
-            Some(bound) => {
-                let (http, req) = req.build_split();
-                let mut req = req.map_err(unreachable)?;
-                req.timeout_mut().get_or_insert(bound);
-                http.execute(req).await.map_err(unreachable)?
-            }
-            None => req.send().await.map_err(unreachable)?,
-        };
+        let (http, req) = req.build_split();
+        let mut req = req.map_err(unreachable)?;
+        if let Some(bound) = self.request_timeout {
+            req.timeout_mut().get_or_insert(bound);
+        }
+        let resp = self.execute(&http, req, url).await.map_err(unreachable)?;
         let status = resp.status();
         let index =
             resp.headers().get(INDEX_HEADER).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -115,8 +151,70 @@ impl Client {
         Ok(Indexed { index, value })
     }
 
+    /// Sends `req`, and again while the servers answer 503 with `Retry-After` (between leaders:
+    /// the request was not looked at), for up to `BETWEEN_LEADERS`.
+    async fn execute(
+        &self,
+        http: &reqwest::Client,
+        req: reqwest::Request,
+        url: &str,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let deadline = tokio::time::Instant::now() + BETWEEN_LEADERS;
+        let mut req = req;
+        loop {
+            let again = req.try_clone();
+            let answer = self.execute_once(http, req, url).await?;
+            let retry_after = answer.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+                && answer.headers().contains_key(reqwest::header::RETRY_AFTER);
+            match again {
+                Some(again) if retry_after && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    req = again;
+                }
+                _ => return Ok(answer),
+            }
+        }
+    }
+
+    /// Sends `req`; when no connection to its server can be made (the request never left), to
+    /// each other server in turn. A request that was sent is never sent again here.
+    async fn execute_once(
+        &self,
+        http: &reqwest::Client,
+        req: reqwest::Request,
+        url: &str,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let again = req.try_clone();
+        let failed = match http.execute(req).await {
+            Err(e) if e.is_connect() && self.servers.urls.len() > 1 => e,
+            done => return done,
+        };
+        let (Some(mut again), Some(mut from)) =
+            (again, self.servers.urls.iter().find(|b| url.starts_with(b.as_str())).cloned())
+        else {
+            return Err(failed);
+        };
+        let mut last = failed;
+        for _ in 1..self.servers.urls.len() {
+            let to = self.servers.next_after(&from).to_string();
+            let Ok(moved) = format!("{to}{}", &url[from.len()..]).parse() else { break };
+            *again.url_mut() = moved;
+            let next = again.try_clone();
+            match http.execute(again).await {
+                Err(e) if e.is_connect() => last = e,
+                done => return done,
+            }
+            match next {
+                Some(next) => again = next,
+                None => break,
+            }
+            from = to;
+        }
+        Err(last)
+    }
+
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Indexed<T>, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         self.send(self.http.get(&url), &url).await
     }
 
@@ -128,17 +226,17 @@ impl Client {
         wait: Duration,
     ) -> Result<Indexed<T>, ClientError> {
         let sep = if path.contains('?') { '&' } else { '?' };
-        let url = format!("{}{path}{sep}index={index}&wait={}ms", self.base, wait.as_millis());
+        let url = format!("{}{path}{sep}index={index}&wait={}ms", self.base(), wait.as_millis());
         self.send(self.http.get(&url).timeout(wait + Duration::from_secs(10)), &url).await
     }
 
     async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         self.send(self.http.post(&url).json(body), &url).await
     }
 
     async fn put<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<Indexed<T>, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         self.send(self.http.put(&url).json(body), &url).await
     }
 
@@ -172,7 +270,7 @@ impl Client {
 
     /// Revokes a token: it is refused from then on.
     pub async fn revoke_token(&self, id: &str) -> Result<crate::TokenView, ClientError> {
-        let url = format!("{}/v1/tokens/{id}", self.base);
+        let url = format!("{}/v1/tokens/{id}", self.base());
         Ok(self.send(self.http.delete(&url), &url).await?.value)
     }
 
@@ -187,7 +285,7 @@ impl Client {
     }
 
     pub async fn delete_secret(&self, group: &str, name: &str) -> Result<crate::SecretView, ClientError> {
-        let url = format!("{}/v1/secrets/{group}/{name}", self.base);
+        let url = format!("{}/v1/secrets/{group}/{name}", self.base());
         Ok(self.send(self.http.delete(&url), &url).await?.value)
     }
 
@@ -198,7 +296,7 @@ impl Client {
 
     /// The server's own metrics, in Prometheus' text format (`GET /metrics`).
     pub async fn metrics_text(&self) -> Result<String, ClientError> {
-        let url = format!("{}/metrics", self.base);
+        let url = format!("{}/metrics", self.base());
         let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
         let resp = self.authorized(self.http.get(&url)).send().await.map_err(unreachable)?;
         let status = resp.status();
@@ -254,7 +352,7 @@ impl Client {
 
     /// POSTs `body` asking to switch the connection to an exec stream.
     async fn post_upgrade<B: Serialize>(&self, path: &str, body: &B) -> Result<reqwest::Upgraded, ClientError> {
-        let url = format!("{}{path}", self.base);
+        let url = format!("{}{path}", self.base());
         let unreachable = |e: reqwest::Error| ClientError::Unreachable { url: url.clone(), why: root_cause(&e) };
         let resp = self
             .authorized(self.http.post(&url))
@@ -274,7 +372,7 @@ impl Client {
     /// Commands waiting for this node's agent, after waiting up to `wait` for one.
     pub async fn execs(&self, node: &str, wait: Duration) -> Result<Vec<ExecRequest>, ClientError> {
         let secs = wait.as_secs().max(1);
-        let url = format!("{}/v1/nodes/{node}/execs?wait={secs}s", self.base);
+        let url = format!("{}/v1/nodes/{node}/execs?wait={secs}s", self.base());
         Ok(self.send(self.http.get(&url).timeout(wait + Duration::from_secs(10)), &url).await?.value)
     }
 
@@ -321,7 +419,7 @@ impl Client {
         query: &LogQuery,
         mut on_line: impl FnMut(LogLine) -> bool,
     ) -> Result<(), ClientError> {
-        let url = format!("{}/v1/apps/{id}/logs", self.base);
+        let url = format!("{}/v1/apps/{id}/logs", self.base());
         let mut params: Vec<(&str, String)> = Vec::new();
         if let Some(since) = query.since {
             params.push(("since", since.to_string()));
@@ -399,7 +497,7 @@ impl Client {
 
     /// Whether routers are done with a stopping instance.
     pub async fn drain_status(&self, instance: &str) -> Result<DrainStatus, ClientError> {
-        let url = format!("{}/v1/instances/{instance}/drain", self.base);
+        let url = format!("{}/v1/instances/{instance}/drain", self.base());
         Ok(self.send(self.http.get(&url), &url).await?.value)
     }
 
@@ -414,12 +512,22 @@ impl Client {
     }
 
     pub async fn destroy(&self, id: &str) -> Result<AppStatus, ClientError> {
-        let url = format!("{}/v1/apps/{id}", self.base);
+        let url = format!("{}/v1/apps/{id}", self.base());
         Ok(self.send(self.http.delete(&url), &url).await?.value)
     }
 
     pub async fn versions(&self, id: &str) -> Result<Vec<AppVersion>, ClientError> {
         Ok(self.get(&format!("/v1/apps/{id}/versions")).await?.value)
+    }
+
+    /// Every record of the store (`berth store export`), as JSON.
+    pub async fn export_store(&self) -> Result<serde_json::Value, ClientError> {
+        Ok(self.get("/v1/store/export").await?.value)
+    }
+
+    /// The servers sharing the store, and which one leads.
+    pub async fn cluster(&self) -> Result<crate::ClusterView, ClientError> {
+        Ok(self.get("/v1/cluster").await?.value)
     }
 
     pub async fn nodes(&self) -> Result<Vec<NodeView>, ClientError> {
@@ -455,7 +563,7 @@ impl Client {
 
     /// Removes a node and revokes its credential (`force`: even with live instances).
     pub async fn remove_node(&self, node: &str, force: bool) -> Result<Node, ClientError> {
-        let url = format!("{}/v1/nodes/{node}?force={force}", self.base);
+        let url = format!("{}/v1/nodes/{node}?force={force}", self.base());
         Ok(self.send(self.http.delete(&url), &url).await?.value)
     }
 
@@ -539,7 +647,7 @@ impl Client {
     }
 
     pub async fn delete_upstream(&self, name: &str) -> Result<(), ClientError> {
-        let url = format!("{}/v1/upstreams/{name}", self.base);
+        let url = format!("{}/v1/upstreams/{name}", self.base());
         self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
         Ok(())
     }
@@ -563,13 +671,13 @@ impl Client {
         on_error: Option<RuleOnError>,
     ) -> Result<RuleScript, ClientError> {
         let query = on_error.map(|o| format!("?on_error={}", o.as_str())).unwrap_or_default();
-        let url = format!("{}{}{query}", self.base, Self::rules_path(target));
+        let url = format!("{}{}{query}", self.base(), Self::rules_path(target));
         let req = self.http.put(&url).header("content-type", "text/x-lua").body(source.to_string());
         Ok(self.send(req, &url).await?.value)
     }
 
     pub async fn delete_rules(&self, target: &RuleTarget) -> Result<(), ClientError> {
-        let url = format!("{}{}", self.base, Self::rules_path(target));
+        let url = format!("{}{}", self.base(), Self::rules_path(target));
         self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
         Ok(())
     }

@@ -71,6 +71,10 @@ pub async fn load_or_join(
     let reply = loop {
         match client.join(token, &req).await {
             Ok(reply) => break reply,
+            // Not a refusal: the servers are between leaders, or the leader is out of reach.
+            Err(e @ ClientError::Api { status: 502 | 503, .. }) => {
+                tracing::warn!(error = %e, "joining the server failed; retrying");
+            }
             Err(why @ (ClientError::Api { .. } | ClientError::Untrusted { .. })) => {
                 return Err(JoinError::Refused { id: id.to_string(), why });
             }

@@ -4,6 +4,7 @@
 mod alerts;
 mod apps;
 mod client;
+mod cluster;
 mod error;
 mod exec;
 pub mod exec_stream;
@@ -19,6 +20,7 @@ mod usage;
 pub use alerts::*;
 pub use apps::*;
 pub use client::*;
+pub use cluster::*;
 pub use error::*;
 pub use exec::*;
 pub use groups::*;

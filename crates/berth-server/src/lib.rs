@@ -3,6 +3,7 @@
 
 mod alerts;
 mod apply;
+mod cluster;
 mod deployments;
 mod exec;
 mod forward;
@@ -11,6 +12,7 @@ mod http;
 mod logs;
 mod outputs;
 mod reconciler;
+mod relay;
 mod routes;
 mod secrets;
 mod usage;
@@ -121,7 +123,8 @@ impl StoreLocation {
         }
     }
 
-    fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
+    /// Opens the store (for redb: creating its directory and file).
+    pub fn open(&self) -> Result<Arc<dyn Store>, StoreError> {
         Ok(match self {
             StoreLocation::Redb(path) => {
                 if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -133,6 +136,20 @@ impl StoreLocation {
             StoreLocation::Etcd(config) => Arc::new(berth_store::EtcdStore::connect(config.clone())?),
         })
     }
+
+    /// For the election and the servers' presence: a client of every member (the store's own
+    /// client runs on a runtime of its own, for its synchronous reads).
+    async fn link(&self) -> Result<Option<cluster::EtcdLink>, StoreError> {
+        let StoreLocation::Etcd(config) = self else { return Ok(None) };
+        let options = etcd_client::ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(berth_store::etcd::KEEPALIVE_PING, Duration::from_secs(3))
+            .with_require_leader(true);
+        let client = etcd_client::Client::connect(&config.endpoints, Some(options))
+            .await
+            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", config.url())))?;
+        Ok(Some(cluster::EtcdLink { client, prefix: config.prefix.clone() }))
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -143,6 +160,8 @@ pub struct ServerConfig {
     /// This server's name among those sharing a store; none: the one in `data_dir/server.id`,
     /// made at first start.
     pub server_id: Option<String>,
+    /// The URL the other servers reach this one's API at; none: `SCHEME://` the bound address.
+    pub advertise: Option<String>,
     pub api_addr: String,
     pub tuning: Tuning,
     /// Sinks every app's log lines are forwarded to.
@@ -216,6 +235,10 @@ pub(crate) struct Parts {
     pub refusals: Mutex<http::audit::Refusals>,
     /// The CA the server made for its TLS, PEM: handed to members when they join.
     pub ca_pem: Option<String>,
+    /// This server among those sharing the store.
+    pub cluster: cluster::Cluster,
+    /// Requests handed to the leader go through this client (`relay.rs`).
+    pub relay: reqwest::Client,
 }
 
 /// Requests by route template (`/v1/nodes/{id}/heartbeat`, or `unmatched`), then by method and
@@ -265,6 +288,7 @@ pub(crate) struct Keys {
 }
 
 impl Shared {
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         store: Arc<dyn Store>,
         tuning: Tuning,
@@ -273,6 +297,7 @@ impl Shared {
         alert_config: AlertConfig,
         shutdown: watch::Receiver<bool>,
         (domain, keys): (String, Keys),
+        (cluster, relay): (cluster::Cluster, reqwest::Client),
     ) -> Result<Self, StoreError> {
         let Keys { join_digest, secrets, ca_pem } = keys;
         Ok(Shared(Arc::new(Parts {
@@ -297,6 +322,8 @@ impl Shared {
             secrets,
             refusals: Mutex::default(),
             ca_pem,
+            cluster,
+            relay,
         })))
     }
 }
@@ -516,6 +543,27 @@ impl Server {
             TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let (shutdown, shutdown_rx) = watch::channel(false);
+        let scheme = if tls_info.is_some() { "https" } else { "http" };
+        let etcd = location.link().await?;
+        let cluster = cluster::Cluster {
+            id: server_id.clone(),
+            api: config.advertise.clone().unwrap_or_else(|| format!("{scheme}://{addr}")),
+            started_at: now_ms(),
+            store: location.url(),
+            etcd,
+        };
+        // The leader is trusted as this server is: by the CA it made (servers sharing a store
+        // share their TLS directory, or the operator's certificate).
+        let relay_trust = match (&tls, &ca_pem) {
+            (_, Some(pem)) => berth_tls::Trust::Ca(pem.clone()),
+            (Tls::Files { cert, .. }, None) => berth_tls::Trust::ca_file(cert)?,
+            _ => berth_tls::Trust::Nothing,
+        };
+        let relay = berth_tls::http_builder_trusting(&relay_trust)?
+            .connect_timeout(Duration::from_secs(3))
+            .http1_only()
+            .build()
+            .map_err(|e| StoreError::Backend(format!("the relay's HTTP client: {e}")))?;
         let shared = Shared::new(
             store,
             config.tuning,
@@ -527,6 +575,7 @@ impl Server {
                 normal_domain(&config.domain),
                 Keys { join_digest: http::credentials::digest(&join_token), secrets: secrets_key, ca_pem },
             ),
+            (cluster, relay),
         )?;
         if matches!(location, StoreLocation::Etcd(_)) {
             let slot = shared.state.claim_writer_slot(&server_id)?;
@@ -555,19 +604,14 @@ impl Server {
                 }
             }),
         };
-        let alerting = tokio::spawn(alerts::run(shared.clone(), shutdown_rx.clone()));
-        let checking = tokio::spawn(outputs::run(shared.clone(), shutdown_rx.clone()));
-        let reconcile = tokio::spawn(reconciler::run(shared, shutdown_rx));
-        tracing::info!(%addr, "berth server listening");
-        let scheme = if tls_info.is_some() { "https" } else { "http" };
-        Ok(Server {
-            addr,
-            scheme,
-            tls: tls_info,
-            join_token,
-            shutdown,
-            tasks: vec![http, reconcile, alerting, checking],
-        })
+        let mut tasks = vec![http];
+        match shared.cluster.etcd.clone() {
+            // Alone, this server leads from the start.
+            None => tasks.extend(cluster::start_loops(&shared, shared.started_at)),
+            Some(link) => tasks.push(tokio::spawn(cluster::run(shared.clone(), link))),
+        }
+        tracing::info!(%addr, server = %shared.cluster.id, "berth server listening");
+        Ok(Server { addr, scheme, tls: tls_info, join_token, shutdown, tasks })
     }
 
     /// The API's URL: `https://ADDR` or `http://ADDR`.

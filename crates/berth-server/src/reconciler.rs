@@ -38,11 +38,13 @@ impl Default for Tuning {
     }
 }
 
-pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
+/// Runs while this server leads, which it has since `since`: every node gets a full timeout from
+/// then, as after a restart (heartbeats are kept in memory, by whoever leads).
+pub(crate) async fn run(shared: Shared, since: berth_core::Millis, mut shutdown: watch::Receiver<bool>) {
     let mut changes = shared.state.store().watch();
     let settings = |shared: &Shared| Settings {
         node_timeout_ms: shared.tuning.node_timeout.as_millis() as i64,
-        heartbeat_grace_until: shared.started_at,
+        heartbeat_grace_until: since,
         ..Settings::default()
     };
     let mut passes: u64 = 0;
@@ -55,6 +57,8 @@ pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
                 tracing::debug!(%key, "reconcile raced a write; planning again");
                 continue;
             }
+            // Another server leads now; this loop is being stopped.
+            Err(StoreError::NotLeader(_)) => return,
             Err(e) => {
                 tracing::error!(error = %e, "reconcile failed");
                 Some(now + 1000)

@@ -35,6 +35,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(8);
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long commit markers are kept: a write is sent again, at most, for `REQUEST_TIMEOUT`.
 const MARKERS_KEPT: Duration = Duration::from_secs(600);
+/// How often an idle connection to a member is pinged: etcd closes the connection of a client
+/// that pings more often than its `--grpc-keepalive-min-time` (5 s).
+pub const KEEPALIVE_PING: Duration = Duration::from_secs(6);
 /// Keys read at once while loading the mirror: a page stays well under gRPC's 4 MiB messages.
 const PAGE: i64 = 500;
 
@@ -184,7 +187,7 @@ impl EtcdStore {
             // One try at one member: a write forwarded to a leader that just died is never
             // answered, and the next member is tried after this long.
             .with_timeout(ATTEMPT_TIMEOUT)
-            .with_keep_alive(Duration::from_secs(2), Duration::from_secs(3))
+            .with_keep_alive(KEEPALIVE_PING, Duration::from_secs(3))
             // A member cut off from the others refuses, rather than answering with what it last knew.
             .with_require_leader(true);
         let mirror: Arc<RwLock<Mirror>> = Arc::default();

@@ -6,6 +6,7 @@ pub mod etcd;
 mod memory;
 mod redb_store;
 pub mod state;
+pub mod transfer;
 
 use tokio::sync::watch;
 
@@ -27,6 +28,10 @@ pub enum StoreError {
     /// what was read before still answers.
     #[error("the store is unavailable: {0}")]
     Unavailable(String),
+    /// This server no longer leads the servers sharing the store (its leadership key changed), or
+    /// never did: it writes nothing.
+    #[error("this server is not the leader (it was fenced off by `{0}`); another server takes the write")]
+    NotLeader(String),
     /// More compares or ops in one transaction than the store takes (etcd's `--max-txn-ops`).
     #[error("a transaction of {ops} operations is more than the store takes at once ({limit})")]
     TooLarge { ops: usize, limit: usize },

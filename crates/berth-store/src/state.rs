@@ -11,7 +11,7 @@ use berth_core::{App, AppVersion, Event, Instance, Level, Millis, Node, Pools, l
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::{Entry, Op, Store, StoreError, Txn};
+use crate::{Compare, Entry, Op, Store, StoreError, Txn};
 
 /// How a writer numbers events and audit entries: numbers are microseconds-ish (the time in
 /// milliseconds x 1000, then counting), and servers sharing a store each take the numbers of one
@@ -35,6 +35,19 @@ impl Numbering {
         let offset = (self.slot + self.stride - at_least % self.stride) % self.stride;
         at_least.saturating_add(offset)
     }
+}
+
+/// Whether, and on what condition, this server writes to a store it shares with others.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Fence {
+    /// The only server: every write goes through.
+    #[default]
+    Alone,
+    /// The leader: every write also compares the leadership key, so that once another server
+    /// has taken over, none of this one's writes lands.
+    Leading(Compare),
+    /// Not the leader: writes are refused here (followers hand requests to the leader).
+    Following,
 }
 
 /// Writers' slots, `writers/NN`: which server numbers with which residue.
@@ -91,6 +104,8 @@ pub struct State {
     last_audit_seq: Arc<AtomicU64>,
     /// This writer's numbers for events and audit entries (see `Numbering`).
     numbering: Arc<Mutex<Numbering>>,
+    /// Who may write, among servers sharing the store.
+    fence: Arc<Mutex<Fence>>,
     /// Held across a commit and the cache update that follows it, so that the cache moves
     /// through the revisions in order and a reader can wait out a commit in flight.
     commits: Arc<Mutex<()>>,
@@ -183,6 +198,7 @@ impl State {
             last_event_seq: Arc::new(AtomicU64::new(last)),
             last_audit_seq: Arc::new(AtomicU64::new(last_audit)),
             numbering: Arc::default(),
+            fence: Arc::default(),
             commits: Arc::default(),
             instances: Arc::default(),
         })
@@ -242,32 +258,35 @@ impl State {
     /// `server`, kept across its restarts), so that its events and audit entries are numbered
     /// apart from the others'. Returns the slot.
     pub fn claim_writer_slot(&self, server: &str) -> Result<u64, StoreError> {
-        for _ in 0..8 {
+        // Slots another server took as this one tried (its write may not have reached this
+        // server's view yet).
+        let mut lost = BTreeSet::new();
+        loop {
             let held = self.store.list(WRITERS)?;
-            let mine = held.iter().find(|e| e.value == server.as_bytes());
-            let slot = match mine {
-                Some(entry) => entry.key[WRITERS.len()..].parse().unwrap_or(0),
-                None => {
-                    let taken: BTreeSet<u64> =
-                        held.iter().filter_map(|e| e.key[WRITERS.len()..].parse().ok()).collect();
-                    let Some(free) = (0..MAX_WRITERS).find(|n| !taken.contains(n)) else {
-                        return Err(StoreError::Backend(format!(
-                            "{MAX_WRITERS} servers have written to this store already (keys {WRITERS}NN): remove \
-                             the ones of servers that are gone"
-                        )));
-                    };
-                    let key = format!("{WRITERS}{free:02}");
-                    match self.commit(Txn::default().expect(key.clone(), 0).put(key, server.as_bytes().to_vec())) {
-                        Ok(_) => free,
-                        Err(StoreError::Conflict(_)) => continue,
-                        Err(e) => return Err(e),
-                    }
-                }
+            if let Some(mine) = held.iter().find(|e| e.value == server.as_bytes()) {
+                let slot = mine.key[WRITERS.len()..].parse().unwrap_or(0);
+                *lock(&self.numbering) = Numbering { slot, stride: MAX_WRITERS };
+                return Ok(slot);
+            }
+            let taken: BTreeSet<u64> = held.iter().filter_map(|e| e.key[WRITERS.len()..].parse().ok()).collect();
+            let Some(free) = (0..MAX_WRITERS).find(|n| !taken.contains(n) && !lost.contains(n)) else {
+                return Err(StoreError::Backend(format!(
+                    "{MAX_WRITERS} servers have written to this store already (keys {WRITERS}NN): remove the \
+                     ones of servers that are gone"
+                )));
             };
-            *lock(&self.numbering) = Numbering { slot, stride: MAX_WRITERS };
-            return Ok(slot);
+            let key = format!("{WRITERS}{free:02}");
+            match self.commit(Txn::default().expect(key.clone(), 0).put(key, server.as_bytes().to_vec())) {
+                Ok(_) => {
+                    *lock(&self.numbering) = Numbering { slot: free, stride: MAX_WRITERS };
+                    return Ok(free);
+                }
+                Err(StoreError::Conflict(_)) => {
+                    lost.insert(free);
+                }
+                Err(e) => return Err(e),
+            }
         }
-        Err(StoreError::Conflict(WRITERS.into()))
     }
 
     /// The sequence number of the newest event written (0 before any).
@@ -429,7 +448,33 @@ impl State {
         Ok(drop)
     }
 
-    pub fn commit(&self, txn: Txn) -> Result<u64, StoreError> {
+    /// Sets who may write from here: when this server is elected, and when it stops leading.
+    pub fn set_fence(&self, fence: Fence) {
+        *lock(&self.fence) = fence;
+    }
+
+    pub fn fence(&self) -> Fence {
+        lock(&self.fence).clone()
+    }
+
+    pub fn commit(&self, mut txn: Txn) -> Result<u64, StoreError> {
+        let fence = match &*lock(&self.fence) {
+            Fence::Alone => None,
+            Fence::Leading(compare) => Some(compare.clone()),
+            Fence::Following => return Err(StoreError::NotLeader("following".into())),
+        };
+        if let Some(fence) = &fence {
+            txn.compares.push(fence.clone());
+        }
+        match self.commit_unfenced(txn) {
+            Err(StoreError::Conflict(key)) if fence.as_ref().is_some_and(|f| f.key == key) => {
+                Err(StoreError::NotLeader(key))
+            }
+            done => done,
+        }
+    }
+
+    fn commit_unfenced(&self, txn: Txn) -> Result<u64, StoreError> {
         // Decoded before the commit, outside the lock.
         let changed: Vec<(String, Change)> = txn
             .ops
@@ -510,6 +555,22 @@ impl<'a> Subject<'a> {
 mod tests {
     use super::*;
     use crate::MemoryStore;
+
+    #[test]
+    fn a_fenced_leader_writes_nothing_once_its_key_has_changed() {
+        let store: Arc<dyn Store> = Arc::new(MemoryStore::default());
+        let state = State::new(store.clone()).unwrap();
+        let elected = store.commit(Txn::default().put("leader/a", b"a".to_vec())).unwrap();
+        state.set_fence(Fence::Leading(Compare { key: "leader/a".into(), mod_revision: elected }));
+        state.commit(Txn::default().put(app_key("g/a"), b"{}".to_vec())).expect("the leader writes");
+        // Its lease expired and the key went; another server was elected.
+        store.commit(Txn::default().delete("leader/a").put("leader/b", b"b".to_vec())).unwrap();
+        let refused = state.commit(Txn::default().put(app_key("g/a"), b"{\"stale\":1}".to_vec()));
+        assert!(matches!(refused, Err(StoreError::NotLeader(ref k)) if k == "leader/a"), "{refused:?}");
+        assert_eq!(store.get(&app_key("g/a")).unwrap().unwrap().value, b"{}", "nothing of it landed");
+        state.set_fence(Fence::Following);
+        assert!(matches!(state.commit(Txn::default().put("x", vec![])), Err(StoreError::NotLeader(_))));
+    }
 
     #[test]
     fn writers_number_apart_and_in_order() {

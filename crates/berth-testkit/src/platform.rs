@@ -561,6 +561,12 @@ impl Platform {
         }
     }
 
+    /// From the next (re)start on, `berth up` (in split mode: the server) takes these arguments
+    /// beside its own instead of those it was started with.
+    pub fn set_extra_args(&mut self, extra: &[String]) {
+        self.extra = extra.to_vec();
+    }
+
     /// Starts `berth up` (in split mode: the server) again on the same data directory and ports.
     pub async fn restart(&mut self) {
         self.kill9().await;

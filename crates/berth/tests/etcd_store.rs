@@ -76,3 +76,61 @@ async fn a_server_on_etcd_runs_apps_and_survives_its_own_death_and_an_etcd_membe
     wait_until("one instance left", Duration::from_secs(60), || async { (running(&p).await.len() == 1).then_some(()) })
         .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_single_box_moves_onto_etcd_and_its_instances_keep_running() {
+    let Some(docker) = docker_or_skip("a_single_box_moves_onto_etcd").await else { return };
+    let Some(etcd) = EtcdCluster::start("a_single_box_moves_onto_etcd", 3) else { return };
+    let images = test_images(&docker).await;
+    // A single box on redb, as `berth up` makes it, with server, agent and router apart.
+    let mut p = Platform::start_split(BERTH.as_ref(), "docker").await;
+    let file = p.write("berth.yaml", &format!("{}services: [web.test]\n", spec(&images.v1, 2)));
+    p.cli_ok(&["deploy", "-f", &file, "--timeout", "60"]).await;
+    let before = running(&p).await;
+    let started = |docker: bollard::Docker, ids: Vec<String>| async move {
+        let mut at = Vec::new();
+        for id in ids {
+            let info = docker.inspect_container(&format!("berth-{id}"), None).await.expect("inspect");
+            at.push(info.state.and_then(|s| s.started_at).unwrap_or_default());
+        }
+        at
+    };
+    let started_before = started(docker.clone(), before.clone()).await;
+    let load = berth_testkit::Load::start(&p.http, "web.test", 2, Some(Duration::from_millis(5)));
+    wait_until("traffic to flow", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 50).then_some(())
+    })
+    .await;
+
+    // Export, stop the box's server, import into etcd, start a server on etcd at the same address.
+    let export = p.cli_ok(&["store", "export"]).await;
+    let exported: Value = serde_json::from_str(&export).expect("an export is JSON");
+    assert_eq!(exported["format"], "berth-store/1");
+    let export_file = p.write("state.json", &export);
+    p.kill9().await;
+    let url = etcd.url();
+    let out = p.cli(&["store", "import", "--store", &url, "--store-prefix", "/moved", "-f", &export_file]).await;
+    let said = String::from_utf8_lossy(&out.stderr).to_string();
+    assert!(out.status.success(), "import: {said}");
+    assert!(said.contains("records imported into etcd://"), "{said}");
+    let again = p.cli(&["store", "import", "--store", &url, "--store-prefix", "/moved", "-f", &export_file]).await;
+    assert!(!again.status.success(), "a second import into the same store is refused");
+    assert!(String::from_utf8_lossy(&again.stderr).contains("import only into an empty store"));
+    p.set_extra_args(&["--store".into(), url, "--store-prefix".into(), "/moved".into()]);
+    p.restart().await;
+
+    // The same instances, never restarted, and the platform goes on from where it was.
+    assert_eq!(running(&p).await, before, "the same instances");
+    assert_eq!(started(docker.clone(), before.clone()).await, started_before, "no container restarted");
+    let history: Value = serde_json::from_str(&p.cli_ok(&["app", "web", "history", "-o", "json"]).await).unwrap();
+    assert_eq!(history.as_array().map(Vec::len), Some(1), "its versions came along: {history}");
+    p.cli_ok(&["app", "web", "scale", "3", "--timeout", "60"]).await;
+    assert_eq!(running(&p).await.len(), 3);
+    load.mark();
+    wait_until("traffic after the move", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 100).then_some(())
+    })
+    .await;
+    let report = load.finish().await;
+    report.assert_clean(200);
+}

@@ -42,7 +42,7 @@ enum Kind {
 
 fn kind(method: &Method, route: &str) -> Kind {
     match (method, route) {
-        (&Method::GET, "/v1/nodes/{id}/instances/{instance}/secrets") => Kind::Always,
+        (&Method::GET, "/v1/nodes/{id}/instances/{instance}/secrets" | "/v1/store/export") => Kind::Always,
         (&Method::GET | &Method::HEAD, _) => Kind::IfRefused,
         // A plan changes nothing.
         (&Method::POST, "/v1/plan") => Kind::IfRefused,
@@ -74,6 +74,7 @@ fn action(method: &Method, route: &str) -> String {
         (&Method::PUT, "/v1/secrets/{group}/{name}") => "secret.set",
         (&Method::DELETE, "/v1/secrets/{group}/{name}") => "secret.delete",
         (&Method::GET, "/v1/nodes/{id}/instances/{instance}/secrets") => "secret.read",
+        (&Method::GET, "/v1/store/export") => "store.export",
         (&Method::POST, "/v1/join") => "member.join",
         (&Method::DELETE, "/v1/nodes/{id}") => "node.remove",
         (&Method::POST, "/v1/nodes/{id}/drain") => "node.drain",

@@ -42,7 +42,9 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, format!("{e}; retry")),
             // Another server may answer, or this one a moment later.
-            StoreError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            StoreError::Unavailable(_) | StoreError::NotLeader(_) => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
     }

@@ -29,7 +29,7 @@ use axum::routing::{get, post, put};
 use berth_api::Member;
 
 use crate::Shared;
-use error::{ApiError, indexed, json_errors};
+use error::{ApiError, ApiResult, indexed, json_errors};
 
 pub(crate) fn router(shared: Shared) -> Router {
     // What only agents call takes an agent's own credential, acting as the node in the path.
@@ -40,6 +40,8 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))
         .route("/v1/health", get(health))
+        .route("/v1/cluster", get(cluster))
+        .route("/v1/store/export", get(export_store))
         .route("/v1/apps", get(apps::list_apps))
         .route("/v1/plan", post(apps::plan))
         .route("/v1/apps/{group}/{name}", get(apps::get_app).put(apps::deploy).delete(apps::destroy))
@@ -105,7 +107,24 @@ pub(crate) fn router(shared: Shared) -> Router {
         .layer(axum::middleware::from_fn_with_state(shared.clone(), tokens::authenticate))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), audit::record))
         .layer(axum::middleware::from_fn_with_state(shared.clone(), count_requests))
+        // Outermost: a server that does not lead hands the request on whole, unread.
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), crate::relay::to_leader))
         .with_state(shared)
+}
+
+/// An error answer in the API's JSON shape, for layers outside the handlers.
+pub(crate) fn error_response(status: StatusCode, message: String) -> Response {
+    axum::response::IntoResponse::into_response(ApiError::new(status, message))
+}
+
+/// `GET /v1/store/export`: every record, for `berth store import` into another store.
+async fn export_store(AxState(shared): AxState<Shared>) -> ApiResult<axum::Json<berth_store::transfer::Export>> {
+    Ok(axum::Json(berth_store::transfer::export(&**shared.state.store())?))
+}
+
+/// `GET /v1/cluster`: the servers sharing the store and the leader, from any of them.
+async fn cluster(AxState(shared): AxState<Shared>) -> ApiResult<axum::Json<berth_api::ClusterView>> {
+    Ok(axum::Json(shared.cluster.view(&shared).await?))
 }
 
 /// Counts every answer by method, route template and status class, for `/metrics`.

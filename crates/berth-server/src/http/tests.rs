@@ -6,6 +6,7 @@ async fn start(dir: &tempfile::TempDir, tuning: Tuning) -> Server {
     let config = ServerConfig {
         store: None,
         server_id: None,
+        advertise: None,
         data_dir: dir.path().to_path_buf(),
         api_addr: "127.0.0.1:0".into(),
         tuning,

@@ -186,7 +186,8 @@ fn needs(method: &Method, route: &str) -> Needs {
         (
             &Method::GET,
             "/v1/apps" | "/v1/instances" | "/v1/events" | "/v1/usage" | "/v1/alerts" | "/v1/nodes" | "/v1/pools"
-            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups" | "/v1/secrets" | "/v1/audit",
+            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups" | "/v1/secrets" | "/v1/audit"
+            | "/v1/cluster",
         ) => Needs::Token(Read, Of::Any),
         // A plan changes nothing; the spec it reads names its own group.
         (&Method::POST, "/v1/plan") => Needs::Token(Read, Of::Any),

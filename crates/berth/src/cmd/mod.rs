@@ -14,8 +14,10 @@ mod node;
 mod platform;
 mod pool;
 mod secret;
+mod server;
 mod spec;
 mod status;
+mod store;
 mod token;
 mod top;
 
@@ -61,7 +63,7 @@ pub enum Color {
 pub enum Command {
     /// Run the whole platform on this machine: server and a local agent.
     Up(Box<platform::UpArgs>),
-    /// Run the control plane.
+    /// Run the control plane (`berth server ls`: the servers sharing its store).
     Server(Box<platform::ServerArgs>),
     /// Run a node agent that joins a server.
     Agent(platform::AgentArgs),
@@ -105,6 +107,11 @@ pub enum Command {
     Group {
         #[command(subcommand)]
         action: group::GroupAction,
+    },
+    /// Move a whole store: export its records as JSON, import them into an empty store.
+    Store {
+        #[command(subcommand)]
+        action: store::StoreAction,
     },
     /// Secrets an app's environment refers to ({secret: NAME}): set, ls, rm; values never shown.
     Secret {
@@ -167,6 +174,7 @@ pub fn default_spec_path() -> PathBuf {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let filter = match &cli.command {
+        Command::Server(args) if args.action.is_some() => "warn",
         Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Router(_) => "info",
         _ => "warn",
     };
@@ -194,7 +202,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let ctx = Ctx { server, token, format: cli.output.apply(), ca_file: cli.ca_file.clone(), trust };
     match cli.command {
         Command::Up(args) => platform::up(*args).await,
-        Command::Server(args) => platform::server(*args).await,
+        Command::Server(mut args) => match args.action.take() {
+            Some(action) => server::run(action, &ctx).await,
+            None => platform::server(*args).await,
+        },
         Command::Agent(args) => platform::agent(args, &ctx).await,
         Command::Router(args) => platform::router(args, &ctx).await,
         Command::Init(args) => spec::init(args, &ctx),
@@ -213,6 +224,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Token { action } => token::run(action, &ctx).await,
         Command::Group { action } => group::run(action, &ctx).await,
         Command::Secret { action } => secret::run(action, &ctx).await,
+        Command::Store { action } => store::run(action, &ctx).await,
         Command::Completion { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "berth", &mut std::io::stdout());
@@ -224,7 +236,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 impl Command {
     /// `up`, `server`, `agent` and `router` run until stopped; every other command is a client.
     pub fn is_platform_process(&self) -> bool {
-        matches!(self, Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Router(_))
+        match self {
+            Command::Server(args) => args.action.is_none(),
+            other => matches!(other, Command::Up(_) | Command::Agent(_) | Command::Router(_)),
+        }
     }
 }
 

@@ -193,6 +193,10 @@ pub struct ServerOptions {
     /// kept in DATA_DIR/server/server.id).
     #[arg(long)]
     server_id: Option<String>,
+    /// The URL the other servers sharing the store reach this one's API at (default: the
+    /// scheme and --api address).
+    #[arg(long)]
+    advertise: Option<String>,
     /// Address of the /v1 API.
     #[arg(long, default_value = "127.0.0.1:7070")]
     api: String,
@@ -300,6 +304,7 @@ impl ServerOptions {
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--store: {e}"))?,
             server_id: self.server_id.clone(),
+            advertise: self.advertise.clone(),
             api_addr: self.api.clone(),
             domain: self.domain.clone(),
             insecure_unauthenticated: self.insecure_unauthenticated,
@@ -451,7 +456,10 @@ pub struct RouterArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct ServerArgs {
+    #[command(subcommand)]
+    pub action: Option<super::server::ServerAction>,
     #[command(flatten)]
     server: ServerOptions,
     /// As --api-tls-cert: the API's certificate chain (PEM), with --tls-key.

@@ -1,0 +1,376 @@
+//! Three `berth server`s on one etcd cluster: one leads, the others hand it every request, and
+//! when it dies (SIGKILL) or stalls (SIGSTOP past its lease) another takes over.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use berth_testkit::etcd::EtcdCluster;
+use berth_testkit::free_port;
+use serde_json::Value;
+use tokio::process::{Child, Command};
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+struct Servers {
+    dir: tempfile::TempDir,
+    store: String,
+    ports: Vec<u16>,
+    children: Vec<Option<Child>>,
+    client: reqwest::Client,
+}
+
+impl Servers {
+    fn start(etcd: &EtcdCluster, n: usize) -> Servers {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("join.token"), "test-join-token-servers").expect("join token");
+        let mut servers = Servers {
+            dir,
+            store: etcd.url(),
+            ports: (0..n).map(|_| free_port()).collect(),
+            children: (0..n).map(|_| None).collect(),
+            client: berth_tls::http(),
+        };
+        // The first makes the secrets key and the admin token; the others find them.
+        servers.spawn(0);
+        wait_for_file(&servers.data_dir(0).join("admin.token"));
+        for i in 1..n {
+            servers.spawn(i);
+        }
+        servers
+    }
+
+    fn data_dir(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("s{i}"))
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let mut server = Command::new(BERTH);
+        server
+            .arg("server")
+            .arg("--data-dir")
+            .arg(self.data_dir(i))
+            .args(["--api", &format!("127.0.0.1:{}", self.ports[i]), "--server-id", &format!("s{i}")])
+            .args(["--store", &self.store, "--store-prefix", "/berth-servers"])
+            .arg("--join-token-file")
+            .arg(self.dir.path().join("join.token"))
+            // One key for every server: secrets sealed by one are opened by the others.
+            .arg("--secrets-key-file")
+            .arg(self.dir.path().join("secrets.key"));
+        self.children[i] = Some(self.launch(&mut server, &format!("s{i}.log")));
+    }
+
+    /// Starts `command` with its output in the log file `name` beside the servers'.
+    fn launch(&self, command: &mut Command, name: &str) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join(name)).expect("log");
+        command
+            .env("BERTH_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start berth")
+    }
+
+    fn url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.ports[i])
+    }
+
+    fn logs(&self) -> String {
+        let names = (0..self.ports.len()).map(|i| format!("s{i}")).chain(["agent".into(), "router".into()]);
+        names
+            .filter_map(|name| {
+                let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).ok()?;
+                Some(format!("--- {name}\n{}\n", berth_testkit::platform::tail(&text, 30)))
+            })
+            .collect()
+    }
+
+    /// The admin token the first server made (the others found tokens in the store already).
+    fn admin_token(&self) -> String {
+        std::fs::read_to_string(self.data_dir(0).join("admin.token")).expect("admin token").trim().to_string()
+    }
+
+    async fn get(&self, i: usize, path: &str) -> Option<Value> {
+        let answer =
+            self.client.get(format!("{}{path}", self.url(i))).bearer_auth(self.admin_token()).send().await.ok()?;
+        if !answer.status().is_success() {
+            return None;
+        }
+        answer.json().await.ok()
+    }
+
+    /// Every live server's view, once they all name the same leader (other than `not`) and
+    /// list `count` servers.
+    async fn agreed_leader(&self, live: &[usize], not: Option<&str>) -> String {
+        wait_until_or_logs(self, "the servers to agree on a leader", Duration::from_secs(20), || async {
+            let mut leaders = Vec::new();
+            for &i in live {
+                let view = self.get(i, "/v1/cluster").await?;
+                assert_eq!(view["self"], format!("s{i}"));
+                leaders.push(view["leader"].as_str()?.to_string());
+            }
+            let first = leaders[0].clone();
+            (leaders.iter().all(|l| *l == first) && Some(first.as_str()) != not).then_some(first)
+        })
+        .await
+    }
+
+    fn index_of(id: &str) -> usize {
+        id.trim_start_matches('s').parse().expect("server id sN")
+    }
+
+    async fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.children[i].take() {
+            child.start_kill().expect("kill");
+            let _ = child.wait().await;
+        }
+    }
+
+    fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let pid = self.children[i].as_ref().and_then(Child::id).expect("running");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal).expect("signal");
+    }
+}
+
+async fn wait_until_or_logs<T, F, Fut>(servers: &Servers, what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    berth_testkit::platform::wait_until_or(what, timeout, check, || servers.logs()).await
+}
+
+fn spec() -> &'static str {
+    "group: shop\nname: web\ndriver: exec\ninstances: 1\ncommand: [/bin/true]\n"
+}
+
+async fn deploy_through(servers: &Servers, i: usize, name: &str) -> (u16, Value) {
+    let answer = servers
+        .client
+        .put(format!("{}/v1/apps/shop/{name}", servers.url(i)))
+        .bearer_auth(servers.admin_token())
+        .header("content-type", "application/yaml")
+        .body(spec().replace("name: web", &format!("name: {name}")))
+        .send()
+        .await
+        .expect("deploy answered");
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+fn wait_for_file(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(Instant::now() < deadline, "{} was not written", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_servers_elect_a_leader_relay_to_it_and_elect_another_when_it_dies() {
+    let Some(etcd) = EtcdCluster::start("three_servers_elect_a_leader", 3) else { return };
+    let mut servers = tokio::task::block_in_place(|| Servers::start(&etcd, 3));
+    let leader = servers.agreed_leader(&[0, 1, 2], None).await;
+    let view = servers.get(0, "/v1/cluster").await.expect("cluster view");
+    let listed: Vec<&str> = view["servers"].as_array().unwrap().iter().filter_map(|s| s["id"].as_str()).collect();
+    assert_eq!(listed, ["s0", "s1", "s2"], "{view}");
+    assert_eq!(view["servers"].as_array().unwrap().iter().filter(|s| s["leader"] == true).count(), 1, "{view}");
+
+    // A change through a follower is made by the leader and read through the third server.
+    let l = Servers::index_of(&leader);
+    let (follower, third) = ((l + 1) % 3, (l + 2) % 3);
+    let (status, body) = deploy_through(&servers, follower, "web").await;
+    assert!((200..300).contains(&status), "deploy through a follower: {status} {body}\n{}", servers.logs());
+    let app = servers.get(third, "/v1/apps/shop/web").await.expect("the app, read through the third server");
+    assert_eq!(app["id"], "shop/web", "{app}");
+
+    // The leader dies without a word: another leads within 10 s, and changes go on.
+    let killed_at = Instant::now();
+    servers.kill(l).await;
+    let next = servers.agreed_leader(&[follower, third], Some(&leader)).await;
+    let took = killed_at.elapsed();
+    assert!(took < Duration::from_secs(10), "a new leader after {took:?}");
+    eprintln!("new leader {next} {took:?} after the leader's SIGKILL");
+    let (status, body) = deploy_through(&servers, follower, "api").await;
+    assert!((200..300).contains(&status), "deploy after the failover: {status} {body}\n{}", servers.logs());
+
+    // `berth server ls` through any server shows who leads; given several servers, the CLI
+    // moves past the dead one.
+    let list = format!("{},{}", servers.url(l), servers.url(third));
+    let out = std::process::Command::new(BERTH)
+        .args(["server", "ls", "-o", "json", "--server", &list, "--token", &servers.admin_token()])
+        .output()
+        .expect("berth server ls");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let ls: Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(ls["leader"], next.as_str());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_that_stalls_past_its_lease_stops_leading_and_hands_requests_on() {
+    let Some(etcd) = EtcdCluster::start("a_leader_that_stalls", 3) else { return };
+    let servers = tokio::task::block_in_place(|| Servers::start(&etcd, 3));
+    let leader = servers.agreed_leader(&[0, 1, 2], None).await;
+    let l = Servers::index_of(&leader);
+    let others = [(l + 1) % 3, (l + 2) % 3];
+
+    // Frozen past its lease: the others elect one of theirs.
+    servers.signal(l, nix::sys::signal::Signal::SIGSTOP);
+    let next = servers.agreed_leader(&others, Some(&leader)).await;
+    servers.signal(l, nix::sys::signal::Signal::SIGCONT);
+
+    // Woken, the old leader sees its lease gone: it names the new leader and relays to it.
+    let all = [0, 1, 2];
+    assert_eq!(servers.agreed_leader(&all, Some(&leader)).await, next);
+    let (status, body) = deploy_through(&servers, l, "after-stall").await;
+    assert!((200..300).contains(&status), "a deploy through the old leader: {status} {body}\n{}", servers.logs());
+    let app = servers.get(others[0], "/v1/apps/shop/after-stall").await;
+    assert!(app.is_some(), "the deploy landed\n{}", servers.logs());
+}
+
+/// A `berth agent` or `berth router` given every server's address.
+fn member(servers: &Servers, args: &[&str], log: &str) -> Child {
+    let list: Vec<String> = (0..servers.ports.len()).map(|i| servers.url(i)).collect();
+    let mut command = Command::new(BERTH);
+    command
+        .args(args)
+        .arg("--server")
+        .arg(list.join(","))
+        .arg("--join-token-file")
+        .arg(servers.dir.path().join("join.token"));
+    servers.launch(&mut command, log)
+}
+
+fn cart(image: &str) -> String {
+    format!(
+        "group: shop\nname: cart\nimage: {image}\ninstances: 4\nports: [8080]\nservices: [cart.test]\n\
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\n  grace: 5s\n\
+         upgrade:\n  min_healthy_time: 1s\n  progress_deadline: 30s\n"
+    )
+}
+
+/// The cart's status once `version` has rolled out with four instances in service.
+async fn running(servers: &Servers, via: usize, version: u64) -> Option<Value> {
+    let status = servers.get(via, "/v1/apps/shop/cart").await?;
+    let done = status["version"] == version && status["deployment"]["state"] == "succeeded";
+    let live = status["instances"]
+        .as_array()?
+        .iter()
+        .filter(|i| i["in_service"] == true && i["state"] == "running" && i["desired"] == "run")
+        .count();
+    (done && live == 4).then_some(status)
+}
+
+async fn put_spec(servers: &Servers, i: usize, spec: String) {
+    let answer = servers
+        .client
+        .put(format!("{}/v1/apps/shop/cart", servers.url(i)))
+        .bearer_auth(servers.admin_token())
+        .header("content-type", "application/yaml")
+        .body(spec)
+        .send()
+        .await
+        .expect("deploy answered");
+    let status = answer.status();
+    assert!(status.is_success(), "deploy through s{i}: {status} {}", answer.text().await.unwrap_or_default());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_leader_killed_mid_deploy_loses_nothing_and_the_router_drops_nothing() {
+    let Some(docker) = berth_testkit::docker_or_skip("the_leader_killed_mid_deploy").await else { return };
+    let Some(etcd) = EtcdCluster::start("the_leader_killed_mid_deploy", 3) else { return };
+    let images = berth_testkit::test_images(&docker).await;
+    let mut servers = tokio::task::block_in_place(|| Servers::start(&etcd, 3));
+    let leader = servers.agreed_leader(&[0, 1, 2], None).await;
+    let l = Servers::index_of(&leader);
+    let (follower, third) = ((l + 1) % 3, (l + 2) % 3);
+
+    // One machine and one router, each told every server.
+    let ports = berth_testkit::port_block();
+    let (http, admin) = (format!("127.0.0.1:{}", free_port()), format!("127.0.0.1:{}", free_port()));
+    let agent_dir = servers.dir.path().join("agent").display().to_string();
+    let router_dir = servers.dir.path().join("router").display().to_string();
+    let port_range = format!("{}-{}", ports.0, ports.1);
+    let _agent = member(
+        &servers,
+        &["agent", "--data-dir", &agent_dir, "--driver", "docker", "--pull", "never", "--ports", &port_range],
+        "agent.log",
+    );
+    let _router = member(
+        &servers,
+        &["router", "--data-dir", &router_dir, "--http", &http, "--router-admin", &admin, "--domain", "berth.test"],
+        "router.log",
+    );
+    let node = wait_until_or_logs(&servers, "the node to be ready", Duration::from_secs(30), || async {
+        let nodes = servers.get(third, "/v1/nodes").await?;
+        let ready = nodes.as_array()?.iter().find(|n| n["status"] == "ready")?;
+        ready["id"].as_str().map(str::to_string)
+    })
+    .await;
+    wait_until_or_logs(&servers, "the router to report", Duration::from_secs(30), || async {
+        let routers = servers.get(third, "/v1/routers").await?;
+        routers.as_array()?.iter().any(|r| r["live"] == true).then_some(())
+    })
+    .await;
+
+    // v1 through a follower; traffic through the router from then on.
+    put_spec(&servers, follower, cart(&images.v1)).await;
+    wait_until_or_logs(&servers, "v1 to run", Duration::from_secs(60), || running(&servers, third, 1)).await;
+    let load = berth_testkit::Load::start(&http, "cart.test", 4, Some(Duration::from_millis(5)));
+    wait_until_or_logs(&servers, "traffic to flow", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 50).then_some(())
+    })
+    .await;
+
+    // v2 rolls out; once its first instance is placed, the leader dies without a word.
+    put_spec(&servers, follower, cart(&images.v2)).await;
+    wait_until_or_logs(&servers, "the rollout to begin", Duration::from_secs(30), || async {
+        let status = servers.get(third, "/v1/apps/shop/cart").await?;
+        status["instances"].as_array()?.iter().any(|i| i["version"] == 2).then_some(())
+    })
+    .await;
+    let killed_at = Instant::now();
+    servers.kill(l).await;
+    let next = servers.agreed_leader(&[follower, third], Some(&leader)).await;
+    let took = killed_at.elapsed();
+    eprintln!("new leader {next} {took:?} after the leader's SIGKILL mid-deploy");
+    assert!(took < Duration::from_secs(10), "a new leader after {took:?}");
+
+    // The new leader carries the deployment to success; nothing acknowledged was lost.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(status) = running(&servers, third, 2).await {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let status = servers.get(third, "/v1/apps/shop/cart").await;
+            let events = servers.get(third, "/v1/events").await;
+            panic!("v2 did not finish: {status:#?}\nevents: {events:#?}\n{}", servers.logs());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    load.mark();
+    wait_until_or_logs(&servers, "v2 answers", Duration::from_secs(10), || async {
+        (load.versions_since_mark().values().sum::<u64>() > 100).then_some(())
+    })
+    .await;
+    let report = load.finish().await;
+    assert_eq!(report.versions_since_mark.keys().collect::<Vec<_>>(), ["v2"], "{:?}", report.versions_since_mark);
+    report.assert_clean(1000);
+
+    // No instance started twice: one container per live instance, each named once.
+    let live: Vec<String> = status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| i["state"] == "running")
+        .filter_map(|i| i["id"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(live.len(), 4, "{status}");
+    wait_until_or_logs(&servers, "the v1 containers to go", Duration::from_secs(30), || async {
+        (berth_testkit::node_containers(&docker, &node).await.len() == 4).then_some(())
+    })
+    .await;
+}
