@@ -708,3 +708,21 @@ fn refusal(status: reqwest::StatusCode, bytes: &[u8]) -> ClientError {
         .unwrap_or_else(|_| ErrorBody { error: String::from_utf8_lossy(bytes).trim().to_string(), details: vec![] });
     ClientError::Api { status: status.as_u16(), body }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Servers;
+
+    #[test]
+    fn a_server_list_moves_on_from_the_one_that_failed_once() {
+        let servers = Servers::parse(" http://a:1/, http://b:2 ,,http://c:3").unwrap();
+        assert_eq!(servers.urls, ["http://a:1", "http://b:2", "http://c:3"]);
+        assert_eq!(servers.current(), "http://a:1");
+        assert_eq!(servers.next_after("http://a:1"), "http://b:2");
+        // Another request that failed on a at the same time does not skip b.
+        assert_eq!(servers.next_after("http://a:1"), "http://b:2");
+        assert_eq!(servers.next_after("http://b:2"), "http://c:3");
+        assert_eq!(servers.next_after("http://c:3"), "http://a:1", "around the ring");
+        assert!(Servers::parse(" , ").is_err());
+    }
+}

@@ -4,6 +4,7 @@
 //! `berth bench cluster`: the whole path, a real server and many simulated agents.
 
 mod cluster;
+mod store;
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -24,6 +25,11 @@ pub enum BenchAction {
     /// A real server and N simulated agents: time from deploy to M instances running, and the
     /// server's memory.
     Cluster(cluster::ClusterArgs),
+    /// API writes (deploy and scale, concurrent clients) per second and their p99, on redb and
+    /// on a three-member etcd cluster, in one run.
+    Api(store::ApiArgs),
+    /// Three servers on etcd: kill the leader again and again, and time each new election.
+    Failover(store::FailoverArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -54,6 +60,8 @@ pub async fn run(action: BenchAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     match action {
         BenchAction::Schedule(args) => schedule(&args, ctx),
         BenchAction::Cluster(args) => cluster::cluster(&args, ctx).await,
+        BenchAction::Api(args) => store::api(&args, ctx).await,
+        BenchAction::Failover(args) => store::failover(&args, ctx).await,
     }
 }
 
