@@ -127,16 +127,23 @@ impl Cluster {
     }
 }
 
+/// Every server's presence. Tried three times: the client's balancer may first send to a member
+/// that just died.
 async fn present(link: &EtcdLink) -> Result<Vec<Presence>, StoreError> {
     let mut kv = link.client.kv_client();
-    let found = tokio::time::timeout(
-        Duration::from_secs(5),
-        kv.get(link.presence_prefix(), Some(GetOptions::new().with_prefix())),
-    )
-    .await
-    .map_err(|_| StoreError::Unavailable("etcd: no answer within 5s".into()))?
-    .map_err(|e| StoreError::Unavailable(format!("etcd: {e}")))?;
-    Ok(found.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect())
+    let mut failed = String::new();
+    for _ in 0..3 {
+        let read = kv.get(link.presence_prefix(), Some(GetOptions::new().with_prefix()));
+        match tokio::time::timeout(Duration::from_secs(2), read).await {
+            Ok(Ok(found)) => {
+                return Ok(found.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect());
+            }
+            Ok(Err(e)) => failed = e.to_string(),
+            Err(_) => failed = "no answer within 2s".into(),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Err(StoreError::Unavailable(format!("etcd: {failed}")))
 }
 
 /// The loops only the leader runs, started at its election and stopped when it ends.

@@ -99,9 +99,17 @@ pub enum StoreLocation {
 
 impl StoreLocation {
     /// `redb://PATH` or `etcd://HOST:PORT[,HOST:PORT...]` (with `prefix`, and the members'
-    /// `max_txn_ops`).
-    pub fn parse(url: &str, prefix: &str, max_txn_ops: usize) -> Result<Self, StoreError> {
+    /// `max_txn_ops`; etcd over TLS with `tls`).
+    pub fn parse(
+        url: &str,
+        prefix: &str,
+        max_txn_ops: usize,
+        tls: Option<berth_store::EtcdTls>,
+    ) -> Result<Self, StoreError> {
         if let Some(path) = url.strip_prefix("redb://") {
+            if tls.is_some() {
+                return Err(StoreError::Backend("the etcd TLS flags are for an etcd:// store".into()));
+            }
             if path.is_empty() {
                 return Err(StoreError::Backend(format!("`{url}`: a redb store is written redb://PATH")));
             }
@@ -110,6 +118,7 @@ impl StoreLocation {
         if url.starts_with("etcd://") {
             let mut config = berth_store::EtcdConfig::parse(url, prefix)?;
             config.max_txn_ops = max_txn_ops;
+            config.tls = tls;
             return Ok(StoreLocation::Etcd(config));
         }
         Err(StoreError::Backend(format!("`{url}`: a store is redb://PATH or etcd://HOST:PORT[,HOST:PORT...]")))
@@ -141,11 +150,7 @@ impl StoreLocation {
     /// client runs on a runtime of its own, for its synchronous reads).
     async fn link(&self) -> Result<Option<cluster::EtcdLink>, StoreError> {
         let StoreLocation::Etcd(config) = self else { return Ok(None) };
-        let options = etcd_client::ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            .with_keep_alive(berth_store::etcd::KEEPALIVE_PING, Duration::from_secs(3))
-            .with_require_leader(true);
-        let client = etcd_client::Client::connect(&config.endpoints, Some(options))
+        let client = etcd_client::Client::connect(&config.endpoints, Some(config.connect_options()?))
             .await
             .map_err(|e| StoreError::Unavailable(format!("{}: {e}", config.url())))?;
         Ok(Some(cluster::EtcdLink { client, prefix: config.prefix.clone() }))

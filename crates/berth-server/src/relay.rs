@@ -14,6 +14,28 @@ use crate::http::error_response;
 /// either answers 503 rather than relaying it again.
 pub(crate) const RELAYED: &str = "x-berth-relayed-by";
 
+/// The address of the client a relayed request came from (`IP:PORT`), with `PROOF`.
+pub(crate) const FORWARDED_FOR: &str = "x-forwarded-for";
+/// That the relaying server holds the servers' shared key: HMAC of its id and the client.
+pub(crate) const PROOF: &str = "x-berth-relay-proof";
+
+/// Who sent a request: its peer, or, for a request a server proved it relayed, the client that
+/// server had, and that server's id.
+pub(crate) fn client_of(
+    shared: &Shared,
+    headers: &HeaderMap,
+    peer: Option<std::net::SocketAddr>,
+) -> (Option<std::net::SocketAddr>, Option<String>) {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let (Some(by), Some(client), Some(proof)) = (text(RELAYED), text(FORWARDED_FOR), text(PROOF))
+        && shared.secrets.relay_proven(by, client, proof)
+        && let Ok(client) = client.parse()
+    {
+        return (Some(client), Some(by.to_string()));
+    }
+    (peer, None)
+}
+
 /// What every server answers itself.
 fn local(path: &str) -> bool {
     matches!(path, "/v1/health" | "/v1/cluster")
@@ -77,8 +99,19 @@ async fn relay(shared: &Shared, api: &str, mut req: Request) -> Result<Response,
     let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
     let url = format!("{}{path}", api.trim_end_matches('/'));
     let mut headers = passed_on(req.headers());
-    if let Ok(me) = HeaderValue::from_str(&shared.cluster.id) {
+    // Who the client is, for the leader's audit log and its limit on refusals: proven, or not
+    // believed.
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<std::net::SocketAddr>>().map(|c| c.0);
+    let (client, _) = client_of(shared, req.headers(), peer);
+    headers.remove(FORWARDED_FOR);
+    headers.remove(PROOF);
+    if let (Ok(me), Some(client)) = (HeaderValue::from_str(&shared.cluster.id), client) {
+        let proof = shared.secrets.relay_proof(&shared.cluster.id, &client.to_string());
         headers.insert(RELAYED, me);
+        if let (Ok(client), Ok(proof)) = (HeaderValue::from_str(&client.to_string()), HeaderValue::from_str(&proof)) {
+            headers.insert(FORWARDED_FOR, client);
+            headers.insert(PROOF, proof);
+        }
     }
     if upgrading {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));

@@ -44,6 +44,10 @@ pub enum SecretsKeyError {
         "{path} is missing, and the store holds {count} secret(s) sealed with key {key_id}: restore that file (or pass --secrets-key-file), else they cannot be opened"
     )]
     Missing { path: PathBuf, count: usize, key_id: String },
+    #[error(
+        "{path} holds key {found}, and the store's {count} secret(s) are sealed with key {key_id}: every server sharing a store needs the same --secrets-key-file"
+    )]
+    Other { path: PathBuf, found: String, count: usize, key_id: String },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +64,9 @@ pub enum OpenError {
 pub struct SecretsKey {
     key: LessSafeKey,
     id: String,
+    /// Servers prove to each other with it that they relayed a request (`relay.rs`): they share
+    /// the secrets key, agents and routers never have it.
+    relay: ring::hmac::Key,
 }
 
 impl std::fmt::Debug for SecretsKey {
@@ -75,7 +82,25 @@ impl SecretsKey {
         let id = hex(&ring::digest::digest(&ring::digest::SHA256, &named).as_ref()[..8]);
         // A 32-byte key is what ChaCha20-Poly1305 takes: this cannot fail.
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, bytes).unwrap_or_else(|_| unreachable!("32-byte key"));
-        SecretsKey { key: LessSafeKey::new(unbound), id }
+        let mut relay_key = b"berth relay key\0".to_vec();
+        relay_key.extend_from_slice(bytes);
+        let relay = ring::hmac::Key::new(
+            ring::hmac::HMAC_SHA256,
+            ring::digest::digest(&ring::digest::SHA256, &relay_key).as_ref(),
+        );
+        SecretsKey { key: LessSafeKey::new(unbound), id, relay }
+    }
+
+    /// What a server sends with a request it relays for `client`.
+    pub fn relay_proof(&self, relayed_by: &str, client: &str) -> String {
+        hex(ring::hmac::sign(&self.relay, format!("{relayed_by}\n{client}").as_bytes()).as_ref())
+    }
+
+    /// Whether `proof` is a server's, for `relayed_by` and `client`.
+    pub fn relay_proven(&self, relayed_by: &str, client: &str, proof: &str) -> bool {
+        unhex(proof).is_some_and(|tag| {
+            ring::hmac::verify(&self.relay, format!("{relayed_by}\n{client}").as_bytes(), &tag).is_ok()
+        })
     }
 
     /// The key at `path`, or, when there is none and the store holds no secret yet (`sealed`
@@ -85,7 +110,15 @@ impl SecretsKey {
             Ok(text) => {
                 let bytes = unhex(text.trim()).ok_or_else(|| SecretsKeyError::Malformed(path.to_path_buf()))?;
                 let bytes: [u8; 32] = bytes.try_into().map_err(|_| SecretsKeyError::Malformed(path.to_path_buf()))?;
-                Ok(Self::from_bytes(&bytes))
+                let key = Self::from_bytes(&bytes);
+                match sealed {
+                    // The first secret's key: secrets sealed under another key are refused here
+                    // rather than when an agent needs one.
+                    Some((count, key_id)) if key_id != key.id => {
+                        Err(SecretsKeyError::Other { path: path.to_path_buf(), found: key.id.clone(), count, key_id })
+                    }
+                    _ => Ok(key),
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 if let Some((count, key_id)) = sealed {
@@ -172,6 +205,17 @@ mod tests {
     }
 
     #[test]
+    fn only_a_holder_of_the_key_proves_it_relayed_a_request() {
+        let (key, other) = (SecretsKey::from_bytes(&[7; 32]), SecretsKey::from_bytes(&[8; 32]));
+        let proof = key.relay_proof("s1", "10.0.0.9:5123");
+        assert!(key.relay_proven("s1", "10.0.0.9:5123", &proof));
+        assert!(!key.relay_proven("s1", "10.0.0.8:5123", &proof), "another client");
+        assert!(!key.relay_proven("s2", "10.0.0.9:5123", &proof), "another server");
+        assert!(!other.relay_proven("s1", "10.0.0.9:5123", &proof), "another key");
+        assert!(!key.relay_proven("s1", "10.0.0.9:5123", "zz"));
+    }
+
+    #[test]
     fn a_sealed_value_moved_to_another_secret_or_version_does_not_open() {
         let key = SecretsKey::from_bytes(&[7; 32]);
         let record = key.seal("shop", "db_password", 2, "s3cret", 5);
@@ -196,6 +240,10 @@ mod tests {
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         let again = SecretsKey::load_or_make(&path, Some((1, made.id().to_string()))).unwrap();
         assert_eq!(again.id(), made.id());
+        // Another server's key over this store's secrets: refused at start, naming both keys.
+        let other = SecretsKey::load_or_make(&path, Some((2, "0123456789abcdef".into()))).unwrap_err();
+        let said = other.to_string();
+        assert!(said.contains(made.id()) && said.contains("0123456789abcdef") && said.contains("same"), "{said}");
         std::fs::remove_file(&path).unwrap();
         let missing = SecretsKey::load_or_make(&path, Some((3, made.id().to_string()))).unwrap_err();
         assert!(missing.to_string().contains("3 secret(s) sealed with key"), "{missing}");

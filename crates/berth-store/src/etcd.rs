@@ -50,6 +50,18 @@ pub struct EtcdConfig {
     pub prefix: String,
     /// The members' `--max-txn-ops`.
     pub max_txn_ops: usize,
+    /// TLS to the members (their `--cert-file` and `--trusted-ca-file`); none: plain gRPC.
+    pub tls: Option<EtcdTls>,
+}
+
+/// What a server presents to etcd and trusts of it (PEM files), as Kubernetes' `--etcd-cafile`,
+/// `--etcd-certfile` and `--etcd-keyfile`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA the members' certificates are signed by.
+    pub ca: std::path::PathBuf,
+    /// A client certificate and key, for members started with `--client-cert-auth`.
+    pub identity: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 impl EtcdConfig {
@@ -69,12 +81,34 @@ impl EtcdConfig {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Ok(EtcdConfig { endpoints, prefix, max_txn_ops: DEFAULT_MAX_TXN_OPS })
+        Ok(EtcdConfig { endpoints, prefix, max_txn_ops: DEFAULT_MAX_TXN_OPS, tls: None })
+    }
+
+    /// How every client of the members connects: timeouts, keep-alives, TLS.
+    pub fn connect_options(&self) -> Result<ConnectOptions, StoreError> {
+        let mut options = ConnectOptions::new()
+            .with_connect_timeout(Duration::from_secs(3))
+            .with_keep_alive(KEEPALIVE_PING, Duration::from_secs(3))
+            // A member cut off from the others refuses, rather than answering with what it last knew.
+            .with_require_leader(true);
+        if let Some(tls) = &self.tls {
+            let read = |path: &std::path::Path| {
+                std::fs::read(path).map_err(|e| StoreError::Backend(format!("etcd TLS: {}: {e}", path.display())))
+            };
+            let mut config =
+                etcd_client::TlsOptions::new().ca_certificate(etcd_client::Certificate::from_pem(read(&tls.ca)?));
+            if let Some((cert, key)) = &tls.identity {
+                config = config.identity(etcd_client::Identity::from_pem(read(cert)?, read(key)?));
+            }
+            options = options.with_tls(config);
+        }
+        Ok(options)
     }
 
     /// `etcd://a:2379,b:2379` as given, for messages.
     pub fn url(&self) -> String {
-        format!("etcd://{}", self.endpoints.join(","))
+        let scheme = if self.tls.is_some() { "etcd+tls" } else { "etcd" };
+        format!("{scheme}://{}", self.endpoints.join(","))
     }
 }
 
@@ -182,14 +216,9 @@ impl EtcdStore {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Backend(format!("cannot start the etcd client's runtime: {e}")))?;
-        let options = ConnectOptions::new()
-            .with_connect_timeout(Duration::from_secs(3))
-            // One try at one member: a write forwarded to a leader that just died is never
-            // answered, and the next member is tried after this long.
-            .with_timeout(ATTEMPT_TIMEOUT)
-            .with_keep_alive(KEEPALIVE_PING, Duration::from_secs(3))
-            // A member cut off from the others refuses, rather than answering with what it last knew.
-            .with_require_leader(true);
+        // One try at one member: a write forwarded to a leader that just died is never answered,
+        // and the next member is tried after this long.
+        let options = config.connect_options()?.with_timeout(ATTEMPT_TIMEOUT);
         let mirror: Arc<RwLock<Mirror>> = Arc::default();
         let members = {
             let (moved, options) = (config.clone(), options.clone());

@@ -11,7 +11,7 @@ pub mod transfer;
 use tokio::sync::watch;
 
 #[cfg(feature = "etcd")]
-pub use etcd::{EtcdConfig, EtcdStore};
+pub use etcd::{EtcdConfig, EtcdStore, EtcdTls};
 pub use memory::MemoryStore;
 pub use redb_store::RedbStore;
 pub use state::State;

@@ -87,3 +87,45 @@ fn one_member_lost_goes_unnoticed_and_a_lost_quorum_refuses_writes_until_it_retu
         other.get("after").unwrap().is_some_and(|e| e.mod_revision == rev)
     });
 }
+
+#[test]
+fn a_stale_leaders_write_is_refused_by_etcd() {
+    use berth_store::state::{Fence, State};
+    use std::sync::Arc;
+    let Some(cluster) = EtcdCluster::start("a_stale_leaders_write_is_refused", 3) else { return };
+    let (a, b): (Arc<dyn Store>, Arc<dyn Store>) = (Arc::new(connect(&cluster)), Arc::new(connect(&cluster)));
+    // Server a leads: its leadership key, and every write of its compares it.
+    let elected = a.commit(Txn::default().put("leader/a", b"{\"id\":\"a\"}".to_vec())).unwrap();
+    let leader = State::new(a.clone()).unwrap();
+    leader.set_fence(Fence::Leading(berth_store::Compare { key: "leader/a".into(), mod_revision: elected }));
+    leader.commit(Txn::default().put("apps/g/web", b"{\"by\":\"a\"}".to_vec())).expect("the leader writes");
+    // Its lease lapses (the key goes) and server b is elected and writes.
+    b.commit(Txn::default().delete("leader/a").put("leader/b", b"{\"id\":\"b\"}".to_vec())).unwrap();
+    b.commit(Txn::default().put("apps/g/web", b"{\"by\":\"b\"}".to_vec())).unwrap();
+    // a, not yet aware, writes on: etcd refuses, and nothing of it lands.
+    let stale =
+        leader.commit(Txn::default().put("apps/g/web", b"{\"by\":\"stale a\"}".to_vec()).put("apps/g/x", vec![]));
+    assert!(matches!(stale, Err(StoreError::NotLeader(ref k)) if k == "leader/a"), "{stale:?}");
+    eventually("b's write seen by a", || a.get("apps/g/web").unwrap().is_some_and(|e| e.value == b"{\"by\":\"b\"}"));
+    assert!(b.get("apps/g/x").unwrap().is_none(), "all or nothing");
+}
+
+#[test]
+fn over_tls_a_client_certificate_is_required_and_enough() {
+    let Some(cluster) = EtcdCluster::start_tls("over_tls_a_client_certificate_is_required", 1) else { return };
+    let files = cluster.tls_files().expect("a TLS cluster").clone();
+    let config = |tls: Option<berth_store::EtcdTls>| {
+        let mut config = EtcdConfig::parse(&cluster.url(), "/berth").expect("url");
+        config.tls = tls;
+        config
+    };
+    let full = berth_store::EtcdTls { ca: files.ca.clone(), identity: Some((files.cert.clone(), files.key.clone())) };
+    let store = EtcdStore::connect(config(Some(full))).expect("connects with the CA and a client certificate");
+    let rev = store.commit(Txn::default().put("apps/g/web", b"{}".to_vec())).expect("writes over TLS");
+    assert_eq!(store.get("apps/g/web").unwrap().map(|e| e.mod_revision), Some(rev));
+    assert!(store.config().url().starts_with("etcd+tls://"), "{}", store.config().url());
+    // Without a client certificate, or without TLS at all, the members refuse.
+    let no_identity = berth_store::EtcdTls { ca: files.ca.clone(), identity: None };
+    assert!(EtcdStore::connect(config(Some(no_identity))).is_err(), "a client certificate is required");
+    assert!(EtcdStore::connect(config(None)).is_err(), "plain gRPC is refused");
+}

@@ -14,12 +14,25 @@ pub struct EtcdCluster {
     members: Vec<Member>,
     initial_cluster: String,
     token: String,
+    /// Clients must come over TLS with a certificate of this CA's (`start_tls`).
+    tls: Option<EtcdTlsFiles>,
+}
+
+/// What a TLS cluster was started with, PEM: its CA, and a certificate and key (for
+/// `127.0.0.1`) that the members serve and that clients may present too.
+#[derive(Debug, Clone)]
+pub struct EtcdTlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 struct Member {
     name: String,
     client: u16,
     peer: u16,
+    /// Plain HTTP `/health`, apart from the client port (which may be TLS).
+    metrics: u16,
     child: Option<Child>,
 }
 
@@ -44,15 +57,41 @@ fn etcd_binary(test: &str) -> Option<PathBuf> {
 impl EtcdCluster {
     /// Starts `size` members and waits until the cluster answers; `None` when etcd is missing.
     pub fn start(test: &str, size: usize) -> Option<EtcdCluster> {
+        Self::launch(test, size, false)
+    }
+
+    /// As `start`, the members serving clients over TLS only, with client certificates required
+    /// (`--client-cert-auth`): see `tls_files`.
+    pub fn start_tls(test: &str, size: usize) -> Option<EtcdCluster> {
+        Self::launch(test, size, true)
+    }
+
+    /// The CA, certificate and key of a cluster started with `start_tls`.
+    pub fn tls_files(&self) -> Option<&EtcdTlsFiles> {
+        self.tls.as_ref()
+    }
+
+    fn launch(test: &str, size: usize, tls: bool) -> Option<EtcdCluster> {
         etcd_binary(test)?;
         let dir = tempfile::tempdir().expect("tempdir");
+        let tls = tls.then(|| {
+            let tls_dir = dir.path().join("tls");
+            let made = berth_tls::own_identity(&tls_dir, &["127.0.0.1".into(), "localhost".into()]).expect("TLS files");
+            EtcdTlsFiles { ca: tls_dir.join(berth_tls::CA_FILE), cert: made.cert, key: made.key }
+        });
         let members: Vec<Member> = (0..size)
-            .map(|i| Member { name: format!("m{i}"), client: free_port(), peer: free_port(), child: None })
+            .map(|i| Member {
+                name: format!("m{i}"),
+                client: free_port(),
+                peer: free_port(),
+                metrics: free_port(),
+                child: None,
+            })
             .collect();
         let initial_cluster =
             members.iter().map(|m| format!("{}=http://127.0.0.1:{}", m.name, m.peer)).collect::<Vec<_>>().join(",");
         let token = format!("berth-test-{}", dir.path().file_name().map(|n| n.to_string_lossy()).unwrap_or_default());
-        let mut cluster = EtcdCluster { dir, members, initial_cluster, token };
+        let mut cluster = EtcdCluster { dir, members, initial_cluster, token, tls };
         for i in 0..size {
             cluster.spawn(i);
         }
@@ -70,11 +109,18 @@ impl EtcdCluster {
             .open(self.dir.path().join(format!("{}.log", self.members[i].name)))
             .expect("etcd log file");
         let m = &self.members[i];
-        let client = format!("http://127.0.0.1:{}", m.client);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client = format!("{scheme}://127.0.0.1:{}", m.client);
         let peer = format!("http://127.0.0.1:{}", m.peer);
-        let child = Command::new("etcd")
+        let mut command = Command::new("etcd");
+        if let Some(tls) = &self.tls {
+            command.arg("--cert-file").arg(&tls.cert).arg("--key-file").arg(&tls.key);
+            command.arg("--trusted-ca-file").arg(&tls.ca).arg("--client-cert-auth");
+        }
+        let child = command
             .args(["--name", &m.name, "--data-dir"])
             .arg(&data)
+            .args(["--listen-metrics-urls", &format!("http://127.0.0.1:{}", m.metrics)])
             .args(["--listen-client-urls", &client, "--advertise-client-urls", &client])
             .args(["--listen-peer-urls", &peer, "--initial-advertise-peer-urls", &peer])
             .args(["--initial-cluster", &self.initial_cluster, "--initial-cluster-token", &self.token])
@@ -122,7 +168,7 @@ impl EtcdCluster {
     /// Waits until member `i` says it is healthy (it has a leader and takes requests).
     pub fn wait_healthy(&self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(30);
-        while !health(self.members[i].client) {
+        while !health(self.members[i].metrics) {
             if Instant::now() > deadline {
                 let log = std::fs::read_to_string(self.dir.path().join(format!("{}.log", self.members[i].name)))
                     .unwrap_or_default();

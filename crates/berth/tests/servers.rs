@@ -170,7 +170,7 @@ fn wait_for_file(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn three_servers_elect_a_leader_relay_to_it_and_elect_another_when_it_dies() {
-    let Some(etcd) = EtcdCluster::start("three_servers_elect_a_leader", 3) else { return };
+    let Some(mut etcd) = EtcdCluster::start("three_servers_elect_a_leader", 3) else { return };
     let mut servers = tokio::task::block_in_place(|| Servers::start(&etcd, 3));
     let leader = servers.agreed_leader(&[0, 1, 2], None).await;
     let view = servers.get(0, "/v1/cluster").await.expect("cluster view");
@@ -185,6 +185,11 @@ async fn three_servers_elect_a_leader_relay_to_it_and_elect_another_when_it_dies
     assert!((200..300).contains(&status), "deploy through a follower: {status} {body}\n{}", servers.logs());
     let app = servers.get(third, "/v1/apps/shop/web").await.expect("the app, read through the third server");
     assert_eq!(app["id"], "shop/web", "{app}");
+    // The leader's audit log names the client, and the server that relayed its request.
+    let audit = servers.get(third, "/v1/audit").await.expect("the audit log");
+    let deploy = audit.as_array().unwrap().iter().find(|e| e["action"] == "app.deploy").expect("the deploy");
+    let address = deploy["address"].as_str().unwrap_or_default();
+    assert!(address.starts_with("127.0.0.1:") && address.ends_with(&format!("(via s{follower})")), "{deploy}");
 
     // The leader dies without a word: another leads within 10 s, and changes go on.
     let killed_at = Instant::now();
@@ -195,6 +200,12 @@ async fn three_servers_elect_a_leader_relay_to_it_and_elect_another_when_it_dies
     eprintln!("new leader {next} {took:?} after the leader's SIGKILL");
     let (status, body) = deploy_through(&servers, follower, "api").await;
     assert!((200..300).contains(&status), "deploy after the failover: {status} {body}\n{}", servers.logs());
+
+    // One etcd member of three lost: the servers go on as if nothing happened.
+    etcd.kill(0);
+    let (status, body) = deploy_through(&servers, third, "after-member-loss").await;
+    assert!((200..300).contains(&status), "deploy with an etcd member down: {status} {body}\n{}", servers.logs());
+    assert_eq!(servers.agreed_leader(&[follower, third], None).await, next, "the same leader");
 
     // `berth server ls` through any server shows who leads; given several servers, the CLI
     // moves past the dead one.

@@ -224,8 +224,10 @@ pub(super) async fn record(
     req: Request,
     next: Next,
 ) -> Response {
-    let address = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| *a);
+    let peer = req.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(a)| *a);
     let Some(route) = route else { return next.run(req).await };
+    // A request another server relayed is the client's, as that server proves.
+    let (address, via) = crate::relay::client_of(&shared, req.headers(), peer);
     let route = route.as_str();
     let method = req.method().clone();
     let kind = kind(&method, route);
@@ -283,7 +285,11 @@ pub(super) async fn record(
         actor,
         actor_id,
         role,
-        address: address.map_or_else(|| "unknown".into(), |a| a.to_string()),
+        address: match (address, via) {
+            (Some(a), Some(server)) => format!("{a} (via {server})"),
+            (Some(a), None) => a.to_string(),
+            (None, _) => "unknown".into(),
+        },
         action: action(&method, route),
         group,
         target,

@@ -189,6 +189,8 @@ pub struct ServerOptions {
     /// The etcd members' --max-txn-ops (etcd's default is 128): larger changes are made in steps.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(16..))]
     store_max_txn_ops: u32,
+    #[command(flatten)]
+    store_tls: StoreTlsOptions,
     /// This server's name among those sharing a store (default: one made at first start and
     /// kept in DATA_DIR/server/server.id).
     #[arg(long)]
@@ -260,6 +262,28 @@ pub struct ServerOptions {
     join: JoinTokenOptions,
 }
 
+/// TLS to an etcd store's members (as Kubernetes' --etcd-cafile, --etcd-certfile, --etcd-keyfile).
+#[derive(Debug, Clone, clap::Args)]
+pub struct StoreTlsOptions {
+    /// The CA the etcd members' certificates are signed by: talk to them over TLS.
+    #[arg(long, env = "BERTH_STORE_CA_FILE")]
+    store_ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) for members started with --client-cert-auth, with --store-key-file.
+    #[arg(long, requires_all = ["store_key_file", "store_ca_file"], env = "BERTH_STORE_CERT_FILE")]
+    store_cert_file: Option<PathBuf>,
+    /// The private key (PEM) of --store-cert-file.
+    #[arg(long, requires = "store_cert_file", env = "BERTH_STORE_KEY_FILE")]
+    store_key_file: Option<PathBuf>,
+}
+
+impl StoreTlsOptions {
+    pub fn tls(&self) -> Option<berth_store::EtcdTls> {
+        let ca = self.store_ca_file.clone()?;
+        let identity = self.store_cert_file.clone().zip(self.store_key_file.clone());
+        Some(berth_store::EtcdTls { ca, identity })
+    }
+}
+
 fn parse_domain(text: &str) -> Result<String, String> {
     let domain = berth_server::normal_domain(text);
     let ok = !domain.is_empty()
@@ -300,7 +324,10 @@ impl ServerOptions {
             store: self
                 .store
                 .as_deref()
-                .map(|url| berth_server::StoreLocation::parse(url, &self.store_prefix, self.store_max_txn_ops as usize))
+                .map(|url| {
+                    let max = self.store_max_txn_ops as usize;
+                    berth_server::StoreLocation::parse(url, &self.store_prefix, max, self.store_tls.tls())
+                })
                 .transpose()
                 .map_err(|e| anyhow::anyhow!("--store: {e}"))?,
             server_id: self.server_id.clone(),

@@ -26,6 +26,8 @@ pub enum StoreAction {
         /// The etcd members' --max-txn-ops.
         #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u32).range(16..))]
         store_max_txn_ops: u32,
+        #[command(flatten)]
+        tls: super::platform::StoreTlsOptions,
         /// Read the export from this file instead of stdin.
         #[arg(long, short = 'f')]
         file: Option<PathBuf>,
@@ -41,7 +43,7 @@ pub async fn run(action: StoreAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             writeln!(out)?;
             Ok(ExitCode::SUCCESS)
         }
-        StoreAction::Import { store, store_prefix, store_max_txn_ops, file } => {
+        StoreAction::Import { store, store_prefix, store_max_txn_ops, tls, file } => {
             let text = match &file {
                 Some(path) => std::fs::read_to_string(path).with_context(|| format!("{}", path.display()))?,
                 None => {
@@ -53,7 +55,8 @@ pub async fn run(action: StoreAction, ctx: &Ctx) -> anyhow::Result<ExitCode> {
             let from = file.as_ref().map_or("stdin".to_string(), |p| p.display().to_string());
             let export: Export = serde_json::from_str(&text).with_context(|| format!("{from}: not a store export"))?;
             let max = store_max_txn_ops as usize;
-            let location = berth_server::StoreLocation::parse(&store, &store_prefix, max).context("--store")?;
+            let location =
+                berth_server::StoreLocation::parse(&store, &store_prefix, max, tls.tls()).context("--store")?;
             // Each record is a compare and a put; etcd counts each side against its limit, and
             // the store adds one of each.
             let per_txn = if matches!(location, berth_server::StoreLocation::Etcd(_)) { max - 1 } else { 1000 };
