@@ -339,8 +339,10 @@ async fn run(
                     if e.status() == Some(404) {
                         poll_register.notify_one();
                     }
+                    // Carried on from the same index, on whichever server answers next: the servers
+                    // share the store's revisions (and one that does not knows the index is not
+                    // its own, and answers at once).
                     tracing::warn!(error = %e, "watching assignments failed; retrying");
-                    index = 0;
                     tokio::time::sleep(retry.next_delay(rand::random())).await;
                 }
             }

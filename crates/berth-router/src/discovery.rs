@@ -51,8 +51,8 @@ pub async fn follow(
                 applied.send_replace(at);
             }
             Err(e) => {
+                // Resumed from the same index on the next server (see the agent's watch).
                 tracing::warn!(error = %e, "watching routes failed; serving the last table");
-                index = 0;
                 tokio::select! {
                     _ = tokio::time::sleep(retry.next_delay(rand::random())) => {}
                     _ = shutdown.changed() => break,

@@ -15,6 +15,7 @@ mod reconciler;
 mod relay;
 mod routes;
 mod secrets;
+mod shared_ca;
 mod usage;
 mod views;
 
@@ -512,26 +513,6 @@ impl Server {
             .map(|mut addrs| addrs.all(|a| a.ip().is_loopback()))
             .unwrap_or(true);
         std::fs::create_dir_all(&config.data_dir).map_err(|e| ServerError::DataDir(config.data_dir.clone(), e))?;
-        let tls = config.tls.chosen(loopback, config.insecure_unauthenticated, &config.data_dir);
-        let (acceptor, tls_info, ca_pem) = match &tls {
-            Tls::Off => (None, None, None),
-            Tls::Files { cert, key } => {
-                let info = TlsInfo { ca_file: None, ca_fingerprint: None, made: false };
-                (Some(berth_tls::acceptor(cert, key)?), Some(info), None)
-            }
-            Tls::Own { dir, names } => {
-                let identity = berth_tls::own_identity(dir, &certificate_names(&config.api_addr, names))?;
-                let info = TlsInfo {
-                    ca_file: Some(dir.join(berth_tls::CA_FILE)),
-                    ca_fingerprint: Some(identity.ca_fingerprint.clone()),
-                    made: identity.made,
-                };
-                if identity.made {
-                    tracing::info!(ca = %identity.ca_fingerprint, dir = %dir.display(), "made a CA and a server certificate");
-                }
-                (Some(berth_tls::acceptor(&identity.cert, &identity.key)?), Some(info), Some(identity.ca_pem))
-            }
-        };
         let location = config.store.clone().unwrap_or_else(|| StoreLocation::Redb(config.data_dir.join("state.redb")));
         // The etcd client's own runtime is started and waited for from here.
         let store = tokio::task::spawn_blocking(move || location.open().map(|s| (s, location)))
@@ -544,6 +525,31 @@ impl Server {
         let join_token = http::credentials::join_token(&config.join_token_file, config.join_token.clone())?;
         let secrets_key = secrets::SecretsKey::load_or_make(&config.secrets_key_file, sealed_secrets(&*store)?)?;
         tracing::info!(key = secrets_key.id(), path = %config.secrets_key_file.display(), "secrets are sealed with this key");
+        let tls = config.tls.chosen(loopback, config.insecure_unauthenticated, &config.data_dir);
+        let (acceptor, tls_info, ca_pem) = match &tls {
+            Tls::Off => (None, None, None),
+            Tls::Files { cert, key } => {
+                let info = TlsInfo { ca_file: None, ca_fingerprint: None, made: false };
+                (Some(berth_tls::acceptor(cert, key)?), Some(info), None)
+            }
+            Tls::Own { dir, names } => {
+                let names = certificate_names(&config.api_addr, names);
+                let identity = match location {
+                    // Servers sharing a store share one CA: whoever trusts one trusts them all.
+                    StoreLocation::Etcd(_) => shared_ca::identity(&*store, &secrets_key, dir, &names)?,
+                    StoreLocation::Redb(_) => berth_tls::own_identity(dir, &names)?,
+                };
+                let info = TlsInfo {
+                    ca_file: Some(dir.join(berth_tls::CA_FILE)),
+                    ca_fingerprint: Some(identity.ca_fingerprint.clone()),
+                    made: identity.made,
+                };
+                if identity.made {
+                    tracing::info!(ca = %identity.ca_fingerprint, dir = %dir.display(), "made a CA and a server certificate");
+                }
+                (Some(berth_tls::acceptor(&identity.cert, &identity.key)?), Some(info), Some(identity.ca_pem))
+            }
+        };
         let listener =
             TcpListener::bind(&config.api_addr).await.map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;
         let addr = listener.local_addr().map_err(|e| ServerError::Listen(config.api_addr.clone(), e))?;

@@ -108,10 +108,14 @@ pub fn own_identity(dir: &Path, names: &[String]) -> Result<Identity, TlsError> 
     Ok(Identity { cert: path(CERT_FILE), key: path(KEY_FILE), ca_fingerprint: fingerprint(&ca[0]), ca_pem, made })
 }
 
-fn make_identity(dir: &Path, names: &[String]) -> Result<(), TlsError> {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair, KeyUsagePurpose};
-    let generate = |e: rcgen::Error| TlsError::Generate(e.to_string());
-    let ca_key = KeyPair::generate().map_err(generate)?;
+fn generate(e: rcgen::Error) -> TlsError {
+    TlsError::Generate(e.to_string())
+}
+
+/// A CA's certificate settings, named after its key: the same key always makes the same name,
+/// so a CA kept as its key alone signs as the certificate it first made.
+fn ca_params(ca_key: &rcgen::KeyPair) -> Result<rcgen::CertificateParams, TlsError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyUsagePurpose};
     let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(generate)?;
     // Named apart from every other cluster's CA: a server of another cluster is then an
     // unknown issuer, not a bad signature under a name that matches.
@@ -120,9 +124,22 @@ fn make_identity(dir: &Path, names: &[String]) -> Result<(), TlsError> {
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     ca_params.not_after = rcgen::date_time_ymd(2100, 1, 1);
-    let ca = ca_params.self_signed(&ca_key).map_err(generate)?;
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    Ok(ca_params)
+}
 
+fn make_identity(dir: &Path, names: &[String]) -> Result<(), TlsError> {
+    let ca_key = rcgen::KeyPair::generate().map_err(generate)?;
+    let ca = ca_params(&ca_key)?.self_signed(&ca_key).map_err(generate)?;
+    let ca_key_pem = ca_key.serialize_pem();
+    sign_server(dir, names, &ca.pem(), &ca_key_pem)
+}
+
+/// A server key and certificate for `names`, signed by the CA of `ca_pem` and `ca_key_pem`, and
+/// every file of the identity written under `dir`.
+fn sign_server(dir: &Path, names: &[String], ca_pem: &str, ca_key_pem: &str) -> Result<(), TlsError> {
+    use rcgen::{CertificateParams, DnType, KeyPair};
+    let ca_key = KeyPair::from_pem(ca_key_pem).map_err(generate)?;
+    let issuer = rcgen::Issuer::new(ca_params(&ca_key)?, ca_key);
     let key = KeyPair::generate().map_err(generate)?;
     let mut params = CertificateParams::new(names.to_vec()).map_err(generate)?;
     params.distinguished_name.push(DnType::CommonName, "Berth server");
@@ -133,9 +150,41 @@ fn make_identity(dir: &Path, names: &[String]) -> Result<(), TlsError> {
     // Keys first, the chain last: a crash before the chain is written makes them again.
     write_key(&dir.join(CA_KEY_FILE), &issuer_key_pem(&issuer))?;
     write_key(&dir.join(KEY_FILE), &key.serialize_pem())?;
-    write_key(&dir.join(CA_FILE), &ca.pem())?;
-    write_key(&dir.join(CERT_FILE), &format!("{}{}", cert.pem(), ca.pem()))?;
+    write_key(&dir.join(CA_FILE), ca_pem)?;
+    write_key(&dir.join(CERT_FILE), &format!("{}{ca_pem}", cert.pem()))?;
     Ok(())
+}
+
+/// A CA as PEM: its certificate and its private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct CaFiles {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CaFiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CaFiles(<key hidden>)")
+    }
+}
+
+/// The CA a server made under `dir` (`own_identity`).
+pub fn read_ca(dir: &Path) -> Result<CaFiles, TlsError> {
+    let read = |name: &str| std::fs::read_to_string(dir.join(name)).map_err(|e| TlsError::Io(dir.join(name), e));
+    Ok(CaFiles { cert_pem: read(CA_FILE)?, key_pem: read(CA_KEY_FILE)? })
+}
+
+/// As `own_identity`, under a CA given rather than made: servers sharing a store share one CA,
+/// so that whoever trusts one trusts them all. The server certificate is made again when the CA
+/// under `dir` is another.
+pub fn identity_under(dir: &Path, names: &[String], ca: &CaFiles) -> Result<Identity, TlsError> {
+    let kept = std::fs::read_to_string(dir.join(CA_FILE)).ok();
+    let made = kept.as_deref() != Some(ca.cert_pem.as_str()) || !dir.join(CERT_FILE).exists();
+    if made {
+        sign_server(dir, names, &ca.cert_pem, &ca.key_pem)?;
+    }
+    let identity = own_identity(dir, names)?;
+    Ok(Identity { made, ..identity })
 }
 
 fn issuer_key_pem(issuer: &rcgen::Issuer<'_, rcgen::KeyPair>) -> String {
@@ -351,6 +400,23 @@ mod tests {
         let wrong_ca = handshake(&identity, &Trust::Ca(other.ca_pem.clone()), "127.0.0.1").await.unwrap_err();
         assert!(wrong_ca.contains("UnknownIssuer") || wrong_ca.contains("unknown issuer"), "{wrong_ca}");
         assert!(handshake(&identity, &Trust::Nothing, "127.0.0.1").await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_server_under_another_servers_ca_is_trusted_by_that_ca_and_its_pin() {
+        let names = vec!["127.0.0.1".to_string()];
+        let (first, second) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let made = own_identity(first.path(), &names).unwrap();
+        // The second server had a CA of its own; it takes the first's.
+        own_identity(second.path(), &names).unwrap();
+        let shared = read_ca(first.path()).unwrap();
+        let under = identity_under(second.path(), &names, &shared).unwrap();
+        assert!(under.made, "a new certificate under the new CA");
+        assert_eq!(under.ca_fingerprint, made.ca_fingerprint);
+        assert!(!identity_under(second.path(), &names, &shared).unwrap().made, "kept after");
+        handshake(&under, &Trust::Ca(made.ca_pem.clone()), "127.0.0.1").await.unwrap();
+        handshake(&under, &Trust::pinned(&made.ca_fingerprint).unwrap(), "127.0.0.1").await.unwrap();
+        handshake(&made, &Trust::Ca(under.ca_pem.clone()), "127.0.0.1").await.unwrap();
     }
 
     #[test]

@@ -18,10 +18,16 @@ struct Servers {
     ports: Vec<u16>,
     children: Vec<Option<Child>>,
     client: reqwest::Client,
+    /// `--tls`: HTTPS with the servers' own (shared) CA.
+    tls: bool,
 }
 
 impl Servers {
     fn start(etcd: &EtcdCluster, n: usize) -> Servers {
+        Self::start_tls(etcd, n, false)
+    }
+
+    fn start_tls(etcd: &EtcdCluster, n: usize, tls: bool) -> Servers {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("join.token"), "test-join-token-servers").expect("join token");
         let mut servers = Servers {
@@ -30,10 +36,17 @@ impl Servers {
             ports: (0..n).map(|_| free_port()).collect(),
             children: (0..n).map(|_| None).collect(),
             client: berth_tls::http(),
+            tls,
         };
         // The first makes the secrets key and the admin token; the others find them.
         servers.spawn(0);
         wait_for_file(&servers.data_dir(0).join("admin.token"));
+        if tls {
+            // Trusting the first server's CA: the others take it from the store.
+            let ca = std::fs::read_to_string(servers.data_dir(0).join("tls/ca.pem")).expect("the CA");
+            servers.client =
+                berth_tls::http_builder_trusting(&berth_tls::Trust::Ca(ca)).expect("trust").build().expect("client");
+        }
         for i in 1..n {
             servers.spawn(i);
         }
@@ -57,6 +70,9 @@ impl Servers {
             // One key for every server: secrets sealed by one are opened by the others.
             .arg("--secrets-key-file")
             .arg(self.dir.path().join("secrets.key"));
+        if self.tls {
+            server.arg("--tls");
+        }
         self.children[i] = Some(self.launch(&mut server, &format!("s{i}.log")));
     }
 
@@ -74,7 +90,8 @@ impl Servers {
     }
 
     fn url(&self, i: usize) -> String {
-        format!("http://127.0.0.1:{}", self.ports[i])
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://127.0.0.1:{}", self.ports[i])
     }
 
     fn logs(&self) -> String {
@@ -239,6 +256,21 @@ async fn a_leader_that_stalls_past_its_lease_stops_leading_and_hands_requests_on
     assert!((200..300).contains(&status), "a deploy through the old leader: {status} {body}\n{}", servers.logs());
     let app = servers.get(others[0], "/v1/apps/shop/after-stall").await;
     assert!(app.is_some(), "the deploy landed\n{}", servers.logs());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn servers_sharing_a_store_share_one_ca_and_relay_over_https() {
+    let Some(etcd) = EtcdCluster::start("servers_share_one_ca", 1) else { return };
+    let servers = tokio::task::block_in_place(|| Servers::start_tls(&etcd, 3, true));
+    // Every server answers over HTTPS with a certificate of the first one's CA.
+    let leader = servers.agreed_leader(&[0, 1, 2], None).await;
+    let cas: Vec<String> =
+        (0..3).map(|i| std::fs::read_to_string(servers.data_dir(i).join("tls/ca.pem")).expect("a CA file")).collect();
+    assert!(cas.iter().all(|ca| *ca == cas[0]), "one CA for all");
+    // A change through a follower is relayed to the leader over HTTPS.
+    let follower = (Servers::index_of(&leader) + 1) % 3;
+    let (status, body) = deploy_through(&servers, follower, "web").await;
+    assert!((200..300).contains(&status), "deploy through a follower over HTTPS: {status} {body}\n{}", servers.logs());
 }
 
 /// A `berth agent` or `berth router` given every server's address.

@@ -152,7 +152,9 @@ pub(crate) async fn wait_until(
         let mut rx = store.watch();
         loop {
             let at = *rx.borrow_and_update();
-            if at > index && moved(index)? {
+            // An index past the store's is another store's (a platform moved onto etcd, whose
+            // revisions start again): answer at once, and the caller carries on from ours.
+            if at > index && moved(index)? || at < index {
                 break;
             }
             if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {

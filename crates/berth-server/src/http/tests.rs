@@ -28,6 +28,24 @@ fn admin_token(dir: &tempfile::TempDir) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_blocking_read_from_an_index_past_the_store_answers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start(&dir, Tuning::default()).await;
+    let started = std::time::Instant::now();
+    let answer = berth_tls::http()
+        .get(format!("http://{}/v1/events?index=999999999&wait=20s", server.addr))
+        .bearer_auth(admin_token(&dir))
+        .send()
+        .await
+        .unwrap();
+    assert!(answer.status().is_success());
+    let index: u64 = answer.headers()["x-berth-index"].to_str().unwrap().parse().unwrap();
+    assert!(index < 999_999_999, "answered with the store's own index: {index}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10), "at once, not after the wait");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn every_documented_route_is_served() {
     let doc =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/openapi.yaml")).expect("openapi.yaml");
