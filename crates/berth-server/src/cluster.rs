@@ -233,14 +233,25 @@ impl Lease {
             loop {
                 tokio::time::sleep(KEEPALIVE_EVERY).await;
                 let sent = now_ms();
-                if keeper.keep_alive().await.is_err() {
-                    continue;
+                let acked = async {
+                    keeper.keep_alive().await?;
+                    acks.message().await
                 }
-                match acks.message().await {
+                .await;
+                match acked {
                     Ok(Some(ack)) if ack.ttl() > 0 => until.store(sent + ack.ttl() * 1000, Ordering::SeqCst),
-                    // Expired (TTL 0) or the stream ended: the lease is gone for good.
-                    Ok(_) => return,
-                    Err(e) => tracing::debug!(error = %e, "keeping the leader's lease alive failed"),
+                    // TTL 0: etcd let the lease go; it is gone for good.
+                    Ok(Some(_)) => return,
+                    // The member the stream went to is gone (or the stream ended): another.
+                    failed => {
+                        if let Err(e) = &failed {
+                            tracing::debug!(error = %e, "keeping the leader's lease alive failed; reconnecting");
+                        }
+                        match client.lease_keep_alive(id).await {
+                            Ok((k, a)) => (keeper, acks) = (k, a),
+                            Err(e) => tracing::debug!(error = %e, "reopening the lease's keep-alive failed"),
+                        }
+                    }
                 }
             }
         });

@@ -19,14 +19,21 @@ use crate::Shared;
 pub(crate) struct ApiError {
     status: StatusCode,
     body: ErrorBody,
+    /// Sent again by clients a moment later (`Retry-After`): nothing was done, and a leader is
+    /// seconds away.
+    retry_after: bool,
 }
 
 impl ApiError {
     pub(crate) fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, body: ErrorBody { error: message.into(), details: vec![] } }
+        ApiError { status, body: ErrorBody { error: message.into(), details: vec![] }, retry_after: false }
     }
     pub(crate) fn invalid(message: impl Into<String>, details: Vec<SpecError>) -> Self {
-        ApiError { status: StatusCode::UNPROCESSABLE_ENTITY, body: ErrorBody { error: message.into(), details } }
+        ApiError {
+            status: StatusCode::UNPROCESSABLE_ENTITY,
+            body: ErrorBody { error: message.into(), details },
+            retry_after: false,
+        }
     }
     /// A body field at fault: 400, saying which.
     pub(crate) fn invalid_field(field: &str, why: &str) -> Self {
@@ -42,8 +49,10 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, format!("{e}; retry")),
             // Another server may answer, or this one a moment later.
-            StoreError::Unavailable(_) | StoreError::NotLeader(_) => {
-                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            StoreError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+            // This server stopped leading as it wrote: nothing landed, and another leads soon.
+            StoreError::NotLeader(_) => {
+                ApiError { retry_after: true, ..ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string()) }
             }
             other => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, other.to_string()),
         }
@@ -52,7 +61,11 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(self.body)).into_response()
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if self.retry_after {
+            response.headers_mut().insert(axum::http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
     }
 }
 
@@ -119,6 +132,7 @@ pub(crate) fn parse_json<T: DeserializeOwned>(body: &Bytes) -> ApiResult<T> {
                 error: format!("request body, line {line} column {column}: {at}{inner}"),
                 details: vec![detail],
             },
+            retry_after: false,
         }
     })
 }
