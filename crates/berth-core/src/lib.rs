@@ -10,6 +10,7 @@ pub mod output;
 mod process;
 pub mod reason;
 pub mod retry;
+pub mod schedule;
 pub mod spec;
 
 pub use duration::Dur;
