@@ -84,7 +84,7 @@ impl Cluster {
 
     /// Whether this server acts now: alone, or elected and its lease alive.
     pub fn leads(&self, shared: &Shared) -> bool {
-        !matches!(shared.state.fence(), Fence::Following)
+        !shared.state.follows()
     }
 
     /// The elected server as the store says: the candidate that proclaimed itself.

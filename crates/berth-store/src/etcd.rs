@@ -252,13 +252,6 @@ impl EtcdStore {
         &self.config
     }
 
-    /// A client of the member that answered last, for what the store does not cover (leases,
-    /// elections).
-    pub fn client(&self) -> Client {
-        let i = self.members.preferred.load(Ordering::Relaxed) % self.members.clients.len();
-        self.members.clients[i].clone()
-    }
-
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.config.prefix)
     }

@@ -453,8 +453,10 @@ impl State {
         *lock(&self.fence) = fence;
     }
 
-    pub fn fence(&self) -> Fence {
-        lock(&self.fence).clone()
+    /// Whether this server follows (writes nothing), read without copying the fence: asked on
+    /// every request a leader answers.
+    pub fn follows(&self) -> bool {
+        matches!(*lock(&self.fence), Fence::Following)
     }
 
     pub fn commit(&self, mut txn: Txn) -> Result<u64, StoreError> {

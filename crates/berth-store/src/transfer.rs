@@ -10,7 +10,9 @@ pub const FORMAT: &str = "berth-store/1";
 
 /// Keys that belong to the running servers, not to the platform: the election's candidates and
 /// the servers' numbering slots are made again by the servers that run on the new store.
-const LOCAL: [&str; 2] = ["leader/", "writers/"];
+fn servers_own(key: &str) -> bool {
+    ["leader/", "writers/"].iter().any(|p| key.starts_with(p))
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Export {
@@ -32,7 +34,7 @@ pub fn export(store: &dyn Store) -> Result<Export, StoreError> {
     let revision = store.revision();
     let mut records = Vec::new();
     for entry in store.list("")? {
-        if LOCAL.iter().any(|p| entry.key.starts_with(p)) {
+        if servers_own(&entry.key) {
             continue;
         }
         let value = serde_json::from_slice(&entry.value)
@@ -69,8 +71,7 @@ pub fn import(
     if let Some(index) = export.records.iter().position(|r| r.key.is_empty()) {
         return Err(ImportError::EmptyKey { index });
     }
-    let held: Vec<String> =
-        store.list("")?.into_iter().map(|e| e.key).filter(|k| !LOCAL.iter().any(|p| k.starts_with(p))).collect();
+    let held: Vec<String> = store.list("")?.into_iter().map(|e| e.key).filter(|k| !servers_own(k)).collect();
     if let Some(first) = held.first() {
         return Err(ImportError::NotEmpty(held.len(), first.clone()));
     }

@@ -38,7 +38,7 @@ struct Member {
 
 /// The etcd binary, or `None` (the test is skipped) when it is not installed; in CI
 /// (`BERTH_REQUIRE_DOCKER=1`, which requires every real part) a missing etcd fails the test.
-fn etcd_binary(test: &str) -> Option<PathBuf> {
+pub fn etcd_binary(test: &str) -> Option<PathBuf> {
     let found = std::env::var_os("PATH")
         .into_iter()
         .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())

@@ -6,12 +6,7 @@ use serde_json::Value;
 const BERTH: &str = env!("CARGO_BIN_EXE_berth");
 
 fn etcd_installed(test: &str) -> bool {
-    let found = std::env::var_os("PATH").iter().flat_map(std::env::split_paths).any(|d| d.join("etcd").is_file());
-    if !found {
-        assert!(std::env::var("BERTH_REQUIRE_DOCKER").is_err(), "{test}: etcd is not installed");
-        eprintln!("skipping {test}: etcd is not installed");
-    }
-    found
+    berth_testkit::etcd::etcd_binary(test).is_some()
 }
 
 fn report(args: &[&str]) -> Value {
