@@ -51,15 +51,28 @@ struct Presence {
     last_seen: Millis,
 }
 
-/// The etcd cluster the servers share, for the election and the servers' presence.
+/// The etcd cluster the servers share, for the election and the servers' presence: a client
+/// per member, and the one in use; a failed request moves on to the next member, as the store
+/// does (tonic's balancer kept sending to a member just killed).
 #[derive(Clone)]
 pub(crate) struct EtcdLink {
-    pub client: Client,
+    pub clients: Arc<Vec<Client>>,
+    pub at: Arc<std::sync::atomic::AtomicUsize>,
     /// The store's prefix, `/berth/`.
     pub prefix: String,
 }
 
 impl EtcdLink {
+    /// The member in use.
+    fn client(&self) -> Client {
+        self.clients[self.at.load(Ordering::Relaxed) % self.clients.len()].clone()
+    }
+
+    /// After a failure: the next member.
+    fn move_on(&self) {
+        self.at.fetch_add(1, Ordering::Relaxed);
+    }
+
     fn presence_prefix(&self) -> String {
         format!("{}.servers/", self.prefix.trim_end_matches('/'))
     }
@@ -127,21 +140,19 @@ impl Cluster {
     }
 }
 
-/// Every server's presence. Tried three times: the client's balancer may first send to a member
-/// that just died.
+/// Every server's presence, from the first member that answers.
 async fn present(link: &EtcdLink) -> Result<Vec<Presence>, StoreError> {
-    let mut kv = link.client.kv_client();
     let mut failed = String::new();
-    for _ in 0..3 {
-        let read = kv.get(link.presence_prefix(), Some(GetOptions::new().with_prefix()));
-        match tokio::time::timeout(Duration::from_secs(2), read).await {
+    for _ in 0..link.clients.len() {
+        let read = link.client().kv_client().get(link.presence_prefix(), Some(GetOptions::new().with_prefix())).await;
+        match tokio::time::timeout(Duration::from_secs(2), async { read }).await {
             Ok(Ok(found)) => {
                 return Ok(found.kvs().iter().filter_map(|kv| serde_json::from_slice(kv.value()).ok()).collect());
             }
             Ok(Err(e)) => failed = e.to_string(),
             Err(_) => failed = "no answer within 2s".into(),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        link.move_on();
     }
     Err(StoreError::Unavailable(format!("etcd: {failed}")))
 }
@@ -179,7 +190,8 @@ pub(crate) async fn run(shared: Shared, link: EtcdLink) {
             Ok(Term::Stopped) => return,
             Ok(Term::Lapsed) => tracing::warn!(server = %shared.cluster.id, "the lease lapsed: not leading"),
             Err(e) => {
-                tracing::warn!(error = %e, "campaigning for leadership failed; again shortly");
+                tracing::warn!(error = %e, "campaigning for leadership failed; again shortly, through another member");
+                link.move_on();
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
@@ -193,7 +205,6 @@ pub(crate) async fn run(shared: Shared, link: EtcdLink) {
 async fn register(shared: Shared, link: EtcdLink) {
     let mut shutdown = shared.shutdown.clone();
     let key = format!("{}{}", link.presence_prefix(), shared.cluster.id);
-    let mut kv = link.client.kv_client();
     loop {
         let presence = Presence {
             id: shared.cluster.id.clone(),
@@ -202,8 +213,9 @@ async fn register(shared: Shared, link: EtcdLink) {
             last_seen: now_ms(),
         };
         let value = serde_json::to_vec(&presence).unwrap_or_default();
-        if let Err(e) = kv.put(key.clone(), value, None::<PutOptions>).await {
+        if let Err(e) = link.client().kv_client().put(key.clone(), value, None::<PutOptions>).await {
             tracing::debug!(error = %e, "saying this server is alive failed");
+            link.move_on();
         }
         tokio::select! {
             _ = tokio::time::sleep(REGISTER_EVERY) => {}
@@ -221,8 +233,9 @@ struct Lease {
 }
 
 impl Lease {
-    async fn grant(client: &Client) -> Result<Lease, etcd_client::Error> {
-        let mut client = client.clone();
+    async fn grant(link: &EtcdLink) -> Result<Lease, etcd_client::Error> {
+        let mut client = link.client();
+        let link = link.clone();
         let sent = now_ms();
         let granted = client.lease_grant(LEASE_TTL_SECS, None).await?;
         let id = granted.id();
@@ -233,11 +246,13 @@ impl Lease {
             loop {
                 tokio::time::sleep(KEEPALIVE_EVERY).await;
                 let sent = now_ms();
-                let acked = async {
+                // A member that died may leave the stream silent rather than broken.
+                let acked = tokio::time::timeout(KEEPALIVE_EVERY, async {
                     keeper.keep_alive().await?;
                     acks.message().await
-                }
-                .await;
+                })
+                .await
+                .unwrap_or(Ok(None));
                 match acked {
                     Ok(Some(ack)) if ack.ttl() > 0 => until.store(sent + ack.ttl() * 1000, Ordering::SeqCst),
                     // TTL 0: etcd let the lease go; it is gone for good.
@@ -247,9 +262,12 @@ impl Lease {
                         if let Err(e) = &failed {
                             tracing::debug!(error = %e, "keeping the leader's lease alive failed; reconnecting");
                         }
-                        match client.lease_keep_alive(id).await {
-                            Ok((k, a)) => (keeper, acks) = (k, a),
-                            Err(e) => tracing::debug!(error = %e, "reopening the lease's keep-alive failed"),
+                        link.move_on();
+                        let reopened = tokio::time::timeout(KEEPALIVE_EVERY, link.client().lease_keep_alive(id)).await;
+                        match reopened {
+                            Ok(Ok((k, a))) => (keeper, acks) = (k, a),
+                            Ok(Err(e)) => tracing::debug!(error = %e, "reopening the lease's keep-alive failed"),
+                            Err(_) => tracing::debug!("reopening the lease's keep-alive took too long"),
                         }
                     }
                 }
@@ -294,9 +312,9 @@ async fn forget_former_self(shared: &Shared, client: &mut Client, current: i64) 
 /// One term: a lease, a campaign, and, once elected, leading until the lease lapses or the server
 /// stops.
 async fn lead_once(shared: &Shared, link: &EtcdLink) -> Result<Term, etcd_client::Error> {
-    let mut client = link.client.clone();
+    let mut client = link.client();
     let mut stop = shared.shutdown.clone();
-    let lease = Lease::grant(&client).await?;
+    let lease = Lease::grant(link).await?;
     let name = format!("{}{ELECTION}", link.prefix);
     forget_former_self(shared, &mut client, lease.id).await;
     let me = Candidate { id: shared.cluster.id.clone(), api: shared.cluster.api.clone(), since: None };
@@ -305,7 +323,7 @@ async fn lead_once(shared: &Shared, link: &EtcdLink) -> Result<Term, etcd_client
         elected = campaign => elected?,
         _ = lease.lapsed() => return Ok(Term::Lapsed),
         _ = stopping(&mut stop) => {
-            let _ = tokio::time::timeout(Duration::from_secs(2), link.client.clone().lease_revoke(lease.id)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(2), link.client().lease_revoke(lease.id)).await;
             return Ok(Term::Stopped);
         }
     };

@@ -151,10 +151,15 @@ impl StoreLocation {
     /// client runs on a runtime of its own, for its synchronous reads).
     async fn link(&self) -> Result<Option<cluster::EtcdLink>, StoreError> {
         let StoreLocation::Etcd(config) = self else { return Ok(None) };
-        let client = etcd_client::Client::connect(&config.endpoints, Some(config.connect_options()?))
-            .await
-            .map_err(|e| StoreError::Unavailable(format!("{}: {e}", config.url())))?;
-        Ok(Some(cluster::EtcdLink { client, prefix: config.prefix.clone() }))
+        let mut clients = Vec::new();
+        for endpoint in &config.endpoints {
+            // Lazy: a member down now is tried when a request comes.
+            let client = etcd_client::Client::connect([endpoint], Some(config.connect_options()?))
+                .await
+                .map_err(|e| StoreError::Unavailable(format!("{}: {e}", config.url())))?;
+            clients.push(client);
+        }
+        Ok(Some(cluster::EtcdLink { clients: Arc::new(clients), at: Arc::default(), prefix: config.prefix.clone() }))
     }
 }
 
