@@ -215,9 +215,12 @@ async fn run_to_end(
                 failed.taken_ports = taken.taken_ports;
                 reports.send(failed);
             } else {
+                // A job's attempt is meant to end: code 0 is its success.
+                let ok = a.instance.run.is_some() && exit.exit_code == Some(0) && !exit.oom_killed;
+                let state = if ok { InstanceState::Succeeded } else { InstanceState::Failed };
                 reports.send(
                     base.clone()
-                        .with_state(InstanceState::Failed)
+                        .with_state(state)
                         .exited(&exit)
                         .last_log(last_log)
                         .finished(now_ms())

@@ -61,7 +61,7 @@ impl Counts {
                 InstanceState::Starting => c.starting += 1,
                 InstanceState::Running => c.running += 1,
                 InstanceState::Failed => c.failed += 1,
-                InstanceState::Stopped => c.stopped += 1,
+                InstanceState::Stopped | InstanceState::Succeeded => c.stopped += 1,
             }
         }
         c

@@ -328,6 +328,44 @@ impl Client {
         Ok(self.put(&path, &DeployRequest { spec: spec.clone() }).await?.value)
     }
 
+    pub async fn jobs(&self) -> Result<Vec<crate::JobStatus>, ClientError> {
+        Ok(self.get("/v1/jobs").await?.value)
+    }
+
+    /// A job with every run kept, newest first.
+    pub async fn job(&self, id: &str) -> Result<crate::JobStatus, ClientError> {
+        Ok(self.get(&format!("/v1/jobs/{id}")).await?.value)
+    }
+
+    pub async fn job_after(
+        &self,
+        id: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<Indexed<crate::JobStatus>, ClientError> {
+        self.get_after(&format!("/v1/jobs/{id}"), index, wait).await
+    }
+
+    pub async fn deploy_job(&self, spec: &berth_core::JobSpec) -> Result<crate::JobDeployResponse, ClientError> {
+        let req = crate::JobDeployRequest { spec: spec.clone() };
+        Ok(self.put(&format!("/v1/jobs/{}", spec.id()), &req).await?.value)
+    }
+
+    /// Starts a run now; answers it.
+    pub async fn run_job(&self, id: &str) -> Result<berth_core::Run, ClientError> {
+        Ok(self.post(&format!("/v1/jobs/{id}/run"), &serde_json::json!({})).await?.value)
+    }
+
+    /// `suspend`, `resume`.
+    pub async fn job_action(&self, id: &str, action: &str) -> Result<crate::JobStatus, ClientError> {
+        Ok(self.post(&format!("/v1/jobs/{id}/{action}"), &serde_json::json!({})).await?.value)
+    }
+
+    pub async fn destroy_job(&self, id: &str) -> Result<crate::JobStatus, ClientError> {
+        let url = format!("{}/v1/jobs/{id}", self.base());
+        Ok(self.send(self.http.delete(&url), &url).await?.value)
+    }
+
     /// Replaces one instance with a fresh one.
     pub async fn restart_instance(&self, id: &str) -> Result<InstanceView, ClientError> {
         Ok(self.post(&format!("/v1/instances/{id}/restart"), &serde_json::json!({})).await?.value)
@@ -417,9 +455,27 @@ impl Client {
         &self,
         id: &str,
         query: &LogQuery,
+        on_line: impl FnMut(LogLine) -> bool,
+    ) -> Result<(), ClientError> {
+        self.stream_logs(format!("{}/v1/apps/{id}/logs", self.base()), query, on_line).await
+    }
+
+    /// A job's log lines (of one run with `query.run`), as `logs` streams an app's.
+    pub async fn job_logs(
+        &self,
+        id: &str,
+        query: &LogQuery,
+        on_line: impl FnMut(LogLine) -> bool,
+    ) -> Result<(), ClientError> {
+        self.stream_logs(format!("{}/v1/jobs/{id}/logs", self.base()), query, on_line).await
+    }
+
+    async fn stream_logs(
+        &self,
+        url: String,
+        query: &LogQuery,
         mut on_line: impl FnMut(LogLine) -> bool,
     ) -> Result<(), ClientError> {
-        let url = format!("{}/v1/apps/{id}/logs", self.base());
         let mut params: Vec<(&str, String)> = Vec::new();
         if let Some(since) = query.since {
             params.push(("since", since.to_string()));
@@ -435,6 +491,9 @@ impl Client {
         }
         if query.follow {
             params.push(("follow", "true".into()));
+        }
+        if let Some(run) = query.run {
+            params.push(("run", run.to_string()));
         }
         let full = reqwest::Url::parse_with_params(&url, &params)
             .map_err(|e| ClientError::Unreachable { url: url.clone(), why: e.to_string() })?;

@@ -51,6 +51,9 @@ pub struct LogQuery {
     /// Keep the response open and send new lines as they come.
     #[serde(default)]
     pub follow: bool,
+    /// A job's run, by number: the lines of its attempts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<u64>,
 }
 
 /// An output (a log sink, a webhook, an Alertmanager) and whether it can be reached

@@ -5,6 +5,7 @@ pub mod audit;
 pub mod duration;
 pub mod groups;
 pub mod hosts;
+pub mod job;
 pub mod model;
 pub mod output;
 mod process;
@@ -14,6 +15,7 @@ pub mod schedule;
 pub mod spec;
 
 pub use duration::Dur;
+pub use job::{Job, JobSpec, Run, RunOf, RunState, SpecDoc};
 pub use model::*;
 pub use output::{Carries, Output};
 pub use process::{lock, now_ms};

@@ -247,11 +247,13 @@ pub enum InstanceState {
     Failed,
     /// Stopped on purpose.
     Stopped,
+    /// A job's attempt that ended with exit code 0.
+    Succeeded,
 }
 
 impl InstanceState {
     pub fn is_terminal(self) -> bool {
-        matches!(self, InstanceState::Failed | InstanceState::Stopped)
+        matches!(self, InstanceState::Failed | InstanceState::Stopped | InstanceState::Succeeded)
     }
 
     pub fn is_live(self) -> bool {
@@ -263,11 +265,11 @@ impl InstanceState {
         use InstanceState::*;
         match (self, next) {
             (a, b) if a == b => true,
-            (Staging, Starting | Running | Failed | Stopped) => true,
-            (Starting, Running | Failed | Stopped) => true,
-            (Running, Starting | Failed | Stopped) => true,
+            (Staging, Starting | Running | Failed | Stopped | Succeeded) => true,
+            (Starting, Running | Failed | Stopped | Succeeded) => true,
+            (Running, Starting | Failed | Stopped | Succeeded) => true,
             // A terminal instance never comes back; its replacement is a new instance.
-            (Failed | Stopped, _) => false,
+            (Failed | Stopped | Succeeded, _) => false,
             _ => false,
         }
     }
@@ -279,6 +281,7 @@ impl InstanceState {
             InstanceState::Running => "running",
             InstanceState::Failed => "failed",
             InstanceState::Stopped => "stopped",
+            InstanceState::Succeeded => "succeeded",
         }
     }
 }
@@ -346,6 +349,10 @@ pub struct Instance {
     /// Placed in the shared pool because its group's own pools were full.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub borrowed: bool,
+    /// Set on a job's attempt (`app` is then the job): which run, which attempt. It runs to
+    /// an end and is never replaced by the reconciler of apps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<crate::job::RunOf>,
 }
 
 /// What a node observes of an instance: the part of its record an agent reports

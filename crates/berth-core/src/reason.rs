@@ -73,6 +73,14 @@ pub enum Reason {
     NoDriver {
         driver: DriverKind,
     },
+    /// A job's attempt ran past the job's `timeout`.
+    TimedOut {
+        timeout: Dur,
+    },
+    /// A job's run was stopped: replaced, destroyed, or on request.
+    RunStopped {
+        why: crate::job::RunReason,
+    },
 }
 
 impl fmt::Display for Reason {
@@ -104,6 +112,8 @@ impl fmt::Display for Reason {
             Reason::HealthCheck { result } => write!(f, "health check: {result}"),
             Reason::Unhealthy { result } | Reason::StartFailed { error: result } => f.write_str(result),
             Reason::NoDriver { driver } => write!(f, "this node has no {driver} driver"),
+            Reason::TimedOut { timeout } => write!(f, "ran past its timeout ({timeout})"),
+            Reason::RunStopped { why } => why.fmt(f),
         }
     }
 }

@@ -219,10 +219,10 @@ impl<'de> Deserialize<'de> for Balance {
 fn default_instances() -> u32 {
     1
 }
-fn default_pids() -> u32 {
+pub(crate) fn default_pids() -> u32 {
     1024
 }
-fn default_stop_timeout() -> Dur {
+pub(crate) fn default_stop_timeout() -> Dur {
     Dur::secs(10)
 }
 fn default_drain_timeout() -> Dur {
@@ -513,7 +513,7 @@ impl<'de> Deserialize<'de> for Constraint {
 }
 
 /// Accepts `constraints` as one string, a list of strings, or Marathon's list of lists.
-fn constraint_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Constraint>, D::Error> {
+pub(crate) fn constraint_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Constraint>, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Item {
@@ -711,96 +711,8 @@ impl fmt::Display for SpecErrors {
 impl AppSpec {
     /// Parses and validates YAML text; `file` names the source in errors.
     pub fn from_yaml(text: &str, file: Option<&str>) -> Result<AppSpec, SpecErrors> {
-        // Read whole first, every alias followed: a document past the limits (an alias bomb,
-        // deep nesting) is refused for that alone, before anything is read twice.
-        if let Err(e) = serde_saphyr::from_str_with_options::<serde_json::Value>(text, yaml_options())
-            && past_limit(&e)
-        {
-            let mut error = yaml_error(&e, file);
-            error.message = format!(
-                "the document is past what a spec may take (50,000 values once aliases are followed, 1,000 aliases, 32 levels of nesting): {}",
-                error.message
-            );
-            return Err(SpecErrors(vec![error]));
-        }
-        // Every mistake at once: after an error, the lines it is about are blanked (line numbers
-        // stay) and the rest is read again, until the text parses or nothing more can be set aside.
-        let mut working: Vec<String> = text.lines().map(str::to_string).collect();
-        let mut found: Vec<SpecError> = Vec::new();
-        let mut blanked: Vec<String> = Vec::new();
-        let parsed = loop {
-            let current = working.join("\n");
-            match serde_saphyr::from_str_with_options::<AppSpec>(&current, yaml_options()) {
-                Ok(spec) => break Some(spec),
-                Err(e) => {
-                    let places = key_locations(&current);
-                    let mut error = yaml_error(&e, file);
-                    if error.field.is_empty() {
-                        error.field = key_at(&places, error.line, error.column).unwrap_or_default();
-                    } else if let Some(path) = full_path(&places, &error.field, error.line) {
-                        // `http` under a mis-indented block is named by where it is: `health.http`.
-                        error.field = path;
-                    }
-                    if error.message == "unknown key" && error.suggestion.is_none() && !error.field.contains('.') {
-                        // A nested key written at the top: it lost its indentation.
-                        let parent = match error.field.as_str() {
-                            "http" | "tcp" | "interval" | "timeout" | "grace" | "max_failures" | "port_index" => {
-                                Some("health")
-                            }
-                            "strategy"
-                            | "min_health_capacity"
-                            | "max_over_capacity"
-                            | "min_healthy_time"
-                            | "healthy_deadline"
-                            | "progress_deadline"
-                            | "auto_rollback"
-                            | "rollback_window" => Some("upgrade"),
-                            _ => None,
-                        };
-                        if let Some(parent) = parent {
-                            error.message =
-                                format!("unknown key here; `{}` belongs under `{parent}:`, indented", error.field);
-                        }
-                    }
-                    if error.message.starts_with("expected a") {
-                        // `memory: 64MB`: numbers carry their unit in the key's meaning.
-                        let unit = match error.field.as_str() {
-                            "memory" => Some("memory is in MiB, written as a bare number: memory: 64"),
-                            "cpu" => Some("cpu is in cores, written as a bare number: cpu: 0.5"),
-                            _ => None,
-                        };
-                        if let Some(unit) = unit {
-                            error.message = format!("{}; {unit}", error.message);
-                        }
-                    }
-                    // A key set aside because of an earlier error is not also "missing".
-                    let echo = error.message == "required key is missing" && blanked.contains(&error.field);
-                    let line = error.line.map(|l| l as usize).filter(|l| *l >= 1 && *l <= working.len());
-                    if !echo {
-                        found.push(error.clone());
-                    }
-                    let Some(line) = line.filter(|_| found.len() < MAX_ERRORS && !echo) else { break None };
-                    let key = working[line - 1].trim_start().split(':').next().unwrap_or_default().trim().to_string();
-                    blanked.push(if error.field.is_empty() { key } else { error.field.clone() });
-                    blank_block(&mut working, line - 1);
-                }
-            }
-        };
-        if !found.is_empty() || parsed.is_none() {
-            return Err(SpecErrors(found));
-        }
-        let Some(spec) = parsed else { return Err(SpecErrors(found)) };
-        spec.validate().map_err(|mut errors| {
-            let places = key_locations(text);
-            for e in &mut errors.0 {
-                e.file = file.map(str::to_string);
-                if let Some((line, col)) = locate(&places, &e.field) {
-                    e.line = Some(line);
-                    e.column = Some(col);
-                }
-            }
-            errors
-        })?;
+        let spec: AppSpec = read_yaml(text, file, nested_parent)?;
+        spec.validate().map_err(|errors| located(errors, text, file))?;
         Ok(spec)
     }
 
@@ -1167,6 +1079,111 @@ fn check_service(service: &str, reachable_ports: usize) -> Result<(), String> {
     }
 }
 
+/// The block a nested app key belongs under, when written at the top.
+fn nested_parent(key: &str) -> Option<&'static str> {
+    match key {
+        "http" | "tcp" | "interval" | "timeout" | "grace" | "max_failures" | "port_index" => Some("health"),
+        "strategy"
+        | "min_health_capacity"
+        | "max_over_capacity"
+        | "min_healthy_time"
+        | "healthy_deadline"
+        | "progress_deadline"
+        | "auto_rollback"
+        | "rollback_window" => Some("upgrade"),
+        _ => None,
+    }
+}
+
+/// Places errors found by validation (which knows fields, not lines) in the text.
+pub(crate) fn located(mut errors: SpecErrors, text: &str, file: Option<&str>) -> SpecErrors {
+    let places = key_locations(text);
+    for e in &mut errors.0 {
+        e.file = file.map(str::to_string);
+        if let Some((line, col)) = locate(&places, &e.field) {
+            e.line = Some(line);
+            e.column = Some(col);
+        }
+    }
+    errors
+}
+
+/// Reads a spec document of any kind with every mistake located: the file, line, column, key,
+/// and the closest valid key. `parent_of` names the block a key belongs under when it was
+/// written at the top (it lost its indentation).
+pub(crate) fn read_yaml<T: serde::de::DeserializeOwned>(
+    text: &str,
+    file: Option<&str>,
+    parent_of: fn(&str) -> Option<&'static str>,
+) -> Result<T, SpecErrors> {
+    // Read whole first, every alias followed: a document past the limits (an alias bomb,
+    // deep nesting) is refused for that alone, before anything is read twice.
+    if let Err(e) = serde_saphyr::from_str_with_options::<serde_json::Value>(text, yaml_options())
+        && past_limit(&e)
+    {
+        let mut error = yaml_error(&e, file);
+        error.message = format!(
+            "the document is past what a spec may take (50,000 values once aliases are followed, 1,000 aliases, 32 levels of nesting): {}",
+            error.message
+        );
+        return Err(SpecErrors(vec![error]));
+    }
+    // Every mistake at once: after an error, the lines it is about are blanked (line numbers
+    // stay) and the rest is read again, until the text parses or nothing more can be set aside.
+    let mut working: Vec<String> = text.lines().map(str::to_string).collect();
+    let mut found: Vec<SpecError> = Vec::new();
+    let mut blanked: Vec<String> = Vec::new();
+    let parsed = loop {
+        let current = working.join("\n");
+        match serde_saphyr::from_str_with_options::<T>(&current, yaml_options()) {
+            Ok(spec) => break Some(spec),
+            Err(e) => {
+                let places = key_locations(&current);
+                let mut error = yaml_error(&e, file);
+                if error.field.is_empty() {
+                    error.field = key_at(&places, error.line, error.column).unwrap_or_default();
+                } else if let Some(path) = full_path(&places, &error.field, error.line) {
+                    // `http` under a mis-indented block is named by where it is: `health.http`.
+                    error.field = path;
+                }
+                if error.message == "unknown key"
+                    && error.suggestion.is_none()
+                    && !error.field.contains('.')
+                    && let Some(parent) = parent_of(&error.field)
+                {
+                    // A nested key written at the top: it lost its indentation.
+                    error.message = format!("unknown key here; `{}` belongs under `{parent}:`, indented", error.field);
+                }
+                if error.message.starts_with("expected a") {
+                    // `memory: 64MB`: numbers carry their unit in the key's meaning.
+                    let unit = match error.field.as_str() {
+                        "memory" => Some("memory is in MiB, written as a bare number: memory: 64"),
+                        "cpu" => Some("cpu is in cores, written as a bare number: cpu: 0.5"),
+                        _ => None,
+                    };
+                    if let Some(unit) = unit {
+                        error.message = format!("{}; {unit}", error.message);
+                    }
+                }
+                // A key set aside because of an earlier error is not also "missing".
+                let echo = error.message == "required key is missing" && blanked.contains(&error.field);
+                let line = error.line.map(|l| l as usize).filter(|l| *l >= 1 && *l <= working.len());
+                if !echo {
+                    found.push(error.clone());
+                }
+                let Some(line) = line.filter(|_| found.len() < MAX_ERRORS && !echo) else { break None };
+                let key = working[line - 1].trim_start().split(':').next().unwrap_or_default().trim().to_string();
+                blanked.push(if error.field.is_empty() { key } else { error.field.clone() });
+                blank_block(&mut working, line - 1);
+            }
+        }
+    };
+    match parsed {
+        Some(spec) if found.is_empty() => Ok(spec),
+        _ => Err(SpecErrors(found)),
+    }
+}
+
 /// Most errors one file reports: past this, fix some and look again.
 const MAX_ERRORS: usize = 20;
 
@@ -1205,7 +1222,7 @@ fn yaml_options() -> serde_saphyr::Options {
 /// Blanks line `at` (0-based) and the lines under it that are indented deeper: the key and its
 /// whole value. A parent left with nothing under it goes too, or its empty value would be read
 /// as a second mistake (`upgrade:` with no keys is not a mapping).
-fn blank_block(lines: &mut [String], at: usize) {
+pub(crate) fn blank_block(lines: &mut [String], at: usize) {
     let indent = |l: &str| l.len() - l.trim_start().len();
     let is_text = |l: &str| !l.trim().is_empty() && !l.trim_start().starts_with('#');
     let base = indent(&lines[at]);
@@ -1327,7 +1344,7 @@ pub fn closest<'a>(written: &str, candidates: &[&'a str]) -> Option<&'a str> {
 }
 
 /// Where each key of the document sits, as `(dotted.path, line, column)`.
-fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
+pub(crate) fn key_locations(text: &str) -> Vec<(String, u64, u64)> {
     #[derive(Default)]
     struct Tree(Vec<(String, u64, u64)>);
     impl<'de> Deserialize<'de> for Tree {

@@ -4,6 +4,7 @@
 pub mod constraints;
 pub mod deploy;
 pub mod heartbeat;
+pub mod jobs;
 pub mod place;
 pub mod preview;
 pub mod quarantine;

@@ -22,6 +22,9 @@ pub struct Snapshot {
     pub instances: Vec<Instance>,
     pub nodes: Vec<Node>,
     pub pools: Pools,
+    pub jobs: Vec<berth_core::Job>,
+    /// Every job's runs kept: active ones and history.
+    pub runs: Vec<berth_core::Run>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,6 +125,8 @@ pub enum Action {
     RemoveApp {
         app: String,
     },
+    /// A job's run, attempt or record (see `jobs`).
+    Job(crate::jobs::JobAction),
 }
 
 /// An app that wants more instances than could be placed, and why.
@@ -143,8 +148,16 @@ pub struct Plan {
 }
 
 impl Plan {
-    fn check_by(&mut self, at: Millis) {
+    pub(crate) fn check_by(&mut self, at: Millis) {
         self.check_at = Some(self.check_at.map_or(at, |c| c.min(at)));
+    }
+
+    pub(crate) fn placed_count(&self) -> usize {
+        self.placed
+    }
+
+    pub(crate) fn count_placed(&mut self) {
+        self.placed += 1;
     }
 }
 
@@ -220,7 +233,9 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
     };
 
     let mut by_app: HashMap<&str, Vec<&Instance>> = HashMap::new();
-    for inst in snapshot.instances.iter().filter(alive) {
+    // Jobs' attempts run to an end: the jobs' planner follows them, whatever their node.
+    let attempts: Vec<&Instance> = snapshot.instances.iter().filter(|i| i.run.is_some()).collect();
+    for inst in snapshot.instances.iter().filter(alive).filter(|i| i.run.is_none()) {
         by_app.entry(inst.app.as_str()).or_default().push(inst);
     }
 
@@ -239,6 +254,9 @@ pub fn reconcile(snapshot: &Snapshot, now: Millis, settings: Settings) -> Plan {
             &mut plan,
         );
     }
+    let by_id: HashMap<&str, &Instance> = attempts.iter().map(|i| (i.id.as_str(), *i)).collect();
+    let ctx = crate::jobs::Ctx { nodes: &ready_nodes, pools: &snapshot.pools, cut_off: &cut_off, instances: &by_id };
+    crate::jobs::plan(&snapshot.jobs, &snapshot.runs, &ctx, &mut usage, now, settings, &mut plan);
     // Instances whose app is gone.
     for (_, instances) in by_app {
         for inst in instances {

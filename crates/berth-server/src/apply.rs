@@ -8,7 +8,7 @@ use berth_core::{
     Quarantine,
 };
 use berth_plan::{Action, Snapshot, deploy};
-use berth_store::state::{POOLS_KEY, Subject, app_key, encode, instance_key, node_key, version_key};
+use berth_store::state::{POOLS_KEY, Subject, app_key, encode, instance_key, node_key, run_key, version_key};
 use berth_store::{StoreError, Txn};
 
 use crate::{Shared, deployments};
@@ -20,6 +20,9 @@ pub(crate) struct Revisions {
     pub instances: HashMap<String, u64>,
     pub nodes: HashMap<String, u64>,
     pub pools: u64,
+    /// Jobs by id, runs by key.
+    pub jobs: HashMap<String, u64>,
+    pub runs: HashMap<String, u64>,
 }
 
 pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreError> {
@@ -35,7 +38,11 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
         })
         .collect();
     let pools = state.pools()?;
+    let jobs = state.jobs()?;
+    let runs = state.runs()?;
     let revisions = Revisions {
+        jobs: jobs.iter().map(|j| (j.value.id(), j.mod_revision)).collect(),
+        runs: runs.iter().map(|r| (run_key(&r.value.job, r.value.scheduled_at), r.mod_revision)).collect(),
         pools: pools.mod_revision,
         apps: apps.iter().map(|a| (a.value.id(), a.mod_revision)).collect(),
         instances: instances.versioned().map(|i| (i.value.id.clone(), i.mod_revision)).collect(),
@@ -47,9 +54,41 @@ pub(crate) fn snapshot(shared: &Shared) -> Result<(Snapshot, Revisions), StoreEr
             instances: instances.iter().cloned().collect(),
             nodes: nodes.into_iter().map(|v| v.value).collect(),
             pools: pools.value,
+            jobs: jobs.into_iter().map(|v| v.value).collect(),
+            runs: runs.into_iter().map(|v| v.value).collect(),
         },
         revisions,
     ))
+}
+
+/// A new instance record, staging where `placement` put it; `run` for a job's attempt.
+pub(crate) fn placed(
+    id: &str,
+    app: &str,
+    version: u64,
+    placement: &berth_plan::Placement,
+    allocated: Allocation,
+    run: Option<berth_core::RunOf>,
+    now: Millis,
+) -> Instance {
+    Instance {
+        id: id.to_string(),
+        app: app.to_string(),
+        version,
+        node: placement.node.clone(),
+        driver: placement.driver,
+        state: InstanceState::Staging,
+        desired: Desired::Run,
+        host_ports: placement.host_ports.clone(),
+        host: placement.host.clone(),
+        observed: Default::default(),
+        created_at: now,
+        healthy_since: None,
+        in_service: false,
+        allocated: Some(allocated),
+        borrowed: placement.borrowed,
+        run,
+    }
 }
 
 /// A short random id: unique enough for instances, readable in a table.
@@ -73,29 +112,15 @@ pub(crate) fn apply(
     let guard_instance =
         |txn: Txn, id: &str| txn.expect(instance_key(id), revisions.instances.get(id).copied().unwrap_or(0));
     let guard_app = |txn: Txn, id: &str| txn.expect(app_key(id), revisions.apps.get(id).copied().unwrap_or(0));
+    let mut jobs = crate::jobs::JobWrites::new(snapshot, revisions);
 
     for action in actions {
         match action {
+            Action::Job(a) => txn = jobs.apply(state, txn, a, &instances, now),
             Action::Place { app, version, placement } => {
                 let Some(a) = apps.get(app) else { continue };
                 let id = format!("{}-{}", a.spec.name, random_suffix());
-                let inst = Instance {
-                    id: id.clone(),
-                    app: app.clone(),
-                    version: *version,
-                    node: placement.node.clone(),
-                    driver: placement.driver,
-                    state: InstanceState::Staging,
-                    desired: Desired::Run,
-                    host_ports: placement.host_ports.clone(),
-                    host: placement.host.clone(),
-                    observed: Default::default(),
-                    created_at: now,
-                    healthy_since: None,
-                    in_service: false,
-                    allocated: Some(Allocation::of(&a.spec)),
-                    borrowed: placement.borrowed,
-                };
+                let inst = placed(&id, app, *version, placement, Allocation::of(&a.spec), None, now);
                 // Placed by the pools as they were read: a change to them meanwhile plans again.
                 txn = guard_app(txn, app)
                     .expect(POOLS_KEY, revisions.pools)
@@ -253,6 +278,7 @@ pub(crate) fn apply(
             }
         }
     }
+    txn = jobs.finish(txn);
     for (id, app) in changed_apps {
         txn = guard_app(txn, &id).put(app_key(&id), encode(&app));
     }

@@ -160,6 +160,9 @@ async fn present(link: &EtcdLink) -> Result<Vec<Presence>, StoreError> {
 /// The loops only the leader runs, started at its election and stopped when it ends.
 pub(crate) fn start_loops(shared: &Shared, since: Millis) -> Vec<JoinHandle<()>> {
     let shutdown = shared.shutdown.clone();
+    // Events from before this start were alerted on (or not) by the previous run; those the
+    // first reconcile pass writes (a run missed while the server was down) are new.
+    crate::lock(&shared.alerts).last_event = shared.state.last_event_seq();
     vec![
         tokio::spawn(crate::reconciler::run(shared.clone(), since, shutdown.clone())),
         tokio::spawn(crate::alerts::run(shared.clone(), shutdown.clone())),

@@ -9,6 +9,7 @@ mod exec;
 mod forward;
 mod hosts;
 mod http;
+mod jobs;
 mod logs;
 mod outputs;
 mod reconciler;

@@ -346,6 +346,36 @@ impl Family<'_> {
     }
 }
 
+/// Jobs' runs by outcome and their run-time histogram, from the counts kept on each job record
+/// (so they survive restarts and leader changes, as counters must).
+fn job_families(f: &mut Family<'_>, jobs: &[berth_core::Job]) {
+    use berth_core::job::DURATION_BUCKETS;
+    f.head("berth_jobs", "gauge", "Jobs the control plane knows.");
+    f.sample("berth_jobs", &[], jobs.len() as f64);
+    f.head("berth_job_runs_total", "counter", "Runs of a job that ended, by outcome.");
+    for job in jobs {
+        let id = job.id();
+        for outcome in ["succeeded", "failed", "missed", "skipped", "stopped"] {
+            let n = job.stats.outcomes.get(outcome).copied().unwrap_or(0);
+            f.sample("berth_job_runs_total", &[("job", &id), ("outcome", outcome)], n as f64);
+        }
+    }
+    f.head("berth_job_run_duration_seconds", "histogram", "How long a job's runs ran, from process start to end.");
+    for job in jobs {
+        let id = job.id();
+        let stats = &job.stats;
+        let mut cumulative = 0u64;
+        for (i, bound) in DURATION_BUCKETS.iter().enumerate() {
+            cumulative += stats.buckets.get(i).copied().unwrap_or(0);
+            let le = bound.to_string();
+            f.sample("berth_job_run_duration_seconds_bucket", &[("job", &id), ("le", &le)], cumulative as f64);
+        }
+        f.sample("berth_job_run_duration_seconds_bucket", &[("job", &id), ("le", "+Inf")], stats.duration_count as f64);
+        f.sample("berth_job_run_duration_seconds_sum", &[("job", &id)], stats.duration_sum_ms as f64 / 1000.0);
+        f.sample("berth_job_run_duration_seconds_count", &[("job", &id)], stats.duration_count as f64);
+    }
+}
+
 pub(crate) fn exposition(shared: &Shared) -> Result<String, berth_store::StoreError> {
     let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
     let instances = shared.instances()?;
@@ -364,10 +394,13 @@ pub(crate) fn exposition(shared: &Shared) -> Result<String, berth_store::StoreEr
         InstanceState::Running,
         InstanceState::Failed,
         InstanceState::Stopped,
+        InstanceState::Succeeded,
     ] {
         let n = instances.iter().filter(|i| i.state == state).count();
         f.sample("berth_instances", &[("state", state.as_str())], n as f64);
     }
+
+    job_families(&mut f, &shared.state.jobs()?.into_iter().map(|j| j.value).collect::<Vec<_>>());
 
     f.head("berth_output_up", "gauge", "Whether an output (log sink, webhook, Alertmanager) answered its last check.");
     for o in lock(&shared.outputs).values() {

@@ -68,6 +68,17 @@ pub fn app_key(app_id: &str) -> String {
 pub fn version_key(app_id: &str, version: u64) -> String {
     format!("versions/{app_id}/{version:010}")
 }
+pub fn job_key(job_id: &str) -> String {
+    format!("jobs/{job_id}")
+}
+/// A run's key sorts by its scheduled time, its identity.
+pub fn run_key(job_id: &str, scheduled_at: i64) -> String {
+    format!("runs/{job_id}/{:015}", scheduled_at.max(0))
+}
+/// Every run of a job, for a range delete.
+pub fn runs_prefix(job_id: &str) -> String {
+    format!("runs/{job_id}/")
+}
 pub fn instance_key(id: &str) -> String {
     format!("instances/{id}")
 }
@@ -323,6 +334,14 @@ impl State {
         }
         Ok(self.app(app_id)?.map(|app| app.value.spec))
     }
+    /// The spec an instance runs: its app's at its version, or its job's task for a job's
+    /// attempt; none when that is gone.
+    pub fn spec_of(&self, inst: &Instance) -> Result<Option<berth_core::AppSpec>, StoreError> {
+        if inst.run.is_some() {
+            return Ok(self.job(&inst.app)?.map(|j| j.value.spec.task()));
+        }
+        self.spec_at(&inst.app, inst.version)
+    }
     /// Every instance record, at least as new as the store's revision when called.
     pub fn instances(&self) -> Result<InstanceSet, StoreError> {
         let mut cache = self.fresh_instances()?;
@@ -347,6 +366,20 @@ impl State {
 
     pub fn instance(&self, id: &str) -> Result<Option<Versioned<Instance>>, StoreError> {
         Ok(self.fresh_instances()?.records.get(id).map(|v| v.as_ref().clone()))
+    }
+    pub fn jobs(&self) -> Result<Vec<Versioned<berth_core::Job>>, StoreError> {
+        self.list("jobs/")
+    }
+    pub fn job(&self, job_id: &str) -> Result<Option<Versioned<berth_core::Job>>, StoreError> {
+        self.get(&job_key(job_id))
+    }
+    /// Every job's runs, by job and then scheduled time.
+    pub fn runs(&self) -> Result<Vec<Versioned<berth_core::Run>>, StoreError> {
+        self.list("runs/")
+    }
+    /// One job's runs, oldest first.
+    pub fn runs_of(&self, job_id: &str) -> Result<Vec<Versioned<berth_core::Run>>, StoreError> {
+        self.list(&runs_prefix(job_id))
     }
     pub fn nodes(&self) -> Result<Vec<Versioned<Node>>, StoreError> {
         self.list("nodes/")

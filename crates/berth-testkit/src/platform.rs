@@ -574,6 +574,14 @@ impl Platform {
         self.wait_ready().await;
     }
 
+    /// Starts `berth up` (in split mode: the server) again after `kill9`, on the same data
+    /// directory and ports: for a test that keeps it down for a while first.
+    pub async fn start_again(&mut self) {
+        assert!(self.child.is_none(), "start_again after kill9");
+        self.spawn();
+        self.wait_ready().await;
+    }
+
     /// hostname -> node id of the nodes in state `ready`, once there are `n` of them.
     pub async fn ready_nodes(&self, n: usize) -> std::collections::BTreeMap<String, String> {
         wait_until("every node ready", Duration::from_secs(20), || async {

@@ -59,6 +59,7 @@ pub(crate) fn inst(id: &str, version: u64, state: InstanceState) -> Instance {
         in_service: state == InstanceState::Running,
         allocated: None,
         borrowed: false,
+        run: None,
     }
 }
 
@@ -87,8 +88,13 @@ fn stops(plan: &Plan) -> Vec<&str> {
 
 #[test]
 fn places_missing_instances_on_distinct_ports() {
-    let snap =
-        Snapshot { apps: vec![app(3, 1, "")], instances: vec![], nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![app(3, 1, "")],
+        instances: vec![],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 3);
     let mut ports: Vec<u16> = plan
@@ -110,6 +116,7 @@ fn a_large_placement_is_split_across_passes_that_follow_at_once() {
         instances: vec![],
         nodes: vec![node("n1"), node("n2")],
         pools: Default::default(),
+        ..Default::default()
     };
     let settings = Settings { max_placements: 3, ..settings() };
     let mut per_pass = Vec::new();
@@ -143,6 +150,7 @@ fn steady_state_plans_nothing() {
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Starting)],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     assert!(plan.actions.is_empty(), "{plan:?}");
@@ -155,6 +163,7 @@ fn scale_down_stops_the_least_useful_first() {
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Staging)],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     assert_eq!(stops(&run(&snap, 2_000)), ["bb"]);
 }
@@ -165,7 +174,13 @@ fn failed_instances_are_replaced_after_backoff() {
     a.backoff = Backoff { failures: 1, not_before: 3_000, last_failure_at: 2_000 };
     let mut dead = inst("a", 1, InstanceState::Failed);
     dead.observed.finished_at = Some(2_000);
-    let snap = Snapshot { apps: vec![a], instances: vec![dead], nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: vec![dead],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let early = run(&snap, 2_500);
     assert_eq!(places(&early), 0);
     assert_eq!(early.check_at, Some(3_000));
@@ -204,6 +219,7 @@ fn a_silent_node_is_disconnected_and_its_instances_are_replaced_not_failed() {
         instances: vec![inst("a", 1, InstanceState::Running)],
         nodes: vec![n1, n2],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 20_000);
     assert!(plan.actions.contains(&Action::NodeDisconnected { node: "n1".into() }));
@@ -225,6 +241,7 @@ fn cut_off(extra: &str) -> Snapshot {
         instances: vec![inst("a", 1, InstanceState::Running)],
         nodes: vec![n1, n2],
         pools: Default::default(),
+        ..Default::default()
     }
 }
 
@@ -313,7 +330,8 @@ proptest::proptest! {
 fn heartbeat_grace_protects_nodes_after_server_restart() {
     let mut n1 = node("n1");
     n1.last_heartbeat = 0;
-    let snap = Snapshot { apps: vec![], instances: vec![], nodes: vec![n1], pools: Default::default() };
+    let snap =
+        Snapshot { apps: vec![], instances: vec![], nodes: vec![n1], pools: Default::default(), ..Default::default() };
     let plan = reconcile(&snap, 20_000, Settings { heartbeat_grace_until: 19_000, ..settings() });
     assert!(plan.actions.is_empty());
     assert_eq!(plan.check_at, Some(34_000));
@@ -328,6 +346,7 @@ fn rolling_upgrade_keeps_capacity() {
         instances: old.clone(),
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 1, "1/0 starts one extra");
@@ -350,6 +369,7 @@ fn an_old_version_counts_at_what_it_was_placed_with() {
         instances: vec![old.clone()],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     assert_eq!(places(&run(&snap, 2_000)), 1);
     // An instance placed by an older server, with nothing recorded, counts at its app's spec.
@@ -370,6 +390,7 @@ fn scaling_up_moves_no_running_instance() {
         instances: running,
         nodes: vec![node("n1"), node("n2")],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 2);
@@ -385,6 +406,7 @@ fn destroy_stops_everything_then_removes() {
         instances: vec![inst("a", 1, InstanceState::Running)],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     assert_eq!(stops(&plan), ["a"]);
@@ -394,6 +416,7 @@ fn destroy_stops_everything_then_removes() {
         instances: vec![inst("a", 1, InstanceState::Stopped)],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     assert!(plan.actions.contains(&Action::RemoveApp { app: "g/web".into() }));
@@ -407,6 +430,7 @@ fn unplaceable_instances_say_why() {
         instances: vec![],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 1);
@@ -424,7 +448,13 @@ fn old_terminal_records_are_forgotten() {
         })
         .collect();
     instances.push(inst("live", 1, InstanceState::Running));
-    let snap = Snapshot { apps: vec![app(1, 1, "")], instances, nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![app(1, 1, "")],
+        instances,
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let forgotten = run(&snap, 2_000).actions.iter().filter(|a| matches!(a, Action::Forget { .. })).count();
     assert_eq!(forgotten, 5);
 }
@@ -453,6 +483,7 @@ fn a_new_instance_takes_traffic_only_after_min_healthy_time() {
         instances: vec![fresh],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let early = live_run(&snap, 5_000);
     assert!(!has(&early, |a| matches!(a, Action::Admit { .. })), "{early:?}");
@@ -468,6 +499,7 @@ fn an_instance_never_healthy_by_its_deadline_is_expired() {
         instances: vec![stuck],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     assert!(!has(&live_run(&snap, 29_999), |a| matches!(a, Action::Expire { .. })));
     let plan = live_run(&snap, 30_000);
@@ -485,6 +517,7 @@ fn a_deployment_ends_when_every_new_instance_is_in_service() {
         instances: vec![inst("a", 2, InstanceState::Running), inst("bb", 1, InstanceState::Running)],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let ended = |p: &Plan| has(p, |a| matches!(a, Action::EndDeployment { state: DeploymentState::Succeeded, .. }));
     assert!(!ended(&live_run(&snap, 1_000)), "an old instance is still there");
@@ -507,8 +540,13 @@ fn a_failing_deployment_rolls_back_to_the_stable_version() {
     let d = a.deployment.as_mut().unwrap();
     d.failures = 4;
     d.last_failure = Some("exited with code 3".into());
-    let snap =
-        Snapshot { apps: vec![a.clone()], instances: vec![], nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![a.clone()],
+        instances: vec![],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let plan = live_run(&snap, 1_000);
     assert!(
         has(&plan, |x| matches!(x, Action::AutoRollback { to_version: 2, reason, .. } if reason.contains("code 3"))),
@@ -531,6 +569,7 @@ fn a_deployment_with_no_progress_fails_at_its_deadline() {
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 2, InstanceState::Starting)],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let before = live_run(&snap, 20_999);
     assert!(!has(&before, |x| matches!(x, Action::AutoRollback { .. })));
@@ -544,7 +583,13 @@ fn a_rollback_that_fails_does_not_roll_back_again() {
     a.alike = vec![1];
     a.stable_version = Some(1);
     a.deployment.as_mut().unwrap().failures = 3;
-    let snap = Snapshot { apps: vec![a], instances: vec![], nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: vec![],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let plan = live_run(&snap, 1_000);
     assert!(!has(&plan, |x| matches!(x, Action::AutoRollback { .. })));
     assert!(has(&plan, |x| matches!(x, Action::EndDeployment { state: DeploymentState::Failed, .. })));
@@ -559,6 +604,7 @@ fn instances_of_an_alike_version_are_current() {
         instances: vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Running)],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = live_run(&snap, 1_000);
     assert!(plan.actions.is_empty(), "rolling back to v1's spec keeps v1's instances: {plan:?}");
@@ -569,7 +615,13 @@ fn a_canary_grows_to_its_share_and_waits() {
     let mut a = deploying(app(4, 2, "upgrade:\n  progress_deadline: 5s\n"), 1, 0);
     a.deployment.as_mut().unwrap().canary = Some(1);
     let old: Vec<Instance> = ["a", "bb", "ccc", "dddd"].iter().map(|id| inst(id, 1, InstanceState::Running)).collect();
-    let snap = Snapshot { apps: vec![a], instances: old.clone(), nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: old.clone(),
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let plan = live_run(&snap, 1_000);
     assert_eq!(places(&plan), 1);
     assert!(stops(&plan).is_empty());
@@ -585,8 +637,13 @@ fn blue_green_switches_at_once_and_keeps_the_old_set_for_the_window() {
     let mut a = deploying(app(2, 2, "upgrade:\n  strategy: blue-green\n  rollback_window: 60s\n"), 1, 0);
     a.deployment.as_mut().unwrap().blue_green = true;
     let old = vec![inst("a", 1, InstanceState::Running), inst("bb", 1, InstanceState::Running)];
-    let snap =
-        Snapshot { apps: vec![a.clone()], instances: old.clone(), nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![a.clone()],
+        instances: old.clone(),
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let plan = live_run(&snap, 1_000);
     assert_eq!(places(&plan), 2, "a whole new set");
     assert!(stops(&plan).is_empty());
@@ -602,7 +659,13 @@ fn blue_green_switches_at_once_and_keeps_the_old_set_for_the_window() {
     d.switched_at = Some(2_000);
     d.state = DeploymentState::Succeeded;
     assert!(!a.serves(1) && a.serves(2), "after the switch only the new set");
-    let snap = Snapshot { apps: vec![a], instances: both, nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: both,
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     let kept = live_run(&snap, 30_000);
     assert!(stops(&kept).is_empty(), "old set kept inside the window: {kept:?}");
     assert!(stops(&live_run(&snap, 61_999)).is_empty());
@@ -643,6 +706,7 @@ fn simulate_crash_loop(healthy: u32, failing: u32, fail_after_ms: i64, seconds: 
             instances: instances.clone(),
             nodes: vec![node.clone()],
             pools: Default::default(),
+            ..Default::default()
         };
         for action in reconcile(&snap, now, settings).actions {
             match action {
@@ -709,10 +773,16 @@ fn a_replacement_that_stays_healthy_ends_the_backoff() {
         instances: vec![old.clone()],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     assert!(!reset(&live_run(&snap, 100_000)), "a sibling healthy all along does not end it");
-    let snap =
-        Snapshot { apps: vec![a], instances: vec![old, fresh], nodes: vec![node("n1")], pools: Default::default() };
+    let snap = Snapshot {
+        apps: vec![a],
+        instances: vec![old, fresh],
+        nodes: vec![node("n1")],
+        pools: Default::default(),
+        ..Default::default()
+    };
     assert!(!reset(&live_run(&snap, 30_000)), "not before 30 s of health");
     assert!(reset(&live_run(&snap, 39_000)), "the relaunched slot healthy for 30 s ends it");
 }
@@ -737,6 +807,7 @@ fn simulate_drain(target: u32, max_over: f64) -> (usize, Option<(DrainState, usi
         instances: (0..target).map(|k| inst(&format!("i{k}"), 1, InstanceState::Running)).collect(),
         nodes: vec![draining(node("n1"), None), node("n2")],
         pools: Default::default(),
+        ..Default::default()
     };
     let mut fewest_ready = usize::MAX;
     for round in 0..50 {
@@ -786,6 +857,7 @@ fn a_drain_past_its_deadline_stops_what_is_left() {
         instances: vec![inst("a", 1, InstanceState::Running), inst("b", 1, InstanceState::Running)],
         nodes: vec![draining(node("n1"), Some(5_000)), node("n2")],
         pools: Default::default(),
+        ..Default::default()
     };
     let before = run(&snap, 2_000);
     assert_eq!(before.check_at.map(|at| at <= 5_000), Some(true), "the deadline is checked");
@@ -808,6 +880,7 @@ fn ineligible_and_draining_nodes_take_no_new_instance() {
         instances: vec![],
         nodes: vec![n1, draining(node("n2"), None)],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     assert_eq!(places(&plan), 0);
@@ -829,6 +902,7 @@ fn scale_down_gives_borrowed_room_back_first() {
         instances: vec![borrowed, newer],
         nodes: vec![node("n1")],
         pools: Default::default(),
+        ..Default::default()
     };
     assert_eq!(stops(&run(&snap, 2_000)), ["b"], "the borrowed one goes, though older");
 }
@@ -857,6 +931,7 @@ fn a_node_failing_apps_that_run_healthy_elsewhere_is_quarantined() {
         instances,
         nodes: vec![node("n1"), n2],
         pools: Default::default(),
+        ..Default::default()
     };
     let plan = run(&snap, 2_000);
     let quarantined: Vec<&Action> = plan.actions.iter().filter(|a| matches!(a, Action::Quarantine { .. })).collect();

@@ -52,6 +52,8 @@ pub(crate) struct Input<'a> {
     pub(crate) events: &'a [Event],
     /// Server-wide threshold rules, for every app.
     pub(crate) rules: &'a [AlertRule],
+    /// Each job's own alert webhooks.
+    pub(crate) job_hooks: &'a HashMap<String, Vec<String>>,
 }
 
 /// A condition seen in one evaluation.
@@ -198,6 +200,23 @@ pub(crate) fn evaluate(input: &Input, state: &mut AlertState, now: Millis) -> Ev
             out.seen.push(node_alert(n, "node_quarantined", text));
         }
     }
+    // A job's run that failed (after its retries) or was missed alerts once, with the job's own
+    // webhooks.
+    for e in input.events.iter().filter(|e| e.kind == crate::jobs::RUN_FAILED || e.kind == crate::jobs::RUN_MISSED) {
+        let job = e.app.clone().unwrap_or_default();
+        let name = if e.kind == crate::jobs::RUN_FAILED { "job_run_failed" } else { "job_run_missed" };
+        out.seen.push(Seen {
+            id: format!("{job}:{name}:{}", e.seq),
+            name: name.into(),
+            app: Some(job.clone()),
+            node: e.node.clone(),
+            value: None,
+            threshold: None,
+            text: format!("{job} is critical, {}", e.message.strip_prefix(&format!("{job} ")).unwrap_or(&e.message)),
+            one_shot: true,
+            webhooks: input.job_hooks.get(&job).cloned().unwrap_or_default(),
+        });
+    }
     // OOM kills are events: each one alerts once.
     for e in input.events.iter().filter(|e| e.kind == "instance.oom_killed") {
         let app = e.app.clone().unwrap_or_default();
@@ -341,6 +360,7 @@ mod tests {
         }
         fn evaluate(&self, state: &mut AlertState, now: Millis) -> Evaluation {
             let policy = HashMap::new();
+            let job_hooks = HashMap::from([("ops/backup".to_string(), vec!["http://127.0.0.1:9/hook".to_string()])]);
             let input = Input {
                 apps: &self.apps,
                 nodes: &self.nodes,
@@ -349,9 +369,38 @@ mod tests {
                 rule_policy: &policy,
                 events: &self.events,
                 rules: &[],
+                job_hooks: &job_hooks,
             };
             evaluate(&input, state, now)
         }
+    }
+
+    #[test]
+    fn a_failed_or_missed_run_alerts_once_with_the_jobs_webhooks() {
+        let mut world = World::new(vec![]);
+        let event = |seq: u64, kind: &str, message: &str| Event {
+            seq,
+            time: 0,
+            level: berth_core::Level::Error,
+            kind: kind.into(),
+            app: Some("ops/backup".into()),
+            instance: None,
+            node: None,
+            message: message.into(),
+        };
+        world.events = vec![
+            event(1, crate::jobs::RUN_FAILED, "ops/backup run 3 failed: failed after 2 attempts: exited with code 3"),
+            event(2, crate::jobs::RUN_MISSED, "ops/backup run 4 missed: not started within starting_deadline (1m)"),
+        ];
+        let mut state = AlertState::default();
+        let seen = world.evaluate(&mut state, 0).seen;
+        assert_eq!(names_of(&seen), ["job_run_failed", "job_run_missed"]);
+        assert!(seen.iter().all(|s| s.one_shot && s.webhooks == ["http://127.0.0.1:9/hook"]));
+        assert_eq!(seen[0].text, "ops/backup is critical, run 3 failed: failed after 2 attempts: exited with code 3");
+    }
+
+    fn names_of(seen: &[Seen]) -> Vec<&str> {
+        seen.iter().map(|s| s.name.as_str()).collect()
     }
 
     fn names(e: &Evaluation) -> Vec<&str> {

@@ -44,8 +44,6 @@ pub(crate) async fn run(shared: Shared, mut shutdown: watch::Receiver<bool>) {
     let http = berth_tls::http_builder().timeout(Duration::from_secs(5)).build().unwrap_or_default();
     let config = shared.alert_config.clone();
     let mut last_am_push = 0;
-    // Events from before this start were alerted on (or not) by the previous run.
-    lock(&shared.alerts).last_event = shared.state.last_event_seq();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(config.interval) => {}
@@ -109,7 +107,11 @@ fn evaluate_now(
         .collect();
     let after = lock(&shared.alerts).last_event;
     let events = shared.state.events(after, 10_000)?;
-    let hooks: HashMap<String, Vec<String>> = apps.iter().map(|a| (a.id(), a.spec.alert_webhooks.clone())).collect();
+    let job_hooks: HashMap<String, Vec<String>> =
+        shared.state.jobs()?.into_iter().map(|j| (j.value.id(), j.value.spec.alert_webhooks)).collect();
+    let mut hooks: HashMap<String, Vec<String>> =
+        apps.iter().map(|a| (a.id(), a.spec.alert_webhooks.clone())).collect();
+    hooks.extend(job_hooks.iter().map(|(k, v)| (k.clone(), v.clone())));
     let input = Input {
         apps: &apps,
         nodes: &nodes,
@@ -118,6 +120,7 @@ fn evaluate_now(
         rule_policy: &rule_policy,
         events: &events,
         rules: &config.rules,
+        job_hooks: &job_hooks,
     };
     let mut state = lock(&shared.alerts);
     if let Some(last) = events.last() {

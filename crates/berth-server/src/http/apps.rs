@@ -215,6 +215,12 @@ pub(super) async fn deploy(
             format!("the spec is for {} but the path names {id}", spec.id()),
         ));
     }
+    if shared.state.job(&id)?.is_some() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("a job is named {id}: a job and an app share their names (logs, metrics); choose another"),
+        ));
+    }
     let change = Change::Spec { spec: Box::new(spec), keep_scale: false, kind: DeploymentKind::Update, change: None };
     let resp = change_app(&shared, &id, change, &opts)?;
     let status = if resp.created { StatusCode::CREATED } else { StatusCode::OK };

@@ -29,11 +29,15 @@ pub(crate) async fn ingest(
         by_app.entry(line.app.as_str()).or_default().push(line.clone());
     }
     for (app, lines) in by_app {
-        // Only apps the store knows get a directory: the name comes from the wire.
-        let Some(record) = shared.state.app(app)? else {
-            continue;
+        // Only apps and jobs the store knows get a directory: the name comes from the wire.
+        let sinks = match shared.state.app(app)? {
+            Some(record) => record.value.spec.log_sinks,
+            None => match shared.state.job(app)? {
+                Some(record) => record.value.spec.log_sinks,
+                None => continue,
+            },
         };
-        shared.forwarders.forward(app, &record.value.spec.log_sinks, &lines, &shared.shutdown);
+        shared.forwarders.forward(app, &sinks, &lines, &shared.shutdown);
         let store = shared.logs.clone();
         let app = app.to_string();
         tokio::task::spawn_blocking(move || store.append(&app, &lines))
@@ -63,13 +67,41 @@ pub(crate) async fn query(
 ) -> ApiResult<Response> {
     let id = format!("{group}/{name}");
     shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    if q.run.is_some() {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "run: apps have no runs; jobs do (/v1/jobs/...)"));
+    }
+    let instances = q.instance.iter().cloned().collect();
+    serve(shared, id, q, instances).await
+}
+
+/// `GET /v1/jobs/{group}/{name}/logs`: a job's lines, of one run's attempts with `run=N`.
+pub(crate) async fn job_query(
+    AxState(shared): AxState<Shared>,
+    Path((group, name)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let id = format!("{group}/{name}");
+    shared.state.job(&id)?.ok_or_else(|| ApiError::not_found(&format!("job {id}")))?;
+    let mut instances: Vec<String> = q.instance.iter().cloned().collect();
+    if let Some(number) = q.run {
+        let attempts = super::jobs::attempts_of(&shared, &id, number)?;
+        if attempts.is_empty() {
+            // A run that never started wrote nothing: no line may match.
+            instances.push(String::from("\0"));
+        }
+        instances.extend(attempts);
+    }
+    serve(shared, id, q, instances).await
+}
+
+async fn serve(shared: Shared, id: String, q: LogQuery, instances: Vec<String>) -> ApiResult<Response> {
     let grep = q
         .grep
         .as_deref()
         .map(regex::Regex::new)
         .transpose()
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, format!("grep: not a regular expression: {e}")))?;
-    let filter = Filter { since: q.since, instance: q.instance.clone(), grep };
+    let filter = Filter { since: q.since, instances, grep };
     let tail = q.tail.unwrap_or(MAX_TAIL).min(MAX_TAIL);
     let store = shared.logs.clone();
     let (filter, stored, live) = tokio::task::spawn_blocking(move || {

@@ -12,6 +12,7 @@ mod events;
 mod exec;
 mod groups;
 mod instances;
+mod jobs;
 mod logs;
 mod nodes;
 mod pools;
@@ -52,6 +53,12 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/apps/{group}/{name}/promote", post(apps::promote))
         .route("/v1/apps/{group}/{name}/versions", get(apps::versions))
         .route("/v1/apps/{group}/{name}/logs", get(logs::query))
+        .route("/v1/jobs", get(jobs::list))
+        .route("/v1/jobs/{group}/{name}", get(jobs::get).put(jobs::deploy).delete(jobs::destroy))
+        .route("/v1/jobs/{group}/{name}/run", post(jobs::run_now))
+        .route("/v1/jobs/{group}/{name}/suspend", post(jobs::suspend))
+        .route("/v1/jobs/{group}/{name}/resume", post(jobs::resume))
+        .route("/v1/jobs/{group}/{name}/logs", get(logs::job_query))
         .route("/v1/logs/sinks", get(logs::sinks))
         .route("/v1/usage", get(usage::all))
         .route("/v1/alerts", get(alerts::list))

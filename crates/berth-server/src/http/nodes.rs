@@ -398,7 +398,7 @@ pub(super) async fn assignments(
         }
         let key = (inst.app.clone(), inst.version);
         if !specs.contains_key(&key) {
-            let Some(spec) = shared.state.spec_at(&inst.app, inst.version)? else { continue };
+            let Some(spec) = shared.state.spec_of(inst)? else { continue };
             specs.insert(key.clone(), spec);
         }
         out.push(Assignment { spec: specs[&key].clone(), instance: inst.clone() });
@@ -478,6 +478,7 @@ pub(super) async fn reports(
                         "instance.stopped",
                         inst.observed.reason.clone().unwrap_or_else(|| "stopped".into()),
                     ),
+                    InstanceState::Succeeded => (Level::Info, "instance.succeeded", "exited with code 0".to_string()),
                     InstanceState::Staging => continue,
                 };
                 txn = shared.state.with_event(txn, now, level, kind, subject, msg);

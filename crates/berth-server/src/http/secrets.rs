@@ -164,7 +164,7 @@ pub(super) async fn for_instance(
     let Some(inst) = shared.state.instance(&instance)?.map(|r| r.value).filter(|i| i.node == node) else {
         return Err(ApiError::not_found(&format!("instance {instance} on node {node}")));
     };
-    let Some(spec) = shared.state.spec_at(&inst.app, inst.version)? else {
+    let Some(spec) = shared.state.spec_of(&inst)? else {
         return Err(ApiError::not_found(&format!("app {}", inst.app)));
     };
     let mut environment = BTreeMap::new();

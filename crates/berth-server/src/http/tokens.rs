@@ -176,7 +176,9 @@ fn needs(method: &Method, route: &str) -> Needs {
             Needs::TokenOr(berth_api::Member::Router, Read, Of::Any)
         }
         (_, "/v1/upstreams" | "/v1/upstreams/{name}" | "/v1/upstreams/{name}/rules") => Needs::Token(Admin, Of::Any),
-        (_, r) if r.starts_with("/v1/apps/{group}/{name}") => Needs::Token(change, Of::Group),
+        (_, r) if r.starts_with("/v1/apps/{group}/{name}") || r.starts_with("/v1/jobs/{group}/{name}") => {
+            Needs::Token(change, Of::Group)
+        }
         // A deployer sets its groups' secrets; no answer carries a value, so a viewer may list.
         (&Method::PUT | &Method::DELETE, "/v1/secrets/{group}/{name}") => Needs::Token(Change, Of::Group),
         (&Method::POST, "/v1/instances/{id}/restart" | "/v1/instances/{id}/stop" | "/v1/instances/{id}/exec") => {
@@ -185,9 +187,9 @@ fn needs(method: &Method, route: &str) -> Needs {
         (&Method::GET, "/metrics" | "/v1/nodes/{id}") => Needs::Token(Read, Of::Every),
         (
             &Method::GET,
-            "/v1/apps" | "/v1/instances" | "/v1/events" | "/v1/usage" | "/v1/alerts" | "/v1/nodes" | "/v1/pools"
-            | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups" | "/v1/secrets" | "/v1/audit"
-            | "/v1/cluster",
+            "/v1/apps" | "/v1/jobs" | "/v1/instances" | "/v1/events" | "/v1/usage" | "/v1/alerts" | "/v1/nodes"
+            | "/v1/pools" | "/v1/routers" | "/v1/logs/sinks" | "/v1/outputs" | "/v1/groups" | "/v1/secrets"
+            | "/v1/audit" | "/v1/cluster",
         ) => Needs::Token(Read, Of::Any),
         // A plan changes nothing; the spec it reads names its own group.
         (&Method::POST, "/v1/plan") => Needs::Token(Read, Of::Any),
@@ -207,7 +209,9 @@ fn checked_params(route: &str, path: &str) -> Result<(), ApiError> {
         match param {
             "group" | "pool" => check_label(&value).map_err(|why| bad(param, why))?,
             "name" if route.starts_with("/v1/secrets/") => check_secret_name(&value).map_err(|why| bad(param, why))?,
-            "name" if route.starts_with("/v1/apps/") => check_label(&value).map_err(|why| bad(param, why))?,
+            "name" if route.starts_with("/v1/apps/") || route.starts_with("/v1/jobs/") => {
+                check_label(&value).map_err(|why| bad(param, why))?;
+            }
             _ => {
                 let ok = !value.is_empty()
                     && value.len() <= 253
@@ -466,6 +470,9 @@ mod tests {
         assert_eq!(needs(&Method::PUT, "/v1/apps/{group}/{name}/rules"), Needs::Token(Change, Of::Group));
         assert_eq!(needs(&Method::DELETE, "/v1/apps/{group}/{name}"), Needs::Token(Change, Of::Group));
         assert_eq!(needs(&Method::GET, "/v1/apps/{group}/{name}/logs"), Needs::Token(Read, Of::Group));
+        assert_eq!(needs(&Method::POST, "/v1/jobs/{group}/{name}/run"), Needs::Token(Change, Of::Group));
+        assert_eq!(needs(&Method::GET, "/v1/jobs/{group}/{name}"), Needs::Token(Read, Of::Group));
+        assert_eq!(needs(&Method::GET, "/v1/jobs"), Needs::Token(Read, Of::Any));
         assert_eq!(needs(&Method::POST, "/v1/instances/{id}/exec"), Needs::Token(Change, Of::Instance));
         assert_eq!(needs(&Method::GET, "/metrics"), Needs::Token(Read, Of::Every));
         assert_eq!(needs(&Method::POST, "/v1/nodes/{id}/drain"), Needs::Token(Admin, Of::Any));

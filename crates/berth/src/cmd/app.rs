@@ -178,15 +178,28 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
             anyhow::bail!("{id} has no instance `{wanted}`; its instances: {}", ids.join(", "));
         }
     }
-    let mut query = berth_api::LogQuery {
+    let query = berth_api::LogQuery {
         since,
         tail: args.tail.or(if since.is_some() { None } else { Some(200) }),
         instance: args.instance,
         grep: args.grep,
         follow: args.follow,
+        run: None,
     };
+    print_logs(client, id, false, query, args.timestamps, ctx).await
+}
+
+/// Prints an app's (or with `job`, a job's) lines, each prefixed with its instance; following,
+/// it resumes where it was after losing the server.
+pub(super) async fn print_logs(
+    client: &berth_api::Client,
+    id: &str,
+    job: bool,
+    mut query: berth_api::LogQuery,
+    timestamps: bool,
+    ctx: &Ctx,
+) -> anyhow::Result<ExitCode> {
     let json = ctx.format == Format::Json;
-    let timestamps = args.timestamps;
     use std::io::{IsTerminal, Write};
     // An app's escape sequences reach a person's terminal only as text; into a pipe or a file
     // its lines go as written.
@@ -201,31 +214,31 @@ async fn logs(client: &berth_api::Client, id: &str, args: LogsArgs, ctx: &Ctx) -
     let mut delay = FIRST_RETRY;
     loop {
         let mut got = false;
-        let result = client
-            .logs(id, &query, |line| {
-                got = true;
-                if last_t == Some(line.t) && at_last.contains(&(line.instance.clone(), line.line.clone())) {
-                    return true;
-                }
-                if last_t != Some(line.t) {
-                    last_t = Some(line.t);
-                    at_last.clear();
-                }
-                at_last.insert((line.instance.clone(), line.line.clone()));
-                let text = if json {
-                    serde_json::to_string(&line).unwrap_or_default()
-                } else {
-                    let mark = if line.stream == berth_api::LogStream::Stderr { "!" } else { "|" };
-                    let time = if timestamps { format!("{} ", output::clock_ms(line.t)) } else { String::new() };
-                    let text = if escape { output::visible(&line.line) } else { line.line.as_str().into() };
-                    format!("{time}{} {mark} {text}", line.instance)
-                };
-                // A closed pipe (`| head`) ends the stream quietly.
-                let written = writeln!(out, "{text}").and_then(|_| out.flush()).is_ok();
-                stopped |= !written;
-                written
-            })
-            .await;
+        let on_line = |line: berth_api::LogLine| {
+            got = true;
+            if last_t == Some(line.t) && at_last.contains(&(line.instance.clone(), line.line.clone())) {
+                return true;
+            }
+            if last_t != Some(line.t) {
+                last_t = Some(line.t);
+                at_last.clear();
+            }
+            at_last.insert((line.instance.clone(), line.line.clone()));
+            let text = if json {
+                serde_json::to_string(&line).unwrap_or_default()
+            } else {
+                let mark = if line.stream == berth_api::LogStream::Stderr { "!" } else { "|" };
+                let time = if timestamps { format!("{} ", output::clock_ms(line.t)) } else { String::new() };
+                let text = if escape { output::visible(&line.line) } else { line.line.as_str().into() };
+                format!("{time}{} {mark} {text}", line.instance)
+            };
+            // A closed pipe (`| head`) ends the stream quietly.
+            let written = writeln!(out, "{text}").and_then(|_| out.flush()).is_ok();
+            stopped |= !written;
+            written
+        };
+        let result =
+            if job { client.job_logs(id, &query, on_line).await } else { client.logs(id, &query, on_line).await };
         if stopped || !query.follow {
             result?;
             break;

@@ -70,10 +70,51 @@ pub struct DeployArgs {
 
 pub async fn deploy(args: DeployArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let path = args.file.unwrap_or_else(default_spec_path);
+    if let Ok(Ok(berth_core::SpecDoc::Job(job))) = spec::load_doc(&path) {
+        return deploy_job(*job, args.dry_run, ctx).await;
+    }
     if args.dry_run {
         return plan_file(&path, ctx).await;
     }
     apply_file(&path, None, args.change, &args.wait, ctx).await
+}
+
+/// Creates or changes a job: no instance runs until its schedule says so.
+async fn deploy_job(spec: berth_core::JobSpec, dry_run: bool, ctx: &Ctx) -> anyhow::Result<ExitCode> {
+    let client = ctx.client()?;
+    let id = spec.id();
+    if dry_run {
+        let current = match client.job(&id).await {
+            Ok(j) => Some(j),
+            Err(e) if e.status() == Some(404) => None,
+            Err(e) => return Err(e.into()),
+        };
+        let change = match &current {
+            None => format!("{id}: a new job, version 1"),
+            Some(j) if j.spec == spec => format!("{id}: version {} stays", j.version),
+            Some(j) => format!("{id}: version {} -> {}", j.version, j.version + 1),
+        };
+        let changes = current.as_ref().is_none_or(|j| j.spec != spec);
+        match ctx.format {
+            Format::Json => println!("{}", output::json(&serde_json::json!({"job": id, "changes": changes}))?),
+            Format::Table => println!("{change}"),
+        }
+        return Ok(if changes { ExitCode::from(2) } else { ExitCode::SUCCESS });
+    }
+    let resp = client.deploy_job(&spec).await?;
+    match ctx.format {
+        Format::Json => println!("{}", output::json(&resp)?),
+        Format::Table => {
+            let verb = match (resp.created, resp.changed) {
+                (true, _) => "created",
+                (false, true) => "changed",
+                (false, false) => "unchanged",
+            };
+            let next = resp.job.next_run.map(|t| format!("; next run at {}", output::clock(t))).unwrap_or_default();
+            println!("job {id} v{} {verb}{next}", resp.version);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,6 +10,7 @@ mod events;
 mod exec;
 mod follow;
 mod group;
+mod job;
 mod node;
 mod platform;
 mod pool;
@@ -80,6 +81,8 @@ pub enum Command {
     Plan(deploy::PlanArgs),
     /// Work with one app: `berth app ls`, `berth app NAME status|scale N|upgrade IMAGE|...`.
     App(app::AppArgs),
+    /// Scheduled jobs: `berth job ls`, `berth job NAME status|history|logs|run|suspend|resume|destroy`.
+    Job(job::JobArgs),
     /// The machines in the pool.
     Node {
         #[command(subcommand)]
@@ -213,6 +216,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Deploy(args) => deploy::deploy(args, &ctx).await,
         Command::Plan(args) => deploy::plan(args, &ctx).await,
         Command::App(args) => app::run(args, &ctx).await,
+        Command::Job(args) => job::run(args, &ctx).await,
         Command::Node { action } => node::run(action, &ctx).await,
         Command::Pool { action } => pool::run(action, &ctx).await,
         Command::Events(args) => events::run(args, &ctx).await,

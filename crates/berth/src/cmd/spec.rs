@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use berth_core::AppSpec;
+use berth_core::{AppSpec, SpecDoc};
 
 use super::{Ctx, default_spec_path};
 use crate::output::{self, Format};
@@ -51,6 +51,21 @@ pub struct ValidateArgs {
 
 /// Reads and validates a spec file; errors name the file, line, column and key.
 pub fn load(path: &std::path::Path) -> anyhow::Result<Result<AppSpec, berth_core::SpecErrors>> {
+    Ok(load_doc(path)?.and_then(|doc| match doc {
+        SpecDoc::App(spec) => Ok(*spec),
+        SpecDoc::Job(spec) => Err(berth_core::SpecErrors(vec![berth_core::SpecError {
+            file: Some(path.display().to_string()),
+            line: None,
+            column: None,
+            field: "kind".into(),
+            message: format!("{} is a job (kind: job): `berth deploy` runs it, `berth job` manages it", spec.id()),
+            suggestion: None,
+        }])),
+    }))
+}
+
+/// Reads and validates a spec file of either kind (`kind: job`, else an app).
+pub fn load_doc(path: &std::path::Path) -> anyhow::Result<Result<SpecDoc, berth_core::SpecErrors>> {
     if !path.exists() {
         anyhow::bail!(
             "{} does not exist: write a starter spec with `berth init` (or name yours with -f FILE)",
@@ -58,13 +73,25 @@ pub fn load(path: &std::path::Path) -> anyhow::Result<Result<AppSpec, berth_core
         );
     }
     let text = super::read_capped(path, super::MAX_SPEC_BYTES, "a spec")?;
-    Ok(AppSpec::from_yaml(&text, Some(&path.display().to_string())))
+    Ok(SpecDoc::from_yaml(&text, Some(&path.display().to_string())))
 }
 
 pub fn validate(args: ValidateArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let path = args.file.unwrap_or_else(default_spec_path);
-    match load(&path)? {
-        Ok(spec) => {
+    match load_doc(&path)? {
+        Ok(SpecDoc::Job(spec)) => {
+            if ctx.format == Format::Json {
+                println!(
+                    "{}",
+                    output::json(&serde_json::json!({"valid": true, "file": path, "kind": "job", "spec": spec}))?
+                );
+            } else {
+                let when = spec.schedule.clone().unwrap_or_else(|| format!("after {}", spec.parents().join(" and ")));
+                println!("{}: valid (job {}, {when})", path.display(), spec.id());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(SpecDoc::App(spec)) => {
             if ctx.format == Format::Json {
                 let out = serde_json::json!({"valid": true, "file": path, "spec": spec, "warnings": spec.warnings()});
                 println!("{}", output::json(&out)?);
