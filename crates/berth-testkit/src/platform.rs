@@ -107,6 +107,9 @@ pub struct Platform {
     split: Option<Vec<Child>>,
     pub node_id: String,
     client: reqwest::Client,
+    /// Benchmarks: Berth's processes each start in a session of their own (`setsid`), so that
+    /// the kernel's autogroups do not give them the load generator's CPU share.
+    own_session: bool,
 }
 
 impl Platform {
@@ -156,6 +159,15 @@ impl Platform {
         p
     }
 
+    /// As `start`, for a benchmark: `berth up` in a session of its own.
+    pub async fn start_in_own_session(bin: &Path, driver: &str) -> Platform {
+        let mut p = Self::new(bin, driver, port_block(), &[]);
+        p.own_session = true;
+        p.spawn();
+        p.wait_ready().await;
+        p
+    }
+
     async fn launch(bin: &Path, driver: &str, ports: (u16, u16), extra: &[String]) -> Platform {
         let mut p = Self::new(bin, driver, ports, extra);
         p.spawn();
@@ -180,6 +192,7 @@ impl Platform {
             split: None,
             node_id: String::new(),
             client: berth_tls::http(),
+            own_session: false,
         }
     }
 
@@ -236,7 +249,15 @@ impl Platform {
             .append(true)
             .open(self.dir.path().join(log_name))
             .expect("log file");
-        Command::new(&self.bin)
+        let mut command = if self.own_session {
+            // setsid execs the program in the same process (the child leads no group yet).
+            let mut c = Command::new("setsid");
+            c.arg(&self.bin);
+            c
+        } else {
+            Command::new(&self.bin)
+        };
+        command
             .args(args)
             .env("BERTH_LOG", "info,berth_agent=debug")
             .env("BERTH_SERVER", &self.api)

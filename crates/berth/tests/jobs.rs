@@ -225,6 +225,21 @@ async fn a_failing_job_is_retried_with_backoff_then_alerts() {
     assert_eq!(alert["app"], "ops/flaky", "{alert}");
     assert!(alert["text"].as_str().unwrap().contains("failed after 3 attempts"), "{alert}");
 
+    // An attempt past its timeout is stopped and fails the run, saying so.
+    let file = p.write("slow.yaml", &exec_job("slow", 60_000, 0, "schedule: R//PT1H\ntimeout: 1s\nstop_timeout: 1s\n"));
+    p.cli_ok(&["deploy", "-f", &file]).await;
+    let j = until_runs(&p, "ops/slow", "failed", 1, Duration::from_secs(30)).await;
+    let run = &runs(&j)[0];
+    assert!(run["reason"]["why"].as_str().unwrap().contains("timeout (1s)"), "{run}");
+    assert!(ms(&run["finished_at"]) - ms(&run["started_at"]) < 10_000, "stopped, not run to its end: {run}");
+
+    // A job is a tenant's as an app is: its group's rules hold (privileged needs allowing).
+    let file = p.write("root.yaml", &exec_job("root", 100, 0, "schedule: R//PT1H\nprivileged: true\n"));
+    let out = p.cli(&["deploy", "-f", &file]).await;
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("does not allow privileged"), "{err}");
+
     // Run by hand: a manual run, numbered next, failing the same way.
     let out = p.cli(&["job", "flaky", "run", "--wait", "--timeout", "30"]).await;
     assert!(!out.status.success(), "the run failed, and the exit code says so");

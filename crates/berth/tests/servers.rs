@@ -434,3 +434,72 @@ async fn the_leader_killed_mid_deploy_loses_nothing_and_the_router_drops_nothing
     })
     .await;
 }
+
+/// Every run of `ops/tick` kept, through server `i`, oldest first.
+async fn tick_runs(servers: &Servers, i: usize) -> Option<Vec<Value>> {
+    let job = servers.get(i, "/v1/jobs/ops/tick").await?;
+    let mut runs = job["runs"].as_array()?.clone();
+    runs.sort_by_key(|r| r["number"].as_u64());
+    Some(runs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_jobs_scheduled_times_run_once_across_a_leader_change() {
+    let Some(etcd) = EtcdCluster::start("a_jobs_scheduled_times_run_once", 3) else { return };
+    let mut servers = tokio::task::block_in_place(|| Servers::start(&etcd, 2));
+    let leader = servers.agreed_leader(&[0, 1], None).await;
+    let l = Servers::index_of(&leader);
+    let other = 1 - l;
+    let ports = berth_testkit::port_block();
+    let agent_dir = servers.dir.path().join("agent").display().to_string();
+    let port_range = format!("{}-{}", ports.0, ports.1);
+    let _agent =
+        member(&servers, &["agent", "--data-dir", &agent_dir, "--driver", "exec", "--ports", &port_range], "agent.log");
+    wait_until_or_logs(&servers, "the node to be ready", Duration::from_secs(30), || async {
+        let nodes = servers.get(other, "/v1/nodes").await?;
+        nodes.as_array()?.iter().any(|n| n["status"] == "ready").then_some(())
+    })
+    .await;
+    let spec =
+        "kind: job\ngroup: ops\nname: tick\ndriver: exec\ncommand: [/bin/sh, -c, 'sleep 0.2']\nschedule: R//PT1S\n";
+    let answer = servers
+        .client
+        .put(format!("{}/v1/jobs/ops/tick", servers.url(other)))
+        .bearer_auth(servers.admin_token())
+        .header("content-type", "application/yaml")
+        .body(spec)
+        .send()
+        .await
+        .expect("deploy answered");
+    assert!(answer.status().is_success(), "{}", answer.text().await.unwrap_or_default());
+    let ran = |runs: &[Value], after: i64| {
+        runs.iter().filter(|r| r["state"] == "succeeded" && r["scheduled_at"].as_i64() > Some(after)).count()
+    };
+    wait_until_or_logs(&servers, "three runs under the first leader", Duration::from_secs(30), || async {
+        (ran(&tick_runs(&servers, other).await?, 0) >= 3).then_some(())
+    })
+    .await;
+
+    let killed_at = berth_core::now_ms();
+    servers.kill(l).await;
+    servers.agreed_leader(&[other], Some(&leader)).await;
+    let runs = wait_until_or_logs(&servers, "three runs under the next leader", Duration::from_secs(30), || async {
+        let runs = tick_runs(&servers, other).await?;
+        (ran(&runs, killed_at) >= 3).then_some(runs)
+    })
+    .await;
+    // No scheduled time ran twice, and every time is on the schedule (1 s from the deploy).
+    let mut times: Vec<i64> = runs.iter().map(|r| r["scheduled_at"].as_i64().expect("a time")).collect();
+    let first = times[0];
+    assert!(times.iter().all(|t| (t - first) % 1000 == 0), "times off the schedule: {times:?}");
+    let n = times.len();
+    times.sort_unstable();
+    times.dedup();
+    assert_eq!(times.len(), n, "a scheduled time ran twice across the leader change: {runs:#?}");
+    // The times no leader could start in time are said, in one record, not run late in a burst.
+    for r in runs.iter().filter(|r| r["state"] == "missed") {
+        assert_eq!(r["reason"]["kind"], "missed", "{r}");
+    }
+    let numbers: Vec<u64> = runs.iter().filter_map(|r| r["number"].as_u64()).collect();
+    assert!(numbers.windows(2).all(|w| w[1] == w[0] + 1), "run numbers in order, none lost: {numbers:?}");
+}

@@ -184,7 +184,10 @@ pub(super) async fn deploy(
         };
         let created = job.version == 1;
         let mut txn = Txn::default().expect(job_key(&id), rev).put(job_key(&id), encode(&job));
-        txn = super::secrets::claim(&shared, txn, &job.spec.task())?;
+        let task = job.spec.task();
+        // A run takes a place as one instance of the group's: quota, privileged, host network.
+        super::groups::fits(&shared, &id, &task, 0)?;
+        txn = super::secrets::claim(&shared, txn, &task)?;
         let verb = if created { "created" } else { "changed" };
         let text = format!("v{} {verb}: {}", job.version, job.spec.schedule.as_deref().unwrap_or("after parents"));
         txn = state.with_event(txn, now, Level::Info, "job.deployed", Subject::app(&id), text);
