@@ -6,6 +6,7 @@ berth_need() {
   command -v protoc >/dev/null || missing+=(protobuf-compiler)
   if [ "${1:-}" = tests ]; then
     command -v etcd >/dev/null || missing+=(etcd-server)
+    command -v chromium >/dev/null || missing+=(chromium)
   fi
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

@@ -35,6 +35,23 @@ pub struct Durations {
     pub max_ms: Option<i64>,
 }
 
+impl JobStatus {
+    /// When it runs, for people: its schedule and zone, and its parents.
+    pub fn schedule_text(&self) -> String {
+        let mut text = self.schedule.clone().unwrap_or_default();
+        if let Some(zone) = &self.schedule_time_zone {
+            text.push_str(&format!(" ({zone})"));
+        }
+        if !self.after.is_empty() {
+            if !text.is_empty() {
+                text.push_str(", ");
+            }
+            text.push_str(&format!("after {}", self.after.join(" and ")));
+        }
+        text
+    }
+}
+
 /// A job as `berth job ls` and `berth job NAME status` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct JobStatus {

@@ -11,6 +11,11 @@ pub(crate) async fn list(
     AxState(shared): AxState<Shared>,
     axum::Extension(actor): axum::Extension<super::tokens::Actor>,
 ) -> ApiResult<Response> {
+    Ok(indexed(shared.state.store().revision(), &visible(&shared, &actor)))
+}
+
+/// The alerts the token may see: of its groups' apps, and of nodes for tokens of every group.
+pub(super) fn visible(shared: &Shared, actor: &super::tokens::Actor) -> AlertList {
     let shown = |a: &&berth_api::Alert| match &a.app {
         Some(app) => actor.sees_app(app),
         None => actor.sees_all(),
@@ -21,5 +26,5 @@ pub(crate) async fn list(
         recent: state.recent.iter().filter(shown).cloned().collect(),
     };
     drop(state);
-    Ok(indexed(shared.state.store().revision(), &list))
+    list
 }

@@ -26,7 +26,7 @@ fn app_id(group: &str, name: &str) -> String {
     format!("{group}/{name}")
 }
 
-fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
+pub(super) fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
     let app = shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).get(id).cloned();
@@ -38,6 +38,11 @@ pub(super) async fn list_apps(
     Extension(actor): Extension<Actor>,
 ) -> ApiResult<Response> {
     let index = shared.state.store().revision();
+    Ok(indexed(index, &visible(&shared, &actor)?))
+}
+
+/// Every app of the token's groups, as `GET /v1/apps` lists them.
+pub(super) fn visible(shared: &Shared, actor: &Actor) -> ApiResult<Vec<AppStatus>> {
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).clone();
     let cut_off = shared.cut_off_nodes()?;
@@ -51,7 +56,7 @@ pub(super) async fn list_apps(
             views::app_status(&a.value, instances.iter(), pending.get(&id), &cut_off)
         })
         .collect();
-    Ok(indexed(index, &apps))
+    Ok(apps)
 }
 
 pub(super) async fn get_app(

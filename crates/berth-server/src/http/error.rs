@@ -39,6 +39,10 @@ impl ApiError {
     pub(crate) fn invalid_field(field: &str, why: &str) -> Self {
         Self::new(StatusCode::BAD_REQUEST, format!("{field}: {why}"))
     }
+    /// What the error says, for people.
+    pub(crate) fn message(&self) -> &str {
+        &self.body.error
+    }
     pub(crate) fn not_found(what: &str) -> Self {
         Self::new(StatusCode::NOT_FOUND, format!("{what} not found"))
     }
@@ -88,7 +92,8 @@ pub(super) async fn json_errors(resp: Response) -> Response {
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("application/json"));
+        .is_some_and(|ct| ct.starts_with("application/json") || ct.starts_with("text/html"));
+    // JSON, and the console's pages (a sign-in refused is a page that says why).
     if !(status.is_client_error() || status.is_server_error()) || is_json {
         return resp;
     }

@@ -24,13 +24,23 @@ pub(super) async fn events(
 ) -> ApiResult<Response> {
     let index = wait_for(&shared, &WaitQuery { index: q.index, wait: q.wait.clone() }).await?;
     let limit = q.limit.unwrap_or(200).min(10_000);
+    Ok(indexed(index, &visible(&shared, &actor, q.after, limit)?))
+}
+
+/// Events after `after` the token may see, at most `limit`.
+pub(super) fn visible(
+    shared: &Shared,
+    actor: &super::tokens::Actor,
+    after: u64,
+    limit: usize,
+) -> ApiResult<Vec<berth_core::Event>> {
     if actor.sees_all() {
-        return Ok(indexed(index, &shared.state.events(q.after, limit)?));
+        return Ok(shared.state.events(after, limit)?);
     }
     // A token of some groups sees their apps' events only: pages are read until enough are
     // found or none are left, so that a follower's cursor always moves on.
     let mut seen = Vec::new();
-    let mut after = q.after;
+    let mut after = after;
     loop {
         let page = shared.state.events(after, limit)?;
         let Some(last) = page.last().map(|e| e.seq) else { break };
@@ -41,5 +51,5 @@ pub(super) async fn events(
             break;
         }
     }
-    Ok(indexed(index, &seen))
+    Ok(seen)
 }

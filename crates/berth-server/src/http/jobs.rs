@@ -69,7 +69,7 @@ fn values<T>(records: Vec<Versioned<T>>) -> Vec<T> {
     records.into_iter().map(|v| v.value).collect()
 }
 
-fn status_of(shared: &Shared, id: &str) -> ApiResult<JobStatus> {
+pub(super) fn status_of(shared: &Shared, id: &str) -> ApiResult<JobStatus> {
     let job = shared.state.job(id)?.ok_or_else(|| ApiError::not_found(&format!("job {id}")))?;
     Ok(status(&job.value, &values(shared.state.runs_of(id)?), true))
 }
@@ -79,6 +79,11 @@ pub(super) async fn list(
     axum::Extension(actor): axum::Extension<Actor>,
 ) -> ApiResult<Response> {
     let index = shared.state.store().revision();
+    Ok(indexed(index, &visible(&shared, &actor)?))
+}
+
+/// Every job of the token's groups, without their runs.
+pub(super) fn visible(shared: &Shared, actor: &Actor) -> ApiResult<Vec<JobStatus>> {
     let runs = values(shared.state.runs()?);
     let jobs: Vec<JobStatus> = shared
         .state
@@ -91,7 +96,7 @@ pub(super) async fn list(
             status(&j.value, &own, false)
         })
         .collect();
-    Ok(indexed(index, &jobs))
+    Ok(jobs)
 }
 
 pub(super) async fn get(

@@ -6,6 +6,7 @@ mod alerts;
 mod apps;
 pub(crate) mod audit;
 mod cas;
+mod console;
 pub(crate) mod credentials;
 mod error;
 mod events;
@@ -37,6 +38,18 @@ pub(crate) fn router(shared: Shared) -> Router {
     let agent = axum::middleware::from_fn_with_state((shared.clone(), Member::Agent), credentials::members_only);
     let router = axum::middleware::from_fn_with_state((shared.clone(), Member::Router), credentials::members_only);
     Router::new()
+        .route("/ui", get(|| async { axum::response::Redirect::to("/ui/") }))
+        .route("/ui/", get(console::overview))
+        .route("/ui/login", get(console::login_page).post(console::login))
+        .route("/ui/logout", post(console::logout))
+        .route("/ui/apps", get(console::apps))
+        .route("/ui/apps/{group}/{name}", get(console::app))
+        .route("/ui/nodes", get(console::nodes))
+        .route("/ui/nodes/{id}", get(console::node))
+        .route("/ui/jobs", get(console::jobs))
+        .route("/ui/jobs/{group}/{name}", get(console::job))
+        .route("/ui/events", get(console::events))
+        .route("/ui/assets/{*path}", get(console::asset))
         .route("/v1/join", post(credentials::join))
         .route("/v1/tokens", get(tokens::list).post(tokens::create))
         .route("/v1/tokens/{id}", axum::routing::delete(tokens::revoke))

@@ -57,7 +57,7 @@ pub(super) fn node_views(shared: &Shared, nodes: Vec<Node>) -> Result<Vec<NodeVi
 }
 
 /// A node named by id, or by hostname when that names one node.
-fn find_node(shared: &Shared, name: &str) -> Result<berth_store::state::Versioned<Node>, ApiError> {
+pub(super) fn find_node(shared: &Shared, name: &str) -> Result<berth_store::state::Versioned<Node>, ApiError> {
     if let Some(node) = shared.state.node(name)? {
         return Ok(node);
     }
@@ -72,7 +72,7 @@ fn find_node(shared: &Shared, name: &str) -> Result<berth_store::state::Versione
     }
 }
 
-fn detail(shared: &Shared, node: Node) -> Result<NodeDetail, ApiError> {
+pub(super) fn detail(shared: &Shared, node: Node) -> Result<NodeDetail, ApiError> {
     let id = node.id.clone();
     let Some(view) = node_views(shared, vec![node])?.pop() else {
         return Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "node view missing"));

@@ -22,9 +22,14 @@ const MAX_OVERSUBSCRIPTION: f64 = 10.0;
 
 pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response> {
     let index = shared.state.store().revision();
+    Ok(indexed(index, &views(&shared)?))
+}
+
+/// Each pool with its nodes, groups and capacity, as `GET /v1/pools` lists them.
+pub(super) fn views(shared: &Shared) -> ApiResult<Vec<PoolView>> {
     let pools = shared.state.pools()?.value;
     // Each node's allocated and used as `berth node ls` counts them, summed per pool.
-    let nodes = super::nodes::node_views(&shared, shared.state.nodes()?.into_iter().map(|n| n.value).collect())?;
+    let nodes = super::nodes::node_views(shared, shared.state.nodes()?.into_iter().map(|n| n.value).collect())?;
 
     let mut views: BTreeMap<String, PoolView> = BTreeMap::new();
     let view = |name: &str| PoolView {
@@ -66,7 +71,7 @@ pub(super) async fn list(AxState(shared): AxState<Shared>) -> ApiResult<Response
         v.memory.used += node.used.memory as f64;
         v.borrowed += borrowed.get(n.id.as_str()).copied().unwrap_or(0);
     }
-    Ok(indexed(index, &views.into_values().collect::<Vec<_>>()))
+    Ok(views.into_values().collect())
 }
 
 /// Binds a group to the pools its apps place in first; an empty list unbinds it (back to the

@@ -155,6 +155,8 @@ fn needs(method: &Method, route: &str) -> Needs {
     let change = if read { Read } else { Change };
     match (method, route) {
         (_, "/v1/health" | "/v1/join") => Needs::Nothing,
+        // The console checks its session itself: without one a page is the sign-in form.
+        (_, r) if r == "/ui" || r.starts_with("/ui/") => Needs::Nothing,
         (&Method::POST, "/v1/nodes" | "/v1/routers/{id}") | (&Method::GET, "/v1/routes") => Needs::Member,
         (
             _,
@@ -209,7 +211,7 @@ fn checked_params(route: &str, path: &str) -> Result<(), ApiError> {
         match param {
             "group" | "pool" => check_label(&value).map_err(|why| bad(param, why))?,
             "name" if route.starts_with("/v1/secrets/") => check_secret_name(&value).map_err(|why| bad(param, why))?,
-            "name" if route.starts_with("/v1/apps/") || route.starts_with("/v1/jobs/") => {
+            "name" if ["/v1/apps/", "/v1/jobs/", "/ui/apps/", "/ui/jobs/"].iter().any(|p| route.starts_with(p)) => {
                 check_label(&value).map_err(|why| bad(param, why))?;
             }
             _ => {
@@ -285,6 +287,21 @@ pub async fn authenticate(
         Needs::Token(need, of) => (need, of, None),
     };
     let Some(token) = bearer(req.headers()) else {
+        // The console's pages call the API with their session, and every change carries the
+        // session's CSRF token.
+        match super::console::session_of(&shared, req.headers()) {
+            Ok(Some((session, actor))) => {
+                if req.method() != Method::GET && !super::console::csrf_ok(&session, req.headers()) {
+                    let why = "a change made with a console session needs its CSRF token (X-Berth-CSRF)";
+                    let mut refused = ApiError::new(StatusCode::FORBIDDEN, why).into_response();
+                    refused.extensions_mut().insert(actor);
+                    return refused;
+                }
+                return admit(&shared, actor, route, need, of, req, next).await;
+            }
+            Ok(None) => {}
+            Err(e) => return e.into_response(),
+        }
         return refuse("no token: pass --token or set BERTH_TOKEN (the server wrote its admin token to <data-dir>/admin.token; `berth up` saves it in the CLI's context)").into_response();
     };
     if let Some(member) = member
@@ -304,11 +321,25 @@ pub async fn authenticate(
         Ok(actor) => actor,
         Err(refused) => return refused.into_response(),
     };
+    admit(&shared, actor, route, need, of, req, next).await
+}
+
+/// Lets a request whose caller is known through, if its role and groups allow what the route
+/// needs; the actor goes into the request's and the response's extensions.
+async fn admit(
+    shared: &Shared,
+    actor: Actor,
+    route: &str,
+    need: Need,
+    of: Of,
+    mut req: Request,
+    next: Next,
+) -> Response {
     let path = req.uri().path().to_string();
     let group = match of {
         Of::Group => path_param(route, &path, "group").map(str::to_string),
         // No such instance: the handler says so.
-        Of::Instance => match path_param(route, &path, "id").map(|id| group_of(&shared, id)) {
+        Of::Instance => match path_param(route, &path, "id").map(|id| group_of(shared, id)) {
             Some(Ok(group)) => group,
             Some(Err(e)) => return ApiError::from(e).into_response(),
             None => None,
@@ -432,7 +463,7 @@ fn refuse(why: &str) -> ApiError {
     ApiError::new(StatusCode::UNAUTHORIZED, why)
 }
 
-fn check(shared: &Shared, bearer: &str, now: Millis) -> Result<Actor, ApiError> {
+pub(super) fn check(shared: &Shared, bearer: &str, now: Millis) -> Result<Actor, ApiError> {
     let Some((id, secret)) = bearer.rsplit_once('.').filter(|(id, _)| id.starts_with("tok-")) else {
         return Err(refuse("malformed token: expected tok-ID.SECRET, as `berth token create` prints it"));
     };
@@ -473,6 +504,10 @@ mod tests {
         assert_eq!(needs(&Method::POST, "/v1/jobs/{group}/{name}/run"), Needs::Token(Change, Of::Group));
         assert_eq!(needs(&Method::GET, "/v1/jobs/{group}/{name}"), Needs::Token(Read, Of::Group));
         assert_eq!(needs(&Method::GET, "/v1/jobs"), Needs::Token(Read, Of::Any));
+        // The console's pages check their session themselves (the sign-in form without one).
+        assert_eq!(needs(&Method::GET, "/ui/apps/{group}/{name}"), Needs::Nothing);
+        assert_eq!(needs(&Method::POST, "/ui/login"), Needs::Nothing);
+        assert_eq!(needs(&Method::GET, "/uix"), Needs::Token(Admin, Of::Any));
         assert_eq!(needs(&Method::POST, "/v1/instances/{id}/exec"), Needs::Token(Change, Of::Instance));
         assert_eq!(needs(&Method::GET, "/metrics"), Needs::Token(Read, Of::Every));
         assert_eq!(needs(&Method::POST, "/v1/nodes/{id}/drain"), Needs::Token(Admin, Of::Any));

@@ -189,7 +189,7 @@ async fn list(client: &berth_api::Client, ctx: &Ctx) -> anyhow::Result<ExitCode>
         .map(|j| {
             vec![
                 j.id.clone(),
-                schedule_text(j),
+                j.schedule_text(),
                 if j.suspended { "suspended".into() } else { j.next_run.map_or("-".into(), when) },
                 j.last.as_ref().map_or("-".into(), |r| format!("{} {}", r.state, ago(r.finished_at.unwrap_or(0)))),
                 j.success_rate.map_or("-".into(), |r| format!("{:.0}%", r * 100.0)),
@@ -200,20 +200,6 @@ async fn list(client: &berth_api::Client, ctx: &Ctx) -> anyhow::Result<ExitCode>
         .collect();
     println!("{}", table(&["JOB", "SCHEDULE", "NEXT RUN", "LAST", "SUCCESS", "ACTIVE", "P50"], rows));
     Ok(ExitCode::SUCCESS)
-}
-
-fn schedule_text(j: &JobStatus) -> String {
-    let mut text = j.schedule.clone().unwrap_or_default();
-    if let Some(zone) = &j.schedule_time_zone {
-        text.push_str(&format!(" ({zone})"));
-    }
-    if !j.after.is_empty() {
-        if !text.is_empty() {
-            text.push_str(", ");
-        }
-        text.push_str(&format!("after {}", j.after.join(" and ")));
-    }
-    text
 }
 
 /// A time to come (`in 12s`) or past (`3s ago`), with the wall clock.
@@ -262,7 +248,7 @@ fn show(j: &JobStatus, history: bool, ctx: &Ctx) -> anyhow::Result<ExitCode> {
         state.push_str(&format!(", {} run(s) going", j.active));
     }
     println!("job:          {} (v{})", j.id, j.version);
-    println!("schedule:     {}", schedule_text(j));
+    println!("schedule:     {}", j.schedule_text());
     println!("state:        {state}");
     println!("concurrency:  {}", j.concurrency.as_str());
     println!("next run:     {}", j.next_run.map_or("-".into(), when));

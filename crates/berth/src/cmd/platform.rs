@@ -557,6 +557,10 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
         drivers.join(", "),
         args.server.data_dir.display()
     );
+    eprintln!(
+        "The console: {url}/ui/ (sign in with the admin token in {})",
+        args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE).display()
+    );
     say_tls(&server);
     save_local_context(&url, &args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE), ca_file.as_deref());
     let refused = tokio::select! {
@@ -609,7 +613,12 @@ pub async fn server(mut args: ServerArgs) -> anyhow::Result<ExitCode> {
         (args.server.api_tls_cert, args.server.api_tls_key) = (args.tls_cert.take(), args.tls_key.take());
     }
     let server = Server::start(args.server.config()?).await.context("starting the server")?;
-    eprintln!("Berth server: API {}, data in {}", server.url(), args.server.data_dir.display());
+    eprintln!(
+        "Berth server: API {}, data in {}; the console at {}/ui/",
+        server.url(),
+        args.server.data_dir.display(),
+        server.url()
+    );
     say_tls(&server);
     let admin = args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE);
     if admin.exists() {

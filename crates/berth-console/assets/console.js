@@ -1,0 +1,170 @@
+// Berth console: live pages, actions through the API, followed logs. No framework, no build.
+"use strict";
+(function () {
+  const csrf = (document.querySelector('meta[name="berth-csrf"]') || {}).content || "";
+  const banner = document.getElementById("banner");
+
+  function say(text, tone) {
+    if (!banner) return;
+    banner.textContent = "";
+    banner.className = tone || "";
+    banner.append(text);
+    if (tone === "signin") {
+      const a = document.createElement("a");
+      a.href = "/ui/login";
+      a.textContent = " Sign in again";
+      banner.append(a);
+    }
+    banner.hidden = false;
+  }
+  function clear() { if (banner) banner.hidden = true; }
+
+  // The live part: the page's own content asked again whenever the store moves past the index
+  // it was rendered at (a blocking read, as the CLI's watches are), swapped in whole.
+  const live = document.getElementById("live");
+  let wake = null;
+  async function follow() {
+    let delay = 500;
+    for (;;) {
+      const src = live.dataset.src;
+      const sep = src.includes("?") ? "&" : "?";
+      const controller = new AbortController();
+      wake = () => controller.abort();
+      try {
+        const r = await fetch(`${src}${sep}fragment=1&index=${live.dataset.index}&wait=30s`,
+          { credentials: "same-origin", signal: controller.signal });
+        if (r.status === 401) { say("Your session has ended.", "signin"); return; }
+        if (!r.ok) throw new Error(`the server answered ${r.status}`);
+        const html = await r.text();
+        live.dataset.index = r.headers.get("x-berth-index") || live.dataset.index;
+        swap(html);
+        if (banner && banner.className === "bad" && banner.dataset.lost) { clear(); delete banner.dataset.lost; }
+        delay = 500;
+      } catch (e) {
+        if (e.name === "AbortError") continue;
+        say("The server cannot be reached; retrying.", "bad");
+        banner.dataset.lost = "1";
+        await new Promise((ok) => setTimeout(ok, delay));
+        delay = Math.min(delay * 2, 5000);
+      }
+    }
+  }
+  let held = null;
+  function swap(html) {
+    if (live.innerHTML === html) return;
+    const focused = document.activeElement;
+    // Someone typing in a form of the live part keeps it until they leave it.
+    if (focused && live.contains(focused) && /INPUT|SELECT|TEXTAREA/.test(focused.tagName)) {
+      held = html;
+      return;
+    }
+    live.innerHTML = html;
+  }
+  if (live) {
+    live.addEventListener("focusout", () => setTimeout(() => {
+      if (held !== null && !live.contains(document.activeElement)) { live.innerHTML = held; held = null; }
+    }, 0));
+    follow();
+  }
+
+  // Actions: a form with data-api is sent to the API as JSON, with the session's CSRF token.
+  document.addEventListener("submit", async (ev) => {
+    const form = ev.target;
+    if (!(form instanceof HTMLFormElement) || !form.dataset.api) return;
+    ev.preventDefault();
+    if (form.dataset.confirm && !window.confirm(form.dataset.confirm)) return;
+    const body = {};
+    for (const input of form.querySelectorAll("input[name], select[name]")) {
+      let v = input.value;
+      if (input.type === "number" || input.dataset.type === "number") v = Number(v);
+      if (input.dataset.type === "bool") v = v === "true";
+      body[input.name] = v;
+    }
+    const button = form.querySelector("button");
+    if (button) button.disabled = true;
+    try {
+      const r = await fetch(form.dataset.api, {
+        method: form.dataset.method || "POST",
+        credentials: "same-origin",
+        headers: { "content-type": "application/json", "x-berth-csrf": csrf },
+        body: JSON.stringify(body),
+      });
+      const answer = await r.json().catch(() => ({}));
+      if (r.status === 401) say("Your session has ended.", "signin");
+      else if (!r.ok) say(answer.error || `refused: ${r.status}`, "bad");
+      else { say(form.dataset.done || "done", "good"); setTimeout(clear, 4000); if (wake) wake(); }
+    } catch (e) {
+      say("The server cannot be reached: nothing was changed.", "bad");
+    } finally {
+      if (button) button.disabled = false;
+    }
+  });
+
+  // Logs: the API's NDJSON stream, followed; each line added as text, never as markup.
+  const pre = document.getElementById("log-lines");
+  let reader = null;
+  async function logs() {
+    if (reader) { reader.abort(); reader = null; }
+    pre.textContent = "";
+    const params = new URLSearchParams({ tail: "200" });
+    const grep = document.getElementById("log-grep").value;
+    const inst = document.getElementById("log-instance").value;
+    const followOn = document.getElementById("log-follow").checked;
+    if (grep) params.set("grep", grep);
+    if (inst) params.set("instance", inst);
+    if (followOn) params.set("follow", "true");
+    const controller = new AbortController();
+    reader = controller;
+    try {
+      const r = await fetch(`${pre.dataset.src}?${params}`, { credentials: "same-origin", signal: controller.signal });
+      if (!r.ok) { const a = await r.json().catch(() => ({})); pre.textContent = a.error || `refused: ${r.status}`; return; }
+      const decoder = new TextDecoder();
+      const stream = r.body.getReader();
+      let rest = "";
+      for (;;) {
+        const { value, done } = await stream.read();
+        if (done) break;
+        rest += decoder.decode(value, { stream: true });
+        const lines = rest.split("\n");
+        rest = lines.pop();
+        for (const text of lines) if (text.trim()) add(JSON.parse(text));
+      }
+    } catch (e) {
+      if (e.name !== "AbortError") pre.append("\n(the log stream ended: " + e.message + ")\n");
+    }
+  }
+  function add(line) {
+    const atEnd = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 4;
+    const row = document.createElement("div");
+    if (line.stream === "stderr") row.className = "stderr";
+    const who = document.createElement("span");
+    who.className = "inst";
+    who.textContent = line.instance + " ";
+    row.append(who, line.line);
+    pre.append(row);
+    while (pre.childElementCount > 2000) pre.firstElementChild.remove();
+    if (atEnd) pre.scrollTop = pre.scrollHeight;
+  }
+  if (pre) {
+    const filter = document.getElementById("log-filter");
+    filter.addEventListener("submit", (e) => { e.preventDefault(); logs(); });
+    filter.addEventListener("change", logs);
+    logs();
+  }
+
+  // A choice that shows another list (the group of the apps page) takes effect at once.
+  document.addEventListener("change", (ev) => {
+    const select = ev.target;
+    if (select instanceof HTMLSelectElement && select.dataset.autosubmit !== undefined && select.form) select.form.submit();
+  });
+
+  // Filters that hide table rows as one types.
+  document.addEventListener("input", (ev) => {
+    const input = ev.target;
+    if (!input.dataset || !input.dataset.filter) return;
+    const words = input.value.toLowerCase();
+    for (const row of document.querySelectorAll(input.dataset.filter)) {
+      row.hidden = words !== "" && !row.textContent.toLowerCase().includes(words);
+    }
+  });
+})();

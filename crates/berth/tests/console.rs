@@ -1,0 +1,253 @@
+//! The web console in a real browser: Debian's chromium, headless, driven over the DevTools
+//! protocol. Sign-in (and a refused one), a deployed app, scaling from the page and seeing the
+//! count change live, a log line appearing within a second, a rollback from the history, and a
+//! viewer who sees but cannot change; screenshots of every page at desktop and phone widths.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use berth_testkit::{Platform, wait_until};
+use chromiumoxide::browser::{Browser, BrowserConfig};
+use chromiumoxide::cdp::browser_protocol::emulation::SetDeviceMetricsOverrideParams;
+use chromiumoxide::page::{Page, ScreenshotParams};
+use futures_util::StreamExt;
+use serde_json::Value;
+
+const BERTH: &str = env!("CARGO_BIN_EXE_berth");
+
+fn chromium() -> Option<PathBuf> {
+    ["/usr/bin/chromium", "/usr/bin/chromium-browser"].iter().map(PathBuf::from).find(|p| p.exists())
+}
+
+/// A headless chromium, or none (the test is skipped) where it is not installed and the run
+/// does not require it (`.ci/run` installs it and requires it).
+async fn browser(dir: &Path) -> Option<Browser> {
+    let Some(path) = chromium() else {
+        assert!(
+            std::env::var_os("BERTH_REQUIRE_DOCKER").is_none(),
+            "chromium is not installed (apt-get install chromium)"
+        );
+        eprintln!("skipped: chromium is not installed");
+        return None;
+    };
+    let config = BrowserConfig::builder()
+        .chrome_executable(path)
+        .no_sandbox()
+        .user_data_dir(dir.join("chromium"))
+        .window_size(1280, 900)
+        .arg("--disable-gpu")
+        .arg("--disable-dev-shm-usage")
+        .build()
+        .expect("browser config");
+    let (browser, mut handler) = Browser::launch(config).await.expect("launch chromium");
+    tokio::spawn(async move { while handler.next().await.is_some() {} });
+    Some(browser)
+}
+
+async fn eval<T: serde::de::DeserializeOwned>(page: &Page, js: &str) -> T {
+    page.evaluate(js).await.unwrap_or_else(|e| panic!("evaluate {js}: {e}")).into_value().expect("value")
+}
+
+async fn url(page: &Page) -> String {
+    page.url().await.expect("url").unwrap_or_default()
+}
+
+/// Runs `js`, which leads to another document (a form sent, a link followed), and waits until
+/// that document has loaded: the old one's mark is gone and the new one is complete.
+async fn navigate_by(page: &Page, js: &str) {
+    let _: bool = eval(page, &format!("window.__old = true; {js}; true")).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let done = page
+            .evaluate("window.__old === undefined && document.readyState === 'complete'")
+            .await
+            .ok()
+            .and_then(|r| r.into_value::<bool>().ok());
+        if done == Some(true) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the page did not move on after {js}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Loads `path` of the console and waits for it.
+async fn open(page: &Page, base: &str, path: &str) {
+    navigate_by(page, &format!("location.href = {}", serde_json::to_string(&format!("{base}{path}")).unwrap())).await;
+}
+
+/// Signs in with `token` on the sign-in form.
+async fn sign_in(page: &Page, base: &str, token: &str) {
+    open(page, base, "/ui/login").await;
+    let js = format!(
+        "document.querySelector('#token').value = {}; document.querySelector('form').submit()",
+        serde_json::to_string(token).unwrap()
+    );
+    navigate_by(page, &js).await;
+}
+
+async fn text(page: &Page, selector: &str) -> String {
+    let js =
+        format!("(document.querySelector({}) || {{}}).textContent || ''", serde_json::to_string(selector).unwrap());
+    eval(page, &js).await
+}
+
+/// Waits until `check` holds on the page, polling it (the page itself follows the store).
+async fn until(page: &Page, what: &str, within: Duration, js: &str) {
+    let deadline = Instant::now() + within;
+    loop {
+        let ok: bool = eval(page, js).await;
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn shoot(page: &Page, dir: &Path, name: &str) {
+    for (label, width, height, mobile) in [("desktop", 1280, 900, false), ("phone", 390, 844, true)] {
+        let metrics = SetDeviceMetricsOverrideParams::new(width, height, 1.0, mobile);
+        page.execute(metrics).await.expect("set the width");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let file = dir.join(format!("{name}-{label}.png"));
+        page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), &file).await.expect("screenshot");
+        // The page fits the width: nothing wider than the screen but tables that scroll.
+        let wide: i64 = eval(page, "document.documentElement.scrollWidth - window.innerWidth").await;
+        assert!(wide <= 1, "{name} is {wide}px wider than a {width}px screen");
+        if let Some(keep) = std::env::var_os("BERTH_CONSOLE_SHOTS").map(PathBuf::from)
+            && label == "desktop"
+            && (name == "overview" || name == "app")
+        {
+            std::fs::create_dir_all(&keep).expect("screenshot dir");
+            std::fs::copy(&file, keep.join(format!("{name}.png"))).expect("keep the screenshot");
+        }
+    }
+    let reset = SetDeviceMetricsOverrideParams::new(1280, 900, 1.0, false);
+    page.execute(reset).await.expect("reset the width");
+}
+
+fn web(marker: &str) -> String {
+    let bin = berth_testkit::image::testapp_binary();
+    format!(
+        "group: shop\nname: web\ndriver: exec\ninstances: 2\ncommand: [{}, --chatter-ms, '100']\n\
+         environment: {{MARK: {marker}}}\nupgrade:\n  min_healthy_time: 0s\n",
+        bin.display()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_console_signs_in_shows_scales_follows_logs_rolls_back_and_keeps_viewers_to_reading() {
+    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    let shots = tempfile::tempdir().expect("tempdir");
+    let Some(mut browser) = browser(shots.path()).await else { return };
+    let base = p.api.clone();
+    let v1 = p.write("web.yaml", &web("one"));
+    p.cli_ok(&["deploy", "-f", &v1, "--timeout", "30"]).await;
+    let v2 = p.write("web2.yaml", &web("two"));
+    p.cli_ok(&["deploy", "-f", &v2, "--timeout", "30"]).await;
+    let page = browser.new_page("about:blank").await.expect("a page");
+
+    // Without a session every page is the sign-in form; a wrong token gets no session.
+    open(&page, &base, "/ui/apps").await;
+    assert!(url(&page).await.ends_with("/ui/login"), "{}", url(&page).await);
+    sign_in(&page, &base, "tok-nobody.wrong").await;
+    assert!(text(&page, ".error").await.contains("unknown token"), "{}", page.content().await.unwrap());
+    assert!(page.get_cookies().await.expect("cookies").iter().all(|c| c.name != "berth_session"));
+
+    sign_in(&page, &base, &p.admin_token()).await;
+    assert!(url(&page).await.ends_with("/ui/"), "{}", url(&page).await);
+    let cookie = page.get_cookies().await.expect("cookies").into_iter().find(|c| c.name == "berth_session");
+    let cookie = cookie.expect("a session cookie");
+    assert!(cookie.http_only, "the session is out of the page's scripts' reach");
+    assert!(text(&page, "main").await.contains("Capacity"));
+    shoot(&page, shots.path(), "overview").await;
+
+    open(&page, &base, "/ui/apps").await;
+    assert!(text(&page, "#live").await.contains("shop/web"));
+    shoot(&page, shots.path(), "apps").await;
+
+    // Scale from the page: the live part shows the new count without a reload.
+    open(&page, &base, "/ui/apps/shop/web").await;
+    assert_eq!(text(&page, "#desired").await, "2");
+    let _: bool = eval(
+        &page,
+        "document.querySelector('#instances').value = '3'; document.querySelector('form[data-api$=\"/scale\"]').requestSubmit(); true",
+    )
+    .await;
+    until(&page, "three instances running on the page", Duration::from_secs(20), "document.querySelector('#running') && document.querySelector('#running').textContent === '3' && document.querySelector('#desired').textContent === '3'").await;
+    assert_eq!(p.status("web").await["desired"], 3, "the page's change reached the platform");
+    // The session alone changes nothing: another site's page could send the cookie, never the
+    // CSRF token.
+    let status: i64 = eval(
+        &page,
+        "(async () => (await fetch('/v1/apps/shop/web/scale', {method: 'POST', headers: {'content-type': 'application/json'}, body: '{\"instances\": 5}'})).status)()",
+    )
+    .await;
+    assert_eq!(status, 403, "a change without the CSRF token is refused");
+
+    // A line the app prints is on the page within a second: the newest line's own time.
+    let fresh_within = |ms: i64| {
+        format!(
+            "(() => {{ const t = [...document.querySelectorAll('#log-lines div')].map(d => +(/ at (\\d+)$/.exec(d.textContent) || [0, 0])[1]); \
+             return t.length > 0 && Date.now() - Math.max(...t) < {ms}; }})()"
+        )
+    };
+    until(&page, "a log line printed under a second ago", Duration::from_secs(10), &fresh_within(1000)).await;
+    shoot(&page, shots.path(), "app").await;
+
+    // Roll back to v1 from the history (the confirmation answered yes).
+    let _: bool =
+        eval(&page, "window.confirm = () => true; document.querySelector('button[data-rollback=\"1\"]').click(); true")
+            .await;
+    let status = wait_until("the rollback to v1", Duration::from_secs(30), || async {
+        let s = p.status("web").await;
+        (s["version"] == 3 && s["spec"]["environment"]["MARK"] == "one").then_some(s)
+    })
+    .await;
+    assert_eq!(status["version"], 3, "a rollback is a new version");
+    let audit = p.cli_ok(&["audit", "--since", "5m"]).await;
+    assert!(
+        audit.contains("app.rollback") && audit.contains("app.scale"),
+        "changes from the console are audited: {audit}"
+    );
+
+    for (name, path) in [("nodes", "/ui/nodes"), ("jobs", "/ui/jobs"), ("events", "/ui/events")] {
+        open(&page, &base, path).await;
+        assert!(text(&page, "h1").await.len() > 2, "{name}");
+        shoot(&page, shots.path(), name).await;
+    }
+
+    // A viewer sees the app but has no actions, and the API refuses one sent anyway.
+    let made =
+        p.cli_ok(&["token", "create", "--role", "viewer", "--group", "shop", "--name", "watcher", "-o", "json"]).await;
+    let made: Value = serde_json::from_str(&made).expect("token json");
+    let viewer = made["token"].as_str().expect("the token").to_string();
+    navigate_by(&page, "document.querySelector('form.who').submit()").await;
+    assert!(url(&page).await.ends_with("/ui/login"));
+    sign_in(&page, &base, &viewer).await;
+    open(&page, &base, "/ui/apps/shop/web").await;
+    assert!(text(&page, "#live").await.contains("Instances"));
+    let actions: i64 = eval(&page, "document.querySelectorAll('section.actions, button[data-rollback]').length").await;
+    assert_eq!(actions, 0, "a viewer is offered no change");
+    let status: i64 = eval(
+        &page,
+        "(async () => (await fetch('/v1/apps/shop/web/scale', {method: 'POST', headers: {'content-type': 'application/json', 'x-berth-csrf': document.querySelector('meta[name=berth-csrf]').content}, body: '{\"instances\": 9}'})).status)()",
+    )
+    .await;
+    assert_eq!(status, 403, "the API refuses a viewer's change");
+    assert_eq!(p.status("web").await["desired"], 3);
+
+    // A revoked token's sessions end with it.
+    p.cli_ok(&["token", "revoke", made["id"].as_str().expect("the token's id")]).await;
+    open(&page, &base, "/ui/apps/shop/web").await;
+    assert!(url(&page).await.ends_with("/ui/login"), "{}", url(&page).await);
+
+    for name in ["overview", "apps", "app", "nodes", "jobs", "events"] {
+        for width in ["desktop", "phone"] {
+            let file = shots.path().join(format!("{name}-{width}.png"));
+            assert!(std::fs::metadata(&file).map(|m| m.len() > 1000).unwrap_or(false), "{}", file.display());
+        }
+    }
+    browser.close().await.ok();
+}
