@@ -80,17 +80,21 @@
       if (input.dataset.type === "bool") v = v === "true";
       body[input.name] = v;
     }
+    // A script is sent as it is written.
+    const raw = form.dataset.raw ? form.querySelector(`[name="${form.dataset.raw}"]`) : null;
     const button = form.querySelector("button");
     if (button) button.disabled = true;
     try {
       const r = await fetch(form.dataset.api, {
         method: form.dataset.method || "POST",
         credentials: "same-origin",
-        headers: { "content-type": "application/json", "x-berth-csrf": csrf },
-        body: JSON.stringify(body),
+        headers: { "content-type": raw ? form.dataset.type : "application/json", "x-berth-csrf": csrf },
+        body: raw ? raw.value : JSON.stringify(body),
       });
       const answer = await r.json().catch(() => ({}));
+      const line = ((answer.details || []).find((d) => d.line) || {}).line;
       if (r.status === 401) say("Your session has ended.", "signin");
+      else if (!r.ok && line && raw) { say(`line ${line}: ${answer.error}`, "bad"); selectLine(raw, line); }
       else if (!r.ok) say(answer.error || `refused: ${r.status}`, "bad");
       else { say(form.dataset.done || "done", "good"); setTimeout(clear, 4000); if (wake) wake(); }
     } catch (e) {
@@ -99,6 +103,14 @@
       if (button) button.disabled = false;
     }
   });
+
+  // Puts the caret on line `n` (from 1) of a text area, selected, where the error is.
+  function selectLine(area, n) {
+    const lines = area.value.split("\n");
+    const start = lines.slice(0, n - 1).reduce((sum, l) => sum + l.length + 1, 0);
+    area.focus();
+    area.setSelectionRange(start, start + (lines[n - 1] || "").length);
+  }
 
   // Logs: the API's NDJSON stream, followed; each line added as text, never as markup.
   const pre = document.getElementById("log-lines");

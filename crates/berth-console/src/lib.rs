@@ -12,16 +12,18 @@ use berth_core::{AppVersion, Event, Millis, Run};
 #[folder = "assets/"]
 pub struct Assets;
 
-/// A file of `Assets` with its content type, if there is one by that name.
-pub fn asset(path: &str) -> Option<(std::borrow::Cow<'static, [u8]>, &'static str)> {
+/// A file of `Assets`: its bytes, content type, and an entity tag (its SHA-256, hex) for
+/// revalidation.
+pub fn asset(path: &str) -> Option<(std::borrow::Cow<'static, [u8]>, &'static str, String)> {
     let file = Assets::get(path)?;
+    let tag: String = file.metadata.sha256_hash().iter().map(|b| format!("{b:02x}")).collect();
     let kind = match path.rsplit_once('.').map(|(_, ext)| ext) {
         Some("css") => "text/css; charset=utf-8",
         Some("js") => "text/javascript; charset=utf-8",
         Some("svg") => "image/svg+xml",
         _ => "application/octet-stream",
     };
-    Some((file.data, kind))
+    Some((file.data, kind, format!("\"{tag}\"")))
 }
 
 /// Who is signed in, and what the page may offer them.
@@ -523,6 +525,20 @@ pub fn chart(title: &str, unit: &str, series: &[Series], from: Millis, to: Milli
     out
 }
 
+#[derive(Template)]
+#[template(path = "rules.html")]
+struct RulesTemplate<'a> {
+    api: &'a str,
+    source: &'a str,
+    can_change: bool,
+}
+
+/// The app's Lua rules: shown, and edited and saved (`PUT api`) when `can_change`; a refused
+/// script's error is shown at its line by the script.
+pub fn rules_panel(api: &str, source: &str, can_change: bool) -> String {
+    render(RulesTemplate { api, source, can_change })
+}
+
 // ---- nodes ----
 
 struct NodeRow {
@@ -748,7 +764,8 @@ mod tests {
 
     #[test]
     fn assets_are_embedded_with_their_type() {
-        let (css, kind) = asset("console.css").expect("the stylesheet");
+        let (css, kind, tag) = asset("console.css").expect("the stylesheet");
+        assert_eq!(tag.len(), 66, "a quoted SHA-256: {tag}");
         assert!(!css.is_empty());
         assert_eq!(kind, "text/css; charset=utf-8");
         assert!(asset("console.js").is_some());

@@ -159,9 +159,9 @@ impl Platform {
         p
     }
 
-    /// As `start`, for a benchmark: `berth up` in a session of its own.
-    pub async fn start_in_own_session(bin: &Path, driver: &str) -> Platform {
-        let mut p = Self::new(bin, driver, port_block(), &[]);
+    /// As `start_with`, for a benchmark: `berth up` in a session of its own.
+    pub async fn start_in_own_session(bin: &Path, driver: &str, ports: (u16, u16)) -> Platform {
+        let mut p = Self::new(bin, driver, ports, &[]);
         p.own_session = true;
         p.spawn();
         p.wait_ready().await;

@@ -56,7 +56,8 @@ fn median(mut v: Vec<f64>) -> (f64, f64) {
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let rounds: usize = std::env::var("BERTH_BENCH_ROUNDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
-    let p = Platform::start_in_own_session(BERTH.as_ref(), "exec").await;
+    // A port for each of the 1,000 exec instances.
+    let p = Platform::start_in_own_session(BERTH.as_ref(), "exec", (21000, 22999)).await;
     for i in 0..100 {
         let spec =
             format!("group: bench\nname: app-{i}\ndriver: exec\ninstances: 10\ncommand: [/bin/sleep, '86399']\n");

@@ -43,7 +43,7 @@ impl Figures {
 
 /// Deploys a job every second and reads each run's delay from its first line.
 async fn berth_runs(driver: &str, spec_run: &str, runs: usize) -> Figures {
-    let p = Platform::start_in_own_session(BERTH.as_ref(), driver).await;
+    let p = Platform::start_in_own_session(BERTH.as_ref(), driver, berth_testkit::port_block()).await;
     let spec = format!("kind: job\ngroup: bench\nname: tick\nschedule: R//PT1S\nhistory: 1000\n{spec_run}");
     let file = p.write("tick.yaml", &spec);
     p.cli_ok(&["deploy", "-f", &file]).await;

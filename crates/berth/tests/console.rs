@@ -212,6 +212,39 @@ async fn the_console_signs_in_shows_scales_follows_logs_rolls_back_and_keeps_vie
         "changes from the console are audited: {audit}"
     );
 
+    // Rules: a script that does not compile is refused at its line, which the editor selects;
+    // a good one is saved for every router.
+    let set_script = |script: &str| {
+        format!(
+            "document.querySelector('#rules-script').value = {}; document.querySelector('form[data-raw]').requestSubmit(); true",
+            serde_json::to_string(script).unwrap()
+        )
+    };
+    let _: bool = eval(&page, &set_script("-- deny deletes\nif req.method == then\nend\n")).await;
+    until(
+        &page,
+        "the error at its line",
+        Duration::from_secs(10),
+        "document.querySelector('#banner').textContent.startsWith('line 2:')",
+    )
+    .await;
+    let selected: String = eval(
+        &page,
+        "(() => { const a = document.querySelector('#rules-script'); return a.value.substring(a.selectionStart, a.selectionEnd); })()",
+    )
+    .await;
+    assert_eq!(selected, "if req.method == then", "the editor selects the line at fault");
+    let good = "if req.method == \"DELETE\" then return deny(403, \"no\") end\n";
+    let _: bool = eval(&page, &set_script(good)).await;
+    until(
+        &page,
+        "the rules saved",
+        Duration::from_secs(10),
+        "document.querySelector('#banner').textContent.startsWith('rules saved')",
+    )
+    .await;
+    assert_eq!(p.get("/v1/apps/shop/web/rules").await.expect("the rules")["source"], good);
+
     for (name, path) in [("nodes", "/ui/nodes"), ("jobs", "/ui/jobs"), ("events", "/ui/events")] {
         open(&page, &base, path).await;
         assert!(text(&page, "h1").await.len() > 2, "{name}");

@@ -13,7 +13,7 @@ use berth_console::{Page, Section, Viewer};
 use berth_core::Millis;
 use berth_core::access::{Need, Scope};
 use berth_store::Txn;
-use berth_store::state::encode;
+use berth_store::state::{encode, rules_key};
 use serde::{Deserialize, Serialize};
 
 use super::credentials::{digest, hex};
@@ -186,16 +186,20 @@ pub(super) async fn logout(
     Ok(see_other("/ui/login"))
 }
 
-pub(super) async fn asset(Path(path): Path<String>) -> Response {
-    match berth_console::asset(&path) {
-        Some((bytes, kind)) => {
-            let mut resp = Response::new(Body::from(bytes.into_owned()));
-            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            resp
-        }
-        None => StatusCode::NOT_FOUND.into_response(),
+/// The console's stylesheet and script: revalidated by their tag, so a page load after the
+/// first asks and gets 304 instead of the files.
+pub(super) async fn asset(Path(path): Path<String>, headers: HeaderMap) -> Response {
+    let Some((bytes, kind, tag)) = berth_console::asset(&path) else { return StatusCode::NOT_FOUND.into_response() };
+    let fresh = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v == tag);
+    let mut resp =
+        if fresh { StatusCode::NOT_MODIFIED.into_response() } else { Response::new(Body::from(bytes.into_owned())) };
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(kind));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&tag) {
+        h.insert(header::ETAG, v);
     }
+    resp
 }
 
 /// What a page is asked: only its live part (`fragment`), after the store passes `index`.
@@ -337,7 +341,11 @@ pub(super) async fn app(
         let charts = charts(shared, &id, now);
         let live = berth_console::app(&status, &versions, may(actor, Need::Change, &group), charts, now);
         let instances = status.instances.iter().map(|v| v.instance.id.clone()).collect();
-        let fixed = berth_console::logs_panel(&format!("/v1/apps/{id}/logs"), instances);
+        let change = may(actor, Need::Change, &group);
+        let rules = shared.state.record::<berth_api::RuleScript>(&rules_key("app", &id))?.map(|r| r.value.source);
+        let mut fixed =
+            berth_console::rules_panel(&format!("/v1/apps/{id}/rules"), rules.as_deref().unwrap_or(""), change);
+        fixed.push_str(&berth_console::logs_panel(&format!("/v1/apps/{id}/logs"), instances));
         Ok(Content { title: id.clone(), section: Section::Apps, live, fixed })
     })
     .await
