@@ -282,5 +282,12 @@ async fn the_console_signs_in_shows_scales_follows_logs_rolls_back_and_keeps_vie
             assert!(std::fs::metadata(&file).map(|m| m.len() > 1000).unwrap_or(false), "{}", file.display());
         }
     }
+    // The server gone: the page says so, it does not go blank or stale in silence.
+    sign_in(&page, &base, &p.admin_token()).await;
+    open(&page, &base, "/ui/apps/shop/web").await;
+    let mut p = p;
+    p.kill9().await;
+    until(&page, "the page to say the server is gone", Duration::from_secs(40), "!document.querySelector('#banner').hidden && document.querySelector('#banner').textContent.includes('cannot be reached')").await;
+    assert!(text(&page, "#live").await.contains("Instances"), "what it last showed stays on the page");
     browser.close().await.ok();
 }
