@@ -245,6 +245,46 @@ async fn the_console_signs_in_shows_scales_follows_logs_rolls_back_and_keeps_vie
     .await;
     assert_eq!(p.get("/v1/apps/shop/web/rules").await.expect("the rules")["source"], good);
 
+    // A job run from its page: a manual run appears in its runs and succeeds.
+    let bin = berth_testkit::image::testapp_binary();
+    let job = format!(
+        "kind: job\ngroup: shop\nname: nightly\ndriver: exec\ncommand: [{}, --crash-after-ms, '100', --exit-code, '0']\nschedule: R/2030-01-01T02:00:00Z/P1D\n",
+        bin.display()
+    );
+    let job = p.write("nightly.yaml", &job);
+    p.cli_ok(&["deploy", "-f", &job]).await;
+    open(&page, &base, "/ui/jobs/shop/nightly").await;
+    let _: bool = eval(&page, "document.querySelector('form[data-api$=\"/run\"]').requestSubmit(); true").await;
+    until(&page, "the manual run to succeed on the page", Duration::from_secs(20), "[...document.querySelectorAll('#runs tbody tr')].some(r => r.textContent.includes('manual') && r.textContent.includes('succeeded'))").await;
+
+    // Drain the node from its page, then make it eligible again.
+    open(&page, &base, &format!("/ui/nodes/{}", p.node_id)).await;
+    let _: bool = eval(
+        &page,
+        "window.confirm = () => true; document.querySelector('form[data-api$=\"/drain\"]').requestSubmit(); true",
+    )
+    .await;
+    until(&page, "the node shown draining", Duration::from_secs(15), "document.querySelector('#live').textContent.includes('draining') && !!document.querySelector('form[data-api$=\"/eligibility\"]')").await;
+    let _: bool = eval(&page, "document.querySelector('form[data-api$=\"/eligibility\"]').requestSubmit(); true").await;
+    until(
+        &page,
+        "the node shown ready",
+        Duration::from_secs(15),
+        "!!document.querySelector('form[data-api$=\"/drain\"]')",
+    )
+    .await;
+
+    // The events page filters as one types.
+    open(&page, &base, "/ui/events").await;
+    let shown: i64 = eval(
+        &page,
+        "(() => { const f = document.querySelector('#event-filter'); f.value = 'rollback'; f.dispatchEvent(new Event('input', {bubbles: true})); \
+         const rows = [...document.querySelectorAll('table.events tbody tr')]; \
+         return rows.every(r => r.hidden || r.textContent.toLowerCase().includes('rollback')) ? rows.filter(r => !r.hidden).length : -1; })()",
+    )
+    .await;
+    assert!(shown > 0, "the filter keeps the rollback's events and hides the rest: {shown}");
+
     for (name, path) in [("nodes", "/ui/nodes"), ("jobs", "/ui/jobs"), ("events", "/ui/events")] {
         open(&page, &base, path).await;
         assert!(text(&page, "h1").await.len() > 2, "{name}");
