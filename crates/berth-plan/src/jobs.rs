@@ -328,7 +328,6 @@ fn plan_job(
     }
 
     // Placement: runs waiting for their first attempt or a retry, then the new ones.
-    let task = spec.task();
     let mut waiting: Vec<(Millis, bool)> = Vec::new();
     for run in active.iter().filter(|r| r.state == RunState::Pending && r.current_attempt().is_none()) {
         if run.stopping.is_some() {
@@ -346,6 +345,7 @@ fn plan_job(
         prune_history(job, id, runs, plan);
         return;
     }
+    let task = spec.task();
     let mut placer = place::Placer::new(id, &task, ctx.nodes, usage, ctx.pools);
     for (run, first) in waiting {
         let deadline_at = run + spec.starting_deadline.as_millis() as i64;

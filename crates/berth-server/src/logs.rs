@@ -36,15 +36,15 @@ struct AppLog {
 /// Which lines a reader wants.
 pub(crate) struct Filter {
     pub since: Option<i64>,
-    /// Lines of any of these instances (an id or its prefix); all when empty.
-    pub instances: Vec<String>,
+    /// Lines of any of these instances (an id or its prefix); every line when unset.
+    pub instances: Option<Vec<String>>,
     pub grep: Option<regex::Regex>,
 }
 
 impl Filter {
     pub fn keeps(&self, line: &LogLine) -> bool {
         self.since.is_none_or(|s| line.t >= s)
-            && (self.instances.is_empty() || self.instances.iter().any(|i| line.instance.starts_with(i.as_str())))
+            && self.instances.as_ref().is_none_or(|ids| ids.iter().any(|i| line.instance.starts_with(i.as_str())))
             && self.grep.as_ref().is_none_or(|re| re.is_match(&line.line))
     }
 }
@@ -183,14 +183,14 @@ mod tests {
             std::fs::read_dir(dir.path().join("g/a")).unwrap().map(|e| e.unwrap().metadata().unwrap().len()).sum();
         assert!(total <= 3 * 4096 + 4096, "three files of about 4 KiB at most: {total} bytes");
         let mut snap = store.snapshot("g/a").unwrap();
-        let all = Filter { since: None, instances: vec![], grep: None };
+        let all = Filter { since: None, instances: None, grep: None };
         let tail = snap.read(&all, 25);
         assert_eq!(tail.len(), 25);
         assert!(tail.windows(2).all(|w| w[0].t <= w[1].t), "time order");
         assert_eq!(tail.last().unwrap().t, 1999);
         let only = Filter {
             since: Some(1900),
-            instances: vec!["i3".into()],
+            instances: Some(vec!["i3".into()]),
             grep: Some(regex::Regex::new("19[0-9]/").unwrap()),
         };
         let picked = snap.read(&only, 1000);
@@ -204,7 +204,7 @@ mod tests {
         store.append("g/a", &[line(1, "x", "before")]).unwrap();
         let mut snap = store.snapshot("g/a").unwrap();
         store.append("g/a", &[line(2, "x", "after")]).unwrap();
-        let stored = snap.read(&Filter { since: None, instances: vec![], grep: None }, 10);
+        let stored = snap.read(&Filter { since: None, instances: None, grep: None }, 10);
         assert_eq!(stored.iter().map(|l| l.line.as_str()).collect::<Vec<_>>(), ["before"]);
         assert_eq!(snap.live.recv().await.unwrap().line, "after");
     }

@@ -323,10 +323,11 @@ async fn running(servers: &Servers, via: usize, version: u64) -> Option<Value> {
     (done && live == 4).then_some(status)
 }
 
-async fn put_spec(servers: &Servers, i: usize, spec: String) {
+/// Deploys a spec (YAML) at `path` through server `i`.
+async fn put_spec(servers: &Servers, i: usize, path: &str, spec: String) {
     let answer = servers
         .client
-        .put(format!("{}/v1/apps/shop/cart", servers.url(i)))
+        .put(format!("{}{path}", servers.url(i)))
         .bearer_auth(servers.admin_token())
         .header("content-type", "application/yaml")
         .body(spec)
@@ -376,7 +377,7 @@ async fn the_leader_killed_mid_deploy_loses_nothing_and_the_router_drops_nothing
     .await;
 
     // v1 through a follower; traffic through the router from then on.
-    put_spec(&servers, follower, cart(&images.v1)).await;
+    put_spec(&servers, follower, "/v1/apps/shop/cart", cart(&images.v1)).await;
     wait_until_or_logs(&servers, "v1 to run", Duration::from_secs(60), || running(&servers, third, 1)).await;
     let load = berth_testkit::Load::start(&http, "cart.test", 4, Some(Duration::from_millis(5)));
     wait_until_or_logs(&servers, "traffic to flow", Duration::from_secs(10), || async {
@@ -385,7 +386,7 @@ async fn the_leader_killed_mid_deploy_loses_nothing_and_the_router_drops_nothing
     .await;
 
     // v2 rolls out; once its first instance is placed, the leader dies without a word.
-    put_spec(&servers, follower, cart(&images.v2)).await;
+    put_spec(&servers, follower, "/v1/apps/shop/cart", cart(&images.v2)).await;
     wait_until_or_logs(&servers, "the rollout to begin", Duration::from_secs(30), || async {
         let status = servers.get(third, "/v1/apps/shop/cart").await?;
         status["instances"].as_array()?.iter().any(|i| i["version"] == 2).then_some(())
@@ -462,16 +463,7 @@ async fn a_jobs_scheduled_times_run_once_across_a_leader_change() {
     .await;
     let spec =
         "kind: job\ngroup: ops\nname: tick\ndriver: exec\ncommand: [/bin/sh, -c, 'sleep 0.2']\nschedule: R//PT1S\n";
-    let answer = servers
-        .client
-        .put(format!("{}/v1/jobs/ops/tick", servers.url(other)))
-        .bearer_auth(servers.admin_token())
-        .header("content-type", "application/yaml")
-        .body(spec)
-        .send()
-        .await
-        .expect("deploy answered");
-    assert!(answer.status().is_success(), "{}", answer.text().await.unwrap_or_default());
+    put_spec(&servers, other, "/v1/jobs/ops/tick", spec.to_string()).await;
     let ran = |runs: &[Value], after: i64| {
         runs.iter().filter(|r| r["state"] == "succeeded" && r["scheduled_at"].as_i64() > Some(after)).count()
     };

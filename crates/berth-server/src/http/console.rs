@@ -339,9 +339,9 @@ pub(super) async fn app(
         let status = super::apps::status_of(shared, &id)?;
         let versions = shared.state.versions(&id)?;
         let charts = charts(shared, &id, now);
-        let live = berth_console::app(&status, &versions, may(actor, Need::Change, &group), charts, now);
-        let instances = status.instances.iter().map(|v| v.instance.id.clone()).collect();
         let change = may(actor, Need::Change, &group);
+        let live = berth_console::app(&status, &versions, change, charts, now);
+        let instances = status.instances.iter().map(|v| v.instance.id.clone()).collect();
         let rules = shared.state.record::<berth_api::RuleScript>(&rules_key("app", &id))?.map(|r| r.value.source);
         let mut fixed =
             berth_console::rules_panel(&format!("/v1/apps/{id}/rules"), rules.as_deref().unwrap_or(""), change);

@@ -70,7 +70,7 @@ pub(crate) async fn query(
     if q.run.is_some() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "run: apps have no runs; jobs do (/v1/jobs/...)"));
     }
-    let instances = q.instance.iter().cloned().collect();
+    let instances = q.instance.clone().map(|i| vec![i]);
     serve(shared, id, q, instances).await
 }
 
@@ -82,19 +82,15 @@ pub(crate) async fn job_query(
 ) -> ApiResult<Response> {
     let id = format!("{group}/{name}");
     shared.state.job(&id)?.ok_or_else(|| ApiError::not_found(&format!("job {id}")))?;
-    let mut instances: Vec<String> = q.instance.iter().cloned().collect();
+    let mut instances = q.instance.clone().map(|i| vec![i]);
     if let Some(number) = q.run {
-        let attempts = super::jobs::attempts_of(&shared, &id, number)?;
-        if attempts.is_empty() {
-            // A run that never started wrote nothing: no line may match.
-            instances.push(String::from("\0"));
-        }
-        instances.extend(attempts);
+        // A run that never started has no attempt, and no line of it matches.
+        instances.get_or_insert_with(Vec::new).extend(super::jobs::attempts_of(&shared, &id, number)?);
     }
     serve(shared, id, q, instances).await
 }
 
-async fn serve(shared: Shared, id: String, q: LogQuery, instances: Vec<String>) -> ApiResult<Response> {
+async fn serve(shared: Shared, id: String, q: LogQuery, instances: Option<Vec<String>>) -> ApiResult<Response> {
     let grep = q
         .grep
         .as_deref()
