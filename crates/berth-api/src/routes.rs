@@ -83,6 +83,55 @@ impl RouterCounts {
 /// Upper bounds (ms) of the latency buckets routers keep; one more bucket holds everything above.
 pub const LATENCY_BOUNDS_MS: [u64; 12] = [1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000];
 
+/// The latency under which a share `q` (0..=1) of requests fell, from a histogram over
+/// [`LATENCY_BOUNDS_MS`]: linear within its bucket, as Prometheus' `histogram_quantile`; a rank in
+/// the last, unbounded bucket answers that bucket's lower bound. `None` without requests.
+pub fn latency_quantile(histogram: &[u64], q: f64) -> Option<f64> {
+    let total: u64 = histogram.iter().sum();
+    if total == 0 {
+        return None;
+    }
+    let rank = q.clamp(0.0, 1.0) * total as f64;
+    let mut below = 0u64;
+    for (i, n) in histogram.iter().enumerate() {
+        let lower = if i == 0 { 0.0 } else { LATENCY_BOUNDS_MS[i - 1] as f64 };
+        let Some(upper) = LATENCY_BOUNDS_MS.get(i).map(|b| *b as f64) else {
+            return Some(lower);
+        };
+        if *n > 0 && (below + n) as f64 >= rank {
+            return Some(lower + (upper - lower) * ((rank - below as f64) / *n as f64));
+        }
+        below += n;
+    }
+    LATENCY_BOUNDS_MS.last().map(|b| *b as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_interpolate_within_a_bucket() {
+        assert_eq!(latency_quantile(&[], 0.95), None);
+        assert_eq!(latency_quantile(&[0; 13], 0.5), None);
+        // 100 requests, all in (5, 10] ms: the median is half way.
+        let mut h = vec![0u64; 13];
+        h[3] = 100;
+        assert_eq!(latency_quantile(&h, 0.5), Some(7.5));
+        assert_eq!(latency_quantile(&h, 1.0), Some(10.0));
+        // 90 fast ones under 1 ms and 10 slow ones in (100, 250]: p95 sits in the slow bucket.
+        let mut h = vec![0u64; 13];
+        h[0] = 90;
+        h[7] = 10;
+        assert_eq!(latency_quantile(&h, 0.95), Some(175.0));
+        assert!(latency_quantile(&h, 0.5).is_some_and(|v| v < 1.0));
+        // Above the last bound there is no upper edge: the answer is the bound.
+        let mut h = vec![0u64; 13];
+        h[12] = 5;
+        assert_eq!(latency_quantile(&h, 0.99), Some(5000.0));
+    }
+}
+
 /// Whether routers are done with a stopping instance.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DrainStatus {

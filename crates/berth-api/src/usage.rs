@@ -70,6 +70,31 @@ pub struct UsagePoint {
     pub memory_bytes: u64,
 }
 
+/// An app's traffic over time (`GET /v1/apps/G/N/traffic`): what its routers served and what its
+/// instances sent and received, counted per step of `step_ms`. A step with nothing is left out.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AppTraffic {
+    pub step_ms: i64,
+    pub steps: Vec<TrafficStep>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrafficStep {
+    /// When the step starts.
+    pub t: Millis,
+    /// Requests answered through the routers, and of those the 5xx (router errors included).
+    pub requests: u64,
+    pub errors: u64,
+    /// Latency through the routers, when there were requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_mean_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_p95_ms: Option<f64>,
+    /// Bytes the app's instances received and sent.
+    pub net_rx_bytes: u64,
+    pub net_tx_bytes: u64,
+}
+
 /// An app's use: the sum of its instances.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct AppUsage {

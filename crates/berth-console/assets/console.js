@@ -31,7 +31,10 @@
       const controller = new AbortController();
       wake = () => controller.abort();
       try {
-        const r = await fetch(`${src}${sep}fragment=1&index=${live.dataset.index}&wait=30s`,
+        // Charts draw samples kept outside the store: they are asked for at least every step
+        // of the traffic history (10 s) even when the store stands still.
+        const wait = live.querySelector("figure.chart") ? "10s" : "30s";
+        const r = await fetch(`${src}${sep}fragment=1&index=${live.dataset.index}&wait=${wait}`,
           { credentials: "same-origin", signal: controller.signal });
         if (r.status === 401) { say("Your session has ended.", "signin"); return; }
         if (!r.ok) throw new Error(`the server answered ${r.status}`);
@@ -49,23 +52,45 @@
       }
     }
   }
-  let held = null;
   function swap(html) {
-    if (live.innerHTML === html) return;
-    const focused = document.activeElement;
-    // Someone typing in a form of the live part keeps it until they leave it.
-    if (focused && live.contains(focused) && /INPUT|SELECT|TEXTAREA/.test(focused.tagName)) {
-      held = html;
-      return;
+    if (live.innerHTML !== html) update(html);
+  }
+  // The new content is laid over the old node by node, so what did not change stays as it is:
+  // no row or chart is rebuilt, focus and scroll stay, nothing on the page moves for it, and a
+  // number being typed stays (a field's value attribute no longer shows once it is edited).
+  function update(html) {
+    const next = document.createElement("div");
+    next.innerHTML = html;
+    morph(live, next);
+    refilter();
+  }
+  const keyOf = (n) => (n.nodeType === 1 && n.dataset.key !== undefined ? `${n.tagName}:${n.dataset.key}` : null);
+  const alike = (a, b) => a.nodeType === b.nodeType && a.nodeName === b.nodeName && keyOf(a) === keyOf(b);
+  function morph(old, next) {
+    if (old !== live) {
+      for (const a of [...old.attributes]) if (!next.hasAttribute(a.name)) old.removeAttribute(a.name);
+      for (const a of next.attributes) if (old.getAttribute(a.name) !== a.value) old.setAttribute(a.name, a.value);
     }
-    live.innerHTML = html;
+    const keyed = new Map();
+    for (const c of old.childNodes) { const k = keyOf(c); if (k) keyed.set(k, c); }
+    let at = old.firstChild;
+    for (const n of [...next.childNodes]) {
+      const k = keyOf(n);
+      let match = k ? keyed.get(k) : at && alike(at, n) ? at : null;
+      if (match && match !== at) old.insertBefore(match, at);
+      if (!match) { old.insertBefore(n, at); continue; }
+      if (k) keyed.delete(k);
+      if (match.nodeType === 1) morph(match, n);
+      else if (match.nodeValue !== n.nodeValue) match.nodeValue = n.nodeValue;
+      at = match.nextSibling;
+    }
+    while (at) { const gone = at; at = at.nextSibling; gone.remove(); }
   }
-  if (live) {
-    live.addEventListener("focusout", () => setTimeout(() => {
-      if (held !== null && !live.contains(document.activeElement)) { live.innerHTML = held; held = null; }
-    }, 0));
-    follow();
+  // Rows a filter hides stay hidden when new rows arrive.
+  function refilter() {
+    for (const input of document.querySelectorAll("input[data-filter]")) if (input.value) filterRows(input);
   }
+  if (live) follow();
 
   // Actions: a form with data-api is sent to the API as JSON, with the session's CSRF token.
   document.addEventListener("submit", async (ev) => {
@@ -171,12 +196,14 @@
   });
 
   // Filters that hide table rows as one types.
-  document.addEventListener("input", (ev) => {
-    const input = ev.target;
-    if (!input.dataset || !input.dataset.filter) return;
+  function filterRows(input) {
     const words = input.value.toLowerCase();
     for (const row of document.querySelectorAll(input.dataset.filter)) {
       row.hidden = words !== "" && !row.textContent.toLowerCase().includes(words);
     }
+  }
+  document.addEventListener("input", (ev) => {
+    const input = ev.target;
+    if (input.dataset && input.dataset.filter) filterRows(input);
   });
 })();

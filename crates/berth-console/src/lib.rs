@@ -174,6 +174,7 @@ struct Count {
 }
 
 struct EventRow {
+    seq: u64,
     time: String,
     level: String,
     kind: String,
@@ -219,6 +220,7 @@ fn event_rows(events: &[Event], now: Millis) -> Vec<EventRow> {
         .iter()
         .rev()
         .map(|e| EventRow {
+            seq: e.seq,
             time: ago(e.time, now),
             level: format!("{:?}", e.level).to_lowercase(),
             kind: e.kind.clone(),
@@ -475,26 +477,51 @@ pub struct Series {
 /// Colours of a chart's lines, in turn.
 const LINE_COLOURS: [&str; 6] = ["#1f5fbf", "#16794a", "#b3261e", "#8a5a00", "#6a3fb5", "#0f7c86"];
 
+/// The shortest time a chart spans.
+const MIN_SPAN_MS: Millis = 5 * 60_000;
+
+/// Series with fewer points than this also get a dot at each.
+const DOTS_UNDER: usize = 30;
+
 /// A line chart as inline SVG, drawn here (no chart library): `series` over `from..to`, the
-/// value axis from 0 to the largest value, labelled in `unit`.
-pub fn chart(title: &str, unit: &str, series: &[Series], from: Millis, to: Millis) -> String {
+/// value axis from 0 to the largest value, labelled in `unit`; `empty` says why there is nothing
+/// when no series has a point. Drawn or empty, a chart takes the same room, so live data arriving
+/// moves nothing around it.
+pub fn chart(title: &str, unit: &str, empty: &str, series: &[Series], from: Millis, to: Millis) -> String {
     const W: f64 = 600.0;
     const H: f64 = 160.0;
     const PAD: f64 = 4.0;
+    let mut legend = String::from("<ul class=legend>");
+    for (i, s) in series.iter().enumerate() {
+        legend.push_str(&format!(
+            "<li><span style=\"background:{}\"></span>{}</li>",
+            LINE_COLOURS[i % LINE_COLOURS.len()],
+            escape(&s.label)
+        ));
+    }
+    legend.push_str("</ul>");
     if series.iter().all(|s| s.points.iter().all(|p| p.0 < from)) {
         // An empty box would look like a flat line at zero.
         return format!(
-            "<figure class=chart><figcaption>{}</figcaption><p class=muted>No samples yet: agents send them every few seconds.</p></figure>",
-            escape(title)
+            "<figure class=chart><figcaption>{}</figcaption><div class=empty>{}</div>{legend}</figure>",
+            escape(title),
+            escape(empty)
         );
     }
-    let max = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0_f64, f64::max);
+    // The axis starts at the first point, so that a young app's minutes are not squeezed into
+    // the right edge of an hour, but spans at least `MIN_SPAN_MS`.
+    let first = series.iter().flat_map(|s| s.points.iter().map(|p| p.0)).filter(|t| *t >= from).min().unwrap_or(from);
+    let from = first.min(to - MIN_SPAN_MS).max(from);
+    let minutes = ((to - from) as f64 / 60_000.0).round();
+    let max = series.iter().flat_map(|s| s.points.iter().filter(|p| p.0 >= from).map(|p| p.1)).fold(0.0_f64, f64::max);
     let top = if max <= 0.0 { 1.0 } else { max * 1.1 };
     let span = (to - from).max(1) as f64;
     let x = |t: Millis| PAD + ((t - from) as f64 / span) * (W - 2.0 * PAD);
     let y = |v: f64| H - PAD - (v / top) * (H - 2.0 * PAD);
     let mut out = format!(
-        "<figure class=chart><figcaption>{} <span class=muted>(up to {:.1} {})</span></figcaption>         <svg viewBox=\"0 0 {W} {H}\" preserveAspectRatio=\"none\" role=img aria-label=\"{}\">         <line x1=0 y1={H} x2={W} y2={H} class=axis />",
+        "<figure class=chart><figcaption>{} <span class=muted>(up to {:.1} {}, last {minutes} min)</span></figcaption>\
+         <svg viewBox=\"0 0 {W} {H}\" preserveAspectRatio=\"none\" role=img aria-label=\"{}\">\
+         <line x1=0 y1={H} x2={W} y2={H} class=axis />",
         escape(title),
         max,
         escape(unit),
@@ -506,22 +533,24 @@ pub fn chart(title: &str, unit: &str, series: &[Series], from: Millis, to: Milli
         if points.is_empty() {
             continue;
         }
+        let colour = LINE_COLOURS[i % LINE_COLOURS.len()];
         out.push_str(&format!(
-            "<polyline fill=none stroke=\"{}\" stroke-width=1.5 vector-effect=non-scaling-stroke points=\"{}\"><title>{}</title></polyline>",
-            LINE_COLOURS[i % LINE_COLOURS.len()],
+            "<polyline fill=none stroke=\"{colour}\" stroke-width=1.5 vector-effect=non-scaling-stroke points=\"{}\"><title>{}</title></polyline>",
             points.join(" "),
             escape(&s.label)
         ));
+        // A few points over an hour are too short a line to see (one is none): each gets a dot,
+        // a round cap on a zero-length stroke, which stays round however the box is stretched.
+        if points.len() < DOTS_UNDER {
+            let dots: String = points.iter().map(|p| format!("M{p}h0")).collect();
+            out.push_str(&format!(
+                "<path d=\"{dots}\" stroke=\"{colour}\" stroke-width=5 stroke-linecap=round vector-effect=non-scaling-stroke />"
+            ));
+        }
     }
-    out.push_str("</svg><ul class=legend>");
-    for (i, s) in series.iter().enumerate() {
-        out.push_str(&format!(
-            "<li><span style=\"background:{}\"></span>{}</li>",
-            LINE_COLOURS[i % LINE_COLOURS.len()],
-            escape(&s.label)
-        ));
-    }
-    out.push_str("</ul></figure>");
+    out.push_str("</svg>");
+    out.push_str(&legend);
+    out.push_str("</figure>");
     out
 }
 
@@ -752,14 +781,32 @@ mod tests {
     #[test]
     fn a_chart_draws_each_series_within_its_box() {
         let s = |label: &str, points: Vec<(Millis, f64)>| Series { label: label.into(), points };
-        let svg =
-            chart("cpu", "%", &[s("web-1", vec![(0, 0.0), (500, 50.0), (1000, 100.0)]), s("web-<2>", vec![])], 0, 1000);
+        let svg = chart(
+            "cpu",
+            "%",
+            "none",
+            &[s("web-1", vec![(0, 0.0), (500, 50.0), (1000, 100.0)]), s("web-<2>", vec![])],
+            0,
+            1000,
+        );
         assert!(svg.contains("points=\"4.0,156.0 300.0,"), "{svg}");
         assert!(svg.contains("up to 100.0 %"), "{svg}");
         assert_eq!(svg.matches("<polyline").count(), 1, "an empty series draws nothing");
+        assert!(svg.contains("d=\"M4.0,156.0h0M300.0,"), "few points are dotted: {svg}");
         assert!(svg.contains("web-&lt;2&gt;"), "labels are escaped: {svg}");
-        let none = chart("cpu", "%", &[s("web-1", vec![])], 0, 1000);
+        // An hour's axis starts at the first point, five minutes back at least.
+        let hour = 3_600_000;
+        let young = chart("cpu", "%", "none", &[s("web-1", vec![(hour - 60_000, 1.0), (hour, 2.0)])], 0, hour);
+        assert!(young.contains("last 5 min") && young.contains("points=\"477.6,"), "{young}");
+        let old = chart("cpu", "%", "none", &[s("web-1", vec![(600_000, 1.0), (hour, 2.0)])], 0, hour);
+        assert!(old.contains("last 50 min") && old.contains("points=\"4.0,"), "{old}");
+        let none = chart("cpu", "%", "No samples yet", &[s("web-1", vec![])], 0, 1000);
         assert!(none.contains("No samples yet") && !none.contains("<svg"), "{none}");
+        // The same room either way: a caption, a box, a legend.
+        for html in [&svg, &none] {
+            assert_eq!(html.matches("<figcaption>").count(), 1, "{html}");
+            assert_eq!(html.matches("<ul class=legend>").count(), 1, "{html}");
+        }
     }
 
     #[test]

@@ -17,6 +17,7 @@ mod relay;
 mod routes;
 mod secrets;
 mod shared_ca;
+mod traffic;
 mod usage;
 mod views;
 
@@ -221,6 +222,8 @@ pub(crate) struct Parts {
     pub logs: Arc<logs::LogStore>,
     pub forwarders: Arc<forward::Forwarders>,
     pub usage: Arc<usage::UsageStore>,
+    /// Each app's requests, latency and bytes over the last hour, for the console's charts.
+    pub traffic: Arc<traffic::TrafficStore>,
     pub alerts: Arc<Mutex<alerts::AlertState>>,
     pub alert_config: AlertConfig,
     /// Each output's last health check, by its name (`outputs.rs`).
@@ -316,6 +319,7 @@ impl Shared {
             logs: Arc::new(logs::LogStore::new(log_dir, tuning.logs)),
             forwarders: Arc::new(forward::Forwarders::new(log_sinks)),
             usage: Arc::default(),
+            traffic: Arc::default(),
             alerts: Arc::default(),
             alert_config,
             outputs: Arc::default(),

@@ -73,7 +73,9 @@ fn push_bounded(q: &mut VecDeque<Point>, p: Point, keep: usize) {
 }
 
 impl UsageStore {
-    pub fn record(&self, node: &str, samples: Vec<InstanceSample>) {
+    /// Keeps a node's samples; what each instance's network counters grew by since its previous
+    /// sample goes to its app's `traffic`.
+    pub fn record(&self, node: &str, samples: Vec<InstanceSample>, traffic: &crate::traffic::TrafficStore) {
         let mut tracks = lock(&self.tracks);
         let now = now_ms();
         if now - self.pruned_at.load(Ordering::Relaxed) >= PRUNE_EVERY_MS {
@@ -99,6 +101,18 @@ impl UsageStore {
             if s.t <= track.latest.t {
                 continue;
             }
+            // Counters that went down belong to a restarted process: nothing to count across it.
+            let grew = |new: Option<u64>, old: Option<u64>| match (new, old) {
+                (Some(n), Some(o)) if n >= o => n - o,
+                _ => 0,
+            };
+            traffic.network(
+                &s.app,
+                s.t,
+                grew(s.net_rx_bytes, track.latest.net_rx_bytes),
+                grew(s.net_tx_bytes, track.latest.net_tx_bytes),
+                now,
+            );
             // Older than an hour, the fine window starts again.
             if track.fine.back().is_some_and(|last| s.t - last.t >= FINE_MS) {
                 track.fine.clear();
@@ -630,11 +644,12 @@ mod tests {
     #[test]
     fn cpu_rate_comes_from_distinct_readings() {
         let store = UsageStore::default();
+        let traffic = crate::traffic::TrafficStore::default();
         let now = now_ms();
-        store.record("n", vec![sample(now - 1000, 10.0)]);
-        store.record("n", vec![sample(now, 10.5)]);
+        store.record("n", vec![sample(now - 1000, 10.0)], &traffic);
+        store.record("n", vec![sample(now, 10.5)], &traffic);
         // The same reading again (a cached /proc pass) must not turn the rate into zero.
-        store.record("n", vec![sample(now, 10.5)]);
+        store.record("n", vec![sample(now, 10.5)], &traffic);
         let u = store.current(now);
         assert!((u["i"].cpu_percent - 50.0).abs() < 0.01, "{:?}", u["i"]);
     }
@@ -642,12 +657,13 @@ mod tests {
     #[test]
     fn history_keeps_an_hour_of_every_sample_then_one_per_15_s_for_three_hours() {
         let store = UsageStore::default();
+        let traffic = crate::traffic::TrafficStore::default();
         let now = now_ms();
         // Four hours at 5 s, a core busy all along: cpu time grows 5 s per sample.
         let count = 4 * 720;
         let start = now - (count - 1) * 5_000;
         for k in 0..count {
-            store.record("n", vec![sample(start + k * 5_000, (k * 5) as f64)]);
+            store.record("n", vec![sample(start + k * 5_000, (k * 5) as f64)], &traffic);
         }
         let tracks = lock(&store.tracks);
         assert_eq!(tracks["i"].fine.len(), KEEP_SAMPLES);
@@ -663,5 +679,26 @@ mod tests {
         assert_eq!(points.last().map(|p| p.t), Some(now));
         assert!(store.history("g/other", 0).is_empty());
         assert_eq!(std::mem::size_of::<Point>(), 24, "what an hour of 10,000 instances costs depends on it");
+    }
+
+    #[test]
+    fn network_growth_between_samples_goes_to_the_app_traffic() {
+        let store = UsageStore::default();
+        let traffic = crate::traffic::TrafficStore::default();
+        let now = now_ms();
+        let with_net = |t: Millis, rx: u64, tx: u64| InstanceSample {
+            net_rx_bytes: Some(rx),
+            net_tx_bytes: Some(tx),
+            ..sample(t, 1.0)
+        };
+        // The first sample is the base; the third comes from a restarted process (lower counters).
+        store.record("n", vec![with_net(now - 3_000, 1_000, 500)], &traffic);
+        store.record("n", vec![with_net(now - 2_000, 1_600, 700)], &traffic);
+        store.record("n", vec![with_net(now - 1_000, 50, 20)], &traffic);
+        store.record("n", vec![with_net(now, 80, 30)], &traffic);
+        let steps = traffic.history("g/a", 0).steps;
+        let rx: u64 = steps.iter().map(|s| s.net_rx_bytes).sum();
+        let tx: u64 = steps.iter().map(|s| s.net_tx_bytes).sum();
+        assert_eq!((rx, tx), (600 + 30, 200 + 10));
     }
 }

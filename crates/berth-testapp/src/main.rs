@@ -112,8 +112,9 @@ fn main() {
         std::thread::spawn(move || {
             let id = std::env::var("BERTH_INSTANCE_ID").unwrap_or_default();
             let mut n: u64 = 0;
-            let mut out = std::io::stdout().lock();
             loop {
+                // Locked per tick, not for good: the main thread prints too.
+                let mut out = std::io::stdout().lock();
                 for _ in 0..per_tick {
                     n += 1;
                     let at =
@@ -122,6 +123,7 @@ fn main() {
                         return;
                     }
                 }
+                drop(out);
                 std::thread::sleep(Duration::from_millis(every));
             }
         });

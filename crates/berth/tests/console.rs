@@ -100,7 +100,14 @@ async fn until(page: &Page, what: &str, within: Duration, js: &str) {
         if ok {
             return;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        if Instant::now() >= deadline {
+            let seen: String = eval(
+                page,
+                "`banner: ${(document.querySelector('#banner') || {}).textContent}; page: ${document.body.innerText.slice(0, 800)}`",
+            )
+            .await;
+            panic!("timed out after {within:?} waiting for {what}; {seen}");
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -131,14 +138,16 @@ fn web(marker: &str) -> String {
     let bin = berth_testkit::image::testapp_binary();
     format!(
         "group: shop\nname: web\ndriver: exec\ninstances: 2\ncommand: [{}, --chatter-ms, '100']\n\
-         environment: {{MARK: {marker}}}\nupgrade:\n  min_healthy_time: 0s\n",
+         environment: {{MARK: {marker}}}\nservices: [web.test]\nhealth:\n  http: /health\n  interval: 200ms\n\
+         upgrade:\n  min_healthy_time: 0s\n",
         bin.display()
     )
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_console_signs_in_shows_scales_follows_logs_rolls_back_and_keeps_viewers_to_reading() {
-    let p = Platform::start(BERTH.as_ref(), "exec").await;
+    // Samples twice a second, so that the charts have a line to draw within the test.
+    let p = Platform::start_args(BERTH.as_ref(), "exec", &["--metrics-interval".into(), "500ms".into()]).await;
     let shots = tempfile::tempdir().expect("tempdir");
     let Some(mut browser) = browser(shots.path()).await else { return };
     let base = p.api.clone();
@@ -162,6 +171,55 @@ async fn the_console_signs_in_shows_scales_follows_logs_rolls_back_and_keeps_vie
     assert!(cookie.http_only, "the session is out of the page's scripts' reach");
     assert!(text(&page, "main").await.contains("Capacity"));
     shoot(&page, shots.path(), "overview").await;
+
+    // Live data moves nothing on the page. Its requests and latency charts start empty; then
+    // requests go through the router, and tokens made elsewhere move the store's index so the
+    // page fetches its live part again, until the charts are drawn. The browser's own record of
+    // layout shifts must stay empty all along.
+    open(&page, &base, "/ui/apps/shop/web").await;
+    let drawn = |caption: &str| {
+        format!(
+            "[...document.querySelectorAll('figure.chart')].some(f => f.querySelector('figcaption').textContent.startsWith('{caption}') && !!f.querySelector('svg polyline'))"
+        )
+    };
+    let empty: bool = eval(&page, &format!("!({})", drawn("requests"))).await;
+    assert!(empty, "no request has gone through the router yet");
+    let _: bool = eval(
+        &page,
+        "window.__shifts = []; new PerformanceObserver((l) => { for (const e of l.getEntries()) if (!e.hadRecentInput) \
+         window.__shifts.push({value: e.value, nodes: e.sources.map(s => s.node ? (s.node.outerHTML || s.node.textContent || '').slice(0, 120) : '?')}); }) \
+         .observe({type: 'layout-shift', buffered: true}); true",
+    )
+    .await;
+    for _ in 0..60 {
+        let (status, body) = p.via_router("web.test", "/").await.expect("the router answers");
+        assert_eq!(status, 200, "{body}");
+    }
+    let traffic = wait_until("the routers' counts in the app's traffic", Duration::from_secs(20), || async {
+        let t = p.get("/v1/apps/shop/web/traffic").await.ok()?;
+        let steps = t["steps"].as_array()?;
+        let requests: u64 = steps.iter().filter_map(|s| s["requests"].as_u64()).sum();
+        (requests >= 60).then_some(t)
+    })
+    .await;
+    assert_eq!(traffic["step_ms"], 10_000, "{traffic}");
+    let latency = traffic["steps"].as_array().and_then(|s| s.iter().find_map(|s| s["latency_p95_ms"].as_f64()));
+    assert!(latency.is_some_and(|ms| ms > 0.0), "p95 latency from the routers' histograms: {traffic}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for round in 0.. {
+        let ready: bool = eval(&page, &format!("{} && {}", drawn("requests"), drawn("latency"))).await;
+        if ready {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the requests and latency charts were not drawn");
+        let before: String = eval(&page, "document.querySelector('#live').dataset.index").await;
+        p.cli_ok(&["token", "create", "--role", "viewer", "--name", &format!("bystander-{round}")]).await;
+        let moved = format!("document.querySelector('#live').dataset.index !== '{before}'");
+        until(&page, "the live part to follow the store", Duration::from_secs(10), &moved).await;
+    }
+    let shifts: Value = eval(&page, "window.__shifts").await;
+    let score: f64 = shifts.as_array().expect("shifts").iter().filter_map(|s| s["value"].as_f64()).sum();
+    assert!(score < 0.001, "the page moved as live data arrived (layout shift {score}): {shifts}");
 
     open(&page, &base, "/ui/apps").await;
     assert!(text(&page, "#live").await.contains("shop/web"));
@@ -194,18 +252,50 @@ async fn the_console_signs_in_shows_scales_follows_logs_rolls_back_and_keeps_vie
         )
     };
     until(&page, "a log line printed under a second ago", Duration::from_secs(10), &fresh_within(1000)).await;
-    shoot(&page, shots.path(), "app").await;
 
-    // Roll back to v1 from the history (the confirmation answered yes).
-    let _: bool =
-        eval(&page, "window.confirm = () => true; document.querySelector('button[data-rollback=\"1\"]').click(); true")
-            .await;
+    // The keyboard alone: the first Tab reaches the skip link, Enter moves to the content, Tab
+    // goes on to the history's rollback button, which keeps the focus while the page follows
+    // the store, and Enter there rolls back.
+    open(&page, &base, "/ui/apps/shop/web").await;
+    let body = page.find_element("body").await.expect("the body");
+    body.press_key("Tab").await.expect("tab");
+    let first: String = eval(&page, "document.activeElement.className").await;
+    assert_eq!(first, "skip", "the first stop is the skip link");
+    let shown: f64 = eval(&page, "document.activeElement.getBoundingClientRect().left").await;
+    assert!(shown >= 0.0, "the skip link is on screen when focused: {shown}");
+    body.press_key("Enter").await.expect("enter");
+    until(&page, "the content focused", Duration::from_secs(2), "document.activeElement.id === 'main'").await;
+    let mut stops = Vec::new();
+    for _ in 0..60 {
+        body.press_key("Tab").await.expect("tab");
+        let at: String = eval(&page, "(e => e.dataset.rollback || e.id || e.tagName)(document.activeElement)").await;
+        stops.push(at.clone());
+        if at == "1" {
+            break;
+        }
+    }
+    assert!(stops.contains(&"instances".to_string()), "the scale field is reachable: {stops:?}");
+    assert_eq!(stops.last().map(String::as_str), Some("1"), "the rollback to v1 is reachable: {stops:?}");
+    let before: String = eval(&page, "document.querySelector('#live').dataset.index").await;
+    p.cli_ok(&["token", "create", "--role", "viewer", "--name", "bystander-focus"]).await;
+    let moved = format!("document.querySelector('#live').dataset.index !== '{before}'");
+    until(&page, "the live part to follow the store", Duration::from_secs(10), &moved).await;
+    let kept: String = eval(&page, "document.activeElement.dataset.rollback || document.activeElement.tagName").await;
+    assert_eq!(kept, "1", "the focus stays where it was as the page follows the store");
+
+    // Roll back to v1 from the history, by the keyboard (the confirmation answered yes).
+    let _: bool = eval(&page, "window.confirm = () => true; true").await;
+    body.press_key("Enter").await.expect("enter");
     let status = wait_until("the rollback to v1", Duration::from_secs(30), || async {
         let s = p.status("web").await;
         (s["version"] == 3 && s["spec"]["environment"]["MARK"] == "one").then_some(s)
     })
     .await;
     assert_eq!(status["version"], 3, "a rollback is a new version");
+    // The agents' samples are charted too, per instance.
+    until(&page, "the cpu chart", Duration::from_secs(20), &drawn("cpu")).await;
+    until(&page, "the memory chart", Duration::from_secs(5), &drawn("memory")).await;
+    shoot(&page, shots.path(), "app").await;
     let audit = p.cli_ok(&["audit", "--since", "5m"]).await;
     assert!(
         audit.contains("app.rollback") && audit.contains("app.scale"),

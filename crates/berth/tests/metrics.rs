@@ -164,7 +164,7 @@ async fn docker_use_shows_in_top_with_limits_and_network() {
     let p = Platform::start_args(BERTH.as_ref(), "docker", &fast_sampling()).await;
     let spec = format!(
         "group: lab\nname: burn\nimage: {}\ncpu: 1\nmemory: 128\nports: [8080]\ncommand: [\"--burn-cpu\", \"--alloc-mb\", \"48\"]\n\
-         upgrade:\n  min_healthy_time: 0s\n",
+         services: [burn.test]\nupgrade:\n  min_healthy_time: 0s\n",
         images.v1
     );
     p.cli_ok(&["deploy", "-f", &p.write("burn.yaml", &spec), "--timeout", "60"]).await;
@@ -173,6 +173,19 @@ async fn docker_use_shows_in_top_with_limits_and_network() {
     assert_eq!(i["memory_limit_bytes"], 128u64 << 20, "the engine's limit is the spec's: {u}");
     assert!(i["net_rx_bytes"].is_u64(), "network counters come from the engine: {u}");
     assert!(i["cpu_percent"].as_f64().unwrap() <= 110.0, "cpu: 1 caps it at one core: {u}");
+    // Requests through the router show in the app's traffic: the routers' counts, and the bytes
+    // the container's interface moved, from the engine's counters.
+    for _ in 0..20 {
+        let (status, body) = p.via_router("burn.test", "/").await.expect("the router answers");
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until("requests and bytes in the app's traffic", Duration::from_secs(30), || async {
+        let t = p.get("/v1/apps/lab/burn/traffic").await.ok()?;
+        let steps = t["steps"].as_array()?;
+        let sum = |field: &str| steps.iter().filter_map(|s| s[field].as_u64()).sum::<u64>();
+        (sum("requests") >= 20 && sum("net_rx_bytes") > 0 && sum("net_tx_bytes") > 0).then_some(())
+    })
+    .await;
 }
 
 /// Live views are for terminals: into a pipe `top` prints one plain snapshot and ends (`--watch`

@@ -351,22 +351,70 @@ pub(super) async fn app(
     .await
 }
 
-/// The app's cpu and memory over the last hour, a line per instance, from the server's samples.
+/// The app's last hour as charts: cpu and memory a line per instance, from the agents' samples;
+/// requests, latency and network for the app, from the routers' reports and the samples.
 fn charts(shared: &Shared, app: &str, now: Millis) -> String {
+    use berth_console::{Series, chart};
     let from = now - 3600 * 1000;
     let history = shared.usage.history(app, from);
-    let series = |value: &dyn Fn(&berth_api::UsagePoint) -> f64| -> Vec<berth_console::Series> {
+    let series = |value: &dyn Fn(&berth_api::UsagePoint) -> f64| -> Vec<Series> {
         history
             .iter()
-            .map(|h| berth_console::Series {
-                label: h.instance.clone(),
-                points: h.points.iter().map(|p| (p.t, value(p))).collect(),
-            })
+            .map(|h| Series { label: h.instance.clone(), points: h.points.iter().map(|p| (p.t, value(p))).collect() })
             .collect()
     };
-    let cpu = berth_console::chart("cpu", "% of a core", &series(&|p| p.cpu_percent), from, now);
-    let memory = berth_console::chart("memory", "MiB", &series(&|p| p.memory_bytes as f64 / 1048576.0), from, now);
-    format!("{cpu}{memory}")
+    let no_samples = "No samples yet: agents send them every few seconds.";
+    let cpu = chart("cpu", "% of a core", no_samples, &series(&|p| p.cpu_percent), from, now);
+    let memory = chart("memory", "MiB", no_samples, &series(&|p| p.memory_bytes as f64 / 1048576.0), from, now);
+    let traffic = shared.traffic.history(app, from);
+    let step = traffic.step_ms;
+    // Steps left out held nothing: from the first step on, the charts of counts show them as zero.
+    let dense: Vec<berth_api::TrafficStep> = match traffic.steps.first() {
+        None => Vec::new(),
+        Some(first) => {
+            let mut steps = traffic.steps.iter().peekable();
+            (first.t..=now)
+                .step_by(step.max(1) as usize)
+                .map(|t| match steps.next_if(|s| s.t == t) {
+                    Some(s) => s.clone(),
+                    None => berth_api::TrafficStep { t, ..Default::default() },
+                })
+                .collect()
+        }
+    };
+    // Each step as a rate over the time it covered: the current one has not ended yet.
+    let seconds = |t: Millis| (step.min(now - t).max(1000)) as f64 / 1000.0;
+    let line = |label: &str, value: &dyn Fn(&berth_api::TrafficStep) -> Option<f64>| Series {
+        label: label.into(),
+        points: dense.iter().filter_map(|s| value(s).map(|v| ((s.t + step).min(now), v))).collect(),
+    };
+    let none = |s: &[Series]| s.iter().all(|s| s.points.iter().all(|p| p.1 == 0.0));
+    let mut requests = vec![
+        line("all", &|s| Some(s.requests as f64 / seconds(s.t))),
+        line("5xx", &|s| Some(s.errors as f64 / seconds(s.t))),
+    ];
+    let mut network = vec![
+        line("received", &|s| Some(s.net_rx_bytes as f64 / 1024.0 / seconds(s.t))),
+        line("sent", &|s| Some(s.net_tx_bytes as f64 / 1024.0 / seconds(s.t))),
+    ];
+    // All zero is nothing to draw: the chart says so instead of a flat line.
+    for series in [&mut requests, &mut network] {
+        if none(series) {
+            series.iter_mut().for_each(|s| s.points.clear());
+        }
+    }
+    let no_requests = "No requests through the routers in the last hour.";
+    let requests = chart("requests", "per second", no_requests, &requests, from, now);
+    let latency = chart(
+        "latency",
+        "ms",
+        no_requests,
+        &[line("mean", &|s| s.latency_mean_ms), line("p95", &|s| s.latency_p95_ms)],
+        from,
+        now,
+    );
+    let network = chart("network", "KiB/s", "No network use counted in the last hour.", &network, from, now);
+    format!("{cpu}{memory}{requests}{latency}{network}")
 }
 
 pub(super) async fn nodes(

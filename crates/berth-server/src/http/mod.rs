@@ -78,6 +78,7 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/outputs", get(logs::outputs))
         .route("/v1/apps/{group}/{name}/usage", get(usage::one_app))
         .route("/v1/apps/{group}/{name}/usage/history", get(usage::history))
+        .route("/v1/apps/{group}/{name}/traffic", get(usage::traffic))
         .route("/v1/nodes/{id}/metrics", post(usage::ingest).route_layer(agent.clone()))
         .route("/metrics", get(usage::prometheus))
         .route(

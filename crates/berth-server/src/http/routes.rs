@@ -270,6 +270,7 @@ pub(crate) async fn router_report(
 ) -> ApiResult<Response> {
     let report: berth_api::RouterReport = parse_json(&body)?;
     let now = now_ms();
+    shared.traffic.router_report(&id, &report.requests, now);
     let mut routers = crate::lock(&shared.routers);
     routers.retain(|_, (at, _)| now - *at < ROUTER_SILENCE_MS * 30);
     routers.insert(id, (now, report));

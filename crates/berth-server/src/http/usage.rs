@@ -20,7 +20,7 @@ pub(crate) async fn ingest(
 ) -> ApiResult<Response> {
     let report: MetricsReport = parse_json(&body)?;
     shared.state.node(&node)?.ok_or_else(|| ApiError::not_found(&format!("node {node}")))?;
-    shared.usage.record(&node, report.samples);
+    shared.usage.record(&node, report.samples, &shared.traffic);
     Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
 }
 
@@ -58,6 +58,17 @@ pub(crate) async fn history(
     let id = format!("{group}/{name}");
     shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     Ok(indexed(shared.state.store().revision(), &shared.usage.history(&id, q.since)))
+}
+
+/// The app's requests, latency and bytes over the last hour, in steps.
+pub(crate) async fn traffic(
+    AxState(shared): AxState<Shared>,
+    Path((group, name)): Path<(String, String)>,
+    axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
+) -> ApiResult<Response> {
+    let id = format!("{group}/{name}");
+    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    Ok(indexed(shared.state.store().revision(), &shared.traffic.history(&id, q.since)))
 }
 
 /// Prometheus' text exposition format, version 0.0.4.
