@@ -247,11 +247,6 @@ fn beat_interval(asked_ms: u64, fallback: Duration) -> Duration {
     Duration::from_millis(asked_ms).clamp(Duration::from_millis(100), Duration::from_secs(300))
 }
 
-/// Whether a refusal is about who the agent is: retrying cannot help.
-fn is_refusal(e: &ClientError) -> bool {
-    matches!(e.status(), Some(401 | 403))
-}
-
 /// Registers, retrying while the server cannot be reached; false once stopping or refused (said
 /// on `refused`).
 async fn register(
@@ -264,7 +259,7 @@ async fn register(
     loop {
         match client.register(req).await {
             Ok(_) => return true,
-            Err(e) if is_refusal(&e) => {
+            Err(e) if e.is_refusal() => {
                 tracing::error!(error = %e, "the server refused this agent");
                 refused.send_replace(Some(e.to_string()));
                 return false;
@@ -384,7 +379,7 @@ async fn run(
                         interval = beat_interval(reply.interval_ms, heartbeat);
                         services.metrics.space_out(reply.metrics_every_ms.min(300_000));
                     }
-                    Ok(Err(e)) if is_refusal(&e) => {
+                    Ok(Err(e)) if e.is_refusal() => {
                         tracing::error!(error = %e, "the server refused this agent");
                         refused.send_replace(Some(e.to_string()));
                         return;

@@ -549,6 +549,13 @@ impl Client {
         Ok(())
     }
 
+    /// Revokes a router's credential (`berth router rm`): it is refused from then on and exits.
+    pub async fn remove_router(&self, id: &str) -> Result<(), ClientError> {
+        let url = format!("{}/v1/routers/{id}", self.base());
+        self.send::<serde_json::Value>(self.http.delete(&url), &url).await?;
+        Ok(())
+    }
+
     /// The routers heard from, with the store index of the answer.
     pub async fn routers(&self) -> Result<Indexed<Vec<RouterView>>, ClientError> {
         self.get("/v1/routers").await

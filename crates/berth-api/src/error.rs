@@ -36,4 +36,10 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// A refusal of who the caller is (a wrong, missing or revoked credential): retrying cannot
+    /// help, so a member (agent or router) stops and says why.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self.status(), Some(401 | 403))
+    }
 }

@@ -18,6 +18,7 @@ pub async fn follow(
     registry: Arc<Registry>,
     scope: Scope,
     applied: watch::Sender<u64>,
+    refused: watch::Sender<Option<String>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut index = 0;
@@ -50,6 +51,12 @@ pub async fn follow(
                 }
                 applied.send_replace(at);
             }
+            // Removed (`berth router rm`) or never let in: retrying cannot help.
+            Err(e) if e.is_refusal() => {
+                tracing::error!(error = %e, "the server refused this router");
+                refused.send_replace(Some(e.to_string()));
+                break;
+            }
             Err(e) => {
                 // Resumed from the same index on the next server (see the agent's watch).
                 tracing::warn!(error = %e, "watching routes failed; serving the last table");
@@ -63,17 +70,24 @@ pub async fn follow(
     checker.stop();
 }
 
+/// Who reports: the router's id, its zone and its admin API's address.
+pub struct Reporter {
+    pub id: String,
+    pub zone: String,
+    pub admin: String,
+}
+
 /// Tells the control plane, several times a second, which table this router serves and what it
 /// still has in flight to draining instances: agents wait on that before they send SIGTERM.
 pub async fn report(
     client: Client,
-    id: String,
+    who: Reporter,
     proxy: Arc<Proxy>,
     applied: watch::Receiver<u64>,
-    zone: String,
-    admin: String,
+    refused: watch::Sender<Option<String>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let Reporter { id, zone, admin } = who;
     loop {
         let table = proxy.table.load();
         let mut in_flight = std::collections::BTreeMap::new();
@@ -99,8 +113,14 @@ pub async fn report(
             requests,
             access_log_dropped: proxy.access_dropped(),
         };
-        if let Err(e) = client.router_report(&id, &report).await {
-            tracing::debug!(error = %e, "reporting to the control plane failed");
+        match client.router_report(&id, &report).await {
+            Err(e) if e.is_refusal() => {
+                tracing::error!(error = %e, "the server refused this router's report");
+                refused.send_replace(Some(e.to_string()));
+                break;
+            }
+            Err(e) => tracing::debug!(error = %e, "reporting to the control plane failed"),
+            Ok(()) => {}
         }
         tokio::select! {
             _ = tokio::time::sleep(REPORT_EVERY) => {}

@@ -109,6 +109,8 @@ pub struct Router {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     workers: Vec<std::thread::JoinHandle<()>>,
     access: Option<Arc<AccessLog>>,
+    /// Why the server refused this router's credential, once it did (`berth router rm`).
+    refused: watch::Receiver<Option<String>>,
 }
 
 /// A listening socket that other workers can bind too (`SO_REUSEPORT`): the kernel spreads
@@ -384,6 +386,7 @@ impl Router {
         let registry = Arc::new(Registry::default());
         let (shutdown, shutdown_rx) = watch::channel(false);
         let (applied_tx, applied_rx) = watch::channel(0u64);
+        let (refused_tx, refused) = watch::channel(None);
         let scope = Scope {
             zone: config.zone.clone(),
             domain: config.domain.as_deref().map(|d| d.trim_matches('.').to_ascii_lowercase()),
@@ -394,6 +397,7 @@ impl Router {
             registry.clone(),
             scope,
             applied_tx,
+            refused_tx.clone(),
             shutdown_rx.clone(),
         )));
         let mut workers = Vec::new();
@@ -405,20 +409,30 @@ impl Router {
             }
             _ => None,
         };
+        let reporter = discovery::Reporter { id: router_id, zone: config.zone.clone(), admin: admin_addr.to_string() };
         tasks.push(tokio::spawn(discovery::report(
             client.clone(),
-            router_id,
+            reporter,
             proxy.clone(),
             applied_rx.clone(),
-            config.zone.clone(),
-            admin_addr.to_string(),
+            refused_tx,
             shutdown_rx.clone(),
         )));
         let admin_state =
             Arc::new(admin::Admin { proxy, registry, client, token: config.admin_token.clone(), applied: applied_rx });
         tasks.push(tokio::spawn(serve(admin, move |req| admin_state.clone().handle(req), shutdown_rx)));
         tracing::info!(%http_addr, %admin_addr, zone = %config.zone, domain = config.domain.as_deref().unwrap_or("the server's"), "berth router listening");
-        Ok(Router { http_addr, https_addr, admin_addr, shutdown, tasks, workers, access })
+        Ok(Router { http_addr, https_addr, admin_addr, shutdown, tasks, workers, access, refused })
+    }
+
+    /// Waits until the server refuses this router's credential, and says why. A removed router
+    /// should stop serving: its process exits non-zero rather than serve a table it no longer
+    /// follows.
+    pub async fn refused(&mut self) -> String {
+        match self.refused.wait_for(Option::is_some).await {
+            Ok(why) => why.clone().unwrap_or_default(),
+            Err(_) => std::future::pending().await,
+        }
     }
 
     pub async fn stop(self) {

@@ -22,10 +22,16 @@ use tokio::task::JoinHandle;
 use crate::{Shared, now_ms};
 
 /// The leader's lease: a leader killed without a word is replaced this long after its last
-/// keep-alive (the goal is 5 s).
-const LEASE_TTL_SECS: i64 = 3;
-/// How often the lease is kept alive: three chances before it lapses.
-const KEEPALIVE_EVERY: Duration = Duration::from_millis(900);
+/// keep-alive (the goal is 5 s). It must outlast an etcd member's death: up to a
+/// keep-alive period before it, one lost to the dead member, and etcd electing a new leader
+/// among the others (its default election timeout is 1 s, randomised up to 2 s).
+const LEASE_TTL_SECS: i64 = 4;
+/// How often the lease is kept alive, and how long an answer may take before the member is
+/// taken for gone: eight chances before it lapses.
+const KEEPALIVE_EVERY: Duration = Duration::from_millis(500);
+/// After a failed keep-alive, the pause before the next member is tried (one refusing at once,
+/// while etcd has no leader, is not asked in a tight loop).
+const KEEPALIVE_RETRY: Duration = Duration::from_millis(100);
 /// How often each server says it is alive (`last_seen`).
 const REGISTER_EVERY: Duration = Duration::from_secs(2);
 /// Where the campaign's keys are, under the store's prefix: the mirror sees them, and the fence
@@ -243,35 +249,54 @@ impl Lease {
         let granted = client.lease_grant(LEASE_TTL_SECS, None).await?;
         let id = granted.id();
         let alive_until = Arc::new(AtomicI64::new(sent + granted.ttl() * 1000));
-        let (mut keeper, mut acks) = client.lease_keep_alive(id).await?;
+        let (keeper, acks) = client.lease_keep_alive(id).await?;
         let until = alive_until.clone();
+        // Its own turn through the members: the link's is moved by the other tasks too, and two
+        // moves at once could bring this one back to the member that just died.
+        let mut member = link.at.load(Ordering::Relaxed);
         let keeper = tokio::spawn(async move {
+            let mut stream = Some((keeper, acks));
+            let mut wait = KEEPALIVE_EVERY;
             loop {
-                tokio::time::sleep(KEEPALIVE_EVERY).await;
+                tokio::time::sleep(wait).await;
                 let sent = now_ms();
                 // A member that died may leave the stream silent rather than broken.
-                let acked = tokio::time::timeout(KEEPALIVE_EVERY, async {
-                    keeper.keep_alive().await?;
-                    acks.message().await
-                })
-                .await
-                .unwrap_or(Ok(None));
+                let acked = match stream.as_mut() {
+                    Some((keeper, acks)) => tokio::time::timeout(KEEPALIVE_EVERY, async {
+                        keeper.keep_alive().await?;
+                        acks.message().await
+                    })
+                    .await
+                    .unwrap_or(Ok(None)),
+                    None => Ok(None),
+                };
                 match acked {
-                    Ok(Some(ack)) if ack.ttl() > 0 => until.store(sent + ack.ttl() * 1000, Ordering::SeqCst),
+                    Ok(Some(ack)) if ack.ttl() > 0 => {
+                        until.store(sent + ack.ttl() * 1000, Ordering::SeqCst);
+                        wait = KEEPALIVE_EVERY;
+                    }
                     // TTL 0: etcd let the lease go; it is gone for good.
                     Ok(Some(_)) => return,
-                    // The member the stream went to is gone (or the stream ended): another.
+                    // The member the stream went to is gone (or the stream ended, or etcd has no
+                    // leader yet): the next member, tried almost at once.
                     failed => {
                         if let Err(e) = &failed {
                             tracing::debug!(error = %e, "keeping the leader's lease alive failed; reconnecting");
                         }
-                        link.move_on();
-                        let reopened = tokio::time::timeout(KEEPALIVE_EVERY, link.client().lease_keep_alive(id)).await;
-                        match reopened {
-                            Ok(Ok((k, a))) => (keeper, acks) = (k, a),
-                            Ok(Err(e)) => tracing::debug!(error = %e, "reopening the lease's keep-alive failed"),
-                            Err(_) => tracing::debug!("reopening the lease's keep-alive took too long"),
-                        }
+                        member = member.wrapping_add(1);
+                        let mut client = link.clients[member % link.clients.len()].clone();
+                        stream = match tokio::time::timeout(KEEPALIVE_EVERY, client.lease_keep_alive(id)).await {
+                            Ok(Ok(opened)) => Some(opened),
+                            Ok(Err(e)) => {
+                                tracing::debug!(error = %e, "reopening the lease's keep-alive failed");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::debug!("reopening the lease's keep-alive took too long");
+                                None
+                            }
+                        };
+                        wait = KEEPALIVE_RETRY;
                     }
                 }
             }

@@ -274,6 +274,9 @@ pub(crate) struct Seen {
     /// Node id to what its last heartbeat said (ports taken, drivers down), once the node's
     /// record agreed.
     pub beats: HashMap<String, Beat>,
+    /// The ids of the nodes marked disconnected: every route snapshot and status asks, and
+    /// deciding it decodes every node record.
+    pub cut_off: Option<Arc<std::collections::HashSet<String>>>,
 }
 
 impl Seen {
@@ -288,6 +291,7 @@ impl Seen {
             self.credentials.clear();
             self.tokens.clear();
             self.beats.clear();
+            self.cut_off = None;
         }
         Some(self)
     }
@@ -356,13 +360,24 @@ impl Shared {
 
     /// Heartbeats kept in memory, folded into node records.
     /// The nodes marked disconnected.
-    pub(crate) fn cut_off_nodes(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+    pub(crate) fn cut_off_nodes(&self) -> Result<Arc<std::collections::HashSet<String>>, StoreError> {
+        // Read at a revision and kept for it, as `seen_record` does: any write forgets it.
+        let revision = self.state.store().revision();
+        if let Some(known) = lock(&self.seen).at(revision).and_then(|seen| seen.cut_off.clone()) {
+            return Ok(known);
+        }
         let nodes = self.state.nodes()?;
-        Ok(nodes
-            .into_iter()
-            .filter(|n| n.value.status == berth_core::NodeStatus::Disconnected)
-            .map(|n| n.value.id)
-            .collect())
+        let cut_off: Arc<std::collections::HashSet<String>> = Arc::new(
+            nodes
+                .into_iter()
+                .filter(|n| n.value.status == berth_core::NodeStatus::Disconnected)
+                .map(|n| n.value.id)
+                .collect(),
+        );
+        if let Some(seen) = lock(&self.seen).at(revision) {
+            seen.cut_off = Some(cut_off.clone());
+        }
+        Ok(cut_off)
     }
 
     /// The record at `key`, from what was already read at the store's current revision when it

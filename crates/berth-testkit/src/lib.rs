@@ -12,5 +12,5 @@ pub mod receiver;
 pub use image::{TestImages, docker_or_skip, node_containers, test_images};
 pub use link::Link;
 pub use load::{Load, LoadReport};
-pub use platform::{Platform, free_port, instance_answer, port_block, tail, wait_until, wait_until_or};
+pub use platform::{NodeContainers, Platform, free_port, instance_answer, port_block, tail, wait_until, wait_until_or};
 pub use receiver::Receiver;

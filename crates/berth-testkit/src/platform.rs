@@ -340,9 +340,15 @@ impl Platform {
 
     /// A machine dies: SIGKILL of the agent `add_agent(name)` started and of every exec
     /// instance it started, all at once.
+    /// With the Docker driver, its containers are killed (`docker kill`), left on the engine as
+    /// a dead machine's would be until the platform is dropped.
     pub async fn kill_machine(&self, name: &str, agent: &mut Child) {
         let _ = agent.start_kill();
-        kill_exec_instances(&self.dir.path().join("agents").join(name).join("agent/exec"));
+        let data = self.dir.path().join("agents").join(name);
+        kill_exec_instances(&data.join("agent/exec"));
+        if let Some(node) = agent_node_id(&data) {
+            docker_containers(&node, &["kill"]);
+        }
         let _ = agent.wait().await;
     }
 
@@ -362,6 +368,16 @@ impl Platform {
             let _ = agent.start_kill();
             let _ = agent.wait().await;
         }
+    }
+
+    /// Split mode: waits up to `within` for the `berth router` process to exit, and returns how
+    /// it did; panics if it is still running then.
+    pub async fn router_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let router = self.split.as_mut().and_then(|c| c.get_mut(1)).expect("split mode has a router process");
+        tokio::time::timeout(within, router.wait())
+            .await
+            .unwrap_or_else(|_| panic!("the router still runs after {within:?}"))
+            .expect("wait for the router")
     }
 
     /// Split mode: the `berth agent` process id.
@@ -647,14 +663,14 @@ impl Drop for Platform {
         for child in self.child.iter_mut().chain(self.split.iter_mut().flatten()) {
             let _ = child.start_kill();
         }
-        // Instances outlive Berth by design; a test leaves none behind.
+        // Instances outlive Berth by design; a test leaves none behind, on any of its nodes.
         if !self.node_id.is_empty() {
-            let filter = format!("label=berth.node={}", self.node_id);
-            if let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() {
-                let ids: Vec<String> =
-                    String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
-                if !ids.is_empty() {
-                    let _ = std::process::Command::new("docker").args(["rm", "-f"]).args(&ids).output();
+            docker_containers(&self.node_id, &["rm", "-f"]);
+        }
+        if let Ok(added) = std::fs::read_dir(self.dir.path().join("agents")) {
+            for agent in added.flatten() {
+                if let Some(node) = agent_node_id(&agent.path()) {
+                    docker_containers(&node, &["rm", "-f"]);
                 }
             }
         }
@@ -665,6 +681,34 @@ impl Drop for Platform {
                 kill_exec_instances(&agent.path().join("agent/exec"));
             }
         }
+    }
+}
+
+/// The node id of the agent whose data dir is `data`, from the credential it keeps.
+fn agent_node_id(data: &Path) -> Option<String> {
+    let credential = std::fs::read_to_string(data.join("agent").join(berth_api::join::CREDENTIAL_FILE)).ok()?;
+    berth_api::join::credential_id(credential.trim()).map(str::to_string)
+}
+
+/// Removes, when dropped, every container of Berth's node: for tests that run their agents
+/// without a `Platform`, whose drop does the same. Instances outlive Berth by design.
+pub struct NodeContainers(pub String);
+
+impl Drop for NodeContainers {
+    fn drop(&mut self) {
+        docker_containers(&self.0, &["rm", "-f"]);
+    }
+}
+
+/// Runs `docker <command> <ids>` on every container (running or not) of Berth's node `node`.
+fn docker_containers(node: &str, command: &[&str]) {
+    let filter = format!("label=berth.node={node}");
+    let Ok(out) = std::process::Command::new("docker").args(["ps", "-aq", "--filter", &filter]).output() else {
+        return;
+    };
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).split_whitespace().map(str::to_string).collect();
+    if !ids.is_empty() {
+        let _ = std::process::Command::new("docker").args(command).args(&ids).output();
     }
 }
 

@@ -156,3 +156,47 @@ async fn a_removed_node_is_refused_and_its_agent_exits() {
     })
     .await;
 }
+
+/// A router removed with `berth router rm` is refused from then on: it stops serving and exits
+/// non-zero, rather than serve a table nobody updates any more.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_removed_router_is_refused_stops_serving_and_exits() {
+    let mut p = Platform::start_split(BERTH.as_ref(), "exec").await;
+    let bin = berth_testkit::image::testapp_binary();
+    let spec = format!(
+        "group: shop\nname: cart\ndriver: exec\ninstances: 1\ncommand: [{}]\nservices: [cart.test]\n\
+         upgrade:\n  min_healthy_time: 0s\n",
+        bin.display()
+    );
+    p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &spec), "--timeout", "60"]).await;
+    wait_until("the router serving cart", Duration::from_secs(20), || async {
+        matches!(p.via_router("cart.test", "/").await, Ok((200, _))).then_some(())
+    })
+    .await;
+
+    let routers: Vec<Value> = serde_json::from_str(&p.cli_ok(&["router", "ls", "-o", "json"]).await).unwrap();
+    assert_eq!(routers.len(), 1, "{routers:?}");
+    let id = routers[0]["id"].as_str().expect("the router's id").to_string();
+    assert_eq!(routers[0]["live"], true, "{routers:?}");
+    let table = p.cli_ok(&["router", "ls"]).await;
+    assert!(table.contains("ROUTER") && table.contains(&id), "{table}");
+
+    // An unknown id says so.
+    let out = p.cli(&["router", "rm", "no-such-router"]).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("no-such-router"), "{err}");
+    let out = p.cli_ok(&["router", "rm", &id]).await;
+    assert!(out.contains("revoked"), "{out}");
+
+    let status = p.router_exit(Duration::from_secs(20)).await;
+    assert!(!status.success(), "a removed router exits non-zero");
+    let log = std::fs::read_to_string(p.dir.path().join("berth-router.log")).unwrap_or_default();
+    assert!(log.contains("revoked"), "the router says why: {log}");
+    assert!(p.via_router("cart.test", "/").await.is_err(), "nothing serves on its port any more");
+    let routers: Vec<Value> = serde_json::from_str(&p.cli_ok(&["router", "ls", "-o", "json"]).await).unwrap();
+    assert!(routers.is_empty(), "{routers:?}");
+    let events = p.cli_ok(&["events", "-o", "json"]).await;
+    assert!(events.contains("router.removed"), "{events}");
+    let audit = p.cli_ok(&["audit", "--since", "5m"]).await;
+    assert!(audit.contains("router.remove"), "{audit}");
+}

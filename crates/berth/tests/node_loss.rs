@@ -59,6 +59,18 @@ async fn a_dead_machine_is_healed_at_the_defaults_with_no_failed_request() {
     let _h2 = p.add_agent("h2", &[]);
     let hosts = p.ready_nodes(3).await;
     p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &cart(3, "")), "--timeout", "60"]).await;
+    heals_under_load(&p, &mut h1, &hosts, 3).await;
+}
+
+/// Under constant load through the router, machine `h1` dies with cart's instance there; the
+/// node is marked disconnected and cart is whole again on the other machines, `instances` in
+/// service, with no failed request (the router retries what the dead one refused).
+async fn heals_under_load(
+    p: &Platform,
+    h1: &mut tokio::process::Child,
+    hosts: &std::collections::BTreeMap<String, String>,
+    instances: usize,
+) {
     let live = p.live("cart").await;
     let doomed: Vec<Value> = live.iter().filter(|i| i["node"] == hosts["h1"].as_str()).cloned().collect();
     assert_eq!(doomed.len(), 1, "spread puts one on each node: {live:?}");
@@ -68,17 +80,17 @@ async fn a_dead_machine_is_healed_at_the_defaults_with_no_failed_request() {
     })
     .await;
 
-    p.kill_machine("h1", &mut h1).await;
+    p.kill_machine("h1", h1).await;
     wait_until("h1 disconnected and cart whole again", Duration::from_secs(30), || async {
         let s = p.status("cart").await;
         let cut_off = by_id(&s, &doomed[0]["id"])?["unreachable"] == true;
         (cut_off && s["deployed"] == true).then_some(())
     })
     .await;
-    assert_eq!(node_state(&p, "h1").await, "disconnected");
+    assert_eq!(node_state(p, "h1").await, "disconnected");
     let live = p.live("cart").await;
     let elsewhere = live.iter().filter(|i| i["node"] != hosts["h1"].as_str() && i["in_service"] == true).count();
-    assert_eq!(elsewhere, 3, "three in service on the two machines left: {live:?}");
+    assert_eq!(elsewhere, instances, "all in service on the machines left: {live:?}");
     // The router retried what the dead instance refused on the others, then stopped sending it
     // anything once the node was disconnected.
     load.mark();
@@ -87,6 +99,29 @@ async fn a_dead_machine_is_healed_at_the_defaults_with_no_failed_request() {
     })
     .await;
     load.finish().await.assert_clean(200);
+}
+
+/// The same on the Docker engine: two agents with the Docker driver, each its own node, data dir
+/// and host ports; one dies with its containers (`docker kill` of those labelled with its node).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_docker_machine_is_healed_at_the_defaults_with_no_failed_request() {
+    let Some(docker) = berth_testkit::docker_or_skip("a_dead_docker_machine_is_healed").await else {
+        return;
+    };
+    let images = berth_testkit::test_images(&docker).await;
+    let agent = ["--hostname".to_string(), "h0".to_string()];
+    let p = Platform::start_split_args(BERTH.as_ref(), "docker", &[], &agent).await;
+    let mut h1 = p.add_agent("h1", &[]);
+    let hosts = p.ready_nodes(2).await;
+    let spec = format!(
+        "group: shop\nname: cart\nimage: {}\ninstances: 2\nports: [8080]\nservices: [cart.test]\n\
+         health:\n  http: /health\n  interval: 200ms\n  timeout: 1s\nupgrade:\n  min_healthy_time: 300ms\n",
+        images.v1
+    );
+    p.cli_ok(&["deploy", "-f", &p.write("cart.yaml", &spec), "--timeout", "90"]).await;
+    let on_h1 = berth_testkit::node_containers(&docker, &hosts["h1"]).await;
+    assert_eq!(on_h1.len(), 1, "h1's container is labelled with its node: {on_h1:?}");
+    heals_under_load(&p, &mut h1, &hosts, 2).await;
 }
 
 fn by_id<'a>(status: &'a Value, id: &Value) -> Option<&'a Value> {

@@ -370,6 +370,7 @@ async fn the_leader_killed_mid_deploy_loses_nothing_and_the_router_drops_nothing
         ready["id"].as_str().map(str::to_string)
     })
     .await;
+    let _leave_none = berth_testkit::NodeContainers(node.clone());
     wait_until_or_logs(&servers, "the router to report", Duration::from_secs(30), || async {
         let routers = servers.get(third, "/v1/routers").await?;
         routers.as_array()?.iter().any(|r| r["live"] == true).then_some(())

@@ -77,6 +77,7 @@ fn action(method: &Method, route: &str) -> String {
         (&Method::GET, "/v1/store/export") => "store.export",
         (&Method::POST, "/v1/join") => "member.join",
         (&Method::DELETE, "/v1/nodes/{id}") => "node.remove",
+        (&Method::DELETE, "/v1/routers/{id}") => "router.remove",
         (&Method::POST, "/v1/nodes/{id}/drain") => "node.drain",
         (&Method::POST, "/v1/nodes/{id}/eligibility") => "node.eligibility",
         (&Method::PUT, "/v1/pools/{pool}") => "pool.set",

@@ -94,7 +94,10 @@ pub(crate) fn router(shared: Shared) -> Router {
         .route("/v1/nodes/{id}/execs/{exec}/stream", post(exec::attach).route_layer(agent.clone()))
         .route("/v1/instances/{id}/drain", get(routes::drain_status))
         .route("/v1/routers", get(routes::list_routers))
-        .route("/v1/routers/{id}", post(routes::router_report).route_layer(router.clone()))
+        .route(
+            "/v1/routers/{id}",
+            post(routes::router_report).route_layer(router.clone()).delete(routes::remove_router),
+        )
         .route("/v1/nodes", get(nodes::list_nodes).merge(post(nodes::register).route_layer(agent.clone())))
         .route("/v1/nodes/{id}", get(nodes::node_detail).delete(nodes::remove))
         .route("/v1/pools", get(pools::list))

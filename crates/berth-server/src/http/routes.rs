@@ -295,6 +295,30 @@ pub(crate) async fn list_routers(AxState(shared): AxState<Shared>) -> ApiResult<
     Ok(indexed(shared.state.store().revision(), &routers))
 }
 
+/// `DELETE /v1/routers/{id}` (`berth router rm`): the router's credential is revoked, so it is
+/// refused from then on and its process exits; it is forgotten by drains and deploys at once.
+pub(crate) async fn remove_router(AxState(shared): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Response> {
+    use super::credentials::{Credential, Revoked, credential_key, revoked_key};
+    let (index, ()) = cas::retry(&shared.state, &format!("router {id}"), || {
+        let key = credential_key(&id);
+        let current = shared
+            .state
+            .record::<Credential>(&key)?
+            .filter(|c| c.value.kind == berth_api::Member::Router)
+            .ok_or_else(|| ApiError::not_found(&format!("router {id} (berth router ls names them)")))?;
+        let now = now_ms();
+        let txn = Txn::default()
+            .expect(key.clone(), current.mod_revision)
+            .delete(key)
+            .put(revoked_key(&id), encode(&Revoked { at: now }));
+        let msg = format!("router {id} removed and its credential revoked");
+        let txn = shared.state.with_event(txn, now, Level::Warn, "router.removed", Subject::default(), msg);
+        Ok(Attempt::Write(txn, ()))
+    })?;
+    crate::lock(&shared.routers).remove(&id);
+    Ok(indexed(index, &serde_json::json!({"id": id, "revoked": true})))
+}
+
 /// Drained when every live router has applied the table in which the instance is stopping and has
 /// nothing in flight to it. Right after a server start, routers are given time to report first.
 pub(crate) async fn drain_status(AxState(shared): AxState<Shared>, Path(id): Path<String>) -> ApiResult<Response> {

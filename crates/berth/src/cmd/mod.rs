@@ -14,6 +14,7 @@ mod job;
 mod node;
 mod platform;
 mod pool;
+mod router;
 mod secret;
 mod server;
 mod spec;
@@ -68,7 +69,7 @@ pub enum Command {
     Server(Box<platform::ServerArgs>),
     /// Run a node agent that joins a server.
     Agent(platform::AgentArgs),
-    /// Run a router: the front door that serves apps by Host.
+    /// Run a router: the front door that serves apps by Host (`berth router ls`, `rm ID`).
     Router(platform::RouterArgs),
     /// Write a commented starter spec.
     Init(spec::InitArgs),
@@ -178,6 +179,7 @@ pub fn default_spec_path() -> PathBuf {
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let filter = match &cli.command {
         Command::Server(args) if args.action.is_some() => "warn",
+        Command::Router(args) if args.action.is_some() => "warn",
         Command::Up(_) | Command::Server(_) | Command::Agent(_) | Command::Router(_) => "info",
         _ => "warn",
     };
@@ -210,7 +212,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             None => platform::server(*args).await,
         },
         Command::Agent(args) => platform::agent(args, &ctx).await,
-        Command::Router(args) => platform::router(args, &ctx).await,
+        Command::Router(mut args) => match args.action.take() {
+            Some(action) => router::run(action, &ctx).await,
+            None => platform::router(args, &ctx).await,
+        },
         Command::Init(args) => spec::init(args, &ctx),
         Command::Validate(args) => spec::validate(args, &ctx),
         Command::Deploy(args) => deploy::deploy(args, &ctx).await,
@@ -242,7 +247,8 @@ impl Command {
     pub fn is_platform_process(&self) -> bool {
         match self {
             Command::Server(args) => args.action.is_none(),
-            other => matches!(other, Command::Up(_) | Command::Agent(_) | Command::Router(_)),
+            Command::Router(args) => args.action.is_none(),
+            other => matches!(other, Command::Up(_) | Command::Agent(_)),
         }
     }
 }

@@ -465,7 +465,10 @@ pub struct UpArgs {
 }
 
 #[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct RouterArgs {
+    #[command(subcommand)]
+    pub action: Option<super::router::RouterAction>,
     /// Where the router keeps its credential (in `router/`).
     #[arg(long, default_value_os_t = default_data_dir())]
     data_dir: PathBuf,
@@ -535,7 +538,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     let ca_file = server.tls.as_ref().and_then(|t| t.ca_file.clone());
     let agent_config = args.node.config(&url, args.server.data_dir.join("agent"), token, (ca_file.clone(), None))?;
     let mut agent = Agent::start(agent_config).await.context("starting the agent")?;
-    let router = if args.no_router {
+    let mut router = if args.no_router {
         None
     } else {
         let log = args.server.data_dir.join("router/access.log");
@@ -563,9 +566,16 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     say_tls(&server);
     save_local_context(&url, &args.server.data_dir.join(berth_server::ADMIN_TOKEN_FILE), ca_file.as_deref());
+    let router_refused = async {
+        match router.as_mut() {
+            Some(r) => r.refused().await,
+            None => std::future::pending().await,
+        }
+    };
     let refused = tokio::select! {
         () = until_signal() => None,
-        why = agent.refused() => Some(why),
+        why = agent.refused() => Some(format!("the agent was refused: {why}")),
+        why = router_refused => Some(format!("the router was refused: {why}")),
     };
     eprintln!("stopping; instances keep running and are adopted on the next start");
     if let Some(r) = router {
@@ -574,7 +584,7 @@ pub async fn up(args: UpArgs) -> anyhow::Result<ExitCode> {
     agent.stop().await;
     server.stop().await;
     match refused {
-        Some(why) => anyhow::bail!("the agent was refused: {why}"),
+        Some(why) => anyhow::bail!("{why}"),
         None => Ok(ExitCode::SUCCESS),
     }
 }
@@ -669,14 +679,21 @@ pub async fn agent(args: AgentArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
 pub async fn router(args: RouterArgs, ctx: &Ctx) -> anyhow::Result<ExitCode> {
     let joining = (args.data_dir.join("router"), args.join.token()?);
     let trust = (ctx.ca_file.clone(), args.ca_fingerprint.clone());
-    let router = Router::start(args.router.config(&ctx.server, None, args.domain, joining, trust)?)
+    let mut router = Router::start(args.router.config(&ctx.server, None, args.domain, joining, trust)?)
         .await
         .context("starting the router")?;
     eprintln!(
         "Berth router: http://{} (admin http://{}), following {}",
         router.http_addr, router.admin_addr, ctx.server
     );
-    until_signal().await;
+    let refused = tokio::select! {
+        () = until_signal() => None,
+        why = router.refused() => Some(why),
+    };
     router.stop().await;
-    Ok(ExitCode::SUCCESS)
+    match refused {
+        // Removed (`berth router rm`): stop serving rather than serve a table nobody updates.
+        Some(why) => anyhow::bail!("{why}"),
+        None => Ok(ExitCode::SUCCESS),
+    }
 }
