@@ -274,9 +274,8 @@ pub(crate) struct Seen {
     /// Node id to what its last heartbeat said (ports taken, drivers down), once the node's
     /// record agreed.
     pub beats: HashMap<String, Beat>,
-    /// The ids of the nodes marked disconnected: every route snapshot and status asks, and
-    /// deciding it decodes every node record.
-    pub cut_off: Option<Arc<std::collections::HashSet<String>>>,
+    /// Every node record, decoded: alerts, route snapshots and statuses ask for them.
+    pub nodes: Option<Arc<Vec<berth_core::Node>>>,
 }
 
 impl Seen {
@@ -291,7 +290,7 @@ impl Seen {
             self.credentials.clear();
             self.tokens.clear();
             self.beats.clear();
-            self.cut_off = None;
+            self.nodes = None;
         }
         Some(self)
     }
@@ -358,26 +357,28 @@ impl Shared {
         self.state.instances()
     }
 
-    /// Heartbeats kept in memory, folded into node records.
-    /// The nodes marked disconnected.
-    pub(crate) fn cut_off_nodes(&self) -> Result<Arc<std::collections::HashSet<String>>, StoreError> {
-        // Read at a revision and kept for it, as `seen_record` does: any write forgets it.
+    /// Every node record, decoded once per store revision and kept for it, as `seen_record`
+    /// does: any write forgets it. Alerts, routes and statuses ask every second or more.
+    pub(crate) fn nodes(&self) -> Result<Arc<Vec<berth_core::Node>>, StoreError> {
         let revision = self.state.store().revision();
-        if let Some(known) = lock(&self.seen).at(revision).and_then(|seen| seen.cut_off.clone()) {
+        if let Some(known) = lock(&self.seen).at(revision).and_then(|seen| seen.nodes.clone()) {
             return Ok(known);
         }
-        let nodes = self.state.nodes()?;
-        let cut_off: Arc<std::collections::HashSet<String>> = Arc::new(
-            nodes
-                .into_iter()
-                .filter(|n| n.value.status == berth_core::NodeStatus::Disconnected)
-                .map(|n| n.value.id)
-                .collect(),
-        );
+        let nodes: Arc<Vec<berth_core::Node>> = Arc::new(self.state.nodes()?.into_iter().map(|n| n.value).collect());
         if let Some(seen) = lock(&self.seen).at(revision) {
-            seen.cut_off = Some(cut_off.clone());
+            seen.nodes = Some(nodes.clone());
         }
-        Ok(cut_off)
+        Ok(nodes)
+    }
+
+    /// The nodes marked disconnected.
+    pub(crate) fn cut_off_nodes(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        Ok(self
+            .nodes()?
+            .iter()
+            .filter(|n| n.status == berth_core::NodeStatus::Disconnected)
+            .map(|n| n.id.clone())
+            .collect())
     }
 
     /// The record at `key`, from what was already read at the store's current revision when it

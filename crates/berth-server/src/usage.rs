@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use berth_api::{AppUsage, CapacityUsage, InstanceSample, InstanceUsage, Usage};
 use berth_core::{App, Instance, InstanceState, Millis};
 
+use crate::alerts::AppLoad;
 use crate::{Shared, lock, now_ms};
 /// Samples kept per instance at full resolution (an hour at the default 5 s interval).
 const KEEP_SAMPLES: usize = 720;
@@ -61,6 +62,20 @@ struct Point {
 impl Point {
     fn of(s: &InstanceSample) -> Point {
         Point { t: s.t, cpu_seconds: s.cpu_seconds, memory_bytes: s.memory_bytes }
+    }
+}
+
+impl Track {
+    /// Percent of one core between its last two readings.
+    fn cpu_percent(&self) -> f64 {
+        let last = &self.latest;
+        let q = &self.fine;
+        match q.len().checked_sub(2).and_then(|i| q.get(i)) {
+            Some(prev) if last.t > prev.t => {
+                ((last.cpu_seconds - prev.cpu_seconds) / ((last.t - prev.t) as f64 / 1000.0) * 100.0).max(0.0)
+            }
+            _ => 0.0,
+        }
     }
 }
 
@@ -168,6 +183,24 @@ impl UsageStore {
         lock(&self.restarts).clone()
     }
 
+    /// The use of each app, summed from the fresh samples of the instances `runs` says run now,
+    /// for the alert rules: no sample is copied.
+    pub fn loads(&self, now: Millis, runs: impl Fn(&str) -> bool) -> HashMap<String, AppLoad> {
+        let mut loads: HashMap<String, AppLoad> = HashMap::new();
+        for (id, track) in lock(&self.tracks).iter() {
+            let last = &track.latest;
+            if now - last.t >= STALE_MS || !runs(id) {
+                continue;
+            }
+            let load = match loads.get_mut(&last.app) {
+                Some(load) => load,
+                None => loads.entry(last.app.clone()).or_default(),
+            };
+            load.add(track.cpu_percent(), last.memory_bytes, last.memory_limit_bytes);
+        }
+        loads
+    }
+
     /// The latest use of each instance with a fresh sample, rates from its last two samples.
     pub fn current(&self, now: Millis) -> HashMap<String, InstanceUsage> {
         let restarts = self.restarts();
@@ -176,13 +209,7 @@ impl UsageStore {
             .filter_map(|(id, track)| {
                 let last = Some(&track.latest).filter(|s| now - s.t < STALE_MS)?;
                 let node = &track.node;
-                let q = &track.fine;
-                let cpu_percent = match q.len().checked_sub(2).and_then(|i| q.get(i)) {
-                    Some(prev) if last.t > prev.t => {
-                        ((last.cpu_seconds - prev.cpu_seconds) / ((last.t - prev.t) as f64 / 1000.0) * 100.0).max(0.0)
-                    }
-                    _ => 0.0,
-                };
+                let cpu_percent = track.cpu_percent();
                 Some((
                     id.clone(),
                     InstanceUsage {

@@ -712,8 +712,9 @@ fn docker_containers(node: &str, command: &[&str]) {
     }
 }
 
-/// SIGKILL to the process group of every exec instance whose state is under `dir`.
-fn kill_exec_instances(dir: &Path) {
+/// SIGKILL to the process group of every exec instance whose state is under `dir` (an agent's
+/// `<data-dir>/agent/exec`): for tests that run agents without a `Platform`, whose drop does it.
+pub fn kill_exec_instances(dir: &Path) {
     let Ok(entries) = std::fs::read_dir(dir) else { return };
     for entry in entries.flatten() {
         let Ok(text) = std::fs::read_to_string(entry.path().join("proc.json")) else {

@@ -19,6 +19,17 @@ struct Cluster {
     server: Option<Child>,
 }
 
+/// Instances outlive their agent by design; a test leaves none behind.
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if let Ok(agents) = std::fs::read_dir(self.dir.path()) {
+            for agent in agents.flatten() {
+                berth_testkit::platform::kill_exec_instances(&agent.path().join("agent/exec"));
+            }
+        }
+    }
+}
+
 impl Cluster {
     fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 
-use berth_api::{Alert, AlertStatus, InstanceUsage, RouterCounts};
+use berth_api::{Alert, AlertStatus, RouterCounts};
 use berth_core::{AlertMetric, AlertRule, App, DeploymentState, Event, Millis, Node, NodeStatus};
 
 /// Recent alerts kept for `berth alerts`.
@@ -39,12 +39,35 @@ pub(crate) struct Traffic {
     pub(crate) rule_failures: [u64; 3],
 }
 
+/// An app's running instances' use, as the threshold rules read it: cpu as their mean, memory as
+/// the fullest one's share of its limit. Summed where the samples are kept (`UsageStore::loads`),
+/// so that an evaluation neither copies ten thousand samples nor scans them once per app.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct AppLoad {
+    pub(crate) instances: usize,
+    pub(crate) cpu_percent_sum: f64,
+    /// Percent of its memory limit, of the instance closest to it; none without limits.
+    pub(crate) memory_percent_max: Option<f64>,
+}
+
+impl AppLoad {
+    /// Adds one instance's cpu rate, and its memory against its limit when it has one.
+    pub(crate) fn add(&mut self, cpu_percent: f64, memory_bytes: u64, memory_limit_bytes: Option<u64>) {
+        self.instances += 1;
+        self.cpu_percent_sum += cpu_percent;
+        if let Some(limit) = memory_limit_bytes {
+            let pct = memory_bytes as f64 / limit as f64 * 100.0;
+            self.memory_percent_max = Some(self.memory_percent_max.map_or(pct, |m| m.max(pct)));
+        }
+    }
+}
+
 /// Everything an evaluation looks at.
 pub(crate) struct Input<'a> {
     pub(crate) apps: &'a [App],
     pub(crate) nodes: &'a [Node],
-    /// Samples of the instances that run now.
-    pub(crate) usage: &'a [InstanceUsage],
+    /// Each app's use, from the fresh samples of its instances that run now.
+    pub(crate) loads: &'a HashMap<String, AppLoad>,
     pub(crate) traffic: &'a HashMap<String, Traffic>,
     /// Each app's rule policy on failure (`open` when it has none).
     pub(crate) rule_policy: &'a HashMap<String, &'static str>,
@@ -145,17 +168,12 @@ pub(crate) fn evaluate(input: &Input, state: &mut AlertState, now: Millis) -> Ev
                 out.rule_events.push((id.clone(), text));
             }
         }
-        let mine: Vec<&InstanceUsage> = input.usage.iter().filter(|u| u.app == id).collect();
+        let load = input.loads.get(&id).copied().unwrap_or_default();
         for rule in app.spec.alerts.iter().chain(input.rules.iter()) {
             let value = match rule.metric {
-                AlertMetric::Cpu if !mine.is_empty() => {
-                    Some(mine.iter().map(|u| u.cpu_percent).sum::<f64>() / mine.len() as f64)
-                }
+                AlertMetric::Cpu if load.instances > 0 => Some(load.cpu_percent_sum / load.instances as f64),
                 AlertMetric::Cpu => Some(0.0),
-                AlertMetric::Memory => mine
-                    .iter()
-                    .filter_map(|u| u.memory_limit_bytes.map(|l| u.memory_bytes as f64 / l as f64 * 100.0))
-                    .reduce(f64::max),
+                AlertMetric::Memory => load.memory_percent_max,
                 AlertMetric::Restarts => Some(f64::from(app.backoff.failures)),
                 AlertMetric::ErrorRate => {
                     traffic.map(|t| if t.total == 0 { 0.0 } else { t.errors as f64 / t.total as f64 * 100.0 })
@@ -328,35 +346,24 @@ mod tests {
         }
     }
 
-    fn usage(cpu_percent: f64) -> InstanceUsage {
-        InstanceUsage {
-            instance: "web-1".into(),
-            app: "g/web".into(),
-            node: "n1".into(),
-            t: 0,
-            cpu_percent,
-            memory_bytes: 0,
-            memory_limit_bytes: None,
-            rss_bytes: None,
-            block_read_bytes: 0,
-            block_write_bytes: 0,
-            net_rx_bytes: None,
-            net_tx_bytes: None,
-            restarts: 0,
-        }
+    /// One instance of g/web at `cpu_percent`.
+    fn usage(cpu_percent: f64) -> HashMap<String, AppLoad> {
+        let mut load = AppLoad::default();
+        load.add(cpu_percent, 0, None);
+        HashMap::from([("g/web".to_string(), load)])
     }
 
     struct World {
         apps: Vec<App>,
         nodes: Vec<Node>,
-        usage: Vec<InstanceUsage>,
+        usage: HashMap<String, AppLoad>,
         traffic: HashMap<String, Traffic>,
         events: Vec<Event>,
     }
 
     impl World {
         fn new(apps: Vec<App>) -> World {
-            World { apps, nodes: Vec::new(), usage: Vec::new(), traffic: HashMap::new(), events: Vec::new() }
+            World { apps, nodes: Vec::new(), usage: HashMap::new(), traffic: HashMap::new(), events: Vec::new() }
         }
         fn evaluate(&self, state: &mut AlertState, now: Millis) -> Evaluation {
             let policy = HashMap::new();
@@ -364,7 +371,7 @@ mod tests {
             let input = Input {
                 apps: &self.apps,
                 nodes: &self.nodes,
-                usage: &self.usage,
+                loads: &self.usage,
                 traffic: &self.traffic,
                 rule_policy: &policy,
                 events: &self.events,
@@ -410,7 +417,7 @@ mod tests {
     #[test]
     fn a_threshold_fires_only_after_its_for_and_forgets_when_it_drops() {
         let mut world = World::new(vec![app("alerts:\n  - metric: cpu\n    above: 80\n    for: 30s\n")]);
-        world.usage = vec![usage(95.0)];
+        world.usage = usage(95.0);
         let mut state = AlertState::default();
         assert!(world.evaluate(&mut state, 1_000).seen.is_empty(), "crossed, but not for 30s yet");
         assert!(world.evaluate(&mut state, 30_999).seen.is_empty());
@@ -418,9 +425,9 @@ mod tests {
         assert_eq!(names(&fired), ["cpu"]);
         assert_eq!((fired.seen[0].value, fired.seen[0].threshold), (Some(95.0), Some(80.0)));
         assert_eq!(fired.seen[0].text, "g/web is critical, cpu usage is 95.00");
-        world.usage = vec![usage(10.0)];
+        world.usage = usage(10.0);
         assert!(world.evaluate(&mut state, 32_000).seen.is_empty());
-        world.usage = vec![usage(95.0)];
+        world.usage = usage(95.0);
         assert!(world.evaluate(&mut state, 33_000).seen.is_empty(), "the 30s start again");
     }
 
@@ -508,5 +515,19 @@ mod tests {
         // A one-shot alert fires once however often it is seen.
         assert_eq!(reconcile(&mut state, vec![seen("oom", true)], 1_000, &hooks, 3_000).len(), 1);
         assert!(reconcile(&mut state, vec![seen("oom", true)], 1_000, &hooks, 9_000).is_empty());
+    }
+
+    #[test]
+    fn an_apps_load_is_its_mean_cpu_and_its_fullest_memory() {
+        let mut load = AppLoad::default();
+        load.add(30.0, 50, Some(100));
+        load.add(90.0, 10, None);
+        load.add(60.0, 90, Some(100));
+        assert_eq!(load.instances, 3);
+        assert!((load.cpu_percent_sum / 3.0 - 60.0).abs() < 1e-9);
+        assert_eq!(load.memory_percent_max, Some(90.0));
+        let mut no_limits = AppLoad::default();
+        no_limits.add(1.0, 10, None);
+        assert_eq!(no_limits.memory_percent_max, None);
     }
 }

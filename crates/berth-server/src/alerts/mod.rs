@@ -8,11 +8,11 @@ mod evaluate;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use berth_api::{Alert, AlertStatus, InstanceUsage};
+use berth_api::{Alert, AlertStatus};
 use berth_core::{AlertRule, App, Millis, Output};
 use tokio::sync::watch;
 
-pub(crate) use evaluate::AlertState;
+pub(crate) use evaluate::{AlertState, AppLoad};
 use evaluate::{Input, Traffic, WINDOW_MS, evaluate, reconcile};
 
 use crate::{Shared, lock, now_ms};
@@ -89,16 +89,15 @@ fn evaluate_now(
     now: Millis,
 ) -> Result<Vec<(Alert, Vec<String>)>, berth_store::StoreError> {
     let apps: Vec<App> = shared.state.apps()?.into_iter().map(|a| a.value).collect();
-    let nodes: Vec<_> = shared.state.nodes()?.into_iter().map(|n| n.value).collect();
-    let live: HashSet<String> = shared
-        .instances()?
+    let nodes = shared.nodes()?;
+    let instances = shared.instances()?;
+    let live: HashSet<&str> = instances
         .iter()
         .filter(|i| i.state.is_live() && i.desired == berth_core::Desired::Run)
-        .map(|i| i.id.clone())
+        .map(|i| i.id.as_str())
         .collect();
     // Only instances that still run: an ended one's last sample says nothing about now.
-    let usage: Vec<InstanceUsage> =
-        shared.usage.current(now).into_iter().filter(|(id, _)| live.contains(id)).map(|(_, u)| u).collect();
+    let loads = shared.usage.loads(now, |id| live.contains(id));
     let traffic = traffic_window(shared, now);
     let rule_policy: HashMap<String, &'static str> = traffic
         .iter()
@@ -115,7 +114,7 @@ fn evaluate_now(
     let input = Input {
         apps: &apps,
         nodes: &nodes,
-        usage: &usage,
+        loads: &loads,
         traffic: &traffic,
         rule_policy: &rule_policy,
         events: &events,

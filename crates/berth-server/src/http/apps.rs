@@ -30,7 +30,7 @@ pub(super) fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
     let app = shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).get(id).cloned();
-    Ok(views::app_status(&app.value, instances.iter(), pending.as_ref(), &*shared.cut_off_nodes()?))
+    Ok(views::app_status(&app.value, instances.iter(), pending.as_ref(), &shared.cut_off_nodes()?))
 }
 
 pub(super) async fn list_apps(

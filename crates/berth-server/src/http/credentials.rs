@@ -224,7 +224,7 @@ fn check(shared: &Shared, bearer: &str) -> Result<Caller, ApiError> {
     let Some(known) = shared.seen_record(|seen| &mut seen.credentials, id, &credential_key(id))? else {
         let why = match shared.state.record::<Revoked>(&revoked_key(id))? {
             Some(r) => format!(
-                "the credential of {id} was revoked (berth node rm) at {}; join again with the join token after removing the agent's credential file",
+                "the credential of {id} was revoked (berth node rm or berth router rm) at {}; join again with the join token after removing the member's credential file",
                 chrono::DateTime::from_timestamp_millis(r.value.at).map(|t| t.to_rfc3339()).unwrap_or_default()
             ),
             None => format!("unknown credential: {id} never joined this server (join with its join token)"),

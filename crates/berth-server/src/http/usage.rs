@@ -10,8 +10,8 @@ use berth_api::MetricsReport;
 use berth_core::Millis;
 
 use super::error::{ApiError, ApiResult, indexed, parse_json};
-use crate::Shared;
 use crate::usage::{exposition, usage};
+use crate::{Shared, lock};
 
 pub(crate) async fn ingest(
     AxState(shared): AxState<Shared>,
@@ -19,7 +19,12 @@ pub(crate) async fn ingest(
     body: Bytes,
 ) -> ApiResult<Response> {
     let report: MetricsReport = parse_json(&body)?;
-    shared.state.node(&node)?.ok_or_else(|| ApiError::not_found(&format!("node {node}")))?;
+    // A node that beats is known (its beat checked its record, and `node rm` forgets it): only
+    // another one costs a read of its record.
+    let beating = lock(&shared.heartbeats).contains_key(&node);
+    if !beating {
+        shared.state.node(&node)?.ok_or_else(|| ApiError::not_found(&format!("node {node}")))?;
+    }
     shared.usage.record(&node, report.samples, &shared.traffic);
     Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))
 }
