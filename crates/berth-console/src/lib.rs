@@ -123,19 +123,8 @@ fn render(t: impl Template) -> String {
     t.render().unwrap_or_else(|e| format!("<p class=error>rendering failed: {e}</p>"))
 }
 
-/// `12s ago`, `3m ago` from `now`.
-pub fn ago(then: Millis, now: Millis) -> String {
-    if then <= 0 {
-        return "-".into();
-    }
-    let secs = (now - then).max(0) / 1000;
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
-}
+/// `12s ago`, `3m ago` from `now`, as the CLI says it.
+pub use berth_core::ago;
 
 /// A time as UTC wall clock.
 pub fn clock(t: Millis) -> String {

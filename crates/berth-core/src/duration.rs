@@ -132,6 +132,21 @@ impl<'de> Deserialize<'de> for Dur {
     }
 }
 
+/// How long before `now` a time was, for people: `12s ago`, `3m ago`, `2h ago`, `4d ago`; `-`
+/// for a time never set (zero or less). The CLI's tables and the console say it alike.
+pub fn ago(then: crate::Millis, now: crate::Millis) -> String {
+    if then <= 0 {
+        return "-".into();
+    }
+    let secs = (now - then).max(0) / 1000;
+    match secs {
+        0..60 => format!("{secs}s ago"),
+        60..3600 => format!("{}m ago", secs / 60),
+        3600..86400 => format!("{}h ago", secs / 3600),
+        _ => format!("{}d ago", secs / 86400),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +178,16 @@ mod tests {
         for text in ["250ms", "3s", "4m", "2h"] {
             assert_eq!(Dur::parse(text).unwrap().to_string(), text);
         }
+    }
+
+    #[test]
+    fn ago_says_the_largest_whole_unit() {
+        let now = 10 * 86_400_000;
+        assert_eq!(ago(0, now), "-");
+        assert_eq!(ago(now - 59_999, now), "59s ago");
+        assert_eq!(ago(now - 60_000, now), "1m ago");
+        assert_eq!(ago(now - 3_600_000, now), "1h ago");
+        assert_eq!(ago(now - 2 * 86_400_000, now), "2d ago");
+        assert_eq!(ago(now + 5_000, now), "0s ago", "a clock a little ahead is now");
     }
 }

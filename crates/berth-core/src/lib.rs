@@ -14,7 +14,7 @@ pub mod retry;
 pub mod schedule;
 pub mod spec;
 
-pub use duration::Dur;
+pub use duration::{Dur, ago};
 pub use job::{Job, JobSpec, Run, RunOf, RunState, SpecDoc};
 pub use model::*;
 pub use output::{Carries, Output};

@@ -80,16 +80,7 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<String> {
 
 /// `12s ago`, `3m ago`, for timestamps in milliseconds.
 pub fn ago(then_ms: i64) -> String {
-    if then_ms <= 0 {
-        return "-".into();
-    }
-    let secs = (berth_server::now_ms() - then_ms).max(0) / 1000;
-    match secs {
-        0..60 => format!("{secs}s ago"),
-        60..3600 => format!("{}m ago", secs / 60),
-        3600..86400 => format!("{}h ago", secs / 3600),
-        _ => format!("{}d ago", secs / 86400),
-    }
+    berth_core::ago(then_ms, berth_server::now_ms())
 }
 
 /// Local time with milliseconds, for log lines.

@@ -70,8 +70,7 @@ pub(crate) fn session_of(shared: &Shared, headers: &HeaderMap) -> Result<Option<
     if token.expires_at.is_some_and(|at| at <= now) {
         return Ok(None);
     }
-    let actor = Actor { id: token.id, name: token.name, role: token.role, groups: token.groups };
-    Ok(Some((session, actor)))
+    Ok(Some((session, Actor::of(token))))
 }
 
 /// The keys of the sessions past their time.
@@ -128,14 +127,14 @@ pub(super) struct LoginForm {
 /// cookie.
 pub(super) async fn login(AxState(shared): AxState<Shared>, Form(form): Form<LoginForm>) -> ApiResult<Response> {
     let now = now_ms();
-    let actor = match super::tokens::check(&shared, form.token.trim(), now) {
-        Ok(actor) => actor,
+    let token = match super::tokens::token_of(&shared, form.token.trim(), now) {
+        Ok(token) => token,
         Err(refused) => {
             return Ok(html(StatusCode::UNAUTHORIZED, berth_console::login(Some(refused.message()))));
         }
     };
-    let token = shared.state.record::<ApiToken>(&token_key(&actor.id))?.map(|t| t.value);
-    let expires_at = token.and_then(|t| t.expires_at).map_or(now + SESSION_MS, |at| at.min(now + SESSION_MS));
+    let expires_at = token.expires_at.map_or(now + SESSION_MS, |at| at.min(now + SESSION_MS));
+    let actor = Actor::of(token);
     let value = random_secret();
     let session = Session { token: actor.id.clone(), csrf: random_secret(), created_at: now, expires_at };
     let key = session_key(&value);

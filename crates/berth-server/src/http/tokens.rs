@@ -365,6 +365,11 @@ async fn admit(
 }
 
 impl Actor {
+    /// Who acts with `token`.
+    pub fn of(token: ApiToken) -> Actor {
+        Actor { id: token.id, name: token.name, role: token.role, groups: token.groups }
+    }
+
     pub fn grant(&self) -> Grant<'_> {
         Grant { role: self.role, groups: &self.groups }
     }
@@ -464,6 +469,11 @@ fn refuse(why: &str) -> ApiError {
 }
 
 pub(super) fn check(shared: &Shared, bearer: &str, now: Millis) -> Result<Actor, ApiError> {
+    token_of(shared, bearer, now).map(Actor::of)
+}
+
+/// The token a bearer stands for: known, its secret right, not expired.
+pub(super) fn token_of(shared: &Shared, bearer: &str, now: Millis) -> Result<ApiToken, ApiError> {
     let Some((id, secret)) = bearer.rsplit_once('.').filter(|(id, _)| id.starts_with("tok-")) else {
         return Err(refuse("malformed token: expected tok-ID.SECRET, as `berth token create` prints it"));
     };
@@ -476,7 +486,7 @@ pub(super) fn check(shared: &Shared, bearer: &str, now: Millis) -> Result<Actor,
     if known.expires_at.is_some_and(|at| at <= now) {
         return Err(refuse(&format!("token {id} ({}) has expired", known.name)));
     }
-    Ok(Actor { id: known.id, name: known.name, role: known.role, groups: known.groups })
+    Ok(known)
 }
 
 #[cfg(test)]
