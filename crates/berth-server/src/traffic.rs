@@ -31,8 +31,6 @@ pub(crate) struct TrafficStore {
 #[derive(Default)]
 struct Inner {
     apps: HashMap<String, VecDeque<Step>>,
-    /// Each router's last totals per app, and when they came.
-    routers: HashMap<String, (Millis, BTreeMap<String, RouterCounts>)>,
     pruned_at: Millis,
 }
 
@@ -108,18 +106,22 @@ impl Inner {
         }
         self.pruned_at = now;
         self.apps.retain(|_, steps| steps.back().is_some_and(|s| s.t > now - KEEP_MS));
-        self.routers.retain(|_, (at, _)| now - *at < KEEP_MS);
     }
 }
 
 impl TrafficStore {
-    /// A router's running totals per app, as it reported them at `now`.
-    pub fn router_report(&self, router: &str, totals: &BTreeMap<String, RouterCounts>, now: Millis) {
+    /// A router's running totals per app as it reported them at `now`, after `previous`, its
+    /// report before (kept with the routers' reports). A router seen for the first time gives
+    /// only the base to count from.
+    pub fn router_report(
+        &self,
+        previous: Option<&BTreeMap<String, RouterCounts>>,
+        totals: &BTreeMap<String, RouterCounts>,
+        now: Millis,
+    ) {
+        let Some(previous) = previous else { return };
         let mut inner = lock(&self.inner);
         inner.prune(now);
-        let previous = inner.routers.insert(router.to_string(), (now, totals.clone()));
-        // A router seen for the first time gives the base to count from.
-        let Some((_, previous)) = previous else { return };
         for (app, counts) in totals {
             let delta = match previous.get(app) {
                 Some(old) => growth(old, counts),
@@ -197,19 +199,31 @@ mod tests {
         BTreeMap::from([(app.to_string(), c)])
     }
 
+    /// Routers' reports, each after its own one before, as `router_report`'s handler keeps them.
+    #[derive(Default)]
+    struct Routers(HashMap<String, BTreeMap<String, RouterCounts>>);
+
+    impl Routers {
+        fn send(&mut self, store: &TrafficStore, router: &str, totals: BTreeMap<String, RouterCounts>, now: Millis) {
+            store.router_report(self.0.get(router), &totals, now);
+            self.0.insert(router.to_string(), totals);
+        }
+    }
+
     const T0: Millis = 1_000_000_000;
 
     #[test]
     fn a_step_holds_what_grew_between_reports() {
         let store = TrafficStore::default();
+        let mut routers = Routers::default();
         // The first report is the base: what was served before it is not counted.
-        store.router_report("r1", &report("g/a", counts(500, 0, 2.0, 2)), T0);
+        routers.send(&store, "r1", report("g/a", counts(500, 0, 2.0, 2)), T0);
         assert!(store.history("g/a", 0).steps.is_empty());
-        store.router_report("r1", &report("g/a", counts(600, 10, 2.0, 2)), T0 + 1_000);
-        store.router_report("r1", &report("g/a", counts(700, 10, 2.0, 2)), T0 + 2_000);
+        routers.send(&store, "r1", report("g/a", counts(600, 10, 2.0, 2)), T0 + 1_000);
+        routers.send(&store, "r1", report("g/a", counts(700, 10, 2.0, 2)), T0 + 2_000);
         // Another router adds to the same step.
-        store.router_report("r2", &report("g/a", counts(0, 0, 0.0, 0)), T0 + 1_000);
-        store.router_report("r2", &report("g/a", counts(50, 0, 2.0, 2)), T0 + 2_000);
+        routers.send(&store, "r2", report("g/a", counts(0, 0, 0.0, 0)), T0 + 1_000);
+        routers.send(&store, "r2", report("g/a", counts(50, 0, 2.0, 2)), T0 + 2_000);
         let t = store.history("g/a", 0);
         assert_eq!(t.step_ms, STEP_MS);
         assert_eq!(t.steps.len(), 1);
@@ -224,17 +238,19 @@ mod tests {
     #[test]
     fn a_restarted_router_counts_from_zero_not_backwards() {
         let store = TrafficStore::default();
-        store.router_report("r1", &report("g/a", counts(1_000, 0, 1.0, 1)), T0);
-        store.router_report("r1", &report("g/a", counts(30, 0, 1.0, 1)), T0 + 1_000);
+        let mut routers = Routers::default();
+        routers.send(&store, "r1", report("g/a", counts(1_000, 0, 1.0, 1)), T0);
+        routers.send(&store, "r1", report("g/a", counts(30, 0, 1.0, 1)), T0 + 1_000);
         assert_eq!(store.history("g/a", 0).steps[0].requests, 30);
     }
 
     #[test]
     fn steps_follow_time_and_an_hour_is_kept() {
         let store = TrafficStore::default();
-        store.router_report("r1", &report("g/a", counts(0, 0, 1.0, 1)), T0);
+        let mut routers = Routers::default();
+        routers.send(&store, "r1", report("g/a", counts(0, 0, 1.0, 1)), T0);
         for i in 1..=400 {
-            store.router_report("r1", &report("g/a", counts(i, 0, 1.0, 1)), T0 + i as i64 * STEP_MS);
+            routers.send(&store, "r1", report("g/a", counts(i, 0, 1.0, 1)), T0 + i as i64 * STEP_MS);
         }
         let t = store.history("g/a", 0);
         // One request per step, and only the last hour of them.

@@ -22,12 +22,20 @@ use berth_plan::deploy::{self, Change, ChangeOptions, Refusal, RollbackRefusal};
 
 use crate::{Shared, deployments, lock, now_ms, views};
 
+/// The app's record, or 404 naming it.
+pub(super) fn existing(
+    state: &berth_store::state::State,
+    id: &str,
+) -> ApiResult<berth_store::state::Versioned<berth_core::App>> {
+    state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))
+}
+
 fn app_id(group: &str, name: &str) -> String {
     format!("{group}/{name}")
 }
 
 pub(super) fn status_of(shared: &Shared, id: &str) -> ApiResult<AppStatus> {
-    let app = shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    let app = existing(&shared.state, id)?;
     let instances = shared.instances()?;
     let pending = lock(&shared.pending).get(id).cloned();
     Ok(views::app_status(&app.value, instances.iter(), pending.as_ref(), &shared.cut_off_nodes()?))
@@ -73,7 +81,7 @@ pub(super) async fn versions(
     Path((group, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let id = app_id(&group, &name);
-    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    existing(&shared.state, &id)?;
     Ok(indexed(shared.state.store().revision(), &shared.state.versions(&id)?))
 }
 
@@ -259,7 +267,7 @@ pub(super) async fn upgrade(
 ) -> ApiResult<Response> {
     let req: UpgradeRequest = parse_json(&body)?;
     let id = app_id(&group, &name);
-    let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    let current = existing(&shared.state, &id)?;
     let mut spec = current.value.spec;
     spec.image = Some(req.image);
     let spec = checked_spec(spec)?;
@@ -274,7 +282,7 @@ pub(super) async fn restart(
     Query(opts): Query<ChangeQuery>,
 ) -> ApiResult<Response> {
     let id = app_id(&group, &name);
-    let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    let current = existing(&shared.state, &id)?;
     let change = Change::Spec {
         spec: Box::new(current.value.spec),
         keep_scale: true,
@@ -310,7 +318,7 @@ pub(super) async fn rollback(
     let req: RollbackRequest =
         if body.iter().all(u8::is_ascii_whitespace) { RollbackRequest::default() } else { parse_json(&body)? };
     let id = app_id(&group, &name);
-    let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?.value;
+    let current = existing(&shared.state, &id)?.value;
     let versions = shared.state.versions(&id)?;
     let old = deploy::rollback_target(&current, &versions, req.version).map_err(|r| match r {
         RollbackRefusal::NoSuchVersion { .. } => ApiError::new(StatusCode::NOT_FOUND, r.to_string()),
@@ -333,7 +341,7 @@ pub(super) async fn destroy(
 ) -> ApiResult<Response> {
     let id = app_id(&group, &name);
     let (index, ()) = cas::retry(&shared.state, &format!("app {id}"), || {
-        let current = shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+        let current = existing(&shared.state, &id)?;
         if current.value.destroying {
             return Ok(Attempt::Done(()));
         }

@@ -66,7 +66,7 @@ pub(crate) async fn query(
     Query(q): Query<LogQuery>,
 ) -> ApiResult<Response> {
     let id = format!("{group}/{name}");
-    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    super::apps::existing(&shared.state, &id)?;
     if q.run.is_some() {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "run: apps have no runs; jobs do (/v1/jobs/...)"));
     }

@@ -116,7 +116,7 @@ pub(crate) async fn delete_upstream(AxState(shared): AxState<Shared>, Path(name)
 fn target_key(shared: &Shared, target: &RuleTarget) -> ApiResult<String> {
     match target {
         RuleTarget::App(id) => {
-            shared.state.app(id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+            super::apps::existing(&shared.state, id)?;
             Ok(rules_key("app", id))
         }
         RuleTarget::Upstream(name) => {
@@ -270,9 +270,10 @@ pub(crate) async fn router_report(
 ) -> ApiResult<Response> {
     let report: berth_api::RouterReport = parse_json(&body)?;
     let now = now_ms();
-    shared.traffic.router_report(&id, &report.requests, now);
     let mut routers = crate::lock(&shared.routers);
     routers.retain(|_, (at, _)| now - *at < ROUTER_SILENCE_MS * 30);
+    // What each app's traffic grew by since this router's report before.
+    shared.traffic.router_report(routers.get(&id).map(|(_, r)| &r.requests), &report.requests, now);
     routers.insert(id, (now, report));
     drop(routers);
     Ok(indexed(shared.state.store().revision(), &serde_json::json!({"ok": true})))

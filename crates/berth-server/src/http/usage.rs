@@ -44,7 +44,7 @@ pub(crate) async fn one_app(
     Path((group, name)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     let id = format!("{group}/{name}");
-    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    super::apps::existing(&shared.state, &id)?;
     Ok(indexed(shared.state.store().revision(), &usage(&shared, Some(&id))?))
 }
 
@@ -61,7 +61,7 @@ pub(crate) async fn history(
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> ApiResult<Response> {
     let id = format!("{group}/{name}");
-    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    super::apps::existing(&shared.state, &id)?;
     Ok(indexed(shared.state.store().revision(), &shared.usage.history(&id, q.since)))
 }
 
@@ -72,7 +72,7 @@ pub(crate) async fn traffic(
     axum::extract::Query(q): axum::extract::Query<HistoryQuery>,
 ) -> ApiResult<Response> {
     let id = format!("{group}/{name}");
-    shared.state.app(&id)?.ok_or_else(|| ApiError::not_found(&format!("app {id}")))?;
+    super::apps::existing(&shared.state, &id)?;
     Ok(indexed(shared.state.store().revision(), &shared.traffic.history(&id, q.since)))
 }
 
